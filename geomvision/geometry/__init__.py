@@ -1,0 +1,1 @@
+"""Pure numpy multi-view geometry: rigid transforms, camera models, minimal solvers."""
