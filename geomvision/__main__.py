@@ -1,0 +1,5 @@
+import sys
+
+from geomvision.cli import main
+
+sys.exit(main())
