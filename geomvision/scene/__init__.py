@@ -2,12 +2,13 @@
 
 from geomvision.scene.camera import CAMERA_MODELS, Camera
 from geomvision.scene.reconstruction import Point3D, Reconstruction, View
-from geomvision.scene.types import Features, Matches, Track, TwoViewGeometry
+from geomvision.scene.types import Features, ImageInfo, Matches, Track, TwoViewGeometry
 
 __all__ = [
     "CAMERA_MODELS",
     "Camera",
     "Features",
+    "ImageInfo",
     "Matches",
     "Point3D",
     "Reconstruction",

@@ -85,3 +85,20 @@ class Track:
     @property
     def image_ids(self) -> list[int]:
         return [i for i, _ in self.elements]
+
+
+@dataclass
+class ImageInfo:
+    """What the mapper needs to know about one input image.
+
+    Attributes:
+        name: file name relative to the image folder.
+        camera_id: key into the cameras dict.
+        keypoints_px: (N, 2) float64 keypoints in original-image pixels (OpenCV origin).
+        colors: (N, 3) uint8 RGB at the keypoints, or None.
+    """
+
+    name: str
+    camera_id: int
+    keypoints_px: np.ndarray
+    colors: np.ndarray | None = None
