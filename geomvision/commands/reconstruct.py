@@ -1,0 +1,83 @@
+"""``geomvision reconstruct IMAGES -o OUT``: the whole pipeline from a folder of photos."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+NAME = "reconstruct"
+HELP = "reconstruct cameras and a sparse point cloud from a folder of images"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("images", help="folder of images")
+    parser.add_argument("-o", "--output", required=True, help="output folder (sparse/0, points.ply, report.json)")
+    parser.add_argument("--config", help="TOML config file (tables: pipeline, extraction, matching, ...)")
+    parser.add_argument("--preset", help="named preset: default, fast, accurate")
+    parser.add_argument("--intrinsics", help="known pinhole intrinsics fx,fy,cx,cy in pixels (shared)")
+    parser.add_argument("--init", choices=("two-view", "factorization"), help="initialiser")
+    parser.add_argument("--pairing", choices=("exhaustive", "sequential", "retrieval"), help="pair selection")
+    parser.add_argument("--workers", type=int, help="worker processes for features/matching/verification")
+    parser.add_argument("--seed", type=int, help="random seed (same seed, same result)")
+    parser.add_argument("--max-features", type=int, help="maximum features per image")
+    parser.add_argument("--max-image-size", type=int, help="downscale images larger than this (px)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def parse_intrinsics(text: str) -> tuple[float, float, float, float]:
+    from geomvision.errors import InputError
+
+    parts = [p for p in text.replace(" ", "").split(",") if p]
+    try:
+        values = tuple(float(p) for p in parts)
+    except ValueError:
+        raise InputError(f"--intrinsics must be four numbers fx,fy,cx,cy, got {text!r}") from None
+    if len(values) != 4:
+        raise InputError(f"--intrinsics must be four numbers fx,fy,cx,cy, got {len(values)} in {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def build_config(args: argparse.Namespace):
+    from geomvision.config import ReconstructionConfig, load_config, preset
+
+    config = preset(args.preset) if args.preset else ReconstructionConfig()
+    if args.config:
+        config = load_config(args.config, base=config)
+    pipeline = {}
+    if args.intrinsics is not None:
+        pipeline["intrinsics"] = parse_intrinsics(args.intrinsics)
+    for arg, key in (("init", "init"), ("pairing", "pairing"), ("workers", "num_workers"), ("seed", "seed")):
+        if getattr(args, arg) is not None:
+            pipeline[key] = getattr(args, arg)
+    changes = {"pipeline": pipeline} if pipeline else {}
+    extraction = {}
+    if args.max_features is not None:
+        extraction["max_num_features"] = args.max_features
+    if args.max_image_size is not None:
+        extraction["max_image_size_px"] = args.max_image_size
+    if extraction:
+        changes["extraction"] = extraction
+    return config.with_changes(**changes) if changes else config
+
+
+def run(args: argparse.Namespace) -> int:
+    from geomvision.pipeline import run_pipeline
+    from geomvision.progress import tqdm_progress
+
+    config = build_config(args)
+    show = not args.no_progress and sys.stderr.isatty()
+    result = run_pipeline(
+        args.images, args.output, config,
+        progress_factory=lambda stage: tqdm_progress(stage, enabled=show),
+    )
+    report = result.report
+    t = report["timings_s"]
+    print(
+        f"registered {report['num_registered']}/{report['num_images']} images, "
+        f"{report['num_points3D']} points, mean reprojection error "
+        f"{report['mean_reprojection_error_px']:.3f} px, {report['num_models']} model(s), "
+        f"{t['total']:.1f} s (features {t['features']:.1f}, matching {t['matching']:.1f}, "
+        f"verification {t['verification']:.1f}, mapping {t['mapping']:.1f})"
+    )
+    print(f"wrote {result.output_dir}/sparse/0 (COLMAP text), points.ply, report.json")
+    return 0

@@ -1,0 +1,230 @@
+"""Composed configuration of the whole pipeline, with named presets and TOML load/save.
+
+Each stage owns a frozen keyword-only options dataclass next to its function; this module only composes
+them into :class:`ReconstructionConfig` (one TOML table per stage) and adds the pipeline-level choices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import tomllib
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from geomvision.errors import InputError
+
+#: TOML table name -> (module, options class) of the stage it configures.
+STAGE_OPTIONS: dict[str, tuple[str, str]] = {
+    "extraction": ("geomvision.features.extract", "ExtractionOptions"),
+    "matching": ("geomvision.features.match", "MatchingOptions"),
+    "two_view": ("geomvision.sfm.two_view", "TwoViewOptions"),
+    "mapper": ("geomvision.sfm.incremental", "IncrementalMapperOptions"),
+}
+
+PAIRING_MODES = ("exhaustive", "sequential", "retrieval")
+INIT_METHODS = ("two-view", "factorization")
+
+
+def _stage_class(section: str) -> type:
+    module, name = STAGE_OPTIONS[section]
+    return getattr(importlib.import_module(module), name)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PipelineOptions:
+    """Choices that belong to no single stage.
+
+    Attributes:
+        pairing: which image pairs to match: exhaustive, sequential (video) or retrieval (large sets).
+        sequential_window: neighbours matched per image in sequential mode (also added in retrieval mode).
+        retrieval_k: top-k most similar images matched per image in retrieval mode.
+        init: initialiser, "two-view" or "factorization".
+        intrinsics: known pinhole (fx, fy, cx, cy) in pixels shared by all images; None to estimate.
+        camera_model: model used when intrinsics are estimated (SIMPLE_RADIAL refines f and k).
+        single_camera: one shared camera (True), one per image (False), or None = shared when all
+            images have the same size.
+        num_workers: worker processes for per-image and per-pair work (1 = in-process).
+        seed: seed of every random choice; the same seed gives the same model.
+        html_report: also write OUT/report.html.
+    """
+
+    pairing: str = "exhaustive"
+    sequential_window: int = 8
+    retrieval_k: int = 15
+    init: str = "two-view"
+    intrinsics: tuple[float, float, float, float] | None = None
+    camera_model: str = "SIMPLE_RADIAL"
+    single_camera: bool | None = None
+    num_workers: int = 2
+    seed: int = 0
+    html_report: bool = True
+
+    def __post_init__(self) -> None:
+        if self.pairing not in PAIRING_MODES:
+            raise InputError(f"pairing must be one of {PAIRING_MODES}, got {self.pairing!r}")
+        if self.init not in INIT_METHODS:
+            raise InputError(f"init must be one of {INIT_METHODS}, got {self.init!r}")
+        if self.intrinsics is not None:
+            values = tuple(float(v) for v in self.intrinsics)
+            if len(values) != 4 or not all(v == v and abs(v) != float("inf") for v in values):
+                raise InputError(f"intrinsics must be 4 finite numbers fx,fy,cx,cy, got {self.intrinsics}")
+            if values[0] <= 0 or values[1] <= 0:
+                raise InputError(f"intrinsics focal lengths must be positive, got fx={values[0]} fy={values[1]}")
+            object.__setattr__(self, "intrinsics", values)
+        if self.num_workers < 1:
+            raise InputError(f"num_workers must be >= 1, got {self.num_workers}")
+        if self.sequential_window < 1 or self.retrieval_k < 1:
+            raise InputError("sequential_window and retrieval_k must be >= 1")
+
+
+def _default_stage(section: str):
+    return _stage_class(section)()
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReconstructionConfig:
+    """Everything ``geomvision reconstruct`` needs besides the image folder."""
+
+    pipeline: PipelineOptions = field(default_factory=PipelineOptions)
+    extraction: Any = field(default_factory=lambda: _default_stage("extraction"))
+    matching: Any = field(default_factory=lambda: _default_stage("matching"))
+    two_view: Any = field(default_factory=lambda: _default_stage("two_view"))
+    mapper: Any = field(default_factory=lambda: _default_stage("mapper"))
+
+    def with_changes(self, **sections: dict[str, Any]) -> ReconstructionConfig:
+        """Copy with some fields of some sections replaced: ``cfg.with_changes(pipeline={"seed": 3})``."""
+        updated = {}
+        for name, changes in sections.items():
+            current = getattr(self, name, None)
+            if current is None or not is_dataclass(current):
+                raise InputError(f"unknown config section {name!r}")
+            _check_keys(name, current, changes)
+            updated[name] = replace(current, **changes)
+        return replace(self, **updated)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {f.name: _options_to_dict(getattr(self, f.name)) for f in fields(self)}
+
+
+def _options_to_dict(options) -> dict[str, Any]:
+    out = {}
+    for f in fields(options):
+        value = getattr(options, f.name)
+        if isinstance(value, tuple | frozenset | set):
+            value = list(value)
+        out[f.name] = value
+    return out
+
+
+def _check_keys(section: str, options, changes: dict[str, Any]) -> None:
+    known = {f.name for f in fields(options)}
+    unknown = sorted(set(changes) - known)
+    if unknown:
+        raise InputError(f"unknown option(s) {unknown} in [{section}]; known: {sorted(known)}")
+
+
+def _coerce(options, changes: dict[str, Any]) -> dict[str, Any]:
+    """TOML has no tuples/None: turn lists into tuples and the string "none" into None."""
+    out = {}
+    for key, value in changes.items():
+        if isinstance(value, list):
+            value = tuple(value)
+        if isinstance(value, str) and value.lower() == "none":
+            value = None
+        out[key] = value
+    return out
+
+
+# --- presets --------------------------------------------------------------------------------------
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "default": {},
+    # Fewer, smaller features and sequential pairs: quick looks at video-like sets.
+    "fast": {
+        "pipeline": {"pairing": "sequential", "sequential_window": 5},
+        "extraction": {"max_num_features": 4000, "max_image_size_px": 1200},
+    },
+    # More features at full resolution.
+    "accurate": {
+        "extraction": {"max_num_features": 16000, "max_image_size_px": 4000},
+    },
+}
+
+
+def preset(name: str) -> ReconstructionConfig:
+    """A named configuration: one of ``PRESETS``."""
+    if name not in PRESETS:
+        raise InputError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    config = ReconstructionConfig()
+    changes = {}
+    for section, values in PRESETS[name].items():
+        current = getattr(config, section)
+        known = {f.name for f in fields(current)}
+        changes[section] = {k: v for k, v in values.items() if k in known}
+    return config.with_changes(**changes)
+
+
+# --- TOML -----------------------------------------------------------------------------------------
+def load_config(path: str | Path, base: ReconstructionConfig | None = None) -> ReconstructionConfig:
+    """Read a TOML file (tables named like the config sections; an optional top-level ``preset``)."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"config file not found: {path}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"config file {path} is not valid TOML: {exc}") from None
+    return config_from_dict(data, base)
+
+
+def config_from_dict(data: dict[str, Any], base: ReconstructionConfig | None = None) -> ReconstructionConfig:
+    """Build a config from nested dicts (the TOML structure); unknown keys are errors."""
+    if not isinstance(data, dict):
+        raise InputError(f"config must be a table, got {type(data).__name__}")
+    data = dict(data)
+    preset_name = data.pop("preset", None)
+    if preset_name is not None and not isinstance(preset_name, str):
+        raise InputError(f"preset must be a string, got {preset_name!r}")
+    config = preset(preset_name) if preset_name else (base or ReconstructionConfig())
+    section_names = {f.name for f in fields(ReconstructionConfig)}
+    changes = {}
+    for section, values in data.items():
+        if section not in section_names:
+            raise InputError(f"unknown config section [{section}]; known: {sorted(section_names)}")
+        if not isinstance(values, dict):
+            raise InputError(f"[{section}] must be a table, got {type(values).__name__}")
+        current = getattr(config, section)
+        _check_keys(section, current, values)
+        changes[section] = _coerce(current, values)
+    try:
+        return config.with_changes(**changes)
+    except TypeError as exc:
+        raise InputError(f"bad config value: {exc}") from None
+
+
+def dump_config_toml(config: ReconstructionConfig) -> str:
+    """TOML text for ``config`` (round-trips through :func:`load_config`)."""
+    lines = []
+    for section, values in config.to_dict().items():
+        lines.append(f"[{section}]")
+        for key, value in values.items():
+            lines.append(f"{key} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(value: Any) -> str:
+    if value is None:
+        return '"none"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(float(value)) if isinstance(value, float) else str(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if dataclasses.is_dataclass(value):
+        raise InputError("nested option dataclasses are not supported in TOML")
+    return _toml_value(str(value))

@@ -1,0 +1,435 @@
+"""End-to-end reconstruction: images -> features -> matches -> verified pairs -> incremental mapping.
+
+Every per-item stage caches its results under ``OUT/cache`` (keyed by content and options), so a rerun
+after an interruption resumes where the previous run stopped; all outputs are written atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import pickle
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from geomvision.config import ReconstructionConfig
+from geomvision.errors import InputError, ReconstructionError
+from geomvision.io.atomic import atomic_write_bytes, atomic_write_text
+from geomvision.progress import ProgressCallback
+from geomvision.scene import Camera, ImageInfo, Reconstruction, TwoViewGeometry
+
+logger = logging.getLogger(__name__)
+
+#: ``progress_factory(stage_name)`` returns a context manager yielding a progress callback.
+ProgressFactory = Callable[[str], contextlib.AbstractContextManager[ProgressCallback]]
+
+MIN_IMAGES = 2
+
+
+@dataclass
+class PipelineResult:
+    """All models found (largest first) and the report written to ``report.json``."""
+
+    reconstructions: list[Reconstruction]
+    report: dict[str, Any]
+    output_dir: Path | None = None
+    two_view_geometries: dict[tuple[int, int], TwoViewGeometry] = field(default_factory=dict)
+
+    @property
+    def reconstruction(self) -> Reconstruction:
+        return self.reconstructions[0]
+
+
+def reconstruct(
+    image_dir: str | Path, output_dir: str | Path | None = None, config: ReconstructionConfig | None = None
+) -> Reconstruction:
+    """Reconstruct the largest model from a folder of images.
+
+    Args:
+        image_dir: folder of images (searched non-recursively, sorted by name).
+        output_dir: where to write ``sparse/0`` (COLMAP text), ``points.ply``, ``report.json`` and caches;
+            None keeps everything in memory (no caching).
+        config: a :class:`ReconstructionConfig`; defaults if None.
+
+    Returns:
+        The largest reconstruction (others are in ``OUT/sparse/1..``).
+
+    Raises:
+        InputError: bad input (missing/empty folder, unreadable images, bad options).
+        ReconstructionError: no model could be built (e.g. no overlapping pair).
+    """
+    return run_pipeline(image_dir, output_dir, config).reconstruction
+
+
+def run_pipeline(
+    image_dir: str | Path,
+    output_dir: str | Path | None = None,
+    config: ReconstructionConfig | None = None,
+    *,
+    progress_factory: ProgressFactory | None = None,
+) -> PipelineResult:
+    """Run every stage and write the outputs; see :func:`reconstruct`."""
+    from geomvision.io.images import list_images
+
+    config = config or ReconstructionConfig()
+    progress_factory = progress_factory or _no_progress
+    t_start = time.perf_counter()
+    image_dir = Path(image_dir)
+    out = _prepare_output_dir(output_dir)
+    cache = out / "cache" if out else None
+    timings: dict[str, float] = {}
+    report: dict[str, Any] = {"image_dir": str(image_dir), "config": config.to_dict()}
+
+    paths = list_images(image_dir)
+    if len(paths) < MIN_IMAGES:
+        raise InputError(f"need at least {MIN_IMAGES} images in {image_dir}, found {len(paths)}")
+    image_ids = list(range(1, len(paths) + 1))
+    names = {i: p.name for i, p in zip(image_ids, paths, strict=True)}
+    report["num_images"] = len(paths)
+
+    with _executor(config.pipeline.num_workers) as executor:
+        t = time.perf_counter()
+        cameras, camera_of_image = setup_cameras(paths, image_ids, config)
+        features = _run_features(paths, image_ids, config, cache, executor, progress_factory)
+        timings["features"] = time.perf_counter() - t
+        report["features"] = _feature_counts(features, names)
+
+        t = time.perf_counter()
+        pairs = select_pairs(image_ids, features, config)
+        matches = _run_matching(features, pairs, config, cache, executor, progress_factory)
+        timings["matching"] = time.perf_counter() - t
+        report["matching"] = {
+            "pairing": config.pipeline.pairing,
+            "num_pairs": len(pairs),
+            "num_matches_total": int(sum(len(m) for m in matches.values())),
+        }
+
+        t = time.perf_counter()
+        cameras_by_image = {i: cameras[camera_of_image[i]] for i in image_ids}
+        two_view = _run_verification(features, matches, cameras_by_image, config, cache, executor,
+                                     progress_factory)
+        timings["verification"] = time.perf_counter() - t
+    verified = {pair: g for pair, g in two_view.items() if g.success}
+    report["verification"] = _verification_counts(two_view, verified)
+    if not verified:
+        _write_report(out, report, timings, t_start)
+        raise ReconstructionError(
+            f"no image pair could be verified among {len(image_ids)} images "
+            f"({len(matches)} pairs matched): the images do not overlap enough"
+        )
+    if out:
+        _write_view_graph(out, verified, names)
+
+    t = time.perf_counter()
+    images = {
+        i: ImageInfo(names[i], camera_of_image[i], features[i].keypoints_px, features[i].colors)
+        for i in image_ids
+    }
+    mapping = _run_mapping(cameras, images, verified, config, progress_factory)
+    timings["mapping"] = time.perf_counter() - t
+    report["mapping"] = mapping.report
+    reconstructions = [r for r in mapping.reconstructions if r.num_registered >= 2]
+    if not reconstructions:
+        _write_report(out, report, timings, t_start)
+        raise ReconstructionError(f"mapping failed: {mapping.report.get('reason', 'no model with 2+ images')}")
+
+    t = time.perf_counter()
+    if out:
+        _write_models(out, reconstructions, image_dir)
+    timings["export"] = time.perf_counter() - t
+    report.update(_model_summary(reconstructions))
+    _write_report(out, report, timings, t_start)
+    if out and config.pipeline.html_report:
+        _write_html_report(out, reconstructions[0], report, verified, names)
+    return PipelineResult(reconstructions, report, out, two_view)
+
+
+# --- setup ----------------------------------------------------------------------------------------
+def _prepare_output_dir(output_dir: str | Path | None) -> Path | None:
+    if output_dir is None:
+        return None
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"output path {out} exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create output folder {out}: {exc.strerror}") from None
+    return out
+
+
+def _no_progress(stage: str) -> contextlib.AbstractContextManager[ProgressCallback]:
+    return contextlib.nullcontext(lambda done, total, message="": None)
+
+
+@contextlib.contextmanager
+def _executor(num_workers: int) -> Iterator[Executor | None]:
+    """A local process pool for per-image/per-pair work (None = run in this process)."""
+    if num_workers <= 1:
+        yield None
+        return
+    with ProcessPoolExecutor(max_workers=num_workers) as pool:
+        yield pool
+
+
+def setup_cameras(
+    paths: list[Path], image_ids: list[int], config: ReconstructionConfig
+) -> tuple[dict[int, Camera], dict[int, int]]:
+    """Initial intrinsics: known (``intrinsics``), EXIF focal, or the 1.2*max(w, h) default.
+
+    Returns:
+        (cameras by camera_id, camera_id of each image_id).
+    """
+    from geomvision.geometry.camera_models import default_focal_px, default_params
+    from geomvision.io.images import image_size, read_exif_focal_px
+
+    options = config.pipeline
+    sizes = {i: image_size(p) for i, p in zip(image_ids, paths, strict=True)}
+    if options.intrinsics is not None:
+        fx, fy, cx, cy = options.intrinsics
+        w, h = sizes[image_ids[0]]
+        if not (0 <= cx < max(s[0] for s in sizes.values()) and 0 <= cy < max(s[1] for s in sizes.values())):
+            raise InputError(f"--intrinsics principal point ({cx}, {cy}) lies outside the {w}x{h} images")
+        camera = Camera.pinhole(1, fx, fy, cx, cy, w, h)
+        return {1: camera}, {i: 1 for i in image_ids}
+
+    shared = options.single_camera
+    if shared is None:
+        shared = len(set(sizes.values())) == 1
+    cameras: dict[int, Camera] = {}
+    camera_of_image: dict[int, int] = {}
+    for i, path in zip(image_ids, paths, strict=True):
+        if shared and cameras:
+            camera_of_image[i] = 1
+            continue
+        w, h = sizes[i]
+        focal = read_exif_focal_px(path) or default_focal_px(w, h)
+        camera_id = 1 if shared else i
+        cameras[camera_id] = Camera(camera_id, options.camera_model, w, h,
+                                    default_params(options.camera_model, w, h, focal))
+        camera_of_image[i] = camera_id
+    return cameras, camera_of_image
+
+
+def select_pairs(image_ids: list[int], features: dict, config: ReconstructionConfig) -> list[tuple[int, int]]:
+    """Image pairs to match, by the configured pairing mode (sorted (i, j) with i < j)."""
+    from geomvision.features import pairs as pairing
+
+    options = config.pipeline
+    if options.pairing == "exhaustive":
+        return pairing.exhaustive_pairs(image_ids)
+    if options.pairing == "sequential":
+        return pairing.sequential_pairs(image_ids, options.sequential_window)
+    retrieved = pairing.retrieval_pairs(features, options.retrieval_k, rng=options.seed)
+    sequential = pairing.sequential_pairs(image_ids, min(options.sequential_window, 3))
+    return sorted(set(retrieved) | set(sequential))
+
+
+# --- stages ---------------------------------------------------------------------------------------
+def _run_features(paths, image_ids, config, cache, executor, progress_factory) -> dict:
+    from geomvision.features.extract import extract_features
+
+    with progress_factory("features") as progress:
+        features = extract_features(
+            paths, config.extraction, cache_dir=cache / "features" if cache else None,
+            executor=executor, progress=progress,
+        )
+    return dict(zip(image_ids, features, strict=True))
+
+
+def _run_matching(features, pairs, config, cache, executor, progress_factory) -> dict:
+    from geomvision.features.match import match_pairs
+
+    with progress_factory("matching") as progress:
+        return match_pairs(
+            features, pairs, config.matching, cache_dir=cache / "matches" if cache else None,
+            executor=executor, progress=progress,
+        )
+
+
+def _run_verification(features, matches, cameras_by_image, config, cache, executor, progress_factory) -> dict:
+    """Verify every matched pair; the whole result is cached under a key of all its inputs."""
+    from geomvision.sfm.two_view import verify_pairs
+
+    key = None
+    if cache is not None:
+        key = _verification_cache_key(features, matches, cameras_by_image, config)
+        cached = _load_pickle(cache / "two_view" / f"{key}.pkl")
+        if cached is not None:
+            logger.info("verification: %d pairs from cache", len(cached))
+            return cached
+    with progress_factory("verification") as progress:
+        result = verify_pairs(
+            features, matches, cameras_by_image, config.two_view,
+            rng=config.pipeline.seed, executor=executor, progress=progress,
+        )
+    if key is not None:
+        atomic_write_bytes(cache / "two_view" / f"{key}.pkl", pickle.dumps(result, protocol=5))
+    return result
+
+
+def _verification_cache_key(features, matches, cameras_by_image, config) -> str:
+    digest = hashlib.sha256()
+    digest.update(repr(config.two_view).encode())
+    digest.update(str(config.pipeline.seed).encode())
+    for i in sorted(cameras_by_image):
+        cam = cameras_by_image[i]
+        digest.update(f"{i}:{cam.model}:{cam.width}x{cam.height}:".encode())
+        digest.update(np.ascontiguousarray(cam.params).tobytes())
+        digest.update(np.ascontiguousarray(features[i].keypoints_px).tobytes())
+    for pair in sorted(matches):
+        digest.update(repr(pair).encode())
+        digest.update(np.ascontiguousarray(matches[pair].indices).tobytes())
+    return digest.hexdigest()[:32]
+
+
+def _load_pickle(path: Path):
+    try:
+        with open(path, "rb") as fh:
+            return pickle.load(fh)
+    except FileNotFoundError:
+        return None
+    except (pickle.UnpicklingError, EOFError, AttributeError, ValueError):
+        logger.warning("ignoring unreadable cache file %s", path)
+        return None
+
+
+def _run_mapping(cameras, images, verified, config, progress_factory):
+    from geomvision.sfm.incremental import incremental_mapping
+
+    init_reconstruction = None
+    if config.pipeline.init == "factorization":
+        init_reconstruction = _factorization_init(cameras, images, verified, config)
+    with progress_factory("mapping") as progress:
+        return incremental_mapping(
+            cameras, images, verified, config.mapper,
+            init_reconstruction=init_reconstruction, rng=config.pipeline.seed, progress=progress,
+        )
+
+
+def _factorization_init(cameras, images, verified, config) -> Reconstruction:
+    from geomvision.sfm.factorization_init import FactorizationInitOptions, initialize_by_factorization
+    from geomvision.sfm.tracks import build_tracks
+
+    tracks = build_tracks({pair: g.inlier_matches for pair, g in verified.items()})
+    result = initialize_by_factorization(
+        cameras, images, tracks, FactorizationInitOptions(), rng=config.pipeline.seed
+    )
+    if not result.success:
+        raise ReconstructionError(f"factorization initialisation failed: {result.reason}")
+    return result.reconstruction
+
+
+# --- outputs --------------------------------------------------------------------------------------
+def _write_models(out: Path, reconstructions: list[Reconstruction], image_dir: Path) -> None:
+    from geomvision.io.colmap import write_model
+    from geomvision.io.ply import write_point_cloud
+
+    sparse = out / "sparse"
+    for index, rec in enumerate(reconstructions):
+        write_model(rec, sparse / str(index))
+    # Drop models left by an earlier run that found more of them.
+    for stale in sparse.iterdir():
+        if stale.is_dir() and stale.name.isdigit() and int(stale.name) >= len(reconstructions):
+            shutil.rmtree(stale)
+    best = reconstructions[0]
+    point_ids = sorted(best.points3D)
+    xyz = np.array([best.points3D[p].xyz for p in point_ids]).reshape(-1, 3)
+    rgb = np.array([best.points3D[p].color for p in point_ids], dtype=np.uint8).reshape(-1, 3)
+    write_point_cloud(out / "points.ply", xyz, rgb)
+
+
+def _model_summary(reconstructions: list[Reconstruction]) -> dict[str, Any]:
+    best = reconstructions[0].summary()
+    return {
+        "num_registered": best["num_registered"],
+        "num_points3D": best["num_points3D"],
+        "num_observations": best["num_observations"],
+        "mean_track_length": best["mean_track_length"],
+        "mean_reprojection_error_px": best["mean_reprojection_error_px"],
+        "num_models": len(reconstructions),
+        "models": [r.summary() for r in reconstructions],
+        "registered_images": [reconstructions[0].views[i].name for i in reconstructions[0].registered_image_ids],
+    }
+
+
+def _feature_counts(features: dict, names: dict[int, str]) -> dict[str, Any]:
+    counts = {names[i]: len(f) for i, f in features.items()}
+    values = list(counts.values())
+    return {"per_image": counts, "mean": float(np.mean(values)), "min": int(min(values))}
+
+
+def _verification_counts(two_view: dict, verified: dict) -> dict[str, Any]:
+    reasons: dict[str, int] = {}
+    for g in two_view.values():
+        if not g.success:
+            key = g.reason.split(":")[0][:60] or "rejected"
+            reasons[key] = reasons.get(key, 0) + 1
+    configs: dict[str, int] = {}
+    for g in verified.values():
+        configs[g.config] = configs.get(g.config, 0) + 1
+    inliers = [g.num_inliers for g in verified.values()]
+    return {
+        "num_pairs": len(two_view),
+        "num_verified": len(verified),
+        "median_inliers": float(np.median(inliers)) if inliers else 0.0,
+        "configs": configs,
+        "rejections": reasons,
+    }
+
+
+def _write_view_graph(out: Path, verified: dict, names: dict[int, str]) -> None:
+    from geomvision.sfm.view_graph import build_view_graph, draw_view_graph, save_view_graph
+
+    graph = build_view_graph(verified, names)
+    save_view_graph(graph, out / "view_graph.json")
+    try:
+        draw_view_graph(graph, out / "view_graph.png")
+    except Exception as exc:  # a drawing is a nicety: never lose a reconstruction over it
+        logger.warning("could not draw the view graph: %s", exc)
+
+
+def _write_report(out: Path | None, report: dict, timings: dict, t_start: float) -> None:
+    timings = {k: timings.get(k, 0.0) for k in ("features", "matching", "verification", "mapping")} | timings
+    timings["total"] = time.perf_counter() - t_start
+    report["timings_s"] = {k: round(v, 4) for k, v in timings.items()}
+    report.setdefault("num_registered", 0)
+    report.setdefault("num_points3D", 0)
+    report.setdefault("mean_reprojection_error_px", None)
+    if out is not None:
+        atomic_write_text(out / "report.json", json.dumps(_jsonable(report), indent=2) + "\n")
+
+
+def _write_html_report(out: Path, rec: Reconstruction, report: dict, verified: dict, names) -> None:
+    try:
+        from geomvision.sfm.view_graph import build_view_graph
+        from geomvision.viz.report import write_report_html
+
+        write_report_html(out, rec, report, view_graph=build_view_graph(verified, names))
+    except Exception as exc:  # the HTML report must never cost the user the model
+        logger.warning("could not write report.html: %s", exc)
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, Path):
+        return str(value)
+    return value
