@@ -1,0 +1,156 @@
+"""PLY export/import of point clouds and camera frustums through Open3D (binary little-endian PLY).
+
+Besides ``geomvision.viz`` this is the only module that imports ``open3d``; it does so lazily so importing
+``geomvision.io`` stays cheap. Every write is atomic (temporary file + rename).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from geomvision.errors import InputError
+from geomvision.io.atomic import atomic_path
+from geomvision.scene.reconstruction import Reconstruction
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["write_point_cloud", "read_point_cloud", "write_camera_frustums_mesh", "write_scene_ply",
+           "write_reconstruction_ply"]
+
+
+def _check_xyz_rgb(xyz: np.ndarray, rgb: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    xyz = np.asarray(xyz, dtype=np.float64)
+    if xyz.ndim != 2 or xyz.shape[1] != 3:
+        raise InputError(f"xyz must be (N, 3), got shape {xyz.shape}")
+    if not np.all(np.isfinite(xyz)):
+        raise InputError(f"xyz contains {np.count_nonzero(~np.isfinite(xyz))} NaN/inf values")
+    if rgb is None:
+        return xyz, None
+    rgb = np.asarray(rgb)
+    if rgb.shape != xyz.shape:
+        raise InputError(f"rgb must be (N, 3) like xyz {xyz.shape}, got {rgb.shape}")
+    # uint8 0..255 is the scene convention; floats are taken as 0..1 (Open3D's own convention).
+    rgb01 = rgb.astype(np.float64) / 255.0 if rgb.dtype == np.uint8 else rgb.astype(np.float64)
+    if rgb01.size and (rgb01.min() < 0 or rgb01.max() > 1):
+        raise InputError(f"float rgb must lie in [0, 1], got range [{rgb01.min()}, {rgb01.max()}]")
+    return xyz, rgb01
+
+
+def write_point_cloud(path: str | Path, xyz: np.ndarray, rgb: np.ndarray | None = None) -> Path:
+    """Write a coloured point cloud as binary PLY.
+
+    Args:
+        path: destination ``.ply`` file.
+        xyz: (N, 3) world points.
+        rgb: (N, 3) uint8 (0..255) or float (0..1) colours, or None.
+
+    Returns:
+        The path written.
+    """
+    import open3d as o3d
+
+    xyz, rgb01 = _check_xyz_rgb(xyz, rgb)
+    cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(xyz))
+    if rgb01 is not None:
+        cloud.colors = o3d.utility.Vector3dVector(rgb01)
+    path = Path(path)
+    with atomic_path(path, suffix=".ply") as tmp:
+        if not o3d.io.write_point_cloud(str(tmp), cloud, write_ascii=False):
+            raise OSError(f"Open3D could not write {path}")
+    logger.info("wrote %d points to %s", len(xyz), path)
+    return path
+
+
+def read_point_cloud(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """Read a PLY point cloud (or the vertices of a PLY mesh).
+
+    Returns:
+        (N, 3) float64 points and (N, 3) uint8 colours (None when the file has none).
+    """
+    import open3d as o3d
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"point cloud {path} does not exist")
+    cloud = o3d.io.read_point_cloud(str(path), format="ply")
+    xyz = np.asarray(cloud.points, dtype=np.float64)
+    if len(xyz) == 0 and path.stat().st_size > 0 and b"element vertex 0" not in path.read_bytes()[:2000]:
+        raise InputError(f"{path}: not a readable PLY point cloud")
+    colors = np.round(np.asarray(cloud.colors) * 255.0).astype(np.uint8) if cloud.has_colors() else None
+    return xyz, colors
+
+
+def _frustum_mesh(rec: Reconstruction, scale: float | None, order: list[int] | None):
+    import open3d as o3d
+
+    from geomvision.viz.geometry import camera_frustums
+
+    fr = camera_frustums(rec, scale=scale, order=order)
+    mesh = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(fr.vertices),
+                                     o3d.utility.Vector3iVector(fr.triangles.astype(np.int32)))
+    mesh.vertex_colors = o3d.utility.Vector3dVector(np.repeat(fr.colors, 5, axis=0).reshape(-1, 3))
+    return mesh
+
+
+def _write_mesh(path: Path, mesh) -> None:
+    import open3d as o3d
+
+    with atomic_path(path, suffix=".ply") as tmp:
+        ok = o3d.io.write_triangle_mesh(str(tmp), mesh, write_ascii=False, write_vertex_normals=False)
+        if not ok:
+            raise OSError(f"Open3D could not write {path}")
+
+
+def write_camera_frustums_mesh(
+    path: str | Path, rec: Reconstruction, *, scale: float | None = None, order: list[int] | None = None
+) -> Path:
+    """Write the registered cameras as a PLY triangle mesh of pyramids (5 vertices, 6 faces each).
+
+    Args:
+        path: destination ``.ply``.
+        rec: reconstruction.
+        scale: frustum depth in world units (default: half the median camera spacing).
+        order: image ids in registration order for the colour ramp.
+    """
+    path = Path(path)
+    _write_mesh(path, _frustum_mesh(rec, scale, order))
+    return path
+
+
+def write_scene_ply(
+    path: str | Path, rec: Reconstruction, *, scale: float | None = None, order: list[int] | None = None
+) -> Path:
+    """One PLY with the coloured 3D points (unreferenced vertices) and the camera frustum faces.
+
+    Viewers such as MeshLab show both; ``read_point_cloud`` returns the points first, then the frustum
+    vertices (5 per registered camera).
+    """
+    import open3d as o3d
+
+    from geomvision.viz.geometry import points_array
+
+    xyz, rgb = points_array(rec)
+    mesh = _frustum_mesh(rec, scale, order)
+    frustum_vertices = np.asarray(mesh.vertices)
+    combined = o3d.geometry.TriangleMesh(
+        o3d.utility.Vector3dVector(np.vstack([xyz, frustum_vertices])),
+        o3d.utility.Vector3iVector((np.asarray(mesh.triangles) + len(xyz)).astype(np.int32)),
+    )
+    combined.vertex_colors = o3d.utility.Vector3dVector(
+        np.vstack([rgb.astype(np.float64) / 255.0, np.asarray(mesh.vertex_colors)])
+    )
+    path = Path(path)
+    _write_mesh(path, combined)
+    logger.info("wrote %d points and %d frustums to %s", len(xyz), len(frustum_vertices) // 5, path)
+    return path
+
+
+def write_reconstruction_ply(path: str | Path, rec: Reconstruction) -> Path:
+    """The reconstruction's 3D points with their colours (``OUT/points.ply``)."""
+    from geomvision.viz.geometry import points_array
+
+    xyz, rgb = points_array(rec)
+    return write_point_cloud(path, xyz, rgb)

@@ -1,0 +1,134 @@
+"""Pure-numpy scene geometry for drawing: camera frustums, scene scale, colormaps (no Open3D here).
+
+Shared by the Open3D viewer, the PLY exporter and the software screenshot renderer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from geomvision.scene.reconstruction import Reconstruction
+
+#: per frustum: 5 vertices (centre, then image corners top-left, top-right, bottom-right, bottom-left)
+FRUSTUM_LINES = np.array([[0, 1], [0, 2], [0, 3], [0, 4], [1, 2], [2, 3], [3, 4], [4, 1]], dtype=np.int64)
+#: 4 side faces and the image rectangle (2 triangles), wound so normals point outwards.
+FRUSTUM_TRIANGLES = np.array(
+    [[0, 2, 1], [0, 3, 2], [0, 4, 3], [0, 1, 4], [1, 2, 3], [1, 3, 4]], dtype=np.int64
+)
+
+
+@dataclass
+class Frustums:
+    """Frustum geometry for the registered views.
+
+    Attributes:
+        image_ids: (C,) image ids, in drawing order.
+        vertices: (C*5, 3) world points; camera c owns rows 5c..5c+4 (centre first).
+        lines: (C*8, 2) vertex index pairs.
+        triangles: (C*6, 3) vertex index triples.
+        colors: (C, 3) float RGB in [0, 1] per camera.
+    """
+
+    image_ids: np.ndarray
+    vertices: np.ndarray
+    lines: np.ndarray
+    triangles: np.ndarray
+    colors: np.ndarray
+
+
+def points_array(rec: Reconstruction) -> tuple[np.ndarray, np.ndarray]:
+    """(P, 3) float64 world points and (P, 3) uint8 colours, in sorted point-id order."""
+    ids = sorted(rec.points3D)
+    if not ids:
+        return np.zeros((0, 3)), np.zeros((0, 3), np.uint8)
+    xyz = np.array([rec.points3D[i].xyz for i in ids], dtype=np.float64)
+    rgb = np.array([rec.points3D[i].color for i in ids], dtype=np.uint8)
+    return xyz, rgb
+
+
+def robust_point_mask(xyz: np.ndarray, *, quantile: float = 0.98, factor: float = 2.0) -> np.ndarray:
+    """Points within ``factor`` times the ``quantile`` distance from the median (drops far outliers)."""
+    if len(xyz) < 10:
+        return np.ones(len(xyz), dtype=bool)
+    dist = np.linalg.norm(xyz - np.median(xyz, axis=0), axis=1)
+    return dist <= factor * np.quantile(dist, quantile) + 1e-12
+
+
+def scene_scale(rec: Reconstruction) -> float:
+    """A length typical of the scene: median camera-centre spacing, else the point spread, else 1."""
+    centers = np.array(list(rec.camera_centers().values())).reshape(-1, 3)
+    if len(centers) >= 2:
+        d = np.linalg.norm(centers[:, None] - centers[None], axis=-1)
+        np.fill_diagonal(d, np.inf)
+        nearest = d.min(axis=1)
+        spread = np.median(np.linalg.norm(centers - centers.mean(0), axis=1))
+        value = float(max(np.median(nearest), 0.2 * spread))
+        if value > 0:
+            return value
+    xyz, _ = points_array(rec)
+    if len(xyz) >= 2:
+        value = float(np.median(np.linalg.norm(xyz - np.median(xyz, axis=0), axis=1)))
+        if value > 0:
+            return value
+    return 1.0
+
+
+def order_colors(n: int, cmap: str = "viridis") -> np.ndarray:
+    """(n, 3) RGB in [0, 1] sampled evenly from a matplotlib colormap (registration order -> colour)."""
+    from matplotlib import colormaps
+
+    if n == 0:
+        return np.zeros((0, 3))
+    return np.asarray(colormaps[cmap](np.linspace(0.0, 1.0, n)))[:, :3]
+
+
+def camera_frustums(
+    rec: Reconstruction,
+    *,
+    scale: float | None = None,
+    order: list[int] | None = None,
+    cmap: str = "viridis",
+) -> Frustums:
+    """Pyramids from each registered camera centre to its image corners at depth ``scale``.
+
+    Args:
+        rec: reconstruction; only registered views are drawn. Distortion is ignored (pinhole K).
+        scale: frustum depth in world units; default half of ``scene_scale(rec)``.
+        order: image ids in registration order (colour ramp); default sorted registered ids.
+        cmap: matplotlib colormap name for the order ramp.
+    """
+    ids = [i for i in (order or rec.registered_image_ids) if i in rec.views and rec.views[i].registered]
+    depth = 0.5 * scene_scale(rec) if scale is None else float(scale)
+    verts = np.zeros((len(ids), 5, 3))
+    for c, image_id in enumerate(ids):
+        view = rec.views[image_id]
+        cam = rec.cameras[view.camera_id]
+        corners_px = np.array(
+            [[-0.5, -0.5], [cam.width - 0.5, -0.5], [cam.width - 0.5, cam.height - 0.5], [-0.5, cam.height - 0.5]]
+        )
+        rays = np.linalg.solve(cam.K, np.column_stack([corners_px, np.ones(4)]).T).T  # z = 1
+        # scale so the farthest corner ray has length ``depth``: wide and narrow lenses look alike.
+        points_in_cam = np.vstack([np.zeros(3), rays * depth / np.linalg.norm(rays, axis=1).max()])
+        pose = view.cam_from_world
+        verts[c] = (points_in_cam - pose.translation) @ pose.rotation  # R^T (x - t)
+    offsets = 5 * np.arange(len(ids))
+    lines = (FRUSTUM_LINES[None] + offsets[:, None, None]).reshape(-1, 2)
+    triangles = (FRUSTUM_TRIANGLES[None] + offsets[:, None, None]).reshape(-1, 3)
+    return Frustums(np.asarray(ids, np.int64), verts.reshape(-1, 3), lines, triangles, order_colors(len(ids), cmap))
+
+
+def view_graph_segments(rec: Reconstruction, view_graph) -> tuple[np.ndarray, np.ndarray]:
+    """Segments between registered camera centres for each edge of a networkx view graph.
+
+    Returns:
+        (E, 2, 3) segment end points and (E,) edge weights (``weight`` attribute, default 1).
+    """
+    centers = rec.camera_centers()
+    segs, weights = [], []
+    for i, j, data in view_graph.edges(data=True):
+        if i in centers and j in centers:
+            segs.append([centers[i], centers[j]])
+            weights.append(float(data.get("weight", 1.0)))
+    return np.asarray(segs, np.float64).reshape(-1, 2, 3), np.asarray(weights, np.float64)
