@@ -1,0 +1,184 @@
+"""Image discovery and decoding (RGB uint8, EXIF orientation applied, EXIF focal length).
+
+Pixels follow the OpenCV convention: ``image[y, x]``, origin at the centre of the top-left pixel.
+Images are given integer ids 1..N in the sorted order returned by :func:`list_images`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from geomvision.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+#: File extensions (lower case) treated as images; everything else in a folder is skipped.
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".pgm", ".ppm", ".pnm", ".jp2"}
+)
+
+# EXIF tag ids (Exif 2.3 specification).
+_TAG_ORIENTATION = 0x0112
+_TAG_EXIF_IFD = 0x8769
+_TAG_FOCAL_LENGTH = 0x920A
+_TAG_FOCAL_35MM = 0xA405
+_TAG_FOCAL_PLANE_X_RES = 0xA20E
+_TAG_FOCAL_PLANE_UNIT = 0xA210
+_TAG_EXIF_IMAGE_WIDTH = 0xA002
+#: FocalPlaneResolutionUnit -> millimetres per unit (2 = inch, 3 = cm, 4 = mm, 5 = um).
+_UNIT_MM = {2: 25.4, 3: 10.0, 4: 1.0, 5: 1e-3}
+#: Width of a full-frame 35 mm film frame, the reference of FocalLengthIn35mmFilm.
+_FILM_35MM_WIDTH_MM = 36.0
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Image files of a folder, sorted by name (image ids are 1 + position in this list).
+
+    Non-image files (by extension) and sub-folders are skipped; unreadable files are kept here and
+    reported by :func:`read_image` with their name.
+
+    Raises:
+        InputError: the folder does not exist, is not a folder, or holds no image files.
+    """
+    folder = Path(folder)
+    if not folder.exists():
+        raise InputError(f"image folder {str(folder)!r} does not exist")
+    if not folder.is_dir():
+        raise InputError(f"image folder {str(folder)!r} is not a folder")
+    paths = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    skipped = sum(1 for p in folder.iterdir() if p.is_file()) - len(paths)
+    if skipped:
+        logger.debug("skipped %d non-image files in %s", skipped, folder)
+    if not paths:
+        raise InputError(
+            f"image folder {str(folder)!r} contains no images (extensions {sorted(IMAGE_EXTENSIONS)})"
+        )
+    return paths
+
+
+def _looks_truncated(data: bytes, suffix: str) -> bool:
+    """Cheap end-of-stream check: OpenCV decodes truncated JPEGs with only a warning."""
+    if suffix in (".jpg", ".jpeg"):
+        # The EOI marker may be followed by padding, so look for it near the end.
+        return b"\xff\xd9" not in data[-4096:]
+    if suffix == ".png":
+        return b"IEND" not in data[-64:]
+    return False
+
+
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+    """Map 16-bit or float images to uint8 (full-scale range preserved)."""
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype == np.uint16:
+        # 65535 / 257 = 255 exactly, so the full range maps onto the full range.
+        return ((image.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    if np.issubdtype(image.dtype, np.floating):
+        return np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
+    info = np.iinfo(image.dtype)
+    scaled = (image.astype(np.float64) - info.min) / (info.max - info.min)
+    return np.clip(np.rint(scaled * 255.0), 0, 255).astype(np.uint8)
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Decode an image file to RGB.
+
+    Handles 8/16-bit depth, grayscale (replicated to 3 channels), RGBA (alpha dropped), palette
+    images (expanded) and the EXIF orientation tag (the returned array is upright).
+
+    Returns:
+        (H, W, 3) uint8 RGB array.
+
+    Raises:
+        InputError: the file is missing, empty, corrupt or truncated (message names the file).
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read image {str(path)!r}: {exc.strerror or exc}") from exc
+    if not data:
+        raise InputError(f"image file {str(path)!r} is empty")
+    if _looks_truncated(data, path.suffix.lower()):
+        raise InputError(f"image file {str(path)!r} is truncated (no end-of-image marker)")
+    # IMREAD_COLOR applies the EXIF orientation and expands gray/palette, ANYDEPTH keeps 16 bit.
+    flags = cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
+    if image is None or image.size == 0:
+        raise InputError(f"image file {str(path)!r} is corrupt or not a supported image format")
+    if image.ndim == 2:
+        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    return np.ascontiguousarray(_to_uint8(image)[:, :, ::-1])
+
+
+def _read_exif(path: Path):
+    """PIL EXIF of ``path`` and the image's stored (w, h), or (None, None) without PIL / EXIF."""
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - PIL ships with matplotlib
+        return None, None
+    try:
+        with Image.open(path) as im:
+            return im.getexif(), im.size
+    except Exception:  # noqa: BLE001 - any PIL failure means "no EXIF"
+        return None, None
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(width, height) in pixels of the upright image (EXIF orientation 5-8 swaps the axes).
+
+    Reads only the header when PIL is available; otherwise decodes the image.
+    """
+    path = Path(path)
+    exif, size = _read_exif(path)
+    if size is None:
+        height, width = read_image(path).shape[:2]
+        return int(width), int(height)
+    width, height = size
+    if exif is not None and exif.get(_TAG_ORIENTATION, 1) in (5, 6, 7, 8):
+        width, height = height, width
+    return int(width), int(height)
+
+
+def read_exif_focal_px(path: str | os.PathLike, *, sensor_width_mm: float | None = None) -> float | None:
+    """Focal length in pixels (of the upright image's longer side) from EXIF, or None.
+
+    Uses, in order: ``FocalLengthIn35mmFilm`` (f_px = f35 / 36 mm * max(w, h)); ``FocalLength`` with
+    ``sensor_width_mm`` when given; ``FocalLength`` with ``FocalPlaneXResolution``/``Unit``.
+    """
+    path = Path(path)
+    exif, size = _read_exif(path)
+    if exif is None or size is None:
+        return None
+    sub = exif.get_ifd(_TAG_EXIF_IFD)
+    width, height = image_size(path)
+    max_side = float(max(width, height))
+    focal_35 = _positive(sub.get(_TAG_FOCAL_35MM))
+    if focal_35 is not None:
+        return focal_35 / _FILM_35MM_WIDTH_MM * max_side
+    focal_mm = _positive(sub.get(_TAG_FOCAL_LENGTH))
+    if focal_mm is None:
+        return None
+    if sensor_width_mm is not None and sensor_width_mm > 0:
+        return focal_mm / float(sensor_width_mm) * max_side
+    plane_res = _positive(sub.get(_TAG_FOCAL_PLANE_X_RES))
+    unit_mm = _UNIT_MM.get(int(sub.get(_TAG_FOCAL_PLANE_UNIT, 2)))
+    if plane_res is None or unit_mm is None:
+        return None
+    # Resolution refers to the sensor's full width; rescale if the stored image was resized.
+    exif_width = _positive(sub.get(_TAG_EXIF_IMAGE_WIDTH))
+    resize = size[0] / exif_width if exif_width else 1.0
+    return focal_mm * plane_res / unit_mm * resize
+
+
+def _positive(value) -> float | None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None
+    return v if np.isfinite(v) and v > 0 else None
