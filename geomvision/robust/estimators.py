@@ -1,0 +1,495 @@
+"""Robust two-view estimators: essential matrix, fundamental matrix and homography with RANSAC.
+
+Each estimator plugs the minimal solver of ``geometry/`` into the generic :func:`robust.ransac.ransac`:
+
+================  ====================  =====================  ==============================
+model             minimal (hypotheses)  local optimisation     residual (pixels^2)
+================  ====================  =====================  ==============================
+essential E       5-point (batched)     8-point + manifold     Sampson, via F = K2^-T E K1^-1
+fundamental F     7-point (batched)     normalised 8-point     Sampson
+homography H      4-point DLT (batched) normalised DLT         mean of the two transfer errors
+================  ====================  =====================  ==============================
+
+Thresholds are always in pixels: the essential estimator solves in normalised coordinates but scores
+with the equivalent pixel-space fundamental matrix, so ``max_error_px`` means the same for E and F and
+unequal focal lengths are handled exactly. After RANSAC the essential matrix is polished by
+Levenberg-Marquardt on the Sampson error over (R, t) and the pose chosen by cheirality.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import least_squares
+
+from geomvision.errors import InputError
+from geomvision.geometry import epipolar, homography
+from geomvision.geometry.rigid import Rigid3d, rotvec_to_matrix, skew
+from geomvision.robust.ransac import RansacOptions, RansacResult, msac_scores, ransac
+
+__all__ = [
+    "TwoViewEstimate",
+    "estimate_essential",
+    "estimate_fundamental",
+    "estimate_homography",
+    "EssentialEstimator",
+    "FundamentalEstimator",
+    "HomographyEstimator",
+    "refine_relative_pose",
+]
+
+logger = logging.getLogger(__name__)
+
+#: inliers used to pick among the four decompositions of E (cheirality vote).
+_POSE_VOTE_POINTS = 200
+#: maximum refine / re-select-inliers rounds of the essential-matrix polish.
+_REFINE_ROUNDS = 3
+
+
+@dataclass(frozen=True)
+class TwoViewEstimate:
+    """Result of a robust two-view estimation.
+
+    Attributes:
+        success: a model with enough inliers (and, for E, a pose with points in front) was found.
+        reason: empty on success, otherwise a one-line explanation.
+        model: (3, 3) E, F or H (pixel coordinates for F and H), or None.
+        inlier_mask: (N,) bool inliers at ``options.max_error_px``.
+        num_iterations: RANSAC samples drawn.
+        score: MSAC cost of the model (px^2).
+        cam2_from_cam1: relative pose with unit translation (essential only).
+        cheirality_mask: (N,) bool inliers triangulated in front of both cameras (essential only).
+    """
+
+    success: bool
+    reason: str
+    model: np.ndarray | None
+    inlier_mask: np.ndarray
+    num_iterations: int
+    score: float
+    cam2_from_cam1: Rigid3d | None = None
+    cheirality_mask: np.ndarray | None = None
+
+    @property
+    def num_inliers(self) -> int:
+        return int(np.count_nonzero(self.inlier_mask))
+
+
+# ----------------------------------------------------------------------------------------------------
+# input checks
+# ----------------------------------------------------------------------------------------------------
+def _check_correspondences(x1, x2, min_points: int) -> tuple[np.ndarray, np.ndarray]:
+    x1 = np.asarray(x1, dtype=np.float64)
+    x2 = np.asarray(x2, dtype=np.float64)
+    if x1.ndim != 2 or x1.shape[1] != 2 or x1.shape != x2.shape:
+        raise InputError(f"x1_px and x2_px must be matching (N, 2) arrays, got {x1.shape} and {x2.shape}")
+    if len(x1) < min_points:
+        raise InputError(f"need at least {min_points} correspondences, got {len(x1)}")
+    bad = ~(np.isfinite(x1).all(axis=1) & np.isfinite(x2).all(axis=1))
+    if bad.any():
+        raise InputError(
+            f"{int(bad.sum())} correspondences contain NaN or inf (first at row {int(np.argmax(bad))})"
+        )
+    return x1, x2
+
+
+def _check_K(K, name: str) -> np.ndarray:
+    K = np.asarray(K, dtype=np.float64)
+    if K.shape != (3, 3):
+        raise InputError(f"{name} must be (3, 3), got {K.shape}")
+    if not np.all(np.isfinite(K)):
+        raise InputError(f"{name} contains NaN or inf: {K.tolist()}")
+    if not (np.allclose(K[2], [0.0, 0.0, 1.0]) and K[1, 0] == 0 and K[0, 0] > 0 and K[1, 1] > 0):
+        raise InputError(
+            f"{name} must be upper triangular with positive focals and last row (0, 0, 1), got {K.tolist()}"
+        )
+    return K
+
+
+def _spread_degeneracy(x: np.ndarray, name: str) -> str:
+    """Reason string when the points coincide or lie on one line (no two-view model is defined), else ''."""
+    centred = x - x.mean(axis=0)
+    sv = np.linalg.svd(centred, compute_uv=False)
+    scale = max(float(np.abs(x).max()), 1.0)
+    if sv[0] <= 1e-9 * scale:
+        return f"degenerate input: all points in {name} coincide"
+    if sv[1] <= 1e-6 * sv[0]:
+        return f"degenerate input: all points in {name} are collinear"
+    return ""
+
+
+def _homogeneous_T(x: np.ndarray) -> np.ndarray:
+    """(N, 2) -> (3, N) homogeneous columns."""
+    return np.vstack([x.T, np.ones(len(x))])
+
+
+def _sampson_sq(
+    F: np.ndarray, x1h_T: np.ndarray, x2h_T: np.ndarray, index: np.ndarray | None = None
+) -> np.ndarray:
+    """Squared Sampson distances for a stack of F (M, 3, 3) and homogeneous points (3, N) -> (M, N).
+
+    Unchecked twin of :func:`epipolar.sampson_distance_sq` for the RANSAC hot loop; ``index`` selects
+    a subset of the points.
+    """
+    if index is not None:
+        x1h_T, x2h_T = x1h_T[:, index], x2h_T[:, index]
+    Fx1 = F @ x1h_T
+    Ftx2 = np.swapaxes(F, -1, -2) @ x2h_T
+    alg = np.einsum("in,min->mn", x2h_T, Fx1)
+    den = Fx1[:, 0] ** 2 + Fx1[:, 1] ** 2 + Ftx2[:, 0] ** 2 + Ftx2[:, 1] ** 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = alg**2 / den
+    return np.where(np.isfinite(r), r, np.inf)
+
+
+# ----------------------------------------------------------------------------------------------------
+# estimators (the Estimator protocol of robust.ransac)
+# ----------------------------------------------------------------------------------------------------
+class EssentialEstimator:
+    """Five-point essential-matrix hypotheses scored by the pixel Sampson error.
+
+    Args:
+        x1_px, x2_px: (N, 2) pixels; K1, K2: (3, 3) intrinsics of image 1 and 2.
+    """
+
+    sample_size = 5
+
+    def __init__(self, x1_px: np.ndarray, x2_px: np.ndarray, K1: np.ndarray, K2: np.ndarray):
+        self.K1_inv = np.linalg.inv(K1)
+        self.K2_inv = np.linalg.inv(K2)
+        self.x1h = _homogeneous_T(x1_px)
+        self.x2h = _homogeneous_T(x2_px)
+        self.xn1 = (self.K1_inv @ self.x1h)[:2].T
+        self.xn2 = (self.K2_inv @ self.x2h)[:2].T
+
+    def to_fundamental(self, E: np.ndarray) -> np.ndarray:
+        return self.K2_inv.T @ E @ self.K1_inv
+
+    def fit_batch(self, samples: np.ndarray) -> np.ndarray:
+        E, valid = epipolar.essential_5point_batch(self.xn1[samples], self.xn2[samples])
+        return E[valid]
+
+    def fit(self, sample_idx: np.ndarray) -> list[np.ndarray]:
+        return list(self.fit_batch(np.asarray(sample_idx)[None]))
+
+    def residuals_sq_batch(self, models: np.ndarray, index: np.ndarray | None = None) -> np.ndarray:
+        return _sampson_sq(self.to_fundamental(models), self.x1h, self.x2h, index)
+
+    def residuals_sq(self, model: np.ndarray) -> np.ndarray:
+        return self.residuals_sq_batch(np.asarray(model)[None])[0]
+
+    def refit(self, inlier_idx: np.ndarray) -> list[np.ndarray]:
+        if len(inlier_idx) < 8:
+            return []
+        return [epipolar.essential_8point(self.xn1[inlier_idx], self.xn2[inlier_idx])]
+
+
+class FundamentalEstimator:
+    """Seven-point fundamental-matrix hypotheses (on Hartley-normalised points) scored by Sampson error."""
+
+    sample_size = 7
+
+    def __init__(self, x1_px: np.ndarray, x2_px: np.ndarray):
+        self.x1, self.x2 = x1_px, x2_px
+        self.xn1, self.T1 = epipolar.hartley_normalization(x1_px)
+        self.xn2, self.T2 = epipolar.hartley_normalization(x2_px)
+        self.x1h = _homogeneous_T(x1_px)
+        self.x2h = _homogeneous_T(x2_px)
+
+    def fit_batch(self, samples: np.ndarray) -> np.ndarray:
+        Fn, valid = epipolar.fundamental_7point_batch(self.xn1[samples], self.xn2[samples])
+        F = self.T2.T @ Fn[valid] @ self.T1
+        return F / np.linalg.norm(F, axis=(-2, -1), keepdims=True)
+
+    def fit(self, sample_idx: np.ndarray) -> list[np.ndarray]:
+        return list(self.fit_batch(np.asarray(sample_idx)[None]))
+
+    def residuals_sq_batch(self, models: np.ndarray, index: np.ndarray | None = None) -> np.ndarray:
+        return _sampson_sq(models, self.x1h, self.x2h, index)
+
+    def residuals_sq(self, model: np.ndarray) -> np.ndarray:
+        return self.residuals_sq_batch(np.asarray(model)[None])[0]
+
+    def refit(self, inlier_idx: np.ndarray) -> list[np.ndarray]:
+        if len(inlier_idx) < 8:
+            return []
+        return [epipolar.fundamental_8point(self.x1[inlier_idx], self.x2[inlier_idx])]
+
+
+_TRIPLES = np.array([[0, 1, 2], [0, 1, 3], [0, 2, 3], [1, 2, 3]])
+
+
+class HomographyEstimator:
+    """Four-point homography hypotheses (batched DLT, H&Z 4.1) scored by the mean squared transfer error.
+
+    The residual is ``(d(x2, H x1)^2 + d(x1, H^-1 x2)^2) / 2`` (half of H&Z's symmetric transfer error,
+    :func:`geometry.homography.homography_transfer_errors_sq`) so that it is in px^2 per image.
+    """
+
+    sample_size = 4
+
+    def __init__(self, x1_px: np.ndarray, x2_px: np.ndarray):
+        self.x1, self.x2 = x1_px, x2_px
+        self.xn1, self.T1 = epipolar.hartley_normalization(x1_px)
+        self.xn2, self.T2 = epipolar.hartley_normalization(x2_px)
+        self.x1h = _homogeneous_T(x1_px)
+        self.x2h = _homogeneous_T(x2_px)
+
+    def _non_degenerate(self, samples: np.ndarray) -> np.ndarray:
+        """(B,) True for samples without three (nearly) collinear points and with consistent orientation.
+
+        For a plane in front of both cameras every triple keeps (or every triple flips) its orientation.
+        """
+        signs = []
+        for xn in (self.xn1, self.xn2):
+            pts = np.concatenate([xn[samples], np.ones(samples.shape + (1,))], axis=-1)  # (B, 4, 3)
+            dets = np.linalg.det(pts[:, _TRIPLES])  # (B, 4)
+            signs.append(dets)
+        d1, d2 = signs
+        ok = (np.abs(d1).min(axis=1) > 1e-3) & (np.abs(d2).min(axis=1) > 1e-3)
+        ratio_sign = np.sign(d1 * d2)
+        return ok & np.all(ratio_sign == ratio_sign[:, :1], axis=1)
+
+    def fit_batch(self, samples: np.ndarray) -> np.ndarray:
+        samples = samples[self._non_degenerate(samples)]
+        if len(samples) == 0:
+            return np.zeros((0, 3, 3))
+        x1 = self.xn1[samples]
+        x2 = self.xn2[samples]
+        B = len(samples)
+        xh = np.concatenate([x1, np.ones((B, 4, 1))], axis=-1)
+        zeros = np.zeros((B, 4, 3))
+        row1 = np.concatenate([zeros, -xh, x2[..., 1:2] * xh], axis=-1)
+        row2 = np.concatenate([xh, zeros, -x2[..., 0:1] * xh], axis=-1)
+        A = np.stack([row1, row2], axis=2).reshape(B, 8, 9)
+        _, _, Vt = np.linalg.svd(A, full_matrices=True)
+        Hn = Vt[:, -1].reshape(B, 3, 3)
+        H = np.linalg.inv(self.T2) @ Hn @ self.T1
+        return H / np.linalg.norm(H, axis=(-2, -1), keepdims=True)
+
+    def fit(self, sample_idx: np.ndarray) -> list[np.ndarray]:
+        return list(self.fit_batch(np.asarray(sample_idx)[None]))
+
+    def residuals_sq_batch(self, models: np.ndarray, index: np.ndarray | None = None) -> np.ndarray:
+        x1h, x2h = (self.x1h, self.x2h) if index is None else (self.x1h[:, index], self.x2h[:, index])
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            fwd = models @ x1h
+            fwd = fwd[:, :2] / fwd[:, 2:3]
+            inv = np.linalg.pinv(models)  # pinv: a singular hypothesis gives inf residuals, not an exception
+            bwd = inv @ x2h
+            bwd = bwd[:, :2] / bwd[:, 2:3]
+            err = 0.5 * (np.sum((fwd - x2h[:2]) ** 2, axis=1) + np.sum((bwd - x1h[:2]) ** 2, axis=1))
+        return np.where(np.isfinite(err), err, np.inf)
+
+    def residuals_sq(self, model: np.ndarray) -> np.ndarray:
+        return self.residuals_sq_batch(np.asarray(model)[None])[0]
+
+    def refit(self, inlier_idx: np.ndarray) -> list[np.ndarray]:
+        try:
+            return [homography.homography_dlt(self.x1[inlier_idx], self.x2[inlier_idx])]
+        except InputError:  # degenerate inlier set: keep the current model
+            return []
+
+
+# ----------------------------------------------------------------------------------------------------
+# public estimation functions
+# ----------------------------------------------------------------------------------------------------
+def _failure(reason: str, n: int, result: RansacResult | None = None) -> TwoViewEstimate:
+    if result is None:
+        return TwoViewEstimate(False, reason, None, np.zeros(n, dtype=bool), 0, float("inf"))
+    return TwoViewEstimate(
+        False, reason, result.model, result.inlier_mask, result.num_iterations, result.score
+    )
+
+
+def refine_relative_pose(
+    cam2_from_cam1: Rigid3d,
+    x1_px: np.ndarray,
+    x2_px: np.ndarray,
+    K1: np.ndarray,
+    K2: np.ndarray,
+    *,
+    max_iterations: int = 20,
+) -> Rigid3d:
+    """Levenberg-Marquardt on the pixel Sampson error over (R, t) with ``|t| = 1`` (5 parameters).
+
+    The rotation is updated by a rotation vector on the left, the translation in the 2D tangent space
+    of the unit sphere at the current ``t``. Use on inliers only (no robust loss).
+
+    Args:
+        cam2_from_cam1: initial pose (translation direction used, norm ignored).
+        x1_px, x2_px: (N, 2) inlier pixels, N >= 5.
+        K1, K2: (3, 3) intrinsics.
+        max_iterations: LM iterations (each costs ~6 residual evaluations).
+
+    Returns:
+        Refined pose with unit translation.
+    """
+    R0 = cam2_from_cam1.rotation
+    t0 = cam2_from_cam1.translation / np.linalg.norm(cam2_from_cam1.translation)
+    # Orthonormal tangent basis at t0.
+    _, _, Vt = np.linalg.svd(t0[None])
+    tangent = Vt[1:].T  # (3, 2)
+    K1_inv, K2_inv = np.linalg.inv(K1), np.linalg.inv(K2)
+    x1h, x2h = _homogeneous_T(x1_px), _homogeneous_T(x2_px)
+
+    def pose(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        t = t0 + tangent @ p[3:]
+        return rotvec_to_matrix(p[:3]) @ R0, t / np.linalg.norm(t)
+
+    def residuals(p: np.ndarray) -> np.ndarray:
+        R, t = pose(p)
+        F = (K2_inv.T @ skew(t) @ R @ K1_inv)[None]
+        Fx1 = F[0] @ x1h
+        Ftx2 = F[0].T @ x2h
+        alg = np.sum(x2h * Fx1, axis=0)
+        den = Fx1[0] ** 2 + Fx1[1] ** 2 + Ftx2[0] ** 2 + Ftx2[1] ** 2
+        return alg / np.sqrt(np.maximum(den, 1e-300))
+
+    sol = least_squares(residuals, np.zeros(5), method="lm", max_nfev=max_iterations * 6, x_scale=1.0)
+    R, t = pose(sol.x)
+    return Rigid3d(R, t)
+
+
+def estimate_essential(
+    x1_px: np.ndarray,
+    x2_px: np.ndarray,
+    K1: np.ndarray,
+    K2: np.ndarray,
+    options: RansacOptions | None = None,
+    *,
+    refine: bool = True,
+    rng: np.random.Generator | int | None = None,
+) -> TwoViewEstimate:
+    """Essential matrix and relative pose of a calibrated pair with 5-point LO-RANSAC.
+
+    Args:
+        x1_px, x2_px: (N, 2) matched pixels in image 1 and 2 (OpenCV origin), N >= 5.
+        K1, K2: (3, 3) intrinsics of image 1 and 2.
+        options: RANSAC options; ``max_error_px`` bounds the Sampson distance in pixels.
+        refine: polish (R, t) by Levenberg-Marquardt on the Sampson error of the inliers.
+        rng: seed or generator.
+
+    Returns:
+        :class:`TwoViewEstimate` with E (normalised coordinates, unit Frobenius norm, ``E = [t]_x R``
+        after refinement), ``cam2_from_cam1`` (unit translation) and the cheirality mask.
+
+    Raises:
+        InputError: wrong shapes, NaN/inf, fewer than 5 correspondences, invalid K.
+    """
+    options = options or RansacOptions()
+    x1, x2 = _check_correspondences(x1_px, x2_px, EssentialEstimator.sample_size)
+    K1, K2 = _check_K(K1, "K1"), _check_K(K2, "K2")
+    n = len(x1)
+    for x, name in ((x1, "image 1"), (x2, "image 2")):
+        if reason := _spread_degeneracy(x, name):
+            return _failure(reason, n)
+    est = EssentialEstimator(x1, x2, K1, K2)
+    res = ransac(est, n, options, rng=rng)
+    if not res.success:
+        return _failure(res.reason, n, res)
+    E, mask, score = res.model, res.inlier_mask, res.score
+    idx = np.flatnonzero(mask)
+    # The cheirality vote needs few points: an evenly spread subset keeps triangulation cheap.
+    vote = idx[:: max(1, len(idx) // _POSE_VOTE_POINTS)]
+    pose, _ = epipolar.recover_pose(E, est.xn1[vote], est.xn2[vote])
+    # Polish, then re-select inliers and polish again while the robust cost drops: the inlier set of
+    # the linear LO estimate misses a few correct matches near the threshold.
+    for _ in range(_REFINE_ROUNDS if refine else 0):
+        if len(idx) < 6:
+            break
+        refined = refine_relative_pose(pose, x1[idx], x2[idx], K1, K2)
+        E_ref = epipolar.essential_from_pose(refined)
+        E_ref /= np.linalg.norm(E_ref)
+        r = est.residuals_sq(E_ref)
+        score_ref = float(msac_scores(r, options.max_error_px**2))
+        if score_ref >= score:
+            break
+        E, score, mask, pose = E_ref, score_ref, r <= options.max_error_px**2, refined
+        idx = np.flatnonzero(mask)
+    front = epipolar.cheirality_mask(pose, est.xn1[idx], est.xn2[idx])
+    cheirality = np.zeros(n, dtype=bool)
+    cheirality[idx[front]] = True
+    n_front = int(front.sum())
+    if n_front < options.min_num_inliers:
+        return TwoViewEstimate(
+            False,
+            f"{n_front} inliers in front of both cameras < {options.min_num_inliers}",
+            E,
+            mask,
+            res.num_iterations,
+            score,
+            pose,
+            cheirality,
+        )
+    return TwoViewEstimate(True, "", E, mask, res.num_iterations, score, pose, cheirality)
+
+
+def estimate_fundamental(
+    x1_px: np.ndarray,
+    x2_px: np.ndarray,
+    options: RansacOptions | None = None,
+    *,
+    rng: np.random.Generator | int | None = None,
+) -> TwoViewEstimate:
+    """Fundamental matrix of an uncalibrated pair with 7-point LO-RANSAC (8-point refits).
+
+    Args:
+        x1_px, x2_px: (N, 2) matched pixels, N >= 7 (>= 8 for local optimisation).
+        options: RANSAC options; ``max_error_px`` bounds the Sampson distance in pixels.
+        rng: seed or generator.
+
+    Returns:
+        :class:`TwoViewEstimate` with the rank-2, unit-norm F (``x2^T F x1 = 0``, pixel coordinates).
+
+    Raises:
+        InputError: wrong shapes, NaN/inf or fewer than 7 correspondences.
+    """
+    options = options or RansacOptions()
+    x1, x2 = _check_correspondences(x1_px, x2_px, FundamentalEstimator.sample_size)
+    n = len(x1)
+    for x, name in ((x1, "image 1"), (x2, "image 2")):
+        if reason := _spread_degeneracy(x, name):
+            return _failure(reason, n)
+    res = ransac(FundamentalEstimator(x1, x2), n, options, rng=rng)
+    if not res.success:
+        return _failure(res.reason, n, res)
+    return TwoViewEstimate(True, "", res.model, res.inlier_mask, res.num_iterations, res.score)
+
+
+def estimate_homography(
+    x1_px: np.ndarray,
+    x2_px: np.ndarray,
+    options: RansacOptions | None = None,
+    *,
+    rng: np.random.Generator | int | None = None,
+) -> TwoViewEstimate:
+    """Homography ``x2 ~ H x1`` with 4-point LO-RANSAC (normalised DLT refits).
+
+    Args:
+        x1_px, x2_px: (N, 2) matched pixels, N >= 4.
+        options: RANSAC options; ``max_error_px`` bounds the RMS of the two transfer distances.
+        rng: seed or generator.
+
+    Returns:
+        :class:`TwoViewEstimate` with the unit-norm H in pixel coordinates.
+
+    Raises:
+        InputError: wrong shapes, NaN/inf or fewer than 4 correspondences.
+    """
+    options = options or RansacOptions()
+    x1, x2 = _check_correspondences(x1_px, x2_px, HomographyEstimator.sample_size)
+    n = len(x1)
+    for x, name in ((x1, "image 1"), (x2, "image 2")):
+        if reason := _spread_degeneracy(x, name):
+            return _failure(reason, n)
+    res = ransac(HomographyEstimator(x1, x2), n, options, rng=rng)
+    if not res.success:
+        return _failure(res.reason, n, res)
+    H = res.model
+    # Same sign convention as homography_dlt: points map to positive w.
+    if np.mean(H[2, :2] @ x1[res.inlier_mask].T + H[2, 2]) < 0:
+        H = -H
+    return TwoViewEstimate(True, "", H, res.inlier_mask, res.num_iterations, res.score)

@@ -1,0 +1,355 @@
+"""One generic, estimator-agnostic adaptive RANSAC with MSAC scoring and LO-RANSAC refinement.
+
+The loop knows nothing about geometry: an :class:`Estimator` turns minimal samples into model hypotheses
+and models into squared residuals for all data points. Everything geometric (thresholds in pixels,
+coordinate normalisation, minimal solvers) lives in the estimators (``robust/estimators.py``,
+``geometry/absolute_pose.py``).
+
+Algorithm (Fischler & Bolles 1981; H&Z 4.7.1 for the adaptive sample count):
+
+- Hypotheses are generated in *batches* of ``options.batch_size`` minimal samples. An estimator that
+  provides ``fit_batch`` / ``residuals_sq_batch`` solves and scores the whole batch with array code,
+  which is what makes a pure-numpy RANSAC competitive: one (M, N) residual matrix per batch instead of
+  M Python round trips.
+- Scoring is MSAC (Torr & Zisserman 2000): ``sum(min(r^2, t^2))``, a truncated quadratic, which ranks
+  hypotheses with the same inlier count by how well they fit.
+- When a hypothesis beats the best so far, LO-RANSAC (Chum et al. 2003; Lebeda et al. 2012) refits the
+  model by least squares on its inliers a few times with a threshold shrinking from
+  ``lo_threshold_multiplier * t`` to ``t``; the refined model is kept only if it scores better.
+- The number of samples is adapted to the best inlier ratio ``w``: ``k = log(1 - p) / log(1 - w^s)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from geomvision.errors import InputError
+
+__all__ = ["Estimator", "RansacOptions", "RansacResult", "ransac", "required_iterations", "msac_scores"]
+
+logger = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class Estimator(Protocol):
+    """What :func:`ransac` needs from a model estimator.
+
+    Models are numpy arrays of a fixed shape per estimator (a 3x3 matrix, a 3x4 pose ...), so that a
+    batch of hypotheses can be stacked into one (M, ...) array.
+
+    Required:
+        sample_size: number of data points in a minimal sample.
+        fit(sample_idx): (sample_size,) int indices -> list of candidate models (possibly empty).
+        residuals_sq(model): squared residuals of all N data points, (N,), in the units of
+            ``RansacOptions.max_error_px`` squared.
+
+    Optional (looked up with ``getattr``):
+        fit_batch(samples): (B, sample_size) int -> (M, ...) stacked models from all samples.
+        residuals_sq_batch(models, index=None): (M, ...) -> (M, N) squared residuals, or (M, len(index))
+            for the data points ``index`` only (used by the bail-out test).
+        refit(inlier_idx): (K,) int, K >= sample_size -> list of models fitted by least squares;
+            enables local optimisation.
+        is_degenerate(sample_idx): True to skip a sample before fitting (only used without fit_batch).
+    """
+
+    sample_size: int
+
+    def fit(self, sample_idx: np.ndarray) -> list[np.ndarray]: ...
+
+    def residuals_sq(self, model: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class RansacOptions:
+    """Options of :func:`ransac` (and of the estimators built on it).
+
+    Attributes:
+        max_error_px: inlier threshold on the residual (pixels for every estimator in geomvision);
+            squared residuals are compared with its square.
+        confidence: probability of having drawn at least one all-inlier sample when stopping.
+        min_iterations: minimum number of minimal samples drawn.
+        max_iterations: maximum number of minimal samples drawn.
+        local_optimization: run LO-RANSAC refits when a new best hypothesis is found (needs ``refit``).
+        lo_iterations: number of least-squares refits per local optimisation.
+        lo_threshold_multiplier: the first refit uses inliers at ``multiplier * max_error_px``; the
+            threshold shrinks linearly to ``max_error_px`` at the last refit.
+        final_refit: refit on all inliers of the best model at the end (kept only if it scores better).
+        min_num_inliers: fewer inliers than this is a failure (``success=False``).
+        min_inlier_ratio: lower bound on the inlier ratio used for the adaptive sample count, so that a
+            hopeless problem stops at ``max_iterations`` instead of spinning.
+        batch_size: minimal samples solved and scored together at first; once a model is found the
+            batch grows (up to 8x) with the number of samples still needed, to amortise Python overhead.
+        bailout_subset: hypotheses are first scored on this many random data points (Capel 2005
+            bail-out test); 0 disables the test. Only used when N > 3 * bailout_subset.
+        bailout_sigma: a hypothesis is dropped when its subset inlier count is more than this many
+            binomial standard deviations below that expected at the best inlier ratio so far.
+    """
+
+    max_error_px: float = 1.0
+    confidence: float = 0.999
+    min_iterations: int = 16
+    max_iterations: int = 10_000
+    local_optimization: bool = True
+    lo_iterations: int = 4
+    lo_threshold_multiplier: float = 3.0
+    final_refit: bool = True
+    min_num_inliers: int = 15
+    min_inlier_ratio: float = 0.0
+    batch_size: int = 16
+    bailout_subset: int = 128
+    bailout_sigma: float = 3.0
+
+    def __post_init__(self) -> None:
+        if not (np.isfinite(self.max_error_px) and self.max_error_px > 0):
+            raise InputError(f"max_error_px must be positive, got {self.max_error_px}")
+        if not 0.0 < self.confidence < 1.0:
+            raise InputError(f"confidence must be in (0, 1), got {self.confidence}")
+        if self.min_iterations < 0 or self.max_iterations < max(1, self.min_iterations):
+            raise InputError(
+                f"need 0 <= min_iterations <= max_iterations, max >= 1, got "
+                f"{self.min_iterations}, {self.max_iterations}"
+            )
+        if self.lo_iterations < 0 or self.lo_threshold_multiplier < 1.0:
+            raise InputError(
+                f"need lo_iterations >= 0 and lo_threshold_multiplier >= 1, got "
+                f"{self.lo_iterations}, {self.lo_threshold_multiplier}"
+            )
+        if self.min_num_inliers < 0 or self.batch_size < 1:
+            raise InputError(
+                f"need min_num_inliers >= 0, batch_size >= 1; got {self.min_num_inliers}, {self.batch_size}"
+            )
+
+
+@dataclass(frozen=True)
+class RansacResult:
+    """Outcome of :func:`ransac`.
+
+    Attributes:
+        success: a model with at least ``min_num_inliers`` inliers was found.
+        reason: empty on success, otherwise why not (e.g. ``"12 inliers < 15"``).
+        model: best model (also set on an inlier-count failure, for diagnostics), else None.
+        inlier_mask: (N,) bool, residual_sq <= max_error_px^2 for the returned model.
+        num_iterations: minimal samples drawn.
+        score: MSAC cost of the model (lower is better; inf when there is none).
+    """
+
+    success: bool
+    reason: str
+    model: np.ndarray | None
+    inlier_mask: np.ndarray
+    num_iterations: int
+    score: float
+
+    @property
+    def num_inliers(self) -> int:
+        return int(np.count_nonzero(self.inlier_mask))
+
+
+def required_iterations(inlier_ratio: float, sample_size: int, confidence: float) -> float:
+    """Samples needed to draw one all-inlier sample with probability ``confidence`` (H&Z 4.7.1).
+
+    Returns ``inf`` when the inlier ratio is zero.
+    """
+    p_good = float(inlier_ratio) ** sample_size
+    if p_good <= 0.0:
+        return math.inf
+    if p_good >= 1.0:
+        return 0.0
+    # log1p keeps precision when p_good is tiny (high outlier ratios, large samples).
+    return math.log(1.0 - confidence) / math.log1p(-p_good)
+
+
+def msac_scores(residuals_sq: np.ndarray, threshold_sq: float) -> np.ndarray:
+    """MSAC costs ``sum(min(r^2, t^2))`` along the last axis; NaN residuals count as outliers."""
+    r = np.where(np.isnan(residuals_sq), threshold_sq, residuals_sq)
+    return np.minimum(r, threshold_sq).sum(axis=-1)
+
+
+def _draw_samples(rng: np.random.Generator, num_data: int, sample_size: int, count: int) -> np.ndarray:
+    """(count, sample_size) samples of distinct indices, each sample drawn uniformly without replacement."""
+    if num_data <= 64:
+        # Argsort of uniform keys: exact sampling without replacement, vectorised over samples.
+        keys = rng.random((count, num_data))
+        return np.argpartition(keys, sample_size - 1, axis=1)[:, :sample_size]
+    # Large N: draw with replacement and redraw the rare samples with a repeated index.
+    samples = rng.integers(0, num_data, size=(count, sample_size))
+    while True:
+        s = np.sort(samples, axis=1)
+        bad = np.any(s[:, 1:] == s[:, :-1], axis=1)
+        if not bad.any():
+            return samples
+        samples[bad] = rng.integers(0, num_data, size=(int(bad.sum()), sample_size))
+
+
+class _Scorer:
+    """Fits and scores batches of hypotheses through whichever interface the estimator offers."""
+
+    def __init__(self, estimator: Estimator, threshold_sq: float):
+        self.est = estimator
+        self.threshold_sq = threshold_sq
+        self._fit_batch = getattr(estimator, "fit_batch", None)
+        self._res_batch = getattr(estimator, "residuals_sq_batch", None)
+        self._degenerate = getattr(estimator, "is_degenerate", None)
+
+    def fit(self, samples: np.ndarray) -> list[np.ndarray] | np.ndarray:
+        if self._fit_batch is not None:
+            return self._fit_batch(samples)
+        models: list[np.ndarray] = []
+        for sample in samples:
+            if self._degenerate is not None and self._degenerate(sample):
+                continue
+            models.extend(self.est.fit(sample))
+        return models
+
+    def residuals(self, models: list[np.ndarray] | np.ndarray, index: np.ndarray | None = None) -> np.ndarray:
+        if self._res_batch is not None:
+            return self._res_batch(np.asarray(models), index)
+        res = np.stack([self.est.residuals_sq(m) for m in models])
+        return res if index is None else res[:, index]
+
+    def bail_out(
+        self,
+        models: np.ndarray,
+        num_data: int,
+        best_ratio: float,
+        options: RansacOptions,
+        rng: np.random.Generator,
+    ) -> np.ndarray:
+        """Capel's (2005) bail-out test: keep hypotheses whose inlier count on a random subset is
+        statistically compatible with beating the best inlier ratio so far. Returns the kept models."""
+        m = options.bailout_subset
+        if m <= 0 or num_data <= 3 * m or best_ratio <= 0.0 or self._res_batch is None or len(models) <= 1:
+            return models
+        subset = rng.integers(0, num_data, size=m)  # with replacement: counts are exactly binomial
+        counts = np.count_nonzero(self.residuals(models, subset) <= self.threshold_sq, axis=1)
+        expected = m * best_ratio
+        keep = counts >= expected - options.bailout_sigma * math.sqrt(expected * (1.0 - best_ratio))
+        return models[keep]
+
+
+def _local_optimization(
+    estimator: Any,
+    scorer: _Scorer,
+    model: np.ndarray,
+    residuals_sq: np.ndarray,
+    score: float,
+    options: RansacOptions,
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """LO-RANSAC: iterated least squares on inliers with a shrinking threshold; keeps the best model."""
+    best = (model, residuals_sq, score)
+    t = options.max_error_px
+    n_lo = options.lo_iterations
+    for k in range(n_lo):
+        # Threshold from multiplier * t down to t (Lebeda et al. 2012, "iterative least squares").
+        mult = options.lo_threshold_multiplier + (1.0 - options.lo_threshold_multiplier) * k / max(
+            n_lo - 1, 1
+        )
+        inlier_idx = np.flatnonzero(best[1] <= (mult * t) ** 2)
+        if len(inlier_idx) <= estimator.sample_size:
+            break
+        models = estimator.refit(inlier_idx)
+        if len(models) == 0:
+            break
+        res = scorer.residuals(models)
+        scores = msac_scores(res, scorer.threshold_sq)
+        i = int(np.argmin(scores))
+        if scores[i] < best[2]:
+            best = (np.asarray(models[i]), res[i], float(scores[i]))
+    return best
+
+
+def ransac(
+    estimator: Estimator,
+    num_data: int,
+    options: RansacOptions | None = None,
+    *,
+    rng: np.random.Generator | int | None = None,
+) -> RansacResult:
+    """Robustly fit a model with adaptive MSAC + LO-RANSAC.
+
+    Args:
+        estimator: see :class:`Estimator`; its residuals are compared with ``options.max_error_px``.
+        num_data: number of data points N the estimator indexes.
+        options: :class:`RansacOptions` (defaults if None).
+        rng: seed or generator for the sampling; runs are reproducible for a fixed seed.
+
+    Returns:
+        :class:`RansacResult`; ``success=False`` with a reason when no model reaches
+        ``options.min_num_inliers`` inliers. Never raises for geometric failure.
+
+    Raises:
+        InputError: ``num_data`` smaller than the estimator's sample size.
+    """
+    options = options or RansacOptions()
+    s = int(estimator.sample_size)
+    if num_data < s:
+        raise InputError(f"RANSAC needs at least {s} data points, got {num_data}")
+    rng = np.random.default_rng(rng)
+    threshold_sq = float(options.max_error_px) ** 2
+    scorer = _Scorer(estimator, threshold_sq)
+    can_lo = options.local_optimization and options.lo_iterations > 0 and hasattr(estimator, "refit")
+
+    best_model: np.ndarray | None = None
+    best_res = np.full(num_data, np.inf)
+    best_score = math.inf
+    best_ratio = 0.0
+    needed = float(options.max_iterations)
+    drawn = 0
+    while drawn < (target := max(options.min_iterations, min(needed, options.max_iterations))):
+        count = options.batch_size
+        if best_model is not None:
+            count = int(min(max(count, (target - drawn) // 4), 8 * count))
+        count = int(min(count, options.max_iterations - drawn))
+        samples = _draw_samples(rng, num_data, s, count)
+        drawn += count
+        models = scorer.fit(samples)
+        if len(models) and best_model is not None:
+            models = scorer.bail_out(np.asarray(models), num_data, best_ratio, options, rng)
+        if len(models) == 0:
+            continue
+        res = scorer.residuals(models)
+        scores = msac_scores(res, threshold_sq)
+        i = int(np.argmin(scores))
+        if scores[i] >= best_score:
+            continue
+        model, model_res, score = np.asarray(models[i]), res[i], float(scores[i])
+        if can_lo:
+            model, model_res, score = _local_optimization(estimator, scorer, model, model_res, score, options)
+        best_model, best_res, best_score = model, model_res, score
+        best_ratio = np.count_nonzero(best_res <= threshold_sq) / num_data
+        needed = required_iterations(max(best_ratio, options.min_inlier_ratio), s, options.confidence)
+
+    if best_model is None:
+        return RansacResult(
+            False,
+            f"no model from {drawn} samples (degenerate data?)",
+            None,
+            np.zeros(num_data, dtype=bool),
+            drawn,
+            math.inf,
+        )
+    if options.final_refit and hasattr(estimator, "refit"):
+        # One more LO pass at the final threshold only: polishes a model found late in the loop.
+        final_opts = RansacOptions(
+            **{**_options_dict(options), "lo_threshold_multiplier": 1.0, "lo_iterations": 2}
+        )
+        best_model, best_res, best_score = _local_optimization(
+            estimator, scorer, best_model, best_res, best_score, final_opts
+        )
+    mask = best_res <= threshold_sq
+    n_in = int(np.count_nonzero(mask))
+    logger.debug("ransac: %d samples, %d/%d inliers, score %.4g", drawn, n_in, num_data, best_score)
+    if n_in < options.min_num_inliers:
+        return RansacResult(
+            False, f"{n_in} inliers < {options.min_num_inliers}", best_model, mask, drawn, best_score
+        )
+    return RansacResult(True, "", best_model, mask, drawn, best_score)
+
+
+def _options_dict(options: RansacOptions) -> dict[str, Any]:
+    return {f: getattr(options, f) for f in options.__dataclass_fields__}
