@@ -1,0 +1,174 @@
+"""Which image pairs to match: exhaustive, sequential (video) and retrieval (VLAD) pair selection.
+
+Pairs are returned sorted as ``(image_id_i, image_id_j)`` with ``i < j`` and no duplicates.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from geomvision.errors import InputError
+from geomvision.scene.types import Features
+
+logger = logging.getLogger(__name__)
+
+Pair = tuple[int, int]
+
+
+def _ordered(pairs: Iterable[tuple[int, int]]) -> list[Pair]:
+    """Normalise to sorted unique (min, max) tuples without self pairs."""
+    return sorted({(min(int(i), int(j)), max(int(i), int(j))) for i, j in pairs if int(i) != int(j)})
+
+
+def _unique_ids(image_ids: Iterable[int]) -> list[int]:
+    ids = [int(i) for i in image_ids]
+    if len(set(ids)) != len(ids):
+        raise InputError(f"image ids must be unique, got {len(ids)} ids with {len(set(ids))} distinct")
+    return ids
+
+
+def exhaustive_pairs(image_ids: Iterable[int]) -> list[Pair]:
+    """All N(N-1)/2 pairs of distinct images."""
+    ids = sorted(_unique_ids(image_ids))
+    return [(ids[a], ids[b]) for a in range(len(ids)) for b in range(a + 1, len(ids))]
+
+
+def sequential_pairs(image_ids: Sequence[int], window: int, *, loop_closure: bool = False) -> list[Pair]:
+    """Pairs of images at most ``window`` apart in the given order (video / ordered captures).
+
+    Args:
+        image_ids: ids in capture order.
+        window: number of following images each image is paired with (>= 1).
+        loop_closure: also pair the first ``window`` images with the last ``window`` ones, for
+            sequences that end where they started (turntables, rings).
+    """
+    if window < 1:
+        raise InputError(f"window must be >= 1, got {window}")
+    ids = _unique_ids(image_ids)
+    n = len(ids)
+    pairs = [(ids[a], ids[b]) for a in range(n) for b in range(a + 1, min(a + window + 1, n))]
+    if loop_closure and n > 2:
+        # Wrap the window around the end of the sequence.
+        pairs += [(ids[a], ids[(a + d) % n]) for a in range(n) for d in range(1, window + 1) if a + d >= n]
+    return _ordered(pairs)
+
+
+# --- retrieval ---------------------------------------------------------------------------------------
+
+
+def _as_float_descriptors(descriptors: np.ndarray) -> np.ndarray:
+    """Descriptors as float32 unit rows (binary descriptors as unpacked bits)."""
+    if descriptors.dtype == np.uint8:
+        rows = np.unpackbits(descriptors, axis=1).astype(np.float32)
+    else:
+        rows = np.asarray(descriptors, dtype=np.float32)
+    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+
+
+def _nearest_centre(rows: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """Index of the nearest centre of each row (squared L2 via one matrix product)."""
+    scores = rows @ centres.T - 0.5 * np.sum(centres**2, axis=1)[None, :]
+    return scores.argmax(axis=1)
+
+
+def train_vocabulary(
+    descriptor_sets: Sequence[np.ndarray],
+    num_words: int = 64,
+    *,
+    max_samples: int = 50_000,
+    num_iterations: int = 20,
+    rng: np.random.Generator | int | None = None,
+) -> np.ndarray:
+    """k-means (Lloyd, k-means++ seeding) over a random sample of local descriptors.
+
+    Returns:
+        (num_words, D) float32 centres (fewer if there are fewer samples).
+    """
+    rng = np.random.default_rng(rng if rng is not None else 0)
+    rows = np.concatenate([_as_float_descriptors(d) for d in descriptor_sets if len(d)], axis=0)
+    if len(rows) > max_samples:
+        rows = rows[rng.choice(len(rows), max_samples, replace=False)]
+    k = min(num_words, len(rows))
+    # k-means++ seeding (Arthur & Vassilvitskii 2007): spread initial centres.
+    centres = [rows[rng.integers(len(rows))]]
+    d2 = np.sum((rows - centres[0]) ** 2, axis=1)
+    for _ in range(1, k):
+        probs = d2 / d2.sum() if d2.sum() > 0 else None
+        centres.append(rows[rng.choice(len(rows), p=probs)])
+        d2 = np.minimum(d2, np.sum((rows - centres[-1]) ** 2, axis=1))
+    centres = np.array(centres, dtype=np.float32)
+    for _ in range(num_iterations):
+        labels = _nearest_centre(rows, centres)
+        counts = np.bincount(labels, minlength=k)
+        sums = np.zeros_like(centres)
+        np.add.at(sums, labels, rows)
+        filled = counts > 0
+        new = centres.copy()
+        new[filled] = sums[filled] / counts[filled, None]
+        if np.allclose(new, centres, atol=1e-6):
+            break
+        centres = new
+    return centres
+
+
+def vlad_descriptor(descriptors: np.ndarray, vocabulary: np.ndarray) -> np.ndarray:
+    """VLAD (Jegou et al. 2010): summed residuals to the nearest word, power- and L2-normalised.
+
+    Args:
+        descriptors: (N, D) local descriptors of one image.
+        vocabulary: (K, D) centres from :func:`train_vocabulary`.
+
+    Returns:
+        (K * D,) float32 global descriptor with unit L2 norm (zeros for an empty image).
+    """
+    k, dim = vocabulary.shape
+    out = np.zeros((k, dim), np.float32)
+    if len(descriptors):
+        rows = _as_float_descriptors(descriptors)
+        labels = _nearest_centre(rows, vocabulary)
+        np.add.at(out, labels, rows - vocabulary[labels])
+    # Intra-normalisation per word (Arandjelovic & Zisserman 2013) limits bursty words, then the
+    # signed square root and a global L2 norm.
+    out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+    out = np.sign(out) * np.sqrt(np.abs(out))
+    flat = out.reshape(-1)
+    return flat / max(float(np.linalg.norm(flat)), 1e-12)
+
+
+def retrieval_pairs(
+    features: Mapping[int, Features],
+    k: int,
+    *,
+    num_words: int = 64,
+    sequential_window: int = 0,
+    rng: np.random.Generator | int | None = None,
+) -> list[Pair]:
+    """Pair each image with its ``k`` most similar images by VLAD cosine similarity.
+
+    Args:
+        features: image_id -> Features.
+        k: neighbours per image (the pair set is symmetric, so degrees can exceed k).
+        num_words: VLAD vocabulary size.
+        sequential_window: if > 0, add :func:`sequential_pairs` over sorted ids with this window.
+        rng: seed of the vocabulary sampling / seeding.
+    """
+    if k < 1:
+        raise InputError(f"k must be >= 1, got {k}")
+    ids = sorted(int(i) for i in features)
+    if len(ids) < 2:
+        return []
+    vocabulary = train_vocabulary([features[i].descriptors for i in ids], num_words, rng=rng)
+    globals_ = np.stack([vlad_descriptor(features[i].descriptors, vocabulary) for i in ids])
+    similarity = globals_ @ globals_.T
+    np.fill_diagonal(similarity, -np.inf)
+    kk = min(k, len(ids) - 1)
+    neighbours = np.argsort(-similarity, axis=1, kind="stable")[:, :kk]
+    pairs = [(ids[a], ids[b]) for a in range(len(ids)) for b in neighbours[a]]
+    if sequential_window > 0:
+        pairs += sequential_pairs(ids, sequential_window)
+    result = _ordered(pairs)
+    logger.info("retrieval: %d pairs for %d images (k=%d)", len(result), len(ids), k)
+    return result

@@ -1,0 +1,341 @@
+"""Geometric verification of putative matches: E / F / H with RANSAC and model selection.
+
+The decision follows COLMAP's two-view geometry estimation:
+
+* calibrated pair (both intrinsics known or assumed): estimate E (5-point) and, unless
+  ``check_calibration`` is off, F (7-point). E is trusted when it keeps at least
+  ``min_E_F_inlier_ratio`` of F's inliers; otherwise the intrinsics are doubted and F is used;
+* a homography is estimated as well; when H explains more than ``max_H_inlier_ratio`` of the
+  epipolar inliers the pair is ``planar`` (a dominant plane) or ``panoramic`` (the camera only
+  rotated: ``K2^-1 H K1`` is a rotation that transfers the H inliers);
+* a pair with fewer than ``min_num_inliers`` verified inliers is ``rejected`` with its reason.
+
+Distorted cameras are handled by mapping keypoints to ideal pinhole pixels
+(``K @ camera.unproject(px)``), so all thresholds stay in pixels (H&Z ch. 9-11 for the models).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from geomvision.errors import InputError
+from geomvision.geometry import epipolar
+from geomvision.geometry.homography import homography_transfer_errors_sq
+from geomvision.geometry.rigid import Rigid3d, project_to_so3
+from geomvision.geometry.triangulation import triangulate_dlt, triangulation_angle_deg
+from geomvision.progress import ProgressCallback, report
+from geomvision.robust.estimators import estimate_essential, estimate_fundamental, estimate_homography
+from geomvision.robust.ransac import RansacOptions
+from geomvision.scene.camera import Camera
+from geomvision.scene.types import Features, Matches, TwoViewGeometry
+
+logger = logging.getLogger(__name__)
+
+CameraLike = Camera | np.ndarray | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class TwoViewOptions:
+    """Options of :func:`verify_pair` / :func:`verify_pairs`.
+
+    Attributes:
+        max_error_px: RANSAC inlier threshold (Sampson distance for E/F, transfer error for H).
+        min_num_inliers: fewer verified inliers -> rejected.
+        min_inlier_ratio: fewer inliers / putative matches -> rejected.
+        min_E_F_inlier_ratio: E inliers / F inliers needed to trust the intrinsics.
+        max_H_inlier_ratio: H inliers / E-or-F inliers above this -> planar or panoramic.
+        check_calibration: estimate F too for calibrated pairs (COLMAP); off saves one RANSAC.
+        estimate_homography: run the H model selection at all.
+        confidence, max_iterations: RANSAC stopping.
+        panoramic_max_error_px: the pure-rotation homography must transfer H inliers this well
+            (median) for ``panoramic``.
+        num_workers: worker processes of the default executor (None: all cores, 1: in-process).
+    """
+
+    max_error_px: float = 2.0
+    min_num_inliers: int = 15
+    min_inlier_ratio: float = 0.0
+    min_E_F_inlier_ratio: float = 0.95
+    max_H_inlier_ratio: float = 0.8
+    check_calibration: bool = True
+    estimate_homography: bool = True
+    confidence: float = 0.9999
+    max_iterations: int = 10_000
+    panoramic_max_error_px: float = 2.0
+    num_workers: int | None = None
+    ransac: RansacOptions = field(default_factory=RansacOptions)
+
+    def __post_init__(self) -> None:
+        if not self.max_error_px > 0:
+            raise InputError(f"max_error_px must be > 0, got {self.max_error_px}")
+        if self.min_num_inliers < 5:
+            raise InputError(f"min_num_inliers must be >= 5, got {self.min_num_inliers}")
+
+    def ransac_options(self) -> RansacOptions:
+        return replace(
+            self.ransac,
+            max_error_px=self.max_error_px,
+            min_num_inliers=self.min_num_inliers,
+            confidence=self.confidence,
+            max_iterations=self.max_iterations,
+        )
+
+
+# --- helpers -------------------------------------------------------------------------------------------
+
+
+def _intrinsics(camera: CameraLike, name: str) -> tuple[np.ndarray | None, Camera | None]:
+    """(K, distorted Camera or None) of a camera given as Camera, (3, 3) K or None (unknown)."""
+    if camera is None:
+        return None, None
+    if isinstance(camera, Camera):
+        distorted = camera if np.any(camera.distortion != 0) else None
+        return camera.K, distorted
+    K = np.asarray(camera, dtype=np.float64)
+    if K.shape != (3, 3):
+        raise InputError(f"{name} must be a Camera or a (3, 3) K, got shape {K.shape}")
+    return K, None
+
+
+def _ideal_pixels(px: np.ndarray, K: np.ndarray | None, camera: Camera | None) -> np.ndarray:
+    """Undistort pixels onto the ideal pinhole image of the same K (identity without distortion)."""
+    if camera is None or K is None:
+        return px
+    xn = camera.unproject(px)
+    return xn @ K[:2, :2].T + K[:2, 2]
+
+
+def _median_triangulation_angle_deg(pose: Rigid3d, xn1: np.ndarray, xn2: np.ndarray) -> float:
+    """Median ray angle over points triangulated in front of both cameras (nan if none)."""
+    if len(xn1) == 0 or np.linalg.norm(pose.translation) < 1e-12:
+        return float("nan") if len(xn1) == 0 else 0.0
+    P1 = np.hstack([np.eye(3), np.zeros((3, 1))])
+    X = triangulate_dlt(P1, pose.matrix(), xn1, xn2)
+    ok = np.all(np.isfinite(X), axis=1)
+    ok[ok] &= (X[ok, 2] > 0) & (X[ok] @ pose.rotation[2] + pose.translation[2] > 0)
+    if not np.any(ok):
+        return float("nan")
+    return float(np.median(triangulation_angle_deg(np.zeros(3), pose.center, X[ok])))
+
+
+def _panoramic_rotation(H: np.ndarray, K1: np.ndarray, K2: np.ndarray, x1, x2, max_error_px: float):
+    """Rotation R with H ~ K2 R K1^-1 if it transfers the points within ``max_error_px`` (median)."""
+    M = np.linalg.inv(K2) @ H @ K1
+    M /= np.cbrt(np.linalg.det(M))
+    R = project_to_so3(M)
+    H_rot = K2 @ R @ np.linalg.inv(K1)
+    err = np.sqrt(homography_transfer_errors_sq(H_rot, x1, x2) / 2.0)
+    return R if np.median(err) <= max_error_px else None
+
+
+def _rejected(i: int, j: int, n: int, reason: str) -> TwoViewGeometry:
+    return TwoViewGeometry(i, j, "rejected", num_putative=n, success=False, reason=reason)
+
+
+# --- one pair ------------------------------------------------------------------------------------------
+
+
+def verify_pair(
+    keypoints_1_px: np.ndarray,
+    keypoints_2_px: np.ndarray,
+    matches: np.ndarray,
+    camera_1: CameraLike = None,
+    camera_2: CameraLike = None,
+    options: TwoViewOptions | None = None,
+    *,
+    image_ids: tuple[int, int] = (1, 2),
+    rng: np.random.Generator | int | None = None,
+) -> TwoViewGeometry:
+    """Verify one pair's putative matches.
+
+    Args:
+        keypoints_1_px, keypoints_2_px: (N1, 2), (N2, 2) keypoints (OpenCV pixels).
+        matches: (M, 2) int indices into (keypoints_1, keypoints_2).
+        camera_1, camera_2: Camera, (3, 3) K, or None when the intrinsics are unknown (then F / H).
+        options: verification options.
+        image_ids: (i, j) stored in the result.
+        rng: seed or generator of the RANSAC samples.
+
+    Returns:
+        TwoViewGeometry with config calibrated / uncalibrated / planar / panoramic (``success``) or
+        rejected (``success=False`` and ``reason``); inlier matches index the input keypoints.
+    """
+    options = options or TwoViewOptions()
+    rng = np.random.default_rng(rng)
+    i, j = image_ids
+    matches = np.asarray(matches, dtype=np.int64).reshape(-1, 2)
+    n = len(matches)
+    if n and (matches.min() < 0 or matches[:, 0].max() >= len(keypoints_1_px)
+              or matches[:, 1].max() >= len(keypoints_2_px)):
+        raise InputError(f"pair ({i}, {j}): match indices out of range of {len(keypoints_1_px)}/"
+                         f"{len(keypoints_2_px)} keypoints")
+    if n < options.min_num_inliers:
+        return _rejected(i, j, n, f"{n} putative matches < {options.min_num_inliers}")
+    K1, cam1 = _intrinsics(camera_1, "camera_1")
+    K2, cam2 = _intrinsics(camera_2, "camera_2")
+    x1 = _ideal_pixels(np.asarray(keypoints_1_px, np.float64)[matches[:, 0]], K1, cam1)
+    x2 = _ideal_pixels(np.asarray(keypoints_2_px, np.float64)[matches[:, 1]], K2, cam2)
+    ransac = options.ransac_options()
+    calibrated = K1 is not None and K2 is not None
+
+    est_E = estimate_essential(x1, x2, K1, K2, ransac, rng=rng) if calibrated else None
+    est_F = None
+    if not calibrated or options.check_calibration:
+        est_F = estimate_fundamental(x1, x2, ransac, rng=rng)
+    n_E = est_E.num_inliers if est_E is not None and est_E.success else 0
+    n_F = est_F.num_inliers if est_F is not None and est_F.success else 0
+
+    use_E = n_E > 0 and (est_F is None or n_E >= options.min_E_F_inlier_ratio * n_F)
+    if use_E:
+        config, best, n_best = "calibrated", est_E, n_E
+    elif n_F > 0:
+        config, best, n_best = "uncalibrated", est_F, n_F
+    else:
+        reasons = [e.reason for e in (est_E, est_F) if e is not None and e.reason]
+        return _rejected(i, j, n, "; ".join(reasons) or "no epipolar model")
+
+    est_H = None
+    if options.estimate_homography and n >= 4:
+        est_H = estimate_homography(x1, x2, ransac, rng=rng)
+    n_H = est_H.num_inliers if est_H is not None and est_H.success else 0
+    mask = best.inlier_mask
+    pose = best.cam2_from_cam1 if use_E else None
+    if n_H > options.max_H_inlier_ratio * n_best:
+        config = "planar"
+        if calibrated:
+            R = _panoramic_rotation(est_H.model, K1, K2, x1[est_H.inlier_mask], x2[est_H.inlier_mask],
+                                    options.panoramic_max_error_px)
+            if R is not None:
+                config, pose = "panoramic", Rigid3d(R, np.zeros(3))
+        if config == "panoramic" or not use_E:
+            mask = est_H.inlier_mask  # no reliable epipolar geometry: H inliers are the evidence
+    if use_E and config != "panoramic":
+        mask = mask & best.cheirality_mask if best.cheirality_mask is not None else mask
+    num_inliers = int(np.count_nonzero(mask))
+    if num_inliers < options.min_num_inliers:
+        return _rejected(i, j, n, f"{num_inliers} inliers < {options.min_num_inliers}")
+    if num_inliers < options.min_inlier_ratio * n:
+        return _rejected(i, j, n, f"inlier ratio {num_inliers / n:.2f} < {options.min_inlier_ratio}")
+
+    angle = float("nan")
+    if pose is not None:
+        xn1 = (x1[mask] - K1[:2, 2]) @ np.linalg.inv(K1[:2, :2]).T
+        xn2 = (x2[mask] - K2[:2, 2]) @ np.linalg.inv(K2[:2, :2]).T
+        angle = 0.0 if config == "panoramic" else _median_triangulation_angle_deg(pose, xn1, xn2)
+    F = est_F.model if est_F is not None and est_F.success else None
+    if F is None and use_E:
+        F = epipolar.fundamental_from_essential(est_E.model, K1, K2)
+    return TwoViewGeometry(
+        image_i=i,
+        image_j=j,
+        config=config,
+        inlier_matches=matches[mask],
+        F=F,
+        E=est_E.model if use_E else None,
+        H=est_H.model if n_H else None,
+        cam2_from_cam1=pose,
+        num_putative=n,
+        num_homography_inliers=n_H,
+        median_triangulation_angle_deg=angle,
+        success=True,
+        reason="",
+    )
+
+
+# --- many pairs ----------------------------------------------------------------------------------------
+
+
+def _verify_task(args) -> TwoViewGeometry:
+    kp1, kp2, matches, cam1, cam2, options, ids, seed = args
+    return verify_pair(kp1, kp2, matches, cam1, cam2, options, image_ids=ids, rng=seed)
+
+
+def _init_worker() -> None:
+    import cv2
+
+    cv2.setNumThreads(1)
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # optional: only avoids BLAS oversubscription in the workers
+        return
+    threadpool_limits(1)
+
+
+def verify_pairs(
+    features: Mapping[int, Features],
+    matches: Mapping[tuple[int, int], Matches | np.ndarray],
+    cameras: Mapping[int, CameraLike] | None,
+    options: TwoViewOptions | None = None,
+    *,
+    rng: np.random.Generator | int | None = None,
+    executor: cf.Executor | None = None,
+    progress: ProgressCallback | None = None,
+) -> dict[tuple[int, int], TwoViewGeometry]:
+    """Verify every matched pair (in parallel).
+
+    Args:
+        features: image_id -> Features.
+        matches: (i, j) -> Matches (or (M, 2) index array).
+        cameras: image_id -> Camera or (3, 3) K; missing / None entries mean unknown intrinsics.
+        options: verification options.
+        rng: seed; each pair gets its own seed drawn in sorted pair order, so results do not depend
+            on the executor or scheduling.
+        executor: where to run (default: local process pool, ``options.num_workers``).
+        progress: ``progress(done, total, message)`` callback.
+
+    Returns:
+        (i, j) -> TwoViewGeometry for every input pair (rejected ones included, ``success=False``).
+    """
+    options = options or TwoViewOptions()
+    cameras = cameras or {}
+    pairs = sorted(matches)
+    seeds = np.random.default_rng(rng).integers(0, 2**63 - 1, size=len(pairs))
+    tasks = []
+    for (i, j), seed in zip(pairs, seeds, strict=True):
+        if i not in features or j not in features:
+            raise InputError(f"pair ({i}, {j}) refers to an image without features")
+        m = matches[(i, j)]
+        indices = m.indices if isinstance(m, Matches) else np.asarray(m)
+        tasks.append((features[i].keypoints_px, features[j].keypoints_px, indices,
+                      cameras.get(i), cameras.get(j), options, (i, j), int(seed)))
+    total = len(tasks)
+    results: dict[tuple[int, int], TwoViewGeometry] = {}
+    report(progress, 0, total, "verification")
+    from geomvision.features.extract import default_num_workers
+
+    num_workers = default_num_workers(options.num_workers)
+    if executor is None and (num_workers == 1 or total <= 1):
+        for k, task in enumerate(tasks):
+            results[task[6]] = _verify_task(task)
+            report(progress, k + 1, total, f"{task[6][0]}-{task[6][1]}")
+    else:
+        import multiprocessing as mp
+
+        own_pool = executor is None
+        pool = (cf.ProcessPoolExecutor(max_workers=min(num_workers, total), initializer=_init_worker,
+                                       mp_context=mp.get_context("forkserver")) if own_pool else executor)
+        try:
+            # Chunks amortise the per-task overhead; order of results is by pair.
+            chunk = max(1, total // (4 * num_workers))
+            futures = {pool.submit(_verify_chunk, tasks[s:s + chunk]): s for s in range(0, total, chunk)}
+            done = 0
+            for future in cf.as_completed(futures):
+                for tvg in future.result():
+                    results[(tvg.image_i, tvg.image_j)] = tvg
+                    done += 1
+                report(progress, done, total, "verification")
+        finally:
+            if own_pool:
+                pool.shutdown(cancel_futures=True)
+    n_ok = sum(t.success for t in results.values())
+    logger.info("verified %d of %d pairs", n_ok, total)
+    return {p: results[p] for p in pairs}
+
+
+def _verify_chunk(tasks: list) -> list[TwoViewGeometry]:
+    return [_verify_task(t) for t in tasks]
