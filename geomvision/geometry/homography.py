@@ -25,6 +25,8 @@ __all__ = [
 _COLLINEAR_AREA_TOL = 1e-6
 #: Ratio of the two smallest singular values of the DLT system under which the solution is not unique.
 _NULLSPACE_TOL = 1e-10
+#: The four point triples (i, j, k) of a 4-point sample.
+_TRIPLE_I, _TRIPLE_J, _TRIPLE_K = np.array([0, 0, 0, 1]), np.array([1, 1, 2, 2]), np.array([2, 3, 3, 3])
 
 
 def _check_points(x, name: str) -> np.ndarray:
@@ -54,13 +56,15 @@ def hartley_normalization(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     Raises:
         InputError: all points coincide.
     """
-    centroid = x.mean(axis=0)
-    mean_dist = float(np.mean(np.linalg.norm(x - centroid, axis=1)))
+    n = len(x)
+    centroid = np.add.reduce(x, axis=0) / n
+    centred = x - centroid
+    mean_dist = float(np.add.reduce(np.sqrt(np.add.reduce(centred * centred, axis=1)))) / n
     if not mean_dist > 1e-12 * max(1.0, float(np.abs(centroid).max())):
         raise InputError(f"all {len(x)} points coincide at {centroid.tolist()}")
     s = np.sqrt(2.0) / mean_dist
     T = np.array([[s, 0.0, -s * centroid[0]], [0.0, s, -s * centroid[1]], [0.0, 0.0, 1.0]])
-    return (x - centroid) * s, T
+    return centred * s, T
 
 
 def apply_homography(H: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -73,10 +77,17 @@ def apply_homography(H: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 
 def _triangle_dets(x: np.ndarray) -> np.ndarray:
-    """det[x_i, x_j, x_k] (twice the signed area) of the 4 triples of a 4-point sample (4, 2)."""
-    xh = np.c_[x, np.ones(4)]
-    triples = np.array([[0, 1, 2], [0, 1, 3], [0, 2, 3], [1, 2, 3]])
-    return np.linalg.det(xh[triples])
+    """det[x_i, x_j, x_k] (twice the signed area) of the triples (012, 013, 023, 123) of a (4, 2) sample."""
+    a, b = x[_TRIPLE_J] - x[_TRIPLE_I], x[_TRIPLE_K] - x[_TRIPLE_I]
+    return a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]
+
+
+def _is_degenerate_normalized(xn: np.ndarray) -> bool:
+    """Collinearity test on Hartley-normalised points (N, 2): any 3 of 4, or all of N > 4."""
+    if len(xn) == 4:
+        return bool(np.min(np.abs(_triangle_dets(xn))) < _COLLINEAR_AREA_TOL)
+    sv = np.linalg.svd(xn, compute_uv=False)  # centred: the 2nd singular value measures the spread
+    return bool(sv[1] < _COLLINEAR_AREA_TOL * sv[0])
 
 
 def homography_sample_is_degenerate(x1: np.ndarray, x2: np.ndarray) -> bool:
@@ -97,13 +108,8 @@ def homography_sample_is_degenerate(x1: np.ndarray, x2: np.ndarray) -> bool:
             xn, _ = hartley_normalization(x)
         except InputError:
             return True
-        if len(x) == 4:
-            if np.min(np.abs(_triangle_dets(xn))) < _COLLINEAR_AREA_TOL:
-                return True
-        else:
-            sv = np.linalg.svd(xn, compute_uv=False)  # centred: the 2nd singular value measures spread
-            if sv[1] < _COLLINEAR_AREA_TOL * sv[0]:
-                return True
+        if _is_degenerate_normalized(xn):
+            return True
     return False
 
 
@@ -150,29 +156,37 @@ def homography_dlt(x1: np.ndarray, x2: np.ndarray) -> np.ndarray:
         raise InputError(f"x1 and x2 must have the same length, got {len(x1)} and {len(x2)}")
     if len(x1) < 4:
         raise InputError(f"homography_dlt needs >= 4 correspondences, got {len(x1)}")
-    if homography_sample_is_degenerate(x1, x2):
-        raise InputError(f"degenerate homography input: {len(x1)} points with (nearly) collinear subsets")
     x1n, T1 = hartley_normalization(x1)
     x2n, T2 = hartley_normalization(x2)
+    if _is_degenerate_normalized(x1n) or _is_degenerate_normalized(x2n):
+        raise InputError(f"degenerate homography input: {len(x1)} points with (nearly) collinear subsets")
     A = _dlt_system(x1n, x2n)
     _, sv, Vt = np.linalg.svd(A, full_matrices=len(A) < 9)
     if len(x1) > 4 and sv[-2] < _NULLSPACE_TOL * sv[0]:
         raise InputError(f"homography is not unique: singular values {sv[-2]:.3g} and {sv[-1]:.3g} vanish")
     Hn = Vt[-1].reshape(3, 3)
-    H = np.linalg.solve(T2, Hn @ T1)
+    # T2 is a similarity [[s, 0, a], [0, s, b], [0, 0, 1]]: invert it in closed form.
+    s2 = T2[0, 0]
+    T2_inv = np.array([[1.0 / s2, 0.0, -T2[0, 2] / s2], [0.0, 1.0 / s2, -T2[1, 2] / s2], [0.0, 0.0, 1.0]])
+    H = T2_inv @ Hn @ T1
     H /= np.linalg.norm(H)
     w = x1 @ H[2, :2] + H[2, 2]
-    return -H if np.mean(w) < 0 else H
+    return -H if np.add.reduce(w) < 0 else H
 
 
 def _dlt_system(x1: np.ndarray, x2: np.ndarray) -> np.ndarray:
     """(2N, 9) DLT matrix: rows ``[0, -w' x^T, y' x^T]`` and ``[w' x^T, 0, -x' x^T]`` (H&Z 4.3), w' = 1."""
     n = len(x1)
-    xh = np.c_[x1, np.ones(n)]
-    zeros = np.zeros((n, 3))
-    row1 = np.hstack([zeros, -xh, x2[:, 1:2] * xh])
-    row2 = np.hstack([xh, zeros, -x2[:, 0:1] * xh])
-    return np.stack([row1, row2], axis=1).reshape(2 * n, 9)
+    A = np.zeros((n, 2, 9))
+    A[:, 0, 3:5] = -x1
+    A[:, 0, 5] = -1.0
+    A[:, 0, 6:8] = x2[:, 1:2] * x1
+    A[:, 0, 8] = x2[:, 1]
+    A[:, 1, 0:2] = x1
+    A[:, 1, 2] = 1.0
+    A[:, 1, 6:8] = -x2[:, 0:1] * x1
+    A[:, 1, 8] = -x2[:, 0]
+    return A.reshape(2 * n, 9)
 
 
 def homography_transfer_errors_sq(H: np.ndarray, x1: np.ndarray, x2: np.ndarray) -> np.ndarray:
