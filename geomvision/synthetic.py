@@ -521,6 +521,11 @@ class _Quad:
     axis_v: np.ndarray
     texture: np.ndarray
 
+    @property
+    def mask(self) -> np.ndarray:
+        """All-255 uint8 coverage mask of the texture (warped to find the quad's footprint)."""
+        return np.full(self.texture.shape[:2], 255, dtype=np.uint8)
+
 
 @dataclass
 class RenderedScene:
@@ -598,12 +603,15 @@ def _scene_quads(rng: np.random.Generator, texture_size: int) -> list[_Quad]:
 def _render_view(
     quads: list[_Quad], K: np.ndarray, cam: Rigid3d, width: int, height: int, background: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Z-buffered rendering of textured quads: each quad is one cv2.warpPerspective with exact depth."""
+    """Z-buffered rendering of textured quads: each quad is one cv2.warpPerspective with exact depth.
+
+    Work per quad is limited to the bounding box of its footprint in the image.
+    """
     image = background.copy()
     zbuf = np.full((height, width), np.inf, dtype=np.float32)
-    K_inv = np.linalg.inv(K)
-    grid = np.mgrid[0:height, 0:width].astype(np.float64)
-    rays = np.stack([grid[1], grid[0], np.ones_like(grid[0])], axis=-1) @ K_inv.T  # (H, W, 3), z = 1
+    # Pixel rays with z = 1: x = (col - cx) / fx, y = (row - cy) / fy (pinhole K without skew).
+    ray_x = (np.arange(width) - K[0, 2]) / K[0, 0]
+    ray_y = (np.arange(height) - K[1, 2]) / K[1, 1]
     for quad in quads:
         tex = quad.texture
         th, tw = tex.shape[:2]
@@ -617,22 +625,23 @@ def _render_view(
         # Texel (s, t) -> origin + (s + 0.5) / tw * axis_u + (t + 0.5) / th * axis_v (texel centres).
         A = np.column_stack([au_c / tw, av_c / th, origin_c + 0.5 * au_c / tw + 0.5 * av_c / th])
         H = K @ A
-        mask_tex = np.full((th, tw), 255, dtype=np.uint8)
-        mask = cv2.warpPerspective(mask_tex, H, (width, height), flags=cv2.INTER_NEAREST,
-                                   borderMode=cv2.BORDER_CONSTANT) > 0
-        rows, cols = np.nonzero(mask)
-        if len(rows) == 0:
+        mask = cv2.warpPerspective(quad.mask, H, (width, height), flags=cv2.INTER_NEAREST,
+                                   borderMode=cv2.BORDER_CONSTANT)
+        x0, y0, bw, bh = cv2.boundingRect(mask)
+        if bw == 0 or bh == 0:
             continue
+        box = (slice(y0, y0 + bh), slice(x0, x0 + bw))
         # Exact depth of the plane along each pixel ray; it also rejects pixels whose ray meets the plane
         # behind the camera, which the homography would otherwise fold into the image.
         with np.errstate(divide="ignore", invalid="ignore"):
-            depth = (offset / (rays[rows, cols] @ normal)).astype(np.float32)
-        front = (depth > 1e-3) & (depth < zbuf[rows, cols])
-        rows, cols, depth = rows[front], cols[front], depth[front]
-        warped = cv2.warpPerspective(tex, H, (width, height), flags=cv2.INTER_LINEAR,
+            denom = normal[0] * ray_x[None, x0:x0 + bw] + normal[1] * ray_y[y0:y0 + bh, None] + normal[2]
+            depth = (offset / denom).astype(np.float32)
+        keep = (mask[box] > 0) & (depth > 1e-3) & (depth < zbuf[box])
+        shift = np.array([[1.0, 0.0, -x0], [0.0, 1.0, -y0], [0.0, 0.0, 1.0]])
+        warped = cv2.warpPerspective(tex, shift @ H, (bw, bh), flags=cv2.INTER_LINEAR,
                                      borderMode=cv2.BORDER_CONSTANT)
-        image[rows, cols] = warped[rows, cols]
-        zbuf[rows, cols] = depth
+        np.copyto(image[box], warped, where=keep[:, :, None])
+        np.copyto(zbuf[box], depth, where=keep)
     return image, zbuf
 
 
