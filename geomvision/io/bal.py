@@ -1,0 +1,185 @@
+"""Bundle Adjustment in the Large (BAL) problem files (Agarwal et al., ECCV 2010).
+
+BAL stores ``cam_from_world`` as a Rodrigues vector and translation, with the camera looking down -z,
+and observations relative to the image centre with +y up; each camera has its own ``f, k1, k2``.
+``read_bal`` converts to this project's convention so costs are identical: the pose is premultiplied by
+``F = diag(1, -1, -1)`` (a rotation by pi about x, turning the -z camera into a +z/OpenCV camera), the
+observed y is negated, and each camera becomes a ``RADIAL`` camera ``(f, cx=0, cy=0, k1, k2)``.
+With ``P' = F P``: ``x = P'x/P'z = -Px/Pz`` (BAL's x) and ``y = P'y/P'z = Py/Pz = -(BAL's y)``, and the
+distortion depends only on ``r^2``, which is unchanged. ``write_bal`` applies the inverse mapping.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from geomvision.errors import InputError
+from geomvision.geometry.rigid import matrix_to_rotvec, rotvec_to_matrix
+from geomvision.io.atomic import atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+_FLIP = np.diag([1.0, -1.0, -1.0])
+
+
+@dataclass
+class BALProblem:
+    """A BAL problem in the project's convention (OpenCV camera frame, +y down, centred pixels).
+
+    Attributes:
+        rotvecs: (C, 3) ``cam_from_world`` rotation vectors (radians).
+        translations: (C, 3) ``cam_from_world`` translations.
+        intrinsics: (C, 5) RADIAL parameters ``f, cx, cy, k1, k2`` (cx = cy = 0).
+        points: (N, 3) world points.
+        obs_camera: (M,) camera index per observation.
+        obs_point: (M,) point index per observation.
+        obs_px: (M, 2) observations, pixels relative to the image centre, +y down.
+    """
+
+    rotvecs: np.ndarray
+    translations: np.ndarray
+    intrinsics: np.ndarray
+    points: np.ndarray
+    obs_camera: np.ndarray
+    obs_point: np.ndarray
+    obs_px: np.ndarray
+
+    @property
+    def num_cameras(self) -> int:
+        return len(self.rotvecs)
+
+    @property
+    def num_points(self) -> int:
+        return len(self.points)
+
+    @property
+    def num_observations(self) -> int:
+        return len(self.obs_camera)
+
+    def to_ba_problem(self, *, refine_intrinsics: bool = True):
+        """A ``BundleAdjustmentProblem`` sharing nothing with this object (one RADIAL camera per image;
+        f, k1, k2 optimised when ``refine_intrinsics``, the zero principal point held)."""
+        from geomvision.sfm.ba.model import BundleAdjustmentProblem
+
+        free = np.zeros((self.num_cameras, 5), bool)
+        if refine_intrinsics:
+            free[:, [0, 3, 4]] = True
+        return BundleAdjustmentProblem(
+            camera_models=["RADIAL"] * self.num_cameras, intrinsics=self.intrinsics.copy(),
+            image_group=np.arange(self.num_cameras), rotvecs=self.rotvecs.copy(),
+            translations=self.translations.copy(), points=self.points.copy(), obs_image=self.obs_camera,
+            obs_point=self.obs_point, obs_px=self.obs_px, intrinsics_free=free,
+        )
+
+    def update_from_ba_problem(self, problem) -> None:
+        """Copy poses, intrinsics and points back from a solved ``BundleAdjustmentProblem``."""
+        self.rotvecs = problem.rotvecs.copy()
+        self.translations = problem.translations.copy()
+        self.intrinsics = problem.intrinsics.copy()
+        self.points = problem.points.copy()
+
+
+def _fail(path, line: int, message: str) -> InputError:
+    return InputError(f"{os.fspath(path)}: line {line}: {message}")
+
+
+def read_bal(path: str | os.PathLike) -> BALProblem:
+    """Read a BAL text problem and convert it to the project's convention (see module docstring).
+
+    Raises:
+        InputError: missing file, bad header, wrong number of values, non-numeric or non-finite
+            values, out-of-range indices or non-positive focal length; the message names the line.
+    """
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            text = f.read()
+    except (FileNotFoundError, IsADirectoryError) as exc:
+        raise InputError(f"cannot read BAL file {os.fspath(path)}: {exc.strerror}") from exc
+    lines = text.splitlines()
+    header = lines[0].split() if lines else []
+    if len(header) != 3 or not all(h.isdigit() for h in header):
+        raise _fail(path, 1, f"expected header '<num_cameras> <num_points> <num_observations>', got {header}")
+    n_cam, n_pt, n_obs = (int(h) for h in header)
+    if n_cam == 0 or n_pt == 0 or n_obs == 0:
+        raise _fail(path, 1, f"empty problem: {n_cam} cameras, {n_pt} points, {n_obs} observations")
+    obs = _parse_block(path, lines, 1, n_obs, 4, "observation")
+    params = _parse_block(path, lines, 1 + n_obs, 9 * n_cam + 3 * n_pt, 1, "parameter").ravel()
+    extra = [i for i in range(1 + n_obs + 9 * n_cam + 3 * n_pt, len(lines)) if lines[i].strip()]
+    if extra:
+        raise _fail(path, extra[0] + 1, f"unexpected data after {n_cam} cameras and {n_pt} points")
+    cam_idx, pt_idx = obs[:, 0], obs[:, 1]
+    for name, idx, bound in (("camera", cam_idx, n_cam), ("point", pt_idx, n_pt)):
+        bad = np.flatnonzero((idx < 0) | (idx >= bound) | (idx != np.round(idx)))
+        if bad.size:
+            raise _fail(path, int(bad[0]) + 2, f"{name} index {idx[bad[0]]:g} outside [0, {bound})")
+    cams = params[: 9 * n_cam].reshape(n_cam, 9)
+    points = params[9 * n_cam:].reshape(n_pt, 3)
+    bad_f = np.flatnonzero(cams[:, 6] <= 0)
+    if bad_f.size:
+        line = 2 + n_obs + 9 * int(bad_f[0]) + 6
+        raise _fail(path, line, f"camera {bad_f[0]} has non-positive focal length {cams[bad_f[0], 6]:g}")
+    R_bal = rotvec_to_matrix(cams[:, :3])
+    R = _FLIP @ R_bal
+    t = cams[:, 3:6] @ _FLIP
+    intrinsics = np.column_stack([cams[:, 6], np.zeros(n_cam), np.zeros(n_cam), cams[:, 7], cams[:, 8]])
+    problem = BALProblem(matrix_to_rotvec(R), t, intrinsics, points, cam_idx.astype(np.int64),
+                         pt_idx.astype(np.int64), obs[:, 2:4] * np.array([1.0, -1.0]))
+    _warn_behind(problem)
+    return problem
+
+
+def _parse_block(path, lines: list[str], start: int, count: int, width: int, what: str) -> np.ndarray:
+    """Parse ``count`` lines of ``width`` numbers each starting at 0-based line ``start``."""
+    block = lines[start:start + count]
+    if len(block) < count:
+        raise _fail(path, len(lines) + 1, f"file truncated: expected {count} {what} lines from line "
+                                          f"{start + 1}, found {len(block)}")
+    try:
+        values = np.array(" ".join(block).split(), dtype=np.float64)
+    except ValueError:
+        values = None
+    if values is None or values.size != count * width:
+        for i, line in enumerate(block):
+            tokens = line.split()
+            if len(tokens) != width:
+                raise _fail(path, start + i + 1, f"expected {width} values on a {what} line, got {line.strip()!r}")
+            for tok in tokens:
+                try:
+                    float(tok)
+                except ValueError:
+                    raise _fail(path, start + i + 1, f"not a number: {tok!r}") from None
+    values = values.reshape(count, width)
+    bad = np.flatnonzero(~np.isfinite(values).all(axis=1))
+    if bad.size:
+        raise _fail(path, start + int(bad[0]) + 1, f"non-finite value in {block[bad[0]].strip()!r}")
+    return values
+
+
+def _warn_behind(problem: BALProblem) -> None:
+    """Observations of points behind their camera are legal in 'pre' problems but worth a warning."""
+    R = rotvec_to_matrix(problem.rotvecs)[problem.obs_camera]
+    depth = np.einsum("mj,mj->m", R[:, 2], problem.points[problem.obs_point]) + \
+        problem.translations[problem.obs_camera, 2]
+    behind = int(np.count_nonzero(depth <= 0))
+    if behind:
+        logger.warning("BAL: %d of %d observations have the point behind the camera", behind, len(depth))
+
+
+def write_bal(path: str | os.PathLike, problem: BALProblem) -> None:
+    """Write ``problem`` (project convention) as a BAL text file, atomically. ``cx, cy`` must be 0."""
+    if np.any(problem.intrinsics[:, 1:3] != 0):
+        raise InputError("BAL has no principal point; intrinsics cx, cy must be 0")
+    R = _FLIP @ rotvec_to_matrix(problem.rotvecs)
+    t = problem.translations @ _FLIP
+    cams = np.column_stack([matrix_to_rotvec(R), t, problem.intrinsics[:, [0, 3, 4]]])
+    obs_px = problem.obs_px * np.array([1.0, -1.0])
+    parts = [f"{problem.num_cameras} {problem.num_points} {problem.num_observations}\n"]
+    parts.extend(f"{c} {p} {x:.17g} {y:.17g}\n" for c, p, (x, y) in
+                 zip(problem.obs_camera.tolist(), problem.obs_point.tolist(), obs_px.tolist(), strict=True))
+    parts.append("\n".join(f"{v:.17g}" for v in cams.ravel().tolist()) + "\n")
+    parts.append("\n".join(f"{v:.17g}" for v in problem.points.ravel().tolist()) + "\n")
+    atomic_write_text(path, "".join(parts))

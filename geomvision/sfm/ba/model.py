@@ -1,0 +1,237 @@
+"""Array-level bundle-adjustment problem: parameter layout, reprojection residuals, analytic Jacobian.
+
+Parameters (all float64):
+
+* per image ``i``: ``cam_from_world`` as rotation vector ``rotvecs[i]`` (rad) and ``translations[i]``
+  (``x_cam = R(rotvec) x_world + t``);
+* per intrinsics group ``g`` (a camera shared by several images, or one per image): ``intrinsics[g]``
+  in the COLMAP order of ``camera_models[g]`` (padded with zeros to the widest model);
+* per point ``j``: ``points[j]`` in world coordinates.
+
+The optimisation vector is ``x = [x_cam (n_cam_params), x_points (3 * n_free_points)]``. Each image owns
+``D = 6 + P_max`` *camera columns* (its pose, then its group's intrinsics); ``image_cols[i, k]`` is the
+index of that column in ``x_cam`` or -1 when held fixed. Several images of a shared camera point to the
+same intrinsics columns. Observations are evaluated all at once; nothing loops over observations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.spatial.transform import Rotation
+
+from geomvision.errors import InputError
+from geomvision.geometry import camera_models
+from geomvision.sfm.ba import losses
+
+POSE_DIM = 6
+
+
+@dataclass
+class BundleAdjustmentProblem:
+    """Everything a bundle adjuster needs, as arrays (updated in place by the solvers).
+
+    Attributes:
+        camera_models: model name per intrinsics group (G,).
+        intrinsics: (G, P_max) parameters per group, zero-padded.
+        image_group: (I,) intrinsics group of each image.
+        rotvecs: (I, 3) ``cam_from_world`` rotation vectors, radians.
+        translations: (I, 3) ``cam_from_world`` translations.
+        points: (N, 3) world points.
+        obs_image: (M,) image index of each observation.
+        obs_point: (M,) point index of each observation.
+        obs_px: (M, 2) observed pixels (OpenCV origin).
+        pose_free: (I, 6) True where a pose entry (rotvec, t) is optimised.
+        intrinsics_free: (G, P_max) True where an intrinsic parameter is optimised.
+        point_free: (N,) True where a point is optimised.
+    """
+
+    camera_models: list[str]
+    intrinsics: np.ndarray
+    image_group: np.ndarray
+    rotvecs: np.ndarray
+    translations: np.ndarray
+    points: np.ndarray
+    obs_image: np.ndarray
+    obs_point: np.ndarray
+    obs_px: np.ndarray
+    pose_free: np.ndarray | None = None
+    intrinsics_free: np.ndarray | None = None
+    point_free: np.ndarray | None = None
+    _layout: Layout | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.intrinsics = np.array(self.intrinsics, dtype=np.float64, ndmin=2)
+        self.image_group = np.asarray(self.image_group, dtype=np.int64).reshape(-1)
+        self.rotvecs = np.array(self.rotvecs, dtype=np.float64).reshape(-1, 3)
+        self.translations = np.array(self.translations, dtype=np.float64).reshape(-1, 3)
+        self.points = np.array(self.points, dtype=np.float64).reshape(-1, 3)
+        self.obs_image = np.asarray(self.obs_image, dtype=np.int64).reshape(-1)
+        self.obs_point = np.asarray(self.obs_point, dtype=np.int64).reshape(-1)
+        self.obs_px = np.asarray(self.obs_px, dtype=np.float64).reshape(-1, 2)
+        n_img, n_grp, n_pt = len(self.rotvecs), len(self.camera_models), len(self.points)
+        if self.pose_free is None:
+            self.pose_free = np.ones((n_img, POSE_DIM), bool)
+        if self.intrinsics_free is None:
+            self.intrinsics_free = np.zeros(self.intrinsics.shape, bool)
+        if self.point_free is None:
+            self.point_free = np.ones(n_pt, bool)
+        self.pose_free = np.asarray(self.pose_free, bool).reshape(n_img, POSE_DIM)
+        self.intrinsics_free = np.asarray(self.intrinsics_free, bool).reshape(self.intrinsics.shape)
+        self.point_free = np.asarray(self.point_free, bool).reshape(n_pt)
+        self._validate(n_img, n_grp, n_pt)
+
+    def _validate(self, n_img: int, n_grp: int, n_pt: int) -> None:
+        if len(self.translations) != n_img or len(self.image_group) != n_img:
+            raise InputError(f"{n_img} rotvecs but {len(self.translations)} translations, "
+                             f"{len(self.image_group)} image groups")
+        if self.intrinsics.shape[0] != n_grp:
+            raise InputError(f"{n_grp} camera models but {self.intrinsics.shape[0]} intrinsics rows")
+        for model in self.camera_models:
+            if camera_models.NUM_PARAMS.get(model, 10**9) > self.intrinsics.shape[1]:
+                raise InputError(f"camera model {model!r} does not fit {self.intrinsics.shape[1]} params")
+        m = len(self.obs_image)
+        if len(self.obs_point) != m or len(self.obs_px) != m:
+            raise InputError(f"observation arrays disagree: {m}, {len(self.obs_point)}, {len(self.obs_px)}")
+        for name, idx, bound in (("image", self.obs_image, n_img), ("point", self.obs_point, n_pt),
+                                 ("group", self.image_group, n_grp)):
+            if idx.size and (idx.min() < 0 or idx.max() >= bound):
+                raise InputError(f"{name} index out of range [0, {bound}): {idx.min()}..{idx.max()}")
+        for name, arr in (("intrinsics", self.intrinsics), ("rotvecs", self.rotvecs),
+                          ("translations", self.translations), ("points", self.points),
+                          ("observations", self.obs_px)):
+            if not np.all(np.isfinite(arr)):
+                raise InputError(f"{name} contain NaN/inf")
+
+    @property
+    def num_observations(self) -> int:
+        return len(self.obs_image)
+
+    @property
+    def layout(self) -> Layout:
+        """Column layout of the free parameters (computed once; masks must not change afterwards)."""
+        if self._layout is None:
+            self._layout = Layout.build(self)
+        return self._layout
+
+    # --- parameter vector ----------------------------------------------------------------------------
+    def get_x(self) -> np.ndarray:
+        lay = self.layout
+        x = np.empty(lay.n_cam + 3 * lay.n_free_points)
+        x[lay.pose_cols[self.pose_free]] = np.hstack([self.rotvecs, self.translations])[self.pose_free]
+        x[lay.intr_cols[self.intrinsics_free]] = self.intrinsics[self.intrinsics_free]
+        x[lay.n_cam:] = self.points[self.point_free].ravel()
+        return x
+
+    def set_x(self, x: np.ndarray) -> None:
+        """Write a parameter vector back; fixed entries are not touched (they stay bitwise equal)."""
+        lay = self.layout
+        pose = np.hstack([self.rotvecs, self.translations])
+        pose[self.pose_free] = x[lay.pose_cols[self.pose_free]]
+        self.rotvecs[:] = pose[:, :3]
+        self.translations[:] = pose[:, 3:]
+        self.intrinsics[self.intrinsics_free] = x[lay.intr_cols[self.intrinsics_free]]
+        self.points[self.point_free] = x[lay.n_cam:].reshape(-1, 3)
+
+
+@dataclass
+class Layout:
+    """Where each free parameter lives in ``x`` (see module docstring)."""
+
+    n_cam: int
+    n_free_points: int
+    pose_cols: np.ndarray  # (I, 6) column in x_cam or -1
+    intr_cols: np.ndarray  # (G, P_max) column in x_cam or -1
+    image_cols: np.ndarray  # (I, D) pose then intrinsics columns, -1 where fixed
+    point_col: np.ndarray  # (N,) index of the point among free points, or -1
+    model_obs: list[tuple[str, np.ndarray]]  # (model, observation indices) per camera model present
+
+    @classmethod
+    def build(cls, problem: BundleAdjustmentProblem) -> Layout:
+        pose_cols = np.full(problem.pose_free.shape, -1, np.int64)
+        n_pose = int(problem.pose_free.sum())
+        pose_cols[problem.pose_free] = np.arange(n_pose)
+        intr_cols = np.full(problem.intrinsics_free.shape, -1, np.int64)
+        n_intr = int(problem.intrinsics_free.sum())
+        intr_cols[problem.intrinsics_free] = n_pose + np.arange(n_intr)
+        image_cols = np.hstack([pose_cols, intr_cols[problem.image_group]])
+        point_col = np.full(len(problem.points), -1, np.int64)
+        n_free_points = int(problem.point_free.sum())
+        point_col[problem.point_free] = np.arange(n_free_points)
+        obs_models = np.asarray(problem.camera_models, dtype=object)[problem.image_group[problem.obs_image]]
+        model_obs = [(m, np.flatnonzero(obs_models == m)) for m in sorted(set(problem.camera_models))]
+        return cls(n_pose + n_intr, n_free_points, pose_cols, intr_cols, image_cols, point_col,
+                   [(m, idx) for m, idx in model_obs if idx.size])
+
+
+def _right_jacobian_so3(rotvecs: np.ndarray) -> np.ndarray:
+    """Right Jacobian of SO(3) (I, 3, 3): ``R(w + d) ~= R(w) exp(J_r(w) d)`` for small ``d``."""
+    theta2 = np.einsum("ij,ij->i", rotvecs, rotvecs)
+    theta = np.sqrt(theta2)
+    small = theta < 1e-6
+    ts = np.where(small, 1.0, theta)
+    # (1 - cos t) / t^2 and (t - sin t) / t^3 with their Taylor limits near zero
+    a = np.where(small, 0.5 - theta2 / 24.0, (1.0 - np.cos(ts)) / ts**2)
+    b = np.where(small, 1.0 / 6.0 - theta2 / 120.0, (ts - np.sin(ts)) / ts**3)
+    K = np.zeros((len(rotvecs), 3, 3))
+    K[:, 0, 1], K[:, 0, 2], K[:, 1, 2] = -rotvecs[:, 2], rotvecs[:, 1], -rotvecs[:, 0]
+    K[:, 1, 0], K[:, 2, 0], K[:, 2, 1] = rotvecs[:, 2], -rotvecs[:, 1], rotvecs[:, 0]
+    return np.eye(3) - a[:, None, None] * K + b[:, None, None] * (K @ K)
+
+
+@dataclass
+class Evaluation:
+    """Residuals and Jacobian blocks at one parameter state (robust rescaling already applied).
+
+    Attributes:
+        residuals: (M, 2) rescaled residuals ``r~`` (plain pixel residuals for the linear loss).
+        cost: ``0.5 * sum rho(|r|^2)``.
+        errors_px: (M,) plain reprojection error norms.
+        J_cam: (M, 2, D) derivative w.r.t. the image's camera columns (zero in fixed columns).
+        J_point: (M, 2, 3) derivative w.r.t. the observed point.
+    """
+
+    residuals: np.ndarray
+    cost: float
+    errors_px: np.ndarray
+    J_cam: np.ndarray | None = None
+    J_point: np.ndarray | None = None
+
+
+def evaluate(
+    problem: BundleAdjustmentProblem, loss: str = "linear", loss_scale_px: float = 1.0, *, jacobians: bool = True
+) -> Evaluation:
+    """Reprojection residuals ``project(cam_from_world(X)) - observed`` and their analytic Jacobian."""
+    lay = problem.layout
+    R_img = Rotation.from_rotvec(problem.rotvecs).as_matrix()
+    img, pt = problem.obs_image, problem.obs_point
+    R = R_img[img]
+    rotated = np.einsum("mij,mj->mi", R, problem.points[pt])
+    points_in_cam = rotated + problem.translations[img]
+    params = problem.intrinsics[problem.image_group[img]]
+    m = len(img)
+    pixels = np.empty((m, 2))
+    d_px_d_pc = np.empty((m, 2, 3)) if jacobians else None
+    d_px_d_intr = np.zeros((m, 2, problem.intrinsics.shape[1])) if jacobians else None
+    for model, idx in lay.model_obs:  # one vectorised call per camera model present (<= 5)
+        num = camera_models.NUM_PARAMS[model]
+        if jacobians:
+            pixels[idx], d_px_d_pc[idx], d_px_d_intr[idx, :, :num] = camera_models.project_with_jacobians(
+                model, params[idx, :num], points_in_cam[idx])
+        else:
+            pixels[idx] = camera_models.project(model, params[idx, :num], points_in_cam[idx])
+    raw = pixels - problem.obs_px
+    sq = np.einsum("ij,ij->i", raw, raw)
+    cost = 0.5 * float(losses.robust_cost(loss, loss_scale_px, sq).sum())
+    if not jacobians:
+        res, _ = losses.rescale(loss, loss_scale_px, raw)
+        return Evaluation(res, cost, np.sqrt(sq))
+    # d x_cam / d rotvec = -[R X]_x R J_r  ->  row form: d_px/d_pc @ (-[rotated]_x) = cross(rotated, rows)
+    RJr = R_img @ _right_jacobian_so3(problem.rotvecs)
+    d_rot = np.matmul(np.cross(rotated[:, None, :], d_px_d_pc), RJr[img])
+    J_cam = np.concatenate([d_rot, d_px_d_pc, d_px_d_intr], axis=2)
+    J_cam *= (lay.image_cols[img] >= 0)[:, None, :]  # fixed columns contribute nothing
+    J_point = np.matmul(d_px_d_pc, R)
+    res, (J_cam, J_point) = losses.rescale(loss, loss_scale_px, raw, [J_cam, J_point])
+    return Evaluation(res, cost, np.sqrt(sq), J_cam, J_point)
