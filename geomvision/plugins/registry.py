@@ -44,6 +44,7 @@ __all__ = [
     "list_plugins",
     "get_pose_model_factory",
     "load_pose_model",
+    "import_learned",
 ]
 
 logger = logging.getLogger(__name__)
@@ -165,3 +166,15 @@ def load_pose_model(name: str, **config) -> object:
         ``kind`` and ``config`` attributes (see the module docstring).
     """
     return get_pose_model_factory(name)(**config)
+
+
+def import_learned(module: str):
+    """Import ``geomvision.plugins.learned.<module>``, turning a missing torch into a one-line error.
+
+    Raises:
+        PluginUnavailableError: e.g. "torch not installed: pip install geomvision[learned]".
+    """
+    try:
+        return importlib.import_module(f"geomvision.plugins.learned.{module}")
+    except ImportError as exc:
+        raise PluginUnavailableError(_describe_import_error(exc)) from exc

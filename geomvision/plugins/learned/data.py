@@ -3,9 +3,11 @@
 Sources of posed images:
 
 - a COLMAP model folder (``cameras``/``images``/``points3D`` ``.txt`` or ``.bin``), or a ``geomvision
-  reconstruct`` output folder holding ``sparse/0``, read with :func:`geomvision.io.colmap.read_model`;
+  reconstruct`` output folder holding ``sparse/0``;
 - a Middlebury multi-view ``*_par.txt`` file (``name k11..k33 r11..r33 t1 t2 t3`` per line with
-  ``P = K [R | t]``, i.e. ``cam_from_world``), whose images lie next to it unless told otherwise.
+  ``P = K [R | t]``, i.e. ``cam_from_world``), whose images lie next to it unless told otherwise;
+
+both read by :func:`geomvision.evaluation.load_ground_truth`.
 
 Labels are expressed relative to a *reference* camera (the first posed image in name order), so a model
 learns poses in a frame fixed to the scene whatever gauge the reconstruction had, and translations are
@@ -36,7 +38,6 @@ from geomvision.plugins.learned.common import RGB_MEAN, RGB_STD
 __all__ = [
     "PosedImages",
     "load_posed_images",
-    "read_middlebury_par",
     "translation_scale",
     "absolute_labels",
     "relative_labels",
@@ -86,78 +87,36 @@ class PosedImages:
         return np.stack([p.translation for p in self.cam_from_world])
 
 
-def read_middlebury_par(path: str | Path) -> tuple[list[str], np.ndarray, list[Rigid3d]]:
-    """Parse a Middlebury ``*_par.txt`` file.
-
-    Returns:
-        (names, K (N, 3, 3), cam_from_world poses) in file order.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"ground-truth file not found: {path}")
-    lines = [ln.split() for ln in path.read_text().splitlines() if ln.strip()]
-    if not lines:
-        raise InputError(f"empty ground-truth file: {path}")
-    rows = lines[1:] if len(lines[0]) == 1 else lines  # the first line holds the image count
-    bad = [r for r in rows if len(r) != 22]
-    if bad:
-        raise InputError(
-            f"{path}: expected 22 tokens per line, got {len(bad[0])} in {' '.join(bad[0])[:60]!r}"
-        )
-    values = np.array([r[1:] for r in rows], dtype=np.float64)
-    K = values[:, :9].reshape(-1, 3, 3)
-    R = values[:, 9:18].reshape(-1, 3, 3)
-    poses = [Rigid3d(r, t) for r, t in zip(R, values[:, 18:21], strict=True)]
-    return [r[0] for r in rows], K, poses
-
-
-def _posed_from_reconstruction(model_dir: Path, image_dir: Path) -> tuple[list[str], list[Rigid3d]]:
-    try:
-        from geomvision.io.colmap import read_model
-    except ImportError as exc:  # pragma: no cover - geomvision.io.colmap ships with geomvision
-        raise InputError(
-            f"cannot read COLMAP model {model_dir}: geomvision.io.colmap unavailable ({exc})"
-        ) from exc
-    rec = read_model(model_dir)
-    views = sorted((v for v in rec.views.values() if v.registered), key=lambda v: v.name)
-    return [v.name for v in views], [v.cam_from_world for v in views]
-
-
 def load_posed_images(source: str | Path, image_dir: str | Path | None = None) -> PosedImages:
     """Posed images from a COLMAP model / reconstruction folder or a Middlebury ``*_par.txt`` file.
 
+    Ground truth is read by :func:`geomvision.evaluation.load_ground_truth` (COLMAP text/binary models,
+    ``sparse/0`` inside an output folder, Middlebury ``*_par.txt``, Strecha ``*.camera``).
+
     Args:
-        source: ``*_par.txt`` file, COLMAP model folder, or a folder with ``sparse/0`` inside.
-        image_dir: folder the image names are relative to; defaults to the ``*_par.txt`` file's folder
-            (required for COLMAP models).
+        source: ``*_par.txt`` file, COLMAP model folder, or a folder with ``sparse/0`` or a ``*_par.txt``.
+        image_dir: folder the image names are relative to; defaults to the source file's folder (or the
+            source folder itself), which suits Middlebury data; pass it for a ``reconstruct`` output.
 
     Raises:
-        InputError: unknown source layout, no image folder for a model, or an image file missing.
+        InputError: no ground truth found, an image file missing, or fewer than 2 posed images.
     """
+    from geomvision.evaluation import load_ground_truth
+
     source = Path(source)
-    if source.is_file() and source.name.endswith("_par.txt"):
-        names, _, poses = read_middlebury_par(source)
-        folder = Path(image_dir) if image_dir is not None else source.parent
-    elif source.is_dir():
-        model_dir = source / "sparse" / "0" if (source / "sparse" / "0").is_dir() else source
-        if not any((model_dir / f"cameras.{ext}").is_file() for ext in ("txt", "bin")):
-            raise InputError(f"{source} holds no COLMAP model (cameras.txt/.bin) nor sparse/0")
-        if image_dir is None:
-            raise InputError(f"an image folder is needed to train from the model in {source}")
-        folder = Path(image_dir)
-        names, poses = _posed_from_reconstruction(model_dir, folder)
-    else:
-        raise InputError(f"pose source must be a COLMAP model folder or a *_par.txt file, got {source}")
-    order = np.argsort(names, kind="stable")
-    names = [names[i] for i in order]
-    poses = [poses[i] for i in order]
-    paths = [(folder / n).resolve() for n in names]
+    cameras = load_ground_truth(source)
+    if image_dir is None:
+        image_dir = source.parent if source.is_file() else source
+    names = sorted(cameras)
+    paths = [(Path(image_dir) / n).resolve() for n in names]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
-        raise InputError(f"{len(missing)} posed images missing, e.g. {missing[0]}")
+        raise InputError(
+            f"{len(missing)} of {len(names)} posed images missing, e.g. {missing[0]} (set the image folder)"
+        )
     if len(names) < 2:
         raise InputError(f"need at least 2 posed images, got {len(names)} from {source}")
-    return PosedImages(tuple(names), tuple(paths), tuple(poses))
+    return PosedImages(tuple(names), tuple(paths), tuple(cameras[n].cam_from_world for n in names))
 
 
 def _cam_to_world(poses: Sequence[Rigid3d]) -> tuple[np.ndarray, np.ndarray]:
