@@ -322,7 +322,7 @@ def refine_relative_pose(
         cam2_from_cam1: initial pose (translation direction used, norm ignored).
         x1_px, x2_px: (N, 2) inlier pixels, N >= 5.
         K1, K2: (3, 3) intrinsics.
-        max_iterations: LM iterations (each costs ~6 residual evaluations).
+        max_iterations: maximum LM residual evaluations.
 
     Returns:
         Refined pose with unit translation.
@@ -335,22 +335,34 @@ def refine_relative_pose(
     K1_inv, K2_inv = np.linalg.inv(K1), np.linalg.inv(K2)
     x1h, x2h = _homogeneous_T(x1_px), _homogeneous_T(x2_px)
 
-    def pose(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        t = t0 + tangent @ p[3:]
-        return rotvec_to_matrix(p[:3]) @ R0, t / np.linalg.norm(t)
+    def poses(P: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(M, 5) parameter vectors -> rotations (M, 3, 3) and unit translations (M, 3)."""
+        t = t0 + P[:, 3:] @ tangent.T
+        return rotvec_to_matrix(P[:, :3]) @ R0, t / np.linalg.norm(t, axis=1, keepdims=True)
 
-    def residuals(p: np.ndarray) -> np.ndarray:
-        R, t = pose(p)
-        F = (K2_inv.T @ skew(t) @ R @ K1_inv)[None]
-        Fx1 = F[0] @ x1h
-        Ftx2 = F[0].T @ x2h
-        alg = np.sum(x2h * Fx1, axis=0)
-        den = Fx1[0] ** 2 + Fx1[1] ** 2 + Ftx2[0] ** 2 + Ftx2[1] ** 2
+    def signed_sampson(P: np.ndarray) -> np.ndarray:
+        """(M, 5) -> (M, N) signed Sampson distances (px) of all inliers, one vectorised pass."""
+        R, t = poses(P)
+        F = K2_inv.T @ skew(t) @ R @ K1_inv
+        Fx1 = F @ x1h
+        Ftx2 = np.swapaxes(F, -1, -2) @ x2h
+        alg = np.einsum("in,min->mn", x2h, Fx1)
+        den = Fx1[:, 0] ** 2 + Fx1[:, 1] ** 2 + Ftx2[:, 0] ** 2 + Ftx2[:, 1] ** 2
         return alg / np.sqrt(np.maximum(den, 1e-300))
 
-    sol = least_squares(residuals, np.zeros(5), method="lm", max_nfev=max_iterations * 6, x_scale=1.0)
-    R, t = pose(sol.x)
-    return Rigid3d(R, t)
+    step = 1e-7
+    perturb = np.vstack([np.zeros(5), step * np.eye(5)])
+
+    def jacobian(p: np.ndarray) -> np.ndarray:
+        # Forward differences of all 5 parameters evaluated as one batch of 6 poses.
+        r = signed_sampson(p + perturb)
+        return ((r[1:] - r[0]) / step).T
+
+    sol = least_squares(
+        lambda p: signed_sampson(p[None])[0], np.zeros(5), jac=jacobian, method="lm", max_nfev=max_iterations
+    )
+    R, t = poses(sol.x[None])
+    return Rigid3d(R[0], t[0])
 
 
 def estimate_essential(

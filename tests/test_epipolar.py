@@ -1,0 +1,153 @@
+"""Epipolar solvers against exact synthetic answers (noise-free correspondences)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from geomvision.errors import InputError
+from geomvision.geometry import epipolar as ep
+from geomvision.geometry.rigid import (
+    Rigid3d,
+    angle_between_vectors_deg,
+    rotation_angle_deg,
+    rotvec_to_matrix,
+    skew,
+)
+from geomvision.synthetic import two_view_correspondences
+
+
+def _normalized(d):
+    K_inv = np.linalg.inv(d.K)
+    return d.x1_px @ K_inv[:2, :2].T + K_inv[:2, 2], d.x2_px @ K_inv[:2, :2].T + K_inv[:2, 2]
+
+
+def _same_up_to_scale(A, B):
+    A = A / np.linalg.norm(A)
+    B = B / np.linalg.norm(B)
+    return min(np.linalg.norm(A - B), np.linalg.norm(A + B))
+
+
+def _true_F(d):
+    K_inv = np.linalg.inv(d.K)
+    E = skew(d.cam2_from_cam1.translation) @ d.cam2_from_cam1.rotation
+    return K_inv.T @ E @ K_inv
+
+
+@pytest.fixture
+def exact():
+    return two_view_correspondences(60, rng=3)
+
+
+def test_fundamental_8point_exact(exact):
+    F = ep.fundamental_8point(exact.x1_px, exact.x2_px)
+    assert np.linalg.matrix_rank(F, tol=1e-10) == 2
+    assert _same_up_to_scale(F, _true_F(exact)) < 1e-8
+    assert np.max(ep.symmetric_epipolar_distance(F, exact.x1_px, exact.x2_px)) < 1e-6
+    assert np.max(ep.sampson_distance_sq(F, exact.x1_px, exact.x2_px)) < 1e-12
+
+
+def test_essential_8point_exact_pose(exact):
+    xn1, xn2 = _normalized(exact)
+    E = ep.essential_8point(xn1, xn2)
+    s = np.linalg.svd(E, compute_uv=False)
+    np.testing.assert_allclose(s, [1 / np.sqrt(2), 1 / np.sqrt(2), 0], atol=1e-10)
+    pose, mask = ep.recover_pose(E, xn1, xn2)
+    assert mask.all()
+    true = exact.cam2_from_cam1
+    assert rotation_angle_deg(pose.rotation, true.rotation) < 1e-6
+    assert angle_between_vectors_deg(pose.translation, true.translation) < 1e-6
+    assert np.linalg.norm(pose.translation) == pytest.approx(1.0)
+
+
+def test_fundamental_7point_contains_truth(exact):
+    Fs = ep.fundamental_7point(exact.x1_px[:7], exact.x2_px[:7])
+    assert len(Fs) in (1, 3)
+    assert min(_same_up_to_scale(F, _true_F(exact)) for F in Fs) < 1e-7
+    for F in Fs:
+        assert abs(np.linalg.det(F / np.linalg.norm(F))) < 1e-10
+
+
+def test_essential_5point_contains_truth(exact):
+    xn1, xn2 = _normalized(exact)
+    E_true = skew(exact.cam2_from_cam1.translation) @ exact.cam2_from_cam1.rotation
+    for start in range(0, 50, 5):
+        Es = ep.essential_5point(xn1[start : start + 5], xn2[start : start + 5])
+        assert 1 <= len(Es) <= 10
+        assert min(_same_up_to_scale(E, E_true) for E in Es) < 1e-7
+        h1 = np.c_[xn1[start : start + 5], np.ones(5)]
+        h2 = np.c_[xn2[start : start + 5], np.ones(5)]
+        for E in Es:  # every returned solution satisfies the five constraints and the trace identity
+            assert np.max(np.abs(np.sum(h2 * (h1 @ E.T), axis=1))) < 1e-9
+            assert np.max(np.abs(2 * E @ E.T @ E - np.trace(E @ E.T) * E)) < 1e-8
+
+
+def test_essential_5point_batch_many_random_poses():
+    rng = np.random.default_rng(0)
+    B = 100
+    X = rng.uniform(-1, 1, (B, 5, 3)) + [0, 0, 5]
+    R = rotvec_to_matrix(rng.normal(0, 0.3, (B, 3)))
+    t = rng.normal(0, 1, (B, 3))
+    X2 = np.einsum("bij,bnj->bni", R, X) + t[:, None]
+    E, valid = ep.essential_5point_batch(X[..., :2] / X[..., 2:], X2[..., :2] / X2[..., 2:])
+    assert E.shape == (B, 10, 3, 3) and valid.shape == (B, 10)
+    E_true = skew(t) @ R
+    E_true /= np.linalg.norm(E_true, axis=(1, 2), keepdims=True)
+    err = np.minimum(
+        np.linalg.norm(E - E_true[:, None], axis=(2, 3)), np.linalg.norm(E + E_true[:, None], axis=(2, 3))
+    )
+    err = np.where(valid, err, np.inf).min(axis=1)
+    assert np.all(err < 1e-6)
+
+
+def test_decompose_essential_four_candidates_one_in_front(exact):
+    xn1, xn2 = _normalized(exact)
+    E = ep.essential_from_pose(exact.cam2_from_cam1)
+    cands = ep.decompose_essential(E)
+    assert len(cands) == 4
+    front = [ep.cheirality_mask(c, xn1, xn2).sum() for c in cands]
+    assert sorted(front) == [0, 0, 0, len(xn1)]
+    best = cands[int(np.argmax(front))]
+    assert rotation_angle_deg(best.rotation, exact.cam2_from_cam1.rotation) < 1e-7
+    for c in cands:
+        assert _same_up_to_scale(ep.essential_from_pose(c), E) < 1e-10
+
+
+def test_essential_fundamental_round_trip():
+    K1 = np.array([[800.0, 0, 320], [0, 810, 240], [0, 0, 1]])
+    K2 = np.array([[600.0, 0, 300], [0, 600, 200], [0, 0, 1]])
+    E = ep.essential_from_pose(Rigid3d.from_rotvec([0.1, -0.2, 0.05], [1.0, 0.2, -0.1]))
+    F = ep.fundamental_from_essential(E, K1, K2)
+    np.testing.assert_allclose(ep.essential_from_fundamental(F, K1, K2), E, atol=1e-12)
+
+
+def test_distances_exact_for_horizontal_epipolar_lines():
+    # Pure translation along x with K = I: F = [t]_x, epipolar lines y2 = y1.
+    F = skew([1.0, 0.0, 0.0])
+    x1 = np.array([[0.3, 0.2], [-1.0, 5.0]])
+    d = np.array([0.1, -2.0])
+    x2 = x1 + np.c_[[7.0, -3.0], d]  # move along the line, then off it by d
+    np.testing.assert_allclose(ep.symmetric_epipolar_distance(F, x1, x2), np.abs(d), atol=1e-12)
+    np.testing.assert_allclose(ep.sampson_distance_sq(F, x1, x2), d**2 / 2, atol=1e-12)
+    # Stacks of F give (M, N).
+    assert ep.sampson_distance_sq(np.stack([F, 2 * F]), x1, x2).shape == (2, 2)
+
+
+def test_bad_input_raises(exact):
+    x1, x2 = exact.x1_px, exact.x2_px
+    with pytest.raises(InputError, match="at least 8"):
+        ep.fundamental_8point(x1[:7], x2[:7])
+    with pytest.raises(InputError, match="exactly 7"):
+        ep.fundamental_7point(x1[:8], x2[:8])
+    with pytest.raises(InputError, match="exactly 5"):
+        ep.essential_5point(x1[:4], x2[:4])
+    with pytest.raises(InputError, match="matching"):
+        ep.fundamental_8point(x1, x2[:-1])
+    with pytest.raises(InputError, match="matching"):
+        ep.fundamental_8point(np.c_[x1, x1[:, :1]], x2)
+    bad = x1.copy()
+    bad[3, 1] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        ep.fundamental_8point(bad, x2)
+    with pytest.raises(InputError, match="E must be"):
+        ep.decompose_essential(np.eye(4))
