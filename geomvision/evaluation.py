@@ -202,8 +202,10 @@ def load_ground_truth(
     if path.is_file():
         if path.name.endswith("_par.txt"):
             return read_middlebury_par(path)
-        raise InputError(f"unrecognised ground-truth file {path} (expected *_par.txt, a COLMAP model or "
-                         f"a Strecha *.camera folder)")
+        raise InputError(
+            f"unrecognised ground-truth file {path} (expected *_par.txt, a COLMAP model or "
+            f"a Strecha *.camera folder)"
+        )
     try:
         return read_gt_colmap(find_model_folder(path))
     except InputError:
@@ -234,9 +236,7 @@ def match_views_by_name(rec: Reconstruction, gt_names: list[str]) -> dict[str, i
     return out
 
 
-def relative_pose_errors(
-    est_poses: list[Rigid3d | None], gt_poses: list[Rigid3d]
-) -> dict[str, np.ndarray]:
+def relative_pose_errors(est_poses: list[Rigid3d | None], gt_poses: list[Rigid3d]) -> dict[str, np.ndarray]:
     """Rotation and translation-direction errors of all pairs i < j.
 
     Args:
@@ -256,6 +256,7 @@ def relative_pose_errors(
     rot_err = np.full(len(i), 180.0)
     trans_err = np.full(len(i), 180.0)
     if np.any(ok):
+
         def stack(poses):
             R = np.stack([p.rotation if p is not None else np.eye(3) for p in poses])
             t = np.stack([p.translation if p is not None else np.zeros(3) for p in poses])
@@ -368,7 +369,9 @@ def evaluate_reconstruction(
             "num_pairs": int(len(rel["pairs"])),
             "median_rotation_error_deg": _median(rel["rotation_error_deg"][pair_ok]),
             "median_translation_error_deg": _median(rel["translation_error_deg"][pair_ok]),
-            "median_pose_error_deg": float(np.median(rel["pose_error_deg"])) if len(rel["pairs"]) else float("nan"),
+            "median_pose_error_deg": float(np.median(rel["pose_error_deg"]))
+            if len(rel["pairs"])
+            else float("nan"),
             "centre_error_mean": _mean(centre_err),
             "centre_error_median": _median(centre_err),
             "centre_error_max": float(np.max(centre_err)) if np.isfinite(centre_err).any() else float("nan"),
@@ -397,8 +400,14 @@ def _per_image(rec, gt, names, est, reg_idx, centre_err, align_R, matched) -> li
     centre_by_idx = dict(zip(reg_idx, centre_err.tolist(), strict=True))
     rows = []
     for k, name in enumerate(names):
-        row = {"name": name, "registered": est[k] is not None, "centre_error": float("nan"),
-               "rotation_error_deg": float("nan"), "focal_error_rel": float("nan"), "num_points3D": 0}
+        row = {
+            "name": name,
+            "registered": est[k] is not None,
+            "centre_error": float("nan"),
+            "rotation_error_deg": float("nan"),
+            "focal_error_rel": float("nan"),
+            "num_points3D": 0,
+        }
         if est[k] is not None:
             view = rec.views[matched[name]]
             row["num_points3D"] = view.num_points3D
@@ -406,12 +415,15 @@ def _per_image(rec, gt, names, est, reg_idx, centre_err, align_R, matched) -> li
             if align_R is not None:
                 # aligned camera orientation: world_from_cam maps by the alignment rotation
                 R_aligned = est[k].rotation @ align_R.T
-                row["rotation_error_deg"] = float(rotation_angle_deg(R_aligned, gt[name].cam_from_world.rotation))
+                row["rotation_error_deg"] = float(
+                    rotation_angle_deg(R_aligned, gt[name].cam_from_world.rotation)
+                )
             K_gt = gt[name].K
             if K_gt is not None:
                 f_est = np.mean(rec.cameras[view.camera_id].focal_xy)
-                row["focal_error_rel"] = float(abs(f_est - np.mean([K_gt[0, 0], K_gt[1, 1]])) /
-                                               np.mean([K_gt[0, 0], K_gt[1, 1]]))
+                row["focal_error_rel"] = float(
+                    abs(f_est - np.mean([K_gt[0, 0], K_gt[1, 1]])) / np.mean([K_gt[0, 0], K_gt[1, 1]])
+                )
         rows.append(row)
     return rows
 

@@ -12,7 +12,9 @@ from geomvision.geometry.rigid import Rigid3d
 from geomvision.scene import Camera, Reconstruction, View
 
 
-def look_at_pose(center: np.ndarray, target: np.ndarray, up: np.ndarray = np.array([0.0, -1.0, 0.0])) -> Rigid3d:
+def look_at_pose(
+    center: np.ndarray, target: np.ndarray, up: np.ndarray = np.array([0.0, -1.0, 0.0])
+) -> Rigid3d:
     """``cam_from_world`` of a camera at ``center`` looking at ``target`` (OpenCV axes: y down)."""
     z = target - center
     z = z / np.linalg.norm(z)
@@ -40,7 +42,9 @@ def ring_reconstruction(
     """
     gen = np.random.default_rng(rng)
     rec = Reconstruction()
-    rec.add_camera(Camera.pinhole(1, 500.0, 510.0, width / 2 - 0.5 + 3.0, height / 2 - 0.5 - 2.0, width, height))
+    rec.add_camera(
+        Camera.pinhole(1, 500.0, 510.0, width / 2 - 0.5 + 3.0, height / 2 - 0.5 - 2.0, width, height)
+    )
     points = gen.uniform(-1.0, 1.0, size=(num_points, 3))
     angles = np.linspace(0, 2 * np.pi, num_views, endpoint=False)
     K = rec.cameras[1].K

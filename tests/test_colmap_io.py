@@ -23,7 +23,9 @@ def assert_same_reconstruction(a: Reconstruction, b: Reconstruction, tol: float 
         va, vb = a.views[iid], b.views[iid]
         assert (va.name, va.camera_id) == (vb.name, vb.camera_id)
         np.testing.assert_allclose(va.cam_from_world.rotation, vb.cam_from_world.rotation, rtol=0, atol=tol)
-        np.testing.assert_allclose(va.cam_from_world.translation, vb.cam_from_world.translation, rtol=0, atol=tol)
+        np.testing.assert_allclose(
+            va.cam_from_world.translation, vb.cam_from_world.translation, rtol=0, atol=tol
+        )
         np.testing.assert_allclose(va.keypoints_px, vb.keypoints_px, rtol=0, atol=tol)
         np.testing.assert_array_equal(va.point3D_ids, vb.point3D_ids)
     assert sorted(a.points3D) == sorted(b.points3D)
@@ -52,7 +54,11 @@ def test_round_trip_is_exact(tmp_path, binary):
     rec = _mixed_camera_reconstruction()
     write_model(rec, tmp_path / "m", binary=binary)
     ext = ".bin" if binary else ".txt"
-    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [f"cameras{ext}", f"images{ext}", f"points3D{ext}"]
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
+        f"cameras{ext}",
+        f"images{ext}",
+        f"points3D{ext}",
+    ]
     back = read_model(tmp_path / "m")
     assert_same_reconstruction(rec, back, tol=1e-12)
     assert back.next_point3D_id == max(rec.points3D) + 1
@@ -102,7 +108,12 @@ def test_find_model_folder(tmp_path):
     ("fname", "bad_line", "lineno", "pattern"),
     [
         ("cameras.txt", "1 PINHOLE 640 480 500 510 323", 4, r"cameras\.txt:4: PINHOLE takes 4 params, got 3"),
-        ("cameras.txt", "1 FISHEYE_X 640 480 1 2 3", 4, r"cameras\.txt:4: unsupported camera model 'FISHEYE_X'"),
+        (
+            "cameras.txt",
+            "1 FISHEYE_X 640 480 1 2 3",
+            4,
+            r"cameras\.txt:4: unsupported camera model 'FISHEYE_X'",
+        ),
         ("points3D.txt", "1 0.1 0.2 abc 1 2 3 0.5 1 0", 4, r"points3D\.txt:4: bad XYZ"),
         ("points3D.txt", "1 0.1 0.2 0.3 1 2 3 0.5 1", 4, r"points3D\.txt:4: expected"),
     ],

@@ -25,8 +25,11 @@ from geomvision.io.colmap import write_model
 
 
 def _gt_from(rec) -> dict[str, GroundTruthCamera]:
-    return {v.name: GroundTruthCamera(v.name, v.cam_from_world, rec.cameras[v.camera_id].K)
-            for v in rec.views.values() if v.registered}
+    return {
+        v.name: GroundTruthCamera(v.name, v.cam_from_world, rec.cameras[v.camera_id].K)
+        for v in rec.views.values()
+        if v.registered
+    }
 
 
 def _similar(rec, rng_seed: int = 1):
@@ -68,8 +71,9 @@ def test_rotated_camera_and_unregistered_image():
     view.cam_from_world = Rigid3d(R, -R @ view.cam_from_world.center)
     est.views[6].cam_from_world = None  # unregistered -> 180 deg for its 7 pairs
     names = sorted(gt)
-    rel = relative_pose_errors([est.view_by_name(n).cam_from_world for n in names],
-                               [gt[n].cam_from_world for n in names])
+    rel = relative_pose_errors(
+        [est.view_by_name(n).cam_from_world for n in names], [gt[n].cam_from_world for n in names]
+    )
     pairs = rel["pairs"]
     involves = lambda k: (pairs[:, 0] == k) | (pairs[:, 1] == k)  # noqa: E731
     with_3, with_6 = involves(2), involves(5)
@@ -110,8 +114,9 @@ def test_middlebury_par_synthetic(tmp_path):
     rec = ring_reconstruction(num_views=3, num_points=5)
     lines = ["3"]
     for v in rec.views.values():
-        vals = np.concatenate([rec.cameras[1].K.ravel(), v.cam_from_world.rotation.ravel(),
-                               v.cam_from_world.translation])
+        vals = np.concatenate(
+            [rec.cameras[1].K.ravel(), v.cam_from_world.rotation.ravel(), v.cam_from_world.translation]
+        )
         lines.append(v.name + " " + " ".join(f"{x:.17g}" for x in vals))
     (tmp_path / "x_par.txt").write_text("\n".join(lines) + "\n")
     gt = load_ground_truth(tmp_path)
@@ -138,7 +143,9 @@ def test_real_middlebury_templering():
     np.testing.assert_allclose(np.diag(gt["templeR0001.png"].K)[:2], [1520.40, 1525.90], atol=0.01)
     centres = np.array([g.cam_from_world.center for g in gt.values()])
     # the gantry ring: every centre at nearly the same distance from the object box centre
-    box_centre = np.array([(-0.023121 + 0.078626) / 2, (-0.038009 + 0.121636) / 2, (-0.091940 - 0.017395) / 2])
+    box_centre = np.array(
+        [(-0.023121 + 0.078626) / 2, (-0.038009 + 0.121636) / 2, (-0.091940 - 0.017395) / 2]
+    )
     dist = np.linalg.norm(centres - box_centre, axis=1)
     assert dist.std() / dist.mean() < 0.05
 
@@ -152,7 +159,9 @@ def test_real_strecha_fountain():
     assert len(full) == 11 and sorted(full) == sorted(half)
     np.testing.assert_allclose(full["0000.jpg"].K[0, 2], 1520.69, atol=0.01)
     np.testing.assert_allclose(half["0000.jpg"].K[0, 2], 1520.69 / 2 - 0.25, atol=0.01)
-    raw = np.loadtxt(folder / "gt_dense_cameras" / "0000.jpg.camera", max_rows=8, skiprows=0, usecols=(0, 1, 2))
+    raw = np.loadtxt(
+        folder / "gt_dense_cameras" / "0000.jpg.camera", max_rows=8, skiprows=0, usecols=(0, 1, 2)
+    )
     np.testing.assert_allclose(full["0000.jpg"].cam_from_world.center, raw[7], atol=1e-9)
     with pytest.raises(InputError, match="not a uniform rescale"):
         read_strecha_cameras(folder, image_sizes={"0000.jpg": (1536, 900)})

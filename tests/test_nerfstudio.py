@@ -70,10 +70,23 @@ def test_bad_files(tmp_path):
     (tmp_path / "transforms.json").write_text("{not json")
     with pytest.raises(InputError, match="invalid JSON at line 1"):
         read_transforms_json(tmp_path)
-    (tmp_path / "transforms.json").write_text(json.dumps(
-        {"fl_x": 1, "fl_y": 1, "cx": 1, "cy": 1, "w": 2, "h": 2, "frames": [{"transform_matrix": [[1, 2]]}]}))
+    (tmp_path / "transforms.json").write_text(
+        json.dumps(
+            {
+                "fl_x": 1,
+                "fl_y": 1,
+                "cx": 1,
+                "cy": 1,
+                "w": 2,
+                "h": 2,
+                "frames": [{"transform_matrix": [[1, 2]]}],
+            }
+        )
+    )
     with pytest.raises(InputError, match=r"frame 0: transform_matrix must be a finite 4x4 matrix"):
         read_transforms_json(tmp_path)
-    (tmp_path / "transforms.json").write_text(json.dumps({"frames": [{"transform_matrix": np.eye(4).tolist()}]}))
+    (tmp_path / "transforms.json").write_text(
+        json.dumps({"frames": [{"transform_matrix": np.eye(4).tolist()}]})
+    )
     with pytest.raises(InputError, match="missing intrinsics"):
         read_transforms_json(tmp_path)

@@ -63,11 +63,15 @@ def test_frustum_geometry_matches_projection():
         view = rec.views[int(image_id)]
         cam = rec.cameras[view.camera_id]
         np.testing.assert_allclose(fr.vertices[5 * c], view.cam_from_world.center, atol=1e-12)
-        corners_cam = view.cam_from_world.apply(fr.vertices[5 * c + 1:5 * c + 5])
+        corners_cam = view.cam_from_world.apply(fr.vertices[5 * c + 1 : 5 * c + 5])
         px = corners_cam @ cam.K.T
         px = px[:, :2] / px[:, 2:]
-        expected = [[-0.5, -0.5], [cam.width - 0.5, -0.5], [cam.width - 0.5, cam.height - 0.5],
-                    [-0.5, cam.height - 0.5]]
+        expected = [
+            [-0.5, -0.5],
+            [cam.width - 0.5, -0.5],
+            [cam.width - 0.5, cam.height - 0.5],
+            [-0.5, cam.height - 0.5],
+        ]
         np.testing.assert_allclose(px, expected, atol=1e-9)
         # farthest corner at exactly the requested depth from the centre
         assert np.isclose(np.linalg.norm(corners_cam, axis=1).max(), 0.7)

@@ -50,7 +50,10 @@ def test_auto_view_frames_everything(ring):
 
 def test_software_screenshot(tmp_path, ring):
     w, h = 400, 300
-    assert screenshot(ring, tmp_path / "s.png", w, h, view_graph=_ring_graph(ring), backend="software") == "software"
+    assert (
+        screenshot(ring, tmp_path / "s.png", w, h, view_graph=_ring_graph(ring), backend="software")
+        == "software"
+    )
     image = _read_png(tmp_path / "s.png")
     assert image.shape == (h, w, 3)
     np.testing.assert_array_equal(image[0, 0], [255, 255, 255])  # white background corner
@@ -60,7 +63,7 @@ def test_software_screenshot(tmp_path, ring):
     apex_px, _ = _project(view, w, h, fr.vertices[::5])
     colors = order_colors(len(fr.image_ids)) * 255
     for (x, y), color in zip(np.round(apex_px).astype(int), colors, strict=True):
-        patch = image[max(y - 2, 0):y + 3, max(x - 2, 0):x + 3].reshape(-1, 3).astype(float)
+        patch = image[max(y - 2, 0) : y + 3, max(x - 2, 0) : x + 3].reshape(-1, 3).astype(float)
         assert np.min(np.linalg.norm(patch - color, axis=1)) < 60
 
 

@@ -159,8 +159,14 @@ def write_model(rec: Reconstruction, folder: str | Path, *, binary: bool = False
         atomic_write_text(folder / "cameras.txt", _cameras_text(rec.cameras))
         atomic_write_text(folder / "images.txt", _images_text(views))
         atomic_write_text(folder / "points3D.txt", _points3D_text(rec.points3D, written))
-    logger.info("wrote COLMAP %s model (%d cameras, %d images, %d points) to %s",
-                "binary" if binary else "text", len(rec.cameras), len(views), len(rec.points3D), folder)
+    logger.info(
+        "wrote COLMAP %s model (%d cameras, %d images, %d points) to %s",
+        "binary" if binary else "text",
+        len(rec.cameras),
+        len(views),
+        len(rec.points3D),
+        folder,
+    )
     return folder
 
 
@@ -237,8 +243,10 @@ def read_cameras_text(path: str | Path) -> dict[int, Camera]:
         camera_id = _int(tokens[0], path, number, "camera id")
         model = tokens[1]
         if model not in CAMERA_MODELS:
-            raise InputError(f"{path}:{number}: unsupported camera model {model!r}; expected one of "
-                             f"{sorted(CAMERA_MODELS)}")
+            raise InputError(
+                f"{path}:{number}: unsupported camera model {model!r}; expected one of "
+                f"{sorted(CAMERA_MODELS)}"
+            )
         params = _floats(tokens[4:], path, number, "camera params")
         if len(params) != len(CAMERA_MODELS[model]):
             expected = len(CAMERA_MODELS[model])
@@ -261,8 +269,9 @@ def read_images_text(path: str | Path) -> dict[int, View]:
             continue
         tokens = line.split()
         if len(tokens) < 10:
-            raise InputError(f"{path}:{number}: expected 'IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME', "
-                             f"got {line[:80]!r}")
+            raise InputError(
+                f"{path}:{number}: expected 'IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME', got {line[:80]!r}"
+            )
         image_id = _int(tokens[0], path, number, "image id")
         pose = _floats(tokens[1:8], path, number, "pose")
         camera_id = _int(tokens[8], path, number, "camera id")
@@ -405,7 +414,7 @@ class _Reader:
         end = self.data.find(b"\x00", self.pos)
         if end < 0:
             raise InputError(f"{self.path}: unterminated {what} at byte {self.pos}")
-        raw = self.data[self.pos:end]
+        raw = self.data[self.pos : end]
         self.pos = end + 1
         try:
             return raw.decode("utf-8")
@@ -467,7 +476,9 @@ def read_points3D_binary(path: str | Path) -> dict[int, Point3D]:
         pid, x, y, z, r, g, b, error, track_length = reader.unpack("Q3d3BdQ", "point3D")
         track = reader.array(_TRACK_DTYPE, track_length, "track elements")
         points[int(pid)] = Point3D(
-            np.array([x, y, z]), np.array([r, g, b], np.uint8), float(error),
+            np.array([x, y, z]),
+            np.array([r, g, b], np.uint8),
+            float(error),
             list(zip(track["image_id"].tolist(), track["point2D_idx"].tolist(), strict=True)),
         )
     reader.finish()
@@ -489,8 +500,11 @@ def _images_binary(views: list[View]) -> bytes:
     out.write(struct.pack("<Q", len(views)))
     for view in views:
         pose = view.cam_from_world
-        out.write(struct.pack("<i7di", view.image_id, *pose.quat_wxyz.tolist(), *pose.translation.tolist(),
-                              view.camera_id))
+        out.write(
+            struct.pack(
+                "<i7di", view.image_id, *pose.quat_wxyz.tolist(), *pose.translation.tolist(), view.camera_id
+            )
+        )
         out.write(view.name.encode("utf-8") + b"\x00")
         pts = np.empty(len(view.keypoints_px), dtype=_POINT2D_DTYPE)
         pts["x"] = view.keypoints_px[:, 0] + PIXEL_ORIGIN_SHIFT_PX
@@ -510,7 +524,15 @@ def _points3D_binary(points: dict[int, Point3D], written: set[int]) -> bytes:
         elements = np.empty(len(track), dtype=_TRACK_DTYPE)
         elements["image_id"] = track[:, 0]
         elements["point2D_idx"] = track[:, 1]
-        out.write(struct.pack("<Q3d3BdQ", pid, *np.asarray(p.xyz, np.float64).tolist(),
-                              *np.asarray(p.color, np.uint8).tolist(), float(p.error), len(elements)))
+        out.write(
+            struct.pack(
+                "<Q3d3BdQ",
+                pid,
+                *np.asarray(p.xyz, np.float64).tolist(),
+                *np.asarray(p.color, np.uint8).tolist(),
+                float(p.error),
+                len(elements),
+            )
+        )
         out.write(elements.tobytes())
     return out.getvalue()

@@ -91,8 +91,11 @@ def write_transforms_json(
     for image_id in ids:
         view = rec.views[image_id]
         c2w = view.cam_from_world.inverse().matrix4() @ OPENCV_TO_OPENGL
-        frame = {"file_path": f"{image_prefix}{view.name}", "transform_matrix": c2w.tolist(),
-                 "colmap_im_id": int(image_id)}
+        frame = {
+            "file_path": f"{image_prefix}{view.name}",
+            "transform_matrix": c2w.tolist(),
+            "colmap_im_id": int(image_id),
+        }
         if not single:
             frame.update(camera_to_intrinsics(rec.cameras[view.camera_id]))
         frames.append(frame)
@@ -164,16 +167,20 @@ def read_transforms_json(path: str | Path, *, image_prefix: str = "images/") -> 
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"{where}: missing or non-numeric transform_matrix") from exc
         if c2w_gl.shape not in ((4, 4), (3, 4)) or not np.all(np.isfinite(c2w_gl)):
-            raise InputError(f"{where}: transform_matrix must be a finite 4x4 matrix, got shape {c2w_gl.shape}")
+            raise InputError(
+                f"{where}: transform_matrix must be a finite 4x4 matrix, got shape {c2w_gl.shape}"
+            )
         c2w = np.eye(4)
         c2w[:3] = c2w_gl[:3]
         c2w = c2w @ OPENCV_TO_OPENGL  # the flip is its own inverse
         R = c2w[:3, :3]
         if np.abs(R @ R.T - np.eye(3)).max() > 1e-6:
-            raise InputError(f"{where}: transform_matrix rotation is not orthonormal (scaled poses unsupported)")
+            raise InputError(
+                f"{where}: transform_matrix rotation is not orthonormal (scaled poses unsupported)"
+            )
         name = str(frame.get("file_path", f"frame_{index:05d}"))
         name = name[2:] if name.startswith("./") else name
-        name = name[len(image_prefix):] if image_prefix and name.startswith(image_prefix) else name
+        name = name[len(image_prefix) :] if image_prefix and name.startswith(image_prefix) else name
         image_id = int(frame["colmap_im_id"]) if use_ids else index + 1
         pose = Rigid3d(R, c2w[:3, 3]).inverse()
         rec.add_view(View(image_id, name, camera_keys[key], pose))

@@ -17,8 +17,13 @@ from geomvision.scene.reconstruction import Reconstruction
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["write_point_cloud", "read_point_cloud", "write_camera_frustums_mesh", "write_scene_ply",
-           "write_reconstruction_ply"]
+__all__ = [
+    "write_point_cloud",
+    "read_point_cloud",
+    "write_camera_frustums_mesh",
+    "write_scene_ply",
+    "write_reconstruction_ply",
+]
 
 
 def _check_xyz_rgb(xyz: np.ndarray, rgb: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
@@ -89,8 +94,9 @@ def _frustum_mesh(rec: Reconstruction, scale: float | None, order: list[int] | N
     from geomvision.viz.geometry import camera_frustums
 
     fr = camera_frustums(rec, scale=scale, order=order)
-    mesh = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(fr.vertices),
-                                     o3d.utility.Vector3iVector(fr.triangles.astype(np.int32)))
+    mesh = o3d.geometry.TriangleMesh(
+        o3d.utility.Vector3dVector(fr.vertices), o3d.utility.Vector3iVector(fr.triangles.astype(np.int32))
+    )
     mesh.vertex_colors = o3d.utility.Vector3dVector(np.repeat(fr.colors, 5, axis=0).reshape(-1, 3))
     return mesh
 

@@ -106,7 +106,12 @@ def camera_frustums(
         view = rec.views[image_id]
         cam = rec.cameras[view.camera_id]
         corners_px = np.array(
-            [[-0.5, -0.5], [cam.width - 0.5, -0.5], [cam.width - 0.5, cam.height - 0.5], [-0.5, cam.height - 0.5]]
+            [
+                [-0.5, -0.5],
+                [cam.width - 0.5, -0.5],
+                [cam.width - 0.5, cam.height - 0.5],
+                [-0.5, cam.height - 0.5],
+            ]
         )
         rays = np.linalg.solve(cam.K, np.column_stack([corners_px, np.ones(4)]).T).T  # z = 1
         # scale so the farthest corner ray has length ``depth``: wide and narrow lenses look alike.
@@ -116,7 +121,9 @@ def camera_frustums(
     offsets = 5 * np.arange(len(ids))
     lines = (FRUSTUM_LINES[None] + offsets[:, None, None]).reshape(-1, 2)
     triangles = (FRUSTUM_TRIANGLES[None] + offsets[:, None, None]).reshape(-1, 3)
-    return Frustums(np.asarray(ids, np.int64), verts.reshape(-1, 3), lines, triangles, order_colors(len(ids), cmap))
+    return Frustums(
+        np.asarray(ids, np.int64), verts.reshape(-1, 3), lines, triangles, order_colors(len(ids), cmap)
+    )
 
 
 def view_graph_segments(rec: Reconstruction, view_graph) -> tuple[np.ndarray, np.ndarray]:
@@ -132,3 +139,38 @@ def view_graph_segments(rec: Reconstruction, view_graph) -> tuple[np.ndarray, np
             segs.append([centers[i], centers[j]])
             weights.append(float(data.get("weight", 1.0)))
     return np.asarray(segs, np.float64).reshape(-1, 2, 3), np.asarray(weights, np.float64)
+
+
+def covisibility_graph(rec: Reconstruction, *, min_shared: int = 15):
+    """networkx graph of registered images joined when they observe >= ``min_shared`` common 3D points.
+
+    Built from the sparse image-by-point incidence matrix ``A`` as ``A @ A.T`` (shared-point counts);
+    edge attribute ``weight`` = number of shared points.
+    """
+    import networkx as nx
+    from scipy import sparse
+
+    arrays = rec.observation_arrays()
+    ids = np.array(rec.registered_image_ids, dtype=np.int64)
+    graph = nx.Graph()
+    graph.add_nodes_from(ids.tolist())
+    if len(ids) < 2 or len(arrays["obs_point"]) == 0:
+        return graph
+    row_of = {int(i): r for r, i in enumerate(ids)}
+    keep = np.isin(arrays["obs_image_id"], ids)
+    rows = np.array([row_of[int(i)] for i in arrays["obs_image_id"][keep]], dtype=np.int64)
+    A = sparse.csr_matrix(
+        (np.ones(len(rows)), (rows, arrays["obs_point"][keep])), shape=(len(ids), len(arrays["point_ids"]))
+    )
+    A.data[:] = 1.0  # an image seeing a point twice still shares it once
+    counts = sparse.triu(A @ A.T, k=1).tocoo()
+    sel = counts.data >= min_shared
+    graph.add_weighted_edges_from(
+        zip(
+            ids[counts.row[sel]].tolist(),
+            ids[counts.col[sel]].tolist(),
+            counts.data[sel].astype(int).tolist(),
+            strict=True,
+        )
+    )
+    return graph

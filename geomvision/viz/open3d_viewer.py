@@ -94,7 +94,9 @@ def auto_view(
     return _fit_view(view, keypoints, aspect, fill=0.9)
 
 
-def _fit_view(view: ViewSetup, points: np.ndarray, aspect: float, *, fill: float, rounds: int = 4) -> ViewSetup:
+def _fit_view(
+    view: ViewSetup, points: np.ndarray, aspect: float, *, fill: float, rounds: int = 4
+) -> ViewSetup:
     """Re-centre and dolly the look-at camera so ``points`` span ``fill`` of the frame."""
     height = 1000
     width = int(round(height * aspect))
@@ -142,23 +144,31 @@ def build_geometries(
     geoms["points"] = cloud
     if show_frustums and rec.registered_image_ids:
         fr = camera_frustums(rec, scale=frustum_scale, order=order)
-        lines = o3d.geometry.LineSet(o3d.utility.Vector3dVector(fr.vertices),
-                                     o3d.utility.Vector2iVector(fr.lines.astype(np.int32)))
+        lines = o3d.geometry.LineSet(
+            o3d.utility.Vector3dVector(fr.vertices), o3d.utility.Vector2iVector(fr.lines.astype(np.int32))
+        )
         lines.colors = o3d.utility.Vector3dVector(np.repeat(fr.colors, 8, axis=0))
         geoms["frustums"] = lines
     if view_graph is not None:
         segs, _ = view_graph_segments(rec, view_graph)
         if len(segs):
-            edges = o3d.geometry.LineSet(o3d.utility.Vector3dVector(segs.reshape(-1, 3)),
-                                         o3d.utility.Vector2iVector(np.arange(2 * len(segs)).reshape(-1, 2)))
+            edges = o3d.geometry.LineSet(
+                o3d.utility.Vector3dVector(segs.reshape(-1, 3)),
+                o3d.utility.Vector2iVector(np.arange(2 * len(segs)).reshape(-1, 2)),
+            )
             edges.colors = o3d.utility.Vector3dVector(np.tile(GRAPH_EDGE_RGB, (len(segs), 1)))
             geoms["view_graph"] = edges
     return geoms
 
 
 def show(
-    rec: Reconstruction, *, view_graph=None, width: int = 1280, height: int = 960,
-    frustum_scale: float | None = None, order: list[int] | None = None,
+    rec: Reconstruction,
+    *,
+    view_graph=None,
+    width: int = 1280,
+    height: int = 960,
+    frustum_scale: float | None = None,
+    order: list[int] | None = None,
 ) -> None:
     """Open an interactive Open3D window (needs a display)."""
     if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")) and os.name != "nt":
@@ -166,7 +176,9 @@ def show(
     import open3d as o3d
 
     geoms = build_geometries(rec, view_graph=view_graph, frustum_scale=frustum_scale, order=order)
-    o3d.visualization.draw_geometries(list(geoms.values()), window_name="geomvision", width=width, height=height)
+    o3d.visualization.draw_geometries(
+        list(geoms.values()), window_name="geomvision", width=width, height=height
+    )
 
 
 def screenshot(
@@ -250,8 +262,12 @@ def _render_open3d(rec, width, height, view: ViewSetup, view_graph, frustum_scal
             if name == "points" and len(geom.points) == 0:
                 continue
             scene.add_geometry(name, geom, point_mat if name == "points" else line_mat)
-        renderer.setup_camera(view.fov_deg, view.center.astype(np.float32), view.eye.astype(np.float32),
-                              view.up.astype(np.float32))
+        renderer.setup_camera(
+            view.fov_deg,
+            view.center.astype(np.float32),
+            view.eye.astype(np.float32),
+            view.up.astype(np.float32),
+        )
         image = np.asarray(renderer.render_to_image())
     finally:
         del renderer
@@ -317,7 +333,9 @@ def _render_software(rec, width, height, view: ViewSetup, view_graph, frustum_sc
         fr = camera_frustums(rec, scale=frustum_scale, order=order)
         s2, ok = segments(fr.vertices[fr.lines[:, 0]], fr.vertices[fr.lines[:, 1]])
         colors = np.repeat(fr.colors, 8, axis=0)
-        ax.add_collection(LineCollection(s2[ok], colors=colors[ok], linewidths=max(1.0, min(width, height) / 500)))
+        ax.add_collection(
+            LineCollection(s2[ok], colors=colors[ok], linewidths=max(1.0, min(width, height) / 500))
+        )
     canvas.draw()
     image = np.asarray(canvas.buffer_rgba())[:, :, :3]
     return np.ascontiguousarray(image[:height, :width])

@@ -1,0 +1,60 @@
+"""``geomvision evaluate OUT --gt PATH``: pose accuracy against ground truth, as one JSON line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+NAME = "evaluate"
+HELP = "compare a reconstruction with ground-truth cameras (pose AUC, centre errors); prints JSON"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="output folder holding sparse/0, or a COLMAP model folder")
+    parser.add_argument(
+        "--gt",
+        required=True,
+        help="ground truth: COLMAP model, Middlebury *_par.txt, Strecha *.camera folder "
+        "(or a dataset folder containing one)",
+    )
+    parser.add_argument(
+        "--thresholds", default="1,2,5,10", help="AUC thresholds in degrees (default 1,2,5,10)"
+    )
+    parser.add_argument(
+        "--table", action="store_true", help="also print a per-image table after the JSON line"
+    )
+
+
+def _clean(value):
+    """JSON has no NaN/inf: write null instead."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def run(args: argparse.Namespace) -> int:
+    from geomvision.errors import InputError
+    from geomvision.evaluation import evaluate_reconstruction, format_per_image_table, load_ground_truth
+    from geomvision.io.colmap import find_model_folder, read_model
+
+    try:
+        thresholds = tuple(float(t) for t in args.thresholds.split(",") if t.strip())
+    except ValueError:
+        raise InputError(f"--thresholds must be comma-separated numbers, got {args.thresholds!r}") from None
+    if not thresholds or min(thresholds) <= 0:
+        raise InputError(f"--thresholds must be positive, got {args.thresholds!r}")
+    folder = find_model_folder(args.model)
+    rec = read_model(folder)
+    sizes = {
+        v.name: (rec.cameras[v.camera_id].width, rec.cameras[v.camera_id].height) for v in rec.views.values()
+    }
+    sizes.update({k.rsplit("/", 1)[-1]: v for k, v in sizes.items()})
+    gt = load_ground_truth(args.gt, image_sizes=sizes)
+    result = evaluate_reconstruction(rec, gt, thresholds_deg=thresholds)
+    per_image = result.pop("per_image")
+    summary = {"model": str(folder), "gt": str(args.gt), **{k: _clean(v) for k, v in result.items()}}
+    print(json.dumps(summary))
+    if args.table:
+        print(format_per_image_table(per_image))
+    return 0

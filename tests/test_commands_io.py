@@ -1,0 +1,121 @@
+"""CLI: ``geomvision evaluate``, ``export`` and ``view`` on a synthetic output folder."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from recon_fixtures import ring_reconstruction
+
+from geomvision.cli import main
+from geomvision.io.colmap import read_model, write_model
+
+
+@pytest.fixture
+def out_dir(tmp_path):
+    rec = ring_reconstruction(num_views=6, num_points=40)
+    write_model(rec, tmp_path / "out" / "sparse" / "0")
+    write_model(rec, tmp_path / "gt")
+    return tmp_path / "out"
+
+
+def test_evaluate_prints_one_json_line(out_dir, capsys):
+    assert main(["evaluate", str(out_dir), "--gt", str(out_dir.parent / "gt")]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1
+    result = json.loads(lines[0])
+    for key in ("auc@1", "auc@2", "auc@5", "auc@10"):
+        assert result[key] == pytest.approx(1.0)
+    assert result["num_registered"] == 6 and result["num_pairs"] == 15
+
+
+def test_evaluate_table_and_errors(out_dir, capsys):
+    assert (
+        main(["evaluate", str(out_dir), "--gt", str(out_dir.parent / "gt"), "--table", "--thresholds", "3"])
+        == 0
+    )
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert "auc@3" in json.loads(lines[0]) and lines[1].startswith("image")
+    assert len(lines) == 1 + 2 + 6  # json, header, rule, 6 images
+    assert main(["evaluate", str(out_dir), "--gt", str(out_dir.parent / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fmt", ["colmap-text", "colmap-bin", "ply", "nerfstudio", "json"])
+def test_export_formats(out_dir, fmt, capsys):
+    assert main(["export", str(out_dir), "--format", fmt]) == 0
+    assert "wrote" in capsys.readouterr().out
+    rec = read_model(out_dir)
+    if fmt.startswith("colmap"):
+        back = read_model(out_dir / "export" / fmt.replace("-", "_"))
+        assert len(back.points3D) == 40 and back.registered_image_ids == rec.registered_image_ids
+    elif fmt == "ply":
+        from geomvision.io.ply import read_point_cloud
+
+        xyz, _ = read_point_cloud(out_dir / "export" / "scene.ply")
+        assert len(xyz) == 40 + 6 * 5
+    elif fmt == "nerfstudio":
+        from geomvision.io.nerfstudio import read_transforms_json
+
+        back = read_transforms_json(out_dir / "export" / "nerfstudio")
+        np.testing.assert_allclose(
+            back.views[1].cam_from_world.matrix(), rec.views[1].cam_from_world.matrix(), atol=1e-12
+        )
+    else:
+        data = json.loads((out_dir / "export" / "reconstruction.json").read_text())
+        assert len(data["points3D"]) == 40 and len(data["images"]) == 6
+        np.testing.assert_allclose(
+            data["images"][0]["center"], rec.views[1].cam_from_world.center, atol=1e-12
+        )
+
+
+def test_export_custom_destination(out_dir, tmp_path):
+    assert (
+        main(["export", str(out_dir), "--format", "ply", "--no-cameras", "-o", str(tmp_path / "p.ply")]) == 0
+    )
+    from geomvision.io.ply import read_point_cloud
+
+    assert len(read_point_cloud(tmp_path / "p.ply")[0]) == 40
+
+
+def test_view_screenshot(out_dir, tmp_path, capsys):
+    png = tmp_path / "shot.png"
+    args = [
+        "view",
+        str(out_dir),
+        "--screenshot",
+        str(png),
+        "--width",
+        "160",
+        "--height",
+        "120",
+        "--show-graph",
+    ]
+    assert main(args + ["--renderer", "software"]) == 0
+    assert "software renderer" in capsys.readouterr().out
+    import cv2
+
+    assert cv2.imread(str(png)).shape == (120, 160, 3)
+
+
+def test_view_bad_model(tmp_path, capsys):
+    assert main(["view", str(tmp_path), "--screenshot", str(tmp_path / "x.png")]) == 2
+    assert "no COLMAP model" in capsys.readouterr().err
+
+
+def test_covisibility_graph():
+    from geomvision.viz.geometry import covisibility_graph
+
+    rec = ring_reconstruction(num_views=5, num_points=20)
+    graph = covisibility_graph(rec, min_shared=15)
+    assert graph.number_of_edges() == 10 and all(d["weight"] == 20 for *_, d in graph.edges(data=True))
+    # views 1-2 share only the first 10 points after removing observations
+    for pid in list(rec.points3D)[10:]:
+        for image_id, kp in list(rec.points3D[pid].track):
+            if image_id == 2:
+                rec.points3D[pid].track.remove((image_id, kp))
+                rec.views[2].point3D_ids[kp] = -1
+    graph = covisibility_graph(rec, min_shared=15)
+    assert graph.number_of_edges() == 6 and not graph.has_edge(1, 2)
+    assert covisibility_graph(rec, min_shared=10)[1][2]["weight"] == 10
