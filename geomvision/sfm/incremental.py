@@ -1,0 +1,604 @@
+"""Incremental structure from motion: the mapper that grows models image by image.
+
+The loop follows COLMAP's incremental mapper (Schönberger & Frahm, "Structure-from-Motion Revisited",
+CVPR 2016) and H&Z 18 (n-view reconstruction by resection and intersection):
+
+1. tracks from the verified inlier matches (union-find, :func:`geomvision.sfm.tracks.build_tracks`);
+2. initialise from the best-scored pair (:mod:`geomvision.sfm.initialization`) — or from a model another
+   initialiser produced (``init_reconstruction``, e.g. factorization);
+3. repeat: next-best view (visibility pyramid) -> PnP RANSAC registration (resection, H&Z 7.1)
+   -> triangulation of new tracks and continuation of existing ones (intersection, H&Z 12.2)
+   -> local bundle adjustment of the new image and its strongest neighbours -> filtering;
+   every time the model has grown by ``global_ba_every`` (a ratio, 1.2 = 20 % more images) a global
+   bundle adjustment, retriangulation and filtering;
+4. when nothing more registers, a final global BA, and a new model is started from the images not yet
+   registered in any model (so a scene that falls apart gives several models);
+5. models are returned largest first.
+
+Intrinsics: cameras in ``fixed_camera_ids`` (known calibration) are never changed; the others have their
+focal length (and, with ``refine_extra_params``, distortion) refined in global BA once
+``refine_intrinsics_min_images`` images are registered (two views cannot tell focal from depth).
+
+All per-observation work is vectorised over the flat arrays of
+:class:`~geomvision.sfm.mapper_state.MapperState`; Python loops run over images, never observations.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from geomvision.errors import InputError
+from geomvision.progress import ProgressCallback
+from geomvision.progress import report as report_progress
+from geomvision.scene import Camera, ImageInfo, Reconstruction, TwoViewGeometry
+from geomvision.sfm.initialization import InitializationOptions, initialize_reconstruction
+from geomvision.sfm.mapper_ba import MapperBAOptions, adjust_bundle
+from geomvision.sfm.mapper_state import MapperState, TrackTable
+from geomvision.sfm.registration import RegistrationOptions, rank_next_images, register_image
+from geomvision.sfm.triangulate import (
+    TriangulationOptions,
+    continue_tracks,
+    filter_points,
+    retriangulate,
+    tracks_in_image,
+    triangulate_tracks,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["IncrementalMapperOptions", "MappingResult", "incremental_mapping"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class IncrementalMapperOptions:
+    """Options of :func:`incremental_mapping` (COLMAP's mapper defaults where they exist).
+
+    Attributes:
+        min_num_inliers: PnP inliers an image needs to register.
+        init_min_num_inliers: verified inliers (and two-view points) an initial pair needs.
+        init_min_tri_angle_deg: median triangulation angle an initial pair needs.
+        init_max_homography_share: initial pairs with more homography inliers (share of inliers) are skipped.
+        init_max_pairs_tried: candidate initial pairs reconstructed per model before giving up.
+        abs_pose_max_error_px: PnP RANSAC threshold.
+        abs_pose_min_inlier_ratio: PnP inlier ratio an image needs to register.
+        tri_max_error_px: an observation joins a new/existing point within this reprojection error.
+        tri_min_angle_deg: new points need this largest triangulation angle.
+        filter_max_reproj_error_px: observations beyond this are removed after each BA.
+        filter_min_tri_angle_deg: points whose largest triangulation angle is below this are removed.
+        local_ba_num_images: images optimised by local BA (the new one and its best-connected neighbours).
+        local_ba_max_iterations: iteration cap of local BA.
+        global_ba_every: global BA each time the number of registered images grows by this factor.
+        global_ba_max_iterations: iteration cap of global BA.
+        refine_focal: refine focal lengths of cameras not in ``fixed_camera_ids``.
+        refine_extra_params: also refine their distortion parameters.
+        refine_intrinsics_min_images: registered images needed before intrinsics are refined.
+        fixed_camera_ids: cameras with known calibration, never refined.
+        max_num_models: stop after this many models.
+        min_model_size: models with fewer registered images are discarded.
+        max_reg_retry_growth: an image that failed to register is retried only once the number of
+            triangulated points it sees has grown by this factor.
+        ba_backend: bundle-adjustment backend ("scipy" or "schur").
+        ba_loss: robust loss of BA.
+        ba_loss_scale_px: robust loss scale in pixels.
+    """
+
+    min_num_inliers: int = 30
+    init_min_num_inliers: int = 50
+    init_min_tri_angle_deg: float = 4.0
+    init_max_homography_share: float = 0.8
+    init_max_pairs_tried: int = 20
+    abs_pose_max_error_px: float = 12.0
+    abs_pose_min_inlier_ratio: float = 0.25
+    tri_max_error_px: float = 4.0
+    tri_min_angle_deg: float = 1.5
+    filter_max_reproj_error_px: float = 4.0
+    filter_min_tri_angle_deg: float = 1.5
+    local_ba_num_images: int = 6
+    local_ba_max_iterations: int = 25
+    global_ba_every: float = 1.2
+    global_ba_max_iterations: int = 50
+    refine_focal: bool = True
+    refine_extra_params: bool = True
+    refine_intrinsics_min_images: int = 3
+    fixed_camera_ids: tuple[int, ...] = ()
+    max_num_models: int = 10
+    min_model_size: int = 3
+    max_reg_retry_growth: float = 1.2
+    ba_backend: str = "scipy"
+    ba_loss: str = "soft_l1"
+    ba_loss_scale_px: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.global_ba_every <= 1.0:
+            raise InputError(f"global_ba_every is a growth ratio and must be > 1, got {self.global_ba_every}")
+        if self.local_ba_num_images < 1:
+            raise InputError(f"local_ba_num_images must be >= 1, got {self.local_ba_num_images}")
+        if self.max_num_models < 1 or self.min_model_size < 2:
+            raise InputError(
+                f"need max_num_models >= 1 and min_model_size >= 2, got "
+                f"{self.max_num_models}, {self.min_model_size}"
+            )
+        object.__setattr__(self, "fixed_camera_ids", tuple(int(c) for c in self.fixed_camera_ids))
+        # Build the sub-options now so that invalid thresholds fail at construction time.
+        self.initialization_options()
+        self.registration_options()
+        self.triangulation_options()
+
+    def initialization_options(self) -> InitializationOptions:
+        return InitializationOptions(
+            min_num_inliers=self.init_min_num_inliers,
+            min_tri_angle_deg=self.init_min_tri_angle_deg,
+            max_homography_share=self.init_max_homography_share,
+            max_error_px=self.tri_max_error_px,
+            filter_min_tri_angle_deg=self.filter_min_tri_angle_deg,
+            max_pairs_tried=self.init_max_pairs_tried,
+        )
+
+    def registration_options(self) -> RegistrationOptions:
+        return RegistrationOptions(
+            min_num_inliers=self.min_num_inliers,
+            min_inlier_ratio=self.abs_pose_min_inlier_ratio,
+            max_error_px=self.abs_pose_max_error_px,
+            min_num_visible=max(4, self.min_num_inliers // 2),
+        )
+
+    def triangulation_options(self) -> TriangulationOptions:
+        return TriangulationOptions(
+            max_error_px=self.tri_max_error_px,
+            min_tri_angle_deg=self.tri_min_angle_deg,
+            filter_max_error_px=self.filter_max_reproj_error_px,
+            filter_min_tri_angle_deg=self.filter_min_tri_angle_deg,
+        )
+
+    def ba_options(self, *, local: bool) -> MapperBAOptions:
+        return MapperBAOptions(
+            backend=self.ba_backend,
+            loss=self.ba_loss,
+            loss_scale_px=self.ba_loss_scale_px,
+            max_iterations=self.local_ba_max_iterations if local else self.global_ba_max_iterations,
+            refine_extra_params=self.refine_extra_params,
+        )
+
+
+@dataclass
+class MappingResult:
+    """Output of :func:`incremental_mapping`.
+
+    Attributes:
+        reconstructions: models, largest (most registered images) first.
+        report: decisions, counts and timings (JSON-serialisable).
+    """
+
+    reconstructions: list[Reconstruction]
+    report: dict = field(default_factory=dict)
+
+
+def _as_rng(rng: np.random.Generator | int | None) -> np.random.Generator:
+    if isinstance(rng, np.random.Generator):
+        return rng
+    if rng is None or isinstance(rng, (int, np.integer)):
+        return np.random.default_rng(0 if rng is None else int(rng))
+    raise InputError(f"rng must be a numpy Generator, an int seed or None, got {type(rng).__name__}")
+
+
+def _check_inputs(
+    cameras: dict[int, Camera],
+    images: dict[int, ImageInfo],
+    two_view_geometries: dict[tuple[int, int], TwoViewGeometry],
+) -> None:
+    if not images:
+        raise InputError("incremental_mapping needs at least one image, got none")
+    for image_id, info in images.items():
+        if info.camera_id not in cameras:
+            raise InputError(f"image {image_id} ({info.name}) refers to unknown camera {info.camera_id}")
+    for (i, j), g in two_view_geometries.items():
+        if i not in images or j not in images:
+            raise InputError(f"two-view geometry ({i}, {j}) refers to an unknown image")
+        if (g.image_i, g.image_j) != (i, j):
+            raise InputError(f"two-view geometry keyed ({i}, {j}) is for images ({g.image_i}, {g.image_j})")
+
+
+class _Timer:
+    """Accumulates wall time per named step."""
+
+    def __init__(self) -> None:
+        self.totals: dict[str, float] = defaultdict(float)
+
+    def __call__(self, name: str):
+        timer = self
+
+        class _Ctx:
+            def __enter__(self):
+                self.t = time.perf_counter()
+
+            def __exit__(self, *exc):
+                timer.totals[name] += time.perf_counter() - self.t
+
+        return _Ctx()
+
+
+class _ModelBuilder:
+    """Grows one model; holds the counters that go into the report."""
+
+    def __init__(
+        self,
+        state: MapperState,
+        options: IncrementalMapperOptions,
+        allowed: set[int],
+        rng: np.random.Generator,
+        timer: _Timer,
+        progress: ProgressCallback | None,
+        num_images: int,
+    ):
+        self.state = state
+        self.options = options
+        self.allowed = allowed
+        self.rng = rng
+        self.timer = timer
+        self.progress = progress
+        self.num_images = num_images
+        self.tri_options = options.triangulation_options()
+        self.reg_options = options.registration_options()
+        self.report: dict = {
+            "registrations": [],
+            "registration_failures": [],
+            "num_local_ba": 0,
+            "num_global_ba": 0,
+            "num_filtered_observations": 0,
+            "num_filtered_points": 0,
+            "num_points_created": 0,
+            "num_observations_continued": 0,
+        }
+        self.failed_at: dict[int, int] = {}
+        self.next_global_ba = 0
+
+    # --- bundle adjustment --------------------------------------------------------------------------
+    def refine_camera_ids(self) -> set[int]:
+        if (
+            not self.options.refine_focal
+            or self.state.num_registered < self.options.refine_intrinsics_min_images
+        ):
+            return set()
+        used = {self.state.images[i].camera_id for i in self.state.registered_image_ids}
+        return used - set(self.options.fixed_camera_ids)
+
+    def adjust_two_view(self, state: MapperState, image_ids: list[int], fixed_image_id: int) -> None:
+        with self.timer("global_ba"):
+            adjust_bundle(
+                state, image_ids, self.options.ba_options(local=False), fixed_image_ids={fixed_image_id}
+            )
+        self.report["num_global_ba"] += 1
+
+    def global_ba(self) -> None:
+        state = self.state
+        with self.timer("global_ba"):
+            adjust_bundle(
+                state,
+                state.registered_image_ids,
+                self.options.ba_options(local=False),
+                refine_camera_ids=self.refine_camera_ids(),
+                point_tracks=state.point_ids(),
+            )
+        self.report["num_global_ba"] += 1
+        with self.timer("triangulation"):
+            stats = retriangulate(state, self.tri_options)
+        self.report["num_points_created"] += stats.num_created
+        self.report["num_observations_continued"] += stats.num_continued
+        self.filter(None)
+        self.next_global_ba = max(
+            state.num_registered + 1, math.ceil(state.num_registered * self.options.global_ba_every)
+        )
+
+    def local_ba(self, image_id: int) -> None:
+        state = self.state
+        neighbours = self.local_images(image_id)
+        with self.timer("local_ba"):
+            adjust_bundle(state, neighbours, self.options.ba_options(local=True))
+        self.report["num_local_ba"] += 1
+        tracks = np.unique(np.concatenate([tracks_in_image(state, i) for i in neighbours]))
+        with self.timer("triangulation"):
+            self.report["num_observations_continued"] += continue_tracks(
+                state, tracks, self.tri_options.max_error_px
+            )
+        self.filter(tracks)
+
+    def local_images(self, image_id: int) -> list[int]:
+        """The new image and the registered images sharing the most points with it."""
+        state = self.state
+        rows = state.table.image_obs[image_id]
+        rows = rows[state.obs_active[rows]]
+        others = state.track_rows(np.unique(state.table.obs_track[rows]))
+        others = others[state.obs_active[others]]
+        counts = np.bincount(state.table.obs_image[others], minlength=len(state.is_registered))
+        counts[image_id] = 0
+        order = np.argsort(-counts, kind="stable")
+        best = [int(i) for i in order[: self.options.local_ba_num_images - 1] if counts[i] > 0]
+        return [image_id, *best]
+
+    def filter(self, tracks: np.ndarray | None) -> None:
+        with self.timer("filtering"):
+            stats = filter_points(
+                self.state,
+                tracks,
+                self.tri_options.filter_max_error_px,
+                self.tri_options.filter_min_tri_angle_deg,
+            )
+        self.report["num_filtered_observations"] += stats.num_filtered_observations
+        self.report["num_filtered_points"] += stats.num_filtered_points
+
+    # --- growth ---------------------------------------------------------------------------------------
+    def try_register_next(self) -> int | None:
+        """Register the best candidate that succeeds; returns its id or None when none does."""
+        state = self.state
+        candidates = sorted(self.allowed - set(state.registered_image_ids))
+        ranked = rank_next_images(state, candidates, self.reg_options)
+        for image_id, score, num_visible in ranked:
+            if num_visible < self.failed_at.get(image_id, 0) * self.options.max_reg_retry_growth:
+                continue  # failed before and sees hardly more points now: not worth another RANSAC
+            with self.timer("registration"):
+                result = register_image(state, image_id, self.reg_options, rng=self.rng)
+            if not result.success:
+                self.failed_at[image_id] = num_visible
+                self.report["registration_failures"].append(
+                    {"image_id": image_id, "num_visible": num_visible, "reason": result.reason}
+                )
+                logger.debug("image %d not registered: %s", image_id, result.reason)
+                continue
+            state.set_pose(image_id, result.cam_from_world)
+            state.obs_active[result.inlier_rows] = True
+            self.report["registrations"].append(
+                {
+                    "image_id": image_id,
+                    "pyramid_score": score,
+                    "num_correspondences": result.num_correspondences,
+                    "num_inliers": result.num_inliers,
+                }
+            )
+            logger.info(
+                "registered image %d (%d/%d inliers), %d images",
+                image_id,
+                result.num_inliers,
+                result.num_correspondences,
+                state.num_registered,
+            )
+            return image_id
+        return None
+
+    def grow(self) -> None:
+        state = self.state
+        self.next_global_ba = max(
+            state.num_registered + 1, math.ceil(state.num_registered * self.options.global_ba_every)
+        )
+        while True:
+            image_id = self.try_register_next()
+            if image_id is None:
+                break
+            with self.timer("triangulation"):
+                new_tracks = tracks_in_image(state, image_id)
+                self.report["num_observations_continued"] += continue_tracks(
+                    state, new_tracks, self.tri_options.max_error_px
+                )
+                stats = triangulate_tracks(state, new_tracks, self.tri_options)
+            self.report["num_points_created"] += stats.num_created
+            self.local_ba(image_id)
+            if state.num_registered >= self.next_global_ba:
+                self.global_ba()
+            report_progress(
+                self.progress,
+                state.num_registered,
+                self.num_images,
+                f"{state.num_registered} registered, {state.num_points} points",
+            )
+
+    def finish(self) -> None:
+        """Final global BA; a second pass if retriangulation/filtering changed the model."""
+        self.global_ba()
+        self.global_ba()
+
+
+def _seed_from_reconstruction(state: MapperState, rec: Reconstruction, allowed: set[int]) -> int:
+    """Load poses and points of an external initial model into ``state``; returns points loaded.
+
+    Each point is attached to the track of its observations (majority vote over the tracks its
+    observations belong to); observations of other tracks are ignored.
+    """
+    for image_id, view in rec.views.items():
+        if view.registered and image_id in allowed:
+            state.set_pose(image_id, view.cam_from_world)
+    for cam_id, cam in rec.cameras.items():
+        if cam_id in state.cameras and cam.model == state.cameras[cam_id].model:
+            state.cameras[cam_id].params = np.array(cam.params, dtype=np.float64)
+    state.update_normalized()
+    if not rec.points3D:
+        return 0
+    arrays = rec.observation_arrays()
+    keep = np.array(
+        [i in allowed and state.is_registered[i] for i in arrays["obs_image_id"].tolist()], dtype=bool
+    )
+    obs_point, obs_image, obs_kp = (
+        arrays["obs_point"][keep],
+        arrays["obs_image_id"][keep],
+        arrays["obs_keypoint"][keep],
+    )
+    rows = np.full(len(obs_point), -1, dtype=np.int64)
+    for image_id in np.unique(obs_image).tolist():
+        sel = obs_image == image_id
+        fo = state.table.feature_obs[image_id]
+        kp = obs_kp[sel]
+        valid = (kp >= 0) & (kp < len(fo))
+        rows_sel = np.full(len(kp), -1, dtype=np.int64)
+        rows_sel[valid] = fo[kp[valid]]
+        rows[sel] = rows_sel
+    good = rows >= 0
+    obs_point, rows = obs_point[good], rows[good]
+    tracks = state.table.obs_track[rows]
+    # Majority track per point: sort (point, track) pairs and count runs.
+    pairs = np.unique(np.stack([obs_point, tracks], axis=1), axis=0, return_counts=True)
+    (pt_tr, counts) = pairs
+    order = np.lexsort((-counts, pt_tr[:, 0]))
+    pt_tr = pt_tr[order]
+    first = np.r_[True, pt_tr[1:, 0] != pt_tr[:-1, 0]]
+    chosen_track = dict(zip(pt_tr[first, 0].tolist(), pt_tr[first, 1].tolist(), strict=True))
+    # A track claimed by two points keeps the first.
+    used: set[int] = set()
+    point_of_track = {}
+    for p, t in chosen_track.items():
+        if t not in used:
+            used.add(t)
+            point_of_track[t] = p
+    t_arr = np.fromiter(point_of_track.keys(), dtype=np.int64, count=len(point_of_track))
+    p_arr = np.fromiter(point_of_track.values(), dtype=np.int64, count=len(point_of_track))
+    state.track_xyz[t_arr] = arrays["xyz"][p_arr]
+    state.track_has_point[t_arr] = True
+    match = np.zeros(len(rows), dtype=bool)
+    lookup = np.full(state.table.num_tracks, -1, dtype=np.int64)
+    lookup[t_arr] = p_arr
+    match = lookup[tracks] == obs_point
+    state.obs_active[rows[match]] = True
+    counts_per_track = np.bincount(state.table.obs_track[rows[match]], minlength=state.table.num_tracks)
+    state.delete_points(t_arr[counts_per_track[t_arr] < 2])
+    return state.num_points
+
+
+def incremental_mapping(
+    cameras: dict[int, Camera],
+    images: dict[int, ImageInfo],
+    two_view_geometries: dict[tuple[int, int], TwoViewGeometry],
+    options: IncrementalMapperOptions | None = None,
+    *,
+    init_reconstruction: Reconstruction | None = None,
+    rng: np.random.Generator | int | None = None,
+    progress: ProgressCallback | None = None,
+) -> MappingResult:
+    """Reconstruct cameras and points from verified image pairs, one image at a time.
+
+    Args:
+        cameras: camera_id -> initial intrinsics (refined unless listed in ``options.fixed_camera_ids``).
+        images: image_id -> ImageInfo (name, camera_id, keypoints, colours).
+        two_view_geometries: verified pairs (i, j), i < j; their inlier matches define the tracks.
+        options: mapper options.
+        init_reconstruction: optional first model from another initialiser; its registered images and
+            points seed the first model instead of the two-view initialisation.
+        rng: seed or generator (RANSAC); the same seed gives the same models.
+        progress: ``progress(done, total, message)`` callback over registered images.
+
+    Returns:
+        MappingResult with the models (largest first) and a report dict.
+
+    Raises:
+        InputError: images referring to unknown cameras, or pairs to unknown images.
+    """
+    from geomvision.sfm.tracks import build_track_arrays
+
+    options = options or IncrementalMapperOptions()
+    _check_inputs(cameras, images, two_view_geometries)
+    rng = _as_rng(rng)
+    timer = _Timer()
+    t_start = time.perf_counter()
+    usable = {
+        pair: g
+        for pair, g in two_view_geometries.items()
+        if g.success and g.config != "rejected" and g.num_inliers > 0
+    }
+    with timer("tracks"):
+        arrays = build_track_arrays({pair: g.inlier_matches for pair, g in usable.items()})
+        table = TrackTable.from_arrays(arrays.track_index, arrays.image_ids, arrays.keypoint_indices, images)
+    report: dict = {
+        "num_images": len(images),
+        "num_pairs": len(usable),
+        "num_tracks": table.num_tracks,
+        "num_track_observations": table.num_observations,
+        "models": [],
+    }
+    models: list[Reconstruction] = []
+    used_images: set[int] = set()
+    tried_pairs: set[tuple[int, int]] = set()
+    init_options = options.initialization_options()
+    max_attempts = 3 * options.max_num_models
+    reason = ""
+    for _attempt in range(max_attempts):
+        if len(models) >= options.max_num_models:
+            break
+        allowed = set(images) - used_images
+        if len(allowed) < 2:
+            break
+        state = MapperState(cameras, images, table)
+        builder = _ModelBuilder(state, options, allowed, rng, timer, progress, len(images))
+        model_report: dict = {}
+        if init_reconstruction is not None and not models and _attempt == 0:
+            with timer("initialization"):
+                num = _seed_from_reconstruction(state, init_reconstruction, allowed)
+            model_report["initialization"] = {
+                "method": "external",
+                "num_images": state.num_registered,
+                "num_points": num,
+            }
+            if state.num_registered < 2 or num == 0:
+                state.clear()
+                model_report["initialization"]["reason"] = "external model gave < 2 images or no points"
+        if state.num_registered == 0:
+            with timer("initialization"):
+                init = initialize_reconstruction(
+                    state,
+                    usable,
+                    init_options,
+                    allowed_image_ids=allowed,
+                    excluded_pairs=tried_pairs,
+                    adjust=builder.adjust_two_view,
+                    rng=rng,
+                )
+            for attempt in init.attempts:
+                tried_pairs.add(tuple(attempt["pair"]))
+            model_report["initialization"] = {
+                "method": "two-view",
+                "success": init.success,
+                "reason": init.reason,
+                "initial_pair": list(init.image_ids) if init.success else None,
+                "num_points": init.num_points,
+                "median_tri_angle_deg": init.median_tri_angle_deg,
+                "attempts": init.attempts,
+            }
+            if not init.success:
+                reason = init.reason
+                if not models:
+                    report["models"].append(model_report)
+                break
+        builder.grow()
+        builder.finish()
+        model_report.update(builder.report)
+        model_report.update(
+            {
+                "num_registered": state.num_registered,
+                "num_points3D": state.num_points,
+                "mean_reprojection_error_px": state.mean_reprojection_error_px(),
+                "registered_image_ids": state.registered_image_ids,
+            }
+        )
+        if state.num_registered >= min(options.min_model_size, len(allowed)):
+            models.append(state.to_reconstruction(with_colors=True))
+            used_images |= set(state.registered_image_ids)
+            model_report["kept"] = True
+        else:
+            model_report["kept"] = False
+            model_report["reason"] = (
+                f"{state.num_registered} images < min_model_size {options.min_model_size}"
+            )
+        report["models"].append(model_report)
+    models.sort(key=lambda r: (-r.num_registered, -len(r.points3D)))
+    report["num_models"] = len(models)
+    report["num_registered"] = sum(r.num_registered for r in models)
+    report["num_ba_calls"] = sum(
+        m.get("num_local_ba", 0) + m.get("num_global_ba", 0) for m in report["models"]
+    )
+    if not models:
+        report["reason"] = reason or "no model could be built"
+    report["timings_s"] = {k: round(v, 4) for k, v in timer.totals.items()} | {
+        "total": round(time.perf_counter() - t_start, 4)
+    }
+    return MappingResult(models, report)
