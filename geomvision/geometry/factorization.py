@@ -371,6 +371,9 @@ class MissingDataOptions:
     camera: AffineCamera = "affine"
 
 
+_POINT_CHUNK = 512
+
+
 class _Problem:
     """Observed-entry bookkeeping of ``W ~ Ut [X; 1]`` with ``Ut = [U | t]`` (2F, 4), vectorised over points."""
 
@@ -405,11 +408,34 @@ class _Problem:
 
         For the scalar observation (i, p), ``dr_ip / dUt_ka = -v_pa (delta_ik - m_kp U_i^T H_p^-1 U_k)`` with
         ``v_p = [X_p; 1]``: the camera-row derivative of the fixed-point model, projected onto the orthogonal
-        complement of the column space of ``U`` restricted to the point's observed rows.
+        complement of the column space of ``U`` restricted to the point's observed rows. Because that
+        projector is idempotent, ``J^T J`` is assembled without forming J:
+        ``sum_p (v_p v_p^T) kron (diag(m_p) - diag(m_p) U H_p^-1 U^T diag(m_p))``, and ``J^T r = -R V``
+        (the residual already lies in the projector's range).
 
         Returns:
-            (JtJ (8F, 8F), Jtr (8F,)).
+            (JtJ (8F, 8F), Jtr (8F,)), parameter (k, a) at index ``4 k + a``.
         """
+        n_rows = 2 * self.F
+        U = Ut[:, :3]
+        v = np.concatenate([X, np.ones((self.P, 1))], axis=1)  # (P, 4)
+        vv = (v[:, :, None] * v[:, None, :]).reshape(self.P, 16)
+        diag_part = (self.m @ vv).reshape(n_rows, 4, 4)  # sum_p m_kp v_p v_p^T
+        chol = np.linalg.cholesky(np.linalg.inv(H))  # H_p^-1 = L_p L_p^T
+        cross = np.zeros((16, n_rows * n_rows))
+        for lo in range(0, self.P, _POINT_CHUNK):  # chunks bound the (chunk, 2F, 2F) temporary
+            hi = min(lo + _POINT_CHUNK, self.P)
+            Y = np.matmul(U[None], chol[lo:hi]) * self.m[:, lo:hi].T[:, :, None]  # (chunk, 2F, 3)
+            C = np.matmul(Y, Y.transpose(0, 2, 1))  # (chunk, 2F, 2F) = diag(m) U H^-1 U^T diag(m)
+            cross += vv[lo:hi].T @ C.reshape(hi - lo, n_rows * n_rows)
+        JtJ = -cross.reshape(4, 4, n_rows, n_rows).transpose(2, 0, 3, 1)
+        idx = np.arange(n_rows)
+        JtJ[idx, :, idx, :] += diag_part
+        Jtr = -(R @ v)
+        return JtJ.reshape(4 * n_rows, 4 * n_rows), Jtr.reshape(-1)
+
+    def varpro_normal_equations_explicit(self, Ut, X, H, R):
+        """Reference version forming J explicitly (M x 8F); used by the tests to check the fast assembly."""
         U = Ut[:, :3]
         i, p = self.obs_row, self.obs_point
         Hinv = np.linalg.inv(H)
@@ -417,7 +443,7 @@ class _Problem:
         D = (L @ U.T) * self.row_mask[:, p].T  # (M, 2F)
         D[np.arange(len(i)), i] -= 1.0
         v = np.concatenate([X, np.ones((self.P, 1))], axis=1)[p]  # (M, 4)
-        J = (D[:, :, None] * v[:, None, :]).reshape(len(i), -1)  # (M, 8F), column (k, a) -> 4k + a
+        J = (D[:, :, None] * v[:, None, :]).reshape(len(i), -1)
         r = R[i, p]
         return J.T @ J, J.T @ r
 
