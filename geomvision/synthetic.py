@@ -334,9 +334,10 @@ class TwoViewCorrespondences:
     Attributes:
         x1_px, x2_px: (N, 2) pixels in image 1 and 2 (with noise and outliers applied).
         K: (3, 3) calibration of both cameras.
-        cam2_from_cam1: relative pose with unit-norm translation (camera 1 is the world frame).
+        cam2_from_cam1: relative pose with unit-norm translation (camera 1 is the world frame);
+            zero translation for pure-rotation data.
         inlier_mask: (N,) bool, False for generated outliers (their x2 is at least 10 px from the
-            true epipolar line).
+            true epipolar line; for pure rotation, at least 10 px from the true x2).
         points_in_cam1: (N, 3) true 3D points in camera 1 (for outliers, the point x1 came from).
         width, height: image size in pixels.
     """
@@ -360,7 +361,8 @@ class TwoViewCorrespondences:
         """True fundamental matrix ``F = K^-T E K^-1`` with ``x2^T F x1 = 0``, scaled to unit norm."""
         K_inv = np.linalg.inv(self.K)
         F = K_inv.T @ self.essential @ K_inv
-        return F / np.linalg.norm(F)
+        norm = np.linalg.norm(F)
+        return F / norm if norm > 0 else F  # pure rotation: E = F = 0
 
 
 def _epipolar_distance_px(F: np.ndarray, x1: np.ndarray, x2: np.ndarray) -> np.ndarray:
@@ -375,6 +377,7 @@ def two_view_correspondences(
     noise_px: float = 0.0,
     outlier_ratio: float = 0.0,
     planar: bool = False,
+    pure_rotation: bool = False,
     focal_px: float = 800.0,
     width: int = 640,
     height: int = 480,
@@ -394,6 +397,8 @@ def two_view_correspondences(
         outlier_ratio: fraction of correspondences whose x2 is replaced by a random pixel at least 10 px
             from the true epipolar line.
         planar: all points on one plane (homography-related views).
+        pure_rotation: camera 2 only rotates (about 8-12 degrees) about camera 1's centre; the
+            translation is zero (not unit norm) and the views are related by ``H = K R K^-1``.
         focal_px: focal length (principal point at the image centre).
         width, height: image size.
         rng: generator, seed or None.
@@ -403,7 +408,7 @@ def two_view_correspondences(
     rng = as_rng(rng)
     K = intrinsics_matrix(focal_px, width, height)
     K_inv = np.linalg.inv(K)
-    cam2_from_cam1 = _random_relative_pose(rng)
+    cam2_from_cam1 = _random_rotation_only(rng) if pure_rotation else _random_relative_pose(rng)
     n = int(num_points)
     points = np.empty((0, 3))
     plane = _random_plane(rng) if planar else None
@@ -425,10 +430,13 @@ def two_view_correspondences(
             raise InputError(f"outlier_ratio must be in [0, 1], got {outlier_ratio}")
         F = result.fundamental
         out_idx = rng.choice(n, size=int(round(outlier_ratio * n)), replace=False)
-        x2[out_idx] = _uniform_far_from(
-            x2[out_idx], width, height, 0.0, rng,
-            far_enough=lambda cand, idx: _epipolar_distance_px(F, x1[out_idx[idx]], cand) >= 10.0,
-        )
+        if pure_rotation:  # no epipolar geometry: keep outliers away from the true match instead
+            x2[out_idx] = _uniform_far_from(x2[out_idx], width, height, 10.0, rng)
+        else:
+            x2[out_idx] = _uniform_far_from(
+                x2[out_idx], width, height, 0.0, rng,
+                far_enough=lambda cand, idx: _epipolar_distance_px(F, x1[out_idx[idx]], cand) >= 10.0,
+            )
         result.inlier_mask[out_idx] = False
     result.x1_px = add_pixel_noise(x1, noise_px, rng)
     result.x2_px = add_pixel_noise(x2, noise_px, rng)
@@ -444,6 +452,13 @@ def _random_relative_pose(rng: np.random.Generator) -> Rigid3d:
     jitter = euler_to_matrix(rng.uniform(-np.deg2rad(3.0), np.deg2rad(3.0), size=3))
     R = jitter @ toward.rotation
     return Rigid3d(R, -R @ center2)
+
+
+def _random_rotation_only(rng: np.random.Generator) -> Rigid3d:
+    """cam2_from_cam1 = (R, 0) with a random axis and an angle of 8 to 12 degrees."""
+    axis = rng.normal(size=3)
+    angle = np.deg2rad(rng.uniform(8.0, 12.0))
+    return Rigid3d.from_rotvec(axis / np.linalg.norm(axis) * angle, np.zeros(3))
 
 
 def _random_plane(rng: np.random.Generator) -> tuple[np.ndarray, float]:

@@ -182,3 +182,16 @@ def test_bad_arguments():
         syn.as_rng("seed")
     with pytest.raises(InputError):
         syn.intrinsics_matrix(-1.0, 640, 480)
+
+
+def test_two_view_pure_rotation():
+    data = syn.two_view_correspondences(200, pure_rotation=True, outlier_ratio=0.2, rng=6)
+    np.testing.assert_array_equal(data.cam2_from_cam1.translation, np.zeros(3))
+    angle = np.degrees(np.linalg.norm(data.cam2_from_cam1.rotvec))
+    assert 8.0 <= angle <= 12.0
+    H = data.K @ data.cam2_from_cam1.rotation @ np.linalg.inv(data.K)
+    mapped = np.c_[data.x1_px, np.ones(200)] @ H.T
+    dist = np.linalg.norm(mapped[:, :2] / mapped[:, 2:] - data.x2_px, axis=1)
+    assert dist[data.inlier_mask].max() < 1e-9
+    assert dist[~data.inlier_mask].min() >= 10.0 and (~data.inlier_mask).sum() == 40
+    np.testing.assert_array_equal(data.fundamental, np.zeros((3, 3)))
