@@ -1,0 +1,139 @@
+"""features.match: exactness against a brute-force reference, ratio/mutual semantics, GT epipolar
+error on rendered images, caching and executors."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+
+import numpy as np
+import pytest
+
+import geomvision.features.match as match_mod
+from geomvision.errors import InputError
+from geomvision.features.extract import ExtractionOptions, detect_and_describe
+from geomvision.features.match import MatchingOptions, match_descriptors, match_pairs
+from geomvision.geometry.epipolar import fundamental_from_essential, sampson_distance_sq
+from geomvision.geometry.rigid import skew
+from geomvision.synthetic import render_scene_images
+
+
+def _reference(d1: np.ndarray, d2: np.ndarray, ratio: float, mutual: bool):
+    """Plain float64 reference on unit descriptors: all distances, ratio test, cross check."""
+    a = d1 / np.linalg.norm(d1, axis=1, keepdims=True)
+    b = d2 / np.linalg.norm(d2, axis=1, keepdims=True)
+    dist = np.sqrt(np.maximum(((a[:, None, :] - b[None, :, :]) ** 2).sum(-1), 0))
+    order = np.argsort(dist, axis=1)
+    best, second = order[:, 0], order[:, 1]
+    rows = np.arange(len(a))
+    keep = dist[rows, best] < ratio * dist[rows, second]
+    if mutual:
+        keep &= dist.argmin(axis=0)[best] == rows
+    return {(int(i), int(best[i])) for i in np.flatnonzero(keep)}
+
+
+@pytest.mark.parametrize("mutual", [True, False])
+def test_bruteforce_equals_reference(rng, mutual):
+    # Clustered descriptors so that many rows have a clear nearest neighbour.
+    base = rng.random((150, 32)).astype(np.float32)
+    d1 = base + 0.05 * rng.random((150, 32)).astype(np.float32)
+    d2 = np.concatenate([base[rng.permutation(150)[:120]], rng.random((60, 32)).astype(np.float32)])
+    d2[:120] += 0.05 * rng.random((120, 32)).astype(np.float32)
+    idx, dist = match_descriptors(d1, d2, MatchingOptions(ratio_threshold=0.8, mutual=mutual))
+    expected = _reference(d1, d2, 0.8, mutual)
+    assert len(expected) > 50
+    assert set(map(tuple, idx.tolist())) == expected
+    a = d1[idx[:, 0]] / np.linalg.norm(d1[idx[:, 0]], axis=1, keepdims=True)
+    b = d2[idx[:, 1]] / np.linalg.norm(d2[idx[:, 1]], axis=1, keepdims=True)
+    np.testing.assert_allclose(dist, np.linalg.norm(a - b, axis=1), atol=1e-3)
+    if mutual:
+        assert len(np.unique(idx[:, 1])) == len(idx)
+
+
+def test_binary_hamming_distances(rng):
+    d1 = rng.integers(0, 256, (80, 32), dtype=np.uint8)
+    flips = rng.random((80, 256)) < 0.05
+    d2 = np.packbits(np.unpackbits(d1, axis=1) ^ flips, axis=1)[rng.permutation(80)]
+    idx, dist = match_descriptors(d1, d2, MatchingOptions(ratio_threshold=0.9))
+    hamming = np.unpackbits(d1[idx[:, 0]] ^ d2[idx[:, 1]], axis=1).sum(1)
+    np.testing.assert_array_equal(dist, hamming)
+    # Every descriptor is the flipped copy of exactly one other: all are found.
+    assert len(idx) == 80
+    assert np.all(hamming < 40)
+
+
+def test_kind_mismatch_and_options():
+    with pytest.raises(InputError, match="descriptor kinds"):
+        match_descriptors(np.zeros((3, 32), np.uint8), np.zeros((3, 128), np.float32))
+    with pytest.raises(InputError, match="ratio"):
+        MatchingOptions(ratio_threshold=1.5)
+    idx, dist = match_descriptors(np.zeros((0, 128), np.float32), np.ones((4, 128), np.float32))
+    assert idx.shape == (0, 2) and dist.shape == (0,)
+
+
+@pytest.fixture(scope="module")
+def rendered():
+    scene = render_scene_images(3, rng=11)
+    feats = {k + 1: detect_and_describe(im, ExtractionOptions(max_num_features=2000))
+             for k, im in enumerate(scene.images)}
+    return scene, feats
+
+
+def _gt_fundamental(scene, i: int, j: int) -> np.ndarray:
+    rel = scene.cams_from_world[j] @ scene.cams_from_world[i].inverse()
+    E = skew(rel.translation) @ rel.rotation
+    return fundamental_from_essential(E, scene.K, scene.K)
+
+
+@pytest.mark.parametrize("method", ["bruteforce", "flann"])
+def test_matches_on_rendered_images_obey_gt_epipolar_geometry(rendered, method):
+    scene, feats = rendered
+    result = match_pairs(feats, [(1, 2), (2, 3)], MatchingOptions(method=method, num_workers=1))
+    for (i, j), m in result.items():
+        assert len(m) > 200
+        F = _gt_fundamental(scene, i - 1, j - 1)
+        err = np.sqrt(sampson_distance_sq(F, feats[i].keypoints_px[m.indices[:, 0]],
+                                          feats[j].keypoints_px[m.indices[:, 1]]))
+        # Before any geometric verification most putative matches are correct.
+        assert np.mean(err < 2.0) > 0.85
+        assert np.median(err) < 0.5
+
+
+def test_flann_agrees_with_bruteforce(rendered):
+    _, feats = rendered
+    exact, _ = match_descriptors(feats[1].descriptors, feats[2].descriptors, MatchingOptions())
+    approx, _ = match_descriptors(feats[1].descriptors, feats[2].descriptors, MatchingOptions(method="flann"))
+    common = set(map(tuple, exact.tolist())) & set(map(tuple, approx.tolist()))
+    assert len(common) > 0.9 * len(exact)
+
+
+def test_cache_and_executors(rendered, tmp_path, monkeypatch):
+    _, feats = rendered
+    pairs = [(1, 2), (1, 3), (2, 3)]
+    calls = []
+    original = match_mod.match_descriptors
+
+    def counting(d1, d2, options=None):
+        calls.append(1)
+        return original(d1, d2, options)
+
+    monkeypatch.setattr(match_mod, "match_descriptors", counting)
+    opts = MatchingOptions(num_workers=1)
+    first = match_pairs(feats, pairs, opts, cache_dir=tmp_path)
+    assert len(calls) == 3
+    second = match_pairs(feats, pairs, opts, cache_dir=tmp_path)
+    assert len(calls) == 3  # all three pairs came from the cache
+    with cf.ThreadPoolExecutor(2) as pool:
+        third = match_pairs(feats, pairs, MatchingOptions(ratio_threshold=0.7), executor=pool)
+    assert len(calls) == 6
+    for p in pairs:
+        np.testing.assert_array_equal(first[p].indices, second[p].indices)
+        assert len(third[p]) < len(first[p])  # a stricter ratio keeps fewer matches
+        assert (first[p].image_i, first[p].image_j) == p
+
+
+def test_bad_pairs(rendered):
+    _, feats = rendered
+    with pytest.raises(InputError, match="image id 9"):
+        match_pairs(feats, [(1, 9)], MatchingOptions(num_workers=1))
+    with pytest.raises(InputError, match="itself"):
+        match_pairs(feats, [(2, 2)], MatchingOptions(num_workers=1))
