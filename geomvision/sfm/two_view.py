@@ -133,6 +133,34 @@ def _panoramic_rotation(H: np.ndarray, K1: np.ndarray, K2: np.ndarray, x1, x2, m
     return R if np.median(err) <= max_error_px else None
 
 
+def _normalized(x: np.ndarray, K: np.ndarray) -> np.ndarray:
+    return (x - K[:2, 2]) @ np.linalg.inv(K[:2, :2]).T
+
+
+def _pose_from_homography(H: np.ndarray, K1: np.ndarray, K2: np.ndarray, x1: np.ndarray, x2: np.ndarray):
+    """Relative pose from a plane-induced homography (H&Z 13.1; up to 4 decompositions, Faugeras-Lustman)
+    picked by cheirality of the (inlier) points. Returns (pose with unit translation, front mask) or
+    (None, None) when no decomposition puts points in front."""
+    import cv2
+
+    Hn = np.linalg.inv(K2) @ H @ K1
+    _, rotations, translations, _ = cv2.decomposeHomographyMat(Hn, np.eye(3))
+    xn1, xn2 = _normalized(x1, K1), _normalized(x2, K2)
+    best, best_mask = None, None
+    for R, t in zip(rotations, translations, strict=True):
+        t = t.reshape(3)
+        norm = np.linalg.norm(t)
+        if norm < 1e-12:
+            continue
+        pose = Rigid3d(project_to_so3(R), t / norm)
+        front = epipolar.cheirality_mask(pose, xn1, xn2)
+        if best_mask is None or front.sum() > best_mask.sum():
+            best, best_mask = pose, front
+    if best_mask is None or not best_mask.any():
+        return None, None
+    return best, best_mask
+
+
 def _rejected(i: int, j: int, n: int, reason: str) -> TwoViewGeometry:
     return TwoViewGeometry(i, j, "rejected", num_putative=n, success=False, reason=reason)
 
@@ -205,17 +233,26 @@ def verify_pair(
     n_H = est_H.num_inliers if est_H is not None and est_H.success else 0
     mask = best.inlier_mask
     pose = best.cam2_from_cam1 if use_E else None
+    if use_E and best.cheirality_mask is not None:
+        mask = mask & best.cheirality_mask
     if n_H > options.max_H_inlier_ratio * n_best:
         config = "planar"
+        h_mask = est_H.inlier_mask
         if calibrated:
-            R = _panoramic_rotation(est_H.model, K1, K2, x1[est_H.inlier_mask], x2[est_H.inlier_mask],
+            R = _panoramic_rotation(est_H.model, K1, K2, x1[h_mask], x2[h_mask],
                                     options.panoramic_max_error_px)
             if R is not None:
-                config, pose = "panoramic", Rigid3d(R, np.zeros(3))
-        if config == "panoramic" or not use_E:
-            mask = est_H.inlier_mask  # no reliable epipolar geometry: H inliers are the evidence
-    if use_E and config != "panoramic":
-        mask = mask & best.cheirality_mask if best.cheirality_mask is not None else mask
+                config, pose, mask = "panoramic", Rigid3d(R, np.zeros(3)), h_mask
+            else:
+                # E has a two-fold ambiguity for (near-)planar scenes; the homography does not.
+                h_pose, front = _pose_from_homography(est_H.model, K1, K2, x1[h_mask], x2[h_mask])
+                if h_pose is not None:
+                    pose = h_pose
+                    if not use_E:
+                        mask = h_mask.copy()
+                        mask[h_mask] = front
+        elif not use_E:
+            mask = h_mask  # no reliable epipolar geometry: H inliers are the evidence
     num_inliers = int(np.count_nonzero(mask))
     if num_inliers < options.min_num_inliers:
         return _rejected(i, j, n, f"{num_inliers} inliers < {options.min_num_inliers}")
@@ -224,8 +261,7 @@ def verify_pair(
 
     angle = float("nan")
     if pose is not None:
-        xn1 = (x1[mask] - K1[:2, 2]) @ np.linalg.inv(K1[:2, :2]).T
-        xn2 = (x2[mask] - K2[:2, 2]) @ np.linalg.inv(K2[:2, :2]).T
+        xn1, xn2 = _normalized(x1[mask], K1), _normalized(x2[mask], K2)
         angle = 0.0 if config == "panoramic" else _median_triangulation_angle_deg(pose, xn1, xn2)
     F = est_F.model if est_F is not None and est_F.success else None
     if F is None and use_E:
