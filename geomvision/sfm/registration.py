@@ -140,11 +140,8 @@ def register_image(
         options: thresholds.
         rng: random generator for RANSAC.
     """
-    from geomvision.geometry.absolute_pose import (
-        AbsolutePoseOptions,
-        estimate_absolute_pose,
-        refine_absolute_pose,
-    )
+    from geomvision.geometry.absolute_pose import estimate_absolute_pose
+    from geomvision.robust.ransac import RansacOptions
 
     rows = visible_point_rows(state, image_id)
     result = RegistrationResult(False, "", image_id, num_correspondences=len(rows))
@@ -155,19 +152,18 @@ def register_image(
     K = cam.K
     pixels = state.obs_xn[rows] @ K[:2, :2].T + K[:2, 2]  # undistorted pixels
     points = state.track_xyz[state.table.obs_track[rows]]
-    pose_options = AbsolutePoseOptions(
+    pose_options = RansacOptions(
         max_error_px=options.max_error_px,
         max_iterations=options.ransac_max_iterations,
         confidence=options.confidence,
         min_num_inliers=options.min_num_inliers,
     )
-    estimate = estimate_absolute_pose(points, pixels, K, pose_options, rng=rng)
+    # estimate_absolute_pose polishes the RANSAC pose by Levenberg-Marquardt on its inliers.
+    estimate = estimate_absolute_pose(points, pixels, K, pose_options, refine=True, rng=rng)
     if not estimate.success:
         result.reason = f"PnP failed: {estimate.reason}"
         return result
-    inliers = np.asarray(estimate.inlier_mask, dtype=bool)
-    refined = refine_absolute_pose(estimate.cam_from_world, points[inliers], pixels[inliers], K)
-    pose = getattr(refined, "cam_from_world", refined)
+    pose = estimate.cam_from_world
     # Re-count inliers with the refined pose: refinement may bring in or push out borderline points.
     points_in_cam = pose.apply(points)
     with np.errstate(divide="ignore", invalid="ignore"):
