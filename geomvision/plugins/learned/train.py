@@ -294,9 +294,9 @@ def train_pose_model(
             epoch_loss += float(loss.detach()) * len(batch)
         scheduler.step()
         losses.append(epoch_loss / max(sum(len(bt) for bt in batches), 1))
-        report(progress, epoch + 1, options.epochs, f"loss {losses[-1]:.4f}")
         if (epoch + 1) % options.checkpoint_every == 0 and epoch + 1 < options.epochs:
             save_checkpoint(checkpoint_path, snapshot(epoch + 1))
+        report(progress, epoch + 1, options.epochs, f"loss {losses[-1]:.4f}")
     train_time = time.perf_counter() - t0
     save_checkpoint(checkpoint_path, snapshot(max(options.epochs, start_epoch)))
     logger.info(
