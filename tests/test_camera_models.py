@@ -67,7 +67,7 @@ def test_per_point_params_broadcast(rng):
     X = _points(rng, 5)
     per_point = np.tile(PARAMS["OPENCV"], (5, 1))
     per_point[:, 0] += np.arange(5)
-    expected = np.vstack([cm.project("OPENCV", per_point[i], X[i:i + 1]) for i in range(5)])
+    expected = np.vstack([cm.project("OPENCV", per_point[i], X[i : i + 1]) for i in range(5)])
     np.testing.assert_allclose(cm.project("OPENCV", per_point, X), expected)
 
 

@@ -31,13 +31,25 @@ NUM_PARAMS: dict[str, int] = {"SIMPLE_PINHOLE": 3, "PINHOLE": 4, "SIMPLE_RADIAL"
 
 #: indices of focal length, principal point and extra (distortion) parameters per model.
 FOCAL_INDICES: dict[str, tuple[int, ...]] = {
-    "SIMPLE_PINHOLE": (0,), "PINHOLE": (0, 1), "SIMPLE_RADIAL": (0,), "RADIAL": (0,), "OPENCV": (0, 1),
+    "SIMPLE_PINHOLE": (0,),
+    "PINHOLE": (0, 1),
+    "SIMPLE_RADIAL": (0,),
+    "RADIAL": (0,),
+    "OPENCV": (0, 1),
 }
 PRINCIPAL_POINT_INDICES: dict[str, tuple[int, ...]] = {
-    "SIMPLE_PINHOLE": (1, 2), "PINHOLE": (2, 3), "SIMPLE_RADIAL": (1, 2), "RADIAL": (1, 2), "OPENCV": (2, 3),
+    "SIMPLE_PINHOLE": (1, 2),
+    "PINHOLE": (2, 3),
+    "SIMPLE_RADIAL": (1, 2),
+    "RADIAL": (1, 2),
+    "OPENCV": (2, 3),
 }
 EXTRA_INDICES: dict[str, tuple[int, ...]] = {
-    "SIMPLE_PINHOLE": (), "PINHOLE": (), "SIMPLE_RADIAL": (3,), "RADIAL": (3, 4), "OPENCV": (4, 5, 6, 7),
+    "SIMPLE_PINHOLE": (),
+    "PINHOLE": (),
+    "SIMPLE_RADIAL": (3,),
+    "RADIAL": (3, 4),
+    "OPENCV": (4, 5, 6, 7),
 }
 
 # Depths below this are clamped when dividing, so points behind/at the camera give large finite residuals

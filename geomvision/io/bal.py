@@ -69,10 +69,16 @@ class BALProblem:
         if refine_intrinsics:
             free[:, [0, 3, 4]] = True
         return BundleAdjustmentProblem(
-            camera_models=["RADIAL"] * self.num_cameras, intrinsics=self.intrinsics.copy(),
-            image_group=np.arange(self.num_cameras), rotvecs=self.rotvecs.copy(),
-            translations=self.translations.copy(), points=self.points.copy(), obs_image=self.obs_camera,
-            obs_point=self.obs_point, obs_px=self.obs_px, intrinsics_free=free,
+            camera_models=["RADIAL"] * self.num_cameras,
+            intrinsics=self.intrinsics.copy(),
+            image_group=np.arange(self.num_cameras),
+            rotvecs=self.rotvecs.copy(),
+            translations=self.translations.copy(),
+            points=self.points.copy(),
+            obs_image=self.obs_camera,
+            obs_point=self.obs_point,
+            obs_px=self.obs_px,
+            intrinsics_free=free,
         )
 
     def update_from_ba_problem(self, problem) -> None:
@@ -99,71 +105,124 @@ def read_bal(path: str | os.PathLike) -> BALProblem:
             text = f.read()
     except (FileNotFoundError, IsADirectoryError) as exc:
         raise InputError(f"cannot read BAL file {os.fspath(path)}: {exc.strerror}") from exc
-    lines = text.splitlines()
-    header = lines[0].split() if lines else []
+    # blank lines are allowed anywhere (GTSAM's copies have them); keep original numbers for messages
+    numbered = [(i + 1, line) for i, line in enumerate(text.splitlines()) if line.strip()]
+    header = numbered[0][1].split() if numbered else []
     if len(header) != 3 or not all(h.isdigit() for h in header):
-        raise _fail(path, 1, f"expected header '<num_cameras> <num_points> <num_observations>', got {header}")
+        raise _fail(
+            path,
+            numbered[0][0] if numbered else 1,
+            f"expected header '<num_cameras> <num_points> <num_observations>', got {header}",
+        )
     n_cam, n_pt, n_obs = (int(h) for h in header)
     if n_cam == 0 or n_pt == 0 or n_obs == 0:
-        raise _fail(path, 1, f"empty problem: {n_cam} cameras, {n_pt} points, {n_obs} observations")
-    obs = _parse_block(path, lines, 1, n_obs, 4, "observation")
-    params = _parse_block(path, lines, 1 + n_obs, 9 * n_cam + 3 * n_pt, 1, "parameter").ravel()
-    extra = [i for i in range(1 + n_obs + 9 * n_cam + 3 * n_pt, len(lines)) if lines[i].strip()]
-    if extra:
-        raise _fail(path, extra[0] + 1, f"unexpected data after {n_cam} cameras and {n_pt} points")
+        raise _fail(
+            path, numbered[0][0], f"empty problem: {n_cam} cameras, {n_pt} points, {n_obs} observations"
+        )
+    obs_lines = numbered[1 : 1 + n_obs]
+    if len(obs_lines) < n_obs:
+        raise _fail(
+            path,
+            len(text.splitlines()) + 1,
+            f"file truncated: expected {n_obs} observation lines, found {len(obs_lines)}",
+        )
+    obs = _parse_lines(path, obs_lines, 4, "observation")
+    obs_line_numbers = np.array([n for n, _ in obs_lines])
+    params, param_lines = _parse_tokens(path, numbered[1 + n_obs :])
+    n_params = 9 * n_cam + 3 * n_pt
+    if len(params) < n_params:
+        raise _fail(
+            path,
+            len(text.splitlines()) + 1,
+            f"file truncated: expected {n_params} camera/point values, found {len(params)}",
+        )
+    if len(params) > n_params:
+        raise _fail(
+            path, int(param_lines[n_params]), f"unexpected data after {n_cam} cameras and {n_pt} points"
+        )
     cam_idx, pt_idx = obs[:, 0], obs[:, 1]
     for name, idx, bound in (("camera", cam_idx, n_cam), ("point", pt_idx, n_pt)):
         bad = np.flatnonzero((idx < 0) | (idx >= bound) | (idx != np.round(idx)))
         if bad.size:
-            raise _fail(path, int(bad[0]) + 2, f"{name} index {idx[bad[0]]:g} outside [0, {bound})")
+            raise _fail(
+                path, int(obs_line_numbers[bad[0]]), f"{name} index {idx[bad[0]]:g} outside [0, {bound})"
+            )
     cams = params[: 9 * n_cam].reshape(n_cam, 9)
-    points = params[9 * n_cam:].reshape(n_pt, 3)
+    points = params[9 * n_cam :].reshape(n_pt, 3)
     bad_f = np.flatnonzero(cams[:, 6] <= 0)
     if bad_f.size:
-        line = 2 + n_obs + 9 * int(bad_f[0]) + 6
-        raise _fail(path, line, f"camera {bad_f[0]} has non-positive focal length {cams[bad_f[0], 6]:g}")
+        raise _fail(
+            path,
+            int(param_lines[9 * int(bad_f[0]) + 6]),
+            f"camera {bad_f[0]} has non-positive focal length {cams[bad_f[0], 6]:g}",
+        )
     R_bal = rotvec_to_matrix(cams[:, :3])
     R = _FLIP @ R_bal
     t = cams[:, 3:6] @ _FLIP
     intrinsics = np.column_stack([cams[:, 6], np.zeros(n_cam), np.zeros(n_cam), cams[:, 7], cams[:, 8]])
-    problem = BALProblem(matrix_to_rotvec(R), t, intrinsics, points, cam_idx.astype(np.int64),
-                         pt_idx.astype(np.int64), obs[:, 2:4] * np.array([1.0, -1.0]))
+    problem = BALProblem(
+        matrix_to_rotvec(R),
+        t,
+        intrinsics,
+        points,
+        cam_idx.astype(np.int64),
+        pt_idx.astype(np.int64),
+        obs[:, 2:4] * np.array([1.0, -1.0]),
+    )
     _warn_behind(problem)
     return problem
 
 
-def _parse_block(path, lines: list[str], start: int, count: int, width: int, what: str) -> np.ndarray:
-    """Parse ``count`` lines of ``width`` numbers each starting at 0-based line ``start``."""
-    block = lines[start:start + count]
-    if len(block) < count:
-        raise _fail(path, len(lines) + 1, f"file truncated: expected {count} {what} lines from line "
-                                          f"{start + 1}, found {len(block)}")
+def _parse_lines(path, lines: list[tuple[int, str]], width: int, what: str) -> np.ndarray:
+    """Parse numbered lines of exactly ``width`` finite numbers each into a (len(lines), width) array."""
     try:
-        values = np.array(" ".join(block).split(), dtype=np.float64)
+        values = np.array(" ".join(line for _, line in lines).split(), dtype=np.float64)
     except ValueError:
         values = None
-    if values is None or values.size != count * width:
-        for i, line in enumerate(block):
+    if values is None or values.size != len(lines) * width:
+        for number, line in lines:
             tokens = line.split()
             if len(tokens) != width:
-                raise _fail(path, start + i + 1, f"expected {width} values on a {what} line, got {line.strip()!r}")
-            for tok in tokens:
-                try:
-                    float(tok)
-                except ValueError:
-                    raise _fail(path, start + i + 1, f"not a number: {tok!r}") from None
-    values = values.reshape(count, width)
+                raise _fail(path, number, f"expected {width} values on an {what} line, got {line.strip()!r}")
+            _check_numbers(path, number, tokens)
+    values = values.reshape(len(lines), width)
     bad = np.flatnonzero(~np.isfinite(values).all(axis=1))
     if bad.size:
-        raise _fail(path, start + int(bad[0]) + 1, f"non-finite value in {block[bad[0]].strip()!r}")
+        raise _fail(path, lines[bad[0]][0], f"non-finite value in {lines[bad[0]][1].strip()!r}")
     return values
+
+
+def _check_numbers(path, number: int, tokens: list[str]) -> None:
+    for tok in tokens:
+        try:
+            float(tok)
+        except ValueError:
+            raise _fail(path, number, f"not a number: {tok!r}") from None
+
+
+def _parse_tokens(path, lines: list[tuple[int, str]]) -> tuple[np.ndarray, np.ndarray]:
+    """All numbers of the numbered lines (any count per line) and the line number of each."""
+    split = [line.split() for _, line in lines]
+    line_of = np.repeat([n for n, _ in lines], [len(t) for t in split]).astype(np.int64)
+    try:
+        values = np.array([tok for tokens in split for tok in tokens], dtype=np.float64)
+    except ValueError:
+        for (number, _), tokens in zip(lines, split, strict=True):
+            _check_numbers(path, number, tokens)
+        raise
+    bad = np.flatnonzero(~np.isfinite(values))
+    if bad.size:
+        raise _fail(path, int(line_of[bad[0]]), f"non-finite value {values[bad[0]]}")
+    return values, line_of
 
 
 def _warn_behind(problem: BALProblem) -> None:
     """Observations of points behind their camera are legal in 'pre' problems but worth a warning."""
     R = rotvec_to_matrix(problem.rotvecs)[problem.obs_camera]
-    depth = np.einsum("mj,mj->m", R[:, 2], problem.points[problem.obs_point]) + \
-        problem.translations[problem.obs_camera, 2]
+    depth = (
+        np.einsum("mj,mj->m", R[:, 2], problem.points[problem.obs_point])
+        + problem.translations[problem.obs_camera, 2]
+    )
     behind = int(np.count_nonzero(depth <= 0))
     if behind:
         logger.warning("BAL: %d of %d observations have the point behind the camera", behind, len(depth))
@@ -178,8 +237,56 @@ def write_bal(path: str | os.PathLike, problem: BALProblem) -> None:
     cams = np.column_stack([matrix_to_rotvec(R), t, problem.intrinsics[:, [0, 3, 4]]])
     obs_px = problem.obs_px * np.array([1.0, -1.0])
     parts = [f"{problem.num_cameras} {problem.num_points} {problem.num_observations}\n"]
-    parts.extend(f"{c} {p} {x:.17g} {y:.17g}\n" for c, p, (x, y) in
-                 zip(problem.obs_camera.tolist(), problem.obs_point.tolist(), obs_px.tolist(), strict=True))
+    parts.extend(
+        f"{c} {p} {x:.17g} {y:.17g}\n"
+        for c, p, (x, y) in zip(
+            problem.obs_camera.tolist(), problem.obs_point.tolist(), obs_px.tolist(), strict=True
+        )
+    )
     parts.append("\n".join(f"{v:.17g}" for v in cams.ravel().tolist()) + "\n")
     parts.append("\n".join(f"{v:.17g}" for v in problem.points.ravel().tolist()) + "\n")
     atomic_write_text(path, "".join(parts))
+
+
+def bal_to_reconstruction(problem: BALProblem):
+    """A ``Reconstruction`` with one RADIAL camera and one view per BAL camera (ids from 1).
+
+    Keypoint ``k`` of view ``i`` is the ``k``-th observation made by BAL camera ``i - 1``; point ids are
+    BAL point index + 1. The image size is set just large enough to contain every observation
+    (BAL does not store it); the principal point stays at the BAL image centre (0, 0).
+    """
+    from geomvision.geometry.rigid import Rigid3d
+    from geomvision.scene.camera import Camera
+    from geomvision.scene.reconstruction import Point3D, Reconstruction, View
+
+    rec = Reconstruction()
+    size = int(2 * np.ceil(np.abs(problem.obs_px).max(initial=0.0)) + 2)
+    order = np.argsort(problem.obs_camera, kind="stable")
+    cam_sorted = problem.obs_camera[order]
+    starts = np.searchsorted(cam_sorted, np.arange(problem.num_cameras + 1))
+    keypoint_index = np.empty(problem.num_observations, np.int64)
+    keypoint_index[order] = np.arange(problem.num_observations) - starts[cam_sorted]
+    R = rotvec_to_matrix(problem.rotvecs)
+    for c in range(problem.num_cameras):
+        rec.add_camera(Camera(c + 1, "RADIAL", size, size, problem.intrinsics[c]))
+        obs = order[starts[c] : starts[c + 1]]
+        rec.add_view(
+            View(
+                c + 1,
+                f"{c:05d}.jpg",
+                c + 1,
+                Rigid3d(R[c], problem.translations[c]),
+                problem.obs_px[obs],
+                problem.obs_point[obs] + 1,
+            )
+        )
+    p_order = np.argsort(problem.obs_point, kind="stable")
+    p_starts = np.searchsorted(problem.obs_point[p_order], np.arange(problem.num_points + 1))
+    image_ids = (problem.obs_camera + 1).tolist()
+    kps = keypoint_index.tolist()
+    p_order_list = p_order.tolist()
+    for j in range(problem.num_points):
+        track = [(image_ids[m], kps[m]) for m in p_order_list[p_starts[j] : p_starts[j + 1]]]
+        rec.points3D[j + 1] = Point3D(problem.points[j].copy(), track=track)
+    rec.next_point3D_id = problem.num_points + 1
+    return rec

@@ -89,9 +89,12 @@ class BundleAdjustmentOptions:
     cg_max_iterations: int = 300
 
     def __post_init__(self) -> None:
-        checks = (("backend", self.backend, ("scipy", "schur")), ("loss", self.loss, losses.LOSSES),
-                  ("intrinsics", self.intrinsics, ("shared", "per_image", "fixed")),
-                  ("gauge", self.gauge, ("auto", "none")))
+        checks = (
+            ("backend", self.backend, ("scipy", "schur")),
+            ("loss", self.loss, losses.LOSSES),
+            ("intrinsics", self.intrinsics, ("shared", "per_image", "fixed")),
+            ("gauge", self.gauge, ("auto", "none")),
+        )
         for name, value, allowed in checks:
             if value not in allowed:
                 raise InputError(f"BundleAdjustmentOptions.{name} must be one of {allowed}, got {value!r}")
@@ -117,7 +120,10 @@ class BundleAdjustmentResult:
 
 
 def adjust_problem(
-    problem: BundleAdjustmentProblem, options: BundleAdjustmentOptions, *, progress: ProgressCallback | None = None
+    problem: BundleAdjustmentProblem,
+    options: BundleAdjustmentOptions,
+    *,
+    progress: ProgressCallback | None = None,
 ) -> BundleAdjustmentResult:
     """Bundle-adjust an array problem in place (the BAL path; no Reconstruction needed).
 
@@ -132,12 +138,24 @@ def adjust_problem(
     out = solver(problem, options, progress)
     end = evaluate(problem, options.loss, options.loss_scale_px, jacobians=False)
     elapsed = time.perf_counter() - t0
-    logger.info("BA (%s): cost %.6g -> %.6g in %d iterations, %.2f s (%s)", options.backend, start.cost,
-                end.cost, out["iterations"], elapsed, out["reason"])
+    logger.info(
+        "BA (%s): cost %.6g -> %.6g in %d iterations, %.2f s (%s)",
+        options.backend,
+        start.cost,
+        end.cost,
+        out["iterations"],
+        elapsed,
+        out["reason"],
+    )
     return BundleAdjustmentResult(
-        success=bool(out["success"]) and np.isfinite(end.cost), reason=str(out["reason"]),
-        initial_cost=start.cost, final_cost=end.cost, iterations=int(out["iterations"]), time_s=elapsed,
-        mean_reprojection_error_px=float(end.errors_px.mean()), num_residuals=2 * problem.num_observations,
+        success=bool(out["success"]) and np.isfinite(end.cost),
+        reason=str(out["reason"]),
+        initial_cost=start.cost,
+        final_cost=end.cost,
+        iterations=int(out["iterations"]),
+        time_s=elapsed,
+        mean_reprojection_error_px=float(end.errors_px.mean()),
+        num_residuals=2 * problem.num_observations,
         initial_mean_reprojection_error_px=float(start.errors_px.mean()),
     )
 
@@ -147,9 +165,11 @@ def _intrinsics_mask(model: str, width: int, options: BundleAdjustmentOptions) -
     mask = np.zeros(width, bool)
     if options.intrinsics == "fixed":
         return mask
-    for flag, idx in ((options.refine_focal, camera_models.FOCAL_INDICES[model]),
-                      (options.refine_principal_point, camera_models.PRINCIPAL_POINT_INDICES[model]),
-                      (options.refine_extra_params, camera_models.EXTRA_INDICES[model])):
+    for flag, idx in (
+        (options.refine_focal, camera_models.FOCAL_INDICES[model]),
+        (options.refine_principal_point, camera_models.PRINCIPAL_POINT_INDICES[model]),
+        (options.refine_extra_params, camera_models.EXTRA_INDICES[model]),
+    ):
         if flag:
             mask[list(idx)] = True
     return mask
@@ -211,19 +231,24 @@ def problem_from_reconstruction(
     for g, cam in enumerate(cams):
         intrinsics[g, : len(cam.params)] = cam.params
         intrinsics_free[g] = _intrinsics_mask(cam.model, p_max, options)
-        intrinsics_free[g, len(cam.params):] = False
+        intrinsics_free[g, len(cam.params) :] = False
     poses = [rec.views[int(i)].cam_from_world for i in image_ids]
     rotations = np.array([p.rotation for p in poses]).reshape(-1, 3, 3)
     pose_free = np.ones((len(image_ids), 6), bool)
     pose_free[np.isin(image_ids, np.asarray(options.fixed_image_ids, dtype=np.int64))] = False
     point_free = ~np.isin(arrays["point_ids"], np.asarray(options.fixed_point_ids, dtype=np.int64))
     problem = BundleAdjustmentProblem(
-        camera_models=[c.model for c in cams], intrinsics=intrinsics,
+        camera_models=[c.model for c in cams],
+        intrinsics=intrinsics,
         image_group=np.searchsorted(camera_ids, [rec.views[int(i)].camera_id for i in image_ids]),
         rotvecs=matrix_to_rotvec(rotations) if len(poses) else np.zeros((0, 3)),
         translations=np.array([p.translation for p in poses]).reshape(-1, 3),
-        points=arrays["xyz"], obs_image=obs_image, obs_point=arrays["obs_point"][keep],
-        obs_px=arrays["obs_px"][keep], pose_free=pose_free, intrinsics_free=intrinsics_free,
+        points=arrays["xyz"],
+        obs_image=obs_image,
+        obs_point=arrays["obs_point"][keep],
+        obs_px=arrays["obs_px"][keep],
+        pose_free=pose_free,
+        intrinsics_free=intrinsics_free,
         point_free=point_free,
     )
     _gauge_mask(problem, image_ids, options)
@@ -234,8 +259,9 @@ def _write_back(rec: Reconstruction, problem: BundleAdjustmentProblem, ids: dict
     """Copy optimised values into ``rec``; held poses/points/cameras are not touched (bitwise equal)."""
     for row, image_id in enumerate(ids["image_ids"]):
         if problem.pose_free[row].any():
-            rec.views[int(image_id)].cam_from_world = Rigid3d.from_rotvec(problem.rotvecs[row],
-                                                                          problem.translations[row])
+            rec.views[int(image_id)].cam_from_world = Rigid3d.from_rotvec(
+                problem.rotvecs[row], problem.translations[row]
+            )
     for g, camera_id in enumerate(ids["camera_ids"]):
         if problem.intrinsics_free[g].any():
             cam = rec.cameras[int(camera_id)]
@@ -245,7 +271,10 @@ def _write_back(rec: Reconstruction, problem: BundleAdjustmentProblem, ids: dict
 
 
 def bundle_adjust(
-    rec: Reconstruction, options: BundleAdjustmentOptions | None = None, *, progress: ProgressCallback | None = None
+    rec: Reconstruction,
+    options: BundleAdjustmentOptions | None = None,
+    *,
+    progress: ProgressCallback | None = None,
 ) -> BundleAdjustmentResult:
     """Bundle-adjust the registered images and all 3D points of ``rec`` in place.
 
@@ -261,8 +290,16 @@ def bundle_adjust(
     options = options or BundleAdjustmentOptions()
     t0 = time.perf_counter()
     if rec.num_registered == 0 or not rec.points3D:
-        return BundleAdjustmentResult(False, f"{rec.num_registered} registered images, {len(rec.points3D)} points",
-                                      0.0, 0.0, 0, 0.0, float("nan"), 0)
+        return BundleAdjustmentResult(
+            False,
+            f"{rec.num_registered} registered images, {len(rec.points3D)} points",
+            0.0,
+            0.0,
+            0,
+            0.0,
+            float("nan"),
+            0,
+        )
     problem, ids = problem_from_reconstruction(rec, options)
     result = adjust_problem(problem, options, progress=progress)
     if result.success:

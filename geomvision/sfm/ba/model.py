@@ -84,8 +84,10 @@ class BundleAdjustmentProblem:
 
     def _validate(self, n_img: int, n_grp: int, n_pt: int) -> None:
         if len(self.translations) != n_img or len(self.image_group) != n_img:
-            raise InputError(f"{n_img} rotvecs but {len(self.translations)} translations, "
-                             f"{len(self.image_group)} image groups")
+            raise InputError(
+                f"{n_img} rotvecs but {len(self.translations)} translations, "
+                f"{len(self.image_group)} image groups"
+            )
         if self.intrinsics.shape[0] != n_grp:
             raise InputError(f"{n_grp} camera models but {self.intrinsics.shape[0]} intrinsics rows")
         for model in self.camera_models:
@@ -94,13 +96,20 @@ class BundleAdjustmentProblem:
         m = len(self.obs_image)
         if len(self.obs_point) != m or len(self.obs_px) != m:
             raise InputError(f"observation arrays disagree: {m}, {len(self.obs_point)}, {len(self.obs_px)}")
-        for name, idx, bound in (("image", self.obs_image, n_img), ("point", self.obs_point, n_pt),
-                                 ("group", self.image_group, n_grp)):
+        for name, idx, bound in (
+            ("image", self.obs_image, n_img),
+            ("point", self.obs_point, n_pt),
+            ("group", self.image_group, n_grp),
+        ):
             if idx.size and (idx.min() < 0 or idx.max() >= bound):
                 raise InputError(f"{name} index out of range [0, {bound}): {idx.min()}..{idx.max()}")
-        for name, arr in (("intrinsics", self.intrinsics), ("rotvecs", self.rotvecs),
-                          ("translations", self.translations), ("points", self.points),
-                          ("observations", self.obs_px)):
+        for name, arr in (
+            ("intrinsics", self.intrinsics),
+            ("rotvecs", self.rotvecs),
+            ("translations", self.translations),
+            ("points", self.points),
+            ("observations", self.obs_px),
+        ):
             if not np.all(np.isfinite(arr)):
                 raise InputError(f"{name} contain NaN/inf")
 
@@ -121,7 +130,7 @@ class BundleAdjustmentProblem:
         x = np.empty(lay.n_cam + 3 * lay.n_free_points)
         x[lay.pose_cols[self.pose_free]] = np.hstack([self.rotvecs, self.translations])[self.pose_free]
         x[lay.intr_cols[self.intrinsics_free]] = self.intrinsics[self.intrinsics_free]
-        x[lay.n_cam:] = self.points[self.point_free].ravel()
+        x[lay.n_cam :] = self.points[self.point_free].ravel()
         return x
 
     def set_x(self, x: np.ndarray) -> None:
@@ -132,7 +141,7 @@ class BundleAdjustmentProblem:
         self.rotvecs[:] = pose[:, :3]
         self.translations[:] = pose[:, 3:]
         self.intrinsics[self.intrinsics_free] = x[lay.intr_cols[self.intrinsics_free]]
-        self.points[self.point_free] = x[lay.n_cam:].reshape(-1, 3)
+        self.points[self.point_free] = x[lay.n_cam :].reshape(-1, 3)
 
 
 @dataclass
@@ -143,7 +152,8 @@ class Layout:
     n_free_points: int
     pose_cols: np.ndarray  # (I, 6) column in x_cam or -1
     intr_cols: np.ndarray  # (G, P_max) column in x_cam or -1
-    image_cols: np.ndarray  # (I, D) pose then intrinsics columns, -1 where fixed
+    image_cols: np.ndarray  # (I, D) pose then intrinsics columns, -1 where fixed (active slots only)
+    active_slots: np.ndarray  # (6 + P_max,) which of pose+intrinsics slots are free for some image
     point_col: np.ndarray  # (N,) index of the point among free points, or -1
     model_obs: list[tuple[str, np.ndarray]]  # (model, observation indices) per camera model present
 
@@ -156,13 +166,25 @@ class Layout:
         n_intr = int(problem.intrinsics_free.sum())
         intr_cols[problem.intrinsics_free] = n_pose + np.arange(n_intr)
         image_cols = np.hstack([pose_cols, intr_cols[problem.image_group]])
+        # slots held for every image (e.g. the principal point) are dropped from the per-observation
+        # Jacobian blocks, which keeps the Schur products at D x D with D as small as possible
+        active_slots = (image_cols >= 0).any(axis=0)
+        image_cols = image_cols[:, active_slots]
         point_col = np.full(len(problem.points), -1, np.int64)
         n_free_points = int(problem.point_free.sum())
         point_col[problem.point_free] = np.arange(n_free_points)
         obs_models = np.asarray(problem.camera_models, dtype=object)[problem.image_group[problem.obs_image]]
         model_obs = [(m, np.flatnonzero(obs_models == m)) for m in sorted(set(problem.camera_models))]
-        return cls(n_pose + n_intr, n_free_points, pose_cols, intr_cols, image_cols, point_col,
-                   [(m, idx) for m, idx in model_obs if idx.size])
+        return cls(
+            n_pose + n_intr,
+            n_free_points,
+            pose_cols,
+            intr_cols,
+            image_cols,
+            active_slots,
+            point_col,
+            [(m, idx) for m, idx in model_obs if idx.size],
+        )
 
 
 def _right_jacobian_so3(rotvecs: np.ndarray) -> np.ndarray:
@@ -200,7 +222,11 @@ class Evaluation:
 
 
 def evaluate(
-    problem: BundleAdjustmentProblem, loss: str = "linear", loss_scale_px: float = 1.0, *, jacobians: bool = True
+    problem: BundleAdjustmentProblem,
+    loss: str = "linear",
+    loss_scale_px: float = 1.0,
+    *,
+    jacobians: bool = True,
 ) -> Evaluation:
     """Reprojection residuals ``project(cam_from_world(X)) - observed`` and their analytic Jacobian."""
     lay = problem.layout
@@ -218,7 +244,8 @@ def evaluate(
         num = camera_models.NUM_PARAMS[model]
         if jacobians:
             pixels[idx], d_px_d_pc[idx], d_px_d_intr[idx, :, :num] = camera_models.project_with_jacobians(
-                model, params[idx, :num], points_in_cam[idx])
+                model, params[idx, :num], points_in_cam[idx]
+            )
         else:
             pixels[idx] = camera_models.project(model, params[idx, :num], points_in_cam[idx])
     raw = pixels - problem.obs_px
@@ -230,7 +257,7 @@ def evaluate(
     # d x_cam / d rotvec = -[R X]_x R J_r  ->  row form: d_px/d_pc @ (-[rotated]_x) = cross(rotated, rows)
     RJr = R_img @ _right_jacobian_so3(problem.rotvecs)
     d_rot = np.matmul(np.cross(rotated[:, None, :], d_px_d_pc), RJr[img])
-    J_cam = np.concatenate([d_rot, d_px_d_pc, d_px_d_intr], axis=2)
+    J_cam = np.concatenate([d_rot, d_px_d_pc, d_px_d_intr], axis=2)[:, :, lay.active_slots]
     J_cam *= (lay.image_cols[img] >= 0)[:, None, :]  # fixed columns contribute nothing
     J_point = np.matmul(d_px_d_pc, R)
     res, (J_cam, J_point) = losses.rescale(loss, loss_scale_px, raw, [J_cam, J_point])

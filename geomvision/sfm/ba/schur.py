@@ -110,8 +110,24 @@ def _build_structure(problem: BundleAdjustmentProblem, dense_max: int) -> _Struc
     rows = np.concatenate([_block_rows(c_self), _block_rows(c_a), _block_rows(c_b)])
     cols = np.concatenate([_block_cols(c_self), _block_cols(c_b), _block_cols(c_a)])
     dense = n <= dense_max
-    structure = _Structure(n, cols_ext, free, free_pc, lay.n_free_points, img_present, img_order,
-                           img_starts, pair_a, pair_b, pair_starts, pair_img, chunks, None, 0, dense)
+    structure = _Structure(
+        n,
+        cols_ext,
+        free,
+        free_pc,
+        lay.n_free_points,
+        img_present,
+        img_order,
+        img_starts,
+        pair_a,
+        pair_b,
+        pair_starts,
+        pair_img,
+        chunks,
+        None,
+        0,
+        dense,
+    )
     if dense:
         structure.scatter_index = rows * (n + 1) + cols
         structure.n_slots = (n + 1) ** 2
@@ -130,12 +146,16 @@ def _build_structure(problem: BundleAdjustmentProblem, dense_max: int) -> _Struc
     return structure
 
 
-def _build_block_jacobi(structure: _Structure, problem: BundleAdjustmentProblem, uniq_keys: np.ndarray) -> None:
+def _build_block_jacobi(
+    structure: _Structure, problem: BundleAdjustmentProblem, uniq_keys: np.ndarray
+) -> None:
     """Blocks = each image's free pose columns and each intrinsics group's free columns."""
     lay = problem.layout
     n = structure.n
-    blocks = [np.sort(np.where(lay.pose_cols >= 0, lay.pose_cols, n), axis=1),
-              np.sort(np.where(lay.intr_cols >= 0, lay.intr_cols, n), axis=1)]
+    blocks = [
+        np.sort(np.where(lay.pose_cols >= 0, lay.pose_cols, n), axis=1),
+        np.sort(np.where(lay.intr_cols >= 0, lay.intr_cols, n), axis=1),
+    ]
     width = max(b.shape[1] for b in blocks)
     padded = [np.pad(b, ((0, 0), (0, width - b.shape[1])), constant_values=n) for b in blocks]
     index = np.vstack(padded)
@@ -148,6 +168,17 @@ def _build_block_jacobi(structure: _Structure, problem: BundleAdjustmentProblem,
     found = (r < n) & (c < n) & (uniq_keys[pos] == keys)
     structure.block_index = index
     structure.block_slots = np.where(found, pos, -1)
+
+
+def _outer_sum(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """Batched ``A^T B`` for small inner size: A (M, K, D1), B (M, K, D2) -> (M, D1, D2).
+
+    K (2 or 3) broadcast multiply-adds beat ``np.matmul``/``einsum`` on millions of tiny matrices.
+    """
+    out = A[:, 0, :, None] * B[:, 0, None, :]
+    for k in range(1, A.shape[1]):
+        out += A[:, k, :, None] * B[:, k, None, :]
+    return out
 
 
 def _bincount_blocks(index: np.ndarray, values: np.ndarray, size: int, dim: int) -> np.ndarray:
@@ -177,16 +208,23 @@ def _linearise(problem: BundleAdjustmentProblem, st: _Structure, ev) -> _Lineari
     Jc, Jp, r = ev.J_cam, ev.J_point, ev.residuals
     n = st.n
     cols_obs = st.cols_ext[problem.obs_image]  # (M, D)
-    U_obs = np.einsum("mki,mkj->mij", Jc, Jc)
+    U_obs = _outer_sum(Jc, Jc)
     g_obs = np.einsum("mki,mk->mi", Jc, r)
     g_cam = np.bincount(cols_obs.ravel(), weights=g_obs.ravel(), minlength=n + 1)[:n]
     diag_idx = np.arange(Jc.shape[2])
-    diag_cam = np.bincount(cols_obs.ravel(), weights=U_obs[:, diag_idx, diag_idx].ravel(), minlength=n + 1)[:n]
+    diag_cam = np.bincount(cols_obs.ravel(), weights=U_obs[:, diag_idx, diag_idx].ravel(), minlength=n + 1)[
+        :n
+    ]
     Jpf, rf = Jp[st.free_obs], r[st.free_obs]
-    C = _bincount_blocks(st.free_pc, np.einsum("mki,mkj->mij", Jpf, Jpf), st.n_points, 3)
-    g_pt = np.stack([np.bincount(st.free_pc, weights=w, minlength=st.n_points)
-                     for w in np.einsum("mki,mk->mi", Jpf, rf).T], axis=1).reshape(-1, 3)
-    W = np.einsum("mki,mkj->mij", Jc[st.free_obs], Jpf)
+    C = _bincount_blocks(st.free_pc, _outer_sum(Jpf, Jpf), st.n_points, 3)
+    g_pt = np.stack(
+        [
+            np.bincount(st.free_pc, weights=w, minlength=st.n_points)
+            for w in np.einsum("mki,mk->mi", Jpf, rf).T
+        ],
+        axis=1,
+    ).reshape(-1, 3)
+    W = _outer_sum(Jc[st.free_obs], Jpf)
     grad_max = max(float(np.abs(g_cam).max(initial=0.0)), float(np.abs(g_pt).max(initial=0.0)))
     return _Linearisation(ev.cost, U_obs, g_cam, C, g_pt, W, diag_cam, grad_max)
 
@@ -197,16 +235,17 @@ def _reduced_system(problem: BundleAdjustmentProblem, st: _Structure, lin: _Line
     C_damped = lin.C.copy()
     C_damped[:, [0, 1, 2], [0, 1, 2]] += mu * diag_pt
     C_inv = np.linalg.inv(C_damped)
-    T = np.matmul(lin.W, C_inv[st.free_pc])  # (Mf, D, 3)
+    Wt = np.ascontiguousarray(lin.W.transpose(0, 2, 1))  # (Mf, 3, D)
+    Tt = _outer_sum(C_inv[st.free_pc], Wt)  # (Mf, 3, D) = C~^-1 W^T  (C~^-1 symmetric)
+    T = Tt.transpose(0, 2, 1)
 
     # self blocks per observation: U - T W^T for observations of free points
     self_obs = lin.U_obs.copy()
-    self_obs[st.free_obs] -= np.matmul(T, lin.W.transpose(0, 2, 1))
+    self_obs[st.free_obs] -= _outer_sum(Tt, Wt)
     self_img = np.add.reduceat(self_obs[st.img_order], st.img_starts, axis=0)
     pair_blocks = np.empty((len(st.pair_img),) + self_img.shape[1:])
-    Wt = lin.W.transpose(0, 2, 1)
     for lo, hi, g_lo, g_hi in st.chunks:
-        B = np.matmul(T[st.pair_a[lo:hi]], Wt[st.pair_b[lo:hi]])
+        B = _outer_sum(Tt[st.pair_a[lo:hi]], Wt[st.pair_b[lo:hi]])
         pair_blocks[g_lo:g_hi] = np.add.reduceat(B, st.pair_starts[g_lo:g_hi] - lo, axis=0)
     values = np.concatenate([self_img.ravel(), -pair_blocks.ravel(), -pair_blocks.transpose(0, 2, 1).ravel()])
     S = np.bincount(st.scatter_index, weights=values, minlength=st.n_slots)
@@ -229,8 +268,9 @@ def _solve_dense(st: _Structure, S_slots: np.ndarray, rhs: np.ndarray, damp: np.
     return scipy.linalg.cho_solve(factor, rhs, check_finite=False)
 
 
-def _solve_pcg(st: _Structure, S_slots: np.ndarray, rhs: np.ndarray, damp: np.ndarray,
-               tol: float, max_iter: int) -> np.ndarray | None:
+def _solve_pcg(
+    st: _Structure, S_slots: np.ndarray, rhs: np.ndarray, damp: np.ndarray, tol: float, max_iter: int
+) -> np.ndarray | None:
     """Preconditioned conjugate gradients on the sparse reduced system (block-Jacobi preconditioner)."""
     n = st.n
     S = sp.csr_matrix((S_slots[:-1], st.csr_indices, st.csr_indptr), shape=(n, n))
@@ -240,7 +280,9 @@ def _solve_pcg(st: _Structure, S_slots: np.ndarray, rhs: np.ndarray, damp: np.nd
     idx = st.block_index
     eye = np.eye(idx.shape[1])[None]
     blocks = np.where((idx[:, :, None] < n) & (idx[:, None, :] < n), blocks, eye)  # pad with identity
-    blocks[:, np.arange(idx.shape[1]), np.arange(idx.shape[1])] += np.where(idx < n, damp[np.minimum(idx, n - 1)], 0)
+    blocks[:, np.arange(idx.shape[1]), np.arange(idx.shape[1])] += np.where(
+        idx < n, damp[np.minimum(idx, n - 1)], 0
+    )
     try:
         block_inv = np.linalg.inv(blocks)
     except np.linalg.LinAlgError:
@@ -311,8 +353,14 @@ def solve_schur(problem: BundleAdjustmentProblem, options, progress=None) -> dic
     lin = _linearise(problem, st, ev)
     mu, nu = 1e-4, 2.0  # Ceres: initial trust region radius 1e4
     reason, iterations = "maximum iterations reached", 0
-    logger.debug("schur BA: %d camera columns (%s), %d points, %d pairs, setup %.3f s", st.n,
-                 "dense" if st.dense else "pcg", st.n_points, len(st.pair_a), time.perf_counter() - t0)
+    logger.debug(
+        "schur BA: %d camera columns (%s), %d points, %d pairs, setup %.3f s",
+        st.n,
+        "dense" if st.dense else "pcg",
+        st.n_points,
+        len(st.pair_a),
+        time.perf_counter() - t0,
+    )
     while iterations < options.max_iterations:
         iterations += 1
         if lin.grad_max <= options.gradient_tolerance:
@@ -324,7 +372,9 @@ def solve_schur(problem: BundleAdjustmentProblem, options, progress=None) -> dic
             nu *= 2.0
             continue
         delta, predicted = step
-        if np.linalg.norm(delta) <= options.parameter_tolerance * (np.linalg.norm(x) + options.parameter_tolerance):
+        if np.linalg.norm(delta) <= options.parameter_tolerance * (
+            np.linalg.norm(x) + options.parameter_tolerance
+        ):
             reason = "parameter tolerance reached"
             break
         x_new = x + delta
@@ -341,7 +391,9 @@ def solve_schur(problem: BundleAdjustmentProblem, options, progress=None) -> dic
             ev = evaluate(problem, options.loss, options.loss_scale_px, jacobians=True)
             lin = _linearise(problem, st, ev)
             if abs(actual) <= options.function_tolerance * old_cost:
-                reason = f"function tolerance reached (relative decrease {actual / max(old_cost, 1e-300):.3g})"
+                reason = (
+                    f"function tolerance reached (relative decrease {actual / max(old_cost, 1e-300):.3g})"
+                )
                 break
         else:
             problem.set_x(x)

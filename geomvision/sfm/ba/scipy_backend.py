@@ -64,10 +64,21 @@ def solve_scipy(problem: BundleAdjustmentProblem, options, progress=None) -> dic
     if x0.size == 0:
         return {"success": True, "reason": "no free parameters", "iterations": 0}
     result = least_squares(
-        fun, x0, jac=jac, method="trf", x_scale="jac", tr_solver="lsmr", loss="linear",
-        ftol=options.function_tolerance, xtol=options.parameter_tolerance, gtol=options.gradient_tolerance,
+        fun,
+        x0,
+        jac=jac,
+        method="trf",
+        x_scale="jac",
+        tr_solver="lsmr",
+        loss="linear",
+        ftol=options.function_tolerance,
+        xtol=options.parameter_tolerance,
+        gtol=options.gradient_tolerance,
         max_nfev=options.max_iterations,
     )
     problem.set_x(result.x)
-    return {"success": bool(result.status > 0 or result.status == 0), "reason": result.message,
-            "iterations": int(result.njev or result.nfev)}
+    return {
+        "success": bool(result.status > 0 or result.status == 0),
+        "reason": result.message,
+        "iterations": int(result.njev or result.nfev),
+    }
