@@ -26,6 +26,8 @@ __all__ = [
     "fundamental_7point",
     "fundamental_7point_batch",
     "essential_8point",
+    "essential_8point_unchecked",
+    "fundamental_8point_unchecked",
     "essential_5point",
     "essential_5point_batch",
     "project_to_essential",
@@ -68,7 +70,9 @@ def _check_matrix(M, name: str) -> np.ndarray:
 
 
 def _homogeneous(x: np.ndarray) -> np.ndarray:
-    return np.concatenate([x, np.ones(x.shape[:-1] + (1,))], axis=-1)
+    out = np.ones(x.shape[:-1] + (3,))
+    out[..., :2] = x
+    return out
 
 
 def hartley_normalization(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -81,10 +85,12 @@ def hartley_normalization(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         (xn (N, 2), T (3, 3)) with ``xn_h = T @ x_h``.
     """
     centroid = x.mean(axis=0)
-    mean_dist = np.mean(np.linalg.norm(x - centroid, axis=1))
+    centred = x - centroid
+    mean_dist = float(np.sqrt(np.einsum("ij,ij->i", centred, centred)).mean())
     scale = np.sqrt(2.0) / mean_dist if mean_dist > 1e-300 else 1.0
     T = np.array([[scale, 0.0, -scale * centroid[0]], [0.0, scale, -scale * centroid[1]], [0.0, 0.0, 1.0]])
-    return (x - centroid) * scale, T
+    centred *= scale
+    return centred, T
 
 
 def _epipolar_rows(x1: np.ndarray, x2: np.ndarray) -> np.ndarray:
@@ -117,11 +123,16 @@ def fundamental_8point(x1: np.ndarray, x2: np.ndarray) -> np.ndarray:
         (3, 3) rank-2 fundamental matrix with unit Frobenius norm.
     """
     x1, x2 = _check_pair(x1, x2, 8)
+    return fundamental_8point_unchecked(x1, x2)
+
+
+def fundamental_8point_unchecked(x1: np.ndarray, x2: np.ndarray) -> np.ndarray:
+    """:func:`fundamental_8point` without input validation, for inner loops (LO-RANSAC refits)."""
     xn1, T1 = hartley_normalization(x1)
     xn2, T2 = hartley_normalization(x2)
+    # Smallest eigenvector of the 9x9 normal matrix A^T A: cheaper than the SVD of A (N, 9) and well
+    # conditioned after Hartley normalisation.
     A = _epipolar_rows(xn1, xn2)
-    # Smallest right singular vector of A; A^T A (9x9) is cheaper than the SVD of A for large N and
-    # well conditioned after Hartley normalisation.
     _, vecs = np.linalg.eigh(A.T @ A)
     Fn = _enforce_rank2(vecs[:, 0].reshape(3, 3))
     return _normalize_frobenius(T2.T @ Fn @ T1)
@@ -209,6 +220,11 @@ def essential_8point(xn1: np.ndarray, xn2: np.ndarray) -> np.ndarray:
         (3, 3) essential matrix with singular values (1, 1, 0) / sqrt(2) (unit Frobenius norm).
     """
     return project_to_essential(fundamental_8point(xn1, xn2))
+
+
+def essential_8point_unchecked(xn1: np.ndarray, xn2: np.ndarray) -> np.ndarray:
+    """:func:`essential_8point` without input validation, for inner loops."""
+    return project_to_essential(fundamental_8point_unchecked(xn1, xn2))
 
 
 def essential_from_fundamental(F: np.ndarray, K1: np.ndarray, K2: np.ndarray) -> np.ndarray:

@@ -26,7 +26,7 @@ from scipy.optimize import least_squares
 
 from geomvision.errors import InputError
 from geomvision.geometry import epipolar, homography
-from geomvision.geometry.rigid import Rigid3d, rotvec_to_matrix, skew
+from geomvision.geometry.rigid import Rigid3d, skew
 from geomvision.robust.ransac import RansacOptions, RansacResult, msac_scores, ransac
 
 __all__ = [
@@ -43,7 +43,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: inliers used to pick among the four decompositions of E (cheirality vote).
-_POSE_VOTE_POINTS = 200
+_POSE_VOTE_POINTS = 100
 #: maximum refine / re-select-inliers rounds of the essential-matrix polish.
 _REFINE_ROUNDS = 3
 
@@ -135,13 +135,20 @@ def _sampson_sq(
     """
     if index is not None:
         x1h_T, x2h_T = x1h_T[:, index], x2h_T[:, index]
-    Fx1 = F @ x1h_T
-    Ftx2 = np.swapaxes(F, -1, -2) @ x2h_T
-    alg = np.einsum("in,min->mn", x2h_T, Fx1)
-    den = Fx1[:, 0] ** 2 + Fx1[:, 1] ** 2 + Ftx2[:, 0] ** 2 + Ftx2[:, 1] ** 2
+    Fx1 = F @ x1h_T  # (M, 3, N) epipolar lines in image 2
+    Ftx2 = np.swapaxes(F[:, :, :2], -1, -2) @ x2h_T  # (M, 2, N): only the line normals in image 1
+    alg = Fx1[:, 0] * x2h_T[0]
+    alg += Fx1[:, 1] * x2h_T[1]
+    alg += Fx1[:, 2]
+    den = Fx1[:, 0] ** 2
+    den += Fx1[:, 1] ** 2
+    den += Ftx2[:, 0] ** 2
+    den += Ftx2[:, 1] ** 2
     with np.errstate(divide="ignore", invalid="ignore"):
-        r = alg**2 / den
-    return np.where(np.isfinite(r), r, np.inf)
+        alg *= alg
+        alg /= den
+    # 0/0 (a point on both epipoles) gives NaN, which the MSAC scoring treats as an outlier.
+    return alg
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -183,7 +190,7 @@ class EssentialEstimator:
     def refit(self, inlier_idx: np.ndarray) -> list[np.ndarray]:
         if len(inlier_idx) < 8:
             return []
-        return [epipolar.essential_8point(self.xn1[inlier_idx], self.xn2[inlier_idx])]
+        return [epipolar.essential_8point_unchecked(self.xn1[inlier_idx], self.xn2[inlier_idx])]
 
 
 class FundamentalEstimator:
@@ -215,7 +222,7 @@ class FundamentalEstimator:
     def refit(self, inlier_idx: np.ndarray) -> list[np.ndarray]:
         if len(inlier_idx) < 8:
             return []
-        return [epipolar.fundamental_8point(self.x1[inlier_idx], self.x2[inlier_idx])]
+        return [epipolar.fundamental_8point_unchecked(self.x1[inlier_idx], self.x2[inlier_idx])]
 
 
 _TRIPLES = np.array([[0, 1, 2], [0, 1, 3], [0, 2, 3], [1, 2, 3]])
@@ -304,6 +311,18 @@ def _failure(reason: str, n: int, result: RansacResult | None = None) -> TwoView
     )
 
 
+def _rodrigues(rotvecs: np.ndarray) -> np.ndarray:
+    """(M, 3) rotation vectors -> (M, 3, 3) matrices; lean version of ``rigid.rotvec_to_matrix`` for the
+    LM inner loop (series expansion below 1e-8 rad keeps it exact near zero)."""
+    theta = np.linalg.norm(rotvecs, axis=1)
+    small = theta < 1e-8
+    safe = np.where(small, 1.0, theta)
+    a = np.where(small, 1.0 - theta**2 / 6.0, np.sin(theta) / safe)
+    b = np.where(small, 0.5 - theta**2 / 24.0, (1.0 - np.cos(theta)) / safe**2)
+    W = skew(rotvecs)
+    return np.eye(3) + a[:, None, None] * W + b[:, None, None] * (W @ W)
+
+
 def refine_relative_pose(
     cam2_from_cam1: Rigid3d,
     x1_px: np.ndarray,
@@ -338,7 +357,7 @@ def refine_relative_pose(
     def poses(P: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(M, 5) parameter vectors -> rotations (M, 3, 3) and unit translations (M, 3)."""
         t = t0 + P[:, 3:] @ tangent.T
-        return rotvec_to_matrix(P[:, :3]) @ R0, t / np.linalg.norm(t, axis=1, keepdims=True)
+        return _rodrigues(P[:, :3]) @ R0, t / np.linalg.norm(t, axis=1, keepdims=True)
 
     def signed_sampson(P: np.ndarray) -> np.ndarray:
         """(M, 5) -> (M, N) signed Sampson distances (px) of all inliers, one vectorised pass."""
@@ -419,8 +438,12 @@ def estimate_essential(
         score_ref = float(msac_scores(r, options.max_error_px**2))
         if score_ref >= score:
             break
-        E, score, mask, pose = E_ref, score_ref, r <= options.max_error_px**2, refined
+        new_mask = r <= options.max_error_px**2
+        unchanged = np.array_equal(new_mask, mask)
+        E, score, mask, pose = E_ref, score_ref, new_mask, refined
         idx = np.flatnonzero(mask)
+        if unchanged:  # same inliers: another round would converge to the same optimum
+            break
     front = epipolar.cheirality_mask(pose, est.xn1[idx], est.xn2[idx])
     cheirality = np.zeros(n, dtype=bool)
     cheirality[idx[front]] = True

@@ -78,6 +78,9 @@ class RansacOptions:
         lo_iterations: number of least-squares refits per local optimisation.
         lo_threshold_multiplier: the first refit uses inliers at ``multiplier * max_error_px``; the
             threshold shrinks linearly to ``max_error_px`` at the last refit.
+        lo_max_points: the least-squares refits inside the loop use at most this many randomly chosen
+            inliers (Lebeda et al. 2012 cap the LO sample the same way; 0 = all); the final refit always
+            uses all inliers.
         final_refit: refit on all inliers of the best model at the end (kept only if it scores better).
         min_num_inliers: fewer inliers than this is a failure (``success=False``).
         min_inlier_ratio: lower bound on the inlier ratio used for the adaptive sample count, so that a
@@ -97,6 +100,7 @@ class RansacOptions:
     local_optimization: bool = True
     lo_iterations: int = 4
     lo_threshold_multiplier: float = 3.0
+    lo_max_points: int = 256
     final_refit: bool = True
     min_num_inliers: int = 15
     min_inlier_ratio: float = 0.0
@@ -221,12 +225,16 @@ class _Scorer:
         rng: np.random.Generator,
     ) -> np.ndarray:
         """Capel's (2005) bail-out test: keep hypotheses whose inlier count on a random subset is
-        statistically compatible with beating the best inlier ratio so far. Returns the kept models."""
+        statistically compatible with beating the best inlier ratio so far (or, before there is one,
+        the best subset ratio of this batch). Returns the kept models."""
         m = options.bailout_subset
-        if m <= 0 or num_data <= 3 * m or best_ratio <= 0.0 or self._res_batch is None or len(models) <= 1:
+        if m <= 0 or num_data <= 3 * m or self._res_batch is None or len(models) <= 1:
             return models
         subset = rng.integers(0, num_data, size=m)  # with replacement: counts are exactly binomial
         counts = np.count_nonzero(self.residuals(models, subset) <= self.threshold_sq, axis=1)
+        best_ratio = max(best_ratio, counts.max() / m)
+        if best_ratio <= 0.0:
+            return models
         expected = m * best_ratio
         keep = counts >= expected - options.bailout_sigma * math.sqrt(expected * (1.0 - best_ratio))
         return models[keep]
@@ -239,6 +247,7 @@ def _local_optimization(
     residuals_sq: np.ndarray,
     score: float,
     options: RansacOptions,
+    rng: np.random.Generator | None = None,
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """LO-RANSAC: iterated least squares on inliers with a shrinking threshold; keeps the best model."""
     best = (model, residuals_sq, score)
@@ -252,14 +261,19 @@ def _local_optimization(
         inlier_idx = np.flatnonzero(best[1] <= (mult * t) ** 2)
         if len(inlier_idx) <= estimator.sample_size:
             break
+        if rng is not None and 0 < options.lo_max_points < len(inlier_idx):
+            inlier_idx = rng.choice(inlier_idx, options.lo_max_points, replace=False)
         models = estimator.refit(inlier_idx)
         if len(models) == 0:
             break
         res = scorer.residuals(models)
         scores = msac_scores(res, scorer.threshold_sq)
         i = int(np.argmin(scores))
-        if scores[i] < best[2]:
-            best = (np.asarray(models[i]), res[i], float(scores[i]))
+        if scores[i] >= best[2]:
+            if mult <= 1.0:
+                break  # no gain at the final threshold: the next refit would start from the same inliers
+            continue
+        best = (np.asarray(models[i]), res[i], float(scores[i]))
     return best
 
 
@@ -308,7 +322,7 @@ def ransac(
         samples = _draw_samples(rng, num_data, s, count)
         drawn += count
         models = scorer.fit(samples)
-        if len(models) and best_model is not None:
+        if len(models):
             models = scorer.bail_out(np.asarray(models), num_data, best_ratio, options, rng)
         if len(models) == 0:
             continue
@@ -319,7 +333,9 @@ def ransac(
             continue
         model, model_res, score = np.asarray(models[i]), res[i], float(scores[i])
         if can_lo:
-            model, model_res, score = _local_optimization(estimator, scorer, model, model_res, score, options)
+            model, model_res, score = _local_optimization(
+                estimator, scorer, model, model_res, score, options, rng
+            )
         best_model, best_res, best_score = model, model_res, score
         best_ratio = np.count_nonzero(best_res <= threshold_sq) / num_data
         needed = required_iterations(max(best_ratio, options.min_inlier_ratio), s, options.confidence)
