@@ -8,7 +8,7 @@ import pytest
 from geomvision.errors import InputError
 from geomvision.geometry import triangulation as tri
 from geomvision.geometry.rigid import Rigid3d
-from geomvision.synthetic import add_pixel_noise, random_scene, two_view_correspondences
+from geomvision.synthetic import add_pixel_noise, project_points, random_scene, two_view_correspondences
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +39,34 @@ def test_dlt_normalized_coordinates_two_view_correspondences():
     P1 = np.hstack([np.eye(3), np.zeros((3, 1))])
     X = tri.triangulate_dlt(P1, data.cam2_from_cam1.matrix(), xn1, xn2)
     np.testing.assert_allclose(X, data.points_in_cam1, atol=1e-8)
+
+
+def test_dlt_small_baseline_precision(scene):
+    # Camera 2 is camera 1 moved 1 cm sideways, ~4 units from the points: 0.15 degree rays.
+    cam1 = scene.cams_from_world[0]
+    cam2 = Rigid3d(cam1.rotation, cam1.translation + [0.01, 0.0, 0.0])
+    P1, P2 = scene.K @ cam1.matrix(), scene.K @ cam2.matrix()
+    x2 = project_points(scene.K, cam2, scene.points_in_world)[0]
+    X = tri.triangulate_dlt(P1, P2, scene.observations_px[0], x2)
+    np.testing.assert_allclose(X, scene.points_in_world, atol=1e-8)
+
+
+def test_smallest_eigenvectors_agree_with_eigh(rng):
+    """The fast adjugate inverse iteration must return eigh's answer, also where it falls back."""
+    n = 400
+    Q = np.linalg.qr(rng.normal(size=(n, 4, 4)))[0]
+    lam = np.sort(rng.uniform(0.1, 1.0, size=(n, 4)), axis=1)
+    lam[:100, 0] = 0.0  # exactly singular (noise-free data)
+    lam[100:200, 0] = 1e-6 * lam[100:200, 1]  # well separated
+    lam[200:300, 0] = 0.9 * lam[200:300, 1]  # slow convergence -> eigh fallback
+    lam[300:, 0] = lam[300:, 1]  # repeated smallest eigenvalue: any vector of the eigenspace is right
+    M = np.einsum("nij,nj,nkj->nik", Q, lam, Q)
+    v = tri._smallest_eigenvectors(M)
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-12)
+    residual = np.einsum("nij,nj->ni", M, v) - lam[:, :1] * v
+    assert np.abs(residual).max() < 1e-10
+    ref = np.linalg.eigh(M[:300])[1][:, :, 0]
+    np.testing.assert_allclose(np.abs(np.sum(ref * v[:300], axis=1)), 1.0, atol=1e-12)
 
 
 def test_nview_exact_and_world_frame_invariant(scene):

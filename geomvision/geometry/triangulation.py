@@ -97,6 +97,78 @@ def _dlt_rows(projections: np.ndarray, x: np.ndarray) -> np.ndarray:
     return rows
 
 
+def _adjugate_sym4(M: np.ndarray) -> np.ndarray:
+    """Adjugate (N, 4, 4) of symmetric 4x4 matrices, from 2x2 minors (Laplace expansion), elementwise.
+
+    ``adj(M) = det(M) M^-1`` exists for singular M too: for rank 3 it is ``(l2 l3 l4) v v^T`` with v the
+    null vector, which is what inverse iteration needs, without any pivoting or LAPACK call per matrix.
+    """
+    a = [[M[:, i, j] for j in range(4)] for i in range(4)]
+    s0 = a[0][0] * a[1][1] - a[1][0] * a[0][1]
+    s1 = a[0][0] * a[1][2] - a[1][0] * a[0][2]
+    s2 = a[0][0] * a[1][3] - a[1][0] * a[0][3]
+    s3 = a[0][1] * a[1][2] - a[1][1] * a[0][2]
+    s4 = a[0][1] * a[1][3] - a[1][1] * a[0][3]
+    s5 = a[0][2] * a[1][3] - a[1][2] * a[0][3]
+    c5 = a[2][2] * a[3][3] - a[3][2] * a[2][3]
+    c4 = a[2][1] * a[3][3] - a[3][1] * a[2][3]
+    c3 = a[2][1] * a[3][2] - a[3][1] * a[2][2]
+    c2 = a[2][0] * a[3][3] - a[3][0] * a[2][3]
+    c1 = a[2][0] * a[3][2] - a[3][0] * a[2][2]
+    # (the sixth minor, a20 a31 - a30 a21, only enters the lower triangle, which symmetry gives for free)
+    adj = np.empty_like(M)
+    adj[:, 0, 0] = a[1][1] * c5 - a[1][2] * c4 + a[1][3] * c3
+    adj[:, 0, 1] = -a[0][1] * c5 + a[0][2] * c4 - a[0][3] * c3
+    adj[:, 0, 2] = a[3][1] * s5 - a[3][2] * s4 + a[3][3] * s3
+    adj[:, 0, 3] = -a[2][1] * s5 + a[2][2] * s4 - a[2][3] * s3
+    adj[:, 1, 1] = a[0][0] * c5 - a[0][2] * c2 + a[0][3] * c1
+    adj[:, 1, 2] = -a[3][0] * s5 + a[3][2] * s2 - a[3][3] * s1
+    adj[:, 1, 3] = a[2][0] * s5 - a[2][2] * s2 + a[2][3] * s1
+    adj[:, 2, 2] = a[3][0] * s4 - a[3][1] * s2 + a[3][3] * s0
+    adj[:, 2, 3] = -a[2][0] * s4 + a[2][1] * s2 - a[2][3] * s0
+    adj[:, 3, 3] = a[2][0] * s3 - a[2][1] * s1 + a[2][2] * s0
+    # The adjugate of a symmetric matrix is symmetric: mirror the upper triangle.
+    for i, j in ((1, 0), (2, 0), (3, 0), (2, 1), (3, 1), (3, 2)):
+        adj[:, i, j] = adj[:, j, i]
+    return adj
+
+
+def _smallest_eigenvectors(M: np.ndarray) -> np.ndarray:
+    """Unit eigenvectors (N, 4) of the smallest eigenvalue of symmetric PSD matrices M (N, 4, 4).
+
+    Inverse iteration with the adjugate (``adj(M) ~ M^-1``, built elementwise): about 10x faster than
+    a batched ``eigh``. The error shrinks by ``lambda_1 / lambda_2`` per step, which is tiny for
+    well-posed points (noise against baseline), so five steps reach ~1e-12 or better. Points whose
+    iterates have not settled (nearly repeated smallest eigenvalues: ill-posed rays) are re-solved
+    with ``eigh``.
+    """
+    n = len(M)
+    trace = np.trace(M, axis1=1, axis2=2)
+    # Scale to unit trace so the adjugate (cubic in M) neither overflows nor underflows.
+    adj = _adjugate_sym4(M / np.where(trace > 0, trace, 1.0)[:, None, None])
+    y = np.full((n, 4), 0.5)
+    y[:, 3] = 1.0  # start leaning on w: finite points in the normalised frame have |w| ~ |X|
+    changes = []
+    for _ in range(5):
+        y_new = np.einsum("nij,nj->ni", adj, y)
+        norm = np.sqrt(np.einsum("ij,ij->i", y_new, y_new))
+        y_new /= np.where(norm > 0, norm, 1.0)[:, None]
+        diff = y_new - y
+        changes.append(np.sqrt(np.einsum("ij,ij->i", diff, diff)))  # step length
+        y = y_new
+    # Steps shrink by rho = lambda_1 / lambda_2 each time, so the error left after the last step is
+    # about rho / (1 - rho) times that step. Accept when rho <= 0.5 and that bound is below 1e-12, or
+    # when the last step is at rounding level (converged at once, e.g. noise-free data).
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rho = np.where(changes[-1] > 0, changes[-1] / changes[-2], 0.0)
+    settled = (changes[-1] <= 1e-14) | ((rho <= 0.5) & (rho * changes[-1] <= 0.5e-12))
+    if not np.all(settled):
+        redo = ~settled
+        y[redo] = np.linalg.eigh(M[redo])[1][:, :, 0]
+        logger.debug("triangulation: %d of %d points re-solved with eigh", int(redo.sum()), n)
+    return y
+
+
 def _check_projection(P, name: str) -> np.ndarray:
     P = _finite_array(P, (3, 4), name)
     if P.shape != (3, 4):
@@ -133,12 +205,14 @@ def triangulate_dlt(P1: np.ndarray, P2: np.ndarray, x1: np.ndarray, x2: np.ndarr
     if n == 0:
         return np.zeros((0, 3))
     Pn, c, s = _world_normalization(np.stack([P1, P2]))
-    A = np.concatenate(
+    rows = np.concatenate(
         [_dlt_rows(np.broadcast_to(Pn[0], (n, 3, 4)), x1), _dlt_rows(np.broadcast_to(Pn[1], (n, 3, 4)), x2)],
         axis=1,
-    )  # (N, 4, 4)
-    _, _, Vt = np.linalg.svd(A)
-    return _dehomogenize(Vt[:, -1, :], c, s)
+    )  # (N, 4, 4): A per point
+    # The smallest eigenvector of A^T A is much cheaper than a batched SVD of A; with unit rows in the
+    # normalised world frame the squared conditioning still leaves ~1e-12 relative error for baselines
+    # of 0.15 degrees (tests/test_triangulation.py::test_dlt_small_baseline_precision).
+    return _dehomogenize(_smallest_eigenvectors(np.matmul(rows.transpose(0, 2, 1), rows)), c, s)
 
 
 def _check_index(point_index, m: int, num_points: int) -> np.ndarray:
@@ -218,8 +292,7 @@ def triangulate_nview(
     Pn, c, s = _world_normalization(projections)
     rows = _dlt_rows(Pn, x)  # (M, 2, 4)
     normal = _accumulate_normal_matrices(idx, rows, num_points)
-    _, vecs = np.linalg.eigh(normal)  # ascending eigenvalues
-    return _dehomogenize(vecs[:, :, 0], c, s)
+    return _dehomogenize(_smallest_eigenvectors(normal), c, s)
 
 
 def triangulate_midpoint(
