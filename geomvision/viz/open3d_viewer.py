@@ -8,8 +8,11 @@ machine can produce a picture. ``GEOMVISION_RENDERER=software|open3d`` forces on
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +31,7 @@ from geomvision.viz.geometry import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ViewSetup", "auto_view", "build_geometries", "show", "screenshot"]
+__all__ = ["ViewSetup", "auto_view", "build_geometries", "show", "screenshot", "open3d_offscreen_available"]
 
 BACKGROUND_RGB = (1.0, 1.0, 1.0)
 GRAPH_EDGE_RGB = (0.55, 0.55, 0.55)
@@ -217,6 +220,8 @@ def screenshot(
     path_png = Path(path_png)
     image = None
     used = "software"
+    if backend == "auto" and not open3d_offscreen_available():
+        backend = "software"
     if backend in ("auto", "open3d"):
         try:
             image = _render_open3d(rec, width, height, view, view_graph, frustum_scale, order)
@@ -230,6 +235,32 @@ def screenshot(
     _write_png(path_png, image)
     logger.info("wrote %dx%d screenshot (%s renderer) to %s", width, height, used, path_png)
     return used
+
+
+@functools.cache
+def open3d_offscreen_available(timeout_s: float = 120.0) -> bool:
+    """Whether Open3D's OffscreenRenderer starts here, probed once per process in a child process.
+
+    A broken EGL/Vulkan stack can abort the whole process (not just raise), so the first attempt runs
+    in a subprocess; the answer is cached.
+    """
+    code = (
+        "import open3d as o3d\n"
+        "r = o3d.visualization.rendering.OffscreenRenderer(32, 32)\n"
+        "assert r.render_to_image() is not None\n"
+    )
+    try:
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=timeout_s)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        logger.info("Open3D offscreen probe failed: %s", exc)
+        return False
+    if proc.returncode != 0:
+        logger.info(
+            "Open3D offscreen probe exited %d: %s",
+            proc.returncode,
+            proc.stderr.decode(errors="replace")[-300:],
+        )
+    return proc.returncode == 0
 
 
 def _write_png(path: Path, image: np.ndarray) -> None:
