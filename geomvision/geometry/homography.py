@@ -25,6 +25,8 @@ __all__ = [
 _COLLINEAR_AREA_TOL = 1e-6
 #: Ratio of the two smallest singular values of the DLT system under which the solution is not unique.
 _NULLSPACE_TOL = 1e-10
+#: Up to this many correspondences the DLT null vector comes from an SVD of A, beyond from A^T A.
+_SVD_MAX_POINTS = 32
 #: The four point triples (i, j, k) of a 4-point sample.
 _TRIPLE_I, _TRIPLE_J, _TRIPLE_K = np.array([0, 0, 0, 1]), np.array([1, 1, 2, 2]), np.array([2, 3, 3, 3])
 
@@ -136,8 +138,9 @@ def homography_dlt(x1: np.ndarray, x2: np.ndarray) -> np.ndarray:
     """Homography ``x2 ~ H x1`` by the normalised DLT (H&Z 4.4, Algorithm 4.2), N >= 4.
 
     Both point sets are Hartley-normalised, each correspondence contributes the two independent rows
-    of ``x2 x (H x1) = 0`` (H&Z eq. 4.3), the stacked (2N, 9) system is solved by SVD and the
-    normalisation undone. The 4-point minimal case uses the same code (exact solution).
+    of ``x2 x (H x1) = 0`` (H&Z eq. 4.3), the stacked (2N, 9) system is solved for its least-squares
+    null vector (SVD for small N, smallest eigenvector of ``A^T A`` for large N) and the normalisation
+    undone. The 4-point minimal case uses the same code (exact solution).
 
     Args:
         x1, x2: (N, 2) corresponding pixels in image 1 and image 2.
@@ -160,11 +163,7 @@ def homography_dlt(x1: np.ndarray, x2: np.ndarray) -> np.ndarray:
     x2n, T2 = hartley_normalization(x2)
     if _is_degenerate_normalized(x1n) or _is_degenerate_normalized(x2n):
         raise InputError(f"degenerate homography input: {len(x1)} points with (nearly) collinear subsets")
-    A = _dlt_system(x1n, x2n)
-    _, sv, Vt = np.linalg.svd(A, full_matrices=len(A) < 9)
-    if len(x1) > 4 and sv[-2] < _NULLSPACE_TOL * sv[0]:
-        raise InputError(f"homography is not unique: singular values {sv[-2]:.3g} and {sv[-1]:.3g} vanish")
-    Hn = Vt[-1].reshape(3, 3)
+    Hn = _dlt_null_vector(_dlt_system(x1n, x2n)).reshape(3, 3)
     # T2 is a similarity [[s, 0, a], [0, s, b], [0, 0, 1]]: invert it in closed form.
     s2 = T2[0, 0]
     T2_inv = np.array([[1.0 / s2, 0.0, -T2[0, 2] / s2], [0.0, 1.0 / s2, -T2[1, 2] / s2], [0.0, 0.0, 1.0]])
@@ -172,6 +171,27 @@ def homography_dlt(x1: np.ndarray, x2: np.ndarray) -> np.ndarray:
     H /= np.linalg.norm(H)
     w = x1 @ H[2, :2] + H[2, 2]
     return -H if np.add.reduce(w) < 0 else H
+
+
+def _dlt_null_vector(A: np.ndarray) -> np.ndarray:
+    """Unit least-squares null vector (9,) of the (2N, 9) DLT matrix.
+
+    Small systems use the SVD of A (exact to rounding even for minimal samples, where squaring the
+    conditioning would cost ~6 digits); large ones the 9x9 normal matrix, whose eigh costs microseconds
+    while the SVD of a tall A grows with N and suffers from BLAS threading overhead.
+    """
+    if len(A) <= 2 * _SVD_MAX_POINTS:
+        _, sv, Vt = np.linalg.svd(A, full_matrices=len(A) < 9)
+        # (a minimal sample, 8 rows, has a 1-D null space by construction once degeneracy is excluded)
+        if len(A) > 8 and sv[-2] < _NULLSPACE_TOL * sv[0]:
+            raise InputError(f"homography is not unique: singular values {sv[-2]:.3g}, {sv[-1]:.3g} vanish")
+        return Vt[-1]
+    eigvals, eigvecs = np.linalg.eigh(A.T @ A)  # ascending; eigenvalues are squared singular values
+    if eigvals[1] < _NULLSPACE_TOL**2 * eigvals[-1]:
+        raise InputError(
+            f"homography is not unique: two eigenvalues of A^T A vanish ({eigvals[0]:.3g}, {eigvals[1]:.3g})"
+        )
+    return eigvecs[:, 0]
 
 
 def _dlt_system(x1: np.ndarray, x2: np.ndarray) -> np.ndarray:
