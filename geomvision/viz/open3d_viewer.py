@@ -53,11 +53,29 @@ class ViewSetup:
 
 
 def _scene_up(rec: Reconstruction) -> np.ndarray:
-    """Mean of the cameras' 'up' directions (OpenCV y points down, so up = -row 1 of R)."""
-    ups = [-rec.views[i].cam_from_world.rotation[1] for i in rec.registered_image_ids]
-    up = np.sum(ups, axis=0) if ups else np.array([0.0, 1.0, 0.0])
-    norm = np.linalg.norm(up)
-    return up / norm if norm > 1e-9 else np.array([0.0, 1.0, 0.0])
+    """Up direction of the scene.
+
+    Cameras on a ring or an arc (turntables, orbits): the normal of their best-fit plane, signed to
+    agree with the cameras' mean 'up'. Otherwise the mean of the cameras' up directions (OpenCV y
+    points down, so up = -row 1 of R). A camera's own up is unreliable on turntable rigs whose images
+    are rotated, which is why the plane comes first.
+    """
+    ids = rec.registered_image_ids
+    ups = np.array([-rec.views[i].cam_from_world.rotation[1] for i in ids]).reshape(-1, 3)
+    mean_up = ups.sum(axis=0) if len(ups) else np.array([0.0, 1.0, 0.0])
+    centers = np.array([rec.views[i].cam_from_world.center for i in ids]).reshape(-1, 3)
+    if len(centers) >= 4:
+        _, sv, vt = np.linalg.svd(centers - centers.mean(axis=0), full_matrices=False)
+        if sv[1] > 0.2 * sv[0] and sv[2] < 0.5 * sv[1]:
+            normal = vt[2]
+            if abs(normal @ mean_up) > 1e-9:
+                return normal * np.sign(normal @ mean_up)
+            # no usable camera up: look from the cameras' side of the points
+            xyz, _ = points_array(rec)
+            side = centers.mean(axis=0) - (np.median(xyz, axis=0) if len(xyz) else centers.mean(axis=0))
+            return normal * (np.sign(normal @ side) or 1.0)
+    norm = np.linalg.norm(mean_up)
+    return mean_up / norm if norm > 1e-9 else np.array([0.0, 1.0, 0.0])
 
 
 def auto_view(
