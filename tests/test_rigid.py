@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 from scipy.spatial.transform import Rotation
 
 from geomvision.errors import InputError
@@ -269,3 +272,23 @@ def test_bad_inputs_raise_input_error():
         rigid.euler_to_matrix(np.zeros(3), "xYz")
     with pytest.raises(InputError):
         rigid.euler_to_matrix(np.zeros(3), "abc")
+
+
+# ------------------------------------------------------------------------------------- property tests
+
+_finite = st.floats(-10.0, 10.0, allow_nan=False, allow_infinity=False)
+
+
+@settings(max_examples=60, deadline=None)
+@given(rv=arrays(np.float64, 3, elements=_finite), t=arrays(np.float64, 3, elements=_finite))
+def test_property_pose_round_trips(rv, t):
+    """Any rotation vector and translation: rotvec/quat/matrix agree, inverse undoes, centre maps to 0."""
+    T = Rigid3d.from_rotvec(rv, t)
+    R = T.rotation
+    np.testing.assert_allclose(R @ R.T, np.eye(3), atol=1e-12)
+    np.testing.assert_allclose(rigid.quat_wxyz_to_matrix(T.quat_wxyz), R, atol=1e-12)
+    np.testing.assert_allclose(rigid.rotvec_to_matrix(T.rotvec), R, atol=1e-12)
+    assert abs(np.linalg.norm(T.rotvec) - rigid.rotation_angle(R)) < 1e-9
+    ident = T.inverse() @ T
+    np.testing.assert_allclose(ident.matrix4(), np.eye(4), atol=1e-12)
+    np.testing.assert_allclose(T.apply(T.center), np.zeros(3), atol=1e-12)
