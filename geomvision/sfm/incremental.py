@@ -110,7 +110,7 @@ class IncrementalMapperOptions:
     max_num_models: int = 10
     min_model_size: int = 3
     max_reg_retry_growth: float = 1.2
-    ba_backend: str = "scipy"
+    ba_backend: str = "schur"
     ba_loss: str = "soft_l1"
     ba_loss_scale_px: float = 1.0
 
