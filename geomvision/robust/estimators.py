@@ -22,7 +22,6 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import least_squares
 
 from geomvision.errors import InputError
 from geomvision.geometry import epipolar, homography
@@ -323,6 +322,12 @@ def _rodrigues(rotvecs: np.ndarray) -> np.ndarray:
     return np.eye(3) + a[:, None, None] * W + b[:, None, None] * (W @ W)
 
 
+def _tangent_basis(t: np.ndarray) -> np.ndarray:
+    """(3, 2) orthonormal basis of the plane orthogonal to the unit vector t."""
+    _, _, Vt = np.linalg.svd(t[None])
+    return Vt[1:].T
+
+
 def refine_relative_pose(
     cam2_from_cam1: Rigid3d,
     x1_px: np.ndarray,
@@ -330,58 +335,72 @@ def refine_relative_pose(
     K1: np.ndarray,
     K2: np.ndarray,
     *,
-    max_iterations: int = 20,
+    max_iterations: int = 10,
 ) -> Rigid3d:
     """Levenberg-Marquardt on the pixel Sampson error over (R, t) with ``|t| = 1`` (5 parameters).
 
-    The rotation is updated by a rotation vector on the left, the translation in the 2D tangent space
-    of the unit sphere at the current ``t``. Use on inliers only (no robust loss).
+    Each iteration re-linearises at the current pose: a left rotation-vector update for R and a step in
+    the 2D tangent plane of the unit sphere at t. Residuals and the forward-difference Jacobian are one
+    batched evaluation of 6 poses (cheaper than scipy's generic driver for this 5-parameter problem).
+    Use on inliers only (no robust loss).
 
     Args:
         cam2_from_cam1: initial pose (translation direction used, norm ignored).
         x1_px, x2_px: (N, 2) inlier pixels, N >= 5.
         K1, K2: (3, 3) intrinsics.
-        max_iterations: maximum LM residual evaluations.
+        max_iterations: maximum LM iterations.
 
     Returns:
-        Refined pose with unit translation.
+        Refined pose with unit translation (the initial one if no step lowers the cost).
     """
-    R0 = cam2_from_cam1.rotation
-    t0 = cam2_from_cam1.translation / np.linalg.norm(cam2_from_cam1.translation)
-    # Orthonormal tangent basis at t0.
-    _, _, Vt = np.linalg.svd(t0[None])
-    tangent = Vt[1:].T  # (3, 2)
     K1_inv, K2_inv = np.linalg.inv(K1), np.linalg.inv(K2)
     x1h, x2h = _homogeneous_T(x1_px), _homogeneous_T(x2_px)
+    step = 1e-7
+    perturb = np.vstack([np.zeros(5), step * np.eye(5)])  # base pose + one forward step per parameter
 
-    def poses(P: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(M, 5) parameter vectors -> rotations (M, 3, 3) and unit translations (M, 3)."""
-        t = t0 + P[:, 3:] @ tangent.T
-        return _rodrigues(P[:, :3]) @ R0, t / np.linalg.norm(t, axis=1, keepdims=True)
-
-    def signed_sampson(P: np.ndarray) -> np.ndarray:
-        """(M, 5) -> (M, N) signed Sampson distances (px) of all inliers, one vectorised pass."""
-        R, t = poses(P)
-        F = K2_inv.T @ skew(t) @ R @ K1_inv
+    def evaluate(R: np.ndarray, t: np.ndarray, P: np.ndarray) -> np.ndarray:
+        """(M, 5) parameter steps around (R, t) -> (M, N) signed Sampson distances in px."""
+        t_new = t + P[:, 3:] @ _tangent_basis(t).T
+        t_new /= np.linalg.norm(t_new, axis=1, keepdims=True)
+        F = K2_inv.T @ skew(t_new) @ _rodrigues(P[:, :3]) @ R @ K1_inv
         Fx1 = F @ x1h
-        Ftx2 = np.swapaxes(F, -1, -2) @ x2h
+        Ftx2 = np.swapaxes(F[:, :, :2], -1, -2) @ x2h
         alg = np.einsum("in,min->mn", x2h, Fx1)
         den = Fx1[:, 0] ** 2 + Fx1[:, 1] ** 2 + Ftx2[:, 0] ** 2 + Ftx2[:, 1] ** 2
         return alg / np.sqrt(np.maximum(den, 1e-300))
 
-    step = 1e-7
-    perturb = np.vstack([np.zeros(5), step * np.eye(5)])
+    def apply(R: np.ndarray, t: np.ndarray, delta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        t_new = t + _tangent_basis(t) @ delta[3:]
+        return _rodrigues(delta[None, :3])[0] @ R, t_new / np.linalg.norm(t_new)
 
-    def jacobian(p: np.ndarray) -> np.ndarray:
-        # Forward differences of all 5 parameters evaluated as one batch of 6 poses.
-        r = signed_sampson(p + perturb)
-        return ((r[1:] - r[0]) / step).T
-
-    sol = least_squares(
-        lambda p: signed_sampson(p[None])[0], np.zeros(5), jac=jacobian, method="lm", max_nfev=max_iterations
-    )
-    R, t = poses(sol.x[None])
-    return Rigid3d(R[0], t[0])
+    R = cam2_from_cam1.rotation
+    t = cam2_from_cam1.translation / np.linalg.norm(cam2_from_cam1.translation)
+    rows = evaluate(R, t, perturb)
+    r, J = rows[0], ((rows[1:] - rows[0]) / step).T
+    cost = float(r @ r)
+    damping = 1e-4
+    for _ in range(max_iterations):
+        H = J.T @ J
+        g = J.T @ r
+        try:
+            delta = np.linalg.solve(H + damping * np.diag(np.diag(H) + 1e-12), -g)
+        except np.linalg.LinAlgError:
+            break
+        R_new, t_new = apply(R, t, delta)
+        rows = evaluate(R_new, t_new, perturb)
+        r_new = rows[0]
+        cost_new = float(r_new @ r_new)
+        if not np.isfinite(cost_new) or cost_new >= cost:
+            damping *= 10.0
+            if damping > 1e8:
+                break
+            continue
+        converged = cost - cost_new <= 1e-10 * cost
+        R, t, r, J, cost = R_new, t_new, r_new, ((rows[1:] - r_new) / step).T, cost_new
+        damping = max(damping / 10.0, 1e-10)
+        if converged:
+            break
+    return Rigid3d(R, t)
 
 
 def estimate_essential(

@@ -72,7 +72,8 @@ class RansacOptions:
         max_error_px: inlier threshold on the residual (pixels for every estimator in geomvision);
             squared residuals are compared with its square.
         confidence: probability of having drawn at least one all-inlier sample when stopping.
-        min_iterations: minimum number of minimal samples drawn.
+        min_iterations: minimum number of minimal samples drawn (guards against stopping on a wrong but
+            popular model when the inlier ratio looks high, e.g. small-baseline pairs).
         max_iterations: maximum number of minimal samples drawn.
         local_optimization: run LO-RANSAC refits when a new best hypothesis is found (needs ``refit``).
         lo_iterations: number of least-squares refits per local optimisation.
@@ -95,7 +96,7 @@ class RansacOptions:
 
     max_error_px: float = 1.0
     confidence: float = 0.999
-    min_iterations: int = 16
+    min_iterations: int = 64
     max_iterations: int = 10_000
     local_optimization: bool = True
     lo_iterations: int = 4
