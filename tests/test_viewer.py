@@ -111,3 +111,40 @@ def test_bad_input(tmp_path, ring):
         screenshot(ring, tmp_path / "x.png", 64, 64, backend="vulkan")
     with pytest.raises(InputError, match="neither points nor registered cameras"):
         screenshot(Reconstruction(), tmp_path / "x.png", 64, 64)
+
+
+def test_up_from_ring_plane_with_rotated_images():
+    from geomvision.geometry.rigid import Rigid3d, rotvec_to_matrix
+
+    rec = ring_reconstruction(num_views=12, num_points=50, rng=2)
+    gen = np.random.default_rng(0)
+    for view in rec.views.values():  # roll every camera about its optical axis (rotated images)
+        roll = rotvec_to_matrix(np.array([0.0, 0.0, gen.uniform(-1.2, 1.2)]))
+        pose = view.cam_from_world
+        view.cam_from_world = Rigid3d(roll @ pose.rotation, roll @ pose.translation)
+    view = auto_view(rec)
+    # the ring lies (nearly) in the y = 0 plane of the fixture; its normal is +y
+    assert view.up @ np.array([0.0, 1.0, 0.0]) > 0.99
+
+
+def test_up_on_real_templering_cameras():
+    from conftest import shared_dataset
+
+    from geomvision.evaluation import load_ground_truth
+    from geomvision.scene import Camera, View
+    from geomvision.viz.open3d_viewer import _scene_up
+
+    gt = load_ground_truth(shared_dataset("middlebury_templeRing"))
+    rec = Reconstruction()
+    K = gt["templeR0001.png"].K
+    rec.add_camera(Camera.pinhole(1, K[0, 0], K[1, 1], K[0, 2], K[1, 2], 640, 480))
+    for i, name in enumerate(sorted(gt), start=1):
+        rec.add_view(View(i, name, 1, gt[name].cam_from_world))
+    up = _scene_up(rec)
+    centers = np.array(list(rec.camera_centers().values()))
+    # up is the ring normal: camera centres have (nearly) no spread along it
+    spread_along_up = np.std((centers - centers.mean(0)) @ up)
+    assert spread_along_up < 0.05 * np.linalg.norm(centers - centers.mean(0), axis=1).mean()
+    # and it points to where the cameras look from: the object (box centre) lies below the ring
+    box_centre = np.array([0.0277, 0.0418, -0.0547])
+    assert (centers.mean(0) - box_centre) @ up > 0

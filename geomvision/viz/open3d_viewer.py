@@ -55,25 +55,27 @@ class ViewSetup:
 def _scene_up(rec: Reconstruction) -> np.ndarray:
     """Up direction of the scene.
 
-    Cameras on a ring or an arc (turntables, orbits): the normal of their best-fit plane, signed to
-    agree with the cameras' mean 'up'. Otherwise the mean of the cameras' up directions (OpenCV y
-    points down, so up = -row 1 of R). A camera's own up is unreliable on turntable rigs whose images
-    are rotated, which is why the plane comes first.
+    Cameras on a ring or an arc (turntables, orbits): the normal of their best-fit plane, signed by the
+    cameras' mean viewing direction (they look down on the object) or their mean 'up', whichever is
+    more decisive. Otherwise the mean of the cameras' up directions (OpenCV y points down, so
+    up = -row 1 of R). A camera's own up is unreliable on turntable rigs whose images are rotated
+    (Middlebury templeRing), which is why the plane comes first.
     """
     ids = rec.registered_image_ids
-    ups = np.array([-rec.views[i].cam_from_world.rotation[1] for i in ids]).reshape(-1, 3)
-    mean_up = ups.sum(axis=0) if len(ups) else np.array([0.0, 1.0, 0.0])
+    rotations = np.array([rec.views[i].cam_from_world.rotation for i in ids]).reshape(-1, 3, 3)
+    mean_up = -rotations[:, 1].mean(axis=0) if len(ids) else np.array([0.0, 1.0, 0.0])
+    mean_forward = rotations[:, 2].mean(axis=0) if len(ids) else np.zeros(3)
     centers = np.array([rec.views[i].cam_from_world.center for i in ids]).reshape(-1, 3)
     if len(centers) >= 4:
         _, sv, vt = np.linalg.svd(centers - centers.mean(axis=0), full_matrices=False)
         if sv[1] > 0.2 * sv[0] and sv[2] < 0.5 * sv[1]:
             normal = vt[2]
-            if abs(normal @ mean_up) > 1e-9:
-                return normal * np.sign(normal @ mean_up)
-            # no usable camera up: look from the cameras' side of the points
-            xyz, _ = points_array(rec)
-            side = centers.mean(axis=0) - (np.median(xyz, axis=0) if len(xyz) else centers.mean(axis=0))
-            return normal * (np.sign(normal @ side) or 1.0)
+            # Sign: cameras usually look slightly down on the object (forward has a -up component),
+            # and upright images have their up along +normal. Trust whichever signal is stronger:
+            # rotated images make the mean up cancel out, level rings make the forward vote vanish.
+            by_forward, by_up = -(mean_forward @ normal), mean_up @ normal
+            vote = by_forward if abs(by_forward) > abs(by_up) else by_up
+            return normal * (np.sign(vote) or 1.0)
     norm = np.linalg.norm(mean_up)
     return mean_up / norm if norm > 1e-9 else np.array([0.0, 1.0, 0.0])
 
