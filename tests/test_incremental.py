@@ -130,3 +130,22 @@ def test_bad_input_raises_and_no_overlap_fails_as_a_value():
     images = {i: ImageInfo(f"{i}.png", 1, np.zeros((3, 2))) for i in (1, 2)}
     result = incremental_mapping({1: cam}, images, {})
     assert result.reconstructions == [] and "no image pair" in result.report["reason"]
+
+
+def test_implausible_refined_intrinsics_are_reset_and_frozen():
+    from geomvision.sfm.incremental import _ModelBuilder, _Timer
+    from geomvision.sfm.mapper_state import MapperState, TrackTable
+
+    scene = random_scene(30, 3, rng=0)
+    cameras, images, geoms, _ = mapper_inputs(scene, noise_px=0.0, model="SIMPLE_RADIAL")
+    state = MapperState(cameras, images, TrackTable.from_tracks([], images))
+    builder = _ModelBuilder(
+        state, IncrementalMapperOptions(), set(images), np.random.default_rng(0), _Timer(), None, 3
+    )
+    assert not builder.reset_bogus_cameras({1})  # initial values are plausible
+    state.cameras[1].params = np.array([9000.0, 319.5, 239.5, 0.0])  # focal 14x the image size
+    assert builder.reset_bogus_cameras({1})
+    np.testing.assert_array_equal(state.cameras[1].params, cameras[1].params)
+    assert 1 in builder.frozen_cameras and builder.report["num_camera_resets"] == 1
+    state.cameras[1].params = np.array([800.0, 319.5, 239.5, 1.5])  # |k| > 1
+    assert builder.reset_bogus_cameras({1})

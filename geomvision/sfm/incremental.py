@@ -257,6 +257,8 @@ class _ModelBuilder:
         }
         self.failed_at: dict[int, int] = {}
         self.next_global_ba = 0
+        self.frozen_cameras: set[int] = set()
+        self.initial_params = {cid: cam.params.copy() for cid, cam in state.cameras.items()}
 
     # --- bundle adjustment --------------------------------------------------------------------------
     def refine_camera_ids(self) -> set[int]:
@@ -266,7 +268,34 @@ class _ModelBuilder:
         ):
             return set()
         used = {self.state.images[i].camera_id for i in self.state.registered_image_ids}
-        return used - set(self.options.fixed_camera_ids)
+        return used - set(self.options.fixed_camera_ids) - self.frozen_cameras
+
+    def reset_bogus_cameras(self, camera_ids: set[int]) -> bool:
+        """Undo intrinsics that BA drove to implausible values (COLMAP's bogus-camera rule).
+
+        A focal length outside [0.1, 10] x max(width, height) or a distortion parameter beyond 1 in
+        magnitude means the refinement ran into a degenerate configuration (too few or too similar
+        views); the camera goes back to its initial intrinsics and stays fixed for this model.
+        """
+        reset = set()
+        for cid in camera_ids:
+            cam = self.state.cameras[cid]
+            size = max(cam.width, cam.height)
+            focal = np.asarray(cam.focal_xy) / size
+            if np.all((focal >= 0.1) & (focal <= 10.0)) and np.all(np.abs(cam.distortion) <= 1.0):
+                continue
+            logger.warning(
+                "camera %d: refined intrinsics %s are implausible; reverting and fixing them",
+                cid,
+                np.round(cam.params, 4).tolist(),
+            )
+            cam.params = self.initial_params[cid].copy()
+            reset.add(cid)
+        if reset:
+            self.frozen_cameras |= reset
+            self.state.update_normalized(reset)
+            self.report["num_camera_resets"] = self.report.get("num_camera_resets", 0) + len(reset)
+        return bool(reset)
 
     def adjust_two_view(self, state: MapperState, image_ids: list[int], fixed_image_id: int) -> None:
         with self.timer("global_ba"):
@@ -277,15 +306,19 @@ class _ModelBuilder:
 
     def global_ba(self) -> None:
         state = self.state
-        with self.timer("global_ba"):
-            adjust_bundle(
-                state,
-                state.registered_image_ids,
-                self.options.ba_options(local=False),
-                refine_camera_ids=self.refine_camera_ids(),
-                point_tracks=state.point_ids(),
-            )
-        self.report["num_global_ba"] += 1
+        for _ in range(2):  # a second pass only when bogus intrinsics had to be reset
+            refine = self.refine_camera_ids()
+            with self.timer("global_ba"):
+                adjust_bundle(
+                    state,
+                    state.registered_image_ids,
+                    self.options.ba_options(local=False),
+                    refine_camera_ids=refine,
+                    point_tracks=state.point_ids(),
+                )
+            self.report["num_global_ba"] += 1
+            if not self.reset_bogus_cameras(refine):
+                break
         with self.timer("triangulation"):
             stats = retriangulate(state, self.tri_options)
         self.report["num_points_created"] += stats.num_created
