@@ -309,9 +309,14 @@ def _run_mapping(cameras, images, verified, config, progress_factory):
     init_reconstruction = None
     if config.pipeline.init == "factorization":
         init_reconstruction = _factorization_init(cameras, images, verified, config)
+    mapper_options = config.mapper
+    if config.pipeline.intrinsics is not None:  # known calibration: the mapper must never refine it
+        from dataclasses import replace
+
+        mapper_options = replace(mapper_options, fixed_camera_ids=tuple(sorted(cameras)))
     with progress_factory("mapping") as progress:
         return incremental_mapping(
-            cameras, images, verified, config.mapper,
+            cameras, images, verified, mapper_options,
             init_reconstruction=init_reconstruction, rng=config.pipeline.seed, progress=progress,
         )
 
