@@ -149,3 +149,8 @@ def test_implausible_refined_intrinsics_are_reset_and_frozen():
     assert 1 in builder.frozen_cameras and builder.report["num_camera_resets"] == 1
     state.cameras[1].params = np.array([800.0, 319.5, 239.5, 1.5])  # |k| > 1
     assert builder.reset_bogus_cameras({1})
+    pinhole = Camera.pinhole(2, 2248.0, 1473.0, 320.0, 240.0, 640, 480)  # fx / fy = 1.53: not a real camera
+    state.cameras[2] = pinhole
+    builder.initial_params[2] = np.array([1520.0, 1525.0, 320.0, 240.0])
+    assert builder.reset_bogus_cameras({2})
+    np.testing.assert_array_equal(state.cameras[2].params, [1520.0, 1525.0, 320.0, 240.0])

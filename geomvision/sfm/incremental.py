@@ -273,16 +273,23 @@ class _ModelBuilder:
     def reset_bogus_cameras(self, camera_ids: set[int]) -> bool:
         """Undo intrinsics that BA drove to implausible values (COLMAP's bogus-camera rule).
 
-        A focal length outside [0.1, 10] x max(width, height) or a distortion parameter beyond 1 in
-        magnitude means the refinement ran into a degenerate configuration (too few or too similar
-        views); the camera goes back to its initial intrinsics and stays fixed for this model.
+        A focal length outside [0.1, 10] x max(width, height), a distortion parameter beyond 1 in
+        magnitude or an fx / fy aspect outside [0.8, 1.25] means the refinement ran into a degenerate
+        configuration (too few or too similar views); the camera goes back to its initial
+        intrinsics and stays fixed for this model.
         """
         reset = set()
         for cid in camera_ids:
             cam = self.state.cameras[cid]
             size = max(cam.width, cam.height)
             focal = np.asarray(cam.focal_xy) / size
-            if np.all((focal >= 0.1) & (focal <= 10.0)) and np.all(np.abs(cam.distortion) <= 1.0):
+            aspect = focal[0] / focal[1]
+            plausible = (
+                np.all((focal >= 0.1) & (focal <= 10.0))
+                and np.all(np.abs(cam.distortion) <= 1.0)
+                and 0.8 <= aspect <= 1.25  # real pixels are square to a few percent
+            )
+            if plausible:
                 continue
             logger.warning(
                 "camera %d: refined intrinsics %s are implausible; reverting and fixing them",
