@@ -1,4 +1,4 @@
-"""Tests for geometry.factorization: exact recovery on synthetic affine / projective scenes, missing data, errors."""
+"""Tests for geometry.factorization: exact synthetic affine / projective recovery, missing data, errors."""
 
 from __future__ import annotations
 
@@ -22,7 +22,9 @@ def _affine_scene(rng, num_frames=12, num_points=60, *, scales=None):
     rotations = _rotations(rng, num_frames)
     s = np.ones(num_frames) if scales is None else scales
     translations = rng.uniform(100, 500, (num_frames, 2))
-    W = np.concatenate([s[f] * rotations[f, :2] @ points.T + translations[f][:, None] for f in range(num_frames)])
+    W = np.concatenate(
+        [s[f] * rotations[f, :2] @ points.T + translations[f][:, None] for f in range(num_frames)]
+    )
     return W, rotations, points
 
 
@@ -153,9 +155,9 @@ def test_fast_normal_equations_match_the_explicit_jacobian(rng):
     for k in range(cameras.size):
         d = np.zeros(cameras.size)
         d[k] = eps
-        numeric[k] = (problem.cost(cameras + d.reshape(12, 4))[0] - problem.cost(cameras - d.reshape(12, 4))[0]) / (
-            2 * eps
-        )
+        numeric[k] = (
+            problem.cost(cameras + d.reshape(12, 4))[0] - problem.cost(cameras - d.reshape(12, 4))[0]
+        ) / (2 * eps)
     np.testing.assert_allclose(fast[1], numeric, rtol=1e-5, atol=1e-6 * np.abs(numeric).max())
 
 
@@ -182,7 +184,10 @@ def test_als_converges_on_complete_data(rng):
 def _perspective_scene(rng, num_frames=8, num_points=60, distance=4.0):
     points = rng.uniform(-1, 1, (num_points, 3))
     rotations = np.stack(
-        [rotvec_to_matrix(np.array([0.05, 0.12 * f, 0.0]) + rng.standard_normal(3) * 0.05) for f in range(num_frames)]
+        [
+            rotvec_to_matrix(np.array([0.05, 0.12 * f, 0.0]) + rng.standard_normal(3) * 0.05)
+            for f in range(num_frames)
+        ]
     )
     translations = np.array([0.0, 0.0, distance]) + rng.standard_normal((num_frames, 3)) * 0.2
     in_cam = np.einsum("fij,pj->fpi", rotations, points) + translations[:, None]

@@ -16,8 +16,17 @@ from geomvision.sfm.factorization_init import (
 from geomvision.synthetic import look_at
 
 
-def _ring_scene(rng, *, num_images=16, num_points=400, step_deg=7.5, radius=0.5, noise_px=0.3, outliers=0.0,
-                distortion=False):
+def _ring_scene(
+    rng,
+    *,
+    num_images=16,
+    num_points=400,
+    step_deg=7.5,
+    radius=0.5,
+    noise_px=0.3,
+    outliers=0.0,
+    distortion=False,
+):
     """templeRing-like: cameras on a ring looking at a ~0.1 m object; tracks over 4..12 consecutive images."""
     if distortion:
         camera = Camera(1, "SIMPLE_RADIAL", 640, 480, np.array([1520.0, 320.0, 240.0, -0.05]))
@@ -105,7 +114,9 @@ def test_noisy_ring_with_outliers_and_bundle_adjustment(rng):
 
 def test_distorted_camera_is_undistorted_before_factorization(rng):
     cameras, images, tracks, poses = _ring_scene(rng, noise_px=0.0, distortion=True)
-    result = initialize_by_factorization(cameras, images, tracks, FactorizationInitOptions(bundle_adjust=False))
+    result = initialize_by_factorization(
+        cameras, images, tracks, FactorizationInitOptions(bundle_adjust=False)
+    )
     assert result.success, result.reason
     rot_err, centre_err = _pose_errors(result, poses)
     assert rot_err < 1e-4 and centre_err < 1e-4

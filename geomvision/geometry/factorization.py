@@ -1,4 +1,6 @@
-"""Matrix factorization for multi-view geometry: affine (Tomasi-Kanade), missing data, projective (Sturm-Triggs).
+"""Matrix factorization for multi-view geometry.
+
+Affine (Tomasi-Kanade), missing data (VarPro / ALS) and projective (Sturm-Triggs) factorizations.
 
 Measurement matrix convention used throughout: ``W`` is ``(2F, P)`` float64 for F frames and P points;
 rows ``2f`` and ``2f + 1`` hold the x and y image coordinates of every point in frame ``f``; a missing
@@ -66,7 +68,8 @@ def measurement_matrix(
     xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
     if not len(frame_index) == len(point_index) == len(xy):
         raise InputError(
-            f"measurement_matrix: {len(frame_index)} frame ids, {len(point_index)} point ids, {len(xy)} coordinates"
+            f"measurement_matrix: {len(frame_index)} frame ids, {len(point_index)} point ids, "
+            f"{len(xy)} coordinates"
         )
     F = int(frame_index.max()) + 1 if num_frames is None else int(num_frames)
     P = int(point_index.max()) + 1 if num_points is None else int(num_points)
@@ -76,7 +79,9 @@ def measurement_matrix(
     return W
 
 
-def _check_measurements(W: np.ndarray, *, allow_missing: bool, min_frames: int = 2) -> tuple[np.ndarray, np.ndarray]:
+def _check_measurements(
+    W: np.ndarray, *, allow_missing: bool, min_frames: int = 2
+) -> tuple[np.ndarray, np.ndarray]:
     """Validate ``W``; returns (W float64, visibility mask (F, P) bool)."""
     W = np.asarray(W, dtype=np.float64)
     if W.ndim != 2 or W.shape[0] % 2 != 0:
@@ -89,7 +94,9 @@ def _check_measurements(W: np.ndarray, *, allow_missing: bool, min_frames: int =
         raise InputError(f"{int((nan[0::2] != nan[1::2]).sum())} observations have only one of x/y missing")
     mask = ~nan[0::2]
     if not allow_missing and not mask.all():
-        raise InputError(f"measurement matrix has {int((~mask).sum())} missing observations (NaN); complete data needed")
+        raise InputError(
+            f"measurement matrix has {int((~mask).sum())} missing observations (NaN); complete data needed"
+        )
     if F < min_frames:
         raise InputError(f"need at least {min_frames} frames, got {F}")
     if P < 4:
@@ -97,7 +104,9 @@ def _check_measurements(W: np.ndarray, *, allow_missing: bool, min_frames: int =
     per_frame = mask.sum(axis=1)
     per_point = mask.sum(axis=0)
     if per_point.min() < 2:
-        raise InputError(f"point {int(per_point.argmin())} has {int(per_point.min())} observations, need >= 2")
+        raise InputError(
+            f"point {int(per_point.argmin())} has {int(per_point.min())} observations, need >= 2"
+        )
     if per_frame.min() < 4:
         raise InputError(f"frame {int(per_frame.argmin())} sees {int(per_frame.min())} points, need >= 4")
     if mask.sum() * 2 < 8 * F + 3 * P - 12:
@@ -226,7 +235,8 @@ def factorize_affine(W: np.ndarray, *, camera: AffineCamera = "orthographic") ->
 
     Args:
         W: (2F, P) complete measurement matrix (no NaN), F >= 2 (>= 3 for a metric upgrade), P >= 4.
-        camera: "affine" (no upgrade), "orthographic" (unit-norm rows) or "weak_perspective" (per-frame scale).
+        camera: "affine" (no upgrade), "orthographic" (unit-norm rows) or "weak_perspective"
+            (per-frame scale).
 
     Returns:
         AffineFactorization.
@@ -236,19 +246,23 @@ def factorize_affine(W: np.ndarray, *, camera: AffineCamera = "orthographic") ->
     """
     start = time.perf_counter()
     W, mask = _check_measurements(W, allow_missing=False, min_frames=2 if camera == "affine" else 3)
-    F, P = W.shape[0] // 2, W.shape[1]
+    F = W.shape[0] // 2
     t = W.mean(axis=1)
     U, S, Vt = np.linalg.svd(W - t[:, None], full_matrices=False)
     if S[2] <= 1e-12 * max(S[0], 1e-300):
-        raise InputError(f"centred measurement matrix has rank < 3 (singular values {S[:4]}); scene is planar/degenerate")
+        raise InputError(
+            f"centred measurement matrix has rank < 3 (singular values {S[:4]}); scene is planar/degenerate"
+        )
     sq = np.sqrt(S[:3])
     motion = (U[:, :3] * sq).reshape(F, 2, 3)
-    points = (Vt[:3].T * sq)
+    points = Vt[:3].T * sq
     result = _finish_affine(W, mask, motion, t.reshape(F, 2), points, camera, 0, True, start)
     return result
 
 
-def _finish_affine(W, mask, motion, translations, points, camera, iterations, converged, start) -> AffineFactorization:
+def _finish_affine(
+    W, mask, motion, translations, points, camera, iterations, converged, start
+) -> AffineFactorization:
     rotations = scales = None
     success, reason = True, ""
     if camera != "affine":
@@ -259,14 +273,25 @@ def _finish_affine(W, mask, motion, translations, points, camera, iterations, co
             motion, points, rotations, scales = up[:4]
     rms, cost = _rms_2d(W, _affine_predict(motion, translations, points), mask)
     return AffineFactorization(
-        success=success, reason=reason, motion=motion, translations=translations, points=points,
-        rotations=rotations, scales=scales, rms=rms, cost=cost, iterations=iterations, converged=converged,
+        success=success,
+        reason=reason,
+        motion=motion,
+        translations=translations,
+        points=points,
+        rotations=rotations,
+        scales=scales,
+        rms=rms,
+        cost=cost,
+        iterations=iterations,
+        converged=converged,
         time_s=time.perf_counter() - start,
     )
 
 
 def _sym_coeffs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Coefficients c with ``a^T L b = c . l`` for symmetric 3x3 L stored as l = (L00, L01, L02, L11, L12, L22).
+    """Coefficients c with ``a^T L b = c . l`` for a symmetric 3x3 L.
+
+    l stores (L00, L01, L02, L11, L12, L22).
 
     Args:
         a, b: (N, 3). Returns (N, 6).
@@ -356,7 +381,8 @@ class MissingDataOptions:
         method: "varpro" (damped Newton / LM on the variable-projection problem) or "als".
         max_iterations: iteration cap (one LM iteration = one linear solve, accepted or not).
         function_tolerance: stop when the relative cost decrease of an accepted step is below this.
-        gradient_tolerance: stop when the max-abs gradient of the reduced cost is below this (times cost scale).
+        gradient_tolerance: stop when the max-abs gradient of the reduced cost is below this times
+            sqrt(cost).
         initial_damping: initial LM damping ``lambda`` (the reduced normal matrix gets ``+ lambda I``).
         time_limit_s: optional wall-clock cap.
         camera: metric upgrade applied to the optimum ("affine" = none).
@@ -375,7 +401,7 @@ _POINT_CHUNK = 512
 
 
 class _Problem:
-    """Observed-entry bookkeeping of ``W ~ Ut [X; 1]`` with ``Ut = [U | t]`` (2F, 4), vectorised over points."""
+    """Observed entries of ``W ~ Ut [X; 1]`` with ``Ut = [U | t]`` (2F, 4); work vectorised over points."""
 
     def __init__(self, W: np.ndarray, mask: np.ndarray) -> None:
         self.F, self.P = mask.shape
@@ -459,8 +485,9 @@ class _Problem:
 def _retract(Ut: np.ndarray) -> np.ndarray:
     """Remove the gauge from the cameras without changing the reduced cost.
 
-    ``U -> U A`` and ``t -> t + U b`` are absorbed by the eliminated points, so U is replaced by an orthonormal
-    basis of its column space and t by its component orthogonal to it (keeps the problem well conditioned).
+    ``U -> U A`` and ``t -> t + U b`` are absorbed by the eliminated points, so U is replaced by an
+    orthonormal basis of its column space and t by its component orthogonal to it (keeps the problem well
+    conditioned).
     """
     Q, _ = np.linalg.qr(Ut[:, :3])
     t = Ut[:, 3] - Q @ (Q.T @ Ut[:, 3])
@@ -476,11 +503,12 @@ def factorize_affine_missing(
 ) -> AffineFactorization:
     """Affine factorization with missing entries, minimising the reprojection error over observed entries.
 
-    ``min over M, t, X of sum_{(f,p) observed} ||x_fp - M_f X_p - t_f||^2`` (the affine model, i.e. rank 3 plus
-    a mean: a rank-4 factorization ``W ~ [M | t] [X; 1]`` whose last point row is fixed to ones).
+    ``min over M, t, X of sum_{(f,p) observed} ||x_fp - M_f X_p - t_f||^2`` (the affine model, i.e.
+    rank 3 plus a mean: a rank-4 factorization ``W ~ [M | t] [X; 1]`` whose last point row is fixed to ones).
 
     Args:
-        W: (2F, P) measurement matrix, NaN where missing. Every point needs >= 2 observations, every frame >= 4.
+        W: (2F, P) measurement matrix, NaN where missing. Every point needs >= 2 observations, every
+            frame >= 4.
         options: :class:`MissingDataOptions`.
         rng: seeds the random starting cameras (entries ~ N(0, 1)) when ``init_cameras`` is None.
         init_cameras: optional (2F, 4) starting ``[M | t]``.
@@ -520,9 +548,11 @@ def factorize_affine_missing(
 def _varpro_lm(prob: _Problem, Ut: np.ndarray, options: MissingDataOptions, start: float):
     """Levenberg-Marquardt on the reduced (points-eliminated) cost; returns (Ut, iterations, converged)."""
     cost, X, H, R = prob.cost(Ut)
-    lam = options.initial_damping
     n = Ut.size
     JtJ, Jtr = prob.varpro_normal_equations(Ut, X, H, R)
+    # Damping relative to the curvature scale: strong early damping (gradient-descent-like steps) is what
+    # keeps random starts out of the poor local minima.
+    lam = options.initial_damping * float(np.mean(np.diag(JtJ)))
     for it in range(1, options.max_iterations + 1):
         if np.max(np.abs(Jtr)) < options.gradient_tolerance * max(cost, 1e-300) ** 0.5:
             return Ut, it - 1, True
@@ -595,7 +625,7 @@ def _hartley_normalisation(W: np.ndarray) -> np.ndarray:
 
 
 def _balance(depths: np.ndarray, sq_norms: np.ndarray, passes: int) -> np.ndarray:
-    """Rescale depths so the rescaled measurement matrix has unit-norm point columns and frame row-triplets."""
+    """Rescale depths so the rescaled measurement matrix has unit-norm columns and frame row-triplets."""
     for _ in range(passes):
         depths = depths / np.sqrt(np.sum(depths**2 * sq_norms, axis=0, keepdims=True))
         depths = depths / np.sqrt(np.sum(depths**2 * sq_norms, axis=1, keepdims=True))
@@ -603,7 +633,10 @@ def _balance(depths: np.ndarray, sq_norms: np.ndarray, passes: int) -> np.ndarra
 
 
 def factorize_projective(
-    W: np.ndarray, options: ProjectiveFactorizationOptions | None = None, *, init_depths: np.ndarray | None = None
+    W: np.ndarray,
+    options: ProjectiveFactorizationOptions | None = None,
+    *,
+    init_depths: np.ndarray | None = None,
 ) -> ProjectiveFactorization:
     """Sturm-Triggs iterative projective factorization of a complete measurement matrix (H&Z 18.4).
 
@@ -633,7 +666,7 @@ def factorize_projective(
     depths = np.ones((F, P)) if init_depths is None else np.asarray(init_depths, dtype=np.float64).copy()
     converged = False
     it = 0
-    for it in range(1, options.max_iterations + 1):
+    for it in range(1, options.max_iterations + 1):  # noqa: B007 (it is reported)
         depths = _balance(depths, sq_norms, options.balance_passes)
         M = (depths[:, None, :] * xh).reshape(3 * F, P)
         U, S, Vt = np.linalg.svd(M, full_matrices=False)
@@ -652,8 +685,14 @@ def factorize_projective(
     rms = _projective_rms(W, cams, points)
     success = bool(np.isfinite(rms))
     return ProjectiveFactorization(
-        success=success, reason="" if success else "non-finite reprojection", cameras=cams, points=points,
-        depths=depths, rms=rms, iterations=it, converged=converged,
+        success=success,
+        reason="" if success else "non-finite reprojection",
+        cameras=cams,
+        points=points,
+        depths=depths,
+        rms=rms,
+        iterations=it,
+        converged=converged,
     )
 
 
@@ -676,6 +715,7 @@ def _omega_constraints(cams: np.ndarray) -> np.ndarray:
         (5F, 10) matrix acting on the upper triangle of Omega (row-major).
     """
     iu = np.triu_indices(4)
+
     # d w_ab / d Omega_cd (c <= d): P_ac P_bd + P_ad P_bc for c != d, P_ac P_bc for c == d.
     def coeff(a: int, b: int) -> np.ndarray:
         c, d = iu
@@ -694,9 +734,10 @@ def upgrade_projective_to_metric(
     Pass cameras in normalised image coordinates (``K^-1 P_f``). The absolute dual quadric ``Omega*`` is
     estimated linearly from ``P_f Omega* P_f^T ~ I`` (H&Z 19.3, 5 equations per camera), made rank-3 PSD by
     eigenvalue clipping, factored as ``Omega* = H3 H3^T``, and (``refine=True``) ``H3`` is refined by
-    nonlinear least squares on the normalised residuals ``w_f / trace(w_f) - I / 3``. The 4x4 ``H = [H3 | h4]``
-    (any ``h4`` outside the span of ``H3`` fixes the origin) maps metric to projective coordinates. Each
-    ``P_f H = [A_f | b_f]`` is split into ``s_f R_f`` and ``t_f``; cheirality picks the sign of the world.
+    nonlinear least squares on the normalised residuals ``w_f / trace(w_f) - I / 3``. The 4x4
+    ``H = [H3 | h4]`` (any ``h4`` outside the span of ``H3`` fixes the origin) maps metric to projective
+    coordinates. Each ``P_f H = [A_f | b_f]`` is split into ``s_f R_f`` and ``t_f``; cheirality picks the
+    sign of the world.
 
     Args:
         cameras: (F, 3, 4) projective cameras (normalised coordinates), F >= 3.
@@ -726,8 +767,12 @@ def upgrade_projective_to_metric(
     order = np.argsort(evals)[::-1]
     top = evals[order[:3]]
     fail = MetricUpgrade(
-        success=False, reason="", rotations=np.zeros((F, 3, 3)), translations=np.zeros((F, 3)),
-        points=np.zeros((len(pts), 3)), world_from_projective=np.eye(4),
+        success=False,
+        reason="",
+        rotations=np.zeros((F, 3, 3)),
+        translations=np.zeros((F, 3)),
+        points=np.zeros((len(pts), 3)),
+        world_from_projective=np.eye(4),
     )
     if top[2] <= 0:
         top = np.maximum(top, 1e-6 * top[0])
@@ -763,7 +808,6 @@ def _refine_h3(cams: np.ndarray, H3: np.ndarray) -> np.ndarray:
 
 
 def _decompose_metric(cams, pts, H, W, fail) -> MetricUpgrade:
-    F = len(cams)
     PH = cams @ H  # (F, 3, 4)
     Af, bf = PH[:, :, :3], PH[:, :, 3]
     det = np.linalg.det(Af)
@@ -792,9 +836,17 @@ def _decompose_metric(cams, pts, H, W, fail) -> MetricUpgrade:
     rms = float("nan")
     if W is not None:
         cam_mats = np.concatenate([R, t[:, :, None]], axis=2)
-        rms = _projective_rms(np.asarray(W, dtype=np.float64), cam_mats, np.concatenate([X, np.ones((len(X), 1))], 1))
+        rms = _projective_rms(
+            np.asarray(W, dtype=np.float64), cam_mats, np.concatenate([X, np.ones((len(X), 1))], 1)
+        )
     ok = front > 0.9
     return MetricUpgrade(
-        success=ok, reason="" if ok else f"only {front:.0%} of the points lie in front of the cameras",
-        rotations=R, translations=t, points=X, world_from_projective=H, rms=rms, fraction_in_front=front,
+        success=ok,
+        reason="" if ok else f"only {front:.0%} of the points lie in front of the cameras",
+        rotations=R,
+        translations=t,
+        points=X,
+        world_from_projective=H,
+        rms=rms,
+        fraction_in_front=front,
     )

@@ -63,7 +63,8 @@ class FactorizationInitOptions:
     def __post_init__(self) -> None:
         if self.min_window_size < 3 or self.max_window_size < self.min_window_size:
             raise InputError(
-                f"window sizes must satisfy 3 <= min <= max, got {self.min_window_size}, {self.max_window_size}"
+                "window sizes must satisfy 3 <= min <= max, "
+                f"got {self.min_window_size}, {self.max_window_size}"
             )
         if self.method not in ("auto", "projective", "weak_perspective"):
             raise InputError(f"unknown factorization method {self.method!r}")
@@ -173,12 +174,15 @@ def initialize_by_factorization(
         return InitResult(False, f"{len(image_ids)} images and {len(tracks)} tracks: nothing to factorize")
     visible, keypoints = _visibility(tracks, image_ids)
     cols, complete = select_window(
-        visible, max_size=options.max_window_size, min_size=options.min_window_size,
+        visible,
+        max_size=options.max_window_size,
+        min_size=options.min_window_size,
         min_complete=options.min_complete_tracks,
     )
     if len(cols) < options.min_window_size or complete.sum() < 8:
         return InitResult(
-            False, f"no window of {options.min_window_size} images shares >= 8 complete tracks "
+            False,
+            f"no window of {options.min_window_size} images shares >= 8 complete tracks "
             f"(best: {len(cols)} images, {int(complete.sum())} tracks)",
         )
     window = [image_ids[c] for c in cols]
@@ -192,12 +196,19 @@ def initialize_by_factorization(
         cameras, images, tracks, window, rotations, translations, keypoints[:, cols], normalised, options
     )
     if len(rec.points3D) < 8:
-        return InitResult(False, f"only {len(rec.points3D)} points triangulated in the window", image_ids=window)
+        return InitResult(
+            False, f"only {len(rec.points3D)} points triangulated in the window", image_ids=window
+        )
     if options.bundle_adjust:
         _polish(rec, options)
     logger.info(
         "factorization init: %d images %s, %s, %d complete tracks, rms %.3f px, %d points",
-        len(window), window, method, int(used.sum()), rms_px, len(rec.points3D),
+        len(window),
+        window,
+        method,
+        int(used.sum()),
+        rms_px,
+        len(rec.points3D),
     )
     return InitResult(True, "", rec, window, method, int(used.sum()), rms_px)
 
@@ -254,7 +265,15 @@ def _factorize_window(cameras, images, window, normalised, pixels, complete, opt
     focal = np.array([np.mean(cameras[images[i].camera_id].focal_xy) for i in window])
     used = _reject_outlier_tracks(normalised, complete, focal, options)
     if used.sum() < 8:
-        return (False, f"{int(used.sum())} complete tracks left after outlier rejection", None, None, used, "", np.nan)
+        return (
+            False,
+            f"{int(used.sum())} complete tracks left after outlier rejection",
+            None,
+            None,
+            used,
+            "",
+            np.nan,
+        )
     idx = np.flatnonzero(used)
     W = _to_W(normalised[idx])
     best = None
@@ -265,7 +284,15 @@ def _factorize_window(cameras, images, window, normalised, pixels, complete, opt
         if best is None or rms < best[6]:
             best = (True, "", R, t, used, method, rms)
     if best is None:
-        return (False, "no metric model (projective upgrade and weak perspective failed)", None, None, used, "", np.nan)
+        return (
+            False,
+            "no metric model (projective upgrade and weak perspective failed)",
+            None,
+            None,
+            used,
+            "",
+            np.nan,
+        )
     return best
 
 
@@ -299,7 +326,7 @@ def _reject_outlier_tracks(normalised, complete, focal, options) -> np.ndarray:
 
 
 def _projective_errors_px(W: np.ndarray, proj: fz.ProjectiveFactorization, focal: np.ndarray) -> np.ndarray:
-    """(P, F) projective fit errors, converted from normalised coordinates to pixels with each focal length."""
+    """(P, F) projective fit errors, converted from normalised coordinates to pixels by each focal."""
     x = np.einsum("fab,pb->fpa", proj.cameras, proj.points)
     with np.errstate(divide="ignore", invalid="ignore"):
         xy = x[..., :2] / x[..., 2:3]
@@ -356,7 +383,9 @@ def _weak_perspective_poses(affine: fz.AffineFactorization, W: np.ndarray):
     return best[1], best[2], best[3], "weak_perspective"
 
 
-def _build_reconstruction(cameras, images, tracks, window, R, t, kp_idx, normalised, options) -> Reconstruction:
+def _build_reconstruction(
+    cameras, images, tracks, window, R, t, kp_idx, normalised, options
+) -> Reconstruction:
     """Seed model: window images posed, tracks seen >= 2 times in the window triangulated and checked."""
     rec = Reconstruction()
     for cam in cameras.values():
@@ -372,7 +401,9 @@ def _build_reconstruction(cameras, images, tracks, window, R, t, kp_idx, normali
     track_rows, frames = np.nonzero(seen[candidates])
     projections = np.concatenate([R, t[:, :, None]], axis=2)[frames]
     point_index = track_rows
-    X = triangulate_nview(projections, normalised[candidates][track_rows, frames], point_index, len(candidates))
+    X = triangulate_nview(
+        projections, normalised[candidates][track_rows, frames], point_index, len(candidates)
+    )
     ok = _point_quality(cameras, images, window, R, t, X, kp_idx[candidates], options)
     for row in np.flatnonzero(ok):
         obs = [(window[f], int(kp_idx[candidates[row], f])) for f in np.flatnonzero(seen[candidates[row]])]
@@ -416,7 +447,9 @@ def _polish(rec: Reconstruction, options: FactorizationInitOptions) -> None:
         rec, BundleAdjustmentOptions(intrinsics="fixed", loss="huber", loss_scale_px=1.0, max_iterations=50)
     )
     if not result.success:
-        logger.warning("factorization init: bundle adjustment failed (%s); keeping the raw seed", result.reason)
+        logger.warning(
+            "factorization init: bundle adjustment failed (%s); keeping the raw seed", result.reason
+        )
         return
     errors = rec.reprojection_errors_px()
     bad = errors["errors_px"] > options.max_reprojection_error_px
