@@ -114,6 +114,8 @@ def _options_to_dict(options) -> dict[str, Any]:
         value = getattr(options, f.name)
         if isinstance(value, tuple | frozenset | set):
             value = list(value)
+        elif is_dataclass(value):  # nested options (e.g. TwoViewOptions.ransac) must serialise too
+            value = _options_to_dict(value)
         out[f.name] = value
     return out
 
