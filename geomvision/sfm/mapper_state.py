@@ -9,8 +9,9 @@ observations instead of Python loops over :class:`~geomvision.scene.Point3D` obj
 - one 3D point per track (``track_xyz``, ``track_has_point``); a point's observations are the rows of
   its track with ``obs_active``. The point id in exported reconstructions is ``track index + 1``.
 
-A :class:`~geomvision.scene.Reconstruction` is built from this state only for bundle adjustment and
-for the final output (:meth:`MapperState.to_reconstruction`), and BA results are copied back.
+Bundle adjustment reads and writes these arrays directly (:mod:`geomvision.sfm.mapper_ba`); a
+:class:`~geomvision.scene.Reconstruction` is built only for the output
+(:meth:`MapperState.to_reconstruction`).
 """
 
 from __future__ import annotations
@@ -378,25 +379,6 @@ class MapperState:
             rec.points3D[t + 1] = Point3D(self.track_xyz[t].copy(), color, err, pairs[s:e])
         rec.next_point3D_id = self.table.num_tracks + 1
         return rec
-
-    def update_from_reconstruction(
-        self, rec: Reconstruction, *, fixed_image_ids: set[int] = frozenset()
-    ) -> None:
-        """Copy optimised poses, points and intrinsics back from a bundle-adjusted Reconstruction."""
-        for image_id, view in rec.views.items():
-            if image_id not in fixed_image_ids and view.cam_from_world is not None:
-                self.set_pose(image_id, view.cam_from_world)
-        if rec.points3D:
-            pids = np.fromiter(rec.points3D.keys(), dtype=np.int64, count=len(rec.points3D))
-            xyz = np.array([p.xyz for p in rec.points3D.values()])
-            self.track_xyz[pids - 1] = xyz
-        changed = set()
-        for cam_id, cam in rec.cameras.items():
-            if not np.array_equal(cam.params, self.cameras[cam_id].params):
-                self.cameras[cam_id].params = np.array(cam.params, dtype=np.float64)
-                changed.add(cam_id)
-        if changed:
-            self.update_normalized(changed)
 
 
 def _is_sorted(a: np.ndarray) -> bool:
