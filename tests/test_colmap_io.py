@@ -206,3 +206,55 @@ def test_we_read_pycolmap_model(tmp_path, binary):
     back = read_model(tmp_path / "theirs")
     _compare_with_pycolmap(back, prec)
     assert_same_reconstruction(rec, back, tol=1e-12)
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_model_without_points(tmp_path, binary):
+    rec = ring_reconstruction(num_views=3, num_points=4)
+    for pid in list(rec.points3D):
+        rec.delete_point3D(pid)
+    write_model(rec, tmp_path, binary=binary)
+    back = read_model(tmp_path)
+    assert back.points3D == {} and back.registered_image_ids == [1, 2, 3] and back.next_point3D_id == 1
+    assert np.all(back.views[1].point3D_ids == -1)
+
+
+@pytest.mark.parametrize(
+    ("suffix", "pattern"),
+    [
+        (" 1 0.5", r"points3D\.txt:\d+: TRACK values must be integers"),
+        (" 1", r"points3D\.txt:\d+: expected 'POINT3D_ID"),
+    ],
+)
+def test_malformed_track(tmp_path, suffix, pattern):
+    write_model(ring_reconstruction(num_views=3, num_points=4), tmp_path)
+    path = tmp_path / "points3D.txt"
+    lines = path.read_text().splitlines()
+    lines[-1] += suffix
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError, match=pattern):
+        read_model(tmp_path)
+
+
+def test_rgb_out_of_range(tmp_path):
+    write_model(ring_reconstruction(num_views=3, num_points=4), tmp_path)
+    path = tmp_path / "points3D.txt"
+    lines = path.read_text().splitlines()
+    tokens = lines[4].split()
+    tokens[5] = "300"
+    lines[4] = " ".join(tokens)
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError, match=r"points3D\.txt:5: RGB must be integers in 0\.\.255"):
+        read_model(tmp_path)
+
+
+@pytest.mark.parametrize("cut", [3, 30])
+def test_truncated_points3D_binary(tmp_path, cut):
+    write_model(ring_reconstruction(num_views=3, num_points=4), tmp_path, binary=True)
+    data = (tmp_path / "points3D.bin").read_bytes()
+    (tmp_path / "points3D.bin").write_bytes(data[:-cut])
+    with pytest.raises(InputError, match=r"points3D\.bin: truncated at byte \d+"):
+        read_model(tmp_path)
+    (tmp_path / "points3D.bin").write_bytes(data + b"\0")
+    with pytest.raises(InputError, match=r"points3D\.bin: 1 trailing bytes"):
+        read_model(tmp_path)

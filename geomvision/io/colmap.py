@@ -23,6 +23,7 @@ from __future__ import annotations
 import io
 import logging
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -128,11 +129,11 @@ def read_model(folder: str | Path) -> Reconstruction:
     if _detect_format(folder) == ".bin":
         cameras = read_cameras_binary(folder / "cameras.bin")
         views = read_images_binary(folder / "images.bin")
-        points = read_points3D_binary(folder / "points3D.bin")
+        points = _read_points3D_binary_table(folder / "points3D.bin")
     else:
         cameras = read_cameras_text(folder / "cameras.txt")
         views = read_images_text(folder / "images.txt")
-        points = read_points3D_text(folder / "points3D.txt")
+        points = _read_points3D_text_table(folder / "points3D.txt")
     return _assemble(cameras, views, points, folder)
 
 
@@ -170,8 +171,52 @@ def write_model(rec: Reconstruction, folder: str | Path, *, binary: bool = False
     return folder
 
 
+@dataclass
+class _PointTable:
+    """points3D in columns (what both file formats hold), converted to ``Point3D`` objects once.
+
+    Attributes:
+        ids: (P,) point ids; xyz: (P, 3); rgb: (P, 3) uint8; error: (P,);
+        track_len: (P,) elements per point; track: (M, 2) (image_id, point2D_idx), point after point.
+    """
+
+    ids: np.ndarray
+    xyz: np.ndarray
+    rgb: np.ndarray
+    error: np.ndarray
+    track_len: np.ndarray
+    track: np.ndarray
+
+    def to_points(self) -> dict[int, Point3D]:
+        pairs = list(zip(self.track[:, 0].tolist(), self.track[:, 1].tolist(), strict=True))
+        bounds = np.concatenate([[0], np.cumsum(self.track_len)]).tolist()
+        xyz = np.array(self.xyz, dtype=np.float64)
+        rgb = np.array(self.rgb, dtype=np.uint8)
+        errors = self.error.tolist()
+        return {
+            pid: Point3D(xyz[k], rgb[k], errors[k], pairs[bounds[k] : bounds[k + 1]])
+            for k, pid in enumerate(self.ids.tolist())
+        }
+
+    @classmethod
+    def from_points(cls, points: dict[int, Point3D], written: set[int] | None = None) -> _PointTable:
+        pids = sorted(points)
+        tracks = [
+            [(int(i), int(k)) for i, k in points[p].track if written is None or i in written] for p in pids
+        ]
+        flat = [e for t in tracks for e in t]
+        return cls(
+            np.array(pids, dtype=np.int64),
+            np.array([points[p].xyz for p in pids], dtype=np.float64).reshape(-1, 3),
+            np.array([points[p].color for p in pids], dtype=np.uint8).reshape(-1, 3),
+            np.array([float(points[p].error) for p in pids], dtype=np.float64),
+            np.array([len(t) for t in tracks], dtype=np.int64),
+            np.array(flat, dtype=np.int64).reshape(-1, 2),
+        )
+
+
 def _assemble(
-    cameras: dict[int, Camera], views: dict[int, View], points: dict[int, Point3D], folder: Path
+    cameras: dict[int, Camera], views: dict[int, View], table: _PointTable, folder: Path
 ) -> Reconstruction:
     rec = Reconstruction()
     for camera in cameras.values():
@@ -182,15 +227,27 @@ def _assemble(
                 f"{folder}: image {view.image_id} ({view.name}) uses unknown camera {view.camera_id}"
             )
         rec.add_view(view)
-    for pid, point in points.items():
-        for image_id, idx in point.track:
-            view = rec.views.get(image_id)
-            if view is None or not 0 <= idx < len(view.keypoints_px):
-                raise InputError(f"{folder}: point3D {pid} observes missing image {image_id} / point2D {idx}")
-            # points3D is authoritative for tracks (COLMAP rebuilds images' ids from it too).
-            view.point3D_ids[idx] = pid
-    rec.points3D = points
-    rec.next_point3D_id = max(points, default=0) + 1
+    # Validate every track element at once: the image exists and the keypoint index is in range.
+    view_ids = np.array(sorted(rec.views), dtype=np.int64)
+    num_kp = np.array([len(rec.views[i].keypoints_px) for i in view_ids.tolist()], dtype=np.int64)
+    image, idx = table.track[:, 0], table.track[:, 1]
+    slot = np.clip(np.searchsorted(view_ids, image), 0, max(len(view_ids) - 1, 0))
+    ok = (len(view_ids) > 0) & (view_ids[slot] == image) if len(view_ids) else np.zeros(len(image), bool)
+    ok &= (idx >= 0) & (idx < np.where(ok, num_kp[slot] if len(view_ids) else 0, 0))
+    point_of_element = np.repeat(table.ids, table.track_len)
+    if not np.all(ok):
+        k = int(np.flatnonzero(~ok)[0])
+        raise InputError(
+            f"{folder}: point3D {point_of_element[k]} observes missing image {image[k]} / point2D {idx[k]}"
+        )
+    # points3D is authoritative for tracks (COLMAP rebuilds the images' point ids from it too).
+    order = np.argsort(slot, kind="stable")
+    starts = np.searchsorted(slot[order], np.arange(len(view_ids) + 1))
+    for s_i, image_id in enumerate(view_ids.tolist()):
+        sel = order[starts[s_i] : starts[s_i + 1]]
+        rec.views[image_id].point3D_ids[idx[sel]] = point_of_element[sel]
+    rec.points3D = table.to_points()
+    rec.next_point3D_id = int(table.ids.max()) + 1 if len(table.ids) else 1
     return rec
 
 
@@ -299,26 +356,57 @@ def _parse_points2D(line: str, path: Path, number: int) -> tuple[np.ndarray, np.
 
 def read_points3D_text(path: str | Path) -> dict[int, Point3D]:
     """Parse ``points3D.txt`` into ``{point3D_id: Point3D}``."""
-    path = Path(path)
-    points: dict[int, Point3D] = {}
-    for number, line in _data_lines(path):
-        if not line:
-            continue
-        tokens = line.split()
-        if len(tokens) < 8 or (len(tokens) - 8) % 2:
-            raise InputError(
-                f"{path}:{number}: expected 'POINT3D_ID X Y Z R G B ERROR (IMAGE_ID POINT2D_IDX)*', "
-                f"got {line[:80]!r}"
-            )
-        pid = _int(tokens[0], path, number, "point3D id")
-        xyz = _floats(tokens[1:4], path, number, "XYZ")
-        rgb = _floats(tokens[4:7], path, number, "RGB")
-        if np.any((rgb < 0) | (rgb > 255)):
-            raise InputError(f"{path}:{number}: RGB out of 0..255: {tokens[4:7]}")
-        error = float(_floats(tokens[7:8], path, number, "ERROR")[0])
-        track = _floats(tokens[8:], path, number, "TRACK").astype(np.int64).reshape(-1, 2)
-        points[pid] = Point3D(xyz, rgb.astype(np.uint8), error, [(int(i), int(k)) for i, k in track])
-    return points
+    return _read_points3D_text_table(Path(path)).to_points()
+
+
+def _read_points3D_text_table(path: Path) -> _PointTable:
+    rows = [(number, line.split()) for number, line in _data_lines(path) if line]
+    lengths = np.array([len(tokens) for _, tokens in rows], dtype=np.int64)
+    try:
+        # one C-level conversion of every number in the file; errors are located line by line below
+        values = np.fromiter(map(float, (t for _, tokens in rows for t in tokens)), dtype=np.float64)
+        bad_shape = (lengths < 8) | ((lengths - 8) % 2 == 1)
+        if np.any(bad_shape) or not np.all(np.isfinite(values)):
+            raise ValueError
+        starts = np.cumsum(lengths) - lengths
+        head = values[starts[:, None] + np.arange(8)].reshape(-1, 8)
+        in_track = np.ones(len(values), dtype=bool)
+        in_track[(starts[:, None] + np.arange(8)).ravel()] = False
+        track = values[in_track].reshape(-1, 2)
+        integral = np.concatenate([head[:, 0], head[:, 4:7].ravel(), track.ravel()])
+        rgb = head[:, 4:7]
+        if np.any(integral != np.round(integral)) or np.any((rgb < 0) | (rgb > 255)):
+            raise ValueError
+    except ValueError:
+        for number, tokens in rows:
+            _check_point_line(tokens, path, number)
+        raise InputError(f"{path}: malformed points3D file") from None
+    return _PointTable(
+        head[:, 0].astype(np.int64),
+        head[:, 1:4],
+        head[:, 4:7].astype(np.uint8),
+        head[:, 7].copy(),
+        (lengths - 8) // 2,
+        track.astype(np.int64),
+    )
+
+
+def _check_point_line(tokens: list[str], path: Path, number: int) -> None:
+    """Raise an InputError naming the problem on this line (used once the fast path has failed)."""
+    if len(tokens) < 8 or (len(tokens) - 8) % 2:
+        raise InputError(
+            f"{path}:{number}: expected 'POINT3D_ID X Y Z R G B ERROR (IMAGE_ID POINT2D_IDX)*', "
+            f"got {' '.join(tokens)[:80]!r}"
+        )
+    _int(tokens[0], path, number, "point3D id")
+    _floats(tokens[1:4], path, number, "XYZ")
+    rgb = _floats(tokens[4:7], path, number, "RGB")
+    if np.any((rgb < 0) | (rgb > 255) | (rgb != np.round(rgb))):
+        raise InputError(f"{path}:{number}: RGB must be integers in 0..255, got {tokens[4:7]}")
+    _floats(tokens[7:8], path, number, "ERROR")
+    track = _floats(tokens[8:], path, number, "TRACK")
+    if np.any(track != np.round(track)):
+        raise InputError(f"{path}:{number}: TRACK values must be integers")
 
 
 def _cameras_text(cameras: dict[int, Camera]) -> str:
@@ -334,14 +422,9 @@ def _cameras_text(cameras: dict[int, Camera]) -> str:
 
 
 def _points2D_line(view: View) -> str:
-    n = len(view.keypoints_px)
-    if n == 0:
-        return ""
-    table = np.empty((n, 3), dtype=object)
-    table[:, :2] = (view.keypoints_px + PIXEL_ORIGIN_SHIFT_PX).tolist()
-    table[:, 2] = view.point3D_ids.tolist()
-    # one C-level %-format over all observations; %r on Python floats is the shortest exact repr.
-    return " ".join(["%r %r %d"] * n) % tuple(table.ravel().tolist())
+    xy = (view.keypoints_px + PIXEL_ORIGIN_SHIFT_PX).tolist()
+    # repr of a Python float is the shortest string that reads back to the same double (exact round trip)
+    return " ".join([f"{x!r} {y!r} {p}" for (x, y), p in zip(xy, view.point3D_ids.tolist(), strict=True)])
 
 
 def _images_text(views: list[View]) -> str:
@@ -360,23 +443,19 @@ def _images_text(views: list[View]) -> str:
     return out.getvalue()
 
 
-def _kept_track(point: Point3D, written: set[int]) -> list[tuple[int, int]]:
-    return [(int(i), int(k)) for i, k in point.track if i in written]
-
-
 def _points3D_text(points: dict[int, Point3D], written: set[int]) -> str:
+    table = _PointTable.from_points(points, written)
     out = io.StringIO()
-    tracks = {pid: _kept_track(points[pid], written) for pid in sorted(points)}
-    mean_track = np.mean([len(t) for t in tracks.values()]) if tracks else 0.0
+    mean_track = float(table.track_len.mean()) if len(table.ids) else 0.0
     out.write("# 3D point list with one line of data per point:\n")
     out.write("#   POINT3D_ID, X, Y, Z, R, G, B, ERROR, TRACK[] as (IMAGE_ID, POINT2D_IDX)\n")
     out.write(f"# Number of points: {len(points)}, mean track length: {mean_track}\n")
-    for pid, track in tracks.items():
-        p = points[pid]
-        x, y, z = np.asarray(p.xyz, np.float64).tolist()
-        r, g, b = np.asarray(p.color, np.uint8).tolist()
-        flat = " ".join(f"{i} {k}" for i, k in track)
-        out.write(f"{pid} {x!r} {y!r} {z!r} {r} {g} {b} {float(p.error)!r} {flat}\n")
+    elements = [f"{i} {k}" for i, k in table.track.tolist()]
+    bounds = np.concatenate([[0], np.cumsum(table.track_len)]).tolist()
+    heads = zip(table.ids.tolist(), table.xyz.tolist(), table.rgb.tolist(), table.error.tolist(), strict=True)
+    for k, (pid, (x, y, z), (r, g, b), err) in enumerate(heads):
+        track = " ".join(elements[bounds[k] : bounds[k + 1]])
+        out.write(f"{pid} {x!r} {y!r} {z!r} {r} {g} {b} {err!r} {track}\n")
     return out.getvalue()
 
 
@@ -467,22 +546,50 @@ def read_images_binary(path: str | Path) -> dict[int, View]:
     return views
 
 
+_POINT_HEAD_DTYPE = np.dtype(
+    [("id", "<u8"), ("xyz", "<f8", (3,)), ("rgb", "u1", (3,)), ("error", "<f8"), ("track_len", "<u8")]
+)  # packed: 51 bytes, as in the file
+
+
 def read_points3D_binary(path: str | Path) -> dict[int, Point3D]:
     """Parse ``points3D.bin`` into ``{point3D_id: Point3D}``."""
-    reader = _Reader(Path(path))
-    points: dict[int, Point3D] = {}
+    return _read_points3D_binary_table(Path(path)).to_points()
+
+
+def _read_points3D_binary_table(path: Path) -> _PointTable:
+    reader = _Reader(path)
     (count,) = reader.unpack("Q", "point count")
-    for _ in range(count):
-        pid, x, y, z, r, g, b, error, track_length = reader.unpack("Q3d3BdQ", "point3D")
-        track = reader.array(_TRACK_DTYPE, track_length, "track elements")
-        points[int(pid)] = Point3D(
-            np.array([x, y, z]),
-            np.array([r, g, b], np.uint8),
-            float(error),
-            list(zip(track["image_id"].tolist(), track["point2D_idx"].tolist(), strict=True)),
-        )
-    reader.finish()
-    return points
+    data, size = reader.data, len(reader.data)
+    head_size = _POINT_HEAD_DTYPE.itemsize
+    offsets = np.empty(count, dtype=np.int64)
+    lengths = np.empty(count, dtype=np.int64)
+    pos = reader.pos
+    # Records have variable length, so one cheap scan finds where each starts; the rest is vectorised.
+    for k in range(count):
+        if pos + head_size > size:
+            raise InputError(f"{path}: truncated at byte {pos} while reading point3D {k}")
+        (n,) = struct.unpack_from("<Q", data, pos + head_size - 8)
+        offsets[k], lengths[k] = pos, n
+        pos += head_size + _TRACK_DTYPE.itemsize * n
+        if pos > size:
+            raise InputError(f"{path}: truncated at byte {offsets[k]} while reading the track of point3D {k}")
+    if pos != size:
+        raise InputError(f"{path}: {size - pos} trailing bytes after byte {pos}")
+    raw = np.frombuffer(data, dtype=np.uint8)
+    heads = raw[offsets[:, None] + np.arange(head_size)].reshape(-1).view(_POINT_HEAD_DTYPE)
+    step = _TRACK_DTYPE.itemsize
+    total = int(lengths.sum())
+    first = np.cumsum(lengths) - lengths
+    element_start = np.repeat(offsets + head_size - first * step, lengths) + np.arange(total) * step
+    elements = raw[element_start[:, None] + np.arange(step)].reshape(-1).view(_TRACK_DTYPE)
+    return _PointTable(
+        heads["id"].astype(np.int64),
+        heads["xyz"].astype(np.float64),
+        heads["rgb"].astype(np.uint8),
+        heads["error"].astype(np.float64),
+        lengths,
+        np.column_stack([elements["image_id"], elements["point2D_idx"]]).astype(np.int64),
+    )
 
 
 def _cameras_binary(cameras: dict[int, Camera]) -> bytes:
@@ -516,23 +623,21 @@ def _images_binary(views: list[View]) -> bytes:
 
 
 def _points3D_binary(points: dict[int, Point3D], written: set[int]) -> bytes:
-    out = io.BytesIO()
-    out.write(struct.pack("<Q", len(points)))
-    for pid in sorted(points):
-        p = points[pid]
-        track = np.array(_kept_track(p, written), dtype=np.int64).reshape(-1, 2)
-        elements = np.empty(len(track), dtype=_TRACK_DTYPE)
-        elements["image_id"] = track[:, 0]
-        elements["point2D_idx"] = track[:, 1]
-        out.write(
-            struct.pack(
-                "<Q3d3BdQ",
-                pid,
-                *np.asarray(p.xyz, np.float64).tolist(),
-                *np.asarray(p.color, np.uint8).tolist(),
-                float(p.error),
-                len(elements),
-            )
-        )
-        out.write(elements.tobytes())
-    return out.getvalue()
+    table = _PointTable.from_points(points, written)
+    count, head_size, step = len(table.ids), _POINT_HEAD_DTYPE.itemsize, _TRACK_DTYPE.itemsize
+    heads = np.empty(count, dtype=_POINT_HEAD_DTYPE)
+    heads["id"], heads["xyz"], heads["rgb"] = table.ids, table.xyz, table.rgb
+    heads["error"], heads["track_len"] = table.error, table.track_len
+    elements = np.empty(len(table.track), dtype=_TRACK_DTYPE)
+    elements["image_id"], elements["point2D_idx"] = table.track[:, 0], table.track[:, 1]
+    sizes = head_size + step * table.track_len
+    offsets = 8 + np.cumsum(sizes) - sizes
+    out = np.empty(8 + int(sizes.sum()), dtype=np.uint8)
+    out[:8] = np.frombuffer(struct.pack("<Q", count), dtype=np.uint8)
+    out[offsets[:, None] + np.arange(head_size)] = heads.view(np.uint8).reshape(count, head_size)
+    first = np.cumsum(table.track_len) - table.track_len
+    element_start = (
+        np.repeat(offsets + head_size - first * step, table.track_len) + np.arange(len(elements)) * step
+    )
+    out[element_start[:, None] + np.arange(step)] = elements.view(np.uint8).reshape(-1, step)
+    return out.tobytes()
