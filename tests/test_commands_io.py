@@ -119,3 +119,27 @@ def test_covisibility_graph():
     graph = covisibility_graph(rec, min_shared=15)
     assert graph.number_of_edges() == 6 and not graph.has_edge(1, 2)
     assert covisibility_graph(rec, min_shared=10)[1][2]["weight"] == 10
+
+
+def test_cli_numbers_equal_library_numbers(tmp_path, capsys):
+    """Benchmarks call evaluate_reconstruction; the CLI must print exactly the same values."""
+    import copy
+
+    from geomvision.evaluation import evaluate_reconstruction, load_ground_truth
+    from geomvision.geometry.rigid import Rigid3d, rotvec_to_matrix
+
+    gt_rec = ring_reconstruction(num_views=7, num_points=30, rng=4)
+    write_model(gt_rec, tmp_path / "gt")
+    est = copy.deepcopy(gt_rec)
+    gen = np.random.default_rng(1)
+    for view in est.views.values():  # perturb every pose by ~1-3 degrees
+        R = rotvec_to_matrix(np.radians(gen.uniform(0.5, 3.0)) * gen.normal(size=3) / np.sqrt(3))
+        view.cam_from_world = Rigid3d(R @ view.cam_from_world.rotation, view.cam_from_world.translation)
+    est.views[7].cam_from_world = None
+    write_model(est, tmp_path / "out" / "sparse" / "0")
+    assert main(["evaluate", str(tmp_path / "out"), "--gt", str(tmp_path / "gt")]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    library = evaluate_reconstruction(read_model(tmp_path / "out"), load_ground_truth(tmp_path / "gt"))
+    for key in ("auc@1", "auc@2", "auc@5", "auc@10", "num_registered", "median_rotation_error_deg"):
+        assert printed[key] == library[key]
+    assert 0 < printed["auc@5"] < 1 and printed["num_registered"] == 6

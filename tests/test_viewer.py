@@ -148,3 +148,13 @@ def test_up_on_real_templering_cameras():
     # and it points to where the cameras look from: the object (box centre) lies below the ring
     box_centre = np.array([0.0277, 0.0418, -0.0547])
     assert (centers.mean(0) - box_centre) @ up > 0
+
+
+def test_show_without_display_says_use_screenshot(monkeypatch, ring):
+    from geomvision.errors import GeomVisionError
+    from geomvision.viz.open3d_viewer import show
+
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    with pytest.raises(GeomVisionError, match="--screenshot"):
+        show(ring)
