@@ -143,3 +143,18 @@ def test_cli_numbers_equal_library_numbers(tmp_path, capsys):
     for key in ("auc@1", "auc@2", "auc@5", "auc@10", "num_registered", "median_rotation_error_deg"):
         assert printed[key] == library[key]
     assert 0 < printed["auc@5"] < 1 and printed["num_registered"] == 6
+
+
+def test_view_uses_saved_view_graph(out_dir):
+    import networkx as nx
+
+    from geomvision.commands.view import _load_graph
+    from geomvision.sfm.view_graph import save_view_graph
+
+    rec = read_model(out_dir)
+    assert _load_graph(rec, out_dir, 15).number_of_edges() == 15  # co-visibility: all 6 views share 40 points
+    saved = nx.Graph()
+    saved.add_edge(1, 3, weight=120)
+    save_view_graph(saved, out_dir / "view_graph.json")
+    graph = _load_graph(rec, out_dir, 15)
+    assert list(graph.edges(data="weight")) == [(1, 3, 120)]

@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--show-graph",
         action="store_true",
-        help="draw view-graph edges between camera centres (co-visibility of 3D points)",
+        help="draw view-graph edges between camera centres (OUT/view_graph.json, else co-visibility)",
     )
     parser.add_argument("--min-shared", type=int, default=15, help="--show-graph: shared points for an edge")
     parser.add_argument(
@@ -33,15 +33,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _load_graph(rec, out: Path, min_shared: int):
+    """The pipeline's verified view graph (OUT/view_graph.json), else 3D-point co-visibility."""
+    saved = out / "view_graph.json"
+    if saved.is_file():
+        from geomvision.sfm.view_graph import load_view_graph
+
+        return load_view_graph(saved)
+    from geomvision.viz.geometry import covisibility_graph
+
+    return covisibility_graph(rec, min_shared=min_shared)
+
+
 def run(args: argparse.Namespace) -> int:
     from geomvision.io.colmap import find_model_folder, read_model
 
     rec = read_model(find_model_folder(args.model))
-    graph = None
-    if args.show_graph:
-        from geomvision.viz.geometry import covisibility_graph
-
-        graph = covisibility_graph(rec, min_shared=args.min_shared)
+    graph = _load_graph(rec, Path(args.model), args.min_shared) if args.show_graph else None
     if args.screenshot:
         from geomvision.viz.open3d_viewer import screenshot
 
