@@ -124,6 +124,24 @@ class BundleAdjustmentProblem:
             self._layout = Layout.build(self)
         return self._layout
 
+    def sorted_by_image(self) -> BundleAdjustmentProblem:
+        """A copy with observations ordered by image (same parameters, masks and parameter layout)."""
+        order = np.argsort(self.obs_image, kind="stable")
+        return BundleAdjustmentProblem(
+            camera_models=list(self.camera_models),
+            intrinsics=self.intrinsics,
+            image_group=self.image_group,
+            rotvecs=self.rotvecs,
+            translations=self.translations,
+            points=self.points,
+            obs_image=self.obs_image[order],
+            obs_point=self.obs_point[order],
+            obs_px=self.obs_px[order],
+            pose_free=self.pose_free.copy(),
+            intrinsics_free=self.intrinsics_free.copy(),
+            point_free=self.point_free.copy(),
+        )
+
     # --- parameter vector ----------------------------------------------------------------------------
     def get_x(self) -> np.ndarray:
         lay = self.layout
@@ -154,6 +172,7 @@ class Layout:
     intr_cols: np.ndarray  # (G, P_max) column in x_cam or -1
     image_cols: np.ndarray  # (I, D) pose then intrinsics columns, -1 where fixed (active slots only)
     active_slots: np.ndarray  # (6 + P_max,) which of pose+intrinsics slots are free for some image
+    has_fixed_cols: bool  # some image holds some active slot
     point_col: np.ndarray  # (N,) index of the point among free points, or -1
     model_obs: list[tuple[str, np.ndarray]]  # (model, observation indices) per camera model present
 
@@ -182,6 +201,7 @@ class Layout:
             intr_cols,
             image_cols,
             active_slots,
+            bool((image_cols < 0).any()),
             point_col,
             [(m, idx) for m, idx in model_obs if idx.size],
         )
@@ -258,7 +278,8 @@ def evaluate(
     RJr = R_img @ _right_jacobian_so3(problem.rotvecs)
     d_rot = np.matmul(np.cross(rotated[:, None, :], d_px_d_pc), RJr[img])
     J_cam = np.concatenate([d_rot, d_px_d_pc, d_px_d_intr], axis=2)[:, :, lay.active_slots]
-    J_cam *= (lay.image_cols[img] >= 0)[:, None, :]  # fixed columns contribute nothing
+    if lay.has_fixed_cols:
+        J_cam *= (lay.image_cols[img] >= 0)[:, None, :]  # fixed columns contribute nothing
     J_point = np.matmul(d_px_d_pc, R)
     res, (J_cam, J_point) = losses.rescale(loss, loss_scale_px, raw, [J_cam, J_point])
     return Evaluation(res, cost, np.sqrt(sq), J_cam, J_point)

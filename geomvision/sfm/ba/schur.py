@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 _MIN_DIAG, _MAX_DIAG = 1e-6, 1e32
 _PAIRS_PER_CHUNK = 40_000  # bounds the (pairs, D, D) temporary to ~30 MB for D = 9
+_GEMM_MIN_PAIRS = 24  # image pairs sharing at least this many points get their own GEMM
 
 
 @dataclass
@@ -39,17 +40,20 @@ class _Structure:
 
     n: int  # camera columns
     cols_ext: np.ndarray  # (I, D) image columns with -1 replaced by n (a dummy slot)
-    free_obs: np.ndarray  # (Mf,) observations of free points, sorted by point
+    free_obs: np.ndarray  # (Mf,) observations of free points (image order)
     free_pc: np.ndarray  # (Mf,) free-point index of each of them
+    all_free: bool  # every observation sees a free point (free_obs is arange(M))
+    cols_free_t: np.ndarray  # (D, Mf) cols_ext of the image of each free_obs (component-major)
     n_points: int
     img_present: np.ndarray  # images that have observations, sorted
-    img_order: np.ndarray  # observations sorted by image
-    img_starts: np.ndarray  # reduceat starts for img_order
+    img_bounds: np.ndarray  # (len(img_present) + 1,) observation slice of each present image
+    free_img_bounds: np.ndarray  # (len(img_present) + 1,) slice of free_obs of each present image
     pair_a: np.ndarray  # pairs (a < b) of positions in free_obs sharing a point, sorted by image pair
     pair_b: np.ndarray
-    pair_starts: np.ndarray  # reduceat starts of each (image_a, image_b) group in pair_a/pair_b
     pair_img: np.ndarray  # (K, 2) image pair of each group
-    chunks: list[tuple[int, int, int, int]]  # (pair lo, pair hi, group lo, group hi)
+    big_groups: np.ndarray  # (G, 3) (lo, hi, group) of groups with many pairs: one GEMM each
+    small_pairs: np.ndarray  # indices into pair_a/pair_b of the remaining groups, grouped
+    small_chunks: list[tuple[int, int, np.ndarray, np.ndarray]]  # (lo, hi, reduceat starts, group ids)
     scatter_index: np.ndarray  # target slot of every entry of [self blocks; pair blocks; transposes]
     n_slots: int
     dense: bool
@@ -68,42 +72,65 @@ def _block_cols(c: np.ndarray) -> np.ndarray:
     return np.broadcast_to(c[:, None, :], c.shape[:1] + (c.shape[1],) * 2).ravel()
 
 
+def _split_pair_groups(pair_starts: np.ndarray, n_pairs: int):
+    """Split image-pair groups into big ones (one BLAS GEMM each) and small ones (batched broadcasting).
+
+    A group of k observation pairs contributes ``sum_k T_a W_b^T``, i.e. ``X^T Y`` with X, Y the (3k, D)
+    stacks of ``T^T`` and ``W^T``: one GEMM. Looping over thousands of tiny groups would be slow in
+    Python, so groups below ``_GEMM_MIN_PAIRS`` are summed with vectorised outer products + reduceat,
+    in chunks that bound the (pairs, D, D) temporary.
+    """
+    bounds = np.append(pair_starts, n_pairs)
+    sizes = np.diff(bounds)
+    big = np.flatnonzero(sizes >= _GEMM_MIN_PAIRS)
+    big_groups = np.stack([bounds[big], bounds[big + 1], big], axis=1) if big.size else np.zeros((0, 3), int)
+    small = np.flatnonzero(sizes < _GEMM_MIN_PAIRS)
+    small_sizes = sizes[small]
+    small_pairs = np.repeat(bounds[small] - np.cumsum(small_sizes) + small_sizes, small_sizes) + np.arange(
+        small_sizes.sum()
+    )
+    small_bounds = np.concatenate([[0], np.cumsum(small_sizes)])
+    chunks, g = [], 0
+    while g < len(small):
+        g_hi = int(np.searchsorted(small_bounds, small_bounds[g] + _PAIRS_PER_CHUNK, side="right")) - 1
+        g_hi = max(g_hi, g + 1)
+        lo, hi = int(small_bounds[g]), int(small_bounds[g_hi])
+        chunks.append((lo, hi, small_bounds[g:g_hi] - lo, small[g:g_hi]))
+        g = g_hi
+    return big_groups, small_pairs, chunks
+
+
 def _build_structure(problem: BundleAdjustmentProblem, dense_max: int) -> _Structure:
     lay = problem.layout
     n = lay.n_cam
     cols_ext = np.where(lay.image_cols >= 0, lay.image_cols, n)
+    if np.any(np.diff(problem.obs_image) < 0):
+        raise ValueError("schur structure needs observations sorted by image (see solve_schur)")
     pc_all = lay.point_col[problem.obs_point]
     free = np.flatnonzero(pc_all >= 0)
-    free = free[np.argsort(pc_all[free], kind="stable")]
     free_pc = pc_all[free]
-    img_order = np.argsort(problem.obs_image, kind="stable")
-    img_sorted = problem.obs_image[img_order]
-    img_present, img_starts = np.unique(img_sorted, return_index=True)
+    img_free = problem.obs_image[free]
+    img_present, img_starts = np.unique(problem.obs_image, return_index=True)
+    img_bounds = np.append(img_starts, problem.num_observations)
+    free_img_bounds = np.searchsorted(img_free, np.append(img_present, np.iinfo(np.int64).max))
 
     # all pairs (a < b) of observations of the same point, generated with repeat/cumsum arithmetic
+    by_point = np.argsort(free_pc, kind="stable")
     counts = np.bincount(free_pc, minlength=lay.n_free_points)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    local = np.arange(len(free)) - starts[free_pc]
-    n_rep = counts[free_pc] - 1 - local
+    local = np.arange(len(free)) - starts[free_pc[by_point]]
+    n_rep = counts[free_pc[by_point]] - 1 - local
     pair_a = np.repeat(np.arange(len(free)), n_rep)
     offsets = np.arange(len(pair_a)) - np.repeat(np.cumsum(n_rep) - n_rep, n_rep)
-    pair_b = pair_a + 1 + offsets
-    img_free = problem.obs_image[free]
+    pair_b = by_point[pair_a + 1 + offsets]
+    pair_a = by_point[pair_a]
     n_img = len(problem.rotvecs)
     key = img_free[pair_a] * n_img + img_free[pair_b]
     order = np.argsort(key, kind="stable")
     pair_a, pair_b, key = pair_a[order], pair_b[order], key[order]
     uniq, pair_starts = np.unique(key, return_index=True)
     pair_img = np.stack([uniq // n_img, uniq % n_img], axis=1)
-
-    bounds = np.append(pair_starts, len(pair_a))
-    chunks, g = [], 0
-    while g < len(pair_starts):
-        g_hi = int(np.searchsorted(bounds, bounds[g] + _PAIRS_PER_CHUNK, side="right")) - 1
-        g_hi = max(g_hi, g + 1)
-        chunks.append((int(bounds[g]), int(bounds[g_hi]), g, g_hi))
-        g = g_hi
-
+    big_groups, small_pairs, small_chunks = _split_pair_groups(pair_starts, len(pair_a))
     # target (row, col) of every block entry: self blocks per present image, pair blocks, transposes
     c_self = cols_ext[img_present]
     c_a, c_b = cols_ext[pair_img[:, 0]], cols_ext[pair_img[:, 1]]
@@ -115,15 +142,18 @@ def _build_structure(problem: BundleAdjustmentProblem, dense_max: int) -> _Struc
         cols_ext,
         free,
         free_pc,
+        len(free) == problem.num_observations,
+        np.ascontiguousarray(cols_ext[img_free].T),
         lay.n_free_points,
         img_present,
-        img_order,
-        img_starts,
+        img_bounds,
+        free_img_bounds,
         pair_a,
         pair_b,
-        pair_starts,
         pair_img,
-        chunks,
+        big_groups,
+        small_pairs,
+        small_chunks,
         None,
         0,
         dense,
@@ -170,91 +200,126 @@ def _build_block_jacobi(
     structure.block_slots = np.where(found, pos, -1)
 
 
-def _outer_sum(A: np.ndarray, B: np.ndarray) -> np.ndarray:
-    """Batched ``A^T B`` for small inner size: A (M, K, D1), B (M, K, D2) -> (M, D1, D2).
+# Per-observation arrays are kept component-major, e.g. J_c as (2, D, M) and W^T as (3, D, M): every
+# elementwise product then runs over a contiguous length-M axis. The (M, 2, D) layout had inner loops of
+# length 3-9, where numpy's per-loop overhead dominated (measured ~3x slower on ladybug-49).
 
-    K (2 or 3) broadcast multiply-adds beat ``np.matmul``/``einsum`` on millions of tiny matrices.
-    """
-    out = A[:, 0, :, None] * B[:, 0, None, :]
-    for k in range(1, A.shape[1]):
-        out += A[:, k, :, None] * B[:, k, None, :]
+
+def _inv3(A: np.ndarray) -> np.ndarray:
+    """Batched inverse of component-major (3, 3, N) matrices by the adjugate."""
+    (a, b, c), (d, e, f), (g, h, i) = A
+    co = np.empty_like(A)
+    co[0, 0], co[0, 1], co[0, 2] = e * i - f * h, c * h - b * i, b * f - c * e
+    co[1, 0], co[1, 1], co[1, 2] = f * g - d * i, a * i - c * g, c * d - a * f
+    co[2, 0], co[2, 1], co[2, 2] = d * h - e * g, b * g - a * h, a * e - b * d
+    det = a * co[0, 0] + b * co[1, 0] + c * co[2, 0]
+    return co / det
+
+
+def _outer_sum(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """Per-observation ``A^T B``: A (K, D1, M), B (K, D2, M) -> (D1, D2, M)."""
+    out = A[0, :, None, :] * B[0, None, :, :]
+    for k in range(1, A.shape[0]):
+        out += A[k, :, None, :] * B[k, None, :, :]
     return out
 
 
-def _bincount_blocks(index: np.ndarray, values: np.ndarray, size: int, dim: int) -> np.ndarray:
-    """Sum (M, dim, dim) blocks into ``size`` 3x3 (dim x dim) slots given by index (M,)."""
-    out = np.zeros((size, dim * dim))
-    flat = values.reshape(len(values), dim * dim)
-    for k in range(dim * dim):
-        out[:, k] = np.bincount(index, weights=flat[:, k], minlength=size)
-    return out.reshape(size, dim, dim)
+def _bincount_rows(index: np.ndarray, values: np.ndarray, size: int) -> np.ndarray:
+    """Sum (..., M) values into (..., size) bins given by index (M,)."""
+    flat = values.reshape(-1, values.shape[-1])
+    out = np.stack([np.bincount(index, weights=row, minlength=size) for row in flat])
+    return out.reshape(values.shape[:-1] + (size,))
 
 
 @dataclass
 class _Linearisation:
-    """Per-iteration quantities that do not depend on the damping."""
+    """Per-iteration quantities that do not depend on the damping (component-major layouts)."""
 
     cost: float
-    U_obs: np.ndarray  # (M, D, D)
+    U_img: np.ndarray  # (present images, D, D) sum of J_c^T J_c
     g_cam: np.ndarray  # (n,)
-    C: np.ndarray  # (Np, 3, 3)
-    g_pt: np.ndarray  # (Np, 3)
-    W: np.ndarray  # (Mf, D, 3)
+    C: np.ndarray  # (3, 3, Np) point blocks J_p^T J_p
+    g_pt: np.ndarray  # (3, Np)
+    Wt: np.ndarray  # (3, D, Mf) per observation of a free point: (J_c^T J_p)^T
     diag_cam: np.ndarray  # (n,) diag(J^T J) over camera columns
     grad_max: float
 
 
 def _linearise(problem: BundleAdjustmentProblem, st: _Structure, ev) -> _Linearisation:
-    Jc, Jp, r = ev.J_cam, ev.J_point, ev.residuals
     n = st.n
-    cols_obs = st.cols_ext[problem.obs_image]  # (M, D)
-    U_obs = _outer_sum(Jc, Jc)
-    g_obs = np.einsum("mki,mk->mi", Jc, r)
-    g_cam = np.bincount(cols_obs.ravel(), weights=g_obs.ravel(), minlength=n + 1)[:n]
-    diag_idx = np.arange(Jc.shape[2])
-    diag_cam = np.bincount(cols_obs.ravel(), weights=U_obs[:, diag_idx, diag_idx].ravel(), minlength=n + 1)[
-        :n
-    ]
-    Jpf, rf = Jp[st.free_obs], r[st.free_obs]
-    C = _bincount_blocks(st.free_pc, _outer_sum(Jpf, Jpf), st.n_points, 3)
-    g_pt = np.stack(
-        [
-            np.bincount(st.free_pc, weights=w, minlength=st.n_points)
-            for w in np.einsum("mki,mk->mi", Jpf, rf).T
-        ],
-        axis=1,
-    ).reshape(-1, 3)
-    W = _outer_sum(Jc[st.free_obs], Jpf)
+    Jc = np.ascontiguousarray(ev.J_cam.transpose(1, 2, 0))  # (2, D, M)
+    Jp = np.ascontiguousarray(ev.J_point.transpose(1, 2, 0))  # (2, 3, M)
+    r = np.ascontiguousarray(ev.residuals.T)  # (2, M)
+    d = Jc.shape[1]
+    # U = sum J_c^T J_c and g = sum J_c^T r per image: GEMMs on contiguous slices (obs sorted by image)
+    U_img = np.empty((len(st.img_present), d, d))
+    g_img = np.empty((len(st.img_present), d))
+    for k, (lo, hi) in enumerate(zip(st.img_bounds[:-1].tolist(), st.img_bounds[1:].tolist(), strict=True)):
+        X0, X1 = Jc[0, :, lo:hi], Jc[1, :, lo:hi]
+        U_img[k] = X0 @ X0.T + X1 @ X1.T
+        g_img[k] = X0 @ r[0, lo:hi] + X1 @ r[1, lo:hi]
+    cols_img = st.cols_ext[st.img_present].ravel()
+    g_cam = np.bincount(cols_img, weights=g_img.ravel(), minlength=n + 1)[:n]
+    diag_cam = np.bincount(cols_img, weights=np.einsum("kii->ki", U_img).ravel(), minlength=n + 1)[:n]
+    if not st.all_free:
+        Jc, Jp, r = Jc[:, :, st.free_obs], Jp[:, :, st.free_obs], r[:, st.free_obs]
+    C = _bincount_rows(st.free_pc, _outer_sum(Jp, Jp), st.n_points)
+    g_pt = _bincount_rows(st.free_pc, Jp[0] * r[0] + Jp[1] * r[1], st.n_points)
+    Wt = _outer_sum(Jp, Jc)  # (3, D, Mf)
     grad_max = max(float(np.abs(g_cam).max(initial=0.0)), float(np.abs(g_pt).max(initial=0.0)))
-    return _Linearisation(ev.cost, U_obs, g_cam, C, g_pt, W, diag_cam, grad_max)
+    return _Linearisation(ev.cost, U_img, g_cam, C, g_pt, Wt, diag_cam, grad_max)
+
+
+def _point_diag(lin: _Linearisation) -> np.ndarray:
+    """(3, Np) clamped diagonal of the point blocks (the LM scaling D_p)."""
+    return np.clip(np.stack([lin.C[0, 0], lin.C[1, 1], lin.C[2, 2]]), _MIN_DIAG, _MAX_DIAG)
 
 
 def _reduced_system(problem: BundleAdjustmentProblem, st: _Structure, lin: _Linearisation, mu: float):
-    """Damped Schur complement: (slot values of S, rhs -v, C~^-1, T = W C~^-1)."""
-    diag_pt = np.clip(np.einsum("nii->ni", lin.C), _MIN_DIAG, _MAX_DIAG)
+    """Damped Schur complement: (slot values of S, rhs -v, C~^-1 (3, 3, Np))."""
     C_damped = lin.C.copy()
-    C_damped[:, [0, 1, 2], [0, 1, 2]] += mu * diag_pt
-    C_inv = np.linalg.inv(C_damped)
-    Wt = np.ascontiguousarray(lin.W.transpose(0, 2, 1))  # (Mf, 3, D)
-    Tt = _outer_sum(C_inv[st.free_pc], Wt)  # (Mf, 3, D) = C~^-1 W^T  (C~^-1 symmetric)
-    T = Tt.transpose(0, 2, 1)
+    diag_pt = _point_diag(lin)
+    for k in range(3):
+        C_damped[k, k] += mu * diag_pt[k]
+    C_inv = _inv3(C_damped)
+    Wt = lin.Wt
+    d = Wt.shape[1]
+    Cg = C_inv[:, :, st.free_pc]  # (3, 3, Mf)
+    Tt = _outer_sum(Cg, Wt)  # (3, D, Mf) = C~^-1 W^T   (C~^-1 is symmetric)
 
-    # self blocks per observation: U - T W^T for observations of free points
-    self_obs = lin.U_obs.copy()
-    self_obs[st.free_obs] -= _outer_sum(Tt, Wt)
-    self_img = np.add.reduceat(self_obs[st.img_order], st.img_starts, axis=0)
-    pair_blocks = np.empty((len(st.pair_img),) + self_img.shape[1:])
-    for lo, hi, g_lo, g_hi in st.chunks:
-        B = _outer_sum(Tt[st.pair_a[lo:hi]], Wt[st.pair_b[lo:hi]])
-        pair_blocks[g_lo:g_hi] = np.add.reduceat(B, st.pair_starts[g_lo:g_hi] - lo, axis=0)
+    # self blocks per image: U - sum T W^T over the image's observations of free points
+    self_img = lin.U_img.copy()
+    bounds = st.free_img_bounds.tolist()
+    for k, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+        if hi > lo:
+            self_img[k] -= (
+                Tt[0, :, lo:hi] @ Wt[0, :, lo:hi].T
+                + Tt[1, :, lo:hi] @ Wt[1, :, lo:hi].T
+                + Tt[2, :, lo:hi] @ Wt[2, :, lo:hi].T
+            )
+    # off-diagonal blocks per image pair: sum over shared points of T_a W_b^T
+    pair_blocks = np.empty((len(st.pair_img), d, d))
+    if len(st.big_groups):
+        TA = Tt[:, :, st.pair_a]
+        WB = Wt[:, :, st.pair_b]
+        for lo, hi, g in st.big_groups.tolist():
+            pair_blocks[g] = (
+                TA[0, :, lo:hi] @ WB[0, :, lo:hi].T
+                + TA[1, :, lo:hi] @ WB[1, :, lo:hi].T
+                + TA[2, :, lo:hi] @ WB[2, :, lo:hi].T
+            )
+    for lo, hi, starts, groups in st.small_chunks:
+        sel = st.small_pairs[lo:hi]
+        B = _outer_sum(Tt[:, :, st.pair_a[sel]], Wt[:, :, st.pair_b[sel]])  # (D, D, pairs)
+        pair_blocks[groups] = np.add.reduceat(B, starts, axis=2).transpose(2, 0, 1)
     values = np.concatenate([self_img.ravel(), -pair_blocks.ravel(), -pair_blocks.transpose(0, 2, 1).ravel()])
     S = np.bincount(st.scatter_index, weights=values, minlength=st.n_slots)
 
     # rhs: -(g_c - sum T g_p)
-    v_obs = np.einsum("mij,mj->mi", T, lin.g_pt[st.free_pc])
-    cols_free = st.cols_ext[problem.obs_image[st.free_obs]]
-    v = lin.g_cam - np.bincount(cols_free.ravel(), weights=v_obs.ravel(), minlength=st.n + 1)[: st.n]
-    return S, -v, C_inv, T
+    gp = lin.g_pt[:, st.free_pc]
+    v_obs = Tt[0] * gp[0] + Tt[1] * gp[1] + Tt[2] * gp[2]  # (D, Mf)
+    v = lin.g_cam - np.bincount(st.cols_free_t.ravel(), weights=v_obs.ravel(), minlength=st.n + 1)[: st.n]
+    return S, -v, C_inv
 
 
 def _solve_dense(st: _Structure, S_slots: np.ndarray, rhs: np.ndarray, damp: np.ndarray) -> np.ndarray | None:
@@ -318,7 +383,7 @@ def _solve_pcg(
 
 def _step(problem, st, lin, mu, options) -> tuple[np.ndarray, float] | None:
     """Solve the damped system; returns (delta x, predicted cost decrease) or None if it failed."""
-    S, rhs, C_inv, T = _reduced_system(problem, st, lin, mu)
+    S, rhs, C_inv = _reduced_system(problem, st, lin, mu)
     damp = mu * np.clip(lin.diag_cam, _MIN_DIAG, _MAX_DIAG)
     if st.n == 0:
         dc = np.zeros(0)
@@ -329,15 +394,14 @@ def _step(problem, st, lin, mu, options) -> tuple[np.ndarray, float] | None:
     if dc is None or not np.all(np.isfinite(dc)):
         return None
     dc_ext = np.append(dc, 0.0)
-    cols_free = st.cols_ext[problem.obs_image[st.free_obs]]
-    wt_dc = np.einsum("mij,mi->mj", lin.W, dc_ext[cols_free])  # W^T dc per observation
-    acc = np.stack([np.bincount(st.free_pc, weights=w, minlength=st.n_points) for w in wt_dc.T], axis=1)
-    dp = -np.einsum("nij,nj->ni", C_inv, lin.g_pt + acc.reshape(-1, 3))
-    delta = np.concatenate([dc, dp.ravel()])
+    dcs = dc_ext[st.cols_free_t]  # (D, Mf)
+    wt_dc = (lin.Wt * dcs[None]).sum(axis=1)  # (3, Mf) W^T dc per observation
+    rhs_p = lin.g_pt + _bincount_rows(st.free_pc, wt_dc, st.n_points)  # (3, Np)
+    dp = -(C_inv[:, 0] * rhs_p[0] + C_inv[:, 1] * rhs_p[1] + C_inv[:, 2] * rhs_p[2])  # (3, Np)
+    delta = np.concatenate([dc, dp.T.ravel()])
     # predicted decrease of the Gauss-Newton model: 0.5 dx^T (mu D dx - g)
-    diag_pt = np.clip(np.einsum("nii->ni", lin.C), _MIN_DIAG, _MAX_DIAG).ravel()
-    g = np.concatenate([lin.g_cam, lin.g_pt.ravel()])
-    D = np.concatenate([damp, mu * diag_pt])
+    g = np.concatenate([lin.g_cam, lin.g_pt.T.ravel()])
+    D = np.concatenate([damp, mu * _point_diag(lin).T.ravel()])
     predicted = 0.5 * float(delta @ (D * delta - g))
     return delta, predicted
 
@@ -345,6 +409,8 @@ def _step(problem, st, lin, mu, options) -> tuple[np.ndarray, float] | None:
 def solve_schur(problem: BundleAdjustmentProblem, options, progress=None) -> dict:
     """Levenberg-Marquardt with Schur elimination of the points; updates ``problem`` in place."""
     t0 = time.perf_counter()
+    user_problem = problem
+    problem = problem.sorted_by_image()  # contiguous per-image slices: GEMMs on views, no gathers
     st = _build_structure(problem, options.dense_schur_max_params)
     x = problem.get_x()
     if x.size == 0:
@@ -379,7 +445,9 @@ def solve_schur(problem: BundleAdjustmentProblem, options, progress=None) -> dic
             break
         x_new = x + delta
         problem.set_x(x_new)
-        new_cost = evaluate(problem, options.loss, options.loss_scale_px, jacobians=False).cost
+        # most LM steps are accepted, so evaluate the Jacobian right away instead of the cost alone
+        ev_new = evaluate(problem, options.loss, options.loss_scale_px, jacobians=True)
+        new_cost = ev_new.cost
         actual = lin.cost - new_cost
         rho = actual / predicted if predicted > 0 else -1.0
         report(progress, iterations, options.max_iterations, f"cost {min(new_cost, lin.cost):.6g}")
@@ -388,8 +456,7 @@ def solve_schur(problem: BundleAdjustmentProblem, options, progress=None) -> dic
             mu *= max(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3)
             nu = 2.0
             old_cost = lin.cost
-            ev = evaluate(problem, options.loss, options.loss_scale_px, jacobians=True)
-            lin = _linearise(problem, st, ev)
+            lin = _linearise(problem, st, ev_new)
             if abs(actual) <= options.function_tolerance * old_cost:
                 reason = (
                     f"function tolerance reached (relative decrease {actual / max(old_cost, 1e-300):.3g})"
@@ -402,5 +469,5 @@ def solve_schur(problem: BundleAdjustmentProblem, options, progress=None) -> dic
             if mu > 1e16:
                 reason = "damping diverged; no further decrease possible"
                 break
-    problem.set_x(x)
+    user_problem.set_x(x)
     return {"success": True, "reason": reason, "iterations": iterations}
