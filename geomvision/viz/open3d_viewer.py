@@ -68,7 +68,8 @@ def _scene_up(rec: Reconstruction) -> np.ndarray:
     centers = np.array([rec.views[i].cam_from_world.center for i in ids]).reshape(-1, 3)
     if len(centers) >= 4:
         _, sv, vt = np.linalg.svd(centers - centers.mean(axis=0), full_matrices=False)
-        if sv[1] > 0.2 * sv[0] and sv[2] < 0.5 * sv[1]:
+        # a ring, or an arc of one (its sagitta makes sv[1] small but the out-of-plane sv[2] is smaller)
+        if sv[1] > 0.05 * sv[0] and sv[2] < 0.3 * sv[1]:
             normal = vt[2]
             # Sign: cameras usually look slightly down on the object (forward has a -up component),
             # and upright images have their up along +normal. Trust whichever signal is stronger:
@@ -96,7 +97,14 @@ def auto_view(
         raise InputError("reconstruction has neither points nor registered cameras to show")
     target = np.median(xyz, axis=0) if len(xyz) else centers.mean(axis=0)
     up = _scene_up(rec)
-    side = (centers[0] - target) if len(centers) else np.cross(up, [1.0, 0.0, 0.0])
+    # Look from behind the cameras (towards the middle of an arc or a single camera row); for a closed
+    # ring, whose mean is the target itself, from the first camera's side.
+    side = np.cross(up, [1.0, 0.0, 0.0])
+    if len(centers):
+        horizontal = (centers - target) - np.outer((centers - target) @ up, up)
+        side = horizontal.mean(axis=0)
+        if np.linalg.norm(side) < 0.25 * np.linalg.norm(horizontal, axis=1).mean():
+            side = horizontal[0]
     side = side - up * (side @ up)
     if np.linalg.norm(side) < 1e-9:
         side = np.cross(up, [1.0, 0.0, 0.0]) if abs(up[0]) < 0.9 else np.cross(up, [0.0, 0.0, 1.0])
