@@ -50,11 +50,13 @@ def fake_plugins(monkeypatch, tmp_path):
         )
     )
     (tmp_path / "gv_broken_pose_plugin.py").write_text("raise RuntimeError('bad build\\nof the plugin')\n")
+    (tmp_path / "gv_stale_pose_plugin.py").write_text("from gv_fake_pose_plugin import no_such_name\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     installed = [
         EntryPoint("fake", "gv_fake_pose_plugin:create", ENTRY_POINT_GROUP),
         EntryPoint("missing", "gv_no_such_pose_plugin_module:create", ENTRY_POINT_GROUP),
         EntryPoint("broken", "gv_broken_pose_plugin:create", ENTRY_POINT_GROUP),
+        EntryPoint("stale", "gv_stale_pose_plugin:create", ENTRY_POINT_GROUP),
         EntryPoint("notcallable", "gv_fake_pose_plugin:NOT_CALLABLE", ENTRY_POINT_GROUP),
         # An installed distribution may override a built-in name.
         EntryPoint("posenet", "gv_fake_pose_plugin:create", ENTRY_POINT_GROUP),
@@ -90,12 +92,22 @@ def test_builtins_report_missing_torch(no_torch):
 
 def test_installed_plugins_are_listed_with_reasons(fake_plugins):
     infos = {i.name: i for i in registry.list_plugins()}
-    assert sorted(infos) == ["broken", "fake", "missing", "notcallable", "posenet", "relpose", "sequence"]
+    assert sorted(infos) == [
+        "broken",
+        "fake",
+        "missing",
+        "notcallable",
+        "posenet",
+        "relpose",
+        "sequence",
+        "stale",
+    ]
     assert infos["fake"] == PluginInfo("fake", "gv_fake_pose_plugin:create", True, None)
     assert infos["posenet"].module == "gv_fake_pose_plugin:create" and infos["posenet"].loaded
     assert infos["missing"].loaded is False
     assert infos["missing"].error.startswith("module 'gv_no_such_pose_plugin_module' not installed")
     assert infos["broken"].error == "RuntimeError: bad build of the plugin"  # one line
+    assert infos["stale"].error.startswith("ImportError: cannot import name 'no_such_name'")
     assert not infos["notcallable"].loaded and "not callable" in infos["notcallable"].error
 
 

@@ -96,7 +96,7 @@ def _entry_points() -> list[EntryPoint]:
 def _describe_import_error(exc: BaseException) -> str:
     """One line saying why a plugin failed to import, with the fix where we know it."""
     missing = getattr(exc, "name", None)
-    if isinstance(exc, ImportError) and missing:
+    if isinstance(exc, ModuleNotFoundError) and missing:
         root = missing.split(".")[0]
         if root in ("torch", "torchvision"):
             return f"{root} not installed: {INSTALL_HINT}"
