@@ -18,6 +18,7 @@ from geomvision.errors import GeomVisionError, InputError
 
 EXIT_INPUT_ERROR = 2
 EXIT_FAILURE = 1
+EXIT_INTERNAL_ERROR = 3
 
 
 def _command_modules():
@@ -53,8 +54,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("geomvision: interrupted; finished stages are cached, rerun to resume", file=sys.stderr)
         return 130
-    except (InputError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
-            PermissionError) as exc:
+    except (
+        InputError,
+        ValueError,
+        FileNotFoundError,
+        NotADirectoryError,
+        IsADirectoryError,
+        PermissionError,
+    ) as exc:
         if os.environ.get("GEOMVISION_DEBUG"):
             raise
         print(f"geomvision: error: {_one_line(exc)}", file=sys.stderr)
@@ -64,6 +71,15 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"geomvision: failed: {_one_line(exc)}", file=sys.stderr)
         return EXIT_FAILURE
+    except Exception as exc:  # a bug: still one line, and how to get the traceback
+        if os.environ.get("GEOMVISION_DEBUG"):
+            raise
+        print(
+            f"geomvision: internal error: {type(exc).__name__}: {_one_line(exc)} "
+            "(rerun with GEOMVISION_DEBUG=1 for the traceback; cached stages are kept)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL_ERROR
 
 
 def _one_line(exc: BaseException) -> str:

@@ -71,7 +71,9 @@ class PipelineOptions:
             if len(values) != 4 or not all(v == v and abs(v) != float("inf") for v in values):
                 raise InputError(f"intrinsics must be 4 finite numbers fx,fy,cx,cy, got {self.intrinsics}")
             if values[0] <= 0 or values[1] <= 0:
-                raise InputError(f"intrinsics focal lengths must be positive, got fx={values[0]} fy={values[1]}")
+                raise InputError(
+                    f"intrinsics focal lengths must be positive, got fx={values[0]} fy={values[1]}"
+                )
             object.__setattr__(self, "intrinsics", values)
         if self.num_workers < 1:
             raise InputError(f"num_workers must be >= 1, got {self.num_workers}")
@@ -127,10 +129,18 @@ def _check_keys(section: str, options, changes: dict[str, Any]) -> None:
         raise InputError(f"unknown option(s) {unknown} in [{section}]; known: {sorted(known)}")
 
 
-def _coerce(options, changes: dict[str, Any]) -> dict[str, Any]:
-    """TOML has no tuples/None: turn lists into tuples and the string "none" into None."""
+def _coerce(options, changes: dict[str, Any], section: str = "") -> dict[str, Any]:
+    """TOML has no tuples/None: turn lists into tuples and the string "none" into None.
+
+    A table given for a field holding a nested options dataclass updates that dataclass.
+    """
     out = {}
     for key, value in changes.items():
+        current = getattr(options, key)
+        if is_dataclass(current) and isinstance(value, dict):
+            _check_keys(f"{section}.{key}", current, value)
+            out[key] = replace(current, **_coerce(current, value, f"{section}.{key}"))
+            continue
         if isinstance(value, list):
             value = tuple(value)
         if isinstance(value, str) and value.lower() == "none":
@@ -198,7 +208,7 @@ def config_from_dict(data: dict[str, Any], base: ReconstructionConfig | None = N
             raise InputError(f"[{section}] must be a table, got {type(values).__name__}")
         current = getattr(config, section)
         _check_keys(section, current, values)
-        changes[section] = _coerce(current, values)
+        changes[section] = _coerce(current, values, section)
     try:
         return config.with_changes(**changes)
     except TypeError as exc:
@@ -207,13 +217,21 @@ def config_from_dict(data: dict[str, Any], base: ReconstructionConfig | None = N
 
 def dump_config_toml(config: ReconstructionConfig) -> str:
     """TOML text for ``config`` (round-trips through :func:`load_config`)."""
-    lines = []
+    lines: list[str] = []
     for section, values in config.to_dict().items():
-        lines.append(f"[{section}]")
-        for key, value in values.items():
-            lines.append(f"{key} = {_toml_value(value)}")
-        lines.append("")
+        _toml_table(lines, section, values)
     return "\n".join(lines)
+
+
+def _toml_table(lines: list[str], name: str, values: dict[str, Any]) -> None:
+    lines.append(f"[{name}]")
+    nested = {k: v for k, v in values.items() if isinstance(v, dict)}
+    for key, value in values.items():
+        if key not in nested:
+            lines.append(f"{key} = {_toml_value(value)}")
+    lines.append("")
+    for key, value in nested.items():
+        _toml_table(lines, f"{name}.{key}", value)
 
 
 def _toml_value(value: Any) -> str:

@@ -115,8 +115,9 @@ def run_pipeline(
 
         t = time.perf_counter()
         cameras_by_image = {i: cameras[camera_of_image[i]] for i in image_ids}
-        two_view = _run_verification(features, matches, cameras_by_image, config, cache, executor,
-                                     progress_factory)
+        two_view = _run_verification(
+            features, matches, cameras_by_image, config, cache, executor, progress_factory
+        )
         timings["verification"] = time.perf_counter() - t
     verified = {pair: g for pair, g in two_view.items() if g.success}
     report["verification"] = _verification_counts(two_view, verified)
@@ -140,7 +141,9 @@ def run_pipeline(
     reconstructions = [r for r in mapping.reconstructions if r.num_registered >= 2]
     if not reconstructions:
         _write_report(out, report, timings, t_start)
-        raise ReconstructionError(f"mapping failed: {mapping.report.get('reason', 'no model with 2+ images')}")
+        raise ReconstructionError(
+            f"mapping failed: {mapping.report.get('reason', 'no model with 2+ images')}"
+        )
 
     t = time.perf_counter()
     if out:
@@ -214,8 +217,9 @@ def setup_cameras(
         w, h = sizes[i]
         focal = read_exif_focal_px(path) or default_focal_px(w, h)
         camera_id = 1 if shared else i
-        cameras[camera_id] = Camera(camera_id, options.camera_model, w, h,
-                                    default_params(options.camera_model, w, h, focal))
+        cameras[camera_id] = Camera(
+            camera_id, options.camera_model, w, h, default_params(options.camera_model, w, h, focal)
+        )
         camera_of_image[i] = camera_id
     return cameras, camera_of_image
 
@@ -240,8 +244,11 @@ def _run_features(paths, image_ids, config, cache, executor, progress_factory) -
 
     with progress_factory("features") as progress:
         features = extract_features(
-            paths, config.extraction, cache_dir=cache / "features" if cache else None,
-            executor=executor, progress=progress,
+            paths,
+            config.extraction,
+            cache_dir=cache / "features" if cache else None,
+            executor=executor,
+            progress=progress,
         )
     return dict(zip(image_ids, features, strict=True))
 
@@ -251,8 +258,12 @@ def _run_matching(features, pairs, config, cache, executor, progress_factory) ->
 
     with progress_factory("matching") as progress:
         return match_pairs(
-            features, pairs, config.matching, cache_dir=cache / "matches" if cache else None,
-            executor=executor, progress=progress,
+            features,
+            pairs,
+            config.matching,
+            cache_dir=cache / "matches" if cache else None,
+            executor=executor,
+            progress=progress,
         )
 
 
@@ -269,8 +280,13 @@ def _run_verification(features, matches, cameras_by_image, config, cache, execut
             return cached
     with progress_factory("verification") as progress:
         result = verify_pairs(
-            features, matches, cameras_by_image, config.two_view,
-            rng=config.pipeline.seed, executor=executor, progress=progress,
+            features,
+            matches,
+            cameras_by_image,
+            config.two_view,
+            rng=config.pipeline.seed,
+            executor=executor,
+            progress=progress,
         )
     if key is not None:
         atomic_write_bytes(cache / "two_view" / f"{key}.pkl", pickle.dumps(result, protocol=5))
@@ -316,8 +332,13 @@ def _run_mapping(cameras, images, verified, config, progress_factory):
         mapper_options = replace(mapper_options, fixed_camera_ids=tuple(sorted(cameras)))
     with progress_factory("mapping") as progress:
         return incremental_mapping(
-            cameras, images, verified, mapper_options,
-            init_reconstruction=init_reconstruction, rng=config.pipeline.seed, progress=progress,
+            cameras,
+            images,
+            verified,
+            mapper_options,
+            init_reconstruction=init_reconstruction,
+            rng=config.pipeline.seed,
+            progress=progress,
         )
 
 
@@ -363,7 +384,9 @@ def _model_summary(reconstructions: list[Reconstruction]) -> dict[str, Any]:
         "mean_reprojection_error_px": best["mean_reprojection_error_px"],
         "num_models": len(reconstructions),
         "models": [r.summary() for r in reconstructions],
-        "registered_images": [reconstructions[0].views[i].name for i in reconstructions[0].registered_image_ids],
+        "registered_images": [
+            reconstructions[0].views[i].name for i in reconstructions[0].registered_image_ids
+        ],
     }
 
 

@@ -11,7 +11,9 @@ HELP = "reconstruct cameras and a sparse point cloud from a folder of images"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("images", help="folder of images")
-    parser.add_argument("-o", "--output", required=True, help="output folder (sparse/0, points.ply, report.json)")
+    parser.add_argument(
+        "-o", "--output", required=True, help="output folder (sparse/0, points.ply, report.json)"
+    )
     parser.add_argument("--config", help="TOML config file (tables: pipeline, extraction, matching, ...)")
     parser.add_argument("--preset", help="named preset: default, fast, accurate")
     parser.add_argument("--intrinsics", help="known pinhole intrinsics fx,fy,cx,cy in pixels (shared)")
@@ -67,7 +69,9 @@ def run(args: argparse.Namespace) -> int:
     config = build_config(args)
     show = not args.no_progress and sys.stderr.isatty()
     result = run_pipeline(
-        args.images, args.output, config,
+        args.images,
+        args.output,
+        config,
         progress_factory=lambda stage: tqdm_progress(stage, enabled=show),
     )
     report = result.report
