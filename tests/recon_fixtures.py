@@ -35,6 +35,8 @@ def ring_reconstruction(
     height: int = 480,
     noise_px: float = 0.0,
     extra_keypoints: int = 3,
+    wobble: float = 0.3,
+    camera_height: float = 0.0,
 ) -> Reconstruction:
     """A ring of PINHOLE views around a cube of points; every point is seen by every view.
 
@@ -49,7 +51,7 @@ def ring_reconstruction(
     angles = np.linspace(0, 2 * np.pi, num_views, endpoint=False)
     K = rec.cameras[1].K
     for i, a in enumerate(angles, start=1):
-        center = np.array([radius * np.cos(a), 0.3 * np.sin(3 * a), radius * np.sin(a)])
+        center = np.array([radius * np.cos(a), camera_height + wobble * np.sin(3 * a), radius * np.sin(a)])
         pose = look_at_pose(center, np.zeros(3))
         cam = pose.apply(points)
         px = cam @ K.T

@@ -158,3 +158,16 @@ def test_view_uses_saved_view_graph(out_dir):
     save_view_graph(saved, out_dir / "view_graph.json")
     graph = _load_graph(rec, out_dir, 15)
     assert list(graph.edges(data="weight")) == [(1, 3, 120)]
+
+
+def test_evaluate_only_counts_input_images(out_dir, capsys):
+    """A run on a subset (report.json lists its inputs) is scored on that subset unless --all-gt."""
+    gt = out_dir.parent / "gt"
+    report = {"features": {"per_image": {f"img_{i:03d}.png": 100 for i in (1, 2, 3)}}}
+    (out_dir / "report.json").write_text(json.dumps(report))
+    assert main(["evaluate", str(out_dir), "--gt", str(gt)]) == 0
+    subset = json.loads(capsys.readouterr().out)
+    assert subset["gt_restricted_to_inputs"] and subset["num_gt_images"] == 3 and subset["num_pairs"] == 3
+    assert main(["evaluate", str(out_dir), "--gt", str(gt), "--all-gt"]) == 0
+    everything = json.loads(capsys.readouterr().out)
+    assert not everything["gt_restricted_to_inputs"] and everything["num_pairs"] == 15

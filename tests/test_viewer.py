@@ -158,3 +158,23 @@ def test_show_without_display_says_use_screenshot(monkeypatch, ring):
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
     with pytest.raises(GeomVisionError, match="--screenshot"):
         show(ring)
+
+
+def test_auto_view_on_camera_arc_with_rotated_images():
+    """Seven cameras on a 60-degree arc looking down, images rolled 90 degrees (a turntable subset)."""
+    from geomvision.geometry.rigid import Rigid3d, rotvec_to_matrix
+
+    rec = ring_reconstruction(num_views=42, num_points=200, rng=5, wobble=0.0, camera_height=1.5)
+    for image_id in list(rec.views)[7:]:
+        rec.views[image_id].cam_from_world = None
+    roll = rotvec_to_matrix(np.array([0.0, 0.0, np.pi / 2]))
+    for image_id in rec.registered_image_ids:
+        pose = rec.views[image_id].cam_from_world
+        rec.views[image_id].cam_from_world = Rigid3d(roll @ pose.rotation, roll @ pose.translation)
+    w, h = 640, 480
+    view = auto_view(rec, aspect=w / h)
+    assert view.up @ np.array([0.0, 1.0, 0.0]) > 0.99
+    px, depth = _project(view, w, h, np.array(list(rec.camera_centers().values())))
+    assert np.all(depth > 0)
+    span = px.max(0) - px.min(0)
+    assert span[0] > 3 * span[1]  # the arc is spread left to right, not seen end-on

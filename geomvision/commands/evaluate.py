@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from pathlib import Path
 
 NAME = "evaluate"
 HELP = "compare a reconstruction with ground-truth cameras (pose AUC, centre errors); prints JSON"
@@ -24,6 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--table", action="store_true", help="also print a per-image table after the JSON line"
     )
+    parser.add_argument(
+        "--all-gt",
+        action="store_true",
+        help="score every ground-truth image; by default only the run's input images (from OUT/report.json) "
+        "count, so a run on a subset is not charged for images it never saw",
+    )
 
 
 def _clean(value):
@@ -31,6 +38,20 @@ def _clean(value):
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def _input_image_names(out: Path) -> set[str] | None:
+    """Names of every input image of the run (registered or not), from ``OUT/report.json``."""
+    report = out / "report.json"
+    if not report.is_file():
+        return None
+    try:
+        per_image = json.loads(report.read_text()).get("features", {}).get("per_image")
+    except (json.JSONDecodeError, AttributeError):
+        return None
+    if not isinstance(per_image, dict) or not per_image:
+        return None
+    return {str(name) for name in per_image} | {Path(str(name)).name for name in per_image}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,10 +71,18 @@ def run(args: argparse.Namespace) -> int:
         v.name: (rec.cameras[v.camera_id].width, rec.cameras[v.camera_id].height) for v in rec.views.values()
     }
     sizes.update({k.rsplit("/", 1)[-1]: v for k, v in sizes.items()})
-    gt = load_ground_truth(args.gt, image_sizes=sizes)
+    gt_all = load_ground_truth(args.gt, image_sizes=sizes)
+    inputs = None if args.all_gt else _input_image_names(Path(args.model))
+    gt = {n: c for n, c in gt_all.items() if n in inputs or Path(n).name in inputs} if inputs else gt_all
+    gt = gt or gt_all  # report names that match no ground truth: score against all of it
     result = evaluate_reconstruction(rec, gt, thresholds_deg=thresholds)
     per_image = result.pop("per_image")
-    summary = {"model": str(folder), "gt": str(args.gt), **{k: _clean(v) for k, v in result.items()}}
+    summary = {
+        "model": str(folder),
+        "gt": str(args.gt),
+        "gt_restricted_to_inputs": len(gt) < len(gt_all),
+        **{k: _clean(v) for k, v in result.items()},
+    }
     print(json.dumps(summary))
     if args.table:
         print(format_per_image_table(per_image))
