@@ -72,8 +72,9 @@ class RansacOptions:
         max_error_px: inlier threshold on the residual (pixels for every estimator in geomvision);
             squared residuals are compared with its square.
         confidence: probability of having drawn at least one all-inlier sample when stopping.
-        min_iterations: minimum number of minimal samples drawn (guards against stopping on a wrong but
-            popular model when the inlier ratio looks high, e.g. small-baseline pairs).
+        min_iterations: minimum number of minimal samples drawn, capped by max_iterations (guards
+            against stopping on a wrong but popular model when the inlier ratio looks high, e.g.
+            small-baseline pairs).
         max_iterations: maximum number of minimal samples drawn.
         local_optimization: run LO-RANSAC refits when a new best hypothesis is found (needs ``refit``).
         lo_iterations: number of least-squares refits per local optimisation.
@@ -114,10 +115,10 @@ class RansacOptions:
             raise InputError(f"max_error_px must be positive, got {self.max_error_px}")
         if not 0.0 < self.confidence < 1.0:
             raise InputError(f"confidence must be in (0, 1), got {self.confidence}")
-        if self.min_iterations < 0 or self.max_iterations < max(1, self.min_iterations):
+        if self.min_iterations < 0 or self.max_iterations < 1:
             raise InputError(
-                f"need 0 <= min_iterations <= max_iterations, max >= 1, got "
-                f"{self.min_iterations}, {self.max_iterations}"
+                f"need min_iterations >= 0, max_iterations >= 1; got {self.min_iterations}, "
+                f"{self.max_iterations}"
             )
         if self.lo_iterations < 0 or self.lo_threshold_multiplier < 1.0:
             raise InputError(
@@ -315,10 +316,11 @@ def ransac(
     best_ratio = 0.0
     needed = float(options.max_iterations)
     drawn = 0
-    while drawn < (target := max(options.min_iterations, min(needed, options.max_iterations))):
-        count = options.batch_size
+    while drawn < (target := min(max(options.min_iterations, needed), options.max_iterations)):
+        # The min_iterations samples are drawn anyway: one batch for them means one LO run at most.
+        count = max(options.batch_size, min(options.min_iterations - drawn, 8 * options.batch_size))
         if best_model is not None:
-            count = int(min(max(count, (target - drawn) // 4), 8 * count))
+            count = int(min(max(count, (target - drawn) // 4), 8 * options.batch_size))
         count = int(min(count, options.max_iterations - drawn))
         samples = _draw_samples(rng, num_data, s, count)
         drawn += count
