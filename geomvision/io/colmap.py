@@ -201,17 +201,22 @@ class _PointTable:
     @classmethod
     def from_points(cls, points: dict[int, Point3D], written: set[int] | None = None) -> _PointTable:
         pids = sorted(points)
-        tracks = [
-            [(int(i), int(k)) for i, k in points[p].track if written is None or i in written] for p in pids
-        ]
-        flat = [e for t in tracks for e in t]
+        objs = [points[p] for p in pids]
+        lengths = np.array([len(o.track) for o in objs], dtype=np.int64)
+        track = np.array([e for o in objs for e in o.track], dtype=np.int64).reshape(-1, 2)
+        if written is not None and len(track):
+            # drop elements that point at views that are not written, then recount per point
+            keep = np.isin(track[:, 0], np.fromiter(written, dtype=np.int64))
+            owner = np.repeat(np.arange(len(objs)), lengths)
+            track = track[keep]
+            lengths = np.bincount(owner[keep], minlength=len(objs)).astype(np.int64)
         return cls(
             np.array(pids, dtype=np.int64),
-            np.array([points[p].xyz for p in pids], dtype=np.float64).reshape(-1, 3),
-            np.array([points[p].color for p in pids], dtype=np.uint8).reshape(-1, 3),
-            np.array([float(points[p].error) for p in pids], dtype=np.float64),
-            np.array([len(t) for t in tracks], dtype=np.int64),
-            np.array(flat, dtype=np.int64).reshape(-1, 2),
+            np.array([o.xyz for o in objs], dtype=np.float64).reshape(-1, 3),
+            np.array([o.color for o in objs], dtype=np.uint8).reshape(-1, 3),
+            np.array([float(o.error) for o in objs], dtype=np.float64),
+            lengths,
+            track,
         )
 
 
