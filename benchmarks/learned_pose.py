@@ -191,13 +191,13 @@ def train_model(model: str, posed_train: data.PosedImages, args, ckpt: Path) -> 
     return ckpt, result.train_time_s, epochs
 
 
-def localise_posenet(ckpt, posed, test_idx):
-    loaded = inference.load_checkpoint(ckpt, device=ARGS.device)
+def localise_posenet(ckpt, posed, test_idx, device):
+    loaded = inference.load_checkpoint(ckpt, device=device)
     return inference.predict_absolute_poses(loaded, [posed.paths[k] for k in test_idx])
 
 
-def localise_relpose(ckpt, posed, test_idx):
-    loaded = inference.load_checkpoint(ckpt, device=ARGS.device)
+def localise_relpose(ckpt, posed, test_idx, device):
+    loaded = inference.load_checkpoint(ckpt, device=device)
     gt = posed.cam_from_world
     firsts = [n for k in test_idx for n in (k - 1, k + 1)]
     rel = inference.predict_relative_poses(
@@ -220,8 +220,8 @@ def localise_relpose(ckpt, posed, test_idx):
     return out
 
 
-def localise_sequence(ckpt, posed, test_idx):
-    loaded = inference.load_checkpoint(ckpt, device=ARGS.device)
+def localise_sequence(ckpt, posed, test_idx, device):
+    loaded = inference.load_checkpoint(ckpt, device=device)
     out = []
     for k in test_idx:
         frames = [k - 2, k - 1, k, k + 1]
@@ -260,7 +260,6 @@ def write_section(path: Path, heading: str, body: str) -> None:
 
 
 def main() -> int:
-    global ARGS
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", type=Path, default=DEFAULT_DATASET)
     parser.add_argument("--device", default="auto")
@@ -278,7 +277,6 @@ def main() -> int:
     args.device = str(train.resolve_device(args.device))
     if args.threads:
         torch.set_num_threads(args.threads)
-    ARGS = args
 
     posed = data.load_posed_images(args.dataset / "templeR_par.txt")
     K = data_K(args.dataset / "templeR_par.txt")
@@ -313,7 +311,7 @@ def main() -> int:
     posed_train = posed.subset(train_idx)
     for model in args.models.split(","):
         ckpt, seconds, epochs = train_model(model, posed_train, args, args.work / f"{model}.pt")
-        est = localisers[model](ckpt, posed, test_idx)
+        est = localisers[model](ckpt, posed, test_idx, args.device)
         pos, rot = pose_errors(est, gt_test)
         rows.append(
             (
@@ -366,8 +364,6 @@ def data_K(par: Path) -> np.ndarray:
     cams = read_middlebury_par(par)
     return np.asarray(next(iter(cams.values())).K, dtype=np.float64)
 
-
-ARGS: argparse.Namespace
 
 if __name__ == "__main__":
     sys.exit(main())

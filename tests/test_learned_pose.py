@@ -212,6 +212,10 @@ def test_absolute_predictions_decode_to_world_poses(posed):
     images = [_constant_image(k) for k in range(NUM)]
     for got, want in zip(inference.predict_absolute_poses(loaded, images), poses, strict=True):
         _assert_pose_close(got, want)
+    pose, confidence = inference.relative_pose_prior(loaded, images[1], images[4])
+    want = poses[4] @ poses[1].inverse()
+    _assert_pose_close(pose, Rigid3d(want.rotation, want.translation / np.linalg.norm(want.translation)))
+    assert confidence > 0.999  # a constant image predicts the same pose from a shifted crop
     out = inference.localize(loaded, images[:2], names=["a.png", "b.png"])
     assert out[1]["image"] == "b.png" and out[1]["frame"] == "world"
     np.testing.assert_allclose(out[1]["center"], poses[1].center, atol=1e-5)

@@ -245,6 +245,8 @@ def train_pose_model(
         scheduler.load_state_dict(state["scheduler"])
         rng.bit_generator.state = state["numpy_rng"]
         torch.set_rng_state(state["torch_rng"].cpu())
+        if device.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)
         start_epoch, losses = int(state["epoch"]), list(state["losses"])
         logger.info("resuming %s from epoch %d", checkpoint_path, start_epoch)
 
@@ -261,6 +263,7 @@ def train_pose_model(
             "losses": losses,
             "numpy_rng": rng.bit_generator.state,
             "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
             "image_size": list(options.image_size),
             "crop_fraction": float(options.crop_fraction),
             "translation_scale": scale,
