@@ -44,6 +44,7 @@ __all__ = [
     "read_gt_colmap",
     "read_middlebury_par",
     "read_strecha_cameras",
+    "strecha_rescale_K",
     "load_ground_truth",
     "match_views_by_name",
     "relative_pose_errors",

@@ -103,3 +103,15 @@ def test_reconstruction_ply(tmp_path):
     ref_xyz, ref_rgb = points_array(rec)
     np.testing.assert_allclose(xyz, ref_xyz, atol=1e-12)
     np.testing.assert_array_equal(rgb, ref_rgb)
+
+
+def test_not_a_ply(tmp_path):
+    (tmp_path / "x.ply").write_bytes(b"hello world")
+    with pytest.raises(InputError, match="not a PLY file"):
+        read_point_cloud(tmp_path / "x.ply")
+
+
+def test_empty_cloud_round_trip(tmp_path):
+    write_point_cloud(tmp_path / "e.ply", np.zeros((0, 3)))
+    xyz, rgb = read_point_cloud(tmp_path / "e.ply")
+    assert xyz.shape == (0, 3) and rgb is None

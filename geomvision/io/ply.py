@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from geomvision.errors import InputError
-from geomvision.io.atomic import atomic_path
+from geomvision.io.atomic import atomic_path, atomic_write_bytes
 from geomvision.scene.reconstruction import Reconstruction
 
 logger = logging.getLogger(__name__)
@@ -58,10 +58,18 @@ def write_point_cloud(path: str | Path, xyz: np.ndarray, rgb: np.ndarray | None 
     import open3d as o3d
 
     xyz, rgb01 = _check_xyz_rgb(xyz, rgb)
+    path = Path(path)
+    if len(xyz) == 0:  # Open3D refuses to write an empty cloud; an empty model is still a valid output
+        colour = "".join(f"property uchar {c}\n" for c in ("red", "green", "blue")) if rgb01 is not None else ""
+        header = (
+            "ply\nformat binary_little_endian 1.0\nelement vertex 0\n"
+            f"property double x\nproperty double y\nproperty double z\n{colour}end_header\n"
+        )
+        atomic_write_bytes(path, header.encode("ascii"))
+        return path
     cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(xyz))
     if rgb01 is not None:
         cloud.colors = o3d.utility.Vector3dVector(rgb01)
-    path = Path(path)
     with atomic_path(path, suffix=".ply") as tmp:
         if not o3d.io.write_point_cloud(str(tmp), cloud, write_ascii=False):
             raise OSError(f"Open3D could not write {path}")
@@ -80,10 +88,16 @@ def read_point_cloud(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"point cloud {path} does not exist")
+    with open(path, "rb") as fh:
+        header = fh.read(4096)
+    if not header.startswith(b"ply") or b"end_header" not in header:
+        raise InputError(f"{path}: not a PLY file (no 'ply' ... 'end_header' header)")
     cloud = o3d.io.read_point_cloud(str(path), format="ply")
     xyz = np.asarray(cloud.points, dtype=np.float64)
-    if len(xyz) == 0 and path.stat().st_size > 0 and b"element vertex 0" not in path.read_bytes()[:2000]:
-        raise InputError(f"{path}: not a readable PLY point cloud")
+    if len(xyz) == 0:
+        if b"element vertex 0\n" not in header:
+            raise InputError(f"{path}: PLY file has no readable vertices")
+        return np.zeros((0, 3)), None
     colors = np.round(np.asarray(cloud.colors) * 255.0).astype(np.uint8) if cloud.has_colors() else None
     return xyz, colors
 
