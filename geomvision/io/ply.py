@@ -60,7 +60,7 @@ def write_point_cloud(path: str | Path, xyz: np.ndarray, rgb: np.ndarray | None 
     xyz, rgb01 = _check_xyz_rgb(xyz, rgb)
     path = Path(path)
     if len(xyz) == 0:  # Open3D refuses to write an empty cloud; an empty model is still a valid output
-        colour = "".join(f"property uchar {c}\n" for c in ("red", "green", "blue")) if rgb01 is not None else ""
+        colour = "" if rgb01 is None else "".join(f"property uchar {c}\n" for c in ("red", "green", "blue"))
         header = (
             "ply\nformat binary_little_endian 1.0\nelement vertex 0\n"
             f"property double x\nproperty double y\nproperty double z\n{colour}end_header\n"
