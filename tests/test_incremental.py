@@ -154,3 +154,41 @@ def test_implausible_refined_intrinsics_are_reset_and_frozen():
     builder.initial_params[2] = np.array([1520.0, 1525.0, 320.0, 240.0])
     assert builder.reset_bogus_cameras({2})
     np.testing.assert_array_equal(state.cameras[2].params, [1520.0, 1525.0, 320.0, 240.0])
+
+
+@pytest.mark.slow
+def test_real_images_templering_register_with_accurate_poses():
+    """SIFT -> matching -> verification -> mapping on 8 consecutive templeRing views (known K)."""
+    from conftest import shared_dataset
+
+    from geomvision.evaluation import read_middlebury_par
+    from geomvision.features.extract import ExtractionOptions, extract_features
+    from geomvision.features.match import MatchingOptions, match_pairs
+    from geomvision.features.pairs import exhaustive_pairs
+    from geomvision.geometry.rigid import project_to_so3, rotation_angle_deg
+    from geomvision.sfm.two_view import TwoViewOptions, verify_pairs
+
+    root = shared_dataset("middlebury_templeRing")
+    paths = sorted(root.glob("templeR0*.png"))[12:20]  # views 13-20: one contiguous arc, ~8 deg apart
+    gt = read_middlebury_par(root / "templeR_par.txt")
+    K = gt[paths[0].name].K
+    features = dict(enumerate(extract_features(paths, ExtractionOptions(num_workers=1)), start=1))
+    matches = match_pairs(features, exhaustive_pairs(list(features)), MatchingOptions(num_workers=1))
+    cam = Camera.pinhole(1, K[0, 0], K[1, 1], K[0, 2], K[1, 2], 640, 480)
+    verified = verify_pairs(
+        features, matches, dict.fromkeys(features, cam), TwoViewOptions(num_workers=1), rng=0
+    )
+    verified = {p: g for p, g in verified.items() if g.success}
+    images = {i: ImageInfo(paths[i - 1].name, 1, f.keypoints_px, f.colors) for i, f in features.items()}
+    result = incremental_mapping(
+        {1: cam}, images, verified, IncrementalMapperOptions(fixed_camera_ids=(1,)), rng=0
+    )
+    rec = result.reconstructions[0]
+    assert rec.num_registered == 8 and len(rec.points3D) > 1000
+    assert rec.mean_reprojection_error_px() < 0.6
+    ids = rec.registered_image_ids
+    R_est = np.array([rec.views[i].cam_from_world.rotation for i in ids])
+    R_gt = np.array([gt[images[i].name].cam_from_world.rotation for i in ids])
+    world = project_to_so3(np.einsum("nji,njk->ik", R_gt, R_est))
+    errors = [float(rotation_angle_deg(g @ world, e)) for g, e in zip(R_gt, R_est, strict=True)]
+    assert np.median(errors) < 0.5 and max(errors) < 1.0
