@@ -127,10 +127,10 @@ def test_varpro_is_insensitive_to_the_start_while_als_stalls(rng):
     W, _, _ = _affine_scene(rng, num_frames=20, num_points=100)
     Wm = _hide(W, _band_mask(rng, 20, 100, 4, 10))
     options = fz.MissingDataOptions(max_iterations=200)
-    varpro = [fz.factorize_affine_missing(Wm, options, rng=s).rms for s in range(4)]
+    varpro = [fz.factorize_affine_missing(Wm, options, rng=s).rms for s in range(3)]
     als = [
         fz.factorize_affine_missing(Wm, fz.MissingDataOptions(method="als", max_iterations=200), rng=s).rms
-        for s in range(4)
+        for s in range(3)
     ]
     assert max(varpro) < 1e-9
     assert min(als) >= 0.0 and np.isfinite(als).all()

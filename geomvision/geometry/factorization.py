@@ -383,16 +383,17 @@ class MissingDataOptions:
         function_tolerance: stop when the relative cost decrease of an accepted step is below this.
         gradient_tolerance: stop when the max-abs gradient of the reduced cost is below this times
             sqrt(cost).
-        initial_damping: initial LM damping ``lambda`` (the reduced normal matrix gets ``+ lambda I``).
+        initial_damping: initial LM damping relative to the mean diagonal of ``J^T J`` (the reduced normal
+            matrix gets ``+ lambda I``); large values make the first steps short and gradient-like.
         time_limit_s: optional wall-clock cap.
         camera: metric upgrade applied to the optimum ("affine" = none).
     """
 
     method: Literal["varpro", "als"] = "varpro"
-    max_iterations: int = 300
+    max_iterations: int = 500
     function_tolerance: float = 1e-12
     gradient_tolerance: float = 1e-12
-    initial_damping: float = 1e-3
+    initial_damping: float = 1e4
     time_limit_s: float | None = None
     camera: AffineCamera = "affine"
 
@@ -546,13 +547,17 @@ def factorize_affine_missing(
 
 
 def _varpro_lm(prob: _Problem, Ut: np.ndarray, options: MissingDataOptions, start: float):
-    """Levenberg-Marquardt on the reduced (points-eliminated) cost; returns (Ut, iterations, converged)."""
+    """Levenberg-Marquardt on the reduced (points-eliminated) cost; returns (Ut, iterations, converged).
+
+    The damping starts large relative to the curvature scale (mean diagonal of ``J^T J``), so the first steps
+    are short gradient-like moves, and changes by a factor of 10 per accepted / rejected step. (In our tests
+    a smooth gain-ratio schedule reached the best optimum from fewer random starts.)
+    """
     cost, X, H, R = prob.cost(Ut)
     n = Ut.size
     JtJ, Jtr = prob.varpro_normal_equations(Ut, X, H, R)
-    # Damping relative to the curvature scale: strong early damping (gradient-descent-like steps) is what
-    # keeps random starts out of the poor local minima.
-    lam = options.initial_damping * float(np.mean(np.diag(JtJ)))
+    curvature = max(float(np.mean(np.diag(JtJ))), 1e-300)
+    lam = options.initial_damping * curvature
     for it in range(1, options.max_iterations + 1):
         if np.max(np.abs(Jtr)) < options.gradient_tolerance * max(cost, 1e-300) ** 0.5:
             return Ut, it - 1, True
@@ -568,13 +573,13 @@ def _varpro_lm(prob: _Problem, Ut: np.ndarray, options: MissingDataOptions, star
         if new_cost < cost:
             decrease = (cost - new_cost) / max(cost, 1e-300)
             Ut, cost, X, H, R = candidate, new_cost, X_new, H_new, R_new
-            lam = max(lam / 10.0, 1e-12)
+            lam = max(lam / 10.0, 1e-15 * curvature)
             if decrease < options.function_tolerance:
                 return Ut, it, True
             JtJ, Jtr = prob.varpro_normal_equations(Ut, X, H, R)
         else:
             lam *= 10.0
-            if lam > 1e16:
+            if lam > 1e16 * curvature:
                 return Ut, it, True  # no descent direction left: a (numerically) stationary point
     return Ut, options.max_iterations, False
 
