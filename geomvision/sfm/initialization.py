@@ -118,14 +118,14 @@ def rank_initial_pairs(
     usable = {
         pair: g
         for pair, g in two_view_geometries.items()
-        if g.success and g.config in USABLE_CONFIGS and g.num_inliers >= options.min_num_inliers
+        if g.success and g.config in (*USABLE_CONFIGS, "planar") and g.num_inliers >= options.min_num_inliers
     }
     degree: dict[int, int] = {}
     for i, j in usable:
         degree[i] = degree.get(i, 0) + 1
         degree[j] = degree.get(j, 0) + 1
     max_degree = max(degree.values(), default=1)
-    candidates = []
+    candidates, planar = [], []
     for (i, j), g in usable.items():
         pair = (min(i, j), max(i, j))
         if pair in excluded_pairs:
@@ -136,11 +136,17 @@ def rank_initial_pairs(
         if np.isfinite(angle) and angle < options.min_tri_angle_deg:
             continue  # too little parallax: a near-pure rotation gives unreliable depths
         h_share = min(1.0, g.num_homography_inliers / max(g.num_inliers, 1))
-        if h_share > options.max_homography_share:
-            continue
         connectivity = min(degree[i], degree[j]) / max_degree
+        if h_share > options.max_homography_share or g.config == "planar":
+            # A planar scene has only such pairs: keep those with measured parallax as a last resort
+            # (their pose comes from the homography decomposition, H&Z 13.2, not the ambiguous E).
+            if np.isfinite(angle) and g.cam2_from_cam1 is not None:
+                score = g.num_inliers * (0.5 + 0.5 * connectivity)
+                planar.append(InitialPairCandidate(pair[0], pair[1], score, g.num_inliers, angle, h_share))
+            continue
         score = g.num_inliers * (1.0 - h_share) * (0.5 + 0.5 * connectivity)
         candidates.append(InitialPairCandidate(pair[0], pair[1], score, g.num_inliers, angle, h_share))
+    candidates = candidates or planar
     candidates.sort(key=lambda c: (-c.score, c.image_id1, c.image_id2))
     return candidates
 
@@ -156,8 +162,8 @@ def _undistorted_pixels(state: MapperState, image_id: int, keypoints: np.ndarray
 def relative_pose(
     state: MapperState, geometry: TwoViewGeometry, options: InitializationOptions, *, rng: np.random.Generator
 ) -> tuple[Rigid3d | None, str]:
-    """``cam2_from_cam1`` of the pair: the verified one when calibrated, else re-estimated from E."""
-    if geometry.config == "calibrated" and geometry.cam2_from_cam1 is not None:
+    """``cam2_from_cam1`` of the pair: the verified one when calibrated or planar (from H), else from E."""
+    if geometry.config in ("calibrated", "planar") and geometry.cam2_from_cam1 is not None:
         pose = geometry.cam2_from_cam1
     else:
         from geomvision.robust.estimators import estimate_essential
