@@ -56,7 +56,16 @@ def test_report_records_decisions_counts_and_timings(ring_result):
 def test_same_seed_gives_the_same_model():
     scene = random_scene(120, 5, layout="sequence", rng=4)
     cameras, images, geoms, _ = mapper_inputs(scene, noise_px=0.5, rng=2)
-    a = incremental_mapping(cameras, images, geoms, IncrementalMapperOptions(), rng=7).reconstructions[0]
+    calls = []
+    a = incremental_mapping(
+        cameras,
+        images,
+        geoms,
+        IncrementalMapperOptions(),
+        rng=7,
+        progress=lambda d, t, m: calls.append((d, t)),
+    ).reconstructions[0]
+    assert calls[-1] == (5, 5) and [d for d, _ in calls] == [3, 4, 5]  # one call per registered image
     b = incremental_mapping(cameras, images, geoms, IncrementalMapperOptions(), rng=7).reconstructions[0]
     assert a.registered_image_ids == b.registered_image_ids == [1, 2, 3, 4, 5]
     for i in a.registered_image_ids:
