@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +43,8 @@ def random_model(num_images: int, num_points: int, track: int, seed: int = 0) ->
     xyz = rng.normal(size=(num_points, 3))
     rgb = rng.integers(0, 256, size=(num_points, 3)).astype(np.uint8)
     for p in range(num_points):
-        rec.points3D[p + 1] = Point3D(xyz[p], rgb[p], 0.5, list(zip(obs_image[p].tolist(), kp_index[p].tolist())))
+        track = list(zip(obs_image[p].tolist(), kp_index[p].tolist(), strict=True))
+        rec.points3D[p + 1] = Point3D(xyz[p], rgb[p], 0.5, track)
     for image_id in range(1, num_images + 1):
         rows, cols = np.nonzero(obs_image == image_id)
         rec.views[image_id].point3D_ids[kp_index[rows, cols]] = rows + 1
@@ -74,13 +76,13 @@ def main() -> None:
         tmp = Path(tmp)
         for kind, binary in (("text", False), ("binary", True)):
             ours, theirs = tmp / f"ours_{kind}", tmp / f"theirs_{kind}"
-            t_write_ours = best_of(lambda: write_model(rec, ours, binary=binary), args.repeat)
+            t_write_ours = best_of(partial(write_model, rec, ours, binary=binary), args.repeat)
             prec = pycolmap.Reconstruction(str(ours))  # pycolmap reads our files
             theirs.mkdir()
             writer = prec.write_binary if binary else prec.write_text
-            t_write_theirs = best_of(lambda: writer(str(theirs)), args.repeat)
-            t_read_ours = best_of(lambda: read_model(theirs), args.repeat)  # we read pycolmap's files
-            t_read_theirs = best_of(lambda: pycolmap.Reconstruction(str(ours)), args.repeat)
+            t_write_theirs = best_of(partial(writer, str(theirs)), args.repeat)
+            t_read_ours = best_of(partial(read_model, theirs), args.repeat)  # we read pycolmap's files
+            t_read_theirs = best_of(partial(pycolmap.Reconstruction, str(ours)), args.repeat)
             back = read_model(theirs)
             assert len(back.points3D) == args.points and back.num_observations == rec.num_observations
             rows.append((kind, "write", t_write_ours, t_write_theirs))
