@@ -7,14 +7,16 @@ after an interruption resumes where the previous run stopped; all outputs are wr
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
 import pickle
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from geomvision.config import ReconstructionConfig
-from geomvision.errors import InputError, ReconstructionError
+from geomvision.errors import GeomVisionError, InputError, ReconstructionError
 from geomvision.io.atomic import atomic_write_bytes, atomic_write_text
 from geomvision.progress import ProgressCallback
 from geomvision.scene import Camera, ImageInfo, Reconstruction, TwoViewGeometry
@@ -77,33 +79,72 @@ def run_pipeline(
     *,
     progress_factory: ProgressFactory | None = None,
 ) -> PipelineResult:
-    """Run every stage and write the outputs; see :func:`reconstruct`."""
+    """Run every stage and write the outputs; see :func:`reconstruct`.
+
+    ``OUT/report.json`` is written on success and on failure (including Ctrl-C): a failed run records
+    ``status`` ("failed" / "interrupted"), ``failed_stage``, ``error`` and whatever the finished stages
+    reported, and keeps their caches so a rerun resumes from them.
+    """
+    config = _with_stage_workers(config or ReconstructionConfig())
+    run = _Run(
+        image_dir=Path(image_dir),
+        out=_prepare_output_dir(output_dir),
+        config=config,
+        progress_factory=progress_factory or _no_progress,
+    )
+    if run.out is not None:
+        _remove_stale_temp_files(run.out)
+    try:
+        result = _run_stages(run)
+    except (GeomVisionError, OSError, MemoryError, KeyboardInterrupt) as exc:
+        _write_failure_report(run, exc)
+        raise
+    return result
+
+
+@dataclass
+class _Run:
+    """State of one pipeline run shared by the stages (what the failure report needs to see)."""
+
+    image_dir: Path
+    out: Path | None
+    config: ReconstructionConfig
+    progress_factory: ProgressFactory
+    stage: str = "setup"
+    t_start: float = field(default_factory=time.perf_counter)
+    timings: dict[str, float] = field(default_factory=dict)
+    report: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def cache(self) -> Path | None:
+        return self.out / "cache" if self.out else None
+
+
+def _run_stages(run: _Run) -> PipelineResult:
     from geomvision.io.images import list_images
 
-    config = config or ReconstructionConfig()
-    progress_factory = progress_factory or _no_progress
-    t_start = time.perf_counter()
-    image_dir = Path(image_dir)
-    out = _prepare_output_dir(output_dir)
-    cache = out / "cache" if out else None
-    timings: dict[str, float] = {}
-    report: dict[str, Any] = {"image_dir": str(image_dir), "config": config.to_dict()}
+    config, out, cache, progress_factory = run.config, run.out, run.cache, run.progress_factory
+    report, timings = run.report, run.timings
+    report.update({"status": "running", "image_dir": str(run.image_dir), "config": config.to_dict()})
 
-    paths = list_images(image_dir)
+    paths = list_images(run.image_dir)
     if len(paths) < MIN_IMAGES:
-        raise InputError(f"need at least {MIN_IMAGES} images in {image_dir}, found {len(paths)}")
+        raise InputError(f"need at least {MIN_IMAGES} images in {run.image_dir}, found {len(paths)}")
     image_ids = list(range(1, len(paths) + 1))
     names = {i: p.name for i, p in zip(image_ids, paths, strict=True)}
     report["num_images"] = len(paths)
 
     with _executor(config.pipeline.num_workers) as executor:
         t = time.perf_counter()
+        run.stage = "features"
         cameras, camera_of_image = setup_cameras(paths, image_ids, config)
         features = _run_features(paths, image_ids, config, cache, executor, progress_factory)
         timings["features"] = time.perf_counter() - t
         report["features"] = _feature_counts(features, names)
+        _check_enough_features(features, names)
 
         t = time.perf_counter()
+        run.stage = "matching"
         pairs = select_pairs(image_ids, features, config)
         matches = _run_matching(features, pairs, config, cache, executor, progress_factory)
         timings["matching"] = time.perf_counter() - t
@@ -114,6 +155,7 @@ def run_pipeline(
         }
 
         t = time.perf_counter()
+        run.stage = "verification"
         cameras_by_image = {i: cameras[camera_of_image[i]] for i in image_ids}
         two_view = _run_verification(
             features, matches, cameras_by_image, config, cache, executor, progress_factory
@@ -122,7 +164,6 @@ def run_pipeline(
     verified = {pair: g for pair, g in two_view.items() if g.success}
     report["verification"] = _verification_counts(two_view, verified)
     if not verified:
-        _write_report(out, report, timings, t_start)
         raise ReconstructionError(
             f"no image pair could be verified among {len(image_ids)} images "
             f"({len(matches)} pairs matched): the images do not overlap enough"
@@ -131,6 +172,7 @@ def run_pipeline(
         _write_view_graph(out, verified, names)
 
     t = time.perf_counter()
+    run.stage = "mapping"
     images = {
         i: ImageInfo(names[i], camera_of_image[i], features[i].keypoints_px, features[i].colors)
         for i in image_ids
@@ -140,20 +182,53 @@ def run_pipeline(
     report["mapping"] = mapping.report
     reconstructions = [r for r in mapping.reconstructions if r.num_registered >= 2]
     if not reconstructions:
-        _write_report(out, report, timings, t_start)
         raise ReconstructionError(
             f"mapping failed: {mapping.report.get('reason', 'no model with 2+ images')}"
         )
 
     t = time.perf_counter()
+    run.stage = "export"
     if out:
-        _write_models(out, reconstructions, image_dir)
+        _write_models(out, reconstructions, run.image_dir)
     timings["export"] = time.perf_counter() - t
     report.update(_model_summary(reconstructions))
-    _write_report(out, report, timings, t_start)
+    report["status"] = "success"
+    _write_report(out, report, timings, run.t_start)
     if out and config.pipeline.html_report:
         _write_html_report(out, reconstructions[0], report, verified, names)
     return PipelineResult(reconstructions, report, out, two_view)
+
+
+def _write_failure_report(run: _Run, exc: BaseException) -> None:
+    """Record a failed or interrupted run in ``report.json``; never masks the original error."""
+    if run.out is None:
+        return
+    interrupted = isinstance(exc, KeyboardInterrupt)
+    run.report["status"] = "interrupted" if interrupted else "failed"
+    run.report["failed_stage"] = run.stage
+    run.report["error"] = "interrupted" if interrupted else " ".join(str(exc).split()) or type(exc).__name__
+    run.report["error_type"] = type(exc).__name__
+    try:
+        _write_report(run.out, run.report, run.timings, run.t_start)
+    except Exception as write_exc:  # e.g. the disk is full: the first error is the one to report
+        logger.warning("could not write report.json after the failure: %s", write_exc)
+
+
+#: Temporary names of :mod:`geomvision.io.atomic` (``.<stem>.<8 random chars><suffix>``).
+_ATOMIC_TEMP = re.compile(r"^\..+\.[a-z0-9_]{8}(\.[A-Za-z0-9]+)?$")
+
+
+def _remove_stale_temp_files(out: Path) -> None:
+    """Delete temporary files an earlier run left when it was killed mid-write (SIGKILL, power loss).
+
+    Atomic writes rename their temporary file onto the target, so such a file is never a finished
+    output; removing it keeps the folder holding only complete files.
+    """
+    for path in out.rglob(".*"):
+        if path.is_file() and _ATOMIC_TEMP.match(path.name):
+            with contextlib.suppress(OSError):
+                path.unlink()
+                logger.info("removed temporary file %s left by an interrupted run", path)
 
 
 # --- setup ----------------------------------------------------------------------------------------
@@ -174,14 +249,39 @@ def _no_progress(stage: str) -> contextlib.AbstractContextManager[ProgressCallba
     return contextlib.nullcontext(lambda done, total, message="": None)
 
 
+def _with_stage_workers(config: ReconstructionConfig) -> ReconstructionConfig:
+    """Give every per-item stage the pipeline's worker count.
+
+    Without this a stage handed ``executor=None`` (``--workers 1``) would start its own pool sized by
+    its own ``num_workers`` (None = all cores), so ``--workers 1`` would not mean in-process.
+    """
+    workers = config.pipeline.num_workers
+    changes = {
+        section: {"num_workers": workers}
+        for section in ("extraction", "matching", "two_view")
+        if hasattr(getattr(config, section), "num_workers")
+    }
+    return config.with_changes(**changes)
+
+
 @contextlib.contextmanager
 def _executor(num_workers: int) -> Iterator[Executor | None]:
-    """A local process pool for per-image/per-pair work (None = run in this process)."""
+    """A local process pool for per-image/per-pair work (None = run in this process).
+
+    The stages' own pool factory is used: forkserver workers with single-threaded OpenCV/BLAS, so a
+    worker never forks a multi-threaded parent and results do not depend on thread scheduling.
+    """
     if num_workers <= 1:
         yield None
         return
-    with ProcessPoolExecutor(max_workers=num_workers) as pool:
+    from geomvision.features.extract import make_process_pool
+
+    pool = make_process_pool(num_workers)
+    try:
         yield pool
+    finally:
+        # Cancel what has not started (e.g. after Ctrl-C or an error), so the exit is prompt.
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def setup_cameras(
@@ -243,13 +343,20 @@ def _run_features(paths, image_ids, config, cache, executor, progress_factory) -
     from geomvision.features.extract import extract_features
 
     with progress_factory("features") as progress:
-        features = extract_features(
-            paths,
-            config.extraction,
-            cache_dir=cache / "features" if cache else None,
-            executor=executor,
-            progress=progress,
-        )
+        try:
+            features = extract_features(
+                paths,
+                config.extraction,
+                cache_dir=cache / "features" if cache else None,
+                executor=executor,
+                progress=progress,
+            )
+        except OSError as exc:
+            # An image that cannot be opened (permissions, vanished, a folder) is bad input; a failed
+            # cache write (e.g. a full disk) is not, and keeps its OSError.
+            if exc.errno in (errno.EACCES, errno.EPERM, errno.ENOENT, errno.EISDIR) and exc.filename:
+                raise InputError(f"cannot read image {str(exc.filename)!r}: {exc.strerror}") from None
+            raise
     return dict(zip(image_ids, features, strict=True))
 
 
@@ -295,7 +402,13 @@ def _run_verification(features, matches, cameras_by_image, config, cache, execut
 
 def _verification_cache_key(features, matches, cameras_by_image, config) -> str:
     digest = hashlib.sha256()
-    digest.update(repr(config.two_view).encode())
+    # The worker count never changes the result, so it must not change the key.
+    two_view = config.two_view
+    if hasattr(two_view, "num_workers"):
+        from dataclasses import replace
+
+        two_view = replace(two_view, num_workers=None)
+    digest.update(repr(two_view).encode())
     digest.update(str(config.pipeline.seed).encode())
     for i in sorted(cameras_by_image):
         cam = cameras_by_image[i]
@@ -388,6 +501,21 @@ def _model_summary(reconstructions: list[Reconstruction]) -> dict[str, Any]:
             reconstructions[0].views[i].name for i in reconstructions[0].registered_image_ids
         ],
     }
+
+
+#: Fewest keypoints an image needs to take part in two-view geometry (the 8-point minimal sample).
+MIN_FEATURES_PER_IMAGE = 8
+
+
+def _check_enough_features(features: dict, names: dict[int, str]) -> None:
+    """Fail early, with the right reason, when blank or textureless images leave nothing to match."""
+    usable = [i for i, f in features.items() if len(f) >= MIN_FEATURES_PER_IMAGE]
+    if len(usable) < MIN_IMAGES:
+        most = max(features, key=lambda i: len(features[i]))
+        raise ReconstructionError(
+            f"only {len(usable)} of {len(features)} images have >= {MIN_FEATURES_PER_IMAGE} features "
+            f"(most: {len(features[most])} in {names[most]}): the images are blank or textureless"
+        )
 
 
 def _feature_counts(features: dict, names: dict[int, str]) -> dict[str, Any]:
