@@ -46,6 +46,7 @@ __all__ = [
     "read_strecha_cameras",
     "strecha_rescale_K",
     "load_ground_truth",
+    "ground_truth_reconstruction",
     "match_views_by_name",
     "relative_pose_errors",
     "pose_auc",
@@ -128,10 +129,23 @@ def read_middlebury_par(path: str | Path) -> dict[str, GroundTruthCamera]:
         values = _numbers(tokens[1:], path, number)
         K = values[:9].reshape(3, 3)
         R = _checked_rotation(values[9:18].reshape(3, 3), f"{path}:{number}")
-        out[tokens[0]] = GroundTruthCamera(tokens[0], Rigid3d(R, values[18:21]), K)
+        width, height = _size_of_image_next_to(path.parent / tokens[0])
+        out[tokens[0]] = GroundTruthCamera(tokens[0], Rigid3d(R, values[18:21]), K, width, height)
     if len(out) != expected:
         raise InputError(f"{path}: header says {expected} images, found {len(out)}")
     return out
+
+
+def _size_of_image_next_to(image_path: Path) -> tuple[int, int]:
+    """(w, h) of an image stored beside the ground-truth file, (0, 0) when it is not there."""
+    if not image_path.is_file():
+        return 0, 0
+    from geomvision.io.images import image_size
+
+    try:
+        return image_size(image_path)
+    except (InputError, OSError):
+        return 0, 0
 
 
 def strecha_rescale_K(K: np.ndarray, scale: float) -> np.ndarray:
@@ -217,6 +231,43 @@ def load_ground_truth(
     if any(path.glob("*.camera")) or (path / "gt_dense_cameras").is_dir():
         return read_strecha_cameras(path, image_sizes=image_sizes)
     raise InputError(f"no ground truth found in {path} (COLMAP model, *_par.txt or *.camera files)")
+
+
+def ground_truth_reconstruction(
+    gt: dict[str, GroundTruthCamera], *, default_size: tuple[int, int] | None = None
+) -> Reconstruction:
+    """The ground-truth cameras as a Reconstruction without points (PINHOLE cameras, shared when K is equal).
+
+    Handy to export ground truth as a COLMAP model, draw it, or seed tests. Images get ids 1..N in
+    sorted name order. Cameras without K or size need ``default_size`` and get the 1.2 * max(w, h) focal.
+    """
+    from geomvision.scene.camera import Camera
+    from geomvision.scene.reconstruction import View
+
+    rec = Reconstruction()
+    camera_ids: dict[tuple, int] = {}
+    for image_id, name in enumerate(sorted(gt), start=1):
+        cam = gt[name]
+        width, height = (cam.width, cam.height) if cam.width and cam.height else (default_size or (0, 0))
+        if not width or not height:
+            raise InputError(f"ground-truth camera {name} has no image size; pass default_size=(w, h)")
+        K = (
+            cam.K
+            if cam.K is not None
+            else np.array(
+                [
+                    [1.2 * max(width, height), 0, (width - 1) / 2],
+                    [0, 1.2 * max(width, height), (height - 1) / 2],
+                    [0, 0, 1],
+                ]
+            )
+        )
+        key = (width, height, *np.round(K[[0, 1, 0, 1], [0, 1, 2, 2]], 9).tolist())
+        if key not in camera_ids:
+            camera_ids[key] = len(camera_ids) + 1
+            rec.add_camera(Camera.pinhole(camera_ids[key], K[0, 0], K[1, 1], K[0, 2], K[1, 2], width, height))
+        rec.add_view(View(image_id, name, camera_ids[key], cam.cam_from_world))
+    return rec
 
 
 # --------------------------------------------------------------------------------------------------

@@ -172,3 +172,40 @@ def test_missing_ground_truth(tmp_path):
         load_ground_truth(tmp_path)
     with pytest.raises(InputError, match="does not exist"):
         load_ground_truth(tmp_path / "nope")
+
+
+def test_ground_truth_reconstruction_round_trip(tmp_path):
+    from conftest import shared_dataset
+
+    from geomvision.evaluation import ground_truth_reconstruction
+    from geomvision.io.colmap import read_model
+
+    gt = load_ground_truth(shared_dataset("middlebury_templeRing"))
+    assert (gt["templeR0001.png"].width, gt["templeR0001.png"].height) == (640, 480)  # from the PNG beside it
+    rec = ground_truth_reconstruction(gt)
+    assert len(rec.cameras) == 1 and rec.num_registered == 47
+    write_model(rec, tmp_path)
+    result = evaluate_reconstruction(read_model(tmp_path), load_ground_truth(tmp_path))
+    assert result["auc@1"] == pytest.approx(1.0) and result["centre_error_max"] < 1e-9
+
+
+def test_strecha_half_resolution_model_via_cli(tmp_path, capsys):
+    """A model at the stored half resolution is scored against full-resolution Strecha files: K rescaled."""
+    from conftest import shared_dataset
+
+    from geomvision.cli import main
+    from geomvision.evaluation import ground_truth_reconstruction
+
+    folder = shared_dataset("strecha_entry-P10")
+    half = read_strecha_cameras(folder, image_sizes={f"{i:04d}.jpg": (1536, 1024) for i in range(10)})
+    rec = ground_truth_reconstruction(half)
+    assert rec.cameras[1].width == 1536
+    write_model(_similar(rec), tmp_path / "sparse" / "0")
+    assert main(["evaluate", str(tmp_path), "--gt", str(folder), "--table"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    import json
+
+    result = json.loads(lines[0])
+    assert result["auc@1"] == pytest.approx(1.0) and result["num_registered"] == 10
+    # focal error column: 0.000% because K was rescaled to the model's 1536 px width
+    assert all(line.rstrip().endswith("0.000%") for line in lines[3:])
