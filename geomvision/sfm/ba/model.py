@@ -253,33 +253,51 @@ def evaluate(
     R_img = Rotation.from_rotvec(problem.rotvecs).as_matrix()
     img, pt = problem.obs_image, problem.obs_point
     R = R_img[img]
-    rotated = np.einsum("mij,mj->mi", R, problem.points[pt])
+    X = problem.points[pt]
+    # small per-observation products written per component: each line is one vector op over all M
+    rotated = np.empty_like(X)
+    for i in range(3):
+        rotated[:, i] = R[:, i, 0] * X[:, 0] + R[:, i, 1] * X[:, 1] + R[:, i, 2] * X[:, 2]
     points_in_cam = rotated + problem.translations[img]
-    params = problem.intrinsics[problem.image_group[img]]
     m = len(img)
+    single = len(lay.model_obs) == 1  # one camera model: no per-model gather/scatter
     pixels = np.empty((m, 2))
     d_px_d_pc = np.empty((m, 2, 3)) if jacobians else None
     d_px_d_intr = np.zeros((m, 2, problem.intrinsics.shape[1])) if jacobians else None
     for model, idx in lay.model_obs:  # one vectorised call per camera model present (<= 5)
         num = camera_models.NUM_PARAMS[model]
+        sel = slice(None) if single else idx
+        params = problem.intrinsics[problem.image_group[img[sel]], :num]
         if jacobians:
-            pixels[idx], d_px_d_pc[idx], d_px_d_intr[idx, :, :num] = camera_models.project_with_jacobians(
-                model, params[idx, :num], points_in_cam[idx]
+            pixels[sel], d_px_d_pc[sel], d_px_d_intr[sel, :, :num] = camera_models.project_with_jacobians(
+                model, params, points_in_cam[sel]
             )
         else:
-            pixels[idx] = camera_models.project(model, params[idx, :num], points_in_cam[idx])
+            pixels[sel] = camera_models.project(model, params, points_in_cam[sel])
     raw = pixels - problem.obs_px
     sq = np.einsum("ij,ij->i", raw, raw)
     cost = 0.5 * float(losses.robust_cost(loss, loss_scale_px, sq).sum())
     if not jacobians:
         res, _ = losses.rescale(loss, loss_scale_px, raw)
         return Evaluation(res, cost, np.sqrt(sq))
-    # d x_cam / d rotvec = -[R X]_x R J_r  ->  row form: d_px/d_pc @ (-[rotated]_x) = cross(rotated, rows)
-    RJr = R_img @ _right_jacobian_so3(problem.rotvecs)
-    d_rot = np.matmul(np.cross(rotated[:, None, :], d_px_d_pc), RJr[img])
-    J_cam = np.concatenate([d_rot, d_px_d_pc, d_px_d_intr], axis=2)[:, :, lay.active_slots]
+    # d x_cam / d rotvec = -[R X]_x R J_r  ->  row form: (d_px/d_pc)_row x (-[rotated]_x) = rotated x row
+    RJr = (R_img @ _right_jacobian_so3(problem.rotvecs))[img]
+    n_slots = 6 + problem.intrinsics.shape[1]
+    J_full = np.empty((m, 2, n_slots))
+    J_point = np.empty((m, 2, 3))
+    for row in range(2):
+        a = np.cross(rotated, d_px_d_pc[:, row, :])
+        for j in range(3):
+            J_full[:, row, j] = a[:, 0] * RJr[:, 0, j] + a[:, 1] * RJr[:, 1, j] + a[:, 2] * RJr[:, 2, j]
+            J_point[:, row, j] = (
+                d_px_d_pc[:, row, 0] * R[:, 0, j]
+                + d_px_d_pc[:, row, 1] * R[:, 1, j]
+                + d_px_d_pc[:, row, 2] * R[:, 2, j]
+            )
+    J_full[:, :, 3:6] = d_px_d_pc
+    J_full[:, :, 6:] = d_px_d_intr
+    J_cam = J_full if lay.active_slots.all() else J_full[:, :, lay.active_slots]
     if lay.has_fixed_cols:
         J_cam *= (lay.image_cols[img] >= 0)[:, None, :]  # fixed columns contribute nothing
-    J_point = np.matmul(d_px_d_pc, R)
     res, (J_cam, J_point) = losses.rescale(loss, loss_scale_px, raw, [J_cam, J_point])
     return Evaluation(res, cost, np.sqrt(sq), J_cam, J_point)

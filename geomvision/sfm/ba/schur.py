@@ -31,7 +31,6 @@ logger = logging.getLogger(__name__)
 
 _MIN_DIAG, _MAX_DIAG = 1e-6, 1e32
 _PAIRS_PER_CHUNK = 40_000  # bounds the (pairs, D, D) temporary to ~30 MB for D = 9
-_GEMM_MIN_PAIRS = 24  # image pairs sharing at least this many points get their own GEMM
 
 
 @dataclass
@@ -51,9 +50,7 @@ class _Structure:
     pair_a: np.ndarray  # pairs (a < b) of positions in free_obs sharing a point, sorted by image pair
     pair_b: np.ndarray
     pair_img: np.ndarray  # (K, 2) image pair of each group
-    big_groups: np.ndarray  # (G, 3) (lo, hi, group) of groups with many pairs: one GEMM each
-    small_pairs: np.ndarray  # indices into pair_a/pair_b of the remaining groups, grouped
-    small_chunks: list[tuple[int, int, np.ndarray, np.ndarray]]  # (lo, hi, reduceat starts, group ids)
+    pair_batches: list[tuple[np.ndarray, np.ndarray, np.ndarray]]  # see _bucket_pair_groups
     scatter_index: np.ndarray  # target slot of every entry of [self blocks; pair blocks; transposes]
     n_slots: int
     dense: bool
@@ -72,32 +69,36 @@ def _block_cols(c: np.ndarray) -> np.ndarray:
     return np.broadcast_to(c[:, None, :], c.shape[:1] + (c.shape[1],) * 2).ravel()
 
 
-def _split_pair_groups(pair_starts: np.ndarray, n_pairs: int):
-    """Split image-pair groups into big ones (one BLAS GEMM each) and small ones (batched broadcasting).
+def _bucket_pair_groups(pair_a: np.ndarray, pair_b: np.ndarray, pair_starts: np.ndarray, n_free: int):
+    """Batches of image-pair groups for batched GEMMs.
 
-    A group of k observation pairs contributes ``sum_k T_a W_b^T``, i.e. ``X^T Y`` with X, Y the (3k, D)
-    stacks of ``T^T`` and ``W^T``: one GEMM. Looping over thousands of tiny groups would be slow in
-    Python, so groups below ``_GEMM_MIN_PAIRS`` are summed with vectorised outer products + reduceat,
-    in chunks that bound the (pairs, D, D) temporary.
+    A group of k observation pairs (image a, image b) contributes ``sum_k T_a W_b^T`` = ``X^T Y`` with X, Y
+    the (3k, D) stacks of the per-observation ``T^T`` and ``W^T`` rows: one GEMM. Groups are bucketed by
+    k rounded up to a power of two and padded with a zero row (index ``n_free``), so each bucket is one
+    ``np.matmul`` over a (G, D, 3k) x (G, 3k, D) stack, split into chunks of at most ``_PAIRS_PER_CHUNK``
+    padded pairs to bound memory.
+
+    Returns:
+        list of (group ids (G,), padded pair_a (G, k), padded pair_b (G, k)).
     """
-    bounds = np.append(pair_starts, n_pairs)
+    bounds = np.append(pair_starts, len(pair_a))
     sizes = np.diff(bounds)
-    big = np.flatnonzero(sizes >= _GEMM_MIN_PAIRS)
-    big_groups = np.stack([bounds[big], bounds[big + 1], big], axis=1) if big.size else np.zeros((0, 3), int)
-    small = np.flatnonzero(sizes < _GEMM_MIN_PAIRS)
-    small_sizes = sizes[small]
-    small_pairs = np.repeat(bounds[small] - np.cumsum(small_sizes) + small_sizes, small_sizes) + np.arange(
-        small_sizes.sum()
-    )
-    small_bounds = np.concatenate([[0], np.cumsum(small_sizes)])
-    chunks, g = [], 0
-    while g < len(small):
-        g_hi = int(np.searchsorted(small_bounds, small_bounds[g] + _PAIRS_PER_CHUNK, side="right")) - 1
-        g_hi = max(g_hi, g + 1)
-        lo, hi = int(small_bounds[g]), int(small_bounds[g_hi])
-        chunks.append((lo, hi, small_bounds[g:g_hi] - lo, small[g:g_hi]))
-        g = g_hi
-    return big_groups, small_pairs, chunks
+    pa_ext = np.append(pair_a, n_free)
+    pb_ext = np.append(pair_b, n_free)
+    batches = []
+    if sizes.size == 0:
+        return batches
+    width = 1 << np.ceil(np.log2(sizes)).astype(np.int64)
+    for w in np.unique(width).tolist():
+        groups = np.flatnonzero(width == w)
+        # (G, w) positions into the pair arrays; slots past a group's size point at the zero row
+        pos = bounds[groups][:, None] + np.arange(w)
+        pos = np.where(np.arange(w) < sizes[groups][:, None], pos, len(pair_a))
+        per_chunk = max(1, _PAIRS_PER_CHUNK // w)
+        for lo in range(0, len(groups), per_chunk):
+            sl = slice(lo, lo + per_chunk)
+            batches.append((groups[sl], pa_ext[pos[sl]], pb_ext[pos[sl]]))
+    return batches
 
 
 def _build_structure(problem: BundleAdjustmentProblem, dense_max: int) -> _Structure:
@@ -130,7 +131,7 @@ def _build_structure(problem: BundleAdjustmentProblem, dense_max: int) -> _Struc
     pair_a, pair_b, key = pair_a[order], pair_b[order], key[order]
     uniq, pair_starts = np.unique(key, return_index=True)
     pair_img = np.stack([uniq // n_img, uniq % n_img], axis=1)
-    big_groups, small_pairs, small_chunks = _split_pair_groups(pair_starts, len(pair_a))
+    pair_batches = _bucket_pair_groups(pair_a, pair_b, pair_starts, len(free))
     # target (row, col) of every block entry: self blocks per present image, pair blocks, transposes
     c_self = cols_ext[img_present]
     c_a, c_b = cols_ext[pair_img[:, 0]], cols_ext[pair_img[:, 1]]
@@ -151,9 +152,7 @@ def _build_structure(problem: BundleAdjustmentProblem, dense_max: int) -> _Struc
         pair_a,
         pair_b,
         pair_img,
-        big_groups,
-        small_pairs,
-        small_chunks,
+        pair_batches,
         None,
         0,
         dense,
@@ -241,6 +240,7 @@ class _Linearisation:
     C: np.ndarray  # (3, 3, Np) point blocks J_p^T J_p
     g_pt: np.ndarray  # (3, Np)
     Wt: np.ndarray  # (3, D, Mf) per observation of a free point: (J_c^T J_p)^T
+    W_rows: np.ndarray  # (Mf + 1, 3, D) the same, row-major, with a final zero row (GEMM padding)
     diag_cam: np.ndarray  # (n,) diag(J^T J) over camera columns
     grad_max: float
 
@@ -266,8 +266,10 @@ def _linearise(problem: BundleAdjustmentProblem, st: _Structure, ev) -> _Lineari
     C = _bincount_rows(st.free_pc, _outer_sum(Jp, Jp), st.n_points)
     g_pt = _bincount_rows(st.free_pc, Jp[0] * r[0] + Jp[1] * r[1], st.n_points)
     Wt = _outer_sum(Jp, Jc)  # (3, D, Mf)
+    W_rows = np.zeros((Wt.shape[2] + 1, 3, Wt.shape[1]))
+    W_rows[:-1] = Wt.transpose(2, 0, 1)
     grad_max = max(float(np.abs(g_cam).max(initial=0.0)), float(np.abs(g_pt).max(initial=0.0)))
-    return _Linearisation(ev.cost, U_img, g_cam, C, g_pt, Wt, diag_cam, grad_max)
+    return _Linearisation(ev.cost, U_img, g_cam, C, g_pt, Wt, W_rows, diag_cam, grad_max)
 
 
 def _point_diag(lin: _Linearisation) -> np.ndarray:
@@ -287,31 +289,23 @@ def _reduced_system(problem: BundleAdjustmentProblem, st: _Structure, lin: _Line
     Cg = C_inv[:, :, st.free_pc]  # (3, 3, Mf)
     Tt = _outer_sum(Cg, Wt)  # (3, D, Mf) = C~^-1 W^T   (C~^-1 is symmetric)
 
+    # row-major (Mf + 1, 3, D) copies (last row zero, the padding target) so that the rows of one image or
+    # one group are a contiguous (3k, D) matrix: one GEMM each
+    T_rows = np.zeros((Tt.shape[2] + 1, 3, d))
+    T_rows[:-1] = Tt.transpose(2, 0, 1)
+    W_rows = lin.W_rows
     # self blocks per image: U - sum T W^T over the image's observations of free points
     self_img = lin.U_img.copy()
     bounds = st.free_img_bounds.tolist()
     for k, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
         if hi > lo:
-            self_img[k] -= (
-                Tt[0, :, lo:hi] @ Wt[0, :, lo:hi].T
-                + Tt[1, :, lo:hi] @ Wt[1, :, lo:hi].T
-                + Tt[2, :, lo:hi] @ Wt[2, :, lo:hi].T
-            )
-    # off-diagonal blocks per image pair: sum over shared points of T_a W_b^T
+            self_img[k] -= T_rows[lo:hi].reshape(-1, d).T @ W_rows[lo:hi].reshape(-1, d)
+    # off-diagonal blocks per image pair: sum over shared points of T_a W_b^T, batched GEMMs per bucket
     pair_blocks = np.empty((len(st.pair_img), d, d))
-    if len(st.big_groups):
-        TA = Tt[:, :, st.pair_a]
-        WB = Wt[:, :, st.pair_b]
-        for lo, hi, g in st.big_groups.tolist():
-            pair_blocks[g] = (
-                TA[0, :, lo:hi] @ WB[0, :, lo:hi].T
-                + TA[1, :, lo:hi] @ WB[1, :, lo:hi].T
-                + TA[2, :, lo:hi] @ WB[2, :, lo:hi].T
-            )
-    for lo, hi, starts, groups in st.small_chunks:
-        sel = st.small_pairs[lo:hi]
-        B = _outer_sum(Tt[:, :, st.pair_a[sel]], Wt[:, :, st.pair_b[sel]])  # (D, D, pairs)
-        pair_blocks[groups] = np.add.reduceat(B, starts, axis=2).transpose(2, 0, 1)
+    for groups, pa, pb in st.pair_batches:
+        X = T_rows[pa].reshape(len(groups), -1, d)  # (G, 3k, D)
+        Y = W_rows[pb].reshape(len(groups), -1, d)
+        pair_blocks[groups] = np.matmul(X.transpose(0, 2, 1), Y)
     values = np.concatenate([self_img.ravel(), -pair_blocks.ravel(), -pair_blocks.transpose(0, 2, 1).ravel()])
     S = np.bincount(st.scatter_index, weights=values, minlength=st.n_slots)
 

@@ -35,6 +35,70 @@ def _pattern(problem: BundleAdjustmentProblem) -> _SparsePattern:
     return _SparsePattern(keep, cols.ravel()[keep], indptr, (2 * m, lay.n_cam + 3 * lay.n_free_points))
 
 
+@dataclass
+class _BlockPreconditioner:
+    """Change of variables ``x = x0 + M y`` with block-diagonal ``M`` (block-Jacobi right preconditioning).
+
+    ``M`` holds ``L^-T`` for each point's 3x3 block and each image's pose block of ``J^T J`` at ``x0``
+    (``L L^T`` = block + a small ridge), identity on intrinsics (``x_scale='jac'`` scales those). In ``y``
+    the blocks of the Gauss-Newton matrix are ~identity, so the LSMR iterations inside scipy's TRF converge
+    in far fewer iterations: on ladybug-49 unpreconditioned LSMR needs ~600 iterations per step. ``M``
+    keeps the block sparsity of J, so the Jacobian pattern is unchanged.
+    """
+
+    x0: np.ndarray
+    n_pose_slots: int  # active pose slots (the first columns of J_cam)
+    pose_M: np.ndarray  # (I, k, k) with identity rows/columns for held entries
+    point_M: np.ndarray  # (N_free, 3, 3)
+    pose_cols: np.ndarray  # (I, k) columns of the active pose slots in x (-1 where held)
+
+    @classmethod
+    def build(cls, problem: BundleAdjustmentProblem, ev, x0: np.ndarray) -> _BlockPreconditioner:
+        lay = problem.layout
+        k = int(lay.active_slots[:6].sum())
+        pose_cols = lay.image_cols[:, :k]
+        Jpose = ev.J_cam[:, :, :k]
+        U = np.zeros((len(problem.rotvecs), k, k))
+        np.add.at(U, problem.obs_image, np.einsum("mri,mrj->mij", Jpose, Jpose))
+        held = pose_cols < 0
+        U[held[:, :, None] | held[:, None, :]] = 0.0
+        U[:, np.arange(k), np.arange(k)] += np.where(held, 1.0, 0.0)
+        pc = lay.point_col[problem.obs_point]
+        free = pc >= 0
+        C = np.zeros((lay.n_free_points, 3, 3))
+        np.add.at(C, pc[free], np.einsum("mri,mrj->mij", ev.J_point[free], ev.J_point[free]))
+        return cls(x0, k, _inv_chol_t(U), _inv_chol_t(C), pose_cols)
+
+    def to_x(self, y: np.ndarray, problem: BundleAdjustmentProblem) -> np.ndarray:
+        lay = problem.layout
+        x = self.x0 + y  # intrinsics: identity
+        yp = np.where(self.pose_cols >= 0, y[np.maximum(self.pose_cols, 0)], 0.0)
+        xp = np.einsum("nij,nj->ni", self.pose_M, yp)
+        free = self.pose_cols >= 0
+        x[self.pose_cols[free]] = self.x0[self.pose_cols[free]] + xp[free]
+        y_pts = y[lay.n_cam :].reshape(-1, 3)
+        x[lay.n_cam :] = self.x0[lay.n_cam :] + np.einsum("nij,nj->ni", self.point_M, y_pts).ravel()
+        return x
+
+    def transform(self, problem: BundleAdjustmentProblem, J_cam: np.ndarray, J_point: np.ndarray):
+        """Jacobian blocks w.r.t. y: J_pose M_pose[image], J_point M_point[point]."""
+        lay = problem.layout
+        k = self.n_pose_slots
+        J_cam = J_cam.copy()
+        J_cam[:, :, :k] = np.matmul(J_cam[:, :, :k], self.pose_M[problem.obs_image])
+        pc = lay.point_col[problem.obs_point]
+        J_point = np.matmul(J_point, self.point_M[np.maximum(pc, 0)])
+        return J_cam, J_point
+
+
+def _inv_chol_t(A: np.ndarray) -> np.ndarray:
+    """``L^-T`` for ``L L^T = A + ridge`` per block (the ridge keeps unobservable blocks invertible)."""
+    n = A.shape[-1]
+    ridge = 1e-9 * np.maximum(np.trace(A, axis1=1, axis2=2), 1e-12)[:, None, None] + 1e-12
+    L = np.linalg.cholesky(A + ridge * np.eye(n))
+    return np.linalg.inv(L).transpose(0, 2, 1)
+
+
 def solve_scipy(problem: BundleAdjustmentProblem, options, progress=None) -> dict:
     """Minimise the (robust) reprojection cost; updates ``problem`` in place.
 
@@ -42,41 +106,50 @@ def solve_scipy(problem: BundleAdjustmentProblem, options, progress=None) -> dic
         dict with ``success``, ``reason``, ``iterations`` (Jacobian evaluations), ``final_cost``.
     """
     pattern = _pattern(problem)
+    x0 = problem.get_x()
+    if x0.size == 0:
+        return {"success": True, "reason": "no free parameters", "iterations": 0}
+    pre = None
+    if options.scipy_preconditioner:
+        pre = _BlockPreconditioner.build(problem, evaluate(problem, options.loss, options.loss_scale_px), x0)
     cache: dict = {}
 
-    def _eval(x: np.ndarray):
-        key = x.tobytes()
+    def _eval(y: np.ndarray):
+        key = y.tobytes()
         if cache.get("key") != key:
-            problem.set_x(x)
+            problem.set_x(y if pre is None else pre.to_x(y, problem))
             cache["key"] = key
             cache["ev"] = evaluate(problem, options.loss, options.loss_scale_px, jacobians=True)
         return cache["ev"]
 
-    def fun(x):
-        return _eval(x).residuals.ravel()
+    def fun(y):
+        return _eval(y).residuals.ravel()
 
-    def jac(x):
-        ev = _eval(x)
-        data = np.concatenate([ev.J_cam, ev.J_point], axis=2).ravel()[pattern.keep]
+    def jac(y):
+        ev = _eval(y)
+        J_cam, J_point = (
+            (ev.J_cam, ev.J_point) if pre is None else pre.transform(problem, ev.J_cam, ev.J_point)
+        )
+        data = np.concatenate([J_cam, J_point], axis=2).ravel()[pattern.keep]
         return sp.csr_matrix((data, pattern.indices, pattern.indptr), shape=pattern.shape)
 
-    x0 = problem.get_x()
-    if x0.size == 0:
-        return {"success": True, "reason": "no free parameters", "iterations": 0}
+    y0 = x0 if pre is None else np.zeros_like(x0)
     result = least_squares(
         fun,
-        x0,
+        y0,
         jac=jac,
         method="trf",
         x_scale="jac",
         tr_solver="lsmr",
+        # optional cap on LSMR iterations per step (an inexact Gauss-Newton step)
+        tr_options={} if options.lsmr_max_iterations is None else {"maxiter": options.lsmr_max_iterations},
         loss="linear",
         ftol=options.function_tolerance,
         xtol=options.parameter_tolerance,
         gtol=options.gradient_tolerance,
         max_nfev=options.max_iterations,
     )
-    problem.set_x(result.x)
+    problem.set_x(result.x if pre is None else pre.to_x(result.x, problem))
     return {
         "success": bool(result.status > 0 or result.status == 0),
         "reason": result.message,
