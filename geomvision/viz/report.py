@@ -243,7 +243,7 @@ def write_report_html(
         with tempfile.TemporaryDirectory() as tmp:
             png = Path(tmp) / "render.png"
             try:
-                backend = screenshot(rec, png, *render_size, view_graph=view_graph)
+                backend = screenshot(rec, png, *render_size)  # graph edges have their own figure
                 figures.append(
                     _figure(png_data_uri(png.read_bytes()), f"point cloud and cameras ({backend})", "render")
                 )
