@@ -311,7 +311,8 @@ class _ModelBuilder:
             )
         self.report["num_global_ba"] += 1
 
-    def global_ba(self) -> None:
+    def global_ba(self) -> int:
+        """Global BA, retriangulation and filtering; returns how many points/observations changed."""
         state = self.state
         for _ in range(2):  # a second pass only when bogus intrinsics had to be reset
             refine = self.refine_camera_ids()
@@ -330,10 +331,11 @@ class _ModelBuilder:
             stats = retriangulate(state, self.tri_options)
         self.report["num_points_created"] += stats.num_created
         self.report["num_observations_continued"] += stats.num_continued
-        self.filter(None)
+        filtered = self.filter(None)
         self.next_global_ba = max(
             state.num_registered + 1, math.ceil(state.num_registered * self.options.global_ba_every)
         )
+        return stats.num_created + stats.num_continued + filtered
 
     def local_ba(self, image_id: int) -> None:
         state = self.state
@@ -361,7 +363,7 @@ class _ModelBuilder:
         best = [int(i) for i in order[: self.options.local_ba_num_images - 1] if counts[i] > 0]
         return [image_id, *best]
 
-    def filter(self, tracks: np.ndarray | None) -> None:
+    def filter(self, tracks: np.ndarray | None) -> int:
         with self.timer("filtering"):
             stats = filter_points(
                 self.state,
@@ -371,6 +373,7 @@ class _ModelBuilder:
             )
         self.report["num_filtered_observations"] += stats.num_filtered_observations
         self.report["num_filtered_points"] += stats.num_filtered_points
+        return stats.num_filtered_observations + stats.num_filtered_points
 
     # --- growth ---------------------------------------------------------------------------------------
     def try_register_next(self) -> int | None:
@@ -438,8 +441,8 @@ class _ModelBuilder:
 
     def finish(self) -> None:
         """Final global BA; a second pass if retriangulation/filtering changed the model."""
-        self.global_ba()
-        self.global_ba()
+        if self.global_ba() > 0:
+            self.global_ba()
 
 
 def _seed_from_reconstruction(state: MapperState, rec: Reconstruction, allowed: set[int]) -> int:
@@ -478,25 +481,14 @@ def _seed_from_reconstruction(state: MapperState, rec: Reconstruction, allowed: 
     good = rows >= 0
     obs_point, rows = obs_point[good], rows[good]
     tracks = state.table.obs_track[rows]
-    # Majority track per point: sort (point, track) pairs and count runs.
-    pairs = np.unique(np.stack([obs_point, tracks], axis=1), axis=0, return_counts=True)
-    (pt_tr, counts) = pairs
-    order = np.lexsort((-counts, pt_tr[:, 0]))
-    pt_tr = pt_tr[order]
-    first = np.r_[True, pt_tr[1:, 0] != pt_tr[:-1, 0]]
-    chosen_track = dict(zip(pt_tr[first, 0].tolist(), pt_tr[first, 1].tolist(), strict=True))
-    # A track claimed by two points keeps the first.
-    used: set[int] = set()
-    point_of_track = {}
-    for p, t in chosen_track.items():
-        if t not in used:
-            used.add(t)
-            point_of_track[t] = p
-    t_arr = np.fromiter(point_of_track.keys(), dtype=np.int64, count=len(point_of_track))
-    p_arr = np.fromiter(point_of_track.values(), dtype=np.int64, count=len(point_of_track))
+    # Majority track per point: count (point, track) pairs, keep each point's most frequent track.
+    pt_tr, counts = np.unique(np.stack([obs_point, tracks], axis=1), axis=0, return_counts=True)
+    pt_tr = pt_tr[np.lexsort((-counts, pt_tr[:, 0]))]
+    best = pt_tr[np.r_[True, pt_tr[1:, 0] != pt_tr[:-1, 0]]]
+    _, first_claim = np.unique(best[:, 1], return_index=True)  # a track claimed twice keeps one point
+    p_arr, t_arr = best[first_claim, 0], best[first_claim, 1]
     state.track_xyz[t_arr] = arrays["xyz"][p_arr]
     state.track_has_point[t_arr] = True
-    match = np.zeros(len(rows), dtype=bool)
     lookup = np.full(state.table.num_tracks, -1, dtype=np.int64)
     lookup[t_arr] = p_arr
     match = lookup[tracks] == obs_point
