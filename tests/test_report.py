@@ -39,6 +39,19 @@ def noisy():
     return rec
 
 
+@pytest.fixture(scope="module")
+def report_path(noisy, tmp_path_factory):
+    """One report for the content and Chromium tests; the software renderer keeps it quick (the Open3D
+    renderer itself is covered in test_viewer.py)."""
+    out = tmp_path_factory.mktemp("report")
+    report = {"timings_s": {"features": 1.25, "total": 9.5}, "num_images": 6, "note": "<b>&"}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GEOMVISION_RENDERER", "software")
+        return write_report_html(
+            out, noisy, report, view_graph=covisibility_graph(noisy), render_size=(320, 240)
+        )
+
+
 def _expected_mean_errors(rec) -> dict[int, float]:
     out = {}
     for image_id in rec.registered_image_ids:
@@ -62,13 +75,9 @@ def test_per_image_statistics(noisy):
     assert not rows[6]["registered"] and np.isnan(rows[6]["mean_reprojection_error_px"])
 
 
-def test_report_is_self_contained(tmp_path, noisy):
-    report = {"timings_s": {"features": 1.25, "total": 9.5}, "num_images": 6, "note": "<b>&"}
-    path = write_report_html(
-        tmp_path, noisy, report, view_graph=covisibility_graph(noisy), render_size=(320, 240)
-    )
-    assert path == tmp_path / "report.html"
-    doc = path.read_text()
+def test_report_is_self_contained(report_path, noisy):
+    assert report_path.name == "report.html"
+    doc = report_path.read_text()
     assert doc.startswith("<!DOCTYPE html>")
     assert "http://" not in doc and "https://" not in doc  # nothing fetched from the network
     images = _images(doc)
@@ -87,7 +96,7 @@ def test_report_without_render_or_graph(tmp_path):
     assert len(_images(doc)) == 2
 
 
-def test_report_opens_in_headless_chromium(tmp_path, noisy):
+def test_report_opens_in_headless_chromium(report_path):
     sys.path.insert(0, str(REPO / "scripts"))
     try:
         from check_report_chromium import find_chromium
@@ -95,9 +104,8 @@ def test_report_opens_in_headless_chromium(tmp_path, noisy):
         sys.path.pop(0)
     if find_chromium() is None:
         pytest.skip("chromium is not installed")
-    write_report_html(tmp_path, noisy, {}, view_graph=covisibility_graph(noisy), render_size=(320, 240))
     proc = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "check_report_chromium.py"), str(tmp_path / "report.html")],
+        [sys.executable, str(REPO / "scripts" / "check_report_chromium.py"), str(report_path)],
         capture_output=True,
         text=True,
         timeout=180,
