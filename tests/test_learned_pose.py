@@ -355,6 +355,8 @@ def test_train_and_localize_commands(posed, tmp_path, capsys):
         "--batch-size",
         "3",
         "--no-progress",
+        "--threads",
+        "1",
         "-o",
         str(tmp_path / "m.pt"),
     ]

@@ -44,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backbone", default="auto", help="auto, small, resnet18, resnet34 (random init)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--threads", type=int, help="torch CPU threads (fewer than cores helps on a busy machine)"
+    )
     parser.add_argument("--no-resume", action="store_true", help="start afresh even if the checkpoint exists")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -73,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         seed=args.seed,
         resume=not args.no_resume,
+        num_threads=args.threads,
     )
     with tqdm_progress(f"train {args.model}", enabled=not args.no_progress) as progress:
         result = train.train_pose_model(posed, checkpoint, options, progress=progress)

@@ -72,6 +72,8 @@ class TrainOptions:
         seed: seeds torch and the sampling / augmentation generator.
         checkpoint_every: save every this many epochs (and always at the end).
         resume: continue from ``checkpoint_path`` when it exists.
+        num_threads: torch intra-op CPU threads for this process (None: torch's default); fewer threads
+            than cores avoids oversubscription on a shared machine.
     """
 
     model: str = "posenet"
@@ -91,6 +93,7 @@ class TrainOptions:
     seed: int = 0
     checkpoint_every: int = 5
     resume: bool = True
+    num_threads: int | None = None
 
 
 @dataclass
@@ -213,6 +216,8 @@ def train_pose_model(
     _check_options(options, posed)
     checkpoint_path = Path(checkpoint_path)
     device = resolve_device(options.device)
+    if options.num_threads:
+        torch.set_num_threads(options.num_threads)
     torch.manual_seed(options.seed)
     rng = np.random.default_rng(options.seed)
 
