@@ -409,7 +409,8 @@ def evaluate_reconstruction(
     gt_centers = gt_centers_all[reg_idx]
     centre_err, align_scale, align_R = _centre_errors(est_centers, gt_centers)
     radius = float(np.median(np.linalg.norm(gt_centers_all - gt_centers_all.mean(0), axis=1)))
-    pair_ok = np.array([est[a] is not None and est[b] is not None for a, b in rel["pairs"]], dtype=bool)
+    registered = np.array([p is not None for p in est], dtype=bool)
+    pair_ok = registered[rel["pairs"][:, 0]] & registered[rel["pairs"][:, 1]]
 
     result: dict = {f"auc@{t:g}": a for t, a in zip(thresholds_deg, aucs, strict=True)}
     result.update(
