@@ -258,3 +258,52 @@ def test_truncated_points3D_binary(tmp_path, cut):
     (tmp_path / "points3D.bin").write_bytes(data + b"\0")
     with pytest.raises(InputError, match=r"points3D\.bin: 1 trailing bytes"):
         read_model(tmp_path)
+
+
+def _random_model(seed: int) -> Reconstruction:
+    """Random cameras of every model, random poses/keypoints, random tracks (ids not contiguous)."""
+    from geomvision.geometry.rigid import rotvec_to_matrix
+    from geomvision.scene.camera import CAMERA_MODELS
+
+    gen = np.random.default_rng(seed)
+    rec = Reconstruction()
+    models = sorted(CAMERA_MODELS)
+    for cid in range(1, gen.integers(1, 4) + 1):
+        model = models[gen.integers(len(models))]
+        params = gen.normal(size=len(CAMERA_MODELS[model])) * 1e-2
+        params[:3] = gen.uniform(100, 2000, size=3)
+        rec.add_camera(Camera(cid * 7, model, int(gen.integers(1, 5000)), int(gen.integers(1, 5000)), params))
+    cam_ids = sorted(rec.cameras)
+    image_ids = sorted(gen.choice(10_000, size=int(gen.integers(1, 6)), replace=False).tolist())
+    for iid in image_ids:
+        pose = Rigid3d(rotvec_to_matrix(gen.normal(size=3)), gen.normal(size=3) * 10)
+        kps = gen.uniform(-0.5, 4000, size=(int(gen.integers(0, 30)), 2))
+        rec.add_view(View(iid, f"dir/im {iid}.jpg", cam_ids[gen.integers(len(cam_ids))], pose, kps))
+    for _ in range(int(gen.integers(0, 20))):
+        track = []
+        for iid in image_ids:
+            free = np.flatnonzero(rec.views[iid].point3D_ids < 0)
+            if len(free) and gen.random() < 0.7:
+                track.append((iid, int(free[0])))
+        if track:
+            rec.next_point3D_id += int(gen.integers(0, 1000))
+            rec.add_point3D(
+                gen.normal(size=3) * 100, track, gen.integers(0, 256, 3), float(gen.uniform(0, 3))
+            )
+    return rec
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_random_models_round_trip(tmp_path, binary):
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=25, deadline=None)
+    @given(st.integers(0, 2**32 - 1))
+    def check(seed):
+        rec = _random_model(seed)
+        folder = tmp_path / f"m{seed}"
+        write_model(rec, folder, binary=binary)
+        assert_same_reconstruction(rec, read_model(folder), tol=1e-12)
+
+    check()
