@@ -136,8 +136,9 @@ def _run_stages(run: _Run) -> PipelineResult:
 
     with _executor(config.pipeline.num_workers) as executor:
         t = time.perf_counter()
-        run.stage = "features"
+        run.stage = "cameras"  # reads every image header: unreadable files fail here, before any work
         cameras, camera_of_image = setup_cameras(paths, image_ids, config)
+        run.stage = "features"
         features = _run_features(paths, image_ids, config, cache, executor, progress_factory)
         timings["features"] = time.perf_counter() - t
         report["features"] = _feature_counts(features, names)
