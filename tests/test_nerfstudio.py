@@ -90,3 +90,27 @@ def test_bad_files(tmp_path):
     )
     with pytest.raises(InputError, match="missing intrinsics"):
         read_transforms_json(tmp_path)
+
+
+def test_applied_transform_is_undone(tmp_path):
+    """ns-process-data style: world axes permuted (x, z, -y) and recorded as applied_transform."""
+    rec = ring_reconstruction(num_views=4, num_points=3)
+    path = write_transforms_json(rec, tmp_path, write_points_ply=False)
+    data = json.loads(path.read_text())
+    A = np.eye(4)[[0, 2, 1, 3]]
+    A[2] *= -1
+    for frame in data["frames"]:
+        frame["transform_matrix"] = (A @ np.array(frame["transform_matrix"])).tolist()
+    data["applied_transform"] = A[:3].tolist()
+    path.write_text(json.dumps(data))
+    back = read_transforms_json(path)
+    for image_id, view in rec.views.items():
+        np.testing.assert_allclose(
+            back.views[image_id].cam_from_world.matrix(), view.cam_from_world.matrix(), atol=1e-12
+        )
+    del data["applied_transform"]
+    path.write_text(json.dumps(data))
+    moved = read_transforms_json(path)  # without it, the centres are in the permuted world
+    np.testing.assert_allclose(
+        moved.views[1].cam_from_world.center, A[:3, :3] @ rec.views[1].cam_from_world.center, atol=1e-12
+    )

@@ -8,7 +8,8 @@ the camera's y and z axes (columns 1 and 2 of the rotation) flip sign. The world
 Intrinsics use nerfstudio's keys ``fl_x, fl_y, cx, cy, w, h, k1, k2, p1, p2, camera_model``; like COLMAP,
 nerfstudio puts pixel centres at +0.5 (its ray grid is ``index + 0.5``), so the principal point gets the
 same +0.5 shift as COLMAP files (``geomvision.io.colmap.PIXEL_ORIGIN_SHIFT_PX``) on export, -0.5 on import.
-A single camera is written at the top level, several cameras per frame. Camera models map to
+A single camera is written at the top level, several cameras per frame. On import an
+``applied_transform`` (written by ``ns-process-data``) is undone. Camera models map to
 ``OPENCV`` (SIMPLE_RADIAL/RADIAL distortion becomes k1/k2); import gives PINHOLE when all distortion is 0.
 """
 
@@ -152,6 +153,19 @@ def read_transforms_json(path: str | Path, *, image_prefix: str = "images/") -> 
     if not isinstance(frames, list) or not frames:
         raise InputError(f"{path}: no 'frames' list")
     defaults = {k: v for k, v in data.items() if k != "frames"}
+    # ns-process-data re-orients the world and records it as ``applied_transform`` (3x4,
+    # c2w_file = A @ c2w_colmap); undo it so poses come back in the original frame.
+    world_from_file = np.eye(4)
+    if "applied_transform" in data:
+        try:
+            applied = np.asarray(data["applied_transform"], dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"{path}: applied_transform is not a numeric matrix") from exc
+        if applied.shape not in ((3, 4), (4, 4)) or not np.all(np.isfinite(applied)):
+            raise InputError(f"{path}: applied_transform must be 3x4 or 4x4, got shape {applied.shape}")
+        A = np.eye(4)
+        A[:3] = applied[:3]
+        world_from_file = np.linalg.inv(A)
     use_ids = all("colmap_im_id" in f for f in frames)
     rec = Reconstruction()
     camera_keys: dict[tuple, int] = {}
@@ -172,7 +186,7 @@ def read_transforms_json(path: str | Path, *, image_prefix: str = "images/") -> 
             )
         c2w = np.eye(4)
         c2w[:3] = c2w_gl[:3]
-        c2w = c2w @ OPENCV_TO_OPENGL  # the flip is its own inverse
+        c2w = world_from_file @ c2w @ OPENCV_TO_OPENGL  # the flip is its own inverse
         R = c2w[:3, :3]
         if np.abs(R @ R.T - np.eye(3)).max() > 1e-6:
             raise InputError(
