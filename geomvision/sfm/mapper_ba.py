@@ -160,7 +160,7 @@ def adjust_bundle(
     if not np.isfinite(out.final_cost):
         logger.warning("bundle adjustment diverged (%s); keeping the previous model", out.reason)
         return stats
-    _copy_back(state, problem, images, constant, tracks, cam_ids)
+    _copy_back(state, problem, images, tracks, cam_ids)
     return stats
 
 
@@ -189,14 +189,13 @@ def _copy_back(
     state: MapperState,
     problem,
     images: np.ndarray,
-    constant: list[int],
     tracks: np.ndarray,
     cam_ids: list[int],
 ) -> None:
-    constant_set = set(constant)
+    """Write optimised poses, points and intrinsics from the BA problem back into the state."""
     rotations = rotvec_to_matrix(problem.rotvecs)
     for k, image_id in enumerate(images.tolist()):
-        if image_id in constant_set and not problem.pose_free[k].any():
+        if not problem.pose_free[k].any():  # held poses stay bitwise identical (no rotvec round trip)
             continue
         state.set_pose(image_id, Rigid3d(rotations[k], problem.translations[k]))
     state.track_xyz[tracks] = problem.points
