@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from geomvision.config import ReconstructionConfig
-from geomvision.errors import GeomVisionError, InputError, ReconstructionError
+from geomvision.errors import InputError, ReconstructionError
 from geomvision.io.atomic import atomic_write_bytes, atomic_write_text
 from geomvision.progress import ProgressCallback
 from geomvision.scene import Camera, ImageInfo, Reconstruction, TwoViewGeometry
@@ -96,7 +96,7 @@ def run_pipeline(
         _remove_stale_temp_files(run.out)
     try:
         result = _run_stages(run)
-    except (GeomVisionError, OSError, MemoryError, KeyboardInterrupt) as exc:
+    except (Exception, KeyboardInterrupt) as exc:  # record any failure, then let the caller see it
         _write_failure_report(run, exc)
         raise
     return result
