@@ -13,6 +13,7 @@ from geomvision.robust.estimators import (
     estimate_essential,
     estimate_fundamental,
     estimate_homography,
+    refine_fundamental_irls,
     refine_relative_pose,
 )
 from geomvision.robust.ransac import RansacOptions
@@ -164,3 +165,22 @@ def test_unrelated_points_fail_with_inlier_count():
     ):
         assert not res.success
         assert res.reason.endswith("< 30")
+
+
+def test_fundamental_irls_polish_improves_epipolar_fit():
+    d = two_view_correspondences(300, noise_px=0.5, outlier_ratio=0.2, rng=11)
+    clean = two_view_correspondences(300, noise_px=0.0, outlier_ratio=0.2, rng=11)
+    truth = clean.inlier_mask
+
+    def true_error(F):
+        return np.mean(symmetric_epipolar_distance(F, clean.x1_px[truth], clean.x2_px[truth]))
+
+    raw = estimate_fundamental(d.x1_px, d.x2_px, OPTS, refine=False, rng=0)
+    polished = estimate_fundamental(d.x1_px, d.x2_px, OPTS, refine=True, rng=0)
+    assert raw.success and polished.success
+    assert true_error(polished.model) <= true_error(raw.model) + 1e-9
+    assert np.linalg.matrix_rank(polished.model, tol=1e-9) == 2
+    # The polish keeps an exact model exact.
+    F_true = clean.fundamental / np.linalg.norm(clean.fundamental)
+    F = refine_fundamental_irls(F_true, clean.x1_px[truth], clean.x2_px[truth], 1.0)
+    assert min(np.linalg.norm(F - F_true), np.linalg.norm(F + F_true)) < 1e-8

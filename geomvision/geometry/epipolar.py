@@ -126,13 +126,20 @@ def fundamental_8point(x1: np.ndarray, x2: np.ndarray) -> np.ndarray:
     return fundamental_8point_unchecked(x1, x2)
 
 
-def fundamental_8point_unchecked(x1: np.ndarray, x2: np.ndarray) -> np.ndarray:
-    """:func:`fundamental_8point` without input validation, for inner loops (LO-RANSAC refits)."""
+def fundamental_8point_unchecked(
+    x1: np.ndarray, x2: np.ndarray, weights: np.ndarray | None = None
+) -> np.ndarray:
+    """:func:`fundamental_8point` without input validation, for inner loops (LO-RANSAC refits).
+
+    ``weights`` (N,) >= 0 multiply the squared algebraic residuals (weighted least squares).
+    """
     xn1, T1 = hartley_normalization(x1)
     xn2, T2 = hartley_normalization(x2)
     # Smallest eigenvector of the 9x9 normal matrix A^T A: cheaper than the SVD of A (N, 9) and well
     # conditioned after Hartley normalisation.
     A = _epipolar_rows(xn1, xn2)
+    if weights is not None:
+        A = A * np.sqrt(weights / weights.max())[:, None]
     _, vecs = np.linalg.eigh(A.T @ A)
     Fn = _enforce_rank2(vecs[:, 0].reshape(3, 3))
     return _normalize_frobenius(T2.T @ Fn @ T1)

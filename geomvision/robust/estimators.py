@@ -37,6 +37,7 @@ __all__ = [
     "FundamentalEstimator",
     "HomographyEstimator",
     "refine_relative_pose",
+    "refine_fundamental_irls",
 ]
 
 logger = logging.getLogger(__name__)
@@ -163,6 +164,13 @@ def _sampson_sq(
 # ----------------------------------------------------------------------------------------------------
 # estimators (the Estimator protocol of robust.ransac)
 # ----------------------------------------------------------------------------------------------------
+def _sampson_den(F: np.ndarray, x1h_T: np.ndarray, x2h_T: np.ndarray) -> np.ndarray:
+    """Sampson denominators ``|F x1|_(1:2)^2 + |F^T x2|_(1:2)^2`` for (M, 3, 3) F -> (M, N)."""
+    Fx1 = F[:, :2] @ x1h_T
+    Ftx2 = np.swapaxes(F[:, :, :2], -1, -2) @ x2h_T
+    return Fx1[:, 0] ** 2 + Fx1[:, 1] ** 2 + Ftx2[:, 0] ** 2 + Ftx2[:, 1] ** 2
+
+
 class EssentialEstimator:
     """Five-point essential-matrix hypotheses scored by the pixel Sampson error.
 
@@ -389,6 +397,7 @@ def refine_relative_pose(
 
     R = cam2_from_cam1.rotation
     t = cam2_from_cam1.translation / np.linalg.norm(cam2_from_cam1.translation)
+
     def robust(r: np.ndarray) -> tuple[float, np.ndarray]:
         """Cost and IRLS weights of the residuals."""
         if loss_scale_px is None:
@@ -515,6 +524,7 @@ def estimate_fundamental(
     x2_px: np.ndarray,
     options: RansacOptions | None = None,
     *,
+    refine: bool = True,
     rng: np.random.Generator | int | None = None,
 ) -> TwoViewEstimate:
     """Fundamental matrix of an uncalibrated pair with 7-point LO-RANSAC (8-point refits).
@@ -522,6 +532,7 @@ def estimate_fundamental(
     Args:
         x1_px, x2_px: (N, 2) matched pixels, N >= 7 (>= 8 for local optimisation).
         options: RANSAC options; ``max_error_px`` bounds the Sampson distance in pixels.
+        refine: polish F with :func:`refine_fundamental_irls` after RANSAC.
         rng: seed or generator.
 
     Returns:
@@ -536,10 +547,67 @@ def estimate_fundamental(
     for x, name in ((x1, "image 1"), (x2, "image 2")):
         if reason := _spread_degeneracy(x, name):
             return _failure(reason, n)
-    res = ransac(FundamentalEstimator(x1, x2), n, options, rng=rng)
+    est = FundamentalEstimator(x1, x2)
+    res = ransac(est, n, options, rng=rng)
     if not res.success:
         return _failure(res.reason, n, res)
-    return TwoViewEstimate(True, "", res.model, res.inlier_mask, res.num_iterations, res.score)
+    F = res.model
+    if refine:
+        F = refine_fundamental_irls(F, x1, x2, options.max_error_px, estimator=est)
+    r = est.residuals_sq(F)
+    mask = r <= options.max_error_px**2
+    score = float(msac_scores(r, options.max_error_px**2))
+    n_in = int(mask.sum())
+    if n_in < options.min_num_inliers:
+        return TwoViewEstimate(
+            False, f"{n_in} inliers < {options.min_num_inliers}", F, mask, res.num_iterations, score
+        )
+    return TwoViewEstimate(True, "", F, mask, res.num_iterations, score)
+
+
+def refine_fundamental_irls(
+    F: np.ndarray,
+    x1_px: np.ndarray,
+    x2_px: np.ndarray,
+    max_error_px: float,
+    *,
+    iterations: int = 4,
+    estimator: FundamentalEstimator | None = None,
+) -> np.ndarray:
+    """Polish F by iteratively reweighted normalised eight-point (Sampson-weighted, Cauchy loss).
+
+    Each round weights the epipolar rows of the points within ``_POLISH_WINDOW`` thresholds by
+    ``w_i / den_i``: ``1 / den_i`` turns the algebraic error into the Sampson distance (H&Z 11.4.3,
+    Torr & Murray's reweighting) and ``w_i`` is the Cauchy weight of scale ``_POLISH_SCALE`` thresholds.
+    A round is kept only if it lowers the truncated Cauchy cost over all points.
+
+    Args:
+        F: (3, 3) initial fundamental matrix (pixels).
+        x1_px, x2_px: (N, 2) all correspondences.
+        max_error_px: inlier threshold of the estimation.
+        iterations: reweighting rounds.
+        estimator: reuse a :class:`FundamentalEstimator` built on the same points.
+
+    Returns:
+        (3, 3) rank-2 unit-norm F.
+    """
+    est = estimator or FundamentalEstimator(x1_px, x2_px)
+    r = est.residuals_sq(F)
+    cost = _polish_cost(r, max_error_px)
+    s_sq = (_POLISH_SCALE * max_error_px) ** 2
+    for _ in range(iterations):
+        near = np.flatnonzero(r <= (_POLISH_WINDOW * max_error_px) ** 2)
+        if len(near) < 8:
+            break
+        alg_sq_over_r = _sampson_den(F[None], est.x1h[:, near], est.x2h[:, near])[0]
+        weights = 1.0 / ((1.0 + r[near] / s_sq) * alg_sq_over_r)
+        F_new = epipolar.fundamental_8point_unchecked(x1_px[near], x2_px[near], weights=weights)
+        r_new = est.residuals_sq(F_new)
+        cost_new = _polish_cost(r_new, max_error_px)
+        if not cost_new < cost:
+            break
+        F, r, cost = F_new, r_new, cost_new
+    return F
 
 
 def estimate_homography(
