@@ -218,8 +218,10 @@ def _inv3(A: np.ndarray) -> np.ndarray:
 def _outer_sum(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     """Per-observation ``A^T B``: A (K, D1, M), B (K, D2, M) -> (D1, D2, M)."""
     out = A[0, :, None, :] * B[0, None, :, :]
+    tmp = np.empty_like(out)  # one scratch buffer instead of a fresh temporary per term
     for k in range(1, A.shape[0]):
-        out += A[k, :, None, :] * B[k, None, :, :]
+        np.multiply(A[k, :, None, :], B[k, None, :, :], out=tmp)
+        out += tmp
     return out
 
 

@@ -39,56 +39,81 @@ def _pattern(problem: BundleAdjustmentProblem) -> _SparsePattern:
 class _BlockPreconditioner:
     """Change of variables ``x = x0 + M y`` with block-diagonal ``M`` (block-Jacobi right preconditioning).
 
-    ``M`` holds ``L^-T`` for each point's 3x3 block and each image's pose block of ``J^T J`` at ``x0``
-    (``L L^T`` = block + a small ridge), identity on intrinsics (``x_scale='jac'`` scales those). In ``y``
-    the blocks of the Gauss-Newton matrix are ~identity, so the LSMR iterations inside scipy's TRF converge
-    in far fewer iterations: on ladybug-49 unpreconditioned LSMR needs ~600 iterations per step. ``M``
-    keeps the block sparsity of J, so the Jacobian pattern is unchanged.
+    ``M`` holds ``L^-T`` for each point's 3x3 block and each image's camera block of ``J^T J`` at ``x0``
+    (``L L^T`` = block + a small ridge). The camera block is the image's pose when intrinsics are shared
+    between images (a shared column cannot belong to one image's block; ``x_scale='jac'`` scales those) and
+    pose + intrinsics when every image has its own camera (BAL). In ``y`` the blocks of the Gauss-Newton
+    matrix are ~identity, so the LSMR iterations inside scipy's TRF converge in far fewer iterations
+    (unpreconditioned LSMR needs ~600 iterations per step on ladybug-49). ``M`` keeps the block sparsity
+    of J, so the Jacobian pattern is unchanged.
     """
 
     x0: np.ndarray
-    n_pose_slots: int  # active pose slots (the first columns of J_cam)
-    pose_M: np.ndarray  # (I, k, k) with identity rows/columns for held entries
+    k: int  # camera slots in the per-image block (the first k columns of J_cam)
+    cam_M: np.ndarray  # (I, k, k) with identity rows/columns for held entries
     point_M: np.ndarray  # (N_free, 3, 3)
-    pose_cols: np.ndarray  # (I, k) columns of the active pose slots in x (-1 where held)
+    cam_cols: np.ndarray  # (I, k) columns of those slots in x (-1 where held)
+    cam_M_obs: np.ndarray | None = None  # (k, k, M) cam_M of each observation's image, component-major
+    point_M_obs: np.ndarray | None = None  # (3, 3, M) point_M of each observation's point (identity if held)
 
     @classmethod
     def build(cls, problem: BundleAdjustmentProblem, ev, x0: np.ndarray) -> _BlockPreconditioner:
         lay = problem.layout
-        k = int(lay.active_slots[:6].sum())
-        pose_cols = lay.image_cols[:, :k]
-        Jpose = ev.J_cam[:, :, :k]
+        per_image = len(np.unique(problem.image_group)) == len(problem.image_group)
+        k = lay.image_cols.shape[1] if per_image else int(lay.active_slots[:6].sum())
+        cam_cols = lay.image_cols[:, :k]
+        Jc = ev.J_cam[:, :, :k]
         U = np.zeros((len(problem.rotvecs), k, k))
-        np.add.at(U, problem.obs_image, np.einsum("mri,mrj->mij", Jpose, Jpose))
-        held = pose_cols < 0
+        np.add.at(U, problem.obs_image, np.einsum("mri,mrj->mij", Jc, Jc))
+        held = cam_cols < 0
         U[held[:, :, None] | held[:, None, :]] = 0.0
         U[:, np.arange(k), np.arange(k)] += np.where(held, 1.0, 0.0)
         pc = lay.point_col[problem.obs_point]
         free = pc >= 0
         C = np.zeros((lay.n_free_points, 3, 3))
         np.add.at(C, pc[free], np.einsum("mri,mrj->mij", ev.J_point[free], ev.J_point[free]))
-        return cls(x0, k, _inv_chol_t(U), _inv_chol_t(C), pose_cols)
+        cam_M, point_M = _inv_chol_t(U), _inv_chol_t(C)
+        point_M_ext = np.concatenate([point_M, np.eye(3)[None]])  # held points: identity (their J is unused)
+        return cls(
+            x0,
+            k,
+            cam_M,
+            point_M,
+            cam_cols,
+            np.ascontiguousarray(cam_M[problem.obs_image].transpose(1, 2, 0)),
+            np.ascontiguousarray(point_M_ext[np.where(pc >= 0, pc, len(point_M))].transpose(1, 2, 0)),
+        )
 
     def to_x(self, y: np.ndarray, problem: BundleAdjustmentProblem) -> np.ndarray:
         lay = problem.layout
-        x = self.x0 + y  # intrinsics: identity
-        yp = np.where(self.pose_cols >= 0, y[np.maximum(self.pose_cols, 0)], 0.0)
-        xp = np.einsum("nij,nj->ni", self.pose_M, yp)
-        free = self.pose_cols >= 0
-        x[self.pose_cols[free]] = self.x0[self.pose_cols[free]] + xp[free]
+        x = self.x0 + y  # columns outside the blocks (shared intrinsics): identity
+        free = self.cam_cols >= 0
+        yc = np.where(free, y[np.maximum(self.cam_cols, 0)], 0.0)
+        xc = np.einsum("nij,nj->ni", self.cam_M, yc)
+        x[self.cam_cols[free]] = self.x0[self.cam_cols[free]] + xc[free]
         y_pts = y[lay.n_cam :].reshape(-1, 3)
         x[lay.n_cam :] = self.x0[lay.n_cam :] + np.einsum("nij,nj->ni", self.point_M, y_pts).ravel()
         return x
 
     def transform(self, problem: BundleAdjustmentProblem, J_cam: np.ndarray, J_point: np.ndarray):
-        """Jacobian blocks w.r.t. y: J_pose M_pose[image], J_point M_point[point]."""
-        lay = problem.layout
-        k = self.n_pose_slots
-        J_cam = J_cam.copy()
-        J_cam[:, :, :k] = np.matmul(J_cam[:, :, :k], self.pose_M[problem.obs_image])
-        pc = lay.point_col[problem.obs_point]
-        J_point = np.matmul(J_point, self.point_M[np.maximum(pc, 0)])
-        return J_cam, J_point
+        """Jacobian blocks w.r.t. y: ``J_cam M_cam[image]``, ``J_point M_point[point]``.
+
+        Computed component-major (observations on the last, contiguous axis): numpy's batched tiny
+        matmuls and short broadcast loops were the slowest part of the scipy backend.
+        """
+        k = self.k
+        out_cam = J_cam.copy()
+        out_cam[:, :, :k] = _times_blocks(J_cam[:, :, :k], self.cam_M_obs)
+        return out_cam, _times_blocks(J_point, self.point_M_obs)
+
+
+def _times_blocks(J: np.ndarray, M_t: np.ndarray) -> np.ndarray:
+    """(m, 2, k) rows times per-observation (k, k, m) matrices -> (m, 2, k)."""
+    J_t = np.ascontiguousarray(J.transpose(1, 2, 0))  # (2, k, m)
+    out = J_t[:, 0, None, :] * M_t[None, 0]
+    for i in range(1, J_t.shape[1]):
+        out += J_t[:, i, None, :] * M_t[None, i]
+    return out.transpose(2, 0, 1)
 
 
 def _inv_chol_t(A: np.ndarray) -> np.ndarray:
