@@ -137,3 +137,18 @@ def test_bad_pairs(rendered):
         match_pairs(feats, [(1, 9)], MatchingOptions(num_workers=1))
     with pytest.raises(InputError, match="itself"):
         match_pairs(feats, [(2, 2)], MatchingOptions(num_workers=1))
+
+
+def test_pca_search_is_close_to_exact(rendered):
+    _, feats = rendered
+    d1, d2 = feats[1].descriptors, feats[2].descriptors
+    exact, _ = match_descriptors(d1, d2, MatchingOptions())
+    approx, dist = match_descriptors(d1, d2, MatchingOptions(pca_dims=48))
+    common = set(map(tuple, exact.tolist())) & set(map(tuple, approx.tolist()))
+    assert len(common) > 0.9 * len(exact)
+    # Reported distances are the exact ones in the full descriptor space.
+    a = d1[approx[:, 0]] / np.linalg.norm(d1[approx[:, 0]], axis=1, keepdims=True)
+    b = d2[approx[:, 1]] / np.linalg.norm(d2[approx[:, 1]], axis=1, keepdims=True)
+    np.testing.assert_allclose(dist, np.linalg.norm(a - b, axis=1), atol=1e-5)
+    with pytest.raises(InputError, match="pca_dims"):
+        MatchingOptions(pca_dims=1)

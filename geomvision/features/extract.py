@@ -197,9 +197,18 @@ def _extract_one(path: str, options: ExtractionOptions, cache_file: str | None) 
     return features
 
 
-def _init_worker(num_threads: int) -> None:
-    # One OpenCV thread per worker process: the pool already occupies the cores.
+def init_worker(num_threads: int = 1) -> None:
+    """Process-pool initialiser: ``num_threads`` OpenCV and BLAS threads per worker.
+
+    The pool already occupies the cores, so nested threading would only oversubscribe them.
+    BLAS is limited through ``threadpoolctl`` when it is installed (optional).
+    """
     cv2.setNumThreads(num_threads)
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return
+    threadpool_limits(num_threads)
 
 
 # --- caching and scheduling ---------------------------------------------------------------------------
@@ -225,12 +234,13 @@ def default_num_workers(requested: int | None) -> int:
 
 
 def make_process_pool(num_workers: int) -> cf.ProcessPoolExecutor:
-    """A local process pool whose workers each run OpenCV single-threaded."""
+    """The default executor of the per-image / per-pair stages: a local process pool whose workers
+    run OpenCV and BLAS single-threaded. Pass one pool to several stages to start workers once."""
     import multiprocessing as mp
 
     # forkserver: no fork of a multi-threaded parent (OpenCV/BLAS threads) and cheap worker start.
     context = mp.get_context("forkserver")
-    return cf.ProcessPoolExecutor(max_workers=num_workers, mp_context=context, initializer=_init_worker,
+    return cf.ProcessPoolExecutor(max_workers=num_workers, mp_context=context, initializer=init_worker,
                                   initargs=(1,))
 
 

