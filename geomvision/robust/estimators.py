@@ -19,7 +19,7 @@ Levenberg-Marquardt on the Sampson error over (R, t) and the pose chosen by chei
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -467,7 +467,8 @@ def estimate_essential(
         if reason := _spread_degeneracy(x, name):
             return _failure(reason, n)
     est = EssentialEstimator(x1, x2, K1, K2)
-    res = ransac(est, n, options, rng=rng)
+    # The polish below supersedes RANSAC's final least-squares refit.
+    res = ransac(est, n, replace(options, final_refit=False) if refine else options, rng=rng)
     if not res.success:
         return _failure(res.reason, n, res)
     E, mask, score = res.model, res.inlier_mask, res.score
@@ -548,7 +549,8 @@ def estimate_fundamental(
         if reason := _spread_degeneracy(x, name):
             return _failure(reason, n)
     est = FundamentalEstimator(x1, x2)
-    res = ransac(est, n, options, rng=rng)
+    # The polish below supersedes RANSAC's final least-squares refit.
+    res = ransac(est, n, replace(options, final_refit=False) if refine else options, rng=rng)
     if not res.success:
         return _failure(res.reason, n, res)
     F = res.model
