@@ -206,3 +206,26 @@ def test_progress_and_options_validation():
         BundleAdjustmentOptions(backend="ceres")
     with pytest.raises(InputError, match="-1"):
         BundleAdjustmentOptions(loss="huber", loss_scale_px=-1)
+
+
+@pytest.mark.parametrize("backend", ["scipy", "schur"])
+def test_degenerate_inputs_do_not_break(backend):
+    from geomvision.geometry.rigid import Rigid3d
+    from geomvision.scene.reconstruction import View
+
+    rec = _reconstruction(seed=71)
+    rec.add_view(View(100, "extra.png", 1, Rigid3d(), np.zeros((3, 2))))  # registered, observes nothing
+    rec.add_view(View(101, "unreg.png", 1, None, np.full((1, 2), 5.0)))  # unregistered
+    rec.add_observation(1, 101, 0)  # its observation must be ignored
+    rec.add_point3D(np.array([0.1, 0.2, 0.3]), [(1, len(rec.views[1].keypoints_px) - 1)])  # reuses a keypoint
+    result = bundle_adjust(rec, BundleAdjustmentOptions(backend=backend))
+    assert result.success and np.isfinite(result.final_cost)
+    assert result.final_cost < result.initial_cost
+    np.testing.assert_array_equal(rec.views[100].cam_from_world.translation, np.zeros(3))
+
+
+def test_nothing_to_adjust():
+    from geomvision.scene.reconstruction import Reconstruction
+
+    result = bundle_adjust(Reconstruction())
+    assert not result.success and "0 registered" in result.reason

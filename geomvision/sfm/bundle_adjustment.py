@@ -273,7 +273,13 @@ def problem_from_reconstruction(
         point_free=point_free,
     )
     _gauge_mask(problem, image_ids, options)
-    return problem, {"image_ids": image_ids, "camera_ids": camera_ids, "point_ids": arrays["point_ids"]}
+    ids = {
+        "image_ids": image_ids,
+        "camera_ids": camera_ids,
+        "point_ids": arrays["point_ids"],
+        "all_observations_used": bool(keep.all()),
+    }
+    return problem, ids
 
 
 def _write_back(rec: Reconstruction, problem: BundleAdjustmentProblem, ids: dict) -> None:
@@ -325,6 +331,7 @@ def bundle_adjust(
     result = adjust_problem(problem, options, progress=progress)
     if result.success:
         _write_back(rec, problem, ids)
-        rec.update_point_errors()
+        if ids["all_observations_used"]:  # Reconstruction's error update needs every observed view posed
+            rec.update_point_errors()
     result.time_s = time.perf_counter() - t0
     return result
