@@ -566,6 +566,8 @@ def _read_points3D_binary_table(path: Path) -> _PointTable:
     (count,) = reader.unpack("Q", "point count")
     data, size = reader.data, len(reader.data)
     head_size = _POINT_HEAD_DTYPE.itemsize
+    if count > (size - reader.pos) // head_size:  # check before allocating: a corrupt count can be 2**64
+        raise InputError(f"{path}: point count {count} does not fit in the file's {size} bytes")
     offsets = np.empty(count, dtype=np.int64)
     lengths = np.empty(count, dtype=np.int64)
     pos = reader.pos
@@ -574,14 +576,19 @@ def _read_points3D_binary_table(path: Path) -> _PointTable:
         if pos + head_size > size:
             raise InputError(f"{path}: truncated at byte {pos} while reading point3D {k}")
         (n,) = struct.unpack_from("<Q", data, pos + head_size - 8)
+        end = pos + head_size + _TRACK_DTYPE.itemsize * n
+        if end > size:  # also guards the int64 store below against a corrupt 2**64 length
+            raise InputError(f"{path}: truncated at byte {pos} while reading the track of point3D {k}")
         offsets[k], lengths[k] = pos, n
-        pos += head_size + _TRACK_DTYPE.itemsize * n
-        if pos > size:
-            raise InputError(f"{path}: truncated at byte {offsets[k]} while reading the track of point3D {k}")
+        pos = end
     if pos != size:
         raise InputError(f"{path}: {size - pos} trailing bytes after byte {pos}")
     raw = np.frombuffer(data, dtype=np.uint8)
     heads = raw[offsets[:, None] + np.arange(head_size)].reshape(-1).view(_POINT_HEAD_DTYPE)
+    bad = ~np.isfinite(heads["xyz"]).all(axis=1)
+    if bad.any():  # the text reader rejects these too
+        k = int(np.argmax(bad))
+        raise InputError(f"{path}: byte {offsets[k]}: non-finite XYZ of point3D {int(heads['id'][k])}")
     step = _TRACK_DTYPE.itemsize
     total = int(lengths.sum())
     first = np.cumsum(lengths) - lengths
