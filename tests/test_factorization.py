@@ -276,3 +276,42 @@ def test_too_few_observations_for_the_unknowns(rng):
     mask[:, 0] |= True
     with pytest.raises(InputError):
         fz.factorize_affine_missing(_hide(W, mask))
+
+
+def test_full_golub_pereyra_normal_matrix_matches_finite_differences(rng):
+    W = rng.standard_normal((10, 3)) @ rng.standard_normal((3, 25)) + 0.3 * rng.standard_normal((10, 25))
+    mask = rng.random((5, 25)) < 0.7
+    mask[:3] = True
+    W, mask = fz._check_measurements(_hide(W, mask), allow_missing=True)
+    problem = fz._Problem(W, mask)
+    cameras = rng.standard_normal((10, 4))
+
+    def residuals(u):
+        R = problem.cost(u.reshape(10, 4))[3]
+        return R[problem.obs_row, problem.obs_point]
+
+    eps = 1e-6
+    J = np.stack(
+        [
+            (residuals(cameras.ravel() + eps * e) - residuals(cameras.ravel() - eps * e)) / (2 * eps)
+            for e in np.eye(40)
+        ],
+        axis=1,
+    )
+    _, X, H, R = problem.cost(cameras)
+    JtJ, _ = problem.varpro_normal_equations(cameras, X, H, R, full=True)
+    np.testing.assert_allclose(JtJ, J.T @ J, atol=1e-7 * np.abs(JtJ).max())
+    W_noise_free, _, _ = _affine_scene(rng, num_frames=10, num_points=60)
+    Wm = _hide(W_noise_free, _band_mask(rng, 10, 60, 4, 8))
+    result = fz.factorize_affine_missing(Wm, fz.MissingDataOptions(jacobian="full"), rng=1)
+    assert result.rms < 1e-9
+
+
+def test_restarts_stop_when_the_best_optimum_repeats(rng):
+    W, _, _ = _affine_scene(rng, num_frames=12, num_points=80)
+    Wm = _hide(W + rng.normal(0, 0.2, W.shape), _band_mask(rng, 12, 80, 4, 9))
+    best, costs = fz.factorize_affine_missing_restarts(Wm, rng=4, max_starts=6)
+    assert best.converged
+    assert 2 <= len(costs) <= 6
+    assert best.cost == pytest.approx(min(costs))
+    assert sum(c <= best.cost * (1 + 1e-6) for c in costs) == 2

@@ -387,6 +387,7 @@ class MissingDataOptions:
             matrix gets ``+ lambda I``); large values make the first steps short and gradient-like.
         time_limit_s: optional wall-clock cap.
         camera: metric upgrade applied to the optimum ("affine" = none).
+        jacobian: "kaufman" (Ruhe-Wedin RW2 / Wiberg approximation) or "full" (Golub-Pereyra Gauss-Newton).
     """
 
     method: Literal["varpro", "als"] = "varpro"
@@ -396,6 +397,7 @@ class MissingDataOptions:
     initial_damping: float = 1e4
     time_limit_s: float | None = None
     camera: AffineCamera = "affine"
+    jacobian: Literal["kaufman", "full"] = "kaufman"
 
 
 _POINT_CHUNK = 512
@@ -430,7 +432,9 @@ class _Problem:
         R = self.residuals(Ut, X)
         return 0.5 * float(np.sum(R * R)), X, H, R
 
-    def varpro_normal_equations(self, Ut: np.ndarray, X: np.ndarray, H: np.ndarray, R: np.ndarray):
+    def varpro_normal_equations(
+        self, Ut: np.ndarray, X: np.ndarray, H: np.ndarray, R: np.ndarray, *, full: bool = False
+    ):
         """Gauss-Newton system of the reduced problem with the Kaufman Jacobian ``J = -P_perp G`` (RW2).
 
         For the scalar observation (i, p), ``dr_ip / dUt_ka = -v_pa (delta_ik - m_kp U_i^T H_p^-1 U_k)`` with
@@ -458,8 +462,25 @@ class _Problem:
         JtJ = -cross.reshape(4, 4, n_rows, n_rows).transpose(2, 0, 3, 1)
         idx = np.arange(n_rows)
         JtJ[idx, :, idx, :] += diag_part
+        if full:
+            JtJ[:, :3, :, :3] += self._golub_pereyra_term(R, np.linalg.inv(H))
         Jtr = -(R @ v)
         return JtJ.reshape(4 * n_rows, 4 * n_rows), Jtr.reshape(-1)
+
+    def _golub_pereyra_term(self, R: np.ndarray, Hinv: np.ndarray) -> np.ndarray:
+        """``J2^T J2`` of the second Golub-Pereyra Jacobian term, (2F, 3, 2F, 3).
+
+        The full VarPro Jacobian adds ``J2 = -(U_p^+)^T (dU_p)^T r_p`` per point. J2 lies in the column space
+        of ``U_p`` while the Kaufman part and the residual are orthogonal to it, so the cross terms vanish and
+        ``J2^T J2 = sum_p (r_p r_p^T) kron H_p^-1`` (camera rows only; t does not enter ``U_p``).
+        """
+        n_rows = 2 * self.F
+        out = np.zeros((n_rows * n_rows, 9))
+        for lo in range(0, self.P, _POINT_CHUNK):
+            hi = min(lo + _POINT_CHUNK, self.P)
+            rr = (R[:, None, lo:hi] * R[None, :, lo:hi]).reshape(n_rows * n_rows, hi - lo)
+            out += rr @ Hinv[lo:hi].reshape(hi - lo, 9)
+        return out.reshape(n_rows, n_rows, 3, 3).transpose(0, 2, 1, 3)
 
     def varpro_normal_equations_explicit(self, Ut, X, H, R):
         """Reference version forming J explicitly (M x 8F); used by the tests to check the fast assembly."""
@@ -546,6 +567,49 @@ def factorize_affine_missing(
     return _finish_affine(W, mask, motion, translations, X, options.camera, iterations, converged, start)
 
 
+def factorize_affine_missing_restarts(
+    W: np.ndarray,
+    options: MissingDataOptions | None = None,
+    *,
+    rng: np.random.Generator | int | None = None,
+    max_starts: int = 20,
+    agree_rtol: float = 1e-6,
+) -> tuple[AffineFactorization, list[float]]:
+    """Random restarts until the best cost has been reached twice (RUSSO, Hong & Fitzgibbon 2015, sec. 5).
+
+    A single start of :func:`factorize_affine_missing` may stop in a local minimum; reaching the same lowest
+    cost from two independent starts is strong evidence that it is the global optimum.
+
+    Args:
+        W: (2F, P) measurement matrix (NaN = missing).
+        options: per-start options.
+        rng: seeds the starting cameras.
+        max_starts: give up after this many starts (the best result is still returned).
+        agree_rtol: relative cost difference under which two optima count as the same.
+
+    Returns:
+        (best result, costs of every start in order); ``best.converged`` is False when no optimum was
+        reached twice within ``max_starts``.
+    """
+    from dataclasses import replace
+
+    gen = np.random.default_rng(rng)
+    best: AffineFactorization | None = None
+    hits = 0
+    costs: list[float] = []
+    start = time.perf_counter()
+    for _ in range(max_starts):
+        result = factorize_affine_missing(W, options, rng=gen)
+        costs.append(result.cost)
+        if best is None or result.cost < best.cost * (1 - agree_rtol):
+            best, hits = result, 1
+        elif result.cost <= best.cost * (1 + agree_rtol):
+            hits += 1
+        if hits >= 2:
+            return replace(best, time_s=time.perf_counter() - start), costs
+    return replace(best, converged=False, time_s=time.perf_counter() - start), costs
+
+
 def _varpro_lm(prob: _Problem, Ut: np.ndarray, options: MissingDataOptions, start: float):
     """Levenberg-Marquardt on the reduced (points-eliminated) cost; returns (Ut, iterations, converged).
 
@@ -555,7 +619,8 @@ def _varpro_lm(prob: _Problem, Ut: np.ndarray, options: MissingDataOptions, star
     """
     cost, X, H, R = prob.cost(Ut)
     n = Ut.size
-    JtJ, Jtr = prob.varpro_normal_equations(Ut, X, H, R)
+    full = options.jacobian == "full"
+    JtJ, Jtr = prob.varpro_normal_equations(Ut, X, H, R, full=full)
     curvature = max(float(np.mean(np.diag(JtJ))), 1e-300)
     lam = options.initial_damping * curvature
     for it in range(1, options.max_iterations + 1):
@@ -576,7 +641,7 @@ def _varpro_lm(prob: _Problem, Ut: np.ndarray, options: MissingDataOptions, star
             lam = max(lam / 10.0, 1e-15 * curvature)
             if decrease < options.function_tolerance:
                 return Ut, it, True
-            JtJ, Jtr = prob.varpro_normal_equations(Ut, X, H, R)
+            JtJ, Jtr = prob.varpro_normal_equations(Ut, X, H, R, full=full)
         else:
             lam *= 10.0
             if lam > 1e16 * curvature:
