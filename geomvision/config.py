@@ -66,8 +66,15 @@ class PipelineOptions:
             raise InputError(f"pairing must be one of {PAIRING_MODES}, got {self.pairing!r}")
         if self.init not in INIT_METHODS:
             raise InputError(f"init must be one of {INIT_METHODS}, got {self.init!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise InputError(f"seed must be a non-negative integer, got {self.seed!r}")
         if self.intrinsics is not None:
-            values = tuple(float(v) for v in self.intrinsics)
+            try:
+                values = tuple(float(v) for v in self.intrinsics)
+            except (TypeError, ValueError):
+                raise InputError(
+                    f"intrinsics must be 4 finite numbers fx,fy,cx,cy, got {self.intrinsics!r}"
+                ) from None
             if len(values) != 4 or not all(v == v and abs(v) != float("inf") for v in values):
                 raise InputError(f"intrinsics must be 4 finite numbers fx,fy,cx,cy, got {self.intrinsics}")
             if values[0] <= 0 or values[1] <= 0:
@@ -145,8 +152,34 @@ def _coerce(options, changes: dict[str, Any], section: str = "") -> dict[str, An
             value = tuple(value)
         if isinstance(value, str) and value.lower() == "none":
             value = None
+        _check_type(f"{section}.{key}" if section else key, current, value)
         out[key] = value
     return out
+
+
+def _check_type(name: str, current: Any, value: Any) -> None:
+    """The value read from TOML must have the kind of the field's current value (None: any kind).
+
+    Without this a string for an int option fails deep inside a stage with a TypeError.
+    """
+    if value is None or current is None:
+        return
+    if isinstance(current, bool):
+        ok, kind = isinstance(value, bool), "true or false"
+    elif isinstance(current, int):
+        ok, kind = isinstance(value, int) and not isinstance(value, bool), "an integer"
+    elif isinstance(current, float):
+        ok, kind = isinstance(value, int | float) and not isinstance(value, bool), "a number"
+    elif isinstance(current, str):
+        ok, kind = isinstance(value, str), "a string"
+    elif isinstance(current, tuple | frozenset | set):
+        ok, kind = isinstance(value, tuple), "a list"
+    elif is_dataclass(current):  # a table would have been merged already
+        ok, kind = False, "a table"
+    else:
+        return
+    if not ok:
+        raise InputError(f"option {name} must be {kind}, got {value!r}")
 
 
 # --- presets --------------------------------------------------------------------------------------
@@ -185,6 +218,10 @@ def load_config(path: str | Path, base: ReconstructionConfig | None = None) -> R
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise InputError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise InputError(f"config file {path} is a folder") from None
+    except OSError as exc:
+        raise InputError(f"cannot read config file {path}: {exc.strerror}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"config file {path} is not valid TOML: {exc}") from None
     return config_from_dict(data, base)
@@ -211,8 +248,10 @@ def config_from_dict(data: dict[str, Any], base: ReconstructionConfig | None = N
         changes[section] = _coerce(current, values, section)
     try:
         return config.with_changes(**changes)
-    except TypeError as exc:
-        raise InputError(f"bad config value: {exc}") from None
+    except (TypeError, ValueError, OverflowError) as exc:
+        if isinstance(exc, InputError):
+            raise
+        raise InputError(f"bad config value: {' '.join(str(exc).split())}") from None
 
 
 def dump_config_toml(config: ReconstructionConfig) -> str:

@@ -1,0 +1,98 @@
+"""ReconstructionConfig: presets, TOML round trip, nested tables, validation with one-line InputError."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from geomvision.config import (
+    PRESETS,
+    ReconstructionConfig,
+    config_from_dict,
+    dump_config_toml,
+    load_config,
+    preset,
+)
+from geomvision.errors import InputError
+
+
+def test_toml_round_trip_of_every_preset(tmp_path):
+    for name in PRESETS:
+        config = preset(name).with_changes(pipeline={"intrinsics": (500.0, 501.0, 319.5, 239.5), "seed": 4})
+        path = tmp_path / f"{name}.toml"
+        path.write_text(dump_config_toml(config))
+        assert load_config(path) == config
+
+
+def test_presets_apply_their_values():
+    fast = preset("fast")
+    assert fast.pipeline.pairing == "sequential" and fast.pipeline.sequential_window == 5
+    assert fast.extraction.max_num_features == 4000
+    assert preset("default") == ReconstructionConfig()
+
+
+def test_file_values_override_preset_and_base(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('preset = "fast"\n[pipeline]\nseed = 9\n[extraction]\nmax_num_features = 123\n')
+    config = load_config(path, base=ReconstructionConfig().with_changes(pipeline={"seed": 1}))
+    assert config.pipeline.seed == 9 and config.pipeline.pairing == "sequential"
+    assert config.extraction.max_num_features == 123
+
+
+def test_nested_table_updates_nested_options():
+    config = config_from_dict({"two_view": {"ransac": {"max_iterations": 77}, "max_error_px": 3.0}})
+    assert config.two_view.ransac.max_iterations == 77 and config.two_view.max_error_px == 3.0
+    # Other fields of the nested options keep their defaults.
+    default = ReconstructionConfig().two_view.ransac
+    assert config.two_view.ransac.confidence == default.confidence
+
+
+def test_none_string_and_lists_are_coerced():
+    config = config_from_dict({"pipeline": {"intrinsics": [400, 400, 100, 80], "single_camera": "none"}})
+    assert config.pipeline.intrinsics == (400.0, 400.0, 100.0, 80.0)
+    assert config.pipeline.single_camera is None
+
+
+@pytest.mark.parametrize(
+    ("data", "fragment"),
+    [
+        ({"pipelin": {}}, "unknown config section [pipelin]"),
+        ({"pipeline": {"sed": 1}}, "unknown option(s) ['sed'] in [pipeline]"),
+        ({"two_view": {"ransac": {"iters": 1}}}, "unknown option(s) ['iters'] in [two_view.ransac]"),
+        ({"pipeline": 3}, "[pipeline] must be a table"),
+        ({"pipeline": {"pairing": "all"}}, "pairing must be one of"),
+        ({"pipeline": {"intrinsics": [1, 2, 3]}}, "4 finite numbers"),
+        ({"pipeline": {"intrinsics": [math.nan, 1, 1, 1]}}, "4 finite numbers"),
+        ({"pipeline": {"intrinsics": [0, 1, 1, 1]}}, "positive"),
+        ({"pipeline": {"intrinsics": ["a", 1, 1, 1]}}, "intrinsics"),
+        ({"pipeline": {"num_workers": 0}}, "num_workers"),
+        ({"pipeline": {"num_workers": "2"}}, "num_workers"),
+        ({"pipeline": {"seed": "x"}}, "seed"),
+        ({"pipeline": {"seed": -1}}, "seed"),
+        ({"pipeline": {"html_report": 1}}, "true or false"),
+        ({"two_view": {"ransac": 3}}, "option two_view.ransac must be a table"),
+        ({"extraction": {"max_num_features": 1.5}}, "must be an integer"),
+        ({"preset": "turbo"}, "unknown preset 'turbo'"),
+        ({"preset": 3}, "preset must be a string"),
+    ],
+)
+def test_bad_values_raise_one_line_input_error(data, fragment):
+    with pytest.raises(InputError) as info:
+        config_from_dict(data)
+    message = str(info.value)
+    assert fragment in message and "\n" not in message
+
+
+def test_bad_toml_file(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("[pipeline\n")
+    with pytest.raises(InputError, match="not valid TOML"):
+        load_config(path)
+    path.write_bytes(b"\xff\xfe[pipeline]\n")
+    with pytest.raises(InputError, match="not valid TOML"):
+        load_config(path)
+    with pytest.raises(InputError, match="config file not found"):
+        load_config(tmp_path / "missing.toml")
+    with pytest.raises(InputError, match="is a folder"):
+        load_config(tmp_path)
