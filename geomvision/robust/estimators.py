@@ -46,16 +46,41 @@ logger = logging.getLogger(__name__)
 _POSE_VOTE_POINTS = 100
 #: maximum refine / re-select rounds of the essential-matrix polish.
 _REFINE_ROUNDS = 3
-#: the polish uses points within this many inlier thresholds ...
-_POLISH_WINDOW = 3.0
-#: ... with a Cauchy loss of this scale (in inlier thresholds).
-_POLISH_SCALE = 1.5
+#: the polish uses a Cauchy loss of scale _POLISH_SCALE * sigma on the points within
+#: max(threshold, _POLISH_WINDOW * sigma), sigma being the noise level estimated from the inliers.
+_POLISH_WINDOW = 4.0
+_POLISH_SCALE = 3.0
 
 
-def _polish_cost(r_sq: np.ndarray, thr: float) -> float:
-    """Truncated Cauchy cost of squared residuals: what the polish minimises, summed over all points."""
-    s_sq = (_POLISH_SCALE * thr) ** 2
-    return float(s_sq * np.log1p(np.minimum(r_sq, (_POLISH_WINDOW * thr) ** 2) / s_sq).sum())
+@dataclass(frozen=True)
+class _Polish:
+    """Robust-loss settings of the final polish, adapted to the measured noise of the inliers.
+
+    The noise std is estimated as 1.4826 * median |r| of the inliers (MAD of the 1-D Sampson residuals),
+    so that the soft window follows the data: real matches with 0.2 px noise are polished with a tight
+    loss, synthetic 0.5 px noise with a wider one, whatever inlier threshold the caller chose.
+    """
+
+    window_px: float
+    scale_px: float
+
+    @classmethod
+    def from_residuals(cls, r_sq: np.ndarray, thr: float) -> _Polish:
+        inl = r_sq[r_sq <= thr**2]
+        sigma = 1.4826 * float(np.sqrt(np.median(inl))) if len(inl) else thr / 2.0
+        sigma = min(max(sigma, 1e-3 * thr), thr)
+        return cls(max(thr, _POLISH_WINDOW * sigma), _POLISH_SCALE * sigma)
+
+    def near(self, r_sq: np.ndarray) -> np.ndarray:
+        return np.flatnonzero(r_sq <= self.window_px**2)
+
+    def weights(self, r_sq: np.ndarray) -> np.ndarray:
+        return 1.0 / (1.0 + r_sq / self.scale_px**2)
+
+    def cost(self, r_sq: np.ndarray) -> float:
+        """Truncated Cauchy cost of squared residuals: what the polish minimises, over all points."""
+        s_sq = self.scale_px**2
+        return float(s_sq * np.log1p(np.minimum(r_sq, self.window_px**2) / s_sq).sum())
 
 
 @dataclass(frozen=True)
@@ -476,26 +501,26 @@ def estimate_essential(
     # The cheirality vote needs few points: an evenly spread subset keeps triangulation cheap.
     vote = idx[:: max(1, len(idx) // _POSE_VOTE_POINTS)]
     pose, _ = epipolar.recover_pose(E, est.xn1[vote], est.xn2[vote])
-    # Polish with a Cauchy loss on every point within _POLISH_WINDOW thresholds, then re-select and
-    # polish again while the truncated robust cost drops. The soft weights let correct matches just
-    # beyond the hard threshold count (hard inliers at 2 sigma drop 5 % of them), which is where
-    # MAGSAC-style estimators gain their accuracy.
+    # Polish with a Cauchy loss on every point within a noise-adapted window, then re-select and
+    # polish again while the truncated robust cost drops. Soft weights let correct matches just beyond
+    # the hard threshold count, which is where MAGSAC-style estimators gain their accuracy.
     thr = options.max_error_px
     r = est.residuals_sq(E)
-    cost = _polish_cost(r, thr)
-    near = np.flatnonzero(r <= (_POLISH_WINDOW * thr) ** 2)
+    polish = _Polish.from_residuals(r, thr)
+    cost = polish.cost(r)
+    near = polish.near(r)
     for _ in range(_REFINE_ROUNDS if refine else 0):
         if len(near) < 6:
             break
-        refined = refine_relative_pose(pose, x1[near], x2[near], K1, K2, loss_scale_px=_POLISH_SCALE * thr)
+        refined = refine_relative_pose(pose, x1[near], x2[near], K1, K2, loss_scale_px=polish.scale_px)
         E_ref = epipolar.essential_from_pose(refined)
         E_ref /= np.linalg.norm(E_ref)
         r_ref = est.residuals_sq(E_ref)
-        cost_ref = _polish_cost(r_ref, thr)
+        cost_ref = polish.cost(r_ref)
         if not cost_ref < cost:
             break
         E, pose, r, cost = E_ref, refined, r_ref, cost_ref
-        new_near = np.flatnonzero(r <= (_POLISH_WINDOW * thr) ** 2)
+        new_near = polish.near(r)
         if np.array_equal(new_near, near):  # same points: another round converges to the same optimum
             break
         near = new_near
@@ -578,9 +603,9 @@ def refine_fundamental_irls(
 ) -> np.ndarray:
     """Polish F by iteratively reweighted normalised eight-point (Sampson-weighted, Cauchy loss).
 
-    Each round weights the epipolar rows of the points within ``_POLISH_WINDOW`` thresholds by
-    ``w_i / den_i``: ``1 / den_i`` turns the algebraic error into the Sampson distance (H&Z 11.4.3,
-    Torr & Murray's reweighting) and ``w_i`` is the Cauchy weight of scale ``_POLISH_SCALE`` thresholds.
+    Each round weights the epipolar rows of the points within the noise-adapted window (see
+    ``_Polish``) by ``w_i / den_i``: ``1 / den_i`` turns the algebraic error into the Sampson distance
+    (H&Z 11.4.3, Torr & Murray's reweighting) and ``w_i`` is the Cauchy weight.
     A round is kept only if it lowers the truncated Cauchy cost over all points.
 
     Args:
@@ -595,17 +620,17 @@ def refine_fundamental_irls(
     """
     est = estimator or FundamentalEstimator(x1_px, x2_px)
     r = est.residuals_sq(F)
-    cost = _polish_cost(r, max_error_px)
-    s_sq = (_POLISH_SCALE * max_error_px) ** 2
+    polish = _Polish.from_residuals(r, max_error_px)
+    cost = polish.cost(r)
     for _ in range(iterations):
-        near = np.flatnonzero(r <= (_POLISH_WINDOW * max_error_px) ** 2)
+        near = polish.near(r)
         if len(near) < 8:
             break
-        alg_sq_over_r = _sampson_den(F[None], est.x1h[:, near], est.x2h[:, near])[0]
-        weights = 1.0 / ((1.0 + r[near] / s_sq) * alg_sq_over_r)
+        den = _sampson_den(F[None], est.x1h[:, near], est.x2h[:, near])[0]
+        weights = polish.weights(r[near]) / den
         F_new = epipolar.fundamental_8point_unchecked(x1_px[near], x2_px[near], weights=weights)
         r_new = est.residuals_sq(F_new)
-        cost_new = _polish_cost(r_new, max_error_px)
+        cost_new = polish.cost(r_new)
         if not cost_new < cost:
             break
         F, r, cost = F_new, r_new, cost_new
