@@ -225,6 +225,11 @@ def _remove_stale_temp_files(out: Path) -> None:
     Atomic writes rename their temporary file onto the target, so such a file is never a finished
     output; removing it keeps the folder holding only complete files.
     """
+    sparse = out / "sparse"
+    if sparse.is_dir():  # half-swapped model folders (see _replace_folder)
+        for path in sparse.iterdir():
+            if path.is_dir() and re.fullmatch(r"\.(tmp|old)-\d+", path.name):
+                shutil.rmtree(path, ignore_errors=True)
     for path in out.rglob(".*"):
         if path.is_file() and _ATOMIC_TEMP.match(path.name):
             with contextlib.suppress(OSError):
@@ -476,7 +481,7 @@ def _write_models(out: Path, reconstructions: list[Reconstruction], image_dir: P
 
     sparse = out / "sparse"
     for index, rec in enumerate(reconstructions):
-        write_model(rec, sparse / str(index))
+        _replace_folder(sparse / str(index), lambda tmp, rec=rec: write_model(rec, tmp))
     # Drop models left by an earlier run that found more of them.
     for stale in sparse.iterdir():
         if stale.is_dir() and stale.name.isdigit() and int(stale.name) >= len(reconstructions):
@@ -486,6 +491,27 @@ def _write_models(out: Path, reconstructions: list[Reconstruction], image_dir: P
     xyz = np.array([best.points3D[p].xyz for p in point_ids]).reshape(-1, 3)
     rgb = np.array([best.points3D[p].color for p in point_ids], dtype=np.uint8).reshape(-1, 3)
     write_point_cloud(out / "points.ply", xyz, rgb)
+
+
+def _replace_folder(folder: Path, write: Callable[[Path], Any]) -> None:
+    """Write a whole folder next to ``folder`` and swap it in, so the three model files always match.
+
+    Each file is atomic on its own; the swap makes the set atomic too: a kill leaves either the old
+    model, or no ``folder`` plus hidden ``.tmp-``/``.old-`` folders that the next run removes.
+    """
+    tmp = folder.with_name(f".tmp-{folder.name}")
+    old = folder.with_name(f".old-{folder.name}")
+    for leftover in (tmp, old):
+        shutil.rmtree(leftover, ignore_errors=True)
+    try:
+        write(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if folder.exists():
+        folder.rename(old)
+    tmp.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _model_summary(reconstructions: list[Reconstruction]) -> dict[str, Any]:

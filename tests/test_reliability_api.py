@@ -265,11 +265,15 @@ def test_stale_temp_files_are_removed(tmp_path, views):
     stale = [out / ".report.k2j4h6g8.json", out / "sparse" / "0" / ".images.abc_1234.txt"]
     for path in stale:
         path.write_text("half")
+    half_swapped = [out / "sparse" / ".tmp-0", out / "sparse" / ".old-1"]  # a kill mid model swap
+    for folder in half_swapped:
+        folder.mkdir()
+        (folder / "cameras.txt").write_text("# old\n")
     keep = out / ".hidden_note"  # not an atomic temp name: left alone
     keep.write_text("mine")
     with pytest.raises(InputError):
         run_pipeline(imgs, out, fast_config(intrinsics=(1.0, 1.0, -1.0, 0.0)))
-    assert not any(p.exists() for p in stale) and keep.exists()
+    assert not any(p.exists() for p in stale + half_swapped) and keep.exists()
 
 
 # --- unusual but valid input: must reconstruct -------------------------------------------------------------
