@@ -140,10 +140,15 @@ def adjust_problem(
     if problem.num_observations == 0:
         return BundleAdjustmentResult(False, "no observations", 0.0, 0.0, 0, 0.0, float("nan"), 0)
     start = evaluate(problem, options.loss, options.loss_scale_px, jacobians=False)
+    x_start = problem.get_x()
     solver = solve_scipy if options.backend == "scipy" else solve_schur
     with _single_threaded_blas():
         out = solver(problem, options, progress)
     end = evaluate(problem, options.loss, options.loss_scale_px, jacobians=False)
+    if not end.cost <= start.cost:  # never hand back a worse (or non-finite) model
+        problem.set_x(x_start)
+        end = start
+        out = {**out, "reason": f"no decrease ({out['reason']}); parameters restored"}
     elapsed = time.perf_counter() - t0
     logger.info(
         "BA (%s): cost %.6g -> %.6g in %d iterations, %.2f s (%s)",

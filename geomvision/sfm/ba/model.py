@@ -282,22 +282,23 @@ def evaluate(
         return Evaluation(res, cost, np.sqrt(sq))
     # d x_cam / d rotvec = -[R X]_x R J_r  ->  row form: (d_px/d_pc)_row x (-[rotated]_x) = rotated x row
     RJr = (R_img @ _right_jacobian_so3(problem.rotvecs))[img]
+    # Jacobians are assembled component-major, (2, slots, M): every write below is a contiguous vector.
+    # They are returned as (M, 2, slots) transposed views, so the Schur solver gets its (2, D, M) layout back
+    # without a copy.
     n_slots = 6 + problem.intrinsics.shape[1]
-    J_full = np.empty((m, 2, n_slots))
-    J_point = np.empty((m, 2, 3))
+    J_full = np.empty((2, n_slots, m))
+    J_point = np.empty((2, 3, m))
     for row in range(2):
         a = np.cross(rotated, d_px_d_pc[:, row, :])
+        d0, d1, d2 = d_px_d_pc[:, row, 0], d_px_d_pc[:, row, 1], d_px_d_pc[:, row, 2]
         for j in range(3):
-            J_full[:, row, j] = a[:, 0] * RJr[:, 0, j] + a[:, 1] * RJr[:, 1, j] + a[:, 2] * RJr[:, 2, j]
-            J_point[:, row, j] = (
-                d_px_d_pc[:, row, 0] * R[:, 0, j]
-                + d_px_d_pc[:, row, 1] * R[:, 1, j]
-                + d_px_d_pc[:, row, 2] * R[:, 2, j]
-            )
-    J_full[:, :, 3:6] = d_px_d_pc
-    J_full[:, :, 6:] = d_px_d_intr
-    J_cam = J_full if lay.active_slots.all() else J_full[:, :, lay.active_slots]
+            J_full[row, j] = a[:, 0] * RJr[:, 0, j] + a[:, 1] * RJr[:, 1, j] + a[:, 2] * RJr[:, 2, j]
+            J_point[row, j] = d0 * R[:, 0, j] + d1 * R[:, 1, j] + d2 * R[:, 2, j]
+        J_full[row, 3:6] = d_px_d_pc[:, row, :].T
+        J_full[row, 6:] = d_px_d_intr[:, row, :].T
+    J_cam = J_full if lay.active_slots.all() else J_full[:, lay.active_slots]
     if lay.has_fixed_cols:
-        J_cam *= (lay.image_cols[img] >= 0)[:, None, :]  # fixed columns contribute nothing
+        J_cam *= (lay.image_cols[img] >= 0).T[None]  # fixed columns contribute nothing
+    J_cam, J_point = J_cam.transpose(2, 0, 1), J_point.transpose(2, 0, 1)
     res, (J_cam, J_point) = losses.rescale(loss, loss_scale_px, raw, [J_cam, J_point])
     return Evaluation(res, cost, np.sqrt(sq), J_cam, J_point)

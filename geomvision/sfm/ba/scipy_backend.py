@@ -132,7 +132,14 @@ def _inv_chol_t(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     n = A.shape[-1]
     ridge = 1e-9 * np.maximum(np.trace(A, axis1=1, axis2=2), 1e-12)[:, None, None] + 1e-12
     L = np.linalg.cholesky(A + ridge * np.eye(n))
-    return np.linalg.inv(L).transpose(0, 2, 1), L.transpose(0, 2, 1).copy()
+    M, Minv = np.linalg.inv(L).transpose(0, 2, 1), L.transpose(0, 2, 1).copy()
+    # rank-deficient blocks (a camera or point with too few observations) would get huge scalings along
+    # their null space and stall TRF: leave those blocks unpreconditioned (x_scale='jac' still scales them)
+    diag = np.einsum("nii->ni", A)
+    bad = np.einsum("nii->ni", L).min(axis=1) ** 2 < 1e-8 * np.maximum(diag.max(axis=1), 1e-300)
+    M[bad] = np.eye(n)
+    Minv[bad] = np.eye(n)
+    return M, Minv
 
 
 def solve_scipy(problem: BundleAdjustmentProblem, options, progress=None) -> dict:
