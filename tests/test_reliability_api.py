@@ -282,28 +282,44 @@ def _gray16(view):
     return encode(gray, ".png")
 
 
-@pytest.mark.parametrize(
-    "variant",
-    ["rgb16", "gray8", "gray16", "rgba", "palette", "jpeg"],
-)
+FORMATS = ["rgb16", "gray8", "gray16", "rgba", "palette", "jpeg"]
+
+
+def _encode_variant(view: np.ndarray, variant: str) -> tuple[bytes, str]:
+    if variant == "rgb16":
+        return encode(view.astype(np.uint16) * 257, ".png"), ".png"
+    if variant == "gray8":
+        return encode(cv2.cvtColor(view, cv2.COLOR_RGB2GRAY), ".png"), ".png"
+    if variant == "gray16":
+        return _gray16(view), ".png"
+    if variant == "rgba":
+        alpha = np.full(view.shape[:2] + (1,), 200, np.uint8)
+        return encode(np.concatenate([view, alpha], axis=2), ".png"), ".png"
+    if variant == "palette":
+        return palette_png(view), ".png"
+    return encode(view, ".jpg"), ".jpg"
+
+
+def test_mixed_image_formats_reconstruct(tmp_path):
+    """One set whose views are 16-bit RGB, 8/16-bit gray, RGBA, palette and JPEG: all register."""
+    imgs, out = tmp_path / "imgs", tmp_path / "out"
+    imgs.mkdir()
+    for k, (view, variant) in enumerate(zip(render(len(FORMATS)).images, FORMATS, strict=True)):
+        data, suffix = _encode_variant(view, variant)
+        (imgs / f"{k}_{variant}{suffix}").write_bytes(data)
+    result = run_pipeline(imgs, out, fast_config())
+    _assert_success(out, len(FORMATS))
+    # Gray views share the camera of the colour ones (same size): one camera for all.
+    assert len(result.reconstruction.cameras) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", FORMATS)
 def test_image_formats_reconstruct(tmp_path, views, variant):
     imgs, out = tmp_path / "imgs", tmp_path / "out"
     imgs.mkdir()
     for k, view in enumerate(views[:3]):
-        if variant == "rgb16":
-            data = encode(view.astype(np.uint16) * 257, ".png")
-        elif variant == "gray8":
-            data = encode(cv2.cvtColor(view, cv2.COLOR_RGB2GRAY), ".png")
-        elif variant == "gray16":
-            data = _gray16(view)
-        elif variant == "rgba":
-            alpha = np.full(view.shape[:2] + (1,), 200, np.uint8)
-            data = encode(np.concatenate([view, alpha], axis=2), ".png")
-        elif variant == "palette":
-            data = palette_png(view)
-        else:
-            data = encode(view, ".jpg")
-        suffix = ".jpg" if variant == "jpeg" else ".png"
+        data, suffix = _encode_variant(view, variant)
         (imgs / f"{variant}_{k}{suffix}").write_bytes(data)
     run_pipeline(imgs, out, fast_config())
     _assert_success(out, 3)
