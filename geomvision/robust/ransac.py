@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -254,12 +254,10 @@ def _local_optimization(
     """LO-RANSAC: iterated least squares on inliers with a shrinking threshold; keeps the best model."""
     best = (model, residuals_sq, score)
     t = options.max_error_px
-    n_lo = options.lo_iterations
-    for k in range(n_lo):
-        # Threshold from multiplier * t down to t (Lebeda et al. 2012, "iterative least squares").
-        mult = options.lo_threshold_multiplier + (1.0 - options.lo_threshold_multiplier) * k / max(
-            n_lo - 1, 1
-        )
+    # Threshold multipliers from lo_threshold_multiplier down to 1 (Lebeda et al. 2012, "iterative
+    # least squares").
+    multipliers = np.linspace(options.lo_threshold_multiplier, 1.0, options.lo_iterations)
+    for mult in multipliers:
         inlier_idx = np.flatnonzero(best[1] <= (mult * t) ** 2)
         if len(inlier_idx) <= estimator.sample_size:
             break
@@ -354,9 +352,7 @@ def ransac(
         )
     if options.final_refit and hasattr(estimator, "refit"):
         # One more LO pass at the final threshold only: polishes a model found late in the loop.
-        final_opts = RansacOptions(
-            **{**_options_dict(options), "lo_threshold_multiplier": 1.0, "lo_iterations": 2}
-        )
+        final_opts = replace(options, lo_threshold_multiplier=1.0, lo_iterations=2)
         best_model, best_res, best_score = _local_optimization(
             estimator, scorer, best_model, best_res, best_score, final_opts
         )
@@ -368,7 +364,3 @@ def ransac(
             False, f"{n_in} inliers < {options.min_num_inliers}", best_model, mask, drawn, best_score
         )
     return RansacResult(True, "", best_model, mask, drawn, best_score)
-
-
-def _options_dict(options: RansacOptions) -> dict[str, Any]:
-    return {f: getattr(options, f) for f in options.__dataclass_fields__}
