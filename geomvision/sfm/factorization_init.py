@@ -192,15 +192,27 @@ def initialize_by_factorization(
         reason = "factorization failed" if factor is None else factor[1]
         return InitResult(False, reason, image_ids=window)
     _, _, rotations, translations, used, method, rms_px = factor
-    rec = _build_reconstruction(
-        cameras, images, tracks, window, rotations, translations, keypoints[:, cols], normalised, options
-    )
-    if len(rec.points3D) < 8:
-        return InitResult(
-            False, f"only {len(rec.points3D)} points triangulated in the window", image_ids=window
+    members = [(rotations, translations)]
+    if method == "weak_perspective" and options.bundle_adjust:
+        # The depth-reversal twin fits the (nearly affine) data almost equally well; only the perspective
+        # refinement tells them apart, so both are polished and the one with the lower error is kept.
+        necker = np.diag([1.0, 1.0, -1.0])
+        members.append((necker @ rotations @ necker, translations))
+    best_rec, best_err = None, np.inf
+    for R, t in members:
+        rec = _build_reconstruction(
+            cameras, images, tracks, window, R, t, keypoints[:, cols], normalised, options
         )
-    if options.bundle_adjust:
-        _polish(rec, options)
+        if len(rec.points3D) < 8:
+            continue
+        if options.bundle_adjust:
+            _polish(rec, options)
+        err = rec.mean_reprojection_error_px() if rec.points3D else np.inf
+        if best_rec is None or err < best_err or len(rec.points3D) > 2 * len(best_rec.points3D):
+            best_rec, best_err = rec, err
+    if best_rec is None:
+        return InitResult(False, "fewer than 8 points triangulated in the window", image_ids=window)
+    rec = best_rec
     logger.info(
         "factorization init: %d images %s, %s, %d complete tracks, rms %.3f px, %d points",
         len(window),
