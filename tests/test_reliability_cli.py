@@ -134,12 +134,12 @@ def test_cli_sigint_exits_130_and_reports(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "geomvision", "reconstruct", str(imgs), "-o", str(out), "--workers", "2",
          "--no-progress"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO, start_new_session=True,
     )
     deadline = time.monotonic() + 60
     while not list((out / "cache" / "features").glob("*.npz")) and time.monotonic() < deadline:
         time.sleep(0.02)
-    proc.send_signal(signal.SIGINT)
+    os.killpg(proc.pid, signal.SIGINT)  # like Ctrl-C in a terminal: the workers get it too
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
     assert_one_error_line(stderr, "interrupted", "rerun to resume")
