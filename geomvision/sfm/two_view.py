@@ -78,10 +78,13 @@ class TwoViewOptions:
             raise InputError(f"min_num_inliers must be >= 5, got {self.min_num_inliers}")
 
     def ransac_options(self) -> RansacOptions:
+        # A pair below min_inlier_ratio is rejected anyway, so RANSAC need not sample longer than
+        # that ratio requires: this caps the work spent on non-overlapping pairs.
         return replace(
             self.ransac,
             max_error_px=self.max_error_px,
             min_num_inliers=self.min_num_inliers,
+            min_inlier_ratio=max(self.ransac.min_inlier_ratio, self.min_inlier_ratio),
             confidence=self.confidence,
             max_iterations=self.max_iterations,
         )
