@@ -260,7 +260,9 @@ def extract_features(
         cache_dir: folder for per-image ``.npz`` results keyed by file content + options; images
             with a cache entry are not recomputed.
         executor: where to run per-image work (e.g. a Dask executor); default: a local process pool
-            with ``options.num_workers`` workers, or in-process when that is 1.
+            with ``options.num_workers`` workers, or in-process when that is 1. The pool starts its
+            workers with ``forkserver``, so a calling script needs an ``if __name__ == "__main__":``
+            guard (as with any spawn-based multiprocessing).
         progress: ``progress(done, total, message)`` callback.
 
     Returns:
