@@ -92,7 +92,8 @@ class RansacOptions:
         bailout_subset: hypotheses are first scored on this many random data points (Capel 2005
             bail-out test); 0 disables the test. Only used when N > 3 * bailout_subset.
         bailout_sigma: a hypothesis is dropped when its subset inlier count is more than this many
-            binomial standard deviations below that expected at the best inlier ratio so far.
+            binomial standard deviations below that expected at the best inlier ratio so far; of the
+            survivors at most ``batch_size`` (most subset inliers first) are scored on all points.
     """
 
     max_error_px: float = 1.0
@@ -238,7 +239,13 @@ class _Scorer:
         if best_ratio <= 0.0:
             return models
         expected = m * best_ratio
-        keep = counts >= expected - options.bailout_sigma * math.sqrt(expected * (1.0 - best_ratio))
+        keep = np.flatnonzero(
+            counts >= expected - options.bailout_sigma * math.sqrt(expected * (1.0 - best_ratio))
+        )
+        if len(keep) > options.batch_size:
+            # Many statistically equivalent hypotheses (easy data): fully score only the batch_size with
+            # the most subset inliers (preemptive scoring, Nistér 2003); LO absorbs the small differences.
+            keep = keep[np.argsort(-counts[keep], kind="stable")[: options.batch_size]]
         return models[keep]
 
 
