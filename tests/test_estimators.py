@@ -184,3 +184,11 @@ def test_fundamental_irls_polish_improves_epipolar_fit():
     F_true = clean.fundamental / np.linalg.norm(clean.fundamental)
     F = refine_fundamental_irls(F_true, clean.x1_px[truth], clean.x2_px[truth], 1.0)
     assert min(np.linalg.norm(F - F_true), np.linalg.norm(F + F_true)) < 1e-8
+
+
+def test_pure_rotation_is_rejected_by_cheirality():
+    d = two_view_correspondences(200, noise_px=0.5, pure_rotation=True, rng=3)
+    res = estimate_essential(d.x1_px, d.x2_px, d.K, d.K, OPTS, rng=0)
+    assert not res.success
+    assert "pure rotation" in res.reason
+    assert res.inlier_mask.sum() > 150  # every match fits some E: the failure comes from cheirality

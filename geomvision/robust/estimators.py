@@ -49,6 +49,8 @@ logger = logging.getLogger(__name__)
 
 #: inliers used to pick among the four decompositions of E (cheirality vote).
 _POSE_VOTE_POINTS = 100
+#: an essential matrix whose inliers are less than this fraction in front of both cameras is rejected.
+_MIN_FRONT_RATIO = 0.75
 #: maximum refine / re-select rounds of the essential-matrix polish.
 _REFINE_ROUNDS = 3
 #: the polish uses a Cauchy loss of scale _POLISH_SCALE * sigma on the points within
@@ -536,17 +538,18 @@ def estimate_essential(
     cheirality = np.zeros(n, dtype=bool)
     cheirality[idx[front]] = True
     n_front = int(front.sum())
+    reason = ""
     if n_front < options.min_num_inliers:
-        return TwoViewEstimate(
-            False,
-            f"{n_front} inliers in front of both cameras < {options.min_num_inliers}",
-            E,
-            mask,
-            res.num_iterations,
-            score,
-            pose,
-            cheirality,
+        reason = f"{n_front} inliers in front of both cameras < {options.min_num_inliers}"
+    elif n_front < _MIN_FRONT_RATIO * len(idx):
+        # Under pure rotation (or a baseline lost in the noise) E fits every match but the translation is
+        # arbitrary: the triangulated points fall in front / behind at random instead of all in front.
+        reason = (
+            f"only {n_front} of {len(idx)} inliers in front of both cameras "
+            f"(< {100 * _MIN_FRONT_RATIO:.0f} %): pure rotation or too small a baseline"
         )
+    if reason:
+        return TwoViewEstimate(False, reason, E, mask, res.num_iterations, score, pose, cheirality)
     return TwoViewEstimate(True, "", E, mask, res.num_iterations, score, pose, cheirality)
 
 
