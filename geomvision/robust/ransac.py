@@ -17,6 +17,9 @@ Algorithm (Fischler & Bolles 1981; H&Z 4.7.1 for the adaptive sample count):
   model by least squares on its inliers a few times with a threshold shrinking from
   ``lo_threshold_multiplier * t`` to ``t``; the refined model is kept only if it scores better.
 - The number of samples is adapted to the best inlier ratio ``w``: ``k = log(1 - p) / log(1 - w^s)``.
+- Before full scoring, each batch's hypotheses are scored on a random subset of the data and those
+  statistically unable to beat the best are dropped (Capel 2005 bail-out test); at most ``batch_size``
+  survivors are scored on all points. With many outliers this removes most of the scoring cost.
 """
 
 from __future__ import annotations
