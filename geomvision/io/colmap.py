@@ -354,7 +354,7 @@ def _parse_points2D(line: str, path: Path, number: int) -> tuple[np.ndarray, np.
         raise InputError(f"{path}:{number}: POINTS2D line has {len(tokens)} values, not a multiple of 3")
     values = _floats(tokens, path, number, "POINTS2D").reshape(-1, 3)
     ids = values[:, 2]
-    if np.any(ids != np.round(ids)):
+    if np.any(ids != np.round(ids)) or np.any(np.abs(ids) >= 2.0**63):  # int64 range: cast is exact
         raise InputError(f"{path}:{number}: POINT3D_ID values must be integers")
     return values[:, :2] - PIXEL_ORIGIN_SHIFT_PX, ids.astype(np.int64)
 
@@ -380,7 +380,8 @@ def _read_points3D_text_table(path: Path) -> _PointTable:
         track = values[in_track].reshape(-1, 2)
         integral = np.concatenate([head[:, 0], head[:, 4:7].ravel(), track.ravel()])
         rgb = head[:, 4:7]
-        if np.any(integral != np.round(integral)) or np.any((rgb < 0) | (rgb > 255)):
+        if (np.any(integral != np.round(integral)) or np.any(np.abs(integral) >= 2.0**63)
+                or np.any((rgb < 0) | (rgb > 255))):
             raise ValueError
     except ValueError:
         for number, tokens in rows:
