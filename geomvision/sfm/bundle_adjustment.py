@@ -70,6 +70,9 @@ class BundleAdjustmentOptions:
         cg_tolerance: relative residual at which PCG stops (inexact LM step).
         cg_max_iterations: PCG iteration cap.
         lsmr_max_iterations: LSMR iteration cap per step of the scipy backend (None: scipy's default).
+        lsmr_tolerance: LSMR ``atol``/``btol`` per step of the scipy backend (None: ``function_tolerance``
+            clipped to [1e-6, 1e-2]); a looser tolerance gives inexact Gauss-Newton steps that cost fewer
+            LSMR iterations.
         scipy_preconditioner: solve the scipy backend in block-Jacobi preconditioned variables (per-point
             3x3 and per-image pose blocks), which cuts LSMR iterations by an order of magnitude.
     """
@@ -92,6 +95,7 @@ class BundleAdjustmentOptions:
     cg_tolerance: float = 1e-2
     cg_max_iterations: int = 300
     lsmr_max_iterations: int | None = 50
+    lsmr_tolerance: float | None = None
     scipy_preconditioner: bool = True
 
     def __post_init__(self) -> None:

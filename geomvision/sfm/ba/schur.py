@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.linalg
@@ -58,6 +58,7 @@ class _Structure:
     csr_indptr: np.ndarray | None = None
     block_index: np.ndarray | None = None  # (B, b) block-Jacobi columns, padded with n
     block_slots: np.ndarray | None = None  # (B, b, b) slots of those entries in the CSR data (or -1)
+    buffers: dict = field(default_factory=dict)  # scratch arrays reused across LM iterations
 
 
 def _block_rows(c: np.ndarray) -> np.ndarray:
@@ -74,7 +75,7 @@ def _bucket_pair_groups(pair_a: np.ndarray, pair_b: np.ndarray, pair_starts: np.
 
     A group of k observation pairs (image a, image b) contributes ``sum_k T_a W_b^T`` = ``X^T Y`` with X, Y
     the (3k, D) stacks of the per-observation ``T^T`` and ``W^T`` rows: one GEMM. Groups are bucketed by
-    k rounded up to a power of two and padded with a zero row (index ``n_free``), so each bucket is one
+    k rounded up to the next width of a geometric ladder (ratio 2^(1/4)) and padded with a zero row (index ``n_free``), so each bucket is one
     ``np.matmul`` over a (G, D, 3k) x (G, 3k, D) stack, split into chunks of at most ``_PAIRS_PER_CHUNK``
     padded pairs to bound memory.
 
@@ -88,7 +89,10 @@ def _bucket_pair_groups(pair_a: np.ndarray, pair_b: np.ndarray, pair_starts: np.
     batches = []
     if sizes.size == 0:
         return batches
-    width = 1 << np.ceil(np.log2(sizes)).astype(np.int64)
+    # widths on a ladder of ratio 2^(1/4): ~10% padding on average (powers of two padded ~40% on
+    # ladybug-49), for a few more, still large, batches
+    ladder = np.unique(np.ceil(2.0 ** (np.arange(4 * int(np.log2(sizes.max())) + 5) / 4.0)).astype(np.int64))
+    width = ladder[np.searchsorted(ladder, sizes)]
     for w in np.unique(width).tolist():
         groups = np.flatnonzero(width == w)
         # (G, w) positions into the pair arrays; slots past a group's size point at the zero row
@@ -242,7 +246,6 @@ class _Linearisation:
     C: np.ndarray  # (3, 3, Np) point blocks J_p^T J_p
     g_pt: np.ndarray  # (3, Np)
     Wt: np.ndarray  # (3, D, Mf) per observation of a free point: (J_c^T J_p)^T
-    W_rows: np.ndarray  # (Mf + 1, 3, D) the same, row-major, with a final zero row (GEMM padding)
     diag_cam: np.ndarray  # (n,) diag(J^T J) over camera columns
     grad_max: float
 
@@ -268,10 +271,8 @@ def _linearise(problem: BundleAdjustmentProblem, st: _Structure, ev) -> _Lineari
     C = _bincount_rows(st.free_pc, _outer_sum(Jp, Jp), st.n_points)
     g_pt = _bincount_rows(st.free_pc, Jp[0] * r[0] + Jp[1] * r[1], st.n_points)
     Wt = _outer_sum(Jp, Jc)  # (3, D, Mf)
-    W_rows = np.zeros((Wt.shape[2] + 1, 3, Wt.shape[1]))
-    W_rows[:-1] = Wt.transpose(2, 0, 1)
     grad_max = max(float(np.abs(g_cam).max(initial=0.0)), float(np.abs(g_pt).max(initial=0.0)))
-    return _Linearisation(ev.cost, U_img, g_cam, C, g_pt, Wt, W_rows, diag_cam, grad_max)
+    return _Linearisation(ev.cost, U_img, g_cam, C, g_pt, Wt, diag_cam, grad_max)
 
 
 def _point_diag(lin: _Linearisation) -> np.ndarray:
@@ -279,41 +280,75 @@ def _point_diag(lin: _Linearisation) -> np.ndarray:
     return np.clip(np.stack([lin.C[0, 0], lin.C[1, 1], lin.C[2, 2]]), _MIN_DIAG, _MAX_DIAG)
 
 
+def _chol3(A: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Lower Cholesky factor of component-major SPD (3, 3, N) blocks: (l00, l10, l20, l11, l21, l22)."""
+    tiny = 1e-300  # a non-positive pivot gives inf/nan, which the caller treats as a failed step
+    l00 = np.sqrt(np.maximum(A[0, 0], tiny))
+    l10, l20 = A[1, 0] / l00, A[2, 0] / l00
+    l11 = np.sqrt(np.maximum(A[1, 1] - l10 * l10, tiny))
+    l21 = (A[2, 1] - l20 * l10) / l11
+    l22 = np.sqrt(np.maximum(A[2, 2] - l20 * l20 - l21 * l21, tiny))
+    return l00, l10, l20, l11, l21, l22
+
+
+def _forward3(L: tuple[np.ndarray, ...], B: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``out = L^-1 B`` for per-column factors L (each (N,)) and component-major B (3, ..., N)."""
+    l00, l10, l20, l11, l21, l22 = L
+    np.divide(B[0], l00, out=out[0])
+    np.divide(B[1] - l10 * out[0], l11, out=out[1])
+    np.divide(B[2] - l20 * out[0] - l21 * out[1], l22, out=out[2])
+    return out
+
+
 def _reduced_system(problem: BundleAdjustmentProblem, st: _Structure, lin: _Linearisation, mu: float):
-    """Damped Schur complement: (slot values of S, rhs -v, C~^-1 (3, 3, Np))."""
+    """Damped Schur complement: (slot values of S, rhs -v, C~^-1 (3, 3, Np)).
+
+    With ``C~ = L L^T`` per point, ``W C~^-1 W^T = Z^T Z`` for ``Z = L^-1 W^T`` (3 x D per observation):
+    every block of S is a product of rows of the single array Z (one gather source instead of two, and a
+    triangular solve instead of a 3x3 product per observation).
+    """
     C_damped = lin.C.copy()
     diag_pt = _point_diag(lin)
     for k in range(3):
         C_damped[k, k] += mu * diag_pt[k]
     C_inv = _inv3(C_damped)
+    L = _chol3(C_damped)
+    L_obs = tuple(f[st.free_pc] for f in L)
     Wt = lin.Wt
-    d = Wt.shape[1]
-    Cg = C_inv[:, :, st.free_pc]  # (3, 3, Mf)
-    Tt = _outer_sum(Cg, Wt)  # (3, D, Mf) = C~^-1 W^T   (C~^-1 is symmetric)
-
-    # row-major (Mf + 1, 3, D) copies (last row zero, the padding target) so that the rows of one image or
-    # one group are a contiguous (3k, D) matrix: one GEMM each
-    T_rows = np.zeros((Tt.shape[2] + 1, 3, d))
-    T_rows[:-1] = Tt.transpose(2, 0, 1)
-    W_rows = lin.W_rows
-    # self blocks per image: U - sum T W^T over the image's observations of free points
+    d, mf = Wt.shape[1], Wt.shape[2]
+    # Z row-major (Mf + 1, 3, D) with a final zero row (the padding target), so that the rows of one image
+    # or one group are a contiguous (3k, D) matrix: one GEMM each
+    Z_rows = st.buffers.get("Z_rows")
+    if Z_rows is None or Z_rows.shape != (mf + 1, 3, d):
+        Z_rows = st.buffers["Z_rows"] = np.zeros((mf + 1, 3, d))
+    Zt = _forward3(L_obs, Wt, np.empty_like(Wt))  # (3, D, Mf)
+    Z_rows[:-1] = Zt.transpose(2, 0, 1)
+    # self blocks per image: U - Z^T Z over the image's observations of free points
     self_img = lin.U_img.copy()
     bounds = st.free_img_bounds.tolist()
     for k, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
         if hi > lo:
-            self_img[k] -= T_rows[lo:hi].reshape(-1, d).T @ W_rows[lo:hi].reshape(-1, d)
-    # off-diagonal blocks per image pair: sum over shared points of T_a W_b^T, batched GEMMs per bucket
+            Zk = Z_rows[lo:hi].reshape(-1, d)
+            self_img[k] -= Zk.T @ Zk
+    # off-diagonal blocks per image pair: sum over shared points of Z_a^T Z_b, batched GEMMs per bucket;
+    # the gathers go into buffers reused across iterations (fresh 10 MB arrays cost page faults each time)
     pair_blocks = np.empty((len(st.pair_img), d, d))
     for groups, pa, pb in st.pair_batches:
-        X = T_rows[pa].reshape(len(groups), -1, d)  # (G, 3k, D)
-        Y = W_rows[pb].reshape(len(groups), -1, d)
+        size = pa.size * 3 * d
+        buf = st.buffers.get("gather")
+        if buf is None or buf.shape[1] < size:
+            buf = st.buffers["gather"] = np.empty((2, size))
+        X = np.take(Z_rows, pa, axis=0, out=buf[0, :size].reshape(pa.shape + (3, d)))
+        Y = np.take(Z_rows, pb, axis=0, out=buf[1, :size].reshape(pb.shape + (3, d)))
+        X = X.reshape(len(groups), -1, d)  # (G, 3k, D)
+        Y = Y.reshape(len(groups), -1, d)
         pair_blocks[groups] = np.matmul(X.transpose(0, 2, 1), Y)
     values = np.concatenate([self_img.ravel(), -pair_blocks.ravel(), -pair_blocks.transpose(0, 2, 1).ravel()])
     S = np.bincount(st.scatter_index, weights=values, minlength=st.n_slots)
 
-    # rhs: -(g_c - sum T g_p)
-    gp = lin.g_pt[:, st.free_pc]
-    v_obs = Tt[0] * gp[0] + Tt[1] * gp[1] + Tt[2] * gp[2]  # (D, Mf)
+    # rhs: -(g_c - sum W C~^-1 g_p) = -(g_c - sum Z^T L^-1 g_p)
+    h = _forward3(L, lin.g_pt, np.empty_like(lin.g_pt))[:, st.free_pc]  # (3, Mf)
+    v_obs = Zt[0] * h[0] + Zt[1] * h[1] + Zt[2] * h[2]  # (D, Mf)
     v = lin.g_cam - np.bincount(st.cols_free_t.ravel(), weights=v_obs.ravel(), minlength=st.n + 1)[: st.n]
     return S, -v, C_inv
 

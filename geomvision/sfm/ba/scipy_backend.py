@@ -142,6 +142,27 @@ def _inv_chol_t(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return M, Minv
 
 
+def _lsmr_options(options) -> dict:
+    """LSMR settings of each TRF step: an inexact Gauss-Newton step (Steihaug-style truncation).
+
+    LSMR stops at ``maxiter`` or when the normal-equation residual ``|A^T r| / (|A| |r|)`` falls below
+    ``atol`` (``btol`` likewise for the consistent case). Far from the minimum the trust region, not the
+    Gauss-Newton direction, limits the step, so solving each step to scipy's default 1e-6 is wasted work:
+    on ladybug-49 a tolerance of 1e-4 halves the LSMR iterations (661 -> 364) and reaches a slightly
+    higher final cost (13388 vs 13362, still below the cookbook's 13409). By default the tolerance follows
+    ``function_tolerance`` (a step solved to relative accuracy ``tol`` cannot certify a relative cost decrease
+    much below ``tol``), clipped to [1e-6 (scipy's default), 1e-2].
+    """
+    tr_options: dict = {}
+    if options.lsmr_max_iterations is not None:
+        tr_options["maxiter"] = options.lsmr_max_iterations
+    tol = options.lsmr_tolerance
+    if tol is None:
+        tol = min(max(options.function_tolerance, 1e-6), 1e-2)
+    tr_options["atol"] = tr_options["btol"] = tol
+    return tr_options
+
+
 def solve_scipy(problem: BundleAdjustmentProblem, options, progress=None) -> dict:
     """Minimise the (robust) reprojection cost; updates ``problem`` in place.
 
@@ -184,8 +205,7 @@ def solve_scipy(problem: BundleAdjustmentProblem, options, progress=None) -> dic
         method="trf",
         x_scale="jac",
         tr_solver="lsmr",
-        # optional cap on LSMR iterations per step (an inexact Gauss-Newton step)
-        tr_options={} if options.lsmr_max_iterations is None else {"maxiter": options.lsmr_max_iterations},
+        tr_options=_lsmr_options(options),
         loss="linear",
         ftol=options.function_tolerance,
         xtol=options.parameter_tolerance,
