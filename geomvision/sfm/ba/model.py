@@ -252,13 +252,14 @@ def evaluate(
     lay = problem.layout
     R_img = Rotation.from_rotvec(problem.rotvecs).as_matrix()
     img, pt = problem.obs_image, problem.obs_point
-    R = R_img[img]
-    X = problem.points[pt]
-    # small per-observation products written per component: each line is one vector op over all M
-    rotated = np.empty_like(X)
+    # component-major per-observation arrays: Rt[3 i + j] = R[i, j] of each observation's image (9, M),
+    # Xt (3, M); every product below is one contiguous vector op over all M observations
+    Rt = np.ascontiguousarray(R_img.reshape(-1, 9).T)[:, img]
+    Xt = np.ascontiguousarray(problem.points.T)[:, pt]
+    rotated_t = np.empty_like(Xt)
     for i in range(3):
-        rotated[:, i] = R[:, i, 0] * X[:, 0] + R[:, i, 1] * X[:, 1] + R[:, i, 2] * X[:, 2]
-    points_in_cam = rotated + problem.translations[img]
+        rotated_t[i] = Rt[3 * i] * Xt[0] + Rt[3 * i + 1] * Xt[1] + Rt[3 * i + 2] * Xt[2]
+    points_in_cam = (rotated_t + np.ascontiguousarray(problem.translations.T)[:, img]).T
     m = len(img)
     single = len(lay.model_obs) == 1  # one camera model: no per-model gather/scatter
     pixels = np.empty((m, 2))
@@ -281,20 +282,22 @@ def evaluate(
         res, _ = losses.rescale(loss, loss_scale_px, raw)
         return Evaluation(res, cost, np.sqrt(sq))
     # d x_cam / d rotvec = -[R X]_x R J_r  ->  row form: (d_px/d_pc)_row x (-[rotated]_x) = rotated x row
-    RJr = (R_img @ _right_jacobian_so3(problem.rotvecs))[img]
+    RJr_t = np.ascontiguousarray((R_img @ _right_jacobian_so3(problem.rotvecs)).reshape(-1, 9).T)[:, img]
     # Jacobians are assembled component-major, (2, slots, M): every write below is a contiguous vector.
     # They are returned as (M, 2, slots) transposed views, so the Schur solver gets its (2, D, M) layout back
     # without a copy.
     n_slots = 6 + problem.intrinsics.shape[1]
     J_full = np.empty((2, n_slots, m))
     J_point = np.empty((2, 3, m))
+    dpc_t = np.ascontiguousarray(d_px_d_pc.transpose(1, 2, 0))  # (2, 3, M)
+    r0, r1, r2 = rotated_t
     for row in range(2):
-        a = np.cross(rotated, d_px_d_pc[:, row, :])
-        d0, d1, d2 = d_px_d_pc[:, row, 0], d_px_d_pc[:, row, 1], d_px_d_pc[:, row, 2]
+        d0, d1, d2 = dpc_t[row]
+        a = (r1 * d2 - r2 * d1, r2 * d0 - r0 * d2, r0 * d1 - r1 * d0)  # rotated x row
         for j in range(3):
-            J_full[row, j] = a[:, 0] * RJr[:, 0, j] + a[:, 1] * RJr[:, 1, j] + a[:, 2] * RJr[:, 2, j]
-            J_point[row, j] = d0 * R[:, 0, j] + d1 * R[:, 1, j] + d2 * R[:, 2, j]
-        J_full[row, 3:6] = d_px_d_pc[:, row, :].T
+            J_full[row, j] = a[0] * RJr_t[j] + a[1] * RJr_t[3 + j] + a[2] * RJr_t[6 + j]
+            J_point[row, j] = d0 * Rt[j] + d1 * Rt[3 + j] + d2 * Rt[6 + j]
+        J_full[row, 3:6] = dpc_t[row]
         J_full[row, 6:] = d_px_d_intr[:, row, :].T
     J_cam = J_full if lay.active_slots.all() else J_full[:, lay.active_slots]
     if lay.has_fixed_cols:
