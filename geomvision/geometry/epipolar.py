@@ -22,6 +22,7 @@ from geomvision.geometry.triangulation import triangulate_dlt
 
 __all__ = [
     "hartley_normalization",
+    "epipolar_rows",
     "fundamental_8point",
     "fundamental_7point",
     "fundamental_7point_batch",
@@ -93,7 +94,7 @@ def hartley_normalization(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return centred, T
 
 
-def _epipolar_rows(x1: np.ndarray, x2: np.ndarray) -> np.ndarray:
+def epipolar_rows(x1: np.ndarray, x2: np.ndarray) -> np.ndarray:
     """Rows of the linear system ``A f = 0`` for row-major ``f = vec(F)`` (H&Z eq. 11.3); (..., N, 9)."""
     x1h = _homogeneous(x1)
     x2h = _homogeneous(x2)
@@ -137,7 +138,7 @@ def fundamental_8point_unchecked(
     xn2, T2 = hartley_normalization(x2)
     # Smallest eigenvector of the 9x9 normal matrix A^T A: cheaper than the SVD of A (N, 9) and well
     # conditioned after Hartley normalisation.
-    A = _epipolar_rows(xn1, xn2)
+    A = epipolar_rows(xn1, xn2)
     if weights is not None:
         A = A * np.sqrt(weights / weights.max())[:, None]
     _, vecs = np.linalg.eigh(A.T @ A)
@@ -157,7 +158,7 @@ def fundamental_7point_batch(x1: np.ndarray, x2: np.ndarray) -> tuple[np.ndarray
     Returns:
         (F (B, 3, 3, 3) unit-norm candidates, valid (B, 3) bool: which candidates are real roots).
     """
-    A = _epipolar_rows(x1, x2)  # (B, 7, 9)
+    A = epipolar_rows(x1, x2)  # (B, 7, 9)
     Q, _ = np.linalg.qr(np.swapaxes(A, 1, 2), mode="complete")  # last 2 columns span the null space
     F1 = Q[:, :, 7].reshape(-1, 3, 3)
     F2 = Q[:, :, 8].reshape(-1, 3, 3)
@@ -334,7 +335,7 @@ def essential_5point_batch(xn1: np.ndarray, xn2: np.ndarray) -> tuple[np.ndarray
         (E (B, 10, 3, 3) unit-Frobenius candidates, valid (B, 10) bool for the real solutions).
     """
     B = xn1.shape[0]
-    A = _epipolar_rows(xn1, xn2)  # (B, 5, 9)
+    A = epipolar_rows(xn1, xn2)  # (B, 5, 9)
     # Null space of A: the last 4 columns of the complete QR of A^T (4x cheaper than a batched SVD).
     Q, _ = np.linalg.qr(np.swapaxes(A, 1, 2), mode="complete")
     basis = np.swapaxes(Q[:, :, 5:9], 1, 2)  # (B, 4, 9): X, Y, Z, W

@@ -57,6 +57,11 @@ _REFINE_ROUNDS = 3
 #: max(threshold, _POLISH_WINDOW * sigma), sigma being the noise level estimated from the inliers.
 _POLISH_WINDOW = 4.0
 _POLISH_SCALE = 3.0
+#: the polishes stop once a round lowers the robust cost by less than this fraction.
+_POLISH_RTOL = 1e-4
+#: Levenberg-Marquardt stops once an accepted step lowers the cost by less than this fraction (a pose
+#: change far below the noise; waiting for a rejected step costs several extra evaluations).
+_LM_RTOL = 1e-6
 
 
 @dataclass(frozen=True)
@@ -153,7 +158,8 @@ def _check_K(K, name: str) -> np.ndarray:
 def _spread_degeneracy(x: np.ndarray, name: str) -> str:
     """Reason string when the points coincide or lie on one line (no two-view model is defined), else ''."""
     centred = x - x.mean(axis=0)
-    sv = np.linalg.svd(centred, compute_uv=False)
+    # Singular values of the centred points from the 2x2 scatter matrix: same test, no (N, 2) SVD.
+    sv = np.sqrt(np.maximum(np.linalg.eigvalsh(centred.T @ centred)[::-1], 0.0))
     scale = max(float(np.abs(x).max()), 1.0)
     if sv[0] <= 1e-9 * scale:
         return f"degenerate input: all points in {name} coincide"
@@ -203,6 +209,30 @@ def _sampson_den(F: np.ndarray, x1h_T: np.ndarray, x2h_T: np.ndarray) -> np.ndar
     return Fx1[:, 0] ** 2 + Fx1[:, 1] ** 2 + Ftx2[:, 0] ** 2 + Ftx2[:, 1] ** 2
 
 
+def _fundamental_from_rows(
+    rows: np.ndarray, T1: np.ndarray, T2: np.ndarray, weights: np.ndarray | None = None
+) -> np.ndarray:
+    """Rank-2, unit-norm F from precomputed epipolar rows of Hartley-normalised points (H&Z Alg. 11.1).
+
+    The estimators normalise all N points once and keep their (N, 9) rows, so a least-squares refit on
+    any subset is one 9x9 normal matrix and its smallest eigenvector: no per-refit normalisation. The
+    global normalisation conditions a subset of the same images as well as its own would.
+
+    Args:
+        rows: (K, 9) rows ``x2n (x) x1n`` of the subset; T1, T2: (3, 3) the normalising similarities.
+        weights: (K,) >= 0 multipliers of the squared algebraic residuals, or None.
+
+    Returns:
+        (3, 3) F in the un-normalised coordinates of T1 / T2.
+    """
+    weighted = rows if weights is None else rows * weights[:, None]
+    _, vecs = np.linalg.eigh(weighted.T @ rows)
+    U, S, Vt = np.linalg.svd(vecs[:, 0].reshape(3, 3))
+    Fn = (U[:, :2] * S[:2]) @ Vt[:2]
+    F = T2.T @ Fn @ T1
+    return F / np.linalg.norm(F)
+
+
 class EssentialEstimator:
     """Five-point essential-matrix hypotheses scored by the pixel Sampson error.
 
@@ -219,6 +249,9 @@ class EssentialEstimator:
         self.x2h = _homogeneous_T(x2_px)
         self.xn1 = (self.K1_inv @ self.x1h)[:2].T
         self.xn2 = (self.K2_inv @ self.x2h)[:2].T
+        hn1, self.T1 = epipolar.hartley_normalization(self.xn1)
+        hn2, self.T2 = epipolar.hartley_normalization(self.xn2)
+        self.rows = epipolar.epipolar_rows(hn1, hn2)
 
     def to_fundamental(self, E: np.ndarray) -> np.ndarray:
         return self.K2_inv.T @ E @ self.K1_inv
@@ -239,7 +272,7 @@ class EssentialEstimator:
     def refit(self, inlier_idx: np.ndarray) -> list[np.ndarray]:
         if len(inlier_idx) < 8:
             return []
-        return [epipolar.essential_8point_unchecked(self.xn1[inlier_idx], self.xn2[inlier_idx])]
+        return [epipolar.project_to_essential(_fundamental_from_rows(self.rows[inlier_idx], self.T1, self.T2))]
 
 
 class FundamentalEstimator:
@@ -253,6 +286,7 @@ class FundamentalEstimator:
         self.xn2, self.T2 = epipolar.hartley_normalization(x2_px)
         self.x1h = _homogeneous_T(x1_px)
         self.x2h = _homogeneous_T(x2_px)
+        self.rows = epipolar.epipolar_rows(self.xn1, self.xn2)
 
     def fit_batch(self, samples: np.ndarray) -> np.ndarray:
         Fn, valid = epipolar.fundamental_7point_batch(self.xn1[samples], self.xn2[samples])
@@ -271,7 +305,7 @@ class FundamentalEstimator:
     def refit(self, inlier_idx: np.ndarray) -> list[np.ndarray]:
         if len(inlier_idx) < 8:
             return []
-        return [epipolar.fundamental_8point_unchecked(self.x1[inlier_idx], self.x2[inlier_idx])]
+        return [_fundamental_from_rows(self.rows[inlier_idx], self.T1, self.T2)]
 
 
 _TRIPLES = np.array([[0, 1, 2], [0, 1, 3], [0, 2, 3], [1, 2, 3]])
@@ -373,9 +407,16 @@ def _rodrigues(rotvecs: np.ndarray) -> np.ndarray:
 
 
 def _tangent_basis(t: np.ndarray) -> np.ndarray:
-    """(3, 2) orthonormal basis of the plane orthogonal to the unit vector t."""
-    _, _, Vt = np.linalg.svd(t[None])
-    return Vt[1:].T
+    """(3, 2) orthonormal basis of the plane orthogonal to the unit vector t.
+
+    Closed form (two cross products with the axis least aligned with t) instead of an SVD: it is called
+    on every LM step.
+    """
+    axis = np.zeros(3)
+    axis[int(np.argmin(np.abs(t)))] = 1.0
+    b1 = np.cross(t, axis)
+    b1 /= np.linalg.norm(b1)
+    return np.column_stack([b1, np.cross(t, b1)])
 
 
 def refine_relative_pose(
@@ -457,7 +498,7 @@ def refine_relative_pose(
             if damping > 1e8:
                 break
             continue
-        converged = cost - cost_new <= 1e-10 * cost
+        converged = cost - cost_new <= _LM_RTOL * cost
         R, t, r, J, cost, w = R_new, t_new, r_new, ((rows[1:] - r_new) / step).T, cost_new, w_new
         damping = max(damping / 10.0, 1e-10)
         if converged:
@@ -636,12 +677,15 @@ def refine_fundamental_irls(
             break
         den = _sampson_den(F[None], est.x1h[:, near], est.x2h[:, near])[0]
         weights = polish.weights(r[near]) / den
-        F_new = epipolar.fundamental_8point_unchecked(x1_px[near], x2_px[near], weights=weights)
+        F_new = _fundamental_from_rows(est.rows[near], est.T1, est.T2, weights)
         r_new = est.residuals_sq(F_new)
         cost_new = polish.cost(r_new)
         if not cost_new < cost:
             break
+        converged = cost - cost_new <= _POLISH_RTOL * cost
         F, r, cost = F_new, r_new, cost_new
+        if converged:  # the next reweighting would move F by less than the noise
+            break
     return F
 
 

@@ -37,6 +37,10 @@ __all__ = ["Estimator", "RansacOptions", "RansacResult", "ransac", "required_ite
 
 logger = logging.getLogger(__name__)
 
+#: local optimisation stops at the final threshold once a refit lowers the MSAC cost by less than this
+#: fraction.
+_LO_RTOL = 1e-3
+
 
 @runtime_checkable
 class Estimator(Protocol):
@@ -266,7 +270,8 @@ def _local_optimization(
     t = options.max_error_px
     # Threshold multipliers from lo_threshold_multiplier down to 1 (Lebeda et al. 2012, "iterative
     # least squares").
-    multipliers = np.linspace(options.lo_threshold_multiplier, 1.0, options.lo_iterations)
+    k, m0 = options.lo_iterations, options.lo_threshold_multiplier
+    multipliers = [m0 + (1.0 - m0) * j / (k - 1) for j in range(k)] if k > 1 else [m0]
     for mult in multipliers:
         inlier_idx = np.flatnonzero(best[1] <= (mult * t) ** 2)
         if len(inlier_idx) <= estimator.sample_size:
@@ -283,7 +288,10 @@ def _local_optimization(
             if mult <= 1.0:
                 break  # no gain at the final threshold: the next refit would start from the same inliers
             continue
+        gain = best[2] - float(scores[i])
         best = (np.asarray(models[i]), res[i], float(scores[i]))
+        if mult <= 1.0 and gain <= _LO_RTOL * best[2]:
+            break  # converged at the final threshold: a further refit would not change the inliers
     return best
 
 
