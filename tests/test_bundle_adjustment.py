@@ -229,3 +229,20 @@ def test_nothing_to_adjust():
 
     result = bundle_adjust(Reconstruction())
     assert not result.success and "0 registered" in result.reason
+
+
+def test_schur_threads_give_identical_result():
+    # the threaded pair products compute the same batches, only on other threads: bitwise equal results
+    results = []
+    for threads in (1, 2, 3):
+        problem, _ = synthetic_problem(12, 300, model="SIMPLE_RADIAL", views_per_point=5, rng=31)
+        perturb(problem, rng=32)
+        opts = BundleAdjustmentOptions(backend="schur", num_threads=threads, function_tolerance=1e-10)
+        result = adjust_problem(problem, opts)
+        assert result.success and result.final_cost < 0.02 * result.initial_cost  # down to the noise
+        results.append((result.final_cost, problem.points.copy()))
+    for cost, points in results[1:]:
+        assert cost == results[0][0]
+        np.testing.assert_array_equal(points, results[0][1])
+    with pytest.raises(InputError, match="num_threads"):
+        BundleAdjustmentOptions(num_threads=0)

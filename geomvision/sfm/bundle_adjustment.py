@@ -73,6 +73,8 @@ class BundleAdjustmentOptions:
         lsmr_tolerance: LSMR ``atol``/``btol`` per step of the scipy backend (None: ``function_tolerance``
             clipped to [1e-6, 1e-2]); a looser tolerance gives inexact Gauss-Newton steps that cost fewer
             LSMR iterations.
+        num_threads: threads of the schur backend for the Schur complement's pair products (numpy releases
+            the GIL there); BLAS itself stays single-threaded.
         scipy_preconditioner: solve the scipy backend in block-Jacobi preconditioned variables (per-point
             3x3 and per-image pose blocks), which cuts LSMR iterations by an order of magnitude.
     """
@@ -97,6 +99,7 @@ class BundleAdjustmentOptions:
     lsmr_max_iterations: int | None = 50
     lsmr_tolerance: float | None = None
     scipy_preconditioner: bool = True
+    num_threads: int = 1
 
     def __post_init__(self) -> None:
         checks = (
@@ -110,6 +113,8 @@ class BundleAdjustmentOptions:
                 raise InputError(f"BundleAdjustmentOptions.{name} must be one of {allowed}, got {value!r}")
         if not self.loss_scale_px > 0:
             raise InputError(f"loss_scale_px must be > 0, got {self.loss_scale_px}")
+        if self.num_threads < 1:
+            raise InputError(f"num_threads must be >= 1, got {self.num_threads}")
         if self.max_iterations < 1:
             raise InputError(f"max_iterations must be >= 1, got {self.max_iterations}")
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,7 +31,7 @@ from geomvision.sfm.ba.model import BundleAdjustmentProblem, evaluate
 logger = logging.getLogger(__name__)
 
 _MIN_DIAG, _MAX_DIAG = 1e-6, 1e32
-_PAIRS_PER_CHUNK = 40_000  # bounds the (pairs, D, D) temporary to ~30 MB for D = 9
+_PAIRS_PER_CHUNK = 8192  # bounds each gather buffer to ~1.8 MB for D = 9 (cache-sized, and splits evenly)
 
 
 @dataclass
@@ -59,6 +60,8 @@ class _Structure:
     block_index: np.ndarray | None = None  # (B, b) block-Jacobi columns, padded with n
     block_slots: np.ndarray | None = None  # (B, b, b) slots of those entries in the CSR data (or -1)
     buffers: dict = field(default_factory=dict)  # scratch arrays reused across LM iterations
+    pool: ThreadPoolExecutor | None = None  # worker threads (options.num_threads - 1)
+    pair_parts: list | None = None  # pair_batches split into one list per thread
 
 
 def _block_rows(c: np.ndarray) -> np.ndarray:
@@ -300,6 +303,39 @@ def _forward3(L: tuple[np.ndarray, ...], B: np.ndarray, out: np.ndarray) -> np.n
     return out
 
 
+def _pair_products(
+    Z_rows: np.ndarray, batches: list, pair_blocks: np.ndarray, buffers: dict, key: str
+) -> None:
+    """Off-diagonal blocks ``sum_shared points Z_a^T Z_b`` of the given pair batches into ``pair_blocks``.
+
+    The gathers go into a buffer reused across iterations (fresh multi-MB arrays cost page faults every
+    time); ``key`` names the buffer, one per thread. numpy releases the GIL in ``take`` and ``matmul``, so
+    parts of the batch list run in parallel threads.
+    """
+    d = Z_rows.shape[2]
+    for groups, pa, pb in batches:
+        size = pa.size * 3 * d
+        buf = buffers.get(key)
+        if buf is None or buf.shape[1] < size:
+            buf = buffers[key] = np.empty((2, size))
+        X = np.take(Z_rows, pa, axis=0, out=buf[0, :size].reshape(pa.shape + (3, d)))
+        Y = np.take(Z_rows, pb, axis=0, out=buf[1, :size].reshape(pb.shape + (3, d)))
+        X = X.reshape(len(groups), -1, d)  # (G, 3k, D)
+        Y = Y.reshape(len(groups), -1, d)
+        pair_blocks[groups] = np.matmul(X.transpose(0, 2, 1), Y)
+
+
+def _split_batches(batches: list, parts: int) -> list[list]:
+    """Greedy split of the pair batches into ``parts`` lists of about equal padded size (largest first)."""
+    out: list[list] = [[] for _ in range(parts)]
+    load = [0] * parts
+    for batch in sorted(batches, key=lambda b: -b[1].size):
+        i = load.index(min(load))
+        out[i].append(batch)
+        load[i] += batch[1].size
+    return [part for part in out if part] or [[]]
+
+
 def _reduced_system(problem: BundleAdjustmentProblem, st: _Structure, lin: _Linearisation, mu: float):
     """Damped Schur complement: (slot values of S, rhs -v, C~^-1 (3, 3, Np)).
 
@@ -333,16 +369,14 @@ def _reduced_system(problem: BundleAdjustmentProblem, st: _Structure, lin: _Line
     # off-diagonal blocks per image pair: sum over shared points of Z_a^T Z_b, batched GEMMs per bucket;
     # the gathers go into buffers reused across iterations (fresh 10 MB arrays cost page faults each time)
     pair_blocks = np.empty((len(st.pair_img), d, d))
-    for groups, pa, pb in st.pair_batches:
-        size = pa.size * 3 * d
-        buf = st.buffers.get("gather")
-        if buf is None or buf.shape[1] < size:
-            buf = st.buffers["gather"] = np.empty((2, size))
-        X = np.take(Z_rows, pa, axis=0, out=buf[0, :size].reshape(pa.shape + (3, d)))
-        Y = np.take(Z_rows, pb, axis=0, out=buf[1, :size].reshape(pb.shape + (3, d)))
-        X = X.reshape(len(groups), -1, d)  # (G, 3k, D)
-        Y = Y.reshape(len(groups), -1, d)
-        pair_blocks[groups] = np.matmul(X.transpose(0, 2, 1), Y)
+    parts = st.pair_parts or [st.pair_batches]
+    futures = [
+        st.pool.submit(_pair_products, Z_rows, part, pair_blocks, st.buffers, f"gather{i}")
+        for i, part in enumerate(parts[1:], 1)
+    ]
+    _pair_products(Z_rows, parts[0], pair_blocks, st.buffers, "gather0")
+    for future in futures:
+        future.result()
     values = np.concatenate([self_img.ravel(), -pair_blocks.ravel(), -pair_blocks.transpose(0, 2, 1).ravel()])
     S = np.bincount(st.scatter_index, weights=values, minlength=st.n_slots)
 
@@ -446,6 +480,18 @@ def solve_schur(problem: BundleAdjustmentProblem, options, progress=None) -> dic
     x = problem.get_x()
     if x.size == 0:
         return {"success": True, "reason": "no free parameters", "iterations": 0}
+    if options.num_threads > 1:
+        st.pair_parts = _split_batches(st.pair_batches, options.num_threads)
+        st.pool = ThreadPoolExecutor(max_workers=options.num_threads - 1)
+    try:
+        return _lm_loop(problem, user_problem, st, x, options, progress, t0)
+    finally:
+        if st.pool is not None:
+            st.pool.shutdown()
+
+
+def _lm_loop(problem, user_problem, st: _Structure, x: np.ndarray, options, progress, t0: float) -> dict:
+    """The Levenberg-Marquardt iterations of ``solve_schur`` (Nielsen/Ceres damping schedule)."""
     ev = evaluate(problem, options.loss, options.loss_scale_px, jacobians=True)
     lin = _linearise(problem, st, ev)
     mu, nu = 1e-4, 2.0  # Ceres: initial trust region radius 1e4
