@@ -40,6 +40,9 @@ logger = logging.getLogger(__name__)
 #: local optimisation stops at the final threshold once a refit lowers the MSAC cost by less than this
 #: fraction.
 _LO_RTOL = 1e-3
+#: the first, short stage of the bail-out test is this many standard deviations more lenient than the
+#: full one (its binomial counts are small and the normal bound is less reliable there).
+_BAILOUT_FIRST_EXTRA_SIGMA = 1.0
 
 
 @runtime_checkable
@@ -241,19 +244,46 @@ class _Scorer:
         if m <= 0 or num_data <= 3 * m or self._res_batch is None or len(models) <= 1:
             return models
         subset = rng.integers(0, num_data, size=m)  # with replacement: counts are exactly binomial
-        counts = np.count_nonzero(self.residuals(models, subset) <= self.threshold_sq, axis=1)
-        best_ratio = max(best_ratio, counts.max() / m)
-        if best_ratio <= 0.0:
-            return models
-        expected = m * best_ratio
-        keep = np.flatnonzero(
-            counts >= expected - options.bailout_sigma * math.sqrt(expected * (1.0 - best_ratio))
-        )
+        if best_ratio > 0.0 and len(models) > options.batch_size:
+            # Sequential test (in the spirit of Matas & Chum's SPRT): a quarter of the subset first
+            # rejects the clearly bad hypotheses, so that with many outliers most hypotheses cost m / 4
+            # residuals instead of m. Only once a best model gives a reliable reference ratio.
+            # The reference is the best model's ratio alone: the maximum over many short counts is
+            # biased upwards and would reject good hypotheses.
+            first = subset[: max(m // 4, 16)]
+            first_opts = replace(options, bailout_sigma=options.bailout_sigma + _BAILOUT_FIRST_EXTRA_SIGMA)
+            models = models[self._passes(models, first, best_ratio, first_opts, use_batch_max=False)[0]]
+            if len(models) <= 1:
+                return models
+        keep, counts = self._passes(models, subset, best_ratio, options)
+        if len(keep) == 0:
+            return models[keep]
         if len(keep) > options.batch_size:
             # Many statistically equivalent hypotheses (easy data): fully score only the batch_size with
             # the most subset inliers (preemptive scoring, Nistér 2003); LO absorbs the small differences.
             keep = keep[np.argsort(-counts[keep], kind="stable")[: options.batch_size]]
         return models[keep]
+
+    def _passes(
+        self,
+        models: np.ndarray,
+        subset: np.ndarray,
+        best_ratio: float,
+        options: RansacOptions,
+        *,
+        use_batch_max: bool = True,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Indices of the models whose inlier count on ``subset`` is at most ``bailout_sigma`` binomial
+        standard deviations below that expected at the reference ratio (the best ratio so far, raised to
+        the batch's best subset ratio with ``use_batch_max``), and all the counts."""
+        m = len(subset)
+        counts = np.count_nonzero(self.residuals(models, subset) <= self.threshold_sq, axis=1)
+        ratio = max(best_ratio, counts.max() / m) if use_batch_max else best_ratio
+        if ratio <= 0.0:
+            return np.arange(len(models)), counts
+        expected = m * ratio
+        bound = expected - options.bailout_sigma * math.sqrt(expected * (1.0 - ratio))
+        return np.flatnonzero(counts >= bound), counts
 
 
 def _local_optimization(
