@@ -142,7 +142,24 @@ def test_low_confidence_priors_are_skipped():
     assert _errors(rec, truth, 4)[1] < 1e-9
     (skipped,) = report["not_placed"]
     assert skipped["image_id"] == 7 and "below min_confidence" in skipped["reason"]
+    assert "[0.3, 0.1]" in skipped["reason"]
     assert 7 not in rec.views
+
+
+def test_a_failing_prior_query_is_skipped_not_raised():
+    rec, images, paths, truth, _ = _scene(removed=(4,))
+    oracle = _oracle(truth)
+
+    def prior(path_1, path_2):
+        if path_1.name == "img03.png":
+            raise InputError(f"cannot read {path_1}")
+        return oracle(path_1, path_2)
+
+    report = register_with_pose_priors(rec, images, paths, prior, [(3, 4), (4, 5)])
+    assert report["placements"][0]["neighbours"] == [5] and _errors(rec, truth, 4)[1] < 1e-9
+    rec, images, paths, truth, _ = _scene(removed=(4,))
+    report = register_with_pose_priors(rec, images, paths, prior, [(3, 4)])
+    assert "image 3: cannot read /data/img03.png" in report["not_placed"][0]["reason"]
 
 
 def test_no_registered_neighbour_leaves_the_image_unregistered():

@@ -267,14 +267,19 @@ def _estimate(
         return {"reason": "no registered neighbour among its candidate pairs"}, None
     estimates, rejected = [], []
     for j in neighbours:
-        cam_i_from_cam_j, confidence = prior_fn(Path(image_paths[j]), Path(image_paths[image_id]))
+        try:
+            cam_i_from_cam_j, confidence = prior_fn(Path(image_paths[j]), Path(image_paths[image_id]))
+        except InputError as exc:  # e.g. an image the model cannot read: this query gives no prior
+            rejected.append(f"image {j}: {exc}")
+            continue
         if not np.isfinite(confidence) or confidence < options.min_confidence:
             rejected.append(round(float(confidence), 6))
             continue
         estimates.append((j, cam_i_from_cam_j, float(confidence)))
     if not estimates:
         return {
-            "reason": f"all {len(neighbours)} priors below min_confidence {options.min_confidence}: {rejected}"
+            "reason": f"all {len(neighbours)} priors failed or below min_confidence "
+            f"{options.min_confidence}: {rejected}"
         }, None
     pose, entry = _place_image(image_id, rec, estimates, baseline, options)
     return entry, pose
