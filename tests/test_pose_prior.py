@@ -146,6 +146,16 @@ def test_low_confidence_priors_are_skipped():
     assert 7 not in rec.views
 
 
+def test_without_pairs_nearest_images_and_nearest_neighbour_spacing_are_used():
+    rec, images, paths, truth, _ = _scene(removed=(10,))
+    report = register_with_pose_priors(
+        rec, images, paths, _oracle(truth), None, PosePriorOptions(max_neighbours=1)
+    )
+    assert report["placements"][0]["neighbours"] == [9]
+    assert report["baseline"] == pytest.approx(2 * RADIUS * np.sin(np.pi / (NUM - 1) / 2))
+    assert _errors(rec, truth, 10)[1] < 1e-9
+
+
 def test_a_failing_prior_query_is_skipped_not_raised():
     rec, images, paths, truth, _ = _scene(removed=(4,))
     oracle = _oracle(truth)
@@ -203,6 +213,10 @@ def test_options_and_checkpoint_errors(tmp_path):
         PosePriorOptions(min_confidence=1.5)
     with pytest.raises(InputError, match="max_neighbours"):
         PosePriorOptions(max_neighbours=0)
+    rec, images, paths, truth, _ = _scene(removed=(4,))
+    del paths[4]
+    with pytest.raises(InputError, match=r"no file for image\(s\) \[4\]"):
+        register_with_pose_priors(rec, images, paths, _oracle(truth))
     with pytest.raises(InputError, match="checkpoint not found"):
         learned_prior_fn(tmp_path / "missing.pt")
 

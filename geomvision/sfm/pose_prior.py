@@ -228,8 +228,12 @@ def register_with_pose_priors(
     registered = set(rec.registered_image_ids)
     skip = set(skip_image_ids)
     todo = sorted(i for i in images if i not in registered and i not in skip)
+    missing = [i for i in todo + sorted(registered) if i in images and i not in image_paths]
+    if missing:
+        raise InputError(f"image_paths has no file for image(s) {missing[:5]}")
     weights = _pair_weights(candidate_pairs, images)
-    baseline = _median_baseline(rec, weights)
+    # without known pairs every pair is a "candidate": only nearest-neighbour spacing is meaningful then
+    baseline = _median_baseline(rec, weights if candidate_pairs is not None else {})
     report: dict[str, Any] = {
         "registered_by_prior": [],
         "placements": [],
