@@ -8,7 +8,8 @@ an image an *approximate* pose instead:
 
 1. neighbours: the registered images that were candidate pairs of the image (ranked by their number of
    putative matches when known, otherwise by index distance, i.e. capture order), at most
-   ``max_neighbours`` of them;
+   ``max_neighbours`` of them. Only images the mapper registered serve as neighbours: an image placed
+   by the prior is never used to place another, so prior errors do not chain;
 2. for each neighbour ``j`` the prior returns ``cam_i_from_cam_j`` with a *unit* translation and a
    confidence; priors below ``min_confidence`` are skipped;
 3. rotation: ``R_i = R_ij R_j`` per neighbour, averaged with the confidence-weighted chordal L2 mean
