@@ -62,6 +62,8 @@ _POLISH_RTOL = 1e-4
 #: Levenberg-Marquardt stops once an accepted step lowers the cost by less than this fraction (a pose
 #: change far below the noise; waiting for a rejected step costs several extra evaluations).
 _LM_RTOL = 1e-6
+#: residuals computed per chunk of models in the Sampson scoring (cache-sized temporaries).
+_SAMPSON_CHUNK = 16384
 
 
 @dataclass(frozen=True)
@@ -179,24 +181,34 @@ def _sampson_sq(
     """Squared Sampson distances for a stack of F (M, 3, 3) and homogeneous points (3, N) -> (M, N).
 
     Unchecked twin of :func:`epipolar.sampson_distance_sq` for the RANSAC hot loop; ``index`` selects
-    a subset of the points.
+    a subset of the points. The models are processed in chunks of about ``_SAMPSON_CHUNK`` residuals,
+    each product a single 2-D GEMM: the (M, 3, N) temporaries of one big batch fall out of cache and
+    NumPy's stacked 3x3 matmul is not BLAS, which made full scoring of 16 models on 2000 points 5x
+    slower than this.
     """
     if index is not None:
         x1h_T, x2h_T = x1h_T[:, index], x2h_T[:, index]
-    Fx1 = F @ x1h_T  # (M, 3, N) epipolar lines in image 2
-    Ftx2 = np.swapaxes(F[:, :, :2], -1, -2) @ x2h_T  # (M, 2, N): only the line normals in image 1
-    alg = Fx1[:, 0] * x2h_T[0]
-    alg += Fx1[:, 1] * x2h_T[1]
-    alg += Fx1[:, 2]
-    den = Fx1[:, 0] ** 2
-    den += Fx1[:, 1] ** 2
-    den += Ftx2[:, 0] ** 2
-    den += Ftx2[:, 1] ** 2
-    with np.errstate(divide="ignore", invalid="ignore"):
-        alg *= alg
-        alg /= den
-    # 0/0 (a point on both epipoles) gives NaN, which the MSAC scoring treats as an outlier.
-    return alg
+    M, n = len(F), x1h_T.shape[1]
+    out = np.empty((M, n))
+    step = max(1, _SAMPSON_CHUNK // max(n, 1))
+    for s in range(0, M, step):
+        Fc = F[s : s + step]
+        k = len(Fc)
+        Fx1 = (Fc.reshape(3 * k, 3) @ x1h_T).reshape(k, 3, n)  # epipolar lines in image 2
+        # Only the line normals in image 1 enter the denominator.
+        Ftx2 = (np.swapaxes(Fc[:, :, :2], -1, -2).reshape(2 * k, 3) @ x2h_T).reshape(k, 2, n)
+        alg = Fx1[:, 0] * x2h_T[0]
+        alg += Fx1[:, 1] * x2h_T[1]
+        alg += Fx1[:, 2]
+        den = Fx1[:, 0] ** 2
+        den += Fx1[:, 1] ** 2
+        den += Ftx2[:, 0] ** 2
+        den += Ftx2[:, 1] ** 2
+        with np.errstate(divide="ignore", invalid="ignore"):
+            alg *= alg
+            # 0/0 (a point on both epipoles) gives NaN, which the MSAC scoring treats as an outlier.
+            np.divide(alg, den, out=out[s : s + step])
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------
