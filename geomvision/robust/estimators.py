@@ -470,9 +470,11 @@ def refine_relative_pose(
         t_new = t + P[:, 3:] @ _tangent_basis(t).T
         t_new /= np.linalg.norm(t_new, axis=1, keepdims=True)
         F = K2_inv.T @ skew(t_new) @ _rodrigues(P[:, :3]) @ R @ K1_inv
-        Fx1 = F @ x1h
-        Ftx2 = np.swapaxes(F[:, :, :2], -1, -2) @ x2h
-        alg = np.einsum("in,min->mn", x2h, Fx1)
+        m, n = len(F), x1h.shape[1]
+        # 2-D GEMMs: NumPy's stacked (M, 3, 3) @ (3, N) matmul is not BLAS and several times slower.
+        Fx1 = (F.reshape(3 * m, 3) @ x1h).reshape(m, 3, n)
+        Ftx2 = (np.swapaxes(F[:, :, :2], -1, -2).reshape(2 * m, 3) @ x2h).reshape(m, 2, n)
+        alg = Fx1[:, 0] * x2h[0] + Fx1[:, 1] * x2h[1] + Fx1[:, 2]
         den = Fx1[:, 0] ** 2 + Fx1[:, 1] ** 2 + Ftx2[:, 0] ** 2 + Ftx2[:, 1] ** 2
         return alg / np.sqrt(np.maximum(den, 1e-300))
 

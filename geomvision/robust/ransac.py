@@ -19,7 +19,9 @@ Algorithm (Fischler & Bolles 1981; H&Z 4.7.1 for the adaptive sample count):
 - The number of samples is adapted to the best inlier ratio ``w``: ``k = log(1 - p) / log(1 - w^s)``.
 - Before full scoring, each batch's hypotheses are scored on a random subset of the data and those
   statistically unable to beat the best are dropped (Capel 2005 bail-out test); at most ``batch_size``
-  survivors are scored on all points. With many outliers this removes most of the scoring cost.
+  survivors are scored on all points. With many outliers this removes most of the scoring cost. Once a
+  best model exists the test is sequential (in the spirit of Matas & Chum's SPRT): a quarter of the
+  subset first, with a one-sigma more lenient bound, then the whole subset for the survivors.
 """
 
 from __future__ import annotations
