@@ -151,3 +151,25 @@ def test_bad_input_raises(exact):
         ep.fundamental_8point(bad, x2)
     with pytest.raises(InputError, match="E must be"):
         ep.decompose_essential(np.eye(4))
+
+
+def test_cubic_real_roots_closed_form_matches_known_roots():
+    # Three real roots (1, -2, 0.5), one real root (t^3 + t + 10 = (t + 2)(t^2 - 2t + 5)), a scaled
+    # triple-ish case and a vanishing leading coefficient (invalid).
+    a = np.array([2.0, 1.0, 1e-3, 0.0])
+    b = np.array([2.0 * 0.5, 0.0, -3e-3, 1.0])
+    c = np.array([2.0 * -2.5, 1.0, 3e-3 - 1e-9, 1.0])
+    d = np.array([2.0 * 1.0, 10.0, -1e-3, 1.0])
+    roots, valid = ep._cubic_real_roots(a, b, c, d)
+    np.testing.assert_allclose(np.sort(roots[0][valid[0]]), [-2.0, 0.5, 1.0], atol=1e-12)
+    assert valid[1].tolist() == [True, False, False]
+    np.testing.assert_allclose(roots[1, 0], -2.0, atol=1e-12)
+    assert not valid[3].any()
+    # Random cubics: every root returned satisfies the polynomial and the real-root count matches numpy.
+    rng = np.random.default_rng(3)
+    a, b, c, d = rng.normal(size=(4, 500))
+    roots, valid = ep._cubic_real_roots(a, b, c, d)
+    for i in range(500):
+        ref = np.roots([a[i], b[i], c[i], d[i]])
+        ref_real = np.sort(ref[np.abs(ref.imag) < 1e-7].real)
+        np.testing.assert_allclose(np.sort(roots[i][valid[i]]), ref_real, rtol=1e-7, atol=1e-9)
