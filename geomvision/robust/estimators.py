@@ -53,6 +53,8 @@ _POSE_VOTE_POINTS = 100
 _MIN_FRONT_RATIO = 0.75
 #: maximum refine / re-select rounds of the essential-matrix polish.
 _REFINE_ROUNDS = 3
+#: a further polish round runs only if more than this fraction of the polished points changed.
+_POLISH_RESELECT_FRACTION = 0.01
 #: the polish uses a Cauchy loss of scale _POLISH_SCALE * sigma on the points within
 #: max(threshold, _POLISH_WINDOW * sigma), sigma being the noise level estimated from the inliers.
 _POLISH_WINDOW = 4.0
@@ -583,7 +585,10 @@ def estimate_essential(
             break
         E, pose, r, cost = E_ref, refined, r_ref, cost_ref
         new_near = polish.near(r)
-        if np.array_equal(new_near, near):  # same points: another round converges to the same optimum
+        # (Nearly) the same points: another round converges to (nearly) the same optimum. A handful of
+        # points entering or leaving the soft window among hundreds moves the pose far below the noise.
+        changed = len(np.setxor1d(new_near, near, assume_unique=True))
+        if changed <= _POLISH_RESELECT_FRACTION * len(near):
             break
         near = new_near
     mask = r <= thr**2
