@@ -315,3 +315,68 @@ def test_restarts_stop_when_the_best_optimum_repeats(rng):
     assert 2 <= len(costs) <= 6
     assert best.cost == pytest.approx(min(costs))
     assert sum(c <= best.cost * (1 + 1e-6) for c in costs) == 2
+
+
+def test_rank_k_normal_equations_match_the_explicit_jacobian(rng):
+    # The unconstrained rank-k relaxation (warm start) uses the same fast assembly with 5-vector points.
+    W = rng.standard_normal((12, 4)) @ rng.standard_normal((4, 30)) + 0.1 * rng.standard_normal((12, 30))
+    mask = rng.random((6, 30)) < 0.8
+    mask[:3] = True
+    W, mask = fz._check_measurements(_hide(W, mask), allow_missing=True)
+    problem = fz._Problem(W, mask, affine=False)
+    cameras = rng.standard_normal((12, 5))
+    _, X, H, R = problem.cost(cameras)
+    assert X.shape == (30, 5)
+    fast = problem.varpro_normal_equations(cameras, X, H, R)
+    explicit = problem.varpro_normal_equations_explicit(cameras, X, H, R)
+    np.testing.assert_allclose(fast[0], explicit[0], atol=1e-9 * np.abs(explicit[0]).max())
+    np.testing.assert_allclose(fast[1], explicit[1], atol=1e-9 * np.abs(explicit[1]).max())
+
+
+def test_affine_from_rank_k_is_exact_for_an_affine_product(rng):
+    # An exact affine factorization written in a scrambled rank-5 basis (one spare zero dimension) maps back
+    # to affine cameras with zero cost on complete data.
+    F, P = 8, 40
+    W, _, _ = _affine_scene(rng, num_frames=F, num_points=P)
+    Wc = W - W.mean(axis=1, keepdims=True)
+    U = rng.standard_normal((2 * F, 3))
+    X = np.linalg.lstsq(U, Wc, rcond=None)[0].T
+    Wexact = U @ X.T + 5.0  # the 5.0 translation makes the 4th model column necessary
+    B = np.concatenate([U, np.full((2 * F, 1), 5.0), rng.standard_normal((2 * F, 1))], axis=1)
+    C = np.concatenate([X, np.ones((P, 1)), np.zeros((P, 1))], axis=1)
+    G = rng.standard_normal((5, 5))
+    cameras = fz._affine_from_rank_k(B @ G, C @ np.linalg.inv(G).T)
+    problem = fz._Problem(Wexact, np.ones((F, P), bool))
+    cost = problem.cost(cameras)[0]
+    assert cost < 1e-18 * np.sum(Wexact**2)
+
+
+def test_init_cameras_are_in_the_unit_of_the_measurements(rng):
+    # Ground-truth cameras in pixels start at the optimum: the solver only lets its damping decay.
+    F, P = 10, 50
+    points = rng.standard_normal((P, 3)) * 50.0
+    motion = rng.standard_normal((F, 2, 3))
+    translations = rng.uniform(100, 500, (F, 2))
+    W = motion.reshape(2 * F, 3) @ points.T + translations.reshape(2 * F, 1)
+    Wm = _hide(W, _band_mask(rng, F, P, 4, 8))
+    init = np.concatenate([motion.reshape(2 * F, 3), translations.reshape(2 * F, 1)], axis=1)
+    result = fz.factorize_affine_missing(Wm, init_cameras=init)
+    assert result.rms < 1e-8
+    assert result.iterations < 20  # damping decay only (a random start needs more than 50)
+
+
+def test_warm_start_rank_below_four_is_rejected(rng):
+    W, _, _ = _affine_scene(rng, num_frames=6, num_points=20)
+    with pytest.raises(InputError, match="warm_start_rank"):
+        fz.factorize_affine_missing(W, fz.MissingDataOptions(warm_start_rank=3), rng=0)
+
+
+def test_warm_start_leaves_out_tracks_too_short_for_the_relaxation(rng):
+    # Two-view tracks (4 numbers) cannot constrain a 5-vector point of the rank-5 relaxation; they are left
+    # out of the warm start but kept in the affine problem, which still recovers the exact structure.
+    W, _, _ = _affine_scene(rng, num_frames=12, num_points=120)
+    mask = _band_mask(rng, 12, 120, 2, 8)
+    assert (mask.sum(axis=0) == 2).sum() > 5
+    result = fz.factorize_affine_missing(_hide(W, mask), rng=2)
+    assert result.converged
+    assert result.rms < 1e-8
