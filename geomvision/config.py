@@ -48,6 +48,9 @@ class PipelineOptions:
         num_workers: worker processes for per-image and per-pair work (1 = in-process).
         seed: seed of every random choice; the same seed gives the same model.
         html_report: also write OUT/report.html.
+        pose_prior_checkpoint: learned pose-model checkpoint; images the mapper cannot register are then
+            placed from its relative-pose prior (``geomvision.sfm.pose_prior``; needs torch). None: off.
+        pose_prior_min_confidence: priors below this confidence are ignored.
     """
 
     pairing: str = "exhaustive"
@@ -60,6 +63,8 @@ class PipelineOptions:
     num_workers: int = 2
     seed: int = 0
     html_report: bool = True
+    pose_prior_checkpoint: str | None = None
+    pose_prior_min_confidence: float = 0.5
 
     def __post_init__(self) -> None:
         if self.pairing not in PAIRING_MODES:
@@ -86,6 +91,8 @@ class PipelineOptions:
             raise InputError(f"num_workers must be >= 1, got {self.num_workers}")
         if self.sequential_window < 1 or self.retrieval_k < 1:
             raise InputError("sequential_window and retrieval_k must be >= 1")
+        if not 0.0 <= self.pose_prior_min_confidence <= 1.0:
+            raise InputError(f"pose_prior_min_confidence must be in [0, 1], got {self.pose_prior_min_confidence}")
 
 
 def _default_stage(section: str):

@@ -187,6 +187,12 @@ def _run_stages(run: _Run) -> PipelineResult:
             f"mapping failed: {mapping.report.get('reason', 'no model with 2+ images')}"
         )
 
+    if config.pipeline.pose_prior_checkpoint:  # learned fallback for images PnP could not register
+        t = time.perf_counter()
+        run.stage = "pose_prior"
+        report["pose_prior"] = _run_pose_prior(reconstructions, cameras, images, paths, matches, config)
+        timings["pose_prior"] = time.perf_counter() - t
+
     t = time.perf_counter()
     run.stage = "export"
     if out:
@@ -459,6 +465,20 @@ def _run_mapping(cameras, images, verified, config, progress_factory):
             rng=config.pipeline.seed,
             progress=progress,
         )
+
+
+def _run_pose_prior(reconstructions, cameras, images, paths, matches, config) -> dict[str, Any]:
+    from geomvision.sfm.pose_prior import PosePriorOptions, apply_learned_pose_prior
+
+    return apply_learned_pose_prior(
+        reconstructions,
+        cameras,
+        images,
+        dict(zip(sorted(images), paths, strict=True)),
+        {pair: len(m) for pair, m in matches.items()},
+        config.pipeline.pose_prior_checkpoint,
+        PosePriorOptions(min_confidence=config.pipeline.pose_prior_min_confidence),
+    )
 
 
 def _factorization_init(cameras, images, verified, config) -> Reconstruction:

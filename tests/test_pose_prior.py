@@ -239,3 +239,54 @@ def test_missing_torch_is_a_one_line_input_error(tmp_path, monkeypatch):
     ckpt.write_bytes(b"not used")
     with pytest.raises(InputError, match=r"^torch not installed: pip install geomvision\[learned\]$"):
         learned_prior_fn(ckpt)
+
+
+def test_pipeline_places_an_unmatchable_image_with_the_prior(tmp_path, monkeypatch):
+    """reconstruct with a checkpoint: the image that matches nothing gets the prior's pose, marked as such."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from reliability_images import fast_config, write_image, write_set
+
+    from geomvision.pipeline import run_pipeline
+    from geomvision.sfm import pose_prior
+    from geomvision.synthetic import random_texture
+
+    write_set(tmp_path / "img", 4)
+    write_image(tmp_path / "img" / "view_9.png", random_texture(512, 11)[:240, :320])  # unrelated texture
+    checkpoint = tmp_path / "prior.pt"
+    checkpoint.write_bytes(b"stand-in: the prior function is replaced below")
+    queried = []
+
+    def fake_learned_prior_fn(path):
+        assert Path(path) == checkpoint
+
+        def prior(path_1, path_2):
+            queried.append((Path(path_1).name, Path(path_2).name))
+            return Rigid3d(rotvec_to_matrix(np.array([0.0, 0.1, 0.0])), np.array([1.0, 0.0, 0.0])), 0.9
+
+        return prior
+
+    monkeypatch.setattr(pose_prior, "learned_prior_fn", fake_learned_prior_fn)
+    config = fast_config(pose_prior_checkpoint=str(checkpoint))
+    result = run_pipeline(tmp_path / "img", tmp_path / "out", config)
+    report = result.report
+    assert report["mapping"]["num_registered"] == 4  # PnP registrations only
+    assert report["pose_prior"]["registered_by_prior"] == [5]
+    assert {q[1] for q in queried} == {"view_9.png"} and len(queried) == 3  # max_neighbours
+    rec = result.reconstruction
+    assert rec.registered_image_ids == [1, 2, 3, 4, 5] and rec.views[5].num_points3D == 0
+    assert "view_9.png" in (tmp_path / "out" / "sparse" / "0" / "images.txt").read_text()
+
+
+def test_reconstruct_command_pose_prior_flag():
+    import argparse
+
+    from geomvision.commands import reconstruct
+
+    parser = argparse.ArgumentParser()
+    reconstruct.add_arguments(parser)
+    args = parser.parse_args(["imgs", "-o", "out", "--pose-prior", "relpose.pt"])
+    assert reconstruct.build_config(args).pipeline.pose_prior_checkpoint == "relpose.pt"
+    args = parser.parse_args(["imgs", "-o", "out"])
+    assert reconstruct.build_config(args).pipeline.pose_prior_checkpoint is None

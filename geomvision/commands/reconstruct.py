@@ -24,6 +24,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-features", type=int, help="maximum features per image")
     parser.add_argument("--max-image-size", type=int, help="downscale images larger than this (px)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--pose-prior",
+        metavar="CKPT",
+        help="learned pose checkpoint: place images that fail to register from its prior (needs torch)",
+    )
 
 
 def parse_intrinsics(text: str) -> tuple[float, float, float, float]:
@@ -48,6 +53,8 @@ def build_config(args: argparse.Namespace):
     pipeline = {}
     if args.intrinsics is not None:
         pipeline["intrinsics"] = parse_intrinsics(args.intrinsics)
+    if args.pose_prior is not None:
+        pipeline["pose_prior_checkpoint"] = args.pose_prior
     for arg, key in (("init", "init"), ("pairing", "pairing"), ("workers", "num_workers"), ("seed", "seed")):
         if getattr(args, arg) is not None:
             pipeline[key] = getattr(args, arg)
