@@ -127,6 +127,10 @@ def _run_stages(run: _Run) -> PipelineResult:
     report, timings = run.report, run.timings
     report.update({"status": "running", "image_dir": str(run.image_dir), "config": config.to_dict()})
 
+    if config.pipeline.pose_prior_checkpoint:  # a bad checkpoint or missing torch fails now, not after mapping
+        from geomvision.sfm.pose_prior import check_learned_prior
+
+        check_learned_prior(config.pipeline.pose_prior_checkpoint)
     paths = list_images(run.image_dir)
     if len(paths) < MIN_IMAGES:
         raise InputError(f"need at least {MIN_IMAGES} images in {run.image_dir}, found {len(paths)}")

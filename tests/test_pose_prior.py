@@ -268,6 +268,7 @@ def test_pipeline_places_an_unmatchable_image_with_the_prior(tmp_path, monkeypat
         return prior
 
     monkeypatch.setattr(pose_prior, "learned_prior_fn", fake_learned_prior_fn)
+    monkeypatch.setattr(pose_prior, "check_learned_prior", lambda path: None)  # runs without torch
     config = fast_config(pose_prior_checkpoint=str(checkpoint))
     result = run_pipeline(tmp_path / "img", tmp_path / "out", config)
     report = result.report
@@ -277,6 +278,15 @@ def test_pipeline_places_an_unmatchable_image_with_the_prior(tmp_path, monkeypat
     rec = result.reconstruction
     assert rec.registered_image_ids == [1, 2, 3, 4, 5] and rec.views[5].num_points3D == 0
     assert "view_9.png" in (tmp_path / "out" / "sparse" / "0" / "images.txt").read_text()
+
+
+def test_pipeline_rejects_a_missing_checkpoint_before_any_work(tmp_path):
+    from geomvision.config import ReconstructionConfig
+    from geomvision.pipeline import run_pipeline
+
+    config = ReconstructionConfig().with_changes(pipeline={"pose_prior_checkpoint": str(tmp_path / "no.pt")})
+    with pytest.raises(InputError, match="pose prior checkpoint not found"):
+        run_pipeline(tmp_path / "no_images_here", tmp_path / "out", config)
 
 
 def test_reconstruct_command_pose_prior_flag():

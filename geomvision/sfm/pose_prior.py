@@ -57,6 +57,7 @@ __all__ = [
     "PriorFn",
     "register_with_pose_priors",
     "learned_prior_fn",
+    "check_learned_prior",
     "apply_learned_pose_prior",
 ]
 
@@ -306,8 +307,8 @@ def _add_view(
 
 
 # --- the learned plugin (torch imported lazily, only when a checkpoint is requested) ------------------
-def learned_prior_fn(checkpoint: str | Path, *, device: str = "auto") -> PriorFn:
-    """``prior_fn`` from a trained pose-model checkpoint (any kind; see ``relative_pose_prior``).
+def check_learned_prior(checkpoint: str | Path):
+    """Fail early (before hours of matching) if the prior cannot run; returns the inference module.
 
     Raises:
         InputError: the checkpoint does not exist, or torch is not installed
@@ -319,10 +320,20 @@ def learned_prior_fn(checkpoint: str | Path, *, device: str = "auto") -> PriorFn
     if not path.is_file():
         raise InputError(f"pose prior checkpoint not found: {path}")
     try:
-        inference = import_learned("inference")
+        return import_learned("inference")
     except PluginUnavailableError as exc:
         raise InputError(str(exc)) from exc
-    model = inference.load_checkpoint(path, device=device)
+
+
+def learned_prior_fn(checkpoint: str | Path, *, device: str = "auto") -> PriorFn:
+    """``prior_fn`` from a trained pose-model checkpoint (any kind; see ``relative_pose_prior``).
+
+    Raises:
+        InputError: the checkpoint does not exist, or torch is not installed
+            ("torch not installed: pip install geomvision[learned]").
+    """
+    inference = check_learned_prior(checkpoint)
+    model = inference.load_checkpoint(Path(checkpoint), device=device)
 
     def prior(path_1: Path, path_2: Path) -> tuple[Rigid3d, float]:
         return inference.relative_pose_prior(model, path_1, path_2)
