@@ -90,5 +90,8 @@ def run(args: argparse.Namespace) -> int:
         f"{t['total']:.1f} s (features {t['features']:.1f}, matching {t['matching']:.1f}, "
         f"verification {t['verification']:.1f}, mapping {t['mapping']:.1f})"
     )
+    if "pose_prior" in report:  # say plainly which registrations are learned guesses, not PnP
+        placed = report["pose_prior"]["num_registered_by_prior"]
+        print(f"{placed} of the registered images placed by the learned pose prior only (no points)")
     print(f"wrote {result.output_dir}/sparse/0 (COLMAP text), points.ply, report.json")
     return 0
