@@ -377,6 +377,11 @@ def test_warm_start_leaves_out_tracks_too_short_for_the_relaxation(rng):
     W, _, _ = _affine_scene(rng, num_frames=12, num_points=120)
     mask = _band_mask(rng, 12, 120, 2, 8)
     assert (mask.sum(axis=0) == 2).sum() > 5
-    result = fz.factorize_affine_missing(_hide(W, mask), rng=2)
+    forced = fz.MissingDataOptions(warm_start_min_share=0.0)
+    result = fz.factorize_affine_missing(_hide(W, mask), forced, rng=2)
     assert result.converged
     assert result.rms < 1e-8
+    # By default (under 90 % long tracks) the warm start is skipped: same run as without it.
+    default = fz.factorize_affine_missing(_hide(W, mask), rng=2)
+    direct = fz.factorize_affine_missing(_hide(W, mask), fz.MissingDataOptions(warm_start_rank=None), rng=2)
+    assert default.iterations == direct.iterations and default.cost == direct.cost
