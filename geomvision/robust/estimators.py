@@ -172,6 +172,11 @@ def _spread_degeneracy(x: np.ndarray, name: str) -> str:
     return ""
 
 
+def _pair_degeneracy(x1: np.ndarray, x2: np.ndarray) -> str:
+    """First :func:`_spread_degeneracy` reason of image 1 then image 2, else '' (shared input gate)."""
+    return _spread_degeneracy(x1, "image 1") or _spread_degeneracy(x2, "image 2")
+
+
 def _homogeneous_T(x: np.ndarray) -> np.ndarray:
     """(N, 2) -> (3, N) homogeneous columns."""
     return np.vstack([x.T, np.ones(len(x))])
@@ -552,9 +557,8 @@ def estimate_essential(
     x1, x2 = _check_correspondences(x1_px, x2_px, EssentialEstimator.sample_size)
     K1, K2 = _check_K(K1, "K1"), _check_K(K2, "K2")
     n = len(x1)
-    for x, name in ((x1, "image 1"), (x2, "image 2")):
-        if reason := _spread_degeneracy(x, name):
-            return _failure(reason, n)
+    if reason := _pair_degeneracy(x1, x2):
+        return _failure(reason, n)
     est = EssentialEstimator(x1, x2, K1, K2)
     # The polish below supersedes RANSAC's final least-squares refit.
     res = ransac(est, n, replace(options, final_refit=False) if refine else options, rng=rng)
@@ -638,9 +642,8 @@ def estimate_fundamental(
     options = options or RansacOptions()
     x1, x2 = _check_correspondences(x1_px, x2_px, FundamentalEstimator.sample_size)
     n = len(x1)
-    for x, name in ((x1, "image 1"), (x2, "image 2")):
-        if reason := _spread_degeneracy(x, name):
-            return _failure(reason, n)
+    if reason := _pair_degeneracy(x1, x2):
+        return _failure(reason, n)
     est = FundamentalEstimator(x1, x2)
     # The polish below supersedes RANSAC's final least-squares refit.
     res = ransac(est, n, replace(options, final_refit=False) if refine else options, rng=rng)
@@ -731,9 +734,8 @@ def estimate_homography(
     options = options or RansacOptions()
     x1, x2 = _check_correspondences(x1_px, x2_px, HomographyEstimator.sample_size)
     n = len(x1)
-    for x, name in ((x1, "image 1"), (x2, "image 2")):
-        if reason := _spread_degeneracy(x, name):
-            return _failure(reason, n)
+    if reason := _pair_degeneracy(x1, x2):
+        return _failure(reason, n)
     res = ransac(HomographyEstimator(x1, x2), n, options, rng=rng)
     if not res.success:
         return _failure(res.reason, n, res)
