@@ -1,0 +1,41 @@
+"""Rebuild BENCHMARKS.md: the hand-written summary (benchmarks/summary.md) + every results table.
+
+Usage: ``python benchmarks/assemble.py`` after running benchmark scripts (each writes
+``benchmarks/results/<name>.md``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ORDER = [
+    ("two_view.md", "Two-view geometry (issue: foundation)"),
+    ("bench_triangulation.md", "Triangulation and homography"),
+    ("matching.md", "Features, matching, verification (issue: features)"),
+    ("reconstruct.md", "End-to-end reconstruction (issue: incremental reconstruction)"),
+    ("bench_incremental_mapper.md", "Incremental mapper alone"),
+    ("bundle_adjustment.md", "Bundle adjustment (issue: bundle adjustment)"),
+    ("factorization.md", "Factorization (issue: Tomasi-Kanade)"),
+    ("bench_colmap_io.md", "COLMAP model I/O"),
+    ("learned_pose.md", "Learned pose plugins (issue: learned pose)"),
+]
+
+
+def main() -> None:
+    parts = [(HERE / "summary.md").read_text().rstrip() + "\n"]
+    for name, title in ORDER:
+        path = HERE / "results" / name
+        if not path.is_file():
+            continue
+        body = path.read_text().strip().splitlines()
+        if body and body[0].startswith("# "):
+            body = body[1:]  # replaced by our own heading
+        demoted = ["#" + line if line.startswith("#") else line for line in body]
+        parts.append(f"\n## {title}\n\n_Source: `benchmarks/results/{name}`._\n\n" + "\n".join(demoted).strip() + "\n")
+    (HERE.parent / "BENCHMARKS.md").write_text("\n".join(parts))
+    print("wrote BENCHMARKS.md")
+
+
+if __name__ == "__main__":
+    main()
