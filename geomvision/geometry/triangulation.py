@@ -236,6 +236,28 @@ def _check_min_observations(idx: np.ndarray, num_points: int) -> None:
         )
 
 
+def _check_grouping(
+    a: np.ndarray, b: np.ndarray, names: tuple[str, str], point_index, num_points
+) -> tuple[np.ndarray, int]:
+    """Shared input gate of the batched multi-view solvers: per-observation arrays ``a`` and ``b`` of
+    equal length M, ``num_points >= 0``, a valid (M,) ``point_index`` and (when there are points) >= 2
+    observations per point.
+
+    Returns:
+        (M,) int64 point index and ``num_points`` as int.
+    """
+    m = len(a)
+    if len(b) != m:
+        raise InputError(f"{names[0]} and {names[1]} must have the same length, got {m} and {len(b)}")
+    num_points = int(num_points)
+    if num_points < 0:
+        raise InputError(f"num_points must be >= 0, got {num_points}")
+    idx = _check_index(point_index, m, num_points)
+    if num_points:
+        _check_min_observations(idx, num_points)
+    return idx, num_points
+
+
 def _accumulate(idx: np.ndarray, values: np.ndarray, num_points: int) -> np.ndarray:
     """Sum (M, ...) values into (num_points, ...) by index: one bincount per component."""
     flat = values.reshape(len(values), -1)
@@ -279,16 +301,9 @@ def triangulate_nview(
     """
     projections = _finite_array(projections, (3, 4), "projections", ndim=3)
     x = _finite_array(x, (2,), "x", ndim=2)
-    m = len(projections)
-    if len(x) != m:
-        raise InputError(f"projections and x must have the same length, got {m} and {len(x)}")
-    num_points = int(num_points)
-    if num_points < 0:
-        raise InputError(f"num_points must be >= 0, got {num_points}")
-    idx = _check_index(point_index, m, num_points)
+    idx, num_points = _check_grouping(projections, x, ("projections", "x"), point_index, num_points)
     if num_points == 0:
         return np.zeros((0, 3))
-    _check_min_observations(idx, num_points)
     Pn, c, s = _world_normalization(projections)
     rows = _dlt_rows(Pn, x)  # (M, 2, 4)
     normal = _accumulate_normal_matrices(idx, rows, num_points)
@@ -318,16 +333,9 @@ def triangulate_midpoint(
     """
     centers = _finite_array(centers, (3,), "centers", ndim=2)
     directions = _finite_array(directions, (3,), "directions", ndim=2)
-    m = len(centers)
-    if len(directions) != m:
-        raise InputError(f"centers and directions must have the same length, got {m} and {len(directions)}")
-    num_points = int(num_points)
-    if num_points < 0:
-        raise InputError(f"num_points must be >= 0, got {num_points}")
-    idx = _check_index(point_index, m, num_points)
+    idx, num_points = _check_grouping(centers, directions, ("centers", "directions"), point_index, num_points)
     if num_points == 0:
         return np.zeros((0, 3))
-    _check_min_observations(idx, num_points)
     lengths = np.linalg.norm(directions, axis=1)
     if np.any(lengths == 0):
         raise InputError(f"directions contain {int(np.sum(lengths == 0))} zero vector(s)")
