@@ -34,26 +34,6 @@ DATASET = (
 SUCCESS_RTOL = 1e-6
 
 
-def load_dino_tracks(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(72, 4983) measurement matrix (NaN = missing) and (4983,) track lengths from ``pts.txt``."""
-    frames, points, xy, lengths = [], [], [], []
-    with open(path) as fh:
-        for line in fh:
-            values = line.split()
-            if not values:
-                continue
-            n = int(values[3])
-            obs = np.asarray(values[4 : 4 + 3 * n], dtype=np.float64).reshape(n, 3)
-            frames.append(obs[:, 0].astype(np.int64))
-            points.append(np.full(n, len(lengths)))
-            xy.append(obs[:, 1:])
-            lengths.append(n)
-    W = fz.measurement_matrix(
-        np.concatenate(frames), np.concatenate(points), np.concatenate(xy), num_frames=36
-    )
-    return W, np.asarray(lengths)
-
-
 def run_subset(
     W: np.ndarray,
     seeds: list[int],
@@ -197,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     if not pts.is_file():
         print(f"dataset not found: {pts}", file=sys.stderr)
         return 1
-    W_all, lengths = load_dino_tracks(pts)
+    W_all, lengths = fz.load_dinosaur_tracks(pts)
     subsets = []
     if not args.starts_only_full:
         if args.longest:

@@ -26,24 +26,6 @@ DEFAULT_PTS = (
 )
 
 
-def load_pts(path: Path, min_views: int) -> np.ndarray:
-    """(2F, P) measurement matrix of the tracks seen in >= ``min_views`` views (NaN = missing)."""
-    frames, points, xy = [], [], []
-    with open(path) as fh:
-        for line in fh:
-            values = line.split()
-            if not values or int(values[3]) < min_views:
-                continue
-            n = int(values[3])
-            obs = np.asarray(values[4 : 4 + 3 * n], dtype=np.float64).reshape(n, 3)
-            frames.append(obs[:, 0].astype(np.int64))
-            points.append(np.full(n, len(points)))
-            xy.append(obs[:, 1:])
-    return fz.measurement_matrix(
-        np.concatenate(frames), np.concatenate(points), np.concatenate(xy), num_frames=36
-    )
-
-
 def synthetic_turntable(num_frames: int = 36, num_points: int = 300, seed: int = 0) -> np.ndarray:
     """Weak-perspective turntable with 0.5 px noise; each point is seen over 4..10 consecutive frames."""
     rng = np.random.default_rng(seed)
@@ -66,7 +48,8 @@ def main() -> None:
     parser.add_argument("--starts", type=int, default=3)
     args = parser.parse_args()
     if args.pts.is_file():
-        W = load_pts(args.pts, args.min_views)
+        W_all, lengths = fz.load_dinosaur_tracks(args.pts)
+        W = W_all[:, lengths >= args.min_views]
         print(f"{args.pts}: {W.shape[0] // 2} frames, {W.shape[1]} tracks seen in >= {args.min_views} views")
     else:
         W = synthetic_turntable()

@@ -385,3 +385,25 @@ def test_warm_start_leaves_out_tracks_too_short_for_the_relaxation(rng):
     default = fz.factorize_affine_missing(_hide(W, mask), rng=2)
     direct = fz.factorize_affine_missing(_hide(W, mask), fz.MissingDataOptions(warm_start_rank=None), rng=2)
     assert default.iterations == direct.iterations and default.cost == direct.cost
+
+
+def test_load_dinosaur_tracks_reads_the_oxford_file():
+    from conftest import shared_dataset
+
+    W, lengths = fz.load_dinosaur_tracks(shared_dataset("oxford_dinosaur") / "pts.txt")
+    # README: 4983 tracks over 36 frames, 2..21 views each, 16432 observations, 2300 two-view tracks.
+    assert W.shape == (72, 4983)
+    assert lengths.sum() == 16432 and lengths.min() == 2 and lengths.max() == 21
+    assert int(np.sum(lengths == 2)) == 2300
+    np.testing.assert_array_equal(np.sum(~np.isnan(W[0::2]), axis=0), lengths)
+    # First line of pts.txt: views 0 and 1 at (405.60, 20.31) and (409.71, 24.43).
+    np.testing.assert_allclose(W[0:4, 0], [405.60, 20.31, 409.71, 24.43])
+
+
+def test_load_dinosaur_tracks_rejects_bad_input(tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        fz.load_dinosaur_tracks(tmp_path / "none.txt")
+    bad = tmp_path / "pts.txt"
+    bad.write_text("0 0 0 2 0 1.0 2.0 1 3.0\n")
+    with pytest.raises(InputError, match=":1: malformed"):
+        fz.load_dinosaur_tracks(bad)
