@@ -8,6 +8,7 @@ machine can produce a picture. ``GEOMVISION_RENDERER=software|open3d`` forces on
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -252,7 +253,8 @@ def screenshot(
         backend = "software"
     if backend in ("auto", "open3d"):
         try:
-            image = _render_open3d(rec, width, height, view, view_graph, frustum_scale, order)
+            with _native_output_silenced():
+                image = _render_open3d(rec, width, height, view, view_graph, frustum_scale, order)
             used = "open3d"
         except Exception as exc:  # the GPU/EGL stack fails in many ways; all mean "use the fallback"
             if backend == "open3d":
@@ -299,6 +301,31 @@ def _write_png(path: Path, image: np.ndarray) -> None:
         raise OSError(f"could not encode PNG for {path}")
     with atomic_path(path, suffix=".png") as tmp:
         tmp.write_bytes(data.tobytes())
+
+
+@contextlib.contextmanager
+def _native_output_silenced():
+    """Send C++ prints (Filament's engine banner, Vulkan driver lines) to /dev/null while rendering.
+
+    They go straight to file descriptors 1 and 2, bypassing Python and logging, and would clutter the
+    CLI's output; with debug logging on they are kept.
+    """
+    if logger.isEnabledFor(logging.DEBUG):
+        yield
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, devnull):
+            os.close(fd)
 
 
 def _render_open3d(rec, width, height, view: ViewSetup, view_graph, frustum_scale, order) -> np.ndarray:
