@@ -306,6 +306,18 @@ def real_pairs(
 
 
 # ----------------------------------------------------------------------------------------------------
+def section(title: str, tE: Tally, tF: Tally) -> list[str]:
+    """Markdown lines of one data set: title, then the E and F rows under the common header."""
+    return [
+        title,
+        "",
+        *HEADER,
+        *tE.rows(list(E_METHODS), REFERENCE["E"]),
+        *tF.rows(list(F_METHODS), REFERENCE["F"]),
+        "",
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--trials", type=int, default=200, help="synthetic pairs per outlier ratio")
@@ -346,15 +358,12 @@ def main(argv: list[str] | None = None) -> int:
         for ratio in (0.3, 0.6):
             t0 = time.perf_counter()
             tE, tF = synthetic(args.trials, args.num_points, ratio, args.threshold_px)
-            lines += [
+            lines += section(
                 f"## Synthetic: {args.trials} pairs, {args.num_points} matches, 0.5 px noise, "
                 f"{int(100 * ratio)} % outliers",
-                "",
-                *HEADER,
-                *tE.rows(list(E_METHODS), REFERENCE["E"]),
-                *tF.rows(list(F_METHODS), REFERENCE["F"]),
-                "",
-            ]
+                tE,
+                tF,
+            )
             print(f"synthetic {ratio}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     if not args.skip_real:
         for name, step in (("strecha_fountain-P11", 1), ("middlebury_templeRing", args.temple_step)):
@@ -367,15 +376,12 @@ def main(argv: list[str] | None = None) -> int:
             )
             pairs_desc = "consecutive pairs" if step == 1 else f"pairs (i, i+1), every {step}th view"
             pairs_desc += f" with GT rotation <= {MAX_PAIR_ROTATION_DEG:g} deg"
-            lines += [
+            lines += section(
                 f"## {name}: {n_pairs} {pairs_desc}, SIFT + ratio 0.8, median {med_matches} matches, "
                 f"{args.real_runs} seeds each",
-                "",
-                *HEADER,
-                *tE.rows(list(E_METHODS), REFERENCE["E"]),
-                *tF.rows(list(F_METHODS), REFERENCE["F"]),
-                "",
-            ]
+                tE,
+                tF,
+            )
             print(f"{name}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     text = "\n".join(lines) + "\n"
     print(text)
