@@ -65,7 +65,7 @@ class TwoViewOptions:
     max_H_inlier_ratio: float = 0.8
     check_calibration: bool = True
     estimate_homography: bool = True
-    confidence: float = 0.9999
+    confidence: float = 0.999
     max_iterations: int = 10_000
     panoramic_max_error_px: float = 2.0
     num_workers: int | None = None
@@ -213,6 +213,11 @@ def verify_pair(
     x1 = _ideal_pixels(np.asarray(keypoints_1_px, np.float64)[matches[:, 0]], K1, cam1)
     x2 = _ideal_pixels(np.asarray(keypoints_2_px, np.float64)[matches[:, 1]], K2, cam2)
     ransac = options.ransac_options()
+    # A model with fewer than min_num_inliers inliers is rejected anyway, so RANSAC may stop once a
+    # model with that many inliers would have been sampled with the requested confidence (H&Z 4.7.1
+    # with the inlier ratio floored at min_num_inliers / n). Without this floor a non-overlapping
+    # pair, whose best model has few inliers, samples up to max_iterations.
+    ransac = replace(ransac, min_inlier_ratio=max(ransac.min_inlier_ratio, options.min_num_inliers / n))
     calibrated = K1 is not None and K2 is not None
 
     est_E = estimate_essential(x1, x2, K1, K2, ransac, rng=rng) if calibrated else None
