@@ -158,3 +158,32 @@ def test_templering_verified_pairs_match_gt_epipolar_geometry():
         assert np.mean(err < 2.0) >= 0.98, (i, j)
         rot_err, t_err = _pose_errors_deg(tvg.cam2_from_cam1, rel)
         assert rot_err < 1.0 and t_err < 5.0, (i, j, rot_err, t_err)
+
+
+def test_non_overlapping_pair_stops_at_min_num_inliers_floor(monkeypatch):
+    """Random (non-overlapping) matches are rejected after the samples that would find a model with
+    min_num_inliers inliers at the requested confidence, not after max_iterations."""
+    import geomvision.sfm.two_view as tv
+    from geomvision.robust.ransac import required_iterations
+
+    iterations = {}
+    for name in ("estimate_essential", "estimate_fundamental"):
+        def wrapped(*args, _f=getattr(tv, name), _name=name, **kwargs):
+            est = _f(*args, **kwargs)
+            iterations[_name] = est.num_iterations
+            return est
+        monkeypatch.setattr(tv, name, wrapped)
+    rng = np.random.default_rng(3)
+    n = 40
+    kp1 = rng.uniform([0, 0], [640, 480], size=(n, 2))
+    kp2 = rng.uniform([0, 0], [640, 480], size=(n, 2))
+    K = np.array([[700.0, 0, 320], [0, 700, 240], [0, 0, 1]])
+    matches = np.column_stack([np.arange(n), np.arange(n)])
+    options = TwoViewOptions(num_workers=1)
+    tvg = verify_pair(kp1, kp2, matches, K, K, options, rng=0)
+    assert not tvg.success and "inliers" in tvg.reason
+    ratio = options.min_num_inliers / n
+    for name, s in (("estimate_essential", 5), ("estimate_fundamental", 7)):
+        bound = required_iterations(ratio, s, options.confidence)
+        # The adaptive loop overshoots its target by at most one grown batch (8 * batch_size).
+        assert iterations[name] <= bound + 8 * options.ransac.batch_size, (name, iterations[name], bound)
