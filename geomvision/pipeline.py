@@ -539,7 +539,9 @@ def _replace_folder(folder: Path, write: Callable[[Path], Any]) -> None:
 
 
 def _model_summary(reconstructions: list[Reconstruction]) -> dict[str, Any]:
-    best = reconstructions[0].summary()
+    # summary() reprojects every observation: compute it once per model and reuse the largest's.
+    models = [r.summary() for r in reconstructions]
+    best = models[0]
     return {
         "num_registered": best["num_registered"],
         "num_points3D": best["num_points3D"],
@@ -547,7 +549,7 @@ def _model_summary(reconstructions: list[Reconstruction]) -> dict[str, Any]:
         "mean_track_length": best["mean_track_length"],
         "mean_reprojection_error_px": best["mean_reprojection_error_px"],
         "num_models": len(reconstructions),
-        "models": [r.summary() for r in reconstructions],
+        "models": models,
         "registered_images": [
             reconstructions[0].views[i].name for i in reconstructions[0].registered_image_ids
         ],
