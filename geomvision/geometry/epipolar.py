@@ -18,7 +18,6 @@ import numpy as np
 
 from geomvision.errors import InputError
 from geomvision.geometry.rigid import Rigid3d, skew
-from geomvision.geometry.triangulation import triangulate_dlt
 
 __all__ = [
     "hartley_normalization",
@@ -458,7 +457,9 @@ def decompose_essential(E: np.ndarray) -> list[Rigid3d]:
 def cheirality_mask(
     cam2_from_cam1: Rigid3d, xn1: np.ndarray, xn2: np.ndarray, *, max_depth: float = 1000.0
 ) -> np.ndarray:
-    """(N,) True where the DLT-triangulated point lies in front of both cameras (H&Z 9.6.3).
+    """(N,) True where the triangulated point lies in front of both cameras (H&Z 9.6.3).
+
+    Points are triangulated by the two-ray midpoint method (closed form, see :func:`_ray_depths`).
 
     Args:
         cam2_from_cam1: relative pose; ``max_depth`` is in units of its translation.
@@ -469,23 +470,40 @@ def cheirality_mask(
     return _front_masks(cam2_from_cam1, xn1, xn2, max_depth)[0]
 
 
+def _ray_depths(pose: Rigid3d, xn1: np.ndarray, xn2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Depths ``(z1, z2)`` (N,) of the midpoint triangulation of the rays ``f1 = (xn1, 1)``, ``f2 = (xn2, 1)``.
+
+    ``z1, z2`` minimise ``|z1 R f1 + t - z2 f2|^2`` (closest points of the two rays, expressed in camera 2),
+    a 2x2 linear system solved in closed form for all points at once; z1 and z2 are the depths in camera
+    1 and 2 because both rays have unit z. Parallel rays give infinite (or NaN) depths. Same cheirality
+    decision as a DLT triangulation for any point not at infinity, at a fraction of the cost.
+    """
+    R, t = pose.rotation, pose.translation
+    u = xn1 @ R[:, :2].T + R[:, 2]  # R f1, (N, 3)
+    a = np.einsum("ij,ij->i", u, u)
+    b = u[:, 0] * xn2[:, 0] + u[:, 1] * xn2[:, 1] + u[:, 2]
+    c = xn2[:, 0] ** 2 + xn2[:, 1] ** 2 + 1.0
+    d = u @ t
+    e = xn2[:, 0] * t[0] + xn2[:, 1] * t[1] + t[2]
+    det = a * c - b * b
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (b * e - c * d) / det, (b * d - a * e) / -det
+
+
 def _front_masks(
     pose: Rigid3d, xn1: np.ndarray, xn2: np.ndarray, max_depth: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """Cheirality masks of ``(R, t)`` and ``(R, -t)`` from a single triangulation.
 
-    Negating t negates the DLT solution (``-X`` reprojects identically in both views), so the depths of
-    the ``-t`` candidate are the negated depths of the ``t`` candidate.
+    Negating t negates both midpoint depths, so the depths of the ``-t`` candidate are the negated
+    depths of the ``t`` candidate.
     """
-    P1 = np.hstack([np.eye(3), np.zeros((3, 1))])
-    X = triangulate_dlt(P1, pose.matrix(), xn1, xn2)
-    z1 = X[:, 2]
-    z2 = X @ pose.rotation[2] + pose.translation[2]
-    finite = np.isfinite(z1) & np.isfinite(z2)
-    scale = np.linalg.norm(pose.translation)
-    near = (np.abs(z1) < max_depth * scale) & (np.abs(z2) < max_depth * scale)
-    pos = finite & near & (z1 > 0) & (z2 > 0)
-    neg = finite & near & (z1 < 0) & (z2 < 0)
+    z1, z2 = _ray_depths(pose, np.asarray(xn1, dtype=np.float64), np.asarray(xn2, dtype=np.float64))
+    lim = max_depth * np.linalg.norm(pose.translation)
+    # NaN / inf depths (parallel rays) fail both comparisons below.
+    near = (np.abs(z1) < lim) & (np.abs(z2) < lim)
+    pos = near & (z1 > 0) & (z2 > 0)
+    neg = near & (z1 < 0) & (z2 < 0)
     return pos, neg
 
 
@@ -494,8 +512,8 @@ def recover_pose(
 ) -> tuple[Rigid3d, np.ndarray]:
     """Pick the decomposition of ``E`` that puts most points in front of both cameras (cheirality).
 
-    Points are triangulated with :func:`geomvision.geometry.triangulation.triangulate_dlt`; two
-    triangulations cover the four candidates of :func:`decompose_essential` (H&Z Result 9.19).
+    Points are triangulated with the midpoint method (:func:`cheirality_mask`); two triangulations
+    cover the four candidates of :func:`decompose_essential` (H&Z Result 9.19).
 
     Args:
         E: (3, 3) essential matrix.
