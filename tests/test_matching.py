@@ -38,7 +38,8 @@ def test_bruteforce_equals_reference(rng, mutual):
     d1 = base + 0.05 * rng.random((150, 32)).astype(np.float32)
     d2 = np.concatenate([base[rng.permutation(150)[:120]], rng.random((60, 32)).astype(np.float32)])
     d2[:120] += 0.05 * rng.random((120, 32)).astype(np.float32)
-    idx, dist = match_descriptors(d1, d2, MatchingOptions(ratio_threshold=0.8, mutual=mutual))
+    idx, dist = match_descriptors(d1, d2, MatchingOptions(method="bruteforce", ratio_threshold=0.8,
+                                                          mutual=mutual))
     expected = _reference(d1, d2, 0.8, mutual)
     assert len(expected) > 50
     assert set(map(tuple, idx.tolist())) == expected
@@ -84,10 +85,13 @@ def _gt_fundamental(scene, i: int, j: int) -> np.ndarray:
     return fundamental_from_essential(E, scene.K, scene.K)
 
 
-@pytest.mark.parametrize("method", ["bruteforce", "flann"])
+@pytest.mark.parametrize("method", ["bruteforce", "ivf", "flann"])
 def test_matches_on_rendered_images_obey_gt_epipolar_geometry(rendered, method):
     scene, feats = rendered
-    result = match_pairs(feats, [(1, 2), (2, 3)], MatchingOptions(method=method, num_workers=1))
+    # ivf_min_num_features=0: the inverted file is used even on these small sets.
+    options = MatchingOptions(method=method, num_workers=1, ivf_min_num_features=0, ivf_num_cells=16,
+                              ivf_num_probes=3)
+    result = match_pairs(feats, [(1, 2), (2, 3)], options)
     for (i, j), m in result.items():
         assert len(m) > 200
         F = _gt_fundamental(scene, i - 1, j - 1)
@@ -100,7 +104,7 @@ def test_matches_on_rendered_images_obey_gt_epipolar_geometry(rendered, method):
 
 def test_flann_agrees_with_bruteforce(rendered):
     _, feats = rendered
-    exact, _ = match_descriptors(feats[1].descriptors, feats[2].descriptors, MatchingOptions())
+    exact, _ = match_descriptors(feats[1].descriptors, feats[2].descriptors, MatchingOptions(method="bruteforce"))
     approx, _ = match_descriptors(feats[1].descriptors, feats[2].descriptors, MatchingOptions(method="flann"))
     common = set(map(tuple, exact.tolist())) & set(map(tuple, approx.tolist()))
     assert len(common) > 0.9 * len(exact)
@@ -110,13 +114,13 @@ def test_cache_and_executors(rendered, tmp_path, monkeypatch):
     _, feats = rendered
     pairs = [(1, 2), (1, 3), (2, 3)]
     calls = []
-    original = match_mod.match_descriptors
+    original = match_mod._match_prepared
 
-    def counting(d1, d2, options=None):
+    def counting(*args):
         calls.append(1)
-        return original(d1, d2, options)
+        return original(*args)
 
-    monkeypatch.setattr(match_mod, "match_descriptors", counting)
+    monkeypatch.setattr(match_mod, "_match_prepared", counting)
     opts = MatchingOptions(num_workers=1)
     first = match_pairs(feats, pairs, opts, cache_dir=tmp_path)
     assert len(calls) == 3
@@ -142,8 +146,8 @@ def test_bad_pairs(rendered):
 def test_pca_search_is_close_to_exact(rendered):
     _, feats = rendered
     d1, d2 = feats[1].descriptors, feats[2].descriptors
-    exact, _ = match_descriptors(d1, d2, MatchingOptions())
-    approx, dist = match_descriptors(d1, d2, MatchingOptions(pca_dims=48))
+    exact, _ = match_descriptors(d1, d2, MatchingOptions(method="bruteforce"))
+    approx, dist = match_descriptors(d1, d2, MatchingOptions(method="bruteforce", pca_dims=48))
     common = set(map(tuple, exact.tolist())) & set(map(tuple, approx.tolist()))
     assert len(common) > 0.9 * len(exact)
     # Reported distances are the exact ones in the full descriptor space.
@@ -152,3 +156,55 @@ def test_pca_search_is_close_to_exact(rendered):
     np.testing.assert_allclose(dist, np.linalg.norm(a - b, axis=1), atol=1e-5)
     with pytest.raises(InputError, match="pca_dims"):
         MatchingOptions(pca_dims=1)
+
+
+def test_ivf_probing_every_cell_is_exact(rendered):
+    # With every cell probed the inverted file compares all pairs: the exact brute-force answer.
+    _, feats = rendered
+    d1, d2 = feats[1].descriptors, feats[2].descriptors
+    exact, exact_dist = match_descriptors(d1, d2, MatchingOptions(method="bruteforce"))
+    opts = MatchingOptions(method="ivf", ivf_num_cells=8, ivf_num_probes=8, ivf_min_num_features=0)
+    full, full_dist = match_descriptors(d1, d2, opts, rng=3)
+    assert len(exact) > 200
+    np.testing.assert_array_equal(full, exact)
+    np.testing.assert_allclose(full_dist, exact_dist, atol=1e-6)
+
+
+def test_ivf_recall_and_shared_quantiser(rendered, tmp_path):
+    _, feats = rendered
+    pairs = [(1, 2), (1, 3), (2, 3)]
+    exact = match_pairs(feats, pairs, MatchingOptions(method="bruteforce", num_workers=1))
+    opts = MatchingOptions(num_workers=1, ivf_num_cells=32, ivf_num_probes=4, ivf_min_num_features=0)
+    approx = match_pairs(feats, pairs, opts, rng=5, cache_dir=tmp_path)
+    for p in pairs:
+        found = set(map(tuple, approx[p].indices.tolist()))
+        truth = set(map(tuple, exact[p].indices.tolist()))
+        # 4 of 32 cells: 1/8 of the products, most exact matches kept, few new ones.
+        assert len(found & truth) > 0.85 * len(truth)
+        assert len(found - truth) < 0.1 * len(truth)
+    # Same seed: the cache answers; another seed trains another quantiser (new cache entries).
+    again = match_pairs(feats, pairs, opts, rng=5, cache_dir=tmp_path)
+    for p in pairs:
+        np.testing.assert_array_equal(again[p].indices, approx[p].indices)
+    assert len(list(tmp_path.glob("matches_*.npz"))) == 3
+    with cf.ThreadPoolExecutor(2) as pool:
+        other = match_pairs(feats, pairs, opts, rng=6, cache_dir=tmp_path, executor=pool)
+    assert len(list(tmp_path.glob("matches_*.npz"))) == 6
+    assert all(len(other[p]) > 0.85 * len(exact[p]) for p in pairs)
+
+
+def test_ivf_quantiser_and_options():
+    rng = np.random.default_rng(0)
+    sets = [rng.random((300, 16)).astype(np.float32), rng.random((200, 16)).astype(np.float32)]
+    centres = match_mod.train_ivf_quantiser(sets, 10, rng=1)
+    assert centres.shape == (10, 16)
+    np.testing.assert_array_equal(centres, match_mod.train_ivf_quantiser(sets, 10, rng=1))
+    with pytest.raises(InputError, match="no descriptors"):
+        match_mod.train_ivf_quantiser([np.zeros((0, 16), np.float32)], 4)
+    with pytest.raises(InputError, match="7 probes"):
+        MatchingOptions(ivf_num_cells=4, ivf_num_probes=7)
+    # Binary descriptors never use the inverted file: exact Hamming matching.
+    d1 = rng.integers(0, 256, (50, 32), dtype=np.uint8)
+    idx, dist = match_descriptors(d1, d1.copy(), MatchingOptions(ivf_min_num_features=0))
+    np.testing.assert_array_equal(idx, np.stack([np.arange(50), np.arange(50)], axis=1))
+    assert np.all(dist == 0)

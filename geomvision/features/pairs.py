@@ -93,18 +93,26 @@ def train_vocabulary(
         rows = rows[rng.choice(len(rows), max_samples, replace=False)]
     k = min(num_words, len(rows))
     # k-means++ seeding (Arthur & Vassilvitskii 2007): spread initial centres.
+    # Squared distances as |r|^2 + |c|^2 - 2 r.c: one matrix-vector product per new centre.
+    sq_norms = np.sum(rows**2, axis=1)
+
+    def sq_dist(centre: np.ndarray) -> np.ndarray:
+        return np.maximum(sq_norms + centre @ centre - 2.0 * (rows @ centre), 0.0)
+
     centres = [rows[rng.integers(len(rows))]]
-    d2 = np.sum((rows - centres[0]) ** 2, axis=1)
+    d2 = sq_dist(centres[0])
     for _ in range(1, k):
         probs = d2 / d2.sum() if d2.sum() > 0 else None
         centres.append(rows[rng.choice(len(rows), p=probs)])
-        d2 = np.minimum(d2, np.sum((rows - centres[-1]) ** 2, axis=1))
+        d2 = np.minimum(d2, sq_dist(centres[-1]))
     centres = np.array(centres, dtype=np.float32)
     for _ in range(num_iterations):
         labels = _nearest_centre(rows, centres)
         counts = np.bincount(labels, minlength=k)
-        sums = np.zeros_like(centres)
-        np.add.at(sums, labels, rows)
+        # Per-centre sums as one (k, N) x (N, D) product: much faster than np.add.at.
+        assign = np.zeros((k, len(rows)), np.float32)
+        assign[labels, np.arange(len(rows))] = 1.0
+        sums = assign @ rows
         filled = counts > 0
         new = centres.copy()
         new[filled] = sums[filled] / counts[filled, None]
