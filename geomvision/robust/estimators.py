@@ -295,8 +295,47 @@ class EssentialEstimator:
         return [epipolar.project_to_essential(_fundamental_from_rows(self.rows[inlier_idx], self.T1, self.T2))]
 
 
+def _cross_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cross products of (..., 3) vectors, written out (``np.cross`` spends ~20 us on axis handling)."""
+    a0, a1, a2 = a[..., 0], a[..., 1], a[..., 2]
+    b0, b1, b2 = b[..., 0], b[..., 1], b[..., 2]
+    return np.stack([a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0], axis=-1)
+
+
+def _oriented_consistent(F: np.ndarray, x1: np.ndarray, x2: np.ndarray) -> np.ndarray:
+    """Oriented epipolar constraint (Chum, Werner & Matas 2004) on the points of each minimal sample.
+
+    Points in front of both cameras satisfy ``e2 x x2 ~+ F x1``: the two lines agree in orientation, so
+    ``(e2 x x2) . (F x1)`` has the same sign for all true correspondences. A hypothesis whose own sample
+    mixes signs cannot come from an all-inlier sample and is dropped before scoring; with many outliers
+    this removes a good part of the hypotheses at a cost far below their Sampson scoring.
+
+    Args:
+        F: (M, 3, 3) hypotheses; x1, x2: (M, K, 2) the sample points each hypothesis was fitted to
+            (any coordinates related to pixels by positive similarities, e.g. Hartley-normalised).
+
+    Returns:
+        (M,) bool.
+    """
+    # Left epipole e2 (e2^T F = 0): the cross product of two columns of F, the pair with the largest one.
+    cols = np.swapaxes(F, -1, -2)
+    c0, c1, c2 = cols[:, 0], cols[:, 1], cols[:, 2]
+    cands = np.stack([_cross_rows(c0, c1), _cross_rows(c0, c2), _cross_rows(c1, c2)], axis=1)  # (M, 3, 3)
+    pick = np.argmax(np.einsum("mpk,mpk->mp", cands, cands), axis=1)
+    e = cands[np.arange(len(F)), pick]  # (M, 3)
+    u, v = x2[..., 0], x2[..., 1]
+    e0, e1, e2 = e[:, :1], e[:, 1:2], e[:, 2:]
+    Fx1 = F[:, :, :2] @ np.swapaxes(x1, -1, -2) + F[:, :, 2:]  # (M, 3, K) epipolar lines in image 2
+    s = (e1 - e2 * v) * Fx1[:, 0] + (e2 * u - e0) * Fx1[:, 1] + (e0 * v - e1 * u) * Fx1[:, 2]
+    return np.all(s > 0, axis=1) | np.all(s < 0, axis=1)
+
+
 class FundamentalEstimator:
-    """Seven-point fundamental-matrix hypotheses (on Hartley-normalised points) scored by Sampson error."""
+    """Seven-point fundamental-matrix hypotheses (on Hartley-normalised points) scored by Sampson error.
+
+    Hypotheses violating the oriented epipolar constraint on their own sample are dropped
+    (:func:`_oriented_consistent`).
+    """
 
     sample_size = 7
 
@@ -307,11 +346,19 @@ class FundamentalEstimator:
         self.x1h = _homogeneous_T(x1_px)
         self.x2h = _homogeneous_T(x2_px)
         self.rows = epipolar.epipolar_rows(self.xn1, self.xn2)
+        # vec(T2^T Fn T1) = kron(T2^T, T1^T) vec(Fn) (row-major vec): de-normalises a stack of
+        # hypotheses with one 2-D GEMM.
+        self._denormalize = np.kron(self.T2.T, self.T1.T)
 
     def fit_batch(self, samples: np.ndarray) -> np.ndarray:
-        Fn, valid = epipolar.fundamental_7point_batch(self.xn1[samples], self.xn2[samples])
-        F = self.T2.T @ Fn[valid] @ self.T1
-        return F / np.linalg.norm(F, axis=(-2, -1), keepdims=True)
+        X1, X2 = self.xn1[samples], self.xn2[samples]
+        Fn, valid = epipolar.fundamental_7point_batch(X1, X2)
+        b, k = np.nonzero(valid)
+        Fn = Fn[b, k]
+        Fn = Fn[_oriented_consistent(Fn, X1[b], X2[b])]
+        F = Fn.reshape(-1, 9) @ self._denormalize.T
+        F /= np.sqrt(np.einsum("ij,ij->i", F, F))[:, None]
+        return F.reshape(-1, 3, 3)
 
     def fit(self, sample_idx: np.ndarray) -> list[np.ndarray]:
         return list(self.fit_batch(np.asarray(sample_idx)[None]))

@@ -368,7 +368,7 @@ def ransac(
         # The min_iterations samples are drawn anyway: one batch for them means one LO run at most.
         count = max(options.batch_size, min(options.min_iterations - drawn, 8 * options.batch_size))
         if best_model is not None:
-            count = int(min(max(count, (target - drawn) // 4), 8 * options.batch_size))
+            count = int(min(max(count, (target - drawn) // 4), 32 * options.batch_size))
         count = int(min(count, options.max_iterations - drawn))
         samples = _draw_samples(rng, num_data, s, count)
         drawn += count
