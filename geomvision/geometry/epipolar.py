@@ -25,6 +25,7 @@ __all__ = [
     "fundamental_8point",
     "fundamental_7point",
     "fundamental_7point_batch",
+    "fundamental_7point_from_rows",
     "essential_8point",
     "essential_8point_unchecked",
     "fundamental_8point_unchecked",
@@ -145,6 +146,7 @@ def fundamental_8point_unchecked(
     return _normalize_frobenius(T2.T @ Fn @ T1)
 
 
+_CUBIC_PHASES = (2.0 * np.pi / 3.0) * np.arange(3)
 #: fixed generic orthogonal change of basis for the seven-point null-space solve (see ``_null_space_7``);
 #: any rotation does, a seeded one keeps results reproducible.
 _NULL_BASIS = np.linalg.qr(np.random.default_rng(7).standard_normal((9, 9)))[0]
@@ -198,7 +200,12 @@ def fundamental_7point_batch(x1: np.ndarray, x2: np.ndarray) -> tuple[np.ndarray
     Returns:
         (F (B, 3, 3, 3) unit-norm candidates, valid (B, 3) bool: which candidates are real roots).
     """
-    A = epipolar_rows(x1, x2)  # (B, 7, 9)
+    return fundamental_7point_from_rows(epipolar_rows(x1, x2))
+
+
+def fundamental_7point_from_rows(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`fundamental_7point_batch` from the (B, 7, 9) epipolar rows of the samples (see
+    :func:`epipolar_rows`), for callers that precompute the rows of all points once."""
     N = _null_space_7(A)
     B = len(A)
     F1 = N[:, :, 0].reshape(B, 3, 3)
@@ -219,15 +226,15 @@ def _cubic_real_roots(
     """Real roots of ``a t^3 + b t^2 + c t + d`` per batch element, closed form.
 
     Cardano's formula when the discriminant is positive (one real root), Viète's trigonometric form
-    otherwise (three real roots); two Newton steps on the monic cubic then restore full precision lost
-    in the closed form. Vectorised over the batch (an eigenvalue solve of B companion matrices costs
+    otherwise (three real roots); a Newton step on the monic cubic then restores the precision lost in
+    the closed form. Vectorised over the batch (an eigenvalue solve of B companion matrices costs
     several times more in NumPy). Elements with a vanishing leading coefficient are invalid.
 
     Returns:
         (roots (B, 3), valid (B, 3) bool); with one real root only column 0 is valid.
     """
-    scale = np.maximum.reduce([np.abs(a), np.abs(b), np.abs(c), np.abs(d)]) + 1e-300
-    ok = np.abs(a) > 1e-12 * scale
+    coeffs = np.abs(np.stack([a, b, c, d]))
+    ok = coeffs[0] > 1e-12 * (coeffs.max(axis=0) + 1e-300)
     a_safe = np.where(ok, a, 1.0)
     p2, p1, p0 = b / a_safe, c / a_safe, d / a_safe
     shift = p2 / 3.0
@@ -241,18 +248,17 @@ def _cubic_real_roots(
     P_neg = np.where(one, -1.0, np.minimum(P, -1e-300))  # P <= 0 whenever disc <= 0
     r = 2.0 * np.sqrt(-P_neg / 3.0)
     phi = np.arccos(np.clip(1.5 * Q / P_neg * np.sqrt(-3.0 / P_neg), -1.0, 1.0)) / 3.0
-    y = r[:, None] * np.cos(phi[:, None] - (2.0 * np.pi / 3.0) * np.arange(3))
+    y = r[:, None] * np.cos(phi[:, None] - _CUBIC_PHASES)
     y[one, 0] = y_one[one]
     t = y - shift[:, None]
-    for _ in range(2):
-        f = ((t + p2[:, None]) * t + p1[:, None]) * t + p0[:, None]
-        df = (3.0 * t + 2.0 * p2[:, None]) * t + p1[:, None]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            step = np.where(df != 0.0, f / df, 0.0)
-        t = t - np.where(np.isfinite(step), step, 0.0)
-    valid = np.ones(t.shape, dtype=bool)
+    # One Newton step on the monic cubic restores the precision lost in the closed form (it squares the
+    # relative error; a second step changed nothing measurable).
+    f = ((t + p2[:, None]) * t + p1[:, None]) * t + p0[:, None]
+    df = (3.0 * t + 2.0 * p2[:, None]) * t + p1[:, None]
+    step = np.divide(f, df, out=np.zeros_like(f), where=df != 0.0)
+    t -= np.where(np.isfinite(step), step, 0.0)
+    valid = ok[:, None] & np.isfinite(t)
     valid[one, 1:] = False
-    valid &= ok[:, None] & np.isfinite(t)
     return np.where(valid, t, 0.0), valid
 
 

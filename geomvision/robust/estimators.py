@@ -28,6 +28,7 @@ import math
 from dataclasses import dataclass, replace
 
 import numpy as np
+from scipy.linalg import lapack as _lapack
 
 from geomvision.errors import InputError
 from geomvision.geometry import epipolar, homography
@@ -62,6 +63,8 @@ _POLISH_WINDOW = 4.0
 _POLISH_SCALE = 3.0
 #: the polishes stop once a round lowers the robust cost by less than this fraction.
 _POLISH_RTOL = 1e-4
+#: reweighting rounds of the fundamental-matrix polish (``refine_fundamental_irls``'s default).
+_IRLS_ITERATIONS = 4
 #: Levenberg-Marquardt stops once an accepted step lowers the cost by less than this fraction (a pose
 #: change far below the noise; waiting for a rejected step costs several extra evaluations).
 _LM_RTOL = 1e-6
@@ -84,7 +87,8 @@ class _Polish:
     @classmethod
     def from_residuals(cls, r_sq: np.ndarray, thr: float) -> _Polish:
         inl = r_sq[r_sq <= thr**2]
-        sigma = 1.4826 * float(np.sqrt(np.median(inl))) if len(inl) else thr / 2.0
+        # Upper median by partition (np.median's generic machinery costs more than the selection here).
+        sigma = 1.4826 * math.sqrt(float(np.partition(inl, len(inl) // 2)[len(inl) // 2])) if len(inl) else thr / 2.0
         sigma = min(max(sigma, 1e-3 * thr), thr)
         return cls(max(thr, _POLISH_WINDOW * sigma), _POLISH_SCALE * sigma)
 
@@ -163,8 +167,11 @@ def _check_K(K, name: str) -> np.ndarray:
 def _spread_degeneracy(x: np.ndarray, name: str) -> str:
     """Reason string when the points coincide or lie on one line (no two-view model is defined), else ''."""
     centred = x - x.mean(axis=0)
-    # Singular values of the centred points from the 2x2 scatter matrix: same test, no (N, 2) SVD.
-    sv = np.sqrt(np.maximum(np.linalg.eigvalsh(centred.T @ centred)[::-1], 0.0))
+    # Singular values of the centred points from the 2x2 scatter matrix [[a, b], [b, c]], eigenvalues in
+    # closed form: same test as an (N, 2) SVD at a fraction of the cost.
+    (a, b), (_, c) = (centred.T @ centred).tolist()
+    half_gap = math.hypot(0.5 * (a - c), b)
+    sv = (math.sqrt(max(0.5 * (a + c) + half_gap, 0.0)), math.sqrt(max(0.5 * (a + c) - half_gap, 0.0)))
     scale = max(float(np.abs(x).max()), 1.0)
     if sv[0] <= 1e-9 * scale:
         return f"degenerate input: all points in {name} coincide"
@@ -222,6 +229,18 @@ def _sampson_sq(
 # ----------------------------------------------------------------------------------------------------
 # estimators (the Estimator protocol of robust.ransac)
 # ----------------------------------------------------------------------------------------------------
+def _sampson_single(F: np.ndarray, x1h_T: np.ndarray, x2h_T: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Squared Sampson distances (N,) of one (3, 3) F and their denominators (N,) (the IRLS weights need
+    both); a handful of NumPy calls for the refits and the polish."""
+    Fx1 = F @ x1h_T
+    Ftx2 = F[:, :2].T @ x2h_T
+    alg = np.einsum("ij,ij->j", x2h_T, Fx1)
+    den = np.einsum("ij,ij->j", Fx1[:2], Fx1[:2])
+    den += np.einsum("ij,ij->j", Ftx2, Ftx2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return alg * alg / den, den
+
+
 def _sampson_den(F: np.ndarray, x1h_T: np.ndarray, x2h_T: np.ndarray) -> np.ndarray:
     """Sampson denominators ``|F x1|_(1:2)^2 + |F^T x2|_(1:2)^2`` for (M, 3, 3) F -> (M, N)."""
     Fx1 = F[:, :2] @ x1h_T
@@ -246,11 +265,17 @@ def _fundamental_from_rows(
         (3, 3) F in the un-normalised coordinates of T1 / T2.
     """
     weighted = rows if weights is None else rows * weights[:, None]
-    _, vecs = np.linalg.eigh(weighted.T @ rows)
-    U, S, Vt = np.linalg.svd(vecs[:, 0].reshape(3, 3))
+    # Direct LAPACK calls: numpy.linalg's wrappers cost more than the 9x9 / 3x3 decompositions themselves,
+    # and this runs several times per RANSAC call. dsyevr computes the smallest eigenpair only.
+    _, vecs, _, _, info = _lapack.dsyevr(weighted.T @ rows, range="I", il=1, iu=1)
+    if info != 0:
+        _, vecs = np.linalg.eigh(weighted.T @ rows)
+    U, S, Vt, info = _lapack.dgesdd(vecs[:, 0].reshape(3, 3))
+    if info != 0:
+        U, S, Vt = np.linalg.svd(vecs[:, 0].reshape(3, 3))
     Fn = (U[:, :2] * S[:2]) @ Vt[:2]
     F = T2.T @ Fn @ T1
-    return F / np.linalg.norm(F)
+    return F / math.sqrt(float(np.einsum("ij,ij->", F, F)))
 
 
 class EssentialEstimator:
@@ -317,17 +342,16 @@ def _oriented_consistent(F: np.ndarray, x1: np.ndarray, x2: np.ndarray) -> np.nd
     Returns:
         (M,) bool.
     """
-    # Left epipole e2 (e2^T F = 0): the cross product of two columns of F, the pair with the largest one.
-    cols = np.swapaxes(F, -1, -2)
-    c0, c1, c2 = cols[:, 0], cols[:, 1], cols[:, 2]
-    cands = np.stack([_cross_rows(c0, c1), _cross_rows(c0, c2), _cross_rows(c1, c2)], axis=1)  # (M, 3, 3)
-    pick = np.argmax(np.einsum("mpk,mpk->mp", cands, cands), axis=1)
-    e = cands[np.arange(len(F)), pick]  # (M, 3)
+    # Left epipole e2 (e2^T F = 0): the cross product of the first two columns of F. Where those are
+    # (nearly) parallel the epipole is ill-defined from them and the hypothesis is kept (never rejected
+    # on an unreliable test).
+    e = _cross_rows(F[:, :, 0], F[:, :, 1])  # (M, 3)
+    reliable = np.einsum("ij,ij->i", e, e) > 1e-12 * np.einsum("ijk,ijk->i", F, F) ** 2
     u, v = x2[..., 0], x2[..., 1]
     e0, e1, e2 = e[:, :1], e[:, 1:2], e[:, 2:]
     Fx1 = F[:, :, :2] @ np.swapaxes(x1, -1, -2) + F[:, :, 2:]  # (M, 3, K) epipolar lines in image 2
     s = (e1 - e2 * v) * Fx1[:, 0] + (e2 * u - e0) * Fx1[:, 1] + (e0 * v - e1 * u) * Fx1[:, 2]
-    return np.all(s > 0, axis=1) | np.all(s < 0, axis=1)
+    return ~reliable | np.all(s > 0, axis=1) | np.all(s < 0, axis=1)
 
 
 class FundamentalEstimator:
@@ -351,11 +375,11 @@ class FundamentalEstimator:
         self._denormalize = np.kron(self.T2.T, self.T1.T)
 
     def fit_batch(self, samples: np.ndarray) -> np.ndarray:
-        X1, X2 = self.xn1[samples], self.xn2[samples]
-        Fn, valid = epipolar.fundamental_7point_batch(X1, X2)
+        Fn, valid = epipolar.fundamental_7point_from_rows(self.rows[samples])
         b, k = np.nonzero(valid)
         Fn = Fn[b, k]
-        Fn = Fn[_oriented_consistent(Fn, X1[b], X2[b])]
+        hyp_samples = samples[b]
+        Fn = Fn[_oriented_consistent(Fn, self.xn1[hyp_samples], self.xn2[hyp_samples])]
         F = Fn.reshape(-1, 9) @ self._denormalize.T
         F /= np.sqrt(np.einsum("ij,ij->i", F, F))[:, None]
         return F.reshape(-1, 3, 3)
@@ -364,10 +388,12 @@ class FundamentalEstimator:
         return list(self.fit_batch(np.asarray(sample_idx)[None]))
 
     def residuals_sq_batch(self, models: np.ndarray, index: np.ndarray | None = None) -> np.ndarray:
+        if index is None and len(models) == 1:
+            return _sampson_single(models[0], self.x1h, self.x2h)[0][None]
         return _sampson_sq(models, self.x1h, self.x2h, index)
 
     def residuals_sq(self, model: np.ndarray) -> np.ndarray:
-        return self.residuals_sq_batch(np.asarray(model)[None])[0]
+        return _sampson_single(np.asarray(model), self.x1h, self.x2h)[0]
 
     def refit(self, inlier_idx: np.ndarray) -> list[np.ndarray]:
         if len(inlier_idx) < 8:
@@ -453,6 +479,16 @@ class HomographyEstimator:
 # ----------------------------------------------------------------------------------------------------
 # public estimation functions
 # ----------------------------------------------------------------------------------------------------
+def _options_before_polish(options: RansacOptions) -> RansacOptions:
+    """RANSAC options when the robust polish follows: the polish supersedes the final least-squares refit.
+
+    The local optimisations in the loop keep their full schedule: their inlier count sets the adaptive
+    sample count, and a shorter schedule that stops short of the final inlier set made RANSAC draw up to
+    twice the samples at 60 % outliers.
+    """
+    return replace(options, final_refit=False)
+
+
 def _failure(reason: str, n: int, result: RansacResult | None = None) -> TwoViewEstimate:
     if result is None:
         return TwoViewEstimate(False, reason, None, np.zeros(n, dtype=bool), 0, float("inf"))
@@ -625,8 +661,7 @@ def estimate_essential(
     if reason := _pair_degeneracy(x1, x2):
         return _failure(reason, n)
     est = EssentialEstimator(x1, x2, K1, K2)
-    # The polish below supersedes RANSAC's final least-squares refit.
-    res = ransac(est, n, replace(options, final_refit=False) if refine else options, rng=rng)
+    res = ransac(est, n, _options_before_polish(options) if refine else options, rng=rng)
     if not res.success:
         return _failure(res.reason, n, res)
     E, mask, score = res.model, res.inlier_mask, res.score
@@ -710,14 +745,14 @@ def estimate_fundamental(
     if reason := _pair_degeneracy(x1, x2):
         return _failure(reason, n)
     est = FundamentalEstimator(x1, x2)
-    # The polish below supersedes RANSAC's final least-squares refit.
-    res = ransac(est, n, replace(options, final_refit=False) if refine else options, rng=rng)
+    res = ransac(est, n, _options_before_polish(options) if refine else options, rng=rng)
     if not res.success:
         return _failure(res.reason, n, res)
-    F = res.model
+    F, r = res.model, res.residuals_sq
     if refine:
-        F = refine_fundamental_irls(F, x1, x2, options.max_error_px, estimator=est)
-    r = est.residuals_sq(F)
+        F, r = _irls_polish(F, est, options.max_error_px, _IRLS_ITERATIONS, r)
+    elif r is None:
+        r = est.residuals_sq(F)
     mask = r <= options.max_error_px**2
     score = float(msac_scores(r, options.max_error_px**2))
     n_in = int(mask.sum())
@@ -755,25 +790,37 @@ def refine_fundamental_irls(
         (3, 3) rank-2 unit-norm F.
     """
     est = estimator or FundamentalEstimator(x1_px, x2_px)
-    r = est.residuals_sq(F)
+    return _irls_polish(F, est, max_error_px, iterations)[0]
+
+
+def _irls_polish(
+    F: np.ndarray,
+    est: FundamentalEstimator,
+    max_error_px: float,
+    iterations: int,
+    r: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`refine_fundamental_irls` on an estimator; ``r`` (N,) the squared Sampson distances of F if
+    known. Returns the polished F and its squared Sampson distances."""
+    r_new, den_all = _sampson_single(F, est.x1h, est.x2h)
+    r = r_new if r is None else r
     polish = _Polish.from_residuals(r, max_error_px)
     cost = polish.cost(r)
     for _ in range(iterations):
         near = polish.near(r)
         if len(near) < 8:
             break
-        den = _sampson_den(F[None], est.x1h[:, near], est.x2h[:, near])[0]
-        weights = polish.weights(r[near]) / den
+        weights = polish.weights(r[near]) / den_all[near]
         F_new = _fundamental_from_rows(est.rows[near], est.T1, est.T2, weights)
-        r_new = est.residuals_sq(F_new)
+        r_new, den_new = _sampson_single(F_new, est.x1h, est.x2h)
         cost_new = polish.cost(r_new)
         if not cost_new < cost:
             break
         converged = cost - cost_new <= _POLISH_RTOL * cost
-        F, r, cost = F_new, r_new, cost_new
+        F, r, den_all, cost = F_new, r_new, den_new, cost_new
         if converged:  # the next reweighting would move F by less than the noise
             break
-    return F
+    return F, r
 
 
 def estimate_homography(

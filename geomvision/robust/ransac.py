@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -45,6 +45,10 @@ _LO_RTOL = 1e-3
 #: the first, short stage of the bail-out test is this many standard deviations more lenient than the
 #: full one (its binomial counts are small and the normal bound is less reliable there).
 _BAILOUT_FIRST_EXTRA_SIGMA = 1.0
+#: of the hypotheses passing the bail-out test, at most this many (most subset inliers first) are scored
+#: on all points. On easy data nearly every hypothesis passes and full scoring dominated the cost on
+#: large N; on hard data few pass anyway.
+_FULL_SCORE_MAX = 16
 
 
 @runtime_checkable
@@ -110,7 +114,7 @@ class RansacOptions:
 
     max_error_px: float = 1.0
     confidence: float = 0.999
-    min_iterations: int = 64
+    min_iterations: int = 16
     max_iterations: int = 10_000
     local_optimization: bool = True
     lo_iterations: int = 4
@@ -155,6 +159,8 @@ class RansacResult:
         inlier_mask: (N,) bool, residual_sq <= max_error_px^2 for the returned model.
         num_iterations: minimal samples drawn.
         score: MSAC cost of the model (lower is better; inf when there is none).
+        residuals_sq: (N,) squared residuals of all data points for ``model`` (None without a model), so
+            that a caller polishing the model need not recompute them.
     """
 
     success: bool
@@ -163,6 +169,7 @@ class RansacResult:
     inlier_mask: np.ndarray
     num_iterations: int
     score: float
+    residuals_sq: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def num_inliers(self) -> int:
@@ -185,8 +192,8 @@ def required_iterations(inlier_ratio: float, sample_size: int, confidence: float
 
 def msac_scores(residuals_sq: np.ndarray, threshold_sq: float) -> np.ndarray:
     """MSAC costs ``sum(min(r^2, t^2))`` along the last axis; NaN residuals count as outliers."""
-    r = np.where(np.isnan(residuals_sq), threshold_sq, residuals_sq)
-    return np.minimum(r, threshold_sq).sum(axis=-1)
+    # fmin returns the non-NaN operand: a NaN residual costs threshold_sq, like an outlier.
+    return np.fmin(residuals_sq, threshold_sq).sum(axis=-1)
 
 
 def _draw_samples(rng: np.random.Generator, num_data: int, sample_size: int, count: int) -> np.ndarray:
@@ -260,10 +267,10 @@ class _Scorer:
         keep, counts = self._passes(models, subset, best_ratio, options)
         if len(keep) == 0:
             return models[keep]
-        if len(keep) > options.batch_size:
-            # Many statistically equivalent hypotheses (easy data): fully score only the batch_size with
-            # the most subset inliers (preemptive scoring, Nistér 2003); LO absorbs the small differences.
-            keep = keep[np.argsort(-counts[keep], kind="stable")[: options.batch_size]]
+        if len(keep) > _FULL_SCORE_MAX:
+            # Many statistically equivalent hypotheses (easy data): fully score only the few with the most
+            # subset inliers (preemptive scoring, Nistér 2003); LO absorbs the small differences.
+            keep = keep[np.argsort(-counts[keep], kind="stable")[:_FULL_SCORE_MAX]]
         return models[keep]
 
     def _passes(
@@ -411,6 +418,6 @@ def ransac(
     logger.debug("ransac: %d samples, %d/%d inliers, score %.4g", drawn, n_in, num_data, best_score)
     if n_in < options.min_num_inliers:
         return RansacResult(
-            False, f"{n_in} inliers < {options.min_num_inliers}", best_model, mask, drawn, best_score
+            False, f"{n_in} inliers < {options.min_num_inliers}", best_model, mask, drawn, best_score, best_res
         )
-    return RansacResult(True, "", best_model, mask, drawn, best_score)
+    return RansacResult(True, "", best_model, mask, drawn, best_score, best_res)
