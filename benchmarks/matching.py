@@ -97,9 +97,40 @@ def pool_cpu_seconds(pool) -> float:
     return total
 
 
+def _ivf_desc(args) -> str:
+    defaults = MatchingOptions()
+    cells = args.ivf_cells or defaults.ivf_num_cells
+    probes = args.ivf_probes or defaults.ivf_num_probes
+    return f"{cells} cells, {probes} probed per descriptor"
+
+
+def _ivf_overrides(args) -> dict:
+    out = {}
+    if args.ivf_cells is not None:
+        out["ivf_num_cells"] = args.ivf_cells
+    if args.ivf_probes is not None:
+        out["ivf_num_probes"] = args.ivf_probes
+    return out
+
+
+def forkserver_cpu_seconds() -> float:
+    """CPU time of the multiprocessing forkserver (it imports the stage modules for the workers)."""
+    import multiprocessing.forkserver as forkserver
+
+    pid = getattr(forkserver._forkserver, "_forkserver_pid", None)
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_ours(paths, gt, args, max_num_features: int):
     names = {k + 1: p.name for k, p in enumerate(paths)}
     cpu0 = cpu_seconds()
+    server_cpu0 = forkserver_cpu_seconds()
     t0 = time.perf_counter()
     # One pool for all three stages: workers start once (their start-up is part of the time).
     pool = make_process_pool(args.workers) if args.workers > 1 else None
@@ -110,9 +141,10 @@ def run_ours(paths, gt, args, max_num_features: int):
     t1 = time.perf_counter()
     features = {k + 1: f for k, f in enumerate(feats)}
     pairs = exhaustive_pairs(features)
-    # PCA-48 search (approximate, like COLMAP's default FAISS-based CPU matcher is not brute force).
-    matching = MatchingOptions(num_workers=args.workers, pca_dims=args.pca_dims)
-    matches = match_pairs(features, pairs, matching, executor=pool)
+    # The library default matcher: inverted-file search (approximate, as COLMAP's default CPU
+    # matcher, FAISS-based, is); cells / probes are its defaults unless given.
+    matching = MatchingOptions(num_workers=args.workers, method=args.matcher, **_ivf_overrides(args))
+    matches = match_pairs(features, pairs, matching, executor=pool, rng=0)
     t2 = time.perf_counter()
     cameras = {k: gt[n].K for k, n in names.items()}
     # The intrinsics are known (ground truth), so E is estimated without the F cross-check; pairs
@@ -124,7 +156,7 @@ def run_ours(paths, gt, args, max_num_features: int):
     if pool is not None:
         pool.shutdown(wait=True)
     t3 = time.perf_counter()
-    cpu = cpu_seconds() - cpu0 + worker_cpu
+    cpu = cpu_seconds() - cpu0 + worker_cpu + forkserver_cpu_seconds() - server_cpu0
     # The view graph stage: verified pairs whose rotation disagrees with the triplet loops they close
     # are dropped (sfm.view_graph.filter_rotation_cycles); what is left feeds tracks and mapping.
     graph, _ = filter_rotation_cycles(build_view_graph(tvgs, names), max_error_deg=args.cycle_max_deg)
@@ -208,6 +240,17 @@ def summarise(result, names, gt, pairs) -> dict:
     }
 
 
+def _git_commit() -> str:
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return out.stdout.strip()
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default="fountain,temple")
@@ -215,7 +258,9 @@ def main(argv=None) -> int:
     parser.add_argument("--max-size", type=int, default=1536)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--max-images", type=int, default=None)
-    parser.add_argument("--pca-dims", type=int, default=48)
+    parser.add_argument("--matcher", default="ivf", help="geomvision matcher: ivf (default), bruteforce")
+    parser.add_argument("--ivf-cells", type=int, default=None, help="default: MatchingOptions'")
+    parser.add_argument("--ivf-probes", type=int, default=None, help="default: MatchingOptions'")
     parser.add_argument("--min-inlier-ratio", type=float, default=0.5)
     parser.add_argument("--max-error-px", type=float, default=1.0)
     parser.add_argument("--cycle-max-deg", type=float, default=2.0)
@@ -229,6 +274,7 @@ def main(argv=None) -> int:
     rows, notes = [], []
     for key in args.datasets.split(","):
         paths, gt = load_dataset(key, args.max_images)
+        load_start = os.getloadavg()[0]
         peer = run_pycolmap(paths, gt, args)
         # COLMAP's cap counts keypoint locations and adds up to 2 orientations each; OpenCV's cap
         # counts descriptors. Equal descriptor counts per image are the comparable setting.
@@ -242,27 +288,34 @@ def main(argv=None) -> int:
         if key == "temple":
             draw_view_graph(graph, args.graph_png, title=f"templeRing view graph: {len(graph)} images, "
                             f"{graph.number_of_edges()} verified pairs, {len(components)} component(s)")
-        rows.append((key, len(paths), len(ours["pairs"]), s_ours, s_peer, len(components)))
+        load = f"{load_start:.1f} -> {os.getloadavg()[0]:.1f}"
+        rows.append((key, len(paths), len(ours["pairs"]), s_ours, s_peer, len(components), load))
         print(f"{key}: ours {s_ours}\n{key}: pycolmap {s_peer}\n{key}: components {len(components)}",
               flush=True)
 
     lines = [
         "# Features + matching + verification: geomvision vs pycolmap",
         "",
+        f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit {_git_commit()}, "
+        f"`python benchmarks/matching.py {' '.join(argv if argv is not None else sys.argv[1:])}`.",
+        "",
         "Settings: SIFT (COLMAP: L1-root SIFT, ours: RootSIFT), pycolmap max_num_features "
         f"{args.max_features} "
         "(it keeps up to 2 orientations per location, so it yields more descriptors; ours is capped at "
         "pycolmap's mean descriptor count per image, see feats/img), max image size "
         f"{args.max_size} px, exhaustive pairs, ground-truth intrinsics given to both (PINHOLE), "
-        f"{args.workers} worker processes (ours) / num_threads (pycolmap). Ours: exhaustive neighbour "
-        f"search on PCA-{args.pca_dims} projected descriptors (approximate; pycolmap's default CPU matcher "
-        "is FAISS-based), E without the F cross-check (intrinsics known), "
+        f"{args.workers} worker processes (ours) / num_threads (pycolmap). Ours: the library default "
+        f"matcher `{args.matcher}` (inverted-file search: shared k-means quantiser, "
+        f"{_ivf_desc(args)}; pairs with < 2048 descriptors per image are matched exactly; pycolmap's "
+        "default CPU matcher is FAISS-based), ratio 0.8 + mutual check on both sides, SIFT contrast "
+        f"threshold {args.contrast_threshold:g}, E without the F cross-check (intrinsics known), "
         f"{args.max_error_px:g} px Sampson threshold, pairs with inlier ratio < {args.min_inlier_ratio:g} "
         f"rejected, then view-graph rotation-cycle filtering at {args.cycle_max_deg:g} deg (ours' counted "
         "pairs are the view-graph edges); pycolmap: its defaults (4 px threshold, E/F/H selection), all "
         "its verified pairs with >= 15 inliers counted. "
-        "Wall times were taken on a shared 2-core machine under heavy load from other jobs; the CPU "
-        "column (user+system of all threads and worker processes) is the steadier comparison. "
+        "Wall times were taken on a shared 2-core machine under load from other engineers' jobs "
+        "(1-minute load averages in the second table); the CPU column (user+system of all threads, worker processes and ours' "
+        "forkserver) is the steadier comparison. "
         f"Precision: share of a verified pair's inlier matches with Sampson error < {SAMPSON_PX:g} px under "
         "the ground-truth fundamental matrix. Matches/pair: median over the pairs verified by either "
         "pipeline (a pair the other rejected counts 0). "
@@ -273,7 +326,7 @@ def main(argv=None) -> int:
         "| precision median | matches/pair (median) | extract s | match+verify s | total s | CPU s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for key, n_img, n_pairs, so, sp, _ in rows:
+    for key, n_img, n_pairs, so, sp, _, _ in rows:
         for label, s in (("geomvision", so), ("pycolmap", sp)):
             lines.append(
                 f"| {key} | {n_img} | {n_pairs} | {label} | {s['num_features']:.0f} | {s['verified_pairs']} "
@@ -282,11 +335,12 @@ def main(argv=None) -> int:
                 f"| {s['cpu']:.0f} |"
             )
     lines += ["", "| dataset | wall time ratio ours/pycolmap | CPU time ratio | matches/pair ratio "
-              "| ours: view graph components | ours: 3 least precise pairs |", "|---|---|---|---|---|---|"]
-    for key, _, _, so, sp, n_comp in rows:
+              "| ours: view graph components | ours: 3 least precise pairs | load avg (start -> end) |",
+              "|---|---|---|---|---|---|---|"]
+    for key, _, _, so, sp, n_comp, load in rows:
         worst = ", ".join(f"{i}-{j}: {v:.3f}" for (i, j), v in so["worst_pairs"])
         lines.append(f"| {key} | {so['time_total'] / sp['time_total']:.2f} | {so['cpu'] / sp['cpu']:.2f} | "
-                     f"{so['matches_median'] / max(sp['matches_median'], 1):.2f} | {n_comp} | {worst} |")
+                     f"{so['matches_median'] / max(sp['matches_median'], 1):.2f} | {n_comp} | {worst} | {load} |")
     lines += notes
     text = "\n".join(lines) + "\n"
     atomic_write_text(args.output, text)

@@ -537,7 +537,9 @@ def _tiles(pairs: list[tuple[int, int]], image_ids: list[int]) -> list[list[tupl
     groups: dict[tuple[int, int], list[tuple[int, int]]] = {}
     for i, j in pairs:
         groups.setdefault((rank[i] // _TILE, rank[j] // _TILE), []).append((i, j))
-    return list(groups.values())
+    # Largest tiles first (LPT scheduling): the small ones fill the gaps at the end, so workers
+    # finish together.
+    return sorted(groups.values(), key=len, reverse=True)
 
 
 def _check_pairs(features: Mapping[int, Features], pairs: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
