@@ -26,6 +26,7 @@ __all__ = [
     "fundamental_7point",
     "fundamental_7point_batch",
     "fundamental_7point_from_rows",
+    "fundamental_7point_hypotheses",
     "essential_8point",
     "essential_8point_unchecked",
     "fundamental_8point_unchecked",
@@ -167,13 +168,13 @@ def _null_space_7(A: np.ndarray) -> np.ndarray:
     B = len(A)
     N = np.empty((B, 9, 2))
     N[:, 7:] = np.eye(2)
-    try:
-        with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"):  # near-singular blocks give huge / NaN values, redone below
+        try:
             N[:, :7] = -np.linalg.solve(Ap[:, :, :7], Ap[:, :, 7:])
-        bad = ~(np.abs(N[:, :7]).max(axis=(1, 2)) <= _NULL_MAX_COEFF)  # also catches NaN
-    except np.linalg.LinAlgError:  # an exactly singular block fails the whole batched call
-        bad = np.ones(B, dtype=bool)
-    N = _NULL_BASIS @ N
+            bad = ~(np.abs(N[:, :7]).max(axis=(1, 2)) <= _NULL_MAX_COEFF)  # also catches NaN
+        except np.linalg.LinAlgError:  # an exactly singular block fails the whole batched call
+            bad = np.ones(B, dtype=bool)
+        N = _NULL_BASIS @ N
     if bad.any():
         Q, _ = np.linalg.qr(np.swapaxes(A[bad], 1, 2), mode="complete")  # last 2 columns: null space
         N[bad] = Q[:, :, 7:]
@@ -206,6 +207,28 @@ def fundamental_7point_batch(x1: np.ndarray, x2: np.ndarray) -> tuple[np.ndarray
 def fundamental_7point_from_rows(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """:func:`fundamental_7point_batch` from the (B, 7, 9) epipolar rows of the samples (see
     :func:`epipolar_rows`), for callers that precompute the rows of all points once."""
+    F2, D, roots, valid = _seven_point_pencil(A)
+    F = F2[:, None] + roots[:, :, None, None] * D[:, None]
+    return _normalize_frobenius(F), valid
+
+
+def fundamental_7point_hypotheses(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The real seven-point solutions only, for RANSAC: no (B, 3, 3, 3) array of candidates.
+
+    Args:
+        A: (B, 7, 9) epipolar rows of the samples (see :func:`epipolar_rows`).
+
+    Returns:
+        (F (M, 3, 3) solutions, not normalised; sample (M,) index of the sample each one solves).
+    """
+    F2, D, roots, valid = _seven_point_pencil(A)
+    sample, k = np.nonzero(valid)
+    return F2[sample] + roots[sample, k, None, None] * D[sample], sample
+
+
+def _seven_point_pencil(A: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Null-space pencil ``F2 + a D`` (B, 3, 3) each and the real roots ``a`` (B, 3) of its determinant
+    cubic with their validity (B, 3) (H&Z 11.1.2)."""
     N = _null_space_7(A)
     B = len(A)
     F1 = N[:, :, 0].reshape(B, 3, 3)
@@ -216,8 +239,7 @@ def fundamental_7point_from_rows(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     c2 = 0.5 * (fp + fm) - c0
     c1 = 0.5 * (fp - fm) - c3
     roots, valid = _cubic_real_roots(c3, c2, c1, c0)
-    F = F2[:, None] + roots[:, :, None, None] * D[:, None]
-    return _normalize_frobenius(F), valid
+    return F2, D, roots, valid
 
 
 def _cubic_real_roots(

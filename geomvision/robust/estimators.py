@@ -370,16 +370,15 @@ class FundamentalEstimator:
         self.x1h = _homogeneous_T(x1_px)
         self.x2h = _homogeneous_T(x2_px)
         self.rows = epipolar.epipolar_rows(self.xn1, self.xn2)
+        self._xn12 = np.hstack([self.xn1, self.xn2])
         # vec(T2^T Fn T1) = kron(T2^T, T1^T) vec(Fn) (row-major vec): de-normalises a stack of
         # hypotheses with one 2-D GEMM.
         self._denormalize = np.kron(self.T2.T, self.T1.T)
 
     def fit_batch(self, samples: np.ndarray) -> np.ndarray:
-        Fn, valid = epipolar.fundamental_7point_from_rows(self.rows[samples])
-        b, k = np.nonzero(valid)
-        Fn = Fn[b, k]
-        hyp_samples = samples[b]
-        Fn = Fn[_oriented_consistent(Fn, self.xn1[hyp_samples], self.xn2[hyp_samples])]
+        Fn, b = epipolar.fundamental_7point_hypotheses(self.rows[samples])
+        pts = self._xn12[samples[b]]  # (M, 7, 4): one gather for both images
+        Fn = Fn[_oriented_consistent(Fn, pts[..., :2], pts[..., 2:])]
         F = Fn.reshape(-1, 9) @ self._denormalize.T
         F /= np.sqrt(np.einsum("ij,ij->i", F, F))[:, None]
         return F.reshape(-1, 3, 3)
