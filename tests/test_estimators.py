@@ -192,3 +192,37 @@ def test_pure_rotation_is_rejected_by_cheirality():
     assert not res.success
     assert "pure rotation" in res.reason
     assert res.inlier_mask.sum() > 150  # every match fits some E: the failure comes from cheirality
+
+
+def test_oriented_epipolar_constraint():
+    """The true F satisfies the oriented constraint on true correspondences; mirroring one point of a
+    sample through the epipole of image 2 (a match "behind" the camera) is rejected."""
+    from geomvision.geometry.epipolar import fundamental_from_essential
+    from geomvision.geometry.rigid import skew
+    from geomvision.robust.estimators import _oriented_consistent
+
+    d = two_view_correspondences(50, noise_px=0.0, rng=5)
+    pose = d.cam2_from_cam1
+    F = fundamental_from_essential(skew(pose.translation) @ pose.rotation, d.K, d.K)
+    x1, x2 = d.x1_px[:7][None], d.x2_px[:7][None]
+    assert _oriented_consistent(F[None], x1, x2).all()
+    assert _oriented_consistent(-F[None], x1, x2).all()  # F is defined up to sign
+    # x2 -> 2 e2 - x2 keeps x2 on its epipolar line but flips the side of the epipole.
+    e2 = np.linalg.svd(F.T)[2][-1]
+    e2 = e2[:2] / e2[2]
+    flipped = x2.copy()
+    flipped[0, 3] = 2 * e2 - x2[0, 3]
+    assert not _oriented_consistent(F[None], x1, flipped).any()
+
+
+def test_fundamental_60pct_outliers():
+    """Hard case of the benchmark: 60 % outliers; the oriented pre-check and the bail-out only drop
+    hypotheses, the answer is still exact to the noise level."""
+    d = two_view_correspondences(500, noise_px=0.5, outlier_ratio=0.6, rng=4)
+    res = estimate_fundamental(d.x1_px, d.x2_px, RansacOptions(max_error_px=1.0), rng=0)
+    assert res.success, res.reason
+    precision, recall = _precision_recall(res.inlier_mask, d.inlier_mask)
+    assert precision >= 0.95 and recall >= 0.9
+    clean = two_view_correspondences(500, noise_px=0.0, outlier_ratio=0.6, rng=4)
+    dist = symmetric_epipolar_distance(res.model, clean.x1_px[clean.inlier_mask], clean.x2_px[clean.inlier_mask])
+    assert np.median(dist) < 0.5

@@ -96,6 +96,8 @@ def test_line_ransac_recovers_line_and_inliers(cls, rng):
     assert precision >= 0.97 and recall >= 0.97
     assert res.num_inliers == res.inlier_mask.sum()
     assert res.score == pytest.approx(msac_scores(est.residuals_sq(res.model), 0.05**2))
+    # The residuals handed to callers are those of the returned model.
+    np.testing.assert_allclose(res.residuals_sq, est.residuals_sq(res.model), rtol=1e-12, atol=1e-15)
 
 
 def test_noise_free_exact_and_adaptive_stop(rng):
@@ -181,3 +183,14 @@ def test_bailout_keeps_result(rng):
 def test_msac_scores_truncate_and_nan():
     r = np.array([[0.0, 0.5, 4.0, np.nan, np.inf]])
     np.testing.assert_allclose(msac_scores(r, 1.0), [0.0 + 0.5 + 1.0 + 1.0 + 1.0])
+
+
+def test_large_batches_do_not_overshoot_the_adaptive_target(rng):
+    """Batches grow with the samples still needed but never past a quarter of them: a hard problem stops
+    within one batch_size of the adaptive sample count of its final inlier ratio."""
+    pts, _ = line_data(rng, n=2000, outlier_ratio=0.9)
+    opts = RansacOptions(max_error_px=0.05, max_iterations=100_000)
+    res = ransac(BatchLineEstimator(pts), len(pts), opts, rng=3)
+    assert res.success and max(_line_error(res.model)) < 1e-2
+    needed = required_iterations(res.num_inliers / len(pts), 2, opts.confidence)
+    assert res.num_iterations <= max(needed, opts.min_iterations) * 1.25 + opts.batch_size

@@ -345,8 +345,10 @@ def _oriented_consistent(F: np.ndarray, x1: np.ndarray, x2: np.ndarray) -> np.nd
     # Left epipole e2 (e2^T F = 0): the cross product of the first two columns of F. Where those are
     # (nearly) parallel the epipole is ill-defined from them and the hypothesis is kept (never rejected
     # on an unreliable test).
-    e = _cross_rows(F[:, :, 0], F[:, :, 1])  # (M, 3)
-    reliable = np.einsum("ij,ij->i", e, e) > 1e-12 * np.einsum("ijk,ijk->i", F, F) ** 2
+    c0, c1 = F[:, :, 0], F[:, :, 1]
+    e = _cross_rows(c0, c1)  # (M, 3)
+    # |c0 x c1|^2 = |c0|^2 |c1|^2 sin^2(angle): scale-free test of (near) parallel columns.
+    reliable = np.einsum("ij,ij->i", e, e) > 1e-12 * np.einsum("ij,ij->i", c0, c0) * np.einsum("ij,ij->i", c1, c1)
     u, v = x2[..., 0], x2[..., 1]
     e0, e1, e2 = e[:, :1], e[:, 1:2], e[:, 2:]
     Fx1 = F[:, :, :2] @ np.swapaxes(x1, -1, -2) + F[:, :, 2:]  # (M, 3, K) epipolar lines in image 2
