@@ -143,7 +143,8 @@ def run_ours(paths, gt, args, max_num_features: int):
     pairs = exhaustive_pairs(features)
     # The library default matcher: inverted-file search (approximate, as COLMAP's default CPU
     # matcher, FAISS-based, is); cells / probes are its defaults unless given.
-    matching = MatchingOptions(num_workers=args.workers, method=args.matcher, **_ivf_overrides(args))
+    matching = MatchingOptions(num_workers=args.workers, method=args.matcher, min_num_matches=args.min_num_matches,
+                               **_ivf_overrides(args))
     matches = match_pairs(features, pairs, matching, executor=pool, rng=0)
     t2 = time.perf_counter()
     cameras = {k: gt[n].K for k, n in names.items()}
@@ -259,13 +260,15 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--max-images", type=int, default=None)
     parser.add_argument("--matcher", default="ivf", help="geomvision matcher: ivf (default), bruteforce")
+    parser.add_argument("--min-num-matches", type=int, default=100,
+                        help="pairs with fewer putative matches are not verified (MatchingOptions.min_num_matches)")
     parser.add_argument("--ivf-cells", type=int, default=None, help="default: MatchingOptions'")
     parser.add_argument("--ivf-probes", type=int, default=None, help="default: MatchingOptions'")
     parser.add_argument("--min-inlier-ratio", type=float, default=0.5)
     parser.add_argument("--max-error-px", type=float, default=1.0)
     parser.add_argument("--cycle-max-deg", type=float, default=2.0)
-    parser.add_argument("--contrast-threshold", type=float, default=0.02,
-                        help="OpenCV SIFT contrastThreshold (0.02 = COLMAP's peak_threshold 0.0067 x 3 layers)")
+    parser.add_argument("--contrast-threshold", type=float, default=ExtractionOptions().sift_contrast_threshold,
+                        help="OpenCV SIFT contrastThreshold (default: the library's)")
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--graph-png", type=Path, default=REPO / "docs" / "view_graph_templeRing.png")
     args = parser.parse_args(argv)
@@ -308,7 +311,8 @@ def main(argv=None) -> int:
         f"matcher `{args.matcher}` (inverted-file search: shared k-means quantiser, "
         f"{_ivf_desc(args)}; pairs with < 2048 descriptors per image are matched exactly; pycolmap's "
         "default CPU matcher is FAISS-based), ratio 0.8 + mutual check on both sides, SIFT contrast "
-        f"threshold {args.contrast_threshold:g}, E without the F cross-check (intrinsics known), "
+        f"threshold {args.contrast_threshold:g}, pairs with < {args.min_num_matches} putative matches not "
+        "verified (`MatchingOptions.min_num_matches`), E without the F cross-check (intrinsics known), "
         f"{args.max_error_px:g} px Sampson threshold, pairs with inlier ratio < {args.min_inlier_ratio:g} "
         f"rejected, then view-graph rotation-cycle filtering at {args.cycle_max_deg:g} deg (ours' counted "
         "pairs are the view-graph edges); pycolmap: its defaults (4 px threshold, E/F/H selection), all "

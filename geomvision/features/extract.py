@@ -40,7 +40,11 @@ class ExtractionOptions:
         root_sift: SIFT only: RootSIFT (L1-normalise, square root; Arandjelovic & Zisserman 2012).
         max_num_features: keep at most this many keypoints (strongest response first).
         max_image_size_px: images whose longer side exceeds this are downscaled for detection.
-        sift_contrast_threshold, sift_edge_threshold: OpenCV SIFT detector thresholds.
+        sift_contrast_threshold, sift_edge_threshold: OpenCV SIFT detector thresholds. The contrast
+            threshold is below OpenCV's 0.04: 0.012 gives low-texture small images (templeRing,
+            640x480) about pycolmap's descriptor count (1639 vs 1480 per image; 0.02 gave 1359) and
+            ~10 % more verified matches per pair; where ``max_num_features`` binds (large images)
+            the strongest responses are kept either way, at no measurable extra cost.
         num_workers: worker processes of the default executor (None: all cores, 1: in-process).
     """
 
@@ -48,7 +52,7 @@ class ExtractionOptions:
     root_sift: bool = False
     max_num_features: int = 8192
     max_image_size_px: int = 3200
-    sift_contrast_threshold: float = 0.02
+    sift_contrast_threshold: float = 0.012
     sift_edge_threshold: float = 10.0
     num_workers: int | None = None
 
