@@ -309,15 +309,22 @@ class EssentialEstimator:
         return list(self.fit_batch(np.asarray(sample_idx)[None]))
 
     def residuals_sq_batch(self, models: np.ndarray, index: np.ndarray | None = None) -> np.ndarray:
+        if index is None and len(models) == 1:
+            return self.residuals_sq(models[0])[None]
         return _sampson_sq(self.to_fundamental(models), self.x1h, self.x2h, index)
 
     def residuals_sq(self, model: np.ndarray) -> np.ndarray:
-        return self.residuals_sq_batch(np.asarray(model)[None])[0]
+        return _sampson_single(self.to_fundamental(np.asarray(model)), self.x1h, self.x2h)[0]
 
     def refit(self, inlier_idx: np.ndarray) -> list[np.ndarray]:
         if len(inlier_idx) < 8:
             return []
-        return [epipolar.project_to_essential(_fundamental_from_rows(self.rows[inlier_idx], self.T1, self.T2))]
+        M = _fundamental_from_rows(self.rows[inlier_idx], self.T1, self.T2)
+        # Closest essential matrix (H&Z Result 9.18), LAPACK called directly as in the refit itself.
+        U, _, Vt, info = _lapack.dgesdd(M)
+        if info != 0:
+            return [epipolar.project_to_essential(M)]
+        return [(U[:, :2] @ Vt[:2]) / math.sqrt(2.0)]
 
 
 def _cross_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
