@@ -208,3 +208,14 @@ def test_ivf_quantiser_and_options():
     idx, dist = match_descriptors(d1, d1.copy(), MatchingOptions(ivf_min_num_features=0))
     np.testing.assert_array_equal(idx, np.stack([np.arange(50), np.arange(50)], axis=1))
     assert np.all(dist == 0)
+
+
+def test_min_num_matches_empties_weak_pairs(rendered):
+    _, feats = rendered
+    counts = {p: len(m) for p, m in match_pairs(feats, [(1, 2), (1, 3)], MatchingOptions(num_workers=1)).items()}
+    cut = (min(counts.values()) + max(counts.values())) // 2 + 1
+    assert min(counts.values()) < cut <= max(counts.values())
+    result = match_pairs(feats, [(1, 2), (1, 3)], MatchingOptions(num_workers=1, min_num_matches=cut))
+    for p, m in result.items():
+        assert len(m) == (counts[p] if counts[p] >= cut else 0)
+        assert m.indices.shape == (len(m), 2)

@@ -58,7 +58,10 @@ class MatchingOptions:
         mutual: keep only mutual nearest neighbours (cross check).
         max_distance: optional cap on the descriptor distance; float descriptors are L2-normalised
             before matching, so it is in unit-descriptor units (COLMAP uses 0.7); binary: bits.
-        min_num_matches: pairs with fewer matches return empty matches.
+        min_num_matches: pairs with fewer matches return empty matches, so geometric verification
+            rejects them at once. A pre-verification filter: on templeRing (1081 exhaustive pairs,
+            ~1.6k SIFT each) 100 skips verifying 834 mostly hopeless pairs and drops the pairs whose few
+            inliers (< 50) make one mislocalised match cost 2 % precision.
         pca_dims: float descriptors only: search neighbours on the pair's descriptors projected onto
             their top ``pca_dims`` principal components (re-normalised), a ``128 / pca_dims``-fold
             cheaper matrix product; the search becomes approximate (48 dims kept ~98 % of the exact
