@@ -242,14 +242,19 @@ def summarise(result, names, gt, pairs) -> dict:
 
 
 def _git_commit() -> str:
+    """Short HEAD hash, plus the tracked files with uncommitted edits (shared working tree)."""
     import subprocess
 
+    def git(*cmd: str) -> str:
+        return subprocess.run(["git", "-C", str(REPO), *cmd], capture_output=True, text=True,
+                              check=True).stdout.rstrip()
+
     try:
-        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, check=True)
+        head = git("rev-parse", "--short", "HEAD").strip()
+        dirty = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines()]
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-    return out.stdout.strip()
+    return f"{head} (uncommitted edits in: {', '.join(dirty)})" if dirty else head
 
 
 def main(argv=None) -> int:
