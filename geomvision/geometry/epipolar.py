@@ -3,7 +3,9 @@
 Conventions: ``x2_h^T F x1_h = 0`` for corresponding pixels ``x1`` (image 1) and ``x2`` (image 2), and
 ``E = [t]_x R`` for ``cam2_from_cam1 = (R, t)`` acting on normalised (``K^-1``) coordinates. Pixels follow
 the OpenCV origin. Every solver is vectorised over points; the minimal solvers also have ``*_batch``
-forms vectorised over many minimal samples at once, which is what RANSAC calls.
+forms vectorised over many minimal samples at once, which is what RANSAC calls
+(``fundamental_7point_hypotheses`` returns only the real seven-point solutions, from precomputed rows).
+Cheirality uses closed-form midpoint depths of the two rays (no DLT triangulation).
 
 References: Hartley & Zisserman (H&Z), 2nd ed.: 11.1-11.2 (eight-point with normalisation),
 11.1.2 (seven-point), 9.6 (essential matrix and its decomposition), 11.4.3 (Sampson distance).

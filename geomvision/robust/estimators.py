@@ -14,6 +14,10 @@ Thresholds are always in pixels: the essential estimator solves in normalised co
 with the equivalent pixel-space fundamental matrix, so ``max_error_px`` means the same for E and F and
 unequal focal lengths are handled exactly.
 
+Seven-point hypotheses that violate the oriented epipolar constraint on their own sample (Chum, Werner &
+Matas 2004) are dropped before scoring: at 60 % outliers that removes about 90 % of the hypotheses of
+contaminated samples, which is most of the scoring cost.
+
 After RANSAC both epipolar models are polished with a Cauchy loss whose scale and window follow the
 noise level measured on the inliers (MAD of the Sampson residuals): E by Levenberg-Marquardt over
 (R, |t| = 1) (the pose chosen by cheirality with ``epipolar.recover_pose``), F by Sampson-reweighted
