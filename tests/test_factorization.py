@@ -12,6 +12,19 @@ from geomvision.geometry.rigid import rotation_angle_deg, rotvec_to_matrix
 NECKER = np.diag([1.0, 1.0, -1.0])
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _single_blas_thread():
+    """One BLAS thread: the solvers make thousands of tiny solves, which threads slow down 20x on a loaded
+    machine (0.4 s vs 10 s for one missing-data run on 2 shared cores)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl comes with the scientific stack
+        yield
+        return
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
 def _rotations(rng, num_frames, spread=0.5):
     return np.stack([rotvec_to_matrix(rng.standard_normal(3) * spread) for _ in range(num_frames)])
 
@@ -377,14 +390,17 @@ def test_warm_start_leaves_out_tracks_too_short_for_the_relaxation(rng):
     W, _, _ = _affine_scene(rng, num_frames=12, num_points=120)
     mask = _band_mask(rng, 12, 120, 2, 8)
     assert (mask.sum(axis=0) == 2).sum() > 5
-    forced = fz.MissingDataOptions(warm_start_min_share=0.0)
+    forced = fz.MissingDataOptions(warm_start_min_share=0.0, core_min_views=None)
     result = fz.factorize_affine_missing(_hide(W, mask), forced, rng=2)
     assert result.converged
     assert result.rms < 1e-8
-    # By default (under 90 % long tracks) the warm start is skipped: same run as without it.
-    default = fz.factorize_affine_missing(_hide(W, mask), rng=2)
-    direct = fz.factorize_affine_missing(_hide(W, mask), fz.MissingDataOptions(warm_start_rank=None), rng=2)
-    assert default.iterations == direct.iterations and default.cost == direct.cost
+    # Without the core stage and under 90 % long tracks the warm start is skipped: same run as without it.
+    no_core = fz.MissingDataOptions(core_min_views=None)
+    skipped = fz.factorize_affine_missing(_hide(W, mask), no_core, rng=2)
+    direct = fz.factorize_affine_missing(
+        _hide(W, mask), fz.MissingDataOptions(warm_start_rank=None, core_min_views=None), rng=2
+    )
+    assert skipped.iterations == direct.iterations and skipped.cost == direct.cost
 
 
 def test_load_dinosaur_tracks_reads_the_oxford_file():
@@ -407,3 +423,88 @@ def test_load_dinosaur_tracks_rejects_bad_input(tmp_path):
     bad.write_text("0 0 0 2 0 1.0 2.0 1 3.0\n")
     with pytest.raises(InputError, match=":1: malformed"):
         fz.load_dinosaur_tracks(bad)
+
+
+def test_affine_relaxation_normal_equations_match_the_explicit_jacobian(rng):
+    # The affine relaxation [U | t] with a 4-dimensional shape uses the same fast assembly (5-column cameras).
+    W = rng.standard_normal((12, 4)) @ rng.standard_normal((4, 30)) + 0.1 * rng.standard_normal((12, 30))
+    mask = rng.random((6, 30)) < 0.8
+    mask[:3] = True
+    W, mask = fz._check_measurements(_hide(W, mask), allow_missing=True)
+    problem = fz._Problem(W, mask)
+    cameras = rng.standard_normal((12, 5))
+    _, X, H, R = problem.cost(cameras)
+    assert X.shape == (30, 4)
+    fast = problem.varpro_normal_equations(cameras, X, H, R)
+    explicit = problem.varpro_normal_equations_explicit(cameras, X, H, R)
+    np.testing.assert_allclose(fast[0], explicit[0], atol=1e-9 * np.abs(explicit[0]).max())
+    np.testing.assert_allclose(fast[1], explicit[1], atol=1e-9 * np.abs(explicit[1]).max())
+
+
+def test_affine_candidates_keep_the_translation_and_the_leading_shape(rng):
+    # An exact affine product written with a 4-dimensional shape (a small spare direction, scrambled basis,
+    # points off-centre): candidate 0 keeps the 3 leading directions and fits the data exactly; the other
+    # candidates swap one leading direction for the spare one and do not.
+    F, P = 8, 40
+    W, _, _ = _affine_scene(rng, num_frames=F, num_points=P)
+    U = rng.standard_normal((2 * F, 3))
+    X = np.linalg.lstsq(U, W - W.mean(axis=1, keepdims=True), rcond=None)[0].T
+    Wexact = U @ X.T + 5.0
+    U4 = np.concatenate([U, 1e-3 * rng.standard_normal((2 * F, 1))], axis=1)
+    X4 = np.concatenate([X, rng.standard_normal((P, 1))], axis=1) + 3.0
+    G = rng.standard_normal((4, 4))
+    relaxed = np.concatenate([U4 @ G, (5.0 - U4 @ np.full(4, 3.0))[:, None]], axis=1)
+    candidates = fz._affine_candidates(relaxed, X4 @ np.linalg.inv(G).T, 3)
+    assert len(candidates) == 3 and all(c.shape == (2 * F, 4) for c in candidates)
+    problem = fz._Problem(Wexact, np.ones((F, P), bool))
+    costs = [problem.cost(fz._retract(c))[0] for c in candidates]
+    assert costs[0] < 1e-6 * np.sum((Wexact - 5.0) ** 2)
+    assert min(costs[1:]) > 1e-3 * np.sum((Wexact - 5.0) ** 2)
+    assert len(fz._affine_candidates(relaxed, X4, 1)) == 1
+
+
+def test_best_candidate_stops_when_two_candidates_agree(rng):
+    F, P = 8, 40
+    motion = rng.standard_normal((2 * F, 3))
+    t = rng.standard_normal(2 * F)
+    points = rng.standard_normal((P, 3))
+    W = motion @ points.T + t[:, None] + 0.01 * rng.standard_normal((2 * F, P))
+    mask = _band_mask(rng, F, P, 4, 7)
+    W, mask = fz._check_measurements(_hide(W, mask), allow_missing=True)
+    problem = fz._Problem(W, mask)
+    truth = np.concatenate([motion, t[:, None]], axis=1)
+
+    def candidates():
+        yield truth + 0.01 * rng.standard_normal(truth.shape)
+        yield truth + 0.01 * rng.standard_normal(truth.shape)
+        raise AssertionError("a third candidate was solved after two agreed")
+
+    Ut, iterations, converged = fz._best_candidate(problem, candidates(), fz.MissingDataOptions(), 0.0)
+    assert converged and iterations > 0
+    assert problem.cost(Ut)[0] < 0.5 * np.sum(0.02**2 * np.repeat(mask, 2, axis=0))
+
+
+def test_rank_continuation_and_its_validation(rng):
+    W, _, _ = _affine_scene(rng, num_frames=12, num_points=80)
+    Wm = _hide(W, _band_mask(rng, 12, 80, 4, 9))
+    result = fz.factorize_affine_missing(Wm, fz.MissingDataOptions(warm_start_rank=(6, 5)), rng=3)
+    assert result.converged and result.rms < 1e-8
+    unconstrained = fz.MissingDataOptions(warm_start_rank=(6, 5), relaxation="unconstrained")
+    assert fz.factorize_affine_missing(Wm, unconstrained, rng=3).rms < 1e-8
+    for bad in [(5, 6), (5, 5), (6, 3), ()]:
+        with pytest.raises(InputError, match="warm_start_rank"):
+            fz.factorize_affine_missing(Wm, fz.MissingDataOptions(warm_start_rank=bad), rng=0)
+
+
+def test_core_stage_solves_long_tracks_first_and_then_all(rng):
+    # Two-view tracks make up a third of the data; the >= 6-view core sees >= 12 points in every frame.
+    F, P = 12, 300
+    W, _, _ = _affine_scene(rng, num_frames=F, num_points=P)
+    mask = _band_mask(rng, F, P, 2, 9)
+    mask[:, :100] = _band_mask(rng, F, 100, 2, 2)
+    core = fz._core_tracks(mask, 6)
+    assert core is not None and 0 < core.sum() < P
+    assert fz._core_tracks(mask, None) is None and fz._core_tracks(mask, 2) is None
+    result = fz.factorize_affine_missing(_hide(W, mask), rng=1)
+    assert result.converged and result.rms < 1e-8
+    np.testing.assert_allclose(result.reproject(), W, atol=1e-5)

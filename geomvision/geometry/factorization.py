@@ -434,15 +434,26 @@ class MissingDataOptions:
         time_limit_s: optional wall-clock cap.
         camera: metric upgrade applied to the optimum ("affine" = none).
         jacobian: "kaufman" (Ruhe-Wedin RW2 / Wiberg approximation) or "full" (Golub-Pereyra Gauss-Newton).
-        warm_start_rank: VarPro with a random start only: first minimise the unconstrained rank-k
-            factorization ``W ~ B C^T`` (k >= 4, a relaxation of the affine model) from the start, then start
-            the affine problem from the affine cameras closest to its solution (see
-            :func:`_affine_from_rank_k`). None starts the affine problem directly. On the Oxford dinosaur
-            tracks this raised the share of random starts that reach the best affine optimum
+        warm_start_rank: VarPro with a random start only: first minimise a rank-k relaxation of the affine
+            model (k >= 4 camera columns, see ``relaxation``) from the start, then start the affine problem
+            from affine cameras derived from its solution (see :func:`_rank_k_warm_start`). A decreasing
+            tuple (e.g. ``(6, 5)``) is a rank continuation. None starts the affine problem directly. On the
+            Oxford dinosaur tracks this raised the share of random starts that reach the best affine optimum
             (benchmarks/results/factorization.md).
+        relaxation: "affine": ``W ~ U X^T + t 1^T`` with a (k - 1)-dimensional shape (translation kept);
+            "unconstrained": ``W ~ B C^T`` with B (2F, k).
+        affine_candidates: with the affine relaxation, the affine problem is solved from up to this many
+            3-dimensional subspaces of the relaxed shape (:func:`_affine_candidates`), stopping when two
+            reach the same cost; the lowest cost is kept. 1 = only the best rank-3 approximation.
+        agree_rtol: relative cost difference under which two candidates count as the same optimum.
         warm_start_min_share: run the warm start only when at least this share of the tracks has more than
             k scalar observations (the others carry no information in the relaxation and are left out of it).
             On all dinosaur tracks (46 % two-view tracks) the warm start lowered the success rate.
+        core_min_views: VarPro with a random start only: when some tracks are seen in fewer views, first
+            solve (warm start included) the affine problem on the tracks seen in >= this many views, then
+            start the problem with every track from those cameras (the short tracks' points are eliminated
+            for the fixed cameras, then everything is refined jointly). Skipped when that core leaves a frame
+            with fewer than 12 points. None solves all tracks at once.
     """
 
     method: Literal["varpro", "als"] = "varpro"
@@ -453,11 +464,18 @@ class MissingDataOptions:
     time_limit_s: float | None = None
     camera: AffineCamera = "affine"
     jacobian: Literal["kaufman", "full"] = "kaufman"
-    warm_start_rank: int | None = 5
+    warm_start_rank: int | tuple[int, ...] | None = 5
+    relaxation: Literal["affine", "unconstrained"] = "affine"
     warm_start_min_share: float = 0.9
+    core_min_views: int | None = 6
+    affine_candidates: int = 3
+    agree_rtol: float = 1e-6
 
 
 _POINT_CHUNK = 512
+# A core stage whose tracks leave a frame with fewer points did not converge on the dinosaur (>= 8-view tracks:
+# 6 points in the sparsest frame); the >= 6-view core has 32.
+_CORE_MIN_POINTS_PER_FRAME = 12
 
 
 class _Problem:
@@ -477,9 +495,9 @@ class _Problem:
         self.num_obs2d = int(mask.sum())
 
     def split(self, Ut: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(U (2F, r), t (2F,)) with r = 3 (affine) or 4 (rank 4, t = 0)."""
+        """(U (2F, r), t (2F,)): affine ``Ut = [U | t]`` (r = 3, or more for a relaxation), else ``U = Ut``."""
         if self.affine:
-            return Ut[:, :3], Ut[:, 3]
+            return Ut[:, :-1], Ut[:, -1]
         return Ut, np.zeros(len(Ut))
 
     def point_vectors(self, X: np.ndarray) -> np.ndarray:
@@ -530,7 +548,9 @@ class _Problem:
         k = v.shape[1]  # 4 for the affine and the rank-4 models
         vv = (v[:, :, None] * v[:, None, :]).reshape(self.P, k * k)
         diag_part = (self.m @ vv).reshape(n_rows, k, k)  # sum_p m_kp v_p v_p^T
-        chol = np.linalg.cholesky(np.linalg.inv(H))  # H_p^-1 = L_p L_p^T
+        # H_p = L_p L_p^T, so U L_p^-T times its transpose is U H_p^-1 U^T (factoring inv(H_p) instead fails
+        # numerically for points that are nearly unconstrained early in a relaxation).
+        chol = np.linalg.inv(np.linalg.cholesky(H)).transpose(0, 2, 1)
         cross = np.zeros((k * k, n_rows * n_rows))
         for lo in range(0, self.P, _POINT_CHUNK):  # chunks bound the (chunk, 2F, 2F) temporary
             hi = min(lo + _POINT_CHUNK, self.P)
@@ -579,7 +599,8 @@ class _Problem:
         v = self.point_vectors(X)
         G = np.einsum("ip,pa,pb->iab", self.m, v, v)
         rhs = self.W0 @ v
-        ridge = 1e-12 * np.trace(G, axis1=1, axis2=2)[:, None, None] * np.eye(4) + 1e-300 * np.eye(4)
+        eye = np.eye(G.shape[1])
+        ridge = 1e-12 * np.trace(G, axis1=1, axis2=2)[:, None, None] * eye + 1e-300 * eye
         return np.linalg.solve(G + ridge, rhs[:, :, None])[:, :, 0]
 
 
@@ -590,8 +611,8 @@ def _retract(Ut: np.ndarray) -> np.ndarray:
     orthonormal basis of its column space and t by its component orthogonal to it (keeps the problem well
     conditioned).
     """
-    Q, _ = np.linalg.qr(Ut[:, :3])
-    t = Ut[:, 3] - Q @ (Q.T @ Ut[:, 3])
+    Q, _ = np.linalg.qr(Ut[:, :-1])
+    t = Ut[:, -1] - Q @ (Q.T @ Ut[:, -1])
     return np.concatenate([Q, t[:, None]], axis=1)
 
 
@@ -638,20 +659,37 @@ def factorize_affine_missing(
         # Random start: N(0, 1) entries in the normalised frame.
         gen = np.random.default_rng(rng)
         Ut = gen.standard_normal((2 * F, 4))
-        k = options.warm_start_rank
-        if options.method == "varpro" and k is not None:
-            if k < 4:
-                raise InputError(f"warm_start_rank must be >= 4 (or None), got {k}")
-            # The affine start's columns plus k - 4 more random ones (same generator).
-            B = np.concatenate([Ut, gen.standard_normal((2 * F, k - 4))], axis=1)
-            Ut, iterations = _rank_k_warm_start(W_scaled, mask, B, options, start)
+        ranks = _warm_start_ranks(options.warm_start_rank)
+        if options.method == "als":
+            Ut, affine_iterations, converged = _als(scaled, _retract(Ut), options, start)
+        else:
+            core = _core_tracks(mask, options.core_min_views)
+            W_core, mask_core = (W_scaled, mask) if core is None else (W_scaled[:, core], mask[:, core])
+            candidates = [Ut]
+            if ranks:
+                # The affine start's columns plus k - 4 more random ones (same generator).
+                extra = gen.standard_normal((2 * F, ranks[0] - 4))
+                candidates, iterations = _rank_k_warm_start(
+                    W_core, mask_core, Ut, extra, ranks, options, start
+                )
+            core_problem = scaled if core is None else _Problem(W_core, mask_core)
+            Ut, affine_iterations, converged = _best_candidate(core_problem, candidates, options, start)
+            if core is not None:
+                # The well-observed tracks were solved first; their cameras start the problem with every track.
+                logger.info(
+                    "core stage: %d of %d tracks, %d iterations",
+                    int(core.sum()),
+                    len(core),
+                    iterations + affine_iterations,
+                )
+                iterations += affine_iterations
+                Ut, affine_iterations, converged = _varpro_lm(scaled, _retract(Ut), options, start)
     else:
         Ut = np.asarray(init_cameras, dtype=np.float64).reshape(2 * F, 4)
         # Caller's cameras are in the unit of W: map them into the normalised frame.
         Ut = np.concatenate([Ut[:, :3] / scale, (Ut[:, 3:] - centre) / scale], axis=1)
-    Ut = _retract(Ut)
-    solver = _varpro_lm if options.method == "varpro" else _als
-    Ut, affine_iterations, converged = solver(scaled, Ut, options, start)
+        solver = _varpro_lm if options.method == "varpro" else _als
+        Ut, affine_iterations, converged = solver(scaled, _retract(Ut), options, start)
     X, _ = scaled.solve_points(Ut)
     motion = (Ut[:, :3] * scale).reshape(F, 2, 3)
     translations = (Ut[:, 3] * scale + centre[:, 0]).reshape(F, 2)
@@ -660,39 +698,169 @@ def factorize_affine_missing(
     )
 
 
-def _rank_k_warm_start(
-    W_scaled: np.ndarray, mask: np.ndarray, B: np.ndarray, options: MissingDataOptions, start: float
-) -> tuple[np.ndarray, int]:
-    """Minimise the unconstrained rank-k problem ``W ~ B C^T`` from ``B`` and map it to affine cameras.
+def _best_candidate(
+    prob: _Problem, candidates: list[np.ndarray], options: MissingDataOptions, start: float
+) -> tuple[np.ndarray, int, bool]:
+    """Solve the affine problem from each candidate start in turn; keep the lowest cost.
 
-    The affine model is the rank-4 model whose points have 4th coordinate 1. Dropping that constraint and
-    adding k - 4 spare dimensions gives an over-parameterised problem whose VarPro landscape had fewer bad
-    local minima on the dinosaur tracks; its solution, mapped to affine cameras, starts the affine VarPro in
-    the basin of the best affine optimum much more often than the raw random start does.
-
-    Args:
-        W_scaled: (2F, P) normalised measurements; mask: (F, P) visibility; B: (2F, k) starting cameras.
+    Stops as soon as two candidates reach the same cost (within ``options.agree_rtol``): the same optimum
+    from two different starts (the RUSSO rule of Hong & Fitzgibbon 2015, applied within one random start).
 
     Returns:
-        ((2F, 4) affine starting cameras in the normalised frame, rank-k iterations); the start unchanged
-        (``B[:, :4]``, 0 iterations) when the well-determined tracks leave a frame with fewer than k points.
+        (Ut (2F, 4) of the lowest cost, total iterations, whether that run converged).
     """
-    k = B.shape[1]
-    # A track with 2 n_views <= k scalar observations fits the relaxed model exactly for any cameras (and
-    # makes its k x k point system singular): it carries no information there, so it is left out.
-    keep = 2 * mask.sum(axis=0) > k
-    if (
-        keep.mean() < options.warm_start_min_share
-        or keep.sum() < 2 * k
-        or mask[:, keep].sum(axis=1).min() < k
-    ):
-        logger.info("rank-%d warm start skipped: %.0f%% of the tracks are seen in more than %d views",
-                    k, 100 * keep.mean(), k // 2)
-        return B[:, :4], 0
-    relaxed = _Problem(W_scaled[:, keep], mask[:, keep], affine=False)
-    B, iterations, _ = _varpro_lm(relaxed, relaxed.retract(B), options, start)
-    _, C, _, _ = relaxed.cost(B)
-    return _affine_from_rank_k(B, C), iterations
+    best, iterations, costs = None, 0, []
+    for Ut0 in candidates:
+        Ut, its, converged = _varpro_lm(prob, _retract(Ut0), options, start)
+        iterations += its
+        cost = prob.cost(Ut)[0]
+        # An exact fit (RMS below 1e-10 of the normalised data) cannot be improved on, and relative agreement
+        # of two near-zero costs is meaningless.
+        exact = cost <= 1e-20 * prob.num_obs2d
+        agree = exact or any(abs(cost - c) <= options.agree_rtol * c for c in costs)
+        costs.append(cost)
+        if best is None or cost < best[0]:
+            best = (cost, Ut, converged)
+        if agree:
+            break
+    logger.debug("affine candidates: costs %s", costs)
+    return best[1], iterations, best[2]
+
+
+def _core_tracks(mask: np.ndarray, min_views: int | None) -> np.ndarray | None:
+    """(P,) bool tracks seen in >= ``min_views`` views, or None when that is all tracks or too few per frame."""
+    if min_views is None:
+        return None
+    core = mask.sum(axis=0) >= min_views
+    if core.all() or core.sum() < 4 or mask[:, core].sum(axis=1).min() < _CORE_MIN_POINTS_PER_FRAME:
+        return None
+    return core
+
+
+def _warm_start_ranks(value: int | tuple[int, ...] | None) -> tuple[int, ...]:
+    """Validated, strictly decreasing tuple of relaxation ranks (empty: no warm start)."""
+    if value is None:
+        return ()
+    ranks = (int(value),) if np.isscalar(value) else tuple(int(k) for k in value)
+    if not ranks or min(ranks) < 4 or any(a <= b for a, b in zip(ranks, ranks[1:], strict=False)):
+        raise InputError(
+            f"warm_start_rank must be >= 4, a decreasing tuple of such ranks, or None; got {value}"
+        )
+    return ranks
+
+
+def _rank_k_warm_start(
+    W_scaled: np.ndarray,
+    mask: np.ndarray,
+    Ut: np.ndarray,
+    extra: np.ndarray,
+    ranks: tuple[int, ...],
+    options: MissingDataOptions,
+    start: float,
+) -> tuple[np.ndarray, int]:
+    """Minimise relaxed rank-k problems for k in ``ranks`` from a random start and map to affine cameras.
+
+    The affine model is a rank-4 model ``[U | t] [X; 1]`` with 3-dimensional shape. Two relaxations with
+    more freedom (over-parameterisation smooths the landscape; fewer bad local minima on the dinosaur tracks):
+
+    * ``"affine"``: ``W ~ U_k X^T + t 1^T`` with a (k - 1)-dimensional shape and the translation kept; it is
+      mapped to the affine model by keeping the leading 3 shape directions (:func:`_reduce_affine_rank`).
+    * ``"unconstrained"``: ``W ~ B C^T`` with B (2F, k), mapped by :func:`_affine_from_rank_k`, which has to
+      recover the translation from points that no longer have a unit coordinate (the affine problem then
+      starts far from the relaxed optimum).
+
+    With several ranks (a continuation, e.g. 6, 5) each solution is truncated to the next rank and refined
+    there before the affine problem starts.
+
+    Args:
+        W_scaled: (2F, P) normalised measurements; mask: (F, P) visibility; Ut: (2F, 4) random affine start;
+        extra: (2F, ranks[0] - 4) random columns completing it; ranks: decreasing relaxation ranks (>= 4).
+
+    Returns:
+        ((2F, 4) affine starting cameras in the normalised frame, relaxation iterations); the start unchanged
+        (0 iterations) when the well-determined tracks leave a frame with fewer than k points.
+    """
+    affine = options.relaxation == "affine"
+    if affine:
+        B = np.concatenate([Ut[:, :3], extra, Ut[:, 3:]], axis=1)
+    else:
+        B = np.concatenate([Ut, extra], axis=1)
+    iterations = 0
+    C = None
+    for level, k in enumerate(ranks):
+        # A track with no more scalar observations than point unknowns (k - 1 affine, k unconstrained) fits
+        # the relaxed model exactly for any cameras (and makes its point system singular): it carries no
+        # information there, so it is left out.
+        keep = 2 * mask.sum(axis=0) > (k - 1 if affine else k)
+        if (
+            keep.mean() < options.warm_start_min_share
+            or keep.sum() < 2 * k
+            or mask[:, keep].sum(axis=1).min() < k
+        ):
+            logger.info(
+                "rank-%d warm start skipped: only %.0f%% of the tracks are long enough", k, 100 * keep.mean()
+            )
+            break
+        if level > 0:
+            B = _reduce_affine_rank(B, C, k) if affine else _truncate_rank(B, C, k)
+        relaxed = _Problem(W_scaled[:, keep], mask[:, keep], affine=affine)
+        B, its, _ = _varpro_lm(relaxed, relaxed.retract(B), options, start)
+        iterations += its
+        _, C, _, _ = relaxed.cost(B)
+    if C is None:
+        return [Ut], 0
+    if not affine:
+        return [_affine_from_rank_k(B, C)], iterations
+    return _affine_candidates(B, C, options.affine_candidates), iterations
+
+
+def _shape_directions(Ut: np.ndarray, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Principal shape directions of ``U X^T + t 1^T``: ((2F, r) columns by decreasing energy, (2F,) t').
+
+    The mean point moves into the translation (``t' = t + U mean(X)``); the left singular vectors of ``U L``
+    with ``L L^T`` the points' covariance, scaled by the singular values, are the principal directions of
+    the centred product over all points (its best rank-j approximations keep the first j).
+
+    Args:
+        Ut: (2F, r + 1) cameras ``[U | t]``; X: (P, r) points.
+    """
+    U, t = Ut[:, :-1], Ut[:, -1]
+    mean = X.mean(axis=0)
+    centred = X - mean
+    L = np.linalg.cholesky(centred.T @ centred / len(X) + 1e-12 * np.eye(X.shape[1]))
+    left, S, _ = np.linalg.svd(U @ L, full_matrices=False)
+    return left * S, t + U @ mean
+
+
+def _reduce_affine_rank(Ut: np.ndarray, X: np.ndarray, k: int) -> np.ndarray:
+    """(2F, k) cameras ``[U' | t']`` of the best (k - 1)-dimensional-shape approximation of ``U X^T + t 1^T``."""
+    directions, t = _shape_directions(Ut, X)
+    return np.concatenate([directions[:, : k - 1], t[:, None]], axis=1)
+
+
+def _affine_candidates(Ut: np.ndarray, X: np.ndarray, count: int) -> list[np.ndarray]:
+    """Affine starts ``[U3 | t']`` (2F, 4) from a relaxed solution with an r-dimensional shape (r >= 4).
+
+    Candidate 0 keeps the 3 leading shape directions (the best rank-3 approximation); candidate j >= 1
+    swaps direction 3 - j for direction 3. Which 3-dimensional subspace of the relaxed shape leads to the
+    best affine optimum is not decided by the energy alone: on the dinosaur tracks each of candidates 0-2
+    reached the best optimum from some random starts where the others did not; dropping the leading
+    direction never did, so at most 3 candidates are made.
+    """
+    directions, t = _shape_directions(Ut, X)
+    subsets = [[0, 1, 2], [0, 1, 3], [0, 2, 3]][: max(1, min(count, 3))]
+    return [np.concatenate([directions[:, keep], t[:, None]], axis=1) for keep in subsets]
+
+
+def _truncate_rank(B: np.ndarray, C: np.ndarray, k: int) -> np.ndarray:
+    """(2F, k) cameras of the best rank-k approximation of the complete product ``B C^T``.
+
+    ``B C^T = (B L)(C L^-T)^T`` with ``L L^T = C^T C / P``, so the leading k left singular vectors of ``B L``
+    (scaled by their singular values) span the best rank-k approximation of the product.
+    """
+    L = np.linalg.cholesky(C.T @ C / len(C) + 1e-12 * np.eye(C.shape[1]))
+    U, S, _ = np.linalg.svd(B @ L, full_matrices=False)
+    return U[:, :k] * S[:k]
 
 
 def _affine_from_rank_k(B: np.ndarray, C: np.ndarray) -> np.ndarray:
