@@ -1,12 +1,12 @@
 """Affine factorization with missing data on the Oxford dinosaur tracks: VarPro-LM vs ALS.
 
-For each track subset and each of N random starts (the same starting cameras for both methods), run
+For each track subset and each of N random starts (the same starting cameras for every method), run
 :func:`geomvision.geometry.factorization.factorize_affine_missing` with ``method="varpro"`` (damped Newton on
-the points-eliminated problem) and ``method="als"``; ALS gets the same wall-time budget per start as the
-slowest VarPro start on that subset (and no iteration cap). Reported per method: the best RMS error
-reached, the share of starts within 1e-6 relative cost of the best optimum found by any run, median time.
+the points-eliminated problem; several variants) and ``method="als"``; ALS gets the same wall-time budget per
+start as the slowest (or median) default VarPro start (and no iteration cap). Reported per method: best RMS
+error, the share of starts within 1e-6 relative cost of the best optimum found by any run, median time.
 
-Run by hand:  /work/venv/bin/python benchmarks/factorization.py [--starts 20] [--full-starts 10]
+Run by hand:  /work/venv/bin/python benchmarks/factorization.py [--starts 20] [--full-starts 10] [--variants ...]
 Writes benchmarks/results/factorization.md.
 """
 
@@ -32,33 +32,53 @@ DATASET = (
     / "oxford_dinosaur"
 )
 SUCCESS_RTOL = 1e-6
+CPU_S: dict[int, float] = {}  # process CPU time of each result (by id), steadier than wall time under load
+
+
+VARIANTS = {
+    # name: (label, MissingDataOptions overrides)
+    "default": ("varpro", {}),
+    "single": ("varpro, 1 candidate", {"affine_candidates": 1}),
+    "previous": (
+        "varpro, unconstrained rank-5 relaxation (previous default)",
+        {"relaxation": "unconstrained"},
+    ),
+    "direct": ("varpro, no relaxation", {"warm_start_rank": None}),
+}
 
 
 def run_subset(
     W: np.ndarray,
     seeds: list[int],
     max_iterations: int,
+    variants: list[str],
     *,
-    warm_start_rank: int | None = 5,
     als_budget: str = "max",
 ) -> dict[str, list]:
-    """VarPro then ALS from the same random starts (the same rng seed draws the same N(0, 1) cameras)."""
-    runs: dict[str, list] = {"varpro": [], "als": []}
-    varpro_options = fz.MissingDataOptions(
-        method="varpro", max_iterations=max_iterations, warm_start_rank=warm_start_rank
-    )
-    for k, seed in enumerate(seeds):
-        res = fz.factorize_affine_missing(W, varpro_options, rng=seed)
-        runs["varpro"].append(res)
-        print(
-            f"  varpro start {k}: rms {res.rms:.6f} px, {res.iterations} it, {res.time_s:.2f} s", flush=True
-        )
-    times = [r.time_s for r in runs["varpro"]]
+    """Each VarPro variant, then ALS, from the same random starts (the same rng seed draws the same cameras)."""
+    runs: dict[str, list] = {}
+    for name in variants:
+        label, overrides = VARIANTS[name]
+        options = fz.MissingDataOptions(method="varpro", max_iterations=max_iterations, **overrides)
+        runs[label] = []
+        for k, seed in enumerate(seeds):
+            cpu = time.process_time()
+            res = fz.factorize_affine_missing(W, options, rng=seed)
+            CPU_S[id(res)] = time.process_time() - cpu
+            runs[label].append(res)
+            print(
+                f"  {label} start {k}: rms {res.rms:.6f} px, {res.iterations} it, {res.time_s:.2f} s",
+                flush=True,
+            )
+    times = [r.time_s for r in runs[VARIANTS[variants[0]][0]]]
     budget = max(times) if als_budget == "max" else float(np.median(times))
+    runs["als"] = []
     for k, seed in enumerate(seeds):
+        cpu = time.process_time()
         res = fz.factorize_affine_missing(
             W, fz.MissingDataOptions(method="als", max_iterations=10**7, time_limit_s=budget), rng=seed
         )
+        CPU_S[id(res)] = time.process_time() - cpu
         runs["als"].append(res)
         print(
             f"  als    start {k}: rms {res.rms:.6f} px, {res.iterations} it, {res.time_s:.2f} s", flush=True
@@ -88,7 +108,8 @@ def summarise(name: str, W: np.ndarray, runs: dict[str, list]) -> list[str]:
     rows = []
     for method, results in runs.items():
         costs = np.array([r.cost for r in results])
-        hit = np.mean(costs <= best_cost * (1 + SUCCESS_RTOL))
+        reached = costs <= best_cost * (1 + SUCCESS_RTOL)
+        hit = np.mean(reached)
         best = results[int(np.argmin(costs))]
         cells = [
             name,
@@ -99,9 +120,11 @@ def summarise(name: str, W: np.ndarray, runs: dict[str, list]) -> list[str]:
             str(len(results)),
             f"{best.rms:.4f}",
             f"{best.rms / np.sqrt(2):.4f}",
-            f"{hit:.0%}",
+            f"{int(reached.sum())}/{len(results)} = {hit:.0%}",
+            ", ".join(str(k) for k in np.flatnonzero(~reached)) or "none",
             f"{np.median([r.iterations for r in results]):.0f}",
             f"{np.median([r.time_s for r in results]):.2f}",
+            f"{np.median([CPU_S[id(r)] for r in results]):.2f}",
             f"{np.median([r.rms for r in results]):.4f}",
             russo(list(costs), [r.time_s for r in results], best_cost),
         ]
@@ -119,33 +142,37 @@ HEADER = [
     "best RMS 2D (px)",
     "best RMS per coord (px)",
     "starts reaching best",
+    "starts missing it (rng)",
     "median iterations",
-    "median time (s)",
+    "median wall time (s)",
+    "median CPU time (s)",
     "median RMS 2D (px)",
     "RUSSO (restart until best repeats)",
 ]
 
 
 def describe(args: argparse.Namespace) -> str:
-    warm = (
-        f"first the unconstrained rank-{args.warm_start_rank} factorization from the random start, mapped to "
-        "the nearest affine cameras (`MissingDataOptions.warm_start_rank`), then the affine problem; "
-        if args.warm_start_rank
-        else "directly on the affine problem; "
-    )
     budget = "slowest" if args.als_budget == "max" else "median"
     return (
         "Data: `oxford_dinosaur/pts.txt` (Oxford VGG `viff.xy` tracks). Model: affine cameras "
         "`x = M_f X_p + t_f` (rank 3 + mean), least squares over observed entries only, data centred per row "
         "and scaled to unit RMS internally. Start k draws the starting cameras from N(0, 1) with "
-        "`rng=k` (VarPro and ALS share the starts). VarPro = Levenberg-Marquardt on the variable-projection "
-        "problem (points eliminated, Kaufman Jacobian, QR retraction of the camera gauge, damping x/÷ 10), "
-        f"{warm}at most {args.max_iterations} iterations per stage. ALS gets the wall time of the {budget} "
-        "VarPro start on that subset per start. A start reaches the best optimum when "
-        f"its cost is within {SUCCESS_RTOL:g} (relative) of the lowest cost of any run. RMS 2D = "
-        "sqrt(mean squared 2D error per observation); RMS per coord = that / sqrt(2) (the convention of "
-        "Hong & Fitzgibbon 2015). The classic 'dino trimmed' 319-track subset is not reproducible from the "
-        f"track lengths alone, so the trimmed set here is every track seen in >= {args.min_views} views. "
+        "`rng=k` (every method gets the same starts, seeds 0..N-1). VarPro = Levenberg-Marquardt on the "
+        "variable-projection problem (points eliminated, Kaufman Jacobian, QR retraction of the camera gauge, "
+        "damping x/÷ 10). Default (`varpro`) from each random start: (1) the affine relaxation "
+        "`W ~ U X^T + t 1^T` with a 4-dimensional shape (cameras [U | t] of rank 5, translation kept), solved "
+        "from the start plus one more random column; (2) the affine problem solved from up to 3 affine "
+        "cameras made of 3 of its 4 principal shape directions (leading 3 first, then the two swaps of a "
+        "leading direction for the 4th), stopping as soon as two of them reach the same cost (1e-6 relative), "
+        "keeping the lowest; (3) on all tracks, steps 1-2 run on the tracks seen in >= 6 views first (the "
+        "core), then the affine problem with every track starts from the core cameras. "
+        f"At most {args.max_iterations} iterations per stage. "
+        "`1 candidate` stops after the first affine candidate; `previous default` is the last commit's "
+        "method (unconstrained rank-5 relaxation `W ~ B C^T`, one mapping to affine cameras). "
+        f"ALS gets the wall time of the {budget} default VarPro start on that subset per start. A start "
+        f"reaches the best optimum when its cost is within {SUCCESS_RTOL:g} (relative) of the lowest cost of "
+        "any run on that subset (all methods). RMS 2D = sqrt(mean squared 2D error per observation); RMS per "
+        "coord = that / sqrt(2) (the convention of Hong & Fitzgibbon 2015). "
         "RUSSO (Hong & Fitzgibbon 2015) replays the starts in order, stopping when the lowest cost so far has "
         "been reached twice (`factorize_affine_missing_restarts`)."
     )
@@ -158,7 +185,14 @@ def main(argv: list[str] | None = None) -> int:
         "--full-starts", type=int, default=10, help="random starts on all 4983 tracks (0: skip)"
     )
     parser.add_argument("--max-iterations", type=int, default=2000)
-    parser.add_argument("--warm-start-rank", type=int, default=5, help="VarPro rank-k warm start (0: off)")
+    parser.add_argument(
+        "--variants",
+        default="default,single,previous",
+        help=f"comma-separated VarPro variants from {sorted(VARIANTS)}; the first sets the ALS budget",
+    )
+    parser.add_argument(
+        "--full-variants", default="default", help="VarPro variants on all tracks (comma-separated)"
+    )
     parser.add_argument(
         "--als-budget",
         choices=["max", "median"],
@@ -193,13 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     for name, W, n_starts in subsets:
         print(f"{name}: {W.shape[1]} tracks, {n_starts} starts", flush=True)
-        runs = run_subset(
-            W,
-            list(range(n_starts)),
-            args.max_iterations,
-            warm_start_rank=None if args.warm_start_rank == 0 else args.warm_start_rank,
-            als_budget=args.als_budget,
-        )
+        variants = (args.full_variants if W is W_all else args.variants).split(",")
+        runs = run_subset(W, list(range(n_starts)), args.max_iterations, variants, als_budget=args.als_budget)
         table += summarise(name, W, runs)
     text = "\n".join(
         [
