@@ -95,8 +95,22 @@ class PipelineOptions:
             raise InputError(f"pose_prior_min_confidence must be in [0, 1], got {self.pose_prior_min_confidence}")
 
 
+#: Where the pipeline's defaults differ from the stage function's own defaults (which follow the
+#: underlying library, e.g. OpenCV's plain SIFT), and why:
+#: - RootSIFT (COLMAP's default too): Hellinger-kernel matching gives as many verified matches on
+#:   overlapping pairs but about a third fewer chance ratio-test matches on non-overlapping ones;
+#: - a cap of 0.4 on the L2 distance between unit RootSIFT descriptors (99 % of verified inliers on
+#:   templeRing lie below 0.42) cuts them further. Since RANSAC's sample count grows like
+#:   (matches / min inliers)^sample_size on a pair without a model, these two make the geometric
+#:   verification of templeRing's 1081 pairs ~8x cheaper at the same registrations and accuracy.
+PIPELINE_STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "extraction": {"root_sift": True},
+    "matching": {"max_distance": 0.4},
+}
+
+
 def _default_stage(section: str):
-    return _stage_class(section)()
+    return _stage_class(section)(**PIPELINE_STAGE_DEFAULTS.get(section, {}))
 
 
 @dataclass(frozen=True, kw_only=True)
