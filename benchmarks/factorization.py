@@ -54,6 +54,7 @@ def run_subset(
     variants: list[str],
     *,
     als_budget: str = "max",
+    als: bool = True,
 ) -> dict[str, list]:
     """Each VarPro variant, then ALS, from the same random starts (the same rng seed draws the same cameras)."""
     runs: dict[str, list] = {}
@@ -72,6 +73,8 @@ def run_subset(
             )
     times = [r.time_s for r in runs[VARIANTS[variants[0]][0]]]
     budget = max(times) if als_budget == "max" else float(np.median(times))
+    if not als:
+        return runs
     runs["als"] = []
     for k, seed in enumerate(seeds):
         cpu = time.process_time()
@@ -200,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         help="ALS wall time per start: the slowest or the median VarPro start",
     )
     parser.add_argument("--min-views", type=int, default=6)
+    parser.add_argument("--skip-als", action="store_true", help="VarPro variants only (e.g. an ablation run)")
     parser.add_argument(
         "--longest", type=int, default=0, help="use the N longest tracks instead of the >= min-views subset"
     )
@@ -228,7 +232,14 @@ def main(argv: list[str] | None = None) -> int:
     for name, W, n_starts in subsets:
         print(f"{name}: {W.shape[1]} tracks, {n_starts} starts", flush=True)
         variants = (args.full_variants if W is W_all else args.variants).split(",")
-        runs = run_subset(W, list(range(n_starts)), args.max_iterations, variants, als_budget=args.als_budget)
+        runs = run_subset(
+            W,
+            list(range(n_starts)),
+            args.max_iterations,
+            variants,
+            als_budget=args.als_budget,
+            als=not args.skip_als,
+        )
         table += summarise(name, W, runs)
     text = "\n".join(
         [
