@@ -493,7 +493,8 @@ def _ivf_images(features: Mapping[int, Features], pairs: list[tuple[int, int]], 
 
 
 def _save_matches(path: str, indices: np.ndarray, distances: np.ndarray) -> None:
-    with atomic_path(path, suffix=".npz") as tmp:
+    # A damaged entry is recomputed on load, so the per-pair file need not be fsynced (see atomic_path).
+    with atomic_path(path, suffix=".npz", durable=False) as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, indices=indices, distances=distances)
 
