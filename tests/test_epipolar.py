@@ -241,3 +241,89 @@ def test_midpoint_cheirality_matches_dlt_triangulation():
     far = np.array([[0.1, 0.2]])
     far2 = (np.c_[far, [1.0]] @ pose.rotation.T)[:, :2] / (far @ pose.rotation[2, :2] + pose.rotation[2, 2])
     assert not ep.cheirality_mask(pose, far, far2).any()
+
+
+def _random_pose_samples(B, seed):
+    """B five-point samples of random poses, all points in front of both cameras."""
+    rng = np.random.default_rng(seed)
+    X = rng.uniform(-1, 1, (B, 5, 3)) + [0, 0, 5]
+    R = rotvec_to_matrix(rng.normal(0, 0.3, (B, 3)))
+    t = rng.normal(0, 1, (B, 3))
+    X2 = np.einsum("bij,bnj->bni", R, X) + t[:, None]
+    front = np.all(X2[..., 2] > 0, axis=1)
+    return X[..., :2] / X[..., 2:], X2[..., :2] / X2[..., 2:], R, t, front
+
+
+def _five_point_by_action_matrix(xn1, xn2):
+    """Reference: every real solution from the eigenvectors of the 10x10 action matrix."""
+    basis, M20 = ep._five_point_system(xn1, xn2)
+    xyz, valid = ep._five_point_action(M20)
+    E = np.einsum("bsk,bkn->bsn", xyz, basis[:, :3]) + basis[:, None, 3]
+    return E / np.linalg.norm(E, axis=2, keepdims=True), valid
+
+
+@pytest.mark.parametrize("generic", [False, True])
+def test_five_point_sturm_solutions_match_action_matrix(generic):
+    B = 600
+    if generic:  # arbitrary point pairs (outlier samples): solutions exist but match no pose
+        rng = np.random.default_rng(11)
+        xn1, xn2 = rng.uniform(-1, 1, (B, 5, 2)), rng.uniform(-1, 1, (B, 5, 2))
+    else:
+        xn1, xn2 = _random_pose_samples(B, 4)[:2]
+    E, sample = ep.essential_5point_hypotheses(xn1, xn2)
+    E_ref, valid_ref = _five_point_by_action_matrix(xn1, xn2)
+    # Same number of real solutions in every sample (Sturm counts are exact where eig calls them real).
+    assert np.array_equal(np.bincount(sample, minlength=B), valid_ref.sum(axis=1))
+    worst = np.zeros(B)
+    for b in np.flatnonzero(valid_ref.sum(axis=1)):
+        A, N = E_ref[b][valid_ref[b]], E[sample == b].reshape(-1, 9)
+        d = np.minimum(np.linalg.norm(A[:, None] - N[None], axis=2), np.linalg.norm(A[:, None] + N[None], axis=2))
+        worst[b] = d.min(axis=1).max()  # every reference solution has a match
+    assert np.mean(worst < 1e-8) >= 0.99
+    assert worst.max() < 1e-4  # the rare exceptions are ill-conditioned samples, not different roots
+
+
+def test_essential_5point_hypotheses_layout_and_truth():
+    xn1, xn2, R, t, _ = _random_pose_samples(200, 5)
+    E_h, sample = ep.essential_5point_hypotheses(xn1, xn2)
+    assert E_h.shape == (len(sample), 3, 3) and np.all(np.diff(sample) >= 0)
+    np.testing.assert_allclose(np.linalg.norm(E_h, axis=(1, 2)), 1.0, atol=1e-12)
+    E_b, valid = ep.essential_5point_batch(xn1, xn2)
+    np.testing.assert_array_equal(valid.sum(axis=1), np.bincount(sample, minlength=200))
+    np.testing.assert_array_equal(E_b[valid], E_h)  # same solutions, first slots of each row
+    E_true = skew(t) @ R
+    E_true /= np.linalg.norm(E_true, axis=(1, 2), keepdims=True)
+    err = np.minimum(np.linalg.norm(E_h - E_true[sample], axis=(1, 2)), np.linalg.norm(E_h + E_true[sample], axis=(1, 2)))
+    best = np.full(200, np.inf)
+    np.minimum.at(best, sample, err)
+    assert np.all(best < 1e-9)
+
+
+def test_real_roots_sturm_known_roots():
+    roots = np.array([-250.0, -3.0, -0.5, 0.001, 0.002, 2.0])
+    # Times two positive quadratics (z^2 + 1)(z^2 + 0.5 z + 4): 6 real and 4 complex roots.
+    poly = np.polynomial.polynomial.polyfromroots(roots)
+    poly = np.polynomial.polynomial.polymul(poly, [1.0, 0.0, 1.0])
+    poly = np.polynomial.polynomial.polymul(poly, [4.0, 0.5, 1.0])
+    assert len(poly) == 11
+    p = np.stack([poly, -3.0 * poly, np.polynomial.polynomial.polyfromroots(np.arange(1.0, 11.0))])
+    found, sample, failed = ep._real_roots_sturm(p, np.ones(3, dtype=bool))
+    assert not failed.any()
+    np.testing.assert_allclose(found[sample == 0], roots, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(found[sample == 1], roots, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(found[sample == 2], np.arange(1.0, 11.0), rtol=1e-8)
+
+
+def test_real_roots_sturm_flags_degenerate_polynomials():
+    p = np.zeros((3, 11))
+    p[0, :4] = [1.0, -2.0, 0.5, 1.0]  # leading coefficient zero: degree dropped
+    p[1] = np.polynomial.polynomial.polyfromroots(np.arange(1.0, 11.0)) * 1e-25  # tiny leading coefficient
+    p[1, 0] = 1.0  # ... next to a unit one: roots out of range of the powers
+    close = np.array([1.0, 1.0 + 1e-5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0])
+    p[2] = np.polynomial.polynomial.polyfromroots(close)
+    found, sample, failed = ep._real_roots_sturm(p, np.ones(3, dtype=bool))
+    assert failed[0] and failed[1] and not failed[2]  # flagged samples go to the action matrix
+    assert np.all(sample == 2)
+    np.testing.assert_allclose(found, close, rtol=1e-7)  # two roots 1e-5 apart are both isolated
+    _, sample, failed = ep._real_roots_sturm(p, np.array([False, False, True]))
+    assert not failed[:2].any()  # samples not asked for are neither solved nor failed

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from geomvision.errors import InputError
+from geomvision.geometry import epipolar
 from geomvision.geometry.epipolar import symmetric_epipolar_distance
 from geomvision.geometry.homography import homography_transfer_errors_sq
 from geomvision.geometry.rigid import Rigid3d, angle_between_vectors_deg, rotation_angle_deg, rotvec_to_matrix
@@ -226,3 +227,21 @@ def test_fundamental_60pct_outliers():
     clean = two_view_correspondences(500, noise_px=0.0, outlier_ratio=0.6, rng=4)
     dist = symmetric_epipolar_distance(res.model, clean.x1_px[clean.inlier_mask], clean.x2_px[clean.inlier_mask])
     assert np.median(dist) < 0.5
+
+
+def test_essential_fit_batch_oriented_filter_keeps_true_model():
+    """Five-point solutions failing the oriented epipolar constraint on their own sample are dropped, never
+    the true one of an all-inlier sample (its points are in front of both cameras)."""
+    from geomvision.robust.estimators import EssentialEstimator
+
+    d = two_view_correspondences(200, rng=7)
+    est = EssentialEstimator(d.x1_px, d.x2_px, d.K, d.K)
+    samples = np.random.default_rng(0).integers(0, 200, (300, 5))
+    samples = samples[np.all(np.sort(samples, axis=1)[:, 1:] != np.sort(samples, axis=1)[:, :-1], axis=1)]
+    kept = est.fit_batch(samples)
+    E_all, _ = epipolar.essential_5point_hypotheses(est.xn1[samples], est.xn2[samples])
+    assert 0 < len(kept) < len(E_all)  # some solutions of every kind of sample are impossible
+    E_true = epipolar.essential_from_pose(d.cam2_from_cam1)
+    E_true /= np.linalg.norm(E_true)
+    err = np.minimum(np.linalg.norm(kept - E_true, axis=(1, 2)), np.linalg.norm(kept + E_true, axis=(1, 2)))
+    assert np.count_nonzero(err < 1e-6) == len(samples)  # one true solution kept per (noise-free) sample

@@ -9,7 +9,9 @@ Cheirality uses closed-form midpoint depths of the two rays (no DLT triangulatio
 
 References: Hartley & Zisserman (H&Z), 2nd ed.: 11.1-11.2 (eight-point with normalisation),
 11.1.2 (seven-point), 9.6 (essential matrix and its decomposition), 11.4.3 (Sampson distance).
-Five-point: Nistér 2004, in the Gröbner-basis / action-matrix form of Stewénius, Engels & Nistér 2006.
+Five-point: Nistér 2004 (hidden-variable degree-10 polynomial, real roots only by Sturm sequences and
+safeguarded Newton), with the action-matrix form of Stewénius, Engels & Nistér 2006 as the fallback for
+numerically degenerate samples (``essential_5point_hypotheses`` returns only the real solutions).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ __all__ = [
     "fundamental_8point_unchecked",
     "essential_5point",
     "essential_5point_batch",
+    "essential_5point_hypotheses",
     "project_to_essential",
     "essential_from_fundamental",
     "fundamental_from_essential",
@@ -413,14 +416,454 @@ def _poly_mul21(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return prod.reshape(prod.shape[:-2] + (40,)) @ _T21
 
 
-def essential_5point_batch(xn1: np.ndarray, xn2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Five-point relative pose (Nistér 2004; Stewénius et al. 2006) for a batch of minimal samples.
+def _five_point_system(xn1: np.ndarray, xn2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Null-space basis (B, 4, 9) (rows X, Y, Z, W) and the ten cubic constraints (B, 10, 20) on the
+    monomials ``_EXP3`` of ``E = x X + y Y + z Z + W``: ``det E = 0`` and ``2 E E^T E - tr(E E^T) E = 0``
+    (H&Z 9.6, Result 9.18's trace identity)."""
+    B = xn1.shape[0]
+    A = epipolar_rows(xn1, xn2)  # (B, 5, 9)
+    # Null space of A: the last 4 columns of the complete QR of A^T (4x cheaper than a batched SVD).
+    Q, _ = np.linalg.qr(np.swapaxes(A, 1, 2), mode="complete")
+    basis = np.swapaxes(Q[:, :, 5:9], 1, 2)  # (B, 4, 9): X, Y, Z, W
+    # E as a (3, 3) matrix of linear polynomials in [x, y, z, 1].
+    Ep = np.ascontiguousarray(np.moveaxis(basis, 1, -1)).reshape(B, 3, 3, 4)
 
-    Steps per sample: the 4-dimensional null space ``E = x X + y Y + z Z + W`` of the five epipolar
-    constraints; the ten cubic constraints ``det E = 0`` and ``2 E E^T E - tr(E E^T) E = 0`` (H&Z 9.6,
-    Result 9.18's trace identity) in the 20 monomials of degree <= 3; Gauss-Jordan elimination of the
-    10 degree-3 monomials; the 10x10 action matrix of multiplication by ``x`` on the quotient-ring basis
-    {x^2, xy, ..., 1}; its eigenvectors are the basis monomials evaluated at the (up to 10) solutions.
+    # E E^T: entry (i, j) is the bilinear form sum_k Ep[i, k] (x) Ep[j, k], one stacked (12, 3) x (3, 12)
+    # product per sample, mapped to the 10 quadratic monomials.
+    L = np.swapaxes(Ep, 2, 3).reshape(B, 12, 3)  # rows (i, a), columns k
+    EEt = (L @ np.swapaxes(L, 1, 2)).reshape(B, 3, 4, 3, 4).transpose(0, 1, 3, 2, 4).reshape(B, 3, 3, 16) @ _T11
+    trace = EEt[:, 0, 0] + EEt[:, 1, 1] + EEt[:, 2, 2]  # (B, 10)
+    # 2 E E^T E - tr(E E^T) E: nine cubic constraints. (E E^T E)(i, j) = sum_k EEt[i, k] (x) Ep[k, j] is again
+    # one stacked product; both terms are summed as (quadratic x linear) coefficient products before the
+    # single map to cubic monomials.
+    # 2 E E^T E - tr E = sum_k (2 EEt[i, k] - delta_ik tr) (x) Ep[k, j]: the trace folds into the left factor.
+    EEt2 = 2.0 * EEt
+    EEt2[:, [0, 1, 2], [0, 1, 2]] -= trace[:, None, :]
+    L2 = np.swapaxes(EEt2, 2, 3).reshape(B, 30, 3)  # rows (i, m), columns k
+    prod = (L2 @ Ep.reshape(B, 3, 12)).reshape(B, 3, 10, 3, 4).transpose(0, 1, 3, 2, 4)  # (B, i, j, m, a)
+    C = prod.reshape(B * 9, 40) @ _T21  # (B * 9, 20)
+    # det E = row0 . (row1 x row2): the cross product from the outer products of rows 1 and 2.
+    O = Ep[:, 1, :, None, :, None] * Ep[:, 2, None, :, None, :]  # (B, 3, 3, 4, 4)
+    cross = (O[:, [1, 2, 0], [2, 0, 1]] - O[:, [2, 0, 1], [1, 2, 0]]).reshape(B, 3, 16) @ _T11  # (B, 3, 10)
+    det = np.matmul(np.swapaxes(cross, 1, 2), Ep[:, 0]).reshape(B, 40) @ _T21  # (B, 20)
+    return basis, np.concatenate([det[:, None, :], C.reshape(B, 9, 20)], axis=1)
+
+
+def _solve_blocks(lead: np.ndarray, rhs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Batched ``lead^-1 rhs`` and a (B,) flag of the blocks that were solvable with finite results.
+
+    An exactly singular block (degenerate sample) fails the whole batched solve: only then are the
+    determinants computed to find such blocks and replace them by the identity.
+    """
+    with np.errstate(all="ignore"):
+        try:
+            G = np.linalg.solve(lead, rhs)
+            ok = np.ones(len(lead), dtype=bool)
+        except np.linalg.LinAlgError:
+            ok = np.abs(np.linalg.det(lead)) > 1e-300
+            G = np.linalg.solve(np.where(ok[:, None, None], lead, np.eye(lead.shape[-1])), rhs)
+    return G, ok & np.all(np.isfinite(G), axis=(1, 2))
+
+
+def _five_point_action(M20: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Stewénius et al. (2006) action-matrix solutions: (xyz (B, 10, 3), valid (B, 10)).
+
+    Gauss-Jordan elimination of the 10 degree-3 monomials; the 10x10 action matrix of multiplication by
+    ``x`` on the quotient-ring basis {x^2, xy, ..., 1}; its eigenvectors are the basis monomials at the
+    (up to 10) solutions. The reference path, and the fallback of :func:`_five_point_sturm`.
+    """
+    G, ok = _solve_blocks(M20[:, :, :10], M20[:, :, 10:])
+    action = _ACT_S @ (-G) + _ACT_L  # (B, 10, 10)
+    action = np.where(ok[:, None, None], action, np.eye(10))
+    w, V = np.linalg.eig(action)  # columns of V: basis monomials at each solution
+    ix, iy, iz, i1 = _ACT_IDX
+    one = V[:, i1, :]
+    good_one = np.abs(one) > 1e-12 * np.max(np.abs(V), axis=1)
+    one = np.where(good_one, one, 1.0)
+    xyz = np.stack([(V[:, i, :] / one).real for i in (ix, iy, iz)], axis=-1)
+    real = np.abs(w.imag) <= 1e-6 * (1.0 + np.abs(w.real))
+    return xyz, real & good_one & ok[:, None]
+
+
+# --- Nistér's hidden-variable form: a degree-10 polynomial in z whose real roots Sturm sequences find --
+#: (e, f) monomial pairs (x, y, z exponents) whose rows after Nistér's Gauss-Jordan step give
+#: ``row(e) - z row(f)`` free of every eliminated monomial (Nistér 2004, Sec. 3.2.3).
+_NISTER_PAIRS = (((2, 0, 1), (2, 0, 0)), ((0, 2, 1), (0, 2, 0)), ((1, 1, 1), (1, 1, 0)))
+_NISTER_ELIM = [(3, 0, 0), (0, 3, 0), (2, 1, 0), (1, 2, 0)] + [m for pair in _NISTER_PAIRS for m in pair]
+#: the ten monomials left: x z^c, y z^c (c <= 2) and z^c (c <= 3), so each such row is
+#: ``x k_x(z) + y k_y(z) + k_1(z)`` with polynomial coefficients in the hidden variable z.
+_NISTER_REST = [(1, 0, c) for c in range(3)] + [(0, 1, c) for c in range(3)] + [(0, 0, c) for c in range(4)]
+_NISTER_COLS = np.array([_EXP3.index(e) for e in _NISTER_ELIM + _NISTER_REST])
+_NISTER_ROWS = np.array([[_NISTER_ELIM.index(e), _NISTER_ELIM.index(f)] for e, f in _NISTER_PAIRS])
+#: a Sturm-chain polynomial whose leading coefficient is below this fraction of its largest one has
+#: (numerically) dropped degree: the sample is solved by the action matrix instead.
+_STURM_LEAD_TOL = 1e-9
+#: bracketed Newton on the degree-10 polynomial stops at this relative step (the roots are then
+#: polished on the original equations, see ``_refine_solutions``).
+_NEWTON_RTOL = 1e-9
+#: roots still moving after this many Newton / bisection steps send their sample to the action matrix.
+_NEWTON_MAX_ITER = 20
+#: roots located on the polynomial less precisely than this (relative) are refined on the equations.
+_REFINE_RTOL = 1e-11
+#: ... and so are those whose back-substitution rows are this close to parallel.
+_REFINE_MIN_SINE = 1e-2
+#: root bound beyond which the powers of z lose range: such samples use the action matrix.
+_STURM_MAX_BOUND = 1e20
+
+
+def _conv_map(n_a: int, n_b: int) -> np.ndarray:
+    """One-hot (n_a * n_b, n_a + n_b - 1) map multiplying univariate coefficient vectors (low to high)."""
+    T = np.zeros((n_a, n_b, n_a + n_b - 1))
+    for i in range(n_a):
+        for j in range(n_b):
+            T[i, j, i + j] = 1.0
+    return T.reshape(n_a * n_b, -1)
+
+
+_CONV55 = _conv_map(5, 5)
+_CONV59 = _conv_map(5, 9)
+
+
+def _pmul(a: np.ndarray, b: np.ndarray, conv: np.ndarray) -> np.ndarray:
+    """Products of univariate polynomials (..., n_a) x (..., n_b), low-to-high coefficients."""
+    prod = a[..., :, None] * b[..., None, :]
+    return prod.reshape(prod.shape[:-2] + (-1,)) @ conv
+
+
+def _hidden_z_matrix(M20: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Nistér's 3x3 matrix of polynomials in z (B, 3, 3, 5) (low to high degree) annihilating
+    ``(x, y, 1)`` at every solution, and a (B,) flag of samples whose elimination succeeded."""
+    H, ok = _solve_blocks(M20[:, :, _NISTER_COLS[:10]], M20[:, :, _NISTER_COLS[10:]])
+    He, Hf = H[:, _NISTER_ROWS[:, 0]], H[:, _NISTER_ROWS[:, 1]]  # (B, 3, 10) each
+    P = np.zeros(H.shape[:1] + (3, 3, 5))
+    # row(e) - z row(f): the coefficients of row(f) move up one degree.
+    for col, (s, n) in enumerate(((0, 3), (3, 3), (6, 4))):
+        P[:, :, col, :n] = He[:, :, s : s + n]
+        P[:, :, col, 1 : n + 1] -= Hf[:, :, s : s + n]
+    return P, ok
+
+
+def _det_poly(P: np.ndarray) -> np.ndarray:
+    """Determinant (B, 11) of a (B, 3, 3, 5) polynomial matrix whose first two columns have degree <= 3."""
+    r0, r1, r2 = P[:, 0], P[:, 1], P[:, 2]
+    i, j = [1, 2, 0], [2, 0, 1]
+    cof = _pmul(r1[:, i], r2[:, j], _CONV55) - _pmul(r1[:, j], r2[:, i], _CONV55)  # (B, 3, 9)
+    return _pmul(r0, cof, _CONV59).sum(axis=1)[:, :11]
+
+
+def _sturm_chain(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sturm sequence of degree-10 polynomials (B, 11), low to high: (S (B, 11, 11) with row k the
+    degree-(10 - k) member, low to high and scaled to unit max-norm; ok (B,) the chain is generic)."""
+    B = len(p)
+    S = np.zeros((B, 11, 11))
+    hi = [p[:, ::-1], (p[:, 1:] * np.arange(1.0, 11.0))[:, ::-1]]  # high-to-low p, p'
+    ok = np.ones(B, dtype=bool)
+    for _ in range(2, 11):
+        a_poly, b_poly = hi[-2], hi[-1]
+        with np.errstate(all="ignore"):
+            # Remainder of a_poly (degree d + 1) by b_poly (degree d): two steps of long division.
+            q1 = a_poly[:, :1] / b_poly[:, :1]
+            c = a_poly[:, 1:].copy()
+            c[:, :-1] -= q1 * b_poly[:, 1:]
+            q0 = c[:, :1] / b_poly[:, :1]
+            rem = q0 * b_poly[:, 1:] - c[:, 1:]  # the Sturm member is minus the remainder
+            rem /= np.abs(rem).max(axis=1, keepdims=True)
+        ok &= np.abs(rem[:, 0]) > _STURM_LEAD_TOL  # (also False for NaN)
+        rem[~ok] = 1.0
+        hi.append(rem)
+    for k, poly in enumerate(hi):
+        scaled = poly / np.abs(poly).max(axis=1, keepdims=True) if k < 2 else poly
+        S[:, k, : 11 - k] = scaled[:, ::-1]
+    return S, ok
+
+
+def _powers(x: np.ndarray, n: int = 11) -> np.ndarray:
+    """(K, n) powers ``x^0 .. x^(n-1)`` by repeated doubling of the filled block (few NumPy calls)."""
+    pw = np.empty((len(x), n))
+    pw[:, 0] = 1.0
+    filled, block = 1, x
+    while filled < n:
+        m = min(filled, n - filled)
+        np.multiply(pw[:, :m], block[:, None], out=pw[:, filled : filled + m])
+        filled += m
+        block = block * block if filled == 2 * m else block
+    return pw
+
+
+def _sign_changes(S: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Sign changes (K,) of the Sturm sequences S (K, 11, 11) at the points x (K,)."""
+    positive = np.einsum("kij,kj->ki", S, _powers(x)) > 0.0
+    return np.count_nonzero(positive[:, 1:] != positive[:, :-1], axis=1)
+
+
+def _poly_value_slope(c: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Values, derivatives and rounding-error bounds (K,) of polynomials c (K, 11) (low to high) at x (K,).
+
+    The bound ``16 eps sum |c_j x^j|`` is the size below which a computed value is rounding noise.
+    """
+    pw = _powers(x)
+    f = np.einsum("kj,kj->k", c, pw)
+    noise = (16.0 * np.finfo(float).eps) * np.einsum("kj,kj->k", np.abs(c), np.abs(pw))
+    df = np.einsum("kj,kj->k", c[:, 1:] * _DEGREES, pw[:, :10])
+    return f, df, noise
+
+
+_DEGREES = np.arange(1.0, 11.0)
+#: Sturm counts of every sample are first evaluated on this fixed grid (uniform in ``u = asinh(z)``),
+#: one GEMM for the whole batch; it isolates most roots, bisection isolates the rest.
+_GRID_U = np.linspace(-8.0, 8.0, 33)
+_GRID_POWERS = np.ascontiguousarray(_powers(np.sinh(_GRID_U)).T)  # (11, G)
+
+
+def _real_roots_sturm(p: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All distinct real roots of degree-10 polynomials, vectorised over the batch.
+
+    The Sturm sequence counts the roots below any point (Sturm's theorem): counts on a fixed grid in
+    ``u = asinh(z)`` bracket every root, bisection of the count isolates those sharing a grid cell, and
+    safeguarded Newton iterations on the polynomial polish them.
+
+    Args:
+        p: (B, 11) coefficients, low to high.
+        ok: (B,) samples to solve; the others get no roots.
+
+    Returns:
+        (roots (K,), sample (K,) index of each root's polynomial, failed (B,) samples whose roots could
+        not be isolated or polished reliably; their roots are not returned).
+    """
+    B = len(p)
+    lead = np.abs(p[:, 10])
+    with np.errstate(all="ignore"):
+        bound = 1.0 + (np.abs(p[:, :10]).max(axis=1) / lead)  # Cauchy's bound on |roots|
+    usable = (lead > _STURM_LEAD_TOL * np.abs(p).max(axis=1)) & (bound < _STURM_MAX_BOUND)
+    S, chain_ok = _sturm_chain(np.where(usable[:, None], p, 1.0))
+    failed = ok & ~(usable & chain_ok)
+    ok = ok & ~failed
+    # Sign changes at -inf and +inf from the leading coefficients (degrees 10, 9, ..., 0).
+    lead_sign = S[:, np.arange(11), 10 - np.arange(11)] > 0.0
+    at_minus = lead_sign ^ (np.arange(11) % 2 == 1)
+    v_minus = np.count_nonzero(at_minus[:, 1:] != at_minus[:, :-1], axis=1)
+    v_plus = np.count_nonzero(lead_sign[:, 1:] != lead_sign[:, :-1], axis=1)
+    count = np.where(ok, v_minus - v_plus, 0)
+    # Roots <= each grid point, with the root bound (at least the grid's end) on both sides.
+    # Stacked matmul (one small GEMM per sample): a single (11 B, 11) x (11, G) GEMM is large enough for
+    # OpenBLAS to use threads, which on a busy machine made it 30x slower.
+    values = np.matmul(S, _GRID_POWERS)  # (B, 11, G)
+    positive = values > 0.0
+    G = len(_GRID_U)
+    n_grid = np.empty((B, G + 2), dtype=np.int64)
+    n_grid[:, 0] = 0
+    n_grid[:, 1:-1] = v_minus[:, None] - np.count_nonzero(positive[:, 1:] != positive[:, :-1], axis=1)
+    n_grid[:, -1] = count
+    # Roots per grid cell (between consecutive points; cell 0 starts at -inf). Rounding can make the
+    # counts non-monotone: such samples go to the action matrix.
+    per_cell = np.diff(n_grid, axis=1)  # (B, G + 1)
+    monotone = np.all(per_cell >= 0, axis=1)
+    failed |= ok & ~monotone
+    per_cell[~(ok & monotone)] = 0
+    # One entry per root, in ascending order per sample: its sample and the cell that holds it.
+    sample, cell = np.divmod(np.repeat(np.arange(per_cell.size), per_cell.ravel()), G + 1)
+    sizes = per_cell.ravel()[per_cell.ravel() > 0]
+    n_lo, n_hi = n_grid[sample, cell], n_grid[sample, cell + 1]
+    k = n_lo + np.arange(len(sample)) - np.repeat(np.cumsum(sizes) - sizes, sizes)  # 0-based root rank
+    u_end = np.maximum(np.arcsinh(np.where(ok, bound, 1.0)), _GRID_U[-1] + 1.0)[sample]
+    u_grid = np.concatenate([[0.0], _GRID_U, [0.0]])
+    lo = np.where(cell == 0, -u_end, u_grid[cell])
+    hi = np.where(cell == G, u_end, u_grid[cell + 1])
+    # p (scaled) at the grid points: a secant step between the bracket's ends starts Newton closer than
+    # the midpoint (NaN at the root bound, where the midpoint is used).
+    p_grid = np.full((B, G + 2), np.nan)
+    p_grid[:, 1:-1] = values[:, 0]
+    p_lo, p_hi = p_grid[sample, cell], p_grid[sample, cell + 1]
+    active = np.flatnonzero(n_hi - n_lo != 1)
+    p_lo[active] = np.nan
+    S_active = S[sample[active]]
+    for _ in range(64):
+        if len(active) == 0:
+            break
+        mid = 0.5 * (lo[active] + hi[active])
+        n_mid = v_minus[sample[active]] - _sign_changes(S_active, np.sinh(mid))
+        right = n_mid >= k[active] + 1  # root k lies at or below mid
+        hi[active] = np.where(right, mid, hi[active])
+        n_hi[active] = np.where(right, n_mid, n_hi[active])
+        lo[active] = np.where(right, lo[active], mid)
+        n_lo[active] = np.where(right, n_lo[active], n_mid)
+        still = (n_lo[active] != k[active]) | (n_hi[active] != k[active] + 1)
+        active, S_active = active[still], S_active[still]
+    bad_root = np.zeros(len(k), dtype=bool)
+    bad_root[active] = True
+    x_lo, x_hi = np.sinh(lo), np.sinh(hi)
+    with np.errstate(all="ignore"):
+        start = x_lo - p_lo * (x_hi - x_lo) / (p_hi - p_lo)
+    start = np.where(np.isfinite(start), start, _log_midpoint(x_lo, x_hi))
+    roots = _polish_bracketed(p[sample], x_lo, x_hi, start, bad_root)
+    bad_root |= ~np.isfinite(roots)
+    failed[sample[bad_root]] = True
+    keep = ~failed[sample]
+    return roots[keep], sample[keep], failed
+
+
+def _polish_bracketed(
+    c: np.ndarray, lo: np.ndarray, hi: np.ndarray, x: np.ndarray, skip: np.ndarray
+) -> np.ndarray:
+    """Safeguarded Newton iterations from x (K,) on the polynomials c (K, 11), each with one simple root in
+    its bracket [lo, hi]: a step that leaves the bracket or shrinks it less than half (Numerical Recipes'
+    rtsafe rule) is replaced by a bisection in ``asinh`` scale. (K,) roots; NaN where not converged."""
+    with np.errstate(all="ignore"):
+        f_lo = _poly_value_slope(c, lo)[0]
+        dx_old = np.abs(hi - lo)
+        active = np.flatnonzero(~skip)
+        for _ in range(_NEWTON_MAX_ITER):
+            if len(active) == 0:
+                break
+            xa, la, ha = x[active], lo[active], hi[active]
+            f, df, noise = _poly_value_slope(c[active], xa)
+            same = (f > 0.0) == (f_lo[active] > 0.0)
+            la = np.where(same, xa, la)
+            ha = np.where(same, ha, xa)
+            new = xa - f / df
+            newton = (new >= la) & (new <= ha) & (np.abs(2.0 * f) <= np.abs(dx_old[active] * df))
+            new = np.where(newton, new, _log_midpoint(la, ha))
+            lo[active], hi[active], x[active] = la, ha, new
+            dx_old[active] = np.abs(new - xa)
+            # Converged: a tiny step, or a value that is rounding noise (an ill-conditioned root cannot be
+            # located more precisely on this polynomial; the refinement on the equations takes over).
+            done = (np.abs(new - xa) <= _NEWTON_RTOL * (np.abs(xa) + _NEWTON_RTOL)) | (np.abs(f) <= noise)
+            active = active[~done]
+    x[active] = np.nan  # not converged: reported as failed
+    return x
+
+
+def _log_midpoint(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Midpoints of the brackets in ``u = asinh(z)``: bisection halves wide brackets in log scale (a
+    Newton step from far outside the roots of a degree-10 polynomial only shrinks z by 10 %)."""
+    return np.sinh(0.5 * (np.arcsinh(lo) + np.arcsinh(hi)))
+
+
+def _back_substitute(P: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(x, y) (K,) from roots z (K,) of det P: ``(x, y, 1)`` spans the null space of P(z) (K, 3, 3, 5),
+    the largest cross product of two of its rows (the best conditioned pair), and that pair's sine (K,):
+    near zero when P(z) is close to rank 1 and (x, y) are ill-determined."""
+    Mz = P[..., 0] + np.einsum("kijd,kd->kij", P[..., 1:], _powers(z, 5)[:, 1:])
+    cands = np.stack([_cross3(Mz[:, 0], Mz[:, 1]), _cross3(Mz[:, 0], Mz[:, 2]), _cross3(Mz[:, 1], Mz[:, 2])], 1)
+    norms_sq = np.einsum("kci,kci->kc", cands, cands)
+    best = np.argmax(norms_sq, axis=1)
+    rows_sq = np.einsum("kij,kij->ki", Mz, Mz)
+    pair_sq = rows_sq[:, [0, 0, 1]] * rows_sq[:, [1, 2, 2]]
+    v = cands[np.arange(len(z)), best]
+    with np.errstate(all="ignore"):
+        sine = np.sqrt(norms_sq[np.arange(len(z)), best] / pair_sq[np.arange(len(z)), best])
+        return v[:, 0] / v[:, 2], v[:, 1] / v[:, 2], sine
+
+
+def _cross3(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cross products of (K, 3) arrays, written out (``np.cross`` has a large fixed cost)."""
+    return np.stack(
+        [a[:, 1] * b[:, 2] - a[:, 2] * b[:, 1], a[:, 2] * b[:, 0] - a[:, 0] * b[:, 2], a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]],
+        axis=1,
+    )
+
+
+def _five_point_sturm(M20: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Real solutions by Nistér's degree-10 polynomial: (xyz (K, 3), sample (K,), failed (B,)).
+
+    ``failed`` marks samples whose polynomial or Sturm chain is numerically degenerate (their solutions
+    are left to :func:`_five_point_action`); degenerate samples whose elimination itself fails are
+    neither solved nor failed (they have no solution in either method).
+    """
+    P, ok = _hidden_z_matrix(M20)
+    p = _det_poly(np.where(ok[:, None, None, None], P, 0.0))
+    z, sample, failed = _real_roots_sturm(p, ok)
+    x, y, sine = _back_substitute(P[sample], z)
+    xyz = np.stack([x, y, z], axis=1)
+    # Roots whose rounding-error bound on the polynomial exceeds _REFINE_RTOL are refined on the original
+    # equations (a few percent of them; refining all would cost as much as the root finding).
+    _, slope, noise = _poly_value_slope(p[sample], z)
+    with np.errstate(all="ignore"):
+        weak = ~(noise <= _REFINE_RTOL * np.abs(slope) * (np.abs(z) + 1e-3)) | ~(sine > _REFINE_MIN_SINE)
+    if weak.any():
+        xyz[weak] = _refine_solutions(M20[sample[weak]], xyz[weak])
+    return xyz, sample, failed
+
+
+_EXP3_ARR = np.array(_EXP3)  # (20, 3) exponents of x, y, z
+_EXP3_DOWN = np.maximum(_EXP3_ARR - 1, 0)
+
+
+def _equation_residuals(M: np.ndarray, xyz: np.ndarray, jacobian: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Residuals (K, 10) of the ten cubic constraints M (K, 10, 20) at xyz (K, 3), and the Jacobian
+    (K, 10, 3) when asked."""
+    pw = np.ones(xyz.shape + (4,))
+    pw[..., 1] = xyz
+    pw[..., 2] = xyz * xyz
+    pw[..., 3] = pw[..., 2] * xyz
+    e0, e1, e2 = _EXP3_ARR.T
+    px, py, pz = pw[:, 0, e0], pw[:, 1, e1], pw[:, 2, e2]  # (K, 20) each
+    r = np.einsum("kij,kj->ki", M, px * py * pz)
+    if not jacobian:
+        return r, None
+    d0, d1, d2 = _EXP3_DOWN.T
+    dmono = np.stack([e0 * pw[:, 0, d0] * py * pz, e1 * px * pw[:, 1, d1] * pz, e2 * px * py * pw[:, 2, d2]], -1)
+    return r, M @ dmono
+
+
+def _refine_solutions(M: np.ndarray, xyz: np.ndarray) -> np.ndarray:
+    """One Gauss-Newton step of the solutions xyz (K, 3) on their ten cubic constraints M (K, 10, 20),
+    kept where it lowers the residual. The degree-10 polynomial loses precision on ill-conditioned
+    samples (Stewénius et al. 2006); one step on the original equations restores it."""
+    with np.errstate(all="ignore"):
+        r, J = _equation_residuals(M, xyz, True)
+        JtJ = np.swapaxes(J, 1, 2) @ J  # (K, 3, 3), symmetric
+        g = np.einsum("kiv,ki->kv", J, r)
+        a0, a1, a2 = JtJ[:, 0], JtJ[:, 1], JtJ[:, 2]
+        c0, c1, c2 = _cross3(a1, a2), _cross3(a2, a0), _cross3(a0, a1)  # inverse = [c0 c1 c2] / det
+        det = np.einsum("ki,ki->k", a0, c0)
+        step = (c0 * g[:, :1] + c1 * g[:, 1:2] + c2 * g[:, 2:]) / det[:, None]
+        new = xyz - step
+        r_new = _equation_residuals(M, new, False)[0]
+        better = np.isfinite(new).all(axis=1) & (
+            np.einsum("ki,ki->k", r_new, r_new) < np.einsum("ki,ki->k", r, r)
+        )
+    return np.where(better[:, None], new, xyz)
+
+
+def essential_5point_hypotheses(xn1: np.ndarray, xn2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The real five-point solutions of a batch of samples, for RANSAC: no (B, 10, 3, 3) candidates.
+
+    Nistér (2004): the 4-dimensional null space ``E = x X + y Y + z Z + W`` of the five epipolar
+    constraints; the ten cubic constraints ``det E = 0`` and ``2 E E^T E - tr(E E^T) E = 0``; Gauss-Jordan
+    elimination and the hidden-variable 3x3 matrix in z, whose determinant is a degree-10 polynomial.
+    Only its real roots are computed (Sturm sequences, bisection, Newton), about 3x cheaper than the
+    eigen-decomposition of the 10x10 action matrix (Stewénius et al. 2006) that finds all ten complex
+    solutions; samples whose polynomial is numerically degenerate fall back to that action matrix.
+
+    Args:
+        xn1, xn2: (B, 5, 2) normalised image coordinates.
+
+    Returns:
+        (E (M, 3, 3) unit-Frobenius solutions, sample (M,) index of the sample each one solves), ordered
+        by sample.
+    """
+    basis, M20 = _five_point_system(xn1, xn2)
+    xyz, sample, failed = _five_point_sturm(M20)
+    if failed.any():
+        fb = np.flatnonzero(failed)
+        xyz_fb, valid_fb = _five_point_action(M20[fb])
+        s_fb, r_fb = np.nonzero(valid_fb)
+        xyz = np.concatenate([xyz, xyz_fb[s_fb, r_fb]])
+        sample = np.concatenate([sample, fb[s_fb]])
+        order = np.argsort(sample, kind="stable")
+        xyz, sample = xyz[order], sample[order]
+    E = np.einsum("kj,kjn->kn", xyz, basis[sample, :3]) + basis[sample, 3]
+    norms = np.sqrt(np.einsum("kn,kn->k", E, E))
+    good = np.isfinite(norms) & (norms > 0)
+    return (E[good] / norms[good, None]).reshape(-1, 3, 3), sample[good]
+
+
+def essential_5point_batch(xn1: np.ndarray, xn2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Five-point relative pose (Nistér 2004) for a batch of minimal samples, in fixed-size arrays.
+
+    See :func:`essential_5point_hypotheses` for the method; the real solutions of sample b fill the
+    first slots of row b.
 
     Args:
         xn1, xn2: (B, 5, 2) normalised image coordinates.
@@ -429,66 +872,13 @@ def essential_5point_batch(xn1: np.ndarray, xn2: np.ndarray) -> tuple[np.ndarray
         (E (B, 10, 3, 3) unit-Frobenius candidates, valid (B, 10) bool for the real solutions).
     """
     B = xn1.shape[0]
-    A = epipolar_rows(xn1, xn2)  # (B, 5, 9)
-    # Null space of A: the last 4 columns of the complete QR of A^T (4x cheaper than a batched SVD).
-    Q, _ = np.linalg.qr(np.swapaxes(A, 1, 2), mode="complete")
-    basis = np.swapaxes(Q[:, :, 5:9], 1, 2)  # (B, 4, 9): X, Y, Z, W
-    # E as a (3, 3) matrix of linear polynomials in [x, y, z, 1].
-    Ep = np.moveaxis(basis, 1, -1).reshape(B, 3, 3, 4)
-
-    # E E^T (quadratic entries) and its trace.
-    EEt = _poly_mul11(Ep[:, :, None, :, :], Ep[:, None, :, :, :]).sum(axis=3)  # (B, 3, 3, 10)
-    trace = EEt[:, 0, 0] + EEt[:, 1, 1] + EEt[:, 2, 2]  # (B, 10)
-    # 2 E E^T E - tr(E E^T) E: nine cubic constraints.
-    # The product map is linear: summing the (i, k) x (k, j) coefficient products over k before mapping
-    # them to monomials does a third of the work of mapping every term.
-    prod = (EEt[:, :, :, None, :, None] * Ep[:, None, :, :, None, :]).sum(axis=2)  # (B, 3, 3, 10, 4)
-    EEtE = prod.reshape(B, 3, 3, 40) @ _T21  # (B, 3, 3, 20)
-    trE = _poly_mul21(trace[:, None, None, :], Ep)  # (B, 3, 3, 20)
-    C = (2.0 * EEtE - trE).reshape(B, 9, 20)
-    # det E = row0 . (row1 x row2).
-    r1, r2 = Ep[:, 1], Ep[:, 2]
-    cross = np.stack(
-        [
-            _poly_mul11(r1[:, 1], r2[:, 2]) - _poly_mul11(r1[:, 2], r2[:, 1]),
-            _poly_mul11(r1[:, 2], r2[:, 0]) - _poly_mul11(r1[:, 0], r2[:, 2]),
-            _poly_mul11(r1[:, 0], r2[:, 1]) - _poly_mul11(r1[:, 1], r2[:, 0]),
-        ],
-        axis=1,
-    )  # (B, 3, 10)
-    det = (cross[:, :, :, None] * Ep[:, 0, :, None, :]).sum(axis=1).reshape(B, 40) @ _T21  # (B, 20)
-    M20 = np.concatenate([det[:, None, :], C], axis=1)  # (B, 10, 20)
-
-    # Gauss-Jordan: degree-3 monomials = -G @ basis monomials. Singular blocks (degenerate samples)
-    # are replaced by identity and flagged invalid.
-    lead = M20[:, :, :10]
-    try:
-        # An exactly singular block (degenerate sample) fails the whole batched solve: only then are the
-        # determinants computed to find and replace such blocks.
-        G = np.linalg.solve(lead, M20[:, :, 10:])
-        cond_ok = np.ones(B, dtype=bool)
-    except np.linalg.LinAlgError:
-        cond_ok = np.abs(np.linalg.det(lead)) > 1e-300
-        lead = np.where(cond_ok[:, None, None], lead, np.eye(10))
-        G = np.linalg.solve(lead, M20[:, :, 10:])
-    action = _ACT_S @ (-G) + _ACT_L  # (B, 10, 10)
-    ok_finite = np.all(np.isfinite(action), axis=(1, 2)) & cond_ok
-    action = np.where(ok_finite[:, None, None], action, np.eye(10))
-    w, V = np.linalg.eig(action)  # columns of V: basis monomials at each solution
-    ix, iy, iz, i1 = _ACT_IDX
-    one = V[:, i1, :]
-    good_one = np.abs(one) > 1e-12 * np.max(np.abs(V), axis=1)
-    one = np.where(good_one, one, 1.0)
-    x = (V[:, ix, :] / one).real
-    y = (V[:, iy, :] / one).real
-    z = (V[:, iz, :] / one).real
-    real = np.abs(w.imag) <= 1e-6 * (1.0 + np.abs(w.real))
-    valid = real & good_one & ok_finite[:, None]
-    coeffs = np.stack([x, y, z, np.ones_like(x)], axis=-1)  # (B, 10, 4)
-    E = np.einsum("bsk,bkn->bsn", coeffs, basis).reshape(B, 10, 3, 3)
-    norms = np.linalg.norm(E, axis=(-2, -1), keepdims=True)
-    valid &= np.isfinite(norms[..., 0, 0]) & (norms[..., 0, 0] > 0)
-    E = E / np.where(norms > 0, norms, 1.0)
+    E_h, sample = essential_5point_hypotheses(xn1, xn2)
+    counts = np.bincount(sample, minlength=B)
+    slot = np.arange(len(sample)) - np.repeat(np.cumsum(counts) - counts, counts)
+    E = np.zeros((B, 10, 3, 3))
+    valid = np.zeros((B, 10), dtype=bool)
+    E[sample, slot] = E_h
+    valid[sample, slot] = True
     return E, valid
 
 

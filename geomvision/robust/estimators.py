@@ -14,9 +14,11 @@ Thresholds are always in pixels: the essential estimator solves in normalised co
 with the equivalent pixel-space fundamental matrix, so ``max_error_px`` means the same for E and F and
 unequal focal lengths are handled exactly.
 
-Seven-point hypotheses that violate the oriented epipolar constraint on their own sample (Chum, Werner &
-Matas 2004) are dropped before scoring: at 60 % outliers that removes about 90 % of the hypotheses of
-contaminated samples, which is most of the scoring cost.
+Seven-point and five-point hypotheses that violate the oriented epipolar constraint on their own sample
+(Chum, Werner & Matas 2004) are dropped before scoring: at 60 % outliers that removes about 90 % of the
+F hypotheses of contaminated samples, and about 85 % of the E solutions of random samples (for E the
+constraint is the cheap necessary part of cheirality: such a solution puts a sample point behind a
+camera whichever of its four decompositions is taken).
 
 After RANSAC both epipolar models are polished with a Cauchy loss whose scale and window follow the
 noise level measured on the inliers (MAD of the Sampson residuals): E by Levenberg-Marquardt over
@@ -306,8 +308,11 @@ class EssentialEstimator:
         return self.K2_inv.T @ E @ self.K1_inv
 
     def fit_batch(self, samples: np.ndarray) -> np.ndarray:
-        E, valid = epipolar.essential_5point_batch(self.xn1[samples], self.xn2[samples])
-        return E[valid]
+        x1, x2 = self.xn1[samples], self.xn2[samples]
+        E, b = epipolar.essential_5point_hypotheses(x1, x2)
+        # A solution whose own sample violates the oriented epipolar constraint puts some of its points
+        # behind a camera in every decomposition: it cannot come from an all-inlier sample.
+        return E[_oriented_consistent(E, x1[b], x2[b])]
 
     def fit(self, sample_idx: np.ndarray) -> list[np.ndarray]:
         return list(self.fit_batch(np.asarray(sample_idx)[None]))
