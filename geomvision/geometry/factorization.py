@@ -545,7 +545,7 @@ class _Problem:
         n_rows = 2 * self.F
         U, _ = self.split(Ut)
         v = self.point_vectors(X)  # (P, 4)
-        k = v.shape[1]  # 4 for the affine and the rank-4 models
+        k = v.shape[1]  # camera columns: 4 for the affine model, more for a relaxation
         vv = (v[:, :, None] * v[:, None, :]).reshape(self.P, k * k)
         diag_part = (self.m @ vv).reshape(n_rows, k, k)  # sum_p m_kp v_p v_p^T
         # H_p = L_p L_p^T, so U L_p^-T times its transpose is U H_p^-1 U^T (factoring inv(H_p) instead fails
