@@ -513,8 +513,9 @@ _NEWTON_MAX_ITER = 20
 _REFINE_RTOL = 1e-11
 #: ... and so are those whose back-substitution rows are this close to parallel.
 _REFINE_MIN_SINE = 1e-2
-#: batches smaller than this are solved by the action matrix (equal cost at about 64 samples).
-_STURM_MIN_BATCH = 48
+#: batches smaller than this are solved by the action matrix (equal cost at about 128-160 samples of
+#: real matches: the root iterations have a fixed cost of ~2 ms of NumPy calls).
+_STURM_MIN_BATCH = 160
 #: root bound beyond which the powers of z lose range: such samples use the action matrix.
 _STURM_MAX_BOUND = 1e20
 
@@ -901,7 +902,7 @@ def essential_5point_hypotheses(xn1: np.ndarray, xn2: np.ndarray) -> tuple[np.nd
     """
     basis, M20 = _five_point_system(xn1, xn2)
     if len(M20) < _STURM_MIN_BATCH:
-        # The Sturm path's ~1 ms of fixed NumPy-call overhead outweighs its per-sample gain on small
+        # The Sturm path's ~2 ms of fixed NumPy-call overhead outweighs its per-sample gain on small
         # batches (RANSAC's first ones): the action matrix gives the same solutions there.
         failed = np.ones(len(M20), dtype=bool)
         xyz, sample = np.zeros((0, 3)), np.zeros(0, dtype=np.int64)
