@@ -10,7 +10,7 @@ Cheirality uses closed-form midpoint depths of the two rays (no DLT triangulatio
 References: Hartley & Zisserman (H&Z), 2nd ed.: 11.1-11.2 (eight-point with normalisation),
 11.1.2 (seven-point), 9.6 (essential matrix and its decomposition), 11.4.3 (Sampson distance).
 Five-point: Nistér 2004 (hidden-variable degree-10 polynomial, real roots only by Sturm sequences and
-safeguarded Newton), with the action-matrix form of Stewénius, Engels & Nistér 2006 as the fallback for
+safeguarded Halley iterations), with the action-matrix form of Stewénius, Engels & Nistér 2006 as the fallback for
 numerically degenerate samples (``essential_5point_hypotheses`` returns only the real solutions).
 """
 
@@ -504,10 +504,10 @@ _NISTER_ROWS = np.array([[_NISTER_ELIM.index(e), _NISTER_ELIM.index(f)] for e, f
 #: a Sturm-chain polynomial whose leading coefficient is below this fraction of its largest one has
 #: (numerically) dropped degree: the sample is solved by the action matrix instead.
 _STURM_LEAD_TOL = 1e-9
-#: bracketed Newton on the degree-10 polynomial stops at this relative step (the roots are then
-#: polished on the original equations, see ``_refine_solutions``).
+#: the bracketed Halley iterations on the degree-10 polynomial stop at this relative step (the next
+#: iterate is then exact to rounding; ill-conditioned roots are polished by ``_refine_solutions``).
 _NEWTON_RTOL = 1e-9
-#: roots still moving after this many Newton / bisection steps send their sample to the action matrix.
+#: roots still moving after this many Halley / bisection steps send their sample to the action matrix.
 _NEWTON_MAX_ITER = 20
 #: roots located on the polynomial less precisely than this (relative) are refined on the equations.
 _REFINE_RTOL = 1e-11
@@ -655,7 +655,7 @@ def _real_roots_sturm(p: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, np.nda
 
     The Sturm sequence counts the roots below any point (Sturm's theorem): counts on a fixed grid in
     ``u = asinh(z)`` bracket every root, bisection of the count isolates those sharing a grid cell, and
-    safeguarded Newton iterations on the polynomial polish them.
+    safeguarded Halley iterations on the polynomial polish them.
 
     Args:
         p: (B, 11) coefficients, low to high.
@@ -704,7 +704,7 @@ def _real_roots_sturm(p: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, np.nda
     u_grid = np.concatenate([[0.0], _GRID_U, [0.0]])
     lo = np.where(cell == 0, -u_end, u_grid[cell])
     hi = np.where(cell == G, u_end, u_grid[cell + 1])
-    # p (scaled) at the grid points: a secant step between the bracket's ends starts Newton closer than
+    # p (scaled) at the grid points: a secant step between the bracket's ends starts the iterations closer than
     # the midpoint (NaN at the root bound, where the midpoint is used).
     p_grid = np.full((B, G + 2), np.nan)
     p_grid[:, 1:-1] = values[:, 0]
