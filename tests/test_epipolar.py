@@ -327,3 +327,16 @@ def test_real_roots_sturm_flags_degenerate_polynomials():
     np.testing.assert_allclose(found, close, rtol=1e-7)  # two roots 1e-5 apart are both isolated
     _, sample, failed = ep._real_roots_sturm(p, np.array([False, False, True]))
     assert not failed[:2].any()  # samples not asked for are neither solved nor failed
+
+
+def test_null_space_5_orthonormal_and_singular_fallback():
+    rng = np.random.default_rng(2)
+    A = rng.standard_normal((50, 5, 9))
+    A[7] = 0.0
+    A[7, :, 0] = rng.standard_normal(5)  # rank 1: its 5x5 block is singular, redone by QR
+    N = ep._null_space_5(A)
+    assert N.shape == (50, 4, 9)
+    np.testing.assert_allclose(N @ np.swapaxes(N, 1, 2), np.broadcast_to(np.eye(4), (50, 4, 4)), atol=1e-12)
+    good = np.arange(50) != 7
+    np.testing.assert_allclose(A[good] @ np.swapaxes(N[good], 1, 2), 0.0, atol=1e-12)
+    assert np.all(np.isfinite(N[7]))  # the degenerate sample gets QR's orthonormal vectors, not NaN

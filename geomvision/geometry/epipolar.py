@@ -186,6 +186,35 @@ def _null_space_7(A: np.ndarray) -> np.ndarray:
     return N
 
 
+def _null_space_5(A: np.ndarray) -> np.ndarray:
+    """(B, 5, 9) rank-5 systems -> (B, 4, 9) orthonormal rows spanning their null spaces.
+
+    Same rotated-basis LU solve as :func:`_null_space_7` (5x5 blocks, 4 right-hand sides), then modified
+    Gram-Schmidt on the 4 vectors: together about 2x cheaper than the complete QR of every 9x5 transpose.
+    (Orthonormality matters: the five-point elimination is markedly less accurate on a skewed basis.)
+    Samples whose block is (nearly) singular are redone by QR.
+    """
+    Ap = A @ _NULL_BASIS
+    B = len(A)
+    N = np.empty((B, 4, 9))
+    N[:, :, 5:] = np.eye(4)
+    with np.errstate(all="ignore"):
+        try:
+            N[:, :, :5] = -np.swapaxes(np.linalg.solve(Ap[:, :, :5], Ap[:, :, 5:]), 1, 2)
+            bad = ~(np.abs(N[:, :, :5]).max(axis=(1, 2)) <= _NULL_MAX_COEFF)  # also catches NaN
+        except np.linalg.LinAlgError:
+            bad = np.ones(B, dtype=bool)
+        N = N @ _NULL_BASIS.T
+        for i in range(4):
+            for j in range(i):
+                N[:, i] -= np.einsum("bk,bk->b", N[:, i], N[:, j])[:, None] * N[:, j]
+            N[:, i] /= np.sqrt(np.einsum("bk,bk->b", N[:, i], N[:, i]))[:, None]
+    if bad.any():
+        Q, _ = np.linalg.qr(np.swapaxes(A[bad], 1, 2), mode="complete")
+        N[bad] = np.swapaxes(Q[:, :, 5:], 1, 2)
+    return N
+
+
 def _det3(M: np.ndarray) -> np.ndarray:
     """Determinants of a stack (..., 3, 3) by cofactor expansion (LAPACK's per-matrix LU costs ~10x more)."""
     a, b, c = M[..., 0, 0], M[..., 0, 1], M[..., 0, 2]
@@ -422,9 +451,7 @@ def _five_point_system(xn1: np.ndarray, xn2: np.ndarray) -> tuple[np.ndarray, np
     (H&Z 9.6, Result 9.18's trace identity)."""
     B = xn1.shape[0]
     A = epipolar_rows(xn1, xn2)  # (B, 5, 9)
-    # Null space of A: the last 4 columns of the complete QR of A^T (4x cheaper than a batched SVD).
-    Q, _ = np.linalg.qr(np.swapaxes(A, 1, 2), mode="complete")
-    basis = np.swapaxes(Q[:, :, 5:9], 1, 2)  # (B, 4, 9): X, Y, Z, W
+    basis = _null_space_5(A)  # (B, 4, 9): X, Y, Z, W
     # E as a (3, 3) matrix of linear polynomials in [x, y, z, 1].
     Ep = np.ascontiguousarray(np.moveaxis(basis, 1, -1)).reshape(B, 3, 3, 4)
 
