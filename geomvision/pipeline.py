@@ -166,24 +166,26 @@ def _run_stages(run: _Run) -> PipelineResult:
             features, matches, cameras_by_image, config, cache, executor, progress_factory
         )
         timings["verification"] = time.perf_counter() - t
-    verified = {pair: g for pair, g in two_view.items() if g.success}
-    report["verification"] = _verification_counts(two_view, verified)
-    if not verified:
-        raise ReconstructionError(
-            f"no image pair could be verified among {len(image_ids)} images "
-            f"({len(matches)} pairs matched): the images do not overlap enough"
-        )
-    if out:
-        _write_view_graph(out, verified, names)
+        verified = {pair: g for pair, g in two_view.items() if g.success}
+        report["verification"] = _verification_counts(two_view, verified)
+        if not verified:
+            raise ReconstructionError(
+                f"no image pair could be verified among {len(image_ids)} images "
+                f"({len(matches)} pairs matched): the images do not overlap enough"
+            )
+        # The mapper runs in this process only: a pool worker writes the view graph meanwhile.
+        view_graph_written = _start_view_graph_output(out, verified, names, executor)
 
-    t = time.perf_counter()
-    run.stage = "mapping"
-    images = {
-        i: ImageInfo(names[i], camera_of_image[i], features[i].keypoints_px, features[i].colors)
-        for i in image_ids
-    }
-    mapping = _run_mapping(cameras, images, verified, config, progress_factory)
-    timings["mapping"] = time.perf_counter() - t
+        t = time.perf_counter()
+        run.stage = "mapping"
+        images = {
+            i: ImageInfo(names[i], camera_of_image[i], features[i].keypoints_px, features[i].colors)
+            for i in image_ids
+        }
+        mapping = _run_mapping(cameras, images, verified, config, progress_factory)
+        timings["mapping"] = time.perf_counter() - t
+        if view_graph_written is not None:
+            view_graph_written.result()
     report["mapping"] = mapping.report
     reconstructions = [r for r in mapping.reconstructions if r.num_registered >= 2]
     if not reconstructions:
@@ -594,6 +596,19 @@ def _verification_counts(two_view: dict, verified: dict) -> dict[str, Any]:
         "configs": configs,
         "rejections": reasons,
     }
+
+
+def _start_view_graph_output(out: Path | None, verified: dict, names: dict[int, str], executor):
+    """Write OUT/view_graph.{json,png}: in a pool worker when there is one (returns its future), else now.
+
+    Drawing with matplotlib takes ~1.5 s (import included), which a worker hides behind the mapper.
+    """
+    if not out:
+        return None
+    if executor is None:
+        _write_view_graph(out, verified, names)
+        return None
+    return executor.submit(_write_view_graph, out, verified, names)
 
 
 def _write_view_graph(out: Path, verified: dict, names: dict[int, str]) -> None:
