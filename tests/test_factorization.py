@@ -330,16 +330,23 @@ def test_restarts_stop_when_the_best_optimum_repeats(rng):
     assert sum(c <= best.cost * (1 + 1e-6) for c in costs) == 2
 
 
-def test_rank_k_normal_equations_match_the_explicit_jacobian(rng):
-    # The unconstrained rank-k relaxation (warm start) uses the same fast assembly with 5-vector points.
+@pytest.mark.parametrize(
+    ("affine", "shape_dims"),
+    [
+        (False, 5),  # the unconstrained rank-k relaxation (warm start): 5-vector points
+        (True, 4),  # the affine relaxation [U | t] with a 4-dimensional shape (5-column cameras)
+    ],
+)
+def test_relaxation_normal_equations_match_the_explicit_jacobian(rng, affine, shape_dims):
+    # Both relaxations use the same fast normal-equation assembly as the affine solver.
     W = rng.standard_normal((12, 4)) @ rng.standard_normal((4, 30)) + 0.1 * rng.standard_normal((12, 30))
     mask = rng.random((6, 30)) < 0.8
     mask[:3] = True
     W, mask = fz._check_measurements(_hide(W, mask), allow_missing=True)
-    problem = fz._Problem(W, mask, affine=False)
+    problem = fz._Problem(W, mask, affine=affine)
     cameras = rng.standard_normal((12, 5))
     _, X, H, R = problem.cost(cameras)
-    assert X.shape == (30, 5)
+    assert X.shape == (30, shape_dims)
     fast = problem.varpro_normal_equations(cameras, X, H, R)
     explicit = problem.varpro_normal_equations_explicit(cameras, X, H, R)
     np.testing.assert_allclose(fast[0], explicit[0], atol=1e-9 * np.abs(explicit[0]).max())
@@ -423,22 +430,6 @@ def test_load_dinosaur_tracks_rejects_bad_input(tmp_path):
     bad.write_text("0 0 0 2 0 1.0 2.0 1 3.0\n")
     with pytest.raises(InputError, match=":1: malformed"):
         fz.load_dinosaur_tracks(bad)
-
-
-def test_affine_relaxation_normal_equations_match_the_explicit_jacobian(rng):
-    # The affine relaxation [U | t] with a 4-dimensional shape uses the same fast assembly (5-column cameras).
-    W = rng.standard_normal((12, 4)) @ rng.standard_normal((4, 30)) + 0.1 * rng.standard_normal((12, 30))
-    mask = rng.random((6, 30)) < 0.8
-    mask[:3] = True
-    W, mask = fz._check_measurements(_hide(W, mask), allow_missing=True)
-    problem = fz._Problem(W, mask)
-    cameras = rng.standard_normal((12, 5))
-    _, X, H, R = problem.cost(cameras)
-    assert X.shape == (30, 4)
-    fast = problem.varpro_normal_equations(cameras, X, H, R)
-    explicit = problem.varpro_normal_equations_explicit(cameras, X, H, R)
-    np.testing.assert_allclose(fast[0], explicit[0], atol=1e-9 * np.abs(explicit[0]).max())
-    np.testing.assert_allclose(fast[1], explicit[1], atol=1e-9 * np.abs(explicit[1]).max())
 
 
 def test_affine_candidates_keep_the_translation_and_the_leading_shape(rng):
