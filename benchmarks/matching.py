@@ -43,7 +43,7 @@ from geomvision.sfm.view_graph import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-DATASETS = REPO.parent / "shared" / "datasets"
+DATASETS = Path(os.environ.get("GEOMVISION_SHARED_DATASETS", REPO.parent / "shared" / "datasets"))
 RESULTS = REPO / "benchmarks" / "results" / "matching.md"
 SAMPSON_PX = 2.0
 
