@@ -101,7 +101,9 @@ def _ivf_desc(args) -> str:
     defaults = MatchingOptions()
     cells = args.ivf_cells or defaults.ivf_num_cells
     probes = args.ivf_probes or defaults.ivf_num_probes
-    return f"{cells} cells, {probes} probed per descriptor"
+    scaled = (f", scaled down to one cell per {defaults.ivf_descriptors_per_cell} descriptors of the median image"
+              f" (at least 3 probes)" if defaults.ivf_descriptors_per_cell else "")
+    return f"up to {cells} cells, {probes} probed per descriptor{scaled}"
 
 
 def _ivf_overrides(args) -> dict:
@@ -314,7 +316,8 @@ def main(argv=None) -> int:
         f"{args.max_size} px, exhaustive pairs, ground-truth intrinsics given to both (PINHOLE), "
         f"{args.workers} worker processes (ours) / num_threads (pycolmap). Ours: the library default "
         f"matcher `{args.matcher}` (inverted-file search: shared k-means quantiser, "
-        f"{_ivf_desc(args)}; pairs with < 2048 descriptors per image are matched exactly; pycolmap's "
+        f"{_ivf_desc(args)}; pairs with < {MatchingOptions().ivf_min_num_features} descriptors per image "
+        "are matched exactly; pycolmap's "
         "default CPU matcher is FAISS-based), ratio 0.8 + mutual check on both sides, SIFT contrast "
         f"threshold {args.contrast_threshold:g}, pairs with < {args.min_num_matches} putative matches not "
         "verified (`MatchingOptions.min_num_matches`), E without the F cross-check (intrinsics known), "

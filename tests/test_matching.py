@@ -224,7 +224,7 @@ def test_min_num_matches_empties_weak_pairs(rendered):
 def test_ivf_cells_and_probes_scale_down_for_small_images():
     from geomvision.features.match import _scaled_ivf
 
-    options = MatchingOptions()  # 64 cells, 6 probes, one cell per 100 descriptors of the median image
+    options = MatchingOptions(ivf_num_probes=6)  # 64 cells, one cell per 100 descriptors of the median image
     large = _scaled_ivf(options, [12312, 12000, 12500])
     assert (large.ivf_num_cells, large.ivf_num_probes) == (64, 6)
     small = _scaled_ivf(options, [1639, 1500, 1700])
@@ -232,4 +232,4 @@ def test_ivf_cells_and_probes_scale_down_for_small_images():
     tiny = _scaled_ivf(options, [150, 180])
     assert (tiny.ivf_num_cells, tiny.ivf_num_probes) == (1, 1)
     fixed = _scaled_ivf(MatchingOptions(ivf_descriptors_per_cell=0), [1639])
-    assert (fixed.ivf_num_cells, fixed.ivf_num_probes) == (64, 6)
+    assert (fixed.ivf_num_cells, fixed.ivf_num_probes) == (64, 4)
