@@ -11,6 +11,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ORDER = [
     ("two_view.md", "Two-view geometry (issue: foundation)"),
+    ("five_point.md", "Five-point solver cost per sample"),
     ("bench_triangulation.md", "Triangulation and homography"),
     ("matching.md", "Features, matching, verification (issue: features)"),
     ("reconstruct.md", "End-to-end reconstruction (issue: incremental reconstruction)"),
