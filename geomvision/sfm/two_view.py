@@ -2,9 +2,11 @@
 
 The decision follows COLMAP's two-view geometry estimation:
 
-* calibrated pair (both intrinsics known or assumed): estimate E (5-point) and, unless
-  ``check_calibration`` is off, F (7-point). E is trusted when it keeps at least
-  ``min_E_F_inlier_ratio`` of F's inliers; otherwise the intrinsics are doubted and F is used;
+* calibrated pair (both intrinsics known or assumed): estimate F (7-point), then E (5-point) by a
+  RANSAC over F's inliers only (``guided_essential``; every E-consistent match is F-consistent, and
+  this spares E's costlier samples on weak pairs). E is trusted when it keeps at least
+  ``min_E_F_inlier_ratio`` of F's inliers; otherwise the intrinsics are doubted and F is used
+  (with ``check_calibration`` off, E is used whenever it has enough inliers);
 * a homography is estimated as well; when H explains more than ``max_H_inlier_ratio`` of the
   epipolar inliers the pair is ``planar`` (a dominant plane) or ``panoramic`` (the camera only
   rotated: ``K2^-1 H K1`` is a rotation that transfers the H inliers);
