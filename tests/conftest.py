@@ -24,3 +24,16 @@ def rng():
     import numpy as np
 
     return np.random.default_rng(12345)
+
+
+@pytest.fixture
+def torch_one_thread():
+    """One torch intra-op thread: bitwise-reproducible reductions, no oversubscription on a busy machine.
+
+    Torch test modules enable it for all their tests with ``pytestmark = pytest.mark.usefixtures(...)``.
+    """
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

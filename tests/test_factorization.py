@@ -57,6 +57,17 @@ def _hide(W, mask):
     return W
 
 
+def _random_partial_problem(rng, *, frames, points, rank, noise, keep, camera_cols, affine=True):
+    """A noisy rank-``rank`` measurement matrix with ~``keep`` of its entries observed (the first three
+    frames complete), its ``_Problem`` and random (2 frames, camera_cols) cameras."""
+    W = rng.standard_normal((2 * frames, rank)) @ rng.standard_normal((rank, points))
+    W += noise * rng.standard_normal((2 * frames, points))
+    mask = rng.random((frames, points)) < keep
+    mask[:3] = True
+    W, mask = fz._check_measurements(_hide(W, mask), allow_missing=True)
+    return fz._Problem(W, mask, affine=affine), rng.standard_normal((2 * frames, camera_cols))
+
+
 def _necker_rotation_error_deg(estimated, truth):
     """Max rotation error relative to frame 0, allowing the orthographic depth reversal."""
     rel = truth @ truth[0].T
@@ -151,12 +162,8 @@ def test_varpro_is_insensitive_to_the_start_while_als_stalls(rng):
 
 
 def test_fast_normal_equations_match_the_explicit_jacobian(rng):
-    W = rng.standard_normal((12, 3)) @ rng.standard_normal((3, 30)) + 0.1 * rng.standard_normal((12, 30))
-    mask = rng.random((6, 30)) < 0.7
-    mask[:3] = True
-    W, mask = fz._check_measurements(_hide(W, mask), allow_missing=True)
-    problem = fz._Problem(W, mask)
-    cameras = rng.standard_normal((12, 4))
+    problem, cameras = _random_partial_problem(rng, frames=6, points=30, rank=3, noise=0.1, keep=0.7,
+                                               camera_cols=4)
     _, X, H, R = problem.cost(cameras)
     fast = problem.varpro_normal_equations(cameras, X, H, R)
     explicit = problem.varpro_normal_equations_explicit(cameras, X, H, R)
@@ -292,12 +299,8 @@ def test_too_few_observations_for_the_unknowns(rng):
 
 
 def test_full_golub_pereyra_normal_matrix_matches_finite_differences(rng):
-    W = rng.standard_normal((10, 3)) @ rng.standard_normal((3, 25)) + 0.3 * rng.standard_normal((10, 25))
-    mask = rng.random((5, 25)) < 0.7
-    mask[:3] = True
-    W, mask = fz._check_measurements(_hide(W, mask), allow_missing=True)
-    problem = fz._Problem(W, mask)
-    cameras = rng.standard_normal((10, 4))
+    problem, cameras = _random_partial_problem(rng, frames=5, points=25, rank=3, noise=0.3, keep=0.7,
+                                               camera_cols=4)
 
     def residuals(u):
         R = problem.cost(u.reshape(10, 4))[3]
@@ -339,12 +342,8 @@ def test_restarts_stop_when_the_best_optimum_repeats(rng):
 )
 def test_relaxation_normal_equations_match_the_explicit_jacobian(rng, affine, shape_dims):
     # Both relaxations use the same fast normal-equation assembly as the affine solver.
-    W = rng.standard_normal((12, 4)) @ rng.standard_normal((4, 30)) + 0.1 * rng.standard_normal((12, 30))
-    mask = rng.random((6, 30)) < 0.8
-    mask[:3] = True
-    W, mask = fz._check_measurements(_hide(W, mask), allow_missing=True)
-    problem = fz._Problem(W, mask, affine=affine)
-    cameras = rng.standard_normal((12, 5))
+    problem, cameras = _random_partial_problem(rng, frames=6, points=30, rank=4, noise=0.1, keep=0.8,
+                                               camera_cols=5, affine=affine)
     _, X, H, R = problem.cost(cameras)
     assert X.shape == (30, shape_dims)
     fast = problem.varpro_normal_equations(cameras, X, H, R)

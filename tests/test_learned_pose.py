@@ -22,13 +22,7 @@ SIZE = (48, 36)  # network input used throughout: tiny, so every test runs in ab
 NUM = 6
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: bitwise-reproducible reductions, and no oversubscription on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def _look_at_poses(num: int) -> list[Rigid3d]:
