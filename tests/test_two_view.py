@@ -193,3 +193,16 @@ def test_non_overlapping_pair_stops_at_min_num_inliers_floor(monkeypatch):
     tvg = verify_pair(kp1, kp2, matches, K, K, TwoViewOptions(num_workers=1), rng=0)
     assert not tvg.success and "estimate_essential" not in iterations
     assert iterations["estimate_fundamental"] <= required_iterations(ratio, 7, options.confidence) + 32 * options.ransac.batch_size
+
+
+def test_rejection_keeps_the_scout_reason_with_trusted_intrinsics():
+    """Random matches, trusted K (no calibration check): F finds no model, so E is never run, and the
+    rejection still says why (F's reason), not a generic 'no epipolar model'."""
+    rng = np.random.default_rng(5)
+    n = 40
+    kp1 = rng.uniform([0, 0], [640, 480], size=(n, 2))
+    kp2 = rng.uniform([0, 0], [640, 480], size=(n, 2))
+    K = np.array([[700.0, 0, 320], [0, 700, 240], [0, 0, 1]])
+    matches = np.column_stack([np.arange(n), np.arange(n)])
+    tvg = verify_pair(kp1, kp2, matches, K, K, TwoViewOptions(num_workers=1, check_calibration=False), rng=0)
+    assert not tvg.success and "inliers" in tvg.reason

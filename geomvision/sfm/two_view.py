@@ -189,8 +189,8 @@ def _essential_within_fundamental_inliers(x1, x2, K1, K2, est_F, ransac: RansacO
     """E by 5-point RANSAC on the inliers of the pair's fundamental matrix only (masks over all matches).
 
     Every correspondence consistent with an essential matrix E is consistent with the fundamental matrix
-    ``K2^-T E K1^-1``, and the 7-point F sample costs a sixth of a 5-point E sample here. So F, already
-    estimated for the calibration check, scouts the pair: without an F there is no E, and the E search
+    ``K2^-T E K1^-1``, and the 7-point F sample costs a sixth of a 5-point E sample here. So F (also
+    the model of the calibration check) scouts the pair: without an F there is no E, and the E search
     runs where its inlier ratio is high, i.e. with far fewer samples than on all matches. On pairs whose
     best model holds 10-20 % of the matches (repeated structure, wide baselines) the E RANSAC on all
     matches runs to ``max_iterations``; this is what made verification dominate the end-to-end time.
@@ -201,8 +201,9 @@ def _essential_within_fundamental_inliers(x1, x2, K1, K2, est_F, ransac: RansacO
     support = np.flatnonzero(est_F.inlier_mask)
     if len(support) < max(options.min_num_inliers, 5):
         return None
-    within = replace(ransac, min_inlier_ratio=min(1.0, max(options.ransac.min_inlier_ratio,
-                                                           options.min_num_inliers / len(support))))
+    # The min_num_inliers stopping floor of verify_pair, now over the F inliers.
+    floor = max(options.ransac.min_inlier_ratio, options.min_num_inliers / len(support))
+    within = replace(ransac, min_inlier_ratio=min(1.0, floor))
     est = estimate_essential(x1[support], x2[support], K1, K2, within, rng=rng)
 
     def spread(mask: np.ndarray | None) -> np.ndarray | None:
@@ -279,10 +280,11 @@ def verify_pair(
             est_E = _essential_within_fundamental_inliers(x1, x2, K1, K2, est_F, ransac, options, rng)
         else:
             est_E = estimate_essential(x1, x2, K1, K2, ransac, rng=rng)
+    failure_reasons = [e.reason for e in (est_E, est_F) if e is not None and e.reason]
+    if calibrated and not options.check_calibration:
+        est_F = None  # the trusted intrinsics are not doubted: F was only the scout
     n_E = est_E.num_inliers if est_E is not None and est_E.success else 0
     n_F = est_F.num_inliers if est_F is not None and est_F.success else 0
-    if calibrated and not options.check_calibration:
-        est_F, n_F = None, 0  # the trusted intrinsics are not doubted: F was only the scout
 
     use_E = n_E > 0 and (est_F is None or n_E >= options.min_E_F_inlier_ratio * n_F)
     if use_E:
@@ -290,7 +292,7 @@ def verify_pair(
     elif n_F > 0:
         config, best, n_best = "uncalibrated", est_F, n_F
     else:
-        reasons = [e.reason for e in (est_E, est_F) if e is not None and e.reason]
+        reasons = failure_reasons
         return _rejected(i, j, n, "; ".join(reasons) or "no epipolar model")
 
     est_H = None
