@@ -28,6 +28,8 @@ __all__ = [
     "epipolar_rows",
     "fundamental_8point",
     "fundamental_7point",
+    "fundamental_8point_hypotheses",
+    "project_to_rank2",
     "fundamental_7point_batch",
     "fundamental_7point_from_rows",
     "fundamental_7point_hypotheses",
@@ -110,7 +112,9 @@ def epipolar_rows(x1: np.ndarray, x2: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------------
 # fundamental matrix
 # ----------------------------------------------------------------------------------------------------
-def _enforce_rank2(F: np.ndarray) -> np.ndarray:
+def project_to_rank2(F: np.ndarray) -> np.ndarray:
+    """Closest rank-2 matrix in Frobenius norm (H&Z 11.1.1) of F (..., 3, 3): its smallest singular
+    value set to zero."""
     U, S, Vt = np.linalg.svd(F)
     S[..., 2] = 0.0
     return (U * S[..., None, :]) @ Vt
@@ -148,7 +152,7 @@ def fundamental_8point_unchecked(
     if weights is not None:
         A = A * np.sqrt(weights / weights.max())[:, None]
     _, vecs = np.linalg.eigh(A.T @ A)
-    Fn = _enforce_rank2(vecs[:, 0].reshape(3, 3))
+    Fn = project_to_rank2(vecs[:, 0].reshape(3, 3))
     return _normalize_frobenius(T2.T @ Fn @ T1)
 
 
@@ -156,8 +160,32 @@ _CUBIC_PHASES = (2.0 * np.pi / 3.0) * np.arange(3)
 #: fixed generic orthogonal change of basis for the seven-point null-space solve (see ``_null_space_7``);
 #: any rotation does, a seeded one keeps results reproducible.
 _NULL_BASIS = np.linalg.qr(np.random.default_rng(7).standard_normal((9, 9)))[0]
+#: its first seven and last two columns: the null space is ``_NULL_TAIL - _NULL_HEAD @ (A1^-1 A2)``.
+_NULL_HEAD = np.ascontiguousarray(_NULL_BASIS[:, :7])
+_NULL_TAIL = np.ascontiguousarray(_NULL_BASIS[:, 7:])
 #: a null-space solve whose coefficients exceed this is ill-conditioned and redone by QR.
 _NULL_MAX_COEFF = 1e6
+#: diagonal shift of the eight-point blocks (see ``fundamental_8point_hypotheses``); rows of
+#: Hartley-normalised points have entries of order 1.
+_EIGHT_POINT_SHIFT = 1e-13 * np.eye(8)
+
+
+def _solve_blocks(lead: np.ndarray, rhs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Batched ``lead^-1 rhs`` and a (B,) flag of the blocks that were solvable with finite results.
+
+    An exactly singular block (degenerate sample) fails the whole batched solve: only then are the
+    determinants computed to find such blocks and replace them by the identity. Real matches contain
+    duplicated correspondences (SIFT keeps one keypoint per dominant orientation: about 10 % of a
+    templeRing pair's matches), so a batch of 64 seven-point samples often holds such a block.
+    """
+    with np.errstate(all="ignore"):
+        try:
+            G = np.linalg.solve(lead, rhs)
+            ok = np.ones(len(lead), dtype=bool)
+        except np.linalg.LinAlgError:
+            ok = np.abs(np.linalg.det(lead)) > 1e-300
+            G = np.linalg.solve(np.where(ok[:, None, None], lead, np.eye(lead.shape[-1])), rhs)
+    return G, ok & np.all(np.isfinite(G), axis=(1, 2))
 
 
 def _null_space_7(A: np.ndarray) -> np.ndarray:
@@ -170,16 +198,14 @@ def _null_space_7(A: np.ndarray) -> np.ndarray:
     redone with QR, so degenerate samples behave exactly as before.
     """
     Ap = A @ _NULL_BASIS
-    B = len(A)
-    N = np.empty((B, 9, 2))
-    N[:, 7:] = np.eye(2)
     with np.errstate(all="ignore"):  # near-singular blocks give huge / NaN values, redone below
         try:
-            N[:, :7] = -np.linalg.solve(Ap[:, :, :7], Ap[:, :, 7:])
-            bad = ~(np.abs(N[:, :7]).max(axis=(1, 2)) <= _NULL_MAX_COEFF)  # also catches NaN
-        except np.linalg.LinAlgError:  # an exactly singular block fails the whole batched call
-            bad = np.ones(B, dtype=bool)
-        N = _NULL_BASIS @ N
+            G = np.linalg.solve(Ap[:, :, :7], Ap[:, :, 7:])
+            regular = True
+        except np.linalg.LinAlgError:  # an exactly singular block (repeated correspondence)
+            G, regular = _solve_blocks(Ap[:, :, :7], Ap[:, :, 7:])
+        bad = ~((np.abs(G.reshape(len(A), 14)).max(axis=1) <= _NULL_MAX_COEFF) & regular)  # NaN too
+        N = _NULL_TAIL - _NULL_HEAD @ G
     if bad.any():
         Q, _ = np.linalg.qr(np.swapaxes(A[bad], 1, 2), mode="complete")  # last 2 columns: null space
         N[bad] = Q[:, :, 7:]
@@ -199,11 +225,9 @@ def _null_space_5(A: np.ndarray) -> np.ndarray:
     N = np.empty((B, 4, 9))
     N[:, :, 5:] = np.eye(4)
     with np.errstate(all="ignore"):
-        try:
-            N[:, :, :5] = -np.swapaxes(np.linalg.solve(Ap[:, :, :5], Ap[:, :, 5:]), 1, 2)
-            bad = ~(np.abs(N[:, :, :5]).max(axis=(1, 2)) <= _NULL_MAX_COEFF)  # also catches NaN
-        except np.linalg.LinAlgError:
-            bad = np.ones(B, dtype=bool)
+        G, ok = _solve_blocks(Ap[:, :, :5], Ap[:, :, 5:])
+        N[:, :, :5] = -np.swapaxes(G, 1, 2)
+        bad = ~(ok & (np.abs(G).max(axis=(1, 2)) <= _NULL_MAX_COEFF))
         N = N @ _NULL_BASIS.T
         for i in range(4):
             for j in range(i):
@@ -260,6 +284,36 @@ def fundamental_7point_hypotheses(A: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return F2[sample] + roots[sample, k, None, None] * D[sample], sample
 
 
+def fundamental_8point_hypotheses(A: np.ndarray) -> np.ndarray:
+    """Linear eight-point solutions of a batch of exactly determined samples, for RANSAC.
+
+    Each sample's F spans the null space of its 8x9 system, found like :func:`_null_space_7`'s (one
+    batched LU solve in a fixed rotated basis). Samples whose system is (nearly) singular, e.g. a
+    correspondence repeated in the sample, give no hypothesis. The rank-2 constraint is not enforced: a
+    hypothesis is only scored, and the least-squares refits after RANSAC are rank 2.
+
+    Args:
+        A: (B, 8, 9) epipolar rows of the samples (see :func:`epipolar_rows`).
+
+    Returns:
+        (M, 3, 3) F, M <= B, one per regular sample (not normalised).
+    """
+    Ap = A @ _NULL_BASIS
+    # A tiny diagonal shift makes exactly singular blocks (a correspondence repeated in the sample,
+    # frequent with SIFT's one-keypoint-per-orientation duplicates) solvable with huge coefficients, so
+    # that they are dropped below instead of failing the whole batched solve; on regular blocks it
+    # changes the solution by ~1e-13 relative to their conditioning, far below what scoring can see.
+    lead = Ap[:, :, :8] + _EIGHT_POINT_SHIFT
+    with np.errstate(all="ignore"):
+        try:
+            g = np.linalg.solve(lead, Ap[:, :, 8:])[:, :, 0]
+        except np.linalg.LinAlgError:  # -shift an eigenvalue of a block: practically never
+            g, regular = _solve_blocks(lead, Ap[:, :, 8:])
+            g = g[regular, :, 0]
+        g = g[np.abs(g).max(axis=1) <= _NULL_MAX_COEFF]  # also drops NaN
+    return (_NULL_BASIS[:, 8] - g @ _NULL_BASIS[:, :8].T).reshape(-1, 3, 3)
+
+
 def _seven_point_pencil(A: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Null-space pencil ``F2 + a D`` (B, 3, 3) each and the real roots ``a`` (B, 3) of its determinant
     cubic with their validity (B, 3) (H&Z 11.1.2)."""
@@ -289,32 +343,34 @@ def _cubic_real_roots(
     Returns:
         (roots (B, 3), valid (B, 3) bool); with one real root only column 0 is valid.
     """
-    coeffs = np.abs(np.stack([a, b, c, d]))
-    ok = coeffs[0] > 1e-12 * (coeffs.max(axis=0) + 1e-300)
-    a_safe = np.where(ok, a, 1.0)
-    p2, p1, p0 = b / a_safe, c / a_safe, d / a_safe
-    shift = p2 / 3.0
-    # Depressed cubic y^3 + P y + Q = 0 with t = y - p2 / 3.
-    P = p1 - p2 * shift
-    Q = (2.0 * shift * shift - p1) * shift + p0
-    disc = (0.5 * Q) ** 2 + (P / 3.0) ** 3
-    one = disc > 0.0
-    sq = np.sqrt(np.where(one, disc, 0.0))
-    y_one = np.cbrt(-0.5 * Q + sq) + np.cbrt(-0.5 * Q - sq)
-    P_neg = np.where(one, -1.0, np.minimum(P, -1e-300))  # P <= 0 whenever disc <= 0
-    r = 2.0 * np.sqrt(-P_neg / 3.0)
-    phi = np.arccos(np.clip(1.5 * Q / P_neg * np.sqrt(-3.0 / P_neg), -1.0, 1.0)) / 3.0
-    y = r[:, None] * np.cos(phi[:, None] - _CUBIC_PHASES)
-    y[one, 0] = y_one[one]
-    t = y - shift[:, None]
-    # One Newton step on the monic cubic restores the precision lost in the closed form (it squares the
-    # relative error; a second step changed nothing measurable).
-    f = ((t + p2[:, None]) * t + p1[:, None]) * t + p0[:, None]
-    df = (3.0 * t + 2.0 * p2[:, None]) * t + p1[:, None]
-    step = np.divide(f, df, out=np.zeros_like(f), where=df != 0.0)
-    t -= np.where(np.isfinite(step), step, 0.0)
-    valid = ok[:, None] & np.isfinite(t)
-    valid[one, 1:] = False
+    with np.errstate(all="ignore"):  # a = 0 gives inf / NaN, flagged invalid below
+        ok = np.abs(a) > 1e-12 * (np.abs(b) + np.abs(c) + np.abs(d))
+        inv_a = 1.0 / a
+        p2, p1, p0 = b * inv_a, c * inv_a, d * inv_a
+        shift = p2 * (1.0 / 3.0)
+        # Depressed cubic y^3 + P y + Q = 0 with t = y - p2 / 3; disc = (Q / 2)^2 + (P / 3)^3.
+        P3 = (p1 - p2 * shift) * (1.0 / 3.0)
+        half_Q = ((2.0 * shift * shift - p1) * shift + p0) * 0.5
+        disc = half_Q * half_Q + P3 * P3 * P3
+        one = disc > 0.0
+        # One real root (Cardano) ...
+        sq = np.sqrt(np.maximum(disc, 0.0))
+        y_one = np.cbrt(sq - half_Q) - np.cbrt(sq + half_Q)
+        # ... or three (Viete): y_k = 2 m cos(acos(-Q / (2 m^3)) / 3 - 2 pi k / 3), m = sqrt(-P / 3).
+        m = np.sqrt(np.maximum(-P3, 0.0))
+        phi = np.arccos(np.minimum(np.maximum(-half_Q / (m * m * m), -1.0), 1.0)) * (1.0 / 3.0)
+        y = (2.0 * m)[:, None] * np.cos(phi[:, None] - _CUBIC_PHASES)
+        y[:, 0] = np.where(one, y_one, y[:, 0])
+        t = y - shift[:, None]
+        # One Newton step on the monic cubic restores the precision lost in the closed form (it squares
+        # the relative error; a second step changed nothing measurable). A step that is not finite (a
+        # double root: zero derivative) is not taken.
+        p2c, p1c = p2[:, None], p1[:, None]
+        stepped = t - (((t + p2c) * t + p1c) * t + p0[:, None]) / ((3.0 * t + 2.0 * p2c) * t + p1c)
+        t = np.where(np.isfinite(stepped), stepped, t)
+    valid = np.isfinite(t)
+    valid &= ok[:, None]
+    valid[:, 1:] &= ~one[:, None]
     return np.where(valid, t, 0.0), valid
 
 
@@ -480,22 +536,6 @@ def _five_point_system(xn1: np.ndarray, xn2: np.ndarray) -> tuple[np.ndarray, np
     cross = (O[:, [1, 2, 0], [2, 0, 1]] - O[:, [2, 0, 1], [1, 2, 0]]).reshape(B, 3, 16) @ _T11  # (B, 3, 10)
     det = np.matmul(np.swapaxes(cross, 1, 2), Ep[:, 0]).reshape(B, 40) @ _T21  # (B, 20)
     return basis, np.concatenate([det[:, None, :], C.reshape(B, 9, 20)], axis=1)
-
-
-def _solve_blocks(lead: np.ndarray, rhs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Batched ``lead^-1 rhs`` and a (B,) flag of the blocks that were solvable with finite results.
-
-    An exactly singular block (degenerate sample) fails the whole batched solve: only then are the
-    determinants computed to find such blocks and replace them by the identity.
-    """
-    with np.errstate(all="ignore"):
-        try:
-            G = np.linalg.solve(lead, rhs)
-            ok = np.ones(len(lead), dtype=bool)
-        except np.linalg.LinAlgError:
-            ok = np.abs(np.linalg.det(lead)) > 1e-300
-            G = np.linalg.solve(np.where(ok[:, None, None], lead, np.eye(lead.shape[-1])), rhs)
-    return G, ok & np.all(np.isfinite(G), axis=(1, 2))
 
 
 def _five_point_action(M20: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
