@@ -50,6 +50,13 @@ _BAILOUT_FIRST_EXTRA_SIGMA = 1.0
 #: on all points. On easy data nearly every hypothesis passes and full scoring dominated the cost on
 #: large N; on hard data few pass anyway.
 _FULL_SCORE_MAX = 4
+#: at most this many survivors of the bail-out test's first, short stage (most inliers first) go on to
+#: its second stage: on easy data nearly all hypotheses survive the first stage, and their second-stage
+#: scoring cost more than the sampling itself.
+_STAGE1_MAX = 4 * _FULL_SCORE_MAX
+#: batches with at most this many (model, subset point) residuals are scored on the whole bail-out
+#: subset in one call (one call costs less than two small ones).
+_ONE_PASS_RESIDUALS = 8192
 
 
 @runtime_checkable
@@ -165,6 +172,8 @@ class RansacResult:
         score: MSAC cost of the model (lower is better; inf when there is none).
         residuals_sq: (N,) squared residuals of all data points for ``model`` (None without a model), so
             that a caller polishing the model need not recompute them.
+        locally_optimized: ``model`` went through local optimisation (False only when
+            :func:`ransac` was told that the caller polishes it, see ``polish_follows``).
     """
 
     success: bool
@@ -174,6 +183,7 @@ class RansacResult:
     num_iterations: int
     score: float
     residuals_sq: np.ndarray | None = field(default=None, repr=False, compare=False)
+    locally_optimized: bool = True
 
     @property
     def num_inliers(self) -> int:
@@ -206,14 +216,16 @@ def _draw_samples(rng: np.random.Generator, num_data: int, sample_size: int, cou
         # Argsort of uniform keys: exact sampling without replacement, vectorised over samples.
         keys = rng.random((count, num_data))
         return np.argpartition(keys, sample_size - 1, axis=1)[:, :sample_size]
-    # Large N: draw with replacement and redraw the rare samples with a repeated index.
-    samples = rng.integers(0, num_data, size=(count, sample_size))
-    while True:
+    # Large N: draw with replacement, a few more than needed, and drop the samples with a repeated index
+    # (each sample is then uniform among those without: rejection sampling, no second round trip).
+    out = np.empty((0, sample_size), dtype=np.intp)
+    while len(out) < count:
+        draw = count - len(out) + count // 8 + 2
+        samples = (rng.random((draw, sample_size)) * num_data).astype(np.intp)
         s = np.sort(samples, axis=1)
-        bad = np.any(s[:, 1:] == s[:, :-1], axis=1)
-        if not bad.any():
-            return samples
-        samples[bad] = rng.integers(0, num_data, size=(int(bad.sum()), sample_size))
+        samples = samples[(s[:, 1:] != s[:, :-1]).all(axis=1)]
+        out = samples if len(out) == 0 else np.concatenate([out, samples])
+    return out[:count]
 
 
 class _Scorer:
@@ -257,46 +269,52 @@ class _Scorer:
         if m <= 0 or num_data <= 3 * m or self._res_batch is None or len(models) <= 1:
             return models
         subset = rng.integers(0, num_data, size=m)  # with replacement: counts are exactly binomial
-        if best_ratio > 0.0 and len(models) > options.batch_size:
+        # Up to _ONE_PASS_RESIDUALS, all models are scored on the whole subset in one call and both
+        # stages count on that; a long batch scores the full subset only for the first stage's survivors.
+        one_pass = len(models) * m <= _ONE_PASS_RESIDUALS
+        hits = self._hits(models, subset) if one_pass else None
+        if len(models) > _STAGE1_MAX:
             # Sequential test (in the spirit of Matas & Chum's SPRT): a quarter of the subset first
-            # rejects the clearly bad hypotheses, so that with many outliers most hypotheses cost m / 4
-            # residuals instead of m. Only once a best model gives a reliable reference ratio.
-            # The reference is the best model's ratio alone: the maximum over many short counts is
-            # biased upwards and would reject good hypotheses.
-            first = subset[: max(m // 4, 16)]
-            first_opts = replace(options, bailout_sigma=options.bailout_sigma + _BAILOUT_FIRST_EXTRA_SIGMA)
-            models = models[self._passes(models, first, best_ratio, first_opts, use_batch_max=False)[0]]
+            # rejects the clearly bad hypotheses, so that most hypotheses cost m / 4 residuals instead
+            # of m. The reference is the best model's ratio alone once there is one (the maximum over
+            # many short counts is biased upwards and would reject good hypotheses); before, the
+            # batch's best short count, with the same extra sigma of leniency.
+            m1 = max(m // 4, 16)
+            counts = np.count_nonzero(hits[:, :m1] if one_pass else self._hits(models, subset[:m1]), axis=1)
+            sigma = options.bailout_sigma + _BAILOUT_FIRST_EXTRA_SIGMA
+            keep = _most_supported(_passes(counts, m1, best_ratio, sigma, best_ratio <= 0.0), counts, _STAGE1_MAX)
+            models = models[keep]
             if len(models) <= 1:
                 return models
-        keep, counts = self._passes(models, subset, best_ratio, options)
-        if len(keep) == 0:
-            return models[keep]
-        if len(keep) > _FULL_SCORE_MAX:
-            # Many statistically equivalent hypotheses (easy data): fully score only the few with the most
-            # subset inliers (preemptive scoring, Nistér 2003); LO absorbs the small differences.
-            keep = keep[np.argsort(-counts[keep], kind="stable")[:_FULL_SCORE_MAX]]
-        return models[keep]
+            hits = hits[keep] if one_pass else self._hits(models, subset)
+        counts = np.count_nonzero(hits, axis=1)
+        keep = _passes(counts, m, best_ratio, options.bailout_sigma, True)
+        # Many statistically equivalent hypotheses (easy data): fully score only the few with the most
+        # subset inliers (preemptive scoring, Nister 2003); LO absorbs the small differences.
+        return models[_most_supported(keep, counts, _FULL_SCORE_MAX)]
 
-    def _passes(
-        self,
-        models: np.ndarray,
-        subset: np.ndarray,
-        best_ratio: float,
-        options: RansacOptions,
-        *,
-        use_batch_max: bool = True,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Indices of the models whose inlier count on ``subset`` is at most ``bailout_sigma`` binomial
-        standard deviations below that expected at the reference ratio (the best ratio so far, raised to
-        the batch's best subset ratio with ``use_batch_max``), and all the counts."""
-        m = len(subset)
-        counts = np.count_nonzero(self.residuals(models, subset) <= self.threshold_sq, axis=1)
-        ratio = max(best_ratio, counts.max() / m) if use_batch_max else best_ratio
-        if ratio <= 0.0:
-            return np.arange(len(models)), counts
-        expected = m * ratio
-        bound = expected - options.bailout_sigma * math.sqrt(expected * (1.0 - ratio))
-        return np.flatnonzero(counts >= bound), counts
+    def _hits(self, models: np.ndarray, subset: np.ndarray) -> np.ndarray:
+        """(M, len(subset)) bool: which subset points are inliers of each model."""
+        return self.residuals(models, subset) <= self.threshold_sq
+
+
+def _passes(counts: np.ndarray, m: int, best_ratio: float, sigma: float, use_batch_max: bool) -> np.ndarray:
+    """Indices of the models whose inlier count on a subset of ``m`` points is at most ``sigma``
+    binomial standard deviations below that expected at the reference ratio (the best ratio so far,
+    raised to the batch's best subset ratio with ``use_batch_max``)."""
+    ratio = max(best_ratio, counts.max() / m) if use_batch_max else best_ratio
+    if ratio <= 0.0:
+        return np.arange(len(counts))
+    expected = m * ratio
+    bound = expected - sigma * math.sqrt(expected * (1.0 - ratio))
+    return np.flatnonzero(counts >= bound)
+
+
+def _most_supported(keep: np.ndarray, counts: np.ndarray, limit: int) -> np.ndarray:
+    """``keep`` (indices into ``counts``), reduced to the ``limit`` with the most inliers (stable order)."""
+    if len(keep) <= limit:
+        return keep
+    return keep[np.argsort(-counts[keep], kind="stable")[:limit]]
 
 
 def _local_optimization(
@@ -344,6 +362,7 @@ def ransac(
     options: RansacOptions | None = None,
     *,
     rng: np.random.Generator | int | None = None,
+    polish_follows: bool = False,
 ) -> RansacResult:
     """Robustly fit a model with adaptive MSAC + LO-RANSAC.
 
@@ -352,6 +371,12 @@ def ransac(
         num_data: number of data points N the estimator indexes.
         options: :class:`RansacOptions` (defaults if None).
         rng: seed or generator for the sampling; runs are reproducible for a fixed seed.
+        polish_follows: the caller refines the returned model with its own robust polish. Local
+            optimisation then runs in the loop only where it can change the number of samples drawn
+            (the new best hypothesis's own inlier ratio does not yet allow stopping at the samples
+            drawn or ``min_iterations``); otherwise the raw hypothesis is returned with
+            ``locally_optimized=False`` and the polish does the work (on easy data: one polish
+            instead of a local optimisation followed by a polish).
 
     Returns:
         :class:`RansacResult`; ``success=False`` with a reason when no model reaches
@@ -370,9 +395,10 @@ def ransac(
     can_lo = options.local_optimization and options.lo_iterations > 0 and hasattr(estimator, "refit")
 
     best_model: np.ndarray | None = None
-    best_res = np.full(num_data, np.inf)
+    best_res = np.empty(0)
     best_score = math.inf
     best_ratio = 0.0
+    best_optimized = True
     needed = float(options.max_iterations)
     drawn = 0
     while drawn < (target := min(max(options.min_iterations, needed), options.max_iterations)):
@@ -394,13 +420,17 @@ def ransac(
         if scores[i] >= best_score:
             continue
         model, model_res, score = np.asarray(models[i]), res[i], float(scores[i])
-        if can_lo:
+        ratio = np.count_nonzero(model_res <= threshold_sq) / num_data
+        needed = required_iterations(max(ratio, options.min_inlier_ratio), s, options.confidence)
+        best_optimized = not can_lo
+        if can_lo and (not polish_follows or needed > max(options.min_iterations, drawn)):
             model, model_res, score = _local_optimization(
                 estimator, scorer, model, model_res, score, options, rng
             )
-        best_model, best_res, best_score = model, model_res, score
-        best_ratio = np.count_nonzero(best_res <= threshold_sq) / num_data
-        needed = required_iterations(max(best_ratio, options.min_inlier_ratio), s, options.confidence)
+            best_optimized = True
+            ratio = np.count_nonzero(model_res <= threshold_sq) / num_data
+            needed = required_iterations(max(ratio, options.min_inlier_ratio), s, options.confidence)
+        best_model, best_res, best_score, best_ratio = model, model_res, score, ratio
 
     if best_model is None:
         return RansacResult(
@@ -412,16 +442,27 @@ def ransac(
             math.inf,
         )
     if options.final_refit and hasattr(estimator, "refit"):
-        # One more LO pass at the final threshold only: polishes a model found late in the loop.
-        final_opts = replace(options, lo_threshold_multiplier=1.0, lo_iterations=2)
+        # One more LO pass at the final threshold only: polishes a model found late in the loop (the
+        # whole schedule for a hypothesis whose local optimisation was deferred).
+        if best_optimized:
+            final_opts, final_rng = replace(options, lo_threshold_multiplier=1.0, lo_iterations=2), None
+        else:
+            final_opts, final_rng, best_optimized = options, rng, True
         best_model, best_res, best_score = _local_optimization(
-            estimator, scorer, best_model, best_res, best_score, final_opts
+            estimator, scorer, best_model, best_res, best_score, final_opts, final_rng
         )
     mask = best_res <= threshold_sq
     n_in = int(np.count_nonzero(mask))
     logger.debug("ransac: %d samples, %d/%d inliers, score %.4g", drawn, n_in, num_data, best_score)
     if n_in < options.min_num_inliers:
         return RansacResult(
-            False, f"{n_in} inliers < {options.min_num_inliers}", best_model, mask, drawn, best_score, best_res
+            False,
+            f"{n_in} inliers < {options.min_num_inliers}",
+            best_model,
+            mask,
+            drawn,
+            best_score,
+            best_res,
+            best_optimized,
         )
-    return RansacResult(True, "", best_model, mask, drawn, best_score, best_res)
+    return RansacResult(True, "", best_model, mask, drawn, best_score, best_res, best_optimized)
