@@ -340,3 +340,39 @@ def test_null_space_5_orthonormal_and_singular_fallback():
     good = np.arange(50) != 7
     np.testing.assert_allclose(A[good] @ np.swapaxes(N[good], 1, 2), 0.0, atol=1e-12)
     assert np.all(np.isfinite(N[7]))  # the degenerate sample gets QR's orthonormal vectors, not NaN
+
+
+def test_eight_point_hypotheses_exact_and_repeated_correspondence():
+    """Noise-free eight-point samples give the true F; a sample repeating a correspondence neither fails
+    the batch nor yields a non-solution (it is dropped or solves its own rows)."""
+    d = two_view_correspondences(80, rng=14)
+    xn1, T1 = ep.hartley_normalization(d.x1_px)
+    xn2, T2 = ep.hartley_normalization(d.x2_px)
+    rows = ep.epipolar_rows(xn1, xn2)
+    samples = np.arange(80).reshape(10, 8)
+    F = ep.fundamental_8point_hypotheses(rows[samples])
+    F_true_n = np.linalg.inv(T2).T @ _true_F(d) @ np.linalg.inv(T1)
+    assert len(F) == 10 and max(_same_up_to_scale(f, F_true_n) for f in F) < 1e-8
+    samples[3, 7] = samples[3, 6]  # exactly singular 8x8 block after the rotation
+    F = ep.fundamental_8point_hypotheses(rows[samples])
+    assert 9 <= len(F) <= 10
+    exact = [_same_up_to_scale(f, F_true_n) < 1e-8 for f in F]
+    assert sum(exact) >= 9
+    for f in F:
+        residual = rows[samples].reshape(-1, 9) @ (f.ravel() / np.linalg.norm(f))
+        assert np.isfinite(residual).all()
+
+
+def test_null_space_7_keeps_regular_samples_when_one_is_singular():
+    """One exactly singular block (repeated correspondence) in a batch: the other samples are solved by
+    the batched LU path and stay exact."""
+    d = two_view_correspondences(70, rng=15)
+    xn1, _ = ep.hartley_normalization(d.x1_px)
+    xn2, _ = ep.hartley_normalization(d.x2_px)
+    samples = np.arange(70).reshape(10, 7)
+    samples[4, 6] = samples[4, 5]
+    A = ep.epipolar_rows(xn1, xn2)[samples]
+    N = ep._null_space_7(A)
+    assert np.isfinite(N).all()
+    for b in range(10):
+        assert np.abs(A[b] @ N[b]).max() < 1e-9 * max(np.abs(N[b]).max(), 1.0)

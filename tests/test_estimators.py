@@ -245,3 +245,37 @@ def test_essential_fit_batch_oriented_filter_keeps_true_model():
     E_true /= np.linalg.norm(E_true)
     err = np.minimum(np.linalg.norm(kept - E_true, axis=(1, 2)), np.linalg.norm(kept + E_true, axis=(1, 2)))
     assert np.count_nonzero(err < 1e-6) == len(samples)  # one true solution kept per (noise-free) sample
+
+
+def test_fundamental_easy_pair_takes_the_eight_point_path():
+    """At 10 % outliers the 24 eight-point samples suffice (no seven-point RANSAC); the polished F is
+    rank 2, unit norm and exact to the noise; without polish and local optimisation the raw eight-point
+    model is still returned rank 2."""
+    from geomvision.robust import estimators
+
+    d = two_view_correspondences(400, noise_px=0.5, outlier_ratio=0.1, rng=21)
+    res = estimate_fundamental(d.x1_px, d.x2_px, RansacOptions(max_error_px=1.0), rng=0)
+    assert res.success and res.num_iterations == estimators._QUICK_SAMPLES
+    assert np.linalg.matrix_rank(res.model, tol=1e-9) == 2
+    assert np.linalg.norm(res.model) == pytest.approx(1.0)
+    precision, recall = _precision_recall(res.inlier_mask, d.inlier_mask)
+    assert precision >= 0.97 and recall >= 0.95
+    clean = two_view_correspondences(400, noise_px=0.0, outlier_ratio=0.1, rng=21)
+    truth = clean.inlier_mask
+    dist = symmetric_epipolar_distance(res.model, clean.x1_px[truth], clean.x2_px[truth])
+    assert np.median(dist) < 0.3
+    bare = RansacOptions(max_error_px=1.0, local_optimization=False, final_refit=False)
+    raw = estimate_fundamental(d.x1_px, d.x2_px, bare, refine=False, rng=0)
+    assert raw.success and np.linalg.matrix_rank(raw.model, tol=1e-9) == 2
+    assert np.linalg.norm(raw.model) == pytest.approx(1.0)
+
+
+def test_fundamental_hard_pair_falls_back_to_seven_point():
+    """At 60 % outliers eight-point samples cannot reach the confidence: seven-point RANSAC takes over."""
+    from geomvision.robust import estimators
+
+    d = two_view_correspondences(500, noise_px=0.5, outlier_ratio=0.6, rng=22)
+    res = estimate_fundamental(d.x1_px, d.x2_px, RansacOptions(max_error_px=1.0), rng=0)
+    assert res.success and res.num_iterations > estimators._QUICK_SAMPLES
+    precision, recall = _precision_recall(res.inlier_mask, d.inlier_mask)
+    assert precision >= 0.95 and recall >= 0.9

@@ -194,3 +194,44 @@ def test_large_batches_do_not_overshoot_the_adaptive_target(rng):
     assert res.success and max(_line_error(res.model)) < 1e-2
     needed = required_iterations(res.num_inliers / len(pts), 2, opts.confidence)
     assert res.num_iterations <= max(needed, opts.min_iterations) * 1.25 + opts.batch_size
+
+
+def test_polish_follows_defers_local_optimisation_on_easy_data(rng):
+    """With polish_follows, a hypothesis whose own inlier ratio already allows stopping is returned raw
+    (the caller polishes it); on hard data local optimisation still runs in the loop, and a deferred one
+    runs at the end when the options ask for a final refit."""
+    easy, _ = line_data(rng, n=400, outlier_ratio=0.1)
+    opts = RansacOptions(max_error_px=0.05, final_refit=False)
+    raw = ransac(BatchLineEstimator(easy), len(easy), opts, rng=4, polish_follows=True)
+    assert raw.success and not raw.locally_optimized
+    assert raw.num_iterations == opts.min_iterations
+    # The raw model is one of the minimal-sample hypotheses: exactly through two of the points.
+    assert np.count_nonzero(raw.residuals_sq < 1e-20) >= 2
+    lo = ransac(BatchLineEstimator(easy), len(easy), opts, rng=4)
+    assert lo.locally_optimized and lo.num_inliers >= raw.num_inliers
+    refit_opts = RansacOptions(max_error_px=0.05)
+    refit = ransac(BatchLineEstimator(easy), len(easy), refit_opts, rng=4, polish_follows=True)
+    assert refit.locally_optimized and max(_line_error(refit.model)) < 2e-3
+    # On hard data a new best hypothesis's own ratio does not allow stopping: it is refit in the loop.
+    hard, _ = line_data(rng, n=2000, outlier_ratio=0.9)
+    est = BatchLineEstimator(hard)
+    calls = []
+    est.refit = lambda idx: calls.append(len(idx)) or BatchLineEstimator.refit(est, idx)
+    res = ransac(est, len(hard), opts, rng=5, polish_follows=True)
+    assert res.success and len(calls) > 0
+
+
+def test_bailout_one_pass_and_sequential_agree(rng, monkeypatch):
+    """Small batches are scored on the whole bail-out subset in one call, long ones stage by stage: the
+    same line either way."""
+    import geomvision.robust.ransac as ransac_module
+
+    pts, truth = line_data(rng, n=2000, outlier_ratio=0.7)
+    results = []
+    for budget in (ransac_module._ONE_PASS_RESIDUALS, 0):
+        monkeypatch.setattr(ransac_module, "_ONE_PASS_RESIDUALS", budget)
+        res = ransac(BatchLineEstimator(pts), len(pts), RansacOptions(max_error_px=0.05), rng=6)
+        assert res.success and max(_line_error(res.model)) < 5e-3
+        assert (res.inlier_mask & truth).sum() / truth.sum() > 0.97
+        results.append(res.num_inliers)
+    assert abs(results[0] - results[1]) <= 0.01 * len(pts)

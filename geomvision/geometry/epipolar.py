@@ -310,7 +310,7 @@ def fundamental_8point_hypotheses(A: np.ndarray) -> np.ndarray:
         except np.linalg.LinAlgError:  # -shift an eigenvalue of a block: practically never
             g, regular = _solve_blocks(lead, Ap[:, :, 8:])
             g = g[regular, :, 0]
-        g = g[np.abs(g).max(axis=1) <= _NULL_MAX_COEFF]  # also drops NaN
+        g = g[np.maximum.reduce(np.abs(g), axis=1) <= _NULL_MAX_COEFF]  # also drops NaN
     return (_NULL_BASIS[:, 8] - g @ _NULL_BASIS[:, :8].T).reshape(-1, 3, 3)
 
 

@@ -207,7 +207,7 @@ def required_iterations(inlier_ratio: float, sample_size: int, confidence: float
 def msac_scores(residuals_sq: np.ndarray, threshold_sq: float) -> np.ndarray:
     """MSAC costs ``sum(min(r^2, t^2))`` along the last axis; NaN residuals count as outliers."""
     # fmin returns the non-NaN operand: a NaN residual costs threshold_sq, like an outlier.
-    return np.fmin(residuals_sq, threshold_sq).sum(axis=-1)
+    return np.add.reduce(np.fmin(residuals_sq, threshold_sq), axis=-1)
 
 
 def _draw_samples(rng: np.random.Generator, num_data: int, sample_size: int, count: int) -> np.ndarray:
@@ -223,7 +223,7 @@ def _draw_samples(rng: np.random.Generator, num_data: int, sample_size: int, cou
         draw = count - len(out) + count // 8 + 2
         samples = (rng.random((draw, sample_size)) * num_data).astype(np.intp)
         s = np.sort(samples, axis=1)
-        samples = samples[(s[:, 1:] != s[:, :-1]).all(axis=1)]
+        samples = samples[np.logical_and.reduce(s[:, 1:] != s[:, :-1], axis=1)]
         out = samples if len(out) == 0 else np.concatenate([out, samples])
     return out[:count]
 
@@ -268,6 +268,8 @@ class _Scorer:
         m = options.bailout_subset
         if m <= 0 or num_data <= 3 * m or self._res_batch is None or len(models) <= 1:
             return models
+        if len(models) * num_data <= _ONE_PASS_RESIDUALS * 2:
+            return models  # scoring them all on all points costs no more than the test
         subset = rng.integers(0, num_data, size=m)  # with replacement: counts are exactly binomial
         # Up to _ONE_PASS_RESIDUALS, all models are scored on the whole subset in one call and both
         # stages count on that; a long batch scores the full subset only for the first stage's survivors.
@@ -280,14 +282,14 @@ class _Scorer:
             # many short counts is biased upwards and would reject good hypotheses); before, the
             # batch's best short count, with the same extra sigma of leniency.
             m1 = max(m // 4, 16)
-            counts = np.count_nonzero(hits[:, :m1] if one_pass else self._hits(models, subset[:m1]), axis=1)
+            counts = np.add.reduce(hits[:, :m1] if one_pass else self._hits(models, subset[:m1]), axis=1)
             sigma = options.bailout_sigma + _BAILOUT_FIRST_EXTRA_SIGMA
             keep = _most_supported(_passes(counts, m1, best_ratio, sigma, best_ratio <= 0.0), counts, _STAGE1_MAX)
             models = models[keep]
             if len(models) <= 1:
                 return models
-            hits = hits[keep] if one_pass else self._hits(models, subset)
-        counts = np.count_nonzero(hits, axis=1)
+            hits = hits[keep] if one_pass else None
+        counts = np.add.reduce(self._hits(models, subset) if hits is None else hits, axis=1)
         keep = _passes(counts, m, best_ratio, options.bailout_sigma, True)
         # Many statistically equivalent hypotheses (easy data): fully score only the few with the most
         # subset inliers (preemptive scoring, Nister 2003); LO absorbs the small differences.
@@ -302,7 +304,7 @@ def _passes(counts: np.ndarray, m: int, best_ratio: float, sigma: float, use_bat
     """Indices of the models whose inlier count on a subset of ``m`` points is at most ``sigma``
     binomial standard deviations below that expected at the reference ratio (the best ratio so far,
     raised to the batch's best subset ratio with ``use_batch_max``)."""
-    ratio = max(best_ratio, counts.max() / m) if use_batch_max else best_ratio
+    ratio = max(best_ratio, int(np.maximum.reduce(counts)) / m) if use_batch_max else best_ratio
     if ratio <= 0.0:
         return np.arange(len(counts))
     expected = m * ratio
