@@ -20,9 +20,13 @@ Algorithm (Fischler & Bolles 1981; H&Z 4.7.1 for the adaptive sample count):
 - Before full scoring, each batch's hypotheses are scored on a random subset of the data and those
   statistically unable to beat the best are dropped (Capel 2005 bail-out test); at most
   ``_FULL_SCORE_MAX`` survivors (most subset inliers first) are scored on all points. With many
-  outliers this removes most of the scoring cost. Once a
-  best model exists the test is sequential (in the spirit of Matas & Chum's SPRT): a quarter of the
-  subset first, with a one-sigma more lenient bound, then the whole subset for the survivors.
+  outliers this removes most of the scoring cost. The test is sequential (in the spirit of Matas &
+  Chum's SPRT) on batches of more than ``_STAGE1_MAX`` hypotheses: a quarter of the subset first,
+  with a one-sigma more lenient bound, then the whole subset for at most ``_STAGE1_MAX`` survivors.
+  A batch cheap to score on all points (``len(models) * N`` at most two one-pass subsets) skips it.
+- With ``polish_follows`` (the caller polishes the result, as the two-view estimators do), local
+  optimisation runs only for a hypothesis whose own inlier ratio does not yet allow stopping: on easy
+  data the raw best hypothesis goes to the caller's polish, which does the same work once.
 """
 
 from __future__ import annotations
