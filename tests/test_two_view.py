@@ -160,6 +160,16 @@ def test_templering_verified_pairs_match_gt_epipolar_geometry():
         assert rot_err < 1.0 and t_err < 5.0, (i, j, rot_err, t_err)
 
 
+def _unrelated_matches(n: int, seed: int):
+    """Keypoints of a pair with nothing in common: n uniform random points per 640x480 image matched
+    index to index, and a plausible K. Returns (kp1, kp2, K, matches)."""
+    rng = np.random.default_rng(seed)
+    kp1 = rng.uniform([0, 0], [640, 480], size=(n, 2))
+    kp2 = rng.uniform([0, 0], [640, 480], size=(n, 2))
+    K = np.array([[700.0, 0, 320], [0, 700, 240], [0, 0, 1]])
+    return kp1, kp2, K, np.column_stack([np.arange(n), np.arange(n)])
+
+
 def test_non_overlapping_pair_stops_at_min_num_inliers_floor(monkeypatch):
     """Random (non-overlapping) matches are rejected after the samples that would find a model with
     min_num_inliers inliers at the requested confidence, not after max_iterations."""
@@ -173,12 +183,8 @@ def test_non_overlapping_pair_stops_at_min_num_inliers_floor(monkeypatch):
             iterations[_name] = est.num_iterations
             return est
         monkeypatch.setattr(tv, name, wrapped)
-    rng = np.random.default_rng(3)
     n = 40
-    kp1 = rng.uniform([0, 0], [640, 480], size=(n, 2))
-    kp2 = rng.uniform([0, 0], [640, 480], size=(n, 2))
-    K = np.array([[700.0, 0, 320], [0, 700, 240], [0, 0, 1]])
-    matches = np.column_stack([np.arange(n), np.arange(n)])
+    kp1, kp2, K, matches = _unrelated_matches(n, seed=3)
     # E on all matches (guided_essential off): both RANSACs stop at the floor.
     options = TwoViewOptions(num_workers=1, guided_essential=False)
     tvg = verify_pair(kp1, kp2, matches, K, K, options, rng=0)
@@ -192,17 +198,13 @@ def test_non_overlapping_pair_stops_at_min_num_inliers_floor(monkeypatch):
     iterations.clear()
     tvg = verify_pair(kp1, kp2, matches, K, K, TwoViewOptions(num_workers=1), rng=0)
     assert not tvg.success and "estimate_essential" not in iterations
-    assert iterations["estimate_fundamental"] <= required_iterations(ratio, 7, options.confidence) + 32 * options.ransac.batch_size
+    bound = required_iterations(ratio, 7, options.confidence)
+    assert iterations["estimate_fundamental"] <= bound + 32 * options.ransac.batch_size
 
 
 def test_rejection_keeps_the_scout_reason_with_trusted_intrinsics():
     """Random matches, trusted K (no calibration check): F finds no model, so E is never run, and the
     rejection still says why (F's reason), not a generic 'no epipolar model'."""
-    rng = np.random.default_rng(5)
-    n = 40
-    kp1 = rng.uniform([0, 0], [640, 480], size=(n, 2))
-    kp2 = rng.uniform([0, 0], [640, 480], size=(n, 2))
-    K = np.array([[700.0, 0, 320], [0, 700, 240], [0, 0, 1]])
-    matches = np.column_stack([np.arange(n), np.arange(n)])
+    kp1, kp2, K, matches = _unrelated_matches(40, seed=5)
     tvg = verify_pair(kp1, kp2, matches, K, K, TwoViewOptions(num_workers=1, check_calibration=False), rng=0)
     assert not tvg.success and "inliers" in tvg.reason

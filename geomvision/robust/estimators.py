@@ -356,10 +356,8 @@ def _sampson_single(F: np.ndarray, xh: np.ndarray, px_rows: np.ndarray) -> tuple
     return alg, den
 
 
-def _fundamental_from_rows(
-    rows_T: np.ndarray, denormalize: np.ndarray, weights: np.ndarray | None = None, *, unit: bool = True
-) -> np.ndarray:
-    """Rank-2 F from precomputed epipolar rows of Hartley-normalised points (H&Z Alg. 11.1).
+def _fundamental_from_rows(rows_T: np.ndarray, denormalize: np.ndarray) -> np.ndarray:
+    """Rank-2, unit-norm F from precomputed epipolar rows of Hartley-normalised points (H&Z Alg. 11.1).
 
     The estimators normalise all N points once and keep their (9, N) rows, so a least-squares refit on
     any subset is one 9x9 normal matrix and its smallest eigenvector: no per-refit normalisation. The
@@ -368,23 +366,20 @@ def _fundamental_from_rows(
     Args:
         rows_T: (9, K) rows ``x2n (x) x1n`` (one column per point) of the subset.
         denormalize: (9, 9) :func:`_denormalizer` of the normalising similarities.
-        weights: (K,) >= 0 multipliers of the squared algebraic residuals, or None.
-        unit: scale F to unit Frobenius norm (the Sampson distance does not need it).
 
     Returns:
         (3, 3) F in pixel coordinates.
     """
-    F = _weighted_fundamental(rows_T, denormalize, weights)[0]
-    if unit:
-        F /= math.sqrt(float(np.vdot(F, F)))
-    return F
+    F = _weighted_fundamental(rows_T, denormalize, None)[0]
+    return F / math.sqrt(float(np.vdot(F, F)))
 
 
 def _weighted_fundamental(
     rows_T: np.ndarray, denormalize: np.ndarray, weights: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`_fundamental_from_rows` (not unit) and the unit least-squares vector in normalised
-    coordinates (9,) it came from (before the rank-2 projection)."""
+    """Rank-2 F (pixels, not unit) minimising ``sum_i w_i (a_i . f)^2`` over the (9, K) normalised rows
+    (unweighted for ``weights=None``), and the unit least-squares vector in normalised coordinates (9,)
+    it came from (before the rank-2 projection)."""
     weighted = rows_T if weights is None else rows_T * weights
     # Direct LAPACK calls: numpy.linalg's wrappers cost more than the 9x9 / 3x3 decompositions themselves,
     # and this runs several times per RANSAC call. dsyevr computes the smallest eigenpair only.

@@ -2,7 +2,7 @@
 
 The decision follows COLMAP's two-view geometry estimation:
 
-* calibrated pair (both intrinsics known or assumed): estimate F (7-point), then E (5-point) by a
+* calibrated pair (both intrinsics known or assumed): estimate F (8/7-point), then E (5-point) by a
   RANSAC over F's inliers only (``guided_essential``; every E-consistent match is F-consistent, and
   this spares E's costlier samples on weak pairs). E is trusted when it keeps at least
   ``min_E_F_inlier_ratio`` of F's inliers; otherwise the intrinsics are doubted and F is used
@@ -189,8 +189,8 @@ def _essential_within_fundamental_inliers(x1, x2, K1, K2, est_F, ransac: RansacO
     """E by 5-point RANSAC on the inliers of the pair's fundamental matrix only (masks over all matches).
 
     Every correspondence consistent with an essential matrix E is consistent with the fundamental matrix
-    ``K2^-T E K1^-1``, and the 7-point F sample costs a sixth of a 5-point E sample here. So F (also
-    the model of the calibration check) scouts the pair: without an F there is no E, and the E search
+    ``K2^-T E K1^-1``, and an F sample (8- or 7-point) costs a sixth or less of a 5-point E sample. So
+    F (also the model of the calibration check) scouts the pair: without an F there is no E, and the E search
     runs where its inlier ratio is high, i.e. with far fewer samples than on all matches. On pairs whose
     best model holds 10-20 % of the matches (repeated structure, wide baselines) the E RANSAC on all
     matches runs to ``max_iterations``; this is what made verification dominate the end-to-end time.
