@@ -27,11 +27,14 @@ eight-point (IRLS). Points just beyond the hard threshold then still contribute,
 MAGSAC-like accuracy; ``benchmarks/two_view.py`` measures it against OpenCV.
 
 F on an easy pair (most real pairs) costs a fraction of the general case: 24 linear eight-point
-samples (one LU solve each, no cubic) are drawn first, and their best raw hypothesis goes straight to
-the IRLS polish (RANSAC's local optimisation is deferred to it, ``ransac(..., polish_follows=True)``);
-seven-point RANSAC runs only when the eight-point samples cannot reach the confidence. The arrays live
-in a stacked (6, N) / (9, N) row layout: NumPy is several times faster along a long last axis, and at
-a few hundred points the estimation is bound by the number of array calls, not by arithmetic.
+samples (one LU solve each, no cubic) are drawn first, scored on 128 random points, and the best raw
+hypothesis goes straight to the IRLS polish, whose first fit doubles as local optimisation
+(``_eight_point_round``); seven-point LO-RANSAC (``ransac(..., polish_follows=True)``, then the
+polish) runs only when the eight-point samples cannot reach the confidence. F is estimated, scored and
+polished in Hartley-normalised coordinates throughout (the pixel Sampson distance follows from them
+exactly, ``_scaled_line_selector``) and de-normalised once at the end. The arrays live in a stacked
+(6, N) / (9, N) row layout: NumPy is several times faster along a long last axis, and at a few hundred
+points the estimation is bound by the number of array calls, not by arithmetic.
 """
 
 from __future__ import annotations
@@ -48,7 +51,14 @@ from scipy.linalg import lapack as _lapack
 from geomvision.errors import InputError
 from geomvision.geometry import epipolar, homography
 from geomvision.geometry.rigid import Rigid3d, skew
-from geomvision.robust.ransac import RansacOptions, RansacResult, msac_scores, ransac, required_iterations
+from geomvision.robust.ransac import (
+    RansacOptions,
+    RansacResult,
+    draw_samples,
+    msac_scores,
+    ransac,
+    required_iterations,
+)
 
 __all__ = [
     "TwoViewEstimate",
@@ -76,8 +86,12 @@ _POLISH_RESELECT_FRACTION = 0.01
 #: max(threshold, _POLISH_WINDOW * sigma), sigma being the noise level estimated from the inliers.
 _POLISH_WINDOW = 4.0
 _POLISH_SCALE = 3.0
-#: eight-point samples drawn before the fundamental-matrix RANSAC falls back to seven-point samples.
+#: ... estimated from at most about this many residuals.
+_NOISE_SAMPLE = 1024
+#: eight-point samples drawn before the fundamental-matrix RANSAC falls back to seven-point samples ...
 _QUICK_SAMPLES = 24
+#: ... scored on at most about this many random points (all of them up to twice as many).
+_QUICK_SCORE_POINTS = 128
 #: reweighting rounds of the fundamental-matrix polish (``refine_fundamental_irls``'s default).
 _IRLS_ITERATIONS = 4
 #: ... which stop once successive least-squares vectors (unit, normalised coordinates) agree to this:
@@ -107,9 +121,13 @@ class _Polish:
 
     @classmethod
     def from_residuals(cls, r_sq: np.ndarray, thr: float) -> _Polish:
+        # A median needs no more than ~1000 values (its relative standard error is then ~4 %): larger
+        # sets are thinned by a fixed stride first.
+        r_sq = r_sq[:: 1 + len(r_sq) // _NOISE_SAMPLE]
         inl = r_sq[r_sq <= thr**2]
         # Upper median by partition (np.median's generic machinery costs more than the selection here).
-        sigma = 1.4826 * math.sqrt(float(np.partition(inl, len(inl) // 2)[len(inl) // 2])) if len(inl) else thr / 2.0
+        k = len(inl) // 2
+        sigma = 1.4826 * math.sqrt(float(np.partition(inl, k)[k])) if len(inl) else thr / 2.0
         sigma = min(max(sigma, 1e-3 * thr), thr)
         return cls(max(thr, _POLISH_WINDOW * sigma), _POLISH_SCALE * sigma)
 
@@ -315,27 +333,33 @@ _LINE_SELECTOR = _line_selector()
 
 
 def _sampson_sq(
-    F: np.ndarray, xh: np.ndarray, px_rows: np.ndarray, index: np.ndarray | None = None
+    F: np.ndarray,
+    xh: np.ndarray,
+    rows: np.ndarray,
+    index: np.ndarray | None = None,
+    selector: np.ndarray = _LINE_SELECTOR,
 ) -> np.ndarray:
     """Squared Sampson distances for a stack of F (M, 3, 3) -> (M, N).
 
     Unchecked twin of :func:`epipolar.sampson_distance_sq` for the RANSAC hot loop, on the (6, N)
-    stacked points (:func:`_stacked_homogeneous`) and their (9, N) pixel epipolar rows
+    stacked points (:func:`_stacked_homogeneous`) and their (9, N) epipolar rows
     (:func:`_epipolar_rows_T` of ``xh``): the algebraic errors of all models are one GEMM with the rows,
-    the denominators one GEMM with the points. ``index`` selects a subset of the points. Models are
-    processed in chunks of about ``_SAMPSON_CHUNK`` residuals (cache-sized temporaries).
+    the denominators one GEMM with the points. ``index`` selects a subset of the points. ``selector``
+    (24, 9) maps vec(F) to the rows of the denominator's line components (``_LINE_SELECTOR`` for pixel
+    points; :func:`_scaled_line_selector` gives pixel distances from Hartley-normalised points and F).
+    Models are processed in chunks of about ``_SAMPSON_CHUNK`` residuals (cache-sized temporaries).
     """
     if index is not None:
-        xh, px_rows = xh[:, index], px_rows[:, index]
+        xh, rows = xh[:, index], rows[:, index]
     M, n = len(F), xh.shape[1]
     f = F.reshape(M, 9)
     out = np.empty((M, n))
     step = max(1, _SAMPSON_CHUNK // max(n, 1))
     for s in range(0, M, step):
         fc = f[s : s + step]
-        alg = fc @ px_rows
+        alg = fc @ rows
         alg *= alg
-        lines = ((fc @ _LINE_SELECTOR.T).reshape(-1, 6) @ xh).reshape(len(fc), 4, n)
+        lines = ((fc @ selector.T).reshape(-1, 6) @ xh).reshape(len(fc), 4, n)
         lines *= lines
         # 0/0 (a point on both epipoles) gives NaN, which the MSAC scoring treats as an outlier; callers
         # silence the warning (_QUIET).
@@ -343,12 +367,14 @@ def _sampson_sq(
     return out
 
 
-def _sampson_single(F: np.ndarray, xh: np.ndarray, px_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Squared Sampson distances (N,) of one (3, 3) F and their denominators (N,) (the IRLS weights need
-    both); see :func:`_sampson_sq`."""
+def _sampson_single(
+    F: np.ndarray, xh: np.ndarray, rows: np.ndarray, selector: np.ndarray = _LINE_SELECTOR
+) -> tuple[np.ndarray, np.ndarray]:
+    """Squared Sampson distances (N,) of one (3, 3) F (or its (9,) vec) and their denominators (N,)
+    (the IRLS weights need both); see :func:`_sampson_sq`."""
     f = F.ravel()
-    alg = f @ px_rows
-    lines = (_LINE_SELECTOR @ f).reshape(4, 6) @ xh
+    alg = f @ rows
+    lines = (selector @ f).reshape(4, 6) @ xh
     lines *= lines
     den = np.add.reduce(lines, axis=0)
     alg *= alg
@@ -356,7 +382,18 @@ def _sampson_single(F: np.ndarray, xh: np.ndarray, px_rows: np.ndarray) -> tuple
     return alg, den
 
 
-def _fundamental_from_rows(rows_T: np.ndarray, denormalize: np.ndarray) -> np.ndarray:
+def _scaled_line_selector(s1: float, s2: float) -> np.ndarray:
+    """(24, 9) line selector for Hartley-normalised points and F, giving Sampson distances in pixels.
+
+    With ``q = T x`` (T = s [I | -s c]) and ``Fn = T2^-T F T1^-1`` the algebraic error is unchanged,
+    ``q2^T Fn q1 = x2^T F x1``, and the first two components of the pixel lines are scaled copies of
+    the normalised ones: ``(F x1)[:2] = s2 (Fn q1)[:2]``, ``(F^T x2)[:2] = s1 (Fn^T q2)[:2]``. Scaling the
+    selector's rows accordingly lets F be scored without ever de-normalising a hypothesis.
+    """
+    return _LINE_SELECTOR * np.repeat([s2, s2, s1, s1], 6)[:, None]
+
+
+def _fundamental_from_rows(rows_T: np.ndarray, denormalize: np.ndarray | None = None) -> np.ndarray:
     """Rank-2, unit-norm F from precomputed epipolar rows of Hartley-normalised points (H&Z Alg. 11.1).
 
     The estimators normalise all N points once and keep their (9, N) rows, so a least-squares refit on
@@ -365,34 +402,37 @@ def _fundamental_from_rows(rows_T: np.ndarray, denormalize: np.ndarray) -> np.nd
 
     Args:
         rows_T: (9, K) rows ``x2n (x) x1n`` (one column per point) of the subset.
-        denormalize: (9, 9) :func:`_denormalizer` of the normalising similarities.
+        denormalize: (9, 9) :func:`_denormalizer` of the normalising similarities, or None to keep F in
+            the normalised coordinates.
 
     Returns:
-        (3, 3) F in pixel coordinates.
+        (3, 3) F (pixels, or normalised coordinates for ``denormalize=None``).
     """
-    F = _weighted_fundamental(rows_T, denormalize, None)[0]
+    F = _rank2(_smallest_eigenvector(rows_T @ rows_T.T))
+    if denormalize is not None:
+        F = (denormalize @ F.ravel()).reshape(3, 3)
     return F / math.sqrt(float(np.vdot(F, F)))
 
 
-def _weighted_fundamental(
-    rows_T: np.ndarray, denormalize: np.ndarray, weights: np.ndarray | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Rank-2 F (pixels, not unit) minimising ``sum_i w_i (a_i . f)^2`` over the (9, K) normalised rows
-    (unweighted for ``weights=None``), and the unit least-squares vector in normalised coordinates (9,)
-    it came from (before the rank-2 projection)."""
-    weighted = rows_T if weights is None else rows_T * weights
-    # Direct LAPACK calls: numpy.linalg's wrappers cost more than the 9x9 / 3x3 decompositions themselves,
-    # and this runs several times per RANSAC call. dsyevr computes the smallest eigenpair only.
-    normal = weighted @ rows_T.T
+def _smallest_eigenvector(normal: np.ndarray) -> np.ndarray:
+    """(9,) unit eigenvector of the smallest eigenvalue of a symmetric (9, 9) normal matrix.
+
+    LAPACK is called directly: numpy.linalg's wrappers cost more than the 9x9 decomposition itself, and
+    this runs several times per RANSAC call. dsyevr computes the smallest eigenpair only.
+    """
     _, vecs, _, _, info = _lapack.dsyevr(normal, range="I", il=1, iu=1)
     if info != 0:
-        _, vecs = np.linalg.eigh(normal)
-    v = vecs[:, 0]
+        return np.linalg.eigh(normal)[1][:, 0]
+    return vecs[:, 0]
+
+
+def _rank2(v: np.ndarray) -> np.ndarray:
+    """Closest rank-2 (3, 3) matrix (Frobenius) to the (9,) or (3, 3) ``v`` (H&Z 11.1.1)."""
     U, S, Vt, info = _lapack.dgesdd(v.reshape(3, 3))
     if info != 0:
         U, S, Vt = np.linalg.svd(v.reshape(3, 3))
-    S[2] = 0.0  # closest rank-2 matrix
-    return (denormalize @ ((U * S) @ Vt).ravel()).reshape(3, 3), v
+    S[2] = 0.0
+    return (U * S) @ Vt
 
 
 class EssentialEstimator:
@@ -487,24 +527,27 @@ def _oriented_consistent(F: np.ndarray, x1: np.ndarray, x2: np.ndarray) -> np.nd
 
 class FundamentalEstimator:
     """Seven-point (or linear eight-point) fundamental-matrix hypotheses on Hartley-normalised points,
-    scored by the Sampson error.
+    scored by the Sampson distance in pixels.
 
-    Seven-point hypotheses violating the oriented epipolar constraint on their own sample are dropped
-    (:func:`_oriented_consistent`). Points are kept in the stacked (6, N) row layout
-    (:func:`_stacked_homogeneous`), pixels in ``xh`` and Hartley-normalised in ``qh``.
-    :meth:`eight_point` gives the same estimator with eight-point samples (one linear solution each).
+    The models this estimator fits, scores and refits are F in the Hartley-normalised coordinates
+    (``Fn = T2^-T F T1^-1``, unit norm): the pixel Sampson distance is computed from them directly
+    (:func:`_scaled_line_selector`), so no hypothesis is de-normalised; :meth:`to_pixels` and
+    :meth:`to_normalized` convert. Seven-point hypotheses violating the oriented epipolar constraint on
+    their own sample are dropped (:func:`_oriented_consistent`). Points are kept in the stacked (6, N)
+    row layout (:func:`_stacked_homogeneous`), normalised in ``qh``. :meth:`eight_point` gives the same
+    estimator with eight-point samples (one linear solution each).
     """
 
     sample_size = 7
 
     def __init__(self, x1_px: np.ndarray, x2_px: np.ndarray):
         self.x1, self.x2 = x1_px, x2_px
-        self.xh = _stacked_homogeneous(x1_px, x2_px)
-        self.px_rows = _epipolar_rows_T(self.xh)
-        self.qh, self.T1, self.T2, self._scatter, self._centroid = _hartley_rows(self.xh)
+        self.qh, self.T1, self.T2, self._scatter, self._centroid = _hartley_rows(
+            _stacked_homogeneous(x1_px, x2_px)
+        )
         self.rows_T = _epipolar_rows_T(self.qh)
         self.rows = self.rows_T.T  # (N, 9) view: minimal samples gather their rows from it
-        self._denormalize = _denormalizer(self.T1, self.T2)
+        self.line_selector = _scaled_line_selector(self.T1[0, 0], self.T2[0, 0])
 
     def degeneracy(self) -> str:
         """:func:`_degeneracy_reason` of the input points ('' when both images are spread in 2-D)."""
@@ -516,15 +559,24 @@ class FundamentalEstimator:
         est.sample_size = 8
         return est
 
+    def to_pixels(self, Fn: np.ndarray) -> np.ndarray:
+        """(3, 3) unit-norm pixel F ``T2^T Fn T1`` of a normalised-coordinate model."""
+        F = self.T2.T @ Fn.reshape(3, 3) @ self.T1
+        return F / math.sqrt(float(np.vdot(F, F)))
+
+    def to_normalized(self, F: np.ndarray) -> np.ndarray:
+        """(3, 3) unit-norm normalised-coordinate model ``T2^-T F T1^-1`` of a pixel F."""
+        Fn = np.linalg.solve(self.T2.T, np.linalg.solve(self.T1.T, np.asarray(F, dtype=float).T).T)
+        return Fn / math.sqrt(float(np.vdot(Fn, Fn)))
+
     def fit_batch(self, samples: np.ndarray) -> np.ndarray:
         if samples.shape[1] == 8:
-            F = epipolar.fundamental_8point_hypotheses(self.rows[samples]).reshape(-1, 9) @ self._denormalize.T
-            F /= np.sqrt(np.add.reduce(F * F, axis=1))[:, None]
-            return F.reshape(-1, 3, 3)
-        Fn, b = epipolar.fundamental_7point_hypotheses(self.rows[samples])
-        q = self.qh[:, samples[b]]  # (6, M, 7): one gather for both images
-        x1, x2 = q[0:2].transpose(1, 2, 0), q[3:5].transpose(1, 2, 0)
-        F = Fn[_oriented_consistent(Fn, x1, x2)].reshape(-1, 9) @ self._denormalize.T
+            F = epipolar.fundamental_8point_hypotheses(self.rows[samples]).reshape(-1, 9)
+        else:
+            Fn, b = epipolar.fundamental_7point_hypotheses(self.rows[samples])
+            q = self.qh[:, samples[b]]  # (6, M, 7): one gather for both images
+            x1, x2 = q[0:2].transpose(1, 2, 0), q[3:5].transpose(1, 2, 0)
+            F = Fn[_oriented_consistent(Fn, x1, x2)].reshape(-1, 9)
         F /= np.sqrt(np.add.reduce(F * F, axis=1))[:, None]
         return F.reshape(-1, 3, 3)
 
@@ -534,17 +586,22 @@ class FundamentalEstimator:
     def residuals_sq_batch(self, models: np.ndarray, index: np.ndarray | None = None) -> np.ndarray:
         with np.errstate(**_QUIET):
             if index is None and len(models) == 1:
-                return _sampson_single(models[0], self.xh, self.px_rows)[0][None]
-            return _sampson_sq(models, self.xh, self.px_rows, index)
+                return self.sampson(models[0])[0][None]
+            return _sampson_sq(models, self.qh, self.rows_T, index, self.line_selector)
 
     def residuals_sq(self, model: np.ndarray) -> np.ndarray:
         with np.errstate(**_QUIET):
-            return _sampson_single(np.asarray(model), self.xh, self.px_rows)[0]
+            return self.sampson(np.asarray(model))[0]
+
+    def sampson(self, Fn: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Squared pixel Sampson distances (N,) of a normalised model (any scale) and their denominators;
+        unchecked (callers set ``_QUIET``)."""
+        return _sampson_single(Fn, self.qh, self.rows_T, self.line_selector)
 
     def refit(self, inlier_idx: np.ndarray) -> list[np.ndarray]:
         if len(inlier_idx) < 8:
             return []
-        return [_fundamental_from_rows(self.rows_T[:, inlier_idx], self._denormalize)]
+        return [_fundamental_from_rows(self.rows_T[:, inlier_idx])]
 
 
 _TRIPLES = np.array([[0, 1, 2], [0, 1, 3], [0, 2, 3], [1, 2, 3]])
@@ -899,48 +956,70 @@ def estimate_fundamental(
     if reason := est.degeneracy():
         return _failure(reason, n)
     rng = np.random.default_rng(rng)
-    res = _fundamental_ransac(est, n, _options_before_polish(options) if refine else options, rng, refine)
-    if not res.success:
-        return _failure(res.reason, n, res)
-    F, r = res.model, res.residuals_sq
-    if refine:
-        F, r = _irls_polish(F, est, options.max_error_px, _IRLS_ITERATIONS, r, raw=not res.locally_optimized)
-    elif not res.locally_optimized or r is None:
-        # Without polish and local optimisation the model may be a raw eight-point hypothesis: rank 3.
-        F = epipolar.project_to_rank2(F)
-        F /= math.sqrt(float(np.vdot(F, F)))
-        r = est.residuals_sq(F)
+    quick = _eight_point_round(est, n, options, rng) if refine else None
+    if quick is not None:
+        Fn, r, num_samples = quick
+    else:
+        res = ransac(est, n, _options_before_polish(options) if refine else options, rng=rng, polish_follows=refine)
+        if not res.success:
+            return _failure(res.reason, n, res)
+        Fn, r, num_samples = res.model, res.residuals_sq, res.num_iterations
+        if refine:
+            Fn, (r, _) = _irls_polish(Fn, est, options.max_error_px, _IRLS_ITERATIONS, raw=not res.locally_optimized)
+        elif r is None:
+            r = est.residuals_sq(Fn)
+    F = est.to_pixels(Fn)
     mask = r <= options.max_error_px**2
     score = float(msac_scores(r, options.max_error_px**2))
     n_in = int(np.count_nonzero(mask))
     if n_in < options.min_num_inliers:
         return TwoViewEstimate(
-            False, f"{n_in} inliers < {options.min_num_inliers}", F, mask, res.num_iterations, score
+            False, f"{n_in} inliers < {options.min_num_inliers}", F, mask, num_samples, score
         )
-    return TwoViewEstimate(True, "", F, mask, res.num_iterations, score)
+    return TwoViewEstimate(True, "", F, mask, num_samples, score)
 
 
-def _fundamental_ransac(
-    est: FundamentalEstimator, n: int, options: RansacOptions, rng: np.random.Generator, polish_follows: bool
-) -> RansacResult:
-    """RANSAC for F: linear eight-point samples first, seven-point samples when those do not suffice.
+def _eight_point_round(
+    est: FundamentalEstimator, n: int, options: RansacOptions, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """The cheap first attempt at F: a few linear eight-point samples, the best one polished.
 
     An eight-point sample costs a fifth of a seven-point one (one LU solve, no cubic, one hypothesis
     instead of up to three) but needs a higher inlier ratio: ``_QUICK_SAMPLES`` (24) of them reach the
-    confidence 0.999 only above about 83 % inliers. So that many eight-point samples are drawn first (at
-    most ``min_iterations``); when their best model's inlier ratio shows they were enough, that is the
-    answer, otherwise seven-point RANSAC runs as usual (on the benchmark's synthetic pairs at 70 % and
-    40 % inliers the eight-point round is 5-10 % of the whole). Fewer samples or polish rounds than
-    24 / 4 measurably lowered the accuracy on fountain-P11 and templeRing (``benchmarks/results/two_view.md``).
+    confidence 0.999 only above about 83 % inliers, which real pairs of a sequence usually have. The
+    hypotheses are scored on at most ``_QUICK_SCORE_POINTS`` random points (the best one only needs to
+    be found, not measured), the best goes straight to the IRLS polish, and the inlier ratio that decides
+    whether the samples were enough is that of the polished F when the raw one falls short (the polish
+    plays the part of LO-RANSAC's local optimisation). On harder pairs this returns None and seven-point
+    RANSAC runs as usual; the polish is not even tried when the raw ratio is far from enough.
+
+    Returns:
+        (polished normalised F (3, 3), its squared Sampson distances (N,), samples drawn), or None.
     """
-    if n >= 8 and options.min_iterations > 0:
-        quick_samples = min(_QUICK_SAMPLES, options.min_iterations, options.max_iterations)
-        quick_options = _derived_options(options, min_iterations=quick_samples, max_iterations=quick_samples)
-        quick = ransac(est.eight_point(), n, quick_options, rng=rng, polish_follows=polish_follows)
-        ratio = quick.num_inliers / n
-        if quick.success and required_iterations(ratio, 8, options.confidence) <= quick.num_iterations:
-            return quick
-    return ransac(est, n, options, rng=rng, polish_follows=polish_follows)
+    count = min(_QUICK_SAMPLES, options.min_iterations, options.max_iterations)
+    if n < 8 or count <= 0:
+        return None
+    models = est.fit_batch(draw_samples(rng, n, 8, count))
+    if not len(models):
+        return None
+    thr_sq = options.max_error_px**2
+
+    def samples_needed(r_sq: np.ndarray) -> float:
+        return required_iterations(np.count_nonzero(r_sq <= thr_sq) / n, 8, options.confidence)
+
+    with np.errstate(**_QUIET):
+        index = rng.integers(0, n, size=_QUICK_SCORE_POINTS) if n > 2 * _QUICK_SCORE_POINTS else None
+        scores = msac_scores(_sampson_sq(models, est.qh, est.rows_T, index, est.line_selector), thr_sq)
+        Fn = models[int(np.argmin(scores))]
+        sampson = est.sampson(Fn)
+    raw = samples_needed(sampson[0]) <= count
+    if not raw:
+        # Not enough as it stands: one least-squares round (the polish's first) as local optimisation.
+        Fn, sampson = _irls_polish(Fn, est, options.max_error_px, 1, sampson, raw=True)
+        if samples_needed(sampson[0]) > count:
+            return None
+    Fn, sampson = _irls_polish(Fn, est, options.max_error_px, _IRLS_ITERATIONS - (not raw), sampson, raw=raw)
+    return Fn, sampson[0], count
 
 
 def refine_fundamental_irls(
@@ -949,7 +1028,7 @@ def refine_fundamental_irls(
     x2_px: np.ndarray,
     max_error_px: float,
     *,
-    iterations: int = 4,
+    iterations: int = _IRLS_ITERATIONS,
     estimator: FundamentalEstimator | None = None,
 ) -> np.ndarray:
     """Polish F by iteratively reweighted normalised eight-point (Sampson-weighted, Cauchy loss).
@@ -966,60 +1045,63 @@ def refine_fundamental_irls(
         estimator: reuse a :class:`FundamentalEstimator` built on the same points.
 
     Returns:
-        (3, 3) rank-2 unit-norm F.
+        (3, 3) rank-2 unit-norm F (pixels).
     """
     est = estimator or FundamentalEstimator(x1_px, x2_px)
-    return _irls_polish(F, est, max_error_px, iterations)[0]
+    return est.to_pixels(_irls_polish(est.to_normalized(F), est, max_error_px, iterations)[0])
 
 
 def _irls_polish(
-    F: np.ndarray,
+    Fn: np.ndarray,
     est: FundamentalEstimator,
     max_error_px: float,
     iterations: int,
-    r: np.ndarray | None = None,
+    sampson: tuple[np.ndarray, np.ndarray] | None = None,
     *,
     raw: bool = False,
-) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`refine_fundamental_irls` on an estimator; ``r`` (N,) the squared Sampson distances of F if
-    known. Returns the polished F and its squared Sampson distances.
+) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """:func:`refine_fundamental_irls` on an estimator's normalised model ``Fn`` (3, 3); ``sampson`` its
+    :meth:`FundamentalEstimator.sampson` (squared distances and denominators, (N,) each) if known.
+    Returns the polished rank-2 unit-norm Fn and its ``sampson``.
 
-    The window and loss scale come from F's residuals. ``raw``: F is an unrefined minimal-sample
+    The window and loss scale come from Fn's residuals. ``raw``: Fn is an unrefined minimal-sample
     hypothesis (RANSAC deferred its local optimisation to this polish): its residuals overstate the
-    noise, and a linear eight-point hypothesis is not even rank 2, so the first fit replaces it
-    whatever it costs and the noise is measured again on that fit's residuals. After that a round is
-    kept only if it lowers the truncated Cauchy cost (without that test the synthetic benchmark's
-    translation errors grew by ~4 %), and rounds stop once the least-squares solution no longer moves
-    (``_IRLS_STEP_TOL``) or fewer than 8 points remain in the window.
+    noise, so the first fit replaces it whatever it costs and the noise is measured again on that fit's
+    residuals. After that a round is kept only if it lowers the truncated Cauchy cost (without that test
+    the synthetic benchmark's translation errors grew by ~4 %), and rounds stop once the least-squares
+    solution no longer moves (``_IRLS_STEP_TOL``) or fewer than 8 points remain in the window.
+
+    The rounds work on the least-squares vectors themselves; the rank-2 constraint is imposed once, on
+    the result (as the normalised eight-point algorithm does): projecting every round cost a fifth of
+    the polish and did not change the benchmark's accuracy.
     """
     with np.errstate(**_QUIET):
-        r_F, den = _sampson_single(F, est.xh, est.px_rows)
-        r = r_F if r is None else r
+        r, den = est.sampson(Fn) if sampson is None else sampson
         polish = _Polish.from_residuals(r, max_error_px)
         cost = math.inf if raw else polish.cost(r)
+        v = Fn.ravel()
         v_prev = None
         for _ in range(iterations):
             weights = polish.sampson_weights(r, den)
             if np.count_nonzero(weights) < 8:
                 break
-            F_new, v = _weighted_fundamental(est.rows_T, est._denormalize, weights)
-            r_new, den_new = _sampson_single(F_new, est.xh, est.px_rows)
+            v_new = _smallest_eigenvector((est.rows_T * weights) @ est.rows_T.T)
+            r_new, den_new = est.sampson(v_new)
             if raw:
-                F, r, den = F_new, r_new, den_new
+                v, r, den = v_new, r_new, den_new
                 polish, raw = _Polish.from_residuals(r, max_error_px), False
                 cost, v_prev = polish.cost(r), v
                 continue
             cost_new = polish.cost(r_new)
             if not cost_new < cost:
                 break
-            F, r, den, cost = F_new, r_new, den_new, cost_new
+            v, r, den, cost = v_new, r_new, den_new, cost_new
             if v_prev is not None and 1.0 - abs(float(v @ v_prev)) < _IRLS_STEP_TOL:
                 break
             v_prev = v
-        if raw:  # no fit replaced the raw hypothesis: at least make it rank 2
-            F = epipolar.project_to_rank2(F)
-            r, _ = _sampson_single(F, est.xh, est.px_rows)
-    return F / math.sqrt(float(np.vdot(F, F))), r
+        Fn = _rank2(v)
+        Fn /= math.sqrt(float(np.vdot(Fn, Fn)))
+        return Fn, est.sampson(Fn)
 
 
 def estimate_homography(

@@ -214,7 +214,7 @@ def msac_scores(residuals_sq: np.ndarray, threshold_sq: float) -> np.ndarray:
     return np.add.reduce(np.fmin(residuals_sq, threshold_sq), axis=-1)
 
 
-def _draw_samples(rng: np.random.Generator, num_data: int, sample_size: int, count: int) -> np.ndarray:
+def draw_samples(rng: np.random.Generator, num_data: int, sample_size: int, count: int) -> np.ndarray:
     """(count, sample_size) samples of distinct indices, each sample drawn uniformly without replacement."""
     if num_data <= 64:
         # Argsort of uniform keys: exact sampling without replacement, vectorised over samples.
@@ -413,7 +413,7 @@ def ransac(
         if best_model is not None:
             count = int(min(max(count, (target - drawn) // 4), 32 * options.batch_size))
         count = int(min(count, options.max_iterations - drawn))
-        samples = _draw_samples(rng, num_data, s, count)
+        samples = draw_samples(rng, num_data, s, count)
         drawn += count
         models = scorer.fit(samples)
         if len(models):
