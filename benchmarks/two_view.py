@@ -24,24 +24,32 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
-import datetime as dt
 import os
-import platform
-import sys
-import time
-from collections import defaultdict
-from collections.abc import Callable
-from pathlib import Path
 
-import cv2
-import numpy as np
+# Every method runs single-threaded: OpenCV by cv2.setNumThreads(1) in main(), NumPy's BLAS / LAPACK by
+# these variables, which only take effect before NumPy is first imported (on a 2-core machine a second
+# BLAS thread also slows the small matrix products down).
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
 
-from geomvision.geometry import epipolar
-from geomvision.geometry.rigid import Rigid3d, angle_between_vectors_deg, rotation_angle_deg
-from geomvision.io.atomic import atomic_write_text
-from geomvision.robust.estimators import estimate_essential, estimate_fundamental
-from geomvision.robust.ransac import RansacOptions
+import argparse  # noqa: E402
+import datetime as dt  # noqa: E402
+import math  # noqa: E402
+import platform  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from collections import defaultdict  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+from geomvision.geometry import epipolar  # noqa: E402
+from geomvision.geometry.rigid import Rigid3d, angle_between_vectors_deg, rotation_angle_deg  # noqa: E402
+from geomvision.io.atomic import atomic_write_text  # noqa: E402
+from geomvision.robust.estimators import estimate_essential, estimate_fundamental  # noqa: E402
+from geomvision.robust.ransac import RansacOptions  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = Path(os.environ.get("GEOMVISION_SHARED_DATASETS", REPO.parent / "shared" / "datasets"))
@@ -134,6 +142,7 @@ class Tally:
         self.rot: dict[str, list[float]] = defaultdict(list)
         self.trans: dict[str, list[float]] = defaultdict(list)
         self.time: dict[str, list[float]] = defaultdict(list)
+        self.looped: dict[str, list[float]] = defaultdict(list)  # see looped_times
         self.precision: dict[str, list[float]] = defaultdict(list)
         self.recall: dict[str, list[float]] = defaultdict(list)
 
@@ -152,6 +161,7 @@ class Tally:
 
     def rows(self, names: list[str], reference: str) -> list[str]:
         ref_time = np.median(self.time[reference])
+        ref_looped = np.median(self.looped[reference]) if self.looped[reference] else math.nan
         out = []
         for name in names:
             rot, trans = np.array(self.rot[name]), np.array(self.trans[name])
@@ -162,9 +172,11 @@ class Tally:
                 if self.precision[name]
                 else "-"
             )
+            looped = np.median(self.looped[name]) if self.looped[name] else math.nan
             out.append(
                 f"| {name} | {np.median(rot):.3f} | {np.median(trans):.3f} | {100 * ok.mean():.1f} | {pr} "
-                f"| {t_ms:.1f} | {np.median(self.time[name]) / ref_time:.2f} |"
+                f"| {t_ms:.1f} | {np.median(self.time[name]) / ref_time:.2f} "
+                f"| {1e3 * looped:.1f} | {looped / ref_looped:.2f} |"
             )
         return out
 
@@ -187,8 +199,9 @@ class Tally:
 
 HEADER = [
     "| method | median rot err (deg) | median t-dir err (deg) | success % (<5 deg) | precision / recall "
-    "| median time (ms) | time / cv2 RANSAC |",
-    "|---|---|---|---|---|---|---|",
+    "| median time (ms), interleaved | time / cv2 RANSAC, interleaved | median time (ms), looped "
+    "| time / cv2 RANSAC, looped |",
+    "|---|---|---|---|---|---|---|---|---|",
 ]
 
 
@@ -199,13 +212,48 @@ CLOCK = {"wall": time.perf_counter, "cpu": time.process_time}
 _timer = CLOCK["wall"]
 
 
-def run_methods(tally: Tally, methods: dict, x1, x2, K1, K2, gt, thr, seed, *, truth=None, kind="E"):
-    for name, fn in methods.items():
+def run_methods(tally: Tally, methods: dict, x1, x2, K1, K2, gt, thr, seed, *, truth=None, kind="E", turn=0):
+    """Time every method once on one pair, in an order shuffled by ``turn`` (a seed).
+
+    A call is slower when the one before it evicted its code and data from the caches (a NumPy-bound
+    method after an OpenCV one especially: measured up to 2x), so a fixed order would favour whichever
+    method always follows a similar one; shuffled, every method follows every other about equally often.
+    """
+    names = list(methods)
+    for i in np.random.default_rng(turn).permutation(len(names)):
+        name, fn = names[i], methods[names[i]]
         t0 = _timer()
         out, mask = fn(x1, x2, K1, K2, thr, seed)
         elapsed = _timer() - t0
         pose = _pose_from_F(out, x1, x2, K1, K2, mask) if kind == "F" else out
         tally.add(name, pose, gt, elapsed, mask, truth)
+
+
+#: repetitions of the looped timing (see looped_times).
+LOOPED_REPS = 3
+
+
+def looped_times(tally: Tally, methods: dict, calls: list[tuple], reps: int = LOOPED_REPS) -> None:
+    """Time the same calls a second way: each method looped over all of them before the next method
+    runs, the methods' order shuffled in each of ``reps`` repetitions, into ``tally.looped``.
+
+    This is the steady state of one estimator going through a data set's pairs in sequence (the
+    pipeline's geometric verification calls our own E / F / H estimators one after another); the
+    interleaved timing of :func:`run_methods` instead has every call follow a different method, often
+    another library's. Errors are not recorded: the calls are those already scored.
+
+    Args:
+        calls: argument tuples ``(x1, x2, K1, K2, thr, seed)`` of the methods.
+    """
+    names = list(methods)
+    order_rng = np.random.default_rng(2026)
+    for _ in range(reps):
+        for i in order_rng.permutation(len(names)):
+            fn, times = methods[names[i]], tally.looped[names[i]]
+            for args in calls:
+                t0 = _timer()
+                fn(*args)
+                times.append(_timer() - t0)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -215,13 +263,16 @@ def synthetic(trials: int, num_points: int, outlier_ratio: float, thr: float) ->
     from geomvision.synthetic import two_view_correspondences
 
     tE, tF = Tally(), Tally()
+    calls = []
     for trial in range(trials):
         d = two_view_correspondences(num_points, noise_px=0.5, outlier_ratio=outlier_ratio, rng=1000 + trial)
         x1, x2 = np.ascontiguousarray(d.x1_px), np.ascontiguousarray(d.x2_px)
-        run_methods(tE, E_METHODS, x1, x2, d.K, d.K, d.cam2_from_cam1, thr, trial, truth=d.inlier_mask)
-        run_methods(
-            tF, F_METHODS, x1, x2, d.K, d.K, d.cam2_from_cam1, thr, trial, truth=d.inlier_mask, kind="F"
-        )
+        gt, truth = d.cam2_from_cam1, d.inlier_mask
+        run_methods(tE, E_METHODS, x1, x2, d.K, d.K, gt, thr, trial, truth=truth, turn=trial)
+        run_methods(tF, F_METHODS, x1, x2, d.K, d.K, gt, thr, trial, truth=truth, kind="F", turn=trial)
+        calls.append((x1, x2, d.K, d.K, thr, trial))
+    looped_times(tE, E_METHODS, calls)
+    looped_times(tF, F_METHODS, calls)
     return tE, tF
 
 
@@ -318,10 +369,14 @@ def real_pairs(
 ) -> tuple[Tally, Tally, int, int]:
     tE, tF = Tally(), Tally()
     pairs = load_pairs(name, step, cache)
+    calls = []
     for x1, x2, K1, K2, gt in pairs:
         for seed in range(runs):
-            run_methods(tE, E_METHODS, x1, x2, K1, K2, gt, thr, seed)
-            run_methods(tF, F_METHODS, x1, x2, K1, K2, gt, thr, seed, kind="F")
+            run_methods(tE, E_METHODS, x1, x2, K1, K2, gt, thr, seed, turn=len(calls))
+            run_methods(tF, F_METHODS, x1, x2, K1, K2, gt, thr, seed, kind="F", turn=len(calls))
+            calls.append((x1, x2, K1, K2, thr, seed))
+    looped_times(tE, E_METHODS, calls)
+    looped_times(tF, F_METHODS, calls)
     return tE, tF, len(pairs), int(np.median([len(p[0]) for p in pairs])) if pairs else 0
 
 
@@ -374,9 +429,11 @@ def main(argv: list[str] | None = None) -> int:
         "# Two-view geometry: geomvision vs OpenCV",
         "",
         f"Date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC. Machine: {platform.machine()}, {args.machine}; "
-        "ratios come from the same run, methods interleaved on the same data. "
+        "ratios come from the same run, methods interleaved on the same data in an order shuffled from "
+        "pair to pair. "
         f"Python {sys.version.split()[0]}, NumPy {np.__version__}, OpenCV {cv2.__version__} "
-        f"(cv2.setNumThreads(1)). Method timer: {args.clock} clock.",
+        f"(cv2.setNumThreads(1); BLAS threads: OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')})"
+        f". Method timer: {args.clock} clock.",
         "",
         f"Settings: inlier threshold {args.threshold_px} px for every method (Sampson distance), confidence "
         "0.999; OpenCV defaults otherwise (maxIters 1000); ours `RansacOptions` defaults "
