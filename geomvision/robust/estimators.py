@@ -570,15 +570,14 @@ class FundamentalEstimator:
         return Fn / math.sqrt(float(np.vdot(Fn, Fn)))
 
     def fit_batch(self, samples: np.ndarray) -> np.ndarray:
+        """(M, 3, 3) normalised-coordinate hypotheses of (B, 7) or (B, 8) samples, not scaled to unit
+        norm: the Sampson distance is scale-invariant, and the refits and the polish return unit F."""
         if samples.shape[1] == 8:
-            F = epipolar.fundamental_8point_hypotheses(self.rows[samples]).reshape(-1, 9)
-        else:
-            Fn, b = epipolar.fundamental_7point_hypotheses(self.rows[samples])
-            q = self.qh[:, samples[b]]  # (6, M, 7): one gather for both images
-            x1, x2 = q[0:2].transpose(1, 2, 0), q[3:5].transpose(1, 2, 0)
-            F = Fn[_oriented_consistent(Fn, x1, x2)].reshape(-1, 9)
-        F /= np.sqrt(np.add.reduce(F * F, axis=1))[:, None]
-        return F.reshape(-1, 3, 3)
+            return epipolar.fundamental_8point_hypotheses(self.rows[samples])
+        Fn, b = epipolar.fundamental_7point_hypotheses(self.rows[samples])
+        q = self.qh[:, samples[b]]  # (6, M, 7): one gather for both images
+        x1, x2 = q[0:2].transpose(1, 2, 0), q[3:5].transpose(1, 2, 0)
+        return Fn[_oriented_consistent(Fn, x1, x2)]
 
     def fit(self, sample_idx: np.ndarray) -> list[np.ndarray]:
         return list(self.fit_batch(np.asarray(sample_idx)[None]))
