@@ -39,7 +39,6 @@ points the estimation is bound by the number of array calls, not by arithmetic.
 
 from __future__ import annotations
 
-import copy
 import functools
 import logging
 import math
@@ -535,12 +534,13 @@ class FundamentalEstimator:
     scored by the Sampson distance in pixels.
 
     The models this estimator fits, scores and refits are F in the Hartley-normalised coordinates
-    (``Fn = T2^-T F T1^-1``, unit norm): the pixel Sampson distance is computed from them directly
+    (``Fn = T2^-T F T1^-1``): the pixel Sampson distance is computed from them directly
     (:func:`_scaled_line_selector`), so no hypothesis is de-normalised; :meth:`to_pixels` and
-    :meth:`to_normalized` convert. Seven-point hypotheses violating the oriented epipolar constraint on
-    their own sample are dropped (:func:`_oriented_consistent`). Points are kept in the stacked (6, N)
-    row layout (:func:`_stacked_homogeneous`), normalised in ``qh``. :meth:`eight_point` gives the same
-    estimator with eight-point samples (one linear solution each).
+    :meth:`to_normalized` convert. :meth:`fit_batch` takes seven-point samples (RANSAC's, ``sample_size``)
+    or linear eight-point ones (one solution each, ``_eight_point_round``). Seven-point hypotheses
+    violating the oriented epipolar constraint on their own sample are dropped
+    (:func:`_oriented_consistent`). Points are kept in the stacked (6, N) row layout
+    (:func:`_stacked_homogeneous`), normalised in ``qh``.
     """
 
     sample_size = 7
@@ -557,12 +557,6 @@ class FundamentalEstimator:
     def degeneracy(self) -> str:
         """:func:`_degeneracy_reason` of the input points ('' when both images are spread in 2-D)."""
         return _degeneracy_reason(self._scatter, self._centroid)
-
-    def eight_point(self) -> FundamentalEstimator:
-        """This estimator (sharing its arrays) with linear eight-point minimal samples."""
-        est = copy.copy(self)
-        est.sample_size = 8
-        return est
 
     def to_pixels(self, Fn: np.ndarray) -> np.ndarray:
         """(3, 3) unit-norm pixel F ``T2^T Fn T1`` of a normalised-coordinate model."""
