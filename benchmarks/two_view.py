@@ -28,9 +28,11 @@ import os
 
 # Every method runs single-threaded: OpenCV by cv2.setNumThreads(1) in main(), NumPy's BLAS / LAPACK by
 # these variables, which only take effect before NumPy is first imported (on a 2-core machine a second
-# BLAS thread also slows the small matrix products down).
-for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
+# BLAS thread also slows the small matrix products down). Only when run as a script: importing this
+# module (the tests do) leaves the environment alone.
+if __name__ == "__main__":
+    for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")
 
 import argparse  # noqa: E402
 import datetime as dt  # noqa: E402
