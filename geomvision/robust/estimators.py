@@ -933,12 +933,15 @@ def estimate_fundamental(
     refine: bool = True,
     rng: np.random.Generator | int | None = None,
 ) -> TwoViewEstimate:
-    """Fundamental matrix of an uncalibrated pair with 7-point LO-RANSAC (8-point refits).
+    """Fundamental matrix of an uncalibrated pair: linear eight-point samples first (enough on most real
+    pairs, see ``_eight_point_round``), 7-point LO-RANSAC (8-point refits) when they are not, then the
+    IRLS polish.
 
     Args:
         x1_px, x2_px: (N, 2) matched pixels, N >= 7 (>= 8 for local optimisation).
         options: RANSAC options; ``max_error_px`` bounds the Sampson distance in pixels.
-        refine: polish F with :func:`refine_fundamental_irls` after RANSAC.
+        refine: polish F with :func:`refine_fundamental_irls` after RANSAC; False gives plain 7-point
+            LO-RANSAC (no eight-point round, whose samples rely on the polish).
         rng: seed or generator.
 
     Returns:
