@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+from scipy.linalg import lapack as _lapack
 
 from geomvision.errors import InputError
 from geomvision.geometry.rigid import Rigid3d, skew
@@ -115,6 +116,13 @@ def epipolar_rows(x1: np.ndarray, x2: np.ndarray) -> np.ndarray:
 def project_to_rank2(F: np.ndarray) -> np.ndarray:
     """Closest rank-2 matrix in Frobenius norm (H&Z 11.1.1) of F (..., 3, 3): its smallest singular
     value set to zero."""
+    if F.shape == (3, 3):
+        # One matrix (the estimators' refits and polish): LAPACK directly, numpy.linalg's wrapper costs
+        # more than the 3x3 SVD itself.
+        U, S, Vt, info = _lapack.dgesdd(F)
+        if info == 0:
+            S[2] = 0.0
+            return (U * S) @ Vt
     U, S, Vt = np.linalg.svd(F)
     S[..., 2] = 0.0
     return (U * S[..., None, :]) @ Vt

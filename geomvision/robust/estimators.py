@@ -216,10 +216,6 @@ def _check_K(K, name: str) -> np.ndarray:
     return K
 
 
-#: rows u1, v1, u2, v2 of the stacked (6, N) layout of :func:`_stacked_homogeneous`.
-_UV_ROWS = np.array([0, 1, 3, 4])
-
-
 def _stacked_homogeneous(x1: np.ndarray, x2: np.ndarray) -> np.ndarray:
     """(N, 2), (N, 2) -> (6, N): rows ``u1, v1, 1, u2, v2, 1``; ``[:3]`` and ``[3:]`` are the (3, N)
     homogeneous points of image 1 and 2.
@@ -412,7 +408,7 @@ def _fundamental_from_rows(rows_T: np.ndarray, denormalize: np.ndarray | None = 
     Returns:
         (3, 3) F (pixels, or normalised coordinates for ``denormalize=None``).
     """
-    F = _rank2(_smallest_eigenvector(rows_T @ rows_T.T))
+    F = epipolar.project_to_rank2(_smallest_eigenvector(rows_T @ rows_T.T).reshape(3, 3))
     if denormalize is not None:
         F = (denormalize @ F.ravel()).reshape(3, 3)
     return F / math.sqrt(float(np.vdot(F, F)))
@@ -428,15 +424,6 @@ def _smallest_eigenvector(normal: np.ndarray) -> np.ndarray:
     if info != 0:
         return np.linalg.eigh(normal)[1][:, 0]
     return vecs[:, 0]
-
-
-def _rank2(v: np.ndarray) -> np.ndarray:
-    """Closest rank-2 (3, 3) matrix (Frobenius) to the (9,) or (3, 3) ``v`` (H&Z 11.1.1)."""
-    U, S, Vt, info = _lapack.dgesdd(v.reshape(3, 3))
-    if info != 0:
-        U, S, Vt = np.linalg.svd(v.reshape(3, 3))
-    S[2] = 0.0
-    return (U * S) @ Vt
 
 
 class EssentialEstimator:
@@ -680,21 +667,16 @@ class HomographyEstimator:
 # ----------------------------------------------------------------------------------------------------
 # public estimation functions
 # ----------------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=64)
 def _options_before_polish(options: RansacOptions) -> RansacOptions:
     """RANSAC options when the robust polish follows: the polish supersedes the final least-squares refit.
+    Cached: options are frozen (hashable), and a replace (with its validation) costs ~10 us.
 
     The local optimisations in the loop keep their full schedule: their inlier count sets the adaptive
     sample count, and a shorter schedule that stops short of the final inlier set made RANSAC draw up to
     twice the samples at 60 % outliers.
     """
-    return _derived_options(options, final_refit=False)
-
-
-@functools.lru_cache(maxsize=64)
-def _derived_options(options: RansacOptions, **changes: object) -> RansacOptions:
-    """``dataclasses.replace(options, **changes)``, cached: options are frozen (hashable), and a
-    replace (with its validation) costs ~10 us, several percent of an easy F estimation."""
-    return replace(options, **changes)
+    return replace(options, final_refit=False)
 
 
 def _failure(reason: str, n: int, result: RansacResult | None = None) -> TwoViewEstimate:
@@ -1101,7 +1083,7 @@ def _irls_polish(
             if v_prev is not None and 1.0 - abs(float(v @ v_prev)) < _IRLS_STEP_TOL:
                 break
             v_prev = v
-        Fn = _rank2(v)
+        Fn = epipolar.project_to_rank2(v.reshape(3, 3))
         Fn /= math.sqrt(float(np.vdot(Fn, Fn)))
         return Fn, est.sampson(Fn)
 
