@@ -33,7 +33,9 @@ def main() -> None:
         if body and body[0].startswith("# "):
             body = body[1:]  # replaced by our own heading
         demoted = ["#" + line if line.startswith("#") else line for line in body]
-        parts.append(f"\n## {title}\n\n_Source: `benchmarks/results/{name}`._\n\n" + "\n".join(demoted).strip() + "\n")
+        parts.append(
+            f"\n## {title}\n\n_Source: `benchmarks/results/{name}`._\n\n" + "\n".join(demoted).strip() + "\n"
+        )
     (HERE.parent / "BENCHMARKS.md").write_text("\n".join(parts))
     print("wrote BENCHMARKS.md")
 

@@ -39,7 +39,7 @@ def nview_loop(projections, x, point_index, num_points):
     starts = np.searchsorted(point_index[order], np.arange(num_points + 1))
     out = np.empty((num_points, 3))
     for p in range(num_points):
-        sel = order[starts[p]:starts[p + 1]]
+        sel = order[starts[p] : starts[p + 1]]
         P, xs = projections[sel], x[sel]
         A = np.concatenate([xs[:, :1] * P[:, 2] - P[:, 0], xs[:, 1:] * P[:, 2] - P[:, 1]])
         X = np.linalg.svd(A)[2][-1]
@@ -76,9 +76,17 @@ def main() -> None:
     proj, x = P[cam_idx], add_pixel_noise(scene.observations_px[cam_idx, pt_idx], args.noise_px, rng)
     t_ours, X_ours = best_time(lambda: triangulate_nview(proj, x, pt_idx, scene.num_points), args.repeats)
     t_loop, X_loop = best_time(lambda: nview_loop(proj, x, pt_idx, scene.num_points), 1)
-    rows.append(("N-view DLT", f"{scene.num_points} pts x {args.cameras} views", "per-point SVD loop",
-                 t_ours, t_loop, np.median(np.linalg.norm(X_ours - scene.points_in_world, axis=1)),
-                 np.median(np.linalg.norm(X_loop - scene.points_in_world, axis=1))))
+    rows.append(
+        (
+            "N-view DLT",
+            f"{scene.num_points} pts x {args.cameras} views",
+            "per-point SVD loop",
+            t_ours,
+            t_loop,
+            np.median(np.linalg.norm(X_ours - scene.points_in_world, axis=1)),
+            np.median(np.linalg.norm(X_loop - scene.points_in_world, axis=1)),
+        )
+    )
 
     data = two_view_correspondences(1000, noise_px=args.noise_px, planar=True, rng=rng)
     t_ours, H_ours = best_time(lambda: homography_dlt(data.x1_px, data.x2_px), args.repeats * 10)

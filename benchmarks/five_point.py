@@ -121,7 +121,11 @@ def main(argv: list[str] | None = None) -> int:
             min(ours) * us,
             "",
         ),
-        ("cv2.findEssentialMat RANSAC at the cap (10000 samples)", min(cv) * us, f"ours {min(ours) / min(cv):.1f}x"),
+        (
+            "cv2.findEssentialMat RANSAC at the cap (10000 samples)",
+            min(cv) * us,
+            f"ours {min(ours) / min(cv):.1f}x",
+        ),
     ]
     lines = [
         "# Five-point RANSAC: cost per minimal sample",

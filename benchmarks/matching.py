@@ -101,8 +101,12 @@ def _ivf_desc(args) -> str:
     defaults = MatchingOptions()
     cells = args.ivf_cells or defaults.ivf_num_cells
     probes = args.ivf_probes or defaults.ivf_num_probes
-    scaled = (f", scaled down to one cell per {defaults.ivf_descriptors_per_cell} descriptors of the median image"
-              f" (at least 3 probes)" if defaults.ivf_descriptors_per_cell else "")
+    scaled = (
+        f", scaled down to one cell per {defaults.ivf_descriptors_per_cell} descriptors of the median image"
+        f" (at least 3 probes)"
+        if defaults.ivf_descriptors_per_cell
+        else ""
+    )
     return f"up to {cells} cells, {probes} probed per descriptor{scaled}"
 
 
@@ -136,24 +140,36 @@ def run_ours(paths, gt, args, max_num_features: int):
     t0 = time.perf_counter()
     # One pool for all three stages: workers start once (their start-up is part of the time).
     pool = make_process_pool(args.workers) if args.workers > 1 else None
-    extraction = ExtractionOptions(max_num_features=max_num_features, max_image_size_px=args.max_size,
-                                   sift_contrast_threshold=args.contrast_threshold, root_sift=True,
-                                   num_workers=args.workers)
+    extraction = ExtractionOptions(
+        max_num_features=max_num_features,
+        max_image_size_px=args.max_size,
+        sift_contrast_threshold=args.contrast_threshold,
+        root_sift=True,
+        num_workers=args.workers,
+    )
     feats = extract_features(paths, extraction, executor=pool)
     t1 = time.perf_counter()
     features = {k + 1: f for k, f in enumerate(feats)}
     pairs = exhaustive_pairs(features)
     # The library default matcher: inverted-file search (approximate, as COLMAP's default CPU
     # matcher, FAISS-based, is); cells / probes are its defaults unless given.
-    matching = MatchingOptions(num_workers=args.workers, method=args.matcher, min_num_matches=args.min_num_matches,
-                               **_ivf_overrides(args))
+    matching = MatchingOptions(
+        num_workers=args.workers,
+        method=args.matcher,
+        min_num_matches=args.min_num_matches,
+        **_ivf_overrides(args),
+    )
     matches = match_pairs(features, pairs, matching, executor=pool, rng=0)
     t2 = time.perf_counter()
     cameras = {k: gt[n].K for k, n in names.items()}
     # The intrinsics are known (ground truth), so E is estimated without the F cross-check; pairs
     # where fewer than half of the putative matches are inliers (wide baselines) are not trusted.
-    verification = TwoViewOptions(num_workers=args.workers, check_calibration=False,
-                                  max_error_px=args.max_error_px, min_inlier_ratio=args.min_inlier_ratio)
+    verification = TwoViewOptions(
+        num_workers=args.workers,
+        check_calibration=False,
+        max_error_px=args.max_error_px,
+        min_inlier_ratio=args.min_inlier_ratio,
+    )
     tvgs = verify_pairs(features, matches, cameras, verification, rng=0, executor=pool)
     worker_cpu = pool_cpu_seconds(pool) if pool is not None else 0.0
     if pool is not None:
@@ -196,9 +212,15 @@ def run_pycolmap(paths, gt, args):
         matching.num_threads = args.workers
         cpu0 = cpu_seconds()
         t0 = time.perf_counter()
-        pycolmap.extract_features(db_path, paths[0].parent, image_names=[p.name for p in paths],
-                                  camera_mode=pycolmap.CameraMode.SINGLE, reader_options=reader,
-                                  extraction_options=extraction, device=pycolmap.Device.cpu)
+        pycolmap.extract_features(
+            db_path,
+            paths[0].parent,
+            image_names=[p.name for p in paths],
+            camera_mode=pycolmap.CameraMode.SINGLE,
+            reader_options=reader,
+            extraction_options=extraction,
+            device=pycolmap.Device.cpu,
+        )
         t1 = time.perf_counter()
         pycolmap.match_exhaustive(db_path, matching_options=matching, device=pycolmap.Device.cpu)
         t2 = time.perf_counter()
@@ -221,8 +243,15 @@ def run_pycolmap(paths, gt, args):
                 continue
             inliers[(i, j) if i < j else (j, i)] = m if i < j else m[:, ::-1]
         db.close()
-    return {"keypoints": keypoints, "inliers": inliers, "num_features": float(np.mean(nfeat)),
-            "time_extract": t1 - t0, "time_match": t2 - t1, "time_verify": 0.0, "cpu": cpu}
+    return {
+        "keypoints": keypoints,
+        "inliers": inliers,
+        "num_features": float(np.mean(nfeat)),
+        "time_extract": t1 - t0,
+        "time_match": t2 - t1,
+        "time_verify": 0.0,
+        "cpu": cpu,
+    }
 
 
 def summarise(result, names, gt, pairs) -> dict:
@@ -248,8 +277,9 @@ def _git_commit() -> str:
     import subprocess
 
     def git(*cmd: str) -> str:
-        return subprocess.run(["git", "-C", str(REPO), *cmd], capture_output=True, text=True,
-                              check=True).stdout.rstrip()
+        return subprocess.run(
+            ["git", "-C", str(REPO), *cmd], capture_output=True, text=True, check=True
+        ).stdout.rstrip()
 
     try:
         head = git("rev-parse", "--short", "HEAD").strip()
@@ -267,15 +297,23 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--max-images", type=int, default=None)
     parser.add_argument("--matcher", default="ivf", help="geomvision matcher: ivf (default), bruteforce")
-    parser.add_argument("--min-num-matches", type=int, default=100,
-                        help="pairs with fewer putative matches are not verified (MatchingOptions.min_num_matches)")
+    parser.add_argument(
+        "--min-num-matches",
+        type=int,
+        default=100,
+        help="pairs with fewer putative matches are not verified (MatchingOptions.min_num_matches)",
+    )
     parser.add_argument("--ivf-cells", type=int, default=None, help="default: MatchingOptions'")
     parser.add_argument("--ivf-probes", type=int, default=None, help="default: MatchingOptions'")
     parser.add_argument("--min-inlier-ratio", type=float, default=0.5)
     parser.add_argument("--max-error-px", type=float, default=1.0)
     parser.add_argument("--cycle-max-deg", type=float, default=2.0)
-    parser.add_argument("--contrast-threshold", type=float, default=ExtractionOptions().sift_contrast_threshold,
-                        help="OpenCV SIFT contrastThreshold (default: the library's)")
+    parser.add_argument(
+        "--contrast-threshold",
+        type=float,
+        default=ExtractionOptions().sift_contrast_threshold,
+        help="OpenCV SIFT contrastThreshold (default: the library's)",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--graph-png", type=Path, default=REPO / "docs" / "view_graph_templeRing.png")
     args = parser.parse_args(argv)
@@ -296,12 +334,17 @@ def main(argv=None) -> int:
         graph = ours["graph"]
         components = connected_components(graph)
         if key == "temple":
-            draw_view_graph(graph, args.graph_png, title=f"templeRing view graph: {len(graph)} images, "
-                            f"{graph.number_of_edges()} verified pairs, {len(components)} component(s)")
+            draw_view_graph(
+                graph,
+                args.graph_png,
+                title=f"templeRing view graph: {len(graph)} images, "
+                f"{graph.number_of_edges()} verified pairs, {len(components)} component(s)",
+            )
         load = f"{load_start:.1f} -> {os.getloadavg()[0]:.1f}"
         rows.append((key, len(paths), len(ours["pairs"]), s_ours, s_peer, len(components), load))
-        print(f"{key}: ours {s_ours}\n{key}: pycolmap {s_peer}\n{key}: components {len(components)}",
-              flush=True)
+        print(
+            f"{key}: ours {s_ours}\n{key}: pycolmap {s_peer}\n{key}: components {len(components)}", flush=True
+        )
 
     lines = [
         "# Features + matching + verification: geomvision vs pycolmap",
@@ -346,13 +389,18 @@ def main(argv=None) -> int:
                 f"| {s['time_extract']:.1f} | {s['time_match']:.1f} | {s['time_total']:.1f} "
                 f"| {s['cpu']:.0f} |"
             )
-    lines += ["", "| dataset | wall time ratio ours/pycolmap | CPU time ratio | matches/pair ratio "
-              "| ours: view graph components | ours: 3 least precise pairs | load avg (start -> end) |",
-              "|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| dataset | wall time ratio ours/pycolmap | CPU time ratio | matches/pair ratio "
+        "| ours: view graph components | ours: 3 least precise pairs | load avg (start -> end) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for key, _, _, so, sp, n_comp, load in rows:
         worst = ", ".join(f"{i}-{j}: {v:.3f}" for (i, j), v in so["worst_pairs"])
-        lines.append(f"| {key} | {so['time_total'] / sp['time_total']:.2f} | {so['cpu'] / sp['cpu']:.2f} | "
-                     f"{so['matches_median'] / max(sp['matches_median'], 1):.2f} | {n_comp} | {worst} | {load} |")
+        lines.append(
+            f"| {key} | {so['time_total'] / sp['time_total']:.2f} | {so['cpu'] / sp['cpu']:.2f} | "
+            f"{so['matches_median'] / max(sp['matches_median'], 1):.2f} | {n_comp} | {worst} | {load} |"
+        )
     lines += notes
     text = "\n".join(lines) + "\n"
     atomic_write_text(args.output, text)

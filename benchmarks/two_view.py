@@ -182,7 +182,6 @@ class Tally:
             )
         return out
 
-
     def paired(self, ours: str, reference: str) -> str:
         """One table row: how often ``ours`` beats ``reference`` on the same trial, and both mean errors.
 

@@ -92,7 +92,9 @@ class PipelineOptions:
         if self.sequential_window < 1 or self.retrieval_k < 1:
             raise InputError("sequential_window and retrieval_k must be >= 1")
         if not 0.0 <= self.pose_prior_min_confidence <= 1.0:
-            raise InputError(f"pose_prior_min_confidence must be in [0, 1], got {self.pose_prior_min_confidence}")
+            raise InputError(
+                f"pose_prior_min_confidence must be in [0, 1], got {self.pose_prior_min_confidence}"
+            )
 
 
 #: Where the pipeline's defaults differ from the stage function's own defaults (which follow the

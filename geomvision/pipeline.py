@@ -127,7 +127,9 @@ def _run_stages(run: _Run) -> PipelineResult:
     report, timings = run.report, run.timings
     report.update({"status": "running", "image_dir": str(run.image_dir), "config": config.to_dict()})
 
-    if config.pipeline.pose_prior_checkpoint:  # a bad checkpoint or missing torch fails now, not after mapping
+    if (
+        config.pipeline.pose_prior_checkpoint
+    ):  # a bad checkpoint or missing torch fails now, not after mapping
         from geomvision.sfm.pose_prior import check_learned_prior
 
         check_learned_prior(config.pipeline.pose_prior_checkpoint)

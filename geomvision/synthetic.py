@@ -183,8 +183,11 @@ def _camera_centers(
     """
     if layout == "ring":
         az = np.linspace(0.0, 2.0 * np.pi, num_cameras, endpoint=False) + rng.uniform(0, 2 * np.pi)
-        elev = np.deg2rad(rng.uniform(35.0, 55.0, size=num_cameras) if structure == "plane" else
-                          rng.uniform(-15.0, 25.0, size=num_cameras))
+        elev = np.deg2rad(
+            rng.uniform(35.0, 55.0, size=num_cameras)
+            if structure == "plane"
+            else rng.uniform(-15.0, 25.0, size=num_cameras)
+        )
     elif layout == "sphere":
         if structure == "plane":
             elev = np.arcsin(rng.uniform(np.sin(np.deg2rad(30.0)), 1.0, size=num_cameras))
@@ -250,8 +253,9 @@ def random_scene(
     for i, cam in enumerate(cams):  # loop over cameras only; projection is vectorised over points
         obs[i], depth = project_points(K, cam, points)
         visible[i] = (depth > 1e-9) & _inside_image(obs[i], width, height)
-    logger.debug("random_scene: %d points, %d cameras, %.1f%% visible", len(points), len(cams),
-                 100.0 * visible.mean())
+    logger.debug(
+        "random_scene: %d points, %d cameras, %.1f%% visible", len(points), len(cams), 100.0 * visible.mean()
+    )
     return SyntheticScene(points, cams, K, int(width), int(height), obs, visible)
 
 
@@ -302,8 +306,13 @@ def add_outliers(
 
 
 def _uniform_far_from(
-    px: np.ndarray, width: int, height: int, min_distance_px: float, rng: np.random.Generator,
-    *, far_enough=None,
+    px: np.ndarray,
+    width: int,
+    height: int,
+    min_distance_px: float,
+    rng: np.random.Generator,
+    *,
+    far_enough=None,
 ) -> np.ndarray:
     """Uniform pixels in the image, re-drawn (vectorised rejection) until ``far_enough`` holds.
 
@@ -311,8 +320,10 @@ def _uniform_far_from(
     """
     low, high = np.array([-0.5, -0.5]), np.array([width - 0.5, height - 0.5])
     if far_enough is None:
+
         def far_enough(cand, idx):
             return np.linalg.norm(cand - px[idx], axis=1) >= min_distance_px
+
     out = np.empty_like(px)
     todo = np.arange(len(px))
     for _ in range(1000):  # each round accepts most candidates; the cap only guards impossible requests
@@ -434,7 +445,11 @@ def two_view_correspondences(
             x2[out_idx] = _uniform_far_from(x2[out_idx], width, height, 10.0, rng)
         else:
             x2[out_idx] = _uniform_far_from(
-                x2[out_idx], width, height, 0.0, rng,
+                x2[out_idx],
+                width,
+                height,
+                0.0,
+                rng,
                 far_enough=lambda cand, idx: _epipolar_distance_px(F, x1[out_idx[idx]], cand) >= 10.0,
             )
         result.inlier_mask[out_idx] = False
@@ -592,8 +607,12 @@ class RenderedScene:
 def _scene_quads(rng: np.random.Generator, texture_size: int) -> list[_Quad]:
     """A textured ground plane (z = 0, 16x16 units) and two or three textured boxes standing on it."""
     quads = [
-        _Quad(np.array([-8.0, -8.0, 0.0]), np.array([16.0, 0.0, 0.0]), np.array([0.0, 16.0, 0.0]),
-              random_texture(2 * texture_size, rng))
+        _Quad(
+            np.array([-8.0, -8.0, 0.0]),
+            np.array([16.0, 0.0, 0.0]),
+            np.array([0.0, 16.0, 0.0]),
+            random_texture(2 * texture_size, rng),
+        )
     ]
     num_boxes = int(rng.integers(2, 4))
     angles = rng.uniform(0, 2 * np.pi) + np.arange(num_boxes) * 2 * np.pi / num_boxes
@@ -606,8 +625,10 @@ def _scene_quads(rng: np.random.Generator, texture_size: int) -> list[_Quad]:
         ez = np.array([0.0, 0.0, size[2]])
         corner = np.array([centre[0], centre[1], 0.0]) - ex / 2 - ey / 2
         faces = [
-            (corner, ex, ez), (corner + ey, ex, ez),  # the two faces along ex
-            (corner, ey, ez), (corner + ex, ey, ez),  # the two faces along ey
+            (corner, ex, ez),
+            (corner + ey, ex, ez),  # the two faces along ex
+            (corner, ey, ez),
+            (corner + ex, ey, ez),  # the two faces along ey
             (corner + ez, ex, ey),  # top (the bottom rests on the ground, never seen)
         ]
         for origin, au, av in faces:
@@ -640,8 +661,9 @@ def _render_view(
         # Texel (s, t) -> origin + (s + 0.5) / tw * axis_u + (t + 0.5) / th * axis_v (texel centres).
         A = np.column_stack([au_c / tw, av_c / th, origin_c + 0.5 * au_c / tw + 0.5 * av_c / th])
         H = K @ A
-        mask = cv2.warpPerspective(quad.mask, H, (width, height), flags=cv2.INTER_NEAREST,
-                                   borderMode=cv2.BORDER_CONSTANT)
+        mask = cv2.warpPerspective(
+            quad.mask, H, (width, height), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT
+        )
         x0, y0, bw, bh = cv2.boundingRect(mask)
         if bw == 0 or bh == 0:
             continue
@@ -649,12 +671,13 @@ def _render_view(
         # Exact depth of the plane along each pixel ray; it also rejects pixels whose ray meets the plane
         # behind the camera, which the homography would otherwise fold into the image.
         with np.errstate(divide="ignore", invalid="ignore"):
-            denom = normal[0] * ray_x[None, x0:x0 + bw] + normal[1] * ray_y[y0:y0 + bh, None] + normal[2]
+            denom = normal[0] * ray_x[None, x0 : x0 + bw] + normal[1] * ray_y[y0 : y0 + bh, None] + normal[2]
             depth = (offset / denom).astype(np.float32)
         keep = (mask[box] > 0) & (depth > 1e-3) & (depth < zbuf[box])
         shift = np.array([[1.0, 0.0, -x0], [0.0, 1.0, -y0], [0.0, 0.0, 1.0]])
-        warped = cv2.warpPerspective(tex, shift @ H, (bw, bh), flags=cv2.INTER_LINEAR,
-                                     borderMode=cv2.BORDER_CONSTANT)
+        warped = cv2.warpPerspective(
+            tex, shift @ H, (bw, bh), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT
+        )
         np.copyto(image[box], warped, where=keep[:, :, None])
         np.copyto(zbuf[box], depth, where=keep)
     return image, zbuf
@@ -697,14 +720,16 @@ def render_scene_images(
     az = az0 + np.deg2rad(np.linspace(-arc_deg / 2, arc_deg / 2, int(num_images)))
     elev = np.deg2rad(rng.uniform(35.0, 45.0, size=int(num_images)))
     dist = rng.uniform(6.5, 7.5, size=int(num_images))
-    centers = np.stack([dist * np.cos(elev) * np.cos(az), dist * np.cos(elev) * np.sin(az),
-                        dist * np.sin(elev)], axis=1)
+    centers = np.stack(
+        [dist * np.cos(elev) * np.cos(az), dist * np.cos(elev) * np.sin(az), dist * np.sin(elev)], axis=1
+    )
     targets = np.array([0.0, 0.0, 0.5]) + rng.normal(scale=0.15, size=centers.shape)
     cams = [look_at(c, t) for c, t in zip(centers, targets, strict=True)]
     # Smooth, nearly featureless "sky" so that background pixels produce no spurious keypoints.
     ramp = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None, None]
-    background = np.broadcast_to((np.array([150, 180, 220]) * (1 - 0.3 * ramp)).astype(np.uint8),
-                                 (height, width, 3))
+    background = np.broadcast_to(
+        (np.array([150, 180, 220]) * (1 - 0.3 * ramp)).astype(np.uint8), (height, width, 3)
+    )
     images, depths = [], []
     for cam in cams:
         img, depth = _render_view(quads, K, cam, int(width), int(height), background)

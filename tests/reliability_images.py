@@ -50,8 +50,14 @@ def write_image(path: Path, image: np.ndarray) -> Path:
     return path
 
 
-def write_set(folder: Path, num_images: int = 4, *, seed: int = SEED, suffix: str = ".png",
-              names: list[str] | None = None) -> list[Path]:
+def write_set(
+    folder: Path,
+    num_images: int = 4,
+    *,
+    seed: int = SEED,
+    suffix: str = ".png",
+    names: list[str] | None = None,
+) -> list[Path]:
     """Write ``num_images`` overlapping views into ``folder`` (names ``view_<k>`` by default)."""
     scene = render(num_images, seed=seed)
     names = names or [f"view_{k}{suffix}" for k in range(num_images)]

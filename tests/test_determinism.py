@@ -57,9 +57,29 @@ def test_cli_run_matches_api_run(tmp_path, images):
     config.write_text("[pipeline]\nhtml_report = false\n")
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONHASHSEED": "12345"}
     subprocess.run(
-        [sys.executable, "-m", "geomvision", "reconstruct", str(images), "-o", str(tmp_path / "cli"),
-         "--workers", "2", "--seed", "7", "--max-features", "1000", "--no-progress", "--config", str(config)],
-        check=True, capture_output=True, env=env, cwd=REPO, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "geomvision",
+            "reconstruct",
+            str(images),
+            "-o",
+            str(tmp_path / "cli"),
+            "--workers",
+            "2",
+            "--seed",
+            "7",
+            "--max-features",
+            "1000",
+            "--no-progress",
+            "--config",
+            str(config),
+        ],
+        check=True,
+        capture_output=True,
+        env=env,
+        cwd=REPO,
+        timeout=300,
     )
     assert_identical(tmp_path / "api", tmp_path / "cli")
 

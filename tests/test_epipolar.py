@@ -277,7 +277,9 @@ def test_five_point_sturm_solutions_match_action_matrix(generic):
     worst = np.zeros(B)
     for b in np.flatnonzero(valid_ref.sum(axis=1)):
         A, N = E_ref[b][valid_ref[b]], E[sample == b].reshape(-1, 9)
-        d = np.minimum(np.linalg.norm(A[:, None] - N[None], axis=2), np.linalg.norm(A[:, None] + N[None], axis=2))
+        d = np.minimum(
+            np.linalg.norm(A[:, None] - N[None], axis=2), np.linalg.norm(A[:, None] + N[None], axis=2)
+        )
         worst[b] = d.min(axis=1).max()  # every reference solution has a match
     assert np.mean(worst < 1e-8) >= 0.99
     assert worst.max() < 1e-4  # the rare exceptions are ill-conditioned samples, not different roots
@@ -293,7 +295,9 @@ def test_essential_5point_hypotheses_layout_and_truth():
     np.testing.assert_array_equal(E_b[valid], E_h)  # same solutions, first slots of each row
     E_true = skew(t) @ R
     E_true /= np.linalg.norm(E_true, axis=(1, 2), keepdims=True)
-    err = np.minimum(np.linalg.norm(E_h - E_true[sample], axis=(1, 2)), np.linalg.norm(E_h + E_true[sample], axis=(1, 2)))
+    err = np.minimum(
+        np.linalg.norm(E_h - E_true[sample], axis=(1, 2)), np.linalg.norm(E_h + E_true[sample], axis=(1, 2))
+    )
     best = np.full(200, np.inf)
     np.minimum.at(best, sample, err)
     assert np.all(best < 1e-9)

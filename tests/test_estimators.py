@@ -225,7 +225,9 @@ def test_fundamental_60pct_outliers():
     precision, recall = _precision_recall(res.inlier_mask, d.inlier_mask)
     assert precision >= 0.95 and recall >= 0.9
     clean = two_view_correspondences(500, noise_px=0.0, outlier_ratio=0.6, rng=4)
-    dist = symmetric_epipolar_distance(res.model, clean.x1_px[clean.inlier_mask], clean.x2_px[clean.inlier_mask])
+    dist = symmetric_epipolar_distance(
+        res.model, clean.x1_px[clean.inlier_mask], clean.x2_px[clean.inlier_mask]
+    )
     assert np.median(dist) < 0.5
 
 

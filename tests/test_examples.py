@@ -53,7 +53,9 @@ def test_bundle_adjust_example(tmp_path):
 
 def test_factorization_example_synthetic(tmp_path):
     # a missing --pts file makes the example fall back to its synthetic turntable (0.5 px noise per coordinate)
-    out = run_example("factorize_tracks.py", "--pts", str(tmp_path / "none.txt"), "--starts", "1", cwd=tmp_path)
+    out = run_example(
+        "factorize_tracks.py", "--pts", str(tmp_path / "none.txt"), "--starts", "1", cwd=tmp_path
+    )
     assert "synthetic turntable" in out
     rms = [float(v) for v in re.findall(r"RMS[^0-9]*([\d.e+-]+)", out)]
     # 2D RMS of the optimum: at most sqrt(2) * 0.5 px, a bit less after fitting the model's degrees of freedom

@@ -162,8 +162,9 @@ def test_varpro_is_insensitive_to_the_start_while_als_stalls(rng):
 
 
 def test_fast_normal_equations_match_the_explicit_jacobian(rng):
-    problem, cameras = _random_partial_problem(rng, frames=6, points=30, rank=3, noise=0.1, keep=0.7,
-                                               camera_cols=4)
+    problem, cameras = _random_partial_problem(
+        rng, frames=6, points=30, rank=3, noise=0.1, keep=0.7, camera_cols=4
+    )
     _, X, H, R = problem.cost(cameras)
     fast = problem.varpro_normal_equations(cameras, X, H, R)
     explicit = problem.varpro_normal_equations_explicit(cameras, X, H, R)
@@ -299,8 +300,9 @@ def test_too_few_observations_for_the_unknowns(rng):
 
 
 def test_full_golub_pereyra_normal_matrix_matches_finite_differences(rng):
-    problem, cameras = _random_partial_problem(rng, frames=5, points=25, rank=3, noise=0.3, keep=0.7,
-                                               camera_cols=4)
+    problem, cameras = _random_partial_problem(
+        rng, frames=5, points=25, rank=3, noise=0.3, keep=0.7, camera_cols=4
+    )
 
     def residuals(u):
         R = problem.cost(u.reshape(10, 4))[3]
@@ -342,8 +344,9 @@ def test_restarts_stop_when_the_best_optimum_repeats(rng):
 )
 def test_relaxation_normal_equations_match_the_explicit_jacobian(rng, affine, shape_dims):
     # Both relaxations use the same fast normal-equation assembly as the affine solver.
-    problem, cameras = _random_partial_problem(rng, frames=6, points=30, rank=4, noise=0.1, keep=0.8,
-                                               camera_cols=5, affine=affine)
+    problem, cameras = _random_partial_problem(
+        rng, frames=6, points=30, rank=4, noise=0.1, keep=0.8, camera_cols=5, affine=affine
+    )
     _, X, H, R = problem.cost(cameras)
     assert X.shape == (30, shape_dims)
     fast = problem.varpro_normal_equations(cameras, X, H, R)

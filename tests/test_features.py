@@ -30,8 +30,9 @@ def image_files(scene, tmp_path_factory):
     return paths
 
 
-@pytest.mark.parametrize(("method", "dtype", "dim"), [("sift", np.float32, 128), ("orb", np.uint8, 32),
-                                                      ("akaze", np.uint8, 61)])
+@pytest.mark.parametrize(
+    ("method", "dtype", "dim"), [("sift", np.float32, 128), ("orb", np.uint8, 32), ("akaze", np.uint8, 61)]
+)
 def test_methods_find_features(scene, method, dtype, dim):
     f = detect_and_describe(scene.images[0], ExtractionOptions(method=method, max_num_features=500))
     assert 100 <= len(f) <= 500
@@ -88,8 +89,9 @@ def test_cache_skips_finished_images(image_files, tmp_path, monkeypatch):
     first = extract_features(image_files, opts, cache_dir=tmp_path)
     assert len(calls) == 3
     progress = []
-    second = extract_features(image_files, opts, cache_dir=tmp_path,
-                              progress=lambda d, t, m: progress.append((d, t)))
+    second = extract_features(
+        image_files, opts, cache_dir=tmp_path, progress=lambda d, t, m: progress.append((d, t))
+    )
     assert len(calls) == 3  # nothing recomputed
     assert progress[-1] == (3, 3)
     for a, b in zip(first, second, strict=True):

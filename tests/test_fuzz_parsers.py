@@ -30,9 +30,34 @@ DEFAULT_EXAMPLES = 200
 SLOW_EXAMPLES = 2000
 HANG_LIMIT_S = 20
 
-NASTY_TOKENS = ["nan", "NaN", "inf", "-inf", "1e309", "-1e309", "-1", "0", "-0", "1e-320",
-                "99999999999999999999", "2147483648", "4294967296", "abc", "1.5.2", "0x10", "", "#",
-                "PINHOLE", "SIMPLE_RADIAL", "FOO", "3", "7", "-7", "1e8", "\u00e9"]
+NASTY_TOKENS = [
+    "nan",
+    "NaN",
+    "inf",
+    "-inf",
+    "1e309",
+    "-1e309",
+    "-1",
+    "0",
+    "-0",
+    "1e-320",
+    "99999999999999999999",
+    "2147483648",
+    "4294967296",
+    "abc",
+    "1.5.2",
+    "0x10",
+    "",
+    "#",
+    "PINHOLE",
+    "SIMPLE_RADIAL",
+    "FOO",
+    "3",
+    "7",
+    "-7",
+    "1e8",
+    "\u00e9",
+]
 
 
 @contextmanager
@@ -55,8 +80,13 @@ def hang_guard(seconds: int = HANG_LIMIT_S):
 @st.composite
 def mutated_bytes(draw, original: bytes, binary: bool = False) -> bytes:
     data = bytearray(original)
-    kind = draw(st.sampled_from(["flip", "truncate", "tokens", "lines", "mixed"] if not binary
-                                else ["flip", "truncate", "splice", "mixed"]))
+    kind = draw(
+        st.sampled_from(
+            ["flip", "truncate", "tokens", "lines", "mixed"]
+            if not binary
+            else ["flip", "truncate", "splice", "mixed"]
+        )
+    )
     if kind in ("flip", "mixed"):
         for _ in range(draw(st.integers(1, 8))):
             if data:
@@ -67,12 +97,22 @@ def mutated_bytes(draw, original: bytes, binary: bool = False) -> bytes:
     if kind == "splice":  # overwrite a field with an extreme value of a common binary type
         if len(data) > 8:
             pos = draw(st.integers(0, len(data) - 8))
-            value = draw(st.sampled_from([
-                np.float64("nan"), np.float64("inf"), np.float64(1e308), np.uint64(2**63),
-                np.int32(-1), np.int32(2**31 - 1), np.uint32(2**32 - 1), np.int64(10**12),
-            ]))
+            value = draw(
+                st.sampled_from(
+                    [
+                        np.float64("nan"),
+                        np.float64("inf"),
+                        np.float64(1e308),
+                        np.uint64(2**63),
+                        np.int32(-1),
+                        np.int32(2**31 - 1),
+                        np.uint32(2**32 - 1),
+                        np.int64(10**12),
+                    ]
+                )
+            )
             blob = np.array(value).tobytes()
-            data[pos: pos + len(blob)] = blob
+            data[pos : pos + len(blob)] = blob
     if kind == "tokens":
         text = bytes(data).decode("utf-8", errors="replace")
         tokens = text.split(" ")
@@ -148,7 +188,9 @@ def check_bal(path: Path) -> None:
         return
     for name in ("rotvecs", "translations", "intrinsics", "points", "obs_px"):
         assert np.all(np.isfinite(getattr(problem, name))), name
-    assert np.all(problem.obs_camera < len(problem.rotvecs)) and np.all(problem.obs_point < len(problem.points))
+    assert np.all(problem.obs_camera < len(problem.rotvecs)) and np.all(
+        problem.obs_point < len(problem.points)
+    )
 
 
 def check_model(folder: Path) -> None:
@@ -174,8 +216,12 @@ def _model_with(folder: Path, files: dict[str, bytes], name: str, data: bytes) -
     return folder
 
 
-FUZZ = settings(max_examples=DEFAULT_EXAMPLES, deadline=None, derandomize=True,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=DEFAULT_EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 FUZZ_SLOW = settings(FUZZ, max_examples=SLOW_EXAMPLES)
 
 
@@ -245,11 +291,15 @@ def _known_keys() -> dict[str, list[str]]:
 
 
 VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**70), 2**70)
-    | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=12)
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=12)
     | st.sampled_from(["none", "exhaustive", "sequential", "two-view", "PINHOLE", "sift", "orb"]),
-    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=6), children,
-                                                                       max_size=3),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=6), children, max_size=3)
+    ),
     max_leaves=8,
 )
 

@@ -64,11 +64,14 @@ def test_read_gray_rgba_palette(tmp_path, rgb):
     np.testing.assert_array_equal(read_image(tmp_path / "p.png"), expected)
 
 
-@pytest.mark.parametrize(("orientation", "transform"), [
-    (3, lambda a: a[::-1, ::-1]),  # 180 degrees
-    (6, lambda a: np.rot90(a, k=-1)),  # stored image must be rotated 90 degrees clockwise
-    (8, lambda a: np.rot90(a, k=1)),
-])
+@pytest.mark.parametrize(
+    ("orientation", "transform"),
+    [
+        (3, lambda a: a[::-1, ::-1]),  # 180 degrees
+        (6, lambda a: np.rot90(a, k=-1)),  # stored image must be rotated 90 degrees clockwise
+        (8, lambda a: np.rot90(a, k=1)),
+    ],
+)
 def test_exif_orientation_applied(tmp_path, orientation, transform):
     # Large smooth blocks survive JPEG compression, so the check can be strict.
     stored = np.zeros((64, 96, 3), np.uint8)

@@ -31,15 +31,37 @@ HALF_SWAPPED = re.compile(r"^\.(tmp|old)-\d+$")  # model folders mid-swap (pipel
 
 
 def _command(images: Path, out: Path, config: Path) -> list[str]:
-    return [sys.executable, "-m", "geomvision", "reconstruct", str(images), "-o", str(out),
-            "--workers", "2", "--seed", "0", "--max-features", "1000", "--no-progress", "--config", str(config)]
+    return [
+        sys.executable,
+        "-m",
+        "geomvision",
+        "reconstruct",
+        str(images),
+        "-o",
+        str(out),
+        "--workers",
+        "2",
+        "--seed",
+        "0",
+        "--max-features",
+        "1000",
+        "--no-progress",
+        "--config",
+        str(config),
+    ]
 
 
 def _start(images: Path, out: Path, config: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     # A session of its own: killing the group also kills the forkserver and its workers.
-    return subprocess.Popen(_command(images, out, config), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, env=env, cwd=REPO, start_new_session=True)
+    return subprocess.Popen(
+        _command(images, out, config),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=REPO,
+        start_new_session=True,
+    )
 
 
 def _check_file(path: Path) -> None:
@@ -97,8 +119,11 @@ def check_out_folder(out: Path) -> dict[str, int]:
 
 def _progress(out: Path) -> str:
     cache = out / "cache"
-    parts = [f"{d}:{len(list((cache / d).glob('*')))}" for d in ("features", "matches", "two_view")
-             if (cache / d).is_dir()]
+    parts = [
+        f"{d}:{len(list((cache / d).glob('*')))}"
+        for d in ("features", "matches", "two_view")
+        if (cache / d).is_dir()
+    ]
     if (out / "sparse" / "0" / "points3D.txt").exists():
         parts.append("model")
     return " ".join(parts) or "nothing"
@@ -113,8 +138,14 @@ def test_sigkill_at_random_points_then_resume(tmp_path):
     config.write_text("[pipeline]\nhtml_report = false\n")
 
     t0 = time.perf_counter()
-    reference = subprocess.run(_command(images, tmp_path / "ref", config), capture_output=True, text=True,
-                               env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO, timeout=600)
+    reference = subprocess.run(
+        _command(images, tmp_path / "ref", config),
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        cwd=REPO,
+        timeout=600,
+    )
     assert reference.returncode == 0, reference.stderr
     full_time = time.perf_counter() - t0
     expected = {name: (tmp_path / "ref" / name).read_bytes() for name in MODEL_FILES}
@@ -144,8 +175,15 @@ def test_sigkill_at_random_points_then_resume(tmp_path):
                 killed_here += 1
                 kills += 1
             counts = check_out_folder(out) if out.exists() else {"temp": 0, "files": 0}
-            record.append({"round": round_index, "delay_s": round(delay, 2), "killed": not finished,
-                           "progress": _progress(out) if out.exists() else "nothing", **counts})
+            record.append(
+                {
+                    "round": round_index,
+                    "delay_s": round(delay, 2),
+                    "killed": not finished,
+                    "progress": _progress(out) if out.exists() else "nothing",
+                    **counts,
+                }
+            )
         # Resume to the end and compare with the never-interrupted run.
         proc = _start(images, out, config)
         _, stderr = proc.communicate(timeout=600)
@@ -154,10 +192,14 @@ def test_sigkill_at_random_points_then_resume(tmp_path):
         assert not leftovers, f"temporary files not cleaned: {leftovers}"
         for name in MODEL_FILES:
             assert (out / name).read_bytes() == expected[name], f"round {round_index}: {name} differs"
-    summary = {"kills": kills, "full_run_s": round(full_time, 1), "rounds": rounds,
-               "temp_files_seen": sum(r["temp"] for r in record),
-               "kills_with_model_on_disk": sum(r.get("model", 0) for r in record if r["killed"]),
-               "record": record}
+    summary = {
+        "kills": kills,
+        "full_run_s": round(full_time, 1),
+        "rounds": rounds,
+        "temp_files_seen": sum(r["temp"] for r in record),
+        "kills_with_model_on_disk": sum(r.get("model", 0) for r in record if r["killed"]),
+        "record": record,
+    }
     if os.environ.get("GEOMVISION_KILL_SUMMARY"):
         Path(os.environ["GEOMVISION_KILL_SUMMARY"]).write_text(json.dumps(summary, indent=1))
     assert kills >= 20

@@ -38,8 +38,9 @@ def test_bruteforce_equals_reference(rng, mutual):
     d1 = base + 0.05 * rng.random((150, 32)).astype(np.float32)
     d2 = np.concatenate([base[rng.permutation(150)[:120]], rng.random((60, 32)).astype(np.float32)])
     d2[:120] += 0.05 * rng.random((120, 32)).astype(np.float32)
-    idx, dist = match_descriptors(d1, d2, MatchingOptions(method="bruteforce", ratio_threshold=0.8,
-                                                          mutual=mutual))
+    idx, dist = match_descriptors(
+        d1, d2, MatchingOptions(method="bruteforce", ratio_threshold=0.8, mutual=mutual)
+    )
     expected = _reference(d1, d2, 0.8, mutual)
     assert len(expected) > 50
     assert set(map(tuple, idx.tolist())) == expected
@@ -74,8 +75,10 @@ def test_kind_mismatch_and_options():
 @pytest.fixture(scope="module")
 def rendered():
     scene = render_scene_images(3, rng=11)
-    feats = {k + 1: detect_and_describe(im, ExtractionOptions(max_num_features=2000))
-             for k, im in enumerate(scene.images)}
+    feats = {
+        k + 1: detect_and_describe(im, ExtractionOptions(max_num_features=2000))
+        for k, im in enumerate(scene.images)
+    }
     return scene, feats
 
 
@@ -89,14 +92,18 @@ def _gt_fundamental(scene, i: int, j: int) -> np.ndarray:
 def test_matches_on_rendered_images_obey_gt_epipolar_geometry(rendered, method):
     scene, feats = rendered
     # ivf_min_num_features=0: the inverted file is used even on these small sets.
-    options = MatchingOptions(method=method, num_workers=1, ivf_min_num_features=0, ivf_num_cells=16,
-                              ivf_num_probes=3)
+    options = MatchingOptions(
+        method=method, num_workers=1, ivf_min_num_features=0, ivf_num_cells=16, ivf_num_probes=3
+    )
     result = match_pairs(feats, [(1, 2), (2, 3)], options)
     for (i, j), m in result.items():
         assert len(m) > 200
         F = _gt_fundamental(scene, i - 1, j - 1)
-        err = np.sqrt(sampson_distance_sq(F, feats[i].keypoints_px[m.indices[:, 0]],
-                                          feats[j].keypoints_px[m.indices[:, 1]]))
+        err = np.sqrt(
+            sampson_distance_sq(
+                F, feats[i].keypoints_px[m.indices[:, 0]], feats[j].keypoints_px[m.indices[:, 1]]
+            )
+        )
         # Before any geometric verification most putative matches are correct.
         assert np.mean(err < 2.0) > 0.85
         assert np.median(err) < 0.5
@@ -104,7 +111,9 @@ def test_matches_on_rendered_images_obey_gt_epipolar_geometry(rendered, method):
 
 def test_flann_agrees_with_bruteforce(rendered):
     _, feats = rendered
-    exact, _ = match_descriptors(feats[1].descriptors, feats[2].descriptors, MatchingOptions(method="bruteforce"))
+    exact, _ = match_descriptors(
+        feats[1].descriptors, feats[2].descriptors, MatchingOptions(method="bruteforce")
+    )
     approx, _ = match_descriptors(feats[1].descriptors, feats[2].descriptors, MatchingOptions(method="flann"))
     common = set(map(tuple, exact.tolist())) & set(map(tuple, approx.tolist()))
     assert len(common) > 0.9 * len(exact)
@@ -212,7 +221,9 @@ def test_ivf_quantiser_and_options():
 
 def test_min_num_matches_empties_weak_pairs(rendered):
     _, feats = rendered
-    counts = {p: len(m) for p, m in match_pairs(feats, [(1, 2), (1, 3)], MatchingOptions(num_workers=1)).items()}
+    counts = {
+        p: len(m) for p, m in match_pairs(feats, [(1, 2), (1, 3)], MatchingOptions(num_workers=1)).items()
+    }
     cut = (min(counts.values()) + max(counts.values())) // 2 + 1
     assert min(counts.values()) < cut <= max(counts.values())
     result = match_pairs(feats, [(1, 2), (1, 3)], MatchingOptions(num_workers=1, min_num_matches=cut))

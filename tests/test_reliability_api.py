@@ -193,8 +193,11 @@ def test_principal_point_outside_image(tmp_path, views):
 def test_blank_images(tmp_path, kind):
     imgs, out = tmp_path / "imgs", tmp_path / "out"
     ramp = np.linspace(60, 200, WIDTH, dtype=np.uint8)[None, :, None]
-    image = np.zeros((HEIGHT, WIDTH, 3), np.uint8) if kind == "black" else np.broadcast_to(
-        ramp, (HEIGHT, WIDTH, 3)).copy()
+    image = (
+        np.zeros((HEIGHT, WIDTH, 3), np.uint8)
+        if kind == "black"
+        else np.broadcast_to(ramp, (HEIGHT, WIDTH, 3)).copy()
+    )
     for k in range(3):
         write_image(imgs / f"{kind}_{k}.png", image)
     with pytest.raises(ReconstructionError, match="blank or textureless") as info:

@@ -30,7 +30,11 @@ def run_cli(*args: str | Path, timeout: float = 120) -> subprocess.CompletedProc
     env.pop("GEOMVISION_DEBUG", None)
     return subprocess.run(
         [sys.executable, "-m", "geomvision", *map(str, args)],
-        capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=REPO,
     )
 
 
@@ -118,8 +122,10 @@ def test_cli_broken_colmap_model(tmp_path):
     text = (model / "images.txt").read_text().splitlines()
     text[4] = " ".join(text[4].split()[:6])  # an image line cut after TY
     (model / "images.txt").write_text("\n".join(text) + "\n")
-    for command in (("export", tmp_path / "model", "--format", "ply"),
-                    ("evaluate", tmp_path / "model", "--gt", tmp_path / "model")):
+    for command in (
+        ("export", tmp_path / "model", "--format", "ply"),
+        ("evaluate", tmp_path / "model", "--gt", tmp_path / "model"),
+    ):
         proc = run_cli(*command)
         assert proc.returncode == 2, command
         assert_one_error_line(proc.stderr, "images.txt:5")
@@ -132,9 +138,24 @@ def test_cli_sigint_exits_130_and_reports(tmp_path):
     write_set(imgs, 4)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "geomvision", "reconstruct", str(imgs), "-o", str(out), "--workers", "2",
-         "--no-progress"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "geomvision",
+            "reconstruct",
+            str(imgs),
+            "-o",
+            str(out),
+            "--workers",
+            "2",
+            "--no-progress",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=REPO,
+        start_new_session=True,
     )
     deadline = time.monotonic() + 60
     while not list((out / "cache" / "features").glob("*.npz")) and time.monotonic() < deadline:
@@ -165,8 +186,9 @@ def test_cli_sigint_exits_130_and_reports(tmp_path):
     ids=["nan", "three", "neg-focal", "text", "pp-outside", "workers0", "size-neg", "features0", "preset"],
 )
 def test_cli_bad_options(capsys, tmp_path, image_set, option, fragment):
-    rc, err = main_in_process(capsys, "reconstruct", image_set, "-o", tmp_path / "out", "--no-progress",
-                              *option)
+    rc, err = main_in_process(
+        capsys, "reconstruct", image_set, "-o", tmp_path / "out", "--no-progress", *option
+    )
     assert rc == 2
     assert_one_error_line(err, "geomvision: error:", fragment)
 

@@ -128,8 +128,9 @@ def test_rigid_inverse_and_compose(rng):
     np.testing.assert_allclose(a_from_w.inverse().apply(a_from_w.apply(X)), X, atol=1e-12)
     # right-to-left composition: (b_from_a @ a_from_w) x == b_from_a(a_from_w(x))
     np.testing.assert_allclose((b_from_a @ a_from_w).apply(X), b_from_a.apply(a_from_w.apply(X)), atol=1e-12)
-    np.testing.assert_allclose((b_from_a @ a_from_w).matrix4(), b_from_a.matrix4() @ a_from_w.matrix4(),
-                               atol=1e-12)
+    np.testing.assert_allclose(
+        (b_from_a @ a_from_w).matrix4(), b_from_a.matrix4() @ a_from_w.matrix4(), atol=1e-12
+    )
 
 
 def test_rigid_constructors_round_trip(rng):

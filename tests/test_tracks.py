@@ -67,9 +67,16 @@ def test_large_random_tracks_equal_graph_components(rng):
     for (i, j), m in pair_matches.items():
         graph.add_edges_from(((i, int(a)), (j, int(b))) for a, b in m)
     expected = {frozenset(c) for c in nx.connected_components(graph)}
-    got = {frozenset(zip(arrays.image_ids[arrays.track_index == t].tolist(),
-                         arrays.keypoint_indices[arrays.track_index == t].tolist(), strict=True))
-           for t in range(arrays.num_tracks)}
+    got = {
+        frozenset(
+            zip(
+                arrays.image_ids[arrays.track_index == t].tolist(),
+                arrays.keypoint_indices[arrays.track_index == t].tolist(),
+                strict=True,
+            )
+        )
+        for t in range(arrays.num_tracks)
+    }
     assert got == expected and arrays.num_conflicting == 0
     # Every track maps back to a single ground-truth point.
     point_of = np.array([np.argsort(perms[k]) for k in range(num_images)])

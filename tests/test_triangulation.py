@@ -129,8 +129,9 @@ def test_midpoint_exact_and_two_ray_midpoint(scene):
 
 
 def test_parallel_rays_give_nan():
-    X = tri.triangulate_midpoint(np.array([[0.0, 0, 0], [1.0, 0, 0]]), np.array([[0, 0, 1.0], [0, 0, 1.0]]),
-                                 [0, 0], 1)
+    X = tri.triangulate_midpoint(
+        np.array([[0.0, 0, 0], [1.0, 0, 0]]), np.array([[0, 0, 1.0], [0, 0, 1.0]]), [0, 0], 1
+    )
     assert np.all(np.isnan(X))
     # DLT: the same pixel in two cameras that only translate sideways is a point at infinity
     K = np.array([[500.0, 0, 320], [0, 500, 240], [0, 0, 1]])

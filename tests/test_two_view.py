@@ -26,8 +26,10 @@ def _as_pair(corr):
 
 
 def _pose_errors_deg(est: Rigid3d, gt: Rigid3d) -> tuple[float, float]:
-    return (float(rotation_angle_deg(est.rotation, gt.rotation)),
-            float(angle_between_vectors_deg(est.translation, gt.translation)))
+    return (
+        float(rotation_angle_deg(est.rotation, gt.rotation)),
+        float(angle_between_vectors_deg(est.translation, gt.translation)),
+    )
 
 
 def test_calibrated_recovers_pose_and_inliers():
@@ -178,10 +180,12 @@ def test_non_overlapping_pair_stops_at_min_num_inliers_floor(monkeypatch):
 
     iterations = {}
     for name in ("estimate_essential", "estimate_fundamental"):
+
         def wrapped(*args, _f=getattr(tv, name), _name=name, **kwargs):
             est = _f(*args, **kwargs)
             iterations[_name] = est.num_iterations
             return est
+
         monkeypatch.setattr(tv, name, wrapped)
     n = 40
     kp1, kp2, K, matches = _unrelated_matches(n, seed=3)

@@ -24,8 +24,15 @@ from geomvision.sfm.view_graph import (
 
 
 def _tvg(i, j, n, pose=None, config="calibrated", success=True):
-    return TwoViewGeometry(i, j, config, inlier_matches=np.zeros((n, 2), np.int64), cam2_from_cam1=pose,
-                           median_triangulation_angle_deg=3.0, success=success)
+    return TwoViewGeometry(
+        i,
+        j,
+        config,
+        inlier_matches=np.zeros((n, 2), np.int64),
+        cam2_from_cam1=pose,
+        median_triangulation_angle_deg=3.0,
+        success=success,
+    )
 
 
 @pytest.fixture
@@ -42,8 +49,13 @@ def posed(rng):
 
 
 def test_build_and_structure():
-    tvgs = {(1, 2): _tvg(1, 2, 50), (2, 3): _tvg(2, 3, 40), (1, 3): _tvg(1, 3, 10),  # below min_inliers
-            (4, 5): _tvg(4, 5, 30), (3, 4): _tvg(3, 4, 99, config="rejected", success=False)}
+    tvgs = {
+        (1, 2): _tvg(1, 2, 50),
+        (2, 3): _tvg(2, 3, 40),
+        (1, 3): _tvg(1, 3, 10),  # below min_inliers
+        (4, 5): _tvg(4, 5, 30),
+        (3, 4): _tvg(3, 4, 99, config="rejected", success=False),
+    }
     names = {k: f"im{k}.png" for k in range(1, 7)}
     g = build_view_graph(tvgs, names, min_inliers=15)
     assert sorted(g.nodes) == [1, 2, 3, 4, 5, 6] and g.nodes[6]["name"] == "im6.png"
@@ -54,8 +66,13 @@ def test_build_and_structure():
 
 
 def test_prune_and_spanning_tree():
-    tvgs = {(1, 2): _tvg(1, 2, 100), (1, 3): _tvg(1, 3, 90), (2, 3): _tvg(2, 3, 20), (3, 4): _tvg(3, 4, 50),
-            (1, 4): _tvg(1, 4, 30)}
+    tvgs = {
+        (1, 2): _tvg(1, 2, 100),
+        (1, 3): _tvg(1, 3, 90),
+        (2, 3): _tvg(2, 3, 20),
+        (3, 4): _tvg(3, 4, 50),
+        (1, 4): _tvg(1, 4, 30),
+    }
     g = build_view_graph(tvgs)
     tree = maximum_spanning_tree(g)
     assert sorted(tree.edges) == [(1, 2), (1, 3), (3, 4)]
@@ -74,8 +91,9 @@ def test_rotation_cycles_remove_the_corrupted_edge(posed):
     assert len(errors) == 10 and np.max(errors) < 1e-8
     # Corrupt edge (2, 4) by 20 degrees about some axis.
     bad = tvgs[(2, 4)].cam2_from_cam1
-    tvgs[(2, 4)] = _tvg(2, 4, 500, Rigid3d(rotvec_to_matrix([0.0, np.deg2rad(20), 0.0]) @ bad.rotation,
-                                           bad.translation))
+    tvgs[(2, 4)] = _tvg(
+        2, 4, 500, Rigid3d(rotvec_to_matrix([0.0, np.deg2rad(20), 0.0]) @ bad.rotation, bad.translation)
+    )
     g = build_view_graph(tvgs)
     filtered, removed = filter_rotation_cycles(g, max_error_deg=2.0)
     assert removed == [(2, 4)]
@@ -87,8 +105,9 @@ def test_rotation_cycles_remove_the_corrupted_edge(posed):
 def test_relative_pose_direction(posed):
     cams, tvgs = posed
     g = build_view_graph(tvgs)
-    np.testing.assert_allclose(relative_pose(g, 3, 1).rotation, (cams[0] @ cams[2].inverse()).rotation,
-                               atol=1e-12)
+    np.testing.assert_allclose(
+        relative_pose(g, 3, 1).rotation, (cams[0] @ cams[2].inverse()).rotation, atol=1e-12
+    )
 
 
 @pytest.mark.parametrize("suffix", [".json", ".graphml"])

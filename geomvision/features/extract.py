@@ -252,8 +252,9 @@ def make_process_pool(num_workers: int) -> cf.ProcessPoolExecutor:
     # instead of every worker importing numpy/OpenCV/scipy itself (~0.5 s CPU each). Takes effect
     # when the server starts (the first pool of the process).
     context.set_forkserver_preload(list(_WORKER_PRELOAD))
-    return cf.ProcessPoolExecutor(max_workers=num_workers, mp_context=context, initializer=init_worker,
-                                  initargs=(1,))
+    return cf.ProcessPoolExecutor(
+        max_workers=num_workers, mp_context=context, initializer=init_worker, initargs=(1,)
+    )
 
 
 def extract_features(

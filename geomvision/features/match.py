@@ -194,8 +194,9 @@ def train_ivf_quantiser(
     offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     sample = np.concatenate([sets[s][picked[which == s] - offsets[s]] for s in range(len(sets))])
     # Ten Lloyd iterations: cells only route the search, their exact placement matters little.
-    return train_vocabulary([_prepare(sample).rows], num_cells, max_samples=len(sample), num_iterations=10,
-                            rng=rng)
+    return train_vocabulary(
+        [_prepare(sample).rows], num_cells, max_samples=len(sample), num_iterations=10, rng=rng
+    )
 
 
 @dataclass
@@ -238,8 +239,15 @@ def _ivf_index(prepared: _Prepared, centres: np.ndarray, num_probes: int) -> _Iv
     flat = probes.reshape(-1)
     probe_order = np.argsort(flat, kind="stable")
     probe_bounds = np.searchsorted(flat[probe_order], np.arange(k + 1))
-    return _IvfIndex(order, bounds, np.ascontiguousarray(prepared.rows[order]), probe_order, probe_bounds,
-                     prepared.rows, num_probes)
+    return _IvfIndex(
+        order,
+        bounds,
+        np.ascontiguousarray(prepared.rows[order]),
+        probe_order,
+        probe_bounds,
+        prepared.rows,
+        num_probes,
+    )
 
 
 def _two_nn_ivf(qa: _IvfIndex, ib: _IvfIndex):
@@ -366,8 +374,11 @@ def _two_nn_flann(a: _Prepared, b: _Prepared, descriptors_a: np.ndarray, descrip
 
 
 def _uses_ivf(options: MatchingOptions, a: _Prepared, b: _Prepared) -> bool:
-    return (options.method == "ivf" and not a.binary
-            and min(len(a.rows), len(b.rows)) >= options.ivf_min_num_features)
+    return (
+        options.method == "ivf"
+        and not a.binary
+        and min(len(a.rows), len(b.rows)) >= options.ivf_min_num_features
+    )
 
 
 def _check_kinds(descriptors_1: np.ndarray, descriptors_2: np.ndarray) -> None:
@@ -428,8 +439,12 @@ def _match_prepared(
     """:func:`match_descriptors` on prepared rows (IVF indices given when the pair uses them)."""
     if len(a.rows) == 0 or len(b.rows) == 0:
         return np.zeros((0, 2), np.int64), np.zeros(0)
-    approximate = (options.method == "bruteforce" and options.pca_dims is not None and not a.binary
-                   and options.pca_dims < a.rows.shape[1])
+    approximate = (
+        options.method == "bruteforce"
+        and options.pca_dims is not None
+        and not a.binary
+        and options.pca_dims < a.rows.shape[1]
+    )
     if index_a is not None and index_b is not None:
         best, d_best, d_second, col_min = _two_nn_ivf(index_a, index_b)
     elif approximate:
@@ -500,7 +515,9 @@ def _scaled_ivf(options: MatchingOptions, descriptor_counts: list[int]) -> Match
     return replace(options, ivf_num_cells=cells, ivf_num_probes=probes)
 
 
-def _ivf_images(features: Mapping[int, Features], pairs: list[tuple[int, int]], options: MatchingOptions) -> list[int]:
+def _ivf_images(
+    features: Mapping[int, Features], pairs: list[tuple[int, int]], options: MatchingOptions
+) -> list[int]:
     """Images of the pairs that will use the inverted file (they train the shared quantiser)."""
     if options.method != "ivf":
         return []
@@ -547,8 +564,15 @@ def _match_tile(
     for (i, j), cache_file in zip(pairs, cache_files, strict=True):
         a, b = prepared[i], prepared[j]
         use_ivf = quantiser is not None and _uses_ivf(options, a, b)
-        indices, distances = _match_prepared(a, b, descriptors[i], descriptors[j], options,
-                                             ivf(i) if use_ivf else None, ivf(j) if use_ivf else None)
+        indices, distances = _match_prepared(
+            a,
+            b,
+            descriptors[i],
+            descriptors[j],
+            options,
+            ivf(i) if use_ivf else None,
+            ivf(j) if use_ivf else None,
+        )
         if cache_file is not None:
             _save_matches(cache_file, indices, distances)
         out.append((indices, distances))
@@ -647,13 +671,19 @@ def match_pairs(
     if todo_ivf:
         # Trained on all the images of the call (not only uncached ones), so cached and fresh pairs
         # share one quantiser.
-        quantiser = train_ivf_quantiser([features[k].descriptors for k in ivf_images], options.ivf_num_cells,
-                                        rng=seed)
+        quantiser = train_ivf_quantiser(
+            [features[k].descriptors for k in ivf_images], options.ivf_num_cells, rng=seed
+        )
 
     def task_args(tile):
         needed = {k for p in tile for k in p}
-        return ({k: features[k].descriptors for k in needed}, tile, options, [cache_files[p] for p in tile],
-                quantiser)
+        return (
+            {k: features[k].descriptors for k in needed},
+            tile,
+            options,
+            [cache_files[p] for p in tile],
+            quantiser,
+        )
 
     if executor is None and (num_workers == 1 or len(tiles) <= 1):
         for tile in tiles:
@@ -669,4 +699,3 @@ def match_pairs(
             if own_pool:
                 pool.shutdown(cancel_futures=True)
     return {p: results[p] for p in pair_list}
-

@@ -857,7 +857,14 @@ def _polish_bracketed(
             if np.count_nonzero(live) < len(live) // 2:
                 x[idx] = xw
                 keep = np.flatnonzero(live)
-                idx, xw, lo, hi, dx_old, f_lo = idx[keep], xw[keep], lo[keep], hi[keep], dx_old[keep], f_lo[keep]
+                idx, xw, lo, hi, dx_old, f_lo = (
+                    idx[keep],
+                    xw[keep],
+                    lo[keep],
+                    hi[keep],
+                    dx_old[keep],
+                    f_lo[keep],
+                )
                 cd, abs_c, live = cd[:, :, keep], abs_c[:, keep], live[keep]
         x[idx] = np.where(live, np.nan, xw)  # not converged: reported as failed
     return x
@@ -874,7 +881,9 @@ def _back_substitute(P: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarr
     the largest cross product of two of its rows (the best conditioned pair), and that pair's sine (K,):
     near zero when P(z) is close to rank 1 and (x, y) are ill-determined."""
     Mz = P[..., 0] + np.einsum("kijd,kd->kij", P[..., 1:], _powers(z, 5)[:, 1:])
-    cands = np.stack([_cross3(Mz[:, 0], Mz[:, 1]), _cross3(Mz[:, 0], Mz[:, 2]), _cross3(Mz[:, 1], Mz[:, 2])], 1)
+    cands = np.stack(
+        [_cross3(Mz[:, 0], Mz[:, 1]), _cross3(Mz[:, 0], Mz[:, 2]), _cross3(Mz[:, 1], Mz[:, 2])], 1
+    )
     norms_sq = np.einsum("kci,kci->kc", cands, cands)
     best = np.argmax(norms_sq, axis=1)
     rows_sq = np.einsum("kij,kij->ki", Mz, Mz)
@@ -888,7 +897,11 @@ def _back_substitute(P: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarr
 def _cross3(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Row-wise cross products of (K, 3) arrays, written out (``np.cross`` has a large fixed cost)."""
     return np.stack(
-        [a[:, 1] * b[:, 2] - a[:, 2] * b[:, 1], a[:, 2] * b[:, 0] - a[:, 0] * b[:, 2], a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]],
+        [
+            a[:, 1] * b[:, 2] - a[:, 2] * b[:, 1],
+            a[:, 2] * b[:, 0] - a[:, 0] * b[:, 2],
+            a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0],
+        ],
         axis=1,
     )
 
@@ -919,7 +932,9 @@ _EXP3_ARR = np.array(_EXP3)  # (20, 3) exponents of x, y, z
 _EXP3_DOWN = np.maximum(_EXP3_ARR - 1, 0)
 
 
-def _equation_residuals(M: np.ndarray, xyz: np.ndarray, jacobian: bool) -> tuple[np.ndarray, np.ndarray | None]:
+def _equation_residuals(
+    M: np.ndarray, xyz: np.ndarray, jacobian: bool
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Residuals (K, 10) of the ten cubic constraints M (K, 10, 20) at xyz (K, 3), and the Jacobian
     (K, 10, 3) when asked."""
     pw = np.ones(xyz.shape + (4,))
@@ -932,7 +947,9 @@ def _equation_residuals(M: np.ndarray, xyz: np.ndarray, jacobian: bool) -> tuple
     if not jacobian:
         return r, None
     d0, d1, d2 = _EXP3_DOWN.T
-    dmono = np.stack([e0 * pw[:, 0, d0] * py * pz, e1 * px * pw[:, 1, d1] * pz, e2 * px * py * pw[:, 2, d2]], -1)
+    dmono = np.stack(
+        [e0 * pw[:, 0, d0] * py * pz, e1 * px * pw[:, 1, d1] * pz, e2 * px * py * pw[:, 2, d2]], -1
+    )
     return r, M @ dmono
 
 

@@ -38,7 +38,7 @@ __all__ = [
 
 def _as_array(x, shape_tail: tuple[int, ...], name: str) -> np.ndarray:
     arr = np.asarray(x, dtype=np.float64)
-    if arr.shape[arr.ndim - len(shape_tail):] != shape_tail:
+    if arr.shape[arr.ndim - len(shape_tail) :] != shape_tail:
         raise InputError(f"{name} must have trailing shape {shape_tail}, got {arr.shape}")
     if not np.all(np.isfinite(arr)):
         raise InputError(f"{name} contains NaN or inf")
@@ -319,9 +319,7 @@ def relative_poses_to_first_cam_from_world(
     return R_rel, t_rel
 
 
-def umeyama_alignment(
-    points_src: np.ndarray, points_dst: np.ndarray, *, with_scale: bool = True
-) -> Sim3d:
+def umeyama_alignment(points_src: np.ndarray, points_dst: np.ndarray, *, with_scale: bool = True) -> Sim3d:
     """Least-squares similarity ``dst_from_src`` (Umeyama 1991) mapping (N, 3) src onto (N, 3) dst.
 
     Raises:

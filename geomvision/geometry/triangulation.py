@@ -33,7 +33,7 @@ _INFINITY_TOL = 1e-12
 
 def _finite_array(x, shape_tail: tuple[int, ...], name: str, *, ndim: int | None = None) -> np.ndarray:
     arr = np.asarray(x, dtype=np.float64)
-    if arr.shape[arr.ndim - len(shape_tail):] != shape_tail or (ndim is not None and arr.ndim != ndim):
+    if arr.shape[arr.ndim - len(shape_tail) :] != shape_tail or (ndim is not None and arr.ndim != ndim):
         want = ("(N, " if ndim and ndim > len(shape_tail) else "(") + ", ".join(map(str, shape_tail)) + ")"
         raise InputError(f"{name} must have shape {want}, got {arr.shape}")
     if not np.all(np.isfinite(arr)):

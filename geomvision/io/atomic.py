@@ -14,7 +14,9 @@ from pathlib import Path
 
 
 @contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str | None = None, *, durable: bool = True) -> Iterator[Path]:
+def atomic_path(
+    path: str | os.PathLike, suffix: str | None = None, *, durable: bool = True
+) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it is renamed onto ``path``.
 
     Use for writers that need a file name (Open3D, numpy). The temp file keeps ``path``'s suffix

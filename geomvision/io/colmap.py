@@ -380,8 +380,11 @@ def _read_points3D_text_table(path: Path) -> _PointTable:
         track = values[in_track].reshape(-1, 2)
         integral = np.concatenate([head[:, 0], head[:, 4:7].ravel(), track.ravel()])
         rgb = head[:, 4:7]
-        if (np.any(integral != np.round(integral)) or np.any(np.abs(integral) >= 2.0**63)
-                or np.any((rgb < 0) | (rgb > 255))):
+        if (
+            np.any(integral != np.round(integral))
+            or np.any(np.abs(integral) >= 2.0**63)
+            or np.any((rgb < 0) | (rgb > 255))
+        ):
             raise ValueError
     except ValueError:
         for number, tokens in rows:

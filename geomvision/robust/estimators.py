@@ -508,7 +508,9 @@ def _oriented_consistent(F: np.ndarray, x1: np.ndarray, x2: np.ndarray) -> np.nd
     c0, c1 = F[:, :, 0], F[:, :, 1]
     e = _cross_rows(c0, c1)  # (M, 3)
     # |c0 x c1|^2 = |c0|^2 |c1|^2 sin^2(angle): scale-free test of (near) parallel columns.
-    reliable = np.einsum("ij,ij->i", e, e) > 1e-12 * np.einsum("ij,ij->i", c0, c0) * np.einsum("ij,ij->i", c1, c1)
+    reliable = np.einsum("ij,ij->i", e, e) > 1e-12 * np.einsum("ij,ij->i", c0, c0) * np.einsum(
+        "ij,ij->i", c1, c1
+    )
     u, v = x2[..., 0], x2[..., 1]
     e0, e1, e2 = e[:, :1], e[:, 1:2], e[:, 2:]
     Fx1 = F[:, :, :2] @ np.swapaxes(x1, -1, -2) + F[:, :, 2:]  # (M, 3, K) epipolar lines in image 2
@@ -943,12 +945,16 @@ def estimate_fundamental(
     if quick is not None:
         Fn, r, num_samples = quick
     else:
-        res = ransac(est, n, _options_before_polish(options) if refine else options, rng=rng, polish_follows=refine)
+        res = ransac(
+            est, n, _options_before_polish(options) if refine else options, rng=rng, polish_follows=refine
+        )
         if not res.success:
             return _failure(res.reason, n, res)
         Fn, r, num_samples = res.model, res.residuals_sq, res.num_iterations
         if refine:
-            Fn, (r, _) = _irls_polish(Fn, est, options.max_error_px, _IRLS_ITERATIONS, raw=not res.locally_optimized)
+            Fn, (r, _) = _irls_polish(
+                Fn, est, options.max_error_px, _IRLS_ITERATIONS, raw=not res.locally_optimized
+            )
         elif r is None:
             r = est.residuals_sq(Fn)
     F = est.to_pixels(Fn)

@@ -288,7 +288,9 @@ class _Scorer:
             m1 = max(m // 4, 16)
             counts = np.add.reduce(hits[:, :m1] if one_pass else self._hits(models, subset[:m1]), axis=1)
             sigma = options.bailout_sigma + _BAILOUT_FIRST_EXTRA_SIGMA
-            keep = _most_supported(_passes(counts, m1, best_ratio, sigma, best_ratio <= 0.0), counts, _STAGE1_MAX)
+            keep = _most_supported(
+                _passes(counts, m1, best_ratio, sigma, best_ratio <= 0.0), counts, _STAGE1_MAX
+            )
             models = models[keep]
             if len(models) <= 1:
                 return models

@@ -82,7 +82,7 @@ class Camera:
     def distortion(self) -> np.ndarray:
         """Distortion coefficients in the model's order (empty for pinhole models)."""
         n_pinhole = {"SIMPLE_PINHOLE": 3, "PINHOLE": 4, "SIMPLE_RADIAL": 3, "RADIAL": 3, "OPENCV": 4}
-        return self.params[n_pinhole[self.model]:].copy()
+        return self.params[n_pinhole[self.model] :].copy()
 
     def project(self, points_in_cam: np.ndarray) -> np.ndarray:
         """(N, 3) camera-frame points -> (N, 2) pixels (with distortion)."""

@@ -87,7 +87,11 @@ class Reconstruction:
         self.views[view.image_id] = view
 
     def add_point3D(
-        self, xyz: np.ndarray, track: list[tuple[int, int]], color: np.ndarray | None = None, error: float = 0.0
+        self,
+        xyz: np.ndarray,
+        track: list[tuple[int, int]],
+        color: np.ndarray | None = None,
+        error: float = 0.0,
     ) -> int:
         """Add a point and link its observations; returns the new point id."""
         pid = self.next_point3D_id
@@ -215,5 +219,7 @@ class Reconstruction:
             "num_points3D": len(self.points3D),
             "num_observations": int(sum(track_lengths)),
             "mean_track_length": float(np.mean(track_lengths)) if track_lengths else 0.0,
-            "mean_reprojection_error_px": self.mean_reprojection_error_px() if self.points3D else float("nan"),
+            "mean_reprojection_error_px": self.mean_reprojection_error_px()
+            if self.points3D
+            else float("nan"),
         }

@@ -75,7 +75,7 @@ def build_track_arrays(pair_matches: Mapping[tuple[int, int], object], *, min_le
     # Dense node numbering: unique (image_id, keypoint) rows.
     nodes, inverse = np.unique(np.concatenate([obs_a, obs_b]), axis=0, return_inverse=True)
     inverse = inverse.reshape(-1)
-    a, b = inverse[: len(obs_a)], inverse[len(obs_a):]
+    a, b = inverse[: len(obs_a)], inverse[len(obs_a) :]
     n = len(nodes)
     graph = coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(n, n))
     _, labels = connected_components(graph, directed=False)
@@ -131,8 +131,14 @@ def track_length_stats(tracks: list[Track] | TrackArrays) -> dict[str, float | i
     else:
         lengths = np.array([len(t) for t in tracks], dtype=np.int64)
     if len(lengths) == 0:
-        return {"num_tracks": 0, "num_observations": 0, "mean_length": 0.0, "median_length": 0.0,
-                "max_length": 0, "histogram": {}}
+        return {
+            "num_tracks": 0,
+            "num_observations": 0,
+            "mean_length": 0.0,
+            "median_length": 0.0,
+            "max_length": 0,
+            "histogram": {},
+        }
     values, counts = np.unique(lengths, return_counts=True)
     return {
         "num_tracks": int(len(lengths)),

@@ -184,8 +184,9 @@ def _pose_from_homography(H: np.ndarray, K1: np.ndarray, K2: np.ndarray, x1: np.
     return best, best_mask
 
 
-def _essential_within_fundamental_inliers(x1, x2, K1, K2, est_F, ransac: RansacOptions,
-                                         options: TwoViewOptions, rng) -> TwoViewEstimate | None:
+def _essential_within_fundamental_inliers(
+    x1, x2, K1, K2, est_F, ransac: RansacOptions, options: TwoViewOptions, rng
+) -> TwoViewEstimate | None:
     """E by 5-point RANSAC on the inliers of the pair's fundamental matrix only (masks over all matches).
 
     Every correspondence consistent with an essential matrix E is consistent with the fundamental matrix
@@ -253,10 +254,15 @@ def verify_pair(
     i, j = image_ids
     matches = np.asarray(matches, dtype=np.int64).reshape(-1, 2)
     n = len(matches)
-    if n and (matches.min() < 0 or matches[:, 0].max() >= len(keypoints_1_px)
-              or matches[:, 1].max() >= len(keypoints_2_px)):
-        raise InputError(f"pair ({i}, {j}): match indices out of range of {len(keypoints_1_px)}/"
-                         f"{len(keypoints_2_px)} keypoints")
+    if n and (
+        matches.min() < 0
+        or matches[:, 0].max() >= len(keypoints_1_px)
+        or matches[:, 1].max() >= len(keypoints_2_px)
+    ):
+        raise InputError(
+            f"pair ({i}, {j}): match indices out of range of {len(keypoints_1_px)}/"
+            f"{len(keypoints_2_px)} keypoints"
+        )
     if n < options.min_num_inliers:
         return _rejected(i, j, n, f"{n} putative matches < {options.min_num_inliers}")
     K1, cam1 = _intrinsics(camera_1, "camera_1")
@@ -313,8 +319,9 @@ def verify_pair(
         config = "planar"
         h_mask = est_H.inlier_mask
         if calibrated:
-            R = _panoramic_rotation(est_H.model, K1, K2, x1[h_mask], x2[h_mask],
-                                    options.panoramic_max_error_px)
+            R = _panoramic_rotation(
+                est_H.model, K1, K2, x1[h_mask], x2[h_mask], options.panoramic_max_error_px
+            )
             if R is not None:
                 config, pose, mask = "panoramic", Rigid3d(R, np.zeros(3)), h_mask
             else:
@@ -400,8 +407,18 @@ def verify_pairs(
             raise InputError(f"pair ({i}, {j}) refers to an image without features")
         m = matches[(i, j)]
         indices = m.indices if isinstance(m, Matches) else np.asarray(m)
-        tasks.append((features[i].keypoints_px, features[j].keypoints_px, indices,
-                      cameras.get(i), cameras.get(j), options, (i, j), int(seed)))
+        tasks.append(
+            (
+                features[i].keypoints_px,
+                features[j].keypoints_px,
+                indices,
+                cameras.get(i),
+                cameras.get(j),
+                options,
+                (i, j),
+                int(seed),
+            )
+        )
     total = len(tasks)
     results: dict[tuple[int, int], TwoViewGeometry] = {}
     report(progress, 0, total, "verification")
@@ -416,7 +433,7 @@ def verify_pairs(
         try:
             # Chunks amortise the per-task overhead; order of results is by pair.
             chunk = max(1, total // (4 * num_workers))
-            futures = {pool.submit(_verify_chunk, tasks[s:s + chunk]): s for s in range(0, total, chunk)}
+            futures = {pool.submit(_verify_chunk, tasks[s : s + chunk]): s for s in range(0, total, chunk)}
             done = 0
             for future in cf.as_completed(futures):
                 for tvg in future.result():

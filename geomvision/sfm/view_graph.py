@@ -281,12 +281,21 @@ def draw_view_graph(graph: nx.Graph, path_png: str | os.PathLike, *, title: str 
     tree = maximum_spanning_tree(graph)
     nx.draw_networkx_edges(tree, pos, ax=ax, width=1.5, edge_color="tab:blue")
     nx.draw_networkx_nodes(
-        graph, pos, ax=ax, node_size=180, cmap="tab10", vmin=0, vmax=9,
+        graph,
+        pos,
+        ax=ax,
+        node_size=180,
+        cmap="tab10",
+        vmin=0,
+        vmax=9,
         node_color=[colour_of[n] % 10 for n in graph.nodes],
     )
     nx.draw_networkx_labels(graph, pos, ax=ax, font_size=7)
-    ax.set_title(title or f"{graph.number_of_nodes()} images, {graph.number_of_edges()} verified pairs, "
-                 f"{len(components)} component(s); blue: maximum spanning tree")
+    ax.set_title(
+        title
+        or f"{graph.number_of_nodes()} images, {graph.number_of_edges()} verified pairs, "
+        f"{len(components)} component(s); blue: maximum spanning tree"
+    )
     ax.set_axis_off()
     path_png = Path(path_png)
     with atomic_path(path_png, suffix=".png") as tmp:
