@@ -22,6 +22,7 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -45,6 +46,11 @@ __all__ = [
     "adjust_problem",
     "bundle_adjust",
 ]
+
+
+BABackend = Literal["scipy", "schur"]
+IntrinsicsMode = Literal["shared", "per_image", "fixed"]
+GaugeMode = Literal["auto", "none"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -79,8 +85,8 @@ class BundleAdjustmentOptions:
             3x3 and per-image pose blocks), which cuts LSMR iterations by an order of magnitude.
     """
 
-    backend: str = "schur"
-    loss: str = "linear"
+    backend: BABackend = "schur"
+    loss: losses.LossName = "linear"
     loss_scale_px: float = 1.0
     max_iterations: int = 100
     function_tolerance: float = 1e-6
@@ -89,10 +95,10 @@ class BundleAdjustmentOptions:
     refine_focal: bool = True
     refine_principal_point: bool = False
     refine_extra_params: bool = True
-    intrinsics: str = "shared"
+    intrinsics: IntrinsicsMode = "shared"
     fixed_image_ids: tuple[int, ...] = ()
     fixed_point_ids: tuple[int, ...] = ()
-    gauge: str = "auto"
+    gauge: GaugeMode = "auto"
     dense_schur_max_params: int = 1500
     cg_tolerance: float = 1e-2
     cg_max_iterations: int = 300
@@ -103,10 +109,10 @@ class BundleAdjustmentOptions:
 
     def __post_init__(self) -> None:
         checks = (
-            ("backend", self.backend, ("scipy", "schur")),
+            ("backend", self.backend, get_args(BABackend)),
             ("loss", self.loss, losses.LOSSES),
-            ("intrinsics", self.intrinsics, ("shared", "per_image", "fixed")),
-            ("gauge", self.gauge, ("auto", "none")),
+            ("intrinsics", self.intrinsics, get_args(IntrinsicsMode)),
+            ("gauge", self.gauge, get_args(GaugeMode)),
         )
         for name, value, allowed in checks:
             if value not in allowed:
