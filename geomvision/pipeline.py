@@ -130,7 +130,7 @@ def _run_stages(run: _Run) -> PipelineResult:
     if (
         config.pipeline.pose_prior_checkpoint
     ):  # a bad checkpoint or missing torch fails now, not after mapping
-        from geomvision.sfm.pose_prior import check_learned_prior
+        from geomvision.plugins.learned_prior import check_learned_prior
 
         check_learned_prior(config.pipeline.pose_prior_checkpoint)
     paths = list_images(run.image_dir)
@@ -476,7 +476,7 @@ def _run_mapping(cameras, images, verified, config, progress_factory):
 
 
 def _run_pose_prior(reconstructions, cameras, images, paths, matches, config) -> dict[str, Any]:
-    from geomvision.sfm.pose_prior import apply_learned_pose_prior
+    from geomvision.plugins.learned_prior import apply_learned_pose_prior
 
     return apply_learned_pose_prior(
         reconstructions,

@@ -29,6 +29,7 @@ _SPIES: list[tuple[str, str, str]] = [
     ("geomvision.robust.estimators", "estimate_essential", "options@4"),
     ("geomvision.sfm.initialization", "estimate_essential", "options@4"),
     ("geomvision.geometry.absolute_pose", "estimate_absolute_pose", "options@3"),
+    ("geomvision.robust.absolute_pose", "estimate_absolute_pose", "options@3"),
     ("geomvision.sfm.registration", "estimate_absolute_pose", "options@3"),
     ("geomvision.sfm.initialization", "triangulate_tracks", "options@2"),
     ("geomvision.sfm.initialization", "filter_points", "thresholds"),
@@ -103,7 +104,10 @@ def spying(record: dict[str, set[str]]):
     """Wrap every spy target that exists; restore them on exit."""
     with ExitStack() as stack:
         for module_name, name, how in _SPIES:
-            module = importlib.import_module(module_name)
+            try:
+                module = importlib.import_module(module_name)
+            except ModuleNotFoundError:  # the module moved (layer fixes): its new home is listed too
+                continue
             original = getattr(module, name, None)
             if original is None:
                 continue
@@ -158,7 +162,8 @@ def record_effective_options(config=None) -> dict[str, list]:
     """{call site: sorted distinct options (JSON-able)} of one run over the synthetic problems."""
     import geomvision.pipeline as pipeline
     from geomvision.config import ReconstructionConfig
-    from geomvision.sfm import factorization_init, pose_prior
+    from geomvision.plugins import learned_prior
+    from geomvision.sfm import factorization_init
     from geomvision.sfm.incremental import incremental_mapping
     from geomvision.sfm.two_view import verify_pair
     from geomvision.synthetic import random_scene, two_view_correspondences
@@ -194,7 +199,7 @@ def record_effective_options(config=None) -> dict[str, list]:
             lambda: pipeline._factorization_init({}, {}, {}, config),
         ),
         (
-            pose_prior,
+            learned_prior,
             "apply_learned_pose_prior",
             lambda: pipeline._run_pose_prior([], {}, {}, [], {}, config),
         ),

@@ -3,7 +3,7 @@
 The loop knows nothing about geometry: an :class:`Estimator` turns minimal samples into model hypotheses
 and models into squared residuals for all data points. Everything geometric (thresholds in pixels,
 coordinate normalisation, minimal solvers) lives in the estimators (``robust/estimators.py``,
-``geometry/absolute_pose.py``).
+``robust/absolute_pose.py``).
 
 Algorithm (Fischler & Bolles 1981; H&Z 4.7.1 for the adaptive sample count):
 

@@ -8,7 +8,7 @@ spread over the image beat the same number of points in one corner (a well-sprea
 better-conditioned pose).
 
 Registration solves the absolute pose from the 2D-3D correspondences with RANSAC
-(:func:`geomvision.geometry.absolute_pose.estimate_absolute_pose`, H&Z 7.1 / P3P), then refines the pose
+(:func:`geomvision.robust.absolute_pose.estimate_absolute_pose`, H&Z 7.1 / P3P), then refines the pose
 on the inliers by minimising reprojection error.
 """
 
@@ -20,8 +20,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from geomvision.errors import InputError
-from geomvision.geometry.absolute_pose import estimate_absolute_pose
 from geomvision.geometry.rigid import Rigid3d
+from geomvision.robust.absolute_pose import estimate_absolute_pose
 from geomvision.robust.ransac import RansacOptions
 from geomvision.sfm.mapper_state import MapperState
 
