@@ -35,6 +35,7 @@ from geomvision.errors import InputError
 from geomvision.features.extract import default_num_workers, make_process_pool
 from geomvision.io.atomic import atomic_path
 from geomvision.progress import ProgressCallback, report
+from geomvision.runtime.rng import as_rng
 from geomvision.scene.types import Features, Matches
 
 logger = logging.getLogger(__name__)
@@ -184,7 +185,7 @@ def train_ivf_quantiser(
     """
     from geomvision.features.pairs import train_vocabulary
 
-    rng = np.random.default_rng(rng if rng is not None else 0)
+    rng = as_rng(rng)
     sets = [np.asarray(d, dtype=np.float32) for d in descriptor_sets if len(d)]
     if not sets:
         raise InputError("no descriptors to train the IVF quantiser on")

@@ -35,6 +35,7 @@ from scipy.optimize import least_squares
 
 from geomvision.errors import InputError
 from geomvision.geometry.rigid import project_to_so3
+from geomvision.runtime.rng import as_rng
 
 logger = logging.getLogger(__name__)
 
@@ -611,7 +612,7 @@ def factorize_affine_missing(
     iterations = 0
     if init_cameras is None:
         # Random start: N(0, 1) entries in the normalised frame.
-        gen = np.random.default_rng(rng)
+        gen = as_rng(rng)
         Ut = gen.standard_normal((2 * F, 4))
         ranks = _warm_start_ranks(options.warm_start_rank)
         if options.method == "als":
@@ -869,7 +870,7 @@ def factorize_affine_missing_restarts(
     """
     from dataclasses import replace
 
-    gen = np.random.default_rng(rng)
+    gen = as_rng(rng)
     best: AffineFactorization | None = None
     hits = 0
     costs: list[float] = []

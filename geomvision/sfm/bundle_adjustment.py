@@ -28,12 +28,12 @@ import numpy as np
 
 from geomvision.errors import InputError
 from geomvision.geometry import camera_models
-from geomvision.geometry.rigid import Rigid3d, matrix_to_rotvec
+from geomvision.geometry.rigid import Rigid3d, matrix_to_rotvec, rotvec_to_matrix
 from geomvision.progress import ProgressCallback
 from geomvision.scene.camera import Camera
 from geomvision.scene.reconstruction import Reconstruction
 from geomvision.sfm.ba import losses
-from geomvision.sfm.ba.model import BundleAdjustmentProblem, evaluate
+from geomvision.sfm.ba.model import BundleAdjustmentProblem, evaluate, gauge_translation_axis
 from geomvision.sfm.ba.schur import solve_schur
 from geomvision.sfm.ba.scipy_backend import solve_scipy
 
@@ -241,10 +241,11 @@ def _gauge_mask(problem: BundleAdjustmentProblem, image_ids: np.ndarray, options
     if not others:
         return
     second = others[0]
-    R1 = Rigid3d.from_rotvec(problem.rotvecs[first], problem.translations[first])
-    R2 = Rigid3d.from_rotvec(problem.rotvecs[second], problem.translations[second])
-    baseline = R2.rotation @ (R1.center - R2.center)
-    problem.pose_free[second, 3 + int(np.argmax(np.abs(baseline)))] = False
+    rotations = rotvec_to_matrix(problem.rotvecs[[first, second]])
+    axis = gauge_translation_axis(
+        rotations[0], problem.translations[first], rotations[1], problem.translations[second]
+    )
+    problem.pose_free[second, 3 + axis] = False
 
 
 def problem_from_reconstruction(

@@ -36,6 +36,7 @@ import numpy as np
 from geomvision.errors import InputError
 from geomvision.progress import ProgressCallback
 from geomvision.progress import report as report_progress
+from geomvision.runtime.rng import as_rng
 from geomvision.scene import Camera, ImageInfo, Reconstruction, TwoViewGeometry
 from geomvision.sfm.bundle_adjustment import BundleAdjustmentOptions
 from geomvision.sfm.initialization import InitializationOptions, initialize_reconstruction
@@ -141,14 +142,6 @@ class MappingResult:
 
     reconstructions: list[Reconstruction]
     report: dict = field(default_factory=dict)
-
-
-def _as_rng(rng: np.random.Generator | int | None) -> np.random.Generator:
-    if isinstance(rng, np.random.Generator):
-        return rng
-    if rng is None or isinstance(rng, (int, np.integer)):
-        return np.random.default_rng(0 if rng is None else int(rng))
-    raise InputError(f"rng must be a numpy Generator, an int seed or None, got {type(rng).__name__}")
 
 
 def _check_inputs(
@@ -491,7 +484,7 @@ def incremental_mapping(
 
     options = options or IncrementalMapperOptions()
     _check_inputs(cameras, images, two_view_geometries)
-    rng = _as_rng(rng)
+    rng = as_rng(rng)
     timer = _Timer()
     t_start = time.perf_counter()
     usable = {

@@ -7,9 +7,10 @@ registration costs array slicing only:
 - *free* images: pose optimised; *constant* images: other registered images that observe the chosen
   points, held fixed (they anchor the local problem);
 - points: every point observed by a free image (all observations of those points enter the problem);
-- gauge: when fewer than two constant images anchor the problem, the first free image's pose and the
-  largest translation component of the second are held fixed (7 DOF: rotation, translation, scale),
-  as COLMAP does;
+- gauge: when fewer than two constant images anchor the problem, the first free image's pose (or the one
+  constant image) and one translation coordinate of the next are held fixed (7 DOF: rotation,
+  translation, scale), by the same rule as :mod:`geomvision.sfm.bundle_adjustment`
+  (:func:`~geomvision.sfm.ba.model.gauge_translation_axis`);
 - intrinsics: shared per camera; only the cameras listed in ``refine_camera_ids`` are refined, and only
   the parameters the options free (``refine_focal`` / ``refine_principal_point`` /
   ``refine_extra_params``; none with ``intrinsics="fixed"``).
@@ -30,7 +31,7 @@ import numpy as np
 from geomvision.errors import InputError
 from geomvision.geometry import camera_models
 from geomvision.geometry.rigid import Rigid3d, matrix_to_rotvec, rotvec_to_matrix
-from geomvision.sfm.ba.model import BundleAdjustmentProblem
+from geomvision.sfm.ba.model import BundleAdjustmentProblem, gauge_translation_axis
 from geomvision.sfm.bundle_adjustment import BundleAdjustmentOptions, adjust_problem
 from geomvision.sfm.mapper_state import MapperState
 
@@ -171,18 +172,26 @@ def _fix_gauge(
     pose_free: np.ndarray,
     constant: list[int],
 ) -> None:
-    """Hold 7 DOF when the constant images do not: the oldest free image, and a translation
-    component (the largest) of the next one, which fixes the scale."""
+    """Hold 7 DOF when the constant images do not: the oldest free image (unless one image is already
+    constant), and one translation coordinate of the next, chosen by the BA gauge rule
+    (:func:`~geomvision.sfm.ba.model.gauge_translation_axis`), which fixes the scale."""
     order = [i for i in state.registration_order if i in image_index and i not in constant]
-    if not constant and order:
-        pose_free[image_index[order[0]]] = False
-        constant = [order[0]]
-        order = order[1:]
+    if constant:
+        first = constant[0]
+    elif order:
+        first = order.pop(0)
+        pose_free[image_index[first]] = False
+    else:
+        return
     if order:
         second = order[0]
-        # With the other pose fixed, one translation entry of this one pins the scale (COLMAP does the same).
-        t = state.translations[second]
-        pose_free[image_index[second], 3 + int(np.argmax(np.abs(t)))] = False
+        axis = gauge_translation_axis(
+            state.rotations[first],
+            state.translations[first],
+            state.rotations[second],
+            state.translations[second],
+        )
+        pose_free[image_index[second], 3 + axis] = False
 
 
 def _copy_back(

@@ -39,6 +39,7 @@ from geomvision.robust.estimators import (
     estimate_homography,
 )
 from geomvision.robust.ransac import RansacOptions
+from geomvision.runtime.rng import as_rng
 from geomvision.scene.camera import Camera
 from geomvision.scene.types import Features, Matches, TwoViewGeometry
 
@@ -235,7 +236,7 @@ def verify_pair(
         rejected (``success=False`` and ``reason``); inlier matches index the input keypoints.
     """
     options = options or TwoViewOptions()
-    rng = np.random.default_rng(rng)
+    rng = as_rng(rng)
     i, j = image_ids
     matches = np.asarray(matches, dtype=np.int64).reshape(-1, 2)
     n = len(matches)
