@@ -128,6 +128,8 @@ def _run_stages(run: _Run) -> PipelineResult:
     config, out, cache, progress_factory = run.config, run.out, run.cache, run.progress_factory
     report, timings = run.report, run.timings
     report.update({"status": "running", "image_dir": str(run.image_dir), "config": config.to_dict()})
+    if out and config.pipeline.html_report:
+        _warn_about_system_libraries()
 
     if (
         config.pipeline.pose_prior_checkpoint
@@ -232,6 +234,8 @@ def _write_failure_report(run: _Run, exc: BaseException) -> None:
         return
     interrupted = isinstance(exc, KeyboardInterrupt)
     run.report["status"] = "interrupted" if interrupted else "failed"
+    if interrupted:  # Ctrl-C is a plain KeyboardInterrupt; the CLI raises Terminated for SIGTERM
+        run.report["signal"] = getattr(exc, "signal_name", "SIGINT")
     run.report["failed_stage"] = run.stage
     run.report["error"] = "interrupted" if interrupted else " ".join(str(exc).split()) or type(exc).__name__
     run.report["error_type"] = type(exc).__name__
@@ -281,6 +285,18 @@ def _remove_stale_temp_files(out: Path) -> None:
 
 
 # --- setup ----------------------------------------------------------------------------------------
+def _warn_about_system_libraries() -> None:
+    """Say before any work, in one line, which Debian packages Open3D lacks (report.html's renderer).
+
+    Nothing else of a run needs Open3D (points.ply is written with numpy), so the run goes on.
+    """
+    from geomvision.io.system_libraries import open3d_library_problem
+
+    problem = open3d_library_problem()
+    if problem:
+        logger.warning("%s; going on: report.html uses the software renderer", problem)
+
+
 def _prepare_output_dir(output_dir: str | Path | None) -> Path | None:
     if output_dir is None:
         return None

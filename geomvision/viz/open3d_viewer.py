@@ -21,6 +21,7 @@ import numpy as np
 
 from geomvision.errors import GeomVisionError, InputError
 from geomvision.io.atomic import atomic_path
+from geomvision.io.system_libraries import open3d_library_problem
 from geomvision.scene.reconstruction import Reconstruction
 from geomvision.viz.geometry import (
     camera_frustums,
@@ -249,7 +250,7 @@ def screenshot(
     path_png = Path(path_png)
     image = None
     used = "software"
-    if backend == "auto" and not open3d_offscreen_available():
+    if backend == "auto" and (open3d_library_problem() or not open3d_offscreen_available()):
         backend = "software"
     if backend in ("auto", "open3d"):
         try:
