@@ -581,6 +581,10 @@ def _model_summary(reconstructions: list[Reconstruction]) -> dict[str, Any]:
         "mean_track_length": best["mean_track_length"],
         "mean_reprojection_error_px": best["mean_reprojection_error_px"],
         "num_models": len(reconstructions),
+        # images registered in any model (each image is in at most one)
+        "num_registered_all_models": len(
+            {v.name for r in reconstructions for v in r.views.values() if v.registered}
+        ),
         "models": models,
         "registered_images": [
             reconstructions[0].views[i].name for i in reconstructions[0].registered_image_ids

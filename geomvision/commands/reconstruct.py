@@ -118,6 +118,19 @@ def build_config(args: argparse.Namespace):
     return config.with_changes(**changes) if changes else config
 
 
+def registered_summary(report: dict) -> str:
+    """``registered 45/47 images in 4 models (19, 12, 8, 6); largest model (sparse/0):`` (or ``... in 1 model,``)."""
+    models = report.get("models") or []
+    if len(models) <= 1:
+        return f"registered {report['num_registered']}/{report['num_images']} images in 1 model,"
+    total = report.get("num_registered_all_models", sum(m["num_registered"] for m in models))
+    sizes = ", ".join(str(m["num_registered"]) for m in models)
+    return (
+        f"registered {total}/{report['num_images']} images in {len(models)} models ({sizes}); "
+        "largest model (sparse/0):"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     from geomvision.pipeline import run_pipeline
     from geomvision.progress import tqdm_progress
@@ -133,9 +146,9 @@ def run(args: argparse.Namespace) -> int:
     report = result.report
     t = report["timings_s"]
     print(
-        f"registered {report['num_registered']}/{report['num_images']} images, "
+        f"{registered_summary(report)} "
         f"{report['num_points3D']} points, mean reprojection error "
-        f"{report['mean_reprojection_error_px']:.3f} px, {report['num_models']} model(s), "
+        f"{report['mean_reprojection_error_px']:.3f} px, "
         f"{t['total']:.1f} s (features {t['features']:.1f}, matching {t['matching']:.1f}, "
         f"verification {t['verification']:.1f}, mapping {t['mapping']:.1f})"
     )
