@@ -128,6 +128,7 @@ def _run_stages(run: _Run) -> PipelineResult:
     config, out, cache, progress_factory = run.config, run.out, run.cache, run.progress_factory
     report, timings = run.report, run.timings
     report.update({"status": "running", "image_dir": str(run.image_dir), "config": config.to_dict()})
+    report["image_dir_absolute"] = str(run.image_dir.resolve())  # for exports run from another folder
     if out and config.pipeline.html_report:
         _warn_about_system_libraries()
 
@@ -542,6 +543,8 @@ def _write_models(out: Path, reconstructions: list[Reconstruction], image_dir: P
     for stale in sparse.iterdir():
         if stale.is_dir() and stale.name.isdigit() and int(stale.name) >= len(reconstructions):
             shutil.rmtree(stale)
+    # Exports (OUT/export/...) were made from the previous model: a new model makes them stale.
+    shutil.rmtree(out / "export", ignore_errors=True)
     best = reconstructions[0]
     point_ids = sorted(best.points3D)
     xyz = np.array([best.points3D[p].xyz for p in point_ids]).reshape(-1, 3)
