@@ -33,7 +33,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -43,9 +43,12 @@ from scipy.optimize import least_squares
 from geomvision.errors import InputError
 from geomvision.geometry.camera_models import FOCAL_INDICES
 from geomvision.geometry.focal import bougnoux_focal_lengths, essential_singular_gap
+from geomvision.io.images import read_exif_focal_px
 from geomvision.progress import ProgressCallback, report
 from geomvision.scene.camera import Camera
+from geomvision.scene.reconstruction import Reconstruction
 from geomvision.scene.types import Features, Matches, TwoViewGeometry
+from geomvision.sfm.principal_point import PrincipalPointOptions, refine_principal_point
 from geomvision.sfm.two_view import TwoViewOptions, verify_pairs
 
 logger = logging.getLogger(__name__)
@@ -163,8 +166,13 @@ def with_focal(camera: Camera, focal_px: float) -> Camera:
 class _Problem:
     """The pairs' normalised F and the cameras they connect, as arrays (the residual is vectorised)."""
 
-    def __init__(self, F_norm: np.ndarray, cam_a: np.ndarray, cam_b: np.ndarray, num_cameras: int):
+    def __init__(self, F_norm: np.ndarray, cam_a: np.ndarray, cam_b: np.ndarray, num_cameras: int, free):
         self.F_norm, self.cam_a, self.cam_b, self.num_cameras = F_norm, cam_a, cam_b, num_cameras
+        self.free = np.asarray(free, dtype=bool)
+
+    def free_cameras(self, keep: np.ndarray) -> np.ndarray:
+        cams = np.unique(np.concatenate([self.cam_a[keep], self.cam_b[keep]]))
+        return cams[self.free[cams]]
 
     def gaps(
         self, log_ratio_a: np.ndarray, log_ratio_b: np.ndarray, F: np.ndarray | None = None
@@ -194,6 +202,7 @@ def calibrate_view_graph(
     two_view_geometries: Mapping[Pair, TwoViewGeometry],
     options: ViewGraphCalibrationOptions | None = None,
     *,
+    fixed_camera_ids: Collection[int] = (),
     rng: np.random.Generator | int | None = None,
     progress: ProgressCallback | None = None,
 ) -> ViewGraphCalibrationResult:
@@ -206,6 +215,7 @@ def calibrate_view_graph(
             without ``F`` or with fewer than ``options.min_num_inliers`` inliers are skipped. ``F``
             maps pixels of image i to epipolar lines of image j.
         options: see :class:`ViewGraphCalibrationOptions`.
+        fixed_camera_ids: cameras whose focal is known: they constrain the others but keep their own.
         rng: unused (the method is deterministic); accepted for the stage signature.
         progress: ``progress(done, total, message)`` over the steps.
 
@@ -262,7 +272,8 @@ def calibrate_view_graph(
         result.reason = f"no verified pair with F and >= {options.min_num_inliers} inliers"
         result.report["reason"] = result.reason
         return result
-    problem = _Problem(np.array(F_list), np.array(cam_a), np.array(cam_b), len(camera_ids))
+    free = np.array([c not in set(fixed_camera_ids) for c in camera_ids])
+    problem = _Problem(np.array(F_list), np.array(cam_a), np.array(cam_b), len(camera_ids), free)
     lo, hi = np.log(options.min_focal_ratio), np.log(options.max_focal_ratio)
     grid = np.linspace(lo, hi, options.grid_size)
 
@@ -270,7 +281,7 @@ def calibrate_view_graph(
     f_a, f_b = bougnoux_focal_lengths(problem.F_norm, np.zeros(2), np.zeros(2))  # ratios: K = prior
     x0 = np.zeros(len(camera_ids))
     num_bougnoux = np.zeros(len(camera_ids), dtype=int)
-    for k in range(len(camera_ids)):
+    for k in np.flatnonzero(free):
         values = np.concatenate([f_a[problem.cam_a == k], f_b[problem.cam_b == k]])
         values = values[np.isfinite(values) & (values > 0)]
         num_bougnoux[k] = len(values)
@@ -297,6 +308,15 @@ def calibrate_view_graph(
     trusted_any = False
     reasons = []
     for k, c in enumerate(camera_ids):
+        if not free[k]:
+            result.trusted_by_camera[c] = False
+            result.estimate_px_by_camera[c] = float("nan")
+            result.num_pairs_by_camera[c] = int(
+                np.count_nonzero(keep & ((problem.cam_a == k) | (problem.cam_b == k)))
+            )
+            result.num_agreeing_by_camera[c] = 0
+            result.spread_by_camera[c] = float("nan")
+            continue
         touching = keep & ((problem.cam_a == k) | (problem.cam_b == k))
         estimates = per_pair[touching, k]
         deviation = np.abs(estimates - x[k])
@@ -371,7 +391,7 @@ def _grid_descent(
 ) -> np.ndarray:
     """Per camera, the grid value minimising the robust cost of its pairs with the others fixed."""
     x = x.copy()
-    cams = np.unique(np.concatenate([problem.cam_a[keep], problem.cam_b[keep]]))
+    cams = problem.free_cameras(keep)
     sweeps = 1 if len(cams) == 1 else options.num_sweeps
     for _ in range(sweeps):
         for k in cams:
@@ -396,7 +416,7 @@ def _refine(
     options: ViewGraphCalibrationOptions,
 ) -> np.ndarray:
     """Joint robust least squares over the log focal ratios of the cameras the kept pairs touch."""
-    cams = np.unique(np.concatenate([problem.cam_a[keep], problem.cam_b[keep]]))
+    cams = problem.free_cameras(keep)
     if len(cams) == 0:
         return x
     x_all = x.copy()
@@ -450,12 +470,13 @@ class EssentialReestimationOptions:
             "support collapsed".
         drop_uncalibrated: drop pairs whose E under the calibrated intrinsics keeps too few of F's
             inliers (they disagree with the calibration); off: keep them as "uncalibrated" (F only).
-        two_view: options of the re-verification (pair decisions as in verification).
+        two_view: options of the re-verification (None: ``TwoViewOptions()``; the pipeline passes the
+            verification's own options).
     """
 
     min_support_ratio: float = 0.5
     drop_uncalibrated: bool = False
-    two_view: TwoViewOptions = field(default_factory=TwoViewOptions)
+    two_view: TwoViewOptions | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_support_ratio <= 1:
@@ -518,7 +539,13 @@ def reestimate_essentials(
                 raise InputError(f"pair {pair}: image {image} has no camera in the cameras given")
             cameras_by_image[image] = cameras[camera_of_image[image]]
     redone = verify_pairs(
-        features, matches, cameras_by_image, options.two_view, rng=rng, executor=executor, progress=progress
+        features,
+        matches,
+        cameras_by_image,
+        options.two_view or TwoViewOptions(),
+        rng=rng,
+        executor=executor,
+        progress=progress,
     )
     kept: dict[Pair, TwoViewGeometry] = {}
     dropped: dict[Pair, str] = {}
@@ -541,3 +568,149 @@ def reestimate_essentials(
         dropped,
         {"num_pairs": len(previous), "num_kept": len(kept), "num_dropped": len(dropped), "configs": configs},
     )
+
+
+# --- the pipeline stage ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class SelfCalibrationOptions:
+    """Options of :func:`self_calibrate` (the pipeline's calibration stage, run when no ``intrinsics``).
+
+    Attributes:
+        enabled: run the stage at all (off: the mapper starts from the prior focal lengths).
+        max_exif_deviation: a camera whose focal came from EXIF keeps it unless the trusted estimate
+            differs by more than this relative deviation (EXIF of a cropped or digitally zoomed photo
+            is wrong; a correct one is more precise than the estimate).
+        view_graph: options of :func:`calibrate_view_graph`.
+        essentials: options of :func:`reestimate_essentials` (its ``two_view`` defaults to the
+            verification's options).
+        refine_principal_point: after mapping, refine the principal point of each model where it is
+            observable (:func:`geomvision.sfm.principal_point.refine_principal_point`).
+        principal_point: options of that refinement.
+    """
+
+    enabled: bool = True
+    max_exif_deviation: float = 0.2
+    view_graph: ViewGraphCalibrationOptions = field(default_factory=ViewGraphCalibrationOptions)
+    essentials: EssentialReestimationOptions = field(default_factory=EssentialReestimationOptions)
+    refine_principal_point: bool = True
+    principal_point: PrincipalPointOptions = field(default_factory=PrincipalPointOptions)
+
+    def __post_init__(self) -> None:
+        if not self.max_exif_deviation >= 0:
+            raise InputError(f"max_exif_deviation must be >= 0, got {self.max_exif_deviation}")
+
+
+@dataclass
+class SelfCalibrationResult:
+    """Outcome of :func:`self_calibrate`.
+
+    Attributes:
+        cameras: camera_id -> Camera to start mapping from.
+        two_view_geometries: the verified pairs to map with (re-estimated when a focal changed).
+        calibration: the view-graph calibration (None when the stage did not run).
+        report: JSON-ready summary for ``report.json["calibration"]``.
+    """
+
+    cameras: dict[int, Camera]
+    two_view_geometries: dict[Pair, TwoViewGeometry]
+    calibration: ViewGraphCalibrationResult | None
+    report: dict[str, Any]
+
+
+def self_calibrate(
+    cameras: Mapping[int, Camera],
+    camera_of_image: Mapping[int, int],
+    verified: Mapping[Pair, TwoViewGeometry],
+    features: Mapping[int, Features],
+    options: SelfCalibrationOptions | None = None,
+    *,
+    exif_camera_ids: Collection[int] = (),
+    two_view_options: TwoViewOptions | None = None,
+    rng: np.random.Generator | int | None = None,
+    executor: cf.Executor | None = None,
+    progress: ProgressCallback | None = None,
+) -> SelfCalibrationResult:
+    """Calibrate focal lengths from the view graph, then re-estimate the pairs' essential matrices.
+
+    Args:
+        cameras: camera_id -> prior Camera (EXIF focal or the default prior).
+        camera_of_image: image_id -> camera_id.
+        verified: (i, j) -> successful TwoViewGeometry (verified with the prior cameras).
+        features: image_id -> Features the inlier matches index.
+        options: see :class:`SelfCalibrationOptions`.
+        exif_camera_ids: cameras whose prior focal came from EXIF.
+        two_view_options: verification options for the re-estimation (default: ``options.essentials``).
+        rng: seed of the re-estimation's RANSAC.
+        executor: pool for the per-pair re-estimation.
+        progress: ``progress(done, total, message)`` of the re-estimation.
+
+    Returns:
+        :class:`SelfCalibrationResult`; the inputs unchanged when nothing was calibrated.
+    """
+    options = options or SelfCalibrationOptions()
+    t_start = time.perf_counter()
+    unchanged = SelfCalibrationResult(dict(cameras), dict(verified), None, {"ran": False})
+    if not options.enabled:
+        unchanged.report["reason"] = "disabled"
+        return unchanged
+    calibration = calibrate_view_graph(cameras, camera_of_image, verified, options.view_graph)
+    out_cameras = dict(cameras)
+    changed = []
+    for c, trusted in calibration.trusted_by_camera.items():
+        if not trusted:
+            continue
+        estimate, prior = calibration.estimate_px_by_camera[c], calibration.prior_px_by_camera[c]
+        if c in exif_camera_ids and abs(estimate / prior - 1.0) <= options.max_exif_deviation:
+            continue  # EXIF agrees: keep the more precise value
+        out_cameras[c] = calibration.cameras[c]
+        changed.append(c)
+    report_out: dict[str, Any] = {
+        "ran": True,
+        "view_graph": calibration.report,
+        "cameras_changed": changed,
+        "exif_camera_ids": sorted(exif_camera_ids),
+    }
+    pairs = dict(verified)
+    if changed:
+        essentials = options.essentials
+        if essentials.two_view is None and two_view_options is not None:
+            essentials = replace(essentials, two_view=two_view_options)
+        redone = reestimate_essentials(
+            verified,
+            features,
+            out_cameras,
+            camera_of_image,
+            essentials,
+            rng=rng,
+            executor=executor,
+            progress=progress,
+        )
+        pairs = redone.two_view_geometries
+        report_out["essentials"] = redone.report
+        report_out["pairs_dropped"] = {f"{i}-{j}": why for (i, j), why in redone.pairs_dropped.items()}
+    report_out["time_s"] = time.perf_counter() - t_start
+    return SelfCalibrationResult(out_cameras, pairs, calibration, report_out)
+
+
+def exif_focal_camera_ids(paths_by_image: Mapping[int, Any], camera_of_image: Mapping[int, int]) -> set[int]:
+    """Cameras whose images carry an EXIF focal length (read from the image files)."""
+    return {camera_of_image[i] for i, path in paths_by_image.items() if read_exif_focal_px(path) is not None}
+
+
+def refine_principal_points(
+    reconstructions: list[Reconstruction],
+    options: SelfCalibrationOptions | None = None,
+    *,
+    rng: np.random.Generator | int | None = None,
+) -> dict[str, Any]:
+    """Refine each model's principal point where observable (in place); returns the report per model."""
+    options = options or SelfCalibrationOptions()
+    if not options.refine_principal_point:
+        return {"ran": False}
+    out: dict[str, Any] = {"ran": True, "models": []}
+    for rec in reconstructions:
+        result = refine_principal_point(rec, options.principal_point, rng=rng)
+        out["models"].append(result.report)
+    return out
