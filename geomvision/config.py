@@ -24,6 +24,7 @@ from typing import Any, Literal, get_args, get_origin
 from geomvision.errors import InputError
 from geomvision.features.extract import ExtractionOptions
 from geomvision.features.match import MatchingOptions
+from geomvision.sfm.calibration import SelfCalibrationOptions
 from geomvision.sfm.factorization_init import FactorizationInitOptions
 from geomvision.sfm.incremental import IncrementalMapperOptions
 from geomvision.sfm.pose_prior import PosePriorOptions
@@ -48,6 +49,13 @@ class PipelineOptions:
         retrieval_k: top-k most similar images matched per image in retrieval mode.
         init: initialiser, "two-view" or "factorization".
         intrinsics: known pinhole (fx, fy, cx, cy) in pixels shared by all images; None to estimate.
+        intrinsics_convention: origin of the principal point in ``intrinsics``: "opencv" (centre of
+            the top-left pixel, geomvision's own) or "colmap" (its corner, as in COLMAP's cameras.txt;
+            ``cx_opencv = cx_colmap - 0.5``).
+        intrinsics_size: (width, height) the intrinsics belong to; None = the size of the images when
+            they all have one (several sizes are then an error).
+        scale_intrinsics: rescale ``intrinsics`` for images of another size (resized, same aspect
+            ratio); without it such images are an error. See ``geomvision.io.camera_setup``.
         camera_model: model used when intrinsics are estimated (SIMPLE_RADIAL refines f and k).
         single_camera: one shared camera (True), one per image (False), or None = shared when all
             images have the same size.
@@ -57,6 +65,8 @@ class PipelineOptions:
         pose_prior_checkpoint: learned pose-model checkpoint; images the mapper cannot register are then
             placed from its relative-pose prior (``geomvision.sfm.pose_prior``, options in the
             ``pose_prior`` section; needs torch). None: off.
+        strict: abort on the first image file that cannot be decoded, instead of skipping it (and
+            listing it in ``report.json`` ``skipped_images``).
     """
 
     pairing: PairingMode = "exhaustive"
@@ -64,12 +74,16 @@ class PipelineOptions:
     retrieval_k: int = 15
     init: InitMethod = "two-view"
     intrinsics: tuple[float, float, float, float] | None = None
+    intrinsics_convention: Literal["opencv", "colmap"] = "opencv"
+    intrinsics_size: tuple[int, int] | None = None
+    scale_intrinsics: bool = False
     camera_model: CameraModelName = "SIMPLE_RADIAL"
     single_camera: bool | None = None
     num_workers: int = 2
     seed: int = 0
     html_report: bool = True
     pose_prior_checkpoint: str | None = None
+    strict: bool = False
 
     def __post_init__(self) -> None:
         if self.pairing not in PAIRING_MODES:
@@ -96,6 +110,19 @@ class PipelineOptions:
                     f"intrinsics focal lengths must be positive, got fx={values[0]} fy={values[1]}"
                 )
             object.__setattr__(self, "intrinsics", values)
+        if self.intrinsics_convention not in ("opencv", "colmap"):
+            raise InputError(
+                f"intrinsics_convention must be 'opencv' or 'colmap', got {self.intrinsics_convention!r}"
+            )
+        if self.intrinsics_size is not None:
+            size = tuple(self.intrinsics_size)
+            if len(size) != 2 or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size
+            ):
+                raise InputError(
+                    f"intrinsics_size must be two positive integers (w, h), got {self.intrinsics_size!r}"
+                )
+            object.__setattr__(self, "intrinsics_size", size)
         if self.num_workers < 1:
             raise InputError(f"num_workers must be >= 1, got {self.num_workers}")
         if self.sequential_window < 1 or self.retrieval_k < 1:
@@ -127,6 +154,7 @@ class ReconstructionConfig:
         extraction: :func:`geomvision.features.extract.extract_features`.
         matching: :func:`geomvision.features.match.match_pairs`.
         two_view: :func:`geomvision.sfm.two_view.verify_pairs` (nests its ``ransac``).
+        calibration: :mod:`geomvision.sfm.calibration` (focal lengths from the view graph before mapping).
         factorization: :func:`geomvision.sfm.factorization_init.initialize_by_factorization`, run when
             ``pipeline.init = "factorization"``.
         mapper: :func:`geomvision.sfm.incremental.incremental_mapping` (nests ``initialization``,
@@ -139,6 +167,7 @@ class ReconstructionConfig:
     extraction: ExtractionOptions = field(default_factory=_pipeline_extraction)
     matching: MatchingOptions = field(default_factory=_pipeline_matching)
     two_view: TwoViewOptions = field(default_factory=TwoViewOptions)
+    calibration: SelfCalibrationOptions = field(default_factory=SelfCalibrationOptions)
     factorization: FactorizationInitOptions = field(default_factory=FactorizationInitOptions)
     mapper: IncrementalMapperOptions = field(default_factory=IncrementalMapperOptions)
     pose_prior: PosePriorOptions = field(default_factory=PosePriorOptions)
@@ -270,6 +299,8 @@ def _updated(options, changes: Mapping[str, Any], path: str):
     for key, value in changes.items():
         name = f"{path}.{key}" if path else key
         current = getattr(options, key)
+        if current is None and isinstance(value, Mapping) and (cls := _options_class(hints.get(key))):
+            current = cls()  # an optional nested options (None = the stage's default): start from it
         if is_dataclass(current):
             if isinstance(value, type(current)):
                 values[key] = value
@@ -331,6 +362,14 @@ def _check_type(name: str, current: Any, value: Any, hint: Any = None) -> None:
         return
     if not ok:
         raise InputError(f"option {name} must be {kind}, got {value!r}")
+
+
+def _options_class(hint: Any) -> type | None:
+    """The options dataclass in an ``Options | None`` annotation, if any."""
+    for arg in get_args(hint) or (hint,):
+        if isinstance(arg, type) and is_dataclass(arg):
+            return arg
+    return None
 
 
 def _allows_none(hint: Any) -> bool:

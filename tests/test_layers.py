@@ -23,7 +23,7 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
     (2, ("robust",)),
     (3, ("scene",)),
     (4, ("io",)),
-    (5, ("features", "sfm", "viz", "synthetic", "evaluation")),
+    (5, ("features", "sfm", "viz", "synthetic", "synthetic_scenes", "evaluation")),
     (6, ("plugins",)),
     (7, ("config",)),
     (8, ("pipeline",)),

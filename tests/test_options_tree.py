@@ -114,8 +114,11 @@ def _leaves(options, prefix=""):
     for f in dataclasses.fields(options):
         value = getattr(options, f.name)
         path = f"{prefix}.{f.name}" if prefix else f.name
+        optional = next((a for a in typing.get_args(hints[f.name]) if dataclasses.is_dataclass(a)), None)
         if dataclasses.is_dataclass(value):
             yield from _leaves(value, path)
+        elif value is None and optional is not None:  # optional nested options: None = the stage's default
+            yield from _leaves(optional(), path)
         else:
             yield path, value, hints[f.name]
 
@@ -135,8 +138,12 @@ def _candidates(value, hint):
         if value is None:
             return [0.5, 0.25, 2.0]
         return [v for v in (value * 0.5, value * 1.5, value + 1.0, 0.5, 0.25) if v != value]
-    if isinstance(value, tuple) or (value is None and any(typing.get_origin(a) is tuple for a in args)):
-        return [[500.0, 501.0, 320.0, 240.0], [1]] if value is None else [[1], [1, 2]]
+    tuple_hint = next((a for a in args if typing.get_origin(a) is tuple), None)
+    if isinstance(value, tuple) or tuple_hint is not None:
+        items = typing.get_args(tuple_hint) if tuple_hint is not None else (int, ...)
+        if Ellipsis in items:
+            return [c for c in ([1], [1, 2]) if tuple(c) != value]
+        return [[(640 + k) if t is int else (500.0 + k) for k, t in enumerate(items)]]
     if isinstance(value, str) or (value is None and str in args):
         return ["checkpoint.pt"]
     raise AssertionError(f"no candidate for {value!r} of {hint}")
