@@ -20,6 +20,7 @@ STAGE_OPTIONS: dict[str, tuple[str, str]] = {
     "extraction": ("geomvision.features.extract", "ExtractionOptions"),
     "matching": ("geomvision.features.match", "MatchingOptions"),
     "two_view": ("geomvision.sfm.two_view", "TwoViewOptions"),
+    "calibration": ("geomvision.sfm.calibration", "SelfCalibrationOptions"),
     "mapper": ("geomvision.sfm.incremental", "IncrementalMapperOptions"),
 }
 
@@ -149,6 +150,7 @@ class ReconstructionConfig:
     extraction: Any = field(default_factory=lambda: _default_stage("extraction"))
     matching: Any = field(default_factory=lambda: _default_stage("matching"))
     two_view: Any = field(default_factory=lambda: _default_stage("two_view"))
+    calibration: Any = field(default_factory=lambda: _default_stage("calibration"))
     mapper: Any = field(default_factory=lambda: _default_stage("mapper"))
 
     def with_changes(self, **sections: dict[str, Any]) -> ReconstructionConfig:

@@ -190,6 +190,13 @@ def _run_stages(run: _Run) -> PipelineResult:
                 f"no image pair could be verified among {len(image_ids)} images "
                 f"({len(matches)} pairs matched): the images do not overlap enough"
             )
+        if config.pipeline.intrinsics is None:  # unknown focal: calibrate it from the view graph
+            run.stage = "calibration"
+            t = time.perf_counter()
+            cameras, verified, report["calibration"] = _run_calibration(
+                cameras, camera_of_image, verified, features, paths, config, executor, progress_factory
+            )
+            timings["calibration"] = time.perf_counter() - t
         # The mapper runs in this process only: a pool worker writes the view graph meanwhile.
         view_graph_written = _start_view_graph_output(out, verified, names, executor)
 
@@ -209,6 +216,16 @@ def _run_stages(run: _Run) -> PipelineResult:
         raise ReconstructionError(
             f"mapping failed: {mapping.report.get('reason', 'no model with 2+ images')}"
         )
+
+    if config.pipeline.intrinsics is None and config.calibration.enabled:  # unknown K: principal point
+        t = time.perf_counter()
+        run.stage = "principal_point"
+        from geomvision.sfm.calibration import refine_principal_points
+
+        report["principal_point"] = refine_principal_points(
+            reconstructions, config.calibration, rng=config.pipeline.seed
+        )
+        timings["principal_point"] = time.perf_counter() - t
 
     if config.pipeline.pose_prior_checkpoint:  # learned fallback for images PnP could not register
         t = time.perf_counter()
@@ -479,6 +496,26 @@ def _load_pickle(path: Path):
     except (pickle.UnpicklingError, EOFError, AttributeError, ValueError):
         logger.warning("ignoring unreadable cache file %s", path)
         return None
+
+
+def _run_calibration(cameras, camera_of_image, verified, features, paths, config, executor, progress_factory):
+    from geomvision.sfm.calibration import exif_focal_camera_ids, self_calibrate
+
+    exif = exif_focal_camera_ids(dict(zip(sorted(features), paths, strict=True)), camera_of_image)
+    with progress_factory("calibration") as progress:
+        result = self_calibrate(
+            cameras,
+            camera_of_image,
+            verified,
+            features,
+            config.calibration,
+            exif_camera_ids=exif,
+            two_view_options=config.two_view,
+            rng=config.pipeline.seed,
+            executor=executor,
+            progress=progress,
+        )
+    return result.cameras, result.two_view_geometries, result.report
 
 
 def _run_mapping(cameras, images, verified, config, progress_factory):
