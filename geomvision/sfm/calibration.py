@@ -651,11 +651,10 @@ def self_calibrate(
     """
     options = options or SelfCalibrationOptions()
     t_start = time.perf_counter()
-    unchanged = SelfCalibrationResult(dict(cameras), dict(verified), None, {"ran": False})
-    if not options.enabled:
-        unchanged.report["reason"] = "disabled"
-        return unchanged
     calibration = calibrate_view_graph(cameras, camera_of_image, verified, options.view_graph)
+    if not options.enabled:  # estimated all the same (milliseconds): the trust check compares with it
+        report_off = {"ran": False, "reason": "disabled", "view_graph": calibration.report}
+        return SelfCalibrationResult(dict(cameras), dict(verified), calibration, report_off)
     out_cameras = dict(cameras)
     changed = []
     for c, trusted in calibration.trusted_by_camera.items():
@@ -714,3 +713,9 @@ def refine_principal_points(
         result = refine_principal_point(rec, options.principal_point, rng=rng)
         out["models"].append(result.report)
     return out
+
+
+def trusted_focal_estimates(calibration_report: Mapping[str, Any] | None) -> dict[int, float]:
+    """camera_id -> trusted view-graph focal estimate, read from :func:`self_calibrate`'s report."""
+    cameras = ((calibration_report or {}).get("view_graph") or {}).get("cameras", {})
+    return {int(c): float(v["estimate_px"]) for c, v in cameras.items() if v.get("trusted")}
