@@ -27,7 +27,7 @@ import os
 import platform
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -37,17 +37,53 @@ import reconstruct as rb  # noqa: E402  (sibling benchmark script)
 
 DATASETS = dict(rb.DATASETS)
 DATASETS["dtu"] = rb.Dataset("dtu", "dtu_scan37", "images", "dtu_scan37_par.txt")
+#: sparse rings: every third image of a full set (name -> (full set, step))
+SUBSETS = {"temple16": ("temple", 3)}
 MODES = ("unknown", "unknown-nocal", "known")
+
+
+def _images_and_gt(key: str, work: Path):
+    """(image folder, names, ground truth) of a set or of a sparse ring made from one (symlinks)."""
+    full, step = SUBSETS.get(key, (key, 1))
+    ds = DATASETS[full]
+    image_dir = rb.SHARED / ds.folder / ds.images
+    names = [p.name for p in rb.image_paths(image_dir)][::step]
+    gt = rb.load_gt(ds, names, image_dir)
+    if step > 1:
+        subset = work / f"images_{key}"
+        if not subset.exists():
+            rb.link_subset(image_dir, names, subset)
+        image_dir = subset
+    return image_dir, names, gt
+
+
+def _model_errors(result, gt) -> list[dict]:
+    """Per model: registered images, median pose-pair error against ground truth, trust verdict."""
+    from geomvision.evaluation import evaluate_reconstruction
+
+    rows = []
+    for rec, model in zip(result.reconstructions, result.report["models"], strict=True):
+        registered = {rec.views[i].name for i in rec.registered_image_ids}
+        sub_gt = {n: g for n, g in gt.items() if n in registered}
+        metrics = evaluate_reconstruction(rec, sub_gt, include_per_image=False) if len(sub_gt) >= 2 else {}
+        rows.append(
+            {
+                "num_registered": rec.num_registered,
+                "median_rotation_error_deg": metrics.get("median_rotation_error_deg"),
+                "median_translation_error_deg": metrics.get("median_translation_error_deg"),
+                "trusted": model.get("trusted"),
+                "trust_reasons": model.get("trust_reasons"),
+                "trust_signals": model.get("trust_signals"),
+            }
+        )
+    return rows
 
 
 def run(key: str, mode: str, work: Path) -> dict:
     from geomvision.config import ReconstructionConfig
     from geomvision.pipeline import run_pipeline
 
-    ds = DATASETS[key]
-    image_dir = rb.SHARED / ds.folder / ds.images
-    names = [p.name for p in rb.image_paths(image_dir)]
-    gt = rb.load_gt(ds, names, image_dir)
+    image_dir, names, gt = _images_and_gt(key, work)
     gt_focal = float(np.mean([np.sqrt(g.K[0, 0] * g.K[1, 1]) for g in gt.values()]))
     changes = {
         "pipeline": {
@@ -64,8 +100,9 @@ def run(key: str, mode: str, work: Path) -> dict:
     try:
         result = run_pipeline(image_dir, out, config)
         rec, report = result.reconstruction, result.report
+        models = _model_errors(result, gt)
     except Exception as exc:  # a failed run is a result too
-        rec, report = None, {"error": f"{type(exc).__name__}: {exc}"}
+        rec, report, models = None, {"error": f"{type(exc).__name__}: {exc}"}, []
     elapsed = time.perf_counter() - t
     scores = rb.score(rec, gt)
     row = {
@@ -88,25 +125,21 @@ def run(key: str, mode: str, work: Path) -> dict:
         row["final_focal_error"] = row["final_focal_px"] / gt_focal - 1.0
     calibration = report.get("calibration", {}).get("view_graph")
     if calibration:
-        est = [c["estimate_px"] for c in calibration["cameras"].values() if c["estimate_px"] == c["estimate_px"]]
+        est = [
+            c["estimate_px"] for c in calibration["cameras"].values() if c["estimate_px"] == c["estimate_px"]
+        ]
         if est:
             row["calibration_focal_px"] = float(np.median(est))
             row["calibration_focal_error"] = row["calibration_focal_px"] / gt_focal - 1.0
         row["calibration_trusted"] = all(c["trusted"] for c in calibration["cameras"].values())
         row["calibration_time_s"] = report["calibration"].get("time_s")
-    for key_ in ("models",):
-        if key_ in report:
-            row["models"] = [
-                {k: m.get(k) for k in ("num_registered", "trusted", "trust_reasons")} for m in report[key_]
-            ]
+    row["models"] = models
+    row["principal_point"] = report.get("principal_point")
     return row
 
 
 def run_pycolmap_unknown(key: str, work: Path) -> dict:
-    ds = DATASETS[key]
-    image_dir = rb.SHARED / ds.folder / ds.images
-    names = [p.name for p in rb.image_paths(image_dir)]
-    gt = rb.load_gt(ds, names, image_dir)
+    image_dir, names, gt = _images_and_gt(key, work)
     rec, elapsed, _ = rb.run_pycolmap(image_dir, work / f"colmap_{key}_unknown", None)
     scores = rb.score(rec, gt)
     gt_focal = float(np.mean([np.sqrt(g.K[0, 0] * g.K[1, 1]) for g in gt.values()]))
@@ -136,7 +169,7 @@ def write_markdown(rows: list[dict], path: Path) -> None:
     lines = [
         "# Self-calibration: unknown vs known intrinsics",
         "",
-        f"Run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.node()}, "
+        f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.node()}, "
         f"`python benchmarks/self_calibration.py {' '.join(sys.argv[1:])}` (rows appended across runs; "
         "load = 1-min load average at the end of the row; times with cached features are not comparable "
         "to cold runs).",
