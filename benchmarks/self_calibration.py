@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 from datetime import UTC, datetime
@@ -55,6 +56,19 @@ def _images_and_gt(key: str, work: Path):
             rb.link_subset(image_dir, names, subset)
         image_dir = subset
     return image_dir, names, gt
+
+
+def _share_feature_cache(work: Path, key: str, out: Path) -> None:
+    """Seed a new run's cache with the features and matches of an earlier run of the same set (they do
+    not depend on the intrinsics), so the unknown / known rows do not extract everything twice."""
+    if (out / "cache").exists():
+        return
+    for other in sorted(work.glob(f"{key}_*")):
+        if (other / "cache" / "features").is_dir():
+            for stage in ("features", "matches"):
+                if (other / "cache" / stage).is_dir():
+                    shutil.copytree(other / "cache" / stage, out / "cache" / stage)
+            return
 
 
 def _model_errors(result, gt) -> list[dict]:
@@ -96,6 +110,7 @@ def run(key: str, mode: str, work: Path) -> dict:
         changes["calibration"] = {"enabled": False}
     config = ReconstructionConfig().with_changes(**changes)
     out = work / f"{key}_{mode}"
+    _share_feature_cache(work, key, out)
     t = time.perf_counter()
     try:
         result = run_pipeline(image_dir, out, config)
@@ -161,6 +176,10 @@ def run_pycolmap_unknown(key: str, work: Path) -> dict:
     return row
 
 
+def _auc(row: dict | None) -> str:
+    return "" if row is None else f"{row['auc@2']:.3f}"
+
+
 def _pct(v) -> str:
     return "" if v is None else f"{100 * v:+.1f} %"
 
@@ -183,6 +202,31 @@ def write_markdown(rows: list[dict], path: Path) -> None:
             f"| {r['dataset']} | {r['mode']} | {r['num_registered']}/{r['images']} | {r['auc@2']:.3f} | "
             f"{r['auc@5']:.3f} | {_pct(r.get('calibration_focal_error'))} | {_pct(r.get('final_focal_error'))} | "
             f"{r['time_s']:.1f} | {r['load_avg']:.1f} |"
+        )
+    by = {(r["dataset"], r["mode"]): r for r in rows}
+    lines += [
+        "",
+        "Unknown vs known K (AUC@2) and pycolmap with unknown K, where both rows were run:",
+        "",
+        "| dataset | unknown | known | unknown / known | pycolmap unknown | models (registered, median pose error, trusted) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key in dict.fromkeys(r["dataset"] for r in rows):
+        unknown, known, peer = (
+            by.get((key, "unknown")),
+            by.get((key, "known")),
+            by.get((key, "pycolmap-unknown")),
+        )
+        if unknown is None:
+            continue
+        ratio = f"{unknown['auc@2'] / known['auc@2']:.3f}" if known and known["auc@2"] > 0 else ""
+        models = "; ".join(
+            f"{m['num_registered']}, {m['median_rotation_error_deg']:.2f} deg, {'yes' if m['trusted'] else 'no'}"
+            for m in unknown.get("models", [])
+            if m.get("median_rotation_error_deg") is not None
+        )
+        lines.append(
+            f"| {key} | {unknown['auc@2']:.3f} | {_auc(known)} | {ratio} | {_auc(peer)} | {models} |"
         )
     path.write_text("\n".join(lines) + "\n")
 

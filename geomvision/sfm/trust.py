@@ -49,7 +49,7 @@ class TrustOptions:
     max_focal_deviation: float = 0.15
     min_focal_ratio: float = 0.3
     max_focal_ratio: float = 6.0
-    min_mean_track_length: float = 2.3
+    min_mean_track_length: float = 2.1
     min_median_triangulation_angle_deg: float = 2.0
     min_median_points_per_image: int = 40
     min_registered_images: int = 3
