@@ -21,6 +21,7 @@ STAGE_OPTIONS: dict[str, tuple[str, str]] = {
     "matching": ("geomvision.features.match", "MatchingOptions"),
     "two_view": ("geomvision.sfm.two_view", "TwoViewOptions"),
     "calibration": ("geomvision.sfm.calibration", "SelfCalibrationOptions"),
+    "trust": ("geomvision.sfm.trust", "TrustOptions"),
     "mapper": ("geomvision.sfm.incremental", "IncrementalMapperOptions"),
 }
 
@@ -151,6 +152,7 @@ class ReconstructionConfig:
     matching: Any = field(default_factory=lambda: _default_stage("matching"))
     two_view: Any = field(default_factory=lambda: _default_stage("two_view"))
     calibration: Any = field(default_factory=lambda: _default_stage("calibration"))
+    trust: Any = field(default_factory=lambda: _default_stage("trust"))
     mapper: Any = field(default_factory=lambda: _default_stage("mapper"))
 
     def with_changes(self, **sections: dict[str, Any]) -> ReconstructionConfig:

@@ -227,6 +227,15 @@ def _run_stages(run: _Run) -> PipelineResult:
         )
         timings["principal_point"] = time.perf_counter() - t
 
+    run.stage = "trust"  # measured signals; sparse/0 becomes the largest trusted model
+    from geomvision.sfm.calibration import trusted_focal_estimates
+    from geomvision.sfm.trust import assess_models_trust
+
+    focal_estimates = trusted_focal_estimates(report.get("calibration"))
+    reconstructions, verdicts = assess_models_trust(
+        reconstructions, config.trust, calibrated_focal_px=focal_estimates
+    )
+
     if config.pipeline.pose_prior_checkpoint:  # learned fallback for images PnP could not register
         t = time.perf_counter()
         run.stage = "pose_prior"
@@ -239,6 +248,9 @@ def _run_stages(run: _Run) -> PipelineResult:
         _write_models(out, reconstructions, run.image_dir)
     timings["export"] = time.perf_counter() - t
     report.update(_model_summary(reconstructions))
+    for model, verdict in zip(report["models"], verdicts, strict=True):
+        model.update(trusted=verdict.trusted, trust_reasons=verdict.reasons, trust_signals=verdict.signals)
+    report["trusted"] = verdicts[0].trusted
     report["status"] = "success"
     _write_report(out, report, timings, run.t_start)
     if out and config.pipeline.html_report:

@@ -152,6 +152,14 @@ def run(args: argparse.Namespace) -> int:
         f"{t['total']:.1f} s (features {t['features']:.1f}, matching {t['matching']:.1f}, "
         f"verification {t['verification']:.1f}, mapping {t['mapping']:.1f})"
     )
+    if report.get("models"):  # one line on trust: a wrong model must not pass as a success
+        first, trusted = report["models"][0], sum(bool(m.get("trusted")) for m in report["models"])
+        verdict = (
+            "trusted"
+            if first.get("trusted")
+            else "NOT trusted (" + "; ".join(first.get("trust_reasons", [])) + ")"
+        )
+        print(f"model sparse/0 is {verdict}; {trusted} of {report['num_models']} model(s) trusted")
     if "pose_prior" in report:  # say plainly which registrations are learned guesses, not PnP
         placed = report["pose_prior"]["num_registered_by_prior"]
         print(f"{placed} of the registered images placed by the learned pose prior only (no points)")
