@@ -11,7 +11,7 @@ import importlib
 import tomllib
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from geomvision.errors import InputError
 
@@ -21,10 +21,12 @@ STAGE_OPTIONS: dict[str, tuple[str, str]] = {
     "matching": ("geomvision.features.match", "MatchingOptions"),
     "two_view": ("geomvision.sfm.two_view", "TwoViewOptions"),
     "mapper": ("geomvision.sfm.incremental", "IncrementalMapperOptions"),
+    "global_mapper": ("geomvision.sfm.global_mapper", "GlobalMapperOptions"),
 }
 
 PAIRING_MODES = ("exhaustive", "sequential", "retrieval")
 INIT_METHODS = ("two-view", "factorization")
+MAPPERS = ("incremental", "global")
 
 
 def _stage_class(section: str) -> type:
@@ -40,7 +42,9 @@ class PipelineOptions:
         pairing: which image pairs to match: exhaustive, sequential (video) or retrieval (large sets).
         sequential_window: neighbours matched per image in sequential mode (also added in retrieval mode).
         retrieval_k: top-k most similar images matched per image in retrieval mode.
-        init: initialiser, "two-view" or "factorization".
+        init: initialiser of the incremental mapper, "two-view" or "factorization".
+        mapper: "incremental" (``[mapper]`` options) or "global" (rotation averaging + global
+            positioning, ``[global_mapper]`` options).
         intrinsics: known pinhole (fx, fy, cx, cy) in pixels shared by all images; None to estimate.
         camera_model: model used when intrinsics are estimated (SIMPLE_RADIAL refines f and k).
         single_camera: one shared camera (True), one per image (False), or None = shared when all
@@ -57,6 +61,7 @@ class PipelineOptions:
     sequential_window: int = 8
     retrieval_k: int = 15
     init: str = "two-view"
+    mapper: Literal["incremental", "global"] = "incremental"
     intrinsics: tuple[float, float, float, float] | None = None
     camera_model: str = "SIMPLE_RADIAL"
     single_camera: bool | None = None
@@ -71,6 +76,8 @@ class PipelineOptions:
             raise InputError(f"pairing must be one of {PAIRING_MODES}, got {self.pairing!r}")
         if self.init not in INIT_METHODS:
             raise InputError(f"init must be one of {INIT_METHODS}, got {self.init!r}")
+        if self.mapper not in MAPPERS:
+            raise InputError(f"mapper must be one of {MAPPERS}, got {self.mapper!r}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise InputError(f"seed must be a non-negative integer, got {self.seed!r}")
         if self.intrinsics is not None:
@@ -124,6 +131,7 @@ class ReconstructionConfig:
     matching: Any = field(default_factory=lambda: _default_stage("matching"))
     two_view: Any = field(default_factory=lambda: _default_stage("two_view"))
     mapper: Any = field(default_factory=lambda: _default_stage("mapper"))
+    global_mapper: Any = field(default_factory=lambda: _default_stage("global_mapper"))
 
     def with_changes(self, **sections: dict[str, Any]) -> ReconstructionConfig:
         """Copy with some fields of some sections replaced: ``cfg.with_changes(pipeline={"seed": 3})``."""
