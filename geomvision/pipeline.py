@@ -533,6 +533,8 @@ def _run_calibration(cameras, camera_of_image, verified, features, paths, config
 def _run_mapping(cameras, images, verified, config, progress_factory):
     from geomvision.sfm.incremental import incremental_mapping
 
+    if config.pipeline.mapper == "global":
+        return _run_global_mapping(cameras, images, verified, config, progress_factory)
     init_reconstruction = None
     if config.pipeline.init == "factorization":
         init_reconstruction = _factorization_init(cameras, images, verified, config)
@@ -551,6 +553,18 @@ def _run_mapping(cameras, images, verified, config, progress_factory):
             rng=config.pipeline.seed,
             progress=progress,
         )
+
+
+def _run_global_mapping(cameras, images, verified, config, progress_factory):
+    from dataclasses import replace
+
+    from geomvision.sfm.global_mapper import global_mapping
+
+    options = config.global_mapper
+    if config.pipeline.intrinsics is not None:  # known calibration: the mapper must never refine it
+        options = replace(options, fixed_camera_ids=tuple(sorted(cameras)))
+    with progress_factory("mapping") as progress:
+        return global_mapping(cameras, images, verified, options, rng=config.pipeline.seed, progress=progress)
 
 
 def _run_pose_prior(reconstructions, cameras, images, paths, matches, config) -> dict[str, Any]:

@@ -40,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "per size; without it, images of another size are an error",
     )
     parser.add_argument("--init", choices=("two-view", "factorization"), help="initialiser")
+    parser.add_argument(
+        "--mapper", choices=("incremental", "global"), help="mapper: incremental (default) or global"
+    )
     parser.add_argument("--pairing", choices=("exhaustive", "sequential", "retrieval"), help="pair selection")
     parser.add_argument("--workers", type=int, help="worker processes for features/matching/verification")
     parser.add_argument("--seed", type=int, help="random seed (same seed, same result)")
@@ -102,7 +105,13 @@ def build_config(args: argparse.Namespace):
         pipeline["scale_intrinsics"] = True
     if args.pose_prior is not None:
         pipeline["pose_prior_checkpoint"] = args.pose_prior
-    for arg, key in (("init", "init"), ("pairing", "pairing"), ("workers", "num_workers"), ("seed", "seed")):
+    for arg, key in (
+        ("init", "init"),
+        ("mapper", "mapper"),
+        ("pairing", "pairing"),
+        ("workers", "num_workers"),
+        ("seed", "seed"),
+    ):
         if getattr(args, arg) is not None:
             pipeline[key] = getattr(args, arg)
     if args.strict:
