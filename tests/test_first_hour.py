@@ -343,6 +343,9 @@ def test_report_verdict_counts_every_model():
     css, line = verdict(report, rec)
     assert line.startswith("Registered 45/47 images in 4 models (19, 12, 8, 6)") and css == "warn"
     assert registered_summary(report).startswith("registered 45/47 images in 4 models (19, 12, 8, 6)")
+    report["models"][0] |= {"trusted": False, "trust_reasons": ["focal length implausible"]}
+    css, line = verdict(report, rec)
+    assert css == "bad" and "NOT trusted" in line
 
 
 def test_robust_framing_ignores_far_sparse_points():

@@ -128,15 +128,14 @@ def build_config(args: argparse.Namespace):
 
 
 def registered_summary(report: dict) -> str:
-    """``registered 45/47 images in 4 models (19, 12, 8, 6); largest model (sparse/0):`` (or ``... in 1 model,``)."""
+    """``registered 45/47 images in 4 models (19, 12, 8, 6); sparse/0:`` (or ``... in 1 model,``)."""
     models = report.get("models") or []
     if len(models) <= 1:
         return f"registered {report['num_registered']}/{report['num_images']} images in 1 model,"
     total = report.get("num_registered_all_models", sum(m["num_registered"] for m in models))
     sizes = ", ".join(str(m["num_registered"]) for m in models)
     return (
-        f"registered {total}/{report['num_images']} images in {len(models)} models ({sizes}); "
-        "largest model (sparse/0):"
+        f"registered {total}/{report['num_images']} images in {len(models)} models ({sizes}); model sparse/0:"
     )
 
 
