@@ -11,7 +11,7 @@ import importlib
 import tomllib
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from geomvision.errors import InputError
 
@@ -20,11 +20,15 @@ STAGE_OPTIONS: dict[str, tuple[str, str]] = {
     "extraction": ("geomvision.features.extract", "ExtractionOptions"),
     "matching": ("geomvision.features.match", "MatchingOptions"),
     "two_view": ("geomvision.sfm.two_view", "TwoViewOptions"),
+    "calibration": ("geomvision.sfm.calibration", "SelfCalibrationOptions"),
+    "trust": ("geomvision.sfm.trust", "TrustOptions"),
     "mapper": ("geomvision.sfm.incremental", "IncrementalMapperOptions"),
+    "global_mapper": ("geomvision.sfm.global_mapper", "GlobalMapperOptions"),
 }
 
 PAIRING_MODES = ("exhaustive", "sequential", "retrieval")
 INIT_METHODS = ("two-view", "factorization")
+MAPPERS = ("incremental", "global")
 
 
 def _stage_class(section: str) -> type:
@@ -40,8 +44,17 @@ class PipelineOptions:
         pairing: which image pairs to match: exhaustive, sequential (video) or retrieval (large sets).
         sequential_window: neighbours matched per image in sequential mode (also added in retrieval mode).
         retrieval_k: top-k most similar images matched per image in retrieval mode.
-        init: initialiser, "two-view" or "factorization".
+        init: initialiser of the incremental mapper, "two-view" or "factorization".
+        mapper: "incremental" (``[mapper]`` options) or "global" (rotation averaging + global
+            positioning, ``[global_mapper]`` options).
         intrinsics: known pinhole (fx, fy, cx, cy) in pixels shared by all images; None to estimate.
+        intrinsics_convention: origin of the principal point in ``intrinsics``: "opencv" (centre of
+            the top-left pixel, geomvision's own) or "colmap" (its corner, as in COLMAP's cameras.txt;
+            ``cx_opencv = cx_colmap - 0.5``).
+        intrinsics_size: (width, height) the intrinsics belong to; None = the size of the images when
+            they all have one (several sizes are then an error).
+        scale_intrinsics: rescale ``intrinsics`` for images of another size (resized, same aspect
+            ratio); without it such images are an error. See ``geomvision.io.camera_setup``.
         camera_model: model used when intrinsics are estimated (SIMPLE_RADIAL refines f and k).
         single_camera: one shared camera (True), one per image (False), or None = shared when all
             images have the same size.
@@ -51,13 +64,19 @@ class PipelineOptions:
         pose_prior_checkpoint: learned pose-model checkpoint; images the mapper cannot register are then
             placed from its relative-pose prior (``geomvision.sfm.pose_prior``; needs torch). None: off.
         pose_prior_min_confidence: priors below this confidence are ignored.
+        strict: abort on the first image file that cannot be decoded, instead of skipping it (and
+            listing it in ``report.json`` ``skipped_images``).
     """
 
     pairing: str = "exhaustive"
     sequential_window: int = 8
     retrieval_k: int = 15
     init: str = "two-view"
+    mapper: Literal["incremental", "global"] = "incremental"
     intrinsics: tuple[float, float, float, float] | None = None
+    intrinsics_convention: Literal["opencv", "colmap"] = "opencv"
+    intrinsics_size: tuple[int, int] | None = None
+    scale_intrinsics: bool = False
     camera_model: str = "SIMPLE_RADIAL"
     single_camera: bool | None = None
     num_workers: int = 2
@@ -65,12 +84,15 @@ class PipelineOptions:
     html_report: bool = True
     pose_prior_checkpoint: str | None = None
     pose_prior_min_confidence: float = 0.5
+    strict: bool = False
 
     def __post_init__(self) -> None:
         if self.pairing not in PAIRING_MODES:
             raise InputError(f"pairing must be one of {PAIRING_MODES}, got {self.pairing!r}")
         if self.init not in INIT_METHODS:
             raise InputError(f"init must be one of {INIT_METHODS}, got {self.init!r}")
+        if self.mapper not in MAPPERS:
+            raise InputError(f"mapper must be one of {MAPPERS}, got {self.mapper!r}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise InputError(f"seed must be a non-negative integer, got {self.seed!r}")
         if self.intrinsics is not None:
@@ -87,6 +109,19 @@ class PipelineOptions:
                     f"intrinsics focal lengths must be positive, got fx={values[0]} fy={values[1]}"
                 )
             object.__setattr__(self, "intrinsics", values)
+        if self.intrinsics_convention not in ("opencv", "colmap"):
+            raise InputError(
+                f"intrinsics_convention must be 'opencv' or 'colmap', got {self.intrinsics_convention!r}"
+            )
+        if self.intrinsics_size is not None:
+            size = tuple(self.intrinsics_size)
+            if len(size) != 2 or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size
+            ):
+                raise InputError(
+                    f"intrinsics_size must be two positive integers (w, h), got {self.intrinsics_size!r}"
+                )
+            object.__setattr__(self, "intrinsics_size", size)
         if self.num_workers < 1:
             raise InputError(f"num_workers must be >= 1, got {self.num_workers}")
         if self.sequential_window < 1 or self.retrieval_k < 1:
@@ -123,7 +158,10 @@ class ReconstructionConfig:
     extraction: Any = field(default_factory=lambda: _default_stage("extraction"))
     matching: Any = field(default_factory=lambda: _default_stage("matching"))
     two_view: Any = field(default_factory=lambda: _default_stage("two_view"))
+    calibration: Any = field(default_factory=lambda: _default_stage("calibration"))
+    trust: Any = field(default_factory=lambda: _default_stage("trust"))
     mapper: Any = field(default_factory=lambda: _default_stage("mapper"))
+    global_mapper: Any = field(default_factory=lambda: _default_stage("global_mapper"))
 
     def with_changes(self, **sections: dict[str, Any]) -> ReconstructionConfig:
         """Copy with some fields of some sections replaced: ``cfg.with_changes(pipeline={"seed": 3})``."""

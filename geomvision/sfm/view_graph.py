@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -290,7 +291,9 @@ def draw_view_graph(graph: nx.Graph, path_png: str | os.PathLike, *, title: str 
         vmax=9,
         node_color=[colour_of[n] % 10 for n in graph.nodes],
     )
-    nx.draw_networkx_labels(graph, pos, ax=ax, font_size=7)
+    # file names, not ids 1..N: the names are what a user recognises (kept short: no extension)
+    labels = {n: Path(str(graph.nodes[n].get("name", n))).stem[:16] for n in graph.nodes}
+    nx.draw_networkx_labels(graph, pos, labels=labels, ax=ax, font_size=7)
     ax.set_title(
         title
         or f"{graph.number_of_nodes()} images, {graph.number_of_edges()} verified pairs, "
@@ -299,4 +302,6 @@ def draw_view_graph(graph: nx.Graph, path_png: str | os.PathLike, *, title: str 
     ax.set_axis_off()
     path_png = Path(path_png)
     with atomic_path(path_png, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", bbox_inches="tight")
+        with warnings.catch_warnings():  # a file name in a script the font lacks: boxes, not a warning
+            warnings.filterwarnings("ignore", message="Glyph .* missing from font")
+            fig.savefig(tmp, format="png", bbox_inches="tight")
