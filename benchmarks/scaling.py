@@ -153,7 +153,7 @@ def child_geomvision(image_dir: str, out: str, pairing: str | None, result_path:
     row = {
         "wall_s": time.perf_counter() - t0,
         "timings_s": report.get("timings_s", {}),
-        "pairing": report.get("config", {}).get("pipeline", {}).get("pairing"),
+        "pairing": report.get("matching", {}).get("pairing"),
         "num_pairs": report.get("matching", {}).get("num_pairs"),
         "num_models": report.get("num_models"),
         "peak_rss_by_stage": mem.peaks,
