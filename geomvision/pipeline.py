@@ -171,7 +171,7 @@ def _run_stages(run: _Run) -> PipelineResult:
         matches = _run_matching(features, pairs, config, cache, executor, progress_factory)
         timings["matching"] = time.perf_counter() - t
         report["matching"] = {
-            "pairing": config.pipeline.pairing,
+            "pairing": resolve_pairing(len(image_ids), config.pipeline),
             "num_pairs": len(pairs),
             "num_matches_total": int(sum(len(m) for m in matches.values())),
         }
@@ -402,14 +402,22 @@ def setup_cameras(
     )
 
 
+def resolve_pairing(num_images: int, options) -> str:
+    """The pairing mode a run uses: ``options.pairing``, with ``auto`` resolved by the number of images."""
+    if options.pairing != "auto":
+        return options.pairing
+    return "exhaustive" if num_images <= options.auto_exhaustive_max_images else "retrieval"
+
+
 def select_pairs(image_ids: list[int], features: dict, config: ReconstructionConfig) -> list[tuple[int, int]]:
     """Image pairs to match, by the configured pairing mode (sorted (i, j) with i < j)."""
     from geomvision.features import pairs as pairing
 
     options = config.pipeline
-    if options.pairing == "exhaustive":
+    mode = resolve_pairing(len(image_ids), options)
+    if mode == "exhaustive":
         return pairing.exhaustive_pairs(image_ids)
-    if options.pairing == "sequential":
+    if mode == "sequential":
         return pairing.sequential_pairs(image_ids, options.sequential_window)
     retrieved = pairing.retrieval_pairs(features, options.retrieval_k, rng=options.seed)
     sequential = pairing.sequential_pairs(image_ids, min(options.sequential_window, 3))

@@ -43,7 +43,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--mapper", choices=("incremental", "global"), help="mapper: incremental (default) or global"
     )
-    parser.add_argument("--pairing", choices=("exhaustive", "sequential", "retrieval"), help="pair selection")
+    parser.add_argument(
+        "--pairing",
+        choices=("auto", "exhaustive", "sequential", "retrieval"),
+        help="pair selection (default auto: exhaustive up to 50 images, retrieval above)",
+    )
     parser.add_argument("--workers", type=int, help="worker processes for features/matching/verification")
     parser.add_argument("--seed", type=int, help="random seed (same seed, same result)")
     parser.add_argument("--max-features", type=int, help="maximum features per image")
