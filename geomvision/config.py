@@ -21,6 +21,8 @@ STAGE_OPTIONS: dict[str, tuple[str, str]] = {
     "matching": ("geomvision.features.match", "MatchingOptions"),
     "two_view": ("geomvision.sfm.two_view", "TwoViewOptions"),
     "mapper": ("geomvision.sfm.incremental", "IncrementalMapperOptions"),
+    "partition": ("geomvision.sfm.partition", "PartitionOptions"),
+    "merge": ("geomvision.sfm.merge", "MergeOptions"),
 }
 
 PAIRING_MODES = ("exhaustive", "sequential", "retrieval")
@@ -124,6 +126,8 @@ class ReconstructionConfig:
     matching: Any = field(default_factory=lambda: _default_stage("matching"))
     two_view: Any = field(default_factory=lambda: _default_stage("two_view"))
     mapper: Any = field(default_factory=lambda: _default_stage("mapper"))
+    partition: Any = field(default_factory=lambda: _default_stage("partition"))
+    merge: Any = field(default_factory=lambda: _default_stage("merge"))
 
     def with_changes(self, **sections: dict[str, Any]) -> ReconstructionConfig:
         """Copy with some fields of some sections replaced: ``cfg.with_changes(pipeline={"seed": 3})``."""

@@ -127,12 +127,19 @@ def pose_consistency_residuals(
     centers_b: np.ndarray,
     depths_b: np.ndarray,
     focals_px: np.ndarray,
+    radii_px: np.ndarray,
 ) -> np.ndarray:
     """Pixel-equivalent disagreement of cameras posed in both models once model a is mapped into b.
 
-    A rotation error of ``theta`` radians moves image points by about ``f * theta`` pixels; a centre
-    error ``e`` at scene depth ``d`` moves them by about ``f * e / d``. Expressing both in pixels lets
-    camera terms sit next to reprojection residuals in one robust cost.
+    How far the disagreement moves the image of a scene point at depth ``d``:
+
+    - a rotation error of ``theta`` radians: about ``f * theta`` pixels;
+    - a centre offset ``e`` across the optical axis: about ``f * e / d`` pixels;
+    - a centre offset ``e`` along the optical axis: a zoom about the principal point, about
+      ``r * e / d`` pixels for image points at distance ``r`` from it (models refining their focal lengths
+      apart disagree mostly here: the camera slides along its axis as the focal length changes).
+
+    Expressing all three in pixels lets camera terms sit next to reprojection residuals in one cost.
 
     Args:
         b_from_a: the similarity.
@@ -140,9 +147,11 @@ def pose_consistency_residuals(
         centers_a, centers_b: (K, 3) camera centres in each model's world.
         depths_b: (K,) typical depth of the scene in each camera, in model b's units (> 0).
         focals_px: (K,) focal lengths in pixels.
+        radii_px: (K,) typical distance of image points from the principal point, in pixels.
 
     Returns:
-        (K, 6): rotation residual (rotvec of ``R_b (R_a s^-1...)``, 3) and centre residual (3), in px.
+        (K, 6): rotation residual (rotation vector of ``R_b R_pred^T`` times f, 3) and centre residual in
+        camera b's axes (x, y times ``f / d``; z times ``r / d``), all in pixels.
     """
     R_a = np.asarray(rotations_a, dtype=np.float64).reshape(-1, 3, 3)
     R_b = np.asarray(rotations_b, dtype=np.float64).reshape(-1, 3, 3)
@@ -150,8 +159,10 @@ def pose_consistency_residuals(
     R_pred = R_a @ b_from_a.rotation.T
     delta = R_b @ np.transpose(R_pred, (0, 2, 1))
     rot = np.array([matrix_to_rotvec(d) for d in delta]).reshape(-1, 3)
-    centre = (
-        np.asarray(centers_b, dtype=np.float64).reshape(-1, 3) - b_from_a.apply(centers_a)
-    ) / np.asarray(depths_b, dtype=np.float64).reshape(-1, 1)
+    offset_world = np.asarray(centers_b, dtype=np.float64).reshape(-1, 3) - b_from_a.apply(centers_a)
+    offset_cam = np.einsum("kij,kj->ki", R_b, offset_world) / np.asarray(depths_b, dtype=np.float64).reshape(
+        -1, 1
+    )
     f = np.asarray(focals_px, dtype=np.float64).reshape(-1, 1)
-    return np.hstack([rot * f, centre * f])
+    r = np.asarray(radii_px, dtype=np.float64).reshape(-1, 1)
+    return np.hstack([rot * f, offset_cam[:, :2] * f, offset_cam[:, 2:] * r])

@@ -266,6 +266,7 @@ class _SharedCameras:
     centers_dst: np.ndarray
     depths_dst: np.ndarray
     focals_px: np.ndarray
+    radii_px: np.ndarray
 
     def residuals(self, dst_from_src: Sim3d) -> np.ndarray:
         if not self.image_ids:
@@ -278,18 +279,21 @@ class _SharedCameras:
             self.centers_dst,
             self.depths_dst,
             self.focals_px,
+            self.radii_px,
         )
 
 
 def _shared_cameras(src: Reconstruction, dst: Reconstruction) -> _SharedCameras:
     ids = sorted(set(src.registered_image_ids) & set(dst.registered_image_ids))
-    depths, focals = [], []
+    depths, focals, radii = [], [], []
     fallback = _median_depth(dst, dst.registered_image_ids)
     for i in ids:
         depth = _median_depth(dst, [i])
         depths.append(depth if np.isfinite(depth) and depth > 0 else fallback)
         camera = dst.cameras[dst.views[i].camera_id]
         focals.append(float(np.mean(camera.focal_xy)))
+        # Mean distance of points spread uniformly over the image from its centre: ~0.38 x the diagonal.
+        radii.append(0.38 * float(np.hypot(camera.width, camera.height)))
     return _SharedCameras(
         ids,
         np.array([src.views[i].cam_from_world.rotation for i in ids]).reshape(-1, 3, 3),
@@ -298,6 +302,7 @@ def _shared_cameras(src: Reconstruction, dst: Reconstruction) -> _SharedCameras:
         np.array([dst.views[i].cam_from_world.center for i in ids]).reshape(-1, 3),
         np.asarray(depths, dtype=np.float64),
         np.asarray(focals, dtype=np.float64),
+        np.asarray(radii, dtype=np.float64),
     )
 
 
