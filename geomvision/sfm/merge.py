@@ -72,7 +72,7 @@ __all__ = [
 
 def _default_alignment_ransac() -> RansacOptions:
     return RansacOptions(
-        max_error_px=4.0, min_num_inliers=10, min_iterations=100, max_iterations=2000, bailout_subset=0
+        max_error_px=4.0, min_num_inliers=10, min_iterations=16, max_iterations=2000, bailout_subset=0
     )
 
 
@@ -93,6 +93,8 @@ class AlignmentOptions:
     """
 
     ransac: RansacOptions = field(default_factory=_default_alignment_ransac)
+    ransac_max_points: int = 500
+    refine_max_points: int = 1000
     min_inlier_ratio: float = 0.3
     huber_scale_px: float = 1.0
     refine_max_iterations: int = 200
@@ -109,6 +111,11 @@ class AlignmentOptions:
             )
         if self.refine_max_iterations < 1:
             raise InputError(f"refine_max_iterations must be >= 1, got {self.refine_max_iterations}")
+        if self.ransac_max_points < 3 or self.refine_max_points < 3:
+            raise InputError(
+                f"ransac_max_points and refine_max_points must be >= 3, got "
+                f"{self.ransac_max_points}, {self.refine_max_points}"
+            )
         if not 0.0 <= self.max_inconsistent_camera_ratio <= 1.0:
             raise InputError(
                 f"max_inconsistent_camera_ratio must be in [0, 1], got {self.max_inconsistent_camera_ratio}"
@@ -201,27 +208,41 @@ def shared_point_pairs(src: Reconstruction, dst: Reconstruction) -> np.ndarray:
 
 
 def _projection_set(rec: Reconstruction, point_ids: np.ndarray) -> ProjectionSet:
-    """Observations of ``point_ids`` (in that order) in ``rec``'s registered images."""
-    index, rotations, translations, models, params, pixels = [], [], [], [], [], []
-    for k, pid in enumerate(point_ids.tolist()):
-        for image_id, kp in rec.points3D[pid].track:
-            view = rec.views[image_id]
-            if not view.registered:
-                continue
-            camera = rec.cameras[view.camera_id]
-            index.append(k)
-            rotations.append(view.cam_from_world.rotation)
-            translations.append(view.cam_from_world.translation)
-            models.append(camera.model)
-            params.append(camera.params)
-            pixels.append(view.keypoints_px[kp])
+    """Observations of ``point_ids`` (point k = ``point_ids[k]``) in ``rec``'s registered images."""
+    point_ids = np.asarray(point_ids, dtype=np.int64)
+    order = np.argsort(point_ids, kind="stable")
+    sorted_ids = point_ids[order]
+    point_index, image_index, pixels = [], [], []
+    rotations, translations, models, params = [], [], [], []
+    for image_id in rec.registered_image_ids:
+        view = rec.views[image_id]
+        keypoints = np.flatnonzero(view.point3D_ids >= 0)
+        ids = view.point3D_ids[keypoints]
+        pos = np.minimum(np.searchsorted(sorted_ids, ids), max(len(sorted_ids) - 1, 0))
+        found = sorted_ids[pos] == ids if len(sorted_ids) else np.zeros(len(ids), dtype=bool)
+        if not found.any():
+            continue
+        camera = rec.cameras[view.camera_id]
+        point_index.append(order[pos[found]])
+        image_index.append(np.full(int(found.sum()), len(rotations), dtype=np.int64))
+        pixels.append(view.keypoints_px[keypoints[found]])
+        rotations.append(view.cam_from_world.rotation)
+        translations.append(view.cam_from_world.translation)
+        models.append(camera.model)
+        params.append(camera.params)
+    if not rotations:
+        empty = np.zeros(0, dtype=np.int64)
+        return ProjectionSet(
+            empty, empty, np.zeros((0, 3, 3)), np.zeros((0, 3)), [], [], np.zeros((0, 2)), len(point_ids)
+        )
     return ProjectionSet(
-        np.asarray(index, dtype=np.int64),
-        np.asarray(rotations).reshape(-1, 3, 3),
-        np.asarray(translations).reshape(-1, 3),
+        np.concatenate(point_index),
+        np.concatenate(image_index),
+        np.array(rotations),
+        np.array(translations),
         models,
         params,
-        np.asarray(pixels).reshape(-1, 2),
+        np.concatenate(pixels),
         len(point_ids),
     )
 
@@ -386,41 +407,49 @@ def align_reconstructions(
             f"({len(cameras.image_ids)} shared images)"
         )
         return result
+    gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
     xyz_src = np.array([src.points3D[int(p)].xyz for p in pairs[:, 0]])
     xyz_dst = np.array([dst.points3D[int(p)].xyz for p in pairs[:, 1]])
-    in_src, in_dst = _projection_set(src, pairs[:, 0]), _projection_set(dst, pairs[:, 1])
-    estimator = _SimilarityEstimator(xyz_src, xyz_dst, in_src, in_dst)
-    found = ransac(estimator, len(pairs), options.ransac, rng=rng)
+    full = _SimilarityEstimator(
+        xyz_src, xyz_dst, _projection_set(src, pairs[:, 0]), _projection_set(dst, pairs[:, 1])
+    )
+    subset = np.arange(len(pairs))
+    if len(pairs) > options.ransac_max_points:
+        subset = np.sort(gen.choice(len(pairs), options.ransac_max_points, replace=False))
+    estimator = (
+        full if len(subset) == len(pairs) else _subset_estimator(src, dst, pairs, xyz_src, xyz_dst, subset)
+    )
+    found = ransac(estimator, len(subset), options.ransac, rng=gen)
     result.stats["ransac_iterations"] = found.num_iterations
     if found.model is None:
         result.reason = f"RANSAC found no similarity: {found.reason}"
         return result
     sim = sim3_from_matrix(found.model)
-    inliers = found.inlier_mask
     threshold_sq = options.ransac.max_error_px**2
-    for _ in range(2):  # refine on the inliers, recount, refine once more on the new inlier set
-        if inliers.sum() < 3:
+    for _ in range(2):  # refine on the inliers, recount on all shared points, refine once more
+        inliers = np.flatnonzero(full.residuals_sq(sim.matrix()) <= threshold_sq)
+        if len(inliers) < 3:
             break
-        sel = np.flatnonzero(inliers)
+        if len(inliers) > options.refine_max_points:
+            inliers = np.sort(gen.choice(inliers, options.refine_max_points, replace=False))
         sim = _refine(
             sim,
-            xyz_src[sel],
-            xyz_dst[sel],
-            _projection_set(src, pairs[sel, 0]),
-            _projection_set(dst, pairs[sel, 1]),
+            xyz_src[inliers],
+            xyz_dst[inliers],
+            _projection_set(src, pairs[inliers, 0]),
+            _projection_set(dst, pairs[inliers, 1]),
             cameras,
             options,
         )
-        inliers = estimator.residuals_sq(sim.matrix()) <= threshold_sq
     result.dst_from_src = sim
-    result.num_inliers = int(inliers.sum())
-    sel = np.flatnonzero(inliers)
-    err_dst = np.linalg.norm(
-        _projection_set(dst, pairs[sel, 1]).residuals_px(sim.apply(xyz_src[sel])), axis=1
-    )
-    err_src = np.linalg.norm(
-        _projection_set(src, pairs[sel, 0]).residuals_px(sim.inverse().apply(xyz_dst[sel])), axis=1
-    )
+    all_inliers = full.residuals_sq(sim.matrix()) <= threshold_sq
+    result.num_inliers = int(all_inliers.sum())
+    err_dst = np.linalg.norm(full.in_dst.residuals_px(sim.apply(xyz_src)), axis=1)[
+        all_inliers[full.in_dst.point_index]
+    ]
+    err_src = np.linalg.norm(full.in_src.residuals_px(sim.inverse().apply(xyz_dst)), axis=1)[
+        all_inliers[full.in_src.point_index]
+    ]
     camera_res = cameras.residuals(sim)
     camera_err_px = np.linalg.norm(camera_res, axis=1)
     inconsistent = [
@@ -458,6 +487,15 @@ def align_reconstructions(
     else:
         result.success = True
     return result
+
+
+def _subset_estimator(src, dst, pairs, xyz_src, xyz_dst, subset) -> _SimilarityEstimator:
+    return _SimilarityEstimator(
+        xyz_src[subset],
+        xyz_dst[subset],
+        _projection_set(src, pairs[subset, 0]),
+        _projection_set(dst, pairs[subset, 1]),
+    )
 
 
 def _summary(values: np.ndarray) -> dict[str, float]:
