@@ -51,7 +51,7 @@ def load_average() -> str:
 
 
 def run_geomvision(
-    image_dir: Path, out: Path, intrinsics, max_cluster_images: int, workers: int, cache: Path
+    image_dir: Path, out: Path, intrinsics, max_cluster_images: int, workers: int, cache: Path, pairing: dict
 ):
     """One pipeline run; ``cache`` is shared by all runs on a dataset (features, matches, verification)."""
     from geomvision.config import ReconstructionConfig
@@ -61,7 +61,13 @@ def run_geomvision(
     if not (out / "cache").exists():
         (out / "cache").symlink_to(cache, target_is_directory=True)
     config = ReconstructionConfig().with_changes(
-        pipeline={"intrinsics": intrinsics, "seed": 0, "num_workers": workers, "html_report": False},
+        pipeline={
+            "intrinsics": intrinsics,
+            "seed": 0,
+            "num_workers": workers,
+            "html_report": False,
+            **pairing,
+        },
         partition={"max_cluster_images": max_cluster_images},
     )
     t = time.perf_counter()
@@ -72,7 +78,7 @@ def run_geomvision(
     return result.reconstructions, time.perf_counter() - t, result.report
 
 
-def colmap_database(image_dir: Path, work: Path, intrinsics) -> Path:
+def colmap_database(image_dir: Path, work: Path, intrinsics, pairing: str, window: int) -> Path:
     import pycolmap
 
     work.mkdir(parents=True, exist_ok=True)
@@ -97,7 +103,15 @@ def colmap_database(image_dir: Path, work: Path, intrinsics) -> Path:
         extraction_options=extraction,
         device=pycolmap.Device.cpu,
     )
-    pycolmap.match_exhaustive(db, matching_options=matching, device=pycolmap.Device.cpu)
+    if pairing == "sequential":
+        sequential = pycolmap.SequentialPairingOptions()
+        sequential.overlap = window
+        sequential.quadratic_overlap = False
+        pycolmap.match_sequential(
+            db, matching_options=matching, pairing_options=sequential, device=pycolmap.Device.cpu
+        )
+    else:
+        pycolmap.match_exhaustive(db, matching_options=matching, device=pycolmap.Device.cpu)
     return db
 
 
@@ -186,7 +200,7 @@ def run_dataset(key: str, mode: str, args, work: Path) -> list[dict]:
     image_dir, names, gt = dataset_inputs(key, Path(args.street) if args.street else None)
     intrinsics = bench.known_intrinsics(gt) if mode == "known" else None
     n = len(names)
-    cluster = max(2, math.ceil(n * args.fraction))
+    cluster = args.cluster_images or max(2, math.ceil(n * args.fraction))
     from geomvision.sfm.partition import PartitionOptions
 
     popts = PartitionOptions()
@@ -211,8 +225,9 @@ def run_dataset(key: str, mode: str, args, work: Path) -> list[dict]:
         print(json.dumps(r, default=str), flush=True)
         return r
 
+    pairing = {"pairing": args.pairing, "sequential_window": args.window}
     whole_recs, t, rep = run_geomvision(
-        image_dir, work / f"{key}_{mode}_whole", intrinsics, 0, args.workers, cache
+        image_dir, work / f"{key}_{mode}_whole", intrinsics, 0, args.workers, cache, pairing
     )
     whole = row(
         "geomvision whole",
@@ -223,7 +238,7 @@ def run_dataset(key: str, mode: str, args, work: Path) -> list[dict]:
     )
     for workers in args.worker_counts:
         recs, t, rep = run_geomvision(
-            image_dir, work / f"{key}_{mode}_part{workers}", intrinsics, cluster, workers, cache
+            image_dir, work / f"{key}_{mode}_part{workers}", intrinsics, cluster, workers, cache, pairing
         )
         mapping = rep.get("mapping", {})
         clusters = mapping.get("clusters", [])
@@ -246,7 +261,7 @@ def run_dataset(key: str, mode: str, args, work: Path) -> list[dict]:
         )
         r["auc2_ratio"] = r["auc@2"] / whole["auc@2"] if whole["auc@2"] else float("nan")
     if not args.no_colmap:
-        db = colmap_database(image_dir, work / f"{key}_{mode}_colmap", intrinsics)
+        db = colmap_database(image_dir, work / f"{key}_{mode}_colmap", intrinsics, args.pairing, args.window)
         (inc, t_inc), (hier, t_hier) = run_pycolmap(
             db,
             image_dir,
@@ -319,6 +334,9 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2, help="workers of the whole run's per-item stages")
     parser.add_argument("--worker-counts", default="2", help="partitioned runs, one per worker count")
     parser.add_argument("--street", help="folder made by `geomvision synth-scene --kind street`")
+    parser.add_argument("--pairing", default="exhaustive", help="geomvision pairing (street: sequential)")
+    parser.add_argument("--window", type=int, default=8, help="sequential window")
+    parser.add_argument("--cluster-images", type=int, help="cluster size (default: --fraction of the images)")
     parser.add_argument("--no-colmap", action="store_true")
     parser.add_argument("--keep", help="keep work folders (and caches) here")
     parser.add_argument("--output", default=str(RESULTS / "partition.md"))
