@@ -177,12 +177,19 @@ def score(recs, gt) -> dict:
     }
 
 
-def dataset_inputs(key: str, street: Path | None):
+def dataset_inputs(key: str, street: Path | None, subset: int = 0, work: Path | None = None):
     if key == "street":
         if street is None:
             raise SystemExit("--datasets street needs --street DIR (from geomvision synth-scene)")
         image_dir = street / "images" if (street / "images").is_dir() else street
         names = [p.name for p in bench.image_paths(image_dir)]
+        if subset:  # the first images of the trajectory: a shorter street
+            names = names[:subset]
+            image_dir = (
+                bench.link_subset(image_dir, names, work / f"street_first_{subset}")
+                if not (work / f"street_first_{subset}").exists()
+                else work / f"street_first_{subset}"
+            )
         from geomvision.evaluation import load_ground_truth
 
         gt_path = next(
@@ -197,7 +204,9 @@ def dataset_inputs(key: str, street: Path | None):
 
 
 def run_dataset(key: str, mode: str, args, work: Path) -> list[dict]:
-    image_dir, names, gt = dataset_inputs(key, Path(args.street) if args.street else None)
+    image_dir, names, gt = dataset_inputs(
+        key, Path(args.street) if args.street else None, args.street_subset, work
+    )
     intrinsics = bench.known_intrinsics(gt) if mode == "known" else None
     n = len(names)
     cluster = args.cluster_images or max(2, math.ceil(n * args.fraction))
@@ -346,6 +355,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2, help="workers of the whole run's per-item stages")
     parser.add_argument("--worker-counts", default="2", help="partitioned runs, one per worker count")
     parser.add_argument("--street", help="folder made by `geomvision synth-scene --kind street`")
+    parser.add_argument("--street-subset", type=int, default=0, help="use the first N street images only")
     parser.add_argument("--pairing", default="exhaustive", help="geomvision pairing (street: sequential)")
     parser.add_argument("--window", type=int, default=8, help="sequential window")
     parser.add_argument("--cluster-images", type=int, help="cluster size (default: --fraction of the images)")
