@@ -227,6 +227,15 @@ def _run_stages(run: _Run) -> PipelineResult:
         )
         timings["principal_point"] = time.perf_counter() - t
 
+    run.stage = "trust"  # measured signals; sparse/0 becomes the largest trusted model
+    from geomvision.sfm.calibration import trusted_focal_estimates
+    from geomvision.sfm.trust import assess_models_trust
+
+    focal_estimates = trusted_focal_estimates(report.get("calibration"))
+    reconstructions, verdicts = assess_models_trust(
+        reconstructions, config.trust, calibrated_focal_px=focal_estimates
+    )
+
     if config.pipeline.pose_prior_checkpoint:  # learned fallback for images PnP could not register
         t = time.perf_counter()
         run.stage = "pose_prior"
@@ -239,6 +248,9 @@ def _run_stages(run: _Run) -> PipelineResult:
         _write_models(out, reconstructions, run.image_dir)
     timings["export"] = time.perf_counter() - t
     report.update(_model_summary(reconstructions))
+    for model, verdict in zip(report["models"], verdicts, strict=True):
+        model.update(trusted=verdict.trusted, trust_reasons=verdict.reasons, trust_signals=verdict.signals)
+    report["trusted"] = verdicts[0].trusted
     report["status"] = "success"
     _write_report(out, report, timings, run.t_start)
     if out and config.pipeline.html_report:
@@ -521,6 +533,8 @@ def _run_calibration(cameras, camera_of_image, verified, features, paths, config
 def _run_mapping(cameras, images, verified, config, progress_factory, executor=None):
     from geomvision.sfm.incremental import incremental_mapping
 
+    if config.pipeline.mapper == "global":
+        return _run_global_mapping(cameras, images, verified, config, progress_factory)
     mapper_options = config.mapper
     if config.pipeline.intrinsics is not None:  # known calibration: the mapper must never refine it
         from dataclasses import replace
@@ -555,6 +569,18 @@ def _run_mapping(cameras, images, verified, config, progress_factory, executor=N
             rng=config.pipeline.seed,
             progress=progress,
         )
+
+
+def _run_global_mapping(cameras, images, verified, config, progress_factory):
+    from dataclasses import replace
+
+    from geomvision.sfm.global_mapper import global_mapping
+
+    options = config.global_mapper
+    if config.pipeline.intrinsics is not None:  # known calibration: the mapper must never refine it
+        options = replace(options, fixed_camera_ids=tuple(sorted(cameras)))
+    with progress_factory("mapping") as progress:
+        return global_mapping(cameras, images, verified, options, rng=config.pipeline.seed, progress=progress)
 
 
 def _run_pose_prior(reconstructions, cameras, images, paths, matches, config) -> dict[str, Any]:

@@ -156,6 +156,7 @@ def test_reestimated_essentials_give_the_true_poses():
         rng=0,
     )
     assert len(redone.two_view_geometries) == 4 and not redone.pairs_dropped
+    assert redone.report["num_reverified"] == 0  # E = K^T F K held on every pair: no RANSAC needed
     for k, ((i, j), g) in enumerate(sorted(redone.two_view_geometries.items())):
         truth = two_view_correspondences(300, focal_px=900.0, noise_px=0.3, outlier_ratio=0.2, rng=20 + k)
         assert g.config == "calibrated"

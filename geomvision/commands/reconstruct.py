@@ -40,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "per size; without it, images of another size are an error",
     )
     parser.add_argument("--init", choices=("two-view", "factorization"), help="initialiser")
+    parser.add_argument(
+        "--mapper", choices=("incremental", "global"), help="mapper: incremental (default) or global"
+    )
     parser.add_argument("--pairing", choices=("exhaustive", "sequential", "retrieval"), help="pair selection")
     parser.add_argument("--workers", type=int, help="worker processes for features/matching/verification")
     parser.add_argument("--seed", type=int, help="random seed (same seed, same result)")
@@ -109,7 +112,13 @@ def build_config(args: argparse.Namespace):
         pipeline["scale_intrinsics"] = True
     if args.pose_prior is not None:
         pipeline["pose_prior_checkpoint"] = args.pose_prior
-    for arg, key in (("init", "init"), ("pairing", "pairing"), ("workers", "num_workers"), ("seed", "seed")):
+    for arg, key in (
+        ("init", "init"),
+        ("mapper", "mapper"),
+        ("pairing", "pairing"),
+        ("workers", "num_workers"),
+        ("seed", "seed"),
+    ):
         if getattr(args, arg) is not None:
             pipeline[key] = getattr(args, arg)
     if args.strict:
@@ -161,6 +170,14 @@ def run(args: argparse.Namespace) -> int:
         f"{t['total']:.1f} s (features {t['features']:.1f}, matching {t['matching']:.1f}, "
         f"verification {t['verification']:.1f}, mapping {t['mapping']:.1f})"
     )
+    if report.get("models"):  # one line on trust: a wrong model must not pass as a success
+        first, trusted = report["models"][0], sum(bool(m.get("trusted")) for m in report["models"])
+        verdict = (
+            "trusted"
+            if first.get("trusted")
+            else "NOT trusted (" + "; ".join(first.get("trust_reasons", [])) + ")"
+        )
+        print(f"model sparse/0 is {verdict}; {trusted} of {report['num_models']} model(s) trusted")
     if "pose_prior" in report:  # say plainly which registrations are learned guesses, not PnP
         placed = report["pose_prior"]["num_registered_by_prior"]
         print(f"{placed} of the registered images placed by the learned pose prior only (no points)")

@@ -12,6 +12,7 @@ import io
 import logging
 import math
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +64,9 @@ def _figure_png(fig) -> bytes:
 
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    with warnings.catch_warnings():  # a file name in a script the font lacks: boxes, not a warning
+        warnings.filterwarnings("ignore", message="Glyph .* missing from font")
+        fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     return buf.getvalue()
 
 
