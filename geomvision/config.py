@@ -23,6 +23,8 @@ STAGE_OPTIONS: dict[str, tuple[str, str]] = {
     "calibration": ("geomvision.sfm.calibration", "SelfCalibrationOptions"),
     "trust": ("geomvision.sfm.trust", "TrustOptions"),
     "mapper": ("geomvision.sfm.incremental", "IncrementalMapperOptions"),
+    "partition": ("geomvision.sfm.partition", "PartitionOptions"),
+    "merge": ("geomvision.sfm.merge", "MergeOptions"),
     "global_mapper": ("geomvision.sfm.global_mapper", "GlobalMapperOptions"),
 }
 
@@ -169,6 +171,8 @@ class ReconstructionConfig:
     calibration: Any = field(default_factory=lambda: _default_stage("calibration"))
     trust: Any = field(default_factory=lambda: _default_stage("trust"))
     mapper: Any = field(default_factory=lambda: _default_stage("mapper"))
+    partition: Any = field(default_factory=lambda: _default_stage("partition"))
+    merge: Any = field(default_factory=lambda: _default_stage("merge"))
     global_mapper: Any = field(default_factory=lambda: _default_stage("global_mapper"))
 
     def with_changes(self, **sections: dict[str, Any]) -> ReconstructionConfig:
