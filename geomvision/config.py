@@ -26,17 +26,23 @@ from geomvision.features.extract import ExtractionOptions
 from geomvision.features.match import MatchingOptions
 from geomvision.sfm.calibration import SelfCalibrationOptions
 from geomvision.sfm.factorization_init import FactorizationInitOptions
+from geomvision.sfm.global_mapper import GlobalMapperOptions
 from geomvision.sfm.incremental import IncrementalMapperOptions
+from geomvision.sfm.merge import MergeOptions
+from geomvision.sfm.partition import PartitionOptions
 from geomvision.sfm.pose_prior import PosePriorOptions
+from geomvision.sfm.trust import TrustOptions
 from geomvision.sfm.two_view import TwoViewOptions
 
 logger = logging.getLogger(__name__)
 
-PairingMode = Literal["exhaustive", "sequential", "retrieval"]
+PairingMode = Literal["auto", "exhaustive", "sequential", "retrieval"]
 InitMethod = Literal["two-view", "factorization"]
+MapperKind = Literal["incremental", "global"]
 CameraModelName = Literal["SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV"]
 PAIRING_MODES: tuple[str, ...] = get_args(PairingMode)
 INIT_METHODS: tuple[str, ...] = get_args(InitMethod)
+MAPPERS: tuple[str, ...] = get_args(MapperKind)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,10 +50,15 @@ class PipelineOptions:
     """Choices that belong to no single stage.
 
     Attributes:
-        pairing: which image pairs to match: exhaustive, sequential (video) or retrieval (large sets).
+        pairing: which image pairs to match: exhaustive, sequential (video), retrieval (large sets), or auto:
+            exhaustive up to ``auto_exhaustive_max_images`` images, retrieval above (exhaustive pairs grow as
+            N^2: 4950 pairs at 100 images, most of them of images that share nothing).
+        auto_exhaustive_max_images: the largest image count that ``pairing = "auto"`` matches exhaustively.
         sequential_window: neighbours matched per image in sequential mode (also added in retrieval mode).
         retrieval_k: top-k most similar images matched per image in retrieval mode.
-        init: initialiser, "two-view" or "factorization".
+        init: initialiser of the incremental mapper, "two-view" or "factorization".
+        mapper: "incremental" (``[mapper]`` options) or "global" (rotation averaging + global
+            positioning, ``[global_mapper]`` options).
         intrinsics: known pinhole (fx, fy, cx, cy) in pixels shared by all images; None to estimate.
         intrinsics_convention: origin of the principal point in ``intrinsics``: "opencv" (centre of
             the top-left pixel, geomvision's own) or "colmap" (its corner, as in COLMAP's cameras.txt;
@@ -69,10 +80,12 @@ class PipelineOptions:
             listing it in ``report.json`` ``skipped_images``).
     """
 
-    pairing: PairingMode = "exhaustive"
+    pairing: PairingMode = "auto"
+    auto_exhaustive_max_images: int = 50
     sequential_window: int = 8
     retrieval_k: int = 15
     init: InitMethod = "two-view"
+    mapper: MapperKind = "incremental"
     intrinsics: tuple[float, float, float, float] | None = None
     intrinsics_convention: Literal["opencv", "colmap"] = "opencv"
     intrinsics_size: tuple[int, int] | None = None
@@ -94,6 +107,8 @@ class PipelineOptions:
             )
         if self.init not in INIT_METHODS:
             raise InputError(f"init must be one of {INIT_METHODS}, got {self.init!r}")
+        if self.mapper not in MAPPERS:
+            raise InputError(f"mapper must be one of {MAPPERS}, got {self.mapper!r}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise InputError(f"seed must be a non-negative integer, got {self.seed!r}")
         if self.intrinsics is not None:
@@ -125,6 +140,10 @@ class PipelineOptions:
             object.__setattr__(self, "intrinsics_size", size)
         if self.num_workers < 1:
             raise InputError(f"num_workers must be >= 1, got {self.num_workers}")
+        if self.auto_exhaustive_max_images < 2:
+            raise InputError(
+                f"auto_exhaustive_max_images must be >= 2, got {self.auto_exhaustive_max_images}"
+            )
         if self.sequential_window < 1 or self.retrieval_k < 1:
             raise InputError("sequential_window and retrieval_k must be >= 1")
 
@@ -155,10 +174,14 @@ class ReconstructionConfig:
         matching: :func:`geomvision.features.match.match_pairs`.
         two_view: :func:`geomvision.sfm.two_view.verify_pairs` (nests its ``ransac``).
         calibration: :mod:`geomvision.sfm.calibration` (focal lengths from the view graph before mapping).
+        trust: :mod:`geomvision.sfm.trust` (which models are trusted; ``sparse/0`` is the largest trusted).
         factorization: :func:`geomvision.sfm.factorization_init.initialize_by_factorization`, run when
             ``pipeline.init = "factorization"``.
         mapper: :func:`geomvision.sfm.incremental.incremental_mapping` (nests ``initialization``,
             ``registration``, ``triangulation``, ``local_ba``, ``global_ba``).
+        partition, merge: partitioned mapping of large view graphs (:mod:`geomvision.sfm.partition`,
+            :mod:`geomvision.sfm.merge`).
+        global_mapper: :mod:`geomvision.sfm.global_mapper`, run when ``pipeline.mapper = "global"``.
         pose_prior: :func:`geomvision.sfm.pose_prior.register_with_pose_priors`, run when
             ``pipeline.pose_prior_checkpoint`` is set.
     """
@@ -168,8 +191,12 @@ class ReconstructionConfig:
     matching: MatchingOptions = field(default_factory=_pipeline_matching)
     two_view: TwoViewOptions = field(default_factory=TwoViewOptions)
     calibration: SelfCalibrationOptions = field(default_factory=SelfCalibrationOptions)
+    trust: TrustOptions = field(default_factory=TrustOptions)
     factorization: FactorizationInitOptions = field(default_factory=FactorizationInitOptions)
     mapper: IncrementalMapperOptions = field(default_factory=IncrementalMapperOptions)
+    partition: PartitionOptions = field(default_factory=PartitionOptions)
+    merge: MergeOptions = field(default_factory=MergeOptions)
+    global_mapper: GlobalMapperOptions = field(default_factory=GlobalMapperOptions)
     pose_prior: PosePriorOptions = field(default_factory=PosePriorOptions)
 
     def with_changes(self, **sections: Mapping[str, Any]) -> ReconstructionConfig:
