@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,7 +36,7 @@ from geomvision.sfm.bundle_adjustment import BundleAdjustmentOptions
 from geomvision.sfm.global_positioning import GlobalPositioningOptions, position_globally
 from geomvision.sfm.incremental import MappingResult
 from geomvision.sfm.mapper_ba import adjust_bundle, check_mapper_ba_options
-from geomvision.sfm.mapper_state import MapperState, TrackTable
+from geomvision.sfm.mapper_state import MapperState, StepTimer, TrackTable, check_mapper_inputs
 from geomvision.sfm.rotation_averaging import RotationAveragingOptions, RotationComponent, average_rotations
 from geomvision.sfm.tracks import build_track_arrays
 from geomvision.sfm.triangulate import TriangulationOptions, filter_points, retriangulate
@@ -99,42 +98,6 @@ class GlobalMapperOptions:
         check_mapper_ba_options(self.ba)
 
 
-class _Timer:
-    """Wall time per named step."""
-
-    def __init__(self) -> None:
-        self.totals: dict[str, float] = defaultdict(float)
-        self._name = ""
-        self._start = 0.0
-
-    def __call__(self, name: str) -> _Timer:
-        self._name = name
-        return self
-
-    def __enter__(self) -> None:
-        self._start = time.perf_counter()
-
-    def __exit__(self, *exc) -> None:
-        self.totals[self._name] += time.perf_counter() - self._start
-
-
-def _check_inputs(
-    cameras: dict[int, Camera],
-    images: dict[int, ImageInfo],
-    two_view_geometries: dict[tuple[int, int], TwoViewGeometry],
-) -> None:
-    if not images:
-        raise InputError("global_mapping needs at least one image, got none")
-    for image_id, info in images.items():
-        if info.camera_id not in cameras:
-            raise InputError(f"image {image_id} ({info.name}) refers to unknown camera {info.camera_id}")
-    for (i, j), g in two_view_geometries.items():
-        if i not in images or j not in images:
-            raise InputError(f"two-view geometry ({i}, {j}) refers to an unknown image")
-        if (g.image_i, g.image_j) != (i, j):
-            raise InputError(f"two-view geometry keyed ({i}, {j}) is for images ({g.image_i}, {g.image_j})")
-
-
 def _deregister(state: MapperState, image_ids: list[int]) -> None:
     """Remove images from the model: their observations leave their points, short points go."""
     for image_id in image_ids:
@@ -163,7 +126,7 @@ class _ComponentMapper:
         images: dict[int, ImageInfo],
         table: TrackTable,
         options: GlobalMapperOptions,
-        timer: _Timer,
+        timer: StepTimer,
         rng: np.random.Generator,
     ) -> None:
         self.state = MapperState(cameras, images, table)
@@ -327,9 +290,9 @@ def global_mapping(
         InputError: images referring to unknown cameras, or pairs to unknown images.
     """
     options = options or GlobalMapperOptions()
-    _check_inputs(cameras, images, two_view_geometries)
+    check_mapper_inputs(cameras, images, two_view_geometries, caller="global_mapping")
     rng = np.random.default_rng(0 if rng is None else rng)
-    timer = _Timer()
+    timer = StepTimer()
     t_start = time.perf_counter()
     report: dict = {"num_images": len(images), "models": []}
 
