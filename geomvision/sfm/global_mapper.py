@@ -33,9 +33,9 @@ from geomvision.geometry.rigid import Rigid3d
 from geomvision.progress import ProgressCallback
 from geomvision.progress import report as report_progress
 from geomvision.scene import Camera, ImageInfo, TwoViewGeometry
+from geomvision.sfm.bundle_adjustment import BundleAdjustmentOptions
 from geomvision.sfm.global_positioning import GlobalPositioningOptions, position_globally
 from geomvision.sfm.incremental import MappingResult
-from geomvision.sfm.bundle_adjustment import BundleAdjustmentOptions
 from geomvision.sfm.mapper_ba import adjust_bundle
 from geomvision.sfm.mapper_state import MapperState, TrackTable
 from geomvision.sfm.rotation_averaging import RotationAveragingOptions, RotationComponent, average_rotations
