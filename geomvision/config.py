@@ -23,10 +23,12 @@ STAGE_OPTIONS: dict[str, tuple[str, str]] = {
     "calibration": ("geomvision.sfm.calibration", "SelfCalibrationOptions"),
     "trust": ("geomvision.sfm.trust", "TrustOptions"),
     "mapper": ("geomvision.sfm.incremental", "IncrementalMapperOptions"),
+    "partition": ("geomvision.sfm.partition", "PartitionOptions"),
+    "merge": ("geomvision.sfm.merge", "MergeOptions"),
     "global_mapper": ("geomvision.sfm.global_mapper", "GlobalMapperOptions"),
 }
 
-PAIRING_MODES = ("exhaustive", "sequential", "retrieval")
+PAIRING_MODES = ("auto", "exhaustive", "sequential", "retrieval")
 INIT_METHODS = ("two-view", "factorization")
 MAPPERS = ("incremental", "global")
 
@@ -41,7 +43,10 @@ class PipelineOptions:
     """Choices that belong to no single stage.
 
     Attributes:
-        pairing: which image pairs to match: exhaustive, sequential (video) or retrieval (large sets).
+        pairing: which image pairs to match: exhaustive, sequential (video), retrieval (large sets), or auto:
+            exhaustive up to ``auto_exhaustive_max_images`` images, retrieval above (exhaustive pairs grow as
+            N^2: 4950 pairs at 100 images, most of them of images that share nothing).
+        auto_exhaustive_max_images: the largest image count that ``pairing = "auto"`` matches exhaustively.
         sequential_window: neighbours matched per image in sequential mode (also added in retrieval mode).
         retrieval_k: top-k most similar images matched per image in retrieval mode.
         init: initialiser of the incremental mapper, "two-view" or "factorization".
@@ -68,7 +73,8 @@ class PipelineOptions:
             listing it in ``report.json`` ``skipped_images``).
     """
 
-    pairing: str = "exhaustive"
+    pairing: str = "auto"
+    auto_exhaustive_max_images: int = 50
     sequential_window: int = 8
     retrieval_k: int = 15
     init: str = "two-view"
@@ -124,6 +130,10 @@ class PipelineOptions:
             object.__setattr__(self, "intrinsics_size", size)
         if self.num_workers < 1:
             raise InputError(f"num_workers must be >= 1, got {self.num_workers}")
+        if self.auto_exhaustive_max_images < 2:
+            raise InputError(
+                f"auto_exhaustive_max_images must be >= 2, got {self.auto_exhaustive_max_images}"
+            )
         if self.sequential_window < 1 or self.retrieval_k < 1:
             raise InputError("sequential_window and retrieval_k must be >= 1")
         if not 0.0 <= self.pose_prior_min_confidence <= 1.0:
@@ -161,6 +171,8 @@ class ReconstructionConfig:
     calibration: Any = field(default_factory=lambda: _default_stage("calibration"))
     trust: Any = field(default_factory=lambda: _default_stage("trust"))
     mapper: Any = field(default_factory=lambda: _default_stage("mapper"))
+    partition: Any = field(default_factory=lambda: _default_stage("partition"))
+    merge: Any = field(default_factory=lambda: _default_stage("merge"))
     global_mapper: Any = field(default_factory=lambda: _default_stage("global_mapper"))
 
     def with_changes(self, **sections: dict[str, Any]) -> ReconstructionConfig:

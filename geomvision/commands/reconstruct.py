@@ -43,11 +43,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--mapper", choices=("incremental", "global"), help="mapper: incremental (default) or global"
     )
-    parser.add_argument("--pairing", choices=("exhaustive", "sequential", "retrieval"), help="pair selection")
+    parser.add_argument(
+        "--pairing",
+        choices=("auto", "exhaustive", "sequential", "retrieval"),
+        help="pair selection (default auto: exhaustive up to 50 images, retrieval above)",
+    )
     parser.add_argument("--workers", type=int, help="worker processes for features/matching/verification")
     parser.add_argument("--seed", type=int, help="random seed (same seed, same result)")
     parser.add_argument("--max-features", type=int, help="maximum features per image")
     parser.add_argument("--max-image-size", type=int, help="downscale images larger than this (px)")
+    parser.add_argument(
+        "--max-cluster-images",
+        type=int,
+        metavar="N",
+        help="map clusters of at most N images and merge them (0 = one piece; default: partition only "
+        "above 500 images)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument(
         "--strict",
@@ -124,6 +135,8 @@ def build_config(args: argparse.Namespace):
         extraction["max_image_size_px"] = args.max_image_size
     if extraction:
         changes["extraction"] = extraction
+    if args.max_cluster_images is not None:
+        changes["partition"] = {"max_cluster_images": args.max_cluster_images}
     return config.with_changes(**changes) if changes else config
 
 
