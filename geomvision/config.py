@@ -37,8 +37,8 @@ from geomvision.sfm.two_view import TwoViewOptions
 logger = logging.getLogger(__name__)
 
 PairingMode = Literal["auto", "exhaustive", "sequential", "retrieval"]
-InitMethod = Literal["two-view", "factorization"]
 MapperKind = Literal["incremental", "global"]
+InitMethod = Literal["two-view", "factorization"]
 CameraModelName = Literal["SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV"]
 PAIRING_MODES: tuple[str, ...] = get_args(PairingMode)
 INIT_METHODS: tuple[str, ...] = get_args(InitMethod)
@@ -54,11 +54,11 @@ class PipelineOptions:
             exhaustive up to ``auto_exhaustive_max_images`` images, retrieval above (exhaustive pairs grow as
             N^2: 4950 pairs at 100 images, most of them of images that share nothing).
         auto_exhaustive_max_images: the largest image count that ``pairing = "auto"`` matches exhaustively.
-        sequential_window: neighbours matched per image in sequential mode (also added in retrieval mode).
-        retrieval_k: top-k most similar images matched per image in retrieval mode.
-        init: initialiser of the incremental mapper, "two-view" or "factorization".
         mapper: "incremental" (``[mapper]`` options) or "global" (rotation averaging + global
             positioning, ``[global_mapper]`` options).
+        sequential_window: neighbours matched per image in sequential mode (also added in retrieval mode).
+        retrieval_k: top-k most similar images matched per image in retrieval mode.
+        init: initialiser, "two-view" or "factorization".
         intrinsics: known pinhole (fx, fy, cx, cy) in pixels shared by all images; None to estimate.
         intrinsics_convention: origin of the principal point in ``intrinsics``: "opencv" (centre of
             the top-left pixel, geomvision's own) or "colmap" (its corner, as in COLMAP's cameras.txt;
@@ -109,6 +109,10 @@ class PipelineOptions:
             raise InputError(f"init must be one of {INIT_METHODS}, got {self.init!r}")
         if self.mapper not in MAPPERS:
             raise InputError(f"mapper must be one of {MAPPERS}, got {self.mapper!r}")
+        if self.auto_exhaustive_max_images < 2:
+            raise InputError(
+                f"auto_exhaustive_max_images must be >= 2, got {self.auto_exhaustive_max_images}"
+            )
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise InputError(f"seed must be a non-negative integer, got {self.seed!r}")
         if self.intrinsics is not None:
@@ -140,10 +144,6 @@ class PipelineOptions:
             object.__setattr__(self, "intrinsics_size", size)
         if self.num_workers < 1:
             raise InputError(f"num_workers must be >= 1, got {self.num_workers}")
-        if self.auto_exhaustive_max_images < 2:
-            raise InputError(
-                f"auto_exhaustive_max_images must be >= 2, got {self.auto_exhaustive_max_images}"
-            )
         if self.sequential_window < 1 or self.retrieval_k < 1:
             raise InputError("sequential_window and retrieval_k must be >= 1")
 
@@ -174,14 +174,15 @@ class ReconstructionConfig:
         matching: :func:`geomvision.features.match.match_pairs`.
         two_view: :func:`geomvision.sfm.two_view.verify_pairs` (nests its ``ransac``).
         calibration: :mod:`geomvision.sfm.calibration` (focal lengths from the view graph before mapping).
-        trust: :mod:`geomvision.sfm.trust` (which models are trusted; ``sparse/0`` is the largest trusted).
         factorization: :func:`geomvision.sfm.factorization_init.initialize_by_factorization`, run when
             ``pipeline.init = "factorization"``.
         mapper: :func:`geomvision.sfm.incremental.incremental_mapping` (nests ``initialization``,
             ``registration``, ``triangulation``, ``local_ba``, ``global_ba``).
-        partition, merge: partitioned mapping of large view graphs (:mod:`geomvision.sfm.partition`,
-            :mod:`geomvision.sfm.merge`).
-        global_mapper: :mod:`geomvision.sfm.global_mapper`, run when ``pipeline.mapper = "global"``.
+        trust: :mod:`geomvision.sfm.trust` (which models are flagged untrusted, and why).
+        global_mapper: :func:`geomvision.sfm.global_mapper.global_mapping`, run when ``pipeline.mapper =
+            "global"``.
+        partition: :mod:`geomvision.sfm.partition` (clusters of the view graph mapped separately).
+        merge: :mod:`geomvision.sfm.merge` (Sim(3) merge of the clusters' models).
         pose_prior: :func:`geomvision.sfm.pose_prior.register_with_pose_priors`, run when
             ``pipeline.pose_prior_checkpoint`` is set.
     """
@@ -191,12 +192,12 @@ class ReconstructionConfig:
     matching: MatchingOptions = field(default_factory=_pipeline_matching)
     two_view: TwoViewOptions = field(default_factory=TwoViewOptions)
     calibration: SelfCalibrationOptions = field(default_factory=SelfCalibrationOptions)
-    trust: TrustOptions = field(default_factory=TrustOptions)
     factorization: FactorizationInitOptions = field(default_factory=FactorizationInitOptions)
+    trust: TrustOptions = field(default_factory=TrustOptions)
     mapper: IncrementalMapperOptions = field(default_factory=IncrementalMapperOptions)
+    global_mapper: GlobalMapperOptions = field(default_factory=GlobalMapperOptions)
     partition: PartitionOptions = field(default_factory=PartitionOptions)
     merge: MergeOptions = field(default_factory=MergeOptions)
-    global_mapper: GlobalMapperOptions = field(default_factory=GlobalMapperOptions)
     pose_prior: PosePriorOptions = field(default_factory=PosePriorOptions)
 
     def with_changes(self, **sections: Mapping[str, Any]) -> ReconstructionConfig:

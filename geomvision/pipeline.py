@@ -235,8 +235,13 @@ def _run_stages(run: _Run) -> PipelineResult:
     from geomvision.sfm.trust import assess_models_trust
 
     focal_estimates = trusted_focal_estimates(report.get("calibration"))
+    fixed = tuple(cameras) if config.pipeline.intrinsics is not None else ()
     reconstructions, verdicts = assess_models_trust(
-        reconstructions, config.trust, calibrated_focal_px=focal_estimates
+        reconstructions,
+        config.trust,
+        calibrated_focal_px=focal_estimates,
+        fixed_camera_ids=fixed,
+        rng=config.pipeline.seed,
     )
 
     if config.pipeline.pose_prior_checkpoint:  # learned fallback for images PnP could not register
