@@ -16,6 +16,7 @@ ORDER = [
     ("matching.md", "Features, matching, verification (issue: features)"),
     ("reconstruct.md", "End-to-end reconstruction (issue: incremental reconstruction)"),
     ("bench_incremental_mapper.md", "Incremental mapper alone"),
+    ("partition.md", "Partitioned mapping and Sim(3) merge (issue: partitioned reconstruction)"),
     ("bundle_adjustment.md", "Bundle adjustment (issue: bundle adjustment)"),
     ("factorization.md", "Factorization (issue: Tomasi-Kanade)"),
     ("bench_colmap_io.md", "COLMAP model I/O"),
