@@ -370,7 +370,19 @@ def main() -> int:
     parser.add_argument("--no-colmap", action="store_true")
     parser.add_argument("--keep", help="keep work folders (and caches) here")
     parser.add_argument("--output", default=str(RESULTS / "partition.md"))
+    parser.add_argument(
+        "--only-assemble",
+        nargs="*",
+        metavar="JSON",
+        help="write the table from these rows files (earlier runs' .json) without running anything",
+    )
     args = parser.parse_args()
+    if args.only_assemble is not None:
+        rows = [r for path in args.only_assemble for r in json.loads(Path(path).read_text())]
+        write_markdown(rows, Path(args.output), args)
+        Path(args.output).with_suffix(".json").write_text(json.dumps(rows, indent=1, default=str))
+        print(f"wrote {args.output}")
+        return 0
     args.worker_counts = [int(w) for w in args.worker_counts.split(",")]
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="gv_partition_"))
     rows: list[dict] = []
