@@ -297,9 +297,9 @@ def run_dataset(key: str, mode: str, args, work: Path) -> list[dict]:
             overlap,
             max(args.worker_counts),
         )
-        row("pycolmap incremental", inc, t_inc, t_inc)
+        colmap_whole = row("pycolmap incremental", inc, t_inc, t_inc)
         r = row(f"pycolmap hierarchical (leaf {cluster}, overlap {overlap})", hier, t_hier, t_hier)
-        r["auc2_ratio"] = r["auc@2"] / whole["auc@2"] if whole["auc@2"] else float("nan")
+        r["auc2_ratio"] = r["auc@2"] / colmap_whole["auc@2"] if colmap_whole["auc@2"] else float("nan")
     return rows
 
 
@@ -308,11 +308,12 @@ def write_markdown(rows: list[dict], path: Path, args) -> None:
         "# Partitioned mapping vs whole-scene mapping vs COLMAP's hierarchical mapper",
         "",
         f"Run {date.today().isoformat()} on {platform.machine()} ({os.cpu_count()} cores, shared with other "
-        f"jobs: load average per row). Clusters of ceil({args.fraction} x images) core images plus overlap; "
+        f"jobs: load average per row). Clusters of ceil({args.fraction:.3f} x images) core images (street: the "
+        "size in the row) plus overlap; "
         "geomvision runs share one feature/match/verification cache, so `mapping s` is the comparable time "
         "(for pycolmap: its mapper call). AUC of the pairwise relative pose error of the largest model "
-        "(unregistered = 180 deg), via `geomvision.evaluation`. `AUC@2 ratio` = partitioned / geomvision "
-        "whole.",
+        "(unregistered = 180 deg), via `geomvision.evaluation`. `AUC@2 ratio` = partitioned / whole of the "
+        "same tool (geomvision partitioned / geomvision whole; pycolmap hierarchical / pycolmap incremental).",
         "",
         "| dataset | K | images | tool | models | registered | AUC@1 | AUC@2 | AUC@5 | AUC@2 ratio | mean reproj px "
         "| mapping s | total s | load avg |",
