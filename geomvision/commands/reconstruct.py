@@ -43,7 +43,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--mapper", choices=("incremental", "global"), help="mapper: incremental (default) or global"
     )
-    parser.add_argument("--pairing", choices=("exhaustive", "sequential", "retrieval"), help="pair selection")
+    parser.add_argument(
+        "--pairing",
+        choices=("auto", "exhaustive", "sequential", "retrieval"),
+        help="pair selection (default auto: exhaustive up to 50 images, retrieval above)",
+    )
     parser.add_argument("--workers", type=int, help="worker processes for features/matching/verification")
     parser.add_argument("--seed", type=int, help="random seed (same seed, same result)")
     parser.add_argument("--max-features", type=int, help="maximum features per image")
@@ -137,15 +141,14 @@ def build_config(args: argparse.Namespace):
 
 
 def registered_summary(report: dict) -> str:
-    """``registered 45/47 images in 4 models (19, 12, 8, 6); largest model (sparse/0):`` (or ``... in 1 model,``)."""
+    """``registered 45/47 images in 4 models (19, 12, 8, 6); sparse/0:`` (or ``... in 1 model,``)."""
     models = report.get("models") or []
     if len(models) <= 1:
         return f"registered {report['num_registered']}/{report['num_images']} images in 1 model,"
     total = report.get("num_registered_all_models", sum(m["num_registered"] for m in models))
     sizes = ", ".join(str(m["num_registered"]) for m in models)
     return (
-        f"registered {total}/{report['num_images']} images in {len(models)} models ({sizes}); "
-        "largest model (sparse/0):"
+        f"registered {total}/{report['num_images']} images in {len(models)} models ({sizes}); model sparse/0:"
     )
 
 
