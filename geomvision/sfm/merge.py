@@ -94,8 +94,8 @@ class AlignmentOptions:
     """
 
     ransac: RansacOptions = field(default_factory=_default_alignment_ransac)
-    ransac_max_points: int = 500
-    refine_max_points: int = 1000
+    ransac_max_points: int = 300
+    refine_max_points: int = 300
     min_inlier_ratio: float = 0.3
     huber_scale_px: float = 1.0
     refine_max_iterations: int = 200
