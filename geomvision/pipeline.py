@@ -188,6 +188,12 @@ def _run_stages(run: _Run) -> PipelineResult:
         timings["verification"] = time.perf_counter() - t
         verified = {pair: g for pair, g in two_view.items() if g.success}
         report["verification"] = _verification_counts(two_view, verified)
+        if config.wide_baseline.enabled:  # weakly connected images: retry their pairs (affine features)
+            run.stage = "wide_baseline"
+            features, verified, report["wide_baseline"] = _run_wide_baseline(
+                paths, features, matches, verified, cameras_by_image, config, progress_factory
+            )
+            timings["wide_baseline"] = report["wide_baseline"]["time_s"]
         if not verified:
             raise ReconstructionError(
                 f"no image pair could be verified among {len(image_ids)} images "
@@ -524,6 +530,24 @@ def _load_pickle(path: Path):
     except (pickle.UnpicklingError, EOFError, AttributeError, ValueError):
         logger.warning("ignoring unreadable cache file %s", path)
         return None
+
+
+def _run_wide_baseline(paths, features, matches, verified, cameras_by_image, config, progress_factory):
+    from geomvision.sfm.wide_baseline import densify_wide_baseline_pairs
+
+    with progress_factory("wide_baseline") as progress:
+        result = densify_wide_baseline_pairs(
+            dict(zip(sorted(features), paths, strict=True)),
+            features,
+            {pair: len(m) for pair, m in matches.items()},
+            verified,
+            cameras_by_image,
+            config.wide_baseline,
+            two_view_options=config.two_view,
+            rng=config.pipeline.seed,
+            progress=progress,
+        )
+    return result.features, result.two_view_geometries, result.report
 
 
 def _run_calibration(cameras, camera_of_image, verified, features, paths, config, executor, progress_factory):
