@@ -226,6 +226,16 @@ def _run_stages(run: _Run) -> PipelineResult:
             f"mapping failed: {mapping.report.get('reason', 'no model with 2+ images')}"
         )
 
+    if len(reconstructions) > 1 and config.wide_baseline.bridge.enabled:  # join separate models
+        from geomvision.sfm.wide_baseline import bridge_and_merge_models
+
+        t = time.perf_counter()
+        run.stage = "model_bridge"
+        reconstructions, report["model_bridge"] = bridge_and_merge_models(
+            reconstructions, verified, config.wide_baseline.bridge, rng=config.pipeline.seed
+        )
+        timings["model_bridge"] = time.perf_counter() - t
+
     if config.pipeline.intrinsics is None and config.calibration.enabled:  # unknown K: principal point
         t = time.perf_counter()
         run.stage = "principal_point"
@@ -618,7 +628,9 @@ def _run_global_mapping(cameras, images, verified, config, progress_factory):
 def _with_fixed_cameras(config: ReconstructionConfig, camera_ids: list[int]) -> ReconstructionConfig:
     """Known calibration: both mappers hold these cameras (so report.json's config says what ran)."""
     return config.with_changes(
-        mapper={"fixed_camera_ids": camera_ids}, global_mapper={"fixed_camera_ids": camera_ids}
+        mapper={"fixed_camera_ids": camera_ids},
+        global_mapper={"fixed_camera_ids": camera_ids},
+        wide_baseline={"bridge": {"merge": {"bundle_adjustment": {"intrinsics": "fixed"}}}},
     )
 
 

@@ -14,7 +14,15 @@ from geomvision.features.match import MatchingOptions, match_descriptors
 from geomvision.io.images import read_image
 from geomvision.scene.types import Features, TwoViewGeometry
 from geomvision.sfm.two_view import verify_pair
-from geomvision.sfm.wide_baseline import WideBaselineOptions, densify_wide_baseline_pairs, weak_images
+from geomvision.sfm.wide_baseline import (
+    WideBaselineOptions,
+    bridge_and_merge_models,
+    densify_wide_baseline_pairs,
+    weak_images,
+)
+from geomvision.synthetic import random_scene
+from tests.mapper_fixtures import pose_errors
+from tests.test_merge import split_scene
 
 SAMPLE = Path(__file__).resolve().parent.parent / "datasets" / "fountain_small" / "images" / "0000.jpg"
 
@@ -103,3 +111,32 @@ def test_options_check_values():
         WideBaselineOptions(max_tilt_index=9)
     with pytest.raises(InputError, match="candidates_per_image"):
         WideBaselineOptions(candidates_per_image=0)
+
+
+def _true_pairs(scene, kp_of_point) -> dict[tuple[int, int], TwoViewGeometry]:
+    """Verified pairs of every two images with their true matches (both see the point)."""
+    C = scene.visible.shape[0]
+    pairs = {}
+    for a in range(C):
+        for b in range(a + 1, C):
+            both = np.flatnonzero(scene.visible[a] & scene.visible[b])
+            inliers = np.stack([kp_of_point[a + 1][both], kp_of_point[b + 1][both]], axis=1)
+            pairs[(a + 1, b + 1)] = TwoViewGeometry(a + 1, b + 1, "calibrated", inliers)
+    return pairs
+
+
+def test_bridge_joins_disjoint_models_of_one_run():
+    scene = random_scene(300, 10, rng=0)
+    # two models of one mapper run: disjoint images, each in its own similarity frame
+    models, _, kp_of_point = split_scene(scene, [[0, 1, 2, 3, 4, 5], [6, 7, 8, 9]], outlier_ratio=0.0)
+    verified = _true_pairs(scene, kp_of_point)
+    joined, report = bridge_and_merge_models(models, verified, rng=0)
+    assert report["num_models_before"] == 2 and report["num_models_after"] == 1
+    assert len(joined) == 1 and joined[0].num_registered == 10
+    rotation_errors, centre_errors, _ = pose_errors(joined[0], scene)
+    assert rotation_errors.max() < 1e-3 and centre_errors.max() < 1e-4
+    # without any verified pair between the models they stay apart, with the reason
+    inside = {p: g for p, g in verified.items() if (p[0] <= 6) == (p[1] <= 6)}
+    apart, report = bridge_and_merge_models(models, inside, rng=0)
+    assert [m.num_registered for m in apart] == [6, 4]
+    assert "could be posed" in report["attempts"][0]["reason"]

@@ -25,6 +25,7 @@ On a well-connected set (every image with enough verified neighbours, one compon
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Mapping
@@ -42,13 +43,19 @@ from geomvision.errors import InputError
 from geomvision.features.match import MatchingOptions, match_descriptors
 from geomvision.io.images import read_image
 from geomvision.progress import ProgressCallback, report
+from geomvision.robust.absolute_pose import estimate_absolute_pose
+from geomvision.robust.ransac import RansacOptions
 from geomvision.runtime.rng import as_rng
+from geomvision.scene import Reconstruction, View
 from geomvision.scene.types import Features, TwoViewGeometry
+from geomvision.sfm.merge import MergeOptions, merge_reconstructions
 from geomvision.sfm.two_view import CameraLike, TwoViewOptions, verify_pair
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "ModelBridgeOptions",
+    "bridge_and_merge_models",
     "WideBaselineOptions",
     "WideBaselineResult",
     "affine_features",
@@ -79,6 +86,7 @@ class WideBaselineOptions:
         snap_radius_px: an affine keypoint this close to an existing keypoint of the image is that
             keypoint (joins tracks with the ordinary matches); otherwise it is appended.
         matching: matching of the affine descriptors (exact nearest neighbours and a ratio test).
+        bridge: after mapping, joining the mapper's separate models (:func:`bridge_and_merge_models`).
     """
 
     enabled: bool = True
@@ -95,6 +103,7 @@ class WideBaselineOptions:
     matching: MatchingOptions = field(
         default_factory=lambda: MatchingOptions(method="bruteforce", num_workers=1)
     )
+    bridge: ModelBridgeOptions = field(default_factory=lambda: ModelBridgeOptions())
 
     def __post_init__(self) -> None:
         if self.min_verified_neighbors < 0:
@@ -399,3 +408,178 @@ def _unique_pairs(indices: np.ndarray) -> np.ndarray:
 
 def _with_inliers(geometry: TwoViewGeometry, inliers: np.ndarray) -> TwoViewGeometry:
     return replace(geometry, inlier_matches=inliers, reason="wide baseline (affine features)")
+
+
+# --- joining separate models ----------------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class ModelBridgeOptions:
+    """Options of :func:`bridge_and_merge_models`.
+
+    Attributes:
+        enabled: try to join the mapper's separate models at all.
+        min_correspondences: an image of one model is posed in another (PnP) only with at least this
+            many 2D-3D correspondences through verified matches.
+        pnp_ransac: the PnP RANSAC (``max_error_px``: reprojection threshold; ``min_num_inliers``: the
+            fewest inliers that pose the image).
+        merge: the Sim(3) merge (:func:`geomvision.sfm.merge.merge_reconstructions`) of a model with the
+            other model, once they share the images posed in both.
+    """
+
+    enabled: bool = True
+    min_correspondences: int = 15
+    pnp_ransac: RansacOptions = field(
+        default_factory=lambda: RansacOptions(
+            max_error_px=4.0, min_num_inliers=12, max_iterations=5000, confidence=0.9999
+        )
+    )
+    merge: MergeOptions = field(default_factory=MergeOptions)
+
+    def __post_init__(self) -> None:
+        if self.min_correspondences < 4:
+            raise InputError(f"min_correspondences must be >= 4, got {self.min_correspondences}")
+
+
+def _bridge_correspondences(
+    target: Reconstruction, image_id: int, verified: Mapping[tuple[int, int], TwoViewGeometry]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(keypoint indices of ``image_id``, point ids of ``target``) linked by verified inlier matches."""
+    keypoints, points = [], []
+    for (i, j), geometry in verified.items():
+        if image_id not in (i, j):
+            continue
+        other, col_self, col_other = (j, 0, 1) if i == image_id else (i, 1, 0)
+        view = target.views.get(other)
+        if view is None or not view.registered:
+            continue
+        ids = view.point3D_ids[geometry.inlier_matches[:, col_other]]
+        seen = ids >= 0
+        keypoints.append(geometry.inlier_matches[seen, col_self])
+        points.append(ids[seen])
+    if not keypoints:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    keypoints, points = np.concatenate(keypoints), np.concatenate(points)
+    _, first = np.unique(keypoints, return_index=True)  # one 3D point per keypoint (first found)
+    return keypoints[first], points[first]
+
+
+def _pose_into(
+    target: Reconstruction,
+    source: Reconstruction,
+    image_id: int,
+    verified: Mapping[tuple[int, int], TwoViewGeometry],
+    options: ModelBridgeOptions,
+    rng: np.random.Generator,
+) -> int:
+    """Pose ``source``'s image ``image_id`` in ``target`` by PnP and add it with its inlier observations
+    (in place); returns the number of inliers (0: not posed, ``target`` unchanged)."""
+    keypoints, point_ids = _bridge_correspondences(target, image_id, verified)
+    if len(keypoints) < options.min_correspondences:
+        return 0
+    view = source.views[image_id]
+    camera = target.cameras.get(view.camera_id, source.cameras[view.camera_id])
+    K = camera.K
+    pixels = camera.unproject(view.keypoints_px[keypoints]) @ K[:2, :2].T + K[:2, 2]
+    xyz = np.array([target.points3D[int(p)].xyz for p in point_ids])
+    try:
+        pose = estimate_absolute_pose(xyz, pixels, K, options.pnp_ransac, rng=rng)
+    except InputError:  # degenerate correspondences: the image stays out of this model
+        return 0
+    if not pose.success:
+        return 0
+    if view.camera_id not in target.cameras:
+        target.add_camera(copy.deepcopy(camera))
+    target.add_view(View(image_id, view.name, view.camera_id, pose.cam_from_world, view.keypoints_px.copy()))
+    inliers = np.flatnonzero(pose.inlier_mask)
+    for k in inliers:
+        target.add_observation(int(point_ids[k]), image_id, int(keypoints[k]))
+    return len(inliers)
+
+
+def bridge_and_merge_models(
+    models: list[Reconstruction],
+    two_view_geometries: Mapping[tuple[int, int], TwoViewGeometry],
+    options: ModelBridgeOptions | None = None,
+    *,
+    rng: np.random.Generator | int | None = None,
+) -> tuple[list[Reconstruction], dict[str, Any]]:
+    """Join separate models of one mapper run (disjoint image sets) through their verified pairs.
+
+    Models of one run share no image, so :func:`geomvision.sfm.merge.merge_reconstructions` has nothing
+    to align them by. Verified matches between an image ``b`` of model B and registered images of
+    model A link ``b``'s keypoints to A's 3D points; ``b`` is posed in a copy of A by PnP (with those
+    points as its observations). Once A's copy and B share such images and, through them, 3D points,
+    the Sim(3) merge aligns them (RANSAC over shared points, reprojection in both models), joins the
+    tracks and bundle-adjusts. Models are taken largest first; a model that cannot be joined stays
+    separate (its reason reported).
+
+    Args:
+        models: the mapper's models, largest first (not modified).
+        two_view_geometries: the verified pairs (inlier matches index the models' keypoints).
+        options: bridge options.
+        rng: seed or generator (PnP and alignment RANSACs).
+
+    Returns:
+        (models after joining, largest first; report with ``num_models_before`` / ``after``,
+        ``attempts`` per joined-or-not model and ``time_s``).
+    """
+    options = options or ModelBridgeOptions()
+    rng = as_rng(rng)
+    t_start = time.perf_counter()
+    verified = {pair: g for pair, g in two_view_geometries.items() if g.success}
+    stats: dict[str, Any] = {"num_models_before": len(models), "attempts": []}
+    remaining = sorted(models, key=lambda r: -r.num_registered)
+    result: list[Reconstruction] = []
+    while remaining:
+        base = remaining.pop(0)
+        joined = True
+        while joined and remaining:
+            joined = False
+            for index, other in enumerate(remaining):
+                attempt = _join(base, other, verified, options, rng)
+                stats["attempts"].append(attempt.pop("report"))
+                if attempt["merged"] is not None:
+                    base = attempt["merged"]
+                    remaining.pop(index)
+                    joined = True
+                    break
+        result.append(base)
+    result.sort(key=lambda r: -r.num_registered)
+    stats["num_models_after"] = len(result)
+    stats["time_s"] = time.perf_counter() - t_start
+    return result, stats
+
+
+def _join(
+    base: Reconstruction,
+    other: Reconstruction,
+    verified: Mapping[tuple[int, int], TwoViewGeometry],
+    options: ModelBridgeOptions,
+    rng: np.random.Generator,
+) -> dict[str, Any]:
+    """Pose ``other``'s images in a copy of ``base`` and merge the two; ``merged`` None on failure."""
+    bridged = copy.deepcopy(base)
+    posed = {}
+    for image_id in other.registered_image_ids:
+        if image_id in bridged.views and bridged.views[image_id].registered:
+            continue
+        num_inliers = _pose_into(bridged, other, image_id, verified, options, rng)
+        if num_inliers:
+            posed[image_id] = num_inliers
+    report_row: dict[str, Any] = {
+        "models": [base.num_registered, other.num_registered],
+        "bridged_images": posed,
+    }
+    if not posed:
+        report_row["reason"] = "no image of the smaller model could be posed in the larger"
+        return {"merged": None, "report": report_row}
+    merge = merge_reconstructions([bridged, other], options.merge, rng=rng)
+    report_row["merge"] = {k: v for k, v in merge.report.items() if k != "groups"}
+    if len(merge.reconstructions) != 1:
+        report_row["reason"] = "the Sim(3) alignment failed"
+        return {"merged": None, "report": report_row}
+    merged = merge.reconstructions[0]
+    report_row["merged_registered"] = merged.num_registered
+    if merged.num_registered <= base.num_registered:
+        report_row["reason"] = "the merged model is no larger"
+        return {"merged": None, "report": report_row}
+    return {"merged": merged, "report": report_row}
