@@ -472,6 +472,8 @@ def _pose_into(
 ) -> int:
     """Pose ``source``'s image ``image_id`` in ``target`` by PnP and add it with its inlier observations
     (in place); returns the number of inliers (0: not posed, ``target`` unchanged)."""
+    if image_id in target.views and target.views[image_id].registered:
+        return 0  # already posed there
     keypoints, point_ids = _bridge_correspondences(target, image_id, verified)
     if len(keypoints) < options.min_correspondences:
         return 0
@@ -507,7 +509,7 @@ def bridge_and_merge_models(
     Models of one run share no image, so :func:`geomvision.sfm.merge.merge_reconstructions` has nothing
     to align them by. Verified matches between an image ``b`` of model B and registered images of
     model A link ``b``'s keypoints to A's 3D points; ``b`` is posed in a copy of A by PnP (with those
-    points as its observations). Once A's copy and B share such images and, through them, 3D points,
+    points as its observations; when no image of B can be, A's images are posed in a copy of B). Once A's copy and B share such images and, through them, 3D points,
     the Sim(3) merge aligns them (RANSAC over shared points, reprojection in both models), joins the
     tracks and bundle-adjusts. Models are taken largest first; a model that cannot be joined stays
     separate (its reason reported).
@@ -556,23 +558,27 @@ def _join(
     options: ModelBridgeOptions,
     rng: np.random.Generator,
 ) -> dict[str, Any]:
-    """Pose ``other``'s images in a copy of ``base`` and merge the two; ``merged`` None on failure."""
-    bridged = copy.deepcopy(base)
-    posed = {}
-    for image_id in other.registered_image_ids:
-        if image_id in bridged.views and bridged.views[image_id].registered:
-            continue
-        num_inliers = _pose_into(bridged, other, image_id, verified, options, rng)
-        if num_inliers:
-            posed[image_id] = num_inliers
-    report_row: dict[str, Any] = {
-        "models": [base.num_registered, other.num_registered],
-        "bridged_images": posed,
-    }
-    if not posed:
-        report_row["reason"] = "no image of the smaller model could be posed in the larger"
+    """Pose ``other``'s images in a copy of ``base`` (else ``base``'s in a copy of ``other``) and merge
+    the two; ``merged`` None on failure."""
+    report_row: dict[str, Any] = {"models": [base.num_registered, other.num_registered]}
+    for target, source, direction in (
+        (base, other, "smaller into larger"),
+        (other, base, "larger into smaller"),
+    ):
+        bridged = copy.deepcopy(target)
+        posed = {}
+        for image_id in source.registered_image_ids:
+            num_inliers = _pose_into(bridged, source, image_id, verified, options, rng)
+            if num_inliers:
+                posed[image_id] = num_inliers
+        if posed:
+            report_row.update(bridged_images=posed, direction=direction)
+            break
+    else:
+        report_row["reason"] = "no image of either model could be posed in the other"
         return {"merged": None, "report": report_row}
-    merge = merge_reconstructions([bridged, other], options.merge, rng=rng)
+    models = [bridged, other] if target is base else [base, bridged]
+    merge = merge_reconstructions(models, options.merge, rng=rng)
     report_row["merge"] = {k: v for k, v in merge.report.items() if k != "groups"}
     if len(merge.reconstructions) != 1:
         report_row["reason"] = "the Sim(3) alignment failed"
