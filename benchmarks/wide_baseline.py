@@ -1,7 +1,8 @@
 """Wide baselines: sparse rings (templeRing every third image, Oxford dinosaur every third image).
 
 For each ring, runs ``geomvision.pipeline.run_pipeline`` with the wide-baseline pass on (the default)
-and off (``[wide_baseline] enabled = false``), with unknown and (templeRing only) known intrinsics, and
+and off (``[wide_baseline] enabled = false``: "affine pass off"; with ``[wide_baseline.bridge] enabled =
+false`` too: "both off", the mapper's models as they come), with unknown and (templeRing only) known intrinsics, and
 pycolmap's incremental mapper alike (as ``benchmarks/reconstruct.py`` runs it), and reports images
 registered in the largest model and in all models, the number of models, AUC@2 / AUC@5 of the largest
 model (pairwise relative pose error, unregistered = 180 deg), the pass's counts and the wall time.
@@ -58,10 +59,19 @@ def _scores(rec, gt) -> dict:
     return {"auc@2": s["auc@2"], "auc@5": s["auc@5"], "num_registered": s["num_registered"]}
 
 
-def run_ours(key: str, mode: str, wide: bool, work: Path) -> dict:
+#: variant -> (affine pass on, model bridge on, method label)
+VARIANTS = {
+    "full": (True, True, "geomvision"),
+    "noaffine": (False, True, "geomvision (affine pass off)"),
+    "off": (False, False, "geomvision (both off)"),
+}
+
+
+def run_ours(key: str, mode: str, variant: str, work: Path) -> dict:
     from geomvision.config import ReconstructionConfig
     from geomvision.pipeline import run_pipeline
 
+    affine, bridge, label = VARIANTS[variant]
     image_dir, names, gt = _ring(key, work)
     known = mode == "known"
     if known and gt is None:
@@ -72,9 +82,9 @@ def run_ours(key: str, mode: str, wide: bool, work: Path) -> dict:
             "num_workers": 2,
             "html_report": False,
         },
-        wide_baseline={"enabled": wide},
+        wide_baseline={"enabled": affine, "bridge": {"enabled": bridge}},
     )
-    out = work / f"{key}_{mode}_{'wb' if wide else 'nowb'}"
+    out = work / f"{key}_{mode}_{variant}"
     shutil.rmtree(out, ignore_errors=True)
     t = time.perf_counter()
     try:
@@ -86,7 +96,7 @@ def run_ours(key: str, mode: str, wide: bool, work: Path) -> dict:
     wb = report.get("wide_baseline", {})
     return {
         "ring": key,
-        "method": "geomvision" + ("" if wide else " (pass off)"),
+        "method": label,
         "mode": mode,
         "images": len(names),
         **_scores(rec, gt),
@@ -96,6 +106,9 @@ def run_ours(key: str, mode: str, wide: bool, work: Path) -> dict:
         "pairs_retried": wb.get("pairs_retried"),
         "pairs_added": wb.get("pairs_added"),
         "wide_baseline_time_s": wb.get("time_s"),
+        "models_joined": (lambda b: b["num_models_before"] - b["num_models_after"] if b else None)(
+            report.get("model_bridge")
+        ),
         "time_s": elapsed,
         "error": report.get("error"),
         "load_avg": os.getloadavg()[0],
@@ -135,7 +148,8 @@ def run_fountain(work: Path) -> list[dict]:
         out = work / f"fountain_{'wb' if wide else 'nowb'}"
         shutil.rmtree(out, ignore_errors=True)
         config = ReconstructionConfig().with_changes(
-            pipeline={"num_workers": 2, "html_report": False}, wide_baseline={"enabled": wide}
+            pipeline={"num_workers": 2, "html_report": False},
+            wide_baseline={"enabled": wide, "bridge": {"enabled": wide}},
         )
         t = time.perf_counter()
         report = run_pipeline(rb.REPO / "datasets" / "fountain_small" / "images", out, config).report
@@ -143,13 +157,14 @@ def run_fountain(work: Path) -> list[dict]:
         rows.append(
             {
                 "ring": "fountain_small",
-                "method": "geomvision" + ("" if wide else " (pass off)"),
+                "method": "geomvision" + ("" if wide else " (both off)"),
                 "wide": wide,
                 "num_registered": report["num_registered"],
                 "weak_images": wb.get("weak_images"),
                 "pairs_retried": wb.get("pairs_retried"),
                 "pairs_added": wb.get("pairs_added"),
                 "wide_baseline_time_s": wb.get("time_s"),
+                "model_bridge": "model_bridge" in report,
                 "time_s": time.perf_counter() - t,
                 "load_avg": os.getloadavg()[0],
             }
@@ -176,8 +191,8 @@ def write_markdown(rows: list[dict], fountain: list[dict], path: Path) -> None:
         "available for it. AUC is of the largest model, over all ring images (unregistered = 180 deg).",
         "",
         "| ring | method | K | registered (largest) | registered (all models) | models | AUC@2 | AUC@5 | "
-        "verified pairs | pairs retried / added | pass time (s) | time (s) | load |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "verified pairs | pairs retried / added | pass time (s) | models joined | time (s) | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         retried = "" if r.get("pairs_retried") is None else f"{r['pairs_retried']} / {r['pairs_added']}"
@@ -186,6 +201,7 @@ def write_markdown(rows: list[dict], fountain: list[dict], path: Path) -> None:
             f"{r['num_registered_all_models']} | {r['num_models']} | {_f(r['auc@2'])} | {_f(r['auc@5'])} | "
             f"{_f(r.get('verified_pairs'), 'd') if r.get('verified_pairs') is not None else ''} | {retried} | "
             f"{_f(r.get('wide_baseline_time_s'), '.1f') if r.get('wide_baseline_time_s') is not None else ''} | "
+            f"{'' if r.get('models_joined') is None else r['models_joined']} | "
             f"{r['time_s']:.1f} | {r['load_avg']:.1f} |"
         )
     if fountain:
@@ -194,16 +210,17 @@ def write_markdown(rows: list[dict], fountain: list[dict], path: Path) -> None:
             "Fountain sample (`datasets/fountain_small`, 11 images, unknown K), pass off and on alternately, "
             "cold caches, same process:",
             "",
-            "| method | registered | weak images | pairs retried / added | pass time (s) | time (s) | load |",
-            "|---|---|---|---|---|---|---|",
+            "| method | registered | weak images | pairs retried / added | pass time (s) | model bridge ran | time (s) | "
+            "load |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for r in fountain:
             lines.append(
                 f"| {r['method']} | {r['num_registered']} | {len(r['weak_images'] or [])} | "
                 f"{r['pairs_retried']} / {r['pairs_added']} | {_f(r['wide_baseline_time_s'], '.2f')} | "
-                f"{r['time_s']:.1f} | {r['load_avg']:.1f} |"
+                f"{'yes' if r.get('model_bridge') else 'no'} | {r['time_s']:.1f} | {r['load_avg']:.1f} |"
                 if r["wide"]
-                else f"| {r['method']} | {r['num_registered']} | | | | {r['time_s']:.1f} | {r['load_avg']:.1f} |"
+                else f"| {r['method']} | {r['num_registered']} | | | | | {r['time_s']:.1f} | {r['load_avg']:.1f} |"
             )
     path.write_text("\n".join(lines) + "\n")
 
@@ -212,7 +229,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rings", default="temple16,dino12")
     parser.add_argument("--modes", default="unknown,known")
-    parser.add_argument("--no-off", action="store_true", help="skip the rows with the pass off")
+    parser.add_argument("--variants", default="full,noaffine,off", help=f"of {sorted(VARIANTS)}")
     parser.add_argument("--pycolmap", action="store_true")
     parser.add_argument("--fountain", action="store_true")
     parser.add_argument("--work", type=Path, default=Path("/tmp/geomvision_widebase"))
@@ -224,9 +241,11 @@ def main() -> int:
         for mode in args.modes.split(","):
             if key == "dino12" and mode == "known":
                 continue  # no metric K for the dinosaur
-            runs = [lambda key=key, mode=mode: run_ours(key, mode, True, args.work)]
-            if not args.no_off:
-                runs.append(lambda key=key, mode=mode: run_ours(key, mode, False, args.work))
+            runs = [
+                lambda key=key, mode=mode, v=v: run_ours(key, mode, v, args.work)
+                for v in args.variants.split(",")
+                if v
+            ]
             if args.pycolmap:
                 runs.append(lambda key=key, mode=mode: run_peer(key, mode, args.work))
             for fn in runs:
