@@ -204,6 +204,26 @@ def write_markdown(rows: list[dict], fountain: list[dict], path: Path) -> None:
             f"{'' if r.get('models_joined') is None else r['models_joined']} | "
             f"{r['time_s']:.1f} | {r['load_avg']:.1f} |"
         )
+    by = {(r["ring"], r["method"], r["mode"]): r for r in rows}
+    verdicts = []
+    for ring, mode in dict.fromkeys((r["ring"], r["mode"]) for r in rows):
+        ours, peer = by.get((ring, "geomvision", mode)), by.get((ring, "pycolmap", mode))
+        if ours is None or peer is None:
+            continue
+        more = ours["num_registered"] > peer["num_registered"]
+        higher = ours["auc@2"] is not None and peer["auc@2"] is not None and ours["auc@2"] > peer["auc@2"]
+        verdicts.append(
+            f"- {ring}, {mode} K: registered (largest model) {ours['num_registered']} vs pycolmap "
+            f"{peer['num_registered']} ({'more' if more else 'NOT more'}); AUC@2 {_f(ours['auc@2'])} vs "
+            f"{_f(peer['auc@2'])} ({'higher' if higher else 'NOT higher' if ours['auc@2'] is not None else 'no ground truth'})."
+        )
+    if verdicts:
+        lines += [
+            "",
+            "Against pycolmap (the issue's must-show: more registered images and a higher AUC@2):",
+            "",
+        ]
+        lines += verdicts
     if fountain:
         lines += [
             "",
