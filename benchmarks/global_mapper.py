@@ -137,7 +137,7 @@ def _load() -> float:
     return os.getloadavg()[0]
 
 
-def compare(datasets: list[str], modes: list[str], work: Path, tools: set[str]) -> list[dict]:
+def compare(datasets: list[str], modes: list[str], work: Path, tools: set[str], output: Path) -> list[dict]:
     rows = []
     for key in datasets:
         ds = DATASETS[key]
@@ -175,6 +175,7 @@ def compare(datasets: list[str], modes: list[str], work: Path, tools: set[str]) 
             row = {"dataset": key, "intrinsics": mode, "images": len(names), "results": results}
             rows.append(row)
             print(json.dumps(row, default=str), flush=True)
+            write_markdown(rows, output)  # after every row: a long run interrupted keeps what it measured
     return rows
 
 
@@ -224,7 +225,13 @@ def main() -> int:
         return 2
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="gv_global_"))
     try:
-        rows = compare(args.datasets.split(","), args.modes.split(","), work, set(args.tools.split(",")))
+        rows = compare(
+            args.datasets.split(","),
+            args.modes.split(","),
+            work,
+            set(args.tools.split(",")),
+            Path(args.output),
+        )
         write_markdown(rows, Path(args.output))
         Path(args.output).with_suffix(".json").write_text(json.dumps(rows, indent=1, default=str))
         print(f"wrote {args.output}")

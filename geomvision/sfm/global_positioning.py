@@ -61,8 +61,8 @@ class GlobalPositioningOptions:
 
     loss: Literal["huber", "cauchy", "linear"] = "huber"
     loss_scale: float = 0.1
-    max_iterations: int = 100
-    function_tolerance: float = 1e-7
+    max_iterations: int = 50
+    function_tolerance: float = 1e-4
     min_track_length: int = 3
     max_points_per_image: int = 500
     init_box_size: float = 100.0
