@@ -331,13 +331,18 @@ def main() -> int:
         return 2
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="gv_global_"))
     try:
-        rows = compare(
-            args.datasets.split(","),
-            args.modes.split(","),
-            work,
-            set(args.tools.split(",")),
-            Path(args.output),
-        )
+        rows = []
+        if args.datasets:
+            rows = compare(
+                args.datasets.split(","),
+                args.modes.split(","),
+                work,
+                set(args.tools.split(",")),
+                Path(args.output),
+            )
+        for folder in args.street:
+            rows.append(compare_street(Path(folder)))
+            write_markdown(rows, Path(args.output))
         write_markdown(rows, Path(args.output))
         Path(args.output).with_suffix(".json").write_text(json.dumps(rows, indent=1, default=str))
         print(f"wrote {args.output}")
