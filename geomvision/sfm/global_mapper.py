@@ -176,7 +176,7 @@ class _ComponentMapper:
         self.frozen_cameras: set[int] = set()
         self.report: dict = {"ba_rounds": [], "num_filtered_observations": 0, "num_filtered_points": 0}
 
-    def position(self, component: RotationComponent) -> bool:
+    def position(self, component: RotationComponent, initial_centers: dict[int, np.ndarray] | None) -> bool:
         """Global positioning; sets poses and the positioned points. Returns False when it failed."""
         state, table = self.state, self.state.table
         rows = np.flatnonzero(np.isin(table.obs_image, component.image_ids))
@@ -188,6 +188,7 @@ class _ComponentMapper:
                 table.obs_track[rows],
                 rays,
                 self.options.positioning,
+                initial_centers=initial_centers,
                 rng=self.rng,
             )
         self.report["positioning"] = result.report
@@ -316,6 +317,7 @@ def _map_once(
     progress: ProgressCallback | None,
     *,
     check_focal: bool = False,
+    initial_centers: dict[int, np.ndarray] | None = None,
 ) -> tuple[list[tuple[Reconstruction, MapperState]], dict, dict[int, Camera]]:
     """Rotation averaging -> tracks -> positioning -> BA rounds.
 
@@ -350,7 +352,7 @@ def _map_once(
         mapper = _ComponentMapper(cameras, images, table, options, timer, rng)
         model_report = mapper.report
         model_report["component_size"] = len(component.rotations)
-        if mapper.position(component):
+        if mapper.position(component, initial_centers):
             report_progress(progress, 3, 4, f"bundle adjustment of component {index + 1}")
             mapper.run_rounds(0, options.num_ba_rounds)
             mapper.finish()
@@ -360,6 +362,9 @@ def _map_once(
                 changed = _refocused_cameras(cameras, mapper.state, options)
                 if changed:
                     report["models"].append(model_report)
+                    report["centers"] = {
+                        i: mapper.state.centers[i].copy() for i in mapper.state.registered_image_ids
+                    }
                     return [], report, changed
             state = mapper.state
             model_report.update(
@@ -474,7 +479,11 @@ def global_mapping(
             refocused = {**cameras, **changed}
             pairs, dropped = _reverify_pairs(two_view_geometries, images, refocused, set(changed), rng)
         first_pass = report
-        models, report, _ = _map_once(refocused, images, pairs, options, timer, rng, progress)
+        # The first pass's camera centres start the second positioning (its points start at random).
+        centers = first_pass.pop("centers")
+        models, report, _ = _map_once(
+            refocused, images, pairs, options, timer, rng, progress, initial_centers=centers
+        )
         report["recalibration"] = {
             "focal_px_before_after": {
                 str(cid): [float(np.mean(cameras[cid].focal_xy)), float(np.mean(c.focal_xy))]
