@@ -34,6 +34,7 @@ from geomvision.geometry.epipolar import fundamental_from_essential, sampson_dis
 from geomvision.geometry.rigid import skew
 from geomvision.io.atomic import atomic_write_text
 from geomvision.io.images import image_size, list_images
+from geomvision.robust.ransac import RansacOptions
 from geomvision.sfm.two_view import TwoViewOptions, verify_pairs
 from geomvision.sfm.view_graph import (
     build_view_graph,
@@ -167,8 +168,8 @@ def run_ours(paths, gt, args, max_num_features: int):
     verification = TwoViewOptions(
         num_workers=args.workers,
         check_calibration=False,
-        max_error_px=args.max_error_px,
         min_inlier_ratio=args.min_inlier_ratio,
+        ransac=RansacOptions(max_error_px=args.max_error_px),
     )
     tvgs = verify_pairs(features, matches, cameras, verification, rng=0, executor=pool)
     worker_cpu = pool_cpu_seconds(pool) if pool is not None else 0.0

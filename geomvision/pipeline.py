@@ -135,7 +135,7 @@ def _run_stages(run: _Run) -> PipelineResult:
     if (
         config.pipeline.pose_prior_checkpoint
     ):  # a bad checkpoint or missing torch fails now, not after mapping
-        from geomvision.sfm.pose_prior import check_learned_prior
+        from geomvision.plugins.learned_prior import check_learned_prior
 
         check_learned_prior(config.pipeline.pose_prior_checkpoint)
     scan = scan_images(run.image_dir, strict=config.pipeline.strict)
@@ -159,6 +159,9 @@ def _run_stages(run: _Run) -> PipelineResult:
         t = time.perf_counter()
         run.stage = "cameras"  # reads every image header: unreadable files fail here, before any work
         cameras, camera_of_image = setup_cameras(paths, image_ids, config)
+        if config.pipeline.intrinsics is not None:  # known calibration: no mapper refines it (recorded)
+            config = run.config = _with_fixed_cameras(config, sorted(cameras))
+            report["config"] = config.to_dict()
         run.stage = "features"
         features = _run_features(paths, image_ids, config, cache, executor, progress_factory)
         timings["features"] = time.perf_counter() - t
@@ -551,10 +554,6 @@ def _run_mapping(cameras, images, verified, config, progress_factory, executor=N
     if config.pipeline.mapper == "global":
         return _run_global_mapping(cameras, images, verified, config, progress_factory)
     mapper_options = config.mapper
-    if config.pipeline.intrinsics is not None:  # known calibration: the mapper must never refine it
-        from dataclasses import replace
-
-        mapper_options = replace(mapper_options, fixed_camera_ids=tuple(sorted(cameras)))
     if config.partition.cluster_size_for(len(images)):  # large scenes: cluster by cluster, then merge
         from geomvision.sfm.partitioned_mapping import PartitionedMappingOptions, partitioned_mapping
 
@@ -587,19 +586,22 @@ def _run_mapping(cameras, images, verified, config, progress_factory, executor=N
 
 
 def _run_global_mapping(cameras, images, verified, config, progress_factory):
-    from dataclasses import replace
-
     from geomvision.sfm.global_mapper import global_mapping
 
     options = config.global_mapper
-    if config.pipeline.intrinsics is not None:  # known calibration: the mapper must never refine it
-        options = replace(options, fixed_camera_ids=tuple(sorted(cameras)))
     with progress_factory("mapping") as progress:
         return global_mapping(cameras, images, verified, options, rng=config.pipeline.seed, progress=progress)
 
 
+def _with_fixed_cameras(config: ReconstructionConfig, camera_ids: list[int]) -> ReconstructionConfig:
+    """Known calibration: both mappers hold these cameras (so report.json's config says what ran)."""
+    return config.with_changes(
+        mapper={"fixed_camera_ids": camera_ids}, global_mapper={"fixed_camera_ids": camera_ids}
+    )
+
+
 def _run_pose_prior(reconstructions, cameras, images, paths, matches, config) -> dict[str, Any]:
-    from geomvision.sfm.pose_prior import PosePriorOptions, apply_learned_pose_prior
+    from geomvision.plugins.learned_prior import apply_learned_pose_prior
 
     return apply_learned_pose_prior(
         reconstructions,
@@ -608,17 +610,17 @@ def _run_pose_prior(reconstructions, cameras, images, paths, matches, config) ->
         dict(zip(sorted(images), paths, strict=True)),
         {pair: len(m) for pair, m in matches.items()},
         config.pipeline.pose_prior_checkpoint,
-        PosePriorOptions(min_confidence=config.pipeline.pose_prior_min_confidence),
+        config.pose_prior,
     )
 
 
 def _factorization_init(cameras, images, verified, config) -> Reconstruction:
-    from geomvision.sfm.factorization_init import FactorizationInitOptions, initialize_by_factorization
+    from geomvision.sfm.factorization_init import initialize_by_factorization
     from geomvision.sfm.tracks import build_tracks
 
     tracks = build_tracks({pair: g.inlier_matches for pair, g in verified.items()})
     result = initialize_by_factorization(
-        cameras, images, tracks, FactorizationInitOptions(), rng=config.pipeline.seed
+        cameras, images, tracks, config.factorization, rng=config.pipeline.seed
     )
     if not result.success:
         raise ReconstructionError(f"factorization initialisation failed: {result.reason}")

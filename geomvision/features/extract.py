@@ -14,6 +14,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 import cv2
 import numpy as np
@@ -26,7 +27,8 @@ from geomvision.scene.types import Features
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("sift", "orb", "akaze")
+FeatureMethod = Literal["sift", "orb", "akaze"]
+METHODS: tuple[str, ...] = get_args(FeatureMethod)
 #: Bump when the extraction code changes in a way that alters its output (invalidates caches).
 _CACHE_VERSION = 1
 
@@ -48,7 +50,7 @@ class ExtractionOptions:
         num_workers: worker processes of the default executor (None: all cores, 1: in-process).
     """
 
-    method: str = "sift"
+    method: FeatureMethod = "sift"
     root_sift: bool = False
     max_num_features: int = 8192
     max_image_size_px: int = 3200

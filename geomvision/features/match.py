@@ -26,6 +26,7 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Literal, get_args
 
 import cv2
 import numpy as np
@@ -34,11 +35,13 @@ from geomvision.errors import InputError
 from geomvision.features.extract import default_num_workers, make_process_pool
 from geomvision.io.atomic import atomic_path
 from geomvision.progress import ProgressCallback, report
+from geomvision.runtime.rng import as_rng
 from geomvision.scene.types import Features, Matches
 
 logger = logging.getLogger(__name__)
 
-MATCHERS = ("bruteforce", "ivf", "flann")
+MatcherName = Literal["bruteforce", "ivf", "flann"]
+MATCHERS: tuple[str, ...] = get_args(MatcherName)
 _CACHE_VERSION = 2
 #: Rows per matrix-product block: the BLOCK x N2 float32 scores stay in cache for the extremum passes
 #: (256 measured fastest, 1.6x faster than 2048, for 12k x 12k SIFT on one core).
@@ -81,7 +84,7 @@ class MatchingOptions:
         num_workers: worker processes of the default executor (None: all cores, 1: in-process).
     """
 
-    method: str = "ivf"
+    method: MatcherName = "ivf"
     ratio_threshold: float = 0.8
     mutual: bool = True
     max_distance: float | None = None
@@ -182,7 +185,7 @@ def train_ivf_quantiser(
     """
     from geomvision.features.pairs import train_vocabulary
 
-    rng = np.random.default_rng(rng if rng is not None else 0)
+    rng = as_rng(rng)
     sets = [np.asarray(d, dtype=np.float32) for d in descriptor_sets if len(d)]
     if not sets:
         raise InputError("no descriptors to train the IVF quantiser on")
