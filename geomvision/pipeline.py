@@ -230,6 +230,7 @@ def _run_stages(run: _Run) -> PipelineResult:
         )
         timings["principal_point"] = time.perf_counter() - t
 
+    t = time.perf_counter()
     run.stage = "trust"  # measured signals; sparse/0 becomes the largest trusted model
     from geomvision.sfm.calibration import trusted_focal_estimates
     from geomvision.sfm.trust import assess_models_trust
@@ -243,6 +244,7 @@ def _run_stages(run: _Run) -> PipelineResult:
         fixed_camera_ids=fixed,
         rng=config.pipeline.seed,
     )
+    timings["trust"] = time.perf_counter() - t
 
     if config.pipeline.pose_prior_checkpoint:  # learned fallback for images PnP could not register
         t = time.perf_counter()
