@@ -159,6 +159,9 @@ def _run_stages(run: _Run) -> PipelineResult:
         t = time.perf_counter()
         run.stage = "cameras"  # reads every image header: unreadable files fail here, before any work
         cameras, camera_of_image = setup_cameras(paths, image_ids, config)
+        if config.pipeline.intrinsics is not None:  # known calibration: no mapper refines it (recorded)
+            config = run.config = _with_fixed_cameras(config, sorted(cameras))
+            report["config"] = config.to_dict()
         run.stage = "features"
         features = _run_features(paths, image_ids, config, cache, executor, progress_factory)
         timings["features"] = time.perf_counter() - t
@@ -549,10 +552,6 @@ def _run_mapping(cameras, images, verified, config, progress_factory, executor=N
     if config.pipeline.mapper == "global":
         return _run_global_mapping(cameras, images, verified, config, progress_factory)
     mapper_options = config.mapper
-    if config.pipeline.intrinsics is not None:  # known calibration: the mapper must never refine it
-        from dataclasses import replace
-
-        mapper_options = replace(mapper_options, fixed_camera_ids=tuple(sorted(cameras)))
     if config.partition.cluster_size_for(len(images)):  # large scenes: cluster by cluster, then merge
         from geomvision.sfm.partitioned_mapping import PartitionedMappingOptions, partitioned_mapping
 
@@ -585,15 +584,18 @@ def _run_mapping(cameras, images, verified, config, progress_factory, executor=N
 
 
 def _run_global_mapping(cameras, images, verified, config, progress_factory):
-    from dataclasses import replace
-
     from geomvision.sfm.global_mapper import global_mapping
 
     options = config.global_mapper
-    if config.pipeline.intrinsics is not None:  # known calibration: the mapper must never refine it
-        options = replace(options, fixed_camera_ids=tuple(sorted(cameras)))
     with progress_factory("mapping") as progress:
         return global_mapping(cameras, images, verified, options, rng=config.pipeline.seed, progress=progress)
+
+
+def _with_fixed_cameras(config: ReconstructionConfig, camera_ids: list[int]) -> ReconstructionConfig:
+    """Known calibration: both mappers hold these cameras (so report.json's config says what ran)."""
+    return config.with_changes(
+        mapper={"fixed_camera_ids": camera_ids}, global_mapper={"fixed_camera_ids": camera_ids}
+    )
 
 
 def _run_pose_prior(reconstructions, cameras, images, paths, matches, config) -> dict[str, Any]:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,8 +35,8 @@ from geomvision.scene import Camera, ImageInfo, TwoViewGeometry
 from geomvision.sfm.bundle_adjustment import BundleAdjustmentOptions
 from geomvision.sfm.global_positioning import GlobalPositioningOptions, position_globally
 from geomvision.sfm.incremental import MappingResult
-from geomvision.sfm.mapper_ba import adjust_bundle
-from geomvision.sfm.mapper_state import MapperState, TrackTable
+from geomvision.sfm.mapper_ba import adjust_bundle, check_mapper_ba_options
+from geomvision.sfm.mapper_state import MapperState, StepTimer, TrackTable, check_mapper_inputs
 from geomvision.sfm.rotation_averaging import RotationAveragingOptions, RotationComponent, average_rotations
 from geomvision.sfm.tracks import build_track_arrays
 from geomvision.sfm.triangulate import TriangulationOptions, filter_points, retriangulate
@@ -55,7 +54,8 @@ class GlobalMapperOptions:
         rotation_averaging: options of the rotation-averaging stage.
         positioning: options of the global-positioning stage.
         triangulation: retriangulation and filtering thresholds between BA rounds.
-        ba: how each bundle adjustment runs (backend, loss, iteration cap).
+        ba: how each bundle adjustment runs (the plain BA options: backend, loss, iteration cap, every
+            solver setting; ``refine_*`` say which intrinsics of the refined cameras move).
         num_ba_rounds: BA rounds; the first holds the averaged rotations, the others refine everything.
         first_filter_factor: the reprojection threshold of the filtering after the first round is this
             times ``triangulation.filter_max_error_px`` (the positioned model is still rough).
@@ -95,42 +95,7 @@ class GlobalMapperOptions:
                 f"{self.max_num_models}, {self.min_model_size}"
             )
         object.__setattr__(self, "fixed_camera_ids", tuple(int(c) for c in self.fixed_camera_ids))
-
-
-class _Timer:
-    """Wall time per named step."""
-
-    def __init__(self) -> None:
-        self.totals: dict[str, float] = defaultdict(float)
-        self._name = ""
-        self._start = 0.0
-
-    def __call__(self, name: str) -> _Timer:
-        self._name = name
-        return self
-
-    def __enter__(self) -> None:
-        self._start = time.perf_counter()
-
-    def __exit__(self, *exc) -> None:
-        self.totals[self._name] += time.perf_counter() - self._start
-
-
-def _check_inputs(
-    cameras: dict[int, Camera],
-    images: dict[int, ImageInfo],
-    two_view_geometries: dict[tuple[int, int], TwoViewGeometry],
-) -> None:
-    if not images:
-        raise InputError("global_mapping needs at least one image, got none")
-    for image_id, info in images.items():
-        if info.camera_id not in cameras:
-            raise InputError(f"image {image_id} ({info.name}) refers to unknown camera {info.camera_id}")
-    for (i, j), g in two_view_geometries.items():
-        if i not in images or j not in images:
-            raise InputError(f"two-view geometry ({i}, {j}) refers to an unknown image")
-        if (g.image_i, g.image_j) != (i, j):
-            raise InputError(f"two-view geometry keyed ({i}, {j}) is for images ({g.image_i}, {g.image_j})")
+        check_mapper_ba_options(self.ba)
 
 
 def _deregister(state: MapperState, image_ids: list[int]) -> None:
@@ -161,7 +126,7 @@ class _ComponentMapper:
         images: dict[int, ImageInfo],
         table: TrackTable,
         options: GlobalMapperOptions,
-        timer: _Timer,
+        timer: StepTimer,
         rng: np.random.Generator,
     ) -> None:
         self.state = MapperState(cameras, images, table)
@@ -325,9 +290,9 @@ def global_mapping(
         InputError: images referring to unknown cameras, or pairs to unknown images.
     """
     options = options or GlobalMapperOptions()
-    _check_inputs(cameras, images, two_view_geometries)
+    check_mapper_inputs(cameras, images, two_view_geometries, caller="global_mapping")
     rng = np.random.default_rng(0 if rng is None else rng)
-    timer = _Timer()
+    timer = StepTimer()
     t_start = time.perf_counter()
     report: dict = {"num_images": len(images), "models": []}
 
