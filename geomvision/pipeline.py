@@ -195,6 +195,7 @@ def _run_stages(run: _Run) -> PipelineResult:
             )
             timings["wide_baseline"] = report["wide_baseline"]["time_s"]
         if not verified:
+            run.stage = "verification"  # the wide-baseline retry found nothing either: verification failed
             raise ReconstructionError(
                 f"no image pair could be verified among {len(image_ids)} images "
                 f"({len(matches)} pairs matched): the images do not overlap enough"
