@@ -195,6 +195,7 @@ def _run_stages(run: _Run) -> PipelineResult:
             )
             timings["wide_baseline"] = report["wide_baseline"]["time_s"]
         if not verified:
+            run.stage = "verification"  # the wide-baseline retry found nothing either: verification failed
             raise ReconstructionError(
                 f"no image pair could be verified among {len(image_ids)} images "
                 f"({len(matches)} pairs matched): the images do not overlap enough"
@@ -246,6 +247,7 @@ def _run_stages(run: _Run) -> PipelineResult:
         )
         timings["principal_point"] = time.perf_counter() - t
 
+    t = time.perf_counter()
     run.stage = "trust"  # measured signals; sparse/0 becomes the largest trusted model
     from geomvision.sfm.calibration import trusted_focal_estimates
     from geomvision.sfm.trust import assess_models_trust
@@ -259,6 +261,7 @@ def _run_stages(run: _Run) -> PipelineResult:
         fixed_camera_ids=fixed,
         rng=config.pipeline.seed,
     )
+    timings["trust"] = time.perf_counter() - t
 
     if config.pipeline.pose_prior_checkpoint:  # learned fallback for images PnP could not register
         t = time.perf_counter()
