@@ -38,6 +38,7 @@ from geomvision.sfm.global_positioning import GlobalPositioningOptions, position
 from geomvision.sfm.incremental import MappingResult
 from geomvision.sfm.mapper_ba import adjust_bundle, check_mapper_ba_options
 from geomvision.sfm.mapper_state import MapperState, StepTimer, TrackTable, check_mapper_inputs
+from geomvision.sfm.registration import RegistrationOptions, register_image
 from geomvision.sfm.rotation_averaging import RotationAveragingOptions, RotationComponent, average_rotations
 from geomvision.sfm.tracks import build_track_arrays
 from geomvision.sfm.triangulate import TriangulationOptions, filter_points, retriangulate
@@ -61,7 +62,9 @@ class GlobalMapperOptions:
         num_ba_rounds: BA rounds; the first holds the averaged rotations, the others refine everything.
         first_filter_factor: the reprojection threshold of the filtering after the first round is this
             times ``triangulation.filter_max_error_px`` (the positioned model is still rough).
-        min_image_observations: images with fewer 3D-point observations at the end are dropped.
+        min_image_observations: images with fewer 3D-point observations at the end are registered again
+            by PnP on the model's points (``registration``), or dropped when that fails.
+        registration: PnP options of that re-registration.
         refine_focal: refine focal lengths of cameras not in ``fixed_camera_ids`` in the joint rounds.
         recalibrate_focal_change: when BA moves a camera's focal by more than this (relative), its pairs
             are re-verified with the refined intrinsics and the mapping runs again (once); 0 = never.
@@ -81,6 +84,7 @@ class GlobalMapperOptions:
     num_ba_rounds: int = 3
     first_filter_factor: float = 4.0
     min_image_observations: int = 20
+    registration: RegistrationOptions = field(default_factory=RegistrationOptions)
     refine_focal: bool = True
     recalibrate_focal_change: float = 0.05
     fixed_camera_ids: tuple[int, ...] = ()
@@ -258,18 +262,37 @@ class _ComponentMapper:
             self.report["ba_rounds"].append(ba)
 
     def finish(self) -> None:
-        """Drop images with too few observations, then a final BA and filtering."""
+        """Re-register (PnP) or drop images with too few observations, then a final BA and filtering.
+
+        An image whose observations were all filtered away was mispositioned (e.g. few long tracks); PnP on
+        the finished model's points usually recovers it, as the incremental mapper would register it.
+        """
         options = self.options
         tri = options.triangulation
         weak = [
             i for i, n in _image_observation_counts(self.state).items() if n < options.min_image_observations
         ]
+        recovered = []
         if weak:
-            logger.info(
-                "dropping %d image(s) with < %d observations", len(weak), options.min_image_observations
-            )
             _deregister(self.state, weak)
-        self.report["dropped_image_ids"] = weak
+            for image_id in weak:
+                with self.timer("registration"):
+                    result = register_image(self.state, image_id, options.registration, rng=self.rng)
+                if result.success:
+                    self.state.set_pose(image_id, result.cam_from_world)
+                    self.state.obs_active[result.inlier_rows] = True
+                    recovered.append(image_id)
+            if recovered:
+                with self.timer("triangulation"):
+                    retriangulate(self.state, tri)
+            logger.info(
+                "%d image(s) with < %d observations: %d re-registered by PnP, the others dropped",
+                len(weak),
+                options.min_image_observations,
+                len(recovered),
+            )
+        self.report["reregistered_image_ids"] = recovered
+        self.report["dropped_image_ids"] = [i for i in weak if i not in recovered]
         final = self.bundle_adjust(fix_rotations=False)
         self.filter(tri.filter_max_error_px)
         self.report["ba_rounds"].append(final)
