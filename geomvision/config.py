@@ -33,6 +33,7 @@ from geomvision.sfm.partition import PartitionOptions
 from geomvision.sfm.pose_prior import PosePriorOptions
 from geomvision.sfm.trust import TrustOptions
 from geomvision.sfm.two_view import TwoViewOptions
+from geomvision.sfm.wide_baseline import WideBaselineOptions
 
 logger = logging.getLogger(__name__)
 
@@ -173,6 +174,8 @@ class ReconstructionConfig:
         extraction: :func:`geomvision.features.extract.extract_features`.
         matching: :func:`geomvision.features.match.match_pairs`.
         two_view: :func:`geomvision.sfm.two_view.verify_pairs` (nests its ``ransac``).
+        wide_baseline: :func:`geomvision.sfm.wide_baseline.densify_wide_baseline_pairs` (affine-feature
+            retry of weakly connected images, after verification; idle on well-connected sets).
         calibration: :mod:`geomvision.sfm.calibration` (focal lengths from the view graph before mapping).
         factorization: :func:`geomvision.sfm.factorization_init.initialize_by_factorization`, run when
             ``pipeline.init = "factorization"``.
@@ -191,6 +194,7 @@ class ReconstructionConfig:
     extraction: ExtractionOptions = field(default_factory=_pipeline_extraction)
     matching: MatchingOptions = field(default_factory=_pipeline_matching)
     two_view: TwoViewOptions = field(default_factory=TwoViewOptions)
+    wide_baseline: WideBaselineOptions = field(default_factory=WideBaselineOptions)
     calibration: SelfCalibrationOptions = field(default_factory=SelfCalibrationOptions)
     factorization: FactorizationInitOptions = field(default_factory=FactorizationInitOptions)
     trust: TrustOptions = field(default_factory=TrustOptions)

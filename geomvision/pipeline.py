@@ -188,7 +188,14 @@ def _run_stages(run: _Run) -> PipelineResult:
         timings["verification"] = time.perf_counter() - t
         verified = {pair: g for pair, g in two_view.items() if g.success}
         report["verification"] = _verification_counts(two_view, verified)
+        if config.wide_baseline.enabled:  # weakly connected images: retry their pairs (affine features)
+            run.stage = "wide_baseline"
+            features, verified, report["wide_baseline"] = _run_wide_baseline(
+                paths, features, matches, verified, cameras_by_image, config, progress_factory
+            )
+            timings["wide_baseline"] = report["wide_baseline"]["time_s"]
         if not verified:
+            run.stage = "verification"  # the wide-baseline retry found nothing either: verification failed
             raise ReconstructionError(
                 f"no image pair could be verified among {len(image_ids)} images "
                 f"({len(matches)} pairs matched): the images do not overlap enough"
@@ -219,6 +226,16 @@ def _run_stages(run: _Run) -> PipelineResult:
         raise ReconstructionError(
             f"mapping failed: {mapping.report.get('reason', 'no model with 2+ images')}"
         )
+
+    if len(reconstructions) > 1 and config.wide_baseline.bridge.enabled:  # join separate models
+        from geomvision.sfm.wide_baseline import bridge_and_merge_models
+
+        t = time.perf_counter()
+        run.stage = "model_bridge"
+        reconstructions, report["model_bridge"] = bridge_and_merge_models(
+            reconstructions, verified, config.wide_baseline.bridge, rng=config.pipeline.seed
+        )
+        timings["model_bridge"] = time.perf_counter() - t
 
     if config.pipeline.intrinsics is None and config.calibration.enabled:  # unknown K: principal point
         t = time.perf_counter()
@@ -528,6 +545,24 @@ def _load_pickle(path: Path):
         return None
 
 
+def _run_wide_baseline(paths, features, matches, verified, cameras_by_image, config, progress_factory):
+    from geomvision.sfm.wide_baseline import densify_wide_baseline_pairs
+
+    with progress_factory("wide_baseline") as progress:
+        result = densify_wide_baseline_pairs(
+            dict(zip(sorted(features), paths, strict=True)),
+            features,
+            {pair: len(m) for pair, m in matches.items()},
+            verified,
+            cameras_by_image,
+            config.wide_baseline,
+            two_view_options=config.two_view,
+            rng=config.pipeline.seed,
+            progress=progress,
+        )
+    return result.features, result.two_view_geometries, result.report
+
+
 def _run_calibration(cameras, camera_of_image, verified, features, paths, config, executor, progress_factory):
     from geomvision.sfm.calibration import exif_focal_camera_ids, self_calibrate
 
@@ -596,7 +631,9 @@ def _run_global_mapping(cameras, images, verified, config, progress_factory):
 def _with_fixed_cameras(config: ReconstructionConfig, camera_ids: list[int]) -> ReconstructionConfig:
     """Known calibration: both mappers hold these cameras (so report.json's config says what ran)."""
     return config.with_changes(
-        mapper={"fixed_camera_ids": camera_ids}, global_mapper={"fixed_camera_ids": camera_ids}
+        mapper={"fixed_camera_ids": camera_ids},
+        global_mapper={"fixed_camera_ids": camera_ids},
+        wide_baseline={"bridge": {"merge": {"bundle_adjustment": {"intrinsics": "fixed"}}}},
     )
 
 
