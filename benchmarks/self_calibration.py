@@ -168,6 +168,8 @@ def run(key: str, mode: str, work: Path) -> dict:
         row["calibration_time_s"] = report["calibration"].get("time_s")
     row["models"] = models
     row["principal_point"] = report.get("principal_point")
+    if "error" in report:
+        row["error"] = report["error"]
     return row
 
 
