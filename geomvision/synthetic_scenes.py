@@ -17,7 +17,8 @@ are not drawn (the sky shows there, like haze); the depth map says so (no surfac
 Cameras follow trajectories where each image sees a small part of the scene:
 
 - ``street``: a walk along a rectangular loop of streets (rounded corners), looking at the left facades for a
-  few steps, turning through oblique and forward views to the right facades, and back; the walk covers the
+  few steps, turning through oblique and forward views (yaw steps of about half the field of view) to the
+  right facades, and back; the walk covers the
   whole loop at large sizes, so the sequence closes on itself.
 - ``courtyard``: a walk inside a walled courtyard, alternating between the nearby wall and views across the
   courtyard at the central pavilion and the far walls.
@@ -378,10 +379,13 @@ def _rounded_rectangle_path(half_x: float, half_y: float, radius: float, step_m:
 
 
 # The walk's looking pattern: (yaw from the heading in degrees, +90 = left; metres walked before the shot).
+# Side views look 70 degrees off the heading; the turns between sides go in steps of about 23 degrees, well
+# below the 45-degree field of view of the default focal (1.2 max(w, h)), so consecutive images always overlap.
 def _look_pattern(side_shots: int) -> list[tuple[float, float]]:
-    left = [(85.0, 0.8)] * side_shots
-    right = [(-85.0, 0.8)] * side_shots
-    return left + [(45.0, 0.5), (0.0, 0.5), (-45.0, 0.5)] + right + [(-45.0, 0.5), (0.0, 0.5), (45.0, 0.5)]
+    left = [(70.0, 0.8)] * side_shots
+    right = [(-70.0, 0.8)] * side_shots
+    turn = [(47.0, 0.4), (23.0, 0.4), (0.0, 0.4), (-23.0, 0.4), (-47.0, 0.4)]
+    return left + turn + right + [(-yaw, step) for yaw, step in turn]
 
 
 def _walk_cameras(
@@ -406,7 +410,7 @@ def _walk_cameras(
         heading /= max(float(np.linalg.norm(heading)), 1e-9)
         lateral = np.array([-heading[1], heading[0]])
         pos = pos + lateral * rng.uniform(-0.8, 0.8)
-        yaw = np.deg2rad(yaw_deg + rng.uniform(-6.0, 6.0))
+        yaw = np.deg2rad(yaw_deg + rng.uniform(-3.0, 3.0))
         look = np.cos(yaw) * heading + np.sin(yaw) * lateral
         pitch = np.deg2rad(rng.uniform(3.0, 12.0))
         centre = np.array([pos[0], pos[1], height_m + rng.uniform(-0.15, 0.15)])
