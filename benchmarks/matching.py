@@ -32,8 +32,8 @@ from geomvision.features.match import MatchingOptions, match_pairs
 from geomvision.features.pairs import exhaustive_pairs
 from geomvision.geometry.epipolar import fundamental_from_essential, sampson_distance_sq
 from geomvision.geometry.rigid import skew
-from geomvision.io.atomic import atomic_write_text
 from geomvision.io.images import image_size, list_images
+from geomvision.runtime.atomic import atomic_write_text
 from geomvision.sfm.two_view import TwoViewOptions, verify_pairs
 from geomvision.sfm.view_graph import (
     build_view_graph,

@@ -19,7 +19,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--intrinsics", help="known pinhole intrinsics fx,fy,cx,cy in pixels (shared)")
     parser.add_argument("--init", choices=("two-view", "factorization"), help="initialiser")
     parser.add_argument("--pairing", choices=("exhaustive", "sequential", "retrieval"), help="pair selection")
-    parser.add_argument("--workers", type=int, help="worker processes for features/matching/verification")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="worker processes for per-image/per-pair work (default: the usable cores; 1: in-process)",
+    )
+    parser.add_argument(
+        "--backend", choices=("serial", "processes", "dask"), help="where that work runs (default: processes)"
+    )
+    parser.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="run on Dask: 'local' (a LocalCluster of --workers processes on 127.0.0.1) or tcp://HOST:PORT "
+        "(tls://HOST:PORT with --tls-*) of a running scheduler",
+    )
+    parser.add_argument(
+        "--images-visible-to-workers",
+        action="store_true",
+        default=None,
+        help="dask workers can read the image paths (shared filesystem); default: the client ships the bytes",
+    )
+    parser.add_argument("--tls-ca-file", help="dask TLS: CA certificate of the cluster")
+    parser.add_argument("--tls-cert-file", help="dask TLS: this client's certificate")
+    parser.add_argument("--tls-key-file", help="dask TLS: this client's private key")
     parser.add_argument("--seed", type=int, help="random seed (same seed, same result)")
     parser.add_argument("--max-features", type=int, help="maximum features per image")
     parser.add_argument("--max-image-size", type=int, help="downscale images larger than this (px)")
@@ -55,7 +77,18 @@ def build_config(args: argparse.Namespace):
         pipeline["intrinsics"] = parse_intrinsics(args.intrinsics)
     if args.pose_prior is not None:
         pipeline["pose_prior_checkpoint"] = args.pose_prior
-    for arg, key in (("init", "init"), ("pairing", "pairing"), ("workers", "num_workers"), ("seed", "seed")):
+    for arg, key in (
+        ("init", "init"),
+        ("pairing", "pairing"),
+        ("workers", "num_workers"),
+        ("seed", "seed"),
+        ("backend", "backend"),
+        ("scheduler", "scheduler"),
+        ("images_visible_to_workers", "images_visible_to_workers"),
+        ("tls_ca_file", "tls_ca_file"),
+        ("tls_cert_file", "tls_cert_file"),
+        ("tls_key_file", "tls_key_file"),
+    ):
         if getattr(args, arg) is not None:
             pipeline[key] = getattr(args, arg)
     changes = {"pipeline": pipeline} if pipeline else {}

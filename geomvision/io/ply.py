@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from geomvision.errors import InputError
-from geomvision.io.atomic import atomic_path, atomic_write_bytes
+from geomvision.runtime.atomic import atomic_path, atomic_write_bytes
 from geomvision.scene.reconstruction import Reconstruction
 
 logger = logging.getLogger(__name__)
