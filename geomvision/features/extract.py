@@ -221,7 +221,7 @@ def extract_image_task(image: tuple, options: ExtractionOptions) -> Features:
 
 #: Extraction on the stage runner; bump ``version`` when the output changes (invalidates caches).
 FEATURES_STAGE = Stage(
-    name="features", task=extract_image_task, version=_CACHE_VERSION, codec=FeaturesCodec()
+    name="features", task=extract_image_task, version=_CACHE_VERSION, codec=FeaturesCodec(), batch_size=1
 )
 
 
