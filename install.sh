@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Install geomvision into ./.venv on a fresh Debian machine with Python 3.11.
-# System libraries: Open3D needs libusb/libGL/libgomp; its headless renderer needs software Vulkan.
+# System libraries: Open3D needs libEGL/libGL/libusb/libgomp; its headless renderer needs software Vulkan.
+# (.ci/run checks with `python -m geomvision.io.system_libraries` that nothing Open3D links is missing.)
 set -euo pipefail
 cd "$(dirname "$0")"
-PKGS="libusb-1.0-0 libgl1 libgomp1 libvulkan1 mesa-vulkan-drivers"
+PKGS="libegl1 libusb-1.0-0 libgl1 libgomp1 libvulkan1 mesa-vulkan-drivers"
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 # Debian's own Python needs python3-venv for "python3 -m venv".

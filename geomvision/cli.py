@@ -7,14 +7,16 @@ Errors from bad input are printed as one line on stderr with a non-zero exit cod
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
 import pkgutil
+import signal
 import sys
 
 from geomvision import __version__
-from geomvision.errors import GeomVisionError, InputError
+from geomvision.errors import GeomVisionError, InputError, Terminated
 
 EXIT_INPUT_ERROR = 2
 EXIT_FAILURE = 1
@@ -49,11 +51,24 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INPUT_ERROR
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    previous = _raise_on_termination()
+    try:
+        return _run_command(args)
+    finally:
+        _restore_handlers(previous)
+
+
+def _run_command(args: argparse.Namespace) -> int:
     try:
         return int(args._run(args) or 0)
-    except KeyboardInterrupt:
-        print("geomvision: interrupted; finished stages are cached, rerun to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        name = getattr(exc, "signal_name", "SIGINT")
+        _ignore_further_signals()  # a second Ctrl-C during clean-up must not print a traceback
+        print(
+            f"geomvision: interrupted ({name}); finished stages are cached, rerun to resume", file=sys.stderr
+        )
+        return 128 + int(signum)
     except (
         InputError,
         ValueError,
@@ -80,6 +95,39 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_INTERNAL_ERROR
+
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _raise_on_termination() -> dict[int, object]:
+    """SIGTERM/SIGHUP end the command like Ctrl-C does: clean-up, report.json, one line, exit 128+n.
+
+    Returns the previous handlers, which :func:`_restore_handlers` puts back (``main`` may run in-process).
+    """
+
+    def handler(signum, frame):
+        raise Terminated(signum)
+
+    previous = {}
+    for signum in _SIGNALS:
+        with contextlib.suppress(ValueError, OSError):  # not the main thread: leave signals alone
+            previous[signum] = signal.getsignal(signum)
+            if signum != signal.SIGINT:
+                signal.signal(signum, handler)
+    return previous
+
+
+def _ignore_further_signals() -> None:
+    for signum in _SIGNALS:
+        with contextlib.suppress(ValueError, OSError):
+            signal.signal(signum, signal.SIG_IGN)
+
+
+def _restore_handlers(previous: dict[int, object]) -> None:
+    for signum, handler in previous.items():
+        with contextlib.suppress(ValueError, OSError, TypeError):
+            signal.signal(signum, handler)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -21,6 +21,7 @@ STAGE_OPTIONS: dict[str, tuple[str, str]] = {
     "extraction": ("geomvision.features.extract", "ExtractionOptions"),
     "matching": ("geomvision.features.match", "MatchingOptions"),
     "two_view": ("geomvision.sfm.two_view", "TwoViewOptions"),
+    "calibration": ("geomvision.sfm.calibration", "SelfCalibrationOptions"),
     "mapper": ("geomvision.sfm.incremental", "IncrementalMapperOptions"),
 }
 
@@ -43,6 +44,13 @@ class PipelineOptions:
         retrieval_k: top-k most similar images matched per image in retrieval mode.
         init: initialiser, "two-view" or "factorization".
         intrinsics: known pinhole (fx, fy, cx, cy) in pixels shared by all images; None to estimate.
+        intrinsics_convention: origin of the principal point in ``intrinsics``: "opencv" (centre of
+            the top-left pixel, geomvision's own) or "colmap" (its corner, as in COLMAP's cameras.txt;
+            ``cx_opencv = cx_colmap - 0.5``).
+        intrinsics_size: (width, height) the intrinsics belong to; None = the size of the images when
+            they all have one (several sizes are then an error).
+        scale_intrinsics: rescale ``intrinsics`` for images of another size (resized, same aspect
+            ratio); without it such images are an error. See ``geomvision.io.camera_setup``.
         camera_model: model used when intrinsics are estimated (SIMPLE_RADIAL refines f and k).
         single_camera: one shared camera (True), one per image (False), or None = shared when all
             images have the same size.
@@ -62,6 +70,8 @@ class PipelineOptions:
         pose_prior_checkpoint: learned pose-model checkpoint; images the mapper cannot register are then
             placed from its relative-pose prior (``geomvision.sfm.pose_prior``; needs torch). None: off.
         pose_prior_min_confidence: priors below this confidence are ignored.
+        strict: abort on the first image file that cannot be decoded, instead of skipping it (and
+            listing it in ``report.json`` ``skipped_images``).
     """
 
     pairing: str = "exhaustive"
@@ -69,6 +79,9 @@ class PipelineOptions:
     retrieval_k: int = 15
     init: str = "two-view"
     intrinsics: tuple[float, float, float, float] | None = None
+    intrinsics_convention: Literal["opencv", "colmap"] = "opencv"
+    intrinsics_size: tuple[int, int] | None = None
+    scale_intrinsics: bool = False
     camera_model: str = "SIMPLE_RADIAL"
     single_camera: bool | None = None
     num_workers: int | None = None
@@ -82,6 +95,7 @@ class PipelineOptions:
     html_report: bool = True
     pose_prior_checkpoint: str | None = None
     pose_prior_min_confidence: float = 0.5
+    strict: bool = False
 
     def __post_init__(self) -> None:
         if self.pairing not in PAIRING_MODES:
@@ -104,6 +118,19 @@ class PipelineOptions:
                     f"intrinsics focal lengths must be positive, got fx={values[0]} fy={values[1]}"
                 )
             object.__setattr__(self, "intrinsics", values)
+        if self.intrinsics_convention not in ("opencv", "colmap"):
+            raise InputError(
+                f"intrinsics_convention must be 'opencv' or 'colmap', got {self.intrinsics_convention!r}"
+            )
+        if self.intrinsics_size is not None:
+            size = tuple(self.intrinsics_size)
+            if len(size) != 2 or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size
+            ):
+                raise InputError(
+                    f"intrinsics_size must be two positive integers (w, h), got {self.intrinsics_size!r}"
+                )
+            object.__setattr__(self, "intrinsics_size", size)
         if self.num_workers is not None and (
             not isinstance(self.num_workers, int)
             or isinstance(self.num_workers, bool)
@@ -152,6 +179,7 @@ class ReconstructionConfig:
     extraction: Any = field(default_factory=lambda: _default_stage("extraction"))
     matching: Any = field(default_factory=lambda: _default_stage("matching"))
     two_view: Any = field(default_factory=lambda: _default_stage("two_view"))
+    calibration: Any = field(default_factory=lambda: _default_stage("calibration"))
     mapper: Any = field(default_factory=lambda: _default_stage("mapper"))
 
     def with_changes(self, **sections: dict[str, Any]) -> ReconstructionConfig:

@@ -20,3 +20,18 @@ class InputError(GeomVisionError, ValueError):
 
 class ReconstructionError(GeomVisionError):
     """The pipeline ran but could not produce a model (e.g. no initial pair found)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """The process was asked to stop by a signal other than Ctrl-C (SIGTERM, SIGHUP).
+
+    A ``KeyboardInterrupt`` so that every ``except KeyboardInterrupt`` clean-up runs for it too; the CLI
+    raises it from its signal handler and exits ``128 + signum``.
+    """
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        self.signum = int(signum)
+        self.signal_name = signal.Signals(self.signum).name
+        super().__init__(self.signal_name)

@@ -21,7 +21,7 @@ folders (camera-to-world R and centre C, K at full resolution; rescaled to the m
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -207,10 +207,9 @@ def load_ground_truth(
 ) -> dict[str, GroundTruthCamera]:
     """Detect and read ground truth: COLMAP model, Middlebury ``*_par.txt``, or Strecha ``*.camera``.
 
-    ``path`` may be the file/folder itself or a dataset folder containing it.
+    ``path`` may be the file/folder itself or a dataset folder holding it, directly or in a sub-folder
+    (folders whose name contains "gt" are tried first).
     """
-    from geomvision.io.colmap import find_model_folder
-
     path = Path(path)
     if not path.exists():
         raise InputError(f"ground truth {path} does not exist")
@@ -221,6 +220,26 @@ def load_ground_truth(
             f"unrecognised ground-truth file {path} (expected *_par.txt, a COLMAP model or "
             f"a Strecha *.camera folder)"
         )
+    found = _ground_truth_in(path, image_sizes)
+    # A dataset folder holds its ground truth one level down (fountain_small/gt_cameras, .../gt/sparse).
+    subfolders = sorted(
+        (p for p in path.iterdir() if p.is_dir()), key=lambda p: ("gt" not in p.name.lower(), p.name)
+    )
+    for folder in subfolders if found is None else ():
+        found = _ground_truth_in(folder, image_sizes)
+        if found is not None:
+            break
+    if found is None:
+        raise InputError(
+            f"no ground truth found in {path} or its sub-folders (COLMAP model, *_par.txt or *.camera files)"
+        )
+    return found
+
+
+def _ground_truth_in(path: Path, image_sizes) -> dict[str, GroundTruthCamera] | None:
+    """Ground truth stored directly in ``path`` (not its sub-folders), or None."""
+    from geomvision.io.colmap import find_model_folder
+
     try:
         return read_gt_colmap(find_model_folder(path))
     except InputError:
@@ -230,7 +249,7 @@ def load_ground_truth(
         return read_middlebury_par(par[0])
     if any(path.glob("*.camera")) or (path / "gt_dense_cameras").is_dir():
         return read_strecha_cameras(path, image_sizes=image_sizes)
-    raise InputError(f"no ground truth found in {path} (COLMAP model, *_par.txt or *.camera files)")
+    return None
 
 
 def ground_truth_reconstruction(
@@ -491,3 +510,84 @@ def format_per_image_table(rows: list[dict]) -> str:
             f"{r['centre_error']:>11.4g} {r['rotation_error_deg']:>11.4g} {r['focal_error_rel']:>9.3%}"
         )
     return "\n".join(lines)
+
+
+def evaluate_models(
+    reconstructions: list[Reconstruction],
+    gt: dict[str, GroundTruthCamera],
+    *,
+    thresholds_deg=AUC_THRESHOLDS_DEG,
+) -> dict:
+    """Score several models of one run: each on its own, and their union after alignment.
+
+    The union puts every model with at least 3 ground-truth-matched cameras into the ground-truth frame
+    (Umeyama similarity of its camera centres onto the ground-truth centres), then scores all those
+    cameras together with :func:`evaluate_reconstruction`, so pairs *across* models count too and an
+    image registered in any model counts as registered. Models with fewer matched cameras cannot be
+    aligned and stay out of the union (they are still scored alone). With one model the union is it.
+
+    Returns:
+        The union's metrics (as :func:`evaluate_reconstruction`, with ``per_image``) plus ``scored``
+        (what the top-level numbers describe), ``num_models``, ``num_models_in_union`` and ``models``:
+        per model its index (``sparse/<index>``), ``num_registered_in_model`` and its own metrics.
+    """
+    if not reconstructions:
+        raise InputError("no model to evaluate")
+    per_model = []
+    for index, rec in enumerate(reconstructions):
+        result = evaluate_reconstruction(rec, gt, thresholds_deg=thresholds_deg, include_per_image=False)
+        per_model.append({"model": index, "num_registered_in_model": rec.num_registered, **result})
+    if len(reconstructions) == 1:
+        union, used = reconstructions[0], 1
+    else:
+        union, used = _aligned_union(reconstructions, gt)
+    result = evaluate_reconstruction(union, gt, thresholds_deg=thresholds_deg)
+    scored = (
+        "the only model"
+        if len(reconstructions) == 1
+        else f"union of {used} of {len(reconstructions)} models, each aligned to the ground truth by its "
+        "camera centres"
+    )
+    return {
+        "scored": scored,
+        "num_models": len(reconstructions),
+        "num_models_in_union": used,
+        **result,
+        "models": per_model,
+    }
+
+
+def _aligned_union(reconstructions: list[Reconstruction], gt: dict) -> tuple[Reconstruction, int]:
+    """All alignable models' registered views in the ground-truth frame (first model wins a name)."""
+    from geomvision.scene.reconstruction import View
+
+    union = Reconstruction()
+    seen: set[str] = set()
+    used = 0
+    for rec in reconstructions:
+        names = sorted(gt)
+        matched = match_views_by_name(rec, names)
+        pairs = [(n, matched[n]) for n in names if n in matched and rec.views[matched[n]].registered]
+        if len(pairs) < 3:
+            continue
+        est = np.array([rec.views[i].cam_from_world.center for _, i in pairs])
+        ref = np.array([gt[n].cam_from_world.center for n, _ in pairs])
+        try:
+            gt_from_model = umeyama_alignment(est, ref, with_scale=True)
+        except InputError as exc:
+            logger.warning("model with %d images left out of the union: %s", len(pairs), exc)
+            continue
+        used += 1
+        for name, image_id in pairs:
+            if name in seen:
+                continue
+            seen.add(name)
+            view = rec.views[image_id]
+            camera = rec.cameras[view.camera_id]
+            new_id = len(union.views) + 1
+            union.add_camera(replace(camera, camera_id=new_id))
+            pose = gt_from_model.transform_pose(view.cam_from_world)
+            union.add_view(View(new_id, view.name, new_id, pose))
+    if not used:
+        return reconstructions[0], 1
+    return union, used

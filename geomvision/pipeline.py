@@ -81,7 +81,9 @@ def run_pipeline(
 
     ``OUT/report.json`` is written on success and on failure (including Ctrl-C): a failed run records
     ``status`` ("failed" / "interrupted"), ``failed_stage``, ``error`` and whatever the finished stages
-    reported, and keeps their caches so a rerun resumes from them.
+    reported, and keeps their caches so a rerun resumes from them. When ``report.json`` already
+    describes a successful run (whose model is still in ``sparse/``), the failure goes to
+    ``report.failed.json`` instead, which the next successful run removes.
     """
     config = config or ReconstructionConfig()
     run = _Run(
@@ -120,11 +122,14 @@ class _Run:
 
 
 def _run_stages(run: _Run) -> PipelineResult:
-    from geomvision.io.images import list_images
+    from geomvision.io.images import scan_images
 
     config, out, cache, progress_factory = run.config, run.out, run.cache, run.progress_factory
     report, timings = run.report, run.timings
     report.update({"status": "running", "image_dir": str(run.image_dir), "config": config.to_dict()})
+    report["image_dir_absolute"] = str(run.image_dir.resolve())  # for exports run from another folder
+    if out and config.pipeline.html_report:
+        _warn_about_system_libraries()
 
     if (
         config.pipeline.pose_prior_checkpoint
@@ -132,9 +137,19 @@ def _run_stages(run: _Run) -> PipelineResult:
         from geomvision.sfm.pose_prior import check_learned_prior
 
         check_learned_prior(config.pipeline.pose_prior_checkpoint)
-    paths = list_images(run.image_dir)
+    scan = scan_images(run.image_dir, strict=config.pipeline.strict)
+    report["skipped_images"] = [{"name": s.name, "reason": s.reason} for s in scan.skipped]
+    report["ignored_files"] = scan.ignored
+    paths = scan.paths
     if len(paths) < MIN_IMAGES:
-        raise InputError(f"need at least {MIN_IMAGES} images in {run.image_dir}, found {len(paths)}")
+        raise InputError(
+            f"need at least {MIN_IMAGES} usable images in {run.image_dir}, found {len(paths)}"
+            + (
+                f" ({len(scan.skipped)} skipped: {', '.join(s.name for s in scan.skipped[:5])})"
+                if scan.skipped
+                else ""
+            )
+        )
     image_ids = list(range(1, len(paths) + 1))
     names = {i: p.name for i, p in zip(image_ids, paths, strict=True)}
     report["num_images"] = len(paths)
@@ -173,6 +188,13 @@ def _run_stages(run: _Run) -> PipelineResult:
                 f"no image pair could be verified among {len(image_ids)} images "
                 f"({len(matches)} pairs matched): the images do not overlap enough"
             )
+        if config.pipeline.intrinsics is None:  # unknown focal: calibrate it from the view graph
+            run.stage = "calibration"
+            t = time.perf_counter()
+            cameras, verified, report["calibration"] = _run_calibration(
+                cameras, camera_of_image, verified, features, paths, config, runner, progress_factory
+            )
+            timings["calibration"] = time.perf_counter() - t
         # The mapper runs in this process only: a pool worker writes the view graph meanwhile.
         view_graph_written = _start_view_graph_output(out, verified, names, runner)
 
@@ -193,6 +215,16 @@ def _run_stages(run: _Run) -> PipelineResult:
         raise ReconstructionError(
             f"mapping failed: {mapping.report.get('reason', 'no model with 2+ images')}"
         )
+
+    if config.pipeline.intrinsics is None and config.calibration.enabled:  # unknown K: principal point
+        t = time.perf_counter()
+        run.stage = "principal_point"
+        from geomvision.sfm.calibration import refine_principal_points
+
+        report["principal_point"] = refine_principal_points(
+            reconstructions, config.calibration, rng=config.pipeline.seed
+        )
+        timings["principal_point"] = time.perf_counter() - t
 
     if config.pipeline.pose_prior_checkpoint:  # learned fallback for images PnP could not register
         t = time.perf_counter()
@@ -219,15 +251,34 @@ def _write_failure_report(run: _Run, exc: BaseException) -> None:
         return
     interrupted = isinstance(exc, KeyboardInterrupt)
     run.report["status"] = "interrupted" if interrupted else "failed"
+    if interrupted:  # Ctrl-C is a plain KeyboardInterrupt; the CLI raises Terminated for SIGTERM
+        run.report["signal"] = getattr(exc, "signal_name", "SIGINT")
     run.report["failed_stage"] = run.stage
     run.report["error"] = "interrupted" if interrupted else " ".join(str(exc).split()) or type(exc).__name__
     run.report["error_type"] = type(exc).__name__
     if run.runner is not None:
         run.report["engine"] = run.runner.report()
     try:
-        _write_report(run.out, run.report, run.timings, run.t_start)
+        _write_report(run.out, run.report, run.timings, run.t_start, name=_failure_report_name(run.out))
     except Exception as write_exc:  # e.g. the disk is full: the first error is the one to report
         logger.warning("could not write report.json after the failure: %s", write_exc)
+
+
+def _failure_report_name(out: Path) -> str:
+    """``report.json``, or ``report.failed.json`` when ``report.json`` describes a successful run.
+
+    A failed rerun must not make the model of an earlier successful run look failed: that model is
+    still in ``sparse/``, so its report stays and the failure goes next to it.
+    """
+    try:
+        previous = json.loads((out / "report.json").read_text())
+    except (OSError, ValueError):
+        return "report.json"
+    return (
+        "report.failed.json"
+        if isinstance(previous, dict) and previous.get("status") == "success"
+        else "report.json"
+    )
 
 
 #: Temporary names of :mod:`geomvision.runtime.atomic` (``.<stem>.<8 random chars><suffix>``).
@@ -253,6 +304,18 @@ def _remove_stale_temp_files(out: Path) -> None:
 
 
 # --- setup ----------------------------------------------------------------------------------------
+def _warn_about_system_libraries() -> None:
+    """Say before any work, in one line, which Debian packages Open3D lacks (report.html's renderer).
+
+    Nothing else of a run needs Open3D (points.ply is written with numpy), so the run goes on.
+    """
+    from geomvision.io.system_libraries import open3d_library_problem
+
+    problem = open3d_library_problem()
+    if problem:
+        logger.warning("%s; going on: report.html uses the software renderer", problem)
+
+
 def _prepare_output_dir(output_dir: str | Path | None) -> Path | None:
     if output_dir is None:
         return None
@@ -289,41 +352,24 @@ def open_pipeline_runner(options: PipelineOptions, cache: Path | None) -> StageR
 def setup_cameras(
     paths: list[Path], image_ids: list[int], config: ReconstructionConfig
 ) -> tuple[dict[int, Camera], dict[int, int]]:
-    """Initial intrinsics: known (``intrinsics``), EXIF focal, or the 1.2*max(w, h) default.
+    """Initial intrinsics (see :func:`geomvision.io.camera_setup.setup_cameras`).
 
     Returns:
         (cameras by camera_id, camera_id of each image_id).
     """
-    from geomvision.geometry.camera_models import default_focal_px, default_params
-    from geomvision.io.images import image_size, read_exif_focal_px
+    from geomvision.io.camera_setup import setup_cameras as setup
 
-    options = config.pipeline
-    sizes = {i: image_size(p) for i, p in zip(image_ids, paths, strict=True)}
-    if options.intrinsics is not None:
-        fx, fy, cx, cy = options.intrinsics
-        w, h = sizes[image_ids[0]]
-        if not (0 <= cx < max(s[0] for s in sizes.values()) and 0 <= cy < max(s[1] for s in sizes.values())):
-            raise InputError(f"--intrinsics principal point ({cx}, {cy}) lies outside the {w}x{h} images")
-        camera = Camera.pinhole(1, fx, fy, cx, cy, w, h)
-        return {1: camera}, {i: 1 for i in image_ids}
-
-    shared = options.single_camera
-    if shared is None:
-        shared = len(set(sizes.values())) == 1
-    cameras: dict[int, Camera] = {}
-    camera_of_image: dict[int, int] = {}
-    for i, path in zip(image_ids, paths, strict=True):
-        if shared and cameras:
-            camera_of_image[i] = 1
-            continue
-        w, h = sizes[i]
-        focal = read_exif_focal_px(path) or default_focal_px(w, h)
-        camera_id = 1 if shared else i
-        cameras[camera_id] = Camera(
-            camera_id, options.camera_model, w, h, default_params(options.camera_model, w, h, focal)
-        )
-        camera_of_image[i] = camera_id
-    return cameras, camera_of_image
+    o = config.pipeline
+    return setup(
+        paths,
+        image_ids,
+        camera_model=o.camera_model,
+        single_camera=o.single_camera,
+        intrinsics=o.intrinsics,
+        intrinsics_convention=o.intrinsics_convention,
+        intrinsics_size_px=o.intrinsics_size,
+        scale_intrinsics=o.scale_intrinsics,
+    )
 
 
 def select_pairs(image_ids: list[int], features: dict, config: ReconstructionConfig) -> list[tuple[int, int]]:
@@ -376,6 +422,26 @@ def _run_verification(features, matches, cameras_by_image, config, runner, progr
             runner=runner,
             progress=progress,
         )
+
+
+def _run_calibration(cameras, camera_of_image, verified, features, paths, config, runner, progress_factory):
+    from geomvision.sfm.calibration import exif_focal_camera_ids, self_calibrate
+
+    exif = exif_focal_camera_ids(dict(zip(sorted(features), paths, strict=True)), camera_of_image)
+    with progress_factory("calibration") as progress:
+        result = self_calibrate(
+            cameras,
+            camera_of_image,
+            verified,
+            features,
+            config.calibration,
+            exif_camera_ids=exif,
+            two_view_options=config.two_view,
+            rng=config.pipeline.seed,
+            runner=runner,
+            progress=progress,
+        )
+    return result.cameras, result.two_view_geometries, result.report
 
 
 def _run_mapping(cameras, images, verified, config, progress_factory):
@@ -440,6 +506,8 @@ def _write_models(out: Path, reconstructions: list[Reconstruction], image_dir: P
     for stale in sparse.iterdir():
         if stale.is_dir() and stale.name.isdigit() and int(stale.name) >= len(reconstructions):
             shutil.rmtree(stale)
+    # Exports (OUT/export/...) were made from the previous model: a new model makes them stale.
+    shutil.rmtree(out / "export", ignore_errors=True)
     best = reconstructions[0]
     point_ids = sorted(best.points3D)
     xyz = np.array([best.points3D[p].xyz for p in point_ids]).reshape(-1, 3)
@@ -479,6 +547,10 @@ def _model_summary(reconstructions: list[Reconstruction]) -> dict[str, Any]:
         "mean_track_length": best["mean_track_length"],
         "mean_reprojection_error_px": best["mean_reprojection_error_px"],
         "num_models": len(reconstructions),
+        # images registered in any model (each image is in at most one)
+        "num_registered_all_models": len(
+            {v.name for r in reconstructions for v in r.views.values() if v.registered}
+        ),
         "models": models,
         "registered_images": [
             reconstructions[0].views[i].name for i in reconstructions[0].registered_image_ids
@@ -548,7 +620,9 @@ def _write_view_graph(out: Path, verified: dict, names: dict[int, str]) -> None:
         logger.warning("could not draw the view graph: %s", exc)
 
 
-def _write_report(out: Path | None, report: dict, timings: dict, t_start: float) -> None:
+def _write_report(
+    out: Path | None, report: dict, timings: dict, t_start: float, *, name: str = "report.json"
+) -> None:
     timings = {k: timings.get(k, 0.0) for k in ("features", "matching", "verification", "mapping")} | timings
     timings["total"] = time.perf_counter() - t_start
     report["timings_s"] = {k: round(v, 4) for k, v in timings.items()}
@@ -556,7 +630,9 @@ def _write_report(out: Path | None, report: dict, timings: dict, t_start: float)
     report.setdefault("num_points3D", 0)
     report.setdefault("mean_reprojection_error_px", None)
     if out is not None:
-        atomic_write_text(out / "report.json", json.dumps(_jsonable(report), indent=2) + "\n")
+        atomic_write_text(out / name, json.dumps(_jsonable(report), indent=2) + "\n")
+        if report.get("status") == "success":  # a failure of an earlier run is no longer news
+            (out / "report.failed.json").unlink(missing_ok=True)
 
 
 def _write_html_report(out: Path, rec: Reconstruction, report: dict, verified: dict, names) -> None:

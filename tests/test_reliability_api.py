@@ -99,7 +99,7 @@ def test_only_non_image_files(tmp_path):
 
 def test_one_image(tmp_path, views):
     _write_views(tmp_path / "imgs", views[:1])
-    with pytest.raises(InputError, match="need at least 2 images.*found 1") as info:
+    with pytest.raises(InputError, match="need at least 2 usable images.*found 1") as info:
         reconstruct(tmp_path / "imgs", tmp_path / "out", fast_config())
     _one_line(info.value)
 
@@ -114,23 +114,25 @@ def test_one_image(tmp_path, views):
     ],
     ids=["corrupt-jpeg", "truncated-jpeg", "truncated-png", "empty-file"],
 )
-def test_bad_image_file_keeps_finished_features(tmp_path, views, name, make, message):
+def test_bad_image_file_is_skipped_or_strict_aborts(tmp_path, views, name, make, message):
+    """A bad image is skipped and listed in report.json; ``strict`` aborts before any work instead."""
     imgs, out = tmp_path / "imgs", tmp_path / "out"
     _write_views(imgs, views)
     (imgs / name).write_bytes(make(views[0]))
     with pytest.raises(InputError, match=message) as info:
-        run_pipeline(imgs, out, fast_config())
+        run_pipeline(imgs, out, fast_config(strict=True))
     assert name in _one_line(info.value)
     report = _report(out)
     assert report["status"] == "failed" and report["error_type"] == "InputError"
-    assert name in report["error"]
-    if report["failed_stage"] == "features":  # the good images sorted first are cached already
-        assert len(_cache_files(out, "features")) == 4
-        rerun = tmp_path / "imgs_fixed"
-        shutil.copytree(imgs, rerun)
-        (rerun / name).unlink()
-        run_pipeline(rerun, out, fast_config())
-        assert len(_cache_files(out, "features")) == 4  # reused, not recomputed under new names
+    assert name in report["error"] and report["failed_stage"] == "setup"
+    assert not _cache_files(out, "features")  # nothing was extracted before the check
+
+    result = run_pipeline(imgs, out, fast_config())
+    assert [s["name"] for s in result.report["skipped_images"]] == [name]
+    assert message in result.report["skipped_images"][0]["reason"]
+    assert result.report["num_images"] == len(views)
+    assert len(_cache_files(out, "features")) == len(views)
+    assert _report(out)["status"] == "success"
 
 
 def test_unreadable_image(tmp_path, views, monkeypatch):
@@ -150,7 +152,7 @@ def test_unreadable_image(tmp_path, views, monkeypatch):
 
         monkeypatch.setattr(Path, "read_bytes", read_bytes)
     with pytest.raises(InputError, match="Permission denied") as info:
-        run_pipeline(imgs, tmp_path / "out", fast_config())
+        run_pipeline(imgs, tmp_path / "out", fast_config(strict=True))
     assert blocked.name in _one_line(info.value)
 
 

@@ -16,7 +16,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--config", help="TOML config file (tables: pipeline, extraction, matching, ...)")
     parser.add_argument("--preset", help="named preset: default, fast, accurate")
-    parser.add_argument("--intrinsics", help="known pinhole intrinsics fx,fy,cx,cy in pixels (shared)")
+    parser.add_argument(
+        "--intrinsics",
+        help="known pinhole intrinsics fx,fy,cx,cy in pixels, shared by all images of their size; the "
+        "principal point's origin is the centre of the top-left pixel (OpenCV) unless "
+        "--intrinsics-convention colmap",
+    )
+    parser.add_argument(
+        "--intrinsics-convention",
+        choices=("opencv", "colmap"),
+        help="origin of cx,cy: opencv (default; top-left pixel centre = 0,0) or colmap (as in COLMAP's "
+        "cameras.txt; top-left pixel corner = 0,0, so cx_opencv = cx_colmap - 0.5)",
+    )
+    parser.add_argument(
+        "--intrinsics-size",
+        metavar="WxH",
+        help="image size the --intrinsics belong to (default: the images' size when they all share one)",
+    )
+    parser.add_argument(
+        "--scale-intrinsics",
+        action="store_true",
+        help="rescale --intrinsics for images of another size (resized, same aspect ratio): one camera "
+        "per size; without it, images of another size are an error",
+    )
     parser.add_argument("--init", choices=("two-view", "factorization"), help="initialiser")
     parser.add_argument("--pairing", choices=("exhaustive", "sequential", "retrieval"), help="pair selection")
     parser.add_argument(
@@ -47,6 +69,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-image-size", type=int, help="downscale images larger than this (px)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="abort on an image file that cannot be decoded (default: skip it with a warning and list it "
+        "in report.json skipped_images)",
+    )
+    parser.add_argument(
         "--pose-prior",
         metavar="CKPT",
         help="learned pose checkpoint: place images that fail to register from its prior (needs torch)",
@@ -66,6 +94,19 @@ def parse_intrinsics(text: str) -> tuple[float, float, float, float]:
     return values  # type: ignore[return-value]
 
 
+def parse_size(text: str) -> tuple[int, int]:
+    from geomvision.errors import InputError
+
+    parts = text.lower().replace(",", "x").split("x")
+    try:
+        width, height = (int(p) for p in parts)
+    except ValueError:
+        raise InputError(f"--intrinsics-size must be WxH in pixels (e.g. 768x512), got {text!r}") from None
+    if width <= 0 or height <= 0:
+        raise InputError(f"--intrinsics-size must be positive, got {text!r}")
+    return width, height
+
+
 def build_config(args: argparse.Namespace):
     from geomvision.config import ReconstructionConfig, load_config, preset
 
@@ -75,6 +116,12 @@ def build_config(args: argparse.Namespace):
     pipeline = {}
     if args.intrinsics is not None:
         pipeline["intrinsics"] = parse_intrinsics(args.intrinsics)
+    if args.intrinsics_convention is not None:
+        pipeline["intrinsics_convention"] = args.intrinsics_convention
+    if args.intrinsics_size is not None:
+        pipeline["intrinsics_size"] = parse_size(args.intrinsics_size)
+    if args.scale_intrinsics:
+        pipeline["scale_intrinsics"] = True
     if args.pose_prior is not None:
         pipeline["pose_prior_checkpoint"] = args.pose_prior
     for arg, key in (
@@ -91,6 +138,8 @@ def build_config(args: argparse.Namespace):
     ):
         if getattr(args, arg) is not None:
             pipeline[key] = getattr(args, arg)
+    if args.strict:
+        pipeline["strict"] = True
     changes = {"pipeline": pipeline} if pipeline else {}
     extraction = {}
     if args.max_features is not None:
@@ -100,6 +149,19 @@ def build_config(args: argparse.Namespace):
     if extraction:
         changes["extraction"] = extraction
     return config.with_changes(**changes) if changes else config
+
+
+def registered_summary(report: dict) -> str:
+    """``registered 45/47 images in 4 models (19, 12, 8, 6); largest model (sparse/0):`` (or ``... in 1 model,``)."""
+    models = report.get("models") or []
+    if len(models) <= 1:
+        return f"registered {report['num_registered']}/{report['num_images']} images in 1 model,"
+    total = report.get("num_registered_all_models", sum(m["num_registered"] for m in models))
+    sizes = ", ".join(str(m["num_registered"]) for m in models)
+    return (
+        f"registered {total}/{report['num_images']} images in {len(models)} models ({sizes}); "
+        "largest model (sparse/0):"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -117,9 +179,9 @@ def run(args: argparse.Namespace) -> int:
     report = result.report
     t = report["timings_s"]
     print(
-        f"registered {report['num_registered']}/{report['num_images']} images, "
+        f"{registered_summary(report)} "
         f"{report['num_points3D']} points, mean reprojection error "
-        f"{report['mean_reprojection_error_px']:.3f} px, {report['num_models']} model(s), "
+        f"{report['mean_reprojection_error_px']:.3f} px, "
         f"{t['total']:.1f} s (features {t['features']:.1f}, matching {t['matching']:.1f}, "
         f"verification {t['verification']:.1f}, mapping {t['mapping']:.1f})"
     )

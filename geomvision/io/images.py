@@ -6,8 +6,10 @@ Images are given integer ids 1..N in the sorted order returned by :func:`list_im
 
 from __future__ import annotations
 
+import io
 import logging
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -39,8 +41,8 @@ _FILM_35MM_WIDTH_MM = 36.0
 def list_images(folder: str | os.PathLike) -> list[Path]:
     """Image files of a folder, sorted by name (image ids are 1 + position in this list).
 
-    Non-image files (by extension) and sub-folders are skipped; unreadable files are kept here and
-    reported by :func:`read_image` with their name.
+    Non-image files (by extension) and sub-folders are skipped; unreadable files are kept here
+    (:func:`scan_images` also checks that each one decodes and skips the bad ones).
 
     Raises:
         InputError: the folder does not exist, is not a folder, or holds no image files.
@@ -61,14 +63,117 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     return paths
 
 
-def _looks_truncated(data: bytes, suffix: str) -> bool:
-    """Cheap end-of-stream check: OpenCV decodes truncated JPEGs with only a warning."""
-    if suffix in (".jpg", ".jpeg"):
+#: Leading bytes of the formats whose end can be checked cheaply, and of macOS resource forks.
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+#: AppleDouble header: the ``._name`` files macOS writes next to every file on non-Apple disks.
+_APPLEDOUBLE_MAGIC = b"\x00\x05\x16\x07"
+
+
+def _looks_truncated(data: bytes) -> bool:
+    """Cheap end-of-stream check by content (OpenCV decodes truncated JPEGs with only a warning).
+
+    The format comes from the leading bytes, never from the file name: a PNG named ``.jpg`` is a PNG.
+    """
+    if data.startswith(_JPEG_MAGIC):
         # The EOI marker may be followed by padding, so look for it near the end.
         return b"\xff\xd9" not in data[-4096:]
-    if suffix == ".png":
+    if data.startswith(_PNG_MAGIC):
         return b"IEND" not in data[-64:]
     return False
+
+
+@dataclass(frozen=True, kw_only=True)
+class SkippedImage:
+    """An image-named file that cannot be used, and why (listed in ``report.json`` ``skipped_images``)."""
+
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImageScan:
+    """What :func:`scan_images` found in a folder.
+
+    Attributes:
+        paths: usable images, sorted by name (image ids are 1 + position in this list).
+        skipped: image-named files that cannot be decoded (empty, resource forks, corrupt, truncated).
+        ignored: other entries, not looked at: files without an image extension and sub-folders
+            (named with a trailing ``/``); the folder is not searched recursively.
+    """
+
+    paths: list[Path]
+    skipped: list[SkippedImage] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+
+
+def image_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be used as an image, or None when it decodes.
+
+    Decodes by content (the extension is not trusted), at reduced resolution where the format allows
+    (JPEG draft mode), so checking a folder costs a fraction of the feature extraction.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    if not data:
+        return "empty file (0 bytes)"
+    if data.startswith(_APPLEDOUBLE_MAGIC):
+        return "macOS resource fork (AppleDouble '._' file), not an image"
+    if _looks_truncated(data):
+        return "truncated (no end-of-image marker)"
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.draft("L", (max(1, im.width // 8), max(1, im.height // 8)))
+            im.load()
+        return None
+    except UnidentifiedImageError:
+        if data.startswith((_JPEG_MAGIC, _PNG_MAGIC)):  # formats PIL always reads: really corrupt
+            return "cannot be decoded (corrupt JPEG/PNG data)"
+        # else a format PIL may lack (e.g. JPEG 2000 without OpenJPEG): ask OpenCV below
+    except Exception as exc:  # noqa: BLE001 - any decoder failure means "not usable"
+        return f"cannot be decoded ({' '.join(str(exc).split()) or type(exc).__name__})"
+    decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_REDUCED_GRAYSCALE_8)
+    if decoded is None or decoded.size == 0:
+        return "not a decodable image (unknown or corrupt format)"
+    return None
+
+
+def scan_images(folder: str | os.PathLike, *, strict: bool = False) -> ImageScan:
+    """The usable images of a folder; bad ones are skipped with one warning line each.
+
+    Files with an image extension are decoded by content (see :func:`image_problem`); a file that
+    fails is skipped (like COLMAP's feature extractor) unless ``strict``. Files without an image
+    extension (``Thumbs.db``, ``notes.txt``) and sub-folders are ignored and listed in ``ignored``.
+
+    Raises:
+        InputError: the folder is missing or not a folder, holds no image files, or (``strict``) an
+            image file cannot be decoded.
+    """
+    paths = list_images(folder)
+    usable, skipped = [], []
+    for path in paths:
+        problem = image_problem(path)
+        if problem is None:
+            usable.append(path)
+            continue
+        if strict:
+            raise InputError(f"image file {str(path)!r}: {problem} (without --strict it is skipped)")
+        logger.warning("skipping %s: %s", path.name, problem)
+        skipped.append(SkippedImage(name=path.name, reason=problem))
+    chosen = {p.name for p in paths}
+    ignored = sorted(
+        entry.name + ("/" if entry.is_dir() else "")
+        for entry in Path(folder).iterdir()
+        if entry.name not in chosen
+    )
+    if ignored:
+        logger.info("ignored %d non-image entries in %s: %s", len(ignored), folder, ", ".join(ignored[:10]))
+    return ImageScan(paths=usable, skipped=skipped, ignored=ignored)
 
 
 def _to_uint8(image: np.ndarray) -> np.ndarray:
@@ -113,7 +218,7 @@ def decode_image(data: bytes, path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     if not data:
         raise InputError(f"image file {str(path)!r} is empty")
-    if _looks_truncated(data, path.suffix.lower()):
+    if _looks_truncated(data):
         raise InputError(f"image file {str(path)!r} is truncated (no end-of-image marker)")
     # IMREAD_COLOR applies the EXIF orientation and expands gray/palette, ANYDEPTH keeps 16 bit.
     flags = cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH

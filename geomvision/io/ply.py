@@ -1,5 +1,6 @@
-"""PLY export/import of point clouds and camera frustums through Open3D (binary little-endian PLY).
+"""PLY export/import of point clouds and camera frustums (binary little-endian PLY).
 
+Point clouds are written with numpy (no system libraries needed); meshes and reading go through Open3D.
 Besides ``geomvision.viz`` this is the only module that imports ``open3d``; it does so lazily so importing
 ``geomvision.io`` stays cheap. Every write is atomic (temporary file + rename).
 """
@@ -45,7 +46,10 @@ def _check_xyz_rgb(xyz: np.ndarray, rgb: np.ndarray | None) -> tuple[np.ndarray,
 
 
 def write_point_cloud(path: str | Path, xyz: np.ndarray, rgb: np.ndarray | None = None) -> Path:
-    """Write a coloured point cloud as binary PLY.
+    """Write a coloured point cloud as binary little-endian PLY (double x/y/z, uchar red/green/blue).
+
+    Written with numpy, not Open3D, so the pipeline's ``points.ply`` does not depend on Open3D's
+    system libraries (libEGL, libGL, libusb); the layout is the one Open3D writes and reads.
 
     Args:
         path: destination ``.ply`` file.
@@ -55,24 +59,23 @@ def write_point_cloud(path: str | Path, xyz: np.ndarray, rgb: np.ndarray | None 
     Returns:
         The path written.
     """
-    import open3d as o3d
-
     xyz, rgb01 = _check_xyz_rgb(xyz, rgb)
     path = Path(path)
-    if len(xyz) == 0:  # Open3D refuses to write an empty cloud; an empty model is still a valid output
-        colour = "" if rgb01 is None else "".join(f"property uchar {c}\n" for c in ("red", "green", "blue"))
-        header = (
-            "ply\nformat binary_little_endian 1.0\nelement vertex 0\n"
-            f"property double x\nproperty double y\nproperty double z\n{colour}end_header\n"
-        )
-        atomic_write_bytes(path, header.encode("ascii"))
-        return path
-    cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(xyz))
+    fields = [("x", "<f8"), ("y", "<f8"), ("z", "<f8")]
     if rgb01 is not None:
-        cloud.colors = o3d.utility.Vector3dVector(rgb01)
-    with atomic_path(path, suffix=".ply") as tmp:
-        if not o3d.io.write_point_cloud(str(tmp), cloud, write_ascii=False):
-            raise OSError(f"Open3D could not write {path}")
+        fields += [("red", "u1"), ("green", "u1"), ("blue", "u1")]
+    vertices = np.empty(len(xyz), dtype=fields)
+    for k, name in enumerate("xyz"):
+        vertices[name] = xyz[:, k]
+    if rgb01 is not None:
+        rgb8 = np.clip(np.rint(rgb01 * 255.0), 0, 255).astype(np.uint8)
+        for k, name in enumerate(("red", "green", "blue")):
+            vertices[name] = rgb8[:, k]
+    properties = "".join(
+        f"property {'double' if kind == '<f8' else 'uchar'} {name}\n" for name, kind in fields
+    )
+    header = f"ply\nformat binary_little_endian 1.0\nelement vertex {len(xyz)}\n{properties}end_header\n"
+    atomic_write_bytes(path, header.encode("ascii") + vertices.tobytes())
     logger.info("wrote %d points to %s", len(xyz), path)
     return path
 

@@ -130,6 +130,11 @@ def run_payload(payload: bytes, client_pid: int | None = None) -> bytes:
     return pickle.dumps((results, time.perf_counter() - start), protocol=pickle.HIGHEST_PROTOCOL)
 
 
+def _apply(item: Any, fn: Callable) -> Any:
+    """Task of :meth:`StageRunner.map_function`: the context is the function to apply."""
+    return fn(item)
+
+
 def _call(task, batched: bool, inputs: list, context: Any) -> list:
     if batched:
         results = list(task(inputs, context))
@@ -350,6 +355,21 @@ class StageRunner:
                 tracker.advance(len(batch), batch[-1])
         stats.wall_s += time.perf_counter() - t_start
         return results
+
+    def map_function(self, name: str, *, batch_size: int | None = 1) -> Callable[[Callable, Sequence], list]:
+        """A builtin-``map``-like callable running ``fn(task)`` for each task on this runner's backend.
+
+        For stages that only need distribution (no cache), e.g. per-cluster mapping:
+        ``partitioned_mapping(..., map_fn=runner.map_function("mapping"))``. ``fn`` must be a
+        module-level function; results come back in task order; stats are reported under ``name``.
+        """
+
+        def run(fn: Callable, tasks: Sequence) -> list:
+            tasks = list(tasks)
+            stage = Stage(name=name, task=_apply, version=0, batch_size=batch_size)
+            return self.map(stage, range(len(tasks)), inputs=tasks.__getitem__, context=fn)
+
+        return run
 
     def _chunks(self, stage: Stage, todo: list) -> list[list]:
         size = stage.batch_size

@@ -290,7 +290,9 @@ def draw_view_graph(graph: nx.Graph, path_png: str | os.PathLike, *, title: str 
         vmax=9,
         node_color=[colour_of[n] % 10 for n in graph.nodes],
     )
-    nx.draw_networkx_labels(graph, pos, ax=ax, font_size=7)
+    # file names, not ids 1..N: the names are what a user recognises (kept short: no extension)
+    labels = {n: Path(str(graph.nodes[n].get("name", n))).stem[:16] for n in graph.nodes}
+    nx.draw_networkx_labels(graph, pos, labels=labels, ax=ax, font_size=7)
     ax.set_title(
         title
         or f"{graph.number_of_nodes()} images, {graph.number_of_edges()} verified pairs, "

@@ -56,6 +56,21 @@ def robust_point_mask(xyz: np.ndarray, *, quantile: float = 0.98, factor: float 
     return dist <= factor * np.quantile(dist, quantile) + 1e-12
 
 
+def framing_mask(xyz: np.ndarray, *, k: float = 5.0) -> np.ndarray:
+    """Points a view should frame: distance from the median within median + ``k`` robust sigmas.
+
+    The sigma is 1.4826 * MAD of the distances, so a few percent of far, sparse points (a distant
+    wall, the sky) do not shrink the subject to a corner; they are still drawn, just not framed.
+    At least the nearer half of the points is always kept.
+    """
+    if len(xyz) < 10:
+        return np.ones(len(xyz), dtype=bool)
+    dist = np.linalg.norm(xyz - np.median(xyz, axis=0), axis=1)
+    median = float(np.median(dist))
+    sigma = 1.4826 * float(np.median(np.abs(dist - median)))
+    return dist <= median + k * sigma + 1e-12
+
+
 def scene_scale(rec: Reconstruction) -> float:
     """A length typical of the scene: median camera-centre spacing, else the point spread, else 1."""
     centers = np.array(list(rec.camera_centers().values())).reshape(-1, 3)

@@ -20,10 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from geomvision.errors import GeomVisionError, InputError
+from geomvision.io.system_libraries import open3d_library_problem
 from geomvision.runtime.atomic import atomic_path
 from geomvision.scene.reconstruction import Reconstruction
 from geomvision.viz.geometry import (
     camera_frustums,
+    framing_mask,
     points_array,
     robust_point_mask,
     scene_scale,
@@ -87,12 +89,13 @@ def auto_view(
 ) -> ViewSetup:
     """A camera that frames the points and the camera ring, looking down at ``elevation_deg``.
 
-    The target is the median of the (outlier-trimmed) points, or of the camera centres when there are
-    no points. The viewing direction is tilted from the ring plane (normal = mean camera up) towards the
+    The target is the median of the points within their robust extent (:func:`framing_mask`: far,
+    sparse points are drawn but not framed), or of the camera centres when there are no points. The viewing direction is tilted from the ring plane (normal = mean camera up) towards the
     side of the first registered camera; the distance fits the bounding sphere of points and centres.
     """
     xyz, _ = points_array(rec)
     xyz = xyz[robust_point_mask(xyz)]
+    xyz = xyz[framing_mask(xyz)]  # frame the robust extent (median + 5 MAD sigmas), not the bounding box
     centers = np.array(list(rec.camera_centers().values())).reshape(-1, 3)
     if len(xyz) == 0 and len(centers) == 0:
         raise InputError("reconstruction has neither points nor registered cameras to show")
@@ -249,7 +252,7 @@ def screenshot(
     path_png = Path(path_png)
     image = None
     used = "software"
-    if backend == "auto" and not open3d_offscreen_available():
+    if backend == "auto" and (open3d_library_problem() or not open3d_offscreen_available()):
         backend = "software"
     if backend in ("auto", "open3d"):
         try:

@@ -24,9 +24,15 @@ logger = logging.getLogger(__name__)
 __all__ = ["write_report_html", "per_image_statistics", "png_data_uri"]
 
 _CSS = """
-body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 2em auto; max-width: 1100px;
+body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 0.6em auto; max-width: 1100px;
        color: #222; padding: 0 1em; }
-h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 1.6em; border-bottom: 1px solid #ddd; }
+h1 { font-size: 1.2em; margin: 0.2em 0; color: #555; font-weight: 600; }
+h2 { font-size: 1.15em; margin-top: 1.4em; border-bottom: 1px solid #ddd; }
+.verdict { font-size: 1.25em; font-weight: 600; padding: 0.45em 0.7em; border-radius: 6px; margin: 0.3em 0; }
+.verdict.ok { background: #e7f5e9; border-left: 6px solid #2e7d32; }
+.verdict.warn { background: #fff6e0; border-left: 6px solid #e0a000; }
+.verdict.bad { background: #fdecea; border-left: 6px solid #c62828; }
+#render img { max-height: 64vh; width: auto; }
 table { border-collapse: collapse; font-size: 0.9em; }
 th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: right; }
 th { background: #f3f3f3; } td.name, th.name { text-align: left; }
@@ -34,6 +40,16 @@ tr.unregistered td { color: #a33; }
 .figures { display: flex; flex-wrap: wrap; gap: 1em; }
 .figures figure { margin: 0; } figcaption { font-size: 0.85em; color: #555; text-align: center; }
 img { max-width: 100%; height: auto; border: 1px solid #eee; }
+.thumbs { display: flex; flex-wrap: wrap; gap: 8px; }
+.thumb { width: 150px; font-size: 0.78em; border: 1px solid #ddd; border-radius: 4px; padding: 3px; }
+.thumb img { width: 100%; border: none; display: block; }
+.thumb.registered { border-color: #9c9; } .thumb.unregistered { border-color: #d88; background: #fff4f4; }
+.thumb.skipped { border-color: #bbb; background: #f4f4f4; color: #777; }
+.thumb .status { font-weight: 600; }
+.bar { display: flex; height: 26px; width: 100%; border-radius: 4px; overflow: hidden; font-size: 0.8em; }
+.bar div { color: white; padding: 4px 4px; white-space: nowrap; overflow: hidden; }
+ul#warnings li { margin: 0.2em 0; }
+details summary { cursor: pointer; font-weight: 600; margin-top: 1.4em; }
 """
 
 
@@ -118,9 +134,10 @@ def _view_graph_png(rec: Reconstruction, graph) -> bytes:
     xy = np.array([pos[n] for n in nodes]).reshape(-1, 2)
     colors = ["#3b75af" if n in registered else "#c44" for n in nodes]
     ax.scatter(xy[:, 0], xy[:, 1], s=30, c=colors, zorder=2)
-    if len(nodes) <= 60:
+    if len(nodes) <= 60:  # file names (without extension), not ids: what the user recognises
         for n in nodes:
-            ax.annotate(str(n), pos[n], fontsize=7, xytext=(3, 3), textcoords="offset points")
+            label = Path(str(graph.nodes[n].get("name", n))).stem[:16]
+            ax.annotate(label, pos[n], fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.set_aspect("equal", adjustable="datalim")
     ax.autoscale_view()
     ax.set_axis_off()
@@ -212,6 +229,108 @@ def _figure(uri: str, caption: str, ident: str) -> str:
     )
 
 
+_STAGE_COLOURS = ("#3b75af", "#e08a2c", "#519e3e", "#c53a32", "#8d69b8", "#84584e", "#d57dbf", "#7f7f7f")
+#: Above this many images the thumbnails are left out (the table still lists every image).
+MAX_THUMBNAILS = 300
+_THUMB_WIDTH_PX = 150
+
+
+def verdict(report: dict, rec: Reconstruction) -> tuple[str, str]:
+    """(css class, one line): registered/total images over all models, models, points, error, time."""
+    models = report.get("models") or [rec.summary()]
+    total_images = int(report.get("num_images") or len(rec.views))
+    registered = int(report.get("num_registered_all_models", sum(m["num_registered"] for m in models)))
+    sizes = f" ({', '.join(str(m['num_registered']) for m in models)})" if len(models) > 1 else ""
+    error = report.get("mean_reprojection_error_px", rec.summary()["mean_reprojection_error_px"])
+    seconds = (report.get("timings_s") or {}).get("total")
+    parts = [
+        f"Registered {registered}/{total_images} images in {len(models)} model{'s' if len(models) != 1 else ''}{sizes}",
+        f"{int(report.get('num_points3D', len(rec.points3D))):,} points",
+        f"mean reprojection error {_fmt(float(error)) if error is not None else '—'} px",
+    ]
+    if seconds is not None:
+        parts.append(f"{float(seconds):.1f} s")
+    ok = registered == total_images and len(models) == 1
+    css = "ok" if ok else ("warn" if registered >= 0.5 * total_images else "bad")
+    return css, " · ".join(parts)
+
+
+def _warnings(report: dict, rows: list[dict]) -> list[str]:
+    items = []
+    for skipped in report.get("skipped_images") or []:
+        items.append(f"skipped {skipped['name']}: {skipped['reason']}")
+    if report.get("ignored_files"):
+        items.append(f"ignored (not image files): {', '.join(report['ignored_files'][:20])}")
+    models = report.get("models") or []
+    if len(models) > 1:
+        items.append(
+            f"{len(models)} separate models (sparse/0..{len(models) - 1}); their relative scale and position "
+            "are unknown. This report shows the largest one"
+        )
+    unregistered = [r["name"] for r in rows if not r["registered"]]
+    if unregistered:
+        items.append(f"{len(unregistered)} image(s) not in this model: {', '.join(unregistered[:20])}")
+    for text in report.get("warnings") or []:  # any stage's own warnings (e.g. untrusted models)
+        items.append(str(text))
+    if "pose_prior" in report:
+        placed = report["pose_prior"].get("num_registered_by_prior", 0)
+        if placed:
+            items.append(f"{placed} image(s) placed by the learned pose prior only (no 3D points)")
+    return items
+
+
+def _timings_bar(timings: dict) -> str:
+    stages = [(k, float(v)) for k, v in timings.items() if k != "total" and float(v) > 0]
+    total = float(timings.get("total") or sum(v for _, v in stages) or 1.0)
+    cells = []
+    for k, (name, value) in enumerate(stages):
+        width = 100.0 * value / total
+        cells.append(
+            f"<div style='width:{width:.2f}%;background:{_STAGE_COLOURS[k % len(_STAGE_COLOURS)]}' "
+            f"title='{html.escape(name)}: {value:.2f} s'>{html.escape(name)} {value:.1f} s</div>"
+        )
+    return f"<p>total {total:.1f} s</p><div class='bar' id='timings'>{''.join(cells)}</div>"
+
+
+def _thumbnail_uri(path: Path) -> str | None:
+    import cv2
+
+    from geomvision.io.images import read_image
+
+    try:
+        image = read_image(path)
+    except Exception:  # noqa: BLE001 - a missing thumbnail must not cost the report
+        return None
+    h, w = image.shape[:2]
+    scale = _THUMB_WIDTH_PX / max(w, 1)
+    small = cv2.resize(image, (_THUMB_WIDTH_PX, max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    ok, data = cv2.imencode(".jpg", small[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 75])
+    return "data:image/jpeg;base64," + base64.b64encode(data.tobytes()).decode("ascii") if ok else None
+
+
+def _thumbnails(rows: list[dict], image_dir: Path | None, skipped: list[dict]) -> str:
+    cards = []
+    for r in rows:
+        uri = _thumbnail_uri(image_dir / r["name"]) if image_dir is not None else None
+        image = f"<img src='{uri}' alt='{html.escape(r['name'])}'>" if uri else ""
+        status = "registered" if r["registered"] else "not registered"
+        detail = (
+            f"{_fmt(r['mean_reprojection_error_px'])} px · {r['num_observations']} points"
+            if r["registered"]
+            else f"{r['num_keypoints']} keypoints"
+        )
+        cards.append(
+            f"<div class='thumb {'registered' if r['registered'] else 'unregistered'}'>{image}"
+            f"<div>{html.escape(r['name'])}</div><div class='status'>{status}</div><div>{detail}</div></div>"
+        )
+    for s in skipped:
+        cards.append(
+            f"<div class='thumb skipped'><div>{html.escape(s['name'])}</div><div class='status'>skipped</div>"
+            f"<div>{html.escape(s['reason'])}</div></div>"
+        )
+    return f"<div class='thumbs' id='thumbnails'>{''.join(cards)}</div>"
+
+
 def write_report_html(
     out_dir: str | Path,
     rec: Reconstruction,
@@ -219,24 +338,37 @@ def write_report_html(
     *,
     view_graph=None,
     render: bool = True,
-    render_size: tuple[int, int] = (960, 720),
+    render_size: tuple[int, int] = (1000, 560),
     title: str = "geomvision reconstruction report",
+    image_dir: str | Path | None = None,
 ) -> Path:
     """Write ``out_dir/report.html`` (atomically) and return its path.
 
+    Order (what a user needs first comes first): a verdict line (registered/total images over all
+    models, models, points, mean reprojection error, time), a render of the points and cameras framed
+    on their robust extent, warnings (skipped images, several models, unregistered images), per-image
+    thumbnails with status and error, stage timings as a bar, the plots (reprojection errors, track
+    lengths, view graph labelled with file names), the per-image table, and last, collapsed, the
+    configuration and every count of ``report.json``.
+
     Args:
         out_dir: output folder.
-        rec: the reconstruction.
-        report_dict: the pipeline's ``report.json`` content (counts, ``timings_s``...), shown flattened.
+        rec: the reconstruction (the largest model).
+        report_dict: the pipeline's ``report.json`` content.
         view_graph: optional networkx view graph to draw (edges weighted by ``weight``).
         render: include a headless render of the points and cameras (``viz.open3d_viewer.screenshot``).
         render_size: (width, height) of that render in pixels.
         title: page title.
+        image_dir: folder of the images, for thumbnails (default: ``image_dir`` of ``report_dict``;
+            None and no such entry: no thumbnails).
     """
     out_dir = Path(out_dir)
     report_dict = dict(report_dict or {})
+    if image_dir is None:
+        image_dir = report_dict.get("image_dir_absolute") or report_dict.get("image_dir")
+    image_dir = Path(image_dir) if image_dir and Path(image_dir).is_dir() else None
     rows = per_image_statistics(rec)
-    figures = []
+    render_html = ""
     if render and (rec.points3D or rec.registered_image_ids):
         from geomvision.viz.open3d_viewer import screenshot
 
@@ -244,11 +376,12 @@ def write_report_html(
             png = Path(tmp) / "render.png"
             try:
                 backend = screenshot(rec, png, *render_size)  # graph edges have their own figure
-                figures.append(
-                    _figure(png_data_uri(png.read_bytes()), f"point cloud and cameras ({backend})", "render")
+                render_html = _figure(
+                    png_data_uri(png.read_bytes()), f"point cloud and cameras ({backend} renderer)", "render"
                 )
             except Exception as exc:  # a report without the picture beats no report
                 logger.warning("could not render the model for the report: %s", exc)
+    figures = []
     errors = np.array([], dtype=np.float64)
     try:
         errors = rec.reprojection_errors_px()["errors_px"] if rec.points3D else errors
@@ -271,16 +404,38 @@ def write_report_html(
     )
     if view_graph is not None:
         figures.append(_figure(png_data_uri(_view_graph_png(rec, view_graph)), "view graph", "view-graph"))
+    css, line = verdict(report_dict, rec)
+    warnings = _warnings(report_dict, rows)
+    warnings_html = (
+        "<h2>Warnings</h2><ul id='warnings'>"
+        + "".join(f"<li>{html.escape(w)}</li>" for w in warnings)
+        + "</ul>"
+        if warnings
+        else ""
+    )
+    skipped = report_dict.get("skipped_images") or []
+    thumbs = (
+        _thumbnails(rows, image_dir, skipped)
+        if len(rows) <= MAX_THUMBNAILS
+        else f"<p>{len(rows)} images: thumbnails left out above {MAX_THUMBNAILS}; see the table below.</p>"
+    )
+    timings = report_dict.get("timings_s") or {}
     doc = (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
         f"<h1>{html.escape(title)}</h1>"
-        f"<h2>Summary</h2>{_summary_table(rec, report_dict)}"
-        f"<h2>Figures</h2><div class='figures'>{''.join(figures)}</div>"
-        f"<h2>Images</h2>{_images_table(rows)}"
+        f"<p id='verdict' class='verdict {css}'>{html.escape(line)}</p>"
+        f"{render_html}"
+        f"{warnings_html}"
+        f"<h2>Images</h2>{thumbs}"
+        + (f"<h2>Stage timings</h2>{_timings_bar(timings)}" if timings else "")
+        + f"<h2>Figures</h2><div class='figures'>{''.join(figures)}</div>"
+        f"<h2>Per-image table</h2>{_images_table(rows)}"
+        "<details id='configuration'><summary>Configuration and all counts (report.json)</summary>"
+        f"{_summary_table(rec, report_dict)}</details>"
         "</body></html>\n"
     )
     path = out_dir / "report.html"
     atomic_write_text(path, doc)
-    logger.info("wrote %s (%d figures)", path, len(figures))
+    logger.info("wrote %s (%d figures)", path, len(figures) + bool(render_html))
     return path

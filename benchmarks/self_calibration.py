@@ -1,0 +1,186 @@
+"""Self-calibration: unknown vs known intrinsics, and the focal error against ground truth.
+
+For each dataset, runs ``geomvision.pipeline.run_pipeline`` with
+
+* ``unknown``: no intrinsics, view-graph calibration on (the default);
+* ``unknown-nocal``: no intrinsics, calibration off (the mapper starts from the 1.2 max(w, h) prior,
+  as before the calibration stage existed);
+* ``known``: the ground-truth pinhole K, fixed;
+
+and optionally pycolmap's incremental mapper with unknown intrinsics, and reports AUC@2 (pairwise
+relative pose error, unregistered = 180 deg), registered images, the calibration's focal estimate and
+the final (bundle-adjusted) focal against the ground-truth focal, and wall time. Runs keep their
+output folders under ``--work`` so the pipeline's feature / match / verification caches are reused by
+later runs of the same set (the timing column is then only comparable between rows run alike).
+
+Usage::
+
+    python benchmarks/self_calibration.py --datasets fountain,temple --modes unknown,known
+    python benchmarks/self_calibration.py --datasets dtu --modes unknown --pycolmap
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import reconstruct as rb  # noqa: E402  (sibling benchmark script)
+
+DATASETS = dict(rb.DATASETS)
+DATASETS["dtu"] = rb.Dataset("dtu", "dtu_scan37", "images", "dtu_scan37_par.txt")
+MODES = ("unknown", "unknown-nocal", "known")
+
+
+def run(key: str, mode: str, work: Path) -> dict:
+    from geomvision.config import ReconstructionConfig
+    from geomvision.pipeline import run_pipeline
+
+    ds = DATASETS[key]
+    image_dir = rb.SHARED / ds.folder / ds.images
+    names = [p.name for p in rb.image_paths(image_dir)]
+    gt = rb.load_gt(ds, names, image_dir)
+    gt_focal = float(np.mean([np.sqrt(g.K[0, 0] * g.K[1, 1]) for g in gt.values()]))
+    changes = {
+        "pipeline": {
+            "intrinsics": rb.known_intrinsics(gt) if mode == "known" else None,
+            "num_workers": 2,
+            "html_report": False,
+        }
+    }
+    if mode == "unknown-nocal":
+        changes["calibration"] = {"enabled": False}
+    config = ReconstructionConfig().with_changes(**changes)
+    out = work / f"{key}_{mode}"
+    t = time.perf_counter()
+    try:
+        result = run_pipeline(image_dir, out, config)
+        rec, report = result.reconstruction, result.report
+    except Exception as exc:  # a failed run is a result too
+        rec, report = None, {"error": f"{type(exc).__name__}: {exc}"}
+    elapsed = time.perf_counter() - t
+    scores = rb.score(rec, gt)
+    row = {
+        "dataset": key,
+        "mode": mode,
+        "images": len(names),
+        "gt_focal_px": gt_focal,
+        "num_registered": scores["num_registered"],
+        "auc@2": scores["auc@2"],
+        "auc@5": scores["auc@5"],
+        "median_rotation_error_deg": scores.get("median_rotation_error_deg"),
+        "time_s": elapsed,
+        "timings_s": report.get("timings_s"),
+        "load_avg": os.getloadavg()[0],
+    }
+    if rec is not None:
+        cams = rec.cameras
+        focal = [float(np.sqrt(np.prod(cams[c].focal_xy))) for c in sorted(cams)]
+        row["final_focal_px"] = float(np.median(focal))
+        row["final_focal_error"] = row["final_focal_px"] / gt_focal - 1.0
+    calibration = report.get("calibration", {}).get("view_graph")
+    if calibration:
+        est = [c["estimate_px"] for c in calibration["cameras"].values() if c["estimate_px"] == c["estimate_px"]]
+        if est:
+            row["calibration_focal_px"] = float(np.median(est))
+            row["calibration_focal_error"] = row["calibration_focal_px"] / gt_focal - 1.0
+        row["calibration_trusted"] = all(c["trusted"] for c in calibration["cameras"].values())
+        row["calibration_time_s"] = report["calibration"].get("time_s")
+    for key_ in ("models",):
+        if key_ in report:
+            row["models"] = [
+                {k: m.get(k) for k in ("num_registered", "trusted", "trust_reasons")} for m in report[key_]
+            ]
+    return row
+
+
+def run_pycolmap_unknown(key: str, work: Path) -> dict:
+    ds = DATASETS[key]
+    image_dir = rb.SHARED / ds.folder / ds.images
+    names = [p.name for p in rb.image_paths(image_dir)]
+    gt = rb.load_gt(ds, names, image_dir)
+    rec, elapsed, _ = rb.run_pycolmap(image_dir, work / f"colmap_{key}_unknown", None)
+    scores = rb.score(rec, gt)
+    gt_focal = float(np.mean([np.sqrt(g.K[0, 0] * g.K[1, 1]) for g in gt.values()]))
+    row = {
+        "dataset": key,
+        "mode": "pycolmap-unknown",
+        "images": len(names),
+        "gt_focal_px": gt_focal,
+        "num_registered": scores["num_registered"],
+        "auc@2": scores["auc@2"],
+        "auc@5": scores["auc@5"],
+        "time_s": elapsed,
+        "load_avg": os.getloadavg()[0],
+    }
+    if rec is not None:
+        focal = [float(np.sqrt(np.prod(c.focal_xy))) for c in rec.cameras.values()]
+        row["final_focal_px"] = float(np.median(focal))
+        row["final_focal_error"] = row["final_focal_px"] / gt_focal - 1.0
+    return row
+
+
+def _pct(v) -> str:
+    return "" if v is None else f"{100 * v:+.1f} %"
+
+
+def write_markdown(rows: list[dict], path: Path) -> None:
+    lines = [
+        "# Self-calibration: unknown vs known intrinsics",
+        "",
+        f"Run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.node()}, "
+        f"`python benchmarks/self_calibration.py {' '.join(sys.argv[1:])}` (rows appended across runs; "
+        "load = 1-min load average at the end of the row; times with cached features are not comparable "
+        "to cold runs).",
+        "",
+        "| dataset | mode | registered | AUC@2 | AUC@5 | calibration focal error | final focal error | "
+        "time (s) | load |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['dataset']} | {r['mode']} | {r['num_registered']}/{r['images']} | {r['auc@2']:.3f} | "
+            f"{r['auc@5']:.3f} | {_pct(r.get('calibration_focal_error'))} | {_pct(r.get('final_focal_error'))} | "
+            f"{r['time_s']:.1f} | {r['load_avg']:.1f} |"
+        )
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--datasets", default="fountain,entry,castle,temple,dtu")
+    parser.add_argument("--modes", default="unknown,known")
+    parser.add_argument("--pycolmap", action="store_true", help="also run pycolmap with unknown intrinsics")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/geomvision_selfcal"))
+    parser.add_argument("--jsonl", type=Path, default=rb.RESULTS / "self_calibration.jsonl")
+    args = parser.parse_args()
+    rows = []
+    for key in args.datasets.split(","):
+        for mode in args.modes.split(","):
+            if mode not in MODES:
+                raise SystemExit(f"unknown mode {mode!r}; expected one of {MODES}")
+            rows.append(run(key, mode, args.work))
+            print(json.dumps(rows[-1]), flush=True)
+            with open(args.jsonl, "a") as fh:
+                fh.write(json.dumps(rows[-1]) + "\n")
+        if args.pycolmap:
+            rows.append(run_pycolmap_unknown(key, args.work))
+            print(json.dumps(rows[-1]), flush=True)
+            with open(args.jsonl, "a") as fh:
+                fh.write(json.dumps(rows[-1]) + "\n")
+    all_rows = [json.loads(line) for line in args.jsonl.read_text().splitlines() if line.strip()]
+    latest = {(r["dataset"], r["mode"]): r for r in all_rows}  # the last run of each row
+    write_markdown(list(latest.values()), rb.RESULTS / "self_calibration.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""Similarity (Sim(3)) helpers for aligning two reconstructions of the same scene.
+
+A :class:`~geomvision.geometry.rigid.Sim3d` ``b_from_a`` maps ``x_b = s R x_a + t``. Two models of
+overlapping image sets differ by such a transform (the gauge of structure from motion: H&Z 10.2, the
+projective ambiguity reduced to a similarity for calibrated cameras). This module holds the pure maths
+of estimating it: the 7-vector parametrisation used by nonlinear refinement, the (3, 4) matrix form used
+by RANSAC, the reprojection residuals of points carried from one model into the other's cameras, and the
+pose-consistency residuals of cameras present in both models.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from geomvision.errors import InputError
+from geomvision.geometry import camera_models
+from geomvision.geometry.rigid import Sim3d, matrix_to_rotvec, project_to_so3, rotvec_to_matrix
+
+__all__ = [
+    "sim3_from_matrix",
+    "sim3_to_vector",
+    "sim3_from_vector",
+    "ProjectionSet",
+    "pose_consistency_residuals",
+]
+
+#: reprojection error (px) given to an observation whose point lies behind its camera.
+BEHIND_CAMERA_ERROR_PX = 1e6
+
+
+def sim3_from_matrix(matrix: np.ndarray) -> Sim3d:
+    """The Sim3d of a (3, 4) matrix ``[s R | t]`` (``s`` = cube root of the determinant, R re-orthonormalised).
+
+    Raises:
+        InputError: a matrix with non-positive determinant (a reflection or a collapse).
+    """
+    M = np.asarray(matrix, dtype=np.float64).reshape(3, 4)
+    det = float(np.linalg.det(M[:, :3]))
+    if not det > 0:
+        raise InputError(f"a similarity needs a positive determinant, got {det}")
+    scale = det ** (1.0 / 3.0)
+    return Sim3d(scale, project_to_so3(M[:, :3] / scale), M[:, 3])
+
+
+def sim3_to_vector(sim: Sim3d) -> np.ndarray:
+    """(7,) ``[rotvec (3), translation (3), log(scale)]``: a minimal, unconstrained parametrisation."""
+    return np.concatenate([matrix_to_rotvec(sim.rotation), sim.translation, [np.log(sim.scale)]])
+
+
+def sim3_from_vector(vector: np.ndarray) -> Sim3d:
+    """Inverse of :func:`sim3_to_vector`."""
+    v = np.asarray(vector, dtype=np.float64).reshape(7)
+    return Sim3d(float(np.exp(v[6])), rotvec_to_matrix(v[:3]), v[3:6])
+
+
+class ProjectionSet:
+    """Observations of a set of points in the cameras of one model, flattened for vectorised reprojection.
+
+    Args:
+        point_index: (M,) int index of the observed point (into the points passed to the methods).
+        rotations: (M, 3, 3) ``cam_from_world`` rotation of the observing image.
+        translations: (M, 3) ``cam_from_world`` translation of the observing image.
+        camera_models_: (M,) camera model name of the observing image.
+        camera_params: list of M (P,) parameter arrays.
+        pixels: (M, 2) observed keypoints (OpenCV origin).
+        num_points: number of points N the observations refer to.
+    """
+
+    def __init__(
+        self,
+        point_index: np.ndarray,
+        rotations: np.ndarray,
+        translations: np.ndarray,
+        camera_models_: list[str],
+        camera_params: list[np.ndarray],
+        pixels: np.ndarray,
+        num_points: int,
+    ) -> None:
+        self.point_index = np.asarray(point_index, dtype=np.int64).reshape(-1)
+        self.rotations = np.asarray(rotations, dtype=np.float64).reshape(-1, 3, 3)
+        self.translations = np.asarray(translations, dtype=np.float64).reshape(-1, 3)
+        self.pixels = np.asarray(pixels, dtype=np.float64).reshape(-1, 2)
+        self.num_points = int(num_points)
+        m = len(self.point_index)
+        if not (
+            len(self.rotations) == len(self.translations) == len(self.pixels) == len(camera_models_) == m
+        ):
+            raise InputError(
+                f"ProjectionSet arrays disagree in length: {m} points, {len(self.rotations)} rotations, "
+                f"{len(self.translations)} translations, {len(self.pixels)} pixels, {len(camera_models_)} models"
+            )
+        # Group observations by (model, number of params) so each group projects in one call.
+        self._groups: list[tuple[str, np.ndarray, np.ndarray]] = []
+        models = np.asarray(camera_models_, dtype=object)
+        for name in sorted(set(camera_models_)):
+            rows = np.flatnonzero(models == name)
+            params = np.stack([np.asarray(camera_params[r], dtype=np.float64) for r in rows])
+            self._groups.append((name, rows, params))
+
+    def __len__(self) -> int:
+        return len(self.point_index)
+
+    def residuals_px(self, points_in_world: np.ndarray) -> np.ndarray:
+        """(M, 2) reprojection residuals (projected - observed); points behind a camera get a huge residual."""
+        X = np.asarray(points_in_world, dtype=np.float64).reshape(-1, 3)[self.point_index]
+        in_cam = np.einsum("mij,mj->mi", self.rotations, X) + self.translations
+        projected = np.empty((len(X), 2))
+        for model, rows, params in self._groups:
+            projected[rows] = camera_models.project(model, params, in_cam[rows])
+        residuals = projected - self.pixels
+        residuals[in_cam[:, 2] <= 0] = BEHIND_CAMERA_ERROR_PX
+        return residuals
+
+    def max_error_sq_per_point(self, points_in_world: np.ndarray) -> np.ndarray:
+        """(N,) largest squared reprojection error over each point's observations (0 for unobserved points)."""
+        err_sq = np.sum(self.residuals_px(points_in_world) ** 2, axis=1)
+        out = np.zeros(self.num_points)
+        np.maximum.at(out, self.point_index, err_sq)
+        return out
+
+
+def pose_consistency_residuals(
+    b_from_a: Sim3d,
+    rotations_a: np.ndarray,
+    centers_a: np.ndarray,
+    rotations_b: np.ndarray,
+    centers_b: np.ndarray,
+    depths_b: np.ndarray,
+    focals_px: np.ndarray,
+) -> np.ndarray:
+    """Pixel-equivalent disagreement of cameras posed in both models once model a is mapped into b.
+
+    A rotation error of ``theta`` radians moves image points by about ``f * theta`` pixels; a centre
+    error ``e`` at scene depth ``d`` moves them by about ``f * e / d``. Expressing both in pixels lets
+    camera terms sit next to reprojection residuals in one robust cost.
+
+    Args:
+        b_from_a: the similarity.
+        rotations_a, rotations_b: (K, 3, 3) ``cam_from_world`` rotations of the K shared images.
+        centers_a, centers_b: (K, 3) camera centres in each model's world.
+        depths_b: (K,) typical depth of the scene in each camera, in model b's units (> 0).
+        focals_px: (K,) focal lengths in pixels.
+
+    Returns:
+        (K, 6): rotation residual (rotvec of ``R_b (R_a s^-1...)``, 3) and centre residual (3), in px.
+    """
+    R_a = np.asarray(rotations_a, dtype=np.float64).reshape(-1, 3, 3)
+    R_b = np.asarray(rotations_b, dtype=np.float64).reshape(-1, 3, 3)
+    # cam_from_b predicted from model a: R_a @ R^T (Sim3d.transform_pose).
+    R_pred = R_a @ b_from_a.rotation.T
+    delta = R_b @ np.transpose(R_pred, (0, 2, 1))
+    rot = np.array([matrix_to_rotvec(d) for d in delta]).reshape(-1, 3)
+    centre = (
+        np.asarray(centers_b, dtype=np.float64).reshape(-1, 3) - b_from_a.apply(centers_a)
+    ) / np.asarray(depths_b, dtype=np.float64).reshape(-1, 1)
+    f = np.asarray(focals_px, dtype=np.float64).reshape(-1, 1)
+    return np.hstack([rot * f, centre * f])

@@ -1,0 +1,232 @@
+"""Sim(3) alignment and merging of overlapping models: synthetic clusters with exact answers.
+
+A ``random_scene`` is split into overlapping clusters of images; each cluster becomes a Reconstruction
+of the points it sees (in >= 2 of its images), moved into its own random similarity frame, with 30 % of
+its points replaced by outliers (random positions, so they match nothing). Keypoint order is shuffled
+per image so no test passes through aligned indices.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from geomvision.geometry.rigid import Rigid3d, Sim3d, rotvec_to_matrix
+from geomvision.geometry.sim3 import sim3_from_matrix, sim3_from_vector, sim3_to_vector
+from geomvision.scene import Camera, Reconstruction, View
+from geomvision.sfm.bundle_adjustment import bundle_adjust
+from geomvision.sfm.merge import (
+    AlignmentOptions,
+    MergeOptions,
+    align_reconstructions,
+    merge_reconstructions,
+    shared_point_pairs,
+)
+from geomvision.synthetic import random_scene
+from tests.mapper_fixtures import pose_errors
+
+
+def random_sim3(gen: np.random.Generator) -> Sim3d:
+    return Sim3d(
+        float(np.exp(gen.uniform(-1.0, 1.0))),
+        rotvec_to_matrix(gen.normal(size=3)),
+        gen.uniform(-5.0, 5.0, size=3),
+    )
+
+
+def split_scene(
+    scene,
+    clusters: list[list[int]],
+    *,
+    noise_px: float = 0.0,
+    pose_noise: float = 0.0,
+    outlier_ratio: float = 0.3,
+    rng: int = 0,
+) -> tuple[list[Reconstruction], list[Sim3d], dict[int, np.ndarray]]:
+    """One model per cluster (0-based camera indices; image_id = index + 1), each in a random frame.
+
+    Returns:
+        (models, model_from_world per model, keypoint index (N,) of each point per image_id).
+    """
+    gen = np.random.default_rng(rng)
+    C, N = scene.visible.shape
+    K = scene.K
+    camera = Camera.pinhole(1, K[0, 0], K[1, 1], K[0, 2], K[1, 2], scene.width, scene.height)
+    keypoints, kp_of_point = {}, {}
+    for c in range(C):
+        px = (
+            scene.observations_px[c] + gen.normal(scale=noise_px, size=(N, 2))
+            if noise_px
+            else scene.observations_px[c]
+        )
+        perm = gen.permutation(N)
+        keypoints[c + 1] = px[perm]
+        kp_of_point[c + 1] = np.argsort(perm)
+    models, frames = [], []
+    for members in clusters:
+        model_from_world = random_sim3(gen)
+        rec = Reconstruction()
+        rec.add_camera(Camera(1, camera.model, camera.width, camera.height, camera.params.copy()))
+        for c in members:
+            pose = scene.cams_from_world[c]
+            if pose_noise:
+                pose = Rigid3d(
+                    rotvec_to_matrix(gen.normal(scale=pose_noise, size=3)) @ pose.rotation,
+                    pose.translation + gen.normal(scale=pose_noise, size=3),
+                )
+            rec.add_view(
+                View(
+                    c + 1, f"img_{c + 1:03d}.png", 1, model_from_world.transform_pose(pose), keypoints[c + 1]
+                )
+            )
+        seen = scene.visible[members].sum(axis=0) >= 2
+        point_ids = np.flatnonzero(seen)
+        outliers = set(
+            gen.choice(point_ids, size=int(round(outlier_ratio * len(point_ids))), replace=False).tolist()
+        )
+        for p in point_ids.tolist():
+            xyz = scene.points_in_world[p]
+            if p in outliers:
+                xyz = gen.uniform(-3.0, 3.0, size=3)
+            elif pose_noise:
+                xyz = xyz + gen.normal(scale=pose_noise, size=3)
+            track = [(c + 1, int(kp_of_point[c + 1][p])) for c in members if scene.visible[c, p]]
+            rec.add_point3D(model_from_world.apply(xyz), track)
+        models.append(rec)
+        frames.append(model_from_world)
+    return models, frames, kp_of_point
+
+
+def test_sim3_parametrisations_round_trip():
+    gen = np.random.default_rng(3)
+    for _ in range(5):
+        sim = random_sim3(gen)
+        back = sim3_from_vector(sim3_to_vector(sim))
+        assert np.allclose(back.matrix(), sim.matrix(), atol=1e-12)
+        assert np.allclose(sim3_from_matrix(sim.matrix()).matrix(), sim.matrix(), atol=1e-12)
+
+
+def test_shared_point_pairs_link_points_through_keypoints():
+    scene = random_scene(150, 8, rng=1)
+    models, _, _ = split_scene(scene, [[0, 1, 2, 3, 4], [3, 4, 5, 6, 7]], outlier_ratio=0.0)
+    pairs = shared_point_pairs(models[0], models[1])
+    # Points of model 0 seen by a shared image (3 or 4 -> image ids 4, 5) and also in model 1.
+    in_0 = set(models[0].points3D)
+    expected = 0
+    for point in models[0].points3D.values():
+        keys = [(i, kp) for i, kp in point.track if i in (4, 5)]
+        if any(models[1].views[i].point3D_ids[kp] >= 0 for i, kp in keys):
+            expected += 1
+    assert len(pairs) == expected > 50
+    assert set(pairs[:, 0]) <= in_0
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_alignment_is_exact_without_noise_despite_30_percent_outliers(seed):
+    scene = random_scene(300, 10, rng=seed)
+    models, frames, _ = split_scene(scene, [[0, 1, 2, 3, 4, 5], [4, 5, 6, 7, 8, 9]], rng=seed)
+    result = align_reconstructions(models[1], models[0], rng=seed)
+    assert result.success, result.reason
+    expected = frames[0] @ frames[1].inverse()  # model0_from_model1
+    assert abs(result.dst_from_src.scale / expected.scale - 1) < 1e-9
+    assert np.allclose(result.dst_from_src.rotation, expected.rotation, atol=1e-9)
+    assert np.allclose(result.dst_from_src.translation, expected.translation, atol=1e-8 * expected.scale)
+    # Outliers (random positions in either model) are rejected; the other shared points are inliers.
+    assert 0.3 < result.num_inliers / result.num_shared_points < 0.7
+    assert result.stats["reprojection_error_dst_px"]["max"] < 1e-6
+    assert result.stats["camera_error_px"]["max"] < 1e-6
+
+
+def test_alignment_fails_with_a_reason_when_models_share_nothing_consistent():
+    scene = random_scene(200, 8, rng=4)
+    models, _, _ = split_scene(scene, [[0, 1, 2, 3, 4], [3, 4, 5, 6, 7]], outlier_ratio=0.0, rng=4)
+    broken = models[1]
+    gen = np.random.default_rng(0)
+    for point in broken.points3D.values():
+        point.xyz = gen.uniform(-3, 3, size=3)
+    result = align_reconstructions(broken, models[0], rng=0)
+    assert not result.success
+    assert result.reason
+    disjoint, _, _ = split_scene(scene, [[0, 1, 2], [5, 6, 7]], outlier_ratio=0.0)
+    result = align_reconstructions(disjoint[1], disjoint[0])
+    assert not result.success and "shared 3D points" in result.reason
+
+
+def _merged_pose_errors(rec, scene):
+    rot_err, centre_err, _ = pose_errors(rec, scene)
+    return rot_err, centre_err
+
+
+def test_merge_returns_exact_poses_without_noise():
+    scene = random_scene(400, 15, rng=7)
+    clusters = [[0, 1, 2, 3, 4, 5], [4, 5, 6, 7, 8, 9, 10], [9, 10, 11, 12, 13, 14]]
+    models, _, _ = split_scene(scene, clusters, rng=7)
+    result = merge_reconstructions(
+        models, core_image_ids=[{1, 2, 3, 4, 5, 6}, {7, 8, 9, 10}, {11, 12, 13, 14, 15}], rng=0
+    )
+    assert len(result.reconstructions) == 1
+    rec = result.reconstructions[0]
+    assert rec.registered_image_ids == list(range(1, 16))
+    rot_err, centre_err = _merged_pose_errors(rec, scene)
+    assert rot_err.max() < 1e-6
+    assert centre_err.max() < 1e-6
+    assert rec.mean_reprojection_error_px() < 1e-6
+    # Tracks were joined: some merged point is observed in images of all three clusters.
+    spans = [len({(i - 1) // 5 for i, _ in p.track}) for p in rec.points3D.values()]
+    assert max(spans) == 3
+    report = result.report
+    assert report["num_output_models"] == 1 and all(a["success"] for a in report["alignments"])
+    assert report["groups"][0]["tree"]
+
+
+def _whole_scene_bundle_adjustment(scene, noise_px, rng):
+    """The reference: every image in one model (same noisy keypoints), bundle-adjusted from the truth."""
+    reference, _, _ = split_scene(
+        scene, [list(range(scene.num_cameras))], noise_px=noise_px, outlier_ratio=0.0, rng=rng
+    )
+    bundle_adjust(reference[0], MergeOptions().bundle_adjustment)
+    return reference[0]
+
+
+@pytest.mark.parametrize("outlier_ratio", [0.0, 0.3])
+def test_merge_with_noise_stays_within_the_noise_level(outlier_ratio):
+    scene = random_scene(400, 15, rng=8)
+    clusters = [[0, 1, 2, 3, 4, 5], [4, 5, 6, 7, 8, 9, 10], [9, 10, 11, 12, 13, 14]]
+    noise_px = 0.5
+    models, _, _ = split_scene(
+        scene, clusters, noise_px=noise_px, pose_noise=0.002, outlier_ratio=outlier_ratio, rng=8
+    )
+    result = merge_reconstructions(models, rng=0)
+    assert len(result.reconstructions) == 1
+    rec = result.reconstructions[0]
+    assert rec.num_registered == 15
+    rot_err, centre_err = _merged_pose_errors(rec, scene)
+    # The noise level: the poses a bundle adjustment of the whole scene gets from the same keypoints.
+    ref_rot, ref_centre = _merged_pose_errors(_whole_scene_bundle_adjustment(scene, noise_px, 8), scene)
+    if outlier_ratio == 0:  # same data: the merge lands on the whole-scene optimum
+        assert np.abs(rot_err - ref_rot).max() < 1e-3
+        assert np.abs(centre_err - ref_centre).max() < 1e-4
+    else:  # 30 % of each cluster's points are lost as outliers: errors grow like 1/sqrt(points kept)
+        assert np.median(rot_err) < 2.5 * np.median(ref_rot)
+        assert centre_err.max() < 2.5 * ref_centre.max()
+    assert rec.mean_reprojection_error_px() < 1.5 * noise_px
+
+
+def test_unmergeable_models_stay_separate_with_the_reason():
+    scene = random_scene(300, 12, rng=9)
+    models, _, _ = split_scene(
+        scene, [[0, 1, 2, 3, 4, 5], [4, 5, 6, 7], [9, 10, 11]], outlier_ratio=0.0, rng=9
+    )
+    result = merge_reconstructions(models, rng=0)
+    assert len(result.reconstructions) == 2
+    assert result.groups == [[0, 1], [2]]
+    separate = result.report["groups"][1]
+    assert not separate["merged"] and "shares no 3D point" in separate["reason"]
+    # A model whose points are garbage fails its alignment and is reported with RANSAC's reason.
+    gen = np.random.default_rng(1)
+    for point in models[1].points3D.values():
+        point.xyz = gen.uniform(-3, 3, size=3)
+    result = merge_reconstructions(models, MergeOptions(alignment=AlignmentOptions()), rng=0)
+    assert len(result.reconstructions) == 3
+    reasons = {tuple(g["models"]): g.get("reason", "") for g in result.report["groups"]}
+    assert "onto model 0" in reasons[(1,)]
