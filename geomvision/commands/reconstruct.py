@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 NAME = "reconstruct"
@@ -169,6 +170,8 @@ def run(args: argparse.Namespace) -> int:
     from geomvision.progress import tqdm_progress
 
     config = build_config(args)
+    # Dask logs its cluster's life at INFO through the root handler; keep the terminal to our lines.
+    logging.getLogger("distributed").setLevel(max(logging.getLogger().level, logging.WARNING))
     show = not args.no_progress and sys.stderr.isatty()
     result = run_pipeline(
         args.images,

@@ -130,7 +130,10 @@ def connect(settings: DaskSettings, num_workers: int) -> DaskBackend:
                 threads_per_worker=1,
                 processes=True,
                 host="127.0.0.1",
+                # No dashboard; the HTTP servers that remain (health, metrics) listen on 127.0.0.1 too.
                 dashboard_address=None,
+                worker_dashboard_address="127.0.0.1:0",
+                scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
                 silence_logs=logging.ERROR,
                 security=security,
             )
