@@ -335,8 +335,14 @@ def test_worker_killed_mid_run_is_recomputed(images, serial_cli_model, tmp_path)
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        assert victim.wait(timeout=30) is not None  # the worker really is gone
         _, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err
         _same_model(serial_cli_model, out)
+        client = distributed.Client(cluster.address, timeout=30)
+        try:
+            assert len(client.scheduler_info()["workers"]) == 1  # the run finished on the survivor
+        finally:
+            client.close()
     finally:
         cluster.close()
