@@ -79,6 +79,26 @@ def test_local_cluster_listens_on_loopback_only():
     assert all(a.startswith("127.0.0.1:") for a in addresses), addresses
 
 
+def test_ctrl_c_on_a_local_cluster_is_one_line(images, tmp_path):
+    """Ctrl-C (SIGINT to the whole process group, workers included): one line, exit 130, and the
+    interruption recorded with the engine section; the cluster's workers stay silent."""
+    out = tmp_path / "out"
+    proc = _reconstruct(images, out, "--scheduler", "local", "--workers", "2")
+    try:
+        deadline = time.monotonic() + 120
+        while not list((out / "cache" / "features").glob("*.npz")) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err
+    assert len(err.strip().splitlines()) == 1 and "interrupted" in err, err
+    report = json.loads((out / "report.json").read_text())
+    assert report["status"] == "interrupted" and report["engine"]["backend"] == "dask"
+
+
 def test_missing_dask_is_one_line(monkeypatch):
     monkeypatch.setattr(dask_backend, "distributed", None)
     with pytest.raises(InputError, match=r"pip install 'geomvision\[distributed\]'"):

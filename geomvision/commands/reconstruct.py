@@ -165,13 +165,21 @@ def registered_summary(report: dict) -> str:
     )
 
 
+def _quiet_dask(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or not record.name.startswith("distributed")
+
+
 def run(args: argparse.Namespace) -> int:
     from geomvision.pipeline import run_pipeline
     from geomvision.progress import tqdm_progress
 
     config = build_config(args)
-    # Dask logs its cluster's life at INFO through the root handler; keep the terminal to our lines.
-    logging.getLogger("distributed").setLevel(max(logging.getLogger().level, logging.WARNING))
+    # Dask logs its cluster's life at INFO through the root handler (its import resets its logger's
+    # level, so filter at the handlers): keep the terminal to our lines unless -vv.
+    quiet = logging.getLogger().level > logging.DEBUG
+    for handler in logging.getLogger().handlers:
+        if quiet:
+            handler.addFilter(_quiet_dask)
     show = not args.no_progress and sys.stderr.isatty()
     result = run_pipeline(
         args.images,

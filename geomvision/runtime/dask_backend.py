@@ -12,8 +12,12 @@ Dask recomputes the batches of a worker that dies before their results are gathe
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 from geomvision.errors import InputError
@@ -69,18 +73,23 @@ class DaskBackend(Backend):
         # Workers of our own LocalCluster die with this process; remote workers are not ours to end.
         self._client_pid = os.getpid() if cluster is not None else None
         self._outstanding: set = set()
+        self._last_workers: dict = {}
+        self._workers()
+
+    def _workers(self) -> dict:
+        if self.client is not None:  # after close, the last count seen stands
+            self._last_workers = dict(self.client.scheduler_info().get("workers", {}))
+        return self._last_workers
 
     @property
     def num_workers(self) -> int:
         """Worker threads of the cluster (each runs one batch at a time)."""
-        workers = self.client.scheduler_info().get("workers", {})
-        return max(1, sum(w.get("nthreads", 1) for w in workers.values()))
+        return max(1, sum(w.get("nthreads", 1) for w in self._workers().values()))
 
     def describe(self) -> dict[str, Any]:
-        workers = self.client.scheduler_info().get("workers", {})
         return {
             "backend": "dask",
-            "workers": len(workers),
+            "workers": len(self._workers()),
             "threads": self.num_workers,
             "scheduler": self.scheduler,
             "images_visible_to_workers": self.shares_files,
@@ -123,8 +132,9 @@ def connect(settings: DaskSettings, num_workers: int) -> DaskBackend:
     _require_dask()
     security = security_from(settings)
     if settings.scheduler == "local":
-        # Worker processes start with __main__ hidden, so an unguarded user script is not re-run in them.
-        with main_module_hidden():
+        # Worker processes start with __main__ hidden, so an unguarded user script is not re-run in them,
+        # and with SIGINT ignored (inherited through exec), so Ctrl-C reaches the client alone.
+        with main_module_hidden(), _sigint_ignored():
             cluster = distributed.LocalCluster(
                 n_workers=num_workers,
                 threads_per_worker=1,
@@ -159,6 +169,19 @@ def connect(settings: DaskSettings, num_workers: int) -> DaskBackend:
     return DaskBackend(
         client, None, shares_files=settings.images_visible_to_workers, scheduler=settings.scheduler
     )
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Ignore SIGINT while child processes start (only possible from the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _is_loopback(address: str) -> bool:
