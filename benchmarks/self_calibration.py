@@ -25,9 +25,10 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -37,17 +38,66 @@ import reconstruct as rb  # noqa: E402  (sibling benchmark script)
 
 DATASETS = dict(rb.DATASETS)
 DATASETS["dtu"] = rb.Dataset("dtu", "dtu_scan37", "images", "dtu_scan37_par.txt")
+#: sparse rings: every third image of a full set (name -> (full set, step))
+SUBSETS = {"temple16": ("temple", 3)}
 MODES = ("unknown", "unknown-nocal", "known")
+
+
+def _images_and_gt(key: str, work: Path):
+    """(image folder, names, ground truth) of a set or of a sparse ring made from one (symlinks)."""
+    full, step = SUBSETS.get(key, (key, 1))
+    ds = DATASETS[full]
+    image_dir = rb.SHARED / ds.folder / ds.images
+    names = [p.name for p in rb.image_paths(image_dir)][::step]
+    gt = rb.load_gt(ds, names, image_dir)
+    if step > 1:
+        subset = work / f"images_{key}"
+        if not subset.exists():
+            rb.link_subset(image_dir, names, subset)
+        image_dir = subset
+    return image_dir, names, gt
+
+
+def _share_feature_cache(work: Path, key: str, out: Path) -> None:
+    """Seed a new run's cache with the features and matches of an earlier run of the same set (they do
+    not depend on the intrinsics), so the unknown / known rows do not extract everything twice."""
+    if (out / "cache").exists():
+        return
+    for other in sorted(work.glob(f"{key}_*")):
+        if (other / "cache" / "features").is_dir():
+            for stage in ("features", "matches"):
+                if (other / "cache" / stage).is_dir():
+                    shutil.copytree(other / "cache" / stage, out / "cache" / stage)
+            return
+
+
+def _model_errors(result, gt) -> list[dict]:
+    """Per model: registered images, median pose-pair error against ground truth, trust verdict."""
+    from geomvision.evaluation import evaluate_reconstruction
+
+    rows = []
+    for rec, model in zip(result.reconstructions, result.report["models"], strict=True):
+        registered = {rec.views[i].name for i in rec.registered_image_ids}
+        sub_gt = {n: g for n, g in gt.items() if n in registered}
+        metrics = evaluate_reconstruction(rec, sub_gt, include_per_image=False) if len(sub_gt) >= 2 else {}
+        rows.append(
+            {
+                "num_registered": rec.num_registered,
+                "median_rotation_error_deg": metrics.get("median_rotation_error_deg"),
+                "median_translation_error_deg": metrics.get("median_translation_error_deg"),
+                "trusted": model.get("trusted"),
+                "trust_reasons": model.get("trust_reasons"),
+                "trust_signals": model.get("trust_signals"),
+            }
+        )
+    return rows
 
 
 def run(key: str, mode: str, work: Path) -> dict:
     from geomvision.config import ReconstructionConfig
     from geomvision.pipeline import run_pipeline
 
-    ds = DATASETS[key]
-    image_dir = rb.SHARED / ds.folder / ds.images
-    names = [p.name for p in rb.image_paths(image_dir)]
-    gt = rb.load_gt(ds, names, image_dir)
+    image_dir, names, gt = _images_and_gt(key, work)
     gt_focal = float(np.mean([np.sqrt(g.K[0, 0] * g.K[1, 1]) for g in gt.values()]))
     changes = {
         "pipeline": {
@@ -60,12 +110,14 @@ def run(key: str, mode: str, work: Path) -> dict:
         changes["calibration"] = {"enabled": False}
     config = ReconstructionConfig().with_changes(**changes)
     out = work / f"{key}_{mode}"
+    _share_feature_cache(work, key, out)
     t = time.perf_counter()
     try:
         result = run_pipeline(image_dir, out, config)
         rec, report = result.reconstruction, result.report
+        models = _model_errors(result, gt)
     except Exception as exc:  # a failed run is a result too
-        rec, report = None, {"error": f"{type(exc).__name__}: {exc}"}
+        rec, report, models = None, {"error": f"{type(exc).__name__}: {exc}"}, []
     elapsed = time.perf_counter() - t
     scores = rb.score(rec, gt)
     row = {
@@ -88,25 +140,21 @@ def run(key: str, mode: str, work: Path) -> dict:
         row["final_focal_error"] = row["final_focal_px"] / gt_focal - 1.0
     calibration = report.get("calibration", {}).get("view_graph")
     if calibration:
-        est = [c["estimate_px"] for c in calibration["cameras"].values() if c["estimate_px"] == c["estimate_px"]]
+        est = [
+            c["estimate_px"] for c in calibration["cameras"].values() if c["estimate_px"] == c["estimate_px"]
+        ]
         if est:
             row["calibration_focal_px"] = float(np.median(est))
             row["calibration_focal_error"] = row["calibration_focal_px"] / gt_focal - 1.0
         row["calibration_trusted"] = all(c["trusted"] for c in calibration["cameras"].values())
         row["calibration_time_s"] = report["calibration"].get("time_s")
-    for key_ in ("models",):
-        if key_ in report:
-            row["models"] = [
-                {k: m.get(k) for k in ("num_registered", "trusted", "trust_reasons")} for m in report[key_]
-            ]
+    row["models"] = models
+    row["principal_point"] = report.get("principal_point")
     return row
 
 
 def run_pycolmap_unknown(key: str, work: Path) -> dict:
-    ds = DATASETS[key]
-    image_dir = rb.SHARED / ds.folder / ds.images
-    names = [p.name for p in rb.image_paths(image_dir)]
-    gt = rb.load_gt(ds, names, image_dir)
+    image_dir, names, gt = _images_and_gt(key, work)
     rec, elapsed, _ = rb.run_pycolmap(image_dir, work / f"colmap_{key}_unknown", None)
     scores = rb.score(rec, gt)
     gt_focal = float(np.mean([np.sqrt(g.K[0, 0] * g.K[1, 1]) for g in gt.values()]))
@@ -128,6 +176,10 @@ def run_pycolmap_unknown(key: str, work: Path) -> dict:
     return row
 
 
+def _auc(row: dict | None) -> str:
+    return "" if row is None else f"{row['auc@2']:.3f}"
+
+
 def _pct(v) -> str:
     return "" if v is None else f"{100 * v:+.1f} %"
 
@@ -136,7 +188,7 @@ def write_markdown(rows: list[dict], path: Path) -> None:
     lines = [
         "# Self-calibration: unknown vs known intrinsics",
         "",
-        f"Run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.node()}, "
+        f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.node()}, "
         f"`python benchmarks/self_calibration.py {' '.join(sys.argv[1:])}` (rows appended across runs; "
         "load = 1-min load average at the end of the row; times with cached features are not comparable "
         "to cold runs).",
@@ -150,6 +202,31 @@ def write_markdown(rows: list[dict], path: Path) -> None:
             f"| {r['dataset']} | {r['mode']} | {r['num_registered']}/{r['images']} | {r['auc@2']:.3f} | "
             f"{r['auc@5']:.3f} | {_pct(r.get('calibration_focal_error'))} | {_pct(r.get('final_focal_error'))} | "
             f"{r['time_s']:.1f} | {r['load_avg']:.1f} |"
+        )
+    by = {(r["dataset"], r["mode"]): r for r in rows}
+    lines += [
+        "",
+        "Unknown vs known K (AUC@2) and pycolmap with unknown K, where both rows were run:",
+        "",
+        "| dataset | unknown | known | unknown / known | pycolmap unknown | models (registered, median pose error, trusted) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key in dict.fromkeys(r["dataset"] for r in rows):
+        unknown, known, peer = (
+            by.get((key, "unknown")),
+            by.get((key, "known")),
+            by.get((key, "pycolmap-unknown")),
+        )
+        if unknown is None:
+            continue
+        ratio = f"{unknown['auc@2'] / known['auc@2']:.3f}" if known and known["auc@2"] > 0 else ""
+        models = "; ".join(
+            f"{m['num_registered']}, {m['median_rotation_error_deg']:.2f} deg, {'yes' if m['trusted'] else 'no'}"
+            for m in unknown.get("models", [])
+            if m.get("median_rotation_error_deg") is not None
+        )
+        lines.append(
+            f"| {key} | {unknown['auc@2']:.3f} | {_auc(known)} | {ratio} | {_auc(peer)} | {models} |"
         )
     path.write_text("\n".join(lines) + "\n")
 

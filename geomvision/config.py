@@ -22,11 +22,16 @@ STAGE_OPTIONS: dict[str, tuple[str, str]] = {
     "matching": ("geomvision.features.match", "MatchingOptions"),
     "two_view": ("geomvision.sfm.two_view", "TwoViewOptions"),
     "calibration": ("geomvision.sfm.calibration", "SelfCalibrationOptions"),
+    "trust": ("geomvision.sfm.trust", "TrustOptions"),
     "mapper": ("geomvision.sfm.incremental", "IncrementalMapperOptions"),
+    "partition": ("geomvision.sfm.partition", "PartitionOptions"),
+    "merge": ("geomvision.sfm.merge", "MergeOptions"),
+    "global_mapper": ("geomvision.sfm.global_mapper", "GlobalMapperOptions"),
 }
 
-PAIRING_MODES = ("exhaustive", "sequential", "retrieval")
+PAIRING_MODES = ("auto", "exhaustive", "sequential", "retrieval")
 INIT_METHODS = ("two-view", "factorization")
+MAPPERS = ("incremental", "global")
 
 
 def _stage_class(section: str) -> type:
@@ -39,10 +44,15 @@ class PipelineOptions:
     """Choices that belong to no single stage.
 
     Attributes:
-        pairing: which image pairs to match: exhaustive, sequential (video) or retrieval (large sets).
+        pairing: which image pairs to match: exhaustive, sequential (video), retrieval (large sets), or auto:
+            exhaustive up to ``auto_exhaustive_max_images`` images, retrieval above (exhaustive pairs grow as
+            N^2: 4950 pairs at 100 images, most of them of images that share nothing).
+        auto_exhaustive_max_images: the largest image count that ``pairing = "auto"`` matches exhaustively.
         sequential_window: neighbours matched per image in sequential mode (also added in retrieval mode).
         retrieval_k: top-k most similar images matched per image in retrieval mode.
-        init: initialiser, "two-view" or "factorization".
+        init: initialiser of the incremental mapper, "two-view" or "factorization".
+        mapper: "incremental" (``[mapper]`` options) or "global" (rotation averaging + global
+            positioning, ``[global_mapper]`` options).
         intrinsics: known pinhole (fx, fy, cx, cy) in pixels shared by all images; None to estimate.
         intrinsics_convention: origin of the principal point in ``intrinsics``: "opencv" (centre of
             the top-left pixel, geomvision's own) or "colmap" (its corner, as in COLMAP's cameras.txt;
@@ -74,10 +84,12 @@ class PipelineOptions:
             listing it in ``report.json`` ``skipped_images``).
     """
 
-    pairing: str = "exhaustive"
+    pairing: str = "auto"
+    auto_exhaustive_max_images: int = 50
     sequential_window: int = 8
     retrieval_k: int = 15
     init: str = "two-view"
+    mapper: Literal["incremental", "global"] = "incremental"
     intrinsics: tuple[float, float, float, float] | None = None
     intrinsics_convention: Literal["opencv", "colmap"] = "opencv"
     intrinsics_size: tuple[int, int] | None = None
@@ -102,6 +114,8 @@ class PipelineOptions:
             raise InputError(f"pairing must be one of {PAIRING_MODES}, got {self.pairing!r}")
         if self.init not in INIT_METHODS:
             raise InputError(f"init must be one of {INIT_METHODS}, got {self.init!r}")
+        if self.mapper not in MAPPERS:
+            raise InputError(f"mapper must be one of {MAPPERS}, got {self.mapper!r}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise InputError(f"seed must be a non-negative integer, got {self.seed!r}")
         if self.intrinsics is not None:
@@ -145,6 +159,10 @@ class PipelineOptions:
             raise InputError(
                 f"scheduler must be 'local' or an address like tcp://HOST:PORT, got {self.scheduler!r}"
             )
+        if self.auto_exhaustive_max_images < 2:
+            raise InputError(
+                f"auto_exhaustive_max_images must be >= 2, got {self.auto_exhaustive_max_images}"
+            )
         if self.sequential_window < 1 or self.retrieval_k < 1:
             raise InputError("sequential_window and retrieval_k must be >= 1")
         if not 0.0 <= self.pose_prior_min_confidence <= 1.0:
@@ -180,7 +198,11 @@ class ReconstructionConfig:
     matching: Any = field(default_factory=lambda: _default_stage("matching"))
     two_view: Any = field(default_factory=lambda: _default_stage("two_view"))
     calibration: Any = field(default_factory=lambda: _default_stage("calibration"))
+    trust: Any = field(default_factory=lambda: _default_stage("trust"))
     mapper: Any = field(default_factory=lambda: _default_stage("mapper"))
+    partition: Any = field(default_factory=lambda: _default_stage("partition"))
+    merge: Any = field(default_factory=lambda: _default_stage("merge"))
+    global_mapper: Any = field(default_factory=lambda: _default_stage("global_mapper"))
 
     def with_changes(self, **sections: dict[str, Any]) -> ReconstructionConfig:
         """Copy with some fields of some sections replaced: ``cfg.with_changes(pipeline={"seed": 3})``."""

@@ -51,6 +51,7 @@ __all__ = [
     "relative_pose_errors",
     "pose_auc",
     "evaluate_reconstruction",
+    "evaluate_models",
     "format_per_image_table",
 ]
 

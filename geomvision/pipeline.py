@@ -171,7 +171,7 @@ def _run_stages(run: _Run) -> PipelineResult:
         matches = _run_matching(features, pairs, config, runner, progress_factory)
         timings["matching"] = time.perf_counter() - t
         report["matching"] = {
-            "pairing": config.pipeline.pairing,
+            "pairing": resolve_pairing(len(image_ids), config.pipeline),
             "num_pairs": len(pairs),
             "num_matches_total": int(sum(len(m) for m in matches.values())),
         }
@@ -204,7 +204,7 @@ def _run_stages(run: _Run) -> PipelineResult:
             i: ImageInfo(names[i], camera_of_image[i], features[i].keypoints_px, features[i].colors)
             for i in image_ids
         }
-        mapping = _run_mapping(cameras, images, verified, config, progress_factory)
+        mapping = _run_mapping(cameras, images, verified, config, progress_factory, runner)
         timings["mapping"] = time.perf_counter() - t
         if view_graph_written is not None:
             view_graph_written.result()
@@ -226,6 +226,15 @@ def _run_stages(run: _Run) -> PipelineResult:
         )
         timings["principal_point"] = time.perf_counter() - t
 
+    run.stage = "trust"  # measured signals; sparse/0 becomes the largest trusted model
+    from geomvision.sfm.calibration import trusted_focal_estimates
+    from geomvision.sfm.trust import assess_models_trust
+
+    focal_estimates = trusted_focal_estimates(report.get("calibration"))
+    reconstructions, verdicts = assess_models_trust(
+        reconstructions, config.trust, calibrated_focal_px=focal_estimates
+    )
+
     if config.pipeline.pose_prior_checkpoint:  # learned fallback for images PnP could not register
         t = time.perf_counter()
         run.stage = "pose_prior"
@@ -238,6 +247,9 @@ def _run_stages(run: _Run) -> PipelineResult:
         _write_models(out, reconstructions, run.image_dir)
     timings["export"] = time.perf_counter() - t
     report.update(_model_summary(reconstructions))
+    for model, verdict in zip(report["models"], verdicts, strict=True):
+        model.update(trusted=verdict.trusted, trust_reasons=verdict.reasons, trust_signals=verdict.signals)
+    report["trusted"] = verdicts[0].trusted
     report["status"] = "success"
     _write_report(out, report, timings, run.t_start)
     if out and config.pipeline.html_report:
@@ -372,14 +384,22 @@ def setup_cameras(
     )
 
 
+def resolve_pairing(num_images: int, options) -> str:
+    """The pairing mode a run uses: ``options.pairing``, with ``auto`` resolved by the number of images."""
+    if options.pairing != "auto":
+        return options.pairing
+    return "exhaustive" if num_images <= options.auto_exhaustive_max_images else "retrieval"
+
+
 def select_pairs(image_ids: list[int], features: dict, config: ReconstructionConfig) -> list[tuple[int, int]]:
     """Image pairs to match, by the configured pairing mode (sorted (i, j) with i < j)."""
     from geomvision.features import pairs as pairing
 
     options = config.pipeline
-    if options.pairing == "exhaustive":
+    mode = resolve_pairing(len(image_ids), options)
+    if mode == "exhaustive":
         return pairing.exhaustive_pairs(image_ids)
-    if options.pairing == "sequential":
+    if mode == "sequential":
         return pairing.sequential_pairs(image_ids, options.sequential_window)
     retrieved = pairing.retrieval_pairs(features, options.retrieval_k, rng=options.seed)
     sequential = pairing.sequential_pairs(image_ids, min(options.sequential_window, 3))
@@ -444,17 +464,35 @@ def _run_calibration(cameras, camera_of_image, verified, features, paths, config
     return result.cameras, result.two_view_geometries, result.report
 
 
-def _run_mapping(cameras, images, verified, config, progress_factory):
+def _run_mapping(cameras, images, verified, config, progress_factory, runner=None):
     from geomvision.sfm.incremental import incremental_mapping
 
-    init_reconstruction = None
-    if config.pipeline.init == "factorization":
-        init_reconstruction = _factorization_init(cameras, images, verified, config)
+    if config.pipeline.mapper == "global":
+        return _run_global_mapping(cameras, images, verified, config, progress_factory)
     mapper_options = config.mapper
     if config.pipeline.intrinsics is not None:  # known calibration: the mapper must never refine it
         from dataclasses import replace
 
         mapper_options = replace(mapper_options, fixed_camera_ids=tuple(sorted(cameras)))
+    if config.partition.cluster_size_for(len(images)):  # large scenes: cluster by cluster, then merge
+        from geomvision.sfm.partitioned_mapping import PartitionedMappingOptions, partitioned_mapping
+
+        options = PartitionedMappingOptions(
+            partition=config.partition, mapper=mapper_options, merge=config.merge
+        )
+        with progress_factory("mapping") as progress:
+            return partitioned_mapping(
+                cameras,
+                images,
+                verified,
+                options,
+                map_fn=runner.map_function("mapping") if runner is not None else None,
+                rng=config.pipeline.seed,
+                progress=progress,
+            )
+    init_reconstruction = None
+    if config.pipeline.init == "factorization":
+        init_reconstruction = _factorization_init(cameras, images, verified, config)
     with progress_factory("mapping") as progress:
         return incremental_mapping(
             cameras,
@@ -465,6 +503,18 @@ def _run_mapping(cameras, images, verified, config, progress_factory):
             rng=config.pipeline.seed,
             progress=progress,
         )
+
+
+def _run_global_mapping(cameras, images, verified, config, progress_factory):
+    from dataclasses import replace
+
+    from geomvision.sfm.global_mapper import global_mapping
+
+    options = config.global_mapper
+    if config.pipeline.intrinsics is not None:  # known calibration: the mapper must never refine it
+        options = replace(options, fixed_camera_ids=tuple(sorted(cameras)))
+    with progress_factory("mapping") as progress:
+        return global_mapping(cameras, images, verified, options, rng=config.pipeline.seed, progress=progress)
 
 
 def _run_pose_prior(reconstructions, cameras, images, paths, matches, config) -> dict[str, Any]:

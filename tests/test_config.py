@@ -96,3 +96,30 @@ def test_bad_toml_file(tmp_path):
         load_config(tmp_path / "missing.toml")
     with pytest.raises(InputError, match="is a folder"):
         load_config(tmp_path)
+
+
+def test_auto_pairing_is_exhaustive_for_small_sets_and_retrieval_above():
+    import numpy as np
+
+    from geomvision.pipeline import resolve_pairing, select_pairs
+    from geomvision.scene.types import Features
+
+    config = ReconstructionConfig()
+    assert config.pipeline.pairing == "auto"
+    limit = config.pipeline.auto_exhaustive_max_images
+    assert resolve_pairing(limit, config.pipeline) == "exhaustive"
+    assert resolve_pairing(limit + 1, config.pipeline) == "retrieval"
+    fixed = config.with_changes(pipeline={"pairing": "sequential"})
+    assert resolve_pairing(10_000, fixed.pipeline) == "sequential"
+    rng = np.random.default_rng(0)
+    features = {
+        i: Features(rng.uniform(0, 100, (60, 2)), rng.random((60, 128), dtype=np.float32))
+        for i in range(1, 81)
+    }
+    small = config.with_changes(pipeline={"auto_exhaustive_max_images": 80})
+    assert len(select_pairs(list(features), features, small)) == 80 * 79 // 2
+    pairs = select_pairs(list(features), features, config)  # 80 > 50: retrieval + 3 sequential neighbours
+    assert len(pairs) < 80 * (config.pipeline.retrieval_k + 3)
+    assert all((i, i + 1) in set(pairs) for i in range(1, 80))
+    with pytest.raises(InputError, match="auto_exhaustive_max_images must be >= 2, got 1"):
+        config.with_changes(pipeline={"auto_exhaustive_max_images": 1})

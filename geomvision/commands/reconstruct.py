@@ -41,7 +41,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "per size; without it, images of another size are an error",
     )
     parser.add_argument("--init", choices=("two-view", "factorization"), help="initialiser")
-    parser.add_argument("--pairing", choices=("exhaustive", "sequential", "retrieval"), help="pair selection")
+    parser.add_argument(
+        "--mapper", choices=("incremental", "global"), help="mapper: incremental (default) or global"
+    )
+    parser.add_argument(
+        "--pairing",
+        choices=("auto", "exhaustive", "sequential", "retrieval"),
+        help="pair selection (default auto: exhaustive up to 50 images, retrieval above)",
+    )
     parser.add_argument(
         "--workers",
         type=int,
@@ -68,6 +75,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, help="random seed (same seed, same result)")
     parser.add_argument("--max-features", type=int, help="maximum features per image")
     parser.add_argument("--max-image-size", type=int, help="downscale images larger than this (px)")
+    parser.add_argument(
+        "--max-cluster-images",
+        type=int,
+        metavar="N",
+        help="map clusters of at most N images and merge them (0 = one piece; default: partition only "
+        "above 500 images)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument(
         "--strict",
@@ -127,6 +141,7 @@ def build_config(args: argparse.Namespace):
         pipeline["pose_prior_checkpoint"] = args.pose_prior
     for arg, key in (
         ("init", "init"),
+        ("mapper", "mapper"),
         ("pairing", "pairing"),
         ("workers", "num_workers"),
         ("seed", "seed"),
@@ -149,19 +164,20 @@ def build_config(args: argparse.Namespace):
         extraction["max_image_size_px"] = args.max_image_size
     if extraction:
         changes["extraction"] = extraction
+    if args.max_cluster_images is not None:
+        changes["partition"] = {"max_cluster_images": args.max_cluster_images}
     return config.with_changes(**changes) if changes else config
 
 
 def registered_summary(report: dict) -> str:
-    """``registered 45/47 images in 4 models (19, 12, 8, 6); largest model (sparse/0):`` (or ``... in 1 model,``)."""
+    """``registered 45/47 images in 4 models (19, 12, 8, 6); sparse/0:`` (or ``... in 1 model,``)."""
     models = report.get("models") or []
     if len(models) <= 1:
         return f"registered {report['num_registered']}/{report['num_images']} images in 1 model,"
     total = report.get("num_registered_all_models", sum(m["num_registered"] for m in models))
     sizes = ", ".join(str(m["num_registered"]) for m in models)
     return (
-        f"registered {total}/{report['num_images']} images in {len(models)} models ({sizes}); "
-        "largest model (sparse/0):"
+        f"registered {total}/{report['num_images']} images in {len(models)} models ({sizes}); model sparse/0:"
     )
 
 
@@ -196,6 +212,14 @@ def run(args: argparse.Namespace) -> int:
         f"{t['total']:.1f} s (features {t['features']:.1f}, matching {t['matching']:.1f}, "
         f"verification {t['verification']:.1f}, mapping {t['mapping']:.1f})"
     )
+    if report.get("models"):  # one line on trust: a wrong model must not pass as a success
+        first, trusted = report["models"][0], sum(bool(m.get("trusted")) for m in report["models"])
+        verdict = (
+            "trusted"
+            if first.get("trusted")
+            else "NOT trusted (" + "; ".join(first.get("trust_reasons", [])) + ")"
+        )
+        print(f"model sparse/0 is {verdict}; {trusted} of {report['num_models']} model(s) trusted")
     if "pose_prior" in report:  # say plainly which registrations are learned guesses, not PnP
         placed = report["pose_prior"]["num_registered_by_prior"]
         print(f"{placed} of the registered images placed by the learned pose prior only (no points)")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from geomvision.errors import InputError
 
@@ -124,12 +125,13 @@ def image_problem(path: str | os.PathLike) -> str | None:
         return "macOS resource fork (AppleDouble '._' file), not an image"
     if _looks_truncated(data):
         return "truncated (no end-of-image marker)"
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(io.BytesIO(data)) as im:
-            im.draft("L", (max(1, im.width // 8), max(1, im.height // 8)))
-            im.load()
+            if data.startswith(_PNG_MAGIC):  # chunk CRCs, without inflating the pixels (~10x faster)
+                im.verify()
+            else:  # JPEG: decoded at 1/8 scale (DCT scaling); other formats in full
+                im.draft("L", (max(1, im.width // 8), max(1, im.height // 8)))
+                im.load()
         return None
     except UnidentifiedImageError:
         if data.startswith((_JPEG_MAGIC, _PNG_MAGIC)):  # formats PIL always reads: really corrupt

@@ -57,6 +57,7 @@ class AdjustStats:
     num_observations: int
     initial_cost: float = float("nan")
     final_cost: float = float("nan")
+    iterations: int = 0
     success: bool = True
     reason: str = ""
 
@@ -69,6 +70,7 @@ def adjust_bundle(
     refine_camera_ids: set[int] = frozenset(),
     fixed_image_ids: set[int] = frozenset(),
     point_tracks: np.ndarray | None = None,
+    fix_rotations: bool = False,
 ) -> AdjustStats:
     """Bundle-adjust the poses of ``free_image_ids`` and the points they see; updates ``state`` in place.
 
@@ -79,6 +81,8 @@ def adjust_bundle(
         refine_camera_ids: cameras whose focal (and extra params, if enabled) are optimised.
         fixed_image_ids: images held constant even if listed as free (e.g. the gauge image).
         point_tracks: points to optimise; default every point observed by a free image.
+        fix_rotations: hold every rotation and optimise only translations (and points): the first
+            bundle adjustment of the global mapper, whose rotations come from rotation averaging.
 
     Returns:
         AdjustStats with the problem size and costs.
@@ -123,6 +127,8 @@ def adjust_bundle(
         pose_free[image_index[i]] = False
     if len(constant) < 2:
         _fix_gauge(state, images, image_index, pose_free, constant)
+    if fix_rotations:
+        pose_free[:, :3] = False
 
     track_index = (
         np.searchsorted(tracks, state.table.obs_track[rows]) if np.all(np.diff(tracks) > 0) else None
@@ -156,6 +162,7 @@ def adjust_bundle(
     )
     out = adjust_problem(problem, ba_options)
     stats.initial_cost, stats.final_cost = out.initial_cost, out.final_cost
+    stats.iterations = out.iterations
     stats.success, stats.reason = out.success, out.reason
     if not np.isfinite(out.final_cost):
         logger.warning("bundle adjustment diverged (%s); keeping the previous model", out.reason)

@@ -22,7 +22,6 @@ unknowns) and plausible (below ``max_shift`` of the image size).
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from dataclasses import dataclass, field, replace
@@ -102,18 +101,9 @@ def _principal_points(rec: Reconstruction) -> dict[int, np.ndarray]:
     return {c: np.array(cam.principal_point) for c, cam in rec.cameras.items()}
 
 
-def _point_subset(rec: Reconstruction, max_points: int, rng: np.random.Generator) -> Reconstruction:
-    """A copy of ``rec`` keeping at most ``max_points`` random 3D points (``rec`` itself if it has fewer)."""
-    ids = np.array(sorted(rec.points3D))
-    if len(ids) <= max_points:
-        return rec
-    sub = copy.deepcopy(rec)
-    for pid in np.setdiff1d(ids, rng.choice(ids, size=max_points, replace=False)).tolist():
-        sub.delete_point3D(int(pid))
-    return sub
-
-
-def principal_point_std_px(rec: Reconstruction) -> dict[int, np.ndarray]:
+def principal_point_std_px(
+    rec: Reconstruction, *, max_points: int | None = None, rng: np.random.Generator | int | None = None
+) -> dict[int, np.ndarray]:
     """Marginal standard deviation (px) of each camera's principal point under the model ``rec``.
 
     Gauss-Newton covariance of bundle adjustment with poses, focal, distortion and principal point free:
@@ -121,11 +111,32 @@ def principal_point_std_px(rec: Reconstruction) -> dict[int, np.ndarray]:
     pseudo-inverted (the 7-dof similarity gauge lies in its null space and does not move intrinsics)
     and scaled by the residual variance.
 
+    Args:
+        rec: the model.
+        max_points: use a random subset of at most this many points and scale the deviation by
+            ``sqrt(subset / all)`` (the information grows with the number of points); None: all.
+        rng: seed of the subset.
+
     Returns:
         camera_id -> (2,) standard deviations of (cx, cy); inf where the matrix is singular there.
     """
     options = BundleAdjustmentOptions(refine_principal_point=True, gauge="none")
     problem, ids = problem_from_reconstruction(rec, options)
+    scale = 1.0
+    num_points = len(problem.points)
+    if max_points is not None and num_points > max_points:
+        chosen = np.sort(np.random.default_rng(rng).choice(num_points, size=max_points, replace=False))
+        keep = np.isin(problem.obs_point, chosen)
+        problem = replace(
+            problem,
+            points=problem.points[chosen],
+            obs_image=problem.obs_image[keep],
+            obs_point=np.searchsorted(chosen, problem.obs_point[keep]),
+            obs_px=problem.obs_px[keep],
+            point_free=problem.point_free[chosen],
+            _layout=None,
+        )
+        scale = float(np.sqrt(max_points / num_points))
     lay = problem.layout
     ev = evaluate(problem, "linear", 1.0, jacobians=True)
     m, n = problem.num_observations, lay.n_free_points
@@ -160,7 +171,7 @@ def principal_point_std_px(rec: Reconstruction) -> dict[int, np.ndarray]:
     for g, c in enumerate(ids["camera_ids"]):
         idx = lay.intr_cols[g, list(PRINCIPAL_POINT_INDICES[problem.camera_models[g]])]
         variance = np.diag(covariance)[idx]
-        out[int(c)] = np.where(variance > 0, sigma * np.sqrt(np.abs(variance)), np.inf)
+        out[int(c)] = np.where(variance > 0, scale * sigma * np.sqrt(np.abs(variance)), np.inf)
     return out
 
 
@@ -199,9 +210,7 @@ def refine_principal_point(
     if reconstruction.num_registered < options.min_registered_images:
         result.reason = f"{reconstruction.num_registered} registered images < {options.min_registered_images}"
         return done()
-    subset = _point_subset(reconstruction, options.max_points, rng)
-    scale = np.sqrt(len(subset.points3D) / max(1, len(reconstruction.points3D)))
-    std = {c: s * scale for c, s in principal_point_std_px(subset).items()}
+    std = principal_point_std_px(reconstruction, max_points=options.max_points, rng=rng)
     result.std_px_by_camera = {c: (float(s[0]), float(s[1])) for c, s in std.items()}
     worst = max(std, key=lambda c: np.max(std[c]) / reconstruction.cameras[c].focal_xy[0])
     worst_deg = float(np.degrees(np.max(std[worst]) / reconstruction.cameras[worst].focal_xy[0]))
@@ -210,9 +219,9 @@ def refine_principal_point(
         return done()
     start = _principal_points(reconstruction)
     ba = replace(options.ba, refine_principal_point=True, intrinsics="shared")
-    estimate = copy.deepcopy(reconstruction)
-    out = bundle_adjust(estimate, ba)
-    refined = _principal_points(estimate)
+    saved = _snapshot(reconstruction)  # cheaper than a deep copy: BA changes only these
+    out = bundle_adjust(reconstruction, ba)
+    refined = _principal_points(reconstruction)
     shifts = {c: refined[c] - start[c] for c in std}
     result.shift_px_by_camera = {c: (float(s[0]), float(s[1])) for c, s in shifts.items()}
     significance = max(float(np.max(np.abs(shifts[c]) / std[c])) for c in std)
@@ -229,5 +238,24 @@ def refine_principal_point(
         result.reason = f"implausible shift of {worst_shift:.3f} x the image size (> {options.max_shift})"
     else:
         result.success = True
-        reconstruction.__dict__.update(estimate.__dict__)  # the caller's object holds the refined model
+    if not result.success:
+        _restore(reconstruction, saved)
     return done()
+
+
+def _snapshot(rec: Reconstruction) -> tuple:
+    return (
+        {c: cam.params.copy() for c, cam in rec.cameras.items()},
+        {i: v.cam_from_world for i, v in rec.views.items()},
+        {p: (pt.xyz.copy(), pt.error) for p, pt in rec.points3D.items()},
+    )
+
+
+def _restore(rec: Reconstruction, saved: tuple) -> None:
+    params, poses, points = saved
+    for c, value in params.items():
+        rec.cameras[c].params = value
+    for i, pose in poses.items():
+        rec.views[i].cam_from_world = pose
+    for p, (xyz, error) in points.items():
+        rec.points3D[p].xyz, rec.points3D[p].error = xyz, error

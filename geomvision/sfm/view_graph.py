@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -301,4 +302,6 @@ def draw_view_graph(graph: nx.Graph, path_png: str | os.PathLike, *, title: str 
     ax.set_axis_off()
     path_png = Path(path_png)
     with atomic_path(path_png, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", bbox_inches="tight")
+        with warnings.catch_warnings():  # a file name in a script the font lacks: boxes, not a warning
+            warnings.filterwarnings("ignore", message="Glyph .* missing from font")
+            fig.savefig(tmp, format="png", bbox_inches="tight")

@@ -12,6 +12,7 @@ import io
 import logging
 import math
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +64,9 @@ def _figure_png(fig) -> bytes:
 
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    with warnings.catch_warnings():  # a file name in a script the font lacks: boxes, not a warning
+        warnings.filterwarnings("ignore", message="Glyph .* missing from font")
+        fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     return buf.getvalue()
 
 
@@ -252,6 +255,9 @@ def verdict(report: dict, rec: Reconstruction) -> tuple[str, str]:
         parts.append(f"{float(seconds):.1f} s")
     ok = registered == total_images and len(models) == 1
     css = "ok" if ok else ("warn" if registered >= 0.5 * total_images else "bad")
+    if models[0].get("trusted") is False:  # sfm.trust judged the shown model wrong
+        css = "bad"
+        parts.append("model NOT trusted (see warnings)")
     return css, " · ".join(parts)
 
 
@@ -265,8 +271,12 @@ def _warnings(report: dict, rows: list[dict]) -> list[str]:
     if len(models) > 1:
         items.append(
             f"{len(models)} separate models (sparse/0..{len(models) - 1}); their relative scale and position "
-            "are unknown. This report shows the largest one"
+            "are unknown. This report shows sparse/0"
         )
+    for index, model in enumerate(models):  # the trust verdict of sfm.trust, when the run made one
+        if model.get("trusted") is False:
+            reasons = "; ".join(model.get("trust_reasons") or []) or "no reason recorded"
+            items.append(f"model sparse/{index} is NOT trusted: {reasons}")
     unregistered = [r["name"] for r in rows if not r["registered"]]
     if unregistered:
         items.append(f"{len(unregistered)} image(s) not in this model: {', '.join(unregistered[:20])}")

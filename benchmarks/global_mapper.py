@@ -1,0 +1,238 @@
+"""Global vs incremental mapping: geomvision's two mappers against pycolmap's (GLOMAP and COLMAP).
+
+For each dataset and intrinsics mode (unknown: every tool estimates the focal length; known: every tool
+gets the ground-truth pinhole K), four rows:
+
+* geomvision global: ``run_pipeline`` with ``pipeline.mapper = "global"``;
+* geomvision incremental: the same pipeline with the incremental mapper — features, matches and verified
+  pairs come from the pipeline's cache (OUT/cache), so both mappers see exactly the same verified pairs;
+* pycolmap global (``pycolmap.global_mapping``, GLOMAP) and pycolmap incremental
+  (``pycolmap.incremental_mapping``) on one pycolmap database: pycolmap runs its own SIFT and exhaustive
+  matching (so the two pycolmap rows share features and pairs, which differ from ours).
+
+Scores come from ``geomvision.evaluation.evaluate_reconstruction`` (the numbers of ``geomvision
+evaluate``): AUC@T of the pairwise relative pose error (max of rotation and translation-direction error;
+unregistered images count 180 deg). "mapping s" is the mapping stage alone (ours: ``timings_s.mapping``
+of report.json; pycolmap: the ``*_mapping`` call). Datasets run one at a time; the load average is
+recorded beside each row because the machine is shared.
+
+Usage::
+
+    python benchmarks/global_mapper.py --datasets temple,fountain --modes known,unknown --keep /tmp/gm
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import reconstruct as common  # noqa: E402 (the datasets, ground truth and scoring of the other benchmark)
+
+RESULTS = common.RESULTS
+DATASETS = dict(common.DATASETS)
+DATASETS["dtu37"] = common.Dataset("dtu37", "dtu_scan37", "images", "dtu_scan37_par.txt")
+
+
+def run_ours(image_dir: Path, out: Path, intrinsics, mapper: str, seed: int = 0):
+    from geomvision.config import ReconstructionConfig
+    from geomvision.pipeline import run_pipeline
+
+    config = ReconstructionConfig().with_changes(
+        pipeline={
+            "intrinsics": intrinsics,
+            "mapper": mapper,
+            "seed": seed,
+            "num_workers": 2,
+            "html_report": False,
+        }
+    )
+    t = time.perf_counter()
+    try:
+        result = run_pipeline(image_dir, out, config)
+    except Exception as exc:  # a failed run is a result too
+        return None, {"error": f"{type(exc).__name__}: {exc}", "total": time.perf_counter() - t}, {}
+    return result.reconstruction, result.report["timings_s"], result.report["mapping"]
+
+
+def run_pycolmap(image_dir: Path, work: Path, intrinsics) -> dict[str, tuple]:
+    """pycolmap SIFT + exhaustive matching once, then both mappers on that database."""
+    import pycolmap
+
+    from geomvision.io.colmap import read_model
+
+    work.mkdir(parents=True, exist_ok=True)
+    db = work / "database.db"
+    timings: dict[str, float] = {}
+    if not db.exists():
+        reader = pycolmap.ImageReaderOptions()
+        if intrinsics is not None:
+            reader.camera_model = "PINHOLE"
+            reader.camera_params = ",".join(f"{v:.6f}" for v in intrinsics)
+        extraction = pycolmap.FeatureExtractionOptions()
+        extraction.num_threads = 2
+        extraction.use_gpu = False
+        matching = pycolmap.FeatureMatchingOptions()
+        matching.num_threads = 2
+        matching.use_gpu = False
+        t = time.perf_counter()
+        pycolmap.extract_features(
+            db,
+            image_dir,
+            camera_mode=pycolmap.CameraMode.SINGLE,
+            reader_options=reader,
+            extraction_options=extraction,
+            device=pycolmap.Device.cpu,
+        )
+        pycolmap.match_exhaustive(db, matching_options=matching, device=pycolmap.Device.cpu)
+        timings["features+matching"] = time.perf_counter() - t
+    out: dict[str, tuple] = {}
+    for kind in ("global", "incremental"):
+        sparse = work / f"sparse_{kind}"
+        shutil.rmtree(sparse, ignore_errors=True)
+        sparse.mkdir(parents=True)
+        if kind == "global":
+            options = pycolmap.GlobalPipelineOptions()
+            options.num_threads = 2
+            options.random_seed = 0
+            if intrinsics is not None:
+                options.mapper.bundle_adjustment.refine_focal_length = False
+                options.mapper.bundle_adjustment.refine_extra_params = False
+                options.mapper.bundle_adjustment.refine_principal_point = False
+            t = time.perf_counter()
+            maps = pycolmap.global_mapping(db, image_dir, sparse, options=options)
+        else:
+            options = pycolmap.IncrementalPipelineOptions()
+            options.num_threads = 2
+            options.random_seed = 0
+            if intrinsics is not None:
+                options.ba_refine_focal_length = False
+                options.ba_refine_extra_params = False
+                options.ba_refine_principal_point = False
+            t = time.perf_counter()
+            maps = pycolmap.incremental_mapping(db, image_dir, sparse, options=options)
+        mapping_s = time.perf_counter() - t
+        rec = None
+        if maps:
+            best = max(maps.values(), key=lambda r: r.num_reg_images())
+            text_dir = work / f"best_{kind}"
+            text_dir.mkdir(exist_ok=True)
+            best.write_text(str(text_dir))
+            rec = read_model(text_dir)
+        out[kind] = (rec, {"mapping": mapping_s, **timings})
+    return out
+
+
+def _load() -> float:
+    return os.getloadavg()[0]
+
+
+def compare(datasets: list[str], modes: list[str], work: Path, tools: set[str]) -> list[dict]:
+    rows = []
+    for key in datasets:
+        ds = DATASETS[key]
+        image_dir = common.SHARED / ds.folder / ds.images
+        names = [p.name for p in common.image_paths(image_dir)]
+        gt = common.load_gt(ds, names, image_dir)
+        for mode in modes:
+            intr = common.known_intrinsics(gt) if mode == "known" else None
+            results: dict[str, dict] = {}
+            out = work / f"gv_{key}_{mode}"
+            # Incremental first: it fills the feature/match/verification cache the global run reuses.
+            for mapper in ("incremental", "global"):
+                if f"ours_{mapper}" not in tools:
+                    continue
+                load = _load()
+                rec, timings, report = run_ours(image_dir, out, intr, mapper)
+                results[f"geomvision {mapper}"] = {
+                    **common._brief(common.score(rec, gt)),
+                    "mapping_s": timings.get("mapping", float("nan")),
+                    "timings_s": timings,
+                    "mapper_timings_s": report.get("timings_s", {}),
+                    "load": load,
+                }
+            if "pycolmap" in tools:
+                load = _load()
+                for kind, (rec, timings) in run_pycolmap(
+                    image_dir, work / f"colmap_{key}_{mode}", intr
+                ).items():
+                    results[f"pycolmap {kind}"] = {
+                        **common._brief(common.score(rec, gt)),
+                        "mapping_s": timings["mapping"],
+                        "timings_s": timings,
+                        "load": load,
+                    }
+            row = {"dataset": key, "intrinsics": mode, "images": len(names), "results": results}
+            rows.append(row)
+            print(json.dumps(row, default=str), flush=True)
+    return rows
+
+
+def write_markdown(rows: list[dict], path: Path) -> None:
+    lines = [
+        "# Global vs incremental mapping: geomvision vs pycolmap (GLOMAP / COLMAP)",
+        "",
+        f"Run {date.today().isoformat()} on {platform.machine()} ({os.cpu_count()} cores, shared with other "
+        "jobs: the load average at the start of each run is in the last column); 2 threads/workers per tool. "
+        "Our two mappers share features, matches and verified pairs (pipeline cache); the two pycolmap "
+        "mappers share pycolmap's own SIFT database. AUC of the pairwise relative pose error via "
+        "`geomvision.evaluation` (unregistered = 180 deg). *mapping s* = mapping stage only.",
+        "",
+        "| dataset | K | images | mapper | registered | AUC@1 | AUC@2 | AUC@5 | mean reproj px | mapping s | "
+        "load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        for tool, s in r["results"].items():
+            lines.append(
+                f"| {r['dataset']} | {r['intrinsics']} | {r['images']} | {tool} | {s['num_registered']} | "
+                f"{_f(s['auc@1'])} | {_f(s['auc@2'])} | {_f(s['auc@5'])} | "
+                f"{_f(s['mean_reprojection_error_px'])} | {_f(s['mapping_s'], 2)} | {s['load']:.1f} |"
+            )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _f(v, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return "–"
+    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--datasets", default="fountain,temple,entry,castle,dtu37")
+    parser.add_argument("--modes", default="unknown,known")
+    parser.add_argument("--tools", default="ours_incremental,ours_global,pycolmap")
+    parser.add_argument("--keep", help="keep work folders (and caches) here")
+    parser.add_argument("--output", default=str(RESULTS / "global_mapper.md"))
+    args = parser.parse_args()
+    if not common.SHARED.is_dir():
+        print(f"shared datasets not found at {common.SHARED}", file=sys.stderr)
+        return 2
+    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="gv_global_"))
+    try:
+        rows = compare(args.datasets.split(","), args.modes.split(","), work, set(args.tools.split(",")))
+        write_markdown(rows, Path(args.output))
+        Path(args.output).with_suffix(".json").write_text(json.dumps(rows, indent=1, default=str))
+        print(f"wrote {args.output}")
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

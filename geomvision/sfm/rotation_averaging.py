@@ -1,0 +1,257 @@
+"""Rotation averaging on the view graph: one absolute rotation per image from the verified pairs' rotations.
+
+The stage of a global mapper (GLOMAP: Pan et al., "Global Structure-from-Motion Revisited", ECCV 2024;
+Chatterjee & Govindu, ICCV 2013 / TPAMI 2018):
+
+1. the view graph of pairs with a relative pose (:func:`geomvision.sfm.view_graph.build_view_graph`);
+2. per connected component (largest first): rotations chained along the maximum spanning tree weighted
+   by inlier counts (the strongest pairs first, so outlier pairs rarely enter the initial guess);
+3. robust refinement on all pairs (:func:`geomvision.geometry.rotation_averaging.irls_rotation_averaging`):
+   an L1 phase, then Geman-McClure IRLS;
+4. pairs whose rotation residual exceeds ``max_residual_deg`` are dropped; the surviving graph is split
+   into connected components again, and each component of ``min_component_size`` or more images gives one
+   solution (rotations in that component's own gauge).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import networkx as nx
+import numpy as np
+
+from geomvision.errors import InputError
+from geomvision.geometry.rotation_averaging import (
+    irls_rotation_averaging,
+    relative_rotation_residuals_rad,
+    rotations_from_spanning_tree,
+)
+from geomvision.scene import TwoViewGeometry
+from geomvision.sfm.view_graph import build_view_graph, connected_components, maximum_spanning_tree
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["RotationAveragingOptions", "RotationAveragingResult", "RotationComponent", "average_rotations"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class RotationAveragingOptions:
+    """Options of :func:`average_rotations`.
+
+    Attributes:
+        min_num_inliers: pairs with fewer verified inliers are left out of the graph.
+        l1_iterations: iterations of the L1 phase (robust to many outlier pairs; 0 skips it).
+        irls_iterations: iteration cap of the Geman-McClure phase.
+        loss_scale_deg: Geman-McClure scale: residuals well beyond it get little weight.
+        weight_by_inliers: weight each pair by the square root of its inlier count (else all pairs equal).
+        max_residual_deg: pairs whose rotation residual after refinement exceeds this are dropped.
+        min_component_size: components with fewer images give no solution.
+    """
+
+    min_num_inliers: int = 15
+    l1_iterations: int = 10
+    irls_iterations: int = 50
+    loss_scale_deg: float = 5.0
+    weight_by_inliers: bool = False
+    max_residual_deg: float = 5.0
+    min_component_size: int = 2
+
+    def __post_init__(self) -> None:
+        if self.min_num_inliers < 1:
+            raise InputError(f"min_num_inliers must be >= 1, got {self.min_num_inliers}")
+        if self.l1_iterations < 0 or self.irls_iterations < 0:
+            raise InputError(
+                f"iteration counts must be >= 0, got l1_iterations={self.l1_iterations}, "
+                f"irls_iterations={self.irls_iterations}"
+            )
+        for name in ("loss_scale_deg", "max_residual_deg"):
+            if not 0 < getattr(self, name) <= 180:
+                raise InputError(f"{name} must be in (0, 180], got {getattr(self, name)}")
+        if self.min_component_size < 2:
+            raise InputError(f"min_component_size must be >= 2, got {self.min_component_size}")
+
+
+@dataclass
+class RotationComponent:
+    """One connected set of images with rotations in a common (arbitrary) world frame.
+
+    Attributes:
+        rotations: image_id -> (3, 3) ``cam_from_world`` rotation.
+        pairs: the pairs (i, j), i < j, kept inside this component (residual within the threshold).
+        residuals_deg: (i, j) -> rotation residual of each kept pair, degrees.
+    """
+
+    rotations: dict[int, np.ndarray]
+    pairs: list[tuple[int, int]]
+    residuals_deg: dict[tuple[int, int], float]
+
+    @property
+    def image_ids(self) -> list[int]:
+        return sorted(self.rotations)
+
+
+@dataclass
+class RotationAveragingResult:
+    """Outcome of :func:`average_rotations`.
+
+    Attributes:
+        success: at least one component was solved.
+        reason: why not, when ``success`` is False.
+        components: solutions, largest (most images) first.
+        dropped_pairs: pairs removed for a residual above ``max_residual_deg``.
+        report: counts, residual statistics, iterations and timings (JSON-serialisable).
+    """
+
+    success: bool
+    reason: str = ""
+    components: list[RotationComponent] = field(default_factory=list)
+    dropped_pairs: list[tuple[int, int]] = field(default_factory=list)
+    report: dict = field(default_factory=dict)
+
+
+def _relative_rotation(graph: nx.Graph, i: int, j: int) -> np.ndarray:
+    """``cam_j_from_cam_i`` rotation of edge (i, j), i < j."""
+    data = graph.edges[i, j]
+    rotation = data["cam2_from_cam1"].rotation
+    return rotation if data["image_i"] == i else rotation.T
+
+
+def _solve_component(
+    graph: nx.Graph, nodes: set[int], options: RotationAveragingOptions
+) -> tuple[dict[int, np.ndarray], dict[tuple[int, int], float], dict]:
+    """Rotations of one connected component and the residual of each of its pairs."""
+    sub = graph.subgraph(nodes)
+    ids = sorted(nodes)
+    index = {image_id: k for k, image_id in enumerate(ids)}
+    pairs = sorted((min(u, v), max(u, v)) for u, v in sub.edges)
+    edges = np.array([(index[i], index[j]) for i, j in pairs], dtype=np.int64).reshape(-1, 2)
+    relative = np.stack([_relative_rotation(sub, i, j) for i, j in pairs]) if pairs else np.zeros((0, 3, 3))
+    weights = np.array([sub.edges[p]["weight"] for p in pairs], dtype=np.float64)
+    # Root: the best-connected image (most inliers over its pairs), a stable anchor for the gauge.
+    root = max(ids, key=lambda n: (sub.degree(n, weight="weight"), -n))
+    tree = maximum_spanning_tree(sub)
+    tree_pairs = sorted((min(u, v), max(u, v)) for u, v in tree.edges)
+    tree_edges = np.array([(index[i], index[j]) for i, j in tree_pairs], dtype=np.int64).reshape(-1, 2)
+    tree_relative = (
+        np.stack([_relative_rotation(sub, i, j) for i, j in tree_pairs])
+        if tree_pairs
+        else np.zeros((0, 3, 3))
+    )
+    rotations = rotations_from_spanning_tree(len(ids), tree_edges, tree_relative, root=index[root])
+    prior = np.sqrt(weights) if options.weight_by_inliers else None
+    scale = np.deg2rad(options.loss_scale_deg)
+    rotations, l1_iterations = irls_rotation_averaging(
+        rotations,
+        edges,
+        relative,
+        edge_weights=prior,
+        fixed=index[root],
+        loss="l1",
+        loss_scale_rad=scale,
+        max_iterations=options.l1_iterations,
+    )
+    rotations, irls_iterations = irls_rotation_averaging(
+        rotations,
+        edges,
+        relative,
+        edge_weights=prior,
+        fixed=index[root],
+        loss="geman_mcclure",
+        loss_scale_rad=scale,
+        max_iterations=options.irls_iterations,
+    )
+    residuals = np.degrees(relative_rotation_residuals_rad(rotations, edges, relative))
+    stats = {"l1_iterations": l1_iterations, "irls_iterations": irls_iterations}
+    return (
+        {image_id: rotations[index[image_id]] for image_id in ids},
+        dict(zip(pairs, residuals.tolist(), strict=True)),
+        stats,
+    )
+
+
+def average_rotations(
+    two_view_geometries: Mapping[tuple[int, int], TwoViewGeometry],
+    options: RotationAveragingOptions | None = None,
+    *,
+    rng: np.random.Generator | int | None = None,
+    progress=None,
+) -> RotationAveragingResult:
+    """Absolute rotations of the images from the relative rotations of the verified pairs.
+
+    Args:
+        two_view_geometries: (i, j) -> verified pair; only successful pairs with a relative pose
+            (``cam2_from_cam1``) and at least ``options.min_num_inliers`` inliers take part.
+        options: stage options.
+        rng: unused (the stage is deterministic); accepted for the common stage signature.
+        progress: unused; accepted for the common stage signature.
+
+    Returns:
+        RotationAveragingResult with one solution per connected component (largest first).
+    """
+    del rng, progress  # deterministic and fast: nothing to seed or report
+    options = options or RotationAveragingOptions()
+    t0 = time.perf_counter()
+    posed = {
+        pair: g
+        for pair, g in two_view_geometries.items()
+        if g.success and g.config != "rejected" and g.cam2_from_cam1 is not None
+    }
+    graph = build_view_graph(posed, min_inliers=options.min_num_inliers)
+    graph.remove_nodes_from([n for n in list(graph.nodes) if graph.degree(n) == 0])
+    report: dict = {"num_pairs_in": len(posed), "num_pairs_used": graph.number_of_edges()}
+    all_residuals: dict[tuple[int, int], float] = {}
+    solutions: list[tuple[dict[int, np.ndarray], dict[tuple[int, int], float]]] = []
+    iterations = {"l1_iterations": 0, "irls_iterations": 0}
+    for nodes in connected_components(graph):
+        if len(nodes) < options.min_component_size:
+            continue
+        rotations, residuals, stats = _solve_component(graph, nodes, options)
+        for key in iterations:
+            iterations[key] = max(iterations[key], stats[key])
+        all_residuals.update(residuals)
+        solutions.append((rotations, residuals))
+    dropped = sorted(p for p, r in all_residuals.items() if r > options.max_residual_deg)
+    kept_graph = nx.Graph()
+    kept_graph.add_edges_from(p for p, r in all_residuals.items() if r <= options.max_residual_deg)
+    components: list[RotationComponent] = []
+    for rotations, residuals in solutions:
+        inside = kept_graph.subgraph(list(rotations)).copy()
+        inside.remove_nodes_from([n for n in list(inside.nodes) if inside.degree(n) == 0])
+        for nodes in connected_components(inside):
+            if len(nodes) < options.min_component_size:
+                continue
+            pairs = sorted((min(u, v), max(u, v)) for u, v in inside.subgraph(nodes).edges)
+            components.append(
+                RotationComponent(
+                    {i: rotations[i] for i in sorted(nodes)}, pairs, {p: residuals[p] for p in pairs}
+                )
+            )
+    components.sort(key=lambda c: (-len(c.rotations), min(c.rotations)))
+    kept = np.array([r for p, r in all_residuals.items() if r <= options.max_residual_deg])
+    report.update(
+        {
+            "num_components": len(components),
+            "component_sizes": [len(c.rotations) for c in components],
+            "num_pairs_dropped": len(dropped),
+            "residual_deg_median": float(np.median(kept)) if kept.size else float("nan"),
+            "residual_deg_p90": float(np.percentile(kept, 90)) if kept.size else float("nan"),
+            **iterations,
+            "time_s": round(time.perf_counter() - t0, 4),
+        }
+    )
+    logger.info(
+        "rotation averaging: %d pairs, %d dropped (> %.1f deg), %d component(s) %s",
+        report["num_pairs_used"],
+        len(dropped),
+        options.max_residual_deg,
+        len(components),
+        report["component_sizes"],
+    )
+    if not components:
+        return RotationAveragingResult(
+            False, "no connected set of 2+ images with consistent rotations", [], dropped, report
+        )
+    return RotationAveragingResult(True, "", components, dropped, report)

@@ -1,0 +1,206 @@
+"""Is a reconstructed model to be trusted? Measured signals, not the reprojection error alone.
+
+A model can reproject to a fraction of a pixel and still be wrong: with a focal length far from the
+truth, a narrow-field set of views can be explained by a flattened, mis-scaled scene whose poses are
+all off by many degrees (bundle adjustment has nothing to pull against). Such models show it
+elsewhere, and each of these measured signals, beyond its threshold, makes a model untrusted:
+
+* **focal far from the view-graph estimate**: the model's focal length against the estimate of
+  :func:`geomvision.sfm.calibration.calibrate_view_graph` (when that estimate was trusted): two
+  independent measurements of one quantity that disagree mean one of them is wrong;
+* **implausible focal**: focal length outside a plausible range of the image size;
+* **short tracks**: mean observations per 3D point (a model stitched from two-view points);
+* **low triangulation angles**: median over points of the largest angle between their rays
+  (depth, and with it the poses, is then barely constrained);
+* **few inliers per image**: median number of 3D points an image observes.
+
+The thresholds (see :class:`TrustOptions`) come from measurements on the benchmark sets (good
+models with ground truth) and on deliberately wrong models (focal prior 4x off, calibration off);
+``benchmarks/self_calibration.py`` reports the signals beside each model's pose error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from geomvision.errors import InputError
+from geomvision.scene.reconstruction import Reconstruction
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrustOptions:
+    """Thresholds of :func:`assess_model_trust`.
+
+    Attributes:
+        max_focal_deviation: largest relative difference between a camera's focal in the model and its
+            trusted view-graph estimate.
+        min_focal_ratio, max_focal_ratio: plausible focal length as a multiple of ``max(width, height)``.
+        min_mean_track_length: shortest acceptable mean track length (observations per point).
+        min_median_triangulation_angle_deg: smallest acceptable median (over points) of the largest
+            angle between a point's rays.
+        min_median_points_per_image: fewest acceptable 3D points observed by the median image.
+        min_registered_images: a model with fewer registered images is not trusted.
+    """
+
+    max_focal_deviation: float = 0.15
+    min_focal_ratio: float = 0.3
+    max_focal_ratio: float = 6.0
+    min_mean_track_length: float = 2.1
+    min_median_triangulation_angle_deg: float = 2.0
+    min_median_points_per_image: int = 40
+    min_registered_images: int = 3
+
+    def __post_init__(self) -> None:
+        if not self.max_focal_deviation > 0:
+            raise InputError(f"max_focal_deviation must be > 0, got {self.max_focal_deviation}")
+        if not 0 < self.min_focal_ratio < self.max_focal_ratio:
+            raise InputError(
+                f"need 0 < min_focal_ratio < max_focal_ratio, got {self.min_focal_ratio}, {self.max_focal_ratio}"
+            )
+        if self.min_mean_track_length < 2:
+            raise InputError(f"min_mean_track_length must be >= 2, got {self.min_mean_track_length}")
+        if self.min_median_triangulation_angle_deg < 0:
+            raise InputError(
+                f"min_median_triangulation_angle_deg must be >= 0, got {self.min_median_triangulation_angle_deg}"
+            )
+        if self.min_median_points_per_image < 0 or self.min_registered_images < 2:
+            raise InputError(
+                f"need min_median_points_per_image >= 0 and min_registered_images >= 2, got "
+                f"{self.min_median_points_per_image}, {self.min_registered_images}"
+            )
+
+
+@dataclass
+class ModelTrust:
+    """Verdict on one model.
+
+    Attributes:
+        trusted: no signal beyond its threshold.
+        reasons: one line per signal beyond its threshold (empty when trusted).
+        signals: the measured values (JSON-ready).
+    """
+
+    trusted: bool
+    reasons: list[str] = field(default_factory=list)
+    signals: dict[str, Any] = field(default_factory=dict)
+
+
+def triangulation_angles_deg(rec: Reconstruction) -> np.ndarray:
+    """(P,) largest angle between the rays of each 3D point (degrees), in ``observation_arrays`` order."""
+    arrays = rec.observation_arrays()
+    if len(arrays["point_ids"]) == 0:
+        return np.zeros(0)
+    centres = rec.camera_centers()
+    obs_centre = np.array([centres[int(i)] for i in arrays["obs_image_id"]]).reshape(-1, 3)
+    rays = arrays["xyz"][arrays["obs_point"]] - obs_centre
+    rays /= np.maximum(np.linalg.norm(rays, axis=1, keepdims=True), 1e-300)
+    num_points = len(arrays["point_ids"])
+    # Largest pairwise angle per point, from every ray's angle to the first ray of its point and to the
+    # ray farthest from that one (exact for two rays; within a factor of two of the true maximum).
+    first = np.full(num_points, -1)
+    first[arrays["obs_point"][::-1]] = np.arange(len(rays))[::-1]
+    cos_first = np.clip(np.sum(rays * rays[first[arrays["obs_point"]]], axis=1), -1.0, 1.0)
+    far = np.full(num_points, np.inf)
+    np.minimum.at(far, arrays["obs_point"], cos_first)
+    far_index = np.full(num_points, -1)
+    hit = cos_first == far[arrays["obs_point"]]
+    far_index[arrays["obs_point"][hit]] = np.flatnonzero(hit)
+    cos_far = np.clip(np.sum(rays * rays[far_index[arrays["obs_point"]]], axis=1), -1.0, 1.0)
+    largest = np.full(num_points, 1.0)
+    np.minimum.at(largest, arrays["obs_point"], np.minimum(cos_first, cos_far))
+    return np.degrees(np.arccos(largest))
+
+
+def assess_model_trust(
+    reconstruction: Reconstruction,
+    options: TrustOptions | None = None,
+    *,
+    calibrated_focal_px: Mapping[int, float] | None = None,
+) -> ModelTrust:
+    """Measure a model's trust signals and compare them with the thresholds.
+
+    Args:
+        reconstruction: the model.
+        options: see :class:`TrustOptions`.
+        calibrated_focal_px: camera_id -> trusted view-graph focal estimate (pixels); cameras absent
+            (or None) are not checked against it (known intrinsics, or no trusted estimate).
+
+    Returns:
+        :class:`ModelTrust`.
+    """
+    options = options or TrustOptions()
+    rec = reconstruction
+    reasons: list[str] = []
+    registered = rec.registered_image_ids
+    signals: dict[str, Any] = {"num_registered": len(registered)}
+    if len(registered) < options.min_registered_images:
+        reasons.append(f"{len(registered)} registered images < {options.min_registered_images}")
+    cameras = sorted({rec.views[i].camera_id for i in registered})
+    deviations, ratios = {}, {}
+    for c in cameras:
+        cam = rec.cameras[c]
+        focal = float(np.sqrt(np.prod(cam.focal_xy)))
+        ratios[c] = focal / max(cam.width, cam.height)
+        if not options.min_focal_ratio <= ratios[c] <= options.max_focal_ratio:
+            reasons.append(
+                f"camera {c}: implausible focal {focal:.0f} px = {ratios[c]:.2f} x the image size "
+                f"(outside [{options.min_focal_ratio}, {options.max_focal_ratio}])"
+            )
+        estimate = (calibrated_focal_px or {}).get(c)
+        if estimate is not None and np.isfinite(estimate) and estimate > 0:
+            deviations[c] = focal / estimate - 1.0
+            if abs(deviations[c]) > options.max_focal_deviation:
+                reasons.append(
+                    f"camera {c}: focal {focal:.0f} px is {100 * deviations[c]:+.0f} % from the view-graph "
+                    f"estimate {estimate:.0f} px (> {100 * options.max_focal_deviation:.0f} %)"
+                )
+    signals["focal_deviation_from_calibration"] = {str(c): v for c, v in deviations.items()}
+    signals["focal_over_image_size"] = {str(c): v for c, v in ratios.items()}
+    track_lengths = np.array([len(p.track) for p in rec.points3D.values()])
+    mean_track = float(track_lengths.mean()) if len(track_lengths) else 0.0
+    signals["mean_track_length"] = mean_track
+    if mean_track < options.min_mean_track_length:
+        reasons.append(f"short tracks: mean length {mean_track:.2f} < {options.min_mean_track_length}")
+    angles = triangulation_angles_deg(rec)
+    median_angle = float(np.median(angles)) if len(angles) else 0.0
+    signals["median_triangulation_angle_deg"] = median_angle
+    if median_angle < options.min_median_triangulation_angle_deg:
+        reasons.append(
+            f"low triangulation angles: median {median_angle:.2f} deg < {options.min_median_triangulation_angle_deg} deg"
+        )
+    points_per_image = [rec.views[i].num_points3D for i in registered]
+    median_points = float(np.median(points_per_image)) if points_per_image else 0.0
+    signals["median_points_per_image"] = median_points
+    if median_points < options.min_median_points_per_image:
+        reasons.append(
+            f"few inliers per image: median {median_points:.0f} points < {options.min_median_points_per_image}"
+        )
+    return ModelTrust(not reasons, reasons, signals)
+
+
+def order_by_trust(
+    reconstructions: list[Reconstruction], verdicts: list[ModelTrust]
+) -> tuple[list[Reconstruction], list[ModelTrust]]:
+    """Trusted models first, each group largest first (so model 0 is the largest trusted one)."""
+    order = sorted(
+        range(len(reconstructions)),
+        key=lambda k: (not verdicts[k].trusted, -reconstructions[k].num_registered, k),
+    )
+    return [reconstructions[k] for k in order], [verdicts[k] for k in order]
+
+
+def assess_models_trust(
+    reconstructions: list[Reconstruction],
+    options: TrustOptions | None = None,
+    *,
+    calibrated_focal_px: Mapping[int, float] | None = None,
+) -> tuple[list[Reconstruction], list[ModelTrust]]:
+    """Assess every model and order them trusted first, largest first (model 0: the largest trusted)."""
+    verdicts = [
+        assess_model_trust(r, options, calibrated_focal_px=calibrated_focal_px) for r in reconstructions
+    ]
+    return order_by_trust(reconstructions, verdicts)

@@ -1,0 +1,131 @@
+"""End-to-end global mapping on synthetic scenes: poses vs ground truth, components, intrinsics, config."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from mapper_fixtures import mapper_inputs, pose_errors
+
+from geomvision.config import ReconstructionConfig, config_from_dict, dump_config_toml
+from geomvision.errors import InputError
+from geomvision.geometry.rigid import Rigid3d
+from geomvision.scene import TwoViewGeometry
+from geomvision.sfm.global_mapper import GlobalMapperOptions, global_mapping
+from geomvision.sfm.incremental import MappingResult
+from geomvision.synthetic import random_scene
+
+
+@pytest.fixture(scope="module")
+def ring_scene():
+    return random_scene(300, 8, rng=3)
+
+
+@pytest.fixture(scope="module")
+def ring_result(ring_scene) -> MappingResult:
+    cameras, images, geoms, _ = mapper_inputs(ring_scene, noise_px=0.5, rng=1)
+    return global_mapping(cameras, images, geoms, GlobalMapperOptions(fixed_camera_ids=(1,)), rng=0)
+
+
+def test_all_images_register_and_poses_match_ground_truth(ring_scene, ring_result):
+    assert len(ring_result.reconstructions) == 1
+    rec = ring_result.reconstructions[0]
+    assert rec.registered_image_ids == list(range(1, 9))
+    rot_err, centre_err, _ = pose_errors(rec, ring_scene)
+    assert rot_err.max() < 0.1  # degrees, 0.5 px noise
+    assert centre_err.max() < 0.01  # the cloud has radius 1, cameras stand ~4.6 away
+    assert len(rec.points3D) == 300
+    assert 0.45 < rec.mean_reprojection_error_px() < 0.65
+    for pid, point in list(rec.points3D.items())[:20]:
+        for image_id, kp in point.track:
+            assert rec.views[image_id].point3D_ids[kp] == pid
+
+
+def test_report_has_per_step_counts_iterations_and_timings(ring_result):
+    report = ring_result.report
+    assert report["num_registered"] == 8 and report["num_models"] == 1
+    rotation = report["rotation_averaging"]
+    assert rotation["num_pairs_used"] == 28 and rotation["num_pairs_dropped"] == 0
+    assert rotation["residual_deg_median"] < 1e-6  # the fixture's relative rotations are exact
+    model = report["models"][0]
+    assert model["positioning"]["num_images"] == 8 and model["positioning"]["iterations"] >= 1
+    assert model["ba_rounds"][0]["fix_rotations"] and not model["ba_rounds"][1]["fix_rotations"]
+    assert len(model["ba_rounds"]) == GlobalMapperOptions().num_ba_rounds + 1
+    assert all(r["iterations"] >= 1 for r in model["ba_rounds"][:1])
+    assert {"rotation_averaging", "tracks", "positioning", "bundle_adjustment", "total"} <= set(
+        report["timings_s"]
+    )
+
+
+def test_outlier_pair_is_dropped_and_disconnected_sets_give_two_models():
+    left = random_scene(200, 6, layout="sequence", rng=5)
+    right = random_scene(150, 5, layout="sequence", rng=6)
+    cam_l, img_l, geo_l, _ = mapper_inputs(left, noise_px=0.3, rng=1)
+    _, img_r, geo_r, _ = mapper_inputs(right, noise_px=0.3, rng=2, first_image_id=7)
+    # One pair of the left set carries a wrong relative rotation (20 degrees off).
+    bad = geo_l[(1, 4)]
+    wrong = Rigid3d.from_rotvec([0.0, np.deg2rad(20.0), 0.0], np.zeros(3)) @ bad.cam2_from_cam1
+    geo_l[(1, 4)] = TwoViewGeometry(1, 4, "calibrated", bad.inlier_matches, cam2_from_cam1=wrong)
+    result = global_mapping(
+        cam_l, img_l | img_r, geo_l | geo_r, GlobalMapperOptions(fixed_camera_ids=(1,)), rng=0
+    )
+    assert result.report["rotation_averaging"]["num_pairs_dropped"] == 1
+    assert len(result.reconstructions) == 2
+    big, small = result.reconstructions
+    assert big.registered_image_ids == [1, 2, 3, 4, 5, 6]
+    assert small.registered_image_ids == [7, 8, 9, 10, 11]
+    assert pose_errors(big, left)[0].max() < 0.1
+    assert pose_errors(small, right, first_image_id=7)[0].max() < 0.1
+
+
+def test_unknown_focal_is_refined_and_known_focal_is_kept(ring_scene):
+    cameras, images, geoms, _ = mapper_inputs(
+        ring_scene, noise_px=0.5, rng=1, focal_scale=1.1, model="SIMPLE_RADIAL"
+    )
+    rec = global_mapping(cameras, images, geoms, GlobalMapperOptions(), rng=0).reconstructions[0]
+    assert abs(rec.cameras[1].params[0] / 800.0 - 1.0) < 0.01
+    assert abs(rec.cameras[1].params[3]) < 0.05
+    assert rec.num_registered == 8
+    assert cameras[1].params[0] == pytest.approx(880.0)  # the caller's cameras are not modified
+    cameras, images, geoms, _ = mapper_inputs(ring_scene, noise_px=0.5, rng=1, model="SIMPLE_RADIAL")
+    rec = global_mapping(
+        cameras, images, geoms, GlobalMapperOptions(fixed_camera_ids=(1,)), rng=0
+    ).reconstructions[0]
+    np.testing.assert_array_equal(rec.cameras[1].params, cameras[1].params)
+
+
+def test_same_seed_gives_the_same_model(ring_scene):
+    cameras, images, geoms, _ = mapper_inputs(ring_scene, noise_px=0.5, rng=1)
+    options = GlobalMapperOptions(fixed_camera_ids=(1,))
+    a = global_mapping(cameras, images, geoms, options, rng=3).reconstructions[0]
+    b = global_mapping(cameras, images, geoms, options, rng=3).reconstructions[0]
+    for i in a.registered_image_ids:
+        np.testing.assert_array_equal(a.views[i].cam_from_world.matrix(), b.views[i].cam_from_world.matrix())
+
+
+def test_bad_input_raises_and_no_posed_pair_fails_as_a_value(ring_scene):
+    cameras, images, geoms, _ = mapper_inputs(ring_scene, noise_px=0.5, rng=1, with_pose=False)
+    result = global_mapping(cameras, images, geoms)
+    assert result.reconstructions == [] and "2+ images" in result.report["reason"]
+    with pytest.raises(InputError, match="unknown image"):
+        global_mapping(cameras, {1: images[1]}, geoms)
+    with pytest.raises(InputError, match="num_ba_rounds"):
+        GlobalMapperOptions(num_ba_rounds=0)
+
+
+def test_config_selects_the_mapper_and_round_trips_the_global_options():
+    config = config_from_dict(
+        {
+            "pipeline": {"mapper": "global"},
+            "global_mapper": {"num_ba_rounds": 2, "rotation_averaging": {"max_residual_deg": 3.0}},
+        }
+    )
+    assert config.pipeline.mapper == "global"
+    assert config.global_mapper.num_ba_rounds == 2
+    assert config.global_mapper.rotation_averaging.max_residual_deg == 3.0
+    assert config.global_mapper.positioning.loss == "huber"  # untouched nested defaults stay
+    import tomllib
+
+    again = config_from_dict(tomllib.loads(dump_config_toml(config)))
+    assert again.global_mapper == config.global_mapper and again.pipeline.mapper == "global"
+    with pytest.raises(InputError, match="mapper"):
+        ReconstructionConfig().with_changes(pipeline={"mapper": "hybrid"})

@@ -1,0 +1,121 @@
+"""Global positioning (BATA cost): solver maths against a scipy reference, and the stage on synthetic scenes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from geomvision.errors import InputError
+from geomvision.geometry.global_positioning import bata_positions, bata_positions_reference
+from geomvision.geometry.rigid import umeyama_alignment
+from geomvision.sfm.global_positioning import (
+    GlobalPositioningOptions,
+    position_globally,
+    select_positioning_tracks,
+)
+from geomvision.synthetic import random_scene
+
+
+def _scene_rays(scene, noise_px=0.0, seed=0):
+    """Observations (image ids from 1) and camera-frame rays of every visible point."""
+    cams, pts = np.nonzero(scene.visible)
+    px = scene.observations_px[cams, pts]
+    if noise_px:
+        px = px + np.random.default_rng(seed).normal(scale=noise_px, size=px.shape)
+    rays = np.column_stack([px, np.ones(len(px))]) @ np.linalg.inv(scene.K).T
+    rotations = {i + 1: pose.rotation for i, pose in enumerate(scene.cams_from_world)}
+    return rotations, cams + 1, pts, rays
+
+
+def _centre_errors(centers: dict[int, np.ndarray], scene) -> np.ndarray:
+    ids = sorted(centers)
+    est = np.array([centers[i] for i in ids])
+    gt = np.array([scene.cams_from_world[i - 1].center for i in ids])
+    return np.linalg.norm(umeyama_alignment(est, gt).apply(est) - gt, axis=1)
+
+
+def test_exact_rays_give_exact_centres_and_points_from_a_random_start():
+    scene = random_scene(200, 10, layout="sphere", rng=2)
+    rotations, obs_image, obs_track, rays = _scene_rays(scene)
+    result = position_globally(rotations, obs_image, obs_track, rays, GlobalPositioningOptions(), rng=4)
+    assert result.success and result.obs_inlier.all()
+    assert _centre_errors(result.centers, scene).max() < 1e-5  # scene radius 1, cameras ~4.6 away
+    ids = sorted(result.centers)
+    est = np.array([result.centers[i] for i in ids])
+    gt_from_est = umeyama_alignment(est, np.array([scene.cams_from_world[i - 1].center for i in ids]))
+    used = np.flatnonzero(np.isfinite(result.points[:, 0]))
+    assert len(used) == 200  # every point is seen by >= 3 of the 10 cameras
+    point_errors = np.linalg.norm(
+        gt_from_est.apply(result.points[used]) - scene.points_in_world[used], axis=1
+    )
+    assert point_errors.max() < 1e-5
+    assert result.report["iterations"] < result.report["num_points"]  # converged, not capped
+
+
+def test_noise_and_outlier_observations():
+    scene = random_scene(400, 12, rng=5)
+    rotations, obs_image, obs_track, rays = _scene_rays(scene, noise_px=0.5, seed=1)
+    # 5 % of the observations point somewhere else entirely (wrong matches).
+    rng = np.random.default_rng(2)
+    bad = rng.random(len(rays)) < 0.05
+    rays[bad] = np.column_stack([rng.uniform(-0.4, 0.4, (bad.sum(), 2)), np.ones(bad.sum())])
+    result = position_globally(rotations, obs_image, obs_track, rays, GlobalPositioningOptions(), rng=0)
+    assert result.success
+    # Huber (as GLOMAP) still feels gross outliers a little: ~0.5 % of the camera distance (0.0007 without
+    # them); bundle adjustment removes the rest.
+    assert np.median(_centre_errors(result.centers, scene)) < 0.03
+    flagged = ~result.obs_inlier
+    took_part = np.isfinite(result.points[obs_track, 0])
+    assert flagged[bad & took_part].mean() > 0.8  # most wrong observations are found
+    assert flagged[~bad & took_part].mean() < 0.02  # and few right ones are lost
+
+
+def test_fast_solver_agrees_with_the_scipy_reference():
+    scene = random_scene(30, 5, layout="sphere", rng=7)
+    _, obs_image, obs_track, rays_cam = _scene_rays(scene, noise_px=1.0, seed=3)
+    rot = np.stack([p.rotation for p in scene.cams_from_world])
+    rays = np.einsum("kji,kj->ki", rot[obs_image - 1], rays_cam)
+    rays /= np.linalg.norm(rays, axis=1, keepdims=True)
+    rng = np.random.default_rng(0)
+    centers0, points0 = rng.uniform(-3, 3, (5, 3)), rng.uniform(-3, 3, (30, 3))
+    centers0[0] = 0
+    fast = bata_positions(
+        rays,
+        obs_image - 1,
+        obs_track,
+        centers0,
+        points0,
+        loss="linear",
+        function_tolerance=1e-14,
+        max_iterations=300,
+    )
+    ref = bata_positions_reference(rays, obs_image - 1, obs_track, centers0, points0, max_iterations=2000)
+    # The cost is invariant to scaling every position by a and every scale by 1/a (the gauge camera
+    # sits at the origin), so the two minima agree up to that one factor.
+    a = np.sum(fast[0] * ref[0]) / np.sum(ref[0] ** 2)
+    assert a > 0.1
+    np.testing.assert_allclose(fast[0], a * ref[0], atol=1e-5 * a)
+    np.testing.assert_allclose(fast[1], a * ref[1], atol=1e-5 * a)
+    np.testing.assert_allclose(fast[2], ref[2] / a, rtol=1e-5)
+
+
+def test_track_selection_prefers_long_tracks_per_image():
+    # Image 1 sees tracks 0..3 (lengths 4, 3, 3, 2); image 2 sees 0 and 3; image 3 sees 0, 1, 2; image 4 sees 0.
+    obs_image = np.array([1, 2, 3, 4, 1, 3, 5, 1, 3, 6, 1, 2])
+    obs_track = np.array([0, 0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3])
+    keep = select_positioning_tracks(obs_image, obs_track, min_track_length=3, max_points_per_image=1)
+    assert keep.tolist() == [0, 1, 2]  # track 1 is image 5's best, track 2 image 6's; track 3 is too short
+    keep = select_positioning_tracks(obs_image, obs_track, min_track_length=2, max_points_per_image=0)
+    assert keep.tolist() == [0, 1, 2, 3]
+
+
+def test_too_little_input_fails_as_a_value_and_bad_input_raises():
+    rotations = {1: np.eye(3), 2: np.eye(3)}
+    result = position_globally(
+        rotations, np.array([1, 2]), np.array([0, 0]), np.array([[0, 0, 1.0], [0.1, 0, 1.0]])
+    )
+    assert not result.success and "length >= 3" in result.reason
+    with pytest.raises(InputError, match="rays_in_cam"):
+        position_globally(rotations, np.array([1, 2]), np.array([0, 0]), np.zeros((3, 3)))
+    with pytest.raises(InputError, match="loss"):
+        GlobalPositioningOptions(loss="tukey")

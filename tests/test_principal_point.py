@@ -1,0 +1,63 @@
+"""sfm.principal_point: refined where observable (exact synthetic answer), left alone where not."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from geomvision.scene import Camera, Reconstruction
+from geomvision.scene.reconstruction import View
+from geomvision.sfm.bundle_adjustment import BundleAdjustmentOptions, bundle_adjust
+from geomvision.sfm.principal_point import (
+    PrincipalPointOptions,
+    principal_point_std_px,
+    refine_principal_point,
+)
+from geomvision.synthetic import random_scene
+
+W, H = 640, 480
+OFFSET_PX = np.array([14.0, -9.0])  # true principal point minus the image centre
+
+
+def _model_with_centred_principal_point(
+    focal_px: float, num_cameras: int = 12, seed: int = 0
+) -> Reconstruction:
+    """Ground-truth poses and points, observations made with the true (off-centre) principal point, and a
+    camera that assumes the image centre; bundle-adjusted with that principal point held, as the mapper
+    leaves a model (the offset is then mostly absorbed by the rotations)."""
+    scene = random_scene(300, num_cameras, layout="sphere", focal_px=focal_px, width=W, height=H, rng=seed)
+    rng = np.random.default_rng(seed)
+    rec = Reconstruction()
+    rec.add_camera(Camera(1, "SIMPLE_RADIAL", W, H, np.array([focal_px, (W - 1) / 2, (H - 1) / 2, 0.0])))
+    for c, pose in enumerate(scene.cams_from_world):
+        px = scene.observations_px[c] + OFFSET_PX + rng.normal(scale=0.3, size=(scene.num_points, 2))
+        rec.add_view(View(c + 1, f"{c}.png", 1, pose, px))
+    for p in range(scene.num_points):
+        track = [(c + 1, p) for c in np.flatnonzero(scene.visible[:, p])]
+        if len(track) >= 2:
+            rec.add_point3D(scene.points_in_world[p], track)
+    bundle_adjust(rec, BundleAdjustmentOptions(loss="soft_l1"))
+    return rec
+
+
+def test_observable_principal_point_is_recovered():
+    rec = _model_with_centred_principal_point(500.0)
+    result = refine_principal_point(rec, rng=0)
+    assert result.success, result.reason
+    np.testing.assert_allclose(
+        rec.cameras[1].principal_point, np.array([(W - 1) / 2, (H - 1) / 2]) + OFFSET_PX, atol=1.0
+    )
+    assert max(result.std_px_by_camera[1]) < 1.0
+    assert rec.cameras[1].focal_xy[0] == pytest.approx(500.0, rel=0.01)
+
+
+def test_narrow_field_principal_point_is_not_observable_and_left_alone():
+    rec = _model_with_centred_principal_point(6000.0)
+    before = rec.cameras[1].params.copy()
+    result = refine_principal_point(rec, PrincipalPointOptions(max_std_deg=0.05), rng=0)
+    assert not result.success and result.reason.startswith("not observable")
+    np.testing.assert_array_equal(rec.cameras[1].params, before)
+    # the deviation grows with the focal length: the wide-field model pins it far better
+    wide = principal_point_std_px(_model_with_centred_principal_point(500.0))[1]
+    narrow = principal_point_std_px(rec)[1]
+    assert np.all(narrow > 10 * wide)
