@@ -59,6 +59,15 @@ def backends(workers: int) -> list[tuple[str, dict]]:
     ]
 
 
+def selected(args) -> list[tuple[str, dict]]:
+    """The backends of ``--backends``, in the order given (all four by default)."""
+    every = backends(args.workers)
+    if not args.backends:
+        return every
+    keys = {"serial": 0, "dask1": 1, "processes": 2, "dask": 3}
+    return [every[keys[name]] for name in args.backends]
+
+
 def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
 
@@ -106,17 +115,39 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("-o", "--output", default=str(HERE / "results" / "distributed.md"))
+    parser.add_argument(
+        "--backends",
+        nargs="+",
+        choices=("serial", "processes", "dask1", "dask"),
+        help="run only these, in this order (default: serial, dask1, processes, dask)",
+    )
+    parser.add_argument(
+        "--combine",
+        nargs="+",
+        metavar="JSON",
+        help="only write the table from the rows of earlier runs (their .json files, in order)",
+    )
     args = parser.parse_args()
+    if args.combine:
+        rows, overheads, starts = [], {}, []
+        for path in args.combine:
+            state = json.loads(Path(path).read_text())
+            rows += [tuple(r) for r in state["rows"]]
+            overheads.update(state["overheads"])
+            starts.append(state["started"])
+        args.datasets = list(dict.fromkeys(d for d, _, _ in rows))
+        write_table(args, rows, overheads, " / ".join(starts))
+        return
     root = shared_root()
     started = load_average()
     rows: list[tuple[str, str, dict]] = []
     overheads = {}
     with tempfile.TemporaryDirectory(prefix="gv_distributed_") as tmp:
-        for name, pipeline in backends(args.workers):
+        for name, pipeline in selected(args):
             overheads[name] = noop_overhead(name, pipeline)
             print(f"{name}: {overheads[name]:.2f} ms per no-op task", flush=True)
         for dataset in args.datasets:
-            for name, pipeline in backends(args.workers):
+            for name, pipeline in selected(args):
                 row = run_one(root / DATASETS[dataset], pipeline, Path(tmp))
                 rows.append((dataset, name, row))
                 print(f"{dataset} {name}: {row['wall_s']:.1f} s (load {row['load']})", flush=True)
@@ -137,6 +168,15 @@ def write_table(args, rows, overheads, started: str) -> None:
         "LocalCluster of N single-threaded worker processes on 127.0.0.1, image bytes shipped by the client. "
         "Wall time includes starting the pool or cluster. Bytes are pickled task payloads and results.",
         "",
+    ]
+    if getattr(args, "combine", None):
+        lines += [
+            f"Assembled from {len(args.combine)} concurrent runs of this script (one per dataset, to fit the "
+            "time on a loaded machine): within a dataset the backends ran one after another; across datasets "
+            "the runs competed for the same 2 cores, so compare times within a dataset only.",
+            "",
+        ]
+    lines += [
         "| dataset | backend | wall s | features s | matching s | verification s | mapping s | tasks | MB sent "
         "| MB received | client waited s | registered | images.txt | points3D.txt | same model as serial | load |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",

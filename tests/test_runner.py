@@ -157,7 +157,7 @@ def test_task_error_reaches_the_client(backend):
 
 def test_interrupt_cancels_queued_work_and_ends_workers():
     """Ctrl-C (here raised by the progress callback) while 40 half-second tasks are queued: the map
-    stops at once and the pool's processes are gone."""
+    stops at once, the running tasks finish and the pool's processes are gone soon after."""
     stage = Stage(name="slow", task=slow_task, version=1, batch_size=1)
     runner = open_runner("processes", 2)
     pids: list[int] = []

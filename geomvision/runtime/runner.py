@@ -10,8 +10,8 @@ and calls :meth:`StageRunner.map`. The runner owns, in one place:
 * the on-disk cache (:mod:`geomvision.runtime.cache`): one content-addressed, signed entry per item,
   written on the client as results arrive, so a killed or interrupted run resumes from them whatever
   the backend;
-* progress with an ETA, and cancellation: an exception or Ctrl-C cancels queued batches and ends
-  the workers at once (they ignore SIGINT, so they stay silent);
+* progress with an ETA, and cancellation: an exception or Ctrl-C cancels queued batches at once
+  (running ones, one per worker, finish; workers ignore SIGINT, so they stay silent);
 * worker set-up (single-threaded OpenCV/BLAS, death with the client): :mod:`geomvision.runtime.worker`;
 * the engine report: tasks, pickled bytes sent and received, time spent waiting per stage.
 
@@ -183,7 +183,7 @@ class Backend:
         return None
 
     def close(self, *, cancel: bool = False) -> None:
-        """Release workers; ``cancel``: drop queued work and end running tasks now."""
+        """Release workers; ``cancel``: drop queued work now (without waiting for running tasks)."""
 
 
 class SerialBackend(Backend):
@@ -423,7 +423,7 @@ class StageRunner:
                     stats.compute_s += compute_s
                     yield batch, outputs
         except BaseException:
-            # Ctrl-C or a failed task: queued batches must not run on, and running ones end now.
+            # Ctrl-C or a failed task: queued batches must not run on.
             backend.close(cancel=True)
             raise
 

@@ -204,9 +204,10 @@ def make_process_pool(num_workers: int, *, client_pid: int | None = None) -> cf.
 
 
 def terminate_pool(pool: cf.ProcessPoolExecutor) -> None:
-    """Cancel queued work and end the workers now (Ctrl-C, errors): SIGTERM, which they do not catch."""
-    processes = list(getattr(pool, "_processes", None) or {})  # pid -> Process (CPython 3.8-3.13)
+    """Cancel queued work now (Ctrl-C, errors); running batches finish, then the workers exit.
+
+    Workers are not killed: a worker killed while it writes a result leaves half a message in the
+    pool's result pipe, whose other end the client also holds, and the pool's manager thread then
+    blocks on it forever (the process could never exit). A batch is short (one image, a few pairs).
+    """
     pool.shutdown(wait=False, cancel_futures=True)
-    for pid in processes:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGTERM)
