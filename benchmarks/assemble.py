@@ -15,6 +15,7 @@ ORDER = [
     ("bench_triangulation.md", "Triangulation and homography"),
     ("matching.md", "Features, matching, verification (issue: features)"),
     ("reconstruct.md", "End-to-end reconstruction (issue: incremental reconstruction)"),
+    ("self_calibration.md", "Self-calibration and model trust (issue 19)"),
     ("bench_incremental_mapper.md", "Incremental mapper alone"),
     ("bundle_adjustment.md", "Bundle adjustment (issue: bundle adjustment)"),
     ("factorization.md", "Factorization (issue: Tomasi-Kanade)"),

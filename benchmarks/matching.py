@@ -33,6 +33,7 @@ from geomvision.features.pairs import exhaustive_pairs
 from geomvision.geometry.epipolar import fundamental_from_essential, sampson_distance_sq
 from geomvision.geometry.rigid import skew
 from geomvision.io.images import image_size, list_images
+from geomvision.robust.ransac import RansacOptions
 from geomvision.runtime.atomic import atomic_write_text
 from geomvision.runtime.runner import open_runner
 from geomvision.sfm.two_view import TwoViewOptions, verify_pairs
@@ -165,8 +166,8 @@ def run_ours(paths, gt, args, max_num_features: int):
     # where fewer than half of the putative matches are inliers (wide baselines) are not trusted.
     verification = TwoViewOptions(
         check_calibration=False,
-        max_error_px=args.max_error_px,
         min_inlier_ratio=args.min_inlier_ratio,
+        ransac=RansacOptions(max_error_px=args.max_error_px),
     )
     tvgs = verify_pairs(features, matches, cameras, verification, rng=0, runner=runner)
     pool = getattr(runner.backend, "_pool", None)

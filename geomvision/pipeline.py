@@ -134,7 +134,7 @@ def _run_stages(run: _Run) -> PipelineResult:
     if (
         config.pipeline.pose_prior_checkpoint
     ):  # a bad checkpoint or missing torch fails now, not after mapping
-        from geomvision.sfm.pose_prior import check_learned_prior
+        from geomvision.plugins.learned_prior import check_learned_prior
 
         check_learned_prior(config.pipeline.pose_prior_checkpoint)
     scan = scan_images(run.image_dir, strict=config.pipeline.strict)
@@ -231,8 +231,13 @@ def _run_stages(run: _Run) -> PipelineResult:
     from geomvision.sfm.trust import assess_models_trust
 
     focal_estimates = trusted_focal_estimates(report.get("calibration"))
+    fixed = tuple(cameras) if config.pipeline.intrinsics is not None else ()
     reconstructions, verdicts = assess_models_trust(
-        reconstructions, config.trust, calibrated_focal_px=focal_estimates
+        reconstructions,
+        config.trust,
+        calibrated_focal_px=focal_estimates,
+        fixed_camera_ids=fixed,
+        rng=config.pipeline.seed,
     )
 
     if config.pipeline.pose_prior_checkpoint:  # learned fallback for images PnP could not register
@@ -518,7 +523,7 @@ def _run_global_mapping(cameras, images, verified, config, progress_factory):
 
 
 def _run_pose_prior(reconstructions, cameras, images, paths, matches, config) -> dict[str, Any]:
-    from geomvision.sfm.pose_prior import PosePriorOptions, apply_learned_pose_prior
+    from geomvision.plugins.learned_prior import apply_learned_pose_prior
 
     return apply_learned_pose_prior(
         reconstructions,
@@ -527,17 +532,17 @@ def _run_pose_prior(reconstructions, cameras, images, paths, matches, config) ->
         dict(zip(sorted(images), paths, strict=True)),
         {pair: len(m) for pair, m in matches.items()},
         config.pipeline.pose_prior_checkpoint,
-        PosePriorOptions(min_confidence=config.pipeline.pose_prior_min_confidence),
+        config.pose_prior,
     )
 
 
 def _factorization_init(cameras, images, verified, config) -> Reconstruction:
-    from geomvision.sfm.factorization_init import FactorizationInitOptions, initialize_by_factorization
+    from geomvision.sfm.factorization_init import initialize_by_factorization
     from geomvision.sfm.tracks import build_tracks
 
     tracks = build_tracks({pair: g.inlier_matches for pair, g in verified.items()})
     result = initialize_by_factorization(
-        cameras, images, tracks, FactorizationInitOptions(), rng=config.pipeline.seed
+        cameras, images, tracks, config.factorization, rng=config.pipeline.seed
     )
     if not result.success:
         raise ReconstructionError(f"factorization initialisation failed: {result.reason}")

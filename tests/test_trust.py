@@ -38,6 +38,10 @@ def test_focal_prior_4x_off_with_calibration_ignored_gives_an_untrusted_model():
     assert not verdict.trusted  # ...and says so
     assert any("view-graph estimate" in r for r in verdict.reasons)
     assert verdict.signals["focal_deviation_from_calibration"]["1"] == pytest.approx(-0.75, abs=0.01)
+    # without any estimate (the user gave the focal): freeing it in a short BA shows the disagreement
+    given = assess_model_trust(rec, fixed_camera_ids=(1,), rng=0)
+    assert not given.trusted and given.signals["focal_drift_when_freed"]["1"] > 0.1
+    assert any("disagree" in r for r in given.reasons)
 
 
 def test_same_set_with_the_focal_refined_is_trusted():
@@ -47,6 +51,9 @@ def test_same_set_with_the_focal_refined_is_trusted():
     verdict = assess_model_trust(rec, calibrated_focal_px={1: calibration.estimate_px_by_camera[1]})
     assert verdict.trusted, verdict.reasons
     assert verdict.signals["mean_track_length"] > 5
+    # the right focal, even held fixed, stays where it is when freed
+    held = assess_model_trust(rec, fixed_camera_ids=(1,), rng=0)
+    assert held.trusted and abs(held.signals["focal_drift_when_freed"]["1"]) < 0.01
 
 
 def _two_view_model(angle_deg: float, num_points: int = 50) -> Reconstruction:

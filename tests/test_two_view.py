@@ -12,6 +12,7 @@ from geomvision.features.extract import ExtractionOptions, extract_features
 from geomvision.features.match import MatchingOptions, match_pairs
 from geomvision.geometry.epipolar import fundamental_from_essential, sampson_distance_sq
 from geomvision.geometry.rigid import Rigid3d, angle_between_vectors_deg, rotation_angle_deg, skew
+from geomvision.robust.ransac import RansacOptions
 from geomvision.runtime.runner import open_runner
 from geomvision.scene.camera import Camera
 from geomvision.scene.types import Features, Matches
@@ -84,12 +85,12 @@ def test_distorted_camera_is_undistorted():
     x1 = cam.project(corr.points_in_cam1)
     x2 = cam.project(corr.cam2_from_cam1.apply(corr.points_in_cam1))
     m = np.stack([np.arange(300), np.arange(300)], axis=1)
-    tvg = verify_pair(x1, x2, m, cam, cam, TwoViewOptions(max_error_px=1.0), rng=0)
+    tvg = verify_pair(x1, x2, m, cam, cam, TwoViewOptions(ransac=RansacOptions(max_error_px=1.0)), rng=0)
     assert tvg.config == "calibrated" and tvg.num_inliers == 300
     rot_err, t_err = _pose_errors_deg(tvg.cam2_from_cam1, corr.cam2_from_cam1)
     assert rot_err < 1e-3 and t_err < 1e-2
     # Ignoring the distortion loses some of these (exact) correspondences.
-    naive = verify_pair(x1, x2, m, K, K, TwoViewOptions(max_error_px=1.0), rng=0)
+    naive = verify_pair(x1, x2, m, K, K, TwoViewOptions(ransac=RansacOptions(max_error_px=1.0)), rng=0)
     assert naive.num_inliers < 300
 
 
@@ -194,14 +195,14 @@ def test_non_overlapping_pair_stops_at_min_num_inliers_floor(monkeypatch):
     assert not tvg.success and "inliers" in tvg.reason
     ratio = options.min_num_inliers / n
     for name, s in (("estimate_essential", 5), ("estimate_fundamental", 7)):
-        bound = required_iterations(ratio, s, options.confidence)
+        bound = required_iterations(ratio, s, options.ransac.confidence)
         # The adaptive loop overshoots its target by at most one grown batch (32 * batch_size).
         assert iterations[name] <= bound + 32 * options.ransac.batch_size, (name, iterations[name], bound)
     # Guided (default): F finds no model, so the (costlier) E search does not run at all.
     iterations.clear()
     tvg = verify_pair(kp1, kp2, matches, K, K, TwoViewOptions(), rng=0)
     assert not tvg.success and "estimate_essential" not in iterations
-    bound = required_iterations(ratio, 7, options.confidence)
+    bound = required_iterations(ratio, 7, options.ransac.confidence)
     assert iterations["estimate_fundamental"] <= bound + 32 * options.ransac.batch_size
 
 

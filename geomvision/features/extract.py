@@ -11,6 +11,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 import cv2
 import numpy as np
@@ -25,7 +26,8 @@ from geomvision.scene.types import Features
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("sift", "orb", "akaze")
+FeatureMethod = Literal["sift", "orb", "akaze"]
+METHODS: tuple[str, ...] = get_args(FeatureMethod)
 #: Bump when the extraction code changes in a way that alters its output (invalidates caches).
 _CACHE_VERSION = 2
 
@@ -46,7 +48,7 @@ class ExtractionOptions:
             the strongest responses are kept either way, at no measurable extra cost.
     """
 
-    method: str = "sift"
+    method: FeatureMethod = "sift"
     root_sift: bool = False
     max_num_features: int = 8192
     max_image_size_px: int = 3200

@@ -23,18 +23,21 @@ import logging
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
+from typing import Literal, get_args
 
 import cv2
 import numpy as np
 
 from geomvision.errors import InputError
 from geomvision.progress import ProgressCallback
+from geomvision.runtime.rng import as_rng
 from geomvision.runtime.runner import Stage, StageRunner
 from geomvision.scene.types import Features, Matches
 
 logger = logging.getLogger(__name__)
 
-MATCHERS = ("bruteforce", "ivf", "flann")
+MatcherName = Literal["bruteforce", "ivf", "flann"]
+MATCHERS: tuple[str, ...] = get_args(MatcherName)
 _CACHE_VERSION = 2
 #: Rows per matrix-product block: the BLOCK x N2 float32 scores stay in cache for the extremum passes
 #: (256 measured fastest, 1.6x faster than 2048, for 12k x 12k SIFT on one core).
@@ -76,7 +79,7 @@ class MatchingOptions:
             and keep 97 % of its matches; on fountain-P11 (12k) the 64 cells / 4 probes stay.
     """
 
-    method: str = "ivf"
+    method: MatcherName = "ivf"
     ratio_threshold: float = 0.8
     mutual: bool = True
     max_distance: float | None = None
@@ -169,7 +172,7 @@ def train_ivf_quantiser(
     """
     from geomvision.features.pairs import train_vocabulary
 
-    rng = np.random.default_rng(rng if rng is not None else 0)
+    rng = as_rng(rng)
     sets = [np.asarray(d, dtype=np.float32) for d in descriptor_sets if len(d)]
     if not sets:
         raise InputError("no descriptors to train the IVF quantiser on")

@@ -527,7 +527,7 @@ def _essential_from_fundamental(
     """
     E = project_to_essential(K2.T @ g.F @ K1)
     F_E = np.linalg.inv(K2).T @ E @ np.linalg.inv(K1)
-    inliers = sampson_distance_sq(F_E, x1, x2) <= two_view.max_error_px**2
+    inliers = sampson_distance_sq(F_E, x1, x2) <= two_view.ransac.max_error_px**2
     if np.count_nonzero(inliers) < max(two_view.min_E_F_inlier_ratio * len(x1), two_view.min_num_inliers):
         return None
     xn1 = (x1 - K1[:2, 2]) / np.diag(K1)[:2]

@@ -33,9 +33,10 @@ from geomvision.geometry.rigid import Rigid3d
 from geomvision.progress import ProgressCallback
 from geomvision.progress import report as report_progress
 from geomvision.scene import Camera, ImageInfo, TwoViewGeometry
+from geomvision.sfm.bundle_adjustment import BundleAdjustmentOptions
 from geomvision.sfm.global_positioning import GlobalPositioningOptions, position_globally
 from geomvision.sfm.incremental import MappingResult
-from geomvision.sfm.mapper_ba import MapperBAOptions, adjust_bundle
+from geomvision.sfm.mapper_ba import adjust_bundle
 from geomvision.sfm.mapper_state import MapperState, TrackTable
 from geomvision.sfm.rotation_averaging import RotationAveragingOptions, RotationComponent, average_rotations
 from geomvision.sfm.tracks import build_track_arrays
@@ -70,7 +71,9 @@ class GlobalMapperOptions:
     triangulation: TriangulationOptions = field(
         default_factory=lambda: TriangulationOptions(max_error_px=2.0, filter_max_error_px=4.0)
     )
-    ba: MapperBAOptions = field(default_factory=lambda: MapperBAOptions(backend="schur", max_iterations=50))
+    ba: BundleAdjustmentOptions = field(
+        default_factory=lambda: BundleAdjustmentOptions(loss="soft_l1", max_iterations=50)
+    )
     num_ba_rounds: int = 3
     first_filter_factor: float = 4.0
     min_image_observations: int = 20

@@ -39,6 +39,7 @@ from geomvision.robust.estimators import (
 )
 from geomvision.robust.ransac import RansacOptions
 from geomvision.runtime.cache import hash_arrays
+from geomvision.runtime.rng import as_rng
 from geomvision.runtime.runner import Stage, StageRunner, derive_seed
 from geomvision.scene.camera import Camera
 from geomvision.scene.types import Features, Matches, TwoViewGeometry
@@ -53,9 +54,10 @@ class TwoViewOptions:
     """Options of :func:`verify_pair` / :func:`verify_pairs`.
 
     Attributes:
-        max_error_px: RANSAC inlier threshold (Sampson distance for E/F, transfer error for H).
-        min_num_inliers: fewer verified inliers -> rejected.
-        min_inlier_ratio: fewer inliers / putative matches -> rejected.
+        min_num_inliers: fewer verified inliers -> rejected (also the floor of RANSAC's own
+            ``min_num_inliers`` for this pair).
+        min_inlier_ratio: fewer inliers / putative matches -> rejected (also the floor of RANSAC's
+            ``min_inlier_ratio``: a pair below it is rejected anyway, so RANSAC need not sample longer).
         min_E_F_inlier_ratio: E inliers / F inliers needed to trust the intrinsics.
         max_H_inlier_ratio: H inliers / E-or-F inliers above this -> planar or panoramic.
         check_calibration: doubt the intrinsics of calibrated pairs (COLMAP): use F when E keeps fewer
@@ -63,7 +65,6 @@ class TwoViewOptions:
         guided_essential: estimate F first on calibrated pairs too and run the E RANSAC only on F's
             inliers (see :func:`_essential_within_fundamental_inliers`); off: E RANSAC on all matches.
         estimate_homography: run the H model selection at all.
-        confidence, max_iterations: RANSAC stopping.
         panoramic_max_error_px: the pure-rotation homography must transfer H inliers this well
             (median) for ``panoramic``.
         homography_min_share: the H RANSAC samples until it would have found, with the requested
@@ -71,41 +72,26 @@ class TwoViewOptions:
             Shares above it (and so every ``planar`` / ``panoramic`` decision at
             ``max_H_inlier_ratio``) are found reliably; smaller ones may be undercounted, which only
             makes the initial-pair score (``1 - homography share``) a little more optimistic there.
+        ransac: the E / F / H RANSAC (threshold: Sampson distance for E/F, transfer error for H, in
+            pixels; confidence and iteration caps).
     """
 
-    max_error_px: float = 2.0
     min_num_inliers: int = 15
     min_inlier_ratio: float = 0.0
     min_E_F_inlier_ratio: float = 0.95
     max_H_inlier_ratio: float = 0.8
     check_calibration: bool = True
     estimate_homography: bool = True
-    confidence: float = 0.999
-    max_iterations: int = 10_000
     panoramic_max_error_px: float = 2.0
     homography_min_share: float = 0.5
     guided_essential: bool = True
-    ransac: RansacOptions = field(default_factory=RansacOptions)
+    ransac: RansacOptions = field(default_factory=lambda: RansacOptions(max_error_px=2.0))
 
     def __post_init__(self) -> None:
-        if not self.max_error_px > 0:
-            raise InputError(f"max_error_px must be > 0, got {self.max_error_px}")
         if self.min_num_inliers < 5:
             raise InputError(f"min_num_inliers must be >= 5, got {self.min_num_inliers}")
         if not 0.0 < self.homography_min_share <= 1.0:
             raise InputError(f"homography_min_share must be in (0, 1], got {self.homography_min_share}")
-
-    def ransac_options(self) -> RansacOptions:
-        # A pair below min_inlier_ratio is rejected anyway, so RANSAC need not sample longer than
-        # that ratio requires: this caps the work spent on non-overlapping pairs.
-        return replace(
-            self.ransac,
-            max_error_px=self.max_error_px,
-            min_num_inliers=self.min_num_inliers,
-            min_inlier_ratio=max(self.ransac.min_inlier_ratio, self.min_inlier_ratio),
-            confidence=self.confidence,
-            max_iterations=self.max_iterations,
-        )
 
 
 # --- helpers -------------------------------------------------------------------------------------------
@@ -249,7 +235,7 @@ def verify_pair(
         rejected (``success=False`` and ``reason``); inlier matches index the input keypoints.
     """
     options = options or TwoViewOptions()
-    rng = np.random.default_rng(rng)
+    rng = as_rng(rng)
     i, j = image_ids
     matches = np.asarray(matches, dtype=np.int64).reshape(-1, 2)
     n = len(matches)
@@ -268,12 +254,17 @@ def verify_pair(
     K2, cam2 = _intrinsics(camera_2, "camera_2")
     x1 = _ideal_pixels(np.asarray(keypoints_1_px, np.float64)[matches[:, 0]], K1, cam1)
     x2 = _ideal_pixels(np.asarray(keypoints_2_px, np.float64)[matches[:, 1]], K2, cam2)
-    ransac = options.ransac_options()
-    # A model with fewer than min_num_inliers inliers is rejected anyway, so RANSAC may stop once a
-    # model with that many inliers would have been sampled with the requested confidence (H&Z 4.7.1
-    # with the inlier ratio floored at min_num_inliers / n). Without this floor a non-overlapping
-    # pair, whose best model has few inliers, samples up to max_iterations.
-    ransac = replace(ransac, min_inlier_ratio=max(ransac.min_inlier_ratio, options.min_num_inliers / n))
+    # A model with fewer than min_num_inliers inliers (or below min_inlier_ratio) is rejected anyway,
+    # so RANSAC may stop once a model with that many inliers would have been sampled with the
+    # requested confidence (H&Z 4.7.1 with the inlier ratio floored at min_num_inliers / n). Without
+    # this floor a non-overlapping pair, whose best model has few inliers, samples up to max_iterations.
+    ransac = replace(
+        options.ransac,
+        min_num_inliers=max(options.ransac.min_num_inliers, options.min_num_inliers),
+        min_inlier_ratio=max(
+            options.ransac.min_inlier_ratio, options.min_inlier_ratio, options.min_num_inliers / n
+        ),
+    )
     calibrated = K1 is not None and K2 is not None
 
     est_F = None
