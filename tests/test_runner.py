@@ -321,26 +321,3 @@ def test_readme_snippet_runs_unguarded(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert "num_registered" in proc.stdout
-
-
-def test_runtime_is_ground_floor_and_only_the_dask_backend_imports_dask():
-    """runtime/ imports only errors, progress and runtime of geomvision; dask only in dask_backend.py."""
-    import ast
-
-    allowed = ("geomvision.errors", "geomvision.progress", "geomvision.runtime")
-    for path in sorted((REPO / "geomvision" / "runtime").glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = []
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module:
-                names = [node.module]
-            for name in names:
-                if name.startswith("geomvision"):
-                    assert name.startswith(allowed), f"{path.name} imports {name}"
-                if name.split(".")[0] in ("dask", "distributed"):
-                    assert path.name == "dask_backend.py", f"{path.name} imports {name}"
-    for path in (REPO / "geomvision").rglob("*.py"):
-        if path.parent.name != "runtime":
-            text = path.read_text()
-            assert "import dask" not in text and "import distributed" not in text, path
