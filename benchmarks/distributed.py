@@ -204,7 +204,8 @@ def write_table(args, rows, overheads, started: str) -> None:
         )
     lines += [
         "",
-        "Per-item compute cost in the serial run (engine `compute_s / items`; the inputs of docs/scaling.md):",
+        "Per-item cost in the serial run (engine `compute_s / items`: wall time inside the tasks, so on a "
+        "loaded machine a multiple of the CPU time; docs/scaling.md builds its model from CPU times):",
         "",
         "| dataset | images | pairs | features ms/image | matching ms/pair | verification ms/pair "
         "| mapping ms/image | KB sent/image (dask) | KB sent/pair matched (dask) |",
@@ -232,6 +233,14 @@ def write_table(args, rows, overheads, started: str) -> None:
         "|---|---|",
     ]
     lines += [f"| {name} | {ms:.2f} |" for name, ms in overheads.items()]
+    lines += [
+        "",
+        "Reading the table: every backend wrote the same `images.txt` and `points3D.txt` (hashes). Wall times "
+        "on a machine shared with other jobs move with its load (last column) far more than with the backend; "
+        "only rows run back to back under a similar load compare. Dask's per-task overhead (scheduler, client "
+        "and workers are separate processes on the same cores) is paid about once per image, per matching "
+        "tile and per verification batch: a few dozen to a few hundred tasks per run here.",
+    ]
     atomic_write_text(args.output, "\n".join(lines) + "\n")
     print(f"wrote {args.output}")
 
