@@ -17,6 +17,7 @@ ORDER = [
     ("reconstruct.md", "End-to-end reconstruction (issue: incremental reconstruction)"),
     ("self_calibration.md", "Self-calibration and model trust (issue 19)"),
     ("bench_incremental_mapper.md", "Incremental mapper alone"),
+    ("partition.md", "Partitioned mapping and Sim(3) merge (issue: partitioned reconstruction)"),
     ("bundle_adjustment.md", "Bundle adjustment (issue: bundle adjustment)"),
     ("factorization.md", "Factorization (issue: Tomasi-Kanade)"),
     ("bench_colmap_io.md", "COLMAP model I/O"),

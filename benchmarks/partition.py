@@ -297,9 +297,9 @@ def run_dataset(key: str, mode: str, args, work: Path) -> list[dict]:
             overlap,
             max(args.worker_counts),
         )
-        row("pycolmap incremental", inc, t_inc, t_inc)
+        colmap_whole = row("pycolmap incremental", inc, t_inc, t_inc)
         r = row(f"pycolmap hierarchical (leaf {cluster}, overlap {overlap})", hier, t_hier, t_hier)
-        r["auc2_ratio"] = r["auc@2"] / whole["auc@2"] if whole["auc@2"] else float("nan")
+        r["auc2_ratio"] = r["auc@2"] / colmap_whole["auc@2"] if colmap_whole["auc@2"] else float("nan")
     return rows
 
 
@@ -308,11 +308,12 @@ def write_markdown(rows: list[dict], path: Path, args) -> None:
         "# Partitioned mapping vs whole-scene mapping vs COLMAP's hierarchical mapper",
         "",
         f"Run {date.today().isoformat()} on {platform.machine()} ({os.cpu_count()} cores, shared with other "
-        f"jobs: load average per row). Clusters of ceil({args.fraction} x images) core images plus overlap; "
+        f"jobs: load average per row). Clusters of ceil({args.fraction:.3f} x images) core images (street: the "
+        "size in the row) plus overlap; "
         "geomvision runs share one feature/match/verification cache, so `mapping s` is the comparable time "
         "(for pycolmap: its mapper call). AUC of the pairwise relative pose error of the largest model "
-        "(unregistered = 180 deg), via `geomvision.evaluation`. `AUC@2 ratio` = partitioned / geomvision "
-        "whole.",
+        "(unregistered = 180 deg), via `geomvision.evaluation`. `AUC@2 ratio` = partitioned / whole of the "
+        "same tool (geomvision partitioned / geomvision whole; pycolmap hierarchical / pycolmap incremental).",
         "",
         "| dataset | K | images | tool | models | registered | AUC@1 | AUC@2 | AUC@5 | AUC@2 ratio | mean reproj px "
         "| mapping s | total s | load avg |",
@@ -370,7 +371,19 @@ def main() -> int:
     parser.add_argument("--no-colmap", action="store_true")
     parser.add_argument("--keep", help="keep work folders (and caches) here")
     parser.add_argument("--output", default=str(RESULTS / "partition.md"))
+    parser.add_argument(
+        "--only-assemble",
+        nargs="*",
+        metavar="JSON",
+        help="write the table from these rows files (earlier runs' .json) without running anything",
+    )
     args = parser.parse_args()
+    if args.only_assemble is not None:
+        rows = [r for path in args.only_assemble for r in json.loads(Path(path).read_text())]
+        write_markdown(rows, Path(args.output), args)
+        Path(args.output).with_suffix(".json").write_text(json.dumps(rows, indent=1, default=str))
+        print(f"wrote {args.output}")
+        return 0
     args.worker_counts = [int(w) for w in args.worker_counts.split(",")]
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="gv_partition_"))
     rows: list[dict] = []

@@ -34,6 +34,7 @@ from geomvision.sfm.partition import PartitionOptions
 from geomvision.sfm.pose_prior import PosePriorOptions
 from geomvision.sfm.trust import TrustOptions
 from geomvision.sfm.two_view import TwoViewOptions
+from geomvision.sfm.wide_baseline import WideBaselineOptions
 
 logger = logging.getLogger(__name__)
 
@@ -202,6 +203,8 @@ class ReconstructionConfig:
         extraction: :func:`geomvision.features.extract.extract_features`.
         matching: :func:`geomvision.features.match.match_pairs`.
         two_view: :func:`geomvision.sfm.two_view.verify_pairs` (nests its ``ransac``).
+        wide_baseline: :func:`geomvision.sfm.wide_baseline.densify_wide_baseline_pairs` (affine-feature
+            retry of weakly connected images, after verification; idle on well-connected sets).
         calibration: :mod:`geomvision.sfm.calibration` (focal lengths from the view graph before mapping).
         factorization: :func:`geomvision.sfm.factorization_init.initialize_by_factorization`, run when
             ``pipeline.init = "factorization"``.
@@ -220,6 +223,7 @@ class ReconstructionConfig:
     extraction: ExtractionOptions = field(default_factory=_pipeline_extraction)
     matching: MatchingOptions = field(default_factory=_pipeline_matching)
     two_view: TwoViewOptions = field(default_factory=TwoViewOptions)
+    wide_baseline: WideBaselineOptions = field(default_factory=WideBaselineOptions)
     calibration: SelfCalibrationOptions = field(default_factory=SelfCalibrationOptions)
     factorization: FactorizationInitOptions = field(default_factory=FactorizationInitOptions)
     trust: TrustOptions = field(default_factory=TrustOptions)
@@ -255,46 +259,56 @@ def _options_to_dict(options) -> dict[str, Any]:
 
 
 # --- deprecated flat keys ----------------------------------------------------------------------------
-#: Keys of the flat options before the tree (one release only) -> their places in the tree. A key
-#: that used to be relayed to several stages maps to all of them; ``mapper.min_num_inliers`` also set
-#: the registration's candidate floor, so it keeps doing that through the transform.
-DEPRECATED_KEYS: dict[str, tuple[tuple[str, Callable[[Any], Any] | None], ...]] = {
-    "two_view.max_error_px": (("two_view.ransac.max_error_px", None),),
-    "two_view.confidence": (("two_view.ransac.confidence", None),),
-    "two_view.max_iterations": (("two_view.ransac.max_iterations", None),),
+#: Keys of the flat options before the tree (kept one release) -> their places in the tree. A key that
+#: used to be relayed to several stages maps to all of them.
+DEPRECATED_KEYS: dict[str, tuple[str, ...]] = {
+    "two_view.max_error_px": ("two_view.ransac.max_error_px",),
+    "two_view.confidence": ("two_view.ransac.confidence",),
+    "two_view.max_iterations": ("two_view.ransac.max_iterations",),
     "mapper.min_num_inliers": (
-        ("mapper.registration.min_num_inliers", None),
-        ("mapper.registration.min_num_visible", lambda v: max(4, int(v) // 2)),
+        "mapper.registration.min_num_inliers",
+        "mapper.registration.min_num_visible",
     ),
-    "mapper.init_min_num_inliers": (("mapper.initialization.min_num_inliers", None),),
-    "mapper.init_min_tri_angle_deg": (("mapper.initialization.min_tri_angle_deg", None),),
-    "mapper.init_max_homography_share": (("mapper.initialization.max_homography_share", None),),
-    "mapper.init_max_pairs_tried": (("mapper.initialization.max_pairs_tried", None),),
-    "mapper.abs_pose_max_error_px": (("mapper.registration.ransac.max_error_px", None),),
-    "mapper.abs_pose_min_inlier_ratio": (("mapper.registration.min_inlier_ratio", None),),
+    "mapper.init_min_num_inliers": ("mapper.initialization.min_num_inliers",),
+    "mapper.init_min_tri_angle_deg": ("mapper.initialization.min_tri_angle_deg",),
+    "mapper.init_max_homography_share": ("mapper.initialization.max_homography_share",),
+    "mapper.init_max_pairs_tried": ("mapper.initialization.max_pairs_tried",),
+    "mapper.abs_pose_max_error_px": ("mapper.registration.ransac.max_error_px",),
+    "mapper.abs_pose_min_inlier_ratio": ("mapper.registration.min_inlier_ratio",),
     "mapper.tri_max_error_px": (
-        ("mapper.triangulation.max_error_px", None),
-        ("mapper.initialization.triangulation.max_error_px", None),
-        ("mapper.initialization.triangulation.filter_max_error_px", None),
+        "mapper.triangulation.max_error_px",
+        "mapper.initialization.triangulation.max_error_px",
+        "mapper.initialization.triangulation.filter_max_error_px",
     ),
-    "mapper.tri_min_angle_deg": (("mapper.triangulation.min_tri_angle_deg", None),),
-    "mapper.filter_max_reproj_error_px": (("mapper.triangulation.filter_max_error_px", None),),
+    "mapper.tri_min_angle_deg": ("mapper.triangulation.min_tri_angle_deg",),
+    "mapper.filter_max_reproj_error_px": ("mapper.triangulation.filter_max_error_px",),
     "mapper.filter_min_tri_angle_deg": (
-        ("mapper.triangulation.filter_min_tri_angle_deg", None),
-        ("mapper.initialization.triangulation.min_tri_angle_deg", None),
-        ("mapper.initialization.triangulation.filter_min_tri_angle_deg", None),
+        "mapper.triangulation.filter_min_tri_angle_deg",
+        "mapper.initialization.triangulation.min_tri_angle_deg",
+        "mapper.initialization.triangulation.filter_min_tri_angle_deg",
     ),
-    "mapper.local_ba_max_iterations": (("mapper.local_ba.max_iterations", None),),
-    "mapper.global_ba_max_iterations": (("mapper.global_ba.max_iterations", None),),
-    "mapper.refine_focal": (("mapper.global_ba.refine_focal", None),),
-    "mapper.refine_extra_params": (("mapper.global_ba.refine_extra_params", None),),
-    "mapper.ba_backend": (("mapper.local_ba.backend", None), ("mapper.global_ba.backend", None)),
-    "mapper.ba_loss": (("mapper.local_ba.loss", None), ("mapper.global_ba.loss", None)),
+    "mapper.local_ba_max_iterations": ("mapper.local_ba.max_iterations",),
+    "mapper.global_ba_max_iterations": ("mapper.global_ba.max_iterations",),
+    "mapper.refine_focal": ("mapper.global_ba.refine_focal",),
+    "mapper.refine_extra_params": ("mapper.global_ba.refine_extra_params",),
+    "mapper.ba_backend": (
+        "mapper.local_ba.backend",
+        "mapper.global_ba.backend",
+    ),
+    "mapper.ba_loss": (
+        "mapper.local_ba.loss",
+        "mapper.global_ba.loss",
+    ),
     "mapper.ba_loss_scale_px": (
-        ("mapper.local_ba.loss_scale_px", None),
-        ("mapper.global_ba.loss_scale_px", None),
+        "mapper.local_ba.loss_scale_px",
+        "mapper.global_ba.loss_scale_px",
     ),
-    "pipeline.pose_prior_min_confidence": (("pose_prior.min_confidence", None),),
+    "pipeline.pose_prior_min_confidence": ("pose_prior.min_confidence",),
+}
+#: Old values that reach a new place changed: ``mapper.min_num_inliers`` also set the registration's
+#: candidate floor to half of it.
+DEPRECATED_TRANSFORMS: dict[tuple[str, str], Callable[[Any], Any]] = {
+    ("mapper.min_num_inliers", "mapper.registration.min_num_visible"): lambda v: max(4, int(v) // 2),
 }
 
 
@@ -307,11 +321,12 @@ def _resolve_deprecated(data: dict[str, Any]) -> dict[str, Any]:
             continue
         table = data[section] = dict(table)
         value = table.pop(key)
-        new_names = ", ".join(path for path, _ in targets)
+        new_names = ", ".join(targets)
         message = f"config key [{section}] {key} is deprecated; set {new_names} instead"
         warnings.warn(message, DeprecationWarning, stacklevel=4)
         logger.warning(message)
-        for path, transform in targets:
+        for path in targets:
+            transform = DEPRECATED_TRANSFORMS.get((old, path))
             *parents, leaf = path.split(".")
             node = data
             for part in parents:
@@ -448,16 +463,33 @@ def _literal_choices(hint: Any) -> tuple:
 
 
 # --- presets --------------------------------------------------------------------------------------
+#: Named configurations: changes to the default tree (docs/architecture.md "Presets" lists them in one
+#: table). Each changes what its name says and nothing else.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "default": {},
-    # Fewer, smaller features and sequential pairs: quick looks at video-like sets.
+    # Quicker: fewer, smaller features; pairs from retrieval (each image's top-10 most similar images,
+    # plus its 3 neighbours in file order, so a sequence still closes its loops, unlike sequential-only
+    # pairing, which split templeRing into four models); shorter bundle adjustments.
     "fast": {
-        "pipeline": {"pairing": "sequential", "sequential_window": 5},
+        "pipeline": {"pairing": "retrieval", "retrieval_k": 10},
         "extraction": {"max_num_features": 4000, "max_image_size_px": 1200},
+        "mapper": {"local_ba": {"max_iterations": 15}, "global_ba": {"max_iterations": 30}},
     },
-    # More features at full resolution.
+    # Slower, for the best model: more features (full resolution, lower SIFT contrast threshold), exact
+    # nearest-neighbour matching, more confident RANSACs, longer bundle adjustments.
     "accurate": {
-        "extraction": {"max_num_features": 16000, "max_image_size_px": 4000},
+        "extraction": {
+            "max_num_features": 16000,
+            "max_image_size_px": 4000,
+            "sift_contrast_threshold": 0.008,
+        },
+        "matching": {"method": "bruteforce"},
+        "two_view": {"ransac": {"confidence": 0.9999, "min_iterations": 128, "max_iterations": 20000}},
+        "mapper": {
+            "registration": {"ransac": {"confidence": 0.99999, "max_iterations": 10000}},
+            "local_ba": {"max_iterations": 50},
+            "global_ba": {"max_iterations": 100, "function_tolerance": 1e-8},
+        },
     },
 }
 

@@ -159,6 +159,9 @@ def _run_stages(run: _Run) -> PipelineResult:
         t = time.perf_counter()
         run.stage = "cameras"  # reads every image header: unreadable files fail here, before any work
         cameras, camera_of_image = setup_cameras(paths, image_ids, config)
+        if config.pipeline.intrinsics is not None:  # known calibration: no mapper refines it (recorded)
+            config = run.config = _with_fixed_cameras(config, sorted(cameras))
+            report["config"] = config.to_dict()
         run.stage = "features"
         features = _run_features(paths, image_ids, config, runner, progress_factory)
         timings["features"] = time.perf_counter() - t
@@ -183,7 +186,14 @@ def _run_stages(run: _Run) -> PipelineResult:
         timings["verification"] = time.perf_counter() - t
         verified = {pair: g for pair, g in two_view.items() if g.success}
         report["verification"] = _verification_counts(two_view, verified)
+        if config.wide_baseline.enabled:  # weakly connected images: retry their pairs (affine features)
+            run.stage = "wide_baseline"
+            features, verified, report["wide_baseline"] = _run_wide_baseline(
+                paths, features, matches, verified, cameras_by_image, config, progress_factory
+            )
+            timings["wide_baseline"] = report["wide_baseline"]["time_s"]
         if not verified:
+            run.stage = "verification"  # the wide-baseline retry found nothing either: verification failed
             raise ReconstructionError(
                 f"no image pair could be verified among {len(image_ids)} images "
                 f"({len(matches)} pairs matched): the images do not overlap enough"
@@ -216,6 +226,16 @@ def _run_stages(run: _Run) -> PipelineResult:
             f"mapping failed: {mapping.report.get('reason', 'no model with 2+ images')}"
         )
 
+    if len(reconstructions) > 1 and config.wide_baseline.bridge.enabled:  # join separate models
+        from geomvision.sfm.wide_baseline import bridge_and_merge_models
+
+        t = time.perf_counter()
+        run.stage = "model_bridge"
+        reconstructions, report["model_bridge"] = bridge_and_merge_models(
+            reconstructions, verified, config.wide_baseline.bridge, rng=config.pipeline.seed
+        )
+        timings["model_bridge"] = time.perf_counter() - t
+
     if config.pipeline.intrinsics is None and config.calibration.enabled:  # unknown K: principal point
         t = time.perf_counter()
         run.stage = "principal_point"
@@ -226,6 +246,7 @@ def _run_stages(run: _Run) -> PipelineResult:
         )
         timings["principal_point"] = time.perf_counter() - t
 
+    t = time.perf_counter()
     run.stage = "trust"  # measured signals; sparse/0 becomes the largest trusted model
     from geomvision.sfm.calibration import trusted_focal_estimates
     from geomvision.sfm.trust import assess_models_trust
@@ -239,6 +260,7 @@ def _run_stages(run: _Run) -> PipelineResult:
         fixed_camera_ids=fixed,
         rng=config.pipeline.seed,
     )
+    timings["trust"] = time.perf_counter() - t
 
     if config.pipeline.pose_prior_checkpoint:  # learned fallback for images PnP could not register
         t = time.perf_counter()
@@ -449,6 +471,24 @@ def _run_verification(features, matches, cameras_by_image, config, runner, progr
         )
 
 
+def _run_wide_baseline(paths, features, matches, verified, cameras_by_image, config, progress_factory):
+    from geomvision.sfm.wide_baseline import densify_wide_baseline_pairs
+
+    with progress_factory("wide_baseline") as progress:
+        result = densify_wide_baseline_pairs(
+            dict(zip(sorted(features), paths, strict=True)),
+            features,
+            {pair: len(m) for pair, m in matches.items()},
+            verified,
+            cameras_by_image,
+            config.wide_baseline,
+            two_view_options=config.two_view,
+            rng=config.pipeline.seed,
+            progress=progress,
+        )
+    return result.features, result.two_view_geometries, result.report
+
+
 def _run_calibration(cameras, camera_of_image, verified, features, paths, config, runner, progress_factory):
     from geomvision.sfm.calibration import exif_focal_camera_ids, self_calibrate
 
@@ -475,10 +515,6 @@ def _run_mapping(cameras, images, verified, config, progress_factory, runner=Non
     if config.pipeline.mapper == "global":
         return _run_global_mapping(cameras, images, verified, config, progress_factory)
     mapper_options = config.mapper
-    if config.pipeline.intrinsics is not None:  # known calibration: the mapper must never refine it
-        from dataclasses import replace
-
-        mapper_options = replace(mapper_options, fixed_camera_ids=tuple(sorted(cameras)))
     if config.partition.cluster_size_for(len(images)):  # large scenes: cluster by cluster, then merge
         from geomvision.sfm.partitioned_mapping import PartitionedMappingOptions, partitioned_mapping
 
@@ -511,15 +547,20 @@ def _run_mapping(cameras, images, verified, config, progress_factory, runner=Non
 
 
 def _run_global_mapping(cameras, images, verified, config, progress_factory):
-    from dataclasses import replace
-
     from geomvision.sfm.global_mapper import global_mapping
 
     options = config.global_mapper
-    if config.pipeline.intrinsics is not None:  # known calibration: the mapper must never refine it
-        options = replace(options, fixed_camera_ids=tuple(sorted(cameras)))
     with progress_factory("mapping") as progress:
         return global_mapping(cameras, images, verified, options, rng=config.pipeline.seed, progress=progress)
+
+
+def _with_fixed_cameras(config: ReconstructionConfig, camera_ids: list[int]) -> ReconstructionConfig:
+    """Known calibration: both mappers hold these cameras (so report.json's config says what ran)."""
+    return config.with_changes(
+        mapper={"fixed_camera_ids": camera_ids},
+        global_mapper={"fixed_camera_ids": camera_ids},
+        wide_baseline={"bridge": {"merge": {"bundle_adjustment": {"intrinsics": "fixed"}}}},
+    )
 
 
 def _run_pose_prior(reconstructions, cameras, images, paths, matches, config) -> dict[str, Any]:

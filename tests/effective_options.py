@@ -122,38 +122,6 @@ def spying(record: dict[str, set[str]]):
         yield
 
 
-def _factorization_scene(rng):
-    """A ring of 10 cameras around a small object; tracks over 4-9 consecutive images."""
-    from geomvision.scene import Camera, ImageInfo, Track
-    from geomvision.synthetic import look_at
-
-    camera = Camera.pinhole(1, 1520.4, 1525.9, 302.3, 246.9, 640, 480)
-    num_images = 10
-    angles = np.radians(7.5) * np.arange(num_images)
-    centers = np.stack([0.5 * np.cos(angles), 0.5 * np.sin(angles), 0.15 * np.ones(num_images)], axis=1)
-    poses = [look_at(c, np.zeros(3)) for c in centers]
-    points = rng.uniform(-0.05, 0.05, (300, 3))
-    start = rng.integers(0, num_images, 300)
-    length = rng.integers(4, 10, 300)
-    keypoints = {i: [] for i in range(1, num_images + 1)}
-    tracks = []
-    for p in range(300):
-        frames = list(range(start[p], min(start[p] + length[p], num_images)))
-        if len(frames) < 2:
-            continue
-        elements = []
-        for f in frames:
-            px = camera.project(poses[f].apply(points[p][None]))[0] + rng.normal(0, 0.3, 2)
-            keypoints[f + 1].append(px)
-            elements.append((f + 1, len(keypoints[f + 1]) - 1))
-        tracks.append(Track(elements))
-    images = {
-        i: ImageInfo(f"img{i:03d}.png", 1, np.array(kp).reshape(-1, 2), np.full((len(kp), 3), 7, np.uint8))
-        for i, kp in keypoints.items()
-    }
-    return {1: camera}, images, tracks
-
-
 class _Stop(Exception):
     pass
 
@@ -170,6 +138,7 @@ def record_effective_options(config=None) -> dict[str, list]:
 
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
     from mapper_fixtures import mapper_inputs
+    from test_factorization_init import _ring_scene  # the templeRing-like ring those tests use
 
     config = config or ReconstructionConfig()
     record: dict[str, set[str]] = defaultdict(set)
@@ -186,7 +155,7 @@ def record_effective_options(config=None) -> dict[str, list]:
         cameras, images, geoms, _ = mapper_inputs(scene, noise_px=0.5, rng=2, with_pose=False)
         incremental_mapping(cameras, images, geoms, config.mapper, rng=0)  # E re-estimated at init
 
-        cams, imgs, tracks = _factorization_scene(np.random.default_rng(0))
+        cams, imgs, tracks, _ = _ring_scene(np.random.default_rng(0), num_images=10, num_points=300)
         factorization_init.initialize_by_factorization(
             cams, imgs, tracks, _factorization_options(config), rng=0
         )

@@ -27,8 +27,12 @@ def test_toml_round_trip_of_every_preset(tmp_path):
 
 def test_presets_apply_their_values():
     fast = preset("fast")
-    assert fast.pipeline.pairing == "sequential" and fast.pipeline.sequential_window == 5
-    assert fast.extraction.max_num_features == 4000
+    # Retrieval pairing (top-k + 3 file-order neighbours), not sequential-only: loops get closed.
+    assert fast.pipeline.pairing == "retrieval" and fast.pipeline.retrieval_k == 10
+    assert fast.extraction.max_num_features == 4000 and fast.mapper.global_ba.max_iterations == 30
+    accurate = preset("accurate")
+    assert accurate.two_view.ransac.confidence > ReconstructionConfig().two_view.ransac.confidence
+    assert accurate.matching.method == "bruteforce" and accurate.mapper.global_ba.max_iterations == 100
     assert preset("default") == ReconstructionConfig()
 
 
@@ -36,7 +40,7 @@ def test_file_values_override_preset_and_base(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text('preset = "fast"\n[pipeline]\nseed = 9\n[extraction]\nmax_num_features = 123\n')
     config = load_config(path, base=ReconstructionConfig().with_changes(pipeline={"seed": 1}))
-    assert config.pipeline.seed == 9 and config.pipeline.pairing == "sequential"
+    assert config.pipeline.seed == 9 and config.pipeline.pairing == "retrieval"
     assert config.extraction.max_num_features == 123
 
 

@@ -142,14 +142,14 @@ def test_bad_input_raises_and_no_overlap_fails_as_a_value():
 
 
 def test_implausible_refined_intrinsics_are_reset_and_frozen():
-    from geomvision.sfm.incremental import _ModelBuilder, _Timer
-    from geomvision.sfm.mapper_state import MapperState, TrackTable
+    from geomvision.sfm.incremental import _ModelBuilder
+    from geomvision.sfm.mapper_state import MapperState, StepTimer, TrackTable
 
     scene = random_scene(30, 3, rng=0)
     cameras, images, geoms, _ = mapper_inputs(scene, noise_px=0.0, model="SIMPLE_RADIAL")
     state = MapperState(cameras, images, TrackTable.from_tracks([], images))
     builder = _ModelBuilder(
-        state, IncrementalMapperOptions(), set(images), np.random.default_rng(0), _Timer(), None, 3
+        state, IncrementalMapperOptions(), set(images), np.random.default_rng(0), StepTimer(), None, 3
     )
     assert not builder.reset_bogus_cameras({1})  # initial values are plausible
     state.cameras[1].params = np.array([9000.0, 319.5, 239.5, 0.0])  # focal 14x the image size

@@ -13,6 +13,7 @@ from effective_options import record_effective_options, to_jsonable
 
 from geomvision.config import (
     DEPRECATED_KEYS,
+    DEPRECATED_TRANSFORMS,
     PRESETS,
     ReconstructionConfig,
     _literal_choices,
@@ -119,7 +120,8 @@ def test_default_config_keeps_every_effective_value_at_its_new_place():
         if targets is None:
             assert _get(new, path) == value, path
             continue
-        for new_path, transform in targets:
+        for new_path in targets:
+            transform = DEPRECATED_TRANSFORMS.get((path, new_path))
             assert _get(new, new_path) == (transform(value) if transform else value), (path, new_path)
 
 
@@ -184,8 +186,8 @@ def _toml_value(value) -> str:
 
 #: Leaves that no TOML value may change, with why: the refusal is the point.
 REFUSED = {
-    "mapper.local_ba.fixed_point_ids": "the mapper's points have no ids while it runs",
-    "mapper.global_ba.fixed_point_ids": "the mapper's points have no ids while it runs",
+    f"{ba}.fixed_point_ids": "the mappers' points have no ids while they run"
+    for ba in ("mapper.local_ba", "mapper.global_ba", "global_mapper.ba")
 }
 
 
@@ -266,3 +268,23 @@ def test_presets_only_touch_existing_leaves(name):
     expected = {p for p, _ in _flat(PRESETS[name])}
     assert changed <= expected
     assert to_jsonable(config) is not None
+
+
+def test_two_view_ransac_threshold_from_toml_changes_the_verified_inliers(tmp_path):
+    """The bug the tree fixes: ``[two_view.ransac] max_error_px`` used to be overwritten by a copy."""
+    import numpy as np
+
+    from geomvision.sfm.two_view import verify_pair
+    from geomvision.synthetic import two_view_correspondences
+
+    data = two_view_correspondences(400, noise_px=1.0, outlier_ratio=0.2, rng=3)
+    matches = np.stack([np.arange(len(data.x1_px))] * 2, axis=1)
+    toml = tmp_path / "c.toml"
+    toml.write_text("[two_view.ransac]\nmax_error_px = 0.5\n")
+    tight = load_config(toml).two_view
+    counts = [
+        verify_pair(data.x1_px, data.x2_px, matches, data.K, data.K, options, rng=0).num_inliers
+        for options in (ReconstructionConfig().two_view, tight)
+    ]
+    # 1 px noise: a 2 px Sampson threshold keeps most true matches, 0.5 px well under half of them.
+    assert counts[0] > 250 and counts[1] < 0.7 * counts[0], counts

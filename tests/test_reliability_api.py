@@ -378,6 +378,9 @@ def test_planar_scene_reconstructs(tmp_path):
     f = 1.2 * WIDTH
     result = run_pipeline(imgs, out, fast_config(intrinsics=(f, f, (WIDTH - 1) / 2, (HEIGHT - 1) / 2)))
     _assert_success(out, 4)
+    # report.json records the options the mappers ran with: the known camera held.
+    config = json.loads((out / "report.json").read_text())["config"]
+    assert config["mapper"]["fixed_camera_ids"] == config["global_mapper"]["fixed_camera_ids"] == [1]
     rec = result.reconstruction
     xyz = np.array([p.xyz for p in rec.points3D.values()])
     centre = np.median(xyz, axis=0)

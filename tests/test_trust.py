@@ -13,7 +13,13 @@ from geomvision.scene import Camera, Reconstruction
 from geomvision.scene.reconstruction import View
 from geomvision.sfm.calibration import calibrate_view_graph
 from geomvision.sfm.incremental import IncrementalMapperOptions, incremental_mapping
-from geomvision.sfm.trust import TrustOptions, assess_model_trust, order_by_trust, triangulation_angles_deg
+from geomvision.sfm.trust import (
+    TrustOptions,
+    assess_model_trust,
+    assess_models_trust,
+    order_by_trust,
+    triangulation_angles_deg,
+)
 from geomvision.synthetic import random_scene
 
 
@@ -42,6 +48,8 @@ def test_focal_prior_4x_off_with_calibration_ignored_gives_an_untrusted_model():
     given = assess_model_trust(rec, fixed_camera_ids=(1,), rng=0)
     assert not given.trusted and given.signals["focal_drift_when_freed"]["1"] > 0.1
     assert any("disagree" in r for r in given.reasons)
+    _, verdicts = assess_models_trust([rec], fixed_camera_ids=(1,), rng=0)  # what the pipeline calls
+    assert not verdicts[0].trusted and "focal_drift_when_freed" in verdicts[0].signals
 
 
 def test_same_set_with_the_focal_refined_is_trusted():

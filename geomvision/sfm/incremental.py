@@ -28,7 +28,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,7 +40,7 @@ from geomvision.scene import Camera, ImageInfo, Reconstruction, TwoViewGeometry
 from geomvision.sfm.bundle_adjustment import BundleAdjustmentOptions
 from geomvision.sfm.initialization import InitializationOptions, initialize_reconstruction
 from geomvision.sfm.mapper_ba import adjust_bundle, check_mapper_ba_options
-from geomvision.sfm.mapper_state import MapperState, TrackTable
+from geomvision.sfm.mapper_state import MapperState, StepTimer, TrackTable, check_mapper_inputs
 from geomvision.sfm.registration import RegistrationOptions, rank_next_images, register_image
 from geomvision.sfm.triangulate import (
     TriangulationOptions,
@@ -144,42 +143,6 @@ class MappingResult:
     report: dict = field(default_factory=dict)
 
 
-def _check_inputs(
-    cameras: dict[int, Camera],
-    images: dict[int, ImageInfo],
-    two_view_geometries: dict[tuple[int, int], TwoViewGeometry],
-) -> None:
-    if not images:
-        raise InputError("incremental_mapping needs at least one image, got none")
-    for image_id, info in images.items():
-        if info.camera_id not in cameras:
-            raise InputError(f"image {image_id} ({info.name}) refers to unknown camera {info.camera_id}")
-    for (i, j), g in two_view_geometries.items():
-        if i not in images or j not in images:
-            raise InputError(f"two-view geometry ({i}, {j}) refers to an unknown image")
-        if (g.image_i, g.image_j) != (i, j):
-            raise InputError(f"two-view geometry keyed ({i}, {j}) is for images ({g.image_i}, {g.image_j})")
-
-
-class _Timer:
-    """Accumulates wall time per named step."""
-
-    def __init__(self) -> None:
-        self.totals: dict[str, float] = defaultdict(float)
-
-    def __call__(self, name: str):
-        timer = self
-
-        class _Ctx:
-            def __enter__(self):
-                self.t = time.perf_counter()
-
-            def __exit__(self, *exc):
-                timer.totals[name] += time.perf_counter() - self.t
-
-        return _Ctx()
-
-
 class _ModelBuilder:
     """Grows one model; holds the counters that go into the report."""
 
@@ -189,7 +152,7 @@ class _ModelBuilder:
         options: IncrementalMapperOptions,
         allowed: set[int],
         rng: np.random.Generator,
-        timer: _Timer,
+        timer: StepTimer,
         progress: ProgressCallback | None,
         num_images: int,
     ):
@@ -483,9 +446,9 @@ def incremental_mapping(
     from geomvision.sfm.tracks import build_track_arrays
 
     options = options or IncrementalMapperOptions()
-    _check_inputs(cameras, images, two_view_geometries)
+    check_mapper_inputs(cameras, images, two_view_geometries, caller="incremental_mapping")
     rng = as_rng(rng)
-    timer = _Timer()
+    timer = StepTimer()
     t_start = time.perf_counter()
     usable = {
         pair: g

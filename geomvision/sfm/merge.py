@@ -54,6 +54,7 @@ from geomvision.geometry.sim3 import (
 from geomvision.progress import ProgressCallback
 from geomvision.progress import report as report_progress
 from geomvision.robust.ransac import RansacOptions, ransac
+from geomvision.runtime.rng import as_rng
 from geomvision.scene import Reconstruction, View
 from geomvision.sfm.bundle_adjustment import BundleAdjustmentOptions, bundle_adjust
 
@@ -93,8 +94,8 @@ class AlignmentOptions:
     """
 
     ransac: RansacOptions = field(default_factory=_default_alignment_ransac)
-    ransac_max_points: int = 500
-    refine_max_points: int = 1000
+    ransac_max_points: int = 300
+    refine_max_points: int = 300
     min_inlier_ratio: float = 0.3
     huber_scale_px: float = 1.0
     refine_max_iterations: int = 200
@@ -407,7 +408,7 @@ def align_reconstructions(
             f"({len(cameras.image_ids)} shared images)"
         )
         return result
-    gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    gen = as_rng(rng)
     xyz_src = np.array([src.points3D[int(p)].xyz for p in pairs[:, 0]])
     xyz_dst = np.array([dst.points3D[int(p)].xyz for p in pairs[:, 1]])
     full = _SimilarityEstimator(
@@ -561,7 +562,7 @@ def merge_reconstructions(
         raise InputError("merge_reconstructions needs at least one model, got none")
     if core_image_ids is not None and len(core_image_ids) != len(models):
         raise InputError(f"{len(core_image_ids)} core image sets for {len(models)} models")
-    rng = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng
+    rng = as_rng(rng)
     t0 = time.perf_counter()
     weights = _model_graph(models)
     order = sorted(range(len(models)), key=lambda k: (-models[k].num_registered, k))

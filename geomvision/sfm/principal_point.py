@@ -126,7 +126,7 @@ def principal_point_std_px(
     scale = 1.0
     num_points = len(problem.points)
     if max_points is not None and num_points > max_points:
-        chosen = np.sort(np.random.default_rng(rng).choice(num_points, size=max_points, replace=False))
+        chosen = np.sort(as_rng(rng).choice(num_points, size=max_points, replace=False))
         keep = np.isin(problem.obs_point, chosen)
         problem = replace(
             problem,

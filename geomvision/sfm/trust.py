@@ -279,6 +279,9 @@ def assess_models_trust(
 ) -> tuple[list[Reconstruction], list[ModelTrust]]:
     """Assess every model and order them trusted first, largest first (model 0: the largest trusted)."""
     verdicts = [
-        assess_model_trust(r, options, calibrated_focal_px=calibrated_focal_px) for r in reconstructions
+        assess_model_trust(
+            r, options, calibrated_focal_px=calibrated_focal_px, fixed_camera_ids=fixed_camera_ids, rng=rng
+        )
+        for r in reconstructions
     ]
     return order_by_trust(reconstructions, verdicts)
