@@ -273,6 +273,12 @@ class StageRunner:
         other.stats = self.stats
         return other
 
+    def in_process(self) -> StageRunner:
+        """A serial runner with this one's cache and stats (for a few items not worth shipping)."""
+        other = StageRunner(cache_dir=self.cache_dir)
+        other.stats = self.stats
+        return other
+
     @property
     def shares_files(self) -> bool:
         return self.backend.shares_files

@@ -622,7 +622,7 @@ def reestimate_essentials(
             redone[pair] = light
     if full:
         if len(full) <= _MAX_PAIRS_IN_PROCESS:  # a few pairs: cheaper here than shipping keypoints to a pool
-            executor, two_view = None, replace(two_view, num_workers=1)
+            runner = runner.in_process() if runner is not None else None
         redone.update(
             verify_pairs(
                 features, full, cameras_by_image, two_view, rng=rng, runner=runner, progress=progress
