@@ -22,6 +22,7 @@ ORDER = [
     ("factorization.md", "Factorization (issue: Tomasi-Kanade)"),
     ("bench_colmap_io.md", "COLMAP model I/O"),
     ("learned_pose.md", "Learned pose plugins (issue: learned pose)"),
+    ("distributed.md", "Stage runner backends: serial, process pool, Dask (issue: scale-out)"),
 ]
 
 

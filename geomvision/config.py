@@ -24,6 +24,7 @@ from typing import Any, Literal, get_args, get_origin
 from geomvision.errors import InputError
 from geomvision.features.extract import ExtractionOptions
 from geomvision.features.match import MatchingOptions
+from geomvision.runtime.runner import BACKENDS
 from geomvision.sfm.calibration import SelfCalibrationOptions
 from geomvision.sfm.factorization_init import FactorizationInitOptions
 from geomvision.sfm.global_mapper import GlobalMapperOptions
@@ -71,7 +72,17 @@ class PipelineOptions:
         camera_model: model used when intrinsics are estimated (SIMPLE_RADIAL refines f and k).
         single_camera: one shared camera (True), one per image (False), or None = shared when all
             images have the same size.
-        num_workers: worker processes for per-image and per-pair work (1 = in-process).
+        num_workers: worker processes for per-image, per-pair and per-cluster work (None: the usable
+            core count; 1 with the processes backend: in-process). The only worker count: stages
+            take a runner, never a count (``geomvision.runtime.runner``).
+        backend: where that work runs: "serial" (in process), "processes" (a local pool) or "dask".
+        scheduler: dask only, and setting it selects dask: "local" starts a LocalCluster of
+            ``num_workers`` processes listening on 127.0.0.1; "tcp://HOST:PORT" (or "tls://...")
+            connects to a running scheduler. None with backend "dask" means "local".
+        images_visible_to_workers: dask: the workers can open the image paths (shared filesystem);
+            otherwise the client reads every image and ships its bytes.
+        tls_ca_file, tls_cert_file, tls_key_file: dask: TLS files for a secured scheduler (all three
+            or none; none leaves the dask config's TLS settings in charge).
         seed: seed of every random choice; the same seed gives the same model.
         html_report: also write OUT/report.html.
         pose_prior_checkpoint: learned pose-model checkpoint; images the mapper cannot register are then
@@ -93,7 +104,13 @@ class PipelineOptions:
     scale_intrinsics: bool = False
     camera_model: CameraModelName = "SIMPLE_RADIAL"
     single_camera: bool | None = None
-    num_workers: int = 2
+    num_workers: int | None = None
+    backend: Literal["serial", "processes", "dask"] = "processes"
+    scheduler: str | None = None
+    images_visible_to_workers: bool = False
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
     seed: int = 0
     html_report: bool = True
     pose_prior_checkpoint: str | None = None
@@ -143,8 +160,20 @@ class PipelineOptions:
                     f"intrinsics_size must be two positive integers (w, h), got {self.intrinsics_size!r}"
                 )
             object.__setattr__(self, "intrinsics_size", size)
-        if self.num_workers < 1:
-            raise InputError(f"num_workers must be >= 1, got {self.num_workers}")
+        if self.num_workers is not None and (
+            not isinstance(self.num_workers, int)
+            or isinstance(self.num_workers, bool)
+            or self.num_workers < 1
+        ):
+            raise InputError(f"num_workers must be an integer >= 1 or none, got {self.num_workers!r}")
+        if self.backend not in BACKENDS:
+            raise InputError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.scheduler is not None and (
+            not isinstance(self.scheduler, str) or (self.scheduler != "local" and "://" not in self.scheduler)
+        ):
+            raise InputError(
+                f"scheduler must be 'local' or an address like tcp://HOST:PORT, got {self.scheduler!r}"
+            )
         if self.sequential_window < 1 or self.retrieval_k < 1:
             raise InputError("sequential_window and retrieval_k must be >= 1")
 

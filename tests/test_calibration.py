@@ -155,7 +155,7 @@ def test_reestimated_essentials_give_the_true_poses():
         features,
         result.cameras,
         camera_of_image,
-        EssentialReestimationOptions(two_view=TwoViewOptions(num_workers=1)),
+        EssentialReestimationOptions(two_view=TwoViewOptions()),
         rng=0,
     )
     assert len(redone.two_view_geometries) == 4 and not redone.pairs_dropped

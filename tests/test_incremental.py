@@ -181,12 +181,10 @@ def test_real_images_templering_register_with_accurate_poses():
     paths = sorted(root.glob("templeR0*.png"))[12:20]  # views 13-20: one contiguous arc, ~8 deg apart
     gt = read_middlebury_par(root / "templeR_par.txt")
     K = gt[paths[0].name].K
-    features = dict(enumerate(extract_features(paths, ExtractionOptions(num_workers=1)), start=1))
-    matches = match_pairs(features, exhaustive_pairs(list(features)), MatchingOptions(num_workers=1))
+    features = dict(enumerate(extract_features(paths, ExtractionOptions()), start=1))
+    matches = match_pairs(features, exhaustive_pairs(list(features)), MatchingOptions())
     cam = Camera.pinhole(1, K[0, 0], K[1, 1], K[0, 2], K[1, 2], 640, 480)
-    verified = verify_pairs(
-        features, matches, dict.fromkeys(features, cam), TwoViewOptions(num_workers=1), rng=0
-    )
+    verified = verify_pairs(features, matches, dict.fromkeys(features, cam), TwoViewOptions(), rng=0)
     verified = {p: g for p, g in verified.items() if g.success}
     images = {i: ImageInfo(paths[i - 1].name, 1, f.keypoints_px, f.colors) for i, f in features.items()}
     result = incremental_mapping(

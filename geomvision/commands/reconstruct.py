@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 NAME = "reconstruct"
@@ -48,7 +49,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("auto", "exhaustive", "sequential", "retrieval"),
         help="pair selection (default auto: exhaustive up to 50 images, retrieval above)",
     )
-    parser.add_argument("--workers", type=int, help="worker processes for features/matching/verification")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="worker processes for per-image/per-pair work (default: the usable cores; 1: in-process)",
+    )
+    parser.add_argument(
+        "--backend", choices=("serial", "processes", "dask"), help="where that work runs (default: processes)"
+    )
+    parser.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="run on Dask: 'local' (a LocalCluster of --workers processes on 127.0.0.1) or tcp://HOST:PORT "
+        "(tls://HOST:PORT with --tls-*) of a running scheduler",
+    )
+    parser.add_argument(
+        "--images-visible-to-workers",
+        action="store_true",
+        default=None,
+        help="dask workers can read the image paths (shared filesystem); default: the client ships the bytes",
+    )
+    parser.add_argument("--tls-ca-file", help="dask TLS: CA certificate of the cluster")
+    parser.add_argument("--tls-cert-file", help="dask TLS: this client's certificate")
+    parser.add_argument("--tls-key-file", help="dask TLS: this client's private key")
     parser.add_argument("--seed", type=int, help="random seed (same seed, same result)")
     parser.add_argument("--max-features", type=int, help="maximum features per image")
     parser.add_argument("--max-image-size", type=int, help="downscale images larger than this (px)")
@@ -122,6 +145,12 @@ def build_config(args: argparse.Namespace):
         ("pairing", "pairing"),
         ("workers", "num_workers"),
         ("seed", "seed"),
+        ("backend", "backend"),
+        ("scheduler", "scheduler"),
+        ("images_visible_to_workers", "images_visible_to_workers"),
+        ("tls_ca_file", "tls_ca_file"),
+        ("tls_cert_file", "tls_cert_file"),
+        ("tls_key_file", "tls_key_file"),
     ):
         if getattr(args, arg) is not None:
             pipeline[key] = getattr(args, arg)
@@ -152,11 +181,21 @@ def registered_summary(report: dict) -> str:
     )
 
 
+def _quiet_dask(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or not record.name.startswith("distributed")
+
+
 def run(args: argparse.Namespace) -> int:
     from geomvision.pipeline import run_pipeline
     from geomvision.progress import tqdm_progress
 
     config = build_config(args)
+    # Dask logs its cluster's life at INFO through the root handler (its import resets its logger's
+    # level, so filter at the handlers): keep the terminal to our lines unless -vv.
+    quiet = logging.getLogger().level > logging.DEBUG
+    for handler in logging.getLogger().handlers:
+        if quiet:
+            handler.addFilter(_quiet_dask)
     show = not args.no_progress and sys.stderr.isatty()
     result = run_pipeline(
         args.images,

@@ -19,7 +19,7 @@ import numpy as np
 
 from geomvision.errors import InputError
 from geomvision.geometry.rigid import matrix_to_rotvec, rotvec_to_matrix
-from geomvision.io.atomic import atomic_write_text
+from geomvision.runtime.atomic import atomic_write_text
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from geomvision.errors import InputError
-from geomvision.io.atomic import atomic_write_bytes
+from geomvision.runtime.atomic import atomic_write_bytes
 from geomvision.scene.reconstruction import Reconstruction, points_array
 
 logger = logging.getLogger(__name__)

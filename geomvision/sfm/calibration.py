@@ -31,7 +31,6 @@ collapses.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import logging
 import time
 from collections.abc import Collection, Mapping
@@ -49,6 +48,7 @@ from geomvision.geometry.rigid import Rigid3d
 from geomvision.geometry.triangulation import triangulate_dlt, triangulation_angle_deg
 from geomvision.io.images import read_exif_focal_px
 from geomvision.progress import ProgressCallback, report
+from geomvision.runtime.runner import StageRunner
 from geomvision.scene.camera import Camera
 from geomvision.scene.reconstruction import Reconstruction
 from geomvision.scene.types import Features, Matches, TwoViewGeometry
@@ -563,7 +563,7 @@ def reestimate_essentials(
     options: EssentialReestimationOptions | None = None,
     *,
     rng: np.random.Generator | int | None = None,
-    executor: cf.Executor | None = None,
+    runner: StageRunner | None = None,
     progress: ProgressCallback | None = None,
 ) -> EssentialReestimationResult:
     """Re-estimate each successful pair's essential matrix and pose under the (calibrated) intrinsics.
@@ -584,7 +584,7 @@ def reestimate_essentials(
         camera_of_image: image_id -> camera_id.
         options: see :class:`EssentialReestimationOptions`.
         rng: seed of the RANSAC samples of the full re-verification.
-        executor: where to run the full re-verification (None: as ``two_view.num_workers`` says).
+        runner: where the full re-verification runs (None: in this process).
         progress: ``progress(done, total, message)``.
 
     Returns:
@@ -622,10 +622,10 @@ def reestimate_essentials(
             redone[pair] = light
     if full:
         if len(full) <= _MAX_PAIRS_IN_PROCESS:  # a few pairs: cheaper here than shipping keypoints to a pool
-            executor, two_view = None, replace(two_view, num_workers=1)
+            runner = runner.in_process() if runner is not None else None
         redone.update(
             verify_pairs(
-                features, full, cameras_by_image, two_view, rng=rng, executor=executor, progress=progress
+                features, full, cameras_by_image, two_view, rng=rng, runner=runner, progress=progress
             )
         )
     kept: dict[Pair, TwoViewGeometry] = {}
@@ -719,7 +719,7 @@ def self_calibrate(
     exif_camera_ids: Collection[int] = (),
     two_view_options: TwoViewOptions | None = None,
     rng: np.random.Generator | int | None = None,
-    executor: cf.Executor | None = None,
+    runner: StageRunner | None = None,
     progress: ProgressCallback | None = None,
 ) -> SelfCalibrationResult:
     """Calibrate focal lengths from the view graph, then re-estimate the pairs' essential matrices.
@@ -733,7 +733,7 @@ def self_calibrate(
         exif_camera_ids: cameras whose prior focal came from EXIF.
         two_view_options: verification options for the re-estimation (default: ``options.essentials``).
         rng: seed of the re-estimation's RANSAC.
-        executor: pool for the per-pair re-estimation.
+        runner: where the per-pair re-estimation runs (None: in this process).
         progress: ``progress(done, total, message)`` of the re-estimation.
 
     Returns:
@@ -773,7 +773,7 @@ def self_calibrate(
             camera_of_image,
             essentials,
             rng=rng,
-            executor=executor,
+            runner=runner,
             progress=progress,
         )
         pairs = redone.two_view_geometries

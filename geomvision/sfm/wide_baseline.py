@@ -100,9 +100,7 @@ class WideBaselineOptions:
     max_image_size_px: int = 1024
     sift_contrast_threshold: float = 0.012
     snap_radius_px: float = 1.0
-    matching: MatchingOptions = field(
-        default_factory=lambda: MatchingOptions(method="bruteforce", num_workers=1)
-    )
+    matching: MatchingOptions = field(default_factory=lambda: MatchingOptions(method="bruteforce"))
     bridge: ModelBridgeOptions = field(default_factory=lambda: ModelBridgeOptions())
 
     def __post_init__(self) -> None:

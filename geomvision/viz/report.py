@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from geomvision.io.atomic import atomic_write_text
+from geomvision.runtime.atomic import atomic_write_text
 from geomvision.scene.reconstruction import Reconstruction
 
 logger = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from geomvision.io.atomic import atomic_path
+from geomvision.runtime.atomic import atomic_path
 from geomvision.scene.reconstruction import Reconstruction
 from geomvision.viz.geometry import camera_frustums, points_array
 
