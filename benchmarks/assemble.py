@@ -20,6 +20,7 @@ ORDER = [
     ("factorization.md", "Factorization (issue: Tomasi-Kanade)"),
     ("bench_colmap_io.md", "COLMAP model I/O"),
     ("learned_pose.md", "Learned pose plugins (issue: learned pose)"),
+    ("scaling.md", "Cost growth on synthetic street scenes (issue 17)"),
 ]
 
 
