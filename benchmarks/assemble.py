@@ -15,11 +15,14 @@ ORDER = [
     ("bench_triangulation.md", "Triangulation and homography"),
     ("matching.md", "Features, matching, verification (issue: features)"),
     ("reconstruct.md", "End-to-end reconstruction (issue: incremental reconstruction)"),
+    ("self_calibration.md", "Self-calibration and model trust (issue 19)"),
     ("bench_incremental_mapper.md", "Incremental mapper alone"),
+    ("partition.md", "Partitioned mapping and Sim(3) merge (issue: partitioned reconstruction)"),
     ("bundle_adjustment.md", "Bundle adjustment (issue: bundle adjustment)"),
     ("factorization.md", "Factorization (issue: Tomasi-Kanade)"),
     ("bench_colmap_io.md", "COLMAP model I/O"),
     ("learned_pose.md", "Learned pose plugins (issue: learned pose)"),
+    ("distributed.md", "Stage runner backends: serial, process pool, Dask (issue: scale-out)"),
     ("scaling.md", "Cost growth on synthetic street scenes (issue 17)"),
 ]
 

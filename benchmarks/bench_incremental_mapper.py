@@ -24,8 +24,8 @@ import numpy as np
 
 from geomvision.evaluation import evaluate_reconstruction, read_middlebury_par
 from geomvision.geometry.rigid import Rigid3d
-from geomvision.io.atomic import atomic_write_text
 from geomvision.io.colmap import read_model
+from geomvision.runtime.atomic import atomic_write_text
 from geomvision.scene import Camera, ImageInfo, TwoViewGeometry
 from geomvision.sfm.incremental import IncrementalMapperOptions, incremental_mapping
 

@@ -39,6 +39,7 @@ from scipy.optimize import least_squares
 
 from geomvision.io.bal import bal_to_reconstruction, read_bal
 from geomvision.io.colmap import read_model, write_model
+from geomvision.sfm.ba.bal import bal_to_ba_problem
 from geomvision.sfm.ba.model import evaluate
 from geomvision.sfm.ba.synthetic import perturb, problem_to_reconstruction, synthetic_problem
 from geomvision.sfm.bundle_adjustment import BundleAdjustmentOptions, _single_threaded_blas, adjust_problem
@@ -115,7 +116,7 @@ def run_cookbook(path: Path) -> dict:
 
 # --- ours ----------------------------------------------------------------------------------------------
 def run_ours(bal, backend: str, **extra) -> dict:
-    problem = bal.to_ba_problem()
+    problem = bal_to_ba_problem(bal)
     result = adjust_problem(
         problem, BundleAdjustmentOptions(backend=backend, function_tolerance=FTOL, **extra)
     )
@@ -290,7 +291,7 @@ def main() -> None:
 
 
 def write_markdown(path: Path, bal_path: Path, bal, rows: dict, scaling: list[dict]) -> None:
-    initial = evaluate(bal.to_ba_problem(), jacobians=False)
+    initial = evaluate(bal_to_ba_problem(bal), jacobians=False)
     (load_before, load_after, repeats) = rows.pop("_load")
     lines = [
         "# Bundle adjustment",

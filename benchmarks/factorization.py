@@ -25,6 +25,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 from geomvision.geometry import factorization as fz  # noqa: E402
+from geomvision.io.tracks import load_dinosaur_tracks  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASET = (
@@ -215,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     if not pts.is_file():
         print(f"dataset not found: {pts}", file=sys.stderr)
         return 1
-    W_all, lengths = fz.load_dinosaur_tracks(pts)
+    W_all, lengths = load_dinosaur_tracks(pts)
     subsets = []
     if not args.starts_only_full:
         if args.longest:

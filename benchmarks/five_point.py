@@ -34,9 +34,9 @@ import numpy as np  # noqa: E402
 
 from geomvision.geometry import epipolar  # noqa: E402
 from geomvision.geometry.rigid import rotvec_to_matrix  # noqa: E402
-from geomvision.io.atomic import atomic_write_text  # noqa: E402
 from geomvision.robust.estimators import estimate_essential  # noqa: E402
 from geomvision.robust.ransac import RansacOptions  # noqa: E402
+from geomvision.runtime.atomic import atomic_write_text  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "five_point.md"
 

@@ -44,7 +44,6 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from geomvision.geometry.absolute_pose import estimate_absolute_pose  # noqa: E402
 from geomvision.geometry.rigid import Rigid3d, project_to_so3, rotation_angle_deg  # noqa: E402
 from geomvision.geometry.triangulation import (  # noqa: E402
     depths_in_camera,
@@ -53,6 +52,7 @@ from geomvision.geometry.triangulation import (  # noqa: E402
     triangulate_midpoint,
 )
 from geomvision.plugins.learned import data, inference, train  # noqa: E402
+from geomvision.robust.absolute_pose import estimate_absolute_pose  # noqa: E402
 from geomvision.robust.ransac import RansacOptions  # noqa: E402
 
 DEFAULT_DATASET = REPO.parent / "shared" / "datasets" / "middlebury_templeRing"

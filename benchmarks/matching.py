@@ -27,13 +27,15 @@ from pathlib import Path
 import numpy as np
 
 from geomvision.evaluation import read_middlebury_par, read_strecha_cameras
-from geomvision.features.extract import ExtractionOptions, extract_features, make_process_pool
+from geomvision.features.extract import ExtractionOptions, extract_features
 from geomvision.features.match import MatchingOptions, match_pairs
 from geomvision.features.pairs import exhaustive_pairs
 from geomvision.geometry.epipolar import fundamental_from_essential, sampson_distance_sq
 from geomvision.geometry.rigid import skew
-from geomvision.io.atomic import atomic_write_text
 from geomvision.io.images import image_size, list_images
+from geomvision.robust.ransac import RansacOptions
+from geomvision.runtime.atomic import atomic_write_text
+from geomvision.runtime.runner import open_runner
 from geomvision.sfm.two_view import TwoViewOptions, verify_pairs
 from geomvision.sfm.view_graph import (
     build_view_graph,
@@ -139,41 +141,38 @@ def run_ours(paths, gt, args, max_num_features: int):
     server_cpu0 = forkserver_cpu_seconds()
     t0 = time.perf_counter()
     # One pool for all three stages: workers start once (their start-up is part of the time).
-    pool = make_process_pool(args.workers) if args.workers > 1 else None
+    runner = open_runner("processes", args.workers)
     extraction = ExtractionOptions(
         max_num_features=max_num_features,
         max_image_size_px=args.max_size,
         sift_contrast_threshold=args.contrast_threshold,
         root_sift=True,
-        num_workers=args.workers,
     )
-    feats = extract_features(paths, extraction, executor=pool)
+    feats = extract_features(paths, extraction, runner=runner)
     t1 = time.perf_counter()
     features = {k + 1: f for k, f in enumerate(feats)}
     pairs = exhaustive_pairs(features)
     # The library default matcher: inverted-file search (approximate, as COLMAP's default CPU
     # matcher, FAISS-based, is); cells / probes are its defaults unless given.
     matching = MatchingOptions(
-        num_workers=args.workers,
         method=args.matcher,
         min_num_matches=args.min_num_matches,
         **_ivf_overrides(args),
     )
-    matches = match_pairs(features, pairs, matching, executor=pool, rng=0)
+    matches = match_pairs(features, pairs, matching, runner=runner, rng=0)
     t2 = time.perf_counter()
     cameras = {k: gt[n].K for k, n in names.items()}
     # The intrinsics are known (ground truth), so E is estimated without the F cross-check; pairs
     # where fewer than half of the putative matches are inliers (wide baselines) are not trusted.
     verification = TwoViewOptions(
-        num_workers=args.workers,
         check_calibration=False,
-        max_error_px=args.max_error_px,
         min_inlier_ratio=args.min_inlier_ratio,
+        ransac=RansacOptions(max_error_px=args.max_error_px),
     )
-    tvgs = verify_pairs(features, matches, cameras, verification, rng=0, executor=pool)
+    tvgs = verify_pairs(features, matches, cameras, verification, rng=0, runner=runner)
+    pool = getattr(runner.backend, "_pool", None)
     worker_cpu = pool_cpu_seconds(pool) if pool is not None else 0.0
-    if pool is not None:
-        pool.shutdown(wait=True)
+    runner.close()
     t3 = time.perf_counter()
     cpu = cpu_seconds() - cpu0 + worker_cpu + forkserver_cpu_seconds() - server_cpu0
     # The view graph stage: verified pairs whose rotation disagrees with the triplet loops they close

@@ -40,7 +40,17 @@ DATASETS = dict(rb.DATASETS)
 DATASETS["dtu"] = rb.Dataset("dtu", "dtu_scan37", "images", "dtu_scan37_par.txt")
 #: sparse rings: every third image of a full set (name -> (full set, step))
 SUBSETS = {"temple16": ("temple", 3)}
-MODES = ("unknown", "unknown-nocal", "known")
+#: known-wrong-<s>: the ground-truth K with the focal scaled by s, held fixed (a wrong focal given by the
+#: user): every model it yields must come out untrusted when it is wrong.
+MODES = ("unknown", "unknown-nocal", "known", "known-wrong-0.25", "known-wrong-0.5")
+#: AUC@2 from benchmarks/results/reconstruct.md (commit 1a72001, same machine), used in the summary where
+#: this script did not run the row itself: (geomvision known K, pycolmap unknown K).
+REFERENCE_AUC2 = {
+    "fountain": (0.975, 0.830),
+    "entry": (0.971, 0.820),
+    "castle": (0.871, 0.645),
+    "temple": (0.890, 0.522),
+}
 
 
 def _images_and_gt(key: str, work: Path):
@@ -56,6 +66,14 @@ def _images_and_gt(key: str, work: Path):
             rb.link_subset(image_dir, names, subset)
         image_dir = subset
     return image_dir, names, gt
+
+
+def _intrinsics_for(mode: str, gt) -> tuple[float, float, float, float] | None:
+    if not mode.startswith("known"):
+        return None
+    fx, fy, cx, cy = rb.known_intrinsics(gt)
+    scale = float(mode.rsplit("-", 1)[1]) if mode.startswith("known-wrong") else 1.0
+    return fx * scale, fy * scale, cx, cy
 
 
 def _share_feature_cache(work: Path, key: str, out: Path) -> None:
@@ -101,7 +119,7 @@ def run(key: str, mode: str, work: Path) -> dict:
     gt_focal = float(np.mean([np.sqrt(g.K[0, 0] * g.K[1, 1]) for g in gt.values()]))
     changes = {
         "pipeline": {
-            "intrinsics": rb.known_intrinsics(gt) if mode == "known" else None,
+            "intrinsics": _intrinsics_for(mode, gt),
             "num_workers": 2,
             "html_report": False,
         }
@@ -150,6 +168,8 @@ def run(key: str, mode: str, work: Path) -> dict:
         row["calibration_time_s"] = report["calibration"].get("time_s")
     row["models"] = models
     row["principal_point"] = report.get("principal_point")
+    if "error" in report:
+        row["error"] = report["error"]
     return row
 
 
@@ -176,8 +196,10 @@ def run_pycolmap_unknown(key: str, work: Path) -> dict:
     return row
 
 
-def _auc(row: dict | None) -> str:
-    return "" if row is None else f"{row['auc@2']:.3f}"
+def _auc(row: dict | None, reference: float | None = None) -> str:
+    if row is not None:
+        return f"{row['auc@2']:.3f}"
+    return "" if reference is None else f"{reference:.3f}*"
 
 
 def _pct(v) -> str:
@@ -206,7 +228,8 @@ def write_markdown(rows: list[dict], path: Path) -> None:
     by = {(r["dataset"], r["mode"]): r for r in rows}
     lines += [
         "",
-        "Unknown vs known K (AUC@2) and pycolmap with unknown K, where both rows were run:",
+        "Unknown vs known K (AUC@2) and pycolmap with unknown K (* = from `reconstruct.md`, commit 1a72001, "
+        "the same machine; the known-K path is unchanged since):",
         "",
         "| dataset | unknown | known | unknown / known | pycolmap unknown | models (registered, median pose error, trusted) |",
         "|---|---|---|---|---|---|",
@@ -219,15 +242,34 @@ def write_markdown(rows: list[dict], path: Path) -> None:
         )
         if unknown is None:
             continue
-        ratio = f"{unknown['auc@2'] / known['auc@2']:.3f}" if known and known["auc@2"] > 0 else ""
+        ref_known, ref_peer = REFERENCE_AUC2.get(key, (None, None))
+        known_auc = known["auc@2"] if known else ref_known
+        ratio = f"{unknown['auc@2'] / known_auc:.3f}" if known_auc else ""
         models = "; ".join(
             f"{m['num_registered']}, {m['median_rotation_error_deg']:.2f} deg, {'yes' if m['trusted'] else 'no'}"
             for m in unknown.get("models", [])
             if m.get("median_rotation_error_deg") is not None
         )
         lines.append(
-            f"| {key} | {unknown['auc@2']:.3f} | {_auc(known)} | {ratio} | {_auc(peer)} | {models} |"
+            f"| {key} | {unknown['auc@2']:.3f} | {_auc(known, ref_known)} | {ratio} | {_auc(peer, ref_peer)} | {models} |"
         )
+    lines += [
+        "",
+        "Every model of every row: median pose-pair errors against ground truth and the trust verdict "
+        "(a model over 5 deg must be untrusted):",
+        "",
+        "| dataset | mode | model | registered | median rotation / translation error (deg) | trusted | reasons |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        for k, m in enumerate(r.get("models", [])):
+            if m.get("median_rotation_error_deg") is None:
+                continue
+            lines.append(
+                f"| {r['dataset']} | {r['mode']} | {k} | {m['num_registered']} | "
+                f"{m['median_rotation_error_deg']:.2f} / {m['median_translation_error_deg']:.2f} | "
+                f"{'yes' if m['trusted'] else 'no'} | {'; '.join(m.get('trust_reasons') or [])} |"
+            )
     path.write_text("\n".join(lines) + "\n")
 
 

@@ -49,9 +49,9 @@ import numpy as np  # noqa: E402
 
 from geomvision.geometry import epipolar  # noqa: E402
 from geomvision.geometry.rigid import Rigid3d, angle_between_vectors_deg, rotation_angle_deg  # noqa: E402
-from geomvision.io.atomic import atomic_write_text  # noqa: E402
 from geomvision.robust.estimators import estimate_essential, estimate_fundamental  # noqa: E402
 from geomvision.robust.ransac import RansacOptions  # noqa: E402
+from geomvision.runtime.atomic import atomic_write_text  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = Path(os.environ.get("GEOMVISION_SHARED_DATASETS", REPO.parent / "shared" / "datasets"))

@@ -20,6 +20,7 @@ import numpy as np  # noqa: E402
 
 from geomvision.geometry import factorization as fz  # noqa: E402
 from geomvision.geometry.rigid import rotvec_to_matrix  # noqa: E402
+from geomvision.io.tracks import load_dinosaur_tracks  # noqa: E402
 
 DEFAULT_PTS = (
     Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "oxford_dinosaur" / "pts.txt"
@@ -48,7 +49,7 @@ def main() -> None:
     parser.add_argument("--starts", type=int, default=3)
     args = parser.parse_args()
     if args.pts.is_file():
-        W_all, lengths = fz.load_dinosaur_tracks(args.pts)
+        W_all, lengths = load_dinosaur_tracks(args.pts)
         W = W_all[:, lengths >= args.min_views]
         print(f"{args.pts}: {W.shape[0] // 2} frames, {W.shape[1]} tracks seen in >= {args.min_views} views")
     else:

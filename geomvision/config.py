@@ -1,39 +1,50 @@
-"""Composed configuration of the whole pipeline, with named presets and TOML load/save.
+"""The options tree of the whole pipeline, with named presets and TOML load/save.
 
-Each stage owns a frozen keyword-only options dataclass next to its function; this module only composes
-them into :class:`ReconstructionConfig` (one TOML table per stage) and adds the pipeline-level choices.
+Each stage owns a frozen keyword-only options dataclass next to its function, holding its own settings
+and nesting the options of the stages it calls (``two_view.ransac``, ``mapper.registration.ransac``,
+``mapper.local_ba``, ...). This module composes them into :class:`ReconstructionConfig`, one field per
+stage the pipeline calls, plus :class:`PipelineOptions` for the choices that belong to no single stage.
+TOML tables mirror the tree exactly (``[mapper.registration.ransac]``); nothing is copied or relayed,
+so what the tree says is what runs, and ``to_dict()`` is what report.json records.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
+import difflib
+import logging
 import tomllib
+import typing
+import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 from geomvision.errors import InputError
+from geomvision.features.extract import ExtractionOptions
+from geomvision.features.match import MatchingOptions
+from geomvision.runtime.runner import BACKENDS
+from geomvision.sfm.calibration import SelfCalibrationOptions
+from geomvision.sfm.factorization_init import FactorizationInitOptions
+from geomvision.sfm.global_mapper import GlobalMapperOptions
+from geomvision.sfm.incremental import IncrementalMapperOptions
+from geomvision.sfm.merge import MergeOptions
+from geomvision.sfm.partition import PartitionOptions
+from geomvision.sfm.pose_prior import PosePriorOptions
+from geomvision.sfm.trust import TrustOptions
+from geomvision.sfm.two_view import TwoViewOptions
+from geomvision.sfm.wide_baseline import WideBaselineOptions
 
-#: TOML table name -> (module, options class) of the stage it configures.
-STAGE_OPTIONS: dict[str, tuple[str, str]] = {
-    "extraction": ("geomvision.features.extract", "ExtractionOptions"),
-    "matching": ("geomvision.features.match", "MatchingOptions"),
-    "two_view": ("geomvision.sfm.two_view", "TwoViewOptions"),
-    "calibration": ("geomvision.sfm.calibration", "SelfCalibrationOptions"),
-    "trust": ("geomvision.sfm.trust", "TrustOptions"),
-    "mapper": ("geomvision.sfm.incremental", "IncrementalMapperOptions"),
-    "global_mapper": ("geomvision.sfm.global_mapper", "GlobalMapperOptions"),
-}
+logger = logging.getLogger(__name__)
 
-PAIRING_MODES = ("auto", "exhaustive", "sequential", "retrieval")
-INIT_METHODS = ("two-view", "factorization")
-MAPPERS = ("incremental", "global")
-
-
-def _stage_class(section: str) -> type:
-    module, name = STAGE_OPTIONS[section]
-    return getattr(importlib.import_module(module), name)
+PairingMode = Literal["auto", "exhaustive", "sequential", "retrieval"]
+MapperKind = Literal["incremental", "global"]
+InitMethod = Literal["two-view", "factorization"]
+CameraModelName = Literal["SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV"]
+PAIRING_MODES: tuple[str, ...] = get_args(PairingMode)
+INIT_METHODS: tuple[str, ...] = get_args(InitMethod)
+MAPPERS: tuple[str, ...] = get_args(MapperKind)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,11 +56,11 @@ class PipelineOptions:
             exhaustive up to ``auto_exhaustive_max_images`` images, retrieval above (exhaustive pairs grow as
             N^2: 4950 pairs at 100 images, most of them of images that share nothing).
         auto_exhaustive_max_images: the largest image count that ``pairing = "auto"`` matches exhaustively.
-        sequential_window: neighbours matched per image in sequential mode (also added in retrieval mode).
-        retrieval_k: top-k most similar images matched per image in retrieval mode.
-        init: initialiser of the incremental mapper, "two-view" or "factorization".
         mapper: "incremental" (``[mapper]`` options) or "global" (rotation averaging + global
             positioning, ``[global_mapper]`` options).
+        sequential_window: neighbours matched per image in sequential mode (also added in retrieval mode).
+        retrieval_k: top-k most similar images matched per image in retrieval mode.
+        init: initialiser, "two-view" or "factorization".
         intrinsics: known pinhole (fx, fy, cx, cy) in pixels shared by all images; None to estimate.
         intrinsics_convention: origin of the principal point in ``intrinsics``: "opencv" (centre of
             the top-left pixel, geomvision's own) or "colmap" (its corner, as in COLMAP's cameras.txt;
@@ -61,42 +72,65 @@ class PipelineOptions:
         camera_model: model used when intrinsics are estimated (SIMPLE_RADIAL refines f and k).
         single_camera: one shared camera (True), one per image (False), or None = shared when all
             images have the same size.
-        num_workers: worker processes for per-image and per-pair work (1 = in-process).
+        num_workers: worker processes for per-image, per-pair and per-cluster work (None: the usable
+            core count; 1 with the processes backend: in-process). The only worker count: stages
+            take a runner, never a count (``geomvision.runtime.runner``).
+        backend: where that work runs: "serial" (in process), "processes" (a local pool) or "dask".
+        scheduler: dask only, and setting it selects dask: "local" starts a LocalCluster of
+            ``num_workers`` processes listening on 127.0.0.1; "tcp://HOST:PORT" (or "tls://...")
+            connects to a running scheduler. None with backend "dask" means "local".
+        images_visible_to_workers: dask: the workers can open the image paths (shared filesystem);
+            otherwise the client reads every image and ships its bytes.
+        tls_ca_file, tls_cert_file, tls_key_file: dask: TLS files for a secured scheduler (all three
+            or none; none leaves the dask config's TLS settings in charge).
         seed: seed of every random choice; the same seed gives the same model.
         html_report: also write OUT/report.html.
         pose_prior_checkpoint: learned pose-model checkpoint; images the mapper cannot register are then
-            placed from its relative-pose prior (``geomvision.sfm.pose_prior``; needs torch). None: off.
-        pose_prior_min_confidence: priors below this confidence are ignored.
+            placed from its relative-pose prior (``geomvision.sfm.pose_prior``, options in the
+            ``pose_prior`` section; needs torch). None: off.
         strict: abort on the first image file that cannot be decoded, instead of skipping it (and
             listing it in ``report.json`` ``skipped_images``).
     """
 
-    pairing: str = "auto"
+    pairing: PairingMode = "auto"
     auto_exhaustive_max_images: int = 50
     sequential_window: int = 8
     retrieval_k: int = 15
-    init: str = "two-view"
-    mapper: Literal["incremental", "global"] = "incremental"
+    init: InitMethod = "two-view"
+    mapper: MapperKind = "incremental"
     intrinsics: tuple[float, float, float, float] | None = None
     intrinsics_convention: Literal["opencv", "colmap"] = "opencv"
     intrinsics_size: tuple[int, int] | None = None
     scale_intrinsics: bool = False
-    camera_model: str = "SIMPLE_RADIAL"
+    camera_model: CameraModelName = "SIMPLE_RADIAL"
     single_camera: bool | None = None
-    num_workers: int = 2
+    num_workers: int | None = None
+    backend: Literal["serial", "processes", "dask"] = "processes"
+    scheduler: str | None = None
+    images_visible_to_workers: bool = False
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
     seed: int = 0
     html_report: bool = True
     pose_prior_checkpoint: str | None = None
-    pose_prior_min_confidence: float = 0.5
     strict: bool = False
 
     def __post_init__(self) -> None:
         if self.pairing not in PAIRING_MODES:
             raise InputError(f"pairing must be one of {PAIRING_MODES}, got {self.pairing!r}")
+        if self.camera_model not in get_args(CameraModelName):
+            raise InputError(
+                f"camera_model must be one of {get_args(CameraModelName)}, got {self.camera_model!r}"
+            )
         if self.init not in INIT_METHODS:
             raise InputError(f"init must be one of {INIT_METHODS}, got {self.init!r}")
         if self.mapper not in MAPPERS:
             raise InputError(f"mapper must be one of {MAPPERS}, got {self.mapper!r}")
+        if self.auto_exhaustive_max_images < 2:
+            raise InputError(
+                f"auto_exhaustive_max_images must be >= 2, got {self.auto_exhaustive_max_images}"
+            )
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise InputError(f"seed must be a non-negative integer, got {self.seed!r}")
         if self.intrinsics is not None:
@@ -126,18 +160,22 @@ class PipelineOptions:
                     f"intrinsics_size must be two positive integers (w, h), got {self.intrinsics_size!r}"
                 )
             object.__setattr__(self, "intrinsics_size", size)
-        if self.num_workers < 1:
-            raise InputError(f"num_workers must be >= 1, got {self.num_workers}")
-        if self.auto_exhaustive_max_images < 2:
+        if self.num_workers is not None and (
+            not isinstance(self.num_workers, int)
+            or isinstance(self.num_workers, bool)
+            or self.num_workers < 1
+        ):
+            raise InputError(f"num_workers must be an integer >= 1 or none, got {self.num_workers!r}")
+        if self.backend not in BACKENDS:
+            raise InputError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.scheduler is not None and (
+            not isinstance(self.scheduler, str) or (self.scheduler != "local" and "://" not in self.scheduler)
+        ):
             raise InputError(
-                f"auto_exhaustive_max_images must be >= 2, got {self.auto_exhaustive_max_images}"
+                f"scheduler must be 'local' or an address like tcp://HOST:PORT, got {self.scheduler!r}"
             )
         if self.sequential_window < 1 or self.retrieval_k < 1:
             raise InputError("sequential_window and retrieval_k must be >= 1")
-        if not 0.0 <= self.pose_prior_min_confidence <= 1.0:
-            raise InputError(
-                f"pose_prior_min_confidence must be in [0, 1], got {self.pose_prior_min_confidence}"
-            )
 
 
 #: Where the pipeline's defaults differ from the stage function's own defaults (which follow the
@@ -148,41 +186,63 @@ class PipelineOptions:
 #:   templeRing lie below 0.42) cuts them further. Since RANSAC's sample count grows like
 #:   (matches / min inliers)^sample_size on a pair without a model, these two make the geometric
 #:   verification of templeRing's 1081 pairs ~8x cheaper at the same registrations and accuracy.
-PIPELINE_STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "extraction": {"root_sift": True},
-    "matching": {"max_distance": 0.4},
-}
+def _pipeline_extraction() -> ExtractionOptions:
+    return ExtractionOptions(root_sift=True)
 
 
-def _default_stage(section: str):
-    return _stage_class(section)(**PIPELINE_STAGE_DEFAULTS.get(section, {}))
+def _pipeline_matching() -> MatchingOptions:
+    return MatchingOptions(max_distance=0.4)
 
 
 @dataclass(frozen=True, kw_only=True)
 class ReconstructionConfig:
-    """Everything ``geomvision reconstruct`` needs besides the image folder."""
+    """Everything ``geomvision reconstruct`` needs besides the image folder: the options tree.
+
+    Attributes:
+        pipeline: choices that belong to no single stage (pairing, initialiser, cameras, seed, ...).
+        extraction: :func:`geomvision.features.extract.extract_features`.
+        matching: :func:`geomvision.features.match.match_pairs`.
+        two_view: :func:`geomvision.sfm.two_view.verify_pairs` (nests its ``ransac``).
+        wide_baseline: :func:`geomvision.sfm.wide_baseline.densify_wide_baseline_pairs` (affine-feature
+            retry of weakly connected images, after verification; idle on well-connected sets).
+        calibration: :mod:`geomvision.sfm.calibration` (focal lengths from the view graph before mapping).
+        factorization: :func:`geomvision.sfm.factorization_init.initialize_by_factorization`, run when
+            ``pipeline.init = "factorization"``.
+        mapper: :func:`geomvision.sfm.incremental.incremental_mapping` (nests ``initialization``,
+            ``registration``, ``triangulation``, ``local_ba``, ``global_ba``).
+        trust: :mod:`geomvision.sfm.trust` (which models are flagged untrusted, and why).
+        global_mapper: :func:`geomvision.sfm.global_mapper.global_mapping`, run when ``pipeline.mapper =
+            "global"``.
+        partition: :mod:`geomvision.sfm.partition` (clusters of the view graph mapped separately).
+        merge: :mod:`geomvision.sfm.merge` (Sim(3) merge of the clusters' models).
+        pose_prior: :func:`geomvision.sfm.pose_prior.register_with_pose_priors`, run when
+            ``pipeline.pose_prior_checkpoint`` is set.
+    """
 
     pipeline: PipelineOptions = field(default_factory=PipelineOptions)
-    extraction: Any = field(default_factory=lambda: _default_stage("extraction"))
-    matching: Any = field(default_factory=lambda: _default_stage("matching"))
-    two_view: Any = field(default_factory=lambda: _default_stage("two_view"))
-    calibration: Any = field(default_factory=lambda: _default_stage("calibration"))
-    trust: Any = field(default_factory=lambda: _default_stage("trust"))
-    mapper: Any = field(default_factory=lambda: _default_stage("mapper"))
-    global_mapper: Any = field(default_factory=lambda: _default_stage("global_mapper"))
+    extraction: ExtractionOptions = field(default_factory=_pipeline_extraction)
+    matching: MatchingOptions = field(default_factory=_pipeline_matching)
+    two_view: TwoViewOptions = field(default_factory=TwoViewOptions)
+    wide_baseline: WideBaselineOptions = field(default_factory=WideBaselineOptions)
+    calibration: SelfCalibrationOptions = field(default_factory=SelfCalibrationOptions)
+    factorization: FactorizationInitOptions = field(default_factory=FactorizationInitOptions)
+    trust: TrustOptions = field(default_factory=TrustOptions)
+    mapper: IncrementalMapperOptions = field(default_factory=IncrementalMapperOptions)
+    global_mapper: GlobalMapperOptions = field(default_factory=GlobalMapperOptions)
+    partition: PartitionOptions = field(default_factory=PartitionOptions)
+    merge: MergeOptions = field(default_factory=MergeOptions)
+    pose_prior: PosePriorOptions = field(default_factory=PosePriorOptions)
 
-    def with_changes(self, **sections: dict[str, Any]) -> ReconstructionConfig:
-        """Copy with some fields of some sections replaced: ``cfg.with_changes(pipeline={"seed": 3})``."""
-        updated = {}
-        for name, changes in sections.items():
-            current = getattr(self, name, None)
-            if current is None or not is_dataclass(current):
-                raise InputError(f"unknown config section {name!r}")
-            _check_keys(name, current, changes)
-            updated[name] = replace(current, **changes)
-        return replace(self, **updated)
+    def with_changes(self, **sections: Mapping[str, Any]) -> ReconstructionConfig:
+        """Copy with some fields replaced; nested tables update nested options.
+
+        ``cfg.with_changes(pipeline={"seed": 3}, mapper={"local_ba": {"max_iterations": 10}})``.
+        Deprecated flat keys (:data:`DEPRECATED_KEYS`) are moved to their places with a warning.
+        """
+        return _updated(self, _resolve_deprecated(dict(sections)), "")
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
+        """The whole tree as nested dicts (tuples as lists): what report.json records."""
         return {f.name: _options_to_dict(getattr(self, f.name)) for f in fields(self)}
 
 
@@ -192,46 +252,173 @@ def _options_to_dict(options) -> dict[str, Any]:
         value = getattr(options, f.name)
         if isinstance(value, tuple | frozenset | set):
             value = list(value)
-        elif is_dataclass(value):  # nested options (e.g. TwoViewOptions.ransac) must serialise too
+        elif is_dataclass(value):
             value = _options_to_dict(value)
         out[f.name] = value
     return out
 
 
-def _check_keys(section: str, options, changes: dict[str, Any]) -> None:
-    known = {f.name for f in fields(options)}
-    unknown = sorted(set(changes) - known)
-    if unknown:
-        raise InputError(f"unknown option(s) {unknown} in [{section}]; known: {sorted(known)}")
+# --- deprecated flat keys ----------------------------------------------------------------------------
+#: Keys of the flat options before the tree (kept one release) -> their places in the tree. A key that
+#: used to be relayed to several stages maps to all of them.
+DEPRECATED_KEYS: dict[str, tuple[str, ...]] = {
+    "two_view.max_error_px": ("two_view.ransac.max_error_px",),
+    "two_view.confidence": ("two_view.ransac.confidence",),
+    "two_view.max_iterations": ("two_view.ransac.max_iterations",),
+    "mapper.min_num_inliers": (
+        "mapper.registration.min_num_inliers",
+        "mapper.registration.min_num_visible",
+    ),
+    "mapper.init_min_num_inliers": ("mapper.initialization.min_num_inliers",),
+    "mapper.init_min_tri_angle_deg": ("mapper.initialization.min_tri_angle_deg",),
+    "mapper.init_max_homography_share": ("mapper.initialization.max_homography_share",),
+    "mapper.init_max_pairs_tried": ("mapper.initialization.max_pairs_tried",),
+    "mapper.abs_pose_max_error_px": ("mapper.registration.ransac.max_error_px",),
+    "mapper.abs_pose_min_inlier_ratio": ("mapper.registration.min_inlier_ratio",),
+    "mapper.tri_max_error_px": (
+        "mapper.triangulation.max_error_px",
+        "mapper.initialization.triangulation.max_error_px",
+        "mapper.initialization.triangulation.filter_max_error_px",
+    ),
+    "mapper.tri_min_angle_deg": ("mapper.triangulation.min_tri_angle_deg",),
+    "mapper.filter_max_reproj_error_px": ("mapper.triangulation.filter_max_error_px",),
+    "mapper.filter_min_tri_angle_deg": (
+        "mapper.triangulation.filter_min_tri_angle_deg",
+        "mapper.initialization.triangulation.min_tri_angle_deg",
+        "mapper.initialization.triangulation.filter_min_tri_angle_deg",
+    ),
+    "mapper.local_ba_max_iterations": ("mapper.local_ba.max_iterations",),
+    "mapper.global_ba_max_iterations": ("mapper.global_ba.max_iterations",),
+    "mapper.refine_focal": ("mapper.global_ba.refine_focal",),
+    "mapper.refine_extra_params": ("mapper.global_ba.refine_extra_params",),
+    "mapper.ba_backend": (
+        "mapper.local_ba.backend",
+        "mapper.global_ba.backend",
+    ),
+    "mapper.ba_loss": (
+        "mapper.local_ba.loss",
+        "mapper.global_ba.loss",
+    ),
+    "mapper.ba_loss_scale_px": (
+        "mapper.local_ba.loss_scale_px",
+        "mapper.global_ba.loss_scale_px",
+    ),
+    "pipeline.pose_prior_min_confidence": ("pose_prior.min_confidence",),
+}
+#: Old values that reach a new place changed: ``mapper.min_num_inliers`` also set the registration's
+#: candidate floor to half of it.
+DEPRECATED_TRANSFORMS: dict[tuple[str, str], Callable[[Any], Any]] = {
+    ("mapper.min_num_inliers", "mapper.registration.min_num_visible"): lambda v: max(4, int(v) // 2),
+}
 
 
-def _coerce(options, changes: dict[str, Any], section: str = "") -> dict[str, Any]:
-    """TOML has no tuples/None: turn lists into tuples and the string "none" into None.
+def _resolve_deprecated(data: dict[str, Any]) -> dict[str, Any]:
+    """Move deprecated flat keys of ``data`` (section -> table) to their places, warning once each."""
+    for old, targets in DEPRECATED_KEYS.items():
+        section, key = old.split(".")
+        table = data.get(section)
+        if not isinstance(table, Mapping) or key not in table:
+            continue
+        table = data[section] = dict(table)
+        value = table.pop(key)
+        new_names = ", ".join(targets)
+        message = f"config key [{section}] {key} is deprecated; set {new_names} instead"
+        warnings.warn(message, DeprecationWarning, stacklevel=4)
+        logger.warning(message)
+        for path in targets:
+            transform = DEPRECATED_TRANSFORMS.get((old, path))
+            *parents, leaf = path.split(".")
+            node = data
+            for part in parents:
+                child = node.get(part, {})
+                if not isinstance(child, Mapping):
+                    break  # a non-table here is reported by the tree walk
+                node[part] = child = dict(child)
+                node = child
+            else:
+                if leaf in node:
+                    raise InputError(f"both the deprecated [{section}] {key} and {path} are set; keep {path}")
+                node[leaf] = transform(value) if transform is not None else value
+    return data
 
-    A table given for a field holding a nested options dataclass updates that dataclass.
-    """
-    out = {}
+
+# --- walking the tree ----------------------------------------------------------------------------------
+def _check_keys(path: str, options, changes: Mapping[str, Any]) -> None:
+    known = [f.name for f in fields(options)]
+    unknown = [key for key in changes if key not in known]
+    if not unknown:
+        return
+    if not path:
+        close = difflib.get_close_matches(unknown[0], known, n=1)
+        hint = f"; did you mean [{close[0]}]?" if close else ""
+        raise InputError(f"unknown config section [{unknown[0]}]{hint} known: {sorted(known)}")
+    hints = [difflib.get_close_matches(key, known, n=1) for key in unknown]
+    hint = "; ".join(
+        f"did you mean {h[0]!r} for {key!r}?" for key, h in zip(unknown, hints, strict=True) if h
+    )
+    raise InputError(
+        f"unknown option(s) {sorted(unknown)} in [{path}]{'; ' + hint if hint else ''}; known: {sorted(known)}"
+    )
+
+
+def _updated(options, changes: Mapping[str, Any], path: str):
+    """``options`` with ``changes`` applied; nested tables update nested options, keys are checked."""
+    if not isinstance(changes, Mapping):
+        raise InputError(f"[{path}] must be a table, got {type(changes).__name__}")
+    _check_keys(path, options, changes)
+    hints = _type_hints(type(options))
+    values = {}
     for key, value in changes.items():
+        name = f"{path}.{key}" if path else key
         current = getattr(options, key)
-        if is_dataclass(current) and isinstance(value, dict):
-            _check_keys(f"{section}.{key}", current, value)
-            out[key] = replace(current, **_coerce(current, value, f"{section}.{key}"))
+        if current is None and isinstance(value, Mapping) and (cls := _options_class(hints.get(key))):
+            current = cls()  # an optional nested options (None = the stage's default): start from it
+        if is_dataclass(current):
+            if isinstance(value, type(current)):
+                values[key] = value
+            elif isinstance(value, Mapping):
+                values[key] = _updated(current, value, name)
+            elif not path:
+                raise InputError(f"[{name}] must be a table, got {type(value).__name__}")
+            else:
+                raise InputError(f"option {name} must be a table, got {value!r}")
             continue
         if isinstance(value, list):
             value = tuple(value)
-        if isinstance(value, str) and value.lower() == "none":
-            value = None
-        _check_type(f"{section}.{key}" if section else key, current, value)
-        out[key] = value
-    return out
+        hint = hints.get(key)
+        if isinstance(value, str) and value.lower() == "none" and _allows_none(hint):
+            value = None  # TOML has no null: "none" stands for it where the field admits None
+        _check_type(name, current, value, hint)
+        values[key] = value
+    if not values:
+        return options
+    try:
+        return replace(options, **values)
+    except InputError:
+        raise
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InputError(f"bad config value in [{path}]: {' '.join(str(exc).split())}") from None
 
 
-def _check_type(name: str, current: Any, value: Any) -> None:
-    """The value read from TOML must have the kind of the field's current value (None: any kind).
+def _type_hints(cls: type) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(cls)
+    except (NameError, TypeError):  # an annotation that cannot be resolved: fall back to value kinds
+        return {}
+
+
+def _check_type(name: str, current: Any, value: Any, hint: Any = None) -> None:
+    """The value must have the kind of the field's current value (None: any kind), and a closed choice
+    (``Literal``) must be one of its values.
 
     Without this a string for an int option fails deep inside a stage with a TypeError.
     """
-    if value is None or current is None:
+    if value is None:
+        return
+    choices = _literal_choices(hint)
+    if choices and value not in choices:
+        raise InputError(f"option {name} must be one of {list(choices)}, got {value!r}")
+    if current is None:
         return
     if isinstance(current, bool):
         ok, kind = isinstance(value, bool), "true or false"
@@ -243,25 +430,66 @@ def _check_type(name: str, current: Any, value: Any) -> None:
         ok, kind = isinstance(value, str), "a string"
     elif isinstance(current, tuple | frozenset | set):
         ok, kind = isinstance(value, tuple), "a list"
-    elif is_dataclass(current):  # a table would have been merged already
-        ok, kind = False, "a table"
     else:
         return
     if not ok:
         raise InputError(f"option {name} must be {kind}, got {value!r}")
 
 
+def _options_class(hint: Any) -> type | None:
+    """The options dataclass in an ``Options | None`` annotation, if any."""
+    for arg in get_args(hint) or (hint,):
+        if isinstance(arg, type) and is_dataclass(arg):
+            return arg
+    return None
+
+
+def _allows_none(hint: Any) -> bool:
+    """Whether an annotation admits None (unknown annotations are assumed to)."""
+    if hint is None:
+        return True
+    return type(None) in get_args(hint) and "none" not in _literal_choices(hint)
+
+
+def _literal_choices(hint: Any) -> tuple:
+    """The allowed values of a ``Literal`` (or ``Literal | None``) annotation; () otherwise."""
+    if hint is None:
+        return ()
+    if get_origin(hint) is Literal:
+        return get_args(hint)
+    args = get_args(hint)
+    literals = [a for a in args if get_origin(a) is Literal]
+    return get_args(literals[0]) if literals else ()
+
+
 # --- presets --------------------------------------------------------------------------------------
+#: Named configurations: changes to the default tree (docs/architecture.md "Presets" lists them in one
+#: table). Each changes what its name says and nothing else.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "default": {},
-    # Fewer, smaller features and sequential pairs: quick looks at video-like sets.
+    # Quicker: fewer, smaller features; pairs from retrieval (each image's top-10 most similar images,
+    # plus its 3 neighbours in file order, so a sequence still closes its loops, unlike sequential-only
+    # pairing, which split templeRing into four models); shorter bundle adjustments.
     "fast": {
-        "pipeline": {"pairing": "sequential", "sequential_window": 5},
+        "pipeline": {"pairing": "retrieval", "retrieval_k": 10},
         "extraction": {"max_num_features": 4000, "max_image_size_px": 1200},
+        "mapper": {"local_ba": {"max_iterations": 15}, "global_ba": {"max_iterations": 30}},
     },
-    # More features at full resolution.
+    # Slower, for the best model: more features (full resolution, lower SIFT contrast threshold), exact
+    # nearest-neighbour matching, more confident RANSACs, longer bundle adjustments.
     "accurate": {
-        "extraction": {"max_num_features": 16000, "max_image_size_px": 4000},
+        "extraction": {
+            "max_num_features": 16000,
+            "max_image_size_px": 4000,
+            "sift_contrast_threshold": 0.008,
+        },
+        "matching": {"method": "bruteforce"},
+        "two_view": {"ransac": {"confidence": 0.9999, "min_iterations": 128, "max_iterations": 20000}},
+        "mapper": {
+            "registration": {"ransac": {"confidence": 0.99999, "max_iterations": 10000}},
+            "local_ba": {"max_iterations": 50},
+            "global_ba": {"max_iterations": 100, "function_tolerance": 1e-8},
+        },
     },
 }
 
@@ -270,13 +498,7 @@ def preset(name: str) -> ReconstructionConfig:
     """A named configuration: one of ``PRESETS``."""
     if name not in PRESETS:
         raise InputError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-    config = ReconstructionConfig()
-    changes = {}
-    for section, values in PRESETS[name].items():
-        current = getattr(config, section)
-        known = {f.name for f in fields(current)}
-        changes[section] = {k: v for k, v in values.items() if k in known}
-    return config.with_changes(**changes)
+    return ReconstructionConfig().with_changes(**PRESETS[name])
 
 
 # --- TOML -----------------------------------------------------------------------------------------
@@ -297,7 +519,7 @@ def load_config(path: str | Path, base: ReconstructionConfig | None = None) -> R
 
 
 def config_from_dict(data: dict[str, Any], base: ReconstructionConfig | None = None) -> ReconstructionConfig:
-    """Build a config from nested dicts (the TOML structure); unknown keys are errors."""
+    """Build a config from nested dicts (the TOML structure); unknown keys are errors with a hint."""
     if not isinstance(data, dict):
         raise InputError(f"config must be a table, got {type(data).__name__}")
     data = dict(data)
@@ -305,22 +527,7 @@ def config_from_dict(data: dict[str, Any], base: ReconstructionConfig | None = N
     if preset_name is not None and not isinstance(preset_name, str):
         raise InputError(f"preset must be a string, got {preset_name!r}")
     config = preset(preset_name) if preset_name else (base or ReconstructionConfig())
-    section_names = {f.name for f in fields(ReconstructionConfig)}
-    changes = {}
-    for section, values in data.items():
-        if section not in section_names:
-            raise InputError(f"unknown config section [{section}]; known: {sorted(section_names)}")
-        if not isinstance(values, dict):
-            raise InputError(f"[{section}] must be a table, got {type(values).__name__}")
-        current = getattr(config, section)
-        _check_keys(section, current, values)
-        changes[section] = _coerce(current, values, section)
-    try:
-        return config.with_changes(**changes)
-    except (TypeError, ValueError, OverflowError) as exc:
-        if isinstance(exc, InputError):
-            raise
-        raise InputError(f"bad config value: {' '.join(str(exc).split())}") from None
+    return _updated(config, _resolve_deprecated(data), "")
 
 
 def dump_config_toml(config: ReconstructionConfig) -> str:

@@ -8,25 +8,23 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import json
 import logging
-import pickle
 import re
 import shutil
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import Executor
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from geomvision.config import ReconstructionConfig
+from geomvision.config import PipelineOptions, ReconstructionConfig
 from geomvision.errors import InputError, ReconstructionError
-from geomvision.io.atomic import atomic_write_bytes, atomic_write_text
 from geomvision.progress import ProgressCallback
+from geomvision.runtime.atomic import atomic_write_text
+from geomvision.runtime.runner import DaskSettings, StageRunner, open_runner
 from geomvision.scene import Camera, ImageInfo, Reconstruction, TwoViewGeometry
 
 logger = logging.getLogger(__name__)
@@ -87,7 +85,7 @@ def run_pipeline(
     describes a successful run (whose model is still in ``sparse/``), the failure goes to
     ``report.failed.json`` instead, which the next successful run removes.
     """
-    config = _with_stage_workers(config or ReconstructionConfig())
+    config = config or ReconstructionConfig()
     run = _Run(
         image_dir=Path(image_dir),
         out=_prepare_output_dir(output_dir),
@@ -116,6 +114,7 @@ class _Run:
     t_start: float = field(default_factory=time.perf_counter)
     timings: dict[str, float] = field(default_factory=dict)
     report: dict[str, Any] = field(default_factory=dict)
+    runner: StageRunner | None = None
 
     @property
     def cache(self) -> Path | None:
@@ -135,7 +134,7 @@ def _run_stages(run: _Run) -> PipelineResult:
     if (
         config.pipeline.pose_prior_checkpoint
     ):  # a bad checkpoint or missing torch fails now, not after mapping
-        from geomvision.sfm.pose_prior import check_learned_prior
+        from geomvision.plugins.learned_prior import check_learned_prior
 
         check_learned_prior(config.pipeline.pose_prior_checkpoint)
     scan = scan_images(run.image_dir, strict=config.pipeline.strict)
@@ -155,12 +154,16 @@ def _run_stages(run: _Run) -> PipelineResult:
     names = {i: p.name for i, p in zip(image_ids, paths, strict=True)}
     report["num_images"] = len(paths)
 
-    with _executor(config.pipeline.num_workers) as executor:
+    with open_pipeline_runner(config.pipeline, cache) as runner:
+        run.runner = runner
         t = time.perf_counter()
         run.stage = "cameras"  # reads every image header: unreadable files fail here, before any work
         cameras, camera_of_image = setup_cameras(paths, image_ids, config)
+        if config.pipeline.intrinsics is not None:  # known calibration: no mapper refines it (recorded)
+            config = run.config = _with_fixed_cameras(config, sorted(cameras))
+            report["config"] = config.to_dict()
         run.stage = "features"
-        features = _run_features(paths, image_ids, config, cache, executor, progress_factory)
+        features = _run_features(paths, image_ids, config, runner, progress_factory)
         timings["features"] = time.perf_counter() - t
         report["features"] = _feature_counts(features, names)
         _check_enough_features(features, names)
@@ -168,7 +171,7 @@ def _run_stages(run: _Run) -> PipelineResult:
         t = time.perf_counter()
         run.stage = "matching"
         pairs = select_pairs(image_ids, features, config)
-        matches = _run_matching(features, pairs, config, cache, executor, progress_factory)
+        matches = _run_matching(features, pairs, config, runner, progress_factory)
         timings["matching"] = time.perf_counter() - t
         report["matching"] = {
             "pairing": resolve_pairing(len(image_ids), config.pipeline),
@@ -179,13 +182,18 @@ def _run_stages(run: _Run) -> PipelineResult:
         t = time.perf_counter()
         run.stage = "verification"
         cameras_by_image = {i: cameras[camera_of_image[i]] for i in image_ids}
-        two_view = _run_verification(
-            features, matches, cameras_by_image, config, cache, executor, progress_factory
-        )
+        two_view = _run_verification(features, matches, cameras_by_image, config, runner, progress_factory)
         timings["verification"] = time.perf_counter() - t
         verified = {pair: g for pair, g in two_view.items() if g.success}
         report["verification"] = _verification_counts(two_view, verified)
+        if config.wide_baseline.enabled:  # weakly connected images: retry their pairs (affine features)
+            run.stage = "wide_baseline"
+            features, verified, report["wide_baseline"] = _run_wide_baseline(
+                paths, features, matches, verified, cameras_by_image, config, progress_factory
+            )
+            timings["wide_baseline"] = report["wide_baseline"]["time_s"]
         if not verified:
+            run.stage = "verification"  # the wide-baseline retry found nothing either: verification failed
             raise ReconstructionError(
                 f"no image pair could be verified among {len(image_ids)} images "
                 f"({len(matches)} pairs matched): the images do not overlap enough"
@@ -194,11 +202,11 @@ def _run_stages(run: _Run) -> PipelineResult:
             run.stage = "calibration"
             t = time.perf_counter()
             cameras, verified, report["calibration"] = _run_calibration(
-                cameras, camera_of_image, verified, features, paths, config, executor, progress_factory
+                cameras, camera_of_image, verified, features, paths, config, runner, progress_factory
             )
             timings["calibration"] = time.perf_counter() - t
         # The mapper runs in this process only: a pool worker writes the view graph meanwhile.
-        view_graph_written = _start_view_graph_output(out, verified, names, executor)
+        view_graph_written = _start_view_graph_output(out, verified, names, runner)
 
         t = time.perf_counter()
         run.stage = "mapping"
@@ -206,16 +214,27 @@ def _run_stages(run: _Run) -> PipelineResult:
             i: ImageInfo(names[i], camera_of_image[i], features[i].keypoints_px, features[i].colors)
             for i in image_ids
         }
-        mapping = _run_mapping(cameras, images, verified, config, progress_factory)
+        mapping = _run_mapping(cameras, images, verified, config, progress_factory, runner)
         timings["mapping"] = time.perf_counter() - t
         if view_graph_written is not None:
             view_graph_written.result()
+        report["engine"] = runner.report()
     report["mapping"] = mapping.report
     reconstructions = [r for r in mapping.reconstructions if r.num_registered >= 2]
     if not reconstructions:
         raise ReconstructionError(
             f"mapping failed: {mapping.report.get('reason', 'no model with 2+ images')}"
         )
+
+    if len(reconstructions) > 1 and config.wide_baseline.bridge.enabled:  # join separate models
+        from geomvision.sfm.wide_baseline import bridge_and_merge_models
+
+        t = time.perf_counter()
+        run.stage = "model_bridge"
+        reconstructions, report["model_bridge"] = bridge_and_merge_models(
+            reconstructions, verified, config.wide_baseline.bridge, rng=config.pipeline.seed
+        )
+        timings["model_bridge"] = time.perf_counter() - t
 
     if config.pipeline.intrinsics is None and config.calibration.enabled:  # unknown K: principal point
         t = time.perf_counter()
@@ -227,14 +246,21 @@ def _run_stages(run: _Run) -> PipelineResult:
         )
         timings["principal_point"] = time.perf_counter() - t
 
+    t = time.perf_counter()
     run.stage = "trust"  # measured signals; sparse/0 becomes the largest trusted model
     from geomvision.sfm.calibration import trusted_focal_estimates
     from geomvision.sfm.trust import assess_models_trust
 
     focal_estimates = trusted_focal_estimates(report.get("calibration"))
+    fixed = tuple(cameras) if config.pipeline.intrinsics is not None else ()
     reconstructions, verdicts = assess_models_trust(
-        reconstructions, config.trust, calibrated_focal_px=focal_estimates
+        reconstructions,
+        config.trust,
+        calibrated_focal_px=focal_estimates,
+        fixed_camera_ids=fixed,
+        rng=config.pipeline.seed,
     )
+    timings["trust"] = time.perf_counter() - t
 
     if config.pipeline.pose_prior_checkpoint:  # learned fallback for images PnP could not register
         t = time.perf_counter()
@@ -269,6 +295,8 @@ def _write_failure_report(run: _Run, exc: BaseException) -> None:
     run.report["failed_stage"] = run.stage
     run.report["error"] = "interrupted" if interrupted else " ".join(str(exc).split()) or type(exc).__name__
     run.report["error_type"] = type(exc).__name__
+    if run.runner is not None:
+        run.report["engine"] = run.runner.report()
     try:
         _write_report(run.out, run.report, run.timings, run.t_start, name=_failure_report_name(run.out))
     except Exception as write_exc:  # e.g. the disk is full: the first error is the one to report
@@ -292,7 +320,7 @@ def _failure_report_name(out: Path) -> str:
     )
 
 
-#: Temporary names of :mod:`geomvision.io.atomic` (``.<stem>.<8 random chars><suffix>``).
+#: Temporary names of :mod:`geomvision.runtime.atomic` (``.<stem>.<8 random chars><suffix>``).
 _ATOMIC_TEMP = re.compile(r"^\..+\.[a-z0-9_]{8}(\.[A-Za-z0-9]+)?$")
 
 
@@ -344,39 +372,20 @@ def _no_progress(stage: str) -> contextlib.AbstractContextManager[ProgressCallba
     return contextlib.nullcontext(lambda done, total, message="": None)
 
 
-def _with_stage_workers(config: ReconstructionConfig) -> ReconstructionConfig:
-    """Give every per-item stage the pipeline's worker count.
+def open_pipeline_runner(options: PipelineOptions, cache: Path | None) -> StageRunner:
+    """The stage runner of a run: ``backend``/``scheduler``/``num_workers`` of ``[pipeline]``.
 
-    Without this a stage handed ``executor=None`` (``--workers 1``) would start its own pool sized by
-    its own ``num_workers`` (None = all cores), so ``--workers 1`` would not mean in-process.
+    A ``scheduler`` (``local`` or ``tcp://HOST:PORT``) selects the dask backend.
     """
-    workers = config.pipeline.num_workers
-    changes = {
-        section: {"num_workers": workers}
-        for section in ("extraction", "matching", "two_view")
-        if hasattr(getattr(config, section), "num_workers")
-    }
-    return config.with_changes(**changes)
-
-
-@contextlib.contextmanager
-def _executor(num_workers: int) -> Iterator[Executor | None]:
-    """A local process pool for per-image/per-pair work (None = run in this process).
-
-    The stages' own pool factory is used: forkserver workers with single-threaded OpenCV/BLAS, so a
-    worker never forks a multi-threaded parent and results do not depend on thread scheduling.
-    """
-    if num_workers <= 1:
-        yield None
-        return
-    from geomvision.features.extract import make_process_pool
-
-    pool = make_process_pool(num_workers)
-    try:
-        yield pool
-    finally:
-        # Cancel what has not started (e.g. after Ctrl-C or an error), so the exit is prompt.
-        pool.shutdown(wait=True, cancel_futures=True)
+    backend = "dask" if options.scheduler is not None else options.backend
+    dask = DaskSettings(
+        scheduler=options.scheduler or "local",
+        images_visible_to_workers=options.images_visible_to_workers,
+        tls_ca_file=options.tls_ca_file,
+        tls_cert_file=options.tls_cert_file,
+        tls_key_file=options.tls_key_file,
+    )
+    return open_runner(backend, options.num_workers, cache_dir=cache, dask=dask)
 
 
 def setup_cameras(
@@ -425,18 +434,12 @@ def select_pairs(image_ids: list[int], features: dict, config: ReconstructionCon
 
 
 # --- stages ---------------------------------------------------------------------------------------
-def _run_features(paths, image_ids, config, cache, executor, progress_factory) -> dict:
+def _run_features(paths, image_ids, config, runner, progress_factory) -> dict:
     from geomvision.features.extract import extract_features
 
     with progress_factory("features") as progress:
         try:
-            features = extract_features(
-                paths,
-                config.extraction,
-                cache_dir=cache / "features" if cache else None,
-                executor=executor,
-                progress=progress,
-            )
+            features = extract_features(paths, config.extraction, runner=runner, progress=progress)
         except OSError as exc:
             # An image that cannot be opened (permissions, vanished, a folder) is bad input; a failed
             # cache write (e.g. a full disk) is not, and keeps its OSError.
@@ -446,79 +449,47 @@ def _run_features(paths, image_ids, config, cache, executor, progress_factory) -
     return dict(zip(image_ids, features, strict=True))
 
 
-def _run_matching(features, pairs, config, cache, executor, progress_factory) -> dict:
+def _run_matching(features, pairs, config, runner, progress_factory) -> dict:
     from geomvision.features.match import match_pairs
 
     with progress_factory("matching") as progress:
-        return match_pairs(
-            features,
-            pairs,
-            config.matching,
-            cache_dir=cache / "matches" if cache else None,
-            executor=executor,
-            progress=progress,
-        )
+        return match_pairs(features, pairs, config.matching, runner=runner, progress=progress)
 
 
-def _run_verification(features, matches, cameras_by_image, config, cache, executor, progress_factory) -> dict:
-    """Verify every matched pair; the whole result is cached under a key of all its inputs."""
+def _run_verification(features, matches, cameras_by_image, config, runner, progress_factory) -> dict:
     from geomvision.sfm.two_view import verify_pairs
 
-    key = None
-    if cache is not None:
-        key = _verification_cache_key(features, matches, cameras_by_image, config)
-        cached = _load_pickle(cache / "two_view" / f"{key}.pkl")
-        if cached is not None:
-            logger.info("verification: %d pairs from cache", len(cached))
-            return cached
     with progress_factory("verification") as progress:
-        result = verify_pairs(
+        return verify_pairs(
             features,
             matches,
             cameras_by_image,
             config.two_view,
             rng=config.pipeline.seed,
-            executor=executor,
+            runner=runner,
             progress=progress,
         )
-    if key is not None:
-        atomic_write_bytes(cache / "two_view" / f"{key}.pkl", pickle.dumps(result, protocol=5))
-    return result
 
 
-def _verification_cache_key(features, matches, cameras_by_image, config) -> str:
-    digest = hashlib.sha256()
-    # The worker count never changes the result, so it must not change the key.
-    two_view = config.two_view
-    if hasattr(two_view, "num_workers"):
-        from dataclasses import replace
+def _run_wide_baseline(paths, features, matches, verified, cameras_by_image, config, progress_factory):
+    from geomvision.sfm.wide_baseline import densify_wide_baseline_pairs
 
-        two_view = replace(two_view, num_workers=None)
-    digest.update(repr(two_view).encode())
-    digest.update(str(config.pipeline.seed).encode())
-    for i in sorted(cameras_by_image):
-        cam = cameras_by_image[i]
-        digest.update(f"{i}:{cam.model}:{cam.width}x{cam.height}:".encode())
-        digest.update(np.ascontiguousarray(cam.params).tobytes())
-        digest.update(np.ascontiguousarray(features[i].keypoints_px).tobytes())
-    for pair in sorted(matches):
-        digest.update(repr(pair).encode())
-        digest.update(np.ascontiguousarray(matches[pair].indices).tobytes())
-    return digest.hexdigest()[:32]
+    with progress_factory("wide_baseline") as progress:
+        result = densify_wide_baseline_pairs(
+            dict(zip(sorted(features), paths, strict=True)),
+            features,
+            {pair: len(m) for pair, m in matches.items()},
+            verified,
+            cameras_by_image,
+            config.wide_baseline,
+            two_view_options=config.two_view,
+            rng=config.pipeline.seed,
+            progress=progress,
+        )
+    return result.features, result.two_view_geometries, result.report
 
 
-def _load_pickle(path: Path):
-    try:
-        with open(path, "rb") as fh:
-            return pickle.load(fh)
-    except FileNotFoundError:
-        return None
-    except (pickle.UnpicklingError, EOFError, AttributeError, ValueError):
-        logger.warning("ignoring unreadable cache file %s", path)
-        return None
-
-
-def _run_calibration(cameras, camera_of_image, verified, features, paths, config, executor, progress_factory):
+def _run_calibration(cameras, camera_of_image, verified, features, paths, config, runner, progress_factory):
     from geomvision.sfm.calibration import exif_focal_camera_ids, self_calibrate
 
     exif = exif_focal_camera_ids(dict(zip(sorted(features), paths, strict=True)), camera_of_image)
@@ -532,25 +503,37 @@ def _run_calibration(cameras, camera_of_image, verified, features, paths, config
             exif_camera_ids=exif,
             two_view_options=config.two_view,
             rng=config.pipeline.seed,
-            executor=executor,
+            runner=runner,
             progress=progress,
         )
     return result.cameras, result.two_view_geometries, result.report
 
 
-def _run_mapping(cameras, images, verified, config, progress_factory):
+def _run_mapping(cameras, images, verified, config, progress_factory, runner=None):
     from geomvision.sfm.incremental import incremental_mapping
 
     if config.pipeline.mapper == "global":
         return _run_global_mapping(cameras, images, verified, config, progress_factory)
+    mapper_options = config.mapper
+    if config.partition.cluster_size_for(len(images)):  # large scenes: cluster by cluster, then merge
+        from geomvision.sfm.partitioned_mapping import PartitionedMappingOptions, partitioned_mapping
+
+        options = PartitionedMappingOptions(
+            partition=config.partition, mapper=mapper_options, merge=config.merge
+        )
+        with progress_factory("mapping") as progress:
+            return partitioned_mapping(
+                cameras,
+                images,
+                verified,
+                options,
+                map_fn=runner.map_function("mapping") if runner is not None else None,
+                rng=config.pipeline.seed,
+                progress=progress,
+            )
     init_reconstruction = None
     if config.pipeline.init == "factorization":
         init_reconstruction = _factorization_init(cameras, images, verified, config)
-    mapper_options = config.mapper
-    if config.pipeline.intrinsics is not None:  # known calibration: the mapper must never refine it
-        from dataclasses import replace
-
-        mapper_options = replace(mapper_options, fixed_camera_ids=tuple(sorted(cameras)))
     with progress_factory("mapping") as progress:
         return incremental_mapping(
             cameras,
@@ -564,19 +547,24 @@ def _run_mapping(cameras, images, verified, config, progress_factory):
 
 
 def _run_global_mapping(cameras, images, verified, config, progress_factory):
-    from dataclasses import replace
-
     from geomvision.sfm.global_mapper import global_mapping
 
     options = config.global_mapper
-    if config.pipeline.intrinsics is not None:  # known calibration: the mapper must never refine it
-        options = replace(options, fixed_camera_ids=tuple(sorted(cameras)))
     with progress_factory("mapping") as progress:
         return global_mapping(cameras, images, verified, options, rng=config.pipeline.seed, progress=progress)
 
 
+def _with_fixed_cameras(config: ReconstructionConfig, camera_ids: list[int]) -> ReconstructionConfig:
+    """Known calibration: both mappers hold these cameras (so report.json's config says what ran)."""
+    return config.with_changes(
+        mapper={"fixed_camera_ids": camera_ids},
+        global_mapper={"fixed_camera_ids": camera_ids},
+        wide_baseline={"bridge": {"merge": {"bundle_adjustment": {"intrinsics": "fixed"}}}},
+    )
+
+
 def _run_pose_prior(reconstructions, cameras, images, paths, matches, config) -> dict[str, Any]:
-    from geomvision.sfm.pose_prior import PosePriorOptions, apply_learned_pose_prior
+    from geomvision.plugins.learned_prior import apply_learned_pose_prior
 
     return apply_learned_pose_prior(
         reconstructions,
@@ -585,17 +573,17 @@ def _run_pose_prior(reconstructions, cameras, images, paths, matches, config) ->
         dict(zip(sorted(images), paths, strict=True)),
         {pair: len(m) for pair, m in matches.items()},
         config.pipeline.pose_prior_checkpoint,
-        PosePriorOptions(min_confidence=config.pipeline.pose_prior_min_confidence),
+        config.pose_prior,
     )
 
 
 def _factorization_init(cameras, images, verified, config) -> Reconstruction:
-    from geomvision.sfm.factorization_init import FactorizationInitOptions, initialize_by_factorization
+    from geomvision.sfm.factorization_init import initialize_by_factorization
     from geomvision.sfm.tracks import build_tracks
 
     tracks = build_tracks({pair: g.inlier_matches for pair, g in verified.items()})
     result = initialize_by_factorization(
-        cameras, images, tracks, FactorizationInitOptions(), rng=config.pipeline.seed
+        cameras, images, tracks, config.factorization, rng=config.pipeline.seed
     )
     if not result.success:
         raise ReconstructionError(f"factorization initialisation failed: {result.reason}")
@@ -706,17 +694,15 @@ def _verification_counts(two_view: dict, verified: dict) -> dict[str, Any]:
     }
 
 
-def _start_view_graph_output(out: Path | None, verified: dict, names: dict[int, str], executor):
-    """Write OUT/view_graph.{json,png}: in a pool worker when there is one (returns its future), else now.
+def _start_view_graph_output(out: Path | None, verified: dict, names: dict[int, str], runner: StageRunner):
+    """Write OUT/view_graph.{json,png}: in a local pool worker when there is one (returns its future),
+    else now.
 
     Drawing with matplotlib takes ~1.5 s (import included), which a worker hides behind the mapper.
     """
     if not out:
         return None
-    if executor is None:
-        _write_view_graph(out, verified, names)
-        return None
-    return executor.submit(_write_view_graph, out, verified, names)
+    return runner.submit_background(_write_view_graph, out, verified, names)
 
 
 def _write_view_graph(out: Path, verified: dict, names: dict[int, str]) -> None:

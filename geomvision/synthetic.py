@@ -24,6 +24,7 @@ import numpy as np
 
 from geomvision.errors import InputError
 from geomvision.geometry.rigid import Rigid3d, euler_to_matrix, skew
+from geomvision.runtime.rng import as_rng
 
 logger = logging.getLogger(__name__)
 
@@ -45,17 +46,6 @@ __all__ = [
 
 _LAYOUTS = ("ring", "sphere", "sequence")
 _STRUCTURES = ("volume", "plane")
-
-
-def as_rng(rng: np.random.Generator | int | None) -> np.random.Generator:
-    """Normalise an ``rng`` argument; ``None`` gives a fixed seed (0) so default runs are reproducible."""
-    if isinstance(rng, np.random.Generator):
-        return rng
-    if rng is None:
-        return np.random.default_rng(0)
-    if isinstance(rng, (int, np.integer)):
-        return np.random.default_rng(int(rng))
-    raise InputError(f"rng must be a numpy Generator, an int seed or None, got {type(rng).__name__}")
 
 
 def intrinsics_matrix(focal_px: float, width: int, height: int) -> np.ndarray:

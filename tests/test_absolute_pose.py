@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from geomvision.errors import InputError
-from geomvision.geometry.absolute_pose import estimate_absolute_pose, refine_absolute_pose
 from geomvision.geometry.rigid import Rigid3d, rotation_angle_deg, rotvec_to_matrix
+from geomvision.robust.absolute_pose import estimate_absolute_pose, refine_absolute_pose
 from geomvision.robust.ransac import RansacOptions
 from geomvision.synthetic import random_scene
 

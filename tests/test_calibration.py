@@ -14,9 +14,12 @@ from geomvision.scene.camera import Camera
 from geomvision.scene.types import Features, TwoViewGeometry
 from geomvision.sfm.calibration import (
     EssentialReestimationOptions,
+    SelfCalibrationOptions,
     ViewGraphCalibrationOptions,
     calibrate_view_graph,
     reestimate_essentials,
+    self_calibrate,
+    trusted_focal_estimates,
 )
 from geomvision.sfm.two_view import TwoViewOptions, verify_pair
 from geomvision.synthetic import intrinsics_matrix, two_view_correspondences
@@ -152,7 +155,7 @@ def test_reestimated_essentials_give_the_true_poses():
         features,
         result.cameras,
         camera_of_image,
-        EssentialReestimationOptions(two_view=TwoViewOptions(num_workers=1)),
+        EssentialReestimationOptions(two_view=TwoViewOptions()),
         rng=0,
     )
     assert len(redone.two_view_geometries) == 4 and not redone.pairs_dropped
@@ -162,3 +165,27 @@ def test_reestimated_essentials_give_the_true_poses():
         assert g.config == "calibrated"
         assert rotation_angle_deg(g.cam2_from_cam1.rotation, truth.cam2_from_cam1.rotation) < 0.5
         assert g.num_inliers >= 0.9 * two_view[(i, j)].num_inliers
+
+
+@pytest.mark.parametrize(("exif_px", "kept"), [(950.0, True), (1800.0, False)])
+def test_stage_keeps_an_agreeing_exif_focal_and_replaces_a_wrong_one(exif_px, kept):
+    two_view, features = _verified_pairs(4, 900.0, noise_px=0.3, seed=30)
+    cameras = {1: _camera(1, exif_px)}
+    options = SelfCalibrationOptions(view_graph=ViewGraphCalibrationOptions(min_agreeing_pairs=2))
+    result = self_calibrate(
+        cameras, {i: 1 for i in range(1, 9)}, two_view, features, options, exif_camera_ids={1}, rng=0
+    )
+    expected = exif_px if kept else 900.0
+    assert result.cameras[1].focal_xy[0] == pytest.approx(expected, rel=0.02)
+    assert result.report["cameras_changed"] == ([] if kept else [1])
+    assert len(result.two_view_geometries) == 4
+
+
+def test_disabled_stage_keeps_the_prior_but_reports_the_estimate():
+    two_view, features = _verified_pairs(4, 900.0, noise_px=0.3, seed=30)
+    cameras = {1: _camera(1, 300.0)}
+    result = self_calibrate(
+        cameras, {i: 1 for i in range(1, 9)}, two_view, features, SelfCalibrationOptions(enabled=False)
+    )
+    assert result.cameras[1] is cameras[1] and result.two_view_geometries == two_view
+    assert trusted_focal_estimates(result.report)[1] == pytest.approx(900.0, rel=0.03)

@@ -27,8 +27,12 @@ def test_toml_round_trip_of_every_preset(tmp_path):
 
 def test_presets_apply_their_values():
     fast = preset("fast")
-    assert fast.pipeline.pairing == "sequential" and fast.pipeline.sequential_window == 5
-    assert fast.extraction.max_num_features == 4000
+    # Retrieval pairing (top-k + 3 file-order neighbours), not sequential-only: loops get closed.
+    assert fast.pipeline.pairing == "retrieval" and fast.pipeline.retrieval_k == 10
+    assert fast.extraction.max_num_features == 4000 and fast.mapper.global_ba.max_iterations == 30
+    accurate = preset("accurate")
+    assert accurate.two_view.ransac.confidence > ReconstructionConfig().two_view.ransac.confidence
+    assert accurate.matching.method == "bruteforce" and accurate.mapper.global_ba.max_iterations == 100
     assert preset("default") == ReconstructionConfig()
 
 
@@ -36,16 +40,54 @@ def test_file_values_override_preset_and_base(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text('preset = "fast"\n[pipeline]\nseed = 9\n[extraction]\nmax_num_features = 123\n')
     config = load_config(path, base=ReconstructionConfig().with_changes(pipeline={"seed": 1}))
-    assert config.pipeline.seed == 9 and config.pipeline.pairing == "sequential"
+    assert config.pipeline.seed == 9 and config.pipeline.pairing == "retrieval"
     assert config.extraction.max_num_features == 123
 
 
 def test_nested_table_updates_nested_options():
-    config = config_from_dict({"two_view": {"ransac": {"max_iterations": 77}, "max_error_px": 3.0}})
-    assert config.two_view.ransac.max_iterations == 77 and config.two_view.max_error_px == 3.0
+    config = config_from_dict(
+        {
+            "two_view": {"ransac": {"max_iterations": 77}},
+            "mapper": {"registration": {"ransac": {"max_error_px": 8.0}}},
+        }
+    )
+    assert (
+        config.two_view.ransac.max_iterations == 77 and config.mapper.registration.ransac.max_error_px == 8.0
+    )
     # Other fields of the nested options keep their defaults.
-    default = ReconstructionConfig().two_view.ransac
-    assert config.two_view.ransac.confidence == default.confidence
+    default = ReconstructionConfig()
+    assert config.two_view.ransac.max_error_px == default.two_view.ransac.max_error_px == 2.0
+    assert config.mapper.registration.ransac.confidence == default.mapper.registration.ransac.confidence
+
+
+def test_deprecated_flat_keys_move_to_their_place_with_a_warning(caplog):
+    with pytest.warns(DeprecationWarning, match=r"\[two_view\] max_error_px is deprecated"):
+        config = config_from_dict({"two_view": {"max_error_px": 3.0}})
+    assert config.two_view.ransac.max_error_px == 3.0
+    assert "deprecated" in caplog.text  # logged too, for CLI users who never see warnings
+    with pytest.warns(DeprecationWarning):
+        config = config_from_dict(
+            {"mapper": {"tri_max_error_px": 3.0, "ba_loss": "cauchy", "min_num_inliers": 40}}
+        )
+    mapper = config.mapper
+    assert mapper.triangulation.max_error_px == mapper.initialization.triangulation.max_error_px == 3.0
+    assert mapper.initialization.triangulation.filter_max_error_px == 3.0
+    assert mapper.local_ba.loss == mapper.global_ba.loss == "cauchy"
+    assert mapper.registration.min_num_inliers == 40 and mapper.registration.min_num_visible == 20
+    with pytest.warns(DeprecationWarning), pytest.raises(InputError, match="both the deprecated"):
+        config_from_dict({"two_view": {"max_error_px": 3.0, "ransac": {"max_error_px": 1.0}}})
+
+
+def test_unknown_keys_get_a_did_you_mean_hint():
+    with pytest.raises(InputError, match=r"did you mean 'max_iterations' for 'max_iteration'"):
+        config_from_dict({"mapper": {"local_ba": {"max_iteration": 3}}})
+    with pytest.raises(InputError, match=r"did you mean \[two_view\]"):
+        config_from_dict({"twoview": {}})
+
+
+def test_closed_choices_are_checked_against_their_literal():
+    with pytest.raises(InputError, match=r"option mapper.global_ba.loss must be one of"):
+        config_from_dict({"mapper": {"global_ba": {"loss": "l3"}}})
 
 
 def test_none_string_and_lists_are_coerced():
@@ -58,10 +100,12 @@ def test_none_string_and_lists_are_coerced():
     ("data", "fragment"),
     [
         ({"pipelin": {}}, "unknown config section [pipelin]"),
-        ({"pipeline": {"sed": 1}}, "unknown option(s) ['sed'] in [pipeline]"),
+        ({"pipeline": {"sed": 1}}, "unknown option(s) ['sed'] in [pipeline]; did you mean 'seed'"),
         ({"two_view": {"ransac": {"iters": 1}}}, "unknown option(s) ['iters'] in [two_view.ransac]"),
         ({"pipeline": 3}, "[pipeline] must be a table"),
         ({"pipeline": {"pairing": "all"}}, "pairing must be one of"),
+        ({"mapper": {"local_ba": {"intrinsics": "per_image"}}}, "intrinsics='per_image'"),
+        ({"mapper": {"registration": 3}}, "option mapper.registration must be a table"),
         ({"pipeline": {"intrinsics": [1, 2, 3]}}, "4 finite numbers"),
         ({"pipeline": {"intrinsics": [math.nan, 1, 1, 1]}}, "4 finite numbers"),
         ({"pipeline": {"intrinsics": [0, 1, 1, 1]}}, "positive"),

@@ -8,6 +8,7 @@ import pytest
 from geomvision.errors import InputError
 from geomvision.geometry import factorization as fz
 from geomvision.geometry.rigid import rotation_angle_deg, rotvec_to_matrix
+from geomvision.io.tracks import load_dinosaur_tracks
 
 NECKER = np.diag([1.0, 1.0, -1.0])
 
@@ -415,7 +416,7 @@ def test_warm_start_leaves_out_tracks_too_short_for_the_relaxation(rng):
 def test_load_dinosaur_tracks_reads_the_oxford_file():
     from conftest import shared_dataset
 
-    W, lengths = fz.load_dinosaur_tracks(shared_dataset("oxford_dinosaur") / "pts.txt")
+    W, lengths = load_dinosaur_tracks(shared_dataset("oxford_dinosaur") / "pts.txt")
     # README: 4983 tracks over 36 frames, 2..21 views each, 16432 observations, 2300 two-view tracks.
     assert W.shape == (72, 4983)
     assert lengths.sum() == 16432 and lengths.min() == 2 and lengths.max() == 21
@@ -427,11 +428,11 @@ def test_load_dinosaur_tracks_reads_the_oxford_file():
 
 def test_load_dinosaur_tracks_rejects_bad_input(tmp_path):
     with pytest.raises(InputError, match="does not exist"):
-        fz.load_dinosaur_tracks(tmp_path / "none.txt")
+        load_dinosaur_tracks(tmp_path / "none.txt")
     bad = tmp_path / "pts.txt"
     bad.write_text("0 0 0 2 0 1.0 2.0 1 3.0\n")
     with pytest.raises(InputError, match=":1: malformed"):
-        fz.load_dinosaur_tracks(bad)
+        load_dinosaur_tracks(bad)
 
 
 def test_affine_candidates_keep_the_translation_and_the_leading_shape(rng):

@@ -1,8 +1,6 @@
-"""features.extract: methods, original-pixel keypoints under downscaling, colours, caching, executors."""
+"""features.extract: methods, original-pixel keypoints under downscaling, colours, caching, backends."""
 
 from __future__ import annotations
-
-import concurrent.futures as cf
 
 import cv2
 import numpy as np
@@ -11,6 +9,7 @@ import pytest
 import geomvision.features.extract as extract_mod
 from geomvision.errors import InputError
 from geomvision.features.extract import ExtractionOptions, detect_and_describe, extract_features
+from geomvision.runtime.runner import open_runner
 from geomvision.synthetic import render_scene_images
 
 
@@ -85,7 +84,7 @@ def test_cache_skips_finished_images(image_files, tmp_path, monkeypatch):
         return original(image, options)
 
     monkeypatch.setattr(extract_mod, "detect_and_describe", counting)
-    opts = ExtractionOptions(max_num_features=300, num_workers=1)
+    opts = ExtractionOptions(max_num_features=300)
     first = extract_features(image_files, opts, cache_dir=tmp_path)
     assert len(calls) == 3
     progress = []
@@ -99,25 +98,25 @@ def test_cache_skips_finished_images(image_files, tmp_path, monkeypatch):
         np.testing.assert_array_equal(a.descriptors, b.descriptors)
         np.testing.assert_array_equal(a.colors, b.colors)
     # Other options -> other cache entries.
-    other = ExtractionOptions(max_num_features=100, num_workers=1)
+    other = ExtractionOptions(max_num_features=100)
     extract_features(image_files[:1], other, cache_dir=tmp_path)
     assert len(calls) == 4
 
 
-def test_executors_agree(image_files):
-    opts = ExtractionOptions(max_num_features=300, num_workers=1)
+def test_backends_agree(image_files):
+    opts = ExtractionOptions(max_num_features=300)
     serial = extract_features(image_files, opts)
-    with cf.ThreadPoolExecutor(2) as pool:
-        threaded = extract_features(image_files, opts, executor=pool)
-    pooled = extract_features(image_files, ExtractionOptions(max_num_features=300, num_workers=2))
-    for a, b, c in zip(serial, threaded, pooled, strict=True):
-        np.testing.assert_array_equal(a.keypoints_px, b.keypoints_px)
+    with open_runner("processes", 2) as runner:
+        pooled = extract_features(image_files, opts, runner=runner)
+        assert runner.report()["tasks"] == 3 and runner.report()["bytes_received"] > 0
+    for a, c in zip(serial, pooled, strict=True):
         np.testing.assert_array_equal(a.keypoints_px, c.keypoints_px)
         np.testing.assert_array_equal(a.descriptors, c.descriptors)
+        np.testing.assert_array_equal(a.colors, c.colors)
 
 
 def test_unreadable_image_raises_with_name(tmp_path):
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"garbage" * 20)
     with pytest.raises(InputError, match="broken.png"):
-        extract_features([bad], ExtractionOptions(num_workers=1))
+        extract_features([bad], ExtractionOptions())

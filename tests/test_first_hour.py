@@ -343,6 +343,9 @@ def test_report_verdict_counts_every_model():
     css, line = verdict(report, rec)
     assert line.startswith("Registered 45/47 images in 4 models (19, 12, 8, 6)") and css == "warn"
     assert registered_summary(report).startswith("registered 45/47 images in 4 models (19, 12, 8, 6)")
+    report["models"][0] |= {"trusted": False, "trust_reasons": ["focal length implausible"]}
+    css, line = verdict(report, rec)
+    assert css == "bad" and "NOT trusted" in line
 
 
 def test_robust_framing_ignores_far_sparse_points():
@@ -386,6 +389,34 @@ def test_evaluate_scores_every_model_and_their_aligned_union():
 
 
 # --- 7. exports --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("model", "params"),
+    [
+        ("SIMPLE_RADIAL", [700.0, 380.2, 250.7, -0.12]),
+        ("RADIAL", [700.0, 380.2, 250.7, -0.12, 0.03]),
+        ("OPENCV", [700.0, 705.0, 380.2, 250.7, -0.12, 0.03, 0.001, -0.002]),
+        ("PINHOLE", [700.0, 705.0, 380.2, 250.7]),
+    ],
+)
+def test_undistorted_pixels_look_along_the_same_rays(model, params):
+    """An image whose pixels hold their own (x, y) is resampled to hold, at each pinhole pixel, the
+    distorted pixel :meth:`Camera.project` gives for that pixel's ray."""
+    from geomvision.io.undistort import pinhole_camera, undistort_image
+    from geomvision.scene import Camera
+
+    camera = Camera(1, model, 768, 512, params)
+    x, y = np.meshgrid(np.arange(768, dtype=np.float32), np.arange(512, dtype=np.float32))
+    out = undistort_image(np.dstack([x, y]), camera)
+    pinhole = pinhole_camera(camera)
+    v, u = np.mgrid[20:500:37, 20:750:41].reshape(2, -1)
+    rays = np.column_stack([(u - pinhole.K[0, 2]) / pinhole.K[0, 0], (v - pinhole.K[1, 2]) / pinhole.K[1, 1]])
+    expected = camera.project(np.column_stack([rays, np.ones(len(u))]))
+    inside = np.all((expected >= 0) & (expected <= [767, 511]), axis=1)
+    assert inside.sum() > 100
+    # cv2.remap interpolates with 1/32-pixel weights: up to 1/64 px from the exact position
+    np.testing.assert_allclose(out[v, u][inside], expected[inside], atol=1 / 64 + 1e-4)
+
+
 def test_colmap_undistorted_export_reads_back_in_pycolmap(hostile_run, tmp_path):
     pycolmap = pytest.importorskip("pycolmap")
     _, out, _ = hostile_run

@@ -81,8 +81,12 @@ def test_unknown_focal_is_refined_and_known_focal_is_kept(ring_scene):
     cameras, images, geoms, _ = mapper_inputs(
         ring_scene, noise_px=0.5, rng=1, focal_scale=1.1, model="SIMPLE_RADIAL"
     )
-    rec = global_mapping(cameras, images, geoms, GlobalMapperOptions(), rng=0).reconstructions[0]
+    result = global_mapping(cameras, images, geoms, GlobalMapperOptions(), rng=0)
+    rec = result.reconstructions[0]
     assert abs(rec.cameras[1].params[0] / 800.0 - 1.0) < 0.01
+    # BA moved the focal by ~10 % (> recalibrate_focal_change): the pairs were re-verified and mapped again.
+    before, after = result.report["recalibration"]["focal_px_before_after"]["1"]
+    assert before == pytest.approx(880.0) and abs(after / 800.0 - 1.0) < 0.02
     assert abs(rec.cameras[1].params[3]) < 0.05
     assert rec.num_registered == 8
     assert cameras[1].params[0] == pytest.approx(880.0)  # the caller's cameras are not modified

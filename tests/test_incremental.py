@@ -142,14 +142,14 @@ def test_bad_input_raises_and_no_overlap_fails_as_a_value():
 
 
 def test_implausible_refined_intrinsics_are_reset_and_frozen():
-    from geomvision.sfm.incremental import _ModelBuilder, _Timer
-    from geomvision.sfm.mapper_state import MapperState, TrackTable
+    from geomvision.sfm.incremental import _ModelBuilder
+    from geomvision.sfm.mapper_state import MapperState, StepTimer, TrackTable
 
     scene = random_scene(30, 3, rng=0)
     cameras, images, geoms, _ = mapper_inputs(scene, noise_px=0.0, model="SIMPLE_RADIAL")
     state = MapperState(cameras, images, TrackTable.from_tracks([], images))
     builder = _ModelBuilder(
-        state, IncrementalMapperOptions(), set(images), np.random.default_rng(0), _Timer(), None, 3
+        state, IncrementalMapperOptions(), set(images), np.random.default_rng(0), StepTimer(), None, 3
     )
     assert not builder.reset_bogus_cameras({1})  # initial values are plausible
     state.cameras[1].params = np.array([9000.0, 319.5, 239.5, 0.0])  # focal 14x the image size
@@ -181,12 +181,10 @@ def test_real_images_templering_register_with_accurate_poses():
     paths = sorted(root.glob("templeR0*.png"))[12:20]  # views 13-20: one contiguous arc, ~8 deg apart
     gt = read_middlebury_par(root / "templeR_par.txt")
     K = gt[paths[0].name].K
-    features = dict(enumerate(extract_features(paths, ExtractionOptions(num_workers=1)), start=1))
-    matches = match_pairs(features, exhaustive_pairs(list(features)), MatchingOptions(num_workers=1))
+    features = dict(enumerate(extract_features(paths, ExtractionOptions()), start=1))
+    matches = match_pairs(features, exhaustive_pairs(list(features)), MatchingOptions())
     cam = Camera.pinhole(1, K[0, 0], K[1, 1], K[0, 2], K[1, 2], 640, 480)
-    verified = verify_pairs(
-        features, matches, dict.fromkeys(features, cam), TwoViewOptions(num_workers=1), rng=0
-    )
+    verified = verify_pairs(features, matches, dict.fromkeys(features, cam), TwoViewOptions(), rng=0)
     verified = {p: g for p, g in verified.items() if g.success}
     images = {i: ImageInfo(paths[i - 1].name, 1, f.keypoints_px, f.colors) for i, f in features.items()}
     result = incremental_mapping(

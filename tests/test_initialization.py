@@ -9,20 +9,23 @@ from mapper_fixtures import mapper_inputs
 from geomvision.errors import InputError
 from geomvision.geometry.rigid import Rigid3d, rotation_angle_deg
 from geomvision.scene import TwoViewGeometry
+from geomvision.sfm.bundle_adjustment import BundleAdjustmentOptions
 from geomvision.sfm.initialization import (
     InitializationOptions,
     initialize_reconstruction,
     rank_initial_pairs,
     reconstruct_pair,
 )
-from geomvision.sfm.mapper_ba import MapperBAOptions, adjust_bundle
+from geomvision.sfm.mapper_ba import adjust_bundle
 from geomvision.sfm.mapper_state import MapperState, TrackTable
 from geomvision.sfm.tracks import build_tracks
 from geomvision.synthetic import SyntheticScene, project_points, random_scene
 
 
 def _adjust(state, image_ids, fixed):
-    adjust_bundle(state, image_ids, MapperBAOptions(), fixed_image_ids={fixed})
+    adjust_bundle(
+        state, image_ids, BundleAdjustmentOptions(loss="soft_l1", max_iterations=50), fixed_image_ids={fixed}
+    )
 
 
 def _state(cameras, images, geoms):

@@ -1,7 +1,7 @@
 """SIGKILL ``geomvision reconstruct`` at seeded random moments, rerun, and demand the uninterrupted result.
 
 After every kill each file in OUT must be complete (it parses) or be a temporary file of
-:mod:`geomvision.io.atomic` (``.<stem>.<8 chars><suffix>``) or of a model folder being swapped in
+:mod:`geomvision.runtime.atomic` (``.<stem>.<8 chars><suffix>``) or of a model folder being swapped in
 (``sparse/.tmp-N``, ``sparse/.old-N``), which the next run deletes; a ``sparse/0`` that exists must read
 as one consistent model. Rerunning resumes
 from the cached stages, and the final model and PLY must equal, byte for byte, those of a run that was

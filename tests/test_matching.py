@@ -1,9 +1,7 @@
 """features.match: exactness against a brute-force reference, ratio/mutual semantics, GT epipolar
-error on rendered images, caching and executors."""
+error on rendered images, caching and backends."""
 
 from __future__ import annotations
-
-import concurrent.futures as cf
 
 import numpy as np
 import pytest
@@ -14,6 +12,7 @@ from geomvision.features.extract import ExtractionOptions, detect_and_describe
 from geomvision.features.match import MatchingOptions, match_descriptors, match_pairs
 from geomvision.geometry.epipolar import fundamental_from_essential, sampson_distance_sq
 from geomvision.geometry.rigid import skew
+from geomvision.runtime.runner import open_runner
 from geomvision.synthetic import render_scene_images
 
 
@@ -92,9 +91,7 @@ def _gt_fundamental(scene, i: int, j: int) -> np.ndarray:
 def test_matches_on_rendered_images_obey_gt_epipolar_geometry(rendered, method):
     scene, feats = rendered
     # ivf_min_num_features=0: the inverted file is used even on these small sets.
-    options = MatchingOptions(
-        method=method, num_workers=1, ivf_min_num_features=0, ivf_num_cells=16, ivf_num_probes=3
-    )
+    options = MatchingOptions(method=method, ivf_min_num_features=0, ivf_num_cells=16, ivf_num_probes=3)
     result = match_pairs(feats, [(1, 2), (2, 3)], options)
     for (i, j), m in result.items():
         assert len(m) > 200
@@ -119,7 +116,7 @@ def test_flann_agrees_with_bruteforce(rendered):
     assert len(common) > 0.9 * len(exact)
 
 
-def test_cache_and_executors(rendered, tmp_path, monkeypatch):
+def test_cache(rendered, tmp_path, monkeypatch):
     _, feats = rendered
     pairs = [(1, 2), (1, 3), (2, 3)]
     calls = []
@@ -130,13 +127,12 @@ def test_cache_and_executors(rendered, tmp_path, monkeypatch):
         return original(*args)
 
     monkeypatch.setattr(match_mod, "_match_prepared", counting)
-    opts = MatchingOptions(num_workers=1)
+    opts = MatchingOptions()
     first = match_pairs(feats, pairs, opts, cache_dir=tmp_path)
     assert len(calls) == 3
     second = match_pairs(feats, pairs, opts, cache_dir=tmp_path)
     assert len(calls) == 3  # all three pairs came from the cache
-    with cf.ThreadPoolExecutor(2) as pool:
-        third = match_pairs(feats, pairs, MatchingOptions(ratio_threshold=0.7), executor=pool)
+    third = match_pairs(feats, pairs, MatchingOptions(ratio_threshold=0.7))
     assert len(calls) == 6
     for p in pairs:
         np.testing.assert_array_equal(first[p].indices, second[p].indices)
@@ -147,9 +143,9 @@ def test_cache_and_executors(rendered, tmp_path, monkeypatch):
 def test_bad_pairs(rendered):
     _, feats = rendered
     with pytest.raises(InputError, match="image id 9"):
-        match_pairs(feats, [(1, 9)], MatchingOptions(num_workers=1))
+        match_pairs(feats, [(1, 9)], MatchingOptions())
     with pytest.raises(InputError, match="itself"):
-        match_pairs(feats, [(2, 2)], MatchingOptions(num_workers=1))
+        match_pairs(feats, [(2, 2)], MatchingOptions())
 
 
 def test_pca_search_is_close_to_exact(rendered):
@@ -182,8 +178,8 @@ def test_ivf_probing_every_cell_is_exact(rendered):
 def test_ivf_recall_and_shared_quantiser(rendered, tmp_path):
     _, feats = rendered
     pairs = [(1, 2), (1, 3), (2, 3)]
-    exact = match_pairs(feats, pairs, MatchingOptions(method="bruteforce", num_workers=1))
-    opts = MatchingOptions(num_workers=1, ivf_num_cells=32, ivf_num_probes=4, ivf_min_num_features=0)
+    exact = match_pairs(feats, pairs, MatchingOptions(method="bruteforce"))
+    opts = MatchingOptions(ivf_num_cells=32, ivf_num_probes=4, ivf_min_num_features=0)
     approx = match_pairs(feats, pairs, opts, rng=5, cache_dir=tmp_path)
     for p in pairs:
         found = set(map(tuple, approx[p].indices.tolist()))
@@ -195,10 +191,14 @@ def test_ivf_recall_and_shared_quantiser(rendered, tmp_path):
     again = match_pairs(feats, pairs, opts, rng=5, cache_dir=tmp_path)
     for p in pairs:
         np.testing.assert_array_equal(again[p].indices, approx[p].indices)
-    assert len(list(tmp_path.glob("matches_*.npz"))) == 3
-    with cf.ThreadPoolExecutor(2) as pool:
-        other = match_pairs(feats, pairs, opts, rng=6, cache_dir=tmp_path, executor=pool)
-    assert len(list(tmp_path.glob("matches_*.npz"))) == 6
+    assert len(list((tmp_path / "matches").glob("*.npz"))) == 3
+    with open_runner("processes", 2) as runner:
+        other = match_pairs(feats, pairs, opts, rng=6, cache_dir=tmp_path, runner=runner)
+        # The pool and the client share the quantiser trained on the client: same answer as serial.
+        serial = match_pairs(feats, pairs, opts, rng=6)
+    for p in pairs:
+        np.testing.assert_array_equal(other[p].indices, serial[p].indices)
+    assert len(list((tmp_path / "matches").glob("*.npz"))) == 6
     assert all(len(other[p]) > 0.85 * len(exact[p]) for p in pairs)
 
 
@@ -221,12 +221,10 @@ def test_ivf_quantiser_and_options():
 
 def test_min_num_matches_empties_weak_pairs(rendered):
     _, feats = rendered
-    counts = {
-        p: len(m) for p, m in match_pairs(feats, [(1, 2), (1, 3)], MatchingOptions(num_workers=1)).items()
-    }
+    counts = {p: len(m) for p, m in match_pairs(feats, [(1, 2), (1, 3)], MatchingOptions()).items()}
     cut = (min(counts.values()) + max(counts.values())) // 2 + 1
     assert min(counts.values()) < cut <= max(counts.values())
-    result = match_pairs(feats, [(1, 2), (1, 3)], MatchingOptions(num_workers=1, min_num_matches=cut))
+    result = match_pairs(feats, [(1, 2), (1, 3)], MatchingOptions(min_num_matches=cut))
     for p, m in result.items():
         assert len(m) == (counts[p] if counts[p] >= cut else 0)
         assert m.indices.shape == (len(m), 2)

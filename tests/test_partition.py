@@ -136,3 +136,50 @@ def test_cluster_tasks_are_independent_of_how_they_are_run():
         assert pa.keys() == pb.keys()
         assert all(np.array_equal(pa[i], pb[i]) for i in pa)
     assert len({t.seed for t in tasks}) == len(tasks)
+
+
+def test_cli_flag_and_toml_keys_reach_the_partition_options(tmp_path):
+    import argparse
+
+    from geomvision.commands import reconstruct as command
+    from geomvision.config import load_config
+
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    config = command.build_config(parser.parse_args(["imgs", "-o", "out", "--max-cluster-images", "16"]))
+    assert config.partition.max_cluster_images == 16
+    assert config.partition.cluster_size_for(47) == 16
+    toml = tmp_path / "c.toml"
+    toml.write_text(
+        "[partition]\nmax_cluster_images = 0\nmethod = 'spectral'\n[merge.alignment.ransac]\nmax_error_px = 3.0\n"
+    )
+    config = load_config(toml)
+    assert config.partition.cluster_size_for(10_000) == 0
+    assert config.partition.method == "spectral"
+    assert config.merge.alignment.ransac.max_error_px == 3.0
+    assert "partition" in config.to_dict() and "merge" in config.to_dict()
+
+
+@pytest.mark.slow
+def test_pipeline_partitioned_on_fountain_small(tmp_path):
+    """The real pipeline with --max-cluster-images: every image in one model, near the unpartitioned accuracy."""
+    import json
+    from pathlib import Path
+
+    from geomvision.config import ReconstructionConfig
+    from geomvision.evaluation import evaluate_reconstruction, load_ground_truth
+    from geomvision.pipeline import run_pipeline
+
+    dataset = Path(__file__).resolve().parents[1] / "datasets" / "fountain_small"
+    config = ReconstructionConfig().with_changes(
+        pipeline={"num_workers": 2, "html_report": False}, partition={"max_cluster_images": 6}
+    )
+    result = run_pipeline(dataset / "images", tmp_path / "out", config)
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    mapping = report["mapping"]
+    assert mapping["partition"]["num_clusters"] == 2
+    assert len(result.reconstructions) == 1 and result.reconstruction.num_registered == 11
+    assert all(a["success"] for a in mapping["merge"]["alignments"])
+    gt = load_ground_truth(dataset / "gt_cameras")
+    metrics = evaluate_reconstruction(result.reconstruction, gt, include_per_image=False)
+    assert metrics["auc@5"] > 0.8

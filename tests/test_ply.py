@@ -7,14 +7,9 @@ import pytest
 from recon_fixtures import ring_reconstruction
 
 from geomvision.errors import InputError
-from geomvision.io.ply import (
-    read_point_cloud,
-    write_camera_frustums_mesh,
-    write_point_cloud,
-    write_reconstruction_ply,
-    write_scene_ply,
-)
+from geomvision.io.ply import read_point_cloud, write_point_cloud, write_reconstruction_ply
 from geomvision.viz.geometry import camera_frustums, points_array
+from geomvision.viz.scene_ply import write_camera_frustums_mesh, write_scene_ply
 
 
 def test_point_cloud_round_trip(tmp_path, rng):

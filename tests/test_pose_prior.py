@@ -9,14 +9,10 @@ import pytest
 
 from geomvision.errors import InputError
 from geomvision.geometry.rigid import Rigid3d, rotation_angle_deg, rotvec_to_matrix
+from geomvision.plugins.learned_prior import apply_learned_pose_prior, learned_prior_fn
 from geomvision.scene import Camera, ImageInfo, Reconstruction
 from geomvision.scene.reconstruction import View
-from geomvision.sfm.pose_prior import (
-    PosePriorOptions,
-    apply_learned_pose_prior,
-    learned_prior_fn,
-    register_with_pose_priors,
-)
+from geomvision.sfm.pose_prior import PosePriorOptions, register_with_pose_priors
 from geomvision.synthetic import look_at
 
 NUM = 10
@@ -249,7 +245,7 @@ def test_pipeline_places_an_unmatchable_image_with_the_prior(tmp_path, monkeypat
     from reliability_images import fast_config, write_image, write_set
 
     from geomvision.pipeline import run_pipeline
-    from geomvision.sfm import pose_prior
+    from geomvision.plugins import learned_prior
     from geomvision.synthetic import random_texture
 
     write_set(tmp_path / "img", 4)
@@ -267,8 +263,8 @@ def test_pipeline_places_an_unmatchable_image_with_the_prior(tmp_path, monkeypat
 
         return prior
 
-    monkeypatch.setattr(pose_prior, "learned_prior_fn", fake_learned_prior_fn)
-    monkeypatch.setattr(pose_prior, "check_learned_prior", lambda path: None)  # runs without torch
+    monkeypatch.setattr(learned_prior, "learned_prior_fn", fake_learned_prior_fn)
+    monkeypatch.setattr(learned_prior, "check_learned_prior", lambda path: None)  # runs without torch
     config = fast_config(pose_prior_checkpoint=str(checkpoint))
     result = run_pipeline(tmp_path / "img", tmp_path / "out", config)
     report = result.report

@@ -10,13 +10,10 @@ torch = pytest.importorskip("torch")
 
 from geomvision.geometry.rigid import Rigid3d  # noqa: E402
 from geomvision.plugins.learned import data, train  # noqa: E402
+from geomvision.plugins.learned_prior import apply_learned_pose_prior, learned_prior_fn  # noqa: E402
 from geomvision.scene import Camera, ImageInfo, Reconstruction  # noqa: E402
 from geomvision.scene.reconstruction import View  # noqa: E402
-from geomvision.sfm.pose_prior import (  # noqa: E402
-    PosePriorOptions,
-    apply_learned_pose_prior,
-    learned_prior_fn,
-)
+from geomvision.sfm.pose_prior import PosePriorOptions  # noqa: E402
 from geomvision.synthetic import look_at  # noqa: E402
 
 NUM = 6

@@ -233,12 +233,13 @@ def test_pure_rotation_fails_in_mapping_with_caches(tmp_path):
     report = _report(out)
     assert report["failed_stage"] == "mapping"
     assert report["verification"]["configs"] == {"panoramic": 6}  # recognised as rotation-only
-    assert len(_cache_files(out, "two_view")) == 1 and len(_cache_files(out, "features")) == 4
+    # One verification entry per pair (4 images: 6 pairs).
+    assert len(_cache_files(out, "two_view")) == 6 and len(_cache_files(out, "features")) == 4
 
 
 # --- a full disk -------------------------------------------------------------------------------------------
 def test_full_disk_during_export_keeps_caches(tmp_path, views, monkeypatch):
-    import geomvision.io.atomic as atomic
+    import geomvision.runtime.atomic as atomic
 
     imgs, out = tmp_path / "imgs", tmp_path / "out"
     _write_views(imgs, views[:3])
@@ -256,7 +257,7 @@ def test_full_disk_during_export_keeps_caches(tmp_path, views, monkeypatch):
     # No temporary file is left behind and no half-written output exists.
     assert [p.name for p in out.rglob(".*")] == []
     assert not (out / "sparse" / "0" / "images.txt").exists() and not (out / "report.json").exists()
-    assert len(_cache_files(out, "features")) == 3 and len(_cache_files(out, "two_view")) == 1
+    assert len(_cache_files(out, "features")) == 3 and len(_cache_files(out, "two_view")) == 3
     # Space is back: the rerun resumes from the caches and finishes.
     monkeypatch.setattr(atomic.os, "replace", real_replace)
     run_pipeline(imgs, out, fast_config())
@@ -377,6 +378,9 @@ def test_planar_scene_reconstructs(tmp_path):
     f = 1.2 * WIDTH
     result = run_pipeline(imgs, out, fast_config(intrinsics=(f, f, (WIDTH - 1) / 2, (HEIGHT - 1) / 2)))
     _assert_success(out, 4)
+    # report.json records the options the mappers ran with: the known camera held.
+    config = json.loads((out / "report.json").read_text())["config"]
+    assert config["mapper"]["fixed_camera_ids"] == config["global_mapper"]["fixed_camera_ids"] == [1]
     rec = result.reconstruction
     xyz = np.array([p.xyz for p in rec.points3D.values()])
     centre = np.median(xyz, axis=0)

@@ -255,7 +255,7 @@ def test_cli_truncated_binary_model(capsys, tmp_path):
 
 def test_cli_full_disk_exit_1(capsys, tmp_path, image_set, monkeypatch):
     """ENOSPC while writing the model: exit 1, one line, caches of the earlier stages kept."""
-    import geomvision.io.atomic as atomic
+    import geomvision.runtime.atomic as atomic
 
     real_replace = os.replace
 

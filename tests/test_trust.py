@@ -13,7 +13,13 @@ from geomvision.scene import Camera, Reconstruction
 from geomvision.scene.reconstruction import View
 from geomvision.sfm.calibration import calibrate_view_graph
 from geomvision.sfm.incremental import IncrementalMapperOptions, incremental_mapping
-from geomvision.sfm.trust import TrustOptions, assess_model_trust, order_by_trust, triangulation_angles_deg
+from geomvision.sfm.trust import (
+    TrustOptions,
+    assess_model_trust,
+    assess_models_trust,
+    order_by_trust,
+    triangulation_angles_deg,
+)
 from geomvision.synthetic import random_scene
 
 
@@ -38,6 +44,12 @@ def test_focal_prior_4x_off_with_calibration_ignored_gives_an_untrusted_model():
     assert not verdict.trusted  # ...and says so
     assert any("view-graph estimate" in r for r in verdict.reasons)
     assert verdict.signals["focal_deviation_from_calibration"]["1"] == pytest.approx(-0.75, abs=0.01)
+    # without any estimate (the user gave the focal): freeing it in a short BA shows the disagreement
+    given = assess_model_trust(rec, fixed_camera_ids=(1,), rng=0)
+    assert not given.trusted and given.signals["focal_drift_when_freed"]["1"] > 0.1
+    assert any("disagree" in r for r in given.reasons)
+    _, verdicts = assess_models_trust([rec], fixed_camera_ids=(1,), rng=0)  # what the pipeline calls
+    assert not verdicts[0].trusted and "focal_drift_when_freed" in verdicts[0].signals
 
 
 def test_same_set_with_the_focal_refined_is_trusted():
@@ -47,6 +59,9 @@ def test_same_set_with_the_focal_refined_is_trusted():
     verdict = assess_model_trust(rec, calibrated_focal_px={1: calibration.estimate_px_by_camera[1]})
     assert verdict.trusted, verdict.reasons
     assert verdict.signals["mean_track_length"] > 5
+    # the right focal, even held fixed, stays where it is when freed
+    held = assess_model_trust(rec, fixed_camera_ids=(1,), rng=0)
+    assert held.trusted and abs(held.signals["focal_drift_when_freed"]["1"]) < 0.01
 
 
 def _two_view_model(angle_deg: float, num_points: int = 50) -> Reconstruction:

@@ -3,8 +3,6 @@ distortion, rejection reasons, parallel determinism, and real GT epipolar geomet
 
 from __future__ import annotations
 
-import concurrent.futures as cf
-
 import numpy as np
 import pytest
 from conftest import shared_dataset
@@ -14,6 +12,8 @@ from geomvision.features.extract import ExtractionOptions, extract_features
 from geomvision.features.match import MatchingOptions, match_pairs
 from geomvision.geometry.epipolar import fundamental_from_essential, sampson_distance_sq
 from geomvision.geometry.rigid import Rigid3d, angle_between_vectors_deg, rotation_angle_deg, skew
+from geomvision.robust.ransac import RansacOptions
+from geomvision.runtime.runner import open_runner
 from geomvision.scene.camera import Camera
 from geomvision.scene.types import Features, Matches
 from geomvision.sfm.two_view import TwoViewOptions, verify_pair, verify_pairs
@@ -85,12 +85,12 @@ def test_distorted_camera_is_undistorted():
     x1 = cam.project(corr.points_in_cam1)
     x2 = cam.project(corr.cam2_from_cam1.apply(corr.points_in_cam1))
     m = np.stack([np.arange(300), np.arange(300)], axis=1)
-    tvg = verify_pair(x1, x2, m, cam, cam, TwoViewOptions(max_error_px=1.0), rng=0)
+    tvg = verify_pair(x1, x2, m, cam, cam, TwoViewOptions(ransac=RansacOptions(max_error_px=1.0)), rng=0)
     assert tvg.config == "calibrated" and tvg.num_inliers == 300
     rot_err, t_err = _pose_errors_deg(tvg.cam2_from_cam1, corr.cam2_from_cam1)
     assert rot_err < 1e-3 and t_err < 1e-2
     # Ignoring the distortion loses some of these (exact) correspondences.
-    naive = verify_pair(x1, x2, m, K, K, TwoViewOptions(max_error_px=1.0), rng=0)
+    naive = verify_pair(x1, x2, m, K, K, TwoViewOptions(ransac=RansacOptions(max_error_px=1.0)), rng=0)
     assert naive.num_inliers < 300
 
 
@@ -125,9 +125,9 @@ def test_verify_pairs_parallel_is_deterministic():
         matches[(2 * k - 1, 2 * k)] = Matches(2 * k - 1, 2 * k, np.stack([np.arange(150)] * 2, axis=1))
         cams[2 * k - 1] = cams[2 * k] = corr.K
     del cams[8]  # unknown intrinsics -> uncalibrated
-    serial = verify_pairs(feats, matches, cams, TwoViewOptions(num_workers=1), rng=42)
-    with cf.ThreadPoolExecutor(2) as pool:
-        threaded = verify_pairs(feats, matches, cams, TwoViewOptions(), rng=42, executor=pool)
+    serial = verify_pairs(feats, matches, cams, TwoViewOptions(), rng=42)
+    with open_runner("processes", 2) as runner:
+        threaded = verify_pairs(feats, matches, cams, TwoViewOptions(), rng=42, runner=runner)
     assert list(serial) == sorted(matches)
     for p in serial:
         np.testing.assert_array_equal(serial[p].inlier_matches, threaded[p].inlier_matches)
@@ -142,13 +142,13 @@ def test_templering_verified_pairs_match_gt_epipolar_geometry():
     root = shared_dataset("middlebury_templeRing")
     gt = read_middlebury_par(root / "templeR_par.txt")
     names = [f"templeR{k:04d}.png" for k in range(1, 5)]
-    opts = ExtractionOptions(max_num_features=4000, num_workers=1)
+    opts = ExtractionOptions(max_num_features=4000)
     feats = extract_features([root / n for n in names], opts)
     features = {k + 1: f for k, f in enumerate(feats)}
     pairs = [(1, 2), (2, 3), (3, 4), (1, 3)]
-    matches = match_pairs(features, pairs, MatchingOptions(num_workers=1))
+    matches = match_pairs(features, pairs, MatchingOptions())
     cams = {k + 1: gt[n].K for k, n in enumerate(names)}
-    tvgs = verify_pairs(features, matches, cams, TwoViewOptions(num_workers=1), rng=0)
+    tvgs = verify_pairs(features, matches, cams, TwoViewOptions(), rng=0)
     for (i, j), tvg in tvgs.items():
         gi, gj = gt[names[i - 1]], gt[names[j - 1]]
         rel = gj.cam_from_world @ gi.cam_from_world.inverse()
@@ -190,19 +190,19 @@ def test_non_overlapping_pair_stops_at_min_num_inliers_floor(monkeypatch):
     n = 40
     kp1, kp2, K, matches = _unrelated_matches(n, seed=3)
     # E on all matches (guided_essential off): both RANSACs stop at the floor.
-    options = TwoViewOptions(num_workers=1, guided_essential=False)
+    options = TwoViewOptions(guided_essential=False)
     tvg = verify_pair(kp1, kp2, matches, K, K, options, rng=0)
     assert not tvg.success and "inliers" in tvg.reason
     ratio = options.min_num_inliers / n
     for name, s in (("estimate_essential", 5), ("estimate_fundamental", 7)):
-        bound = required_iterations(ratio, s, options.confidence)
+        bound = required_iterations(ratio, s, options.ransac.confidence)
         # The adaptive loop overshoots its target by at most one grown batch (32 * batch_size).
         assert iterations[name] <= bound + 32 * options.ransac.batch_size, (name, iterations[name], bound)
     # Guided (default): F finds no model, so the (costlier) E search does not run at all.
     iterations.clear()
-    tvg = verify_pair(kp1, kp2, matches, K, K, TwoViewOptions(num_workers=1), rng=0)
+    tvg = verify_pair(kp1, kp2, matches, K, K, TwoViewOptions(), rng=0)
     assert not tvg.success and "estimate_essential" not in iterations
-    bound = required_iterations(ratio, 7, options.confidence)
+    bound = required_iterations(ratio, 7, options.ransac.confidence)
     assert iterations["estimate_fundamental"] <= bound + 32 * options.ransac.batch_size
 
 
@@ -210,5 +210,5 @@ def test_rejection_keeps_the_scout_reason_with_trusted_intrinsics():
     """Random matches, trusted K (no calibration check): F finds no model, so E is never run, and the
     rejection still says why (F's reason), not a generic 'no epipolar model'."""
     kp1, kp2, K, matches = _unrelated_matches(40, seed=5)
-    tvg = verify_pair(kp1, kp2, matches, K, K, TwoViewOptions(num_workers=1, check_calibration=False), rng=0)
+    tvg = verify_pair(kp1, kp2, matches, K, K, TwoViewOptions(check_calibration=False), rng=0)
     assert not tvg.success and "inliers" in tvg.reason

@@ -43,6 +43,7 @@ def _finite(value: float):
 def run(args: argparse.Namespace) -> int:
     from geomvision.errors import InputError
     from geomvision.io.bal import read_bal, write_bal
+    from geomvision.sfm.ba.bal import bal_to_ba_problem, update_bal_from_ba_problem
     from geomvision.sfm.bundle_adjustment import BundleAdjustmentOptions, adjust_problem
 
     if args.max_iterations < 1:
@@ -50,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.loss_scale_px > 0:
         raise InputError(f"--loss-scale-px must be > 0, got {args.loss_scale_px}")
     bal = read_bal(args.problem)
-    problem = bal.to_ba_problem(refine_intrinsics=not args.fix_intrinsics)
+    problem = bal_to_ba_problem(bal, refine_intrinsics=not args.fix_intrinsics)
     options = BundleAdjustmentOptions(
         backend=args.backend,
         loss=args.loss,
@@ -60,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     )
     result = adjust_problem(problem, options)
     if args.output:
-        bal.update_from_ba_problem(problem)
+        update_bal_from_ba_problem(bal, problem)
         write_bal(args.output, bal)
     print(
         json.dumps(

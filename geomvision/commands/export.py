@@ -88,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
     if args.format in ("colmap-text", "colmap-bin"):
         write_model(rec, dest, binary=args.format == "colmap-bin")
     elif args.format == "ply":
-        from geomvision.io.ply import write_reconstruction_ply, write_scene_ply
+        from geomvision.io.ply import write_reconstruction_ply
+        from geomvision.viz.scene_ply import write_scene_ply
 
         (write_reconstruction_ply if args.no_cameras else write_scene_ply)(dest, rec)
     elif args.format == "nerfstudio" and args.no_images:

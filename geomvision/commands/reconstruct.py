@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 NAME = "reconstruct"
@@ -48,10 +49,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("auto", "exhaustive", "sequential", "retrieval"),
         help="pair selection (default auto: exhaustive up to 50 images, retrieval above)",
     )
-    parser.add_argument("--workers", type=int, help="worker processes for features/matching/verification")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="worker processes for per-image/per-pair work (default: the usable cores; 1: in-process)",
+    )
+    parser.add_argument(
+        "--backend", choices=("serial", "processes", "dask"), help="where that work runs (default: processes)"
+    )
+    parser.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="run on Dask: 'local' (a LocalCluster of --workers processes on 127.0.0.1) or tcp://HOST:PORT "
+        "(tls://HOST:PORT with --tls-*) of a running scheduler",
+    )
+    parser.add_argument(
+        "--images-visible-to-workers",
+        action="store_true",
+        default=None,
+        help="dask workers can read the image paths (shared filesystem); default: the client ships the bytes",
+    )
+    parser.add_argument("--tls-ca-file", help="dask TLS: CA certificate of the cluster")
+    parser.add_argument("--tls-cert-file", help="dask TLS: this client's certificate")
+    parser.add_argument("--tls-key-file", help="dask TLS: this client's private key")
     parser.add_argument("--seed", type=int, help="random seed (same seed, same result)")
     parser.add_argument("--max-features", type=int, help="maximum features per image")
     parser.add_argument("--max-image-size", type=int, help="downscale images larger than this (px)")
+    parser.add_argument(
+        "--max-cluster-images",
+        type=int,
+        metavar="N",
+        help="map clusters of at most N images and merge them (0 = one piece; default: partition only "
+        "above 500 images)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument(
         "--strict",
@@ -115,6 +145,12 @@ def build_config(args: argparse.Namespace):
         ("pairing", "pairing"),
         ("workers", "num_workers"),
         ("seed", "seed"),
+        ("backend", "backend"),
+        ("scheduler", "scheduler"),
+        ("images_visible_to_workers", "images_visible_to_workers"),
+        ("tls_ca_file", "tls_ca_file"),
+        ("tls_cert_file", "tls_cert_file"),
+        ("tls_key_file", "tls_key_file"),
     ):
         if getattr(args, arg) is not None:
             pipeline[key] = getattr(args, arg)
@@ -128,20 +164,25 @@ def build_config(args: argparse.Namespace):
         extraction["max_image_size_px"] = args.max_image_size
     if extraction:
         changes["extraction"] = extraction
+    if args.max_cluster_images is not None:
+        changes["partition"] = {"max_cluster_images": args.max_cluster_images}
     return config.with_changes(**changes) if changes else config
 
 
 def registered_summary(report: dict) -> str:
-    """``registered 45/47 images in 4 models (19, 12, 8, 6); largest model (sparse/0):`` (or ``... in 1 model,``)."""
+    """``registered 45/47 images in 4 models (19, 12, 8, 6); sparse/0:`` (or ``... in 1 model,``)."""
     models = report.get("models") or []
     if len(models) <= 1:
         return f"registered {report['num_registered']}/{report['num_images']} images in 1 model,"
     total = report.get("num_registered_all_models", sum(m["num_registered"] for m in models))
     sizes = ", ".join(str(m["num_registered"]) for m in models)
     return (
-        f"registered {total}/{report['num_images']} images in {len(models)} models ({sizes}); "
-        "largest model (sparse/0):"
+        f"registered {total}/{report['num_images']} images in {len(models)} models ({sizes}); model sparse/0:"
     )
+
+
+def _quiet_dask(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or not record.name.startswith("distributed")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -149,6 +190,12 @@ def run(args: argparse.Namespace) -> int:
     from geomvision.progress import tqdm_progress
 
     config = build_config(args)
+    # Dask logs its cluster's life at INFO through the root handler (its import resets its logger's
+    # level, so filter at the handlers): keep the terminal to our lines unless -vv.
+    quiet = logging.getLogger().level > logging.DEBUG
+    for handler in logging.getLogger().handlers:
+        if quiet:
+            handler.addFilter(_quiet_dask)
     show = not args.no_progress and sys.stderr.isatty()
     result = run_pipeline(
         args.images,

@@ -1,4 +1,4 @@
-"""Local feature extraction (OpenCV SIFT / RootSIFT, ORB, AKAZE), parallel and cached on disk.
+"""Local feature extraction (OpenCV SIFT / RootSIFT, ORB, AKAZE), per image on the stage runner.
 
 Keypoints are always reported in ORIGINAL image pixels with the OpenCV origin (centre of the
 top-left pixel is (0, 0)), whatever downscaling was used for detection.
@@ -6,29 +6,30 @@ top-left pixel is (0, 0)), whatever downscaling was used for detection.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
-import hashlib
-import json
 import logging
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 import cv2
 import numpy as np
 
 from geomvision.errors import InputError
-from geomvision.io.atomic import atomic_path
-from geomvision.io.images import read_image
-from geomvision.progress import ProgressCallback, report
+from geomvision.io.images import decode_image, read_image
+from geomvision.progress import ProgressCallback
+from geomvision.runtime.atomic import atomic_path
+from geomvision.runtime.cache import file_hash
+from geomvision.runtime.runner import Stage, StageRunner
 from geomvision.scene.types import Features
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("sift", "orb", "akaze")
+FeatureMethod = Literal["sift", "orb", "akaze"]
+METHODS: tuple[str, ...] = get_args(FeatureMethod)
 #: Bump when the extraction code changes in a way that alters its output (invalidates caches).
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,16 +46,14 @@ class ExtractionOptions:
             640x480) about pycolmap's descriptor count (1639 vs 1480 per image; 0.02 gave 1359) and
             ~10 % more verified matches per pair; where ``max_num_features`` binds (large images)
             the strongest responses are kept either way, at no measurable extra cost.
-        num_workers: worker processes of the default executor (None: all cores, 1: in-process).
     """
 
-    method: str = "sift"
+    method: FeatureMethod = "sift"
     root_sift: bool = False
     max_num_features: int = 8192
     max_image_size_px: int = 3200
     sift_contrast_threshold: float = 0.012
     sift_edge_threshold: float = 10.0
-    num_workers: int | None = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -63,14 +62,6 @@ class ExtractionOptions:
             raise InputError(f"max_num_features must be >= 1, got {self.max_num_features}")
         if self.max_image_size_px < 16:
             raise InputError(f"max_image_size_px must be >= 16, got {self.max_image_size_px}")
-        if self.num_workers is not None and self.num_workers < 1:
-            raise InputError(f"num_workers must be >= 1 or None, got {self.num_workers}")
-
-    def cache_fields(self) -> dict:
-        """Fields that change the output (execution settings excluded)."""
-        fields = asdict(self)
-        fields.pop("num_workers")
-        return fields
 
 
 # --- per-image work (module level so that worker processes can unpickle it) -------------------------
@@ -163,16 +154,10 @@ def detect_and_describe(image_rgb: np.ndarray, options: ExtractionOptions) -> Fe
 
 def save_features(path: str | os.PathLike, features: Features) -> None:
     """Write features to an ``.npz`` file atomically."""
+    arrays, _ = FeaturesCodec().encode(features)
     with atomic_path(path, suffix=".npz") as tmp:
         with open(tmp, "wb") as fh:
-            np.savez(
-                fh,
-                keypoints_px=features.keypoints_px,
-                descriptors=features.descriptors,
-                scales=features.scales if features.scales is not None else np.zeros(0),
-                orientations=features.orientations if features.orientations is not None else np.zeros(0),
-                colors=features.colors if features.colors is not None else np.zeros((0, 3), np.uint8),
-            )
+            np.savez(fh, **arrays)
 
 
 def load_features(path: str | os.PathLike) -> Features:
@@ -193,68 +178,53 @@ def load_features(path: str | os.PathLike) -> Features:
         )
 
 
-def _extract_one(path: str, options: ExtractionOptions, cache_file: str | None) -> Features:
-    """Worker task: read, extract, write the cache entry (so a killed run keeps finished images)."""
-    features = detect_and_describe(read_image(path), options)
-    if cache_file is not None:
-        save_features(cache_file, features)
-    return features
+class FeaturesCodec:
+    """Cache codec of :class:`Features` (arrays only; absent optional fields stored empty)."""
+
+    def encode(self, features: Features) -> tuple[dict[str, np.ndarray], dict]:
+        arrays = {
+            "keypoints_px": features.keypoints_px,
+            "descriptors": features.descriptors,
+            "scales": features.scales if features.scales is not None else np.zeros(0),
+            "orientations": features.orientations if features.orientations is not None else np.zeros(0),
+            "colors": features.colors if features.colors is not None else np.zeros((0, 3), np.uint8),
+        }
+        return arrays, {}
+
+    def decode(self, arrays, meta: dict) -> Features:
+        n = len(arrays["keypoints_px"])
+
+        def optional(name):
+            return arrays[name] if len(arrays[name]) == n else None
+
+        return Features(
+            keypoints_px=arrays["keypoints_px"],
+            descriptors=arrays["descriptors"],
+            scales=optional("scales"),
+            orientations=optional("orientations"),
+            colors=optional("colors"),
+        )
 
 
-def init_worker(num_threads: int = 1) -> None:
-    """Process-pool initialiser: ``num_threads`` OpenCV and BLAS threads per worker.
+def extract_image_task(image: tuple, options: ExtractionOptions) -> Features:
+    """Per-image task of the stage runner: decode one image and describe it.
 
-    The pool already occupies the cores, so nested threading would only oversubscribe them.
-    BLAS is limited through ``threadpoolctl`` when it is installed (optional).
+    Args:
+        image: ``("path", path)`` where the worker can open the file, or ``("bytes", path, data)``
+            with the file's bytes read by the client (``path`` names it in errors).
+        options: extraction options.
     """
-    cv2.setNumThreads(num_threads)
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return
-    threadpool_limits(num_threads)
+    if image[0] == "bytes":
+        rgb = decode_image(image[2], image[1])
+    else:
+        rgb = read_image(image[1])
+    return detect_and_describe(rgb, options)
 
 
-# --- caching and scheduling ---------------------------------------------------------------------------
-
-
-def file_hash(path: str | os.PathLike) -> str:
-    """Hex BLAKE2b digest of a file's bytes."""
-    digest = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def features_cache_key(path: str | os.PathLike, options: ExtractionOptions) -> str:
-    """Cache key: image content + output-relevant options + code version."""
-    opts = json.dumps({"v": _CACHE_VERSION, **options.cache_fields()}, sort_keys=True)
-    return hashlib.blake2b(f"{file_hash(path)}|{opts}".encode(), digest_size=16).hexdigest()
-
-
-def default_num_workers(requested: int | None) -> int:
-    return requested if requested is not None else max(1, os.cpu_count() or 1)
-
-
-#: Modules the forkserver imports before forking workers (the per-image and per-pair stages).
-_WORKER_PRELOAD = ("geomvision.features.extract", "geomvision.features.match", "geomvision.sfm.two_view")
-
-
-def make_process_pool(num_workers: int) -> cf.ProcessPoolExecutor:
-    """The default executor of the per-image / per-pair stages: a local process pool whose workers
-    run OpenCV and BLAS single-threaded. Pass one pool to several stages to start workers once."""
-    import multiprocessing as mp
-
-    # forkserver: no fork of a multi-threaded parent (OpenCV/BLAS threads) and cheap worker start.
-    context = mp.get_context("forkserver")
-    # The server imports the stage modules once and each worker forks from it with them loaded,
-    # instead of every worker importing numpy/OpenCV/scipy itself (~0.5 s CPU each). Takes effect
-    # when the server starts (the first pool of the process).
-    context.set_forkserver_preload(list(_WORKER_PRELOAD))
-    return cf.ProcessPoolExecutor(
-        max_workers=num_workers, mp_context=context, initializer=init_worker, initargs=(1,)
-    )
+#: Extraction on the stage runner; bump ``version`` when the output changes (invalidates caches).
+FEATURES_STAGE = Stage(
+    name="features", task=extract_image_task, version=_CACHE_VERSION, codec=FeaturesCodec(), batch_size=1
+)
 
 
 def extract_features(
@@ -262,20 +232,18 @@ def extract_features(
     options: ExtractionOptions | None = None,
     *,
     cache_dir: str | os.PathLike | None = None,
-    executor: cf.Executor | None = None,
+    runner: StageRunner | None = None,
     progress: ProgressCallback | None = None,
 ) -> list[Features]:
-    """Extract local features from every image, in parallel, reusing cached results.
+    """Extract local features from every image, reusing cached results.
 
     Args:
         image_paths: image files; the result has the same order.
         options: extraction options (defaults: SIFT, 8192 features).
-        cache_dir: folder for per-image ``.npz`` results keyed by file content + options; images
-            with a cache entry are not recomputed.
-        executor: where to run per-image work (e.g. a Dask executor); default: a local process pool
-            with ``options.num_workers`` workers, or in-process when that is 1. The pool starts its
-            workers with ``forkserver``, so a calling script needs an ``if __name__ == "__main__":``
-            guard (as with any spawn-based multiprocessing).
+        cache_dir: folder of per-image cache entries keyed by file content + options; images with an
+            entry are not recomputed. None: the runner's own cache (if any).
+        runner: where the per-image work runs (``geomvision.runtime.runner.open_runner("processes")``
+            for a local pool, or a Dask one); default: in this process.
         progress: ``progress(done, total, message)`` callback.
 
     Returns:
@@ -286,47 +254,26 @@ def extract_features(
     """
     options = options or ExtractionOptions()
     paths = [Path(p) for p in image_paths]
-    total = len(paths)
-    results: list[Features | None] = [None] * total
-    cache_files: list[str | None] = [None] * total
+    runner = runner or StageRunner()
     if cache_dir is not None:
-        cache_root = Path(cache_dir)
-        cache_root.mkdir(parents=True, exist_ok=True)
-        for k, path in enumerate(paths):
-            if not path.is_file():
-                raise InputError(f"image file {str(path)!r} does not exist")
-            cache_file = cache_root / f"features_{features_cache_key(path, options)}.npz"
-            cache_files[k] = str(cache_file)
-            if cache_file.is_file():
-                try:
-                    results[k] = load_features(cache_file)
-                except (OSError, ValueError, KeyError) as exc:  # damaged entry: recompute it
-                    logger.warning("ignoring unreadable feature cache %s: %s", cache_file, exc)
-    todo = [k for k in range(total) if results[k] is None]
-    done = total - len(todo)
-    report(progress, done, total, "features (cached)" if done else "features")
-    logger.info("extracting features of %d images (%d cached)", len(todo), done)
-    if not todo:
-        return results  # type: ignore[return-value]
+        runner = runner.with_cache(cache_dir)
+    for path in paths:
+        if not path.is_file():
+            raise InputError(f"image file {str(path)!r} does not exist")
+    ship_bytes = not runner.shares_files
 
-    num_workers = default_num_workers(options.num_workers)
-    if executor is None and (num_workers == 1 or len(todo) == 1):
-        for k in todo:
-            results[k] = _extract_one(str(paths[k]), options, cache_files[k])
-            done += 1
-            report(progress, done, total, paths[k].name)
-        return results  # type: ignore[return-value]
+    def image_input(k: int) -> tuple:
+        if ship_bytes:  # no shared filesystem: the client reads, the worker decodes
+            return ("bytes", str(paths[k]), paths[k].read_bytes())
+        return ("path", str(paths[k]))
 
-    own_pool = executor is None
-    pool = make_process_pool(min(num_workers, len(todo))) if own_pool else executor
-    try:
-        futures = {pool.submit(_extract_one, str(paths[k]), options, cache_files[k]): k for k in todo}
-        for future in cf.as_completed(futures):
-            k = futures[future]
-            results[k] = future.result()
-            done += 1
-            report(progress, done, total, paths[k].name)
-    finally:
-        if own_pool:
-            pool.shutdown(cancel_futures=True)
-    return results  # type: ignore[return-value]
+    return runner.map(
+        FEATURES_STAGE,
+        range(len(paths)),
+        inputs=image_input,
+        context=options,
+        options_key=asdict(options),
+        item_key=lambda k: file_hash(paths[k]),
+        label=lambda k: paths[k].name,
+        progress=progress,
+    )

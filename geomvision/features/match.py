@@ -18,27 +18,26 @@ ratio-test matches are kept with 64 cells and 6 probes (fountain-P11); the defau
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import hashlib
-import json
 import logging
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
+from typing import Literal, get_args
 
 import cv2
 import numpy as np
 
 from geomvision.errors import InputError
-from geomvision.features.extract import default_num_workers, make_process_pool
-from geomvision.io.atomic import atomic_path
-from geomvision.progress import ProgressCallback, report
+from geomvision.progress import ProgressCallback
+from geomvision.runtime.rng import as_rng
+from geomvision.runtime.runner import Stage, StageRunner
 from geomvision.scene.types import Features, Matches
 
 logger = logging.getLogger(__name__)
 
-MATCHERS = ("bruteforce", "ivf", "flann")
+MatcherName = Literal["bruteforce", "ivf", "flann"]
+MATCHERS: tuple[str, ...] = get_args(MatcherName)
 _CACHE_VERSION = 2
 #: Rows per matrix-product block: the BLOCK x N2 float32 scores stay in cache for the extremum passes
 #: (256 measured fastest, 1.6x faster than 2048, for 12k x 12k SIFT on one core).
@@ -78,10 +77,9 @@ class MatchingOptions:
             members for the per-cell products to pay off; 0 keeps ``ivf_num_cells`` always. On
             templeRing (~1.6k RootSIFT per image) 16 cells / 3 probes match 2x faster than exact search
             and keep 97 % of its matches; on fountain-P11 (12k) the 64 cells / 4 probes stay.
-        num_workers: worker processes of the default executor (None: all cores, 1: in-process).
     """
 
-    method: str = "ivf"
+    method: MatcherName = "ivf"
     ratio_threshold: float = 0.8
     mutual: bool = True
     max_distance: float | None = None
@@ -91,15 +89,12 @@ class MatchingOptions:
     ivf_num_probes: int = 4
     ivf_min_num_features: int = 1024
     ivf_descriptors_per_cell: int = 100
-    num_workers: int | None = None
 
     def __post_init__(self) -> None:
         if self.method not in MATCHERS:
             raise InputError(f"unknown matcher {self.method!r}; expected one of {MATCHERS}")
         if not 0.0 < self.ratio_threshold <= 1.0:
             raise InputError(f"ratio_threshold must be in (0, 1], got {self.ratio_threshold}")
-        if self.num_workers is not None and self.num_workers < 1:
-            raise InputError(f"num_workers must be >= 1 or None, got {self.num_workers}")
         if self.pca_dims is not None and self.pca_dims < 2:
             raise InputError(f"pca_dims must be >= 2 or None, got {self.pca_dims}")
         if self.ivf_num_cells < 1 or not 1 <= self.ivf_num_probes <= self.ivf_num_cells:
@@ -107,11 +102,6 @@ class MatchingOptions:
                 f"need ivf_num_cells >= 1 and 1 <= ivf_num_probes <= ivf_num_cells, got "
                 f"{self.ivf_num_cells} cells, {self.ivf_num_probes} probes"
             )
-
-    def cache_fields(self) -> dict:
-        fields = asdict(self)
-        fields.pop("num_workers")
-        return fields
 
 
 # --- descriptor preparation ---------------------------------------------------------------------------
@@ -182,7 +172,7 @@ def train_ivf_quantiser(
     """
     from geomvision.features.pairs import train_vocabulary
 
-    rng = np.random.default_rng(rng if rng is not None else 0)
+    rng = as_rng(rng)
     sets = [np.asarray(d, dtype=np.float32) for d in descriptor_sets if len(d)]
     if not sets:
         raise InputError("no descriptors to train the IVF quantiser on")
@@ -489,11 +479,6 @@ def features_hash(features: Features) -> str:
     return digest.hexdigest()
 
 
-def _pair_cache_key(hash_i: str, hash_j: str, options: MatchingOptions, quantiser_key: str = "") -> str:
-    opts = json.dumps({"v": _CACHE_VERSION, **options.cache_fields()}, sort_keys=True)
-    return hashlib.blake2b(f"{hash_i}|{hash_j}|{opts}|{quantiser_key}".encode(), digest_size=16).hexdigest()
-
-
 def _seed(rng: np.random.Generator | int | None) -> int:
     """An integer seed (recorded in cache keys): None -> 0, a Generator -> one draw from it."""
     if rng is None:
@@ -529,29 +514,32 @@ def _ivf_images(
     return sorted({k for p in pairs if eligible(p[0]) and eligible(p[1]) for k in p})
 
 
-def _save_matches(path: str, indices: np.ndarray, distances: np.ndarray) -> None:
-    # A damaged entry is recomputed on load, so the per-pair file need not be fsynced (see atomic_path).
-    with atomic_path(path, suffix=".npz", durable=False) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, indices=indices, distances=distances)
+class MatchesCodec:
+    """Cache codec of one pair's ``(indices (M, 2) int64, distances (M,))``."""
+
+    def encode(self, result: tuple[np.ndarray, np.ndarray]) -> tuple[dict[str, np.ndarray], dict]:
+        return {"indices": result[0], "distances": result[1]}, {}
+
+    def decode(self, arrays, meta: dict) -> tuple[np.ndarray, np.ndarray]:
+        return arrays["indices"].astype(np.int64).reshape(-1, 2), arrays["distances"]
 
 
-def _load_matches(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    with np.load(path) as data:
-        return data["indices"].astype(np.int64).reshape(-1, 2), data["distances"]
-
-
-def _match_tile(
-    descriptors: dict[int, np.ndarray],
-    pairs: list[tuple[int, int]],
-    options: MatchingOptions,
-    cache_files: list[str | None],
-    quantiser: np.ndarray | None = None,
+def match_tile_task(
+    pairs: list[tuple[int, int, np.ndarray, np.ndarray]], context: tuple[MatchingOptions, np.ndarray | None]
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Worker task: match a few pairs whose descriptors travel together; write their cache entries.
+    """Batched task of the stage runner: match a tile of pairs whose descriptors travel together.
+
+    Args:
+        pairs: ``(i, j, descriptors_i, descriptors_j)`` per pair (an image shared by several pairs is
+            one array object, pickled once).
+        context: (options, IVF quantiser or None).
 
     Each image is normalised (and bucketed, for IVF pairs) once per task, not once per pair.
     """
+    options, quantiser = context
+    descriptors = {}
+    for i, j, d_i, d_j in pairs:
+        descriptors[i], descriptors[j] = d_i, d_j
     prepared = {k: _prepare(d) for k, d in descriptors.items()}
     indices_ivf: dict[int, _IvfIndex] = {}
 
@@ -561,22 +549,27 @@ def _match_tile(
         return indices_ivf[k]
 
     out = []
-    for (i, j), cache_file in zip(pairs, cache_files, strict=True):
+    for i, j, _, _ in pairs:
         a, b = prepared[i], prepared[j]
         use_ivf = quantiser is not None and _uses_ivf(options, a, b)
-        indices, distances = _match_prepared(
-            a,
-            b,
-            descriptors[i],
-            descriptors[j],
-            options,
-            ivf(i) if use_ivf else None,
-            ivf(j) if use_ivf else None,
+        out.append(
+            _match_prepared(
+                a,
+                b,
+                descriptors[i],
+                descriptors[j],
+                options,
+                ivf(i) if use_ivf else None,
+                ivf(j) if use_ivf else None,
+            )
         )
-        if cache_file is not None:
-            _save_matches(cache_file, indices, distances)
-        out.append((indices, distances))
     return out
+
+
+#: Matching on the stage runner (batches are tiles of the image x image grid, see :func:`_tiles`).
+MATCHES_STAGE = Stage(
+    name="matches", task=match_tile_task, version=_CACHE_VERSION, codec=MatchesCodec(), batched=True
+)
 
 
 def _tiles(pairs: list[tuple[int, int]], image_ids: list[int]) -> list[list[tuple[int, int]]]:
@@ -609,21 +602,23 @@ def match_pairs(
     options: MatchingOptions | None = None,
     *,
     cache_dir: str | os.PathLike | None = None,
-    executor: cf.Executor | None = None,
+    runner: StageRunner | None = None,
     progress: ProgressCallback | None = None,
     rng: np.random.Generator | int | None = None,
 ) -> dict[tuple[int, int], Matches]:
-    """Match descriptors of every pair, in parallel, reusing cached pairs.
+    """Match descriptors of every pair, reusing cached pairs.
 
     Args:
         features: image_id -> Features.
         pairs: (image_id_i, image_id_j) pairs (see ``features.pairs``).
         options: matching options.
-        cache_dir: folder of per-pair ``.npz`` results keyed by both feature sets' content + options.
-        executor: where to run the work (e.g. Dask); default: local process pool with
-            ``options.num_workers`` workers, or in-process when that is 1.
+        cache_dir: folder of per-pair cache entries keyed by both feature sets' content + options
+            (None: the runner's own cache, if any).
+        runner: where the per-pair work runs (a local pool or Dask: ``geomvision.runtime.runner``);
+            default: in this process.
         progress: ``progress(done, total, message)`` callback.
-        rng: "ivf": seed of the quantiser shared by the images of the pairs (None: seed 0).
+        rng: "ivf": seed of the quantiser shared by the images of the pairs (None: seed 0). It is
+            trained once, here on the client, and shipped with the tasks.
 
     Returns:
         (i, j) -> Matches with (M, 2) indices into (features[i], features[j]).
@@ -633,69 +628,29 @@ def match_pairs(
     seed = _seed(rng)
     ivf_images = _ivf_images(features, pair_list, options)
     options = _scaled_ivf(options, [len(features[k].descriptors) for k in ivf_images])
-    total = len(pair_list)
-    results: dict[tuple[int, int], Matches] = {}
-    cache_files: dict[tuple[int, int], str | None] = dict.fromkeys(pair_list)
+    runner = runner or StageRunner()
     if cache_dir is not None:
-        root = Path(cache_dir)
-        root.mkdir(parents=True, exist_ok=True)
-        hashes = {k: features_hash(features[k]) for k in {k for p in pair_list for k in p}}
-        # IVF results depend on the quantiser, a function of the images it is trained on and the seed.
-        quantiser_key = (f"{seed}|" + "|".join(hashes[k] for k in sorted(ivf_images))) if ivf_images else ""
-        for i, j in pair_list:
-            cache_file = root / f"matches_{_pair_cache_key(hashes[i], hashes[j], options, quantiser_key)}.npz"
-            cache_files[(i, j)] = str(cache_file)
-            if cache_file.is_file():
-                try:
-                    indices, distances = _load_matches(cache_file)
-                    results[(i, j)] = Matches(i, j, indices, distances)
-                except (OSError, ValueError, KeyError) as exc:
-                    logger.warning("ignoring unreadable match cache %s: %s", cache_file, exc)
-    todo = [p for p in pair_list if p not in results]
-    done = total - len(todo)
-    report(progress, done, total, "matching (cached)" if done else "matching")
-    logger.info("matching %d pairs (%d cached)", len(todo), done)
-    image_ids = sorted(features)
-    tiles = _tiles(todo, image_ids)
-    num_workers = default_num_workers(options.num_workers)
-
-    def collect(tile, outputs):
-        nonlocal done
-        for (i, j), (indices, distances) in zip(tile, outputs, strict=True):
-            results[(i, j)] = Matches(i, j, indices, distances)
-        done += len(tile)
-        report(progress, done, total, f"{tile[-1][0]}-{tile[-1][1]}")
-
-    todo_ivf = sorted({k for p in todo for k in p} & set(ivf_images))
+        runner = runner.with_cache(cache_dir)
+    hashes = {k: features_hash(features[k]) for k in {k for p in pair_list for k in p}}
+    # IVF results depend on the quantiser, a function of the images it is trained on and the seed.
+    quantiser_key = (f"{seed}|" + "|".join(hashes[k] for k in sorted(ivf_images))) if ivf_images else ""
     quantiser = None
-    if todo_ivf:
-        # Trained on all the images of the call (not only uncached ones), so cached and fresh pairs
-        # share one quantiser.
+    if ivf_images:
+        # Trained on all the images of the call (cached pairs included), so cached and fresh pairs
+        # share one quantiser. Deterministic: one seeded k-means on the client, whatever the backend.
         quantiser = train_ivf_quantiser(
             [features[k].descriptors for k in ivf_images], options.ivf_num_cells, rng=seed
         )
-
-    def task_args(tile):
-        needed = {k for p in tile for k in p}
-        return (
-            {k: features[k].descriptors for k in needed},
-            tile,
-            options,
-            [cache_files[p] for p in tile],
-            quantiser,
-        )
-
-    if executor is None and (num_workers == 1 or len(tiles) <= 1):
-        for tile in tiles:
-            collect(tile, _match_tile(*task_args(tile)))
-    else:
-        own_pool = executor is None
-        pool = make_process_pool(min(num_workers, len(tiles))) if own_pool else executor
-        try:
-            futures = {pool.submit(_match_tile, *task_args(tile)): tile for tile in tiles}
-            for future in cf.as_completed(futures):
-                collect(futures[future], future.result())
-        finally:
-            if own_pool:
-                pool.shutdown(cancel_futures=True)
-    return {p: results[p] for p in pair_list}
+    image_ids = sorted(features)
+    results = runner.map(
+        MATCHES_STAGE,
+        pair_list,
+        inputs=lambda p: (p[0], p[1], features[p[0]].descriptors, features[p[1]].descriptors),
+        context=(options, quantiser),
+        options_key={"options": asdict(options), "quantiser": quantiser_key},
+        item_key=lambda p: f"{hashes[p[0]]}|{hashes[p[1]]}",
+        group=lambda todo: _tiles(todo, image_ids),
+        label=lambda p: f"{p[0]}-{p[1]}",
+        progress=progress,
+    )
+    return {(i, j): Matches(i, j, r[0], r[1]) for (i, j), r in zip(pair_list, results, strict=True)}

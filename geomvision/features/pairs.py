@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 
 from geomvision.errors import InputError
+from geomvision.runtime.rng import as_rng
 from geomvision.scene.types import Features
 
 logger = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ def train_vocabulary(
     Returns:
         (num_words, D) float32 centres (fewer if there are fewer samples).
     """
-    rng = np.random.default_rng(rng if rng is not None else 0)
+    rng = as_rng(rng)
     rows = np.concatenate([_as_float_descriptors(d) for d in descriptor_sets if len(d)], axis=0)
     if len(rows) > max_samples:
         rows = rows[rng.choice(len(rows), max_samples, replace=False)]

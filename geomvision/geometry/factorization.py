@@ -28,7 +28,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -36,6 +35,7 @@ from scipy.optimize import least_squares
 
 from geomvision.errors import InputError
 from geomvision.geometry.rigid import project_to_so3
+from geomvision.runtime.rng import as_rng
 
 logger = logging.getLogger(__name__)
 
@@ -78,51 +78,6 @@ def measurement_matrix(
     W[2 * frame_index, point_index] = xy[:, 0]
     W[2 * frame_index + 1, point_index] = xy[:, 1]
     return W
-
-
-def load_dinosaur_tracks(path: str | Path, num_frames: int = 36) -> tuple[np.ndarray, np.ndarray]:
-    """Read the Oxford dinosaur tracks file ``pts.txt`` (one track a line: ``X Y Z n v_1 x_1 y_1 ...``).
-
-    The leading ``X Y Z`` (a reconstruction in another frame) is ignored; ``v_i`` are 0-based frame
-    indices and ``(x_i, y_i)`` pixels (x = column, y = row, origin top-left). Shared by the factorization example and
-    benchmark; select a subset with ``W[:, lengths >= k]``.
-
-    Args:
-        path: the ``pts.txt`` file.
-        num_frames: F, the number of frames (36 for the dinosaur turntable).
-
-    Returns:
-        (2F, P) measurement matrix ``W`` (NaN = missing) with one column per track in file order, and
-        the (P,) int number of views of each track.
-
-    Raises:
-        InputError: the file is missing or a line is malformed.
-    """
-    path = Path(path)
-    frames, points, xy, lengths = [], [], [], []
-    try:
-        with open(path) as fh:
-            for number, line in enumerate(fh, start=1):
-                values = line.split()
-                if not values:
-                    continue
-                try:
-                    n = int(values[3])
-                    obs = np.asarray(values[4 : 4 + 3 * n], dtype=np.float64).reshape(n, 3)
-                except (IndexError, ValueError) as exc:
-                    raise InputError(f"{path}:{number}: malformed track line {line.strip()[:80]!r}") from exc
-                frames.append(obs[:, 0].astype(np.int64))
-                points.append(np.full(n, len(lengths)))
-                xy.append(obs[:, 1:])
-                lengths.append(n)
-    except FileNotFoundError as exc:
-        raise InputError(f"tracks file {path} does not exist") from exc
-    if not lengths:
-        raise InputError(f"{path}: no tracks")
-    W = measurement_matrix(
-        np.concatenate(frames), np.concatenate(points), np.concatenate(xy), num_frames=num_frames
-    )
-    return W, np.asarray(lengths)
 
 
 def _check_measurements(
@@ -657,7 +612,7 @@ def factorize_affine_missing(
     iterations = 0
     if init_cameras is None:
         # Random start: N(0, 1) entries in the normalised frame.
-        gen = np.random.default_rng(rng)
+        gen = as_rng(rng)
         Ut = gen.standard_normal((2 * F, 4))
         ranks = _warm_start_ranks(options.warm_start_rank)
         if options.method == "als":
@@ -915,7 +870,7 @@ def factorize_affine_missing_restarts(
     """
     from dataclasses import replace
 
-    gen = np.random.default_rng(rng)
+    gen = as_rng(rng)
     best: AffineFactorization | None = None
     hits = 0
     costs: list[float] = []

@@ -54,14 +54,15 @@ def sim3_from_vector(vector: np.ndarray) -> Sim3d:
 
 
 class ProjectionSet:
-    """Observations of a set of points in the cameras of one model, flattened for vectorised reprojection.
+    """Observations of a set of points in the images of one model, grouped by image for vectorised reprojection.
 
     Args:
         point_index: (M,) int index of the observed point (into the points passed to the methods).
-        rotations: (M, 3, 3) ``cam_from_world`` rotation of the observing image.
-        translations: (M, 3) ``cam_from_world`` translation of the observing image.
-        camera_models_: (M,) camera model name of the observing image.
-        camera_params: list of M (P,) parameter arrays.
+        image_index: (M,) int index of the observing image (into the per-image arrays below).
+        rotations: (G, 3, 3) ``cam_from_world`` rotations of the G images.
+        translations: (G, 3) ``cam_from_world`` translations.
+        camera_models_: G camera model names.
+        camera_params: G (P,) parameter arrays.
         pixels: (M, 2) observed keypoints (OpenCV origin).
         num_points: number of points N the observations refer to.
     """
@@ -69,6 +70,7 @@ class ProjectionSet:
     def __init__(
         self,
         point_index: np.ndarray,
+        image_index: np.ndarray,
         rotations: np.ndarray,
         translations: np.ndarray,
         camera_models_: list[str],
@@ -76,39 +78,42 @@ class ProjectionSet:
         pixels: np.ndarray,
         num_points: int,
     ) -> None:
-        self.point_index = np.asarray(point_index, dtype=np.int64).reshape(-1)
+        point_index = np.asarray(point_index, dtype=np.int64).reshape(-1)
+        image_index = np.asarray(image_index, dtype=np.int64).reshape(-1)
+        pixels = np.asarray(pixels, dtype=np.float64).reshape(-1, 2)
+        if not (len(point_index) == len(image_index) == len(pixels)):
+            raise InputError(
+                f"ProjectionSet arrays disagree in length: {len(point_index)} points, "
+                f"{len(image_index)} images, {len(pixels)} pixels"
+            )
+        order = np.argsort(image_index, kind="stable")
+        self.point_index = point_index[order]
+        self.pixels = pixels[order]
+        self.num_points = int(num_points)
         self.rotations = np.asarray(rotations, dtype=np.float64).reshape(-1, 3, 3)
         self.translations = np.asarray(translations, dtype=np.float64).reshape(-1, 3)
-        self.pixels = np.asarray(pixels, dtype=np.float64).reshape(-1, 2)
-        self.num_points = int(num_points)
-        m = len(self.point_index)
-        if not (
-            len(self.rotations) == len(self.translations) == len(self.pixels) == len(camera_models_) == m
-        ):
-            raise InputError(
-                f"ProjectionSet arrays disagree in length: {m} points, {len(self.rotations)} rotations, "
-                f"{len(self.translations)} translations, {len(self.pixels)} pixels, {len(camera_models_)} models"
-            )
-        # Group observations by (model, number of params) so each group projects in one call.
-        self._groups: list[tuple[str, np.ndarray, np.ndarray]] = []
-        models = np.asarray(camera_models_, dtype=object)
-        for name in sorted(set(camera_models_)):
-            rows = np.flatnonzero(models == name)
-            params = np.stack([np.asarray(camera_params[r], dtype=np.float64) for r in rows])
-            self._groups.append((name, rows, params))
+        self.models = list(camera_models_)
+        self.params = [np.asarray(p, dtype=np.float64) for p in camera_params]
+        counts = np.bincount(image_index, minlength=len(self.rotations))
+        self.bounds = np.concatenate([[0], np.cumsum(counts)])
 
     def __len__(self) -> int:
         return len(self.point_index)
 
     def residuals_px(self, points_in_world: np.ndarray) -> np.ndarray:
-        """(M, 2) reprojection residuals (projected - observed); points behind a camera get a huge residual."""
+        """(M, 2) reprojection residuals (projected - observed), in the order of ``self.point_index``.
+
+        Points behind a camera get a residual of ``BEHIND_CAMERA_ERROR_PX``.
+        """
         X = np.asarray(points_in_world, dtype=np.float64).reshape(-1, 3)[self.point_index]
-        in_cam = np.einsum("mij,mj->mi", self.rotations, X) + self.translations
-        projected = np.empty((len(X), 2))
-        for model, rows, params in self._groups:
-            projected[rows] = camera_models.project(model, params, in_cam[rows])
-        residuals = projected - self.pixels
-        residuals[in_cam[:, 2] <= 0] = BEHIND_CAMERA_ERROR_PX
+        residuals = np.empty((len(X), 2))
+        for g in range(len(self.rotations)):
+            a, b = self.bounds[g], self.bounds[g + 1]
+            if a == b:
+                continue
+            in_cam = X[a:b] @ self.rotations[g].T + self.translations[g]
+            residuals[a:b] = camera_models.project(self.models[g], self.params[g], in_cam) - self.pixels[a:b]
+            residuals[a:b][in_cam[:, 2] <= 0] = BEHIND_CAMERA_ERROR_PX
         return residuals
 
     def max_error_sq_per_point(self, points_in_world: np.ndarray) -> np.ndarray:
@@ -127,12 +132,19 @@ def pose_consistency_residuals(
     centers_b: np.ndarray,
     depths_b: np.ndarray,
     focals_px: np.ndarray,
+    radii_px: np.ndarray,
 ) -> np.ndarray:
     """Pixel-equivalent disagreement of cameras posed in both models once model a is mapped into b.
 
-    A rotation error of ``theta`` radians moves image points by about ``f * theta`` pixels; a centre
-    error ``e`` at scene depth ``d`` moves them by about ``f * e / d``. Expressing both in pixels lets
-    camera terms sit next to reprojection residuals in one robust cost.
+    How far the disagreement moves the image of a scene point at depth ``d``:
+
+    - a rotation error of ``theta`` radians: about ``f * theta`` pixels;
+    - a centre offset ``e`` across the optical axis: about ``f * e / d`` pixels;
+    - a centre offset ``e`` along the optical axis: a zoom about the principal point, about
+      ``r * e / d`` pixels for image points at distance ``r`` from it (models refining their focal lengths
+      apart disagree mostly here: the camera slides along its axis as the focal length changes).
+
+    Expressing all three in pixels lets camera terms sit next to reprojection residuals in one cost.
 
     Args:
         b_from_a: the similarity.
@@ -140,9 +152,11 @@ def pose_consistency_residuals(
         centers_a, centers_b: (K, 3) camera centres in each model's world.
         depths_b: (K,) typical depth of the scene in each camera, in model b's units (> 0).
         focals_px: (K,) focal lengths in pixels.
+        radii_px: (K,) typical distance of image points from the principal point, in pixels.
 
     Returns:
-        (K, 6): rotation residual (rotvec of ``R_b (R_a s^-1...)``, 3) and centre residual (3), in px.
+        (K, 6): rotation residual (rotation vector of ``R_b R_pred^T`` times f, 3) and centre residual in
+        camera b's axes (x, y times ``f / d``; z times ``r / d``), all in pixels.
     """
     R_a = np.asarray(rotations_a, dtype=np.float64).reshape(-1, 3, 3)
     R_b = np.asarray(rotations_b, dtype=np.float64).reshape(-1, 3, 3)
@@ -150,8 +164,10 @@ def pose_consistency_residuals(
     R_pred = R_a @ b_from_a.rotation.T
     delta = R_b @ np.transpose(R_pred, (0, 2, 1))
     rot = np.array([matrix_to_rotvec(d) for d in delta]).reshape(-1, 3)
-    centre = (
-        np.asarray(centers_b, dtype=np.float64).reshape(-1, 3) - b_from_a.apply(centers_a)
-    ) / np.asarray(depths_b, dtype=np.float64).reshape(-1, 1)
+    offset_world = np.asarray(centers_b, dtype=np.float64).reshape(-1, 3) - b_from_a.apply(centers_a)
+    offset_cam = np.einsum("kij,kj->ki", R_b, offset_world) / np.asarray(depths_b, dtype=np.float64).reshape(
+        -1, 1
+    )
     f = np.asarray(focals_px, dtype=np.float64).reshape(-1, 1)
-    return np.hstack([rot * f, centre * f])
+    r = np.asarray(radii_px, dtype=np.float64).reshape(-1, 1)
+    return np.hstack([rot * f, offset_cam[:, :2] * f, offset_cam[:, 2:] * r])

@@ -19,7 +19,7 @@ import numpy as np
 
 from geomvision.errors import InputError
 from geomvision.geometry.rigid import matrix_to_rotvec, rotvec_to_matrix
-from geomvision.io.atomic import atomic_write_text
+from geomvision.runtime.atomic import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -59,34 +59,6 @@ class BALProblem:
     @property
     def num_observations(self) -> int:
         return len(self.obs_camera)
-
-    def to_ba_problem(self, *, refine_intrinsics: bool = True):
-        """A ``BundleAdjustmentProblem`` sharing nothing with this object (one RADIAL camera per image;
-        f, k1, k2 optimised when ``refine_intrinsics``, the zero principal point held)."""
-        from geomvision.sfm.ba.model import BundleAdjustmentProblem
-
-        free = np.zeros((self.num_cameras, 5), bool)
-        if refine_intrinsics:
-            free[:, [0, 3, 4]] = True
-        return BundleAdjustmentProblem(
-            camera_models=["RADIAL"] * self.num_cameras,
-            intrinsics=self.intrinsics.copy(),
-            image_group=np.arange(self.num_cameras),
-            rotvecs=self.rotvecs.copy(),
-            translations=self.translations.copy(),
-            points=self.points.copy(),
-            obs_image=self.obs_camera,
-            obs_point=self.obs_point,
-            obs_px=self.obs_px,
-            intrinsics_free=free,
-        )
-
-    def update_from_ba_problem(self, problem) -> None:
-        """Copy poses, intrinsics and points back from a solved ``BundleAdjustmentProblem``."""
-        self.rotvecs = problem.rotvecs.copy()
-        self.translations = problem.translations.copy()
-        self.intrinsics = problem.intrinsics.copy()
-        self.points = problem.points.copy()
 
 
 def _fail(path, line: int, message: str) -> InputError:

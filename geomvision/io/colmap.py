@@ -30,7 +30,7 @@ import numpy as np
 
 from geomvision.errors import InputError
 from geomvision.geometry.rigid import Rigid3d
-from geomvision.io.atomic import atomic_write_bytes, atomic_write_text
+from geomvision.runtime.atomic import atomic_write_bytes, atomic_write_text
 from geomvision.scene.camera import CAMERA_MODELS, Camera
 from geomvision.scene.reconstruction import Point3D, Reconstruction, View
 

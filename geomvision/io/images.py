@@ -209,6 +209,15 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         data = path.read_bytes()
     except OSError as exc:
         raise InputError(f"cannot read image {str(path)!r}: {exc.strerror or exc}") from exc
+    return decode_image(data, path)
+
+
+def decode_image(data: bytes, path: str | os.PathLike) -> np.ndarray:
+    """:func:`read_image` on a file's bytes (``path`` names it in errors and gives its format).
+
+    Lets a worker without access to the client's files decode the bytes the client sent.
+    """
+    path = Path(path)
     if not data:
         raise InputError(f"image file {str(path)!r} is empty")
     if _looks_truncated(data):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from geomvision.io.atomic import atomic_write_text
+from geomvision.runtime.atomic import atomic_write_text
 from geomvision.scene.reconstruction import Reconstruction
 
 __all__ = ["reconstruction_to_dict", "write_json_model"]

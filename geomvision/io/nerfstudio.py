@@ -23,8 +23,8 @@ import numpy as np
 
 from geomvision.errors import InputError
 from geomvision.geometry.rigid import Rigid3d
-from geomvision.io.atomic import atomic_write_text
 from geomvision.io.colmap import PIXEL_ORIGIN_SHIFT_PX
+from geomvision.runtime.atomic import atomic_write_text
 from geomvision.scene.camera import Camera
 from geomvision.scene.reconstruction import Reconstruction, View
 

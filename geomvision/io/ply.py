@@ -1,4 +1,6 @@
-"""PLY export/import of point clouds and camera frustums (binary little-endian PLY).
+"""PLY export/import of point clouds (binary little-endian PLY).
+
+The camera-frustum meshes are drawn by ``geomvision.viz.scene_ply`` (drawing is viz's job; io stays below it).
 
 Point clouds are written with numpy (no system libraries needed); meshes and reading go through Open3D.
 Besides ``geomvision.viz`` this is the only module that imports ``open3d``; it does so lazily so importing
@@ -13,16 +15,14 @@ from pathlib import Path
 import numpy as np
 
 from geomvision.errors import InputError
-from geomvision.io.atomic import atomic_path, atomic_write_bytes
-from geomvision.scene.reconstruction import Reconstruction
+from geomvision.runtime.atomic import atomic_write_bytes
+from geomvision.scene.reconstruction import Reconstruction, points_array
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "write_point_cloud",
     "read_point_cloud",
-    "write_camera_frustums_mesh",
-    "write_scene_ply",
     "write_reconstruction_ply",
 ]
 
@@ -105,75 +105,7 @@ def read_point_cloud(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
     return xyz, colors
 
 
-def _frustum_mesh(rec: Reconstruction, scale: float | None, order: list[int] | None):
-    import open3d as o3d
-
-    from geomvision.viz.geometry import camera_frustums
-
-    fr = camera_frustums(rec, scale=scale, order=order)
-    mesh = o3d.geometry.TriangleMesh(
-        o3d.utility.Vector3dVector(fr.vertices), o3d.utility.Vector3iVector(fr.triangles.astype(np.int32))
-    )
-    mesh.vertex_colors = o3d.utility.Vector3dVector(np.repeat(fr.colors, 5, axis=0).reshape(-1, 3))
-    return mesh
-
-
-def _write_mesh(path: Path, mesh) -> None:
-    import open3d as o3d
-
-    with atomic_path(path, suffix=".ply") as tmp:
-        ok = o3d.io.write_triangle_mesh(str(tmp), mesh, write_ascii=False, write_vertex_normals=False)
-        if not ok:
-            raise OSError(f"Open3D could not write {path}")
-
-
-def write_camera_frustums_mesh(
-    path: str | Path, rec: Reconstruction, *, scale: float | None = None, order: list[int] | None = None
-) -> Path:
-    """Write the registered cameras as a PLY triangle mesh of pyramids (5 vertices, 6 faces each).
-
-    Args:
-        path: destination ``.ply``.
-        rec: reconstruction.
-        scale: frustum depth in world units (default: half the median camera spacing).
-        order: image ids in registration order for the colour ramp.
-    """
-    path = Path(path)
-    _write_mesh(path, _frustum_mesh(rec, scale, order))
-    return path
-
-
-def write_scene_ply(
-    path: str | Path, rec: Reconstruction, *, scale: float | None = None, order: list[int] | None = None
-) -> Path:
-    """One PLY with the coloured 3D points (unreferenced vertices) and the camera frustum faces.
-
-    Viewers such as MeshLab show both; ``read_point_cloud`` returns the points first, then the frustum
-    vertices (5 per registered camera).
-    """
-    import open3d as o3d
-
-    from geomvision.viz.geometry import points_array
-
-    xyz, rgb = points_array(rec)
-    mesh = _frustum_mesh(rec, scale, order)
-    frustum_vertices = np.asarray(mesh.vertices)
-    combined = o3d.geometry.TriangleMesh(
-        o3d.utility.Vector3dVector(np.vstack([xyz, frustum_vertices])),
-        o3d.utility.Vector3iVector((np.asarray(mesh.triangles) + len(xyz)).astype(np.int32)),
-    )
-    combined.vertex_colors = o3d.utility.Vector3dVector(
-        np.vstack([rgb.astype(np.float64) / 255.0, np.asarray(mesh.vertex_colors)])
-    )
-    path = Path(path)
-    _write_mesh(path, combined)
-    logger.info("wrote %d points and %d frustums to %s", len(xyz), len(frustum_vertices) // 5, path)
-    return path
-
-
 def write_reconstruction_ply(path: str | Path, rec: Reconstruction) -> Path:
     """The reconstruction's 3D points with their colours (``OUT/points.ply``)."""
-    from geomvision.viz.geometry import points_array
-
     xyz, rgb = points_array(rec)
     return write_point_cloud(path, xyz, rgb)

@@ -58,6 +58,7 @@ from geomvision.robust.ransac import (
     ransac,
     required_iterations,
 )
+from geomvision.runtime.rng import as_rng
 
 __all__ = [
     "TwoViewEstimate",
@@ -940,7 +941,7 @@ def estimate_fundamental(
     est = FundamentalEstimator(x1, x2)
     if reason := est.degeneracy():
         return _failure(reason, n)
-    rng = np.random.default_rng(rng)
+    rng = as_rng(rng)
     quick = _eight_point_round(est, n, options, rng) if refine else None
     if quick is not None:
         Fn, r, num_samples = quick

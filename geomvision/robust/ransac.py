@@ -3,7 +3,7 @@
 The loop knows nothing about geometry: an :class:`Estimator` turns minimal samples into model hypotheses
 and models into squared residuals for all data points. Everything geometric (thresholds in pixels,
 coordinate normalisation, minimal solvers) lives in the estimators (``robust/estimators.py``,
-``geometry/absolute_pose.py``).
+``robust/absolute_pose.py``).
 
 Algorithm (Fischler & Bolles 1981; H&Z 4.7.1 for the adaptive sample count):
 
@@ -39,6 +39,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from geomvision.errors import InputError
+from geomvision.runtime.rng import as_rng
 
 __all__ = ["Estimator", "RansacOptions", "RansacResult", "ransac", "required_iterations", "msac_scores"]
 
@@ -397,7 +398,7 @@ def ransac(
     s = int(estimator.sample_size)
     if num_data < s:
         raise InputError(f"RANSAC needs at least {s} data points, got {num_data}")
-    rng = np.random.default_rng(rng)
+    rng = as_rng(rng)
     threshold_sq = float(options.max_error_px) ** 2
     scorer = _Scorer(estimator, threshold_sq)
     can_lo = options.local_optimization and options.lo_iterations > 0 and hasattr(estimator, "refit")

@@ -223,3 +223,13 @@ class Reconstruction:
             if self.points3D
             else float("nan"),
         }
+
+
+def points_array(rec: Reconstruction) -> tuple[np.ndarray, np.ndarray]:
+    """(P, 3) float64 world points and (P, 3) uint8 colours, in sorted point-id order."""
+    ids = sorted(rec.points3D)
+    if not ids:
+        return np.zeros((0, 3)), np.zeros((0, 3), np.uint8)
+    xyz = np.array([rec.points3D[i].xyz for i in ids], dtype=np.float64)
+    rgb = np.array([rec.points3D[i].color for i in ids], dtype=np.uint8)
+    return xyz, rgb

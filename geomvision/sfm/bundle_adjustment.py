@@ -22,17 +22,18 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 
 from geomvision.errors import InputError
 from geomvision.geometry import camera_models
-from geomvision.geometry.rigid import Rigid3d, matrix_to_rotvec
+from geomvision.geometry.rigid import Rigid3d, matrix_to_rotvec, rotvec_to_matrix
 from geomvision.progress import ProgressCallback
 from geomvision.scene.camera import Camera
 from geomvision.scene.reconstruction import Reconstruction
 from geomvision.sfm.ba import losses
-from geomvision.sfm.ba.model import BundleAdjustmentProblem, evaluate
+from geomvision.sfm.ba.model import BundleAdjustmentProblem, evaluate, gauge_translation_axis
 from geomvision.sfm.ba.schur import solve_schur
 from geomvision.sfm.ba.scipy_backend import solve_scipy
 
@@ -45,6 +46,11 @@ __all__ = [
     "adjust_problem",
     "bundle_adjust",
 ]
+
+
+BABackend = Literal["scipy", "schur"]
+IntrinsicsMode = Literal["shared", "per_image", "fixed"]
+GaugeMode = Literal["auto", "none"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -79,8 +85,8 @@ class BundleAdjustmentOptions:
             3x3 and per-image pose blocks), which cuts LSMR iterations by an order of magnitude.
     """
 
-    backend: str = "schur"
-    loss: str = "linear"
+    backend: BABackend = "schur"
+    loss: losses.LossName = "linear"
     loss_scale_px: float = 1.0
     max_iterations: int = 100
     function_tolerance: float = 1e-6
@@ -89,10 +95,10 @@ class BundleAdjustmentOptions:
     refine_focal: bool = True
     refine_principal_point: bool = False
     refine_extra_params: bool = True
-    intrinsics: str = "shared"
+    intrinsics: IntrinsicsMode = "shared"
     fixed_image_ids: tuple[int, ...] = ()
     fixed_point_ids: tuple[int, ...] = ()
-    gauge: str = "auto"
+    gauge: GaugeMode = "auto"
     dense_schur_max_params: int = 1500
     cg_tolerance: float = 1e-2
     cg_max_iterations: int = 300
@@ -103,10 +109,10 @@ class BundleAdjustmentOptions:
 
     def __post_init__(self) -> None:
         checks = (
-            ("backend", self.backend, ("scipy", "schur")),
+            ("backend", self.backend, get_args(BABackend)),
             ("loss", self.loss, losses.LOSSES),
-            ("intrinsics", self.intrinsics, ("shared", "per_image", "fixed")),
-            ("gauge", self.gauge, ("auto", "none")),
+            ("intrinsics", self.intrinsics, get_args(IntrinsicsMode)),
+            ("gauge", self.gauge, get_args(GaugeMode)),
         )
         for name, value, allowed in checks:
             if value not in allowed:
@@ -235,10 +241,11 @@ def _gauge_mask(problem: BundleAdjustmentProblem, image_ids: np.ndarray, options
     if not others:
         return
     second = others[0]
-    R1 = Rigid3d.from_rotvec(problem.rotvecs[first], problem.translations[first])
-    R2 = Rigid3d.from_rotvec(problem.rotvecs[second], problem.translations[second])
-    baseline = R2.rotation @ (R1.center - R2.center)
-    problem.pose_free[second, 3 + int(np.argmax(np.abs(baseline)))] = False
+    rotations = rotvec_to_matrix(problem.rotvecs[[first, second]])
+    axis = gauge_translation_axis(
+        rotations[0], problem.translations[first], rotations[1], problem.translations[second]
+    )
+    problem.pose_free[second, 3 + axis] = False
 
 
 def problem_from_reconstruction(

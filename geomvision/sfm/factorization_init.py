@@ -29,6 +29,7 @@ from geomvision.geometry import factorization as fz
 from geomvision.geometry.rigid import Rigid3d
 from geomvision.geometry.triangulation import triangulate_nview
 from geomvision.scene import Camera, ImageInfo, Reconstruction, Track, View
+from geomvision.sfm.bundle_adjustment import BundleAdjustmentOptions, bundle_adjust
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +47,9 @@ class FactorizationInitOptions:
         max_reprojection_error_px: tracks / observations above this are rejected.
         outlier_rounds: refactorizations after dropping the worst tracks.
         min_triangulation_angle_deg: points seen under a smaller angle are not added.
-        bundle_adjust: polish poses and points with a short robust bundle adjustment (fixed intrinsics).
-        projective_iterations: Sturm-Triggs iteration cap.
+        bundle_adjust: polish poses and points with a short bundle adjustment.
+        projective: the Sturm-Triggs projective factorization (iteration cap, tolerance).
+        bundle_adjustment: the polishing bundle adjustment (fixed intrinsics, Huber loss at 1 px).
     """
 
     max_window_size: int = 8
@@ -58,7 +60,14 @@ class FactorizationInitOptions:
     outlier_rounds: int = 3
     min_triangulation_angle_deg: float = 1.0
     bundle_adjust: bool = True
-    projective_iterations: int = 500
+    projective: fz.ProjectiveFactorizationOptions = field(
+        default_factory=lambda: fz.ProjectiveFactorizationOptions(max_iterations=500)
+    )
+    bundle_adjustment: BundleAdjustmentOptions = field(
+        default_factory=lambda: BundleAdjustmentOptions(
+            intrinsics="fixed", loss="huber", loss_scale_px=1.0, max_iterations=50
+        )
+    )
 
     def __post_init__(self) -> None:
         if self.min_window_size < 3 or self.max_window_size < self.min_window_size:
@@ -321,9 +330,7 @@ def _reject_outlier_tracks(normalised, complete, focal, options) -> np.ndarray:
             break
         W = _to_W(normalised[idx])
         try:
-            proj = fz.factorize_projective(
-                W, fz.ProjectiveFactorizationOptions(max_iterations=options.projective_iterations)
-            )
+            proj = fz.factorize_projective(W, options.projective)
         except (InputError, np.linalg.LinAlgError):
             break
         err = _projective_errors_px(W, proj, focal).max(axis=1)
@@ -351,9 +358,7 @@ def _metric_candidates(W: np.ndarray, options: FactorizationInitOptions):
     """Metric models of a complete normalised window: yields (R (F,3,3), t (F,3), X (P,3), method)."""
     if options.method in ("auto", "projective"):
         try:
-            proj = fz.factorize_projective(
-                W, fz.ProjectiveFactorizationOptions(max_iterations=options.projective_iterations)
-            )
+            proj = fz.factorize_projective(W, options.projective)
             metric = fz.upgrade_projective_to_metric(proj.cameras, proj.points, W)
         except (InputError, np.linalg.LinAlgError) as exc:
             logger.debug("projective factorization failed: %s", exc)
@@ -453,11 +458,7 @@ def _color(images, observation) -> np.ndarray | None:
 
 def _polish(rec: Reconstruction, options: FactorizationInitOptions) -> None:
     """Short robust bundle adjustment of the seed (fixed intrinsics), then drop observations still off."""
-    from geomvision.sfm.bundle_adjustment import BundleAdjustmentOptions, bundle_adjust
-
-    result = bundle_adjust(
-        rec, BundleAdjustmentOptions(intrinsics="fixed", loss="huber", loss_scale_px=1.0, max_iterations=50)
-    )
+    result = bundle_adjust(rec, options.bundle_adjustment)
     if not result.success:
         logger.warning(
             "factorization init: bundle adjustment failed (%s); keeping the raw seed", result.reason

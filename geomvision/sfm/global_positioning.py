@@ -61,8 +61,8 @@ class GlobalPositioningOptions:
 
     loss: Literal["huber", "cauchy", "linear"] = "huber"
     loss_scale: float = 0.1
-    max_iterations: int = 100
-    function_tolerance: float = 1e-7
+    max_iterations: int = 50
+    function_tolerance: float = 1e-4
     min_track_length: int = 3
     max_points_per_image: int = 500
     init_box_size: float = 100.0
@@ -163,6 +163,7 @@ def position_globally(
     rays_in_cam: np.ndarray,
     options: GlobalPositioningOptions | None = None,
     *,
+    initial_centers: dict[int, np.ndarray] | None = None,
     rng: np.random.Generator | int | None = None,
     progress=None,
 ) -> GlobalPositioningResult:
@@ -175,6 +176,8 @@ def position_globally(
         rays_in_cam: (M, 3) viewing ray of each observation in its camera frame (e.g. undistorted
             normalised ``(x, y, 1)``; normalised here).
         options: stage options.
+        initial_centers: image_id -> (3,) starting centre (e.g. from an earlier model); images without
+            one, and every point, start at random in the box (scaled to the given centres' extent).
         rng: seed or generator of the random initialisation.
         progress: unused; accepted for the common stage signature.
 
@@ -234,8 +237,18 @@ def position_globally(
     gauge = int(np.argmax(counts))
     box = options.init_box_size
     centers0 = rng.uniform(-box, box, (len(images), 3))
-    centers0[gauge] = 0.0
     points0 = rng.uniform(-box, box, (len(used_tracks), 3))
+    known = [k for k, i in enumerate(images.tolist()) if initial_centers and i in initial_centers]
+    if len(known) >= 2:
+        given = np.array([initial_centers[int(images[k])] for k in known], dtype=np.float64)
+        extent = max(float(np.ptp(given, axis=0).max()), 1e-9)
+        # Random starts at the given centres' scale, around their middle.
+        centers0 = given.mean(axis=0) + centers0 * (extent / box)
+        points0 = given.mean(axis=0) + points0 * (extent / box)
+        centers0[known] = given
+    origin = centers0[gauge].copy()  # the gauge camera sits at the origin
+    centers0 -= origin
+    points0 -= origin
     with _single_threaded_blas():
         centers_all, points_used, _, iterations, cost = bata_positions(
             rays,

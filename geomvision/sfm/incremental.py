@@ -16,7 +16,7 @@ CVPR 2016) and H&Z 18 (n-view reconstruction by resection and intersection):
 5. models are returned largest first.
 
 Intrinsics: cameras in ``fixed_camera_ids`` (known calibration) are never changed; the others have their
-focal length (and, with ``refine_extra_params``, distortion) refined in global BA once
+intrinsics refined in global BA (those ``global_ba.refine_*`` free: focal and distortion by default) once
 ``refine_intrinsics_min_images`` images are registered (two views cannot tell focal from depth).
 
 All per-observation work is vectorised over the flat arrays of
@@ -28,7 +28,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,10 +35,12 @@ import numpy as np
 from geomvision.errors import InputError
 from geomvision.progress import ProgressCallback
 from geomvision.progress import report as report_progress
+from geomvision.runtime.rng import as_rng
 from geomvision.scene import Camera, ImageInfo, Reconstruction, TwoViewGeometry
+from geomvision.sfm.bundle_adjustment import BundleAdjustmentOptions
 from geomvision.sfm.initialization import InitializationOptions, initialize_reconstruction
-from geomvision.sfm.mapper_ba import MapperBAOptions, adjust_bundle
-from geomvision.sfm.mapper_state import MapperState, TrackTable
+from geomvision.sfm.mapper_ba import adjust_bundle, check_mapper_ba_options
+from geomvision.sfm.mapper_state import MapperState, StepTimer, TrackTable, check_mapper_inputs
 from geomvision.sfm.registration import RegistrationOptions, rank_next_images, register_image
 from geomvision.sfm.triangulate import (
     TriangulationOptions,
@@ -55,67 +56,64 @@ logger = logging.getLogger(__name__)
 __all__ = ["IncrementalMapperOptions", "MappingResult", "incremental_mapping"]
 
 
+def _mapper_triangulation() -> TriangulationOptions:
+    return TriangulationOptions(max_error_px=2.0, filter_max_error_px=4.0)
+
+
+def _mapper_initialization() -> InitializationOptions:
+    # The two-view points are held to the mapper's 2 px joining threshold (and filtered at it).
+    return InitializationOptions(
+        triangulation=TriangulationOptions(max_error_px=2.0, filter_max_error_px=2.0)
+    )
+
+
 @dataclass(frozen=True, kw_only=True)
 class IncrementalMapperOptions:
     """Options of :func:`incremental_mapping` (COLMAP's mapper defaults where they exist).
 
+    The mapper's own settings (when to run which bundle adjustment, which cameras to refine, how many
+    models) sit here; the options of the steps it calls are nested, each the step's own options class.
+
     Attributes:
-        min_num_inliers: PnP inliers an image needs to register.
-        init_min_num_inliers: verified inliers (and two-view points) an initial pair needs.
-        init_min_tri_angle_deg: median triangulation angle an initial pair needs.
-        init_max_homography_share: initial pairs with more homography inliers (share of inliers) are skipped.
-        init_max_pairs_tried: candidate initial pairs reconstructed per model before giving up.
-        abs_pose_max_error_px: PnP RANSAC threshold.
-        abs_pose_min_inlier_ratio: PnP inlier ratio an image needs to register.
-        tri_max_error_px: an observation joins a new/existing point within this reprojection error.
-            Tighter than COLMAP's 4 px: our SIFT keypoints reproject to ~0.3 px, and on scenes with
-            repeated structure (Strecha castle-P19) wrong matches that land 2-4 px from a point
-            biased every pose (AUC@2 0.78 -> 0.86 with known intrinsics); neutral on fountain/entry.
-        tri_min_angle_deg: new points need this largest triangulation angle.
-        filter_max_reproj_error_px: observations beyond this are removed after each BA.
-        filter_min_tri_angle_deg: points whose largest triangulation angle is below this are removed.
+        initialization: initial-pair choice and two-view reconstruction (its triangulation holds the
+            two-view points to 2 px, like ``triangulation.max_error_px``).
+        registration: next-best-view ranking and PnP registration (RANSAC at 12 px).
+        triangulation: triangulation of new tracks, continuation of existing ones and filtering. New
+            and continued observations must reproject within 2 px, tighter than COLMAP's 4 px: our
+            SIFT keypoints reproject to ~0.3 px, and on scenes with repeated structure (Strecha
+            castle-P19) wrong matches 2-4 px from a point biased every pose (AUC@2 0.78 -> 0.86 with
+            known intrinsics); neutral on fountain/entry.
+        local_ba: bundle adjustment of each new image and its best-connected neighbours (intrinsics
+            held: ``intrinsics="fixed"``; any other value refines the cameras ``global_ba`` would).
+        global_ba: bundle adjustment of the whole model; its ``refine_focal`` /
+            ``refine_principal_point`` / ``refine_extra_params`` say which intrinsics of the cameras
+            not in ``fixed_camera_ids`` are refined.
         local_ba_num_images: images optimised by local BA (the new one and its best-connected neighbours).
-        local_ba_max_iterations: iteration cap of local BA.
         global_ba_every: global BA each time the number of registered images grows by this factor.
-        global_ba_max_iterations: iteration cap of global BA.
-        refine_focal: refine focal lengths of cameras not in ``fixed_camera_ids``.
-        refine_extra_params: also refine their distortion parameters.
         refine_intrinsics_min_images: registered images needed before intrinsics are refined.
         fixed_camera_ids: cameras with known calibration, never refined.
         max_num_models: stop after this many models.
         min_model_size: models with fewer registered images are discarded.
         max_reg_retry_growth: an image that failed to register is retried only once the number of
             triangulated points it sees has grown by this factor.
-        ba_backend: bundle-adjustment backend ("scipy" or "schur").
-        ba_loss: robust loss of BA.
-        ba_loss_scale_px: robust loss scale in pixels.
     """
 
-    min_num_inliers: int = 30
-    init_min_num_inliers: int = 50
-    init_min_tri_angle_deg: float = 4.0
-    init_max_homography_share: float = 0.8
-    init_max_pairs_tried: int = 20
-    abs_pose_max_error_px: float = 12.0
-    abs_pose_min_inlier_ratio: float = 0.25
-    tri_max_error_px: float = 2.0
-    tri_min_angle_deg: float = 1.5
-    filter_max_reproj_error_px: float = 4.0
-    filter_min_tri_angle_deg: float = 1.5
+    initialization: InitializationOptions = field(default_factory=_mapper_initialization)
+    registration: RegistrationOptions = field(default_factory=RegistrationOptions)
+    triangulation: TriangulationOptions = field(default_factory=_mapper_triangulation)
+    local_ba: BundleAdjustmentOptions = field(
+        default_factory=lambda: BundleAdjustmentOptions(loss="soft_l1", max_iterations=25, intrinsics="fixed")
+    )
+    global_ba: BundleAdjustmentOptions = field(
+        default_factory=lambda: BundleAdjustmentOptions(loss="soft_l1", max_iterations=50)
+    )
     local_ba_num_images: int = 6
-    local_ba_max_iterations: int = 25
     global_ba_every: float = 1.2
-    global_ba_max_iterations: int = 50
-    refine_focal: bool = True
-    refine_extra_params: bool = True
     refine_intrinsics_min_images: int = 3
     fixed_camera_ids: tuple[int, ...] = ()
     max_num_models: int = 10
     min_model_size: int = 3
     max_reg_retry_growth: float = 1.2
-    ba_backend: str = "schur"
-    ba_loss: str = "soft_l1"
-    ba_loss_scale_px: float = 1.0
 
     def __post_init__(self) -> None:
         if self.global_ba_every <= 1.0:
@@ -128,45 +126,8 @@ class IncrementalMapperOptions:
                 f"{self.max_num_models}, {self.min_model_size}"
             )
         object.__setattr__(self, "fixed_camera_ids", tuple(int(c) for c in self.fixed_camera_ids))
-        # Build the sub-options now so that invalid thresholds fail at construction time.
-        self.initialization_options()
-        self.registration_options()
-        self.triangulation_options()
-
-    def initialization_options(self) -> InitializationOptions:
-        return InitializationOptions(
-            min_num_inliers=self.init_min_num_inliers,
-            min_tri_angle_deg=self.init_min_tri_angle_deg,
-            max_homography_share=self.init_max_homography_share,
-            max_error_px=self.tri_max_error_px,
-            filter_min_tri_angle_deg=self.filter_min_tri_angle_deg,
-            max_pairs_tried=self.init_max_pairs_tried,
-        )
-
-    def registration_options(self) -> RegistrationOptions:
-        return RegistrationOptions(
-            min_num_inliers=self.min_num_inliers,
-            min_inlier_ratio=self.abs_pose_min_inlier_ratio,
-            max_error_px=self.abs_pose_max_error_px,
-            min_num_visible=max(4, self.min_num_inliers // 2),
-        )
-
-    def triangulation_options(self) -> TriangulationOptions:
-        return TriangulationOptions(
-            max_error_px=self.tri_max_error_px,
-            min_tri_angle_deg=self.tri_min_angle_deg,
-            filter_max_error_px=self.filter_max_reproj_error_px,
-            filter_min_tri_angle_deg=self.filter_min_tri_angle_deg,
-        )
-
-    def ba_options(self, *, local: bool) -> MapperBAOptions:
-        return MapperBAOptions(
-            backend=self.ba_backend,
-            loss=self.ba_loss,
-            loss_scale_px=self.ba_loss_scale_px,
-            max_iterations=self.local_ba_max_iterations if local else self.global_ba_max_iterations,
-            refine_extra_params=self.refine_extra_params,
-        )
+        check_mapper_ba_options(self.local_ba)
+        check_mapper_ba_options(self.global_ba)
 
 
 @dataclass
@@ -182,50 +143,6 @@ class MappingResult:
     report: dict = field(default_factory=dict)
 
 
-def _as_rng(rng: np.random.Generator | int | None) -> np.random.Generator:
-    if isinstance(rng, np.random.Generator):
-        return rng
-    if rng is None or isinstance(rng, (int, np.integer)):
-        return np.random.default_rng(0 if rng is None else int(rng))
-    raise InputError(f"rng must be a numpy Generator, an int seed or None, got {type(rng).__name__}")
-
-
-def _check_inputs(
-    cameras: dict[int, Camera],
-    images: dict[int, ImageInfo],
-    two_view_geometries: dict[tuple[int, int], TwoViewGeometry],
-) -> None:
-    if not images:
-        raise InputError("incremental_mapping needs at least one image, got none")
-    for image_id, info in images.items():
-        if info.camera_id not in cameras:
-            raise InputError(f"image {image_id} ({info.name}) refers to unknown camera {info.camera_id}")
-    for (i, j), g in two_view_geometries.items():
-        if i not in images or j not in images:
-            raise InputError(f"two-view geometry ({i}, {j}) refers to an unknown image")
-        if (g.image_i, g.image_j) != (i, j):
-            raise InputError(f"two-view geometry keyed ({i}, {j}) is for images ({g.image_i}, {g.image_j})")
-
-
-class _Timer:
-    """Accumulates wall time per named step."""
-
-    def __init__(self) -> None:
-        self.totals: dict[str, float] = defaultdict(float)
-
-    def __call__(self, name: str):
-        timer = self
-
-        class _Ctx:
-            def __enter__(self):
-                self.t = time.perf_counter()
-
-            def __exit__(self, *exc):
-                timer.totals[name] += time.perf_counter() - self.t
-
-        return _Ctx()
-
-
 class _ModelBuilder:
     """Grows one model; holds the counters that go into the report."""
 
@@ -235,7 +152,7 @@ class _ModelBuilder:
         options: IncrementalMapperOptions,
         allowed: set[int],
         rng: np.random.Generator,
-        timer: _Timer,
+        timer: StepTimer,
         progress: ProgressCallback | None,
         num_images: int,
     ):
@@ -246,8 +163,8 @@ class _ModelBuilder:
         self.timer = timer
         self.progress = progress
         self.num_images = num_images
-        self.tri_options = options.triangulation_options()
-        self.reg_options = options.registration_options()
+        self.tri_options = options.triangulation
+        self.reg_options = options.registration
         self.report: dict = {
             "registrations": [],
             "registration_failures": [],
@@ -265,10 +182,7 @@ class _ModelBuilder:
 
     # --- bundle adjustment --------------------------------------------------------------------------
     def refine_camera_ids(self) -> set[int]:
-        if (
-            not self.options.refine_focal
-            or self.state.num_registered < self.options.refine_intrinsics_min_images
-        ):
+        if self.state.num_registered < self.options.refine_intrinsics_min_images:
             return set()
         used = {self.state.images[i].camera_id for i in self.state.registered_image_ids}
         return used - set(self.options.fixed_camera_ids) - self.frozen_cameras
@@ -309,9 +223,7 @@ class _ModelBuilder:
 
     def adjust_two_view(self, state: MapperState, image_ids: list[int], fixed_image_id: int) -> None:
         with self.timer("global_ba"):
-            adjust_bundle(
-                state, image_ids, self.options.ba_options(local=False), fixed_image_ids={fixed_image_id}
-            )
+            adjust_bundle(state, image_ids, self.options.global_ba, fixed_image_ids={fixed_image_id})
         self.report["num_global_ba"] += 1
 
     def global_ba(self) -> int:
@@ -323,7 +235,7 @@ class _ModelBuilder:
                 adjust_bundle(
                     state,
                     state.registered_image_ids,
-                    self.options.ba_options(local=False),
+                    self.options.global_ba,
                     refine_camera_ids=refine,
                     point_tracks=state.point_ids(),
                 )
@@ -344,7 +256,9 @@ class _ModelBuilder:
         state = self.state
         neighbours = self.local_images(image_id)
         with self.timer("local_ba"):
-            adjust_bundle(state, neighbours, self.options.ba_options(local=True))
+            adjust_bundle(
+                state, neighbours, self.options.local_ba, refine_camera_ids=self.refine_camera_ids()
+            )
         self.report["num_local_ba"] += 1
         tracks = np.unique(np.concatenate([tracks_in_image(state, i) for i in neighbours]))
         with self.timer("triangulation"):
@@ -532,9 +446,9 @@ def incremental_mapping(
     from geomvision.sfm.tracks import build_track_arrays
 
     options = options or IncrementalMapperOptions()
-    _check_inputs(cameras, images, two_view_geometries)
-    rng = _as_rng(rng)
-    timer = _Timer()
+    check_mapper_inputs(cameras, images, two_view_geometries, caller="incremental_mapping")
+    rng = as_rng(rng)
+    timer = StepTimer()
     t_start = time.perf_counter()
     usable = {
         pair: g
@@ -554,7 +468,7 @@ def incremental_mapping(
     models: list[Reconstruction] = []
     used_images: set[int] = set()
     tried_pairs: set[tuple[int, int]] = set()
-    init_options = options.initialization_options()
+    init_options = options.initialization
     max_attempts = 3 * options.max_num_models
     reason = ""
     for _attempt in range(max_attempts):

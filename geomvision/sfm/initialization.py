@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from geomvision.errors import InputError
 from geomvision.geometry.rigid import Rigid3d
+from geomvision.robust.estimators import estimate_essential
+from geomvision.robust.ransac import RansacOptions
 from geomvision.scene import TwoViewGeometry
 from geomvision.sfm.mapper_state import MapperState
 from geomvision.sfm.triangulate import TriangulationOptions, filter_points, triangulate_tracks
@@ -45,19 +47,19 @@ class InitializationOptions:
             two-view model needs to be accepted.
         min_tri_angle_deg: median triangulation angle a pair needs (before and after reconstruction).
         max_homography_share: pairs whose homography inliers exceed this share of their inliers are skipped.
-        max_error_px: reprojection threshold for the two-view points.
-        filter_min_tri_angle_deg: points with a smaller triangulation angle are dropped.
         max_pairs_tried: at most this many candidate pairs are reconstructed before giving up.
-        essential_max_error_px: RANSAC threshold when the essential matrix has to be re-estimated.
+        triangulation: triangulation and filtering of the two-view points (reprojection threshold,
+            smallest triangulation angle).
+        ransac: the essential-matrix RANSAC run when the verified pair carries no usable pose
+            (its ``min_num_inliers`` is floored at this stage's ``min_num_inliers``).
     """
 
     min_num_inliers: int = 50
     min_tri_angle_deg: float = 4.0
     max_homography_share: float = 0.8
-    max_error_px: float = 4.0
-    filter_min_tri_angle_deg: float = 1.5
     max_pairs_tried: int = 20
-    essential_max_error_px: float = 4.0
+    triangulation: TriangulationOptions = field(default_factory=TriangulationOptions)
+    ransac: RansacOptions = field(default_factory=lambda: RansacOptions(max_error_px=4.0))
 
     def __post_init__(self) -> None:
         if self.min_num_inliers < 5:
@@ -166,9 +168,6 @@ def relative_pose(
     if geometry.config in ("calibrated", "planar") and geometry.cam2_from_cam1 is not None:
         pose = geometry.cam2_from_cam1
     else:
-        from geomvision.robust.estimators import estimate_essential
-        from geomvision.robust.ransac import RansacOptions
-
         matches = np.asarray(geometry.inlier_matches, dtype=np.int64)
         x1 = _undistorted_pixels(state, geometry.image_i, matches[:, 0])
         x2 = _undistorted_pixels(state, geometry.image_j, matches[:, 1])
@@ -177,8 +176,8 @@ def relative_pose(
             x2,
             state.camera_of(geometry.image_i).K,
             state.camera_of(geometry.image_j).K,
-            RansacOptions(
-                max_error_px=options.essential_max_error_px, min_num_inliers=options.min_num_inliers
+            replace(
+                options.ransac, min_num_inliers=max(options.ransac.min_num_inliers, options.min_num_inliers)
             ),
             rng=rng,
         )
@@ -208,17 +207,12 @@ def reconstruct_pair(
         return result
     state.set_pose(i, Rigid3d())
     state.set_pose(j, pose)
-    tri = TriangulationOptions(
-        max_error_px=options.max_error_px,
-        min_tri_angle_deg=options.filter_min_tri_angle_deg,
-        filter_max_error_px=options.max_error_px,
-        filter_min_tri_angle_deg=options.filter_min_tri_angle_deg,
-    )
+    tri = options.triangulation
     triangulate_tracks(state, None, tri)
     ok, reason = _check_two_view(state, options, i, j)
     if ok and adjust is not None:
         adjust(state, [i, j], i)
-        filter_points(state, None, options.max_error_px, options.filter_min_tri_angle_deg)
+        filter_points(state, None, tri.filter_max_error_px, tri.filter_min_tri_angle_deg)
         ok, reason = _check_two_view(state, options, i, j)
     if not ok:
         state.clear()

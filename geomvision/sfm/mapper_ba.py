@@ -7,11 +7,18 @@ registration costs array slicing only:
 - *free* images: pose optimised; *constant* images: other registered images that observe the chosen
   points, held fixed (they anchor the local problem);
 - points: every point observed by a free image (all observations of those points enter the problem);
-- gauge: when fewer than two constant images anchor the problem, the first free image's pose and the
-  largest translation component of the second are held fixed (7 DOF: rotation, translation, scale),
-  as COLMAP does;
-- intrinsics: shared per camera; focal length and extra (distortion) parameters are freed only for the
-  cameras listed in ``refine_camera_ids``.
+- gauge: when fewer than two constant images anchor the problem, the first free image's pose (or the one
+  constant image) and one translation coordinate of the next are held fixed (7 DOF: rotation,
+  translation, scale), by the same rule as :mod:`geomvision.sfm.bundle_adjustment`
+  (:func:`~geomvision.sfm.ba.model.gauge_translation_axis`);
+- intrinsics: shared per camera; only the cameras listed in ``refine_camera_ids`` are refined, and only
+  the parameters the options free (``refine_focal`` / ``refine_principal_point`` /
+  ``refine_extra_params``; none with ``intrinsics="fixed"``).
+
+The options are the plain :class:`~geomvision.sfm.bundle_adjustment.BundleAdjustmentOptions`: the
+solver settings go to the solver as they are, ``fixed_image_ids`` are held on top of the mapper's own,
+``gauge="none"`` skips the gauge fixing; ``fixed_point_ids`` and ``intrinsics="per_image"`` have no
+meaning here (the mapper's points have no ids yet, and it never splits cameras) and are refused.
 """
 
 from __future__ import annotations
@@ -21,30 +28,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from geomvision.errors import InputError
 from geomvision.geometry import camera_models
 from geomvision.geometry.rigid import Rigid3d, matrix_to_rotvec, rotvec_to_matrix
+from geomvision.sfm.ba.model import BundleAdjustmentProblem, gauge_translation_axis
+from geomvision.sfm.bundle_adjustment import BundleAdjustmentOptions, adjust_problem
 from geomvision.sfm.mapper_state import MapperState
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, kw_only=True)
-class MapperBAOptions:
-    """How the mapper calls bundle adjustment.
-
-    Attributes:
-        backend: BA backend name passed to ``BundleAdjustmentOptions`` ("scipy" or "schur").
-        loss: robust loss name ("linear", "huber", "soft_l1", "cauchy").
-        loss_scale_px: robust loss scale in pixels.
-        max_iterations: iteration cap.
-        refine_extra_params: also free distortion parameters of refined cameras.
-    """
-
-    backend: str = "scipy"
-    loss: str = "soft_l1"
-    loss_scale_px: float = 1.0
-    max_iterations: int = 50
-    refine_extra_params: bool = True
 
 
 @dataclass
@@ -65,7 +56,7 @@ class AdjustStats:
 def adjust_bundle(
     state: MapperState,
     free_image_ids: list[int],
-    options: MapperBAOptions,
+    options: BundleAdjustmentOptions,
     *,
     refine_camera_ids: set[int] = frozenset(),
     fixed_image_ids: set[int] = frozenset(),
@@ -77,9 +68,10 @@ def adjust_bundle(
     Args:
         state: mapper state.
         free_image_ids: registered images whose poses are optimised.
-        options: BA settings.
-        refine_camera_ids: cameras whose focal (and extra params, if enabled) are optimised.
-        fixed_image_ids: images held constant even if listed as free (e.g. the gauge image).
+        options: BA settings (solver, loss, which intrinsics of refined cameras move).
+        refine_camera_ids: cameras whose intrinsics may be optimised (as ``options`` says).
+        fixed_image_ids: images held constant even if listed as free (e.g. the gauge image), on top of
+            ``options.fixed_image_ids``.
         point_tracks: points to optimise; default every point observed by a free image.
         fix_rotations: hold every rotation and optimise only translations (and points): the first
             bundle adjustment of the global mapper, whose rotations come from rotation averaging.
@@ -87,9 +79,8 @@ def adjust_bundle(
     Returns:
         AdjustStats with the problem size and costs.
     """
-    from geomvision.sfm.ba.model import BundleAdjustmentProblem
-    from geomvision.sfm.bundle_adjustment import BundleAdjustmentOptions, adjust_problem
-
+    check_mapper_ba_options(options)
+    fixed_image_ids = set(fixed_image_ids) | set(options.fixed_image_ids)
     free = [i for i in free_image_ids if state.is_registered[i]]
     free_set = set(free)
     if point_tracks is None:
@@ -117,15 +108,19 @@ def adjust_bundle(
     for g, c in enumerate(cam_ids):
         cam = state.cameras[c]
         intrinsics[g, : len(cam.params)] = cam.params
-        if c in refine_camera_ids:
-            intrinsics_free[g, list(camera_models.FOCAL_INDICES[cam.model])] = True
-            if options.refine_extra_params:
-                intrinsics_free[g, list(camera_models.EXTRA_INDICES[cam.model])] = True
+        if c in refine_camera_ids and options.intrinsics != "fixed":
+            for flag, indices in (
+                (options.refine_focal, camera_models.FOCAL_INDICES[cam.model]),
+                (options.refine_principal_point, camera_models.PRINCIPAL_POINT_INDICES[cam.model]),
+                (options.refine_extra_params, camera_models.EXTRA_INDICES[cam.model]),
+            ):
+                if flag:
+                    intrinsics_free[g, list(indices)] = True
 
     pose_free = np.ones((len(images), 6), dtype=bool)
     for i in constant:
         pose_free[image_index[i]] = False
-    if len(constant) < 2:
+    if len(constant) < 2 and options.gauge == "auto":
         _fix_gauge(state, images, image_index, pose_free, constant)
     if fix_rotations:
         pose_free[:, :3] = False
@@ -154,13 +149,7 @@ def adjust_bundle(
         pose_free=pose_free,
         intrinsics_free=intrinsics_free,
     )
-    ba_options = BundleAdjustmentOptions(
-        backend=options.backend,
-        loss=options.loss,
-        loss_scale_px=options.loss_scale_px,
-        max_iterations=options.max_iterations,
-    )
-    out = adjust_problem(problem, ba_options)
+    out = adjust_problem(problem, options)
     stats.initial_cost, stats.final_cost = out.initial_cost, out.final_cost
     stats.iterations = out.iterations
     stats.success, stats.reason = out.success, out.reason
@@ -171,6 +160,18 @@ def adjust_bundle(
     return stats
 
 
+def check_mapper_ba_options(options: BundleAdjustmentOptions) -> None:
+    """Refuse the bundle-adjustment settings that have no meaning inside the mapper."""
+    if options.fixed_point_ids:
+        raise InputError(
+            f"the mapper's bundle adjustment cannot hold point ids, got {options.fixed_point_ids}"
+        )
+    if options.intrinsics == "per_image":
+        raise InputError(
+            "the mapper's bundle adjustment shares intrinsics per camera; got intrinsics='per_image'"
+        )
+
+
 def _fix_gauge(
     state: MapperState,
     images: np.ndarray,
@@ -178,18 +179,26 @@ def _fix_gauge(
     pose_free: np.ndarray,
     constant: list[int],
 ) -> None:
-    """Hold 7 DOF when the constant images do not: the oldest free image, and a translation
-    component (the largest) of the next one, which fixes the scale."""
+    """Hold 7 DOF when the constant images do not: the oldest free image (unless one image is already
+    constant), and one translation coordinate of the next, chosen by the BA gauge rule
+    (:func:`~geomvision.sfm.ba.model.gauge_translation_axis`), which fixes the scale."""
     order = [i for i in state.registration_order if i in image_index and i not in constant]
-    if not constant and order:
-        pose_free[image_index[order[0]]] = False
-        constant = [order[0]]
-        order = order[1:]
+    if constant:
+        first = constant[0]
+    elif order:
+        first = order.pop(0)
+        pose_free[image_index[first]] = False
+    else:
+        return
     if order:
         second = order[0]
-        # With the other pose fixed, one translation entry of this one pins the scale (COLMAP does the same).
-        t = state.translations[second]
-        pose_free[image_index[second], 3 + int(np.argmax(np.abs(t)))] = False
+        axis = gauge_translation_axis(
+            state.rotations[first],
+            state.translations[first],
+            state.rotations[second],
+            state.translations[second],
+        )
+        pose_free[image_index[second], 3 + axis] = False
 
 
 def _copy_back(

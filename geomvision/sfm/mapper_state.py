@@ -18,6 +18,10 @@ from __future__ import annotations
 
 import copy
 import logging
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,7 +29,7 @@ import numpy as np
 from geomvision.errors import InputError
 from geomvision.geometry import camera_models
 from geomvision.geometry.rigid import Rigid3d, angle_between_vectors_deg
-from geomvision.scene import Camera, ImageInfo, Point3D, Reconstruction, Track, View
+from geomvision.scene import Camera, ImageInfo, Point3D, Reconstruction, Track, TwoViewGeometry, View
 
 logger = logging.getLogger(__name__)
 
@@ -389,3 +393,42 @@ def _index_of(keys: np.ndarray, values: np.ndarray) -> np.ndarray:
     """Position of each value in the (unsorted, unique) ``keys``."""
     order = np.argsort(keys)
     return order[np.searchsorted(keys[order], values)]
+
+
+def check_mapper_inputs(
+    cameras: dict[int, Camera],
+    images: dict[int, ImageInfo],
+    two_view_geometries: dict[tuple[int, int], TwoViewGeometry],
+    *,
+    caller: str,
+) -> None:
+    """The checks both mappers make on their inputs (``caller`` names the mapper in the message).
+
+    Raises:
+        InputError: no images, an image of an unknown camera, or a pair of unknown / mismatched images.
+    """
+    if not images:
+        raise InputError(f"{caller} needs at least one image, got none")
+    for image_id, info in images.items():
+        if info.camera_id not in cameras:
+            raise InputError(f"image {image_id} ({info.name}) refers to unknown camera {info.camera_id}")
+    for (i, j), g in two_view_geometries.items():
+        if i not in images or j not in images:
+            raise InputError(f"two-view geometry ({i}, {j}) refers to an unknown image")
+        if (g.image_i, g.image_j) != (i, j):
+            raise InputError(f"two-view geometry keyed ({i}, {j}) is for images ({g.image_i}, {g.image_j})")
+
+
+class StepTimer:
+    """Wall time per named step of a mapper: ``with timer("global_ba"): ...`` adds to ``totals``."""
+
+    def __init__(self) -> None:
+        self.totals: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.totals[name] += time.perf_counter() - start

@@ -54,6 +54,7 @@ from geomvision.geometry.sim3 import (
 from geomvision.progress import ProgressCallback
 from geomvision.progress import report as report_progress
 from geomvision.robust.ransac import RansacOptions, ransac
+from geomvision.runtime.rng import as_rng
 from geomvision.scene import Reconstruction, View
 from geomvision.sfm.bundle_adjustment import BundleAdjustmentOptions, bundle_adjust
 
@@ -72,7 +73,7 @@ __all__ = [
 
 def _default_alignment_ransac() -> RansacOptions:
     return RansacOptions(
-        max_error_px=4.0, min_num_inliers=10, min_iterations=100, max_iterations=2000, bailout_subset=0
+        max_error_px=4.0, min_num_inliers=10, min_iterations=16, max_iterations=2000, bailout_subset=0
     )
 
 
@@ -93,6 +94,8 @@ class AlignmentOptions:
     """
 
     ransac: RansacOptions = field(default_factory=_default_alignment_ransac)
+    ransac_max_points: int = 300
+    refine_max_points: int = 300
     min_inlier_ratio: float = 0.3
     huber_scale_px: float = 1.0
     refine_max_iterations: int = 200
@@ -109,6 +112,11 @@ class AlignmentOptions:
             )
         if self.refine_max_iterations < 1:
             raise InputError(f"refine_max_iterations must be >= 1, got {self.refine_max_iterations}")
+        if self.ransac_max_points < 3 or self.refine_max_points < 3:
+            raise InputError(
+                f"ransac_max_points and refine_max_points must be >= 3, got "
+                f"{self.ransac_max_points}, {self.refine_max_points}"
+            )
         if not 0.0 <= self.max_inconsistent_camera_ratio <= 1.0:
             raise InputError(
                 f"max_inconsistent_camera_ratio must be in [0, 1], got {self.max_inconsistent_camera_ratio}"
@@ -201,27 +209,41 @@ def shared_point_pairs(src: Reconstruction, dst: Reconstruction) -> np.ndarray:
 
 
 def _projection_set(rec: Reconstruction, point_ids: np.ndarray) -> ProjectionSet:
-    """Observations of ``point_ids`` (in that order) in ``rec``'s registered images."""
-    index, rotations, translations, models, params, pixels = [], [], [], [], [], []
-    for k, pid in enumerate(point_ids.tolist()):
-        for image_id, kp in rec.points3D[pid].track:
-            view = rec.views[image_id]
-            if not view.registered:
-                continue
-            camera = rec.cameras[view.camera_id]
-            index.append(k)
-            rotations.append(view.cam_from_world.rotation)
-            translations.append(view.cam_from_world.translation)
-            models.append(camera.model)
-            params.append(camera.params)
-            pixels.append(view.keypoints_px[kp])
+    """Observations of ``point_ids`` (point k = ``point_ids[k]``) in ``rec``'s registered images."""
+    point_ids = np.asarray(point_ids, dtype=np.int64)
+    order = np.argsort(point_ids, kind="stable")
+    sorted_ids = point_ids[order]
+    point_index, image_index, pixels = [], [], []
+    rotations, translations, models, params = [], [], [], []
+    for image_id in rec.registered_image_ids:
+        view = rec.views[image_id]
+        keypoints = np.flatnonzero(view.point3D_ids >= 0)
+        ids = view.point3D_ids[keypoints]
+        pos = np.minimum(np.searchsorted(sorted_ids, ids), max(len(sorted_ids) - 1, 0))
+        found = sorted_ids[pos] == ids if len(sorted_ids) else np.zeros(len(ids), dtype=bool)
+        if not found.any():
+            continue
+        camera = rec.cameras[view.camera_id]
+        point_index.append(order[pos[found]])
+        image_index.append(np.full(int(found.sum()), len(rotations), dtype=np.int64))
+        pixels.append(view.keypoints_px[keypoints[found]])
+        rotations.append(view.cam_from_world.rotation)
+        translations.append(view.cam_from_world.translation)
+        models.append(camera.model)
+        params.append(camera.params)
+    if not rotations:
+        empty = np.zeros(0, dtype=np.int64)
+        return ProjectionSet(
+            empty, empty, np.zeros((0, 3, 3)), np.zeros((0, 3)), [], [], np.zeros((0, 2)), len(point_ids)
+        )
     return ProjectionSet(
-        np.asarray(index, dtype=np.int64),
-        np.asarray(rotations).reshape(-1, 3, 3),
-        np.asarray(translations).reshape(-1, 3),
+        np.concatenate(point_index),
+        np.concatenate(image_index),
+        np.array(rotations),
+        np.array(translations),
         models,
         params,
-        np.asarray(pixels).reshape(-1, 2),
+        np.concatenate(pixels),
         len(point_ids),
     )
 
@@ -266,6 +288,7 @@ class _SharedCameras:
     centers_dst: np.ndarray
     depths_dst: np.ndarray
     focals_px: np.ndarray
+    radii_px: np.ndarray
 
     def residuals(self, dst_from_src: Sim3d) -> np.ndarray:
         if not self.image_ids:
@@ -278,18 +301,21 @@ class _SharedCameras:
             self.centers_dst,
             self.depths_dst,
             self.focals_px,
+            self.radii_px,
         )
 
 
 def _shared_cameras(src: Reconstruction, dst: Reconstruction) -> _SharedCameras:
     ids = sorted(set(src.registered_image_ids) & set(dst.registered_image_ids))
-    depths, focals = [], []
+    depths, focals, radii = [], [], []
     fallback = _median_depth(dst, dst.registered_image_ids)
     for i in ids:
         depth = _median_depth(dst, [i])
         depths.append(depth if np.isfinite(depth) and depth > 0 else fallback)
         camera = dst.cameras[dst.views[i].camera_id]
         focals.append(float(np.mean(camera.focal_xy)))
+        # Mean distance of points spread uniformly over the image from its centre: ~0.38 x the diagonal.
+        radii.append(0.38 * float(np.hypot(camera.width, camera.height)))
     return _SharedCameras(
         ids,
         np.array([src.views[i].cam_from_world.rotation for i in ids]).reshape(-1, 3, 3),
@@ -298,6 +324,7 @@ def _shared_cameras(src: Reconstruction, dst: Reconstruction) -> _SharedCameras:
         np.array([dst.views[i].cam_from_world.center for i in ids]).reshape(-1, 3),
         np.asarray(depths, dtype=np.float64),
         np.asarray(focals, dtype=np.float64),
+        np.asarray(radii, dtype=np.float64),
     )
 
 
@@ -381,41 +408,49 @@ def align_reconstructions(
             f"({len(cameras.image_ids)} shared images)"
         )
         return result
+    gen = as_rng(rng)
     xyz_src = np.array([src.points3D[int(p)].xyz for p in pairs[:, 0]])
     xyz_dst = np.array([dst.points3D[int(p)].xyz for p in pairs[:, 1]])
-    in_src, in_dst = _projection_set(src, pairs[:, 0]), _projection_set(dst, pairs[:, 1])
-    estimator = _SimilarityEstimator(xyz_src, xyz_dst, in_src, in_dst)
-    found = ransac(estimator, len(pairs), options.ransac, rng=rng)
+    full = _SimilarityEstimator(
+        xyz_src, xyz_dst, _projection_set(src, pairs[:, 0]), _projection_set(dst, pairs[:, 1])
+    )
+    subset = np.arange(len(pairs))
+    if len(pairs) > options.ransac_max_points:
+        subset = np.sort(gen.choice(len(pairs), options.ransac_max_points, replace=False))
+    estimator = (
+        full if len(subset) == len(pairs) else _subset_estimator(src, dst, pairs, xyz_src, xyz_dst, subset)
+    )
+    found = ransac(estimator, len(subset), options.ransac, rng=gen)
     result.stats["ransac_iterations"] = found.num_iterations
     if found.model is None:
         result.reason = f"RANSAC found no similarity: {found.reason}"
         return result
     sim = sim3_from_matrix(found.model)
-    inliers = found.inlier_mask
     threshold_sq = options.ransac.max_error_px**2
-    for _ in range(2):  # refine on the inliers, recount, refine once more on the new inlier set
-        if inliers.sum() < 3:
+    for _ in range(2):  # refine on the inliers, recount on all shared points, refine once more
+        inliers = np.flatnonzero(full.residuals_sq(sim.matrix()) <= threshold_sq)
+        if len(inliers) < 3:
             break
-        sel = np.flatnonzero(inliers)
+        if len(inliers) > options.refine_max_points:
+            inliers = np.sort(gen.choice(inliers, options.refine_max_points, replace=False))
         sim = _refine(
             sim,
-            xyz_src[sel],
-            xyz_dst[sel],
-            _projection_set(src, pairs[sel, 0]),
-            _projection_set(dst, pairs[sel, 1]),
+            xyz_src[inliers],
+            xyz_dst[inliers],
+            _projection_set(src, pairs[inliers, 0]),
+            _projection_set(dst, pairs[inliers, 1]),
             cameras,
             options,
         )
-        inliers = estimator.residuals_sq(sim.matrix()) <= threshold_sq
     result.dst_from_src = sim
-    result.num_inliers = int(inliers.sum())
-    sel = np.flatnonzero(inliers)
-    err_dst = np.linalg.norm(
-        _projection_set(dst, pairs[sel, 1]).residuals_px(sim.apply(xyz_src[sel])), axis=1
-    )
-    err_src = np.linalg.norm(
-        _projection_set(src, pairs[sel, 0]).residuals_px(sim.inverse().apply(xyz_dst[sel])), axis=1
-    )
+    all_inliers = full.residuals_sq(sim.matrix()) <= threshold_sq
+    result.num_inliers = int(all_inliers.sum())
+    err_dst = np.linalg.norm(full.in_dst.residuals_px(sim.apply(xyz_src)), axis=1)[
+        all_inliers[full.in_dst.point_index]
+    ]
+    err_src = np.linalg.norm(full.in_src.residuals_px(sim.inverse().apply(xyz_dst)), axis=1)[
+        all_inliers[full.in_src.point_index]
+    ]
     camera_res = cameras.residuals(sim)
     camera_err_px = np.linalg.norm(camera_res, axis=1)
     inconsistent = [
@@ -453,6 +488,15 @@ def align_reconstructions(
     else:
         result.success = True
     return result
+
+
+def _subset_estimator(src, dst, pairs, xyz_src, xyz_dst, subset) -> _SimilarityEstimator:
+    return _SimilarityEstimator(
+        xyz_src[subset],
+        xyz_dst[subset],
+        _projection_set(src, pairs[subset, 0]),
+        _projection_set(dst, pairs[subset, 1]),
+    )
 
 
 def _summary(values: np.ndarray) -> dict[str, float]:
@@ -518,7 +562,7 @@ def merge_reconstructions(
         raise InputError("merge_reconstructions needs at least one model, got none")
     if core_image_ids is not None and len(core_image_ids) != len(models):
         raise InputError(f"{len(core_image_ids)} core image sets for {len(models)} models")
-    rng = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng
+    rng = as_rng(rng)
     t0 = time.perf_counter()
     weights = _model_graph(models)
     order = sorted(range(len(models)), key=lambda k: (-models[k].num_registered, k))
@@ -574,7 +618,7 @@ def merge_reconstructions(
     reconstructions, dropped, group_reports = [], [], []
     for group in groups:
         if len(group) == 1:
-            rec = copy.deepcopy(models[group[0]])
+            rec = models[group[0]]  # returned as it is (never modified)
             group_report: dict[str, Any] = {"models": group, "merged": False}
             if failures[group[0]]:
                 group_report["reason"] = "; ".join(failures[group[0]])
@@ -635,35 +679,31 @@ def _merge_group(
 ) -> tuple[Reconstruction, dict[str, Any], list[dict[str, Any]]]:
     """Map the models into the root frame, join their tracks, filter, bundle-adjust."""
     t0 = time.perf_counter()
-    moved = []
-    for model, transform in zip(models, transforms, strict=True):
-        rec = copy.deepcopy(model)
-        rec.transform(transform)
-        moved.append(rec)
     merged = Reconstruction()
     # Cameras: the first model (the root) that has one gives its intrinsics.
-    for rec in moved:
+    for rec in models:
         for camera_id, camera in rec.cameras.items():
             if camera_id not in merged.cameras:
                 merged.add_camera(copy.deepcopy(camera))
     # Poses: from the model owning the image (its core), else the first model that posed it.
     owner: dict[int, int] = {}
-    for k, rec in enumerate(moved):
+    for k, rec in enumerate(models):
         for image_id in rec.registered_image_ids:
             current = owner.get(image_id)
             if current is None or (image_id in cores[k] and image_id not in cores[current]):
                 owner[image_id] = k
     for image_id in sorted(owner):
-        view = moved[owner[image_id]].views[image_id]
-        merged.add_view(
-            View(image_id, view.name, view.camera_id, view.cam_from_world, view.keypoints_px.copy())
-        )
-    num_points_in = sum(len(rec.points3D) for rec in moved)
-    _join_tracks(merged, moved)
+        k = owner[image_id]
+        view = models[k].views[image_id]
+        pose = transforms[k].transform_pose(view.cam_from_world)
+        merged.add_view(View(image_id, view.name, view.camera_id, pose, view.keypoints_px))
+    num_points_in = sum(len(rec.points3D) for rec in models)
+    _join_tracks(merged, models, transforms)
     num_points_joined = len(merged.points3D)
     filtered_before = _filter_observations(merged, options.filter_max_reproj_error_px)
     dropped = _drop_weak_images(merged, options.min_image_points, "after joining tracks")
     ba_report: dict[str, Any] = {}
+    filtered_after = 0
     if options.final_ba and merged.points3D:
         ba = bundle_adjust(merged, options.bundle_adjustment)
         ba_report = {
@@ -676,55 +716,73 @@ def _merge_group(
         }
         filtered_after = _filter_observations(merged, options.filter_max_reproj_error_px)
         dropped += _drop_weak_images(merged, options.min_image_points, "after the final bundle adjustment")
-    else:
-        filtered_after = 0
-    merged.update_point_errors()
+    errors = _observation_errors(merged)
+    _set_point_errors(merged, errors)
     report = {
         "num_points_in": num_points_in,
         "num_points_joined": num_points_joined,
         "num_observations_filtered": filtered_before + filtered_after,
         "final_ba": ba_report,
-        "mean_reprojection_error_px": merged.mean_reprojection_error_px() if merged.points3D else None,
+        "mean_reprojection_error_px": float(errors["error_px"].mean()) if len(errors["error_px"]) else None,
         "time_s": round(time.perf_counter() - t0, 4),
     }
     return merged, report, dropped
 
 
-def _join_tracks(merged: Reconstruction, models: list[Reconstruction]) -> None:
+def _point_arrays(rec: Reconstruction) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sorted point ids (P,), their positions (P, 3) and colours (P, 3)."""
+    pids = np.array(sorted(rec.points3D), dtype=np.int64)
+    xyz = np.array([rec.points3D[int(p)].xyz for p in pids]).reshape(-1, 3)
+    colors = np.array([rec.points3D[int(p)].color for p in pids], dtype=np.uint8).reshape(-1, 3)
+    return pids, xyz, colors
+
+
+def _view_observations(rec: Reconstruction, pids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(point row in ``pids``, image_id, keypoint) of every observation in a registered view (per view, vectorised)."""
+    rows, images, keypoints = [], [], []
+    for image_id in rec.registered_image_ids:
+        ids = rec.views[image_id].point3D_ids
+        kps = np.flatnonzero(ids >= 0)
+        rows.append(np.searchsorted(pids, ids[kps]))
+        images.append(np.full(len(kps), image_id, dtype=np.int64))
+        keypoints.append(kps)
+    if not rows:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, empty
+    return np.concatenate(rows), np.concatenate(images), np.concatenate(keypoints)
+
+
+def _join_tracks(merged: Reconstruction, models: list[Reconstruction], transforms: list[Sim3d]) -> None:
     """Add to ``merged`` one point per set of points linked through a shared (image_id, keypoint) observation.
 
     The merged point's observations are the union of its members' (one keypoint per image: the one most
     members agree on); its position is the members' mean weighted by track length, colour the first's.
     """
-    node_model, node_pid, obs_node, obs_image, obs_kp = [], [], [], [], []
-    xyz, colors, lengths = [], [], []
-    for k, rec in enumerate(models):
-        for pid, point in rec.points3D.items():
-            node = len(node_model)
-            node_model.append(k)
-            node_pid.append(pid)
-            xyz.append(point.xyz)
-            colors.append(point.color)
-            lengths.append(len(point.track))
-            for image_id, kp in point.track:
-                if image_id in merged.views:
-                    obs_node.append(node)
-                    obs_image.append(image_id)
-                    obs_kp.append(kp)
-    num_nodes = len(node_model)
+    xyz_parts, color_parts, obs_node, obs_image, obs_kp = [], [], [], [], []
+    offset = 0
+    for rec, transform in zip(models, transforms, strict=True):
+        pids, xyz, colors = _point_arrays(rec)
+        rows, images, kps = _view_observations(rec, pids)
+        keep = np.isin(images, np.fromiter(merged.views, dtype=np.int64))
+        xyz_parts.append(transform.apply(xyz) if len(xyz) else xyz)
+        color_parts.append(colors)
+        obs_node.append(rows[keep] + offset)
+        obs_image.append(images[keep])
+        obs_kp.append(kps[keep])
+        offset += len(pids)
+    num_nodes = offset
     if not num_nodes:
         return
-    obs_node = np.asarray(obs_node, dtype=np.int64)
-    obs_image = np.asarray(obs_image, dtype=np.int64)
-    obs_kp = np.asarray(obs_kp, dtype=np.int64)
+    xyz = np.concatenate(xyz_parts)
+    colors = np.concatenate(color_parts)
+    obs_node, obs_image, obs_kp = np.concatenate(obs_node), np.concatenate(obs_image), np.concatenate(obs_kp)
     # Union of points sharing an observation: link consecutive nodes with the same (image, keypoint).
     order = np.lexsort((obs_node, obs_kp, obs_image))
     same = (np.diff(obs_image[order]) == 0) & (np.diff(obs_kp[order]) == 0)
     a, b = obs_node[order][:-1][same], obs_node[order][1:][same]
     graph = coo_matrix((np.ones(len(a)), (a, b)), shape=(num_nodes, num_nodes))
     _, label = connected_components(graph, directed=False)
-    xyz = np.asarray(xyz).reshape(-1, 3)
-    lengths = np.asarray(lengths, dtype=np.float64)
+    lengths = np.bincount(obs_node, minlength=num_nodes).astype(np.float64)
     num_groups = int(label.max()) + 1
     weight = np.bincount(label, lengths, minlength=num_groups)
     centre = (
@@ -748,24 +806,58 @@ def _join_tracks(merged: Reconstruction, models: list[Reconstruction]) -> None:
     unique = unique[np.lexsort((unique[:, 2], unique[:, 1], unique[:, 0]))]
     starts = np.flatnonzero(np.r_[True, unique[1:, 0] != unique[:-1, 0]])
     ends = np.r_[starts[1:], len(unique)]
+    flat = unique.tolist()
     for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
         if e - s < 2:
             continue
-        g = int(unique[s, 0])
-        track = [(int(i), int(kp)) for i, kp in unique[s:e, 1:]]
-        merged.add_point3D(centre[g], track, colors[first_node[g]])
+        g = flat[s][0]
+        merged.add_point3D(centre[g], [(i, kp) for _, i, kp in flat[s:e]], colors[first_node[g]])
+
+
+def _observation_errors(rec: Reconstruction) -> dict[str, np.ndarray]:
+    """Reprojection error of every observation in a registered view, computed per view (vectorised).
+
+    Returns:
+        ``point_id``, ``image_id``, ``keypoint`` (M,) int and ``error_px`` (M,) float.
+    """
+    pids, xyz, _ = _point_arrays(rec)
+    rows, images, kps = _view_observations(rec, pids)
+    errors = np.empty(len(rows))
+    bounds = np.flatnonzero(np.r_[True, np.diff(images) != 0, True])
+    for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+        view = rec.views[int(images[a])]
+        camera = rec.cameras[view.camera_id]
+        in_cam = view.cam_from_world.apply(xyz[rows[a:b]])
+        err = np.linalg.norm(camera.project(in_cam) - view.keypoints_px[kps[a:b]], axis=1)
+        err[in_cam[:, 2] <= 0] = np.inf
+        errors[a:b] = err
+    return {
+        "point_id": pids[rows] if len(rows) else rows,
+        "image_id": images,
+        "keypoint": kps,
+        "error_px": errors,
+    }
+
+
+def _set_point_errors(rec: Reconstruction, errors: dict[str, np.ndarray]) -> None:
+    if not len(errors["point_id"]):
+        return
+    uniq, inverse = np.unique(errors["point_id"], return_inverse=True)
+    mean = np.bincount(inverse, errors["error_px"]) / np.bincount(inverse)
+    for pid, err in zip(uniq.tolist(), mean.tolist(), strict=True):
+        rec.points3D[pid].error = err
 
 
 def _filter_observations(rec: Reconstruction, max_error_px: float) -> int:
     """Remove observations reprojecting beyond ``max_error_px`` (points left with < 2 go too)."""
     if not rec.points3D:
         return 0
-    arrays = rec.reprojection_errors_px()
-    bad = np.flatnonzero(~(arrays["errors_px"] <= max_error_px))
+    errors = _observation_errors(rec)
+    bad = np.flatnonzero(~(errors["error_px"] <= max_error_px))
     for k in bad.tolist():
-        pid = int(arrays["point_ids"][arrays["obs_point"][k]])
+        pid = int(errors["point_id"][k])
         if pid in rec.points3D:
-            rec.delete_observation(pid, int(arrays["obs_image_id"][k]), int(arrays["obs_keypoint"][k]))
+            rec.delete_observation(pid, int(errors["image_id"][k]), int(errors["keypoint"][k]))
     return len(bad)
 
 

@@ -223,10 +223,11 @@ def _split(graph: nx.Graph, nodes: set[int], size: int, method: str, seed: int) 
         return [nodes]
     num_parts = math.ceil(len(nodes) / size)
     parts = (
-        _metis_parts(graph, nodes, num_parts, seed)
+        _metis_parts(graph, nodes, num_parts, seed, size)
         if method == "metis"
         else _spectral_bisection(graph, nodes, size)
     )
+    parts = _rebalance(graph, [set(p) for p in parts if p], size) if method != "metis" else parts
     out: list[set[int]] = []
     for part in parts:
         if not part:
@@ -245,8 +246,15 @@ def _split(graph: nx.Graph, nodes: set[int], size: int, method: str, seed: int) 
     return out
 
 
-def _metis_parts(graph: nx.Graph, nodes: set[int], num_parts: int, seed: int) -> list[set[int]]:
-    """METIS k-way partition of the sub-graph on ``nodes`` (edge weights = inliers)."""
+def _metis_parts(graph: nx.Graph, nodes: set[int], num_parts: int, seed: int, size: int) -> list[set[int]]:
+    """METIS partition of the sub-graph on ``nodes`` into ``num_parts`` parts (edge weights = inliers).
+
+    METIS's balance tolerance and connectivity option are heuristics (on templeRing's view graph the
+    k-way cut leaves a part of 17 images for a size of 16, the recursive one a disconnected part), so
+    three variants run (k-way with a tolerance that keeps parts within ``size``, k-way with METIS's
+    default 3 %, recursive bisection), each repaired by :func:`_rebalance`; the one with the fewest parts,
+    then the smallest cut, wins.
+    """
     import pymetis  # optional dependency (the ``partition`` extra); checked by the caller
 
     order = sorted(nodes)
@@ -258,20 +266,42 @@ def _metis_parts(graph: nx.Graph, nodes: set[int], num_parts: int, seed: int) ->
                 adjncy.append(index[m])
                 eweights.append(max(1, int(graph.edges[n, m].get("weight", 1))))
         xadj.append(len(adjncy))
-    metis_options = pymetis.Options()
-    metis_options.seed = int(seed)
-    metis_options.ufactor = 30  # allow 3 % imbalance, METIS's k-way default
-    metis_options.contig = 1  # connected parts (METIS honours it on a connected graph)
     # CSRAdjacency exists from pymetis 2025.2 on; older versions take xadj/adjncy directly.
     if hasattr(pymetis, "CSRAdjacency"):
         graph_args = {"adjacency": pymetis.CSRAdjacency(xadj, adjncy)}
     else:
         graph_args = {"xadj": xadj, "adjncy": adjncy}
-    _, membership = pymetis.part_graph(num_parts, **graph_args, eweights=eweights, options=metis_options)
-    parts: list[set[int]] = [set() for _ in range(num_parts)]
-    for n, p in zip(order, membership, strict=True):
-        parts[int(p)].add(n)
-    return parts
+    # Imbalance tolerance (in 1/1000) that still keeps the largest part within ``size`` images.
+    tight = max(1, min(30, int(1000 * (size * num_parts / len(nodes) - 1))))
+    best: tuple[tuple[int, float], list[set[int]]] | None = None
+    for ufactor, recursive in ((tight, False), (30, False), (tight, True)):
+        metis_options = pymetis.Options(
+            seed=int(seed), ufactor=ufactor, contig=0 if recursive else 1, ncuts=3
+        )
+        _, membership = pymetis.part_graph(
+            num_parts, **graph_args, eweights=eweights, options=metis_options, recursive=recursive
+        )
+        parts: list[set[int]] = [set() for _ in range(num_parts)]
+        for n, p in zip(order, membership, strict=True):
+            parts[int(p)].add(n)
+        parts = _rebalance(graph, [p for p in parts if p], size)
+        membership_map = {n: k for k, p in enumerate(parts) for n in p}
+        cut = sum(
+            float(w.get("weight", 1))
+            for u in order
+            for v, w in graph.adj[u].items()
+            if v in index and u < v and membership_map[u] != membership_map[v]
+        )
+        key = (sum(1 for p in parts for _ in _chunks(len(p), size)), cut)
+        if best is None or key < best[0]:
+            best = (key, parts)
+    assert best is not None
+    return best[1]
+
+
+def _chunks(n: int, size: int) -> range:
+    """Clusters a part of ``n`` images will end up as (an overfull part is split again)."""
+    return range(math.ceil(n / size))
 
 
 def _spectral_bisection(graph: nx.Graph, nodes: set[int], size: int) -> list[set[int]]:
@@ -315,6 +345,56 @@ def _spectral_bisection(graph: nx.Graph, nodes: set[int], size: int) -> list[set
                 best_cost, best_k = cost, k
     first = {order[r] for r in ranking[:best_k]}
     return [first, set(order) - first]
+
+
+def _rebalance(graph: nx.Graph, parts: list[set[int]], size: int) -> list[set[int]]:
+    """Repair what the partitioner's balance tolerance and heuristics leave: stray pieces and overfull parts.
+
+    1. A part that is not connected keeps its largest piece; each other piece joins the part it shares
+       most inliers with, when that part has room (else it stays a part of its own).
+    2. While a part holds more than ``size`` images, the image on its boundary with the best gain (inliers
+       to a part with room minus inliers kept) moves there, if the part stays connected without it.
+       What cannot be repaired is split again by the caller.
+    """
+    fixed: list[set[int]] = []
+    strays: list[set[int]] = []
+    for part in parts:
+        pieces = sorted(nx.connected_components(graph.subgraph(part)), key=lambda c: (-len(c), min(c)))
+        fixed.append(set(pieces[0]))
+        strays.extend(set(p) for p in pieces[1:])
+    for piece in strays:
+        links = {k: _weight_between(graph, piece, p) for k, p in enumerate(fixed)}
+        room = {k: w for k, w in links.items() if w > 0 and len(fixed[k]) + len(piece) <= size}
+        if room:
+            fixed[max(room, key=lambda k: (room[k], -k))] |= piece
+        else:
+            fixed.append(piece)
+    membership = {n: k for k, p in enumerate(fixed) for n in p}
+    for k in range(len(fixed)):
+        while len(fixed[k]) > size:
+            best = None
+            for node in sorted(fixed[k]):
+                to: dict[int, float] = {}
+                for m, w in graph.adj[node].items():
+                    to[membership[m]] = to.get(membership[m], 0.0) + float(w.get("weight", 1))
+                keep = to.pop(k, 0.0)
+                for q, w in to.items():
+                    if len(fixed[q]) < size and (best is None or w - keep > best[0]):
+                        best = (w - keep, node, q)
+            if best is None:
+                break
+            _, node, q = best
+            rest = fixed[k] - {node}
+            if not nx.is_connected(graph.subgraph(rest)):
+                break
+            fixed[k] = rest
+            fixed[q].add(node)
+            membership[node] = q
+    return fixed
+
+
+def _weight_between(graph: nx.Graph, a: set[int], b: set[int]) -> float:
+    return float(sum(w.get("weight", 1) for u in a for v, w in graph.adj[u].items() if v in b))
 
 
 def _absorb_small_parts(graph: nx.Graph, parts: list[set[int]], min_size: int, size: int) -> list[set[int]]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
@@ -106,8 +107,8 @@ class ClusterResult:
         reconstructions: the cluster's models, largest first.
         report: the mapper's report.
         time_s: wall time of the mapping.
-        peak_rss_mb: peak resident memory of the process that ran it, at the end of the task (a worker's
-            high-water mark over all tasks it ran so far).
+        peak_rss_mb: peak resident memory (MiB) of the process that ran it, during the task (sampled every
+            50 ms; it includes what the process held before the task, e.g. a pool worker's libraries).
         pid: process that ran it.
     """
 
@@ -119,27 +120,72 @@ class ClusterResult:
     pid: int
 
 
-def _peak_rss_mb() -> float:
-    try:
-        import resource  # POSIX only: no peak memory on Windows
-    except ImportError:
-        return float("nan")
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 1024.0 if sys.platform != "darwin" else peak / 2**20  # KiB on Linux, bytes on macOS
+class _PeakRss:
+    """Peak resident memory of this process while the block runs, sampled every ``interval_s`` (MiB).
+
+    Reads ``/proc/self/statm`` (Linux); elsewhere falls back to the process's lifetime high-water mark
+    (``ru_maxrss``), which for a pool worker also covers the tasks it ran before.
+    """
+
+    def __init__(self, interval_s: float = 0.05) -> None:
+        self.interval_s = interval_s
+        self.peak_mb = float("nan")
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @staticmethod
+    def current_mb() -> float | None:
+        try:
+            with open("/proc/self/statm", "rb") as fh:
+                return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+        except (OSError, ValueError, IndexError, AttributeError):
+            return None
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            value = self.current_mb()
+            if value is not None:
+                self.peak_mb = max(self.peak_mb, value) if self.peak_mb == self.peak_mb else value
+
+    def __enter__(self) -> _PeakRss:
+        start = self.current_mb()
+        if start is not None:
+            self.peak_mb = start
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            end = self.current_mb()
+            if end is not None:
+                self.peak_mb = max(self.peak_mb, end)
+            return
+        try:
+            import resource  # POSIX only: no peak memory on Windows
+        except ImportError:
+            return
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        self.peak_mb = (
+            peak / 1024.0 if sys.platform != "darwin" else peak / 2**20
+        )  # KiB on Linux, bytes on macOS
 
 
 def map_cluster(task: ClusterTask) -> ClusterResult:
     """Run the incremental mapper on one cluster (a pure function of the task)."""
     t0 = time.perf_counter()
-    result = incremental_mapping(
-        task.cameras, task.images, task.two_view_geometries, task.options, rng=task.seed
-    )
+    with _PeakRss() as memory:
+        result = incremental_mapping(
+            task.cameras, task.images, task.two_view_geometries, task.options, rng=task.seed
+        )
     return ClusterResult(
         task.index,
         result.reconstructions,
         result.report,
         time.perf_counter() - t0,
-        _peak_rss_mb(),
+        memory.peak_mb,
         os.getpid(),
     )
 

@@ -33,7 +33,7 @@ sees an approximate pose instead of "unregistered"), but they are *not* counted 
 under ``registered_by_prior`` with their neighbours and confidences. Views are not marked inside the
 Reconstruction itself (the scene types have no flag for it): keep the report next to the model.
 
-The learned model is optional: :func:`learned_prior_fn` builds the prior from a checkpoint through the
+The learned model is optional: :func:`geomvision.plugins.learned_prior.learned_prior_fn` builds the prior from a checkpoint through the
 plugin registry, importing torch only then (the core never imports torch).
 """
 
@@ -56,9 +56,6 @@ __all__ = [
     "PosePriorOptions",
     "PriorFn",
     "register_with_pose_priors",
-    "learned_prior_fn",
-    "check_learned_prior",
-    "apply_learned_pose_prior",
 ]
 
 logger = logging.getLogger(__name__)
@@ -304,76 +301,3 @@ def _add_view(
     else:
         rec.add_view(View(image_id, info.name, info.camera_id, pose, info.keypoints_px))
     return True
-
-
-# --- the learned plugin (torch imported lazily, only when a checkpoint is requested) ------------------
-def check_learned_prior(checkpoint: str | Path):
-    """Fail early (before hours of matching) if the prior cannot run; returns the inference module.
-
-    Raises:
-        InputError: the checkpoint does not exist, or torch is not installed
-            ("torch not installed: pip install geomvision[learned]").
-    """
-    from geomvision.plugins.registry import PluginUnavailableError, import_learned
-
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise InputError(f"pose prior checkpoint not found: {path}")
-    try:
-        return import_learned("inference")
-    except PluginUnavailableError as exc:
-        raise InputError(str(exc)) from exc
-
-
-def learned_prior_fn(checkpoint: str | Path, *, device: str = "auto") -> PriorFn:
-    """``prior_fn`` from a trained pose-model checkpoint (any kind; see ``relative_pose_prior``).
-
-    Raises:
-        InputError: the checkpoint does not exist, or torch is not installed
-            ("torch not installed: pip install geomvision[learned]").
-    """
-    inference = check_learned_prior(checkpoint)
-    model = inference.load_checkpoint(Path(checkpoint), device=device)
-
-    def prior(path_1: Path, path_2: Path) -> tuple[Rigid3d, float]:
-        return inference.relative_pose_prior(model, path_1, path_2)
-
-    return prior
-
-
-def apply_learned_pose_prior(
-    reconstructions: list[Reconstruction],
-    cameras: Mapping[int, Camera],
-    images: Mapping[int, ImageInfo],
-    image_paths: Mapping[int, Path],
-    candidate_pairs: CandidatePairs | None,
-    checkpoint: str | Path,
-    options: PosePriorOptions | None = None,
-    *,
-    prior_fn: PriorFn | None = None,
-) -> dict[str, Any]:
-    """The pipeline's hook: place images registered in no model into the largest one.
-
-    Images registered in another model are left alone (their pose is in that model's frame). ``prior_fn``
-    overrides the checkpoint (tests).
-
-    Returns:
-        The report of :func:`register_with_pose_priors` plus ``checkpoint`` and ``num_registered_by_prior``.
-    """
-    if not reconstructions:
-        raise InputError("pose prior needs at least one reconstruction, got none")
-    fn = prior_fn if prior_fn is not None else learned_prior_fn(checkpoint)
-    elsewhere = {i for r in reconstructions[1:] for i in r.registered_image_ids}
-    report = register_with_pose_priors(
-        reconstructions[0],
-        images,
-        image_paths,
-        fn,
-        candidate_pairs,
-        options,
-        cameras=cameras,
-        skip_image_ids=elsewhere,
-    )
-    report["checkpoint"] = str(checkpoint)
-    report["num_registered_by_prior"] = len(report["registered_by_prior"])
-    return report

@@ -32,6 +32,7 @@ import scipy.sparse as sp
 
 from geomvision.errors import InputError
 from geomvision.geometry.camera_models import PRINCIPAL_POINT_INDICES
+from geomvision.runtime.rng import as_rng
 from geomvision.scene.reconstruction import Reconstruction
 from geomvision.sfm.ba.model import evaluate
 from geomvision.sfm.bundle_adjustment import (
@@ -125,7 +126,7 @@ def principal_point_std_px(
     scale = 1.0
     num_points = len(problem.points)
     if max_points is not None and num_points > max_points:
-        chosen = np.sort(np.random.default_rng(rng).choice(num_points, size=max_points, replace=False))
+        chosen = np.sort(as_rng(rng).choice(num_points, size=max_points, replace=False))
         keep = np.isin(problem.obs_point, chosen)
         problem = replace(
             problem,
@@ -192,7 +193,7 @@ def refine_principal_point(
         :class:`PrincipalPointResult`.
     """
     options = options or PrincipalPointOptions()
-    rng = np.random.default_rng(rng)
+    rng = as_rng(rng)
     t_start = time.perf_counter()
     result = PrincipalPointResult(False, "")
 

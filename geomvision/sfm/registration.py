@@ -8,19 +8,21 @@ spread over the image beat the same number of points in one corner (a well-sprea
 better-conditioned pose).
 
 Registration solves the absolute pose from the 2D-3D correspondences with RANSAC
-(:func:`geomvision.geometry.absolute_pose.estimate_absolute_pose`, H&Z 7.1 / P3P), then refines the pose
+(:func:`geomvision.robust.absolute_pose.estimate_absolute_pose`, H&Z 7.1 / P3P), then refines the pose
 on the inliers by minimising reprojection error.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from geomvision.errors import InputError
 from geomvision.geometry.rigid import Rigid3d
+from geomvision.robust.absolute_pose import estimate_absolute_pose
+from geomvision.robust.ransac import RansacOptions
 from geomvision.sfm.mapper_state import MapperState
 
 logger = logging.getLogger(__name__)
@@ -32,29 +34,27 @@ class RegistrationOptions:
 
     Attributes:
         min_num_inliers: PnP needs at least this many inlier correspondences.
+            (also the floor of the PnP RANSAC's own ``min_num_inliers``).
         min_inlier_ratio: and at least this inlier fraction of the 2D-3D correspondences.
-        max_error_px: RANSAC inlier threshold on the reprojection error.
         min_num_visible: images seeing fewer triangulated points are not candidates.
         pyramid_levels: levels of the visibility pyramid (level l has 2^l x 2^l cells, l = 1..levels).
-        ransac_max_iterations: cap on RANSAC hypotheses.
-        confidence: RANSAC confidence.
+        ransac: the PnP RANSAC; its ``max_error_px`` (reprojection error) also decides which
+            correspondences count as inliers of the refined pose.
     """
 
     min_num_inliers: int = 30
     min_inlier_ratio: float = 0.25
-    max_error_px: float = 12.0
     min_num_visible: int = 15
     pyramid_levels: int = 3
-    ransac_max_iterations: int = 5000
-    confidence: float = 0.9999
+    ransac: RansacOptions = field(
+        default_factory=lambda: RansacOptions(max_error_px=12.0, max_iterations=5000, confidence=0.9999)
+    )
 
     def __post_init__(self) -> None:
         if self.min_num_inliers < 4:
             raise InputError(f"min_num_inliers must be >= 4 (P3P + 1), got {self.min_num_inliers}")
         if not 0 <= self.min_inlier_ratio <= 1:
             raise InputError(f"min_inlier_ratio must be in [0, 1], got {self.min_inlier_ratio}")
-        if not self.max_error_px > 0:
-            raise InputError(f"max_error_px must be > 0, got {self.max_error_px}")
         if self.pyramid_levels < 1:
             raise InputError(f"pyramid_levels must be >= 1, got {self.pyramid_levels}")
 
@@ -140,9 +140,6 @@ def register_image(
         options: thresholds.
         rng: random generator for RANSAC.
     """
-    from geomvision.geometry.absolute_pose import estimate_absolute_pose
-    from geomvision.robust.ransac import RansacOptions
-
     rows = visible_point_rows(state, image_id)
     result = RegistrationResult(False, "", image_id, num_correspondences=len(rows))
     if len(rows) < options.min_num_inliers:
@@ -152,11 +149,8 @@ def register_image(
     K = cam.K
     pixels = state.obs_xn[rows] @ K[:2, :2].T + K[:2, 2]  # undistorted pixels
     points = state.track_xyz[state.table.obs_track[rows]]
-    pose_options = RansacOptions(
-        max_error_px=options.max_error_px,
-        max_iterations=options.ransac_max_iterations,
-        confidence=options.confidence,
-        min_num_inliers=options.min_num_inliers,
+    pose_options = replace(
+        options.ransac, min_num_inliers=max(options.ransac.min_num_inliers, options.min_num_inliers)
     )
     # estimate_absolute_pose polishes the RANSAC pose by Levenberg-Marquardt on its inliers.
     estimate = estimate_absolute_pose(points, pixels, K, pose_options, refine=True, rng=rng)
@@ -169,7 +163,7 @@ def register_image(
     with np.errstate(divide="ignore", invalid="ignore"):
         proj = points_in_cam[:, :2] / points_in_cam[:, 2:3] @ K[:2, :2].T + K[:2, 2]
     errors = np.linalg.norm(proj - pixels, axis=1)
-    inliers = (points_in_cam[:, 2] > 0) & (errors <= options.max_error_px)
+    inliers = (points_in_cam[:, 2] > 0) & (errors <= options.ransac.max_error_px)
     num_inliers = int(inliers.sum())
     result.num_inliers = num_inliers
     if num_inliers < options.min_num_inliers:

@@ -12,7 +12,9 @@ elsewhere, and each of these measured signals, beyond its threshold, makes a mod
 * **short tracks**: mean observations per 3D point (a model stitched from two-view points);
 * **low triangulation angles**: median over points of the largest angle between their rays
   (depth, and with it the poses, is then barely constrained);
-* **few inliers per image**: median number of 3D points an image observes.
+* **few inliers per image**: median number of 3D points an image observes;
+* **given focal disagrees with the images**: for intrinsics held fixed (given by the user), a short
+  bundle adjustment that frees the focal moves it by more than ``max_focal_drift``.
 
 The thresholds (see :class:`TrustOptions`) come from measurements on the benchmark sets (good
 models with ground truth) and on deliberately wrong models (focal prior 4x off, calibration off);
@@ -21,14 +23,20 @@ models with ground truth) and on deliberately wrong models (focal prior 4x off, 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from geomvision.errors import InputError
+from geomvision.geometry import camera_models
 from geomvision.scene.reconstruction import Reconstruction
+from geomvision.sfm.bundle_adjustment import (
+    BundleAdjustmentOptions,
+    adjust_problem,
+    problem_from_reconstruction,
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,6 +52,11 @@ class TrustOptions:
             angle between a point's rays.
         min_median_points_per_image: fewest acceptable 3D points observed by the median image.
         min_registered_images: a model with fewer registered images is not trusted.
+        max_focal_drift: for cameras whose intrinsics were held fixed (given by the user), a short bundle
+            adjustment with the focal freed may move it by at most this relative amount; more means the
+            images disagree with the given focal.
+        drift_max_points: points (a random subset) of that adjustment.
+        drift_max_iterations: iteration cap of that adjustment.
     """
 
     max_focal_deviation: float = 0.15
@@ -53,6 +66,9 @@ class TrustOptions:
     min_median_triangulation_angle_deg: float = 2.0
     min_median_points_per_image: int = 40
     min_registered_images: int = 3
+    max_focal_drift: float = 0.1
+    drift_max_points: int = 2000
+    drift_max_iterations: int = 20
 
     def __post_init__(self) -> None:
         if not self.max_focal_deviation > 0:
@@ -66,6 +82,11 @@ class TrustOptions:
         if self.min_median_triangulation_angle_deg < 0:
             raise InputError(
                 f"min_median_triangulation_angle_deg must be >= 0, got {self.min_median_triangulation_angle_deg}"
+            )
+        if not self.max_focal_drift > 0 or self.drift_max_points < 10 or self.drift_max_iterations < 1:
+            raise InputError(
+                f"need max_focal_drift > 0, drift_max_points >= 10, drift_max_iterations >= 1, got "
+                f"{self.max_focal_drift}, {self.drift_max_points}, {self.drift_max_iterations}"
             )
         if self.min_median_points_per_image < 0 or self.min_registered_images < 2:
             raise InputError(
@@ -115,11 +136,53 @@ def triangulation_angles_deg(rec: Reconstruction) -> np.ndarray:
     return np.degrees(np.arccos(largest))
 
 
+def focal_drift(
+    rec: Reconstruction, camera_ids: Collection[int], options: TrustOptions, *, rng=None
+) -> dict[int, float]:
+    """Relative change of each camera's focal in a short bundle adjustment that frees only the focal.
+
+    Runs on the array problem of a random subset of the points (the model is not changed).
+    """
+    ba = BundleAdjustmentOptions(
+        loss="soft_l1",
+        refine_extra_params=False,
+        max_iterations=options.drift_max_iterations,
+    )
+    problem, ids = problem_from_reconstruction(rec, ba)
+    num_points = len(problem.points)
+    if num_points > options.drift_max_points:
+        chosen = np.sort(
+            np.random.default_rng(rng).choice(num_points, size=options.drift_max_points, replace=False)
+        )
+        keep = np.isin(problem.obs_point, chosen)
+        problem = replace(
+            problem,
+            points=problem.points[chosen],
+            obs_image=problem.obs_image[keep],
+            obs_point=np.searchsorted(chosen, problem.obs_point[keep]),
+            obs_px=problem.obs_px[keep],
+            point_free=problem.point_free[chosen],
+            _layout=None,
+        )
+    wanted = np.isin(ids["camera_ids"], list(camera_ids))
+    problem.intrinsics_free &= wanted[:, None]
+    before = problem.intrinsics.copy()
+    adjust_problem(problem, ba)
+    out = {}
+    for g, c in enumerate(ids["camera_ids"]):
+        if wanted[g]:
+            focal = list(camera_models.FOCAL_INDICES[problem.camera_models[g]])
+            out[int(c)] = float(np.mean(problem.intrinsics[g, focal] / before[g, focal]) - 1.0)
+    return out
+
+
 def assess_model_trust(
     reconstruction: Reconstruction,
     options: TrustOptions | None = None,
     *,
     calibrated_focal_px: Mapping[int, float] | None = None,
+    fixed_camera_ids: Collection[int] = (),
+    rng: np.random.Generator | int | None = None,
 ) -> ModelTrust:
     """Measure a model's trust signals and compare them with the thresholds.
 
@@ -128,6 +191,9 @@ def assess_model_trust(
         options: see :class:`TrustOptions`.
         calibrated_focal_px: camera_id -> trusted view-graph focal estimate (pixels); cameras absent
             (or None) are not checked against it (known intrinsics, or no trusted estimate).
+        fixed_camera_ids: cameras whose intrinsics were held fixed while mapping (given by the user):
+            their focal is checked by a short bundle adjustment that frees it (``max_focal_drift``).
+        rng: seed of that adjustment's point subset.
 
     Returns:
         :class:`ModelTrust`.
@@ -157,6 +223,16 @@ def assess_model_trust(
                 reasons.append(
                     f"camera {c}: focal {focal:.0f} px is {100 * deviations[c]:+.0f} % from the view-graph "
                     f"estimate {estimate:.0f} px (> {100 * options.max_focal_deviation:.0f} %)"
+                )
+    fixed = [c for c in cameras if c in set(fixed_camera_ids)]
+    if fixed and rec.points3D:
+        drifts = focal_drift(rec, fixed, options, rng=rng)
+        signals["focal_drift_when_freed"] = {str(c): v for c, v in drifts.items()}
+        for c, drift in drifts.items():
+            if abs(drift) > options.max_focal_drift:
+                reasons.append(
+                    f"camera {c}: the given focal moves {100 * drift:+.0f} % when freed in bundle adjustment "
+                    f"(> {100 * options.max_focal_drift:.0f} %): the images disagree with it"
                 )
     signals["focal_deviation_from_calibration"] = {str(c): v for c, v in deviations.items()}
     signals["focal_over_image_size"] = {str(c): v for c, v in ratios.items()}
@@ -198,9 +274,14 @@ def assess_models_trust(
     options: TrustOptions | None = None,
     *,
     calibrated_focal_px: Mapping[int, float] | None = None,
+    fixed_camera_ids: Collection[int] = (),
+    rng: np.random.Generator | int | None = None,
 ) -> tuple[list[Reconstruction], list[ModelTrust]]:
     """Assess every model and order them trusted first, largest first (model 0: the largest trusted)."""
     verdicts = [
-        assess_model_trust(r, options, calibrated_focal_px=calibrated_focal_px) for r in reconstructions
+        assess_model_trust(
+            r, options, calibrated_focal_px=calibrated_focal_px, fixed_camera_ids=fixed_camera_ids, rng=rng
+        )
+        for r in reconstructions
     ]
     return order_by_trust(reconstructions, verdicts)

@@ -18,20 +18,19 @@ Distorted cameras are handled by mapping keypoints to ideal pinhole pixels
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import logging
+import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
 from geomvision.errors import InputError
-from geomvision.features.extract import default_num_workers, make_process_pool
 from geomvision.geometry import epipolar
 from geomvision.geometry.homography import homography_transfer_errors_sq
 from geomvision.geometry.rigid import Rigid3d, project_to_so3
 from geomvision.geometry.triangulation import triangulate_dlt, triangulation_angle_deg
-from geomvision.progress import ProgressCallback, report
+from geomvision.progress import ProgressCallback
 from geomvision.robust.estimators import (
     TwoViewEstimate,
     estimate_essential,
@@ -39,6 +38,9 @@ from geomvision.robust.estimators import (
     estimate_homography,
 )
 from geomvision.robust.ransac import RansacOptions
+from geomvision.runtime.cache import hash_arrays
+from geomvision.runtime.rng import as_rng
+from geomvision.runtime.runner import Stage, StageRunner, derive_seed
 from geomvision.scene.camera import Camera
 from geomvision.scene.types import Features, Matches, TwoViewGeometry
 
@@ -52,9 +54,10 @@ class TwoViewOptions:
     """Options of :func:`verify_pair` / :func:`verify_pairs`.
 
     Attributes:
-        max_error_px: RANSAC inlier threshold (Sampson distance for E/F, transfer error for H).
-        min_num_inliers: fewer verified inliers -> rejected.
-        min_inlier_ratio: fewer inliers / putative matches -> rejected.
+        min_num_inliers: fewer verified inliers -> rejected (also the floor of RANSAC's own
+            ``min_num_inliers`` for this pair).
+        min_inlier_ratio: fewer inliers / putative matches -> rejected (also the floor of RANSAC's
+            ``min_inlier_ratio``: a pair below it is rejected anyway, so RANSAC need not sample longer).
         min_E_F_inlier_ratio: E inliers / F inliers needed to trust the intrinsics.
         max_H_inlier_ratio: H inliers / E-or-F inliers above this -> planar or panoramic.
         check_calibration: doubt the intrinsics of calibrated pairs (COLMAP): use F when E keeps fewer
@@ -62,7 +65,6 @@ class TwoViewOptions:
         guided_essential: estimate F first on calibrated pairs too and run the E RANSAC only on F's
             inliers (see :func:`_essential_within_fundamental_inliers`); off: E RANSAC on all matches.
         estimate_homography: run the H model selection at all.
-        confidence, max_iterations: RANSAC stopping.
         panoramic_max_error_px: the pure-rotation homography must transfer H inliers this well
             (median) for ``panoramic``.
         homography_min_share: the H RANSAC samples until it would have found, with the requested
@@ -70,43 +72,26 @@ class TwoViewOptions:
             Shares above it (and so every ``planar`` / ``panoramic`` decision at
             ``max_H_inlier_ratio``) are found reliably; smaller ones may be undercounted, which only
             makes the initial-pair score (``1 - homography share``) a little more optimistic there.
-        num_workers: worker processes of the default executor (None: all cores, 1: in-process).
+        ransac: the E / F / H RANSAC (threshold: Sampson distance for E/F, transfer error for H, in
+            pixels; confidence and iteration caps).
     """
 
-    max_error_px: float = 2.0
     min_num_inliers: int = 15
     min_inlier_ratio: float = 0.0
     min_E_F_inlier_ratio: float = 0.95
     max_H_inlier_ratio: float = 0.8
     check_calibration: bool = True
     estimate_homography: bool = True
-    confidence: float = 0.999
-    max_iterations: int = 10_000
     panoramic_max_error_px: float = 2.0
     homography_min_share: float = 0.5
     guided_essential: bool = True
-    num_workers: int | None = None
-    ransac: RansacOptions = field(default_factory=RansacOptions)
+    ransac: RansacOptions = field(default_factory=lambda: RansacOptions(max_error_px=2.0))
 
     def __post_init__(self) -> None:
-        if not self.max_error_px > 0:
-            raise InputError(f"max_error_px must be > 0, got {self.max_error_px}")
         if self.min_num_inliers < 5:
             raise InputError(f"min_num_inliers must be >= 5, got {self.min_num_inliers}")
         if not 0.0 < self.homography_min_share <= 1.0:
             raise InputError(f"homography_min_share must be in (0, 1], got {self.homography_min_share}")
-
-    def ransac_options(self) -> RansacOptions:
-        # A pair below min_inlier_ratio is rejected anyway, so RANSAC need not sample longer than
-        # that ratio requires: this caps the work spent on non-overlapping pairs.
-        return replace(
-            self.ransac,
-            max_error_px=self.max_error_px,
-            min_num_inliers=self.min_num_inliers,
-            min_inlier_ratio=max(self.ransac.min_inlier_ratio, self.min_inlier_ratio),
-            confidence=self.confidence,
-            max_iterations=self.max_iterations,
-        )
 
 
 # --- helpers -------------------------------------------------------------------------------------------
@@ -250,7 +235,7 @@ def verify_pair(
         rejected (``success=False`` and ``reason``); inlier matches index the input keypoints.
     """
     options = options or TwoViewOptions()
-    rng = np.random.default_rng(rng)
+    rng = as_rng(rng)
     i, j = image_ids
     matches = np.asarray(matches, dtype=np.int64).reshape(-1, 2)
     n = len(matches)
@@ -269,12 +254,17 @@ def verify_pair(
     K2, cam2 = _intrinsics(camera_2, "camera_2")
     x1 = _ideal_pixels(np.asarray(keypoints_1_px, np.float64)[matches[:, 0]], K1, cam1)
     x2 = _ideal_pixels(np.asarray(keypoints_2_px, np.float64)[matches[:, 1]], K2, cam2)
-    ransac = options.ransac_options()
-    # A model with fewer than min_num_inliers inliers is rejected anyway, so RANSAC may stop once a
-    # model with that many inliers would have been sampled with the requested confidence (H&Z 4.7.1
-    # with the inlier ratio floored at min_num_inliers / n). Without this floor a non-overlapping
-    # pair, whose best model has few inliers, samples up to max_iterations.
-    ransac = replace(ransac, min_inlier_ratio=max(ransac.min_inlier_ratio, options.min_num_inliers / n))
+    # A model with fewer than min_num_inliers inliers (or below min_inlier_ratio) is rejected anyway,
+    # so RANSAC may stop once a model with that many inliers would have been sampled with the
+    # requested confidence (H&Z 4.7.1 with the inlier ratio floored at min_num_inliers / n). Without
+    # this floor a non-overlapping pair, whose best model has few inliers, samples up to max_iterations.
+    ransac = replace(
+        options.ransac,
+        min_num_inliers=max(options.ransac.min_num_inliers, options.min_num_inliers),
+        min_inlier_ratio=max(
+            options.ransac.min_inlier_ratio, options.min_inlier_ratio, options.min_num_inliers / n
+        ),
+    )
     calibrated = K1 is not None and K2 is not None
 
     est_F = None
@@ -366,10 +356,71 @@ def verify_pair(
 
 # --- many pairs ----------------------------------------------------------------------------------------
 
+#: Bump when verification's output changes (invalidates cache entries).
+_CACHE_VERSION = 1
 
-def _verify_task(args) -> TwoViewGeometry:
-    kp1, kp2, matches, cam1, cam2, options, ids, seed = args
-    return verify_pair(kp1, kp2, matches, cam1, cam2, options, image_ids=ids, rng=seed)
+
+def verify_pair_task(pair: tuple, options: TwoViewOptions) -> TwoViewGeometry:
+    """Per-pair task of the stage runner.
+
+    Args:
+        pair: ``(i, j, keypoints_i, keypoints_j, matches (M, 2), camera_i, camera_j, seed)``; the seed
+            derives from (run seed, i, j), never from the order pairs are scheduled in.
+        options: verification options.
+    """
+    i, j, kp1, kp2, matches, cam1, cam2, seed = pair
+    return verify_pair(kp1, kp2, matches, cam1, cam2, options, image_ids=(i, j), rng=seed)
+
+
+class TwoViewGeometryCodec:
+    """Cache codec of :class:`TwoViewGeometry`: matrices as arrays, scalars in the JSON header."""
+
+    def encode(self, g: TwoViewGeometry) -> tuple[dict[str, np.ndarray], dict]:
+        arrays = {"inlier_matches": np.asarray(g.inlier_matches, dtype=np.int64).reshape(-1, 2)}
+        for name in ("F", "E", "H"):
+            if getattr(g, name) is not None:
+                arrays[name] = np.asarray(getattr(g, name), dtype=np.float64)
+        if g.cam2_from_cam1 is not None:
+            arrays["rotation"] = g.cam2_from_cam1.rotation
+            arrays["translation"] = g.cam2_from_cam1.translation
+        meta = {
+            "image_i": int(g.image_i),
+            "image_j": int(g.image_j),
+            "config": g.config,
+            "num_putative": int(g.num_putative),
+            "num_homography_inliers": int(g.num_homography_inliers),
+            "median_triangulation_angle_deg": float(g.median_triangulation_angle_deg),
+            "success": bool(g.success),
+            "reason": g.reason,
+        }
+        return arrays, meta
+
+    def decode(self, arrays, meta: dict) -> TwoViewGeometry:
+        pose = None
+        if "rotation" in arrays:
+            pose = Rigid3d(arrays["rotation"], arrays["translation"])
+        return TwoViewGeometry(
+            inlier_matches=arrays["inlier_matches"],
+            F=arrays.get("F"),
+            E=arrays.get("E"),
+            H=arrays.get("H"),
+            cam2_from_cam1=pose,
+            **meta,
+        )
+
+
+#: Verification on the stage runner.
+TWO_VIEW_STAGE = Stage(
+    name="two_view", task=verify_pair_task, version=_CACHE_VERSION, codec=TwoViewGeometryCodec()
+)
+
+
+def _camera_key(camera: CameraLike) -> tuple:
+    if camera is None:
+        return ("unknown",)
+    if isinstance(camera, Camera):
+        return (camera.model, camera.width, camera.height, hash_arrays(np.asarray(camera.params, np.float64)))
+    return ("K", hash_arrays(np.asarray(camera, np.float64)))
 
 
 def verify_pairs(
@@ -379,19 +430,21 @@ def verify_pairs(
     options: TwoViewOptions | None = None,
     *,
     rng: np.random.Generator | int | None = None,
-    executor: cf.Executor | None = None,
+    runner: StageRunner | None = None,
+    cache_dir: str | os.PathLike | None = None,
     progress: ProgressCallback | None = None,
 ) -> dict[tuple[int, int], TwoViewGeometry]:
-    """Verify every matched pair (in parallel).
+    """Verify every matched pair, reusing cached pairs.
 
     Args:
         features: image_id -> Features.
         matches: (i, j) -> Matches (or (M, 2) index array).
         cameras: image_id -> Camera or (3, 3) K; missing / None entries mean unknown intrinsics.
         options: verification options.
-        rng: seed; each pair gets its own seed drawn in sorted pair order, so results do not depend
-            on the executor or scheduling.
-        executor: where to run (default: local process pool, ``options.num_workers``).
+        rng: seed (a Generator gives one draw); pair (i, j) uses :func:`derive_seed` (seed, i, j), so
+            results do not depend on the backend or the scheduling.
+        runner: where the per-pair work runs (``geomvision.runtime.runner``); default: in this process.
+        cache_dir: folder of per-pair cache entries (None: the runner's own cache, if any).
         progress: ``progress(done, total, message)`` callback.
 
     Returns:
@@ -399,54 +452,39 @@ def verify_pairs(
     """
     options = options or TwoViewOptions()
     cameras = cameras or {}
+    seed = int(rng.integers(2**63)) if isinstance(rng, np.random.Generator) else int(rng or 0)
+    runner = runner or StageRunner()
+    if cache_dir is not None:
+        runner = runner.with_cache(cache_dir)
     pairs = sorted(matches)
-    seeds = np.random.default_rng(rng).integers(0, 2**63 - 1, size=len(pairs))
-    tasks = []
-    for (i, j), seed in zip(pairs, seeds, strict=True):
+    indices = {}
+    for i, j in pairs:
         if i not in features or j not in features:
             raise InputError(f"pair ({i}, {j}) refers to an image without features")
         m = matches[(i, j)]
-        indices = m.indices if isinstance(m, Matches) else np.asarray(m)
-        tasks.append(
-            (
-                features[i].keypoints_px,
-                features[j].keypoints_px,
-                indices,
-                cameras.get(i),
-                cameras.get(j),
-                options,
-                (i, j),
-                int(seed),
-            )
+        indices[(i, j)] = np.asarray(m.indices if isinstance(m, Matches) else m, dtype=np.int64).reshape(
+            -1, 2
         )
-    total = len(tasks)
-    results: dict[tuple[int, int], TwoViewGeometry] = {}
-    report(progress, 0, total, "verification")
-    num_workers = default_num_workers(options.num_workers)
-    if executor is None and (num_workers == 1 or total <= 1):
-        for k, task in enumerate(tasks):
-            results[task[6]] = _verify_task(task)
-            report(progress, k + 1, total, f"{task[6][0]}-{task[6][1]}")
-    else:
-        own_pool = executor is None
-        pool = make_process_pool(min(num_workers, total)) if own_pool else executor
-        try:
-            # Chunks amortise the per-task overhead; order of results is by pair.
-            chunk = max(1, total // (4 * num_workers))
-            futures = {pool.submit(_verify_chunk, tasks[s : s + chunk]): s for s in range(0, total, chunk)}
-            done = 0
-            for future in cf.as_completed(futures):
-                for tvg in future.result():
-                    results[(tvg.image_i, tvg.image_j)] = tvg
-                    done += 1
-                report(progress, done, total, "verification")
-        finally:
-            if own_pool:
-                pool.shutdown(cancel_futures=True)
-    n_ok = sum(t.success for t in results.values())
-    logger.info("verified %d of %d pairs", n_ok, total)
-    return {p: results[p] for p in pairs}
+    images = sorted({k for p in pairs for k in p})
+    image_keys = {k: (hash_arrays(features[k].keypoints_px), _camera_key(cameras.get(k))) for k in images}
 
+    def pair_input(p: tuple[int, int]) -> tuple:
+        i, j = p
+        kp_i, kp_j = features[i].keypoints_px, features[j].keypoints_px
+        return (i, j, kp_i, kp_j, indices[p], cameras.get(i), cameras.get(j), derive_seed(seed, i, j))
 
-def _verify_chunk(tasks: list) -> list[TwoViewGeometry]:
-    return [_verify_task(t) for t in tasks]
+    results = runner.map(
+        TWO_VIEW_STAGE,
+        pairs,
+        inputs=pair_input,
+        context=options,
+        options_key=asdict(options),
+        item_key=lambda p: hash_arrays(
+            p, image_keys[p[0]], image_keys[p[1]], indices[p], derive_seed(seed, *p)
+        ),
+        label=lambda p: f"{p[0]}-{p[1]}",
+        progress=progress,
+    )
+    n_ok = sum(t.success for t in results)
+    logger.info("verified %d of %d pairs", n_ok, len(pairs))
+    return dict(zip(pairs, results, strict=True))

@@ -20,7 +20,7 @@ import numpy as np
 
 from geomvision.errors import InputError
 from geomvision.geometry.rigid import Rigid3d, rotation_angle
-from geomvision.io.atomic import atomic_path, atomic_write_text
+from geomvision.runtime.atomic import atomic_path, atomic_write_text
 from geomvision.scene.types import TwoViewGeometry
 
 logger = logging.getLogger(__name__)

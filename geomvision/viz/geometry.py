@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from geomvision.scene.reconstruction import Reconstruction
+from geomvision.scene.reconstruction import Reconstruction, points_array
 
 #: per frustum: 5 vertices (centre, then image corners top-left, top-right, bottom-right, bottom-left)
 FRUSTUM_LINES = np.array([[0, 1], [0, 2], [0, 3], [0, 4], [1, 2], [2, 3], [3, 4], [4, 1]], dtype=np.int64)
@@ -36,16 +36,6 @@ class Frustums:
     lines: np.ndarray
     triangles: np.ndarray
     colors: np.ndarray
-
-
-def points_array(rec: Reconstruction) -> tuple[np.ndarray, np.ndarray]:
-    """(P, 3) float64 world points and (P, 3) uint8 colours, in sorted point-id order."""
-    ids = sorted(rec.points3D)
-    if not ids:
-        return np.zeros((0, 3)), np.zeros((0, 3), np.uint8)
-    xyz = np.array([rec.points3D[i].xyz for i in ids], dtype=np.float64)
-    rgb = np.array([rec.points3D[i].color for i in ids], dtype=np.uint8)
-    return xyz, rgb
 
 
 def robust_point_mask(xyz: np.ndarray, *, quantile: float = 0.98, factor: float = 2.0) -> np.ndarray:

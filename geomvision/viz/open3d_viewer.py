@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from geomvision.errors import GeomVisionError, InputError
-from geomvision.io.atomic import atomic_path
 from geomvision.io.system_libraries import open3d_library_problem
+from geomvision.runtime.atomic import atomic_path
 from geomvision.scene.reconstruction import Reconstruction
 from geomvision.viz.geometry import (
     camera_frustums,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from geomvision.io.atomic import atomic_write_text
+from geomvision.runtime.atomic import atomic_write_text
 from geomvision.scene.reconstruction import Reconstruction
 
 logger = logging.getLogger(__name__)
@@ -255,6 +255,9 @@ def verdict(report: dict, rec: Reconstruction) -> tuple[str, str]:
         parts.append(f"{float(seconds):.1f} s")
     ok = registered == total_images and len(models) == 1
     css = "ok" if ok else ("warn" if registered >= 0.5 * total_images else "bad")
+    if models[0].get("trusted") is False:  # sfm.trust judged the shown model wrong
+        css = "bad"
+        parts.append("model NOT trusted (see warnings)")
     return css, " · ".join(parts)
 
 
@@ -268,8 +271,12 @@ def _warnings(report: dict, rows: list[dict]) -> list[str]:
     if len(models) > 1:
         items.append(
             f"{len(models)} separate models (sparse/0..{len(models) - 1}); their relative scale and position "
-            "are unknown. This report shows the largest one"
+            "are unknown. This report shows sparse/0"
         )
+    for index, model in enumerate(models):  # the trust verdict of sfm.trust, when the run made one
+        if model.get("trusted") is False:
+            reasons = "; ".join(model.get("trust_reasons") or []) or "no reason recorded"
+            items.append(f"model sparse/{index} is NOT trusted: {reasons}")
     unregistered = [r["name"] for r in rows if not r["registered"]]
     if unregistered:
         items.append(f"{len(unregistered)} image(s) not in this model: {', '.join(unregistered[:20])}")

@@ -19,7 +19,6 @@ import numpy as np
 import torch
 
 from geomvision.errors import InputError
-from geomvision.io.atomic import atomic_path
 from geomvision.plugins.learned.common import pose_regression_loss
 from geomvision.plugins.learned.data import (
     PosedImages,
@@ -34,6 +33,7 @@ from geomvision.plugins.learned.data import (
 )
 from geomvision.plugins.registry import get_pose_model_factory
 from geomvision.progress import ProgressCallback, report
+from geomvision.runtime.atomic import atomic_path
 
 __all__ = [
     "TrainOptions",

@@ -11,11 +11,14 @@ backends minimising exactly the same function.
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import numpy as np
 
 from geomvision.errors import InputError
 
-LOSSES = ("linear", "huber", "soft_l1", "cauchy")
+LossName = Literal["linear", "huber", "soft_l1", "cauchy"]
+LOSSES: tuple[str, ...] = get_args(LossName)
 
 # Below this s / c^2 the closed forms of g and g' lose digits to cancellation; a Taylor series is exact
 # to double precision there.

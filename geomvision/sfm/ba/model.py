@@ -162,6 +162,29 @@ class BundleAdjustmentProblem:
         self.points[self.point_free] = x[lay.n_cam :].reshape(-1, 3)
 
 
+def gauge_translation_axis(
+    rotation_1: np.ndarray, translation_1: np.ndarray, rotation_2: np.ndarray, translation_2: np.ndarray
+) -> int:
+    """Which translation coordinate of the second gauge image to hold, the first pose being held.
+
+    The one gauge rule of both BA bridges (:mod:`geomvision.sfm.bundle_adjustment` and
+    :mod:`geomvision.sfm.mapper_ba`): with pose 1 fixed, the only similarity left is a scaling ``s``
+    about its centre ``C_1``, which moves ``t_2' = s (t_2 + R_2 C_1) - R_2 C_1``, i.e. along
+    ``R_2 (C_1 - C_2)``; holding the largest coordinate of that baseline removes the scale freedom
+    best conditioned (COLMAP makes the same choice).
+
+    Args:
+        rotation_1, translation_1: ``cam_from_world`` of the held image, (3, 3) and (3,).
+        rotation_2, translation_2: ``cam_from_world`` of the second image.
+
+    Returns:
+        0, 1 or 2.
+    """
+    center_1 = -np.asarray(rotation_1).T @ np.asarray(translation_1)
+    center_2 = -np.asarray(rotation_2).T @ np.asarray(translation_2)
+    return int(np.argmax(np.abs(np.asarray(rotation_2) @ (center_1 - center_2))))
+
+
 @dataclass
 class Layout:
     """Where each free parameter lives in ``x`` (see module docstring)."""

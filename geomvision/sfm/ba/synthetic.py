@@ -11,6 +11,7 @@ import numpy as np
 
 from geomvision.geometry import camera_models
 from geomvision.geometry.rigid import Rigid3d, matrix_to_rotvec
+from geomvision.runtime.rng import as_rng
 from geomvision.scene.camera import Camera
 from geomvision.scene.reconstruction import Point3D, Reconstruction, View
 from geomvision.sfm.ba.model import BundleAdjustmentProblem
@@ -47,7 +48,7 @@ def synthetic_problem(
     Returns:
         the problem at the ground-truth parameters with noisy ``obs_px``, and the (M, 2) noise-free pixels.
     """
-    rng = np.random.default_rng(rng)
+    rng = as_rng(rng)
     angles = np.linspace(0.0, 2.0 * np.pi, num_images, endpoint=False)
     centers = np.column_stack(
         [10.0 * np.cos(angles), 10.0 * np.sin(angles), rng.normal(0.0, 0.3, num_images)]
@@ -86,7 +87,7 @@ def perturb(
     rng: np.random.Generator | int | None = 1,
 ) -> None:
     """Add Gaussian noise to poses and points in place (an initial guess for a solver)."""
-    rng = np.random.default_rng(rng)
+    rng = as_rng(rng)
     problem.rotvecs += rng.normal(0.0, rotation_rad, problem.rotvecs.shape)
     problem.translations += rng.normal(0.0, translation, problem.translations.shape)
     problem.points += rng.normal(0.0, point, problem.points.shape)

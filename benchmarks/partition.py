@@ -1,0 +1,407 @@
+"""Partitioned mapping vs mapping the whole scene, and vs COLMAP's hierarchical mapper, in the same run.
+
+For each dataset (templeRing, castle-P19 from ../shared/datasets; street scenes from ``geomvision
+synth-scene`` when given with ``--street``):
+
+* geomvision whole: ``run_pipeline`` with ``[partition] max_cluster_images = 0``;
+* geomvision partitioned: the same with clusters of about a third of the images (``--fraction``), the
+  cluster tasks on a process pool of ``--workers`` workers (and, with ``--worker-counts 1,2``, once per
+  count, to time the mapping's speed-up);
+* pycolmap incremental (``incremental_mapping``) and hierarchical (``hierarchical_mapping`` with
+  ``leaf_max_num_images`` = our cluster size and ``image_overlap`` = our overlap) on one database of
+  SIFT features and exhaustive matches.
+
+Scores are ``geomvision.evaluation.evaluate_reconstruction`` (the numbers of ``geomvision evaluate``) on the
+largest model: AUC@T of the pairwise relative pose error, unregistered images at 180 deg. The geomvision
+runs share one feature/match/verification cache (``OUT/cache``), so their times differ by the mapping only.
+The machine is shared: the load average is printed with every row.
+
+Usage::
+
+    python benchmarks/partition.py                                   # templeRing + castle-P19
+    python benchmarks/partition.py --datasets temple --modes known
+    python benchmarks/partition.py --street /path/street_1000 --datasets street --worker-counts 1,2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import reconstruct as bench  # noqa: E402  (benchmarks/reconstruct.py: datasets, GT loading, scoring)
+
+RESULTS = REPO / "benchmarks" / "results"
+
+
+def load_average() -> str:
+    return " ".join(f"{v:.1f}" for v in os.getloadavg())
+
+
+def run_geomvision(
+    image_dir: Path, out: Path, intrinsics, max_cluster_images: int, workers: int, cache: Path, pairing: dict
+):
+    """One pipeline run; ``cache`` is shared by all runs on a dataset (features, matches, verification)."""
+    from geomvision.config import ReconstructionConfig
+    from geomvision.pipeline import run_pipeline
+
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / "cache").exists():
+        (out / "cache").symlink_to(cache, target_is_directory=True)
+    config = ReconstructionConfig().with_changes(
+        pipeline={
+            "intrinsics": intrinsics,
+            "seed": 0,
+            "num_workers": workers,
+            "html_report": False,
+            **pairing,
+        },
+        partition={"max_cluster_images": max_cluster_images},
+    )
+    from geomvision.sfm.partitioned_mapping import _PeakRss  # the sampler the cluster tasks use
+
+    t = time.perf_counter()
+    try:
+        with _PeakRss() as memory:
+            result = run_pipeline(image_dir, out, config)
+    except Exception as exc:  # a failed run is a result too
+        return None, time.perf_counter() - t, {"error": f"{type(exc).__name__}: {exc}"}
+    result.report["main_peak_rss_mb"] = round(memory.peak_mb, 1)
+    return result.reconstructions, time.perf_counter() - t, result.report
+
+
+def colmap_database(image_dir: Path, work: Path, intrinsics, pairing: str, window: int) -> Path:
+    import pycolmap
+
+    work.mkdir(parents=True, exist_ok=True)
+    db = work / "database.db"
+    if db.exists():
+        return db
+    reader = pycolmap.ImageReaderOptions()
+    if intrinsics is not None:
+        reader.camera_model = "PINHOLE"
+        reader.camera_params = ",".join(f"{v:.6f}" for v in intrinsics)
+    extraction = pycolmap.FeatureExtractionOptions()
+    extraction.num_threads = 2
+    extraction.use_gpu = False
+    matching = pycolmap.FeatureMatchingOptions()
+    matching.num_threads = 2
+    matching.use_gpu = False
+    pycolmap.extract_features(
+        db,
+        image_dir,
+        camera_mode=pycolmap.CameraMode.SINGLE,
+        reader_options=reader,
+        extraction_options=extraction,
+        device=pycolmap.Device.cpu,
+    )
+    if pairing == "sequential":
+        sequential = pycolmap.SequentialPairingOptions()
+        sequential.overlap = window
+        sequential.quadratic_overlap = False
+        pycolmap.match_sequential(
+            db, matching_options=matching, pairing_options=sequential, device=pycolmap.Device.cpu
+        )
+    else:
+        pycolmap.match_exhaustive(db, matching_options=matching, device=pycolmap.Device.cpu)
+    return db
+
+
+def _colmap_mapper_options(options, intrinsics, workers: int):
+    options.num_threads = workers
+    options.random_seed = 0
+    if intrinsics is not None:
+        options.ba_refine_focal_length = False
+        options.ba_refine_extra_params = False
+        options.ba_refine_principal_point = False
+
+
+def run_pycolmap(
+    db: Path, image_dir: Path, work: Path, intrinsics, leaf_images: int, overlap: int, workers: int
+):
+    """(whole models, time, hierarchical models, time) as lists of geomvision Reconstructions."""
+    import pycolmap
+
+    out = []
+    for kind in ("incremental", "hierarchical"):
+        sparse = work / f"sparse_{kind}"
+        shutil.rmtree(sparse, ignore_errors=True)
+        sparse.mkdir(parents=True)
+        t = time.perf_counter()
+        if kind == "incremental":
+            options = pycolmap.IncrementalPipelineOptions()
+            _colmap_mapper_options(options, intrinsics, workers)
+            maps = pycolmap.incremental_mapping(db, image_dir, sparse, options=options)
+        else:
+            options = pycolmap.HierarchicalPipelineOptions()
+            options.num_workers = workers
+            options.num_threads = workers
+            options.clustering_options.leaf_max_num_images = leaf_images
+            options.clustering_options.image_overlap = overlap
+            _colmap_mapper_options(options.incremental_options, intrinsics, 1)
+            maps = pycolmap.hierarchical_mapping(db, image_dir, sparse, options=options)
+        elapsed = time.perf_counter() - t
+        out.append((_to_geomvision(maps, work / f"text_{kind}"), elapsed))
+    return out
+
+
+def _to_geomvision(maps, folder: Path) -> list:
+    from geomvision.io.colmap import read_model
+
+    recs = []
+    for k, rec in enumerate(sorted(maps.values(), key=lambda r: -r.num_reg_images())):
+        sub = folder / str(k)
+        sub.mkdir(parents=True, exist_ok=True)
+        rec.write_text(str(sub))
+        recs.append(read_model(sub))
+    return recs
+
+
+def score(recs, gt) -> dict:
+    s = bench.score(recs[0] if recs else None, gt)
+    return {
+        "registered": s["num_registered"],
+        "models": len(recs or []),
+        "auc@1": s["auc@1"],
+        "auc@2": s["auc@2"],
+        "auc@5": s["auc@5"],
+        "reproj_px": s["mean_reprojection_error_px"],
+    }
+
+
+def dataset_inputs(key: str, street: Path | None, subset: int = 0, work: Path | None = None):
+    if key == "street":
+        if street is None:
+            raise SystemExit("--datasets street needs --street DIR (from geomvision synth-scene)")
+        image_dir = street / "images" if (street / "images").is_dir() else street
+        names = [p.name for p in bench.image_paths(image_dir)]
+        if subset:  # the first images of the trajectory: a shorter street
+            names = names[:subset]
+            image_dir = (
+                bench.link_subset(image_dir, names, work / f"street_first_{subset}")
+                if not (work / f"street_first_{subset}").exists()
+                else work / f"street_first_{subset}"
+            )
+        from geomvision.evaluation import load_ground_truth
+
+        gt_path = next(
+            p for p in (street / "gt", street / "sparse" / "0", street / "gt_sparse") if p.exists()
+        )
+        gt = load_ground_truth(gt_path)
+        return image_dir, names, {n: gt[n] for n in names if n in gt}
+    ds = bench.DATASETS[key]
+    image_dir = bench.SHARED / ds.folder / ds.images
+    names = [p.name for p in bench.image_paths(image_dir)]
+    return image_dir, names, bench.load_gt(ds, names, image_dir)
+
+
+def run_dataset(key: str, mode: str, args, work: Path) -> list[dict]:
+    image_dir, names, gt = dataset_inputs(
+        key, Path(args.street) if args.street else None, args.street_subset, work
+    )
+    intrinsics = bench.known_intrinsics(gt) if mode == "known" else None
+    n = len(names)
+    cluster = args.cluster_images or max(2, math.ceil(n * args.fraction))
+    from geomvision.sfm.partition import PartitionOptions
+
+    popts = PartitionOptions()
+    overlap = max(popts.min_overlap_images, math.ceil(popts.overlap_ratio * cluster))
+    cache = work / f"{key}_{mode}_cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    rows = []
+
+    def row(tool, recs, elapsed, mapping_s, extra=None):
+        r = {
+            "dataset": key,
+            "K": mode,
+            "images": n,
+            "tool": tool,
+            **score(recs, gt),
+            "mapping_s": mapping_s,
+            "total_s": elapsed,
+            "load": load_average(),
+            **(extra or {}),
+        }
+        rows.append(r)
+        print(json.dumps(r, default=str), flush=True)
+        return r
+
+    pairing = {"pairing": args.pairing, "sequential_window": args.window}
+    whole: dict = {"auc@2": None}
+
+    def run_whole():
+        whole_recs, t, rep = run_geomvision(
+            image_dir, work / f"{key}_{mode}_whole", intrinsics, 0, args.workers, cache, pairing
+        )
+        whole = row(
+            "geomvision whole",
+            whole_recs,
+            t,
+            rep.get("timings_s", {}).get("mapping"),
+            {"error": rep.get("error"), "main_peak_rss_mb": rep.get("main_peak_rss_mb")},
+        )
+        return whole
+
+    if not args.partitioned_first:
+        whole = run_whole()
+    for workers in args.worker_counts:
+        recs, t, rep = run_geomvision(
+            image_dir, work / f"{key}_{mode}_part{workers}", intrinsics, cluster, workers, cache, pairing
+        )
+        mapping = rep.get("mapping", {})
+        clusters = mapping.get("clusters", [])
+        merge = mapping.get("merge", {})
+        alignments = [a for a in merge.get("alignments", []) if a.get("success")]
+        r = row(
+            f"geomvision partitioned ({len(clusters)} clusters <= {cluster}, {workers} worker{'s' * (workers > 1)})",
+            recs,
+            t,
+            rep.get("timings_s", {}).get("mapping"),
+            {
+                "clusters_s": mapping.get("timings_s", {}).get("clusters"),
+                "merge_s": mapping.get("timings_s", {}).get("merge"),
+                "cluster_sizes": mapping.get("partition", {}).get("cluster_sizes"),
+                "peak_rss_mb": [c.get("peak_rss_mb") for c in clusters],
+                "main_peak_rss_mb": rep.get("main_peak_rss_mb"),
+                "merge_reproj_px": [round(a["reprojection_error_dst_px"]["median"], 3) for a in alignments],
+                "dropped": len(mapping.get("dropped_images", [])),
+                "error": rep.get("error"),
+            },
+        )
+        r["auc2_ratio"] = r["auc@2"] / whole["auc@2"] if whole["auc@2"] else float("nan")
+    if args.partitioned_first:
+        whole = run_whole()
+        for r in rows:
+            if "clusters_s" in r:
+                r["auc2_ratio"] = r["auc@2"] / whole["auc@2"] if whole["auc@2"] else float("nan")
+    if not args.no_colmap:
+        db = colmap_database(image_dir, work / f"{key}_{mode}_colmap", intrinsics, args.pairing, args.window)
+        (inc, t_inc), (hier, t_hier) = run_pycolmap(
+            db,
+            image_dir,
+            work / f"{key}_{mode}_colmap",
+            intrinsics,
+            cluster,
+            overlap,
+            max(args.worker_counts),
+        )
+        colmap_whole = row("pycolmap incremental", inc, t_inc, t_inc)
+        r = row(f"pycolmap hierarchical (leaf {cluster}, overlap {overlap})", hier, t_hier, t_hier)
+        r["auc2_ratio"] = r["auc@2"] / colmap_whole["auc@2"] if colmap_whole["auc@2"] else float("nan")
+    return rows
+
+
+def write_markdown(rows: list[dict], path: Path, args) -> None:
+    lines = [
+        "# Partitioned mapping vs whole-scene mapping vs COLMAP's hierarchical mapper",
+        "",
+        f"Run {date.today().isoformat()} on {platform.machine()} ({os.cpu_count()} cores, shared with other "
+        f"jobs: load average per row). Clusters of ceil({args.fraction:.3f} x images) core images (street: the "
+        "size in the row) plus overlap; "
+        "geomvision runs share one feature/match/verification cache, so `mapping s` is the comparable time "
+        "(for pycolmap: its mapper call). AUC of the pairwise relative pose error of the largest model "
+        "(unregistered = 180 deg), via `geomvision.evaluation`. `AUC@2 ratio` = partitioned / whole of the "
+        "same tool (geomvision partitioned / geomvision whole; pycolmap hierarchical / pycolmap incremental).",
+        "",
+        "| dataset | K | images | tool | models | registered | AUC@1 | AUC@2 | AUC@5 | AUC@2 ratio | mean reproj px "
+        "| mapping s | total s | load avg |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['dataset']} | {r['K']} | {r['images']} | {r['tool']} | {r['models']} | {r['registered']} | "
+            f"{_f(r['auc@1'])} | {_f(r['auc@2'])} | {_f(r['auc@5'])} | {_f(r.get('auc2_ratio'))} | "
+            f"{_f(r['reproj_px'])} | {_f(r['mapping_s'], 1)} | {_f(r['total_s'], 1)} | {r['load']} |"
+        )
+    detail = [r for r in rows if "clusters_s" in r]
+    if detail:
+        lines += [
+            "",
+            "Partitioned runs in detail (cluster mapping wall time, merge time, cluster sizes with overlap, peak "
+            "RSS of the process that mapped each cluster, median reprojection error of the merge alignments in "
+            "the destination model, images dropped at merge):",
+            "",
+            "| dataset | K | tool | clusters s | merge s | cluster sizes | cluster peak RSS MB | main process peak RSS MB "
+            "| merge reproj px | dropped |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in detail:
+            lines.append(
+                f"| {r['dataset']} | {r['K']} | {r['tool']} | {_f(r['clusters_s'], 1)} | {_f(r['merge_s'], 1)} | "
+                f"{r['cluster_sizes']} | {r['peak_rss_mb']} | {r.get('main_peak_rss_mb')} | {r['merge_reproj_px']} "
+                f"| {r['dropped']} |"
+            )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _f(v, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "–"
+    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--datasets", default="temple,castle")
+    parser.add_argument("--modes", default="known")
+    parser.add_argument("--fraction", type=float, default=1 / 3, help="cluster size as a share of the images")
+    parser.add_argument("--workers", type=int, default=2, help="workers of the whole run's per-item stages")
+    parser.add_argument("--worker-counts", default="2", help="partitioned runs, one per worker count")
+    parser.add_argument("--street", help="folder made by `geomvision synth-scene --kind street`")
+    parser.add_argument("--street-subset", type=int, default=0, help="use the first N street images only")
+    parser.add_argument("--pairing", default="exhaustive", help="geomvision pairing (street: sequential)")
+    parser.add_argument("--window", type=int, default=8, help="sequential window")
+    parser.add_argument("--cluster-images", type=int, help="cluster size (default: --fraction of the images)")
+    parser.add_argument("--partitioned-first", action="store_true", help="run the whole-scene mapping last")
+    parser.add_argument("--no-colmap", action="store_true")
+    parser.add_argument("--keep", help="keep work folders (and caches) here")
+    parser.add_argument("--output", default=str(RESULTS / "partition.md"))
+    parser.add_argument(
+        "--only-assemble",
+        nargs="*",
+        metavar="JSON",
+        help="write the table from these rows files (earlier runs' .json) without running anything",
+    )
+    args = parser.parse_args()
+    if args.only_assemble is not None:
+        rows = [r for path in args.only_assemble for r in json.loads(Path(path).read_text())]
+        write_markdown(rows, Path(args.output), args)
+        Path(args.output).with_suffix(".json").write_text(json.dumps(rows, indent=1, default=str))
+        print(f"wrote {args.output}")
+        return 0
+    args.worker_counts = [int(w) for w in args.worker_counts.split(",")]
+    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="gv_partition_"))
+    rows: list[dict] = []
+    json_path = Path(args.output).with_suffix(".json")
+    if json_path.exists() and args.keep:  # accumulate rows of earlier invocations on other datasets
+        rows = [r for r in json.loads(json_path.read_text()) if r["dataset"] not in args.datasets.split(",")]
+    try:
+        for key in args.datasets.split(","):
+            for mode in args.modes.split(","):
+                rows.extend(run_dataset(key, mode, args, work))
+                write_markdown(rows, Path(args.output), args)
+                json_path.write_text(json.dumps(rows, indent=1, default=str))
+        print(f"wrote {args.output}")
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

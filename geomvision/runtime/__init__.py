@@ -1,0 +1,1 @@
+"""Ground floor: the stage runner, atomic writes and the rng helper."""

@@ -1,0 +1,516 @@
+"""The stage runner: one way to map a pure task over per-image, per-pair or per-cluster items.
+
+Every stage that does the same work for many independent items (features per image, matching and
+verification per pair, mapping per cluster) describes that work as a :class:`Stage` (a picklable,
+module-level task function, a code/format version and a cache :class:`~geomvision.runtime.cache.Codec`)
+and calls :meth:`StageRunner.map`. The runner owns, in one place:
+
+* batching: items travel in batches (a stage may group them itself, e.g. matching's image tiles), with
+  a bounded number of batches in flight, so lazily built inputs (image bytes) never all sit in memory;
+* the on-disk cache (:mod:`geomvision.runtime.cache`): one content-addressed, signed entry per item,
+  written on the client as results arrive, so a killed or interrupted run resumes from them whatever
+  the backend;
+* progress with an ETA, and cancellation: an exception or Ctrl-C cancels queued batches at once
+  (running ones, one per worker, finish; workers ignore SIGINT, so they stay silent);
+* worker set-up (single-threaded OpenCV/BLAS, death with the client): :mod:`geomvision.runtime.worker`;
+* the engine report: tasks, pickled bytes sent and received, time spent waiting per stage.
+
+Backends (:func:`open_runner`): ``serial`` (in this process), ``processes`` (a local forkserver pool,
+the default) and ``dask`` (a ``dask.distributed.Client``: a running scheduler by address, or a
+``LocalCluster`` on 127.0.0.1; :mod:`geomvision.runtime.dask_backend`, the only module importing
+dask). Tasks must be deterministic functions of their inputs; random streams derive from (seed, item)
+via :func:`derive_seed`, so every backend gives byte-identical results.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+import math
+import os
+import pickle
+import time
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from geomvision.errors import InputError
+from geomvision.progress import ProgressCallback, report
+from geomvision.runtime.cache import Codec, SignedCache, cache_key, load_or_create_key
+from geomvision.runtime.worker import (
+    default_num_workers,
+    make_process_pool,
+    prepare_worker,
+    terminate_pool,
+    usable_cpu_count,
+)
+
+logger = logging.getLogger(__name__)
+
+BackendName = Literal["serial", "processes", "dask"]
+BACKENDS: tuple[str, ...] = ("serial", "processes", "dask")
+#: Batches kept queued per worker: enough to hide the round trip, few enough to bound memory.
+_IN_FLIGHT_PER_WORKER = 2
+#: Automatic batching aims at this many batches per worker (load balance vs per-task overhead).
+_BATCHES_PER_WORKER = 4
+_MAX_AUTO_BATCH = 64
+
+__all__ = [
+    "BACKENDS",
+    "Stage",
+    "StageRunner",
+    "StageStats",
+    "default_num_workers",
+    "derive_seed",
+    "open_runner",
+    "run_payload",
+    "usable_cpu_count",
+]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Stage:
+    """What a stage runs per item, and how its results are cached.
+
+    Attributes:
+        name: the stage's name: cache subfolder, report key, progress label.
+        task: a module-level (picklable) function. ``batched=False``: ``task(item_input, context) ->
+            result``; ``batched=True``: ``task(list_of_item_inputs, context) -> list_of_results`` (for
+            stages that share per-batch preparation, e.g. one descriptor normalisation per image).
+        version: code/format version of the result, part of every cache key: bump it when the task's
+            output or the codec changes.
+        codec: encodes a result for the cache (None: never cached).
+        batch_size: items per task; None picks about four batches per worker (at most 64 items).
+    """
+
+    name: str
+    task: Callable[..., Any]
+    version: int
+    codec: Codec | None = None
+    batched: bool = False
+    batch_size: int | None = None
+
+
+@dataclass
+class StageStats:
+    """What one stage cost on the engine (summed over its :meth:`StageRunner.map` calls)."""
+
+    items: int = 0
+    cached: int = 0
+    tasks: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    wait_s: float = 0.0
+    compute_s: float = 0.0
+    wall_s: float = 0.0
+
+
+def derive_seed(seed: int, *item: int) -> int:
+    """A 63-bit seed for one item's random stream, a function of (seed, item) only.
+
+    Never depends on the order in which items are scheduled, so every backend draws the same numbers.
+    """
+    state = np.random.SeedSequence([int(seed), *(int(v) for v in item)]).generate_state(1, np.uint64)
+    return int(state[0] >> np.uint64(1))
+
+
+def run_payload(payload: bytes, client_pid: int | None = None) -> bytes:
+    """Worker side of every out-of-process backend: run one pickled batch, return pickled results.
+
+    The payload is ``(task, batched, inputs, context)``; the result is ``(results, compute_s)``.
+    Pickling here (rather than letting the executor do it) gives the exact bytes moved.
+    """
+    prepare_worker(client_pid)
+    task, batched, inputs, context = pickle.loads(payload)
+    start = time.perf_counter()
+    results = _call(task, batched, inputs, context)
+    return pickle.dumps((results, time.perf_counter() - start), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _apply(item: Any, fn: Callable) -> Any:
+    """Task of :meth:`StageRunner.map_function`: the context is the function to apply."""
+    return fn(item)
+
+
+def _call(task, batched: bool, inputs: list, context: Any) -> list:
+    if batched:
+        results = list(task(inputs, context))
+        if len(results) != len(inputs):
+            raise RuntimeError(
+                f"batched task {task.__name__} returned {len(results)} results for {len(inputs)}"
+            )
+        return results
+    return [task(x, context) for x in inputs]
+
+
+# --- backends -----------------------------------------------------------------------------------------------
+
+
+class Backend:
+    """Where batches run. Subclasses: serial (here), processes (local pool), dask."""
+
+    name: str = "serial"
+    #: Whether workers can open the client's file paths (otherwise the client ships file bytes).
+    shares_files: bool = True
+    #: Whether batches run in this process (no pickling, no futures).
+    in_process: bool = True
+
+    @property
+    def num_workers(self) -> int:
+        return 1
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.name, "workers": self.num_workers}
+
+    def submit(self, payload: bytes) -> Any:
+        raise NotImplementedError
+
+    def wait_first(self, futures: set) -> set:
+        raise NotImplementedError
+
+    def result(self, future: Any) -> bytes:
+        raise NotImplementedError
+
+    def submit_background(self, fn: Callable, *args: Any) -> cf.Future | None:
+        """Run ``fn(*args)`` (a client-side chore, e.g. drawing) beside later work if possible.
+
+        Returns a future to wait on, or None when it ran already (serial, or no shared filesystem).
+        """
+        fn(*args)
+        return None
+
+    def close(self, *, cancel: bool = False) -> None:
+        """Release workers; ``cancel``: drop queued work now (without waiting for running tasks)."""
+
+
+class SerialBackend(Backend):
+    """Everything in the calling process, in item order."""
+
+
+class ProcessBackend(Backend):
+    """A local pool of forkserver worker processes (:func:`~geomvision.runtime.worker.make_process_pool`)."""
+
+    name = "processes"
+    in_process = False
+
+    def __init__(self, num_workers: int) -> None:
+        self._num_workers = num_workers
+        self._pool: cf.ProcessPoolExecutor | None = None
+
+    @property
+    def num_workers(self) -> int:
+        return self._num_workers
+
+    @property
+    def pool(self) -> cf.ProcessPoolExecutor:
+        if self._pool is None:  # started on first use: a fully cached run starts no process
+            self._pool = make_process_pool(self._num_workers)
+        return self._pool
+
+    def submit(self, payload: bytes) -> cf.Future:
+        return self.pool.submit(run_payload, payload, os.getpid())
+
+    def wait_first(self, futures: set) -> set:
+        done, _ = cf.wait(futures, return_when=cf.FIRST_COMPLETED)
+        return done
+
+    def result(self, future: cf.Future) -> bytes:
+        return future.result()
+
+    def submit_background(self, fn: Callable, *args: Any) -> cf.Future | None:
+        return self.pool.submit(fn, *args)
+
+    def close(self, *, cancel: bool = False) -> None:
+        if self._pool is None:
+            return
+        if cancel:
+            terminate_pool(self._pool)
+        else:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pool = None
+
+
+# --- the runner -----------------------------------------------------------------------------------------------
+
+
+class StageRunner:
+    """Maps stages over items on one backend, with one cache, progress and the engine report.
+
+    Use as a context manager (workers are released on exit; on an exception or Ctrl-C queued work is
+    cancelled and workers are ended at once). :func:`open_runner` builds one from settings.
+
+    Args:
+        backend: where batches run (default: serial, in this process).
+        cache_dir: root of the signed result cache (None: no caching).
+    """
+
+    def __init__(self, backend: Backend | None = None, *, cache_dir: str | os.PathLike | None = None) -> None:
+        self.backend = backend or SerialBackend()
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self._cache: SignedCache | None = None
+        if self.cache_dir is not None:
+            key = load_or_create_key()
+            if key is not None:
+                self._cache = SignedCache(self.cache_dir, key)
+        self.stats: dict[str, StageStats] = {}
+
+    # context management
+    def __enter__(self) -> StageRunner:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(cancel=exc_type is not None)
+
+    def close(self, *, cancel: bool = False) -> None:
+        self.backend.close(cancel=cancel)
+
+    def with_cache(self, cache_dir: str | os.PathLike | None) -> StageRunner:
+        """A runner on the same backend with another cache root (stats are shared)."""
+        other = StageRunner(self.backend, cache_dir=cache_dir)
+        other.stats = self.stats
+        return other
+
+    def in_process(self) -> StageRunner:
+        """A serial runner with this one's cache and stats (for a few items not worth shipping)."""
+        other = StageRunner(cache_dir=self.cache_dir)
+        other.stats = self.stats
+        return other
+
+    @property
+    def shares_files(self) -> bool:
+        return self.backend.shares_files
+
+    def report(self) -> dict[str, Any]:
+        """The ``engine`` section of report.json."""
+        stages = {name: {k: _rounded(v) for k, v in asdict(s).items()} for name, s in self.stats.items()}
+        totals = {
+            key: _rounded(sum(getattr(s, key) for s in self.stats.values()))
+            for key in ("tasks", "bytes_sent", "bytes_received", "wait_s")
+        }
+        return {**self.backend.describe(), **totals, "stages": stages}
+
+    def submit_background(self, fn: Callable, *args: Any) -> cf.Future | None:
+        return self.backend.submit_background(fn, *args)
+
+    def map(
+        self,
+        stage: Stage,
+        items: Sequence[Hashable],
+        *,
+        inputs: Callable[[Any], Any] | None = None,
+        context: Any = None,
+        options_key: Any = None,
+        item_key: Callable[[Any], str] | None = None,
+        group: Callable[[list], list[list]] | None = None,
+        label: Callable[[Any], str] | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> list[Any]:
+        """Run ``stage.task`` on every item (cached items are loaded, not recomputed).
+
+        Args:
+            stage: the task and its cache description.
+            items: distinct, hashable item ids (image ids, pairs, cluster ids); results keep their order.
+            inputs: ``inputs(item)`` builds an item's task input, called just before its batch is sent
+                (default: the item itself).
+            context: inputs shared by all items (options, a quantiser), sent once per batch.
+            options_key: JSON-able description of what in ``context`` changes the results (cache key).
+            item_key: ``item_key(item)`` hashes the item's own inputs (cache key); None: no caching.
+            group: ``group(todo_items) -> batches`` for stages that batch items themselves.
+            label: progress text of an item (default: ``str(item)``).
+            progress: ``progress(done, total, message)`` callback; the message ends with an ETA.
+
+        Returns:
+            One result per item, in order.
+        """
+        items = list(items)
+        total = len(items)
+        stats = self.stats.setdefault(stage.name, StageStats())
+        stats.items += total
+        t_start = time.perf_counter()
+        results: list[Any] = [None] * total
+        keys: list[str | None] = [None] * total
+        have = [False] * total
+        cache = self._cache if stage.codec is not None and item_key is not None else None
+        if cache is not None:
+            for pos, item in enumerate(items):
+                keys[pos] = cache_key(stage.name, stage.version, options_key, item_key(item))
+                have[pos], results[pos] = cache.load(stage.name, keys[pos], stage.codec)
+        position = {item: pos for pos, item in enumerate(items)}
+        if len(position) != total:
+            raise InputError(
+                f"stage {stage.name}: items must be distinct, got {total - len(position)} repeats"
+            )
+        todo = [item for pos, item in enumerate(items) if not have[pos]]
+        cached = total - len(todo)
+        stats.cached += cached
+        report(progress, cached, total, f"{stage.name} ({cached} cached)" if cached else stage.name)
+        logger.info("%s: %d items (%d cached) on %s", stage.name, len(todo), cached, self.backend.name)
+        if todo:
+            batches = group(todo) if group is not None else self._chunks(stage, todo)
+            tracker = _Progress(progress, total, cached, label or str)
+            make_input = inputs or (lambda item: item)
+            for batch, outputs in self._execute(stage, batches, make_input, context, stats):
+                for item, result in zip(batch, outputs, strict=True):
+                    pos = position[item]
+                    results[pos] = result
+                    if cache is not None:
+                        cache.store(stage.name, keys[pos], stage.codec, result)
+                tracker.advance(len(batch), batch[-1])
+        stats.wall_s += time.perf_counter() - t_start
+        return results
+
+    def map_function(self, name: str, *, batch_size: int | None = 1) -> Callable[[Callable, Sequence], list]:
+        """A builtin-``map``-like callable running ``fn(task)`` for each task on this runner's backend.
+
+        For stages that only need distribution (no cache), e.g. per-cluster mapping:
+        ``partitioned_mapping(..., map_fn=runner.map_function("mapping"))``. ``fn`` must be a
+        module-level function; results come back in task order; stats are reported under ``name``.
+        """
+
+        def run(fn: Callable, tasks: Sequence) -> list:
+            tasks = list(tasks)
+            stage = Stage(name=name, task=_apply, version=0, batch_size=batch_size)
+            return self.map(stage, range(len(tasks)), inputs=tasks.__getitem__, context=fn)
+
+        return run
+
+    def _chunks(self, stage: Stage, todo: list) -> list[list]:
+        size = stage.batch_size
+        if size is None:
+            if self.backend.in_process:
+                size = 1
+            else:
+                workers = max(1, self.backend.num_workers)
+                size = min(_MAX_AUTO_BATCH, max(1, math.ceil(len(todo) / (_BATCHES_PER_WORKER * workers))))
+        return [todo[s : s + size] for s in range(0, len(todo), size)]
+
+    def _execute(self, stage: Stage, batches: list[list], make_input, context, stats: StageStats) -> Iterator:
+        """Yield (batch, results) as batches finish (in order for in-process backends)."""
+        backend = self.backend
+        if backend.in_process:
+            for batch in batches:
+                start = time.perf_counter()
+                outputs = _call(stage.task, stage.batched, [make_input(i) for i in batch], context)
+                elapsed = time.perf_counter() - start
+                stats.tasks += 1
+                stats.compute_s += elapsed
+                stats.wait_s += elapsed
+                yield batch, outputs
+            return
+        limit = max(1, _IN_FLIGHT_PER_WORKER * backend.num_workers)
+        queue = iter(batches)
+        in_flight: dict[Any, list] = {}
+        try:
+            while True:
+                while len(in_flight) < limit:
+                    batch = next(queue, None)
+                    if batch is None:
+                        break
+                    payload = pickle.dumps(
+                        (stage.task, stage.batched, [make_input(i) for i in batch], context),
+                        protocol=pickle.HIGHEST_PROTOCOL,
+                    )
+                    stats.bytes_sent += len(payload)
+                    stats.tasks += 1
+                    in_flight[backend.submit(payload)] = batch
+                if not in_flight:
+                    return
+                start = time.perf_counter()
+                done = backend.wait_first(set(in_flight))
+                stats.wait_s += time.perf_counter() - start
+                for future in done:
+                    batch = in_flight.pop(future)
+                    data = backend.result(future)
+                    stats.bytes_received += len(data)
+                    outputs, compute_s = pickle.loads(data)
+                    stats.compute_s += compute_s
+                    yield batch, outputs
+        except BaseException:
+            # Ctrl-C or a failed task: queued batches must not run on.
+            backend.close(cancel=True)
+            raise
+
+
+class _Progress:
+    """Progress reports with an ETA from the items computed so far (cached ones excluded)."""
+
+    def __init__(self, progress: ProgressCallback | None, total: int, done: int, label: Callable) -> None:
+        self.progress, self.total, self.done, self.label = progress, total, done, label
+        self.first = done
+        self.start = time.perf_counter()
+
+    def advance(self, count: int, last_item: Any) -> None:
+        self.done += count
+        if self.progress is None:
+            return
+        fresh = self.done - self.first
+        elapsed = time.perf_counter() - self.start
+        remaining = (self.total - self.done) * elapsed / max(fresh, 1)
+        self.progress(self.done, self.total, f"{self.label(last_item)} · eta {_duration(remaining)}")
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def _rounded(value):
+    return round(value, 4) if isinstance(value, float) else value
+
+
+# --- construction from settings ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DaskSettings:
+    """How to reach Dask (see :func:`open_runner`).
+
+    Attributes:
+        scheduler: "local" (a LocalCluster on 127.0.0.1) or a scheduler address ``tcp://HOST:PORT`` /
+            ``tls://HOST:PORT``.
+        images_visible_to_workers: workers can open the client's image paths (shared filesystem);
+            otherwise the client reads each image and ships its bytes.
+        tls_ca_file, tls_cert_file, tls_key_file: TLS files of a secured scheduler (None: the dask
+            config's ``distributed.comm.tls`` settings, if any).
+    """
+
+    scheduler: str = "local"
+    images_visible_to_workers: bool = False
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+
+
+def open_runner(
+    backend: str = "processes",
+    num_workers: int | None = None,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    dask: DaskSettings | None = None,
+) -> StageRunner:
+    """A :class:`StageRunner` on the named backend.
+
+    Args:
+        backend: "serial", "processes" (one worker falls back to serial) or "dask".
+        num_workers: worker processes (processes, and ``--scheduler local``); None: the usable cores.
+        cache_dir: root of the result cache (None: no caching).
+        dask: Dask connection settings (backend "dask" only).
+
+    Raises:
+        InputError: unknown backend, or dask requested but not installed (one line saying how to install).
+    """
+    if backend not in BACKENDS:
+        raise InputError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+    workers = default_num_workers(num_workers)
+    if backend == "dask":
+        from geomvision.runtime import dask_backend  # the only module that imports dask
+
+        engine: Backend = dask_backend.connect(dask or DaskSettings(), workers)
+    elif backend == "processes" and workers > 1:
+        engine = ProcessBackend(workers)
+    else:
+        engine = SerialBackend()
+    return StageRunner(engine, cache_dir=cache_dir)
