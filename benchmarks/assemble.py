@@ -23,6 +23,7 @@ ORDER = [
     ("bench_colmap_io.md", "COLMAP model I/O"),
     ("learned_pose.md", "Learned pose plugins (issue: learned pose)"),
     ("distributed.md", "Stage runner backends: serial, process pool, Dask (issue: scale-out)"),
+    ("scaling.md", "Cost growth on synthetic street scenes (issue 17)"),
 ]
 
 

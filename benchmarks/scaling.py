@@ -362,6 +362,9 @@ def write_markdown(rows: list[dict], path: Path) -> None:
             f"| {_f(r.get('auc@5'), '{:.3f}')} | {_f(r.get('mean_reprojection_error_px'), '{:.3f}')} "
             f"| {r['load_start'][0]:.1f} |"
         )
+    notes = [f"- N={r['images']} {r['tool']}: {r['note']}" for r in rows if r.get("note")]
+    if notes:
+        lines += ["", "Run notes:", "", *notes]
     lines += [
         "",
         "Per-stage peak RSS (GiB) of each run:",
