@@ -17,5 +17,5 @@ if [ -n "$missing" ]; then
 fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e ".[dev]"
+.venv/bin/python -m pip install -q -e ".[dev,distributed,partition]"
 echo "geomvision installed in $(pwd)/.venv"
