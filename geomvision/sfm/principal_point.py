@@ -127,16 +127,7 @@ def principal_point_std_px(
     num_points = len(problem.points)
     if max_points is not None and num_points > max_points:
         chosen = np.sort(as_rng(rng).choice(num_points, size=max_points, replace=False))
-        keep = np.isin(problem.obs_point, chosen)
-        problem = replace(
-            problem,
-            points=problem.points[chosen],
-            obs_image=problem.obs_image[keep],
-            obs_point=np.searchsorted(chosen, problem.obs_point[keep]),
-            obs_px=problem.obs_px[keep],
-            point_free=problem.point_free[chosen],
-            _layout=None,
-        )
+        problem = problem.with_points(chosen)
         scale = float(np.sqrt(max_points / num_points))
     lay = problem.layout
     ev = evaluate(problem, "linear", 1.0, jacobians=True)

@@ -24,7 +24,7 @@ models with ground truth) and on deliberately wrong models (focal prior 4x off, 
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -154,16 +154,7 @@ def focal_drift(
         chosen = np.sort(
             np.random.default_rng(rng).choice(num_points, size=options.drift_max_points, replace=False)
         )
-        keep = np.isin(problem.obs_point, chosen)
-        problem = replace(
-            problem,
-            points=problem.points[chosen],
-            obs_image=problem.obs_image[keep],
-            obs_point=np.searchsorted(chosen, problem.obs_point[keep]),
-            obs_px=problem.obs_px[keep],
-            point_free=problem.point_free[chosen],
-            _layout=None,
-        )
+        problem = problem.with_points(chosen)
     wanted = np.isin(ids["camera_ids"], list(camera_ids))
     problem.intrinsics_free &= wanted[:, None]
     before = problem.intrinsics.copy()
