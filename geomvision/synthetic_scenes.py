@@ -46,7 +46,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from geomvision.errors import InputError
+from geomvision.errors import InputError, check_at_least, check_positive
 from geomvision.geometry.rigid import Rigid3d
 from geomvision.io.colmap import write_model
 from geomvision.io.images import list_images, read_image
@@ -148,10 +148,8 @@ class SceneDatasetOptions:
             raise InputError(f"texels_per_m must be within 5..1000, got {self.texels_per_m}")
         if not self.far_m > 1:
             raise InputError(f"far_m must be > 1 m, got {self.far_m}")
-        if not self.points_per_m2 > 0:
-            raise InputError(f"points_per_m2 must be > 0, got {self.points_per_m2}")
-        if self.max_photos_per_dir < 1:
-            raise InputError(f"max_photos_per_dir must be >= 1, got {self.max_photos_per_dir}")
+        check_positive("points_per_m2", self.points_per_m2)
+        check_at_least("max_photos_per_dir", self.max_photos_per_dir, 1)
         if not (1 <= self.jpeg_quality <= 100):
             raise InputError(f"jpeg_quality must be within 1..100, got {self.jpeg_quality}")
 

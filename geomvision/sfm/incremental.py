@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from geomvision.errors import InputError
+from geomvision.errors import InputError, check_at_least
 from geomvision.progress import ProgressCallback
 from geomvision.progress import report as report_progress
 from geomvision.runtime.rng import as_rng
@@ -118,8 +118,7 @@ class IncrementalMapperOptions:
     def __post_init__(self) -> None:
         if self.global_ba_every <= 1.0:
             raise InputError(f"global_ba_every is a growth ratio and must be > 1, got {self.global_ba_every}")
-        if self.local_ba_num_images < 1:
-            raise InputError(f"local_ba_num_images must be >= 1, got {self.local_ba_num_images}")
+        check_at_least("local_ba_num_images", self.local_ba_num_images, 1)
         if self.max_num_models < 1 or self.min_model_size < 2:
             raise InputError(
                 f"need max_num_models >= 1 and min_model_size >= 2, got "

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from geomvision.errors import InputError
+from geomvision.errors import check_at_least, check_positive
 from geomvision.geometry.camera_models import PRINCIPAL_POINT_INDICES
 from geomvision.runtime.rng import as_rng
 from geomvision.scene.reconstruction import Reconstruction
@@ -67,16 +67,11 @@ class PrincipalPointOptions:
     ba: BundleAdjustmentOptions = field(default_factory=lambda: BundleAdjustmentOptions(loss="soft_l1"))
 
     def __post_init__(self) -> None:
-        if self.min_registered_images < 2:
-            raise InputError(f"min_registered_images must be >= 2, got {self.min_registered_images}")
-        if not self.max_std_deg > 0:
-            raise InputError(f"max_std_deg must be > 0, got {self.max_std_deg}")
-        if not self.min_significance >= 0:
-            raise InputError(f"min_significance must be >= 0, got {self.min_significance}")
-        if not self.max_shift > 0:
-            raise InputError(f"max_shift must be > 0, got {self.max_shift}")
-        if self.max_points < 10:
-            raise InputError(f"max_points must be >= 10, got {self.max_points}")
+        check_at_least("min_registered_images", self.min_registered_images, 2)
+        check_positive("max_std_deg", self.max_std_deg)
+        check_at_least("min_significance", self.min_significance, 0)
+        check_positive("max_shift", self.max_shift)
+        check_at_least("max_points", self.max_points, 10)
 
 
 @dataclass

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import networkx as nx
 import numpy as np
 
-from geomvision.errors import InputError
+from geomvision.errors import InputError, check_at_least
 from geomvision.geometry.rotation_averaging import (
     irls_rotation_averaging,
     relative_rotation_residuals_rad,
@@ -60,8 +60,7 @@ class RotationAveragingOptions:
     min_component_size: int = 2
 
     def __post_init__(self) -> None:
-        if self.min_num_inliers < 1:
-            raise InputError(f"min_num_inliers must be >= 1, got {self.min_num_inliers}")
+        check_at_least("min_num_inliers", self.min_num_inliers, 1)
         if self.l1_iterations < 0 or self.irls_iterations < 0:
             raise InputError(
                 f"iteration counts must be >= 0, got l1_iterations={self.l1_iterations}, "
@@ -70,8 +69,7 @@ class RotationAveragingOptions:
         for name in ("loss_scale_deg", "max_residual_deg"):
             if not 0 < getattr(self, name) <= 180:
                 raise InputError(f"{name} must be in (0, 180], got {getattr(self, name)}")
-        if self.min_component_size < 2:
-            raise InputError(f"min_component_size must be >= 2, got {self.min_component_size}")
+        check_at_least("min_component_size", self.min_component_size, 2)
 
 
 @dataclass

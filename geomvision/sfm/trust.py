@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from geomvision.errors import InputError
+from geomvision.errors import InputError, check_at_least, check_positive
 from geomvision.geometry import camera_models
 from geomvision.scene.reconstruction import Reconstruction
 from geomvision.sfm.bundle_adjustment import (
@@ -71,14 +71,12 @@ class TrustOptions:
     drift_max_iterations: int = 20
 
     def __post_init__(self) -> None:
-        if not self.max_focal_deviation > 0:
-            raise InputError(f"max_focal_deviation must be > 0, got {self.max_focal_deviation}")
+        check_positive("max_focal_deviation", self.max_focal_deviation)
         if not 0 < self.min_focal_ratio < self.max_focal_ratio:
             raise InputError(
                 f"need 0 < min_focal_ratio < max_focal_ratio, got {self.min_focal_ratio}, {self.max_focal_ratio}"
             )
-        if self.min_mean_track_length < 2:
-            raise InputError(f"min_mean_track_length must be >= 2, got {self.min_mean_track_length}")
+        check_at_least("min_mean_track_length", self.min_mean_track_length, 2)
         if self.min_median_triangulation_angle_deg < 0:
             raise InputError(
                 f"min_median_triangulation_angle_deg must be >= 0, got {self.min_median_triangulation_angle_deg}"
