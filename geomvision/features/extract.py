@@ -161,19 +161,7 @@ def save_features(path: str | os.PathLike, features: Features) -> None:
 def load_features(path: str | os.PathLike) -> Features:
     """Read features written by :func:`save_features`."""
     with np.load(path) as data:
-        n = len(data["keypoints_px"])
-
-        def optional(name):
-            arr = data[name]
-            return arr if len(arr) == n else None
-
-        return Features(
-            keypoints_px=data["keypoints_px"],
-            descriptors=data["descriptors"],
-            scales=optional("scales"),
-            orientations=optional("orientations"),
-            colors=optional("colors"),
-        )
+        return FeaturesCodec().decode(data, {})
 
 
 class FeaturesCodec:
@@ -193,7 +181,8 @@ class FeaturesCodec:
         n = len(arrays["keypoints_px"])
 
         def optional(name):
-            return arrays[name] if len(arrays[name]) == n else None
+            arr = arrays[name]  # read once: an np.load archive decompresses on every lookup
+            return arr if len(arr) == n else None
 
         return Features(
             keypoints_px=arrays["keypoints_px"],
