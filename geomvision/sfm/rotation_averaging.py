@@ -141,28 +141,20 @@ def _solve_component(
     rotations = rotations_from_spanning_tree(len(ids), tree_edges, tree_relative, root=index[root])
     prior = np.sqrt(weights) if options.weight_by_inliers else None
     scale = np.deg2rad(options.loss_scale_deg)
-    rotations, l1_iterations = irls_rotation_averaging(
-        rotations,
-        edges,
-        relative,
-        edge_weights=prior,
-        fixed=index[root],
-        loss="l1",
-        loss_scale_rad=scale,
-        max_iterations=options.l1_iterations,
-    )
-    rotations, irls_iterations = irls_rotation_averaging(
-        rotations,
-        edges,
-        relative,
-        edge_weights=prior,
-        fixed=index[root],
-        loss="geman_mcclure",
-        loss_scale_rad=scale,
-        max_iterations=options.irls_iterations,
-    )
+    stats: dict[str, int] = {}
+    # An L1 pass from the spanning-tree start, then Geman-McClure IRLS from the L1 result.
+    for loss, key in (("l1", "l1_iterations"), ("geman_mcclure", "irls_iterations")):
+        rotations, stats[key] = irls_rotation_averaging(
+            rotations,
+            edges,
+            relative,
+            edge_weights=prior,
+            fixed=index[root],
+            loss=loss,
+            loss_scale_rad=scale,
+            max_iterations=getattr(options, key),
+        )
     residuals = np.degrees(relative_rotation_residuals_rad(rotations, edges, relative))
-    stats = {"l1_iterations": l1_iterations, "irls_iterations": irls_iterations}
     return (
         {image_id: rotations[index[image_id]] for image_id in ids},
         dict(zip(pairs, residuals.tolist(), strict=True)),
