@@ -115,10 +115,7 @@ class AlignmentOptions:
                 f"ransac_max_points and refine_max_points must be >= 3, got "
                 f"{self.ransac_max_points}, {self.refine_max_points}"
             )
-        if not 0.0 <= self.max_inconsistent_camera_ratio <= 1.0:
-            raise InputError(
-                f"max_inconsistent_camera_ratio must be in [0, 1], got {self.max_inconsistent_camera_ratio}"
-            )
+        check_range("max_inconsistent_camera_ratio", self.max_inconsistent_camera_ratio, 0, 1)
 
 
 def _default_merge_ba() -> BundleAdjustmentOptions:

@@ -77,10 +77,7 @@ class TrustOptions:
                 f"need 0 < min_focal_ratio < max_focal_ratio, got {self.min_focal_ratio}, {self.max_focal_ratio}"
             )
         check_at_least("min_mean_track_length", self.min_mean_track_length, 2)
-        if self.min_median_triangulation_angle_deg < 0:
-            raise InputError(
-                f"min_median_triangulation_angle_deg must be >= 0, got {self.min_median_triangulation_angle_deg}"
-            )
+        check_at_least("min_median_triangulation_angle_deg", self.min_median_triangulation_angle_deg, 0)
         if not self.max_focal_drift > 0 or self.drift_max_points < 10 or self.drift_max_iterations < 1:
             raise InputError(
                 f"need max_focal_drift > 0, drift_max_points >= 10, drift_max_iterations >= 1, got "
