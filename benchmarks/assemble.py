@@ -17,12 +17,15 @@ ORDER = [
     ("reconstruct.md", "End-to-end reconstruction (issue: incremental reconstruction)"),
     ("self_calibration.md", "Self-calibration and model trust (issue 19)"),
     ("bench_incremental_mapper.md", "Incremental mapper alone"),
-    ("partition.md", "Partitioned mapping and Sim(3) merge (issue: partitioned reconstruction)"),
+    ("partition.md", "Partitioned mapping and Sim(3) merge (issue 18)"),
     ("bundle_adjustment.md", "Bundle adjustment (issue: bundle adjustment)"),
     ("factorization.md", "Factorization (issue: Tomasi-Kanade)"),
     ("bench_colmap_io.md", "COLMAP model I/O"),
     ("learned_pose.md", "Learned pose plugins (issue: learned pose)"),
-    ("distributed.md", "Stage runner backends: serial, process pool, Dask (issue: scale-out)"),
+    ("distributed.md", "Stage runner backends: serial, process pool, Dask (issue 15: scale-out)"),
+    ("global_mapper.md", "Global mapper vs incremental vs COLMAP/GLOMAP (issue 16)"),
+    ("scaling.md", "Cost growth on synthetic street scenes (issue 17)"),
+    ("wide_baseline.md", "Wide-baseline rings (issue 19)"),
     ("scaling.md", "Cost growth on synthetic street scenes (issue 17)"),
 ]
 

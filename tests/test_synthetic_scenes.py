@@ -315,9 +315,7 @@ def test_images_of_unrelated_facades_do_not_verify(tmp_path):
     write_scene_dataset(tmp_path, SceneDatasetOptions(kind="street", num_images=40, write_depth=False), rng=0)
     rec = read_model(tmp_path)
     paths = sorted((tmp_path / "images").glob("*.jpg"))
-    features = dict(
-        enumerate(extract_features(paths, ExtractionOptions(root_sift=True, num_workers=1)), start=1)
-    )
+    features = dict(enumerate(extract_features(paths, ExtractionOptions(root_sift=True)), start=1))
     shared = collections.Counter()
     for point in rec.points3D.values():
         ids = sorted({i for i, _ in point.track})
@@ -326,7 +324,7 @@ def test_images_of_unrelated_facades_do_not_verify(tmp_path):
     rng = np.random.default_rng(0)
     unrelated = [tuple(int(i) for i in p) for p in rng.permutation([p for p in pairs if shared[p] == 0])[:60]]
     related = [p for p in pairs if shared[p] >= 10 and p[1] - p[0] == 1]  # consecutive views, common surface
-    matches = match_pairs(features, unrelated + related, MatchingOptions(max_distance=0.4, num_workers=1))
+    matches = match_pairs(features, unrelated + related, MatchingOptions(max_distance=0.4))
     cameras = {i: rec.cameras[1] for i in features}
     verified = verify_pairs(features, matches, cameras)
     assert sum(verified[p].success for p in unrelated) <= 1

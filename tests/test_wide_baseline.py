@@ -61,7 +61,7 @@ def test_adds_pair_that_ordinary_matching_misses(tmp_path):
     )
     assert not ordinary.success  # the premise: a tilt of 3 defeats similarity-invariant SIFT
 
-    options = WideBaselineOptions(max_tilt_index=3, max_num_features=4000)
+    options = WideBaselineOptions(enabled=True, max_tilt_index=3, max_num_features=4000)
     result = densify_wide_baseline_pairs(
         paths, features, {(1, 2): len(matches)}, {(1, 2): ordinary}, {1: None, 2: None}, options, rng=0
     )
@@ -91,7 +91,12 @@ def test_does_nothing_on_a_well_connected_set(tmp_path):
     verified = {p: TwoViewGeometry(*p, "calibrated", np.stack([np.arange(40)] * 2, axis=1)) for p in pairs}
     missing = {i: tmp_path / f"missing{i}.png" for i in features}  # never read: nothing is retried
     result = densify_wide_baseline_pairs(
-        missing, features, dict.fromkeys(pairs, 40), verified, dict.fromkeys(features), WideBaselineOptions()
+        missing,
+        features,
+        dict.fromkeys(pairs, 40),
+        verified,
+        dict.fromkeys(features),
+        WideBaselineOptions(enabled=True),
     )
     assert result.report["weak_images"] == [] and result.report["pairs_retried"] == 0
     assert result.report["pairs_added"] == 0 and result.report["keypoints_added"] == 0
@@ -102,7 +107,12 @@ def test_does_nothing_on_a_well_connected_set(tmp_path):
     thin[(3, 4)] = TwoViewGeometry(3, 4, "calibrated", np.stack([np.arange(20)] * 2, axis=1))
     with pytest.raises(InputError, match=r"missing[34]\.png"):
         densify_wide_baseline_pairs(
-            missing, features, dict.fromkeys(pairs, 40), thin, dict.fromkeys(features)
+            missing,
+            features,
+            dict.fromkeys(pairs, 40),
+            thin,
+            dict.fromkeys(features),
+            WideBaselineOptions(enabled=True),
         )
 
 
