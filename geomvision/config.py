@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-from geomvision.errors import InputError
+from geomvision.errors import InputError, check_at_least
 from geomvision.features.extract import ExtractionOptions
 from geomvision.features.match import MatchingOptions
 from geomvision.runtime.runner import BACKENDS
@@ -127,10 +127,7 @@ class PipelineOptions:
             raise InputError(f"init must be one of {INIT_METHODS}, got {self.init!r}")
         if self.mapper not in MAPPERS:
             raise InputError(f"mapper must be one of {MAPPERS}, got {self.mapper!r}")
-        if self.auto_exhaustive_max_images < 2:
-            raise InputError(
-                f"auto_exhaustive_max_images must be >= 2, got {self.auto_exhaustive_max_images}"
-            )
+        check_at_least("auto_exhaustive_max_images", self.auto_exhaustive_max_images, 2)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise InputError(f"seed must be a non-negative integer, got {self.seed!r}")
         if self.intrinsics is not None:

@@ -35,3 +35,30 @@ class Terminated(KeyboardInterrupt):
         self.signum = int(signum)
         self.signal_name = signal.Signals(self.signum).name
         super().__init__(self.signal_name)
+
+
+def check_positive(name: str, value: float) -> None:
+    """Raise :class:`InputError` ``"<name> must be > 0, got <value>"`` unless ``value > 0`` (NaN fails)."""
+    if not value > 0:
+        raise InputError(f"{name} must be > 0, got {value}")
+
+
+def check_at_least(name: str, value: float, low: float) -> None:
+    """Raise :class:`InputError` ``"<name> must be >= <low>, got <value>"`` unless ``value >= low`` (NaN fails)."""
+    if not value >= low:
+        raise InputError(f"{name} must be >= {low}, got {value}")
+
+
+def check_range(
+    name: str, value: float, low: float, high: float, *, low_open: bool = False, high_open: bool = False
+) -> None:
+    """Raise :class:`InputError` unless ``value`` lies in the interval from ``low`` to ``high`` (NaN fails).
+
+    The bounds are included unless ``low_open``/``high_open``; the message names the interval the usual
+    way, e.g. ``"min_inlier_ratio must be in [0, 1], got 1.5"`` or ``"... must be in (0, 180], got 0"``.
+    """
+    above = value > low if low_open else value >= low
+    below = value < high if high_open else value <= high
+    if not (above and below):
+        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        raise InputError(f"{name} must be in {interval}, got {value}")

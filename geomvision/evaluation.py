@@ -34,6 +34,7 @@ from geomvision.geometry.rigid import (
     rotation_angle_deg,
     umeyama_alignment,
 )
+from geomvision.io.colmap import parse_floats
 from geomvision.scene.reconstruction import Reconstruction
 
 logger = logging.getLogger(__name__)
@@ -92,16 +93,6 @@ def read_gt_colmap(folder: str | Path) -> dict[str, GroundTruthCamera]:
     return out
 
 
-def _numbers(tokens: list[str], path: Path, number: int) -> np.ndarray:
-    try:
-        values = np.array(tokens, dtype=np.float64)
-    except ValueError as exc:
-        raise InputError(f"{path}:{number}: expected numbers, got {' '.join(tokens)[:80]!r}") from exc
-    if not np.all(np.isfinite(values)):
-        raise InputError(f"{path}:{number}: non-finite value in {' '.join(tokens)[:80]!r}")
-    return values
-
-
 def _checked_rotation(R: np.ndarray, where: str) -> np.ndarray:
     if abs(np.linalg.det(R) - 1.0) > 1e-3 or np.abs(R @ R.T - np.eye(3)).max() > 1e-3:
         raise InputError(f"{where}: rotation is not orthonormal (det {np.linalg.det(R):.6f})")
@@ -127,7 +118,7 @@ def read_middlebury_par(path: str | Path) -> dict[str, GroundTruthCamera]:
     for number, tokens in lines[1:]:
         if len(tokens) != 22:
             raise InputError(f"{path}:{number}: expected 22 values (name, K, R, t), got {len(tokens)}")
-        values = _numbers(tokens[1:], path, number)
+        values = parse_floats(tokens[1:], path, number, "numbers")
         K = values[:9].reshape(3, 3)
         R = _checked_rotation(values[9:18].reshape(3, 3), f"{path}:{number}")
         width, height = _size_of_image_next_to(path.parent / tokens[0])
@@ -184,10 +175,10 @@ def read_strecha_cameras(
         rows = [(n, ln.split()) for n, ln in enumerate(path.read_text().splitlines(), 1) if ln.strip()]
         if len(rows) < 9:
             raise InputError(f"{path}: expected 9 lines (K, distortion, R, C, w h), got {len(rows)}")
-        K = np.array([_numbers(t, path, n) for n, t in rows[0:3]])
-        R = np.array([_numbers(t, path, n) for n, t in rows[4:7]])
-        C = _numbers(rows[7][1], path, rows[7][0])
-        wh = _numbers(rows[8][1], path, rows[8][0])
+        K = np.array([parse_floats(t, path, n, "numbers") for n, t in rows[0:3]])
+        R = np.array([parse_floats(t, path, n, "numbers") for n, t in rows[4:7]])
+        C = parse_floats(rows[7][1], path, rows[7][0], "numbers")
+        wh = parse_floats(rows[8][1], path, rows[8][0], "numbers")
         if K.shape != (3, 3) or R.shape != (3, 3) or C.shape != (3,) or wh.shape != (2,):
             raise InputError(f"{path}: malformed K/R/C/size block")
         R = _checked_rotation(R, str(path))

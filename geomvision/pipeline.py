@@ -23,7 +23,7 @@ import numpy as np
 from geomvision.config import PipelineOptions, ReconstructionConfig
 from geomvision.errors import InputError, ReconstructionError
 from geomvision.progress import ProgressCallback
-from geomvision.runtime.atomic import atomic_write_text
+from geomvision.runtime.atomic import atomic_write_text, replace_folder
 from geomvision.runtime.runner import DaskSettings, StageRunner, open_runner
 from geomvision.scene import Camera, ImageInfo, Reconstruction, TwoViewGeometry
 
@@ -614,22 +614,11 @@ def _write_models(out: Path, reconstructions: list[Reconstruction], image_dir: P
 def _replace_folder(folder: Path, write: Callable[[Path], Any]) -> None:
     """Write a whole folder next to ``folder`` and swap it in, so the three model files always match.
 
-    Each file is atomic on its own; the swap makes the set atomic too: a kill leaves either the old
-    model, or no ``folder`` plus hidden ``.tmp-``/``.old-`` folders that the next run removes.
+    A kill leaves either the old model, or no ``folder`` plus hidden ``.tmp-``/``.old-`` folders that
+    the next run removes.
     """
     tmp = folder.with_name(f".tmp-{folder.name}")
-    old = folder.with_name(f".old-{folder.name}")
-    for leftover in (tmp, old):
-        shutil.rmtree(leftover, ignore_errors=True)
-    try:
-        write(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if folder.exists():
-        folder.rename(old)
-    tmp.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_folder(folder, write, tmp=tmp, old=folder.with_name(f".old-{folder.name}"))
 
 
 def _model_summary(reconstructions: list[Reconstruction]) -> dict[str, Any]:

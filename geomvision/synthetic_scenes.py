@@ -46,7 +46,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from geomvision.errors import InputError
+from geomvision.errors import InputError, check_at_least, check_positive
 from geomvision.geometry.rigid import Rigid3d
 from geomvision.io.colmap import write_model
 from geomvision.io.images import list_images, read_image
@@ -148,10 +148,8 @@ class SceneDatasetOptions:
             raise InputError(f"texels_per_m must be within 5..1000, got {self.texels_per_m}")
         if not self.far_m > 1:
             raise InputError(f"far_m must be > 1 m, got {self.far_m}")
-        if not self.points_per_m2 > 0:
-            raise InputError(f"points_per_m2 must be > 0, got {self.points_per_m2}")
-        if self.max_photos_per_dir < 1:
-            raise InputError(f"max_photos_per_dir must be >= 1, got {self.max_photos_per_dir}")
+        check_positive("points_per_m2", self.points_per_m2)
+        check_at_least("max_photos_per_dir", self.max_photos_per_dir, 1)
         if not (1 <= self.jpeg_quality <= 100):
             raise InputError(f"jpeg_quality must be within 1..100, got {self.jpeg_quality}")
 
@@ -431,15 +429,23 @@ def _metres_per_image(side_shots: int) -> float:
     return sum(a for _, a in pattern) / len(pattern)
 
 
+def _loop_half_extents(
+    num_images: int, side_shots: int, *, min_perimeter_m: float, aspect: float
+) -> tuple[float, float]:
+    """Half sizes (x, y) in metres of a rectangular walk loop as long as the walk (at least ``min_perimeter_m``).
+
+    ``aspect`` is x over y.
+    """
+    perimeter = max(num_images * _metres_per_image(side_shots), min_perimeter_m)
+    half_y = perimeter / (4 * (1 + aspect))
+    return aspect * half_y, half_y
+
+
 def _street_scene(options: SceneDatasetOptions, rng: np.random.Generator) -> tuple[_QuadList, list[Rigid3d]]:
     side_shots = 5
     half_width = 6.0  # from the street's centre line to the facades
-    walk = options.num_images * _metres_per_image(side_shots)
     # The loop is as long as the walk (so large sets close the loop), but never smaller than a city block.
-    perimeter = max(walk, 140.0)
-    aspect = 1.6
-    half_y = perimeter / (4 * (1 + aspect))
-    half_x = aspect * half_y
+    half_x, half_y = _loop_half_extents(options.num_images, side_shots, min_perimeter_m=140.0, aspect=1.6)
     quads = _QuadList(options.texels_per_m)
     ix, iy = half_x - half_width, half_y - half_width  # inner block's frontage
     ox, oy = half_x + half_width, half_y + half_width  # outer rows' frontage
@@ -470,11 +476,7 @@ def _courtyard_scene(
 ) -> tuple[_QuadList, list[Rigid3d]]:
     side_shots = 5
     inset = 7.0  # walk this far from the walls
-    walk = options.num_images * _metres_per_image(side_shots)
-    perimeter = max(walk, 100.0)
-    aspect = 1.3
-    half_y = perimeter / (4 * (1 + aspect))
-    half_x = aspect * half_y
+    half_x, half_y = _loop_half_extents(options.num_images, side_shots, min_perimeter_m=100.0, aspect=1.3)
     quads = _QuadList(options.texels_per_m)
     ox, oy = half_x + inset, half_y + inset
     ex, ey = np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0])

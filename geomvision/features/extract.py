@@ -16,7 +16,7 @@ from typing import Literal, get_args
 import cv2
 import numpy as np
 
-from geomvision.errors import InputError
+from geomvision.errors import InputError, check_at_least
 from geomvision.io.images import decode_image, read_image
 from geomvision.progress import ProgressCallback
 from geomvision.runtime.atomic import atomic_path
@@ -58,10 +58,8 @@ class ExtractionOptions:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise InputError(f"unknown feature method {self.method!r}; expected one of {METHODS}")
-        if self.max_num_features < 1:
-            raise InputError(f"max_num_features must be >= 1, got {self.max_num_features}")
-        if self.max_image_size_px < 16:
-            raise InputError(f"max_image_size_px must be >= 16, got {self.max_image_size_px}")
+        check_at_least("max_num_features", self.max_num_features, 1)
+        check_at_least("max_image_size_px", self.max_image_size_px, 16)
 
 
 # --- per-image work (module level so that worker processes can unpickle it) -------------------------
@@ -163,19 +161,7 @@ def save_features(path: str | os.PathLike, features: Features) -> None:
 def load_features(path: str | os.PathLike) -> Features:
     """Read features written by :func:`save_features`."""
     with np.load(path) as data:
-        n = len(data["keypoints_px"])
-
-        def optional(name):
-            arr = data[name]
-            return arr if len(arr) == n else None
-
-        return Features(
-            keypoints_px=data["keypoints_px"],
-            descriptors=data["descriptors"],
-            scales=optional("scales"),
-            orientations=optional("orientations"),
-            colors=optional("colors"),
-        )
+        return FeaturesCodec().decode(data, {})
 
 
 class FeaturesCodec:
@@ -195,7 +181,8 @@ class FeaturesCodec:
         n = len(arrays["keypoints_px"])
 
         def optional(name):
-            return arrays[name] if len(arrays[name]) == n else None
+            arr = arrays[name]  # read once: an np.load archive decompresses on every lookup
+            return arr if len(arr) == n else None
 
         return Features(
             keypoints_px=arrays["keypoints_px"],

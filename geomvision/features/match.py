@@ -28,7 +28,7 @@ from typing import Literal, get_args
 import cv2
 import numpy as np
 
-from geomvision.errors import InputError
+from geomvision.errors import InputError, check_range
 from geomvision.progress import ProgressCallback
 from geomvision.runtime.rng import as_rng
 from geomvision.runtime.runner import Stage, StageRunner
@@ -93,8 +93,7 @@ class MatchingOptions:
     def __post_init__(self) -> None:
         if self.method not in MATCHERS:
             raise InputError(f"unknown matcher {self.method!r}; expected one of {MATCHERS}")
-        if not 0.0 < self.ratio_threshold <= 1.0:
-            raise InputError(f"ratio_threshold must be in (0, 1], got {self.ratio_threshold}")
+        check_range("ratio_threshold", self.ratio_threshold, 0, 1, low_open=True)
         if self.pca_dims is not None and self.pca_dims < 2:
             raise InputError(f"pca_dims must be >= 2 or None, got {self.pca_dims}")
         if self.ivf_num_cells < 1 or not 1 <= self.ivf_num_probes <= self.ivf_num_cells:

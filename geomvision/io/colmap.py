@@ -273,7 +273,12 @@ def _data_lines(path: Path):
             yield number, line
 
 
-def _floats(tokens: list[str], path: Path, number: int, what: str) -> np.ndarray:
+def parse_floats(tokens: list[str], path: Path, number: int, what: str) -> np.ndarray:
+    """Finite float64 values of ``tokens`` (line ``number`` of the text file ``path``, holding ``what``).
+
+    Raises:
+        InputError: a token is not a number, or a value is not finite; the message names the line.
+    """
     try:
         values = np.array(tokens, dtype=np.float64)
     except ValueError as exc:
@@ -309,7 +314,7 @@ def read_cameras_text(path: str | Path) -> dict[int, Camera]:
                 f"{path}:{number}: unsupported camera model {model!r}; expected one of "
                 f"{sorted(CAMERA_MODELS)}"
             )
-        params = _floats(tokens[4:], path, number, "camera params")
+        params = parse_floats(tokens[4:], path, number, "camera params")
         if len(params) != len(CAMERA_MODELS[model]):
             expected = len(CAMERA_MODELS[model])
             raise InputError(f"{path}:{number}: {model} takes {expected} params, got {len(params)}")
@@ -335,7 +340,7 @@ def read_images_text(path: str | Path) -> dict[int, View]:
                 f"{path}:{number}: expected 'IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME', got {line[:80]!r}"
             )
         image_id = _int(tokens[0], path, number, "image id")
-        pose = _floats(tokens[1:8], path, number, "pose")
+        pose = parse_floats(tokens[1:8], path, number, "pose")
         camera_id = _int(tokens[8], path, number, "camera id")
         name = " ".join(tokens[9:])  # COLMAP names may contain spaces only at the end of the line
         points_number, points_line = next(lines, (number + 1, ""))
@@ -352,7 +357,7 @@ def _parse_points2D(line: str, path: Path, number: int) -> tuple[np.ndarray, np.
     tokens = line.split()
     if len(tokens) % 3:
         raise InputError(f"{path}:{number}: POINTS2D line has {len(tokens)} values, not a multiple of 3")
-    values = _floats(tokens, path, number, "POINTS2D").reshape(-1, 3)
+    values = parse_floats(tokens, path, number, "POINTS2D").reshape(-1, 3)
     ids = values[:, 2]
     if np.any(ids != np.round(ids)) or np.any(np.abs(ids) >= 2.0**63):  # int64 range: cast is exact
         raise InputError(f"{path}:{number}: POINT3D_ID values must be integers")
@@ -408,12 +413,12 @@ def _check_point_line(tokens: list[str], path: Path, number: int) -> None:
             f"got {' '.join(tokens)[:80]!r}"
         )
     _int(tokens[0], path, number, "point3D id")
-    _floats(tokens[1:4], path, number, "XYZ")
-    rgb = _floats(tokens[4:7], path, number, "RGB")
+    parse_floats(tokens[1:4], path, number, "XYZ")
+    rgb = parse_floats(tokens[4:7], path, number, "RGB")
     if np.any((rgb < 0) | (rgb > 255) | (rgb != np.round(rgb))):
         raise InputError(f"{path}:{number}: RGB must be integers in 0..255, got {tokens[4:7]}")
-    _floats(tokens[7:8], path, number, "ERROR")
-    track = _floats(tokens[8:], path, number, "TRACK")
+    parse_floats(tokens[7:8], path, number, "ERROR")
+    track = parse_floats(tokens[8:], path, number, "TRACK")
     if np.any(track != np.round(track)):
         raise InputError(f"{path}:{number}: TRACK values must be integers")
 

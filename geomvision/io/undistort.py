@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
@@ -28,6 +27,7 @@ import numpy as np
 
 from geomvision.errors import InputError
 from geomvision.io.images import read_image
+from geomvision.runtime.atomic import replace_folder as swap_in_folder
 from geomvision.scene.camera import Camera
 from geomvision.scene.reconstruction import Point3D, Reconstruction, View
 
@@ -190,15 +190,9 @@ def replace_folder(dest: Path, write: Callable[[Path], object]) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
     old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-    for leftover in (tmp, old):
-        shutil.rmtree(leftover, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        write(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if dest.exists():
-        dest.rename(old)
-    tmp.rename(dest)
-    shutil.rmtree(old, ignore_errors=True)
+
+    def write_into(folder: Path) -> None:
+        folder.mkdir()
+        write(folder)
+
+    swap_in_folder(dest, write_into, tmp=tmp, old=old)

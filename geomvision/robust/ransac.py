@@ -38,7 +38,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from geomvision.errors import InputError
+from geomvision.errors import InputError, check_range
 from geomvision.runtime.rng import as_rng
 
 __all__ = ["Estimator", "RansacOptions", "RansacResult", "ransac", "required_iterations", "msac_scores"]
@@ -146,8 +146,7 @@ class RansacOptions:
     def __post_init__(self) -> None:
         if not (np.isfinite(self.max_error_px) and self.max_error_px > 0):
             raise InputError(f"max_error_px must be positive, got {self.max_error_px}")
-        if not 0.0 < self.confidence < 1.0:
-            raise InputError(f"confidence must be in (0, 1), got {self.confidence}")
+        check_range("confidence", self.confidence, 0, 1, low_open=True, high_open=True)
         if self.min_iterations < 0 or self.max_iterations < 1:
             raise InputError(
                 f"need min_iterations >= 0, max_iterations >= 1; got {self.min_iterations}, "

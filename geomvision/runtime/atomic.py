@@ -7,10 +7,12 @@ never a half-written file.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 @contextmanager
@@ -57,3 +59,23 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def replace_folder(folder: Path, write: Callable[[Path], Any], *, tmp: Path, old: Path) -> None:
+    """Have ``write`` fill the folder ``tmp``, then swap it in for ``folder`` (via ``old``).
+
+    Each file is atomic on its own; the swap makes the whole folder atomic too: a kill leaves either
+    the old ``folder``, or none plus the hidden ``tmp``/``old`` folders, which the next call (or the
+    caller's own clean-up) removes. ``write`` gets ``tmp``, which may or may not exist yet.
+    """
+    for leftover in (tmp, old):
+        shutil.rmtree(leftover, ignore_errors=True)
+    try:
+        write(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if folder.exists():
+        folder.rename(old)
+    tmp.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)

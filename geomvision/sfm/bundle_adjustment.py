@@ -26,7 +26,7 @@ from typing import Literal, get_args
 
 import numpy as np
 
-from geomvision.errors import InputError
+from geomvision.errors import InputError, check_at_least, check_positive
 from geomvision.geometry import camera_models
 from geomvision.geometry.rigid import Rigid3d, matrix_to_rotvec, rotvec_to_matrix
 from geomvision.progress import ProgressCallback
@@ -117,12 +117,9 @@ class BundleAdjustmentOptions:
         for name, value, allowed in checks:
             if value not in allowed:
                 raise InputError(f"BundleAdjustmentOptions.{name} must be one of {allowed}, got {value!r}")
-        if not self.loss_scale_px > 0:
-            raise InputError(f"loss_scale_px must be > 0, got {self.loss_scale_px}")
-        if self.num_threads < 1:
-            raise InputError(f"num_threads must be >= 1, got {self.num_threads}")
-        if self.max_iterations < 1:
-            raise InputError(f"max_iterations must be >= 1, got {self.max_iterations}")
+        check_positive("loss_scale_px", self.loss_scale_px)
+        check_at_least("num_threads", self.num_threads, 1)
+        check_at_least("max_iterations", self.max_iterations, 1)
 
 
 @dataclass

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 from scipy.optimize import least_squares
 
-from geomvision.errors import InputError
+from geomvision.errors import InputError, check_at_least, check_positive, check_range
 from geomvision.geometry.camera_models import FOCAL_INDICES
 from geomvision.geometry.epipolar import project_to_essential, recover_pose, sampson_distance_sq
 from geomvision.geometry.focal import bougnoux_focal_lengths, essential_singular_gap
@@ -106,20 +106,13 @@ class ViewGraphCalibrationOptions:
                 f"need 0 < min_focal_ratio < 1 < max_focal_ratio, got {self.min_focal_ratio}, "
                 f"{self.max_focal_ratio}"
             )
-        if self.grid_size < 3:
-            raise InputError(f"grid_size must be >= 3, got {self.grid_size}")
-        if self.num_sweeps < 1:
-            raise InputError(f"num_sweeps must be >= 1, got {self.num_sweeps}")
-        if not self.loss_scale > 0:
-            raise InputError(f"loss_scale must be > 0, got {self.loss_scale}")
-        if not 0 < self.max_pair_residual <= 1:
-            raise InputError(f"max_pair_residual must be in (0, 1], got {self.max_pair_residual}")
-        if not self.max_pair_focal_deviation > 0:
-            raise InputError(f"max_pair_focal_deviation must be > 0, got {self.max_pair_focal_deviation}")
-        if self.min_agreeing_pairs < 1:
-            raise InputError(f"min_agreeing_pairs must be >= 1, got {self.min_agreeing_pairs}")
-        if not 0 <= self.min_agreeing_fraction <= 1:
-            raise InputError(f"min_agreeing_fraction must be in [0, 1], got {self.min_agreeing_fraction}")
+        check_at_least("grid_size", self.grid_size, 3)
+        check_at_least("num_sweeps", self.num_sweeps, 1)
+        check_positive("loss_scale", self.loss_scale)
+        check_range("max_pair_residual", self.max_pair_residual, 0, 1, low_open=True)
+        check_positive("max_pair_focal_deviation", self.max_pair_focal_deviation)
+        check_at_least("min_agreeing_pairs", self.min_agreeing_pairs, 1)
+        check_range("min_agreeing_fraction", self.min_agreeing_fraction, 0, 1)
 
 
 @dataclass
@@ -491,8 +484,7 @@ class EssentialReestimationOptions:
     two_view: TwoViewOptions | None = None
 
     def __post_init__(self) -> None:
-        if not 0 <= self.min_support_ratio <= 1:
-            raise InputError(f"min_support_ratio must be in [0, 1], got {self.min_support_ratio}")
+        check_range("min_support_ratio", self.min_support_ratio, 0, 1)
 
 
 @dataclass
@@ -688,8 +680,7 @@ class SelfCalibrationOptions:
     principal_point: PrincipalPointOptions = field(default_factory=PrincipalPointOptions)
 
     def __post_init__(self) -> None:
-        if not self.max_exif_deviation >= 0:
-            raise InputError(f"max_exif_deviation must be >= 0, got {self.max_exif_deviation}")
+        check_at_least("max_exif_deviation", self.max_exif_deviation, 0)
 
 
 @dataclass

@@ -24,7 +24,7 @@ from typing import Literal
 
 import numpy as np
 
-from geomvision.errors import InputError
+from geomvision.errors import InputError, check_positive
 from geomvision.geometry import factorization as fz
 from geomvision.geometry.rigid import Rigid3d
 from geomvision.geometry.triangulation import triangulate_nview
@@ -77,8 +77,7 @@ class FactorizationInitOptions:
             )
         if self.method not in ("auto", "projective", "weak_perspective"):
             raise InputError(f"unknown factorization method {self.method!r}")
-        if self.max_reprojection_error_px <= 0:
-            raise InputError(f"max_reprojection_error_px must be > 0, got {self.max_reprojection_error_px}")
+        check_positive("max_reprojection_error_px", self.max_reprojection_error_px)
 
 
 @dataclass

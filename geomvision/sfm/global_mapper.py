@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from geomvision.errors import InputError
+from geomvision.errors import check_at_least
 from geomvision.geometry.rigid import Rigid3d
 from geomvision.progress import ProgressCallback
 from geomvision.progress import report as report_progress
@@ -37,7 +37,13 @@ from geomvision.sfm.bundle_adjustment import BundleAdjustmentOptions
 from geomvision.sfm.global_positioning import GlobalPositioningOptions, position_globally
 from geomvision.sfm.incremental import MappingResult
 from geomvision.sfm.mapper_ba import adjust_bundle, check_mapper_ba_options
-from geomvision.sfm.mapper_state import MapperState, StepTimer, TrackTable, check_mapper_inputs
+from geomvision.sfm.mapper_state import (
+    MapperState,
+    StepTimer,
+    TrackTable,
+    check_mapper_inputs,
+    check_model_limits,
+)
 from geomvision.sfm.registration import RegistrationOptions, register_image
 from geomvision.sfm.rotation_averaging import RotationAveragingOptions, RotationComponent, average_rotations
 from geomvision.sfm.tracks import build_track_arrays
@@ -92,19 +98,11 @@ class GlobalMapperOptions:
     min_model_size: int = 3
 
     def __post_init__(self) -> None:
-        if self.num_ba_rounds < 1:
-            raise InputError(f"num_ba_rounds must be >= 1, got {self.num_ba_rounds}")
-        if not self.first_filter_factor >= 1:
-            raise InputError(f"first_filter_factor must be >= 1, got {self.first_filter_factor}")
-        if self.recalibrate_focal_change < 0:
-            raise InputError(f"recalibrate_focal_change must be >= 0, got {self.recalibrate_focal_change}")
-        if self.min_image_observations < 1:
-            raise InputError(f"min_image_observations must be >= 1, got {self.min_image_observations}")
-        if self.max_num_models < 1 or self.min_model_size < 2:
-            raise InputError(
-                f"need max_num_models >= 1 and min_model_size >= 2, got "
-                f"{self.max_num_models}, {self.min_model_size}"
-            )
+        check_at_least("num_ba_rounds", self.num_ba_rounds, 1)
+        check_at_least("first_filter_factor", self.first_filter_factor, 1)
+        check_at_least("recalibrate_focal_change", self.recalibrate_focal_change, 0)
+        check_at_least("min_image_observations", self.min_image_observations, 1)
+        check_model_limits(self.max_num_models, self.min_model_size)
         object.__setattr__(self, "fixed_camera_ids", tuple(int(c) for c in self.fixed_camera_ids))
         check_mapper_ba_options(self.ba)
 

@@ -30,7 +30,7 @@ from typing import Literal
 
 import numpy as np
 
-from geomvision.errors import InputError
+from geomvision.errors import InputError, check_at_least, check_positive, check_range
 from geomvision.geometry.global_positioning import bata_positions
 
 logger = logging.getLogger(__name__)
@@ -71,20 +71,13 @@ class GlobalPositioningOptions:
     def __post_init__(self) -> None:
         if self.loss not in ("huber", "cauchy", "linear"):
             raise InputError(f"loss must be huber, cauchy or linear, got {self.loss!r}")
-        if not self.loss_scale > 0:
-            raise InputError(f"loss_scale must be > 0, got {self.loss_scale}")
-        if self.max_iterations < 1:
-            raise InputError(f"max_iterations must be >= 1, got {self.max_iterations}")
-        if not self.function_tolerance > 0:
-            raise InputError(f"function_tolerance must be > 0, got {self.function_tolerance}")
-        if self.min_track_length < 2:
-            raise InputError(f"min_track_length must be >= 2, got {self.min_track_length}")
-        if self.max_points_per_image < 0:
-            raise InputError(f"max_points_per_image must be >= 0, got {self.max_points_per_image}")
-        if not self.init_box_size > 0:
-            raise InputError(f"init_box_size must be > 0, got {self.init_box_size}")
-        if not 0 < self.max_angle_error_deg < 180:
-            raise InputError(f"max_angle_error_deg must be in (0, 180), got {self.max_angle_error_deg}")
+        check_positive("loss_scale", self.loss_scale)
+        check_at_least("max_iterations", self.max_iterations, 1)
+        check_positive("function_tolerance", self.function_tolerance)
+        check_at_least("min_track_length", self.min_track_length, 2)
+        check_at_least("max_points_per_image", self.max_points_per_image, 0)
+        check_positive("init_box_size", self.init_box_size)
+        check_range("max_angle_error_deg", self.max_angle_error_deg, 0, 180, low_open=True, high_open=True)
 
 
 @dataclass

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from geomvision.errors import InputError
+from geomvision.errors import InputError, check_at_least
 from geomvision.progress import ProgressCallback
 from geomvision.progress import report as report_progress
 from geomvision.runtime.rng import as_rng
@@ -40,7 +40,13 @@ from geomvision.scene import Camera, ImageInfo, Reconstruction, TwoViewGeometry
 from geomvision.sfm.bundle_adjustment import BundleAdjustmentOptions
 from geomvision.sfm.initialization import InitializationOptions, initialize_reconstruction
 from geomvision.sfm.mapper_ba import adjust_bundle, check_mapper_ba_options
-from geomvision.sfm.mapper_state import MapperState, StepTimer, TrackTable, check_mapper_inputs
+from geomvision.sfm.mapper_state import (
+    MapperState,
+    StepTimer,
+    TrackTable,
+    check_mapper_inputs,
+    check_model_limits,
+)
 from geomvision.sfm.registration import RegistrationOptions, rank_next_images, register_image
 from geomvision.sfm.triangulate import (
     TriangulationOptions,
@@ -118,13 +124,8 @@ class IncrementalMapperOptions:
     def __post_init__(self) -> None:
         if self.global_ba_every <= 1.0:
             raise InputError(f"global_ba_every is a growth ratio and must be > 1, got {self.global_ba_every}")
-        if self.local_ba_num_images < 1:
-            raise InputError(f"local_ba_num_images must be >= 1, got {self.local_ba_num_images}")
-        if self.max_num_models < 1 or self.min_model_size < 2:
-            raise InputError(
-                f"need max_num_models >= 1 and min_model_size >= 2, got "
-                f"{self.max_num_models}, {self.min_model_size}"
-            )
+        check_at_least("local_ba_num_images", self.local_ba_num_images, 1)
+        check_model_limits(self.max_num_models, self.min_model_size)
         object.__setattr__(self, "fixed_camera_ids", tuple(int(c) for c in self.fixed_camera_ids))
         check_mapper_ba_options(self.local_ba)
         check_mapper_ba_options(self.global_ba)

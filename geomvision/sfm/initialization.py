@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from geomvision.errors import InputError
+from geomvision.errors import check_at_least, check_range
 from geomvision.geometry.rigid import Rigid3d
 from geomvision.robust.estimators import estimate_essential
 from geomvision.robust.ransac import RansacOptions
@@ -62,14 +62,10 @@ class InitializationOptions:
     ransac: RansacOptions = field(default_factory=lambda: RansacOptions(max_error_px=4.0))
 
     def __post_init__(self) -> None:
-        if self.min_num_inliers < 5:
-            raise InputError(f"min_num_inliers must be >= 5, got {self.min_num_inliers}")
-        if not 0 <= self.min_tri_angle_deg < 90:
-            raise InputError(f"min_tri_angle_deg must be in [0, 90), got {self.min_tri_angle_deg}")
-        if not 0 < self.max_homography_share <= 1:
-            raise InputError(f"max_homography_share must be in (0, 1], got {self.max_homography_share}")
-        if self.max_pairs_tried < 1:
-            raise InputError(f"max_pairs_tried must be >= 1, got {self.max_pairs_tried}")
+        check_at_least("min_num_inliers", self.min_num_inliers, 5)
+        check_range("min_tri_angle_deg", self.min_tri_angle_deg, 0, 90, high_open=True)
+        check_range("max_homography_share", self.max_homography_share, 0, 1, low_open=True)
+        check_at_least("max_pairs_tried", self.max_pairs_tried, 1)
 
 
 @dataclass

@@ -395,6 +395,14 @@ def _index_of(keys: np.ndarray, values: np.ndarray) -> np.ndarray:
     return order[np.searchsorted(keys[order], values)]
 
 
+def check_model_limits(max_num_models: int, min_model_size: int) -> None:
+    """Refuse mapper options that allow no model (``max_num_models``) or one-image models (``min_model_size``)."""
+    if max_num_models < 1 or min_model_size < 2:
+        raise InputError(
+            f"need max_num_models >= 1 and min_model_size >= 2, got {max_num_models}, {min_model_size}"
+        )
+
+
 def check_mapper_inputs(
     cameras: dict[int, Camera],
     images: dict[int, ImageInfo],

@@ -42,7 +42,7 @@ from scipy.optimize import least_squares
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from geomvision.errors import InputError
+from geomvision.errors import InputError, check_at_least, check_positive, check_range
 from geomvision.geometry.rigid import Sim3d, rotation_angle_deg, umeyama_alignment
 from geomvision.geometry.sim3 import (
     ProjectionSet,
@@ -103,24 +103,19 @@ class AlignmentOptions:
     max_inconsistent_camera_ratio: float = 0.5
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.min_inlier_ratio <= 1.0:
-            raise InputError(f"min_inlier_ratio must be in [0, 1], got {self.min_inlier_ratio}")
+        check_range("min_inlier_ratio", self.min_inlier_ratio, 0, 1)
         if not self.huber_scale_px > 0 or not self.max_camera_error_px > 0:
             raise InputError(
                 f"huber_scale_px and max_camera_error_px must be > 0, got "
                 f"{self.huber_scale_px}, {self.max_camera_error_px}"
             )
-        if self.refine_max_iterations < 1:
-            raise InputError(f"refine_max_iterations must be >= 1, got {self.refine_max_iterations}")
+        check_at_least("refine_max_iterations", self.refine_max_iterations, 1)
         if self.ransac_max_points < 3 or self.refine_max_points < 3:
             raise InputError(
                 f"ransac_max_points and refine_max_points must be >= 3, got "
                 f"{self.ransac_max_points}, {self.refine_max_points}"
             )
-        if not 0.0 <= self.max_inconsistent_camera_ratio <= 1.0:
-            raise InputError(
-                f"max_inconsistent_camera_ratio must be in [0, 1], got {self.max_inconsistent_camera_ratio}"
-            )
+        check_range("max_inconsistent_camera_ratio", self.max_inconsistent_camera_ratio, 0, 1)
 
 
 def _default_merge_ba() -> BundleAdjustmentOptions:
@@ -147,10 +142,8 @@ class MergeOptions:
     bundle_adjustment: BundleAdjustmentOptions = field(default_factory=_default_merge_ba)
 
     def __post_init__(self) -> None:
-        if not self.filter_max_reproj_error_px > 0:
-            raise InputError(f"filter_max_reproj_error_px must be > 0, got {self.filter_max_reproj_error_px}")
-        if self.min_image_points < 0:
-            raise InputError(f"min_image_points must be >= 0, got {self.min_image_points}")
+        check_positive("filter_max_reproj_error_px", self.filter_max_reproj_error_px)
+        check_at_least("min_image_points", self.min_image_points, 0)
 
 
 # --- alignment ----------------------------------------------------------------------------------------

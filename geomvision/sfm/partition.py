@@ -32,7 +32,7 @@ from typing import Any, Literal
 import networkx as nx
 import numpy as np
 
-from geomvision.errors import InputError
+from geomvision.errors import InputError, check_range
 
 logger = logging.getLogger(__name__)
 
@@ -96,8 +96,7 @@ class PartitionOptions:
             )
         if self.method not in _METHODS:
             raise InputError(f"partition method must be one of {_METHODS}, got {self.method!r}")
-        if not 0.0 <= self.overlap_ratio <= 1.0:
-            raise InputError(f"overlap_ratio must be in [0, 1], got {self.overlap_ratio}")
+        check_range("overlap_ratio", self.overlap_ratio, 0, 1)
         if self.min_overlap_images < 0 or self.min_cluster_images < 1:
             raise InputError(
                 f"need min_overlap_images >= 0 and min_cluster_images >= 1, got "

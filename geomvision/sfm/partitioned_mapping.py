@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from geomvision.errors import InputError
+from geomvision.errors import InputError, check_at_least
 from geomvision.progress import ProgressCallback
 from geomvision.progress import report as report_progress
 from geomvision.scene import Camera, ImageInfo, Reconstruction, TwoViewGeometry
@@ -71,8 +71,7 @@ class PartitionedMappingOptions:
     min_cluster_model_images: int = 3
 
     def __post_init__(self) -> None:
-        if self.min_cluster_model_images < 2:
-            raise InputError(f"min_cluster_model_images must be >= 2, got {self.min_cluster_model_images}")
+        check_at_least("min_cluster_model_images", self.min_cluster_model_images, 2)
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from geomvision.errors import InputError
+from geomvision.errors import InputError, check_at_least, check_range
 from geomvision.geometry.rigid import Rigid3d, project_to_so3
 from geomvision.scene import Camera, ImageInfo, Reconstruction
 from geomvision.scene.reconstruction import View
@@ -84,12 +84,9 @@ class PosePriorOptions:
     min_ray_angle_deg: float = 5.0
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.min_confidence <= 1.0:
-            raise InputError(f"min_confidence must be in [0, 1], got {self.min_confidence}")
-        if self.max_neighbours < 1:
-            raise InputError(f"max_neighbours must be >= 1, got {self.max_neighbours}")
-        if not 0.0 < self.min_ray_angle_deg < 90.0:
-            raise InputError(f"min_ray_angle_deg must be in (0, 90), got {self.min_ray_angle_deg}")
+        check_range("min_confidence", self.min_confidence, 0, 1)
+        check_at_least("max_neighbours", self.max_neighbours, 1)
+        check_range("min_ray_angle_deg", self.min_ray_angle_deg, 0, 90, low_open=True, high_open=True)
 
 
 def _pair_weights(

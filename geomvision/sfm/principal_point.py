@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from geomvision.errors import InputError
+from geomvision.errors import check_at_least, check_positive
 from geomvision.geometry.camera_models import PRINCIPAL_POINT_INDICES
 from geomvision.runtime.rng import as_rng
 from geomvision.scene.reconstruction import Reconstruction
@@ -67,16 +67,11 @@ class PrincipalPointOptions:
     ba: BundleAdjustmentOptions = field(default_factory=lambda: BundleAdjustmentOptions(loss="soft_l1"))
 
     def __post_init__(self) -> None:
-        if self.min_registered_images < 2:
-            raise InputError(f"min_registered_images must be >= 2, got {self.min_registered_images}")
-        if not self.max_std_deg > 0:
-            raise InputError(f"max_std_deg must be > 0, got {self.max_std_deg}")
-        if not self.min_significance >= 0:
-            raise InputError(f"min_significance must be >= 0, got {self.min_significance}")
-        if not self.max_shift > 0:
-            raise InputError(f"max_shift must be > 0, got {self.max_shift}")
-        if self.max_points < 10:
-            raise InputError(f"max_points must be >= 10, got {self.max_points}")
+        check_at_least("min_registered_images", self.min_registered_images, 2)
+        check_positive("max_std_deg", self.max_std_deg)
+        check_at_least("min_significance", self.min_significance, 0)
+        check_positive("max_shift", self.max_shift)
+        check_at_least("max_points", self.max_points, 10)
 
 
 @dataclass
@@ -127,16 +122,7 @@ def principal_point_std_px(
     num_points = len(problem.points)
     if max_points is not None and num_points > max_points:
         chosen = np.sort(as_rng(rng).choice(num_points, size=max_points, replace=False))
-        keep = np.isin(problem.obs_point, chosen)
-        problem = replace(
-            problem,
-            points=problem.points[chosen],
-            obs_image=problem.obs_image[keep],
-            obs_point=np.searchsorted(chosen, problem.obs_point[keep]),
-            obs_px=problem.obs_px[keep],
-            point_free=problem.point_free[chosen],
-            _layout=None,
-        )
+        problem = problem.with_points(chosen)
         scale = float(np.sqrt(max_points / num_points))
     lay = problem.layout
     ev = evaluate(problem, "linear", 1.0, jacobians=True)

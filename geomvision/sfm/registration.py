@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from geomvision.errors import InputError
+from geomvision.errors import InputError, check_at_least, check_range
 from geomvision.geometry.rigid import Rigid3d
 from geomvision.robust.absolute_pose import estimate_absolute_pose
 from geomvision.robust.ransac import RansacOptions
@@ -53,10 +53,8 @@ class RegistrationOptions:
     def __post_init__(self) -> None:
         if self.min_num_inliers < 4:
             raise InputError(f"min_num_inliers must be >= 4 (P3P + 1), got {self.min_num_inliers}")
-        if not 0 <= self.min_inlier_ratio <= 1:
-            raise InputError(f"min_inlier_ratio must be in [0, 1], got {self.min_inlier_ratio}")
-        if self.pyramid_levels < 1:
-            raise InputError(f"pyramid_levels must be >= 1, got {self.pyramid_levels}")
+        check_range("min_inlier_ratio", self.min_inlier_ratio, 0, 1)
+        check_at_least("pyramid_levels", self.pyramid_levels, 1)
 
 
 @dataclass

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import networkx as nx
 import numpy as np
 
-from geomvision.errors import InputError
+from geomvision.errors import InputError, check_at_least
 from geomvision.geometry.rotation_averaging import (
     irls_rotation_averaging,
     relative_rotation_residuals_rad,
@@ -60,8 +60,7 @@ class RotationAveragingOptions:
     min_component_size: int = 2
 
     def __post_init__(self) -> None:
-        if self.min_num_inliers < 1:
-            raise InputError(f"min_num_inliers must be >= 1, got {self.min_num_inliers}")
+        check_at_least("min_num_inliers", self.min_num_inliers, 1)
         if self.l1_iterations < 0 or self.irls_iterations < 0:
             raise InputError(
                 f"iteration counts must be >= 0, got l1_iterations={self.l1_iterations}, "
@@ -70,8 +69,7 @@ class RotationAveragingOptions:
         for name in ("loss_scale_deg", "max_residual_deg"):
             if not 0 < getattr(self, name) <= 180:
                 raise InputError(f"{name} must be in (0, 180], got {getattr(self, name)}")
-        if self.min_component_size < 2:
-            raise InputError(f"min_component_size must be >= 2, got {self.min_component_size}")
+        check_at_least("min_component_size", self.min_component_size, 2)
 
 
 @dataclass
@@ -143,28 +141,20 @@ def _solve_component(
     rotations = rotations_from_spanning_tree(len(ids), tree_edges, tree_relative, root=index[root])
     prior = np.sqrt(weights) if options.weight_by_inliers else None
     scale = np.deg2rad(options.loss_scale_deg)
-    rotations, l1_iterations = irls_rotation_averaging(
-        rotations,
-        edges,
-        relative,
-        edge_weights=prior,
-        fixed=index[root],
-        loss="l1",
-        loss_scale_rad=scale,
-        max_iterations=options.l1_iterations,
-    )
-    rotations, irls_iterations = irls_rotation_averaging(
-        rotations,
-        edges,
-        relative,
-        edge_weights=prior,
-        fixed=index[root],
-        loss="geman_mcclure",
-        loss_scale_rad=scale,
-        max_iterations=options.irls_iterations,
-    )
+    stats: dict[str, int] = {}
+    # An L1 pass from the spanning-tree start, then Geman-McClure IRLS from the L1 result.
+    for loss, key in (("l1", "l1_iterations"), ("geman_mcclure", "irls_iterations")):
+        rotations, stats[key] = irls_rotation_averaging(
+            rotations,
+            edges,
+            relative,
+            edge_weights=prior,
+            fixed=index[root],
+            loss=loss,
+            loss_scale_rad=scale,
+            max_iterations=getattr(options, key),
+        )
     residuals = np.degrees(relative_rotation_residuals_rad(rotations, edges, relative))
-    stats = {"l1_iterations": l1_iterations, "irls_iterations": irls_iterations}
     return (
         {image_id: rotations[index[image_id]] for image_id in ids},
         dict(zip(pairs, residuals.tolist(), strict=True)),

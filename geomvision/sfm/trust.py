@@ -24,12 +24,12 @@ models with ground truth) and on deliberately wrong models (focal prior 4x off, 
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from geomvision.errors import InputError
+from geomvision.errors import InputError, check_at_least, check_positive
 from geomvision.geometry import camera_models
 from geomvision.scene.reconstruction import Reconstruction
 from geomvision.sfm.bundle_adjustment import (
@@ -71,18 +71,13 @@ class TrustOptions:
     drift_max_iterations: int = 20
 
     def __post_init__(self) -> None:
-        if not self.max_focal_deviation > 0:
-            raise InputError(f"max_focal_deviation must be > 0, got {self.max_focal_deviation}")
+        check_positive("max_focal_deviation", self.max_focal_deviation)
         if not 0 < self.min_focal_ratio < self.max_focal_ratio:
             raise InputError(
                 f"need 0 < min_focal_ratio < max_focal_ratio, got {self.min_focal_ratio}, {self.max_focal_ratio}"
             )
-        if self.min_mean_track_length < 2:
-            raise InputError(f"min_mean_track_length must be >= 2, got {self.min_mean_track_length}")
-        if self.min_median_triangulation_angle_deg < 0:
-            raise InputError(
-                f"min_median_triangulation_angle_deg must be >= 0, got {self.min_median_triangulation_angle_deg}"
-            )
+        check_at_least("min_mean_track_length", self.min_mean_track_length, 2)
+        check_at_least("min_median_triangulation_angle_deg", self.min_median_triangulation_angle_deg, 0)
         if not self.max_focal_drift > 0 or self.drift_max_points < 10 or self.drift_max_iterations < 1:
             raise InputError(
                 f"need max_focal_drift > 0, drift_max_points >= 10, drift_max_iterations >= 1, got "
@@ -154,16 +149,7 @@ def focal_drift(
         chosen = np.sort(
             np.random.default_rng(rng).choice(num_points, size=options.drift_max_points, replace=False)
         )
-        keep = np.isin(problem.obs_point, chosen)
-        problem = replace(
-            problem,
-            points=problem.points[chosen],
-            obs_image=problem.obs_image[keep],
-            obs_point=np.searchsorted(chosen, problem.obs_point[keep]),
-            obs_px=problem.obs_px[keep],
-            point_free=problem.point_free[chosen],
-            _layout=None,
-        )
+        problem = problem.with_points(chosen)
     wanted = np.isin(ids["camera_ids"], list(camera_ids))
     problem.intrinsics_free &= wanted[:, None]
     before = problem.intrinsics.copy()

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
-from geomvision.errors import InputError
+from geomvision.errors import InputError, check_at_least, check_range
 from geomvision.geometry import epipolar
 from geomvision.geometry.homography import homography_transfer_errors_sq
 from geomvision.geometry.rigid import Rigid3d, project_to_so3
@@ -88,10 +88,8 @@ class TwoViewOptions:
     ransac: RansacOptions = field(default_factory=lambda: RansacOptions(max_error_px=2.0))
 
     def __post_init__(self) -> None:
-        if self.min_num_inliers < 5:
-            raise InputError(f"min_num_inliers must be >= 5, got {self.min_num_inliers}")
-        if not 0.0 < self.homography_min_share <= 1.0:
-            raise InputError(f"homography_min_share must be in (0, 1], got {self.homography_min_share}")
+        check_at_least("min_num_inliers", self.min_num_inliers, 5)
+        check_range("homography_min_share", self.homography_min_share, 0, 1, low_open=True)
 
 
 # --- helpers -------------------------------------------------------------------------------------------

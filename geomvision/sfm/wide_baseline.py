@@ -39,7 +39,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
-from geomvision.errors import InputError
+from geomvision.errors import InputError, check_at_least, check_positive, check_range
 from geomvision.features.match import MatchingOptions, match_descriptors
 from geomvision.io.images import read_image
 from geomvision.progress import ProgressCallback, report
@@ -106,24 +106,15 @@ class WideBaselineOptions:
     bridge: ModelBridgeOptions = field(default_factory=lambda: ModelBridgeOptions())
 
     def __post_init__(self) -> None:
-        if self.min_verified_neighbors < 0:
-            raise InputError(f"min_verified_neighbors must be >= 0, got {self.min_verified_neighbors}")
-        if self.min_pair_inliers < 0:
-            raise InputError(f"min_pair_inliers must be >= 0, got {self.min_pair_inliers}")
-        if self.candidates_per_image < 1:
-            raise InputError(f"candidates_per_image must be >= 1, got {self.candidates_per_image}")
-        if self.max_pairs < 0:
-            raise InputError(f"max_pairs must be >= 0, got {self.max_pairs}")
-        if not 0 <= self.max_tilt_index <= 6:
-            raise InputError(f"max_tilt_index must be in [0, 6], got {self.max_tilt_index}")
-        if not self.rotate_step_base_deg > 0:
-            raise InputError(f"rotate_step_base_deg must be > 0, got {self.rotate_step_base_deg}")
-        if self.max_num_features < 8:
-            raise InputError(f"max_num_features must be >= 8, got {self.max_num_features}")
-        if self.max_image_size_px < 16:
-            raise InputError(f"max_image_size_px must be >= 16, got {self.max_image_size_px}")
-        if self.snap_radius_px < 0:
-            raise InputError(f"snap_radius_px must be >= 0, got {self.snap_radius_px}")
+        check_at_least("min_verified_neighbors", self.min_verified_neighbors, 0)
+        check_at_least("min_pair_inliers", self.min_pair_inliers, 0)
+        check_at_least("candidates_per_image", self.candidates_per_image, 1)
+        check_at_least("max_pairs", self.max_pairs, 0)
+        check_range("max_tilt_index", self.max_tilt_index, 0, 6)
+        check_positive("rotate_step_base_deg", self.rotate_step_base_deg)
+        check_at_least("max_num_features", self.max_num_features, 8)
+        check_at_least("max_image_size_px", self.max_image_size_px, 16)
+        check_at_least("snap_radius_px", self.snap_radius_px, 0)
 
 
 @dataclass
@@ -435,8 +426,7 @@ class ModelBridgeOptions:
     merge: MergeOptions = field(default_factory=MergeOptions)
 
     def __post_init__(self) -> None:
-        if self.min_correspondences < 4:
-            raise InputError(f"min_correspondences must be >= 4, got {self.min_correspondences}")
+        check_at_least("min_correspondences", self.min_correspondences, 4)
 
 
 def _bridge_correspondences(

@@ -86,20 +86,17 @@ def _histogram_png(values: np.ndarray, title: str, xlabel: str, *, integer: bool
         ax.hist(
             np.clip(values, bins[0], bins[-1]), bins=bins, color="#3b75af", edgecolor="white", linewidth=0.5
         )
-        ax.axvline(
-            float(np.mean(values)),
-            color="#c44",
-            linestyle="--",
-            linewidth=1,
-            label=f"mean {np.mean(values):.3g}",
-        )
-        ax.axvline(
-            float(np.median(values)),
-            color="#333",
-            linestyle=":",
-            linewidth=1,
-            label=f"median {np.median(values):.3g}",
-        )
+        for label, stat, color, linestyle in (
+            ("mean", np.mean, "#c44", "--"),
+            ("median", np.median, "#333", ":"),
+        ):
+            ax.axvline(
+                float(stat(values)),
+                color=color,
+                linestyle=linestyle,
+                linewidth=1,
+                label=f"{label} {stat(values):.3g}",
+            )
         ax.legend(fontsize=8)
     else:
         ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)

@@ -16,7 +16,7 @@ same intrinsics columns. Observations are evaluated all at once; nothing loops o
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy.spatial.transform import Rotation
@@ -140,6 +140,22 @@ class BundleAdjustmentProblem:
             pose_free=self.pose_free.copy(),
             intrinsics_free=self.intrinsics_free.copy(),
             point_free=self.point_free.copy(),
+        )
+
+    def with_points(self, chosen: np.ndarray) -> BundleAdjustmentProblem:
+        """A problem on the points ``chosen`` ((K,) sorted point indices) and their observations only.
+
+        Shares the camera arrays (poses, intrinsics and their masks) with ``self``.
+        """
+        keep = np.isin(self.obs_point, chosen)
+        return replace(
+            self,
+            points=self.points[chosen],
+            obs_image=self.obs_image[keep],
+            obs_point=np.searchsorted(chosen, self.obs_point[keep]),
+            obs_px=self.obs_px[keep],
+            point_free=self.point_free[chosen],
+            _layout=None,
         )
 
     # --- parameter vector ----------------------------------------------------------------------------
