@@ -1,0 +1,83 @@
+"""Helpers shared by the benchmark scripts (imported as a sibling module, like ``reconstruct``).
+
+* ``fmt_number``: a table cell for a number ("–" for a missing or non-finite value);
+* ``pipeline_config`` / ``run_pipeline_timed``: one geomvision run with the benchmarks' settings (2 workers,
+  no HTML report), timed, a raised exception turned into an error string (a failed run is a result too);
+* ``pycolmap_options`` / ``pycolmap_extract``: pycolmap SIFT extraction and matching options with the same
+  thread budget, CPU only, and the single-camera feature extraction every pycolmap row starts with.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+
+def fmt_number(v, digits: int = 3) -> str:
+    """A float with ``digits`` decimals, "–" for None/NaN/inf, anything else as ``str``."""
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "–"
+    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def pipeline_config(intrinsics, *, seed: int = 0, num_workers: int = 2, pipeline: dict | None = None, **sections):
+    """``ReconstructionConfig`` with the benchmark defaults; ``pipeline`` adds pipeline keys, ``sections``
+    other sections (e.g. ``partition={...}``)."""
+    from geomvision.config import ReconstructionConfig
+
+    return ReconstructionConfig().with_changes(
+        pipeline={
+            "intrinsics": intrinsics,
+            "seed": seed,
+            "num_workers": num_workers,
+            "html_report": False,
+            **(pipeline or {}),
+        },
+        **sections,
+    )
+
+
+def run_pipeline_timed(image_dir: Path, out: Path, config):
+    """Runs ``run_pipeline``; returns ``(result or None, wall seconds, error string or None)``."""
+    from geomvision.pipeline import run_pipeline
+
+    t = time.perf_counter()
+    try:
+        result = run_pipeline(image_dir, out, config)
+    except Exception as exc:  # a failed run is a result too
+        return None, time.perf_counter() - t, f"{type(exc).__name__}: {exc}"
+    return result, time.perf_counter() - t, None
+
+
+def pycolmap_options(intrinsics=None, threads: int = 2):
+    """``(reader, extraction, matching)`` pycolmap options: CPU, ``threads`` threads; a fixed PINHOLE camera
+    with ``intrinsics`` (fx, fy, cx, cy) when given."""
+    import pycolmap
+
+    reader = pycolmap.ImageReaderOptions()
+    if intrinsics is not None:
+        reader.camera_model = "PINHOLE"
+        reader.camera_params = ",".join(f"{v:.6f}" for v in intrinsics)
+    extraction = pycolmap.FeatureExtractionOptions()
+    extraction.num_threads = threads
+    extraction.use_gpu = False
+    matching = pycolmap.FeatureMatchingOptions()
+    matching.num_threads = threads
+    matching.use_gpu = False
+    return reader, extraction, matching
+
+
+def pycolmap_extract(db: Path, image_dir: Path, extraction, reader=None) -> None:
+    """pycolmap SIFT into ``db``, one camera for all images, on the CPU (``reader``: default options if None)."""
+    import pycolmap
+
+    kwargs = {} if reader is None else {"reader_options": reader}
+    pycolmap.extract_features(
+        db,
+        image_dir,
+        camera_mode=pycolmap.CameraMode.SINGLE,
+        extraction_options=extraction,
+        device=pycolmap.Device.cpu,
+        **kwargs,
+    )
