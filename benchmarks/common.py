@@ -21,7 +21,9 @@ def fmt_number(v, digits: int = 3) -> str:
     return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
 
-def pipeline_config(intrinsics, *, seed: int = 0, num_workers: int = 2, pipeline: dict | None = None, **sections):
+def pipeline_config(
+    intrinsics, *, seed: int = 0, num_workers: int = 2, pipeline: dict | None = None, **sections
+):
     """``ReconstructionConfig`` with the benchmark defaults; ``pipeline`` adds pipeline keys, ``sections``
     other sections (e.g. ``partition={...}``)."""
     from geomvision.config import ReconstructionConfig

@@ -33,7 +33,8 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
-import numpy as np
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402  (sibling benchmark module: shared helpers)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("GEOMVISION_SHARED_DATASETS", REPO.parent / "shared" / "datasets"))
@@ -80,24 +81,11 @@ def link_subset(image_dir: Path, names: list[str], dest: Path) -> Path:
 
 # --- geomvision -----------------------------------------------------------------------------------
 def run_geomvision(image_dir: Path, out: Path, intrinsics, pairing="exhaustive", seed=0):
-    from geomvision.config import ReconstructionConfig
-    from geomvision.pipeline import run_pipeline
-
-    config = ReconstructionConfig().with_changes(
-        pipeline={
-            "intrinsics": intrinsics,
-            "pairing": pairing,
-            "seed": seed,
-            "num_workers": 2,
-            "html_report": False,
-        }
-    )
-    t = time.perf_counter()
-    try:
-        result = run_pipeline(image_dir, out, config)
-    except Exception as exc:  # a failed run is a result too
-        return None, time.perf_counter() - t, {"error": f"{type(exc).__name__}: {exc}"}
-    return result.reconstruction, time.perf_counter() - t, result.report["timings_s"]
+    config = common.pipeline_config(intrinsics, seed=seed, pipeline={"pairing": pairing})
+    result, seconds, error = common.run_pipeline_timed(image_dir, out, config)
+    if result is None:
+        return None, seconds, {"error": error}
+    return result.reconstruction, seconds, result.report["timings_s"]
 
 
 # --- pycolmap -------------------------------------------------------------------------------------
@@ -108,16 +96,7 @@ def run_pycolmap(image_dir: Path, work: Path, intrinsics):
 
     work.mkdir(parents=True, exist_ok=True)
     db = work / "database.db"
-    reader = pycolmap.ImageReaderOptions()
-    if intrinsics is not None:
-        reader.camera_model = "PINHOLE"
-        reader.camera_params = ",".join(f"{v:.6f}" for v in intrinsics)
-    extraction = pycolmap.FeatureExtractionOptions()
-    extraction.num_threads = 2
-    extraction.use_gpu = False
-    matching = pycolmap.FeatureMatchingOptions()
-    matching.num_threads = 2
-    matching.use_gpu = False
+    reader, extraction, matching = common.pycolmap_options(intrinsics)
     mapper = pycolmap.IncrementalPipelineOptions()
     mapper.num_threads = 2
     mapper.random_seed = 0
@@ -127,14 +106,7 @@ def run_pycolmap(image_dir: Path, work: Path, intrinsics):
         mapper.ba_refine_principal_point = False
     timings = {}
     t0 = time.perf_counter()
-    pycolmap.extract_features(
-        db,
-        image_dir,
-        camera_mode=pycolmap.CameraMode.SINGLE,
-        reader_options=reader,
-        extraction_options=extraction,
-        device=pycolmap.Device.cpu,
-    )
+    common.pycolmap_extract(db, image_dir, extraction, reader)
     timings["features"] = time.perf_counter() - t0
     t = time.perf_counter()
     pycolmap.match_exhaustive(db, matching_options=matching, device=pycolmap.Device.cpu)
@@ -275,9 +247,7 @@ def write_markdown(rows: list[dict], scale_rows: list[dict], path: Path) -> None
 
 
 def _f(v) -> str:
-    if v is None or (isinstance(v, float) and not np.isfinite(v)):
-        return "–"
-    return f"{v:.3f}" if isinstance(v, float) else str(v)
+    return common.fmt_number(v)
 
 
 def main() -> int:
