@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common as shared  # noqa: E402  (sibling benchmark module: shared helpers)
 import reconstruct as common  # noqa: E402 (the datasets, ground truth and scoring of the other benchmark)
 
 RESULTS = common.RESULTS
@@ -45,23 +46,10 @@ DATASETS["dtu37"] = common.Dataset("dtu37", "dtu_scan37", "images", "dtu_scan37_
 
 
 def run_ours(image_dir: Path, out: Path, intrinsics, mapper: str, seed: int = 0):
-    from geomvision.config import ReconstructionConfig
-    from geomvision.pipeline import run_pipeline
-
-    config = ReconstructionConfig().with_changes(
-        pipeline={
-            "intrinsics": intrinsics,
-            "mapper": mapper,
-            "seed": seed,
-            "num_workers": 2,
-            "html_report": False,
-        }
-    )
-    t = time.perf_counter()
-    try:
-        result = run_pipeline(image_dir, out, config)
-    except Exception as exc:  # a failed run is a result too
-        return None, {"error": f"{type(exc).__name__}: {exc}", "total": time.perf_counter() - t}, {}
+    config = shared.pipeline_config(intrinsics, seed=seed, pipeline={"mapper": mapper})
+    result, seconds, error = shared.run_pipeline_timed(image_dir, out, config)
+    if result is None:
+        return None, {"error": error, "total": seconds}, {}
     return result.reconstruction, result.report["timings_s"], result.report["mapping"]
 
 
@@ -75,25 +63,9 @@ def run_pycolmap(image_dir: Path, work: Path, intrinsics) -> dict[str, tuple]:
     db = work / "database.db"
     timings: dict[str, float] = {}
     if not db.exists():
-        reader = pycolmap.ImageReaderOptions()
-        if intrinsics is not None:
-            reader.camera_model = "PINHOLE"
-            reader.camera_params = ",".join(f"{v:.6f}" for v in intrinsics)
-        extraction = pycolmap.FeatureExtractionOptions()
-        extraction.num_threads = 2
-        extraction.use_gpu = False
-        matching = pycolmap.FeatureMatchingOptions()
-        matching.num_threads = 2
-        matching.use_gpu = False
+        reader, extraction, matching = shared.pycolmap_options(intrinsics)
         t = time.perf_counter()
-        pycolmap.extract_features(
-            db,
-            image_dir,
-            camera_mode=pycolmap.CameraMode.SINGLE,
-            reader_options=reader,
-            extraction_options=extraction,
-            device=pycolmap.Device.cpu,
-        )
+        shared.pycolmap_extract(db, image_dir, extraction, reader)
         pycolmap.match_exhaustive(db, matching_options=matching, device=pycolmap.Device.cpu)
         timings["features+matching"] = time.perf_counter() - t
     out: dict[str, tuple] = {}
@@ -305,9 +277,7 @@ def write_markdown(rows: list[dict], path: Path) -> None:
 
 
 def _f(v, digits: int = 3) -> str:
-    if v is None or (isinstance(v, float) and not np.isfinite(v)):
-        return "–"
-    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+    return shared.fmt_number(v, digits)
 
 
 def main() -> int:
