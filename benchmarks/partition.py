@@ -41,6 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+import common as shared  # noqa: E402  (sibling benchmark module: shared helpers)
 import reconstruct as bench  # noqa: E402  (benchmarks/reconstruct.py: datasets, GT loading, scoring)
 
 RESULTS = REPO / "benchmarks" / "results"
@@ -54,32 +55,23 @@ def run_geomvision(
     image_dir: Path, out: Path, intrinsics, max_cluster_images: int, workers: int, cache: Path, pairing: dict
 ):
     """One pipeline run; ``cache`` is shared by all runs on a dataset (features, matches, verification)."""
-    from geomvision.config import ReconstructionConfig
-    from geomvision.pipeline import run_pipeline
-
     out.mkdir(parents=True, exist_ok=True)
     if not (out / "cache").exists():
         (out / "cache").symlink_to(cache, target_is_directory=True)
-    config = ReconstructionConfig().with_changes(
-        pipeline={
-            "intrinsics": intrinsics,
-            "seed": 0,
-            "num_workers": workers,
-            "html_report": False,
-            **pairing,
-        },
+    config = shared.pipeline_config(
+        intrinsics,
+        num_workers=workers,
+        pipeline=pairing,
         partition={"max_cluster_images": max_cluster_images},
     )
     from geomvision.sfm.partitioned_mapping import _PeakRss  # the sampler the cluster tasks use
 
-    t = time.perf_counter()
-    try:
-        with _PeakRss() as memory:
-            result = run_pipeline(image_dir, out, config)
-    except Exception as exc:  # a failed run is a result too
-        return None, time.perf_counter() - t, {"error": f"{type(exc).__name__}: {exc}"}
+    with _PeakRss() as memory:
+        result, seconds, error = shared.run_pipeline_timed(image_dir, out, config)
+    if result is None:
+        return None, seconds, {"error": error}
     result.report["main_peak_rss_mb"] = round(memory.peak_mb, 1)
-    return result.reconstructions, time.perf_counter() - t, result.report
+    return result.reconstructions, seconds, result.report
 
 
 def colmap_database(image_dir: Path, work: Path, intrinsics, pairing: str, window: int) -> Path:
@@ -89,24 +81,8 @@ def colmap_database(image_dir: Path, work: Path, intrinsics, pairing: str, windo
     db = work / "database.db"
     if db.exists():
         return db
-    reader = pycolmap.ImageReaderOptions()
-    if intrinsics is not None:
-        reader.camera_model = "PINHOLE"
-        reader.camera_params = ",".join(f"{v:.6f}" for v in intrinsics)
-    extraction = pycolmap.FeatureExtractionOptions()
-    extraction.num_threads = 2
-    extraction.use_gpu = False
-    matching = pycolmap.FeatureMatchingOptions()
-    matching.num_threads = 2
-    matching.use_gpu = False
-    pycolmap.extract_features(
-        db,
-        image_dir,
-        camera_mode=pycolmap.CameraMode.SINGLE,
-        reader_options=reader,
-        extraction_options=extraction,
-        device=pycolmap.Device.cpu,
-    )
+    reader, extraction, matching = shared.pycolmap_options(intrinsics)
+    shared.pycolmap_extract(db, image_dir, extraction, reader)
     if pairing == "sequential":
         sequential = pycolmap.SequentialPairingOptions()
         sequential.overlap = window
@@ -348,9 +324,7 @@ def write_markdown(rows: list[dict], path: Path, args) -> None:
 
 
 def _f(v, digits: int = 3) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "–"
-    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+    return shared.fmt_number(v, digits)
 
 
 def main() -> int:
