@@ -41,6 +41,9 @@ from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common as shared  # noqa: E402  (sibling benchmark module: shared helpers)
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 ROWS_JSON = RESULTS / "scaling.json"
@@ -171,12 +174,7 @@ def child_pycolmap(image_dir: str, work: str, result_path: str) -> None:
     db = work_dir / "database.db"
     if db.exists():
         db.unlink()
-    extraction = pycolmap.FeatureExtractionOptions()
-    extraction.num_threads = 2
-    extraction.use_gpu = False
-    matching = pycolmap.FeatureMatchingOptions()
-    matching.num_threads = 2
-    matching.use_gpu = False
+    _, extraction, matching = shared.pycolmap_options()
     pairing = pycolmap.SequentialPairingOptions()
     pairing.overlap = 10
     pairing.loop_detection = False
@@ -188,13 +186,7 @@ def child_pycolmap(image_dir: str, work: str, result_path: str) -> None:
     with StageMemory() as mem:
         try:
             with mem.label("features"):
-                pycolmap.extract_features(
-                    db,
-                    image_dir,
-                    camera_mode=pycolmap.CameraMode.SINGLE,
-                    extraction_options=extraction,
-                    device=pycolmap.Device.cpu,
-                )
+                shared.pycolmap_extract(db, image_dir, extraction)
             with mem.label("matching+verification"):
                 pycolmap.match_sequential(
                     db, matching_options=matching, pairing_options=pairing, device=pycolmap.Device.cpu
