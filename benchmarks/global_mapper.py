@@ -41,6 +41,7 @@ import common as shared  # noqa: E402  (sibling benchmark module: shared helpers
 import reconstruct as common  # noqa: E402 (the datasets, ground truth and scoring of the other benchmark)
 
 RESULTS = common.RESULTS
+_f = shared.fmt_number  # table cell of a number
 DATASETS = dict(common.DATASETS)
 DATASETS["dtu37"] = common.Dataset("dtu37", "dtu_scan37", "images", "dtu_scan37_par.txt")
 
@@ -274,10 +275,6 @@ def write_markdown(rows: list[dict], path: Path) -> None:
             )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
-
-
-def _f(v, digits: int = 3) -> str:
-    return shared.fmt_number(v, digits)
 
 
 def main() -> int:

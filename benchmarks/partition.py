@@ -45,6 +45,7 @@ import common as shared  # noqa: E402  (sibling benchmark module: shared helpers
 import reconstruct as bench  # noqa: E402  (benchmarks/reconstruct.py: datasets, GT loading, scoring)
 
 RESULTS = REPO / "benchmarks" / "results"
+_f = shared.fmt_number  # table cell of a number
 
 
 def load_average() -> str:
@@ -321,10 +322,6 @@ def write_markdown(rows: list[dict], path: Path, args) -> None:
             )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
-
-
-def _f(v, digits: int = 3) -> str:
-    return shared.fmt_number(v, digits)
 
 
 def main() -> int:

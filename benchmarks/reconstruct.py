@@ -39,6 +39,7 @@ import common  # noqa: E402  (sibling benchmark module: shared helpers)
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("GEOMVISION_SHARED_DATASETS", REPO.parent / "shared" / "datasets"))
 RESULTS = REPO / "benchmarks" / "results"
+_f = common.fmt_number  # table cell of a number
 
 
 @dataclass(frozen=True)
@@ -244,10 +245,6 @@ def write_markdown(rows: list[dict], scale_rows: list[dict], path: Path) -> None
             )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
-
-
-def _f(v) -> str:
-    return common.fmt_number(v)
 
 
 def main() -> int:
