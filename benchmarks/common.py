@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import argparse
 import math
 import time
 from pathlib import Path
@@ -83,3 +84,14 @@ def pycolmap_extract(db: Path, image_dir: Path, extraction, reader=None) -> None
         device=pycolmap.Device.cpu,
         **kwargs,
     )
+
+
+def write_lines(path: Path, lines: list[str]) -> None:
+    """Writes ``lines`` (a markdown table, say) to ``path``, one per line, creating its folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+
+
+def argument_parser(doc: str | None) -> argparse.ArgumentParser:
+    """The scripts' parser: the module docstring (usage included) as the description, kept as written."""
+    return argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)

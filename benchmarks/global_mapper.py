@@ -23,7 +23,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -273,14 +272,11 @@ def write_markdown(rows: list[dict], path: Path) -> None:
                 f"{_f(s['auc@1'])} | {_f(s['auc@2'])} | {_f(s['auc@5'])} | "
                 f"{_f(s['mean_reprojection_error_px'])} | {_f(s['mapping_s'], 2)} | {s['load']:.1f} |"
             )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
+    shared.write_lines(path, lines)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = shared.argument_parser(__doc__)
     parser.add_argument("--datasets", default="fountain,temple,entry,castle,dtu37")
     parser.add_argument("--modes", default="unknown,known")
     parser.add_argument("--tools", default="ours_incremental,ours_global,pycolmap")

@@ -25,7 +25,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -320,14 +319,11 @@ def write_markdown(rows: list[dict], path: Path, args) -> None:
                 f"{r['cluster_sizes']} | {r['peak_rss_mb']} | {r.get('main_peak_rss_mb')} | {r['merge_reproj_px']} "
                 f"| {r['dropped']} |"
             )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
+    shared.write_lines(path, lines)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = shared.argument_parser(__doc__)
     parser.add_argument("--datasets", default="temple,castle")
     parser.add_argument("--modes", default="known")
     parser.add_argument("--fraction", type=float, default=1 / 3, help="cluster size as a share of the images")

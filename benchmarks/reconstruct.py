@@ -21,7 +21,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -243,14 +242,11 @@ def write_markdown(rows: list[dict], scale_rows: list[dict], path: Path) -> None
                 + " | ".join(_f(t.get(k)) for k in ("features", "matching", "verification", "mapping"))
                 + " |"
             )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
+    common.write_lines(path, lines)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = common.argument_parser(__doc__)
     parser.add_argument("--datasets", default="fountain,entry,castle,temple")
     parser.add_argument("--modes", default="unknown,known")
     parser.add_argument("--no-scaling", action="store_true")
