@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from process_helpers import descendant_pids
 from reliability_images import fast_config, render, write_image
 
 from geomvision.errors import InputError
@@ -70,7 +71,7 @@ def test_local_cluster_listens_on_loopback_only():
     """Scheduler, nannies, workers and their HTTP servers of ``--scheduler local``: 127.0.0.1 only."""
     with open_runner("dask", 2, dask=DaskSettings(scheduler="local")) as runner:
         assert runner.map_function("abs")(abs, [-1, 2]) == [1, 2]
-        ours = {os.getpid()} | _descendants(os.getpid())
+        ours = {os.getpid()} | descendant_pids(os.getpid())
         listening = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True, timeout=30).stdout
         addresses = [
             line.split()[3] for line in listening.splitlines() if any(f"pid={pid}," in line for pid in ours)
@@ -319,23 +320,6 @@ def test_separate_process_cluster_by_address(images, serial_cli_model, tmp_path)
         cluster.close()
 
 
-def _descendants(pid: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = set(), [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.add(child)
-            todo.append(child)
-    return found
-
-
 @pytest.mark.slow
 def test_worker_killed_mid_run_is_recomputed(images, serial_cli_model, tmp_path):
     """SIGKILL of one worker process while tasks run: Dask recomputes its tasks, the model is the same."""
@@ -349,7 +333,7 @@ def test_worker_killed_mid_run_is_recomputed(images, serial_cli_model, tmp_path)
             if list((out / "cache" / "features").glob("*.npz")):
                 break  # work is flowing: some tasks done, others queued or running
             time.sleep(0.02)
-        targets = {victim.pid} | _descendants(victim.pid)
+        targets = {victim.pid} | descendant_pids(victim.pid)
         for pid in targets:
             try:
                 os.kill(pid, signal.SIGKILL)

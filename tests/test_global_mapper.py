@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from mapper_fixtures import mapper_inputs, pose_errors
+from mapper_fixtures import assert_ring_model_matches, mapper_inputs, pose_errors
 
 from geomvision.config import ReconstructionConfig, config_from_dict, dump_config_toml
 from geomvision.errors import InputError
@@ -28,16 +28,7 @@ def ring_result(ring_scene) -> MappingResult:
 
 def test_all_images_register_and_poses_match_ground_truth(ring_scene, ring_result):
     assert len(ring_result.reconstructions) == 1
-    rec = ring_result.reconstructions[0]
-    assert rec.registered_image_ids == list(range(1, 9))
-    rot_err, centre_err, _ = pose_errors(rec, ring_scene)
-    assert rot_err.max() < 0.1  # degrees, 0.5 px noise
-    assert centre_err.max() < 0.01  # the cloud has radius 1, cameras stand ~4.6 away
-    assert len(rec.points3D) == 300
-    assert 0.45 < rec.mean_reprojection_error_px() < 0.65
-    for pid, point in list(rec.points3D.items())[:20]:
-        for image_id, kp in point.track:
-            assert rec.views[image_id].point3D_ids[kp] == pid
+    assert_ring_model_matches(ring_result.reconstructions[0], ring_scene)
 
 
 def test_report_has_per_step_counts_iterations_and_timings(ring_result):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from process_helpers import descendant_pids
 from reliability_images import render, write_image
 
 from geomvision.errors import InputError
@@ -201,24 +202,6 @@ def test_main_module_is_hidden_only_while_processes_start():
 
 
 # --- worker hygiene, end to end -------------------------------------------------------------------------------
-def _descendants(pid: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = set(), [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
-
-
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -244,12 +227,12 @@ def test_sigkill_of_reconstruct_leaves_no_process(tmp_path):
         deadline = time.monotonic() + 60
         family: set[int] = set()
         while time.monotonic() < deadline and proc.poll() is None:
-            family |= _descendants(proc.pid)
+            family |= descendant_pids(proc.pid)
             if len(family) >= 3 and list((out / "cache" / "features").glob("*.npz")):
                 break  # fork server + 2 workers (+ resource tracker) are up and working
             time.sleep(0.05)
         assert proc.poll() is None and len(family) >= 3, "the pool never started"
-        family |= _descendants(proc.pid)
+        family |= descendant_pids(proc.pid)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
         deadline = time.monotonic() + 10

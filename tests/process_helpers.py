@@ -1,0 +1,24 @@
+"""Process-tree helpers for the tests that check workers die with their parent (Linux /proc)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def descendant_pids(pid: int) -> set[int]:
+    """Every process below ``pid`` in the process tree (children, grandchildren, ...), read from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue  # the process ended while we read
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
