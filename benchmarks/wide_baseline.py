@@ -366,7 +366,10 @@ def main() -> int:
     latest = {
         (r["ring"], r["method"], r.get("mode")): r
         for r in all_rows
-        if r["ring"] != "fountain_small" and r["method"] in labels and "models" in r or r["method"] == "pycolmap"
+        if r["ring"] != "fountain_small"
+        and r["method"] in labels
+        and "models" in r
+        or r["method"] == "pycolmap"
     }
     fountain_rows = fountain or [r for r in all_rows if r["ring"] == "fountain_small"][-4:]
     write_markdown(list(latest.values()), fountain_rows, rb.RESULTS / "wide_baseline.md")

@@ -33,7 +33,7 @@ def _pair(rng, n=200):
     base /= np.linalg.norm(base, axis=1, keepdims=True)
 
     def noisy(d):
-        d = d + rng.normal(scale=0.03, size=d.shape)
+        d = d + rng.normal(scale=0.02, size=d.shape)
         return (d / np.linalg.norm(d, axis=1, keepdims=True)).astype(np.float32)
 
     # Look-alikes: same descriptor, 30-60 px away from the planted point, perpendicular to its epipolar line.

@@ -6,7 +6,7 @@ baseline, repeated or weak texture makes the second neighbour close and the rati
 matches. Once a pair's fundamental (or essential) matrix is verified, a true match must lie near the
 epipolar line of its partner (H&Z 9.2, guided matching as in H&Z 11.6 step (v) and COLMAP's
 ``guided_matching``): only features within ``max_epipolar_error_px`` of the line (in both images) compete,
-so a looser ratio still rejects ambiguity while the many far-away look-alikes no longer count.
+so the many far-away look-alikes no longer count and matches that the ordinary ratio test dropped come back.
 
 :func:`guided_match_pair` does one pair; :func:`densify_weak_pairs` applies it only to the verified pairs
 of *weak* images (fewer than ``min_verified_neighbors`` verified neighbours with at least
@@ -50,9 +50,13 @@ class GuidedMatchingOptions:
         max_epipolar_error_px: a candidate must lie within this distance (pixels) of the epipolar line of its
             partner, in both images.
         max_ratio: Lowe's ratio between the best and second-best descriptor distance among the candidates
-            near the line (looser than the ordinary 0.8: the band already removed most look-alikes).
+            near the line. Stricter than the ordinary 0.8, not looser: the second neighbour is now taken
+            among the few candidates in the band, so the test is already far weaker than the ordinary one
+            (which compares with all features); on the 12-view dinosaur ring with unknown focal 0.9 (with
+            distance 0.7 and a 2 px band) added twice the ordinary inliers, partly wrong in depth, and the
+            global mapper registered 7 of 12 images instead of 12 (docs/wide_baselines.md).
         max_descriptor_distance: largest L2 distance of unit descriptors for a match (a lone candidate in
-            the band has no second neighbour to compare with).
+            the band has no second neighbour to compare with; the ordinary matcher's cap is 0.4).
         mutual: keep a match only when each feature is the other's best candidate.
         min_verified_neighbors: an image is weak with fewer verified neighbours than this (strong ones).
         strong_pair_inliers: a verified pair counts as a strong neighbour with at least this many inliers.
@@ -60,9 +64,9 @@ class GuidedMatchingOptions:
     """
 
     enabled: bool = True
-    max_epipolar_error_px: float = 2.0
-    max_ratio: float = 0.9
-    max_descriptor_distance: float = 0.7
+    max_epipolar_error_px: float = 1.0
+    max_ratio: float = 0.7
+    max_descriptor_distance: float = 0.5
     mutual: bool = True
     min_verified_neighbors: int = 3
     strong_pair_inliers: int = 30
