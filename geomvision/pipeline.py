@@ -251,6 +251,7 @@ def _run_stages(run: _Run) -> PipelineResult:
         )
         timings["global_fallback"] = time.perf_counter() - t
     if not reconstructions:
+        run.stage = "mapping"  # the fallback is part of mapping: a failure is the mapping stage's
         raise ReconstructionError(
             f"mapping failed: {mapping.report.get('reason', 'no model with 2+ images')}"
         )
