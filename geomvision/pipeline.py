@@ -574,15 +574,20 @@ def _run_global_fallback(reconstructions, cameras, images, verified, config, pro
         models = sorted(
             (r for r in result.reconstructions if r.num_registered >= 2), key=lambda r: -r.num_registered
         )
-        reason = result.report.get("reason", "")
+        reason, mapper_report = result.report.get("reason", ""), result.report
     except ReconstructionError as exc:  # the global mapper failed too: keep the incremental models
-        models, reason = [], str(exc)
+        models, reason, mapper_report = [], str(exc), {}
     after = models[0].num_registered if models else 0
     used = after > before
     logger.info(
         "global fallback: largest model %d -> %d images (%s)", before, after, "kept" if used else "not kept"
     )
-    fallback_report = {"registered_incremental": before, "registered_global": after, "used": used}
+    fallback_report = {
+        "registered_incremental": before,
+        "registered_global": after,
+        "used": used,
+        "global_mapper": mapper_report,
+    }
     if reason:
         fallback_report["reason"] = reason
     return (models if used else reconstructions), fallback_report
