@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from geomvision.errors import InputError
+from geomvision.errors import InputError, check_choice
 
 #: model name -> parameter names, in COLMAP's order. Pixels use the OpenCV origin (centre of the
 #: top-left pixel); COLMAP files are converted in io/colmap.py only.
@@ -37,8 +37,7 @@ class Camera:
     params: np.ndarray
 
     def __post_init__(self) -> None:
-        if self.model not in CAMERA_MODELS:
-            raise InputError(f"unknown camera model {self.model!r}; expected one of {sorted(CAMERA_MODELS)}")
+        check_choice("camera model", self.model, sorted(CAMERA_MODELS))
         self.params = np.asarray(self.params, dtype=np.float64).reshape(-1)
         expected = len(CAMERA_MODELS[self.model])
         if self.params.size != expected:
