@@ -73,3 +73,13 @@ def check_choice(what: str, value: object, choices: Collection[object]) -> None:
     """
     if value not in choices:
         raise InputError(f"unknown {what} {value!r}; expected one of {choices}")
+
+
+def check_fields_at_least(options: object, **low_by_field: float) -> None:
+    """:func:`check_at_least` on each named attribute of ``options``, in the order given.
+
+    For an options class's ``__post_init__``: ``check_fields_at_least(self, min_iterations=0, batch_size=1)``
+    raises ``"batch_size must be >= 1, got 0"`` for ``batch_size=0``.
+    """
+    for name, low in low_by_field.items():
+        check_at_least(name, getattr(options, name), low)

@@ -38,7 +38,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from geomvision.errors import InputError, check_range
+from geomvision.errors import InputError, check_fields_at_least, check_range
 from geomvision.runtime.rng import as_rng
 
 __all__ = ["Estimator", "RansacOptions", "RansacResult", "ransac", "required_iterations", "msac_scores"]
@@ -147,20 +147,9 @@ class RansacOptions:
         if not (np.isfinite(self.max_error_px) and self.max_error_px > 0):
             raise InputError(f"max_error_px must be positive, got {self.max_error_px}")
         check_range("confidence", self.confidence, 0, 1, low_open=True, high_open=True)
-        if self.min_iterations < 0 or self.max_iterations < 1:
-            raise InputError(
-                f"need min_iterations >= 0, max_iterations >= 1; got {self.min_iterations}, "
-                f"{self.max_iterations}"
-            )
-        if self.lo_iterations < 0 or self.lo_threshold_multiplier < 1.0:
-            raise InputError(
-                f"need lo_iterations >= 0 and lo_threshold_multiplier >= 1, got "
-                f"{self.lo_iterations}, {self.lo_threshold_multiplier}"
-            )
-        if self.min_num_inliers < 0 or self.batch_size < 1:
-            raise InputError(
-                f"need min_num_inliers >= 0, batch_size >= 1; got {self.min_num_inliers}, {self.batch_size}"
-            )
+        check_fields_at_least(self, min_iterations=0, max_iterations=1)
+        check_fields_at_least(self, lo_iterations=0, lo_threshold_multiplier=1)
+        check_fields_at_least(self, min_num_inliers=0, batch_size=1)
 
 
 @dataclass(frozen=True)
