@@ -41,7 +41,15 @@ import numpy as np
 from geomvision.errors import InputError, check_fields_at_least, check_range
 from geomvision.runtime.rng import as_rng
 
-__all__ = ["Estimator", "RansacOptions", "RansacResult", "ransac", "required_iterations", "msac_scores"]
+__all__ = [
+    "Estimator",
+    "RansacOptions",
+    "RansacResult",
+    "RobustFit",
+    "ransac",
+    "required_iterations",
+    "msac_scores",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -153,20 +161,16 @@ class RansacOptions:
 
 
 @dataclass(frozen=True)
-class RansacResult:
-    """Outcome of :func:`ransac`.
+class RobustFit:
+    """The fields every robust estimate reports (:class:`RansacResult` and the two-view estimates).
 
     Attributes:
-        success: a model with at least ``min_num_inliers`` inliers was found.
+        success: a good enough model was found (what "good enough" means is the subclass's).
         reason: empty on success, otherwise why not (e.g. ``"12 inliers < 15"``).
-        model: best model (also set on an inlier-count failure, for diagnostics), else None.
+        model: best model, or None.
         inlier_mask: (N,) bool, residual_sq <= max_error_px^2 for the returned model.
         num_iterations: minimal samples drawn.
         score: MSAC cost of the model (lower is better; inf when there is none).
-        residuals_sq: (N,) squared residuals of all data points for ``model`` (None without a model), so
-            that a caller polishing the model need not recompute them.
-        locally_optimized: ``model`` went through local optimisation (False only when
-            :func:`ransac` was told that the caller polishes it, see ``polish_follows``).
     """
 
     success: bool
@@ -175,12 +179,28 @@ class RansacResult:
     inlier_mask: np.ndarray
     num_iterations: int
     score: float
-    residuals_sq: np.ndarray | None = field(default=None, repr=False, compare=False)
-    locally_optimized: bool = True
 
     @property
     def num_inliers(self) -> int:
         return int(np.count_nonzero(self.inlier_mask))
+
+
+@dataclass(frozen=True)
+class RansacResult(RobustFit):
+    """Outcome of :func:`ransac`: the :class:`RobustFit` fields, then the two below.
+
+    ``success`` means a model with at least ``min_num_inliers`` inliers was found; ``model`` is also set
+    on an inlier-count failure, for diagnostics.
+
+    Attributes:
+        residuals_sq: (N,) squared residuals of all data points for ``model`` (None without a model), so
+            that a caller polishing the model need not recompute them.
+        locally_optimized: ``model`` went through local optimisation (False only when
+            :func:`ransac` was told that the caller polishes it, see ``polish_follows``).
+    """
+
+    residuals_sq: np.ndarray | None = field(default=None, repr=False, compare=False)
+    locally_optimized: bool = True
 
 
 def required_iterations(inlier_ratio: float, sample_size: int, confidence: float) -> float:
