@@ -74,8 +74,8 @@ class GuidedMatchingOptions:
 
     def __post_init__(self) -> None:
         check_positive("max_epipolar_error_px", self.max_epipolar_error_px)
-        check_range("max_ratio", self.max_ratio, 0.0, 1.0)
-        check_range("max_descriptor_distance", self.max_descriptor_distance, 0.0, 2.0)
+        check_range("max_ratio", self.max_ratio, 0.0, 1.0, low_open=True)
+        check_range("max_descriptor_distance", self.max_descriptor_distance, 0.0, 2.0, low_open=True)
         check_at_least("min_verified_neighbors", self.min_verified_neighbors, 0)
         check_at_least("strong_pair_inliers", self.strong_pair_inliers, 0)
         check_at_least("chunk_size", self.chunk_size, 1)

@@ -88,9 +88,7 @@ class GlobalFallbackOptions:
     min_registered_share: float = 0.9
 
     def __post_init__(self) -> None:
-        check_range("min_registered_share", self.min_registered_share, 0.0, 1.0)
-        if self.min_registered_share <= 0.0:
-            raise InputError(f"min_registered_share must be > 0, got {self.min_registered_share}")
+        check_range("min_registered_share", self.min_registered_share, 0.0, 1.0, low_open=True)
 
 
 def needs_global_fallback(
