@@ -583,7 +583,7 @@ def solve_schur(problem: BundleAdjustmentProblem, options, progress=None) -> dic
 
 def _lm_loop(problem, user_problem, st: _Structure, x: np.ndarray, options, progress, t0: float) -> dict:
     """The Levenberg-Marquardt iterations of ``solve_schur`` (Nielsen/Ceres damping schedule)."""
-    ev = evaluate(problem, options.loss, options.loss_scale_px, jacobians=True)
+    ev = evaluate(problem, options.loss, options.loss_scale_px, jacobians=True, zero_fixed_columns=False)
     lin = _linearise(problem, st, ev)
     mu, nu = 1e-4, 2.0  # Ceres: initial trust region radius 1e4
     reason, iterations = "maximum iterations reached", 0
@@ -614,7 +614,9 @@ def _lm_loop(problem, user_problem, st: _Structure, x: np.ndarray, options, prog
         x_new = x + delta
         problem.set_x(x_new)
         # most LM steps are accepted, so evaluate the Jacobian right away instead of the cost alone
-        ev_new = evaluate(problem, options.loss, options.loss_scale_px, jacobians=True)
+        ev_new = evaluate(
+            problem, options.loss, options.loss_scale_px, jacobians=True, zero_fixed_columns=False
+        )
         new_cost = ev_new.cost
         actual = lin.cost - new_cost
         rho = actual / predicted if predicted > 0 else -1.0
