@@ -613,9 +613,12 @@ def _lm_loop(problem, user_problem, st: _Structure, x: np.ndarray, options, prog
             break
         x_new = x + delta
         problem.set_x(x_new)
-        # most LM steps are accepted, so evaluate the Jacobian right away instead of the cost alone
+        # most LM steps are accepted, so the Jacobian is evaluated with the cost, unless the model predicts a
+        # decrease below the function tolerance: that step is either the last one or rejected, and needs
+        # the cost alone
+        small = predicted <= options.function_tolerance * lin.cost
         ev_new = evaluate(
-            problem, options.loss, options.loss_scale_px, jacobians=True, zero_fixed_columns=False
+            problem, options.loss, options.loss_scale_px, jacobians=not small, zero_fixed_columns=False
         )
         new_cost = ev_new.cost
         actual = lin.cost - new_cost
@@ -626,12 +629,16 @@ def _lm_loop(problem, user_problem, st: _Structure, x: np.ndarray, options, prog
             mu *= max(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3)
             nu = 2.0
             old_cost = lin.cost
-            lin = _linearise(problem, st, ev_new)
             if abs(actual) <= options.function_tolerance * old_cost:
                 reason = (
                     f"function tolerance reached (relative decrease {actual / max(old_cost, 1e-300):.3g})"
                 )
                 break
+            if small:
+                ev_new = evaluate(
+                    problem, options.loss, options.loss_scale_px, jacobians=True, zero_fixed_columns=False
+                )
+            lin = _linearise(problem, st, ev_new)
         else:
             problem.set_x(x)
             mu *= nu
