@@ -316,7 +316,8 @@ class _Linearisation:
     g_cam: np.ndarray  # (n,)
     C: np.ndarray  # (3, 3, Np) point blocks J_p^T J_p
     g_pt: np.ndarray  # (3, Np)
-    Wt: np.ndarray  # (3, D, Mf) per observation of a free point: (J_c^T J_p)^T
+    Jc: np.ndarray  # (2, D, Mf) camera Jacobian of each observation of a free point
+    Jp: np.ndarray  # (2, 3, Mf) point Jacobian of each observation of a free point
     diag_cam: np.ndarray  # (n,) diag(J^T J) over camera columns
     grad_max: float
 
@@ -341,9 +342,8 @@ def _linearise(problem: BundleAdjustmentProblem, st: _Structure, ev) -> _Lineari
         Jc, Jp, r = Jc[:, :, st.free_obs], Jp[:, :, st.free_obs], r[:, st.free_obs]
     C = _bincount_rows(st.free_pc, _outer_sum(Jp, Jp), st.n_points)
     g_pt = _bincount_rows(st.free_pc, Jp[0] * r[0] + Jp[1] * r[1], st.n_points)
-    Wt = _outer_sum(Jp, Jc)  # (3, D, Mf)
     grad_max = max(float(np.abs(g_cam).max(initial=0.0)), float(np.abs(g_pt).max(initial=0.0)))
-    return _Linearisation(ev.cost, U_img, g_cam, C, g_pt, Wt, diag_cam, grad_max)
+    return _Linearisation(ev.cost, U_img, g_cam, C, g_pt, Jc, Jp, diag_cam, grad_max)
 
 
 def _point_diag(lin: _Linearisation) -> np.ndarray:
@@ -418,22 +418,34 @@ def _reduced_system(problem: BundleAdjustmentProblem, st: _Structure, lin: _Line
     C_inv = _inv3(C_damped)
     L = _chol3(C_damped)
     L_obs = tuple(f[st.free_pc] for f in L)
-    Wt = lin.Wt
-    d, mf = Wt.shape[1], Wt.shape[2]
+    Jc, Jp = lin.Jc, lin.Jp
+    d, mf = Jc.shape[1], Jc.shape[2]
     # Z row-major (Mf + 1, 3, D) with a final zero row (the padding target), so that the rows of one image
     # or one group are a contiguous (3k, D) matrix: one GEMM each
     Z_rows = st.buffers.get("Z_rows")
     if Z_rows is None or Z_rows.shape != (mf + 1, 3, d):
         Z_rows = st.buffers["Z_rows"] = np.zeros((mf + 1, 3, d))
-    Zt = _forward3(L_obs, Wt, np.empty_like(Wt))  # (3, D, Mf)
+    # Z = L^-1 W^T = (L^-1 J_p^T) J_c per observation: a triangular solve on the 3x2 J_p^T, then a 3x2 by
+    # 2xD product (W^T itself is never formed)
+    Q = _forward3(L_obs, Jp.transpose(1, 0, 2), np.empty((3, 2, mf)))  # (3, 2, Mf)
+    Zt = np.empty((3, d, mf))
+    tmp = np.empty((d, mf))
+    for i in range(3):
+        np.multiply(Jc[0], Q[i, 0], out=Zt[i])
+        Zt[i] += np.multiply(Jc[1], Q[i, 1], out=tmp)
     Z_rows[:-1] = Zt.transpose(2, 0, 1)
-    # self blocks per image: U - Z^T Z over the image's observations of free points
+    # rhs: -(g_c - sum W C~^-1 g_p) = -(g_c - sum Z^T L^-1 g_p), with h = L^-1 g_p of each observation's point
+    h_rows = np.ascontiguousarray(_forward3(L, lin.g_pt, np.empty_like(lin.g_pt)).T)[st.free_pc]  # (Mf, 3)
+    # self blocks per image: U - Z^T Z over the image's observations of free points, and the image's share
+    # Z^T h of the rhs, from the same contiguous rows
     self_img = lin.U_img.copy()
+    v_img = np.zeros((len(self_img), d))
     bounds = st.free_img_bounds.tolist()
     for k, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
         if hi > lo:
             Zk = Z_rows[lo:hi].reshape(-1, d)
             self_img[k] -= Zk.T @ Zk
+            v_img[k] = h_rows[lo:hi].ravel() @ Zk
     # off-diagonal blocks per image pair: sum over shared points of Z_a^T Z_b, batched GEMMs per bucket;
     # the gathers go into buffers reused across iterations (fresh 10 MB arrays cost page faults each time)
     pair_blocks = np.empty((len(st.pair_img), d, d))
@@ -448,10 +460,8 @@ def _reduced_system(problem: BundleAdjustmentProblem, st: _Structure, lin: _Line
     values = np.concatenate([self_img.ravel(), -pair_blocks.ravel(), -pair_blocks.transpose(0, 2, 1).ravel()])
     S = np.bincount(st.scatter_index, weights=values, minlength=st.n_slots)
 
-    # rhs: -(g_c - sum W C~^-1 g_p) = -(g_c - sum Z^T L^-1 g_p)
-    h = _forward3(L, lin.g_pt, np.empty_like(lin.g_pt))[:, st.free_pc]  # (3, Mf)
-    v_obs = Zt[0] * h[0] + Zt[1] * h[1] + Zt[2] * h[2]  # (D, Mf)
-    v = lin.g_cam - np.bincount(st.cols_free_t.ravel(), weights=v_obs.ravel(), minlength=st.n + 1)[: st.n]
+    cols_img = st.cols_ext[st.img_present].ravel()
+    v = lin.g_cam - np.bincount(cols_img, weights=v_img.ravel(), minlength=st.n + 1)[: st.n]
     return S, -v, C_inv
 
 
@@ -551,7 +561,8 @@ def _step(problem, st, lin, mu, options) -> tuple[np.ndarray, float] | None:
         return None
     dc_ext = np.append(dc, 0.0)
     dcs = dc_ext[st.cols_free_t]  # (D, Mf)
-    wt_dc = (lin.Wt * dcs[None]).sum(axis=1)  # (3, Mf) W^T dc per observation
+    jdc = np.einsum("rdm,dm->rm", lin.Jc, dcs)  # (2, Mf) J_c dc per observation
+    wt_dc = lin.Jp[0] * jdc[0] + lin.Jp[1] * jdc[1]  # (3, Mf) W^T dc = J_p^T J_c dc
     rhs_p = lin.g_pt + _bincount_rows(st.free_pc, wt_dc, st.n_points)  # (3, Np)
     dp = -(C_inv[:, 0] * rhs_p[0] + C_inv[:, 1] * rhs_p[1] + C_inv[:, 2] * rhs_p[2])  # (3, Np)
     delta = np.concatenate([dc, dp.T.ravel()])
