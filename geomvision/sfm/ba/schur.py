@@ -290,14 +290,19 @@ def _inv3(A: np.ndarray) -> np.ndarray:
     return co / det
 
 
-def _outer_sum(A: np.ndarray, B: np.ndarray) -> np.ndarray:
-    """Per-observation ``A^T B``: A (K, D1, M), B (K, D2, M) -> (D1, D2, M)."""
-    out = A[0, :, None, :] * B[0, None, :, :]
-    tmp = np.empty_like(out)  # one scratch buffer instead of a fresh temporary per term
-    for k in range(1, A.shape[0]):
-        np.multiply(A[k, :, None, :], B[k, None, :, :], out=tmp)
-        out += tmp
-    return out
+def _point_blocks(Jp: np.ndarray, point: np.ndarray, n_points: int) -> np.ndarray:
+    """``C = sum J_p^T J_p`` per point (3, 3, Np) from component-major Jp (2, 3, M): the 6 distinct entries of
+    each symmetric block are summed per observation and binned, then mirrored."""
+    C = np.empty((3, 3, n_points))
+    prod = np.empty(Jp.shape[2])
+    for i in range(3):
+        for j in range(i, 3):
+            np.multiply(Jp[0, i], Jp[0, j], out=prod)
+            prod += Jp[1, i] * Jp[1, j]
+            C[i, j] = np.bincount(point, weights=prod, minlength=n_points)
+            if j != i:
+                C[j, i] = C[i, j]
+    return C
 
 
 def _bincount_rows(index: np.ndarray, values: np.ndarray, size: int) -> np.ndarray:
@@ -340,7 +345,7 @@ def _linearise(problem: BundleAdjustmentProblem, st: _Structure, ev) -> _Lineari
     diag_cam = np.bincount(cols_img, weights=np.einsum("kii->ki", U_img).ravel(), minlength=n + 1)[:n]
     if not st.all_free:
         Jc, Jp, r = Jc[:, :, st.free_obs], Jp[:, :, st.free_obs], r[:, st.free_obs]
-    C = _bincount_rows(st.free_pc, _outer_sum(Jp, Jp), st.n_points)
+    C = _point_blocks(Jp, st.free_pc, st.n_points)
     g_pt = _bincount_rows(st.free_pc, Jp[0] * r[0] + Jp[1] * r[1], st.n_points)
     grad_max = max(float(np.abs(g_cam).max(initial=0.0)), float(np.abs(g_pt).max(initial=0.0)))
     return _Linearisation(ev.cost, U_img, g_cam, C, g_pt, Jc, Jp, diag_cam, grad_max)
