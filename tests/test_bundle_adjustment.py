@@ -231,21 +231,72 @@ def test_nothing_to_adjust():
     assert not result.success and "0 registered" in result.reason
 
 
-def test_schur_threads_give_identical_result():
-    # the threaded pair products compute the same batches, only on other threads: bitwise equal results
-    results = []
-    for threads in (1, 2, 3):
+def test_schur_threads_give_identical_result(monkeypatch):
+    from geomvision.sfm.ba import schur
+
+    def solve(threads):
         problem, _ = synthetic_problem(12, 300, model="SIMPLE_RADIAL", views_per_point=5, rng=31)
         perturb(problem, rng=32)
         opts = BundleAdjustmentOptions(backend="schur", num_threads=threads, function_tolerance=1e-10)
         result = adjust_problem(problem, opts)
         assert result.success and result.final_cost < 0.02 * result.initial_cost  # down to the noise
-        results.append((result.final_cost, problem.points.copy()))
+        return result.final_cost, problem.points.copy()
+
+    single_chunk = solve(2)  # 1500 observations: one chunk, no threads
+    # small chunks (4 of ~375 observations): the chunking depends on the problem only, so every thread
+    # count computes the same chunks in the same order: bitwise equal results
+    monkeypatch.setattr(schur, "_CHUNK_OBS", 300)
+    results = [solve(threads) for threads in (1, 2, 3, None)]
     for cost, points in results[1:]:
         assert cost == results[0][0]
         np.testing.assert_array_equal(points, results[0][1])
+    # chunked sums differ from the single-chunk ones in rounding only
+    np.testing.assert_allclose(results[0][0], single_chunk[0], rtol=1e-9)
+    np.testing.assert_allclose(results[0][1], single_chunk[1], rtol=0, atol=1e-7)
     with pytest.raises(InputError, match="num_threads"):
         BundleAdjustmentOptions(num_threads=0)
+
+
+def test_schur_chunks_split_whole_images(monkeypatch):
+    from geomvision.sfm.ba import schur
+
+    img_bounds = np.array([0, 10, 30, 35, 60, 100])
+    free = np.flatnonzero(np.arange(100) % 7 != 0)  # every 7th observation sees a held point
+    assert len(schur._make_chunks(100, img_bounds, free, all_free=False)) == 1  # < 2 * _CHUNK_OBS
+    monkeypatch.setattr(schur, "_CHUNK_OBS", 20)
+    # 100 // 20 = 5 -> 4 chunks, cut at the image boundaries nearest 25, 50 and 75 (60 twice)
+    chunks = schur._make_chunks(100, img_bounds, free, all_free=False)
+    assert [(c.obs.start, c.obs.stop) for c in chunks] == [(0, 30), (30, 60), (60, 100)]
+    assert [(c.images.start, c.images.stop) for c in chunks] == [(0, 2), (2, 4), (4, 5)]
+    for c in chunks:
+        np.testing.assert_array_equal(free[c.free], np.arange(c.obs.start, c.obs.stop)[c.free_local])
+
+
+def test_evaluate_on_observation_slices_matches_the_whole():
+    a, _ = synthetic_problem(6, 60, model="PINHOLE", views_per_point=3, rng=41)
+    b, _ = synthetic_problem(6, 60, model="OPENCV", views_per_point=3, rng=42)
+    problem = BundleAdjustmentProblem(
+        camera_models=["PINHOLE", "OPENCV"],
+        intrinsics=np.vstack([np.pad(a.intrinsics, ((0, 0), (0, 4))), b.intrinsics]),
+        image_group=np.repeat([0, 1], 6),
+        rotvecs=np.vstack([a.rotvecs, b.rotvecs]),
+        translations=np.vstack([a.translations, b.translations]),
+        points=np.vstack([a.points, b.points]),
+        obs_image=np.concatenate([a.obs_image, b.obs_image + 6]),
+        obs_point=np.concatenate([a.obs_point, b.obs_point + 60]),
+        obs_px=np.vstack([a.obs_px, b.obs_px]),
+    )
+    _all_free(problem)
+    problem = problem.sorted_by_image()
+    whole = evaluate(problem, "cauchy", 2.0, zero_fixed_columns=False)
+    m = problem.num_observations
+    for lo, hi in ((0, m // 3), (m // 3, m - 5), (m - 5, m)):
+        part = evaluate(problem, "cauchy", 2.0, zero_fixed_columns=False, observations=slice(lo, hi))
+        np.testing.assert_array_equal(part.residuals, whole.residuals[lo:hi])
+        np.testing.assert_array_equal(part.J_cam, whole.J_cam[lo:hi])
+        np.testing.assert_array_equal(part.J_point, whole.J_point[lo:hi])
+    costs = [evaluate(problem, "cauchy", 2.0, observations=slice(k, k + 7)).cost for k in range(0, m, 7)]
+    np.testing.assert_allclose(sum(costs), whole.cost, rtol=1e-12)
 
 
 def test_auto_schur_solver_follows_size_and_fill():

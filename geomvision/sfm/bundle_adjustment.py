@@ -85,8 +85,11 @@ class BundleAdjustmentOptions:
         lsmr_tolerance: LSMR ``atol``/``btol`` per step of the scipy backend (None: ``function_tolerance``
             clipped to [1e-6, 1e-2]); a looser tolerance gives inexact Gauss-Newton steps that cost fewer
             LSMR iterations.
-        num_threads: threads of the schur backend for the Schur complement's pair products (numpy releases
-            the GIL there); BLAS itself stays single-threaded.
+        num_threads: threads of the schur backend (None: the CPU cores this process may run on). They share
+            the per-observation work (Jacobian evaluation, linearisation, the Schur complement's rows, self
+            and pair blocks; numpy releases the GIL there) of problems of at least 24000 observations, cut
+            into chunks of whole images independently of the thread count (every num_threads gives bitwise
+            the same result); smaller problems run on the calling thread. BLAS stays single-threaded.
         scipy_preconditioner: solve the scipy backend in block-Jacobi preconditioned variables (per-point
             3x3 and per-image pose blocks), which cuts LSMR iterations by an order of magnitude.
     """
@@ -113,7 +116,7 @@ class BundleAdjustmentOptions:
     lsmr_max_iterations: int | None = 50
     lsmr_tolerance: float | None = None
     scipy_preconditioner: bool = True
-    num_threads: int = 1
+    num_threads: int | None = None
 
     def __post_init__(self) -> None:
         checks = (
@@ -127,7 +130,8 @@ class BundleAdjustmentOptions:
             if value not in allowed:
                 raise InputError(f"BundleAdjustmentOptions.{name} must be one of {allowed}, got {value!r}")
         check_positive("loss_scale_px", self.loss_scale_px)
-        check_at_least("num_threads", self.num_threads, 1)
+        if self.num_threads is not None:
+            check_at_least("num_threads", self.num_threads, 1)
         check_at_least("max_iterations", self.max_iterations, 1)
 
 

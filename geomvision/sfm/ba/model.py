@@ -287,20 +287,32 @@ def evaluate(
     *,
     jacobians: bool = True,
     zero_fixed_columns: bool = True,
+    observations: slice | None = None,
 ) -> Evaluation:
     """Reprojection residuals ``project(cam_from_world(X)) - observed`` and their analytic Jacobian.
 
     ``zero_fixed_columns=False`` leaves the Jacobian of held camera columns as computed (a solver that drops
     those columns itself, such as the schur backend, saves a pass over all observations).
+    ``observations`` (a slice with step 1) evaluates only those observations (the schur backend evaluates
+    chunks of observations in parallel threads); every returned array then covers the slice only.
     """
     lay = problem.layout
     R_img = Rotation.from_rotvec(problem.rotvecs).as_matrix()
-    img, pt = problem.obs_image, problem.obs_point
+    sl = slice(None) if observations is None else observations
+    img, pt, obs_px = problem.obs_image[sl], problem.obs_point[sl], problem.obs_px[sl]
+    model_obs = lay.model_obs
+    if observations is not None and len(model_obs) > 1:
+        lo, hi, _ = sl.indices(problem.num_observations)
+        model_obs = [
+            (m, idx[np.searchsorted(idx, lo) : np.searchsorted(idx, hi)] - lo) for m, idx in model_obs
+        ]
+        model_obs = [(m, idx) for m, idx in model_obs if idx.size]
     # component-major per-observation arrays: Rt[3 i + j] = R[i, j] of each observation's image (9, M),
-    # Xt (3, M); every product below is one contiguous vector op over all M observations
-    Rt = np.ascontiguousarray(R_img.reshape(-1, 9).T)[:, img]
-    Xt = np.ascontiguousarray(problem.points.T)[:, pt]
-    pc_t = np.ascontiguousarray(problem.translations.T)[:, img]  # (3, M), becomes the camera-frame points
+    # Xt (3, M); every product below is one contiguous vector op over all M observations (``take`` along
+    # the last axis: ~2x faster than fancy indexing there)
+    Rt = np.take(R_img.reshape(-1, 9).T, img, axis=1)
+    Xt = np.take(problem.points.T, pt, axis=1)
+    pc_t = np.take(problem.translations.T, img, axis=1)  # (3, M), becomes the camera-frame points
     rotated_t = np.empty_like(Xt)
     tmp = np.empty(len(img))
     for i in range(3):
@@ -310,12 +322,12 @@ def evaluate(
     pc_t += rotated_t
     points_in_cam = pc_t.T
     m = len(img)
-    single = len(lay.model_obs) == 1  # one camera model: no per-model gather/scatter
+    single = len(model_obs) == 1  # one camera model: no per-model gather/scatter
     one_group = len(problem.camera_models) == 1  # one set of intrinsics: broadcast, no per-observation gather
     pixels = np.empty((m, 2))
     d_px_d_pc = np.empty((m, 2, 3)) if jacobians and not single else None
     d_px_d_intr = np.zeros((m, 2, problem.intrinsics.shape[1])) if jacobians and not single else None
-    for model, idx in lay.model_obs:  # one vectorised call per camera model present (<= 5)
+    for model, idx in model_obs:  # one vectorised call per camera model present (<= 5)
         num = camera_models.NUM_PARAMS[model]
         sel = slice(None) if single else idx
         params = (
@@ -333,7 +345,7 @@ def evaluate(
             pixels[sel], d_px_d_pc[sel], d_px_d_intr[sel, :, :num] = camera_models.project_with_jacobians(
                 model, params, points_in_cam[sel]
             )
-    raw = pixels - problem.obs_px
+    raw = pixels - obs_px
     sq = np.einsum("ij,ij->i", raw, raw)
     cost = 0.5 * float(losses.robust_cost(loss, loss_scale_px, sq).sum())
     if not jacobians:
@@ -351,7 +363,7 @@ def evaluate(
     dintr_t = d_px_d_intr.transpose(1, 2, 0)
     RJr_t = None
     if active[:3].any():
-        RJr_t = np.ascontiguousarray((R_img @ _right_jacobian_so3(problem.rotvecs)).reshape(-1, 9).T)[:, img]
+        RJr_t = np.take((R_img @ _right_jacobian_so3(problem.rotvecs)).reshape(-1, 9).T, img, axis=1)
     r0, r1, r2 = rotated_t
     for row in range(2):
         d0, d1, d2 = dpc_t[row]

@@ -19,6 +19,7 @@ Damping follows Ceres/Nielsen: ``D = diag(J^T J)`` clamped,
 from __future__ import annotations
 
 import logging
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -41,6 +42,23 @@ _PAIRS_PER_CHUNK = 8192  # bounds each gather buffer to ~1.8 MB for D = 9 (cache
 # dense 45 ms; 2000 cameras, 11993 parameters: 0.08 s where PCG took ~10 s per solve).
 _ALWAYS_DENSE = 256
 _DENSE_FILL = 0.25
+# Per-observation work (Jacobian evaluation, linearisation, the Schur complement's Z rows and self blocks)
+# runs in chunks of whole images, at least _CHUNK_OBS observations each, a power of two of them (at most
+# _MAX_CHUNKS), so that threads can share it. The chunking depends on the problem only, never on the
+# thread count: every num_threads gives bitwise the same iterates. Problems under 2 * _CHUNK_OBS
+# observations (the mapper's local BAs) are one chunk and run on the calling thread alone.
+_CHUNK_OBS = 12_000
+_MAX_CHUNKS = 8
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    """A run of whole images: its observations, their free-point subset and its present images."""
+
+    obs: slice  # observations [lo, hi) (sorted by image)
+    free: slice  # positions [lo, hi) in free_obs of its observations of free points
+    free_local: np.ndarray | None  # those observations as positions within ``obs`` (None: all are free)
+    images: slice  # positions [lo, hi) in img_present
 
 
 @dataclass
@@ -71,7 +89,9 @@ class _Structure:
     perm: np.ndarray | None = None  # sparse: camera column at each position of the fill-reducing order
     diag_slots: np.ndarray | None = None  # sparse/pcg: CSR slot of each diagonal entry (in CSR order)
     buffers: dict = field(default_factory=dict)  # scratch arrays reused across LM iterations
-    pool: ThreadPoolExecutor | None = None  # worker threads (options.num_threads - 1)
+    chunks: list[_Chunk] = field(default_factory=list)
+    workers: int = 1  # threads sharing the work (the calling thread and workers - 1 pool threads)
+    pool: ThreadPoolExecutor | None = None
     pair_parts: list | None = None  # pair_batches split into one list per thread
 
 
@@ -174,7 +194,7 @@ def _build_structure(problem: BundleAdjustmentProblem, options) -> _Structure:
         free,
         free_pc,
         len(free) == problem.num_observations,
-        np.ascontiguousarray(cols_ext[img_free].T),
+        np.take(cols_ext.T, img_free, axis=1),
         lay.n_free_points,
         img_present,
         img_bounds,
@@ -187,6 +207,7 @@ def _build_structure(problem: BundleAdjustmentProblem, options) -> _Structure:
         0,
         solver,
     )
+    structure.chunks = _make_chunks(problem.num_observations, img_bounds, free, len(free) == len(pc_all))
     if solver == "dense":
         structure.scatter_index = rows * (n + 1) + cols
         structure.n_slots = (n + 1) ** 2
@@ -214,6 +235,40 @@ def _build_structure(problem: BundleAdjustmentProblem, options) -> _Structure:
     if solver == "pcg":
         _build_block_jacobi(structure, blocks, uniq_keys)
     return structure
+
+
+def _make_chunks(m: int, img_bounds: np.ndarray, free_obs: np.ndarray, all_free: bool) -> list[_Chunk]:
+    """Split the observations (sorted by image) into runs of whole images of about equal size."""
+    k = m // _CHUNK_OBS
+    count = 1 if k < 2 else min(_MAX_CHUNKS, 1 << (k.bit_length() - 1))
+    # image boundaries nearest to the equal split points
+    targets = np.arange(1, count) * (m / count)
+    pos = np.clip(np.searchsorted(img_bounds, targets), 1, len(img_bounds) - 1)
+    nearer_left = targets - img_bounds[pos - 1] < img_bounds[pos] - targets
+    cut_images = np.unique(np.concatenate([[0], np.where(nearer_left, pos - 1, pos), [len(img_bounds) - 1]]))
+    chunks = []
+    for k_lo, k_hi in zip(cut_images[:-1].tolist(), cut_images[1:].tolist(), strict=True):
+        lo, hi = int(img_bounds[k_lo]), int(img_bounds[k_hi])
+        f_lo, f_hi = (int(v) for v in np.searchsorted(free_obs, [lo, hi]))
+        local = None if all_free else free_obs[f_lo:f_hi] - lo
+        chunks.append(_Chunk(slice(lo, hi), slice(f_lo, f_hi), local, slice(k_lo, k_hi)))
+    return chunks
+
+
+def _parallel(st: _Structure, fn, items: list) -> list:
+    """``[fn(item) for item in items]``, the items dealt round-robin to the calling thread and the pool."""
+    if st.pool is None or len(items) < 2:
+        return [fn(item) for item in items]
+
+    def run(indices: range) -> list:
+        return [(i, fn(items[i])) for i in indices]
+
+    parts = [range(w, len(items), st.workers) for w in range(min(st.workers, len(items)))]
+    futures = [st.pool.submit(run, part) for part in parts[1:]]
+    done = run(parts[0])
+    for future in futures:
+        done += future.result()
+    return [result for _, result in sorted(done, key=lambda pair: pair[0])]
 
 
 def _camera_blocks(problem: BundleAdjustmentProblem, n: int) -> np.ndarray:
@@ -321,34 +376,84 @@ class _Linearisation:
     g_cam: np.ndarray  # (n,)
     C: np.ndarray  # (3, 3, Np) point blocks J_p^T J_p
     g_pt: np.ndarray  # (3, Np)
-    Jc: np.ndarray  # (2, D, Mf) camera Jacobian of each observation of a free point
-    Jp: np.ndarray  # (2, 3, Mf) point Jacobian of each observation of a free point
+    Jc: list[np.ndarray]  # per chunk (2, D, Mf_chunk) camera Jacobian of each observation of a free point
+    Jp: list[np.ndarray]  # per chunk (2, 3, Mf_chunk) point Jacobian of each observation of a free point
     diag_cam: np.ndarray  # (n,) diag(J^T J) over camera columns
     grad_max: float
 
 
-def _linearise(problem: BundleAdjustmentProblem, st: _Structure, ev) -> _Linearisation:
+def _evaluate(problem: BundleAdjustmentProblem, st: _Structure, options, *, jacobians: bool) -> list:
+    """``evaluate`` of every chunk of observations (in parallel threads); the cost is the sum of theirs."""
+    if len(st.chunks) == 1:
+        return [
+            evaluate(
+                problem, options.loss, options.loss_scale_px, jacobians=jacobians, zero_fixed_columns=False
+            )
+        ]
+
+    def one(chunk: _Chunk):
+        return evaluate(
+            problem,
+            options.loss,
+            options.loss_scale_px,
+            jacobians=jacobians,
+            zero_fixed_columns=False,
+            observations=chunk.obs,
+        )
+
+    return _parallel(st, one, st.chunks)
+
+
+def _total_cost(evaluations: list) -> float:
+    return float(sum(ev.cost for ev in evaluations))  # chunk order: the same sum for any thread count
+
+
+def _linearise(problem: BundleAdjustmentProblem, st: _Structure, evaluations: list) -> _Linearisation:
     n = st.n
-    Jc = np.ascontiguousarray(ev.J_cam.transpose(1, 2, 0))  # (2, D, M)
-    Jp = np.ascontiguousarray(ev.J_point.transpose(1, 2, 0))  # (2, 3, M)
-    r = np.ascontiguousarray(ev.residuals.T)  # (2, M)
-    d = Jc.shape[1]
-    # U = sum J_c^T J_c and g = sum J_c^T r per image: GEMMs on contiguous slices (obs sorted by image)
+    d = evaluations[0].J_cam.shape[2]
     U_img = np.empty((len(st.img_present), d, d))
     g_img = np.empty((len(st.img_present), d))
-    for k, (lo, hi) in enumerate(zip(st.img_bounds[:-1].tolist(), st.img_bounds[1:].tolist(), strict=True)):
-        X0, X1 = Jc[0, :, lo:hi], Jc[1, :, lo:hi]
-        U_img[k] = X0 @ X0.T + X1 @ X1.T
-        g_img[k] = X0 @ r[0, lo:hi] + X1 @ r[1, lo:hi]
+
+    def one(item):
+        chunk, ev = item
+        Jc = np.ascontiguousarray(ev.J_cam.transpose(1, 2, 0))  # (2, D, m)
+        Jp = np.ascontiguousarray(ev.J_point.transpose(1, 2, 0))  # (2, 3, m)
+        r = np.ascontiguousarray(ev.residuals.T)  # (2, m)
+        # U = sum J_c^T J_c and g = sum J_c^T r per image: GEMMs on contiguous slices (obs sorted by image)
+        bounds = (st.img_bounds[chunk.images.start : chunk.images.stop + 1] - chunk.obs.start).tolist()
+        for k, lo, hi in zip(
+            range(chunk.images.start, chunk.images.stop), bounds[:-1], bounds[1:], strict=True
+        ):
+            X0, X1 = Jc[0, :, lo:hi], Jc[1, :, lo:hi]
+            U_img[k] = X0 @ X0.T + X1 @ X1.T
+            g_img[k] = X0 @ r[0, lo:hi] + X1 @ r[1, lo:hi]
+        if chunk.free_local is not None:
+            Jc, Jp, r = Jc[:, :, chunk.free_local], Jp[:, :, chunk.free_local], r[:, chunk.free_local]
+        point = st.free_pc[chunk.free]
+        C = _point_blocks(Jp, point, st.n_points)
+        g_pt = _bincount_rows(point, Jp[0] * r[0] + Jp[1] * r[1], st.n_points)
+        return Jc, Jp, C, g_pt
+
+    parts = _parallel(st, one, list(zip(st.chunks, evaluations, strict=True)))
+    C, g_pt = parts[0][2], parts[0][3]
+    for part in parts[1:]:  # chunk order: the same sums for any thread count
+        C += part[2]
+        g_pt += part[3]
     cols_img = st.cols_ext[st.img_present].ravel()
     g_cam = np.bincount(cols_img, weights=g_img.ravel(), minlength=n + 1)[:n]
     diag_cam = np.bincount(cols_img, weights=np.einsum("kii->ki", U_img).ravel(), minlength=n + 1)[:n]
-    if not st.all_free:
-        Jc, Jp, r = Jc[:, :, st.free_obs], Jp[:, :, st.free_obs], r[:, st.free_obs]
-    C = _point_blocks(Jp, st.free_pc, st.n_points)
-    g_pt = _bincount_rows(st.free_pc, Jp[0] * r[0] + Jp[1] * r[1], st.n_points)
     grad_max = max(float(np.abs(g_cam).max(initial=0.0)), float(np.abs(g_pt).max(initial=0.0)))
-    return _Linearisation(ev.cost, U_img, g_cam, C, g_pt, Jc, Jp, diag_cam, grad_max)
+    return _Linearisation(
+        _total_cost(evaluations),
+        U_img,
+        g_cam,
+        C,
+        g_pt,
+        [part[0] for part in parts],
+        [part[1] for part in parts],
+        diag_cam,
+        grad_max,
+    )
 
 
 def _point_diag(lin: _Linearisation) -> np.ndarray:
@@ -422,46 +527,55 @@ def _reduced_system(problem: BundleAdjustmentProblem, st: _Structure, lin: _Line
         C_damped[k, k] += mu * diag_pt[k]
     C_inv = _inv3(C_damped)
     L = _chol3(C_damped)
-    L_obs = tuple(f[st.free_pc] for f in L)
-    Jc, Jp = lin.Jc, lin.Jp
-    d, mf = Jc.shape[1], Jc.shape[2]
+    d = lin.Jc[0].shape[1]
+    mf = sum(Jc.shape[2] for Jc in lin.Jc)
     # Z row-major (Mf + 1, 3, D) with a final zero row (the padding target), so that the rows of one image
     # or one group are a contiguous (3k, D) matrix: one GEMM each
     Z_rows = st.buffers.get("Z_rows")
     if Z_rows is None or Z_rows.shape != (mf + 1, 3, d):
         Z_rows = st.buffers["Z_rows"] = np.zeros((mf + 1, 3, d))
-    # Z = L^-1 W^T = (L^-1 J_p^T) J_c per observation: a triangular solve on the 3x2 J_p^T, then a 3x2 by
-    # 2xD product (W^T itself is never formed)
-    Q = _forward3(L_obs, Jp.transpose(1, 0, 2), np.empty((3, 2, mf)))  # (3, 2, Mf)
-    Zt = np.empty((3, d, mf))
-    tmp = np.empty((d, mf))
-    for i in range(3):
-        np.multiply(Jc[0], Q[i, 0], out=Zt[i])
-        Zt[i] += np.multiply(Jc[1], Q[i, 1], out=tmp)
-    Z_rows[:-1] = Zt.transpose(2, 0, 1)
     # rhs: -(g_c - sum W C~^-1 g_p) = -(g_c - sum Z^T L^-1 g_p), with h = L^-1 g_p of each observation's point
-    h_rows = np.ascontiguousarray(_forward3(L, lin.g_pt, np.empty_like(lin.g_pt)).T)[st.free_pc]  # (Mf, 3)
-    # self blocks per image: U - Z^T Z over the image's observations of free points, and the image's share
-    # Z^T h of the rhs, from the same contiguous rows
+    h_pt = np.ascontiguousarray(_forward3(L, lin.g_pt, np.empty_like(lin.g_pt)).T)  # (Np, 3)
     self_img = lin.U_img.copy()
     v_img = np.zeros((len(self_img), d))
-    bounds = st.free_img_bounds.tolist()
-    for k, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
-        if hi > lo:
-            Zk = Z_rows[lo:hi].reshape(-1, d)
-            self_img[k] -= Zk.T @ Zk
-            v_img[k] = h_rows[lo:hi].ravel() @ Zk
+
+    def one(item):
+        chunk, Jc, Jp = item
+        m = Jc.shape[2]
+        point = st.free_pc[chunk.free]
+        L_obs = tuple(np.take(f, point) for f in L)
+        # Z = L^-1 W^T = (L^-1 J_p^T) J_c per observation: a triangular solve on the 3x2 J_p^T, then a 3x2 by
+        # 2xD product (W^T itself is never formed)
+        Q = _forward3(L_obs, Jp.transpose(1, 0, 2), np.empty((3, 2, m)))  # (3, 2, m)
+        Zt = np.empty((3, d, m))
+        tmp = np.empty((d, m))
+        for i in range(3):
+            np.multiply(Jc[0], Q[i, 0], out=Zt[i])
+            Zt[i] += np.multiply(Jc[1], Q[i, 1], out=tmp)
+        f0 = chunk.free.start
+        Z_rows[f0 : chunk.free.stop] = Zt.transpose(2, 0, 1)
+        h_rows = np.take(h_pt, point, axis=0)  # (m, 3)
+        # self blocks per image: U - Z^T Z over the image's observations of free points, and the image's
+        # share Z^T h of the rhs, from the same contiguous rows
+        bounds = st.free_img_bounds[chunk.images.start : chunk.images.stop + 1].tolist()
+        for k, lo, hi in zip(
+            range(chunk.images.start, chunk.images.stop), bounds[:-1], bounds[1:], strict=True
+        ):
+            if hi > lo:
+                Zk = Z_rows[lo:hi].reshape(-1, d)
+                self_img[k] -= Zk.T @ Zk
+                v_img[k] = h_rows[lo - f0 : hi - f0].ravel() @ Zk
+
+    _parallel(st, one, list(zip(st.chunks, lin.Jc, lin.Jp, strict=True)))
     # off-diagonal blocks per image pair: sum over shared points of Z_a^T Z_b, batched GEMMs per bucket;
     # the gathers go into buffers reused across iterations (fresh 10 MB arrays cost page faults each time)
     pair_blocks = np.empty((len(st.pair_img), d, d))
     parts = st.pair_parts or [st.pair_batches]
-    futures = [
-        st.pool.submit(_pair_products, Z_rows, part, pair_blocks, st.buffers, f"gather{i}")
-        for i, part in enumerate(parts[1:], 1)
-    ]
-    _pair_products(Z_rows, parts[0], pair_blocks, st.buffers, "gather0")
-    for future in futures:
-        future.result()
+    _parallel(
+        st,
+        lambda item: _pair_products(Z_rows, item[1], pair_blocks, st.buffers, f"gather{item[0]}"),
+        list(enumerate(parts)),
+    )
     values = np.concatenate([self_img.ravel(), -pair_blocks.ravel(), -pair_blocks.transpose(0, 2, 1).ravel()])
     S = np.bincount(st.scatter_index, weights=values, minlength=st.n_slots)
 
@@ -565,9 +679,15 @@ def _step(problem, st, lin, mu, options) -> tuple[np.ndarray, float] | None:
     if dc is None or not np.all(np.isfinite(dc)):
         return None
     dc_ext = np.append(dc, 0.0)
-    dcs = dc_ext[st.cols_free_t]  # (D, Mf)
-    jdc = np.einsum("rdm,dm->rm", lin.Jc, dcs)  # (2, Mf) J_c dc per observation
-    wt_dc = lin.Jp[0] * jdc[0] + lin.Jp[1] * jdc[1]  # (3, Mf) W^T dc = J_p^T J_c dc
+
+    def one(item):
+        chunk, Jc, Jp = item
+        dcs = np.take(dc_ext, st.cols_free_t[:, chunk.free])  # (D, m)
+        jdc = np.einsum("rdm,dm->rm", Jc, dcs)  # (2, m) J_c dc per observation
+        return Jp[0] * jdc[0] + Jp[1] * jdc[1]  # (3, m) W^T dc = J_p^T J_c dc
+
+    wt_dc = _parallel(st, one, list(zip(st.chunks, lin.Jc, lin.Jp, strict=True)))
+    wt_dc = wt_dc[0] if len(wt_dc) == 1 else np.concatenate(wt_dc, axis=1)
     rhs_p = lin.g_pt + _bincount_rows(st.free_pc, wt_dc, st.n_points)  # (3, Np)
     dp = -(C_inv[:, 0] * rhs_p[0] + C_inv[:, 1] * rhs_p[1] + C_inv[:, 2] * rhs_p[2])  # (3, Np)
     delta = np.concatenate([dc, dp.T.ravel()])
@@ -587,9 +707,11 @@ def solve_schur(problem: BundleAdjustmentProblem, options, progress=None) -> dic
     x = problem.get_x()
     if x.size == 0:
         return {"success": True, "reason": "no free parameters", "iterations": 0}
-    if options.num_threads > 1:
-        st.pair_parts = _split_batches(st.pair_batches, options.num_threads)
-        st.pool = ThreadPoolExecutor(max_workers=options.num_threads - 1)
+    threads = options.num_threads or len(os.sched_getaffinity(0))
+    if threads > 1 and len(st.chunks) > 1:  # small problems (one chunk) stay on the calling thread
+        st.workers = min(threads, len(st.chunks))
+        st.pair_parts = _split_batches(st.pair_batches, st.workers)
+        st.pool = ThreadPoolExecutor(max_workers=st.workers - 1)
     try:
         return _lm_loop(problem, user_problem, st, x, options, progress, t0)
     finally:
@@ -599,8 +721,7 @@ def solve_schur(problem: BundleAdjustmentProblem, options, progress=None) -> dic
 
 def _lm_loop(problem, user_problem, st: _Structure, x: np.ndarray, options, progress, t0: float) -> dict:
     """The Levenberg-Marquardt iterations of ``solve_schur`` (Nielsen/Ceres damping schedule)."""
-    ev = evaluate(problem, options.loss, options.loss_scale_px, jacobians=True, zero_fixed_columns=False)
-    lin = _linearise(problem, st, ev)
+    lin = _linearise(problem, st, _evaluate(problem, st, options, jacobians=True))
     mu, nu = 1e-4, 2.0  # Ceres: initial trust region radius 1e4
     reason, iterations = "maximum iterations reached", 0
     logger.debug(
@@ -633,10 +754,8 @@ def _lm_loop(problem, user_problem, st: _Structure, x: np.ndarray, options, prog
         # decrease below the function tolerance: that step is either the last one or rejected, and needs
         # the cost alone
         small = predicted <= options.function_tolerance * lin.cost
-        ev_new = evaluate(
-            problem, options.loss, options.loss_scale_px, jacobians=not small, zero_fixed_columns=False
-        )
-        new_cost = ev_new.cost
+        ev_new = _evaluate(problem, st, options, jacobians=not small)
+        new_cost = _total_cost(ev_new)
         actual = lin.cost - new_cost
         rho = actual / predicted if predicted > 0 else -1.0
         report(progress, iterations, options.max_iterations, f"cost {min(new_cost, lin.cost):.6g}")
@@ -651,9 +770,7 @@ def _lm_loop(problem, user_problem, st: _Structure, x: np.ndarray, options, prog
                 )
                 break
             if small:
-                ev_new = evaluate(
-                    problem, options.loss, options.loss_scale_px, jacobians=True, zero_fixed_columns=False
-                )
+                ev_new = _evaluate(problem, st, options, jacobians=True)
             lin = _linearise(problem, st, ev_new)
         else:
             problem.set_x(x)
