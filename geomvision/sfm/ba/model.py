@@ -178,6 +178,27 @@ class BundleAdjustmentProblem:
         self.points[self.point_free] = x[lay.n_cam :].reshape(-1, 3)
 
 
+def rotation_tangent_columns(problem: BundleAdjustmentProblem) -> np.ndarray | None:
+    """(K, 3) x columns of the rotation of every image whose rotation is free, or None when some image has
+    only part of its rotation free (tangent steps need all three entries)."""
+    free = problem.pose_free[:, :3]
+    if np.any(free.any(axis=1) & ~free.all(axis=1)):
+        return None
+    return problem.layout.pose_cols[free.all(axis=1), :3]
+
+
+def compose_rotation_steps(x: np.ndarray, delta: np.ndarray, rot_cols: np.ndarray) -> np.ndarray:
+    """``x + delta`` with the rotation entries ``rot_cols`` (K, 3) composed instead: ``exp(dw) R(x)``.
+
+    ``x`` holds rotation vectors there and ``delta`` left (camera-frame) tangent steps ``dw``, radians.
+    """
+    x_new = x + delta
+    if rot_cols.size:
+        composed = Rotation.from_rotvec(delta[rot_cols]) * Rotation.from_rotvec(x[rot_cols])
+        x_new[rot_cols] = composed.as_rotvec()
+    return x_new
+
+
 def gauge_translation_axis(
     rotation_1: np.ndarray, translation_1: np.ndarray, rotation_2: np.ndarray, translation_2: np.ndarray
 ) -> int:
@@ -288,6 +309,7 @@ def evaluate(
     jacobians: bool = True,
     zero_fixed_columns: bool = True,
     observations: slice | None = None,
+    rotation_tangent: bool = False,
 ) -> Evaluation:
     """Reprojection residuals ``project(cam_from_world(X)) - observed`` and their analytic Jacobian.
 
@@ -295,6 +317,10 @@ def evaluate(
     those columns itself, such as the schur backend, saves a pass over all observations).
     ``observations`` (a slice with step 1) evaluates only those observations (the schur backend evaluates
     chunks of observations in parallel threads); every returned array then covers the slice only.
+    ``rotation_tangent=True`` differentiates the rotation columns with respect to a left perturbation
+    ``R <- exp([dw]_x) R`` (the camera-frame tangent ``dw``) instead of the rotation vector: ``d x_cam / d dw =
+    -[R X]_x``, no right Jacobian of SO(3); a solver using it must update rotations by composition (see
+    :func:`compose_rotation_steps`). It needs the three rotation entries of every image free or held together.
     """
     lay = problem.layout
     R_img = Rotation.from_rotvec(problem.rotvecs).as_matrix()
@@ -362,7 +388,7 @@ def evaluate(
     dpc_t = d_px_d_pc.transpose(1, 2, 0)  # (2, 3, M), contiguous when projected in one call
     dintr_t = d_px_d_intr.transpose(1, 2, 0)
     RJr_t = None
-    if active[:3].any():
+    if active[:3].any() and not rotation_tangent:
         RJr_t = np.take((R_img @ _right_jacobian_so3(problem.rotvecs)).reshape(-1, 9).T, img, axis=1)
     r0, r1, r2 = rotated_t
     for row in range(2):
@@ -372,7 +398,12 @@ def evaluate(
             np.multiply(d0, Rt[j], out=out)
             out += np.multiply(d1, Rt[3 + j], out=tmp)
             out += np.multiply(d2, Rt[6 + j], out=tmp)
-        if RJr_t is not None:
+        if rotation_tangent and active[:3].all():  # rotated x row, written in place
+            for j, (p, q, dq, dp) in enumerate(((r1, r2, d2, d1), (r2, r0, d0, d2), (r0, r1, d1, d0))):
+                out = J_cam[row, col[j]]
+                np.multiply(p, dq, out=out)
+                out -= np.multiply(q, dp, out=tmp)
+        elif RJr_t is not None:
             a = (r1 * d2 - r2 * d1, r2 * d0 - r0 * d2, r0 * d1 - r1 * d0)  # rotated x row
             for j in np.flatnonzero(active[:3]).tolist():
                 out = J_cam[row, col[j]]

@@ -30,7 +30,12 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
 from geomvision.progress import report
-from geomvision.sfm.ba.model import BundleAdjustmentProblem, evaluate
+from geomvision.sfm.ba.model import (
+    BundleAdjustmentProblem,
+    compose_rotation_steps,
+    evaluate,
+    rotation_tangent_columns,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +53,7 @@ _DENSE_FILL = 0.25
 # thread count: every num_threads gives bitwise the same iterates. Problems under 2 * _CHUNK_OBS
 # observations (the mapper's local BAs) are one chunk and run on the calling thread alone.
 _CHUNK_OBS = 12_000
+_ROTATION_TANGENT = True
 _MAX_CHUNKS = 8
 
 
@@ -93,6 +99,7 @@ class _Structure:
     workers: int = 1  # threads sharing the work (the calling thread and workers - 1 pool threads)
     pool: ThreadPoolExecutor | None = None
     pair_parts: list | None = None  # pair_batches split into one list per thread
+    rot_cols: np.ndarray | None = None  # (K, 3) rotation columns stepped in the tangent space, or None
 
 
 def _block_rows(c: np.ndarray) -> np.ndarray:
@@ -384,12 +391,7 @@ class _Linearisation:
 
 def _evaluate(problem: BundleAdjustmentProblem, st: _Structure, options, *, jacobians: bool) -> list:
     """``evaluate`` of every chunk of observations (in parallel threads); the cost is the sum of theirs."""
-    if len(st.chunks) == 1:
-        return [
-            evaluate(
-                problem, options.loss, options.loss_scale_px, jacobians=jacobians, zero_fixed_columns=False
-            )
-        ]
+    tangent = st.rot_cols is not None
 
     def one(chunk: _Chunk):
         return evaluate(
@@ -398,7 +400,8 @@ def _evaluate(problem: BundleAdjustmentProblem, st: _Structure, options, *, jaco
             options.loss_scale_px,
             jacobians=jacobians,
             zero_fixed_columns=False,
-            observations=chunk.obs,
+            observations=None if len(st.chunks) == 1 else chunk.obs,
+            rotation_tangent=tangent,
         )
 
     return _parallel(st, one, st.chunks)
@@ -704,6 +707,8 @@ def solve_schur(problem: BundleAdjustmentProblem, options, progress=None) -> dic
     user_problem = problem
     problem = problem.sorted_by_image()  # contiguous per-image slices: GEMMs on views, no gathers
     st = _build_structure(problem, options)
+    if _ROTATION_TANGENT:
+        st.rot_cols = rotation_tangent_columns(problem)
     x = problem.get_x()
     if x.size == 0:
         return {"success": True, "reason": "no free parameters", "iterations": 0}
@@ -748,7 +753,7 @@ def _lm_loop(problem, user_problem, st: _Structure, x: np.ndarray, options, prog
         ):
             reason = "parameter tolerance reached"
             break
-        x_new = x + delta
+        x_new = x + delta if st.rot_cols is None else compose_rotation_steps(x, delta, st.rot_cols)
         problem.set_x(x_new)
         # most LM steps are accepted, so the Jacobian is evaluated with the cost, unless the model predicts a
         # decrease below the function tolerance: that step is either the last one or rejected, and needs
@@ -759,16 +764,18 @@ def _lm_loop(problem, user_problem, st: _Structure, x: np.ndarray, options, prog
         actual = lin.cost - new_cost
         rho = actual / predicted if predicted > 0 else -1.0
         report(progress, iterations, options.max_iterations, f"cost {min(new_cost, lin.cost):.6g}")
-        if rho > 1e-3 and np.isfinite(new_cost):
+        accepted = rho > 1e-3 and np.isfinite(new_cost)
+        # Ceres' order: the function tolerance is tested on every candidate, before the step's acceptance,
+        # so a rejected step whose cost change is that small ends the solve too (at the better of the two)
+        if abs(actual) <= options.function_tolerance * lin.cost:
+            if accepted:
+                x = x_new
+            reason = f"function tolerance reached (relative change {actual / max(lin.cost, 1e-300):.3g})"
+            break
+        if accepted:
             x = x_new
             mu *= max(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3)
             nu = 2.0
-            old_cost = lin.cost
-            if abs(actual) <= options.function_tolerance * old_cost:
-                reason = (
-                    f"function tolerance reached (relative decrease {actual / max(old_cost, 1e-300):.3g})"
-                )
-                break
             if small:
                 ev_new = _evaluate(problem, st, options, jacobians=True)
             lin = _linearise(problem, st, ev_new)
