@@ -229,15 +229,21 @@ def _build_structure(problem: BundleAdjustmentProblem, options) -> _Structure:
         position[structure.perm] = np.arange(n)
     rows, cols = position[rows], position[cols]
     valid = (rows < n) & (cols < n)
-    keys = rows.astype(np.int64) * n + cols
-    diag_keys = np.arange(n, dtype=np.int64) * (n + 1)
-    uniq_keys, inverse = np.unique(np.concatenate([keys[valid], diag_keys]), return_inverse=True)
-    scatter = np.full(len(keys), len(uniq_keys), np.int64)
+    keys = np.concatenate(
+        [rows[valid].astype(np.int64) * n + cols[valid], np.arange(n, dtype=np.int64) * (n + 1)]
+    )
+    # the distinct keys in CSR order (scipy's COO -> CSR sums duplicates in linear time; 1.5x faster than
+    # np.unique here), then each key's slot among them
+    pattern = sp.coo_matrix((np.ones(len(keys)), (keys // n, keys % n)), shape=(n, n)).tocsr()
+    pattern.sort_indices()
+    uniq_keys = np.repeat(np.arange(n, dtype=np.int64), np.diff(pattern.indptr)) * n + pattern.indices
+    inverse = np.searchsorted(uniq_keys, keys)
+    scatter = np.full(len(rows), len(uniq_keys), np.int64)
     scatter[valid] = inverse[: int(valid.sum())]
     structure.scatter_index = scatter
     structure.n_slots = len(uniq_keys) + 1
     structure.csr_indices = uniq_keys % n
-    structure.csr_indptr = np.searchsorted(uniq_keys // n, np.arange(n + 1))
+    structure.csr_indptr = pattern.indptr.astype(np.int64)
     structure.diag_slots = inverse[int(valid.sum()) :]
     if solver == "pcg":
         _build_block_jacobi(structure, blocks, uniq_keys)
@@ -305,10 +311,11 @@ def _fill_reducing_order(
     for k in range(blocks.shape[1]):
         block_of[blocks[:, k]] = np.arange(len(blocks))
     block_of[n] = -1
-    # column pairs of every non-zero camera block of S (self blocks and both orientations of pair blocks)
-    rows = np.concatenate([_block_rows(c_self), _block_rows(c_a), _block_rows(c_b)])
-    cols = np.concatenate([_block_cols(c_self), _block_cols(c_b), _block_cols(c_a)])
-    br, bc = block_of[rows], block_of[cols]
+    # the distinct parameter blocks of each image (its pose, its intrinsics: usually 2 of its D columns),
+    # then the block pairs of every non-zero image block of S (self blocks, both orientations of pairs)
+    b_self, b_a, b_b = (_distinct_per_row(block_of[c]) for c in (c_self, c_a, c_b))
+    br = np.concatenate([_block_rows(b_self), _block_rows(b_a), _block_rows(b_b)])
+    bc = np.concatenate([_block_cols(b_self), _block_cols(b_b), _block_cols(b_a)])
     keep = (br >= 0) & (bc >= 0)
     nb = len(blocks)
     pattern = sp.csc_matrix((np.ones(int(keep.sum())), (br[keep], bc[keep])), shape=(nb, nb))
@@ -321,6 +328,15 @@ def _fill_reducing_order(
     block_order = np.argsort(order)  # perm_c[i] is the position of block i
     ordered = blocks[block_order].ravel()
     return ordered[ordered < n]
+
+
+def _distinct_per_row(ids: np.ndarray) -> np.ndarray:
+    """(R, w) the distinct non-negative values of each row of ``ids`` (R, D), padded with -1."""
+    ids = np.sort(ids, axis=1)
+    ids[:, 1:][ids[:, 1:] == ids[:, :-1]] = -1
+    ids = -np.sort(-ids, axis=1)  # valid ids first
+    width = max(1, int((ids >= 0).sum(axis=1).max(initial=0)))
+    return ids[:, :width]
 
 
 def _build_block_jacobi(structure: _Structure, index: np.ndarray, uniq_keys: np.ndarray) -> None:
