@@ -50,11 +50,16 @@ _DENSE_FILL = 0.25
 # Per-observation work (Jacobian evaluation, linearisation, the Schur complement's Z rows and self blocks)
 # runs in chunks of whole images, at least _CHUNK_OBS observations each, a power of two of them (at most
 # _MAX_CHUNKS), so that threads can share it. The chunking depends on the problem only, never on the
-# thread count: every num_threads gives bitwise the same iterates. Problems under 2 * _CHUNK_OBS
-# observations (the mapper's local BAs) are one chunk and run on the calling thread alone.
+# thread count: every num_threads gives bitwise the same iterates. Threads are used from _CHUNKS_PER_THREAD
+# chunks per thread on: numpy releases the GIL only inside each call, and on calls of ~20k elements the GIL
+# hand-offs between two threads cost about what they gain (2-chunk problems, e.g. ladybug-49 and the
+# 200-camera row, were 3-6% slower with 2 threads on an otherwise idle 2-core share; 1000 and 2000 cameras
+# 13% and 21% faster). Problems under 2 * _CHUNK_OBS observations (the mapper's local BAs) are one chunk.
 _CHUNK_OBS = 12_000
-_ROTATION_TANGENT = True
 _MAX_CHUNKS = 8
+_CHUNKS_PER_THREAD = 2
+# rotation steps in the camera-frame tangent (R <- exp(dw) R) where every image's rotation is free or held
+_ROTATION_TANGENT = True
 
 
 @dataclass(frozen=True)
@@ -729,8 +734,8 @@ def solve_schur(problem: BundleAdjustmentProblem, options, progress=None) -> dic
     if x.size == 0:
         return {"success": True, "reason": "no free parameters", "iterations": 0}
     threads = options.num_threads or len(os.sched_getaffinity(0))
-    if threads > 1 and len(st.chunks) > 1:  # small problems (one chunk) stay on the calling thread
-        st.workers = min(threads, len(st.chunks))
+    st.workers = max(1, min(threads, len(st.chunks) // _CHUNKS_PER_THREAD))
+    if st.workers > 1:  # small problems stay on the calling thread
         st.pair_parts = _split_batches(st.pair_batches, st.workers)
         st.pool = ThreadPoolExecutor(max_workers=st.workers - 1)
     try:
