@@ -31,7 +31,7 @@ import numpy as np
 from geomvision.errors import InputError, check_range
 from geomvision.progress import ProgressCallback
 from geomvision.runtime.rng import as_rng
-from geomvision.runtime.runner import Stage, StageRunner
+from geomvision.runtime.runner import Shared, Stage, StageRunner
 from geomvision.scene.types import Features, Matches
 
 logger = logging.getLogger(__name__)
@@ -529,8 +529,9 @@ def match_tile_task(
     """Batched task of the stage runner: match a tile of pairs whose descriptors travel together.
 
     Args:
-        pairs: ``(i, j, descriptors_i, descriptors_j)`` per pair (an image shared by several pairs is
-            one array object, pickled once).
+        pairs: ``(i, j, descriptors_i, descriptors_j)`` per pair (the client passes each image's
+            descriptors as one :class:`~geomvision.runtime.runner.Shared` value: sent to the workers
+            once per call, not once per pair or tile).
         context: (options, IVF quantiser or None).
 
     Each image is normalised (and bucketed, for IVF pairs) once per task, not once per pair.
@@ -641,10 +642,11 @@ def match_pairs(
             [features[k].descriptors for k in ivf_images], options.ivf_num_cells, rng=seed
         )
     image_ids = sorted(features)
+    descriptors = {k: Shared(key=("descriptors", k), value=features[k].descriptors) for k in hashes}
     results = runner.map(
         MATCHES_STAGE,
         pair_list,
-        inputs=lambda p: (p[0], p[1], features[p[0]].descriptors, features[p[1]].descriptors),
+        inputs=lambda p: (p[0], p[1], descriptors[p[0]], descriptors[p[1]]),
         context=(options, quantiser),
         options_key={"options": asdict(options), "quantiser": quantiser_key},
         item_key=lambda p: f"{hashes[p[0]]}|{hashes[p[1]]}",
