@@ -25,6 +25,7 @@ import os
 import pickle
 import signal
 import threading
+import time
 from collections.abc import Callable, Hashable, Iterator
 from concurrent.futures import CancelledError
 from dataclasses import dataclass
@@ -88,8 +89,11 @@ class DaskBackend(Backend):
     name = "dask"
     in_process = False
 
-    def __init__(self, client, cluster=None, *, shares_files: bool = False, scheduler: str = "") -> None:
+    def __init__(
+        self, client, cluster=None, *, shares_files: bool = False, scheduler: str = "", startup_s: float = 0.0
+    ) -> None:
         self.client = client
+        self.startup_s = startup_s
         self.cluster = cluster
         self.shares_files = shares_files
         self.scheduler = scheduler
@@ -118,6 +122,8 @@ class DaskBackend(Backend):
             "threads": self.num_workers,
             "scheduler": self.scheduler,
             "images_visible_to_workers": self.shares_files,
+            # Starting the LocalCluster (or connecting to the scheduler) and the client, in seconds.
+            "startup_s": round(self.startup_s, 3),
         }
 
     def submit(self, task: Callable, batched: bool, inputs: list, context: Any) -> tuple[_Submission, int]:
@@ -235,30 +241,43 @@ class DaskBackend(Backend):
                 cluster.close()
 
 
+def start_local_cluster(num_workers: int, security=None):
+    """A ``LocalCluster`` of ``num_workers`` single-threaded worker processes, on 127.0.0.1 only.
+
+    Worker processes start with ``__main__`` hidden, so an unguarded user script is not re-run in them,
+    and with SIGINT ignored (inherited through exec), so Ctrl-C reaches the client alone. No dashboard;
+    the HTTP servers that remain (health, metrics) listen on 127.0.0.1 too.
+    """
+    _require_dask()
+    with main_module_hidden(), _sigint_ignored():
+        return distributed.LocalCluster(
+            n_workers=num_workers,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+            worker_dashboard_address="127.0.0.1:0",
+            scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
+            silence_logs=logging.ERROR,
+            security=security,
+        )
+
+
 def connect(settings: DaskSettings, num_workers: int) -> DaskBackend:
     """Start a LocalCluster (``scheduler == "local"``) or connect to a scheduler address."""
     _require_dask()
     security = security_from(settings)
     if settings.scheduler == "local":
-        # Worker processes start with __main__ hidden, so an unguarded user script is not re-run in them,
-        # and with SIGINT ignored (inherited through exec), so Ctrl-C reaches the client alone.
-        with main_module_hidden(), _sigint_ignored():
-            cluster = distributed.LocalCluster(
-                n_workers=num_workers,
-                threads_per_worker=1,
-                processes=True,
-                host="127.0.0.1",
-                # No dashboard; the HTTP servers that remain (health, metrics) listen on 127.0.0.1 too.
-                dashboard_address=None,
-                worker_dashboard_address="127.0.0.1:0",
-                scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
-                silence_logs=logging.ERROR,
-                security=security,
-            )
+        start = time.perf_counter()
+        cluster = start_local_cluster(num_workers, security)
         client = distributed.Client(cluster, security=security)
         logger.info("dask: local cluster of %d workers at %s", num_workers, cluster.scheduler_address)
         return DaskBackend(
-            client, cluster, shares_files=settings.images_visible_to_workers, scheduler="local"
+            client,
+            cluster,
+            shares_files=settings.images_visible_to_workers,
+            scheduler="local",
+            startup_s=time.perf_counter() - start,
         )
     if "://" not in settings.scheduler:
         raise InputError(
@@ -269,13 +288,18 @@ def connect(settings: DaskSettings, num_workers: int) -> DaskBackend:
             "connecting to %s without TLS: anyone who reaches that port can run code on the cluster",
             settings.scheduler,
         )
+    start = time.perf_counter()
     try:
         client = distributed.Client(settings.scheduler, security=security, timeout=_CONNECT_TIMEOUT_S)
     except (OSError, TimeoutError) as exc:
         raise InputError(f"cannot connect to the dask scheduler at {settings.scheduler}: {exc}") from None
     logger.info("dask: connected to %s", settings.scheduler)
     return DaskBackend(
-        client, None, shares_files=settings.images_visible_to_workers, scheduler=settings.scheduler
+        client,
+        None,
+        shares_files=settings.images_visible_to_workers,
+        scheduler=settings.scheduler,
+        startup_s=time.perf_counter() - start,
     )
 
 
