@@ -59,7 +59,8 @@ def test_local_cluster_equals_serial(images, serial_model, tmp_path):
     _same_model(serial_model, out)
     engine = result.report["engine"]
     assert engine["backend"] == "dask" and engine["workers"] == 2 and engine["scheduler"] == "local"
-    assert engine["images_visible_to_workers"] is False
+    assert engine["images_visible_to_workers"] is False and engine["startup_s"] > 0
+    assert (out / "view_graph.png").is_file()  # drawn by a LocalCluster worker, beside the mapper
     features = engine["stages"]["features"]
     # The client shipped every image's bytes: at least the files' size went out.
     assert features["bytes_sent"] >= sum(p.stat().st_size for p in images.iterdir())

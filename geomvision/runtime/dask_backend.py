@@ -220,6 +220,16 @@ class DaskBackend(Backend):
         self._send(submission)
         return sent + len(submission.payload)  # the batch itself goes out again too
 
+    def submit_background(self, fn: Callable, *args: Any):
+        """A client-side chore (it writes the client's files) on a worker of our own LocalCluster.
+
+        Those workers run on this machine and see its files; remote workers may not, so with a
+        scheduler address the chore runs here, now.
+        """
+        if self.cluster is None:
+            return super().submit_background(fn, *args)
+        return self.client.submit(fn, *args, pure=False)
+
     def release_shared(self) -> None:
         for future, _ in self._shared.values():
             future.release()  # the scheduler forgets the data once no task needs it
