@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Hashable, Iterator
 from concurrent.futures import CancelledError
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from geomvision.errors import InputError
@@ -79,6 +79,7 @@ class _Submission:
     future: Any
     payload: bytes
     keys: list[Hashable]  # shared values, in SharedRef order
+    shared: list = field(default_factory=list)  # the futures of those values it was last sent with
     scattered_payload: Any = None  # the payload's own future when it was scattered
     resubmits: int = 0
 
@@ -161,8 +162,10 @@ class DaskBackend(Backend):
         data: Any = submission.payload
         if len(data) > _SCATTER_BYTES:
             data = submission.scattered_payload = self.client.scatter(data, hash=False)
-        shared = [self._shared[key][0] for key in submission.keys]
-        submission.future = self.client.submit(run_payload, data, self._client_pid, shared, pure=False)
+        submission.shared = [self._shared[key][0] for key in submission.keys]
+        submission.future = self.client.submit(
+            run_payload, data, self._client_pid, submission.shared, pure=False
+        )
         self._outstanding.add(submission)
 
     def wait_first(self, futures: set) -> set:
@@ -195,7 +198,7 @@ class DaskBackend(Backend):
 
         Returns the bytes sent again, or None when the batch was cancelled for another reason.
         """
-        futures = [self._shared[key][0] for key in submission.keys]
+        futures = list(submission.shared)
         if submission.scattered_payload is not None:
             futures.append(submission.scattered_payload)
         gone = {f.key for f in futures if f.status != "finished"}
@@ -205,10 +208,12 @@ class DaskBackend(Backend):
                 gone = {f.key for f in futures if not holders.get(f.key)}
             except CancelledError:
                 gone = {f.key for f in futures if f.status != "finished"}
-        lost = [key for key in submission.keys if self._shared[key][0].key in gone]
+        lost = [key for key, f in zip(submission.keys, submission.shared, strict=True) if f.key in gone]
         payload_lost = submission.scattered_payload is not None and submission.scattered_payload.key in gone
         if not (lost or payload_lost) or submission.resubmits >= _MAX_RESUBMITS:
             return None
+        # Another batch may have sent a value again already: only the ones still lost go out.
+        lost = [key for key in lost if self._shared[key][0].key in gone]
         submission.resubmits += 1
         logger.warning(
             "dask: %d scattered input(s) of a batch were lost with a worker; sending them again", len(lost)
