@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from geomvision.errors import InputError, check_at_least, check_positive
+from geomvision.errors import InputError, check_fields_at_least, check_positive
 from geomvision.geometry import camera_models
 from geomvision.scene.reconstruction import Reconstruction
 from geomvision.sfm.bundle_adjustment import (
@@ -76,18 +76,10 @@ class TrustOptions:
             raise InputError(
                 f"need 0 < min_focal_ratio < max_focal_ratio, got {self.min_focal_ratio}, {self.max_focal_ratio}"
             )
-        check_at_least("min_mean_track_length", self.min_mean_track_length, 2)
-        check_at_least("min_median_triangulation_angle_deg", self.min_median_triangulation_angle_deg, 0)
-        if not self.max_focal_drift > 0 or self.drift_max_points < 10 or self.drift_max_iterations < 1:
-            raise InputError(
-                f"need max_focal_drift > 0, drift_max_points >= 10, drift_max_iterations >= 1, got "
-                f"{self.max_focal_drift}, {self.drift_max_points}, {self.drift_max_iterations}"
-            )
-        if self.min_median_points_per_image < 0 or self.min_registered_images < 2:
-            raise InputError(
-                f"need min_median_points_per_image >= 0 and min_registered_images >= 2, got "
-                f"{self.min_median_points_per_image}, {self.min_registered_images}"
-            )
+        check_positive("max_focal_drift", self.max_focal_drift)
+        check_fields_at_least(self, min_mean_track_length=2, min_median_triangulation_angle_deg=0)
+        check_fields_at_least(self, drift_max_points=10, drift_max_iterations=1)
+        check_fields_at_least(self, min_median_points_per_image=0, min_registered_images=2)
 
 
 @dataclass
