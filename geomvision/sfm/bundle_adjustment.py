@@ -18,6 +18,7 @@ solution (COLMAP makes the same choice). ``gauge="none"`` leaves it to the dampi
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Iterable
@@ -204,11 +205,25 @@ def _single_threaded_blas():
     OpenBLAS gains nothing there and, on a loaded machine, its spinning threads made single ``dot`` calls
     take ~25 ms instead of ~20 us (measured on the ladybug problem), a 50x slowdown of the LSMR solver.
     """
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # optional: without it BLAS keeps its default threading
+    controller = _blas_controller()
+    if controller is None:  # optional: without threadpoolctl BLAS keeps its default threading
         return contextlib.nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
+    return controller.limit(limits=1, user_api="blas")
+
+
+@functools.cache
+def _blas_controller():
+    """threadpoolctl's view of the loaded BLAS libraries, found once per process (None without it).
+
+    ``threadpool_limits`` rescans the loaded libraries on every call (~1 ms, ~900 ``lstat`` calls; more
+    on a loaded machine), which the mapper's many small bundle adjustments paid each time. numpy's and
+    scipy's BLAS are loaded by the imports of this module, before the first call.
+    """
+    try:
+        from threadpoolctl import ThreadpoolController  # optional dependency
+    except ImportError:
+        return None
+    return ThreadpoolController()
 
 
 # --- Reconstruction <-> arrays ----------------------------------------------------------------------------
