@@ -273,6 +273,13 @@ def _make_chunks(m: int, img_bounds: np.ndarray, free_obs: np.ndarray, all_free:
     return chunks
 
 
+def _available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def _parallel(st: _Structure, fn, items: list) -> list:
     """``[fn(item) for item in items]``, the items dealt round-robin to the calling thread and the pool."""
     if st.pool is None or len(items) < 2:
@@ -733,7 +740,7 @@ def solve_schur(problem: BundleAdjustmentProblem, options, progress=None) -> dic
     x = problem.get_x()
     if x.size == 0:
         return {"success": True, "reason": "no free parameters", "iterations": 0}
-    threads = options.num_threads or len(os.sched_getaffinity(0))
+    threads = options.num_threads or _available_cores()
     st.workers = max(1, min(threads, len(st.chunks) // _CHUNKS_PER_THREAD))
     if st.workers > 1:  # small problems stay on the calling thread
         st.pair_parts = _split_batches(st.pair_batches, st.workers)
