@@ -68,6 +68,10 @@ class GlobalMapperOptions:
         num_ba_rounds: BA rounds; the first holds the averaged rotations, the others refine everything.
         first_filter_factor: the reprojection threshold of the filtering after the first round is this
             times ``triangulation.filter_max_error_px`` (the positioned model is still rough).
+        min_point_observations: points left with fewer observations by a filtering are deleted. Two-view
+            points carry the wrong matches of repeated structure that agree with their pair's epipolar
+            geometry, so the model bends to fit them; a third view rejects them (GLOMAP keeps tracks of
+            3+ views too). Measured on castle-P19, known K: AUC@2 0.78 with 2, 0.947 with 3, 0.939 with 4.
         min_image_observations: images with fewer 3D-point observations at the end are registered again
             by PnP on the model's points (``registration``), or dropped when that fails.
         registration: PnP options of that re-registration.
@@ -89,6 +93,7 @@ class GlobalMapperOptions:
     )
     num_ba_rounds: int = 3
     first_filter_factor: float = 4.0
+    min_point_observations: int = 3
     min_image_observations: int = 20
     registration: RegistrationOptions = field(default_factory=RegistrationOptions)
     refine_focal: bool = True
@@ -101,6 +106,7 @@ class GlobalMapperOptions:
         check_at_least("num_ba_rounds", self.num_ba_rounds, 1)
         check_at_least("first_filter_factor", self.first_filter_factor, 1)
         check_at_least("recalibrate_focal_change", self.recalibrate_focal_change, 0)
+        check_at_least("min_point_observations", self.min_point_observations, 2)
         check_at_least("min_image_observations", self.min_image_observations, 1)
         check_model_limits(self.max_num_models, self.min_model_size)
         object.__setattr__(self, "fixed_camera_ids", tuple(int(c) for c in self.fixed_camera_ids))
@@ -240,8 +246,18 @@ class _ComponentMapper:
             stats = filter_points(
                 self.state, None, max_error_px, self.options.triangulation.filter_min_tri_angle_deg
             )
+            num_short = self._delete_short_points()
         self.report["num_filtered_observations"] += stats.num_filtered_observations
-        self.report["num_filtered_points"] += stats.num_filtered_points
+        self.report["num_filtered_points"] += stats.num_filtered_points + num_short
+
+    def _delete_short_points(self) -> int:
+        """Delete the points with fewer than ``min_point_observations`` active observations."""
+        state = self.state
+        points = state.point_ids()
+        counts = np.bincount(state.table.obs_track[state.obs_active], minlength=state.table.num_tracks)
+        short = points[counts[points] < self.options.min_point_observations]
+        state.delete_points(short)
+        return len(short)
 
     def run_rounds(self, start: int, stop: int) -> None:
         """BA rounds ``start..stop-1`` with retriangulation and filtering after each."""
