@@ -99,8 +99,15 @@ def test_same_seed_gives_the_same_model(ring_scene):
 
 def test_bad_input_raises_and_no_posed_pair_fails_as_a_value(ring_scene):
     cameras, images, geoms, _ = mapper_inputs(ring_scene, noise_px=0.5, rng=1, with_pose=False)
-    result = global_mapping(cameras, images, geoms)
+    options = GlobalMapperOptions(fixed_camera_ids=(1,), pose_unposed_pairs=False)
+    result = global_mapping(cameras, images, geoms, options)
     assert result.reconstructions == [] and "2+ images" in result.report["reason"]
+    # With pose_unposed_pairs (default) the 28 pairs are posed from their inliers: the model comes back.
+    result = global_mapping(cameras, images, geoms, GlobalMapperOptions(fixed_camera_ids=(1,)), rng=0)
+    assert result.report["relative_poses"]["num_pairs"] == 28
+    assert result.report["relative_poses"]["num_failed"] == 0
+    assert result.reconstructions[0].num_registered == 8
+    assert pose_errors(result.reconstructions[0], ring_scene)[0].max() < 0.1
     with pytest.raises(InputError, match="unknown image"):
         global_mapping(cameras, {1: images[1]}, geoms)
     with pytest.raises(InputError, match="num_ba_rounds"):
