@@ -83,6 +83,8 @@ class GlobalMapperOptions:
         recalibrate_focal_change: when BA moves a camera's focal by more than this (relative), its pairs
             are posed again with the refined intrinsics (``relative_poses``) and the mapping runs again
             (once); 0 = never.
+        warm_start_joint_rounds: the second pass (positioned from the first pass's centres) skips the
+            BA round with fixed rotations (templeRing: 50 iterations, capped, of 210 in the second pass).
         fixed_camera_ids: cameras with known calibration, never refined.
         max_num_models: at most this many models (one per connected component of the view graph).
         min_model_size: components with fewer images give no model.
@@ -105,6 +107,7 @@ class GlobalMapperOptions:
     registration: RegistrationOptions = field(default_factory=RegistrationOptions)
     refine_focal: bool = True
     recalibrate_focal_change: float = 0.05
+    warm_start_joint_rounds: bool = True
     fixed_camera_ids: tuple[int, ...] = ()
     max_num_models: int = 10
     min_model_size: int = 3
@@ -270,8 +273,6 @@ class _ComponentMapper:
         """BA rounds ``start..stop-1`` with retriangulation and filtering after each."""
         options = self.options
         tri = options.triangulation
-        if start == 0:  # before any BA the positioned points can be far off: only the angle filter applies
-            self.filter(np.inf)
         for round_index in range(start, stop):
             ba = self.bundle_adjust(fix_rotations=round_index == 0)
             with self.timer("triangulation"):
@@ -366,7 +367,11 @@ def _map_once(
         model_report["component_size"] = len(component.rotations)
         if mapper.position(component, initial_centers):
             report_progress(progress, 3, 4, f"bundle adjustment of component {index + 1}")
-            mapper.run_rounds(0, options.num_ba_rounds)
+            # Before any BA the positioned points can be far off: only the angle filter applies.
+            mapper.filter(np.inf)
+            # Positioned from an earlier model's centres, the model needs no round with fixed rotations.
+            warm = initial_centers is not None and options.warm_start_joint_rounds
+            mapper.run_rounds(1 if warm else 0, options.num_ba_rounds)
             mapper.finish()
             if check_focal and index == 0:
                 # Measured: re-mapping from the focal of the finished model (templeRing, prior 2x short:
