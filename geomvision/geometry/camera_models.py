@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from geomvision.errors import InputError
+from geomvision.errors import InputError, check_choice
 
 #: model name -> number of parameters (kept here so the geometry layer does not import scene).
 NUM_PARAMS: dict[str, int] = {"SIMPLE_PINHOLE": 3, "PINHOLE": 4, "SIMPLE_RADIAL": 4, "RADIAL": 5, "OPENCV": 8}
@@ -58,8 +58,7 @@ _MIN_DEPTH = 1e-12
 
 
 def _check_model(model: str) -> int:
-    if model not in NUM_PARAMS:
-        raise InputError(f"unknown camera model {model!r}; expected one of {sorted(NUM_PARAMS)}")
+    check_choice("camera model", model, sorted(NUM_PARAMS))
     return NUM_PARAMS[model]
 
 
