@@ -99,8 +99,15 @@ def test_same_seed_gives_the_same_model(ring_scene):
 
 def test_bad_input_raises_and_no_posed_pair_fails_as_a_value(ring_scene):
     cameras, images, geoms, _ = mapper_inputs(ring_scene, noise_px=0.5, rng=1, with_pose=False)
-    result = global_mapping(cameras, images, geoms)
+    options = GlobalMapperOptions(fixed_camera_ids=(1,), pose_unposed_pairs=False)
+    result = global_mapping(cameras, images, geoms, options)
     assert result.reconstructions == [] and "2+ images" in result.report["reason"]
+    # With pose_unposed_pairs (default) the 28 pairs are posed from their inliers: the model comes back.
+    result = global_mapping(cameras, images, geoms, GlobalMapperOptions(fixed_camera_ids=(1,)), rng=0)
+    assert result.report["relative_poses"]["num_pairs"] == 28
+    assert result.report["relative_poses"]["num_failed"] == 0
+    assert result.reconstructions[0].num_registered == 8
+    assert pose_errors(result.reconstructions[0], ring_scene)[0].max() < 0.1
     with pytest.raises(InputError, match="unknown image"):
         global_mapping(cameras, {1: images[1]}, geoms)
     with pytest.raises(InputError, match="num_ba_rounds"):
@@ -124,3 +131,52 @@ def test_config_selects_the_mapper_and_round_trips_the_global_options():
     assert again.global_mapper == config.global_mapper and again.pipeline.mapper == "global"
     with pytest.raises(InputError, match="mapper"):
         ReconstructionConfig().with_changes(pipeline={"mapper": "hybrid"})
+
+
+def _with_consistent_wrong_matches(scene, cameras, images, geoms, pair=(1, 2), num=1500, angle_deg=1.0):
+    """Add ``num`` wrong matches to ``pair`` that agree with each other, as repeated structure does.
+
+    Fake points project into the first image by its true pose and into the second by a pose rotated by
+    ``angle_deg``: they satisfy one consistent (wrong) epipolar geometry, so a two-view point fits them.
+    """
+    gen = np.random.default_rng(7)
+    i, j = pair
+    wrong_pose = (
+        Rigid3d.from_rotvec([0.0, np.deg2rad(angle_deg), 0.0], np.zeros(3)) @ scene.cams_from_world[j - 1]
+    )
+    fake = gen.uniform(-1.0, 1.0, size=(num, 3))
+    K = cameras[1].K
+    px = []
+    for pose in (scene.cams_from_world[i - 1], wrong_pose):
+        cam = pose.apply(fake)
+        px.append(cam[:, :2] / cam[:, 2:] @ K[:2, :2].T + K[:2, 2])
+    inside = np.all([(p >= 0).all(1) & (p < [scene.width, scene.height]).all(1) for p in px], axis=0)
+    px = [p[inside] for p in px]
+    images, geoms = dict(images), dict(geoms)
+    matches = []
+    for image_id, new_px in zip(pair, px, strict=True):
+        info = images[image_id]
+        matches.append(len(info.keypoints_px) + np.arange(len(new_px)))
+        images[image_id] = type(info)(info.name, info.camera_id, np.vstack([info.keypoints_px, new_px]))
+    g = geoms[pair]
+    geoms[pair] = TwoViewGeometry(
+        i,
+        j,
+        g.config,
+        np.vstack([g.inlier_matches, np.stack(matches, axis=1)]),
+        cam2_from_cam1=g.cam2_from_cam1,
+    )
+    return images, geoms
+
+
+def test_two_view_points_of_consistent_wrong_matches_do_not_bend_the_model(ring_scene):
+    cameras, images, geoms, _ = mapper_inputs(ring_scene, noise_px=0.5, rng=1)
+    images, geoms = _with_consistent_wrong_matches(ring_scene, cameras, images, geoms)
+    errors = {}
+    for min_obs in (2, 3):
+        options = GlobalMapperOptions(fixed_camera_ids=(1,), min_point_observations=min_obs)
+        rec = global_mapping(cameras, images, geoms, options, rng=0).reconstructions[0]
+        assert rec.num_registered == 8
+        errors[min_obs] = pose_errors(rec, ring_scene)[0].max()
+    assert errors[3] < 0.1  # the wrong matches form two-view points only: deleted, no effect
+    assert errors[2] > 0.15  # kept, they pull the pair's relative rotation towards the wrong one

@@ -149,6 +149,34 @@ def select_positioning_tracks(
     return np.flatnonzero(keep)
 
 
+def _closest_points_to_rays(
+    rays: np.ndarray, ray_origins: np.ndarray, point_index: np.ndarray, fallback: np.ndarray
+) -> np.ndarray:
+    """Per point, the least-squares closest point to its rays ``sum_k (I - v v^T)(X - c_k) = 0``.
+
+    Args:
+        rays: (M, 3) unit world-frame rays; ray_origins: (M, 3) their camera centres.
+        point_index: (M,) point of each ray; fallback: (P, 3) used where the 3x3 system is singular
+            (parallel rays) or the point lands behind a camera.
+
+    Returns:
+        (P, 3) points.
+    """
+    projector = np.eye(3) - rays[:, :, None] * rays[:, None, :]
+    A = np.zeros((len(fallback), 3, 3))
+    b = np.zeros((len(fallback), 3))
+    np.add.at(A, point_index, projector)
+    np.add.at(b, point_index, np.einsum("kij,kj->ki", projector, ray_origins))
+    points = fallback.copy()
+    ok = np.linalg.cond(A) < 1e8
+    points[ok] = np.linalg.solve(A[ok], b[ok][:, :, None])[:, :, 0]
+    in_front = np.einsum("ki,ki->k", points[point_index] - ray_origins, rays) > 0
+    behind = np.zeros(len(points), dtype=bool)
+    np.logical_or.at(behind, point_index, ~in_front)
+    points[behind] = fallback[behind]
+    return points
+
+
 def position_globally(
     rotations: dict[int, np.ndarray],
     obs_image: np.ndarray,
@@ -170,7 +198,8 @@ def position_globally(
             normalised ``(x, y, 1)``; normalised here).
         options: stage options.
         initial_centers: image_id -> (3,) starting centre (e.g. from an earlier model); images without
-            one, and every point, start at random in the box (scaled to the given centres' extent).
+            one start at random in the box (scaled to the given centres' extent); the points too, unless
+            every image has a centre: then each starts where its rays meet (least squares).
         rng: seed or generator of the random initialisation.
         progress: unused; accepted for the common stage signature.
 
@@ -239,6 +268,8 @@ def position_globally(
         centers0 = given.mean(axis=0) + centers0 * (extent / box)
         points0 = given.mean(axis=0) + points0 * (extent / box)
         centers0[known] = given
+        if len(known) == len(images):  # every centre given: points where their rays meet, not at random
+            points0 = _closest_points_to_rays(rays, centers0[image_index], point_index, points0)
     origin = centers0[gauge].copy()  # the gauge camera sits at the origin
     centers0 -= origin
     points0 -= origin

@@ -1,0 +1,189 @@
+"""Relative poses of verified pairs under given intrinsics, from their inlier matches only.
+
+The global mapper needs a relative rotation on every pair it averages. Verification leaves a pair
+without one when its essential matrix kept fewer than ``min_E_F_inlier_ratio`` (0.95) of the
+fundamental matrix's inliers (COLMAP's "uncalibrated" pairs: on castle-P19 with the true K, 109 of
+165 pairs), and after the focal length moved every pose of that camera is stale. GLOMAP estimates
+the relative pose of every pair again from its inliers with the current intrinsics; so does this stage:
+
+1. without distortion, ``E = K2^T F K1`` projected onto the essential manifold (H&Z result 9.18),
+   its inliers among the pair's inliers and the pose by cheirality: no sampling, microseconds a pair;
+   kept when it holds ``light_min_ratio`` of the inliers (not for planar pairs, whose F is ill-posed);
+2. otherwise five-point LO-RANSAC on the pair's inliers (undistorted to ideal pinhole pixels), where
+   the inlier ratio is high and few samples are drawn; kept when the pose holds
+   ``min_support_ratio`` of the inliers.
+
+A kept pair gets config ``calibrated``, the pose, E and the inliers of that pose; the others keep
+their matches and F without a pose (rotation averaging skips them), as do panoramic pairs (a pure
+rotation has no essential matrix).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from geomvision.errors import InputError, check_at_least, check_range
+from geomvision.geometry.epipolar import project_to_essential, recover_pose, sampson_distance_sq
+from geomvision.robust.estimators import estimate_essential
+from geomvision.robust.ransac import RansacOptions
+from geomvision.runtime.rng import as_rng
+from geomvision.scene import Camera, ImageInfo, TwoViewGeometry
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["RelativePoseOptions", "RelativePoseResult", "estimate_relative_poses"]
+
+Pair = tuple[int, int]
+
+
+@dataclass(frozen=True, kw_only=True)
+class RelativePoseOptions:
+    """Options of :func:`estimate_relative_poses`.
+
+    Attributes:
+        light_min_ratio: the essential matrix from F must hold this share of the pair's inliers.
+        min_support_ratio: the RANSAC pose must hold this share of the pair's inliers (lower than
+            verification's 0.95: rotation averaging drops the pairs that disagree).
+        min_num_inliers: and at least this many.
+        ransac: the five-point RANSAC (``max_error_px``: Sampson distance in ideal pixels).
+    """
+
+    light_min_ratio: float = 0.95
+    min_support_ratio: float = 0.5
+    min_num_inliers: int = 15
+    ransac: RansacOptions = field(default_factory=lambda: RansacOptions(max_error_px=2.0))
+
+    def __post_init__(self) -> None:
+        check_range("light_min_ratio", self.light_min_ratio, 0, 1)
+        check_range("min_support_ratio", self.min_support_ratio, 0, 1)
+        check_at_least("min_num_inliers", self.min_num_inliers, 5)
+
+
+@dataclass
+class RelativePoseResult:
+    """Outcome of :func:`estimate_relative_poses`.
+
+    Attributes:
+        two_view_geometries: every input pair: the ones posed again with their new pose and inliers,
+            the others as they came (those that failed lose their stale pose).
+        report: counts (JSON-ready): pairs posed by the light path and by RANSAC, pairs that failed.
+    """
+
+    two_view_geometries: dict[Pair, TwoViewGeometry]
+    report: dict[str, Any]
+
+
+def _ideal_px(camera: Camera, px: np.ndarray) -> np.ndarray:
+    """Pixels of the undistorted pinhole image with the camera's K (identity without distortion)."""
+    if not np.any(camera.distortion != 0):
+        return px
+    K = camera.K
+    return camera.unproject(px) @ K[:2, :2].T + K[:2, 2]
+
+
+def _normalized(x_px: np.ndarray, K: np.ndarray) -> np.ndarray:
+    return (x_px - K[:2, 2]) / np.diag(K)[:2]
+
+
+def _light_pose(g: TwoViewGeometry, x1, x2, K1, K2, options: RelativePoseOptions):
+    """(E, pose, inlier mask) from ``K2^T F K1``, or None when it holds too few inliers."""
+    E = project_to_essential(K2.T @ g.F @ K1)
+    F_E = np.linalg.inv(K2).T @ E @ np.linalg.inv(K1)
+    inliers = sampson_distance_sq(F_E, x1, x2) <= options.ransac.max_error_px**2
+    needed = max(options.light_min_ratio * len(x1), options.min_num_inliers)
+    if np.count_nonzero(inliers) < needed:
+        return None
+    pose, front = recover_pose(E, _normalized(x1[inliers], K1), _normalized(x2[inliers], K2))
+    mask = inliers.copy()
+    mask[inliers] = front
+    if np.count_nonzero(mask) < needed:
+        return None
+    return E, pose, mask
+
+
+def estimate_relative_poses(
+    two_view_geometries: Mapping[Pair, TwoViewGeometry],
+    images: Mapping[int, ImageInfo],
+    cameras: Mapping[int, Camera],
+    options: RelativePoseOptions | None = None,
+    *,
+    pairs: Collection[Pair] | None = None,
+    rng: np.random.Generator | int | None = None,
+) -> RelativePoseResult:
+    """Estimate the relative pose of ``pairs`` (default: the successful pairs without one) again.
+
+    Args:
+        two_view_geometries: (i, j) -> TwoViewGeometry with inlier matches (and F for the light path).
+        images: image_id -> ImageInfo (keypoints the matches index, camera id).
+        cameras: camera_id -> Camera (the intrinsics to use).
+        options: see :class:`RelativePoseOptions`.
+        pairs: the pairs to pose; None: every successful pair without ``cam2_from_cam1``.
+        rng: seed or generator of the RANSAC samples.
+
+    Returns:
+        :class:`RelativePoseResult`.
+
+    Raises:
+        InputError: a pair to pose that is not in ``two_view_geometries``, or an image / camera missing.
+    """
+    options = options or RelativePoseOptions()
+    rng = as_rng(rng)
+    if pairs is None:
+        pairs = [p for p, g in two_view_geometries.items() if g.success and g.cam2_from_cam1 is None]
+    out = dict(two_view_geometries)
+    counts = {"num_pairs": 0, "num_light": 0, "num_ransac": 0, "num_failed": 0}
+    for pair in sorted(pairs):
+        if pair not in two_view_geometries:
+            raise InputError(f"pair {pair} is not among the verified pairs")
+        g = two_view_geometries[pair]
+        if not g.success or len(g.inlier_matches) < options.min_num_inliers:
+            continue
+        i, j = pair
+        for image_id in pair:
+            if image_id not in images or images[image_id].camera_id not in cameras:
+                raise InputError(f"pair {pair}: image {image_id} or its camera is unknown")
+        cam_i, cam_j = cameras[images[i].camera_id], cameras[images[j].camera_id]
+        counts["num_pairs"] += 1
+        x1 = _ideal_px(cam_i, images[i].keypoints_px[g.inlier_matches[:, 0]])
+        x2 = _ideal_px(cam_j, images[j].keypoints_px[g.inlier_matches[:, 1]])
+        K1, K2 = cam_i.K, cam_j.K
+        if g.config == "panoramic":  # a pure rotation has no essential matrix: its stale pose goes
+            counts["num_failed"] += 1
+            out[pair] = replace(g, cam2_from_cam1=None)
+            continue
+        light = None
+        if (
+            g.config != "planar"
+            and g.F is not None
+            and not (cam_i.distortion.any() or cam_j.distortion.any())
+        ):
+            light = _light_pose(g, x1, x2, K1, K2, options)
+        if light is not None:
+            E, pose, mask = light
+            counts["num_light"] += 1
+        else:
+            est = estimate_essential(x1, x2, K1, K2, options.ransac, rng=rng)
+            mask = est.inlier_mask & est.cheirality_mask if est.success else None
+            needed = max(options.min_support_ratio * len(x1), options.min_num_inliers)
+            if mask is None or np.count_nonzero(mask) < needed:
+                counts["num_failed"] += 1
+                out[pair] = replace(g, config="uncalibrated", E=None, cam2_from_cam1=None)
+                continue
+            E, pose = est.model, est.cam2_from_cam1
+            counts["num_ransac"] += 1
+        out[pair] = replace(
+            g, config="calibrated", inlier_matches=g.inlier_matches[mask], E=E, cam2_from_cam1=pose
+        )
+    logger.info(
+        "relative poses of %d pairs: %d from F, %d by RANSAC, %d failed",
+        counts["num_pairs"],
+        counts["num_light"],
+        counts["num_ransac"],
+        counts["num_failed"],
+    )
+    return RelativePoseResult(out, counts)

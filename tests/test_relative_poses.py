@@ -1,0 +1,87 @@
+"""Relative poses of verified pairs from their inliers under given intrinsics (synthetic exact answers)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from mapper_fixtures import mapper_inputs
+
+from geomvision.errors import InputError
+from geomvision.geometry import epipolar
+from geomvision.geometry.rigid import rotation_angle_deg
+from geomvision.scene import TwoViewGeometry
+from geomvision.sfm.relative_poses import RelativePoseOptions, estimate_relative_poses
+from geomvision.synthetic import random_scene
+
+
+@pytest.fixture(scope="module")
+def scene_inputs():
+    scene = random_scene(300, 6, rng=4)
+    cameras, images, geoms, _ = mapper_inputs(scene, noise_px=0.1, rng=2)
+    return scene, cameras, images, geoms
+
+
+def _true_relative(scene, i, j):
+    return scene.cams_from_world[j - 1] @ scene.cams_from_world[i - 1].inverse()
+
+
+def test_unposed_pairs_get_the_true_rotation_and_wrong_matches_are_left_out(scene_inputs):
+    scene, cameras, images, geoms = scene_inputs
+    K = cameras[1].K
+    unposed = {}
+    gen = np.random.default_rng(0)
+    for (i, j), g in list(geoms.items())[:6]:
+        rel = _true_relative(scene, i, j)
+        F = epipolar.fundamental_from_essential(epipolar.essential_from_pose(rel), K, K)
+        # 10 % wrong matches (random keypoints of the two images) among the inliers
+        num_bad = len(g.inlier_matches) // 10
+        bad = np.stack(
+            [
+                gen.integers(0, len(images[i].keypoints_px), num_bad),
+                gen.integers(0, len(images[j].keypoints_px), num_bad),
+            ],
+            axis=1,
+        )
+        matches = np.vstack([g.inlier_matches, bad])
+        unposed[(i, j)] = TwoViewGeometry(i, j, "uncalibrated", matches, F=F)
+    result = estimate_relative_poses(unposed, images, cameras, rng=0)
+    assert result.report["num_pairs"] == 6 and result.report["num_failed"] == 0
+    # F is exact but 10 % of the inliers are wrong: E from F holds < 95 %, so RANSAC poses them
+    assert result.report["num_ransac"] == 6
+    for (i, j), g in result.two_view_geometries.items():
+        assert g.config == "calibrated"
+        assert (
+            rotation_angle_deg(g.cam2_from_cam1.rotation, _true_relative(scene, i, j).rotation) < 0.1
+        )  # 2 views, 0.1 px noise
+        t_true = _true_relative(scene, i, j).translation
+        cos = g.cam2_from_cam1.translation @ t_true / np.linalg.norm(t_true)
+        assert cos > np.cos(np.deg2rad(1.0))
+        # the kept inliers are the true ones (a random wrong match may fall near its epipolar line)
+        assert (
+            len(geoms[(i, j)].inlier_matches) * 0.97
+            <= len(g.inlier_matches)
+            <= len(geoms[(i, j)].inlier_matches) * 1.05
+        )
+
+
+def test_exact_fundamental_gives_the_light_pose_and_a_wrong_focal_fails_as_a_value(scene_inputs):
+    scene, cameras, images, geoms = scene_inputs
+    K = cameras[1].K
+    (i, j), g = next(iter(geoms.items()))
+    rel = _true_relative(scene, i, j)
+    F = epipolar.fundamental_from_essential(epipolar.essential_from_pose(rel), K, K)
+    pair = {(i, j): TwoViewGeometry(i, j, "uncalibrated", g.inlier_matches, F=F)}
+    result = estimate_relative_poses(pair, images, cameras, rng=0)
+    assert result.report["num_light"] == 1
+    assert rotation_angle_deg(result.two_view_geometries[(i, j)].cam2_from_cam1.rotation, rel.rotation) < 0.05
+    # A pair whose inliers are all noise keeps no pose (and is still returned, without one).
+    noise = np.random.default_rng(1)
+    junk = np.stack([noise.integers(0, 300, 60), noise.integers(0, 300, 60)], axis=1)
+    result = estimate_relative_poses(
+        {(i, j): TwoViewGeometry(i, j, "uncalibrated", junk)}, images, cameras, RelativePoseOptions(), rng=0
+    )
+    assert result.report["num_failed"] == 1 and result.two_view_geometries[(i, j)].cam2_from_cam1 is None
+    with pytest.raises(InputError, match="not among"):
+        estimate_relative_poses(pair, images, cameras, pairs=[(1, 99)])
+    with pytest.raises(InputError, match="min_support_ratio"):
+        RelativePoseOptions(min_support_ratio=1.5)
