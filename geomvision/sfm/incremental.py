@@ -178,6 +178,11 @@ class _ModelBuilder:
         }
         self.failed_at: dict[int, int] = {}
         self.next_global_ba = 0
+        # Images sharing a track with a registered image (the only ones that can see a 3D point), grown
+        # as images register: next-best-view ranking scores these instead of every unregistered image,
+        # which made each step cost O(number of images) and the whole run O(N^2).
+        self.frontier: set[int] = set()
+        self.expanded: set[int] = set()
         self.frozen_cameras: set[int] = set()
         self.initial_params = {cid: cam.params.copy() for cid, cam in state.cameras.items()}
 
@@ -294,10 +299,22 @@ class _ModelBuilder:
         return stats.num_filtered_observations + stats.num_filtered_points
 
     # --- growth ---------------------------------------------------------------------------------------
+    def update_frontier(self) -> None:
+        """Add the images on the tracks of newly registered images to :attr:`frontier`."""
+        state = self.state
+        new = [i for i in state.registration_order if i not in self.expanded]
+        if not new:
+            return
+        self.expanded.update(new)
+        tracks = np.unique(np.concatenate([state.table.obs_track[state.table.image_obs[i]] for i in new]))
+        self.frontier.update(np.unique(state.table.obs_image[state.track_rows(tracks)]).tolist())
+
     def try_register_next(self) -> int | None:
         """Register the best candidate that succeeds; returns its id or None when none does."""
         state = self.state
-        candidates = sorted(self.allowed - set(state.registered_image_ids))
+        self.update_frontier()
+        # Same ranking as over all unregistered images: an image outside the frontier sees no 3D point.
+        candidates = sorted((self.frontier & self.allowed) - set(state.registration_order))
         ranked = rank_next_images(state, candidates, self.reg_options)
         for image_id, score, num_visible in ranked:
             if num_visible < self.failed_at.get(image_id, 0) * self.options.max_reg_retry_growth:
