@@ -7,8 +7,9 @@ pycolmap's incremental mapper alike (as ``benchmarks/reconstruct.py`` runs it), 
 registered in the largest model and in all models, the number of models, AUC@2 / AUC@5 of the largest
 model (pairwise relative pose error, unregistered = 180 deg), the pass's counts and the wall time.
 
-The Oxford dinosaur's ``dino_Ps.mat`` cameras are projective (its README): there is no metric pose or
-focal ground truth, so its rows report registration counts only (AUC left empty), unknown K only.
+The Oxford dinosaur's ``dino_Ps.mat`` cameras are projective (its README); ``load_ground_truth`` upgrades
+them to metric by autocalibration (``geometry.autocalibration``: absolute dual quadric, one K with zero skew,
+unit aspect, principal point near the centre), which gives its AUC and its known K.
 
 ``--fountain`` also times the sample set ``datasets/fountain_small`` with the pass on and off (same
 process, cold caches) and records the pass's counts there (they must be zero: the pass must not run on a
@@ -44,12 +45,37 @@ def _ring(key: str, work: Path):
     if key == "temple16":
         return sc._images_and_gt("temple16", work)
     if key == "dino12":
+        from geomvision.evaluation import load_ground_truth
+
         names = [p.name for p in rb.image_paths(DINO)][::3]
         subset = work / "images_dino12"
         if not subset.exists():
             rb.link_subset(DINO, names, subset)
-        return subset, names, None
+        # dino_Ps.mat is projective; load_ground_truth upgrades it to metric by autocalibration.
+        gt = load_ground_truth(DINO.parent)
+        return subset, names, {n: gt[n] for n in names}
     raise SystemExit(f"unknown ring {key!r}; expected temple16 or dino12")
+
+
+def _model_rows(result, gt) -> list[dict]:
+    """Per model of our run: registered images, median pose-pair error (deg, among its registered
+    images) against ground truth, and the trust verdict (issue 19: over 5 deg must be untrusted)."""
+    from geomvision.evaluation import evaluate_reconstruction
+
+    rows = []
+    for rec, model in zip(result.reconstructions, result.report.get("models", []), strict=False):
+        registered = {rec.views[i].name for i in rec.registered_image_ids}
+        sub_gt = {n: g for n, g in gt.items() if n in registered}
+        metrics = evaluate_reconstruction(rec, sub_gt, include_per_image=False) if len(sub_gt) >= 2 else {}
+        rows.append(
+            {
+                "num_registered": rec.num_registered,
+                "median_pose_error_deg": metrics.get("median_pose_error_deg"),
+                "trusted": model.get("trusted"),
+                "trust_reasons": model.get("trust_reasons"),
+            }
+        )
+    return rows
 
 
 def _scores(rec, gt) -> dict:
@@ -59,11 +85,12 @@ def _scores(rec, gt) -> dict:
     return {"auc@2": s["auc@2"], "auc@5": s["auc@5"], "num_registered": s["num_registered"]}
 
 
-#: variant -> (affine pass on, model bridge on, method label)
+#: variant -> (affine pass on, model bridge on, guided matching and global fallback on, method label)
 VARIANTS = {
-    "full": (True, True, "geomvision"),
-    "noaffine": (False, True, "geomvision (affine pass off)"),
-    "off": (False, False, "geomvision (both off)"),
+    "default": (False, True, True, "geomvision"),
+    "affine": (True, True, True, "geomvision (+ affine pass)"),
+    "noring": (False, True, False, "geomvision (guided matching and global fallback off)"),
+    "off": (False, False, False, "geomvision (all off)"),
 }
 
 
@@ -71,7 +98,7 @@ def run_ours(key: str, mode: str, variant: str, work: Path) -> dict:
     from geomvision.config import ReconstructionConfig
     from geomvision.pipeline import run_pipeline
 
-    affine, bridge, label = VARIANTS[variant]
+    affine, bridge, ring_stages, label = VARIANTS[variant]
     image_dir, names, gt = _ring(key, work)
     known = mode == "known"
     if known and gt is None:
@@ -82,14 +109,21 @@ def run_ours(key: str, mode: str, variant: str, work: Path) -> dict:
             "num_workers": 2,
             "html_report": False,
         },
-        wide_baseline={"enabled": affine, "bridge": {"enabled": bridge}},
+        wide_baseline={
+            "enabled": affine,
+            "bridge": {"enabled": bridge},
+            "guided": {"enabled": ring_stages},
+            "global_fallback": {"enabled": ring_stages},
+        },
     )
     out = work / f"{key}_{mode}_{variant}"
     shutil.rmtree(out, ignore_errors=True)
     t = time.perf_counter()
+    models = []
     try:
         result = run_pipeline(image_dir, out, config)
         rec, report = result.reconstruction, result.report
+        models = _model_rows(result, gt)
     except Exception as exc:  # a failed run is a result too
         rec, report = None, {"error": f"{type(exc).__name__}: {exc}"}
     elapsed = time.perf_counter() - t
@@ -109,6 +143,16 @@ def run_ours(key: str, mode: str, variant: str, work: Path) -> dict:
         "models_joined": (lambda b: b["num_models_before"] - b["num_models_after"] if b else None)(
             report.get("model_bridge")
         ),
+        "guided_matches_added": report.get("guided_matching", {}).get("matches_added"),
+        "global_fallback": (
+            lambda g: (
+                None
+                if g is None
+                else f"{g['registered_incremental']} -> {g['registered_global']}"
+                f"{' (kept)' if g['used'] else ''}"
+            )
+        )(report.get("global_fallback")),
+        "models": models,
         "time_s": elapsed,
         "error": report.get("error"),
         "load_avg": os.getloadavg()[0],
@@ -149,7 +193,12 @@ def run_fountain(work: Path) -> list[dict]:
         shutil.rmtree(out, ignore_errors=True)
         config = ReconstructionConfig().with_changes(
             pipeline={"num_workers": 2, "html_report": False},
-            wide_baseline={"enabled": wide, "bridge": {"enabled": wide}},
+            wide_baseline={
+                "enabled": wide,
+                "bridge": {"enabled": wide},
+                "guided": {"enabled": wide},
+                "global_fallback": {"enabled": wide},
+            },
         )
         t = time.perf_counter()
         report = run_pipeline(rb.REPO / "datasets" / "fountain_small" / "images", out, config).report
@@ -164,6 +213,8 @@ def run_fountain(work: Path) -> list[dict]:
                 "pairs_retried": wb.get("pairs_retried"),
                 "pairs_added": wb.get("pairs_added"),
                 "wide_baseline_time_s": wb.get("time_s"),
+                "guided_pairs": report.get("guided_matching", {}).get("pairs_guided"),
+                "global_fallback_ran": "global_fallback" in report,
                 "model_bridge": "model_bridge" in report,
                 "time_s": time.perf_counter() - t,
                 "load_avg": os.getloadavg()[0],
@@ -177,6 +228,15 @@ def _f(v, fmt=".3f") -> str:
     return "n/a" if v is None else format(v, fmt)
 
 
+def _models_cell(models) -> str:
+    if not models:
+        return ""
+    return "; ".join(
+        f"{m['num_registered']}, {_f(m['median_pose_error_deg'], '.1f')} deg, {'yes' if m['trusted'] else 'no'}"
+        for m in models
+    )
+
+
 def write_markdown(rows: list[dict], fountain: list[dict], path: Path) -> None:
     lines = [
         "# Wide baselines: sparse rings",
@@ -186,13 +246,16 @@ def write_markdown(rows: list[dict], fountain: list[dict], path: Path) -> None:
         f"`python benchmarks/wide_baseline.py {' '.join(sys.argv[1:])}` (rows of earlier runs kept).",
         "",
         "temple16 = every third image of middlebury_templeRing (16 of 47, 640x480); dino12 = every third "
-        "image of oxford_dinosaur (12 of 36, 720x576). dino12 has no metric ground truth (projective "
-        "cameras, see its README): AUC is n/a there and only registration counts compare; known K is not "
-        "available for it. AUC is of the largest model, over all ring images (unregistered = 180 deg).",
+        "image of oxford_dinosaur (12 of 36, 720x576). dino12's ground truth is its projective cameras "
+        "(`dino_Ps.mat`) upgraded to metric by autocalibration (`geomvision.geometry.autocalibration`, "
+        "principal point held near the image centre: focal 2869 px, 3.3x the default prior); its known K is "
+        "that K. AUC is of the largest model, over all ring images (unregistered = 180 deg).",
         "",
         "| ring | method | K | registered (largest) | registered (all models) | models | AUC@2 | AUC@5 | "
-        "verified pairs | pairs retried / added | pass time (s) | models joined | time (s) | load |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "verified pairs | affine pairs retried / added | affine pass time (s) | guided matches added | "
+        "global fallback (largest model, incremental -> global) | models joined | "
+        "models (registered, median pose error, trusted) | time (s) | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         retried = "" if r.get("pairs_retried") is None else f"{r['pairs_retried']} / {r['pairs_added']}"
@@ -201,7 +264,10 @@ def write_markdown(rows: list[dict], fountain: list[dict], path: Path) -> None:
             f"{r['num_registered_all_models']} | {r['num_models']} | {_f(r['auc@2'])} | {_f(r['auc@5'])} | "
             f"{_f(r.get('verified_pairs'), 'd') if r.get('verified_pairs') is not None else ''} | {retried} | "
             f"{_f(r.get('wide_baseline_time_s'), '.1f') if r.get('wide_baseline_time_s') is not None else ''} | "
+            f"{'' if r.get('guided_matches_added') is None else r['guided_matches_added']} | "
+            f"{r.get('global_fallback') or ''} | "
             f"{'' if r.get('models_joined') is None else r['models_joined']} | "
+            f"{_models_cell(r.get('models'))} | "
             f"{r['time_s']:.1f} | {r['load_avg']:.1f} |"
         )
     by = {(r["ring"], r["method"], r["mode"]): r for r in rows}
@@ -217,6 +283,23 @@ def write_markdown(rows: list[dict], fountain: list[dict], path: Path) -> None:
             f"{peer['num_registered']} ({'more' if more else 'NOT more'}); AUC@2 {_f(ours['auc@2'])} vs "
             f"{_f(peer['auc@2'])} ({'higher' if higher else 'NOT higher' if ours['auc@2'] is not None else 'no ground truth'})."
         )
+    wrong = [
+        (r, m)
+        for r in rows
+        for m in r.get("models") or []
+        if m["median_pose_error_deg"] is not None and m["median_pose_error_deg"] > 5.0
+    ]
+    verdicts.append(
+        "- No silently wrong models (median pose error over 5 deg must be untrusted): "
+        + (
+            "; ".join(
+                f"{r['ring']} {r['mode']} K {r['method']}: {m['num_registered']} images at "
+                f"{m['median_pose_error_deg']:.1f} deg, {'TRUSTED (violation)' if m['trusted'] else 'untrusted'}"
+                for r, m in wrong
+            )
+            or "no model over 5 deg."
+        )
+    )
     if verdicts:
         lines += [
             "",
@@ -230,17 +313,19 @@ def write_markdown(rows: list[dict], fountain: list[dict], path: Path) -> None:
             "Fountain sample (`datasets/fountain_small`, 11 images, unknown K), pass off and on alternately, "
             "cold caches, same process:",
             "",
-            "| method | registered | weak images | pairs retried / added | pass time (s) | model bridge ran | time (s) | "
-            "load |",
-            "|---|---|---|---|---|---|---|---|",
+            "| method | registered | weak images | pairs retried / added | pass time (s) | guided pairs | "
+            "global fallback ran | model bridge ran | time (s) | load |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in fountain:
             lines.append(
                 f"| {r['method']} | {r['num_registered']} | {len(r['weak_images'] or [])} | "
                 f"{r['pairs_retried']} / {r['pairs_added']} | {_f(r['wide_baseline_time_s'], '.2f')} | "
+                f"{'' if r.get('guided_pairs') is None else r['guided_pairs']} | "
+                f"{'yes' if r.get('global_fallback_ran') else 'no'} | "
                 f"{'yes' if r.get('model_bridge') else 'no'} | {r['time_s']:.1f} | {r['load_avg']:.1f} |"
                 if r["wide"]
-                else f"| {r['method']} | {r['num_registered']} | | | | | {r['time_s']:.1f} | {r['load_avg']:.1f} |"
+                else f"| {r['method']} | {r['num_registered']} | | | | | | | {r['time_s']:.1f} | {r['load_avg']:.1f} |"
             )
     path.write_text("\n".join(lines) + "\n")
 
@@ -249,7 +334,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rings", default="temple16,dino12")
     parser.add_argument("--modes", default="unknown,known")
-    parser.add_argument("--variants", default="full,noaffine,off", help=f"of {sorted(VARIANTS)}")
+    parser.add_argument("--variants", default="default,noring", help=f"of {sorted(VARIANTS)}")
     parser.add_argument("--pycolmap", action="store_true")
     parser.add_argument("--fountain", action="store_true")
     parser.add_argument("--work", type=Path, default=Path("/tmp/geomvision_widebase"))
@@ -259,8 +344,6 @@ def main() -> int:
     rows = []
     for key in [k for k in args.rings.split(",") if k and k != "none"]:
         for mode in args.modes.split(","):
-            if key == "dino12" and mode == "known":
-                continue  # no metric K for the dinosaur
             runs = [
                 lambda key=key, mode=mode, v=v: run_ours(key, mode, v, args.work)
                 for v in args.variants.split(",")
@@ -279,7 +362,15 @@ def main() -> int:
             for r in fountain:
                 fh.write(json.dumps(r) + "\n")
     all_rows = [json.loads(line) for line in args.jsonl.read_text().splitlines() if line.strip()]
-    latest = {(r["ring"], r["method"], r.get("mode")): r for r in all_rows if r["ring"] != "fountain_small"}
+    labels = {v[-1] for v in VARIANTS.values()} | {"pycolmap"}  # rows of retired variants are not shown
+    latest = {
+        (r["ring"], r["method"], r.get("mode")): r
+        for r in all_rows
+        if r["ring"] != "fountain_small"
+        and r["method"] in labels
+        and "models" in r
+        or r["method"] == "pycolmap"
+    }
     fountain_rows = fountain or [r for r in all_rows if r["ring"] == "fountain_small"][-4:]
     write_markdown(list(latest.values()), fountain_rows, rb.RESULTS / "wide_baseline.md")
     return 0

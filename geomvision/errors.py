@@ -6,6 +6,8 @@ these exceptions are for bad input and unrecoverable conditions only.
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 
 class GeomVisionError(Exception):
     """Base class for all geomvision errors."""
@@ -62,3 +64,22 @@ def check_range(
     if not (above and below):
         interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
         raise InputError(f"{name} must be in {interval}, got {value}")
+
+
+def check_choice(what: str, value: object, choices: Collection[object]) -> None:
+    """Raise :class:`InputError` ``"unknown <what> <value!r>; expected one of <choices>"`` unless ``value`` is in ``choices``.
+
+    ``what`` names the kind of value (``"feature method"``, ``"camera model"``); ``choices`` is shown as given.
+    """
+    if value not in choices:
+        raise InputError(f"unknown {what} {value!r}; expected one of {choices}")
+
+
+def check_fields_at_least(options: object, **low_by_field: float) -> None:
+    """:func:`check_at_least` on each named attribute of ``options``, in the order given.
+
+    For an options class's ``__post_init__``: ``check_fields_at_least(self, min_iterations=0, batch_size=1)``
+    raises ``"batch_size must be >= 1, got 0"`` for ``batch_size=0``.
+    """
+    for name, low in low_by_field.items():
+        check_at_least(name, getattr(options, name), low)

@@ -15,7 +15,8 @@ Metrics (the definitions benchmark scripts must share, so ``geomvision evaluate`
   the ground-truth ones: absolute (ground-truth units) and relative to the ground-truth scene size.
 
 Ground truth readers: a COLMAP model, Middlebury ``*_par.txt`` (``P = K [R | t]``), Strecha ``*.camera``
-folders (camera-to-world R and centre C, K at full resolution; rescaled to the model's image size).
+folders (camera-to-world R and centre C, K at full resolution; rescaled to the model's image size), and
+projective cameras (the Oxford dinosaur's ``*_Ps.mat``) upgraded to metric by autocalibration.
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+from scipy.io import loadmat
 
 from geomvision.errors import InputError
+from geomvision.geometry.autocalibration import AutocalibrationOptions, autocalibrate_cameras
 from geomvision.geometry.rigid import (
     Rigid3d,
     angle_between_vectors_deg,
@@ -34,7 +37,10 @@ from geomvision.geometry.rigid import (
     rotation_angle_deg,
     umeyama_alignment,
 )
+from geomvision.geometry.triangulation import triangulate_nview
 from geomvision.io.colmap import parse_floats
+from geomvision.io.images import image_size, list_images
+from geomvision.io.tracks import load_dinosaur_tracks
 from geomvision.scene.reconstruction import Reconstruction
 
 logger = logging.getLogger(__name__)
@@ -45,6 +51,7 @@ __all__ = [
     "read_gt_colmap",
     "read_middlebury_par",
     "read_strecha_cameras",
+    "read_projective_cameras_metric",
     "strecha_rescale_K",
     "load_ground_truth",
     "ground_truth_reconstruction",
@@ -228,6 +235,65 @@ def load_ground_truth(
     return found
 
 
+def read_projective_cameras_metric(
+    mat_path: str | Path,
+    *,
+    image_dir: str | Path | None = None,
+    tracks_path: str | Path | None = None,
+    options: AutocalibrationOptions | None = None,
+) -> dict[str, GroundTruthCamera]:
+    """Projective cameras of a MATLAB ``*_Ps.mat`` (variable ``P``, a 1xN cell of 3x4), upgraded to metric.
+
+    The Oxford dinosaur's ``dino_Ps.mat`` is a projective reconstruction (its README): RQ of its P gives no
+    meaningful K. Its 36 views share one camera, so ``geometry.autocalibration.autocalibrate_cameras`` (the
+    absolute dual quadric, zero skew, unit aspect, principal point near the centre) upgrades them to
+    ``P_i H ~ K [R_i | t_i]``; the mirror sign is fixed by the tracks (points in front of the cameras).
+
+    Args:
+        mat_path: the ``.mat`` file.
+        image_dir: folder of the N images, matched to the cameras in sorted name order; default
+            ``<mat folder>/images``.
+        tracks_path: Oxford ``pts.txt`` tracks for the cheirality check; default ``<mat folder>/pts.txt``
+            when present.
+        options: autocalibration options.
+
+    Returns:
+        ``{name: GroundTruthCamera}``, K = the shared autocalibrated K (metric frame, arbitrary scale).
+
+    Raises:
+        InputError: unreadable file, camera/image count mismatch, or the autocalibration failed.
+    """
+    mat_path = Path(mat_path)
+    try:
+        cells = loadmat(str(mat_path))["P"].ravel()
+        P = np.array([np.asarray(c, dtype=float) for c in cells])
+    except (OSError, ValueError, KeyError) as exc:
+        raise InputError(f"{mat_path}: not a MATLAB file with a cell array P of 3x4 cameras ({exc})") from exc
+    if P.ndim != 3 or P.shape[1:] != (3, 4):
+        raise InputError(f"{mat_path}: expected 3x4 cameras, got shape {P.shape}")
+    images = list_images(Path(image_dir) if image_dir is not None else mat_path.parent / "images")
+    if len(images) != len(P):
+        raise InputError(f"{mat_path}: {len(P)} cameras but {len(images)} images")
+    width, height = image_size(images[0])
+    tracks_path = Path(tracks_path) if tracks_path is not None else mat_path.parent / "pts.txt"
+    points = None
+    if tracks_path.is_file():
+        W, lengths = load_dinosaur_tracks(tracks_path, num_frames=len(P))
+        W = W[:, lengths >= 3]
+        seen = ~np.isnan(W[0::2])  # (F, P)
+        frame, point = np.nonzero(seen)
+        xy = np.stack([W[2 * frame, point], W[2 * frame + 1, point]], axis=1)
+        xyz = triangulate_nview(P[frame], xy, point, W.shape[1])
+        points = np.c_[xyz, np.ones(len(xyz))][np.all(np.isfinite(xyz), axis=1)]
+    result = autocalibrate_cameras(P, (width, height), options, points_homogeneous=points)
+    if not result.success:
+        raise InputError(f"{mat_path}: autocalibration failed: {result.reason}")
+    out = {}
+    for path, R, t in zip(images, result.cam_from_world_R, result.cam_from_world_t, strict=True):
+        out[path.name] = GroundTruthCamera(path.name, Rigid3d(R, t), result.K_shared.copy(), width, height)
+    return out
+
+
 def _ground_truth_in(path: Path, image_sizes) -> dict[str, GroundTruthCamera] | None:
     """Ground truth stored directly in ``path`` (not its sub-folders), or None."""
     from geomvision.io.colmap import find_model_folder
@@ -241,6 +307,9 @@ def _ground_truth_in(path: Path, image_sizes) -> dict[str, GroundTruthCamera] | 
         return read_middlebury_par(par[0])
     if any(path.glob("*.camera")) or (path / "gt_dense_cameras").is_dir():
         return read_strecha_cameras(path, image_sizes=image_sizes)
+    projective = sorted(path.glob("*_Ps.mat"))
+    if projective:
+        return read_projective_cameras_metric(projective[0])
     return None
 
 

@@ -192,6 +192,14 @@ def _run_stages(run: _Run) -> PipelineResult:
                 paths, features, matches, verified, cameras_by_image, config, progress_factory
             )
             timings["wide_baseline"] = report["wide_baseline"]["time_s"]
+        if config.wide_baseline.guided.enabled:  # weak images: more inliers from guided matching
+            from geomvision.sfm.guided_matching import densify_weak_pairs
+
+            run.stage = "guided_matching"
+            verified, report["guided_matching"] = densify_weak_pairs(
+                features, verified, cameras_by_image, config.wide_baseline.guided
+            )
+            timings["guided_matching"] = report["guided_matching"]["time_s"]
         if not verified:
             run.stage = "verification"  # the wide-baseline retry found nothing either: verification failed
             raise ReconstructionError(
@@ -222,10 +230,6 @@ def _run_stages(run: _Run) -> PipelineResult:
         report["engine"] = runner.report()
     report["mapping"] = mapping.report
     reconstructions = [r for r in mapping.reconstructions if r.num_registered >= 2]
-    if not reconstructions:
-        raise ReconstructionError(
-            f"mapping failed: {mapping.report.get('reason', 'no model with 2+ images')}"
-        )
 
     if len(reconstructions) > 1 and config.wide_baseline.bridge.enabled:  # join separate models
         from geomvision.sfm.wide_baseline import bridge_and_merge_models
@@ -236,6 +240,22 @@ def _run_stages(run: _Run) -> PipelineResult:
             reconstructions, verified, config.wide_baseline.bridge, rng=config.pipeline.seed
         )
         timings["model_bridge"] = time.perf_counter() - t
+    from geomvision.sfm.wide_baseline import needs_global_fallback
+
+    if needs_global_fallback(  # most images left out (a sparse ring): try the global mapper
+        reconstructions, len(image_ids), config.wide_baseline.global_fallback, mapper=config.pipeline.mapper
+    ):
+        t = time.perf_counter()
+        run.stage = "global_fallback"
+        reconstructions, report["global_fallback"] = _run_global_fallback(
+            reconstructions, cameras, images, verified, config, progress_factory
+        )
+        timings["global_fallback"] = time.perf_counter() - t
+    if not reconstructions:
+        run.stage = "mapping"  # the fallback is part of mapping: a failure is the mapping stage's
+        raise ReconstructionError(
+            f"mapping failed: {mapping.report.get('reason', 'no model with 2+ images')}"
+        )
 
     if config.pipeline.intrinsics is None and config.calibration.enabled:  # unknown K: principal point
         t = time.perf_counter()
@@ -545,6 +565,33 @@ def _run_mapping(cameras, images, verified, config, progress_factory, runner=Non
             rng=config.pipeline.seed,
             progress=progress,
         )
+
+
+def _run_global_fallback(reconstructions, cameras, images, verified, config, progress_factory):
+    """The global mapper's models instead of the incremental ones when its largest registers more images."""
+    before = max((r.num_registered for r in reconstructions), default=0)
+    try:
+        result = _run_global_mapping(cameras, images, verified, config, progress_factory)
+        models = sorted(
+            (r for r in result.reconstructions if r.num_registered >= 2), key=lambda r: -r.num_registered
+        )
+        reason, mapper_report = result.report.get("reason", ""), result.report
+    except ReconstructionError as exc:  # the global mapper failed too: keep the incremental models
+        models, reason, mapper_report = [], str(exc), {}
+    after = models[0].num_registered if models else 0
+    used = after > before
+    logger.info(
+        "global fallback: largest model %d -> %d images (%s)", before, after, "kept" if used else "not kept"
+    )
+    fallback_report = {
+        "registered_incremental": before,
+        "registered_global": after,
+        "used": used,
+        "global_mapper": mapper_report,
+    }
+    if reason:
+        fallback_report["reason"] = reason
+    return (models if used else reconstructions), fallback_report
 
 
 def _run_global_mapping(cameras, images, verified, config, progress_factory):

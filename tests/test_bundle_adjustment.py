@@ -106,16 +106,16 @@ def test_noise_level_recovered(backend, model):
     assert result.final_cost <= cost_at_truth  # the least-squares optimum fits the noise better than truth
 
 
-def test_backends_agree_and_pcg_matches_dense():
+def test_backends_agree_and_schur_solvers_match():
     costs = []
-    for backend, dense_max in (("scipy", 1500), ("schur", 1500), ("schur", 0)):
+    for backend, solver in (("scipy", "auto"), ("schur", "dense"), ("schur", "sparse"), ("schur", "pcg")):
         problem, _ = synthetic_problem(10, 120, model="RADIAL", views_per_point=4, rng=11)
         problem.intrinsics_free[0, [0, 3, 4]] = True
         perturb(problem, rng=12)
         opts = BundleAdjustmentOptions(
             backend=backend,
             function_tolerance=1e-12,
-            dense_schur_max_params=dense_max,
+            schur_solver=solver,
             cg_tolerance=1e-8,
             max_iterations=200,
         )
@@ -246,3 +246,26 @@ def test_schur_threads_give_identical_result():
         np.testing.assert_array_equal(points, results[0][1])
     with pytest.raises(InputError, match="num_threads"):
         BundleAdjustmentOptions(num_threads=0)
+
+
+def test_auto_schur_solver_follows_size_and_fill():
+    from geomvision.sfm.ba.schur import _build_structure
+
+    def solver(num_images, **opts):
+        problem, _ = synthetic_problem(num_images, 20 * num_images, views_per_point=3, rng=5)
+        return _build_structure(problem.sorted_by_image(), BundleAdjustmentOptions(**opts)).solver
+
+    assert solver(12) == "dense"  # 72 camera parameters
+    assert solver(80) == "sparse"  # 480 parameters, a ring: 6% of the image-pair blocks are non-zero
+    assert solver(80, sparse_schur_max_params=100) == "pcg"
+    assert solver(80, schur_solver="dense") == "dense"
+    # sparse and dense steps agree on a sparse ring (same iterations, costs equal to rounding)
+    costs = []
+    for name in ("dense", "sparse"):
+        problem, _ = synthetic_problem(80, 1600, views_per_point=3, rng=6)
+        problem.pose_free[0] = False
+        perturb(problem, rng=7)
+        costs.append(adjust_problem(problem, BundleAdjustmentOptions(schur_solver=name)).final_cost)
+    np.testing.assert_allclose(costs[1], costs[0], rtol=1e-9)
+    with pytest.raises(InputError, match="schur_solver"):
+        BundleAdjustmentOptions(schur_solver="cholmod")

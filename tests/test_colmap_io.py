@@ -260,6 +260,58 @@ def test_truncated_points3D_binary(tmp_path, cut):
         read_model(tmp_path)
 
 
+@pytest.mark.parametrize(
+    ("name", "edit", "pattern"),
+    [
+        (
+            "cameras.txt",
+            lambda t: t[:2],
+            r"cameras\.txt:\d+: expected 'CAMERA_ID MODEL WIDTH HEIGHT PARAMS\.\.\.'",
+        ),
+        ("cameras.txt", lambda t: t[:2] + ["0"] + t[3:], r"cameras\.txt:\d+: camera size must be positive"),
+        (
+            "images.txt",
+            lambda t: t[:9],
+            r"images\.txt:\d+: expected 'IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME'",
+        ),
+    ],
+)
+def test_malformed_text_record(tmp_path, name, edit, pattern):
+    write_model(ring_reconstruction(num_views=3, num_points=4), tmp_path)
+    path = tmp_path / name
+    lines = path.read_text().splitlines()
+    first = next(k for k, line in enumerate(lines) if line and not line.startswith("#"))
+    lines[first] = " ".join(edit(lines[first].split()))
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError, match=pattern):
+        read_model(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["cameras.bin", "images.bin"])
+def test_binary_record_count_and_trailing_bytes(tmp_path, name):
+    write_model(ring_reconstruction(num_views=3, num_points=4), tmp_path, binary=True)
+    data = (tmp_path / name).read_bytes()
+    (tmp_path / name).write_bytes(data + b"\0\0")
+    with pytest.raises(
+        InputError, match=rf"{name.replace('.', '[.]')}: 2 trailing bytes after byte {len(data)}"
+    ):
+        read_model(tmp_path)
+    (tmp_path / name).write_bytes(data[:-1])
+    with pytest.raises(InputError, match=r"truncated at byte \d+"):
+        read_model(tmp_path)
+
+
+def test_binary_camera_error_names_the_record_offset(tmp_path):
+    write_model(ring_reconstruction(num_views=3, num_points=4), tmp_path, binary=True)
+    data = bytearray((tmp_path / "cameras.bin").read_bytes())
+    data[8 + 8 : 8 + 16] = bytes(
+        8
+    )  # first record (after the uint64 count): int32 id, int32 model, uint64 width
+    (tmp_path / "cameras.bin").write_bytes(bytes(data))
+    with pytest.raises(InputError, match=r"cameras\.bin: byte 8: camera size must be positive"):
+        read_model(tmp_path)
+
+
 def _random_model(seed: int) -> Reconstruction:
     """Random cameras of every model, random poses/keypoints, random tracks (ids not contiguous)."""
     from geomvision.geometry.rigid import rotvec_to_matrix

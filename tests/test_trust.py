@@ -88,8 +88,24 @@ def test_triangulation_angles_and_short_tracks_are_measured_exactly():
     wide = assess_model_trust(
         _two_view_model(10.0),
         TrustOptions(min_registered_images=2, min_median_points_per_image=10, min_mean_track_length=2.0),
+        calibrated_focal_px={1: 500.0},
     )
     assert wide.trusted and wide.signals["median_triangulation_angle_deg"] == pytest.approx(10.0)
+    # The same two-view tracks with a focal that nobody confirmed: weakly constrained, not trusted.
+    unconfirmed = assess_model_trust(
+        _two_view_model(10.0),
+        TrustOptions(min_registered_images=2, min_median_points_per_image=10, min_mean_track_length=2.0),
+    )
+    assert not unconfirmed.trusted and unconfirmed.signals["cameras_with_unconfirmed_focal"] == [1]
+    assert any("neither given nor confirmed" in r for r in unconfirmed.reasons)
+    given = assess_model_trust(
+        _two_view_model(10.0),
+        TrustOptions(min_registered_images=2, min_median_points_per_image=10, min_mean_track_length=2.0),
+        fixed_camera_ids=(1,),
+        rng=0,
+    )
+    assert given.signals["cameras_with_unconfirmed_focal"] == []
+    assert not any("neither given nor confirmed" in r for r in given.reasons)
 
 
 def test_order_puts_the_largest_trusted_model_first_and_options_are_checked():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -15,9 +16,11 @@ from geomvision.io.images import read_image
 from geomvision.scene.types import Features, TwoViewGeometry
 from geomvision.sfm.two_view import verify_pair
 from geomvision.sfm.wide_baseline import (
+    GlobalFallbackOptions,
     WideBaselineOptions,
     bridge_and_merge_models,
     densify_wide_baseline_pairs,
+    needs_global_fallback,
     weak_images,
 )
 from geomvision.synthetic import random_scene
@@ -150,3 +153,15 @@ def test_bridge_joins_disjoint_models_of_one_run():
     apart, report = bridge_and_merge_models(models, inside, rng=0)
     assert [m.num_registered for m in apart] == [6, 4]
     assert "could be posed" in report["attempts"][0]["reason"]
+
+
+def test_global_fallback_runs_only_when_the_incremental_mapper_left_images_out():
+    options = GlobalFallbackOptions()  # min_registered_share 0.9
+    models = [SimpleNamespace(num_registered=n) for n in (10, 2)]
+    assert needs_global_fallback(models, 12, options, mapper="incremental")  # 10 < 0.9 * 12
+    assert needs_global_fallback([], 12, options, mapper="incremental")  # the mapper found nothing
+    assert not needs_global_fallback([SimpleNamespace(num_registered=11)], 12, options, mapper="incremental")
+    assert not needs_global_fallback(models, 12, options, mapper="global")
+    assert not needs_global_fallback(models, 12, GlobalFallbackOptions(enabled=False), mapper="incremental")
+    with pytest.raises(InputError, match="min_registered_share"):
+        GlobalFallbackOptions(min_registered_share=0.0)

@@ -16,7 +16,7 @@ from typing import Literal, get_args
 import cv2
 import numpy as np
 
-from geomvision.errors import InputError, check_at_least
+from geomvision.errors import InputError, check_at_least, check_choice
 from geomvision.io.images import decode_image, read_image
 from geomvision.progress import ProgressCallback
 from geomvision.runtime.atomic import atomic_path
@@ -56,8 +56,7 @@ class ExtractionOptions:
     sift_edge_threshold: float = 10.0
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise InputError(f"unknown feature method {self.method!r}; expected one of {METHODS}")
+        check_choice("feature method", self.method, METHODS)
         check_at_least("max_num_features", self.max_num_features, 1)
         check_at_least("max_image_size_px", self.max_image_size_px, 16)
 

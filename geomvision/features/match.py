@@ -28,7 +28,7 @@ from typing import Literal, get_args
 import cv2
 import numpy as np
 
-from geomvision.errors import InputError, check_range
+from geomvision.errors import InputError, check_choice, check_range
 from geomvision.progress import ProgressCallback
 from geomvision.runtime.rng import as_rng
 from geomvision.runtime.runner import Stage, StageRunner
@@ -91,8 +91,7 @@ class MatchingOptions:
     ivf_descriptors_per_cell: int = 100
 
     def __post_init__(self) -> None:
-        if self.method not in MATCHERS:
-            raise InputError(f"unknown matcher {self.method!r}; expected one of {MATCHERS}")
+        check_choice("matcher", self.method, MATCHERS)
         check_range("ratio_threshold", self.ratio_threshold, 0, 1, low_open=True)
         if self.pca_dims is not None and self.pca_dims < 2:
             raise InputError(f"pca_dims must be >= 2 or None, got {self.pca_dims}")

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from geomvision.errors import InputError
+from geomvision.errors import InputError, check_choice
 
 #: model name -> number of parameters (kept here so the geometry layer does not import scene).
 NUM_PARAMS: dict[str, int] = {"SIMPLE_PINHOLE": 3, "PINHOLE": 4, "SIMPLE_RADIAL": 4, "RADIAL": 5, "OPENCV": 8}
@@ -58,8 +58,7 @@ _MIN_DEPTH = 1e-12
 
 
 def _check_model(model: str) -> int:
-    if model not in NUM_PARAMS:
-        raise InputError(f"unknown camera model {model!r}; expected one of {sorted(NUM_PARAMS)}")
+    check_choice("camera model", model, sorted(NUM_PARAMS))
     return NUM_PARAMS[model]
 
 
@@ -100,10 +99,10 @@ def _distort(model: str, dist: np.ndarray, u: np.ndarray, v: np.ndarray, *, jaco
     if model in ("SIMPLE_PINHOLE", "PINHOLE"):
         if not jacobians:
             return u, v
-        J = np.zeros((n, 2, 2))
-        J[:, 0, 0] = 1.0
-        J[:, 1, 1] = 1.0
-        return u, v, J, np.zeros((n, 2, 0))
+        J = np.zeros((2, 2, n))
+        J[0, 0] = 1.0
+        J[1, 1] = 1.0
+        return u, v, J.transpose(2, 0, 1), np.zeros((2, 0, n)).transpose(2, 0, 1)
     uu, vv, uv = u * u, v * v, u * v
     r2 = uu + vv
     k1 = dist[:, 0]
@@ -117,28 +116,32 @@ def _distort(model: str, dist: np.ndarray, u: np.ndarray, v: np.ndarray, *, jaco
         vd = vd + 2.0 * p2 * uv + p1 * (r2 + 2.0 * vv)
     if not jacobians:
         return ud, vd
-    # d radial / d r2, and d r2 / d(u, v) = 2 (u, v)
+    # d radial / d r2, and d r2 / d(u, v) = 2 (u, v). The Jacobians are filled component-major ((2, 2, N),
+    # contiguous rows) and returned as (N, 2, .) transposed views.
     d_radial = k1 + 2.0 * k2 * r2
-    J = np.empty((n, 2, 2))
-    J[:, 0, 0] = 1.0 + radial + 2.0 * uu * d_radial
-    J[:, 0, 1] = 2.0 * uv * d_radial
-    J[:, 1, 0] = J[:, 0, 1]
-    J[:, 1, 1] = 1.0 + radial + 2.0 * vv * d_radial
+    J = np.empty((2, 2, n))
+    base = 1.0 + radial
+    J[0, 0] = base + 2.0 * uu * d_radial
+    J[0, 1] = 2.0 * uv * d_radial
+    J[1, 0] = J[0, 1]
+    J[1, 1] = base + 2.0 * vv * d_radial
     if model == "SIMPLE_RADIAL":
-        Jd = np.stack([u * r2, v * r2], axis=1)[:, :, None]
+        Jd = np.empty((2, 1, n))
+        np.multiply(u, r2, out=Jd[0, 0])
+        np.multiply(v, r2, out=Jd[1, 0])
     elif model == "RADIAL":
-        Jd = np.empty((n, 2, 2))
-        Jd[:, 0, 0], Jd[:, 0, 1] = u * r2, u * r2 * r2
-        Jd[:, 1, 0], Jd[:, 1, 1] = v * r2, v * r2 * r2
+        Jd = np.empty((2, 2, n))
+        Jd[0, 0], Jd[1, 0] = u * r2, v * r2
+        Jd[0, 1], Jd[1, 1] = Jd[0, 0] * r2, Jd[1, 0] * r2
     else:  # OPENCV
-        J[:, 0, 0] += 2.0 * p1 * v + 6.0 * p2 * u
-        J[:, 0, 1] += 2.0 * p1 * u + 2.0 * p2 * v
-        J[:, 1, 0] += 2.0 * p2 * v + 2.0 * p1 * u
-        J[:, 1, 1] += 2.0 * p2 * u + 6.0 * p1 * v
-        Jd = np.empty((n, 2, 4))
-        Jd[:, 0, 0], Jd[:, 0, 1], Jd[:, 0, 2], Jd[:, 0, 3] = u * r2, u * r2 * r2, 2.0 * uv, r2 + 2.0 * uu
-        Jd[:, 1, 0], Jd[:, 1, 1], Jd[:, 1, 2], Jd[:, 1, 3] = v * r2, v * r2 * r2, r2 + 2.0 * vv, 2.0 * uv
-    return ud, vd, J, Jd
+        J[0, 0] += 2.0 * p1 * v + 6.0 * p2 * u
+        J[0, 1] += 2.0 * p1 * u + 2.0 * p2 * v
+        J[1, 0] += 2.0 * p2 * v + 2.0 * p1 * u
+        J[1, 1] += 2.0 * p2 * u + 6.0 * p1 * v
+        Jd = np.empty((2, 4, n))
+        Jd[0, 0], Jd[0, 1], Jd[0, 2], Jd[0, 3] = u * r2, u * r2 * r2, 2.0 * uv, r2 + 2.0 * uu
+        Jd[1, 0], Jd[1, 1], Jd[1, 2], Jd[1, 3] = v * r2, v * r2 * r2, r2 + 2.0 * vv, 2.0 * uv
+    return ud, vd, J.transpose(2, 0, 1), Jd.transpose(2, 0, 1)
 
 
 def project(model: str, params: np.ndarray, points_in_cam: np.ndarray) -> np.ndarray:
@@ -177,40 +180,49 @@ def project_with_jacobians(model: str, params: np.ndarray, points_in_cam: np.nda
     n = len(X)
     p = _as_params(model, params, n)
     fx, fy, cx, cy, dist = _intrinsics(model, p)
-    z = np.where(np.abs(X[:, 2]) < _MIN_DEPTH, _MIN_DEPTH, X[:, 2])
+    # computed component-major ((2, ., N), every product a contiguous vector op when ``points_in_cam`` is a
+    # transposed (3, N) array) and returned as (N, 2, .) transposed views
+    x, y, z = X.T
+    z = np.where(np.abs(z) < _MIN_DEPTH, _MIN_DEPTH, z)
     inv_z = 1.0 / z
-    u, v = X[:, 0] * inv_z, X[:, 1] * inv_z
+    u, v = x * inv_z, y * inv_z
     ud, vd, J_dist, J_dist_params = _distort(model, dist, u, v, jacobians=True)
-    pixels = np.stack([fx * ud + cx, fy * vd + cy], axis=1)
+    J_dist = J_dist.transpose(1, 2, 0)  # (2, 2, N)
+    pixels = np.empty((2, n))
+    pixels[0] = fx * ud + cx
+    pixels[1] = fy * vd + cy
 
     # d(u, v)/d(X, Y, Z) = [[1/z, 0, -u/z], [0, 1/z, -v/z]]; chained with the distortion Jacobian and the
     # focal scaling written out per entry (batched 2x2 @ 2x3 matmuls are slow for large N)
-    d_px_d_point = np.empty((n, 2, 3))
+    d_px_d_point = np.empty((2, 3, n))
+    f_inv_z = np.empty(n)
     for row, f_row in ((0, fx), (1, fy)):
-        a = J_dist[:, row, 0] * inv_z * f_row
-        b = J_dist[:, row, 1] * inv_z * f_row
-        d_px_d_point[:, row, 0] = a
-        d_px_d_point[:, row, 1] = b
-        d_px_d_point[:, row, 2] = -(a * u + b * v)
-    focal = np.stack([fx, fy], axis=1)[:, :, None]  # (N, 2, 1) row scaling = diag(fx, fy)
+        np.multiply(inv_z, f_row, out=f_inv_z)
+        a = np.multiply(J_dist[row, 0], f_inv_z, out=d_px_d_point[row, 0])
+        b = np.multiply(J_dist[row, 1], f_inv_z, out=d_px_d_point[row, 1])
+        c = np.multiply(a, u, out=d_px_d_point[row, 2])
+        c += b * v
+        np.negative(c, out=c)
 
     num = p.shape[1]
-    d_px_d_params = np.zeros((n, 2, num))
+    d_px_d_params = np.zeros((2, num, n))
     if model in ("PINHOLE", "OPENCV"):
-        d_px_d_params[:, 0, 0] = ud
-        d_px_d_params[:, 1, 1] = vd
-        d_px_d_params[:, 0, 2] = 1.0
-        d_px_d_params[:, 1, 3] = 1.0
+        d_px_d_params[0, 0] = ud
+        d_px_d_params[1, 1] = vd
+        d_px_d_params[0, 2] = 1.0
+        d_px_d_params[1, 3] = 1.0
         first_extra = 4
     else:
-        d_px_d_params[:, 0, 0] = ud
-        d_px_d_params[:, 1, 0] = vd
-        d_px_d_params[:, 0, 1] = 1.0
-        d_px_d_params[:, 1, 2] = 1.0
+        d_px_d_params[0, 0] = ud
+        d_px_d_params[1, 0] = vd
+        d_px_d_params[0, 1] = 1.0
+        d_px_d_params[1, 2] = 1.0
         first_extra = 3
     if num > first_extra:
-        d_px_d_params[:, :, first_extra:] = focal * J_dist_params
-    return pixels, d_px_d_point, d_px_d_params
+        J_dist_params = J_dist_params.transpose(1, 2, 0)  # (2, D, N)
+        np.multiply(fx, J_dist_params[0], out=d_px_d_params[0, first_extra:])
+        np.multiply(fy, J_dist_params[1], out=d_px_d_params[1, first_extra:])
+    return pixels.T, d_px_d_point.transpose(2, 0, 1), d_px_d_params.transpose(2, 0, 1)
 
 
 def unproject(

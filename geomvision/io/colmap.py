@@ -23,6 +23,7 @@ from __future__ import annotations
 import io
 import logging
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,6 +87,16 @@ def _params_from_colmap(model: str, params: np.ndarray) -> np.ndarray:
     params = np.asarray(params, dtype=np.float64).copy()
     params[list(_principal_point_indices(model))] -= PIXEL_ORIGIN_SHIFT_PX
     return params
+
+
+def _camera_from_colmap(
+    camera_id: int, model: str, width: int, height: int, params: np.ndarray, where: str
+) -> Camera:
+    """The :class:`Camera` of a COLMAP camera record; an invalid one raises an InputError located at ``where``."""
+    try:
+        return Camera(camera_id, model, width, height, _params_from_colmap(model, params))
+    except InputError as exc:
+        raise InputError(f"{where}: {exc}") from exc
 
 
 # --------------------------------------------------------------------------------------------------
@@ -295,6 +306,14 @@ def _int(token: str, path: Path, number: int, what: str) -> int:
         raise InputError(f"{path}:{number}: bad {what} {token!r}") from exc
 
 
+def _record_tokens(line: str, path: Path, number: int, layout: str, min_tokens: int) -> list[str]:
+    """Tokens of the record on line ``number`` of ``path``; an InputError quoting ``layout`` if too few."""
+    tokens = line.split()
+    if len(tokens) < min_tokens:
+        raise InputError(f"{path}:{number}: expected {layout!r}, got {line[:80]!r}")
+    return tokens
+
+
 def read_cameras_text(path: str | Path) -> dict[int, Camera]:
     """Parse ``cameras.txt`` into ``{camera_id: Camera}`` (principal point shifted to the OpenCV origin)."""
     path = Path(path)
@@ -302,11 +321,7 @@ def read_cameras_text(path: str | Path) -> dict[int, Camera]:
     for number, line in _data_lines(path):
         if not line:
             continue
-        tokens = line.split()
-        if len(tokens) < 4:
-            raise InputError(
-                f"{path}:{number}: expected 'CAMERA_ID MODEL WIDTH HEIGHT PARAMS...', got {line!r}"
-            )
+        tokens = _record_tokens(line, path, number, "CAMERA_ID MODEL WIDTH HEIGHT PARAMS...", 4)
         camera_id = _int(tokens[0], path, number, "camera id")
         model = tokens[1]
         if model not in CAMERA_MODELS:
@@ -319,10 +334,7 @@ def read_cameras_text(path: str | Path) -> dict[int, Camera]:
             expected = len(CAMERA_MODELS[model])
             raise InputError(f"{path}:{number}: {model} takes {expected} params, got {len(params)}")
         width, height = _int(tokens[2], path, number, "width"), _int(tokens[3], path, number, "height")
-        try:
-            cameras[camera_id] = Camera(camera_id, model, width, height, _params_from_colmap(model, params))
-        except InputError as exc:
-            raise InputError(f"{path}:{number}: {exc}") from exc
+        cameras[camera_id] = _camera_from_colmap(camera_id, model, width, height, params, f"{path}:{number}")
     return cameras
 
 
@@ -334,11 +346,7 @@ def read_images_text(path: str | Path) -> dict[int, View]:
     for number, line in lines:
         if not line:
             continue
-        tokens = line.split()
-        if len(tokens) < 10:
-            raise InputError(
-                f"{path}:{number}: expected 'IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME', got {line[:80]!r}"
-            )
+        tokens = _record_tokens(line, path, number, "IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME", 10)
         image_id = _int(tokens[0], path, number, "image id")
         pose = parse_floats(tokens[1:8], path, number, "pose")
         camera_id = _int(tokens[8], path, number, "camera id")
@@ -518,24 +526,30 @@ class _Reader:
         if self.pos != len(self.data):
             raise InputError(f"{self.path}: {len(self.data) - self.pos} trailing bytes after byte {self.pos}")
 
+    def records(self, what: str) -> Iterator[int]:
+        """Read the uint64 count of ``what`` records, yield each record's start byte, then :meth:`finish`.
+
+        The caller reads one record per step; the file must end with the last one.
+        """
+        (count,) = self.unpack("Q", f"{what} count")
+        for _ in range(count):
+            yield self.pos
+        self.finish()
+
 
 def read_cameras_binary(path: str | Path) -> dict[int, Camera]:
     """Parse ``cameras.bin`` into ``{camera_id: Camera}``."""
     reader = _Reader(Path(path))
     cameras: dict[int, Camera] = {}
-    (count,) = reader.unpack("Q", "camera count")
-    for _ in range(count):
-        offset = reader.pos
+    for offset in reader.records("camera"):
         camera_id, model_id, width, height = reader.unpack("iiQQ", "camera header")
         model = _MODEL_NAMES.get(model_id)
         if model is None:
             raise InputError(f"{reader.path}: byte {offset}: unsupported COLMAP camera model id {model_id}")
         params = reader.array(np.dtype("<f8"), len(CAMERA_MODELS[model]), "camera params")
-        try:
-            cameras[camera_id] = Camera(camera_id, model, width, height, _params_from_colmap(model, params))
-        except InputError as exc:
-            raise InputError(f"{reader.path}: byte {offset}: {exc}") from exc
-    reader.finish()
+        cameras[camera_id] = _camera_from_colmap(
+            camera_id, model, width, height, params, f"{reader.path}: byte {offset}"
+        )
     return cameras
 
 
@@ -543,9 +557,7 @@ def read_images_binary(path: str | Path) -> dict[int, View]:
     """Parse ``images.bin`` into ``{image_id: View}``."""
     reader = _Reader(Path(path))
     views: dict[int, View] = {}
-    (count,) = reader.unpack("Q", "image count")
-    for _ in range(count):
-        offset = reader.pos
+    for offset in reader.records("image"):
         image_id, qw, qx, qy, qz, tx, ty, tz, camera_id = reader.unpack("i7di", "image header")
         name = reader.cstring("image name")
         (num_points,) = reader.unpack("Q", "points2D count")
@@ -556,7 +568,6 @@ def read_images_binary(path: str | Path) -> dict[int, View]:
             raise InputError(f"{reader.path}: byte {offset}: image {image_id}: {exc}") from exc
         keypoints = np.column_stack([pts["x"], pts["y"]]) - PIXEL_ORIGIN_SHIFT_PX
         views[image_id] = View(image_id, name, camera_id, pose, keypoints, pts["point3D_id"].astype(np.int64))
-    reader.finish()
     return views
 
 

@@ -53,6 +53,7 @@ from geomvision.geometry.rigid import Rigid3d, skew
 from geomvision.robust.ransac import (
     RansacOptions,
     RansacResult,
+    RobustFit,
     draw_samples,
     msac_scores,
     ransac,
@@ -156,32 +157,19 @@ class _Polish:
 
 
 @dataclass(frozen=True)
-class TwoViewEstimate:
-    """Result of a robust two-view estimation.
+class TwoViewEstimate(RobustFit):
+    """Result of a robust two-view estimation: the :class:`~geomvision.robust.ransac.RobustFit` fields, then two.
+
+    ``success`` means a model with enough inliers (and, for E, a pose with points in front) was found;
+    ``model`` is the (3, 3) E, F or H (pixel coordinates for F and H); ``score`` is in px^2.
 
     Attributes:
-        success: a model with enough inliers (and, for E, a pose with points in front) was found.
-        reason: empty on success, otherwise a one-line explanation.
-        model: (3, 3) E, F or H (pixel coordinates for F and H), or None.
-        inlier_mask: (N,) bool inliers at ``options.max_error_px``.
-        num_iterations: RANSAC samples drawn.
-        score: MSAC cost of the model (px^2).
         cam2_from_cam1: relative pose with unit translation (essential only).
         cheirality_mask: (N,) bool inliers triangulated in front of both cameras (essential only).
     """
 
-    success: bool
-    reason: str
-    model: np.ndarray | None
-    inlier_mask: np.ndarray
-    num_iterations: int
-    score: float
     cam2_from_cam1: Rigid3d | None = None
     cheirality_mask: np.ndarray | None = None
-
-    @property
-    def num_inliers(self) -> int:
-        return int(np.count_nonzero(self.inlier_mask))
 
 
 # ----------------------------------------------------------------------------------------------------

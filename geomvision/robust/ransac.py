@@ -38,10 +38,18 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from geomvision.errors import InputError, check_range
+from geomvision.errors import InputError, check_fields_at_least, check_range
 from geomvision.runtime.rng import as_rng
 
-__all__ = ["Estimator", "RansacOptions", "RansacResult", "ransac", "required_iterations", "msac_scores"]
+__all__ = [
+    "Estimator",
+    "RansacOptions",
+    "RansacResult",
+    "RobustFit",
+    "ransac",
+    "required_iterations",
+    "msac_scores",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -147,37 +155,22 @@ class RansacOptions:
         if not (np.isfinite(self.max_error_px) and self.max_error_px > 0):
             raise InputError(f"max_error_px must be positive, got {self.max_error_px}")
         check_range("confidence", self.confidence, 0, 1, low_open=True, high_open=True)
-        if self.min_iterations < 0 or self.max_iterations < 1:
-            raise InputError(
-                f"need min_iterations >= 0, max_iterations >= 1; got {self.min_iterations}, "
-                f"{self.max_iterations}"
-            )
-        if self.lo_iterations < 0 or self.lo_threshold_multiplier < 1.0:
-            raise InputError(
-                f"need lo_iterations >= 0 and lo_threshold_multiplier >= 1, got "
-                f"{self.lo_iterations}, {self.lo_threshold_multiplier}"
-            )
-        if self.min_num_inliers < 0 or self.batch_size < 1:
-            raise InputError(
-                f"need min_num_inliers >= 0, batch_size >= 1; got {self.min_num_inliers}, {self.batch_size}"
-            )
+        check_fields_at_least(self, min_iterations=0, max_iterations=1)
+        check_fields_at_least(self, lo_iterations=0, lo_threshold_multiplier=1)
+        check_fields_at_least(self, min_num_inliers=0, batch_size=1)
 
 
 @dataclass(frozen=True)
-class RansacResult:
-    """Outcome of :func:`ransac`.
+class RobustFit:
+    """The fields every robust estimate reports (:class:`RansacResult` and the two-view estimates).
 
     Attributes:
-        success: a model with at least ``min_num_inliers`` inliers was found.
+        success: a good enough model was found (what "good enough" means is the subclass's).
         reason: empty on success, otherwise why not (e.g. ``"12 inliers < 15"``).
-        model: best model (also set on an inlier-count failure, for diagnostics), else None.
+        model: best model, or None.
         inlier_mask: (N,) bool, residual_sq <= max_error_px^2 for the returned model.
         num_iterations: minimal samples drawn.
         score: MSAC cost of the model (lower is better; inf when there is none).
-        residuals_sq: (N,) squared residuals of all data points for ``model`` (None without a model), so
-            that a caller polishing the model need not recompute them.
-        locally_optimized: ``model`` went through local optimisation (False only when
-            :func:`ransac` was told that the caller polishes it, see ``polish_follows``).
     """
 
     success: bool
@@ -186,12 +179,28 @@ class RansacResult:
     inlier_mask: np.ndarray
     num_iterations: int
     score: float
-    residuals_sq: np.ndarray | None = field(default=None, repr=False, compare=False)
-    locally_optimized: bool = True
 
     @property
     def num_inliers(self) -> int:
         return int(np.count_nonzero(self.inlier_mask))
+
+
+@dataclass(frozen=True)
+class RansacResult(RobustFit):
+    """Outcome of :func:`ransac`: the :class:`RobustFit` fields, then the two below.
+
+    ``success`` means a model with at least ``min_num_inliers`` inliers was found; ``model`` is also set
+    on an inlier-count failure, for diagnostics.
+
+    Attributes:
+        residuals_sq: (N,) squared residuals of all data points for ``model`` (None without a model), so
+            that a caller polishing the model need not recompute them.
+        locally_optimized: ``model`` went through local optimisation (False only when
+            :func:`ransac` was told that the caller polishes it, see ``polish_follows``).
+    """
+
+    residuals_sq: np.ndarray | None = field(default=None, repr=False, compare=False)
+    locally_optimized: bool = True
 
 
 def required_iterations(inlier_ratio: float, sample_size: int, confidence: float) -> float:

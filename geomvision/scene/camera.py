@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from geomvision.errors import InputError
+from geomvision.errors import InputError, check_choice
 
 #: model name -> parameter names, in COLMAP's order. Pixels use the OpenCV origin (centre of the
 #: top-left pixel); COLMAP files are converted in io/colmap.py only.
@@ -37,8 +37,7 @@ class Camera:
     params: np.ndarray
 
     def __post_init__(self) -> None:
-        if self.model not in CAMERA_MODELS:
-            raise InputError(f"unknown camera model {self.model!r}; expected one of {sorted(CAMERA_MODELS)}")
+        check_choice("camera model", self.model, sorted(CAMERA_MODELS))
         self.params = np.asarray(self.params, dtype=np.float64).reshape(-1)
         expected = len(CAMERA_MODELS[self.model])
         if self.params.size != expected:
@@ -58,24 +57,25 @@ class Camera:
         return CAMERA_MODELS[self.model]
 
     @property
-    def focal_xy(self) -> tuple[float, float]:
+    def pinhole_params(self) -> tuple[float, float, float, float]:
+        """``(fx, fy, cx, cy)`` in pixels; the models with one focal length ``f`` have ``fx = fy = f``."""
         p = self.params
         if self.model in ("PINHOLE", "OPENCV"):
-            return float(p[0]), float(p[1])
-        return float(p[0]), float(p[0])
+            return float(p[0]), float(p[1]), float(p[2]), float(p[3])
+        return float(p[0]), float(p[0]), float(p[1]), float(p[2])
+
+    @property
+    def focal_xy(self) -> tuple[float, float]:
+        return self.pinhole_params[:2]
 
     @property
     def principal_point(self) -> tuple[float, float]:
-        p = self.params
-        if self.model in ("PINHOLE", "OPENCV"):
-            return float(p[2]), float(p[3])
-        return float(p[1]), float(p[2])
+        return self.pinhole_params[2:]
 
     @property
     def K(self) -> np.ndarray:
         """(3, 3) calibration matrix of the pinhole part (distortion ignored)."""
-        fx, fy = self.focal_xy
-        cx, cy = self.principal_point
+        fx, fy, cx, cy = self.pinhole_params
         return np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
 
     @property

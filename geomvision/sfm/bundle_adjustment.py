@@ -49,6 +49,7 @@ __all__ = [
 
 
 BABackend = Literal["scipy", "schur"]
+SchurSolver = Literal["auto", "dense", "sparse", "pcg"]
 IntrinsicsMode = Literal["shared", "per_image", "fixed"]
 GaugeMode = Literal["auto", "none"]
 
@@ -71,8 +72,13 @@ class BundleAdjustmentOptions:
         fixed_image_ids: images whose pose is held.
         fixed_point_ids: 3D points held.
         gauge: "auto" (see module docstring) or "none".
-        dense_schur_max_params: schur backend uses dense Cholesky up to this many camera parameters,
-            PCG with a block-Jacobi preconditioner above.
+        schur_solver: how the schur backend solves the reduced camera system: "dense" (LAPACK Cholesky),
+            "sparse" (SuperLU in a fill-reducing order, no pivoting), "pcg" (conjugate gradients, block-Jacobi
+            preconditioner) or "auto": dense up to ``dense_schur_max_params`` camera parameters when the
+            system is small (<= 256) or at least a quarter of its image-pair blocks are non-zero, sparse
+            up to ``sparse_schur_max_params`` when it is sparser, PCG otherwise.
+        dense_schur_max_params: largest reduced system (camera parameters) that "auto" solves densely.
+        sparse_schur_max_params: largest reduced system that "auto" factors sparsely.
         cg_tolerance: relative residual at which PCG stops (inexact LM step).
         cg_max_iterations: PCG iteration cap.
         lsmr_max_iterations: LSMR iteration cap per step of the scipy backend (None: scipy's default).
@@ -99,7 +105,9 @@ class BundleAdjustmentOptions:
     fixed_image_ids: tuple[int, ...] = ()
     fixed_point_ids: tuple[int, ...] = ()
     gauge: GaugeMode = "auto"
+    schur_solver: SchurSolver = "auto"
     dense_schur_max_params: int = 1500
+    sparse_schur_max_params: int = 100_000
     cg_tolerance: float = 1e-2
     cg_max_iterations: int = 300
     lsmr_max_iterations: int | None = 50
@@ -113,6 +121,7 @@ class BundleAdjustmentOptions:
             ("loss", self.loss, losses.LOSSES),
             ("intrinsics", self.intrinsics, get_args(IntrinsicsMode)),
             ("gauge", self.gauge, get_args(GaugeMode)),
+            ("schur_solver", self.schur_solver, get_args(SchurSolver)),
         )
         for name, value, allowed in checks:
             if value not in allowed:

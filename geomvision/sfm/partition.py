@@ -32,7 +32,7 @@ from typing import Any, Literal
 import networkx as nx
 import numpy as np
 
-from geomvision.errors import InputError, check_range
+from geomvision.errors import InputError, check_fields_at_least, check_range
 
 logger = logging.getLogger(__name__)
 
@@ -89,19 +89,11 @@ class PartitionOptions:
             )
         if self.max_cluster_images == 1:
             raise InputError("max_cluster_images must be 0 (no partition) or >= 2, got 1")
-        if self.auto_min_images < 2 or self.auto_cluster_images < 2:
-            raise InputError(
-                f"auto_min_images and auto_cluster_images must be >= 2, got "
-                f"{self.auto_min_images}, {self.auto_cluster_images}"
-            )
+        check_fields_at_least(self, auto_min_images=2, auto_cluster_images=2)
         if self.method not in _METHODS:
             raise InputError(f"partition method must be one of {_METHODS}, got {self.method!r}")
         check_range("overlap_ratio", self.overlap_ratio, 0, 1)
-        if self.min_overlap_images < 0 or self.min_cluster_images < 1:
-            raise InputError(
-                f"need min_overlap_images >= 0 and min_cluster_images >= 1, got "
-                f"{self.min_overlap_images}, {self.min_cluster_images}"
-            )
+        check_fields_at_least(self, min_overlap_images=0, min_cluster_images=1)
 
     def cluster_size_for(self, num_images: int) -> int:
         """Core cluster size to use for a set of ``num_images`` images; 0 = do not partition."""

@@ -48,12 +48,15 @@ from geomvision.robust.ransac import RansacOptions
 from geomvision.runtime.rng import as_rng
 from geomvision.scene import Reconstruction, View
 from geomvision.scene.types import Features, TwoViewGeometry
+from geomvision.sfm.guided_matching import GuidedMatchingOptions
 from geomvision.sfm.merge import MergeOptions, merge_reconstructions
 from geomvision.sfm.two_view import CameraLike, TwoViewOptions, verify_pair
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "GlobalFallbackOptions",
+    "needs_global_fallback",
     "ModelBridgeOptions",
     "bridge_and_merge_models",
     "WideBaselineOptions",
@@ -62,6 +65,40 @@ __all__ = [
     "densify_wide_baseline_pairs",
     "weak_images",
 ]
+
+
+@dataclass(frozen=True, kw_only=True)
+class GlobalFallbackOptions:
+    """When the incremental mapper leaves most of the images out, map again with the global mapper.
+
+    On a sparse ring (12 views 30 deg apart around the Oxford dinosaur) every image has only its two
+    neighbours: the tracks are two or three views long, so incremental registration (PnP with 30 inliers
+    among the model's 3D points) stops after the initial pair, while rotation averaging and global
+    positioning use every verified pair at once (11 of 12 images registered there). The global run is
+    kept only when its largest model registers more images; on a set where the incremental mapper
+    registers at least ``min_registered_share`` of the images it does not run.
+
+    Attributes:
+        enabled: run the fallback at all.
+        min_registered_share: the fallback runs when the largest model (after the model bridge) registers
+            fewer than this share of the images (0 < share <= 1).
+    """
+
+    enabled: bool = True
+    min_registered_share: float = 0.9
+
+    def __post_init__(self) -> None:
+        check_range("min_registered_share", self.min_registered_share, 0.0, 1.0, low_open=True)
+
+
+def needs_global_fallback(
+    models: list[Reconstruction], num_images: int, options: GlobalFallbackOptions, *, mapper: str
+) -> bool:
+    """True when the incremental mapper's largest model registers too few images (see the options)."""
+    if not options.enabled or mapper != "incremental" or num_images < 3:
+        return False
+    largest = max((m.num_registered for m in models), default=0)
+    return largest < options.min_registered_share * num_images
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -89,6 +126,10 @@ class WideBaselineOptions:
             keypoint (joins tracks with the ordinary matches); otherwise it is appended.
         matching: matching of the affine descriptors (exact nearest neighbours and a ratio test).
         bridge: after mapping, joining the mapper's separate models (:func:`bridge_and_merge_models`).
+        global_fallback: after the bridge, the global mapper where the incremental one registered few
+            images (:func:`needs_global_fallback`).
+        guided: after verification, guided matching of the verified pairs of weak images
+            (:func:`geomvision.sfm.guided_matching.densify_weak_pairs`; runs whatever ``enabled`` says).
     """
 
     enabled: bool = False
@@ -104,6 +145,8 @@ class WideBaselineOptions:
     snap_radius_px: float = 1.0
     matching: MatchingOptions = field(default_factory=lambda: MatchingOptions(method="bruteforce"))
     bridge: ModelBridgeOptions = field(default_factory=lambda: ModelBridgeOptions())
+    global_fallback: GlobalFallbackOptions = field(default_factory=GlobalFallbackOptions)
+    guided: GuidedMatchingOptions = field(default_factory=GuidedMatchingOptions)
 
     def __post_init__(self) -> None:
         check_at_least("min_verified_neighbors", self.min_verified_neighbors, 0)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from geomvision.errors import InputError
+from geomvision.errors import InputError, check_choice
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +39,7 @@ def torchvision_available() -> bool:
 
 def resolve_backbone(name: str) -> str:
     """Map ``"auto"`` to ``"resnet18"`` when torchvision imports, else ``"small"``; validate the rest."""
-    if name not in BACKBONES:
-        raise InputError(f"unknown backbone {name!r}; expected one of {BACKBONES}")
+    check_choice("backbone", name, BACKBONES)
     if name == "auto":
         return "resnet18" if torchvision_available() else "small"
     if name.startswith("resnet") and not torchvision_available():

@@ -286,8 +286,13 @@ def evaluate(
     loss_scale_px: float = 1.0,
     *,
     jacobians: bool = True,
+    zero_fixed_columns: bool = True,
 ) -> Evaluation:
-    """Reprojection residuals ``project(cam_from_world(X)) - observed`` and their analytic Jacobian."""
+    """Reprojection residuals ``project(cam_from_world(X)) - observed`` and their analytic Jacobian.
+
+    ``zero_fixed_columns=False`` leaves the Jacobian of held camera columns as computed (a solver that drops
+    those columns itself, such as the schur backend, saves a pass over all observations).
+    """
     lay = problem.layout
     R_img = Rotation.from_rotvec(problem.rotvecs).as_matrix()
     img, pt = problem.obs_image, problem.obs_point
@@ -295,25 +300,39 @@ def evaluate(
     # Xt (3, M); every product below is one contiguous vector op over all M observations
     Rt = np.ascontiguousarray(R_img.reshape(-1, 9).T)[:, img]
     Xt = np.ascontiguousarray(problem.points.T)[:, pt]
+    pc_t = np.ascontiguousarray(problem.translations.T)[:, img]  # (3, M), becomes the camera-frame points
     rotated_t = np.empty_like(Xt)
+    tmp = np.empty(len(img))
     for i in range(3):
-        rotated_t[i] = Rt[3 * i] * Xt[0] + Rt[3 * i + 1] * Xt[1] + Rt[3 * i + 2] * Xt[2]
-    points_in_cam = (rotated_t + np.ascontiguousarray(problem.translations.T)[:, img]).T
+        np.multiply(Rt[3 * i], Xt[0], out=rotated_t[i])
+        rotated_t[i] += np.multiply(Rt[3 * i + 1], Xt[1], out=tmp)
+        rotated_t[i] += np.multiply(Rt[3 * i + 2], Xt[2], out=tmp)
+    pc_t += rotated_t
+    points_in_cam = pc_t.T
     m = len(img)
     single = len(lay.model_obs) == 1  # one camera model: no per-model gather/scatter
+    one_group = len(problem.camera_models) == 1  # one set of intrinsics: broadcast, no per-observation gather
     pixels = np.empty((m, 2))
-    d_px_d_pc = np.empty((m, 2, 3)) if jacobians else None
-    d_px_d_intr = np.zeros((m, 2, problem.intrinsics.shape[1])) if jacobians else None
+    d_px_d_pc = np.empty((m, 2, 3)) if jacobians and not single else None
+    d_px_d_intr = np.zeros((m, 2, problem.intrinsics.shape[1])) if jacobians and not single else None
     for model, idx in lay.model_obs:  # one vectorised call per camera model present (<= 5)
         num = camera_models.NUM_PARAMS[model]
         sel = slice(None) if single else idx
-        params = problem.intrinsics[problem.image_group[img[sel]], :num]
-        if jacobians:
+        params = (
+            problem.intrinsics[0, :num]
+            if one_group
+            else problem.intrinsics[problem.image_group[img[sel]], :num]
+        )
+        if not jacobians:
+            pixels[sel] = camera_models.project(model, params, points_in_cam[sel])
+        elif single:
+            pixels, d_px_d_pc, d_px_d_intr = camera_models.project_with_jacobians(
+                model, params, points_in_cam
+            )
+        else:
             pixels[sel], d_px_d_pc[sel], d_px_d_intr[sel, :, :num] = camera_models.project_with_jacobians(
                 model, params, points_in_cam[sel]
             )
-        else:
-            pixels[sel] = camera_models.project(model, params, points_in_cam[sel])
     raw = pixels - problem.obs_px
     sq = np.einsum("ij,ij->i", raw, raw)
     cost = 0.5 * float(losses.robust_cost(loss, loss_scale_px, sq).sum())
@@ -321,25 +340,38 @@ def evaluate(
         res, _ = losses.rescale(loss, loss_scale_px, raw)
         return Evaluation(res, cost, np.sqrt(sq))
     # d x_cam / d rotvec = -[R X]_x R J_r  ->  row form: (d_px/d_pc)_row x (-[rotated]_x) = rotated x row
-    RJr_t = np.ascontiguousarray((R_img @ _right_jacobian_so3(problem.rotvecs)).reshape(-1, 9).T)[:, img]
-    # Jacobians are assembled component-major, (2, slots, M): every write below is a contiguous vector.
-    # They are returned as (M, 2, slots) transposed views, so the Schur solver gets its (2, D, M) layout back
-    # without a copy.
-    n_slots = 6 + problem.intrinsics.shape[1]
-    J_full = np.empty((2, n_slots, m))
+    # Jacobians are assembled component-major, (2, slots, M), active camera slots only: every write below is a
+    # contiguous vector. They are returned as (M, 2, slots) transposed views, so the Schur solver gets its
+    # (2, D, M) layout back without a copy.
+    active = lay.active_slots
+    col = np.cumsum(active) - 1  # row of each pose/intrinsics slot in J_cam (where active)
+    J_cam = np.empty((2, int(active.sum()), m))
     J_point = np.empty((2, 3, m))
-    dpc_t = np.ascontiguousarray(d_px_d_pc.transpose(1, 2, 0))  # (2, 3, M)
+    dpc_t = d_px_d_pc.transpose(1, 2, 0)  # (2, 3, M), contiguous when projected in one call
+    dintr_t = d_px_d_intr.transpose(1, 2, 0)
+    RJr_t = None
+    if active[:3].any():
+        RJr_t = np.ascontiguousarray((R_img @ _right_jacobian_so3(problem.rotvecs)).reshape(-1, 9).T)[:, img]
     r0, r1, r2 = rotated_t
     for row in range(2):
         d0, d1, d2 = dpc_t[row]
-        a = (r1 * d2 - r2 * d1, r2 * d0 - r0 * d2, r0 * d1 - r1 * d0)  # rotated x row
         for j in range(3):
-            J_full[row, j] = a[0] * RJr_t[j] + a[1] * RJr_t[3 + j] + a[2] * RJr_t[6 + j]
-            J_point[row, j] = d0 * Rt[j] + d1 * Rt[3 + j] + d2 * Rt[6 + j]
-        J_full[row, 3:6] = dpc_t[row]
-        J_full[row, 6:] = d_px_d_intr[:, row, :].T
-    J_cam = J_full if lay.active_slots.all() else J_full[:, lay.active_slots]
-    if lay.has_fixed_cols:
+            out = J_point[row, j]
+            np.multiply(d0, Rt[j], out=out)
+            out += np.multiply(d1, Rt[3 + j], out=tmp)
+            out += np.multiply(d2, Rt[6 + j], out=tmp)
+        if RJr_t is not None:
+            a = (r1 * d2 - r2 * d1, r2 * d0 - r0 * d2, r0 * d1 - r1 * d0)  # rotated x row
+            for j in np.flatnonzero(active[:3]).tolist():
+                out = J_cam[row, col[j]]
+                np.multiply(a[0], RJr_t[j], out=out)
+                out += np.multiply(a[1], RJr_t[3 + j], out=tmp)
+                out += np.multiply(a[2], RJr_t[6 + j], out=tmp)
+        for j in np.flatnonzero(active[3:6]).tolist():
+            J_cam[row, col[3 + j]] = dpc_t[row, j]
+        for k in np.flatnonzero(active[6:]).tolist():  # slots past the model's parameters stay zero
+            J_cam[row, col[6 + k]] = dintr_t[row, k] if k < dintr_t.shape[1] else 0.0
+    if lay.has_fixed_cols and zero_fixed_columns:
         J_cam *= (lay.image_cols[img] >= 0).T[None]  # fixed columns contribute nothing
     J_cam, J_point = J_cam.transpose(2, 0, 1), J_point.transpose(2, 0, 1)
     res, (J_cam, J_point) = losses.rescale(loss, loss_scale_px, raw, [J_cam, J_point])

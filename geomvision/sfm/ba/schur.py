@@ -9,8 +9,10 @@ Normal equations of the damped Gauss-Newton step, split into camera columns ``c`
 ``C`` is block diagonal with one 3x3 block per point, so points are eliminated with batched 3x3
 inverses: ``S = U + mu D_c - W C~^-1 W^T``, ``S dc = -(g_c - W C~^-1 g_p)``, then
 ``dp = -C~^-1 (g_p + W^T dc)``. ``S`` is assembled from per-observation blocks reduced per image pair
-(no loop over observations); it is solved by dense Cholesky when small and by conjugate gradients with a
-block-Jacobi preconditioner when large. Damping follows Ceres/Nielsen: ``D = diag(J^T J)`` clamped,
+(no loop over observations). It is solved by dense Cholesky (LAPACK) when small or nearly full, by a sparse
+direct factorisation (SuperLU, no pivoting, a fill-reducing minimum-degree ordering of the camera blocks
+computed once) when sparse, and by conjugate gradients with a block-Jacobi preconditioner when very large.
+Damping follows Ceres/Nielsen: ``D = diag(J^T J)`` clamped,
 ``mu`` scaled by ``max(1/3, 1 - (2 rho - 1)^3)`` on success and doubled-doubling on failure.
 """
 
@@ -24,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.linalg
 import scipy.sparse as sp
+import scipy.sparse.linalg as spla
 
 from geomvision.progress import report
 from geomvision.sfm.ba.model import BundleAdjustmentProblem, evaluate
@@ -32,6 +35,12 @@ logger = logging.getLogger(__name__)
 
 _MIN_DIAG, _MAX_DIAG = 1e-6, 1e32
 _PAIRS_PER_CHUNK = 8192  # bounds each gather buffer to ~1.8 MB for D = 9 (cache-sized, and splits evenly)
+# "auto" reduced-system solver: dense Cholesky below _ALWAYS_DENSE camera parameters or when at least
+# _DENSE_FILL of the image-pair blocks are non-zero (ladybug-49: 441 parameters, 83% full, dense 1.2 ms vs
+# SuperLU 10 ms); sparse direct otherwise (200-camera ring, 1193 parameters, 3.5% full: SuperLU 3 ms vs
+# dense 45 ms; 2000 cameras, 11993 parameters: 0.08 s where PCG took ~10 s per solve).
+_ALWAYS_DENSE = 256
+_DENSE_FILL = 0.25
 
 
 @dataclass
@@ -54,11 +63,13 @@ class _Structure:
     pair_batches: list[tuple[np.ndarray, np.ndarray, np.ndarray]]  # see _bucket_pair_groups
     scatter_index: np.ndarray  # target slot of every entry of [self blocks; pair blocks; transposes]
     n_slots: int
-    dense: bool
+    solver: str  # "dense", "sparse" or "pcg" (see _choose_solver)
     csr_indices: np.ndarray | None = None
     csr_indptr: np.ndarray | None = None
     block_index: np.ndarray | None = None  # (B, b) block-Jacobi columns, padded with n
     block_slots: np.ndarray | None = None  # (B, b, b) slots of those entries in the CSR data (or -1)
+    perm: np.ndarray | None = None  # sparse: camera column at each position of the fill-reducing order
+    diag_slots: np.ndarray | None = None  # sparse/pcg: CSR slot of each diagonal entry (in CSR order)
     buffers: dict = field(default_factory=dict)  # scratch arrays reused across LM iterations
     pool: ThreadPoolExecutor | None = None  # worker threads (options.num_threads - 1)
     pair_parts: list | None = None  # pair_batches split into one list per thread
@@ -108,7 +119,19 @@ def _bucket_pair_groups(pair_a: np.ndarray, pair_b: np.ndarray, pair_starts: np.
     return batches
 
 
-def _build_structure(problem: BundleAdjustmentProblem, dense_max: int) -> _Structure:
+def _choose_solver(options, n: int, n_images: int, n_image_pairs: int) -> str:
+    """The reduced-system solver: ``options.schur_solver`` or, for "auto", by size and fill (see above)."""
+    if options.schur_solver != "auto":
+        return options.schur_solver
+    fill = (n_images + 2 * n_image_pairs) / max(n_images, 1) ** 2  # share of non-zero image-pair blocks
+    if n <= options.dense_schur_max_params and (n <= _ALWAYS_DENSE or fill >= _DENSE_FILL):
+        return "dense"
+    if n <= options.sparse_schur_max_params and fill < _DENSE_FILL:
+        return "sparse"
+    return "pcg"
+
+
+def _build_structure(problem: BundleAdjustmentProblem, options) -> _Structure:
     lay = problem.layout
     n = lay.n_cam
     cols_ext = np.where(lay.image_cols >= 0, lay.image_cols, n)
@@ -144,7 +167,7 @@ def _build_structure(problem: BundleAdjustmentProblem, dense_max: int) -> _Struc
     c_a, c_b = cols_ext[pair_img[:, 0]], cols_ext[pair_img[:, 1]]
     rows = np.concatenate([_block_rows(c_self), _block_rows(c_a), _block_rows(c_b)])
     cols = np.concatenate([_block_cols(c_self), _block_cols(c_b), _block_cols(c_a)])
-    dense = n <= dense_max
+    solver = _choose_solver(options, n, len(img_present), len(pair_img))
     structure = _Structure(
         n,
         cols_ext,
@@ -162,32 +185,40 @@ def _build_structure(problem: BundleAdjustmentProblem, dense_max: int) -> _Struc
         pair_batches,
         None,
         0,
-        dense,
+        solver,
     )
-    if dense:
+    if solver == "dense":
         structure.scatter_index = rows * (n + 1) + cols
         structure.n_slots = (n + 1) ** 2
         return structure
-    # sparse: slots are the unique non-dummy (row, col) keys in CSR order; dummy entries go to the last slot
+    # sparse and pcg: slots are the unique non-dummy (row, col) keys in CSR order, with every diagonal entry
+    # present (the damping goes there); dummy entries go to the last slot. For the sparse factorisation the
+    # columns are renumbered once into a fill-reducing order, so each iteration factors as is.
+    blocks = _camera_blocks(problem, n)
+    position = np.arange(n + 1)
+    if solver == "sparse":
+        structure.perm = _fill_reducing_order(blocks, c_self, c_a, c_b, n)
+        position[structure.perm] = np.arange(n)
+    rows, cols = position[rows], position[cols]
     valid = (rows < n) & (cols < n)
     keys = rows.astype(np.int64) * n + cols
-    uniq_keys, inverse = np.unique(keys[valid], return_inverse=True)
+    diag_keys = np.arange(n, dtype=np.int64) * (n + 1)
+    uniq_keys, inverse = np.unique(np.concatenate([keys[valid], diag_keys]), return_inverse=True)
     scatter = np.full(len(keys), len(uniq_keys), np.int64)
-    scatter[valid] = inverse
+    scatter[valid] = inverse[: int(valid.sum())]
     structure.scatter_index = scatter
     structure.n_slots = len(uniq_keys) + 1
     structure.csr_indices = uniq_keys % n
     structure.csr_indptr = np.searchsorted(uniq_keys // n, np.arange(n + 1))
-    _build_block_jacobi(structure, problem, uniq_keys)
+    structure.diag_slots = inverse[int(valid.sum()) :]
+    if solver == "pcg":
+        _build_block_jacobi(structure, blocks, uniq_keys)
     return structure
 
 
-def _build_block_jacobi(
-    structure: _Structure, problem: BundleAdjustmentProblem, uniq_keys: np.ndarray
-) -> None:
-    """Blocks = each image's free pose columns and each intrinsics group's free columns."""
+def _camera_blocks(problem: BundleAdjustmentProblem, n: int) -> np.ndarray:
+    """(B, b) camera columns of each image's free pose and of each intrinsics group, padded with ``n``."""
     lay = problem.layout
-    n = structure.n
     blocks = [
         np.sort(np.where(lay.pose_cols >= 0, lay.pose_cols, n), axis=1),
         np.sort(np.where(lay.intr_cols >= 0, lay.intr_cols, n), axis=1),
@@ -195,7 +226,44 @@ def _build_block_jacobi(
     width = max(b.shape[1] for b in blocks)
     padded = [np.pad(b, ((0, 0), (0, width - b.shape[1])), constant_values=n) for b in blocks]
     index = np.vstack(padded)
-    index = index[(index < n).any(axis=1)]
+    return index[(index < n).any(axis=1)]
+
+
+def _fill_reducing_order(
+    blocks: np.ndarray, c_self: np.ndarray, c_a: np.ndarray, c_b: np.ndarray, n: int
+) -> np.ndarray:
+    """Camera columns in a fill-reducing order: minimum degree on the graph of parameter blocks.
+
+    Ordering the (B,) blocks instead of the n columns keeps each block's columns together (dense
+    supernodes) and is computed once per solve, from the structure alone. SuperLU's multiple minimum degree
+    on ``A + A^T`` (``permc_spec="MMD_AT_PLUS_A"``) orders a diagonally dominant matrix with the block
+    graph's pattern; only its column permutation is kept.
+    """
+    block_of = np.full(n + 1, -1, np.int64)
+    for k in range(blocks.shape[1]):
+        block_of[blocks[:, k]] = np.arange(len(blocks))
+    block_of[n] = -1
+    # column pairs of every non-zero camera block of S (self blocks and both orientations of pair blocks)
+    rows = np.concatenate([_block_rows(c_self), _block_rows(c_a), _block_rows(c_b)])
+    cols = np.concatenate([_block_cols(c_self), _block_cols(c_b), _block_cols(c_a)])
+    br, bc = block_of[rows], block_of[cols]
+    keep = (br >= 0) & (bc >= 0)
+    nb = len(blocks)
+    pattern = sp.csc_matrix((np.ones(int(keep.sum())), (br[keep], bc[keep])), shape=(nb, nb))
+    pattern.sum_duplicates()
+    pattern.data[:] = 1.0
+    pattern = (pattern + sp.identity(nb, format="csc") * (nb + 1.0)).tocsc()
+    order = spla.splu(
+        pattern, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0, options={"SymmetricMode": True}
+    ).perm_c
+    block_order = np.argsort(order)  # perm_c[i] is the position of block i
+    ordered = blocks[block_order].ravel()
+    return ordered[ordered < n]
+
+
+def _build_block_jacobi(structure: _Structure, index: np.ndarray, uniq_keys: np.ndarray) -> None:
+    """Preconditioner blocks ``index`` (B, b) = each image's free pose and each intrinsics group's columns."""
+    n = structure.n
     r = index[:, :, None]
     c = index[:, None, :]
     keys = r * n + c
@@ -222,14 +290,19 @@ def _inv3(A: np.ndarray) -> np.ndarray:
     return co / det
 
 
-def _outer_sum(A: np.ndarray, B: np.ndarray) -> np.ndarray:
-    """Per-observation ``A^T B``: A (K, D1, M), B (K, D2, M) -> (D1, D2, M)."""
-    out = A[0, :, None, :] * B[0, None, :, :]
-    tmp = np.empty_like(out)  # one scratch buffer instead of a fresh temporary per term
-    for k in range(1, A.shape[0]):
-        np.multiply(A[k, :, None, :], B[k, None, :, :], out=tmp)
-        out += tmp
-    return out
+def _point_blocks(Jp: np.ndarray, point: np.ndarray, n_points: int) -> np.ndarray:
+    """``C = sum J_p^T J_p`` per point (3, 3, Np) from component-major Jp (2, 3, M): the 6 distinct entries of
+    each symmetric block are summed per observation and binned, then mirrored."""
+    C = np.empty((3, 3, n_points))
+    prod = np.empty(Jp.shape[2])
+    for i in range(3):
+        for j in range(i, 3):
+            np.multiply(Jp[0, i], Jp[0, j], out=prod)
+            prod += Jp[1, i] * Jp[1, j]
+            C[i, j] = np.bincount(point, weights=prod, minlength=n_points)
+            if j != i:
+                C[j, i] = C[i, j]
+    return C
 
 
 def _bincount_rows(index: np.ndarray, values: np.ndarray, size: int) -> np.ndarray:
@@ -248,7 +321,8 @@ class _Linearisation:
     g_cam: np.ndarray  # (n,)
     C: np.ndarray  # (3, 3, Np) point blocks J_p^T J_p
     g_pt: np.ndarray  # (3, Np)
-    Wt: np.ndarray  # (3, D, Mf) per observation of a free point: (J_c^T J_p)^T
+    Jc: np.ndarray  # (2, D, Mf) camera Jacobian of each observation of a free point
+    Jp: np.ndarray  # (2, 3, Mf) point Jacobian of each observation of a free point
     diag_cam: np.ndarray  # (n,) diag(J^T J) over camera columns
     grad_max: float
 
@@ -271,11 +345,10 @@ def _linearise(problem: BundleAdjustmentProblem, st: _Structure, ev) -> _Lineari
     diag_cam = np.bincount(cols_img, weights=np.einsum("kii->ki", U_img).ravel(), minlength=n + 1)[:n]
     if not st.all_free:
         Jc, Jp, r = Jc[:, :, st.free_obs], Jp[:, :, st.free_obs], r[:, st.free_obs]
-    C = _bincount_rows(st.free_pc, _outer_sum(Jp, Jp), st.n_points)
+    C = _point_blocks(Jp, st.free_pc, st.n_points)
     g_pt = _bincount_rows(st.free_pc, Jp[0] * r[0] + Jp[1] * r[1], st.n_points)
-    Wt = _outer_sum(Jp, Jc)  # (3, D, Mf)
     grad_max = max(float(np.abs(g_cam).max(initial=0.0)), float(np.abs(g_pt).max(initial=0.0)))
-    return _Linearisation(ev.cost, U_img, g_cam, C, g_pt, Wt, diag_cam, grad_max)
+    return _Linearisation(ev.cost, U_img, g_cam, C, g_pt, Jc, Jp, diag_cam, grad_max)
 
 
 def _point_diag(lin: _Linearisation) -> np.ndarray:
@@ -350,22 +423,34 @@ def _reduced_system(problem: BundleAdjustmentProblem, st: _Structure, lin: _Line
     C_inv = _inv3(C_damped)
     L = _chol3(C_damped)
     L_obs = tuple(f[st.free_pc] for f in L)
-    Wt = lin.Wt
-    d, mf = Wt.shape[1], Wt.shape[2]
+    Jc, Jp = lin.Jc, lin.Jp
+    d, mf = Jc.shape[1], Jc.shape[2]
     # Z row-major (Mf + 1, 3, D) with a final zero row (the padding target), so that the rows of one image
     # or one group are a contiguous (3k, D) matrix: one GEMM each
     Z_rows = st.buffers.get("Z_rows")
     if Z_rows is None or Z_rows.shape != (mf + 1, 3, d):
         Z_rows = st.buffers["Z_rows"] = np.zeros((mf + 1, 3, d))
-    Zt = _forward3(L_obs, Wt, np.empty_like(Wt))  # (3, D, Mf)
+    # Z = L^-1 W^T = (L^-1 J_p^T) J_c per observation: a triangular solve on the 3x2 J_p^T, then a 3x2 by
+    # 2xD product (W^T itself is never formed)
+    Q = _forward3(L_obs, Jp.transpose(1, 0, 2), np.empty((3, 2, mf)))  # (3, 2, Mf)
+    Zt = np.empty((3, d, mf))
+    tmp = np.empty((d, mf))
+    for i in range(3):
+        np.multiply(Jc[0], Q[i, 0], out=Zt[i])
+        Zt[i] += np.multiply(Jc[1], Q[i, 1], out=tmp)
     Z_rows[:-1] = Zt.transpose(2, 0, 1)
-    # self blocks per image: U - Z^T Z over the image's observations of free points
+    # rhs: -(g_c - sum W C~^-1 g_p) = -(g_c - sum Z^T L^-1 g_p), with h = L^-1 g_p of each observation's point
+    h_rows = np.ascontiguousarray(_forward3(L, lin.g_pt, np.empty_like(lin.g_pt)).T)[st.free_pc]  # (Mf, 3)
+    # self blocks per image: U - Z^T Z over the image's observations of free points, and the image's share
+    # Z^T h of the rhs, from the same contiguous rows
     self_img = lin.U_img.copy()
+    v_img = np.zeros((len(self_img), d))
     bounds = st.free_img_bounds.tolist()
     for k, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
         if hi > lo:
             Zk = Z_rows[lo:hi].reshape(-1, d)
             self_img[k] -= Zk.T @ Zk
+            v_img[k] = h_rows[lo:hi].ravel() @ Zk
     # off-diagonal blocks per image pair: sum over shared points of Z_a^T Z_b, batched GEMMs per bucket;
     # the gathers go into buffers reused across iterations (fresh 10 MB arrays cost page faults each time)
     pair_blocks = np.empty((len(st.pair_img), d, d))
@@ -380,10 +465,8 @@ def _reduced_system(problem: BundleAdjustmentProblem, st: _Structure, lin: _Line
     values = np.concatenate([self_img.ravel(), -pair_blocks.ravel(), -pair_blocks.transpose(0, 2, 1).ravel()])
     S = np.bincount(st.scatter_index, weights=values, minlength=st.n_slots)
 
-    # rhs: -(g_c - sum W C~^-1 g_p) = -(g_c - sum Z^T L^-1 g_p)
-    h = _forward3(L, lin.g_pt, np.empty_like(lin.g_pt))[:, st.free_pc]  # (3, Mf)
-    v_obs = Zt[0] * h[0] + Zt[1] * h[1] + Zt[2] * h[2]  # (D, Mf)
-    v = lin.g_cam - np.bincount(st.cols_free_t.ravel(), weights=v_obs.ravel(), minlength=st.n + 1)[: st.n]
+    cols_img = st.cols_ext[st.img_present].ravel()
+    v = lin.g_cam - np.bincount(cols_img, weights=v_img.ravel(), minlength=st.n + 1)[: st.n]
     return S, -v, C_inv
 
 
@@ -398,21 +481,42 @@ def _solve_dense(st: _Structure, S_slots: np.ndarray, rhs: np.ndarray, damp: np.
     return scipy.linalg.cho_solve(factor, rhs, check_finite=False)
 
 
+def _solve_sparse(
+    st: _Structure, S_slots: np.ndarray, rhs: np.ndarray, damp: np.ndarray
+) -> np.ndarray | None:
+    """Sparse direct solve of the reduced system in the fill-reducing order ``st.perm``.
+
+    SuperLU with diagonal pivots only (``diag_pivot_thresh=0``) on a symmetric matrix is an ``L D L^T``
+    factorisation; a non-positive pivot means the damped system is not positive definite (failed step).
+    """
+    n = st.n
+    data = S_slots[:-1]
+    data[st.diag_slots] += damp[st.perm]
+    # S is symmetric, so its CSR arrays are also its CSC arrays (the layout SuperLU takes)
+    S = sp.csc_matrix((data, st.csr_indices, st.csr_indptr), shape=(n, n))
+    try:
+        lu = spla.splu(S, permc_spec="NATURAL", diag_pivot_thresh=0.0, options={"SymmetricMode": True})
+    except RuntimeError:  # exactly singular
+        return None
+    if not np.all(lu.U.diagonal() > 0):
+        return None
+    dc = np.empty(n)
+    dc[st.perm] = lu.solve(rhs[st.perm])
+    return dc
+
+
 def _solve_pcg(
     st: _Structure, S_slots: np.ndarray, rhs: np.ndarray, damp: np.ndarray, tol: float, max_iter: int
 ) -> np.ndarray | None:
     """Preconditioned conjugate gradients on the sparse reduced system (block-Jacobi preconditioner)."""
     n = st.n
+    S_slots[:-1][st.diag_slots] += damp
     S = sp.csr_matrix((S_slots[:-1], st.csr_indices, st.csr_indptr), shape=(n, n))
-    S = S + sp.diags(damp)
     data = np.append(S_slots[:-1], 0.0)
     blocks = data[st.block_slots]
     idx = st.block_index
     eye = np.eye(idx.shape[1])[None]
     blocks = np.where((idx[:, :, None] < n) & (idx[:, None, :] < n), blocks, eye)  # pad with identity
-    blocks[:, np.arange(idx.shape[1]), np.arange(idx.shape[1])] += np.where(
-        idx < n, damp[np.minimum(idx, n - 1)], 0
-    )
     try:
         block_inv = np.linalg.inv(blocks)
     except np.linalg.LinAlgError:
@@ -452,15 +556,18 @@ def _step(problem, st, lin, mu, options) -> tuple[np.ndarray, float] | None:
     damp = mu * np.clip(lin.diag_cam, _MIN_DIAG, _MAX_DIAG)
     if st.n == 0:
         dc = np.zeros(0)
-    elif st.dense:
+    elif st.solver == "dense":
         dc = _solve_dense(st, S, rhs, damp)
+    elif st.solver == "sparse":
+        dc = _solve_sparse(st, S, rhs, damp)
     else:
         dc = _solve_pcg(st, S, rhs, damp, options.cg_tolerance, options.cg_max_iterations)
     if dc is None or not np.all(np.isfinite(dc)):
         return None
     dc_ext = np.append(dc, 0.0)
     dcs = dc_ext[st.cols_free_t]  # (D, Mf)
-    wt_dc = (lin.Wt * dcs[None]).sum(axis=1)  # (3, Mf) W^T dc per observation
+    jdc = np.einsum("rdm,dm->rm", lin.Jc, dcs)  # (2, Mf) J_c dc per observation
+    wt_dc = lin.Jp[0] * jdc[0] + lin.Jp[1] * jdc[1]  # (3, Mf) W^T dc = J_p^T J_c dc
     rhs_p = lin.g_pt + _bincount_rows(st.free_pc, wt_dc, st.n_points)  # (3, Np)
     dp = -(C_inv[:, 0] * rhs_p[0] + C_inv[:, 1] * rhs_p[1] + C_inv[:, 2] * rhs_p[2])  # (3, Np)
     delta = np.concatenate([dc, dp.T.ravel()])
@@ -476,7 +583,7 @@ def solve_schur(problem: BundleAdjustmentProblem, options, progress=None) -> dic
     t0 = time.perf_counter()
     user_problem = problem
     problem = problem.sorted_by_image()  # contiguous per-image slices: GEMMs on views, no gathers
-    st = _build_structure(problem, options.dense_schur_max_params)
+    st = _build_structure(problem, options)
     x = problem.get_x()
     if x.size == 0:
         return {"success": True, "reason": "no free parameters", "iterations": 0}
@@ -492,14 +599,14 @@ def solve_schur(problem: BundleAdjustmentProblem, options, progress=None) -> dic
 
 def _lm_loop(problem, user_problem, st: _Structure, x: np.ndarray, options, progress, t0: float) -> dict:
     """The Levenberg-Marquardt iterations of ``solve_schur`` (Nielsen/Ceres damping schedule)."""
-    ev = evaluate(problem, options.loss, options.loss_scale_px, jacobians=True)
+    ev = evaluate(problem, options.loss, options.loss_scale_px, jacobians=True, zero_fixed_columns=False)
     lin = _linearise(problem, st, ev)
     mu, nu = 1e-4, 2.0  # Ceres: initial trust region radius 1e4
     reason, iterations = "maximum iterations reached", 0
     logger.debug(
         "schur BA: %d camera columns (%s), %d points, %d pairs, setup %.3f s",
         st.n,
-        "dense" if st.dense else "pcg",
+        st.solver,
         st.n_points,
         len(st.pair_a),
         time.perf_counter() - t0,
@@ -522,8 +629,13 @@ def _lm_loop(problem, user_problem, st: _Structure, x: np.ndarray, options, prog
             break
         x_new = x + delta
         problem.set_x(x_new)
-        # most LM steps are accepted, so evaluate the Jacobian right away instead of the cost alone
-        ev_new = evaluate(problem, options.loss, options.loss_scale_px, jacobians=True)
+        # most LM steps are accepted, so the Jacobian is evaluated with the cost, unless the model predicts a
+        # decrease below the function tolerance: that step is either the last one or rejected, and needs
+        # the cost alone
+        small = predicted <= options.function_tolerance * lin.cost
+        ev_new = evaluate(
+            problem, options.loss, options.loss_scale_px, jacobians=not small, zero_fixed_columns=False
+        )
         new_cost = ev_new.cost
         actual = lin.cost - new_cost
         rho = actual / predicted if predicted > 0 else -1.0
@@ -533,12 +645,16 @@ def _lm_loop(problem, user_problem, st: _Structure, x: np.ndarray, options, prog
             mu *= max(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3)
             nu = 2.0
             old_cost = lin.cost
-            lin = _linearise(problem, st, ev_new)
             if abs(actual) <= options.function_tolerance * old_cost:
                 reason = (
                     f"function tolerance reached (relative decrease {actual / max(old_cost, 1e-300):.3g})"
                 )
                 break
+            if small:
+                ev_new = evaluate(
+                    problem, options.loss, options.loss_scale_px, jacobians=True, zero_fixed_columns=False
+                )
+            lin = _linearise(problem, st, ev_new)
         else:
             problem.set_x(x)
             mu *= nu
