@@ -16,6 +16,7 @@ ORDER = [
     ("matching.md", "Features, matching, verification (issue: features)"),
     ("reconstruct.md", "End-to-end reconstruction (issue: incremental reconstruction)"),
     ("self_calibration.md", "Self-calibration and model trust (issue 19)"),
+    ("regression_time.md", "End-to-end time against the commit before this round (issue 19 speed)"),
     ("bench_incremental_mapper.md", "Incremental mapper alone"),
     ("partition.md", "Partitioned mapping and Sim(3) merge (issue 18)"),
     ("bundle_adjustment.md", "Bundle adjustment (issue: bundle adjustment)"),

@@ -732,14 +732,14 @@ def _verification_counts(two_view: dict, verified: dict) -> dict[str, Any]:
 
 
 def _start_view_graph_output(out: Path | None, verified: dict, names: dict[int, str], runner: StageRunner):
-    """Write OUT/view_graph.{json,png}: in a local pool worker when there is one (returns its future),
-    else now.
+    """Write OUT/view_graph.{json,png}: in a local pool or LocalCluster worker when there is one (returns
+    its future), else now.
 
     Drawing with matplotlib takes ~1.5 s (import included), which a worker hides behind the mapper.
     """
     if not out:
         return None
-    return runner.submit_background(_write_view_graph, out, verified, names)
+    return runner.submit_background(_write_view_graph, out.resolve(), verified, names)
 
 
 def _write_view_graph(out: Path, verified: dict, names: dict[int, str]) -> None:

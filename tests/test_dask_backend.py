@@ -7,6 +7,7 @@ schedulers listen on 127.0.0.1; every process started here is ended by pid.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -15,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from process_helpers import descendant_pids
 from reliability_images import fast_config, render, write_image
@@ -22,7 +24,7 @@ from reliability_images import fast_config, render, write_image
 from geomvision.errors import InputError
 from geomvision.pipeline import run_pipeline
 from geomvision.runtime import dask_backend
-from geomvision.runtime.runner import DaskSettings, open_runner
+from geomvision.runtime.runner import DaskSettings, Shared, Stage, open_runner
 
 distributed = pytest.importorskip("distributed")
 
@@ -57,13 +59,57 @@ def test_local_cluster_equals_serial(images, serial_model, tmp_path):
     _same_model(serial_model, out)
     engine = result.report["engine"]
     assert engine["backend"] == "dask" and engine["workers"] == 2 and engine["scheduler"] == "local"
-    assert engine["images_visible_to_workers"] is False
+    assert engine["images_visible_to_workers"] is False and engine["startup_s"] > 0
+    assert (out / "view_graph.png").is_file()  # drawn by a LocalCluster worker, beside the mapper
     features = engine["stages"]["features"]
     # The client shipped every image's bytes: at least the files' size went out.
     assert features["bytes_sent"] >= sum(p.stat().st_size for p in images.iterdir())
     assert engine["stages"]["two_view"]["items"] >= 10 and engine["wait_s"] > 0  # + self-calibration
     report = json.loads((out / "report.json").read_text())
     assert report["engine"]["tasks"] == engine["tasks"] > 0
+
+
+def shared_sum_task(item: tuple, marker: str | None) -> float:
+    """``index + sum(shared array)``; with a marker path, the task of index 5 first kills its worker."""
+    index, values = item
+    if marker is not None and index == 5 and not os.path.exists(marker):
+        Path(marker).touch()
+        os._exit(1)  # the worker dies, and with it the scattered data it holds
+    return index + float(values.sum())
+
+
+SHARED_SUM = Stage(name="shared_sum", task=shared_sum_task, version=1, batch_size=1)
+
+
+def _shared_inputs(arrays):
+    return lambda k: (k, Shared(key=("values", k % len(arrays)), value=arrays[k % len(arrays)]))
+
+
+def test_shared_inputs_are_sent_once_per_map():
+    """8 one-item batches over 2 shared arrays of 1 MB: each array goes out once, not once per batch."""
+    arrays = [np.full(125_000, float(v)) for v in (1, 2)]  # 1 MB each
+    expected = [k + float(arrays[k % 2].sum()) for k in range(8)]
+    with open_runner("dask", 2) as runner:
+        assert runner.map(SHARED_SUM, range(8), inputs=_shared_inputs(arrays)) == expected
+        stats = runner.stats["shared_sum"]
+        assert stats.tasks == 8
+        assert 2 * arrays[0].nbytes <= stats.bytes_sent < 3 * arrays[0].nbytes
+        # A second map call sends them again (workers drop them at the end of a call).
+        runner.map(SHARED_SUM, range(8), inputs=_shared_inputs(arrays))
+        assert 4 * arrays[0].nbytes <= stats.bytes_sent < 5 * arrays[0].nbytes
+
+
+def test_shared_inputs_lost_with_a_worker_are_sent_again(tmp_path, caplog):
+    """The only worker dies holding the scattered arrays: the client sends them again, results are right."""
+    arrays = [np.full(1000, float(v)) for v in (1, 2, 3)]
+    expected = [k + float(arrays[k % 3].sum()) for k in range(12)]
+    marker = tmp_path / "killed"
+    with caplog.at_level(logging.WARNING, logger="geomvision.runtime.dask_backend"):
+        with open_runner("dask", 1) as runner:
+            results = runner.map(SHARED_SUM, range(12), inputs=_shared_inputs(arrays), context=str(marker))
+    assert marker.exists()  # the worker really was killed once
+    assert results == expected
+    assert "lost with a worker" in caplog.text
 
 
 @pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (iproute2) to list sockets")

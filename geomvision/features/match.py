@@ -31,7 +31,7 @@ import numpy as np
 from geomvision.errors import InputError, check_choice, check_range
 from geomvision.progress import ProgressCallback
 from geomvision.runtime.rng import as_rng
-from geomvision.runtime.runner import Stage, StageRunner
+from geomvision.runtime.runner import Shared, Stage, StageRunner
 from geomvision.scene.types import Features, Matches
 
 logger = logging.getLogger(__name__)
@@ -42,8 +42,12 @@ _CACHE_VERSION = 2
 #: Rows per matrix-product block: the BLOCK x N2 float32 scores stay in cache for the extremum passes
 #: (256 measured fastest, 1.6x faster than 2048, for 12k x 12k SIFT on one core).
 _BLOCK_ROWS = 256
-#: Pairs per worker task, so descriptors shared by several pairs are sent once per task.
+#: Images per side of a tile of the image x image grid: a task's pairs share few distinct images, so each
+#: image is normalised (and bucketed) once per task.
 _TILE = 4
+#: Tiles with fewer pairs (sparse retrieval pairs: ~1.5 per tile) are packed together, in grid order, up to
+#: this many pairs per task, so the per-task cost of the engine is paid per 16 pairs, not per pair or two.
+_MIN_PAIRS_PER_TASK = 16
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -528,8 +532,9 @@ def match_tile_task(
     """Batched task of the stage runner: match a tile of pairs whose descriptors travel together.
 
     Args:
-        pairs: ``(i, j, descriptors_i, descriptors_j)`` per pair (an image shared by several pairs is
-            one array object, pickled once).
+        pairs: ``(i, j, descriptors_i, descriptors_j)`` per pair (the client passes each image's
+            descriptors as one :class:`~geomvision.runtime.runner.Shared` value: sent to the workers
+            once per call, not once per pair or tile).
         context: (options, IVF quantiser or None).
 
     Each image is normalised (and bucketed, for IVF pairs) once per task, not once per pair.
@@ -576,9 +581,21 @@ def _tiles(pairs: list[tuple[int, int]], image_ids: list[int]) -> list[list[tupl
     groups: dict[tuple[int, int], list[tuple[int, int]]] = {}
     for i, j in pairs:
         groups.setdefault((rank[i] // _TILE, rank[j] // _TILE), []).append((i, j))
-    # Largest tiles first (LPT scheduling): the small ones fill the gaps at the end, so workers
+    tasks, packed = [], []
+    for key in sorted(groups):  # grid order: neighbouring tiles share an image block
+        tile = groups[key]
+        if len(tile) >= _MIN_PAIRS_PER_TASK:
+            tasks.append(tile)
+            continue
+        packed += tile
+        if len(packed) >= _MIN_PAIRS_PER_TASK:
+            tasks.append(packed)
+            packed = []
+    if packed:
+        tasks.append(packed)
+    # Largest tasks first (LPT scheduling): the small ones fill the gaps at the end, so workers
     # finish together.
-    return sorted(groups.values(), key=len, reverse=True)
+    return sorted(tasks, key=len, reverse=True)
 
 
 def _check_pairs(features: Mapping[int, Features], pairs: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -640,10 +657,11 @@ def match_pairs(
             [features[k].descriptors for k in ivf_images], options.ivf_num_cells, rng=seed
         )
     image_ids = sorted(features)
+    descriptors = {k: Shared(key=("descriptors", k), value=features[k].descriptors) for k in hashes}
     results = runner.map(
         MATCHES_STAGE,
         pair_list,
-        inputs=lambda p: (p[0], p[1], features[p[0]].descriptors, features[p[1]].descriptors),
+        inputs=lambda p: (p[0], p[1], descriptors[p[0]], descriptors[p[1]]),
         context=(options, quantiser),
         options_key={"options": asdict(options), "quantiser": quantiser_key},
         item_key=lambda p: f"{hashes[p[0]]}|{hashes[p[1]]}",

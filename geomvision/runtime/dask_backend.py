@@ -7,7 +7,14 @@ runs whatever code its clients send: never expose its port without TLS (docs/sca
 
 Payloads travel as pickled bytes (:func:`geomvision.runtime.runner.run_payload`); large ones are
 scattered to a worker first so they go client -> worker directly instead of through the scheduler.
-Dask recomputes the batches of a worker that dies before their results are gathered.
+:class:`~geomvision.runtime.runner.Shared` values (an image's descriptors or keypoints, a stage's
+options) are scattered once per map call and tasks take their futures as arguments, so each image's
+features cross the client's network link once per stage, not once per batch that uses them.
+
+Faults: Dask recomputes the batches of a worker that dies before their results are gathered. Data
+scattered by the client cannot be recomputed by Dask: when the worker holding it dies, the tasks that
+need it are cancelled; the backend then scatters the lost values again (the client still holds them)
+and resubmits those batches.
 """
 
 from __future__ import annotations
@@ -15,13 +22,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import pickle
 import signal
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Hashable, Iterator
+from concurrent.futures import CancelledError
+from dataclasses import dataclass, field
 from typing import Any
 
 from geomvision.errors import InputError
-from geomvision.runtime.runner import Backend, DaskSettings, run_payload
+from geomvision.runtime.runner import Backend, DaskSettings, Shared, SharedRef, replace_shared, run_payload
 from geomvision.runtime.worker import main_module_hidden
 
 logger = logging.getLogger(__name__)
@@ -34,6 +45,8 @@ except ImportError:  # optional extra: the core runs without it
 #: Payloads above this go to a worker by ``scatter`` (direct transfer), not inside the task.
 _SCATTER_BYTES = 1 << 20
 _CONNECT_TIMEOUT_S = 30
+#: Times a batch is resubmitted after the scattered data it needs was lost with a worker.
+_MAX_RESUBMITS = 3
 
 
 def _require_dask() -> None:
@@ -59,20 +72,37 @@ def security_from(settings: DaskSettings):
     )
 
 
+@dataclass(eq=False)
+class _Submission:
+    """One batch on the cluster: its future and what is needed to submit it again."""
+
+    future: Any
+    payload: bytes
+    keys: list[Hashable]  # shared values, in SharedRef order
+    shared: list = field(default_factory=list)  # the futures of those values it was last sent with
+    scattered_payload: Any = None  # the payload's own future when it was scattered
+    resubmits: int = 0
+
+
 class DaskBackend(Backend):
     """Batches as futures of a ``distributed.Client``."""
 
     name = "dask"
     in_process = False
 
-    def __init__(self, client, cluster=None, *, shares_files: bool = False, scheduler: str = "") -> None:
+    def __init__(
+        self, client, cluster=None, *, shares_files: bool = False, scheduler: str = "", startup_s: float = 0.0
+    ) -> None:
         self.client = client
+        self.startup_s = startup_s
         self.cluster = cluster
         self.shares_files = shares_files
         self.scheduler = scheduler
         # Workers of our own LocalCluster die with this process; remote workers are not ours to end.
         self._client_pid = os.getpid() if cluster is not None else None
-        self._outstanding: set = set()
+        self._outstanding: set[_Submission] = set()
+        #: Shared values on the cluster during a map call: key -> (future, value kept for a resend).
+        self._shared: dict[Hashable, tuple[Any, Any]] = {}
         self._last_workers: dict = {}
         self._workers()
 
@@ -93,24 +123,122 @@ class DaskBackend(Backend):
             "threads": self.num_workers,
             "scheduler": self.scheduler,
             "images_visible_to_workers": self.shares_files,
+            # Starting the LocalCluster (or connecting to the scheduler) and the client, in seconds.
+            "startup_s": round(self.startup_s, 3),
         }
 
-    def submit(self, payload: bytes):
-        data: Any = payload
-        if len(payload) > _SCATTER_BYTES:
-            data = self.client.scatter(payload, hash=False)
-        future = self.client.submit(run_payload, data, self._client_pid, pure=False)
-        self._outstanding.add(future)
-        return future
+    def submit(self, task: Callable, batched: bool, inputs: list, context: Any) -> tuple[_Submission, int]:
+        keys: list[Hashable] = []
+        index: dict[Hashable, int] = {}
+        values: dict[Hashable, Any] = {}
+
+        def to_ref(shared: Shared) -> SharedRef:
+            if shared.key not in index:
+                index[shared.key] = len(keys)
+                keys.append(shared.key)
+                values[shared.key] = shared.value
+            return SharedRef(index[shared.key])
+
+        payload = pickle.dumps(
+            replace_shared((task, batched, inputs, context), to_ref), protocol=pickle.HIGHEST_PROTOCOL
+        )
+        sent = len(payload) + self._scatter_missing({k: values[k] for k in keys if k not in self._shared})
+        submission = _Submission(future=None, payload=payload, keys=keys)
+        self._send(submission)
+        return submission, sent
+
+    def _scatter_missing(self, values: dict[Hashable, Any]) -> int:
+        """Scatter the values not on the cluster yet (one round trip); returns their pickled bytes."""
+        if not values:
+            return 0
+        futures = self.client.scatter(list(values.values()), hash=False)
+        sent = 0
+        for (key, value), future in zip(values.items(), futures, strict=True):
+            self._shared[key] = (future, value)
+            sent += len(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+        return sent
+
+    def _send(self, submission: _Submission) -> None:
+        data: Any = submission.payload
+        if len(data) > _SCATTER_BYTES:
+            data = submission.scattered_payload = self.client.scatter(data, hash=False)
+        submission.shared = [self._shared[key][0] for key in submission.keys]
+        submission.future = self.client.submit(
+            run_payload, data, self._client_pid, submission.shared, pure=False
+        )
+        self._outstanding.add(submission)
 
     def wait_first(self, futures: set) -> set:
-        return set(distributed.wait(list(futures), return_when="FIRST_COMPLETED").done)
+        by_future = {s.future: s for s in futures}
+        try:
+            done = distributed.wait(list(by_future), return_when="FIRST_COMPLETED").done
+        except CancelledError:  # cancelled batches are finished too: result() recovers or raises
+            done = [f for f in by_future if f.done() or f.cancelled()]
+        return {by_future[f] for f in done}
 
-    def result(self, future) -> bytes:
-        data = future.result()
-        self._outstanding.discard(future)
-        future.release()
-        return data
+    def result(self, submission: _Submission) -> tuple[bytes, int]:
+        resent = 0
+        while True:
+            try:
+                data = submission.future.result()
+                break
+            except CancelledError:
+                sent = self._resubmit_after_lost_data(submission)
+                if sent is None:
+                    raise
+                resent += sent
+        self._outstanding.discard(submission)
+        submission.future.release()
+        if submission.scattered_payload is not None:
+            submission.scattered_payload.release()
+        return data, resent
+
+    def _resubmit_after_lost_data(self, submission: _Submission) -> int | None:
+        """Scatter again what a cancelled batch needs that a dead worker took with it, and resubmit it.
+
+        Returns the bytes sent again, or None when the batch was cancelled for another reason.
+        """
+        futures = list(submission.shared)
+        if submission.scattered_payload is not None:
+            futures.append(submission.scattered_payload)
+        gone = {f.key for f in futures if f.status != "finished"}
+        if not gone:  # the client may not have heard yet: ask the scheduler who holds them
+            try:
+                holders = self.client.who_has(futures)
+                gone = {f.key for f in futures if not holders.get(f.key)}
+            except CancelledError:
+                gone = {f.key for f in futures if f.status != "finished"}
+        lost = [key for key, f in zip(submission.keys, submission.shared, strict=True) if f.key in gone]
+        payload_lost = submission.scattered_payload is not None and submission.scattered_payload.key in gone
+        if not (lost or payload_lost) or submission.resubmits >= _MAX_RESUBMITS:
+            return None
+        # Another batch may have sent a value again already: only the ones still lost go out.
+        lost = [key for key in lost if self._shared[key][0].key in gone]
+        submission.resubmits += 1
+        logger.warning(
+            "dask: %d scattered input(s) of a batch were lost with a worker; sending them again", len(lost)
+        )
+        sent = self._scatter_missing({key: self._shared.pop(key)[1] for key in lost})
+        if submission.scattered_payload is not None:
+            submission.scattered_payload.release()
+            submission.scattered_payload = None
+        self._send(submission)
+        return sent + len(submission.payload)  # the batch itself goes out again too
+
+    def submit_background(self, fn: Callable, *args: Any):
+        """A client-side chore (it writes the client's files) on a worker of our own LocalCluster.
+
+        Those workers run on this machine and see its files; remote workers may not, so with a
+        scheduler address the chore runs here, now.
+        """
+        if self.cluster is None:
+            return super().submit_background(fn, *args)
+        return self.client.submit(fn, *args, pure=False)
+
+    def release_shared(self) -> None:
+        for future, _ in self._shared.values():
+            future.release()  # the scheduler forgets the data once no task needs it
+        self._shared.clear()
 
     def close(self, *, cancel: bool = False) -> None:
         if self.client is None:
@@ -119,12 +247,35 @@ class DaskBackend(Backend):
         self.client = self.cluster = None
         try:
             if cancel and self._outstanding:
-                client.cancel(list(self._outstanding), force=True)
+                client.cancel([s.future for s in self._outstanding], force=True)
             self._outstanding.clear()
+            self._shared.clear()
             client.close()
         finally:
             if cluster is not None:
                 cluster.close()
+
+
+def start_local_cluster(num_workers: int, security=None):
+    """A ``LocalCluster`` of ``num_workers`` single-threaded worker processes, on 127.0.0.1 only.
+
+    Worker processes start with ``__main__`` hidden, so an unguarded user script is not re-run in them,
+    and with SIGINT ignored (inherited through exec), so Ctrl-C reaches the client alone. No dashboard;
+    the HTTP servers that remain (health, metrics) listen on 127.0.0.1 too.
+    """
+    _require_dask()
+    with main_module_hidden(), _sigint_ignored():
+        return distributed.LocalCluster(
+            n_workers=num_workers,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+            worker_dashboard_address="127.0.0.1:0",
+            scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
+            silence_logs=logging.ERROR,
+            security=security,
+        )
 
 
 def connect(settings: DaskSettings, num_workers: int) -> DaskBackend:
@@ -132,25 +283,16 @@ def connect(settings: DaskSettings, num_workers: int) -> DaskBackend:
     _require_dask()
     security = security_from(settings)
     if settings.scheduler == "local":
-        # Worker processes start with __main__ hidden, so an unguarded user script is not re-run in them,
-        # and with SIGINT ignored (inherited through exec), so Ctrl-C reaches the client alone.
-        with main_module_hidden(), _sigint_ignored():
-            cluster = distributed.LocalCluster(
-                n_workers=num_workers,
-                threads_per_worker=1,
-                processes=True,
-                host="127.0.0.1",
-                # No dashboard; the HTTP servers that remain (health, metrics) listen on 127.0.0.1 too.
-                dashboard_address=None,
-                worker_dashboard_address="127.0.0.1:0",
-                scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
-                silence_logs=logging.ERROR,
-                security=security,
-            )
+        start = time.perf_counter()
+        cluster = start_local_cluster(num_workers, security)
         client = distributed.Client(cluster, security=security)
         logger.info("dask: local cluster of %d workers at %s", num_workers, cluster.scheduler_address)
         return DaskBackend(
-            client, cluster, shares_files=settings.images_visible_to_workers, scheduler="local"
+            client,
+            cluster,
+            shares_files=settings.images_visible_to_workers,
+            scheduler="local",
+            startup_s=time.perf_counter() - start,
         )
     if "://" not in settings.scheduler:
         raise InputError(
@@ -161,13 +303,18 @@ def connect(settings: DaskSettings, num_workers: int) -> DaskBackend:
             "connecting to %s without TLS: anyone who reaches that port can run code on the cluster",
             settings.scheduler,
         )
+    start = time.perf_counter()
     try:
         client = distributed.Client(settings.scheduler, security=security, timeout=_CONNECT_TIMEOUT_S)
     except (OSError, TimeoutError) as exc:
         raise InputError(f"cannot connect to the dask scheduler at {settings.scheduler}: {exc}") from None
     logger.info("dask: connected to %s", settings.scheduler)
     return DaskBackend(
-        client, None, shares_files=settings.images_visible_to_workers, scheduler=settings.scheduler
+        client,
+        None,
+        shares_files=settings.images_visible_to_workers,
+        scheduler=settings.scheduler,
+        startup_s=time.perf_counter() - start,
     )
 
 

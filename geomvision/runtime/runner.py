@@ -7,6 +7,10 @@ and calls :meth:`StageRunner.map`. The runner owns, in one place:
 
 * batching: items travel in batches (a stage may group them itself, e.g. matching's image tiles), with
   a bounded number of batches in flight, so lazily built inputs (image bytes) never all sit in memory;
+* shared inputs: a large value used by many items (an image's descriptors, used by every pair of that
+  image) goes into item inputs as a :class:`Shared`; the Dask backend sends it to the workers once per
+  :meth:`StageRunner.map` call and tasks receive it by reference, the process pool pickles it once per
+  batch;
 * the on-disk cache (:mod:`geomvision.runtime.cache`): one content-addressed, signed entry per item,
   written on the client as results arrive, so a killed or interrupted run resumes from them whatever
   the backend;
@@ -60,6 +64,7 @@ _MAX_AUTO_BATCH = 64
 
 __all__ = [
     "BACKENDS",
+    "Shared",
     "Stage",
     "StageRunner",
     "StageStats",
@@ -105,7 +110,47 @@ class StageStats:
     bytes_received: int = 0
     wait_s: float = 0.0
     compute_s: float = 0.0
+    cpu_s: float = 0.0
     wall_s: float = 0.0
+
+
+@dataclass(frozen=True, eq=False)
+class Shared:
+    """A large input used by many items of one stage (an image's descriptors), sent to workers once.
+
+    A stage's ``inputs(item)`` may put it, at any depth of tuples and lists, where the task expects the
+    value; the task receives the value. In process it is the value itself; the process pool pickles it
+    once per batch; the Dask backend scatters it to the workers once per :meth:`StageRunner.map` call
+    (re-sending it if the worker holding it dies) and passes it to tasks by reference.
+
+    Attributes:
+        key: names the value within one map call (e.g. ``("descriptors", image_id)``): equal keys must
+            mean equal values.
+        value: the object (picklable).
+    """
+
+    key: Hashable
+    value: Any
+
+
+@dataclass(frozen=True)
+class SharedRef:
+    """Stands for the ``index``-th shared value of a batch inside a pickled payload (worker side)."""
+
+    index: int
+
+
+def replace_shared(value: Any, fn: Callable[[Any], Any]) -> Any:
+    """``value`` with every :class:`Shared` / :class:`SharedRef` in it (inside tuples and lists) mapped by ``fn``."""
+    if isinstance(value, Shared | SharedRef):
+        return fn(value)
+    if type(value) is tuple or type(value) is list:
+        return type(value)(replace_shared(v, fn) for v in value)
+    return value
+
+
+def _value_of(shared: Shared) -> Any:
+    return shared.value
 
 
 def derive_seed(seed: int, *item: int) -> int:
@@ -117,17 +162,21 @@ def derive_seed(seed: int, *item: int) -> int:
     return int(state[0] >> np.uint64(1))
 
 
-def run_payload(payload: bytes, client_pid: int | None = None) -> bytes:
+def run_payload(payload: bytes, client_pid: int | None = None, shared: Sequence[Any] = ()) -> bytes:
     """Worker side of every out-of-process backend: run one pickled batch, return pickled results.
 
-    The payload is ``(task, batched, inputs, context)``; the result is ``(results, compute_s)``.
-    Pickling here (rather than letting the executor do it) gives the exact bytes moved.
+    The payload is ``(task, batched, inputs, context)``; the result is ``(results, compute_s, cpu_s)``
+    (wall and thread CPU time inside the task). Pickling here (rather than letting the executor do it)
+    gives the exact bytes moved. ``shared``: the values that the payload's :class:`SharedRef` stand for.
     """
     prepare_worker(client_pid)
     task, batched, inputs, context = pickle.loads(payload)
-    start = time.perf_counter()
+    if shared:
+        inputs, context = replace_shared((inputs, context), lambda ref: shared[ref.index])
+    start, cpu_start = time.perf_counter(), time.thread_time()
     results = _call(task, batched, inputs, context)
-    return pickle.dumps((results, time.perf_counter() - start), protocol=pickle.HIGHEST_PROTOCOL)
+    elapsed, cpu = time.perf_counter() - start, time.thread_time() - cpu_start
+    return pickle.dumps((results, elapsed, cpu), protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def _apply(item: Any, fn: Callable) -> Any:
@@ -165,13 +214,15 @@ class Backend:
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "workers": self.num_workers}
 
-    def submit(self, payload: bytes) -> Any:
+    def submit(self, task: Callable, batched: bool, inputs: list, context: Any) -> tuple[Any, int]:
+        """Start one batch; returns (a future for :meth:`result`, bytes sent for it)."""
         raise NotImplementedError
 
     def wait_first(self, futures: set) -> set:
         raise NotImplementedError
 
-    def result(self, future: Any) -> bytes:
+    def result(self, future: Any) -> tuple[bytes, int]:
+        """(the pickled results of a finished batch, bytes sent again to recover it from a fault)."""
         raise NotImplementedError
 
     def submit_background(self, fn: Callable, *args: Any) -> cf.Future | None:
@@ -181,6 +232,9 @@ class Backend:
         """
         fn(*args)
         return None
+
+    def release_shared(self) -> None:
+        """End of a map call: workers may drop the :class:`Shared` values sent for it."""
 
     def close(self, *, cancel: bool = False) -> None:
         """Release workers; ``cancel``: drop queued work now (without waiting for running tasks)."""
@@ -210,15 +264,19 @@ class ProcessBackend(Backend):
             self._pool = make_process_pool(self._num_workers)
         return self._pool
 
-    def submit(self, payload: bytes) -> cf.Future:
-        return self.pool.submit(run_payload, payload, os.getpid())
+    def submit(self, task: Callable, batched: bool, inputs: list, context: Any) -> tuple[cf.Future, int]:
+        # Shared values go inline: pickle writes an object used by several items of a batch once.
+        payload = pickle.dumps(
+            replace_shared((task, batched, inputs, context), _value_of), protocol=pickle.HIGHEST_PROTOCOL
+        )
+        return self.pool.submit(run_payload, payload, os.getpid()), len(payload)
 
     def wait_first(self, futures: set) -> set:
         done, _ = cf.wait(futures, return_when=cf.FIRST_COMPLETED)
         return done
 
-    def result(self, future: cf.Future) -> bytes:
-        return future.result()
+    def result(self, future: cf.Future) -> tuple[bytes, int]:
+        return future.result(), 0
 
     def submit_background(self, fn: Callable, *args: Any) -> cf.Future | None:
         return self.pool.submit(fn, *args)
@@ -352,13 +410,16 @@ class StageRunner:
             batches = group(todo) if group is not None else self._chunks(stage, todo)
             tracker = _Progress(progress, total, cached, label or str)
             make_input = inputs or (lambda item: item)
-            for batch, outputs in self._execute(stage, batches, make_input, context, stats):
-                for item, result in zip(batch, outputs, strict=True):
-                    pos = position[item]
-                    results[pos] = result
-                    if cache is not None:
-                        cache.store(stage.name, keys[pos], stage.codec, result)
-                tracker.advance(len(batch), batch[-1])
+            try:
+                for batch, outputs in self._execute(stage, batches, make_input, context, stats):
+                    for item, result in zip(batch, outputs, strict=True):
+                        pos = position[item]
+                        results[pos] = result
+                        if cache is not None:
+                            cache.store(stage.name, keys[pos], stage.codec, result)
+                    tracker.advance(len(batch), batch[-1])
+            finally:
+                self.backend.release_shared()
         stats.wall_s += time.perf_counter() - t_start
         return results
 
@@ -392,15 +453,19 @@ class StageRunner:
         backend = self.backend
         if backend.in_process:
             for batch in batches:
-                start = time.perf_counter()
-                outputs = _call(stage.task, stage.batched, [make_input(i) for i in batch], context)
+                start, cpu_start = time.perf_counter(), time.thread_time()
+                inputs = replace_shared([make_input(i) for i in batch], _value_of)
+                outputs = _call(stage.task, stage.batched, inputs, context)
                 elapsed = time.perf_counter() - start
+                stats.cpu_s += time.thread_time() - cpu_start
                 stats.tasks += 1
                 stats.compute_s += elapsed
                 stats.wait_s += elapsed
                 yield batch, outputs
             return
         limit = max(1, _IN_FLIGHT_PER_WORKER * backend.num_workers)
+        # The same context goes with every batch of the call: shared, so Dask sends it once.
+        shared_context = Shared(key=("context", stage.name), value=context)
         queue = iter(batches)
         in_flight: dict[Any, list] = {}
         try:
@@ -409,13 +474,11 @@ class StageRunner:
                     batch = next(queue, None)
                     if batch is None:
                         break
-                    payload = pickle.dumps(
-                        (stage.task, stage.batched, [make_input(i) for i in batch], context),
-                        protocol=pickle.HIGHEST_PROTOCOL,
-                    )
-                    stats.bytes_sent += len(payload)
+                    inputs = [make_input(i) for i in batch]
+                    future, sent = backend.submit(stage.task, stage.batched, inputs, shared_context)
+                    stats.bytes_sent += sent
                     stats.tasks += 1
-                    in_flight[backend.submit(payload)] = batch
+                    in_flight[future] = batch
                 if not in_flight:
                     return
                 start = time.perf_counter()
@@ -423,10 +486,12 @@ class StageRunner:
                 stats.wait_s += time.perf_counter() - start
                 for future in done:
                     batch = in_flight.pop(future)
-                    data = backend.result(future)
+                    data, resent = backend.result(future)
+                    stats.bytes_sent += resent
                     stats.bytes_received += len(data)
-                    outputs, compute_s = pickle.loads(data)
+                    outputs, compute_s, cpu_s = pickle.loads(data)
                     stats.compute_s += compute_s
+                    stats.cpu_s += cpu_s
                     yield batch, outputs
         except BaseException:
             # Ctrl-C or a failed task: queued batches must not run on.

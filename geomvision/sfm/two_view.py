@@ -40,7 +40,7 @@ from geomvision.robust.estimators import (
 from geomvision.robust.ransac import RansacOptions
 from geomvision.runtime.cache import hash_arrays
 from geomvision.runtime.rng import as_rng
-from geomvision.runtime.runner import Stage, StageRunner, derive_seed
+from geomvision.runtime.runner import Shared, Stage, StageRunner, derive_seed
 from geomvision.scene.camera import Camera
 from geomvision.scene.types import Features, Matches, TwoViewGeometry
 
@@ -363,7 +363,9 @@ def verify_pair_task(pair: tuple, options: TwoViewOptions) -> TwoViewGeometry:
 
     Args:
         pair: ``(i, j, keypoints_i, keypoints_j, matches (M, 2), camera_i, camera_j, seed)``; the seed
-            derives from (run seed, i, j), never from the order pairs are scheduled in.
+            derives from (run seed, i, j), never from the order pairs are scheduled in. Keypoints come
+            from the client as :class:`~geomvision.runtime.runner.Shared` values (sent to the workers
+            once per image).
         options: verification options.
     """
     i, j, kp1, kp2, matches, cam1, cam2, seed = pair
@@ -465,11 +467,20 @@ def verify_pairs(
         )
     images = sorted({k for p in pairs for k in p})
     image_keys = {k: (hash_arrays(features[k].keypoints_px), _camera_key(cameras.get(k))) for k in images}
+    keypoints = {k: Shared(key=("keypoints", k), value=features[k].keypoints_px) for k in images}
 
     def pair_input(p: tuple[int, int]) -> tuple:
         i, j = p
-        kp_i, kp_j = features[i].keypoints_px, features[j].keypoints_px
-        return (i, j, kp_i, kp_j, indices[p], cameras.get(i), cameras.get(j), derive_seed(seed, i, j))
+        return (
+            i,
+            j,
+            keypoints[i],
+            keypoints[j],
+            indices[p],
+            cameras.get(i),
+            cameras.get(j),
+            derive_seed(seed, i, j),
+        )
 
     results = runner.map(
         TWO_VIEW_STAGE,
