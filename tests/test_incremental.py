@@ -215,7 +215,7 @@ def _weakly_attached_last_image(num_shared_points: int):
 def test_pair_checked_registration_joins_a_weakly_attached_image():
     scene, cameras, images, geoms = _weakly_attached_last_image(num_shared_points=16)
     assert geoms[(5, 6)].num_inliers >= 100
-    known = IncrementalMapperOptions(fixed_camera_ids=(1,))
+    known = IncrementalMapperOptions(fixed_camera_ids=(1,), pair_checked_min_inliers=10)
     result = incremental_mapping(cameras, images, geoms, known, rng=0)
     rec = result.reconstructions[0]
     assert sorted(rec.registered_image_ids) == [1, 2, 3, 4, 5, 6]
@@ -228,7 +228,7 @@ def test_pair_checked_registration_joins_a_weakly_attached_image():
         cameras,
         images,
         geoms,
-        IncrementalMapperOptions(fixed_camera_ids=(1,), pair_checked_min_inliers=0),
+        IncrementalMapperOptions(fixed_camera_ids=(1,)),  # the default: off
         rng=0,
     )
     assert 6 not in off.reconstructions[0].registered_image_ids
