@@ -222,6 +222,7 @@ def _run_stages(run: _Run) -> PipelineResult:
             i: ImageInfo(names[i], camera_of_image[i], features[i].keypoints_px, features[i].colors)
             for i in image_ids
         }
+        del features  # descriptors (float32, ~0.8 GB at 300 images) are not needed by mapping or later
         mapping = _run_mapping(cameras, images, verified, config, progress_factory, runner)
         timings["mapping"] = time.perf_counter() - t
         if view_graph_written is not None:

@@ -188,3 +188,47 @@ def test_real_images_templering_register_with_accurate_poses():
     world = project_to_so3(np.einsum("nji,njk->ik", R_gt, R_est))
     errors = [float(rotation_angle_deg(g @ world, e)) for g, e in zip(R_gt, R_est, strict=True)]
     assert np.median(errors) < 0.5 and max(errors) < 1.0
+
+
+def _weakly_attached_last_image(num_shared_points: int):
+    """A 6-image sequence whose last image sees only ``num_shared_points`` points of the first five.
+
+    Images 1-5 are matched on the first half of the points only; the pair (5, 6) on the second half plus
+    ``num_shared_points`` of the first. Registered images 1-5 then give image 6 that few triangulated
+    points (fewer than PnP's default 30 inliers), while the pair (5, 6) has some 200 verified matches.
+    """
+    scene = random_scene(400, 6, layout="sequence", rng=11)
+    cameras, images, geoms, kp_index = mapper_inputs(scene, noise_px=0.3, rng=4)
+    first_half = np.arange(scene.visible.shape[1]) < 200
+    for (i, j), g in geoms.items():
+        keep_points = first_half.copy() if j != 6 else ~first_half
+        if j == 6:
+            keep_points[:num_shared_points] = True
+        point_of_kp = np.full(len(images[i].keypoints_px), -1)
+        point_of_kp[kp_index[i - 1][kp_index[i - 1] >= 0]] = np.flatnonzero(kp_index[i - 1] >= 0)
+        points = point_of_kp[g.inlier_matches[:, 0]]
+        g.inlier_matches = g.inlier_matches[keep_points[points]]
+    geoms = {pair: g for pair, g in geoms.items() if pair[1] != 6 or pair[0] == 5}
+    return scene, cameras, images, geoms
+
+
+def test_pair_checked_registration_joins_a_weakly_attached_image():
+    scene, cameras, images, geoms = _weakly_attached_last_image(num_shared_points=16)
+    assert geoms[(5, 6)].num_inliers >= 100
+    known = IncrementalMapperOptions(fixed_camera_ids=(1,), pair_checked_min_inliers=10)
+    result = incremental_mapping(cameras, images, geoms, known, rng=0)
+    rec = result.reconstructions[0]
+    assert sorted(rec.registered_image_ids) == [1, 2, 3, 4, 5, 6]
+    assert pose_errors(rec, scene)[0].max() < 0.1  # degrees
+    model = result.report["models"][0]
+    assert model["num_pair_checked"] == 1
+    assert [r["image_id"] for r in model["registrations"] if "pair_checked_with" in r] == [6]
+
+    off = incremental_mapping(
+        cameras,
+        images,
+        geoms,
+        IncrementalMapperOptions(fixed_camera_ids=(1,)),  # the default: off
+        rng=0,
+    )
+    assert 6 not in off.reconstructions[0].registered_image_ids

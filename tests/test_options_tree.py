@@ -75,6 +75,15 @@ REMOVED_ON_PURPOSE = {
 }
 
 
+#: Call sites added by a later issue (absent from the recording), each with its reason.
+ADDED_ON_PURPOSE = {
+    # Issue 17: when no candidate registers, the mapper retries images with a strong verified pair to a
+    # registered image at a lower PnP inlier floor (pair-checked registration).
+    "grow/try_register_next/try_register_pair_checked->rank_next_images",
+    "grow/try_register_next/try_register_pair_checked->register_image",
+}
+
+
 def _flat(value, prefix=""):
     if isinstance(value, dict):
         for key, item in value.items():
@@ -91,7 +100,7 @@ def _get(tree: dict, path: str):
 
 def test_every_sub_step_receives_the_options_it_received_before_the_tree():
     after = record_effective_options()
-    assert sorted(after) == sorted(BEFORE["calls"])
+    assert sorted(set(after) - ADDED_ON_PURPOSE) == sorted(BEFORE["calls"])
     checked = 0
     for site, old_values in BEFORE["calls"].items():
         new_values = after[site]

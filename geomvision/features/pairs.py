@@ -89,9 +89,23 @@ def train_vocabulary(
         (num_words, D) float32 centres (fewer if there are fewer samples).
     """
     rng = as_rng(rng)
-    rows = np.concatenate([_as_float_descriptors(d) for d in descriptor_sets if len(d)], axis=0)
-    if len(rows) > max_samples:
-        rows = rows[rng.choice(len(rows), max_samples, replace=False)]
+    sets = [d for d in descriptor_sets if len(d)]
+    sizes = np.array([len(d) for d in sets], dtype=np.int64)
+    if sizes.sum() > max_samples:
+        # Draw the sample over all rows, then convert only the drawn ones: concatenating every image's
+        # descriptors first held a float32 copy of all of them (~2.5 GB at 1000 street images).
+        chosen = rng.choice(int(sizes.sum()), max_samples, replace=False)
+        ends = np.cumsum(sizes)
+        owner = np.searchsorted(ends, chosen, side="right")
+        local = chosen - (ends - sizes)[owner]
+        rows = np.empty((max_samples, _as_float_descriptors(sets[0][:1]).shape[1]), np.float32)
+        order = np.argsort(owner, kind="stable")
+        bounds = np.searchsorted(owner[order], np.arange(len(sets) + 1))
+        for k in np.flatnonzero(np.diff(bounds)):
+            sel = order[bounds[k] : bounds[k + 1]]
+            rows[sel] = _as_float_descriptors(sets[k][local[sel]])
+    else:
+        rows = np.concatenate([_as_float_descriptors(d) for d in sets], axis=0)
     k = min(num_words, len(rows))
     # k-means++ seeding (Arthur & Vassilvitskii 2007): spread initial centres.
     # Squared distances as |r|^2 + |c|^2 - 2 r.c: one matrix-vector product per new centre.

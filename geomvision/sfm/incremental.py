@@ -28,11 +28,12 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from geomvision.errors import InputError, check_at_least
+from geomvision.geometry.rigid import rotation_angle_deg
 from geomvision.progress import ProgressCallback
 from geomvision.progress import report as report_progress
 from geomvision.runtime.rng import as_rng
@@ -102,6 +103,15 @@ class IncrementalMapperOptions:
         min_model_size: models with fewer registered images are discarded.
         max_reg_retry_growth: an image that failed to register is retried only once the number of
             triangulated points it sees has grown by this factor.
+        pair_checked_min_inliers: when no candidate registers with ``registration.min_num_inliers``,
+            candidates with a strong verified pair to a registered image are retried with this lower
+            PnP inlier floor, and kept only if their PnP pose reproduces that pair's relative rotation
+            (0, the default, turns this off; below 4 acts as 4; 10 was tried). This joins a walk's first images, which on the synthetic street at
+            100 images see only 14 triangulated points (and 611 two-view matches) where the street turns.
+            Off by default until it is measured at 1000 images (see docs/scaling.md).
+        pair_checked_min_pair_inliers: the verified pair's inlier matches needed for that check.
+        pair_checked_max_rotation_deg: largest disagreement (degrees) between the PnP pose's rotation
+            relative to the paired image and the pair's two-view rotation.
     """
 
     initialization: InitializationOptions = field(default_factory=_mapper_initialization)
@@ -120,11 +130,20 @@ class IncrementalMapperOptions:
     max_num_models: int = 10
     min_model_size: int = 3
     max_reg_retry_growth: float = 1.2
+    pair_checked_min_inliers: int = 0
+    pair_checked_min_pair_inliers: int = 100
+    pair_checked_max_rotation_deg: float = 2.0
 
     def __post_init__(self) -> None:
         if self.global_ba_every <= 1.0:
             raise InputError(f"global_ba_every is a growth ratio and must be > 1, got {self.global_ba_every}")
         check_at_least("local_ba_num_images", self.local_ba_num_images, 1)
+        check_at_least("pair_checked_min_inliers", self.pair_checked_min_inliers, 0)
+        check_at_least("pair_checked_min_pair_inliers", self.pair_checked_min_pair_inliers, 1)
+        if not 0 < self.pair_checked_max_rotation_deg < 180:
+            raise InputError(
+                f"pair_checked_max_rotation_deg must be in (0, 180), got {self.pair_checked_max_rotation_deg}"
+            )
         check_model_limits(self.max_num_models, self.min_model_size)
         object.__setattr__(self, "fixed_camera_ids", tuple(int(c) for c in self.fixed_camera_ids))
         check_mapper_ba_options(self.local_ba)
@@ -156,6 +175,7 @@ class _ModelBuilder:
         timer: StepTimer,
         progress: ProgressCallback | None,
         num_images: int,
+        pairs: dict[tuple[int, int], TwoViewGeometry] | None = None,
     ):
         self.state = state
         self.options = options
@@ -178,6 +198,18 @@ class _ModelBuilder:
         }
         self.failed_at: dict[int, int] = {}
         self.next_global_ba = 0
+        # Images sharing a track with a registered image (the only ones that can see a 3D point), grown
+        # as images register: next-best-view ranking scores these instead of every unregistered image,
+        # which made each step cost O(number of images) and the whole run O(N^2).
+        self.frontier: set[int] = set()
+        self.expanded: set[int] = set()
+        # image -> [(other image, geometry)] of the strong verified pairs (the pair-checked registration)
+        self.strong_pairs: dict[int, list[tuple[int, TwoViewGeometry]]] = {}
+        for (i, j), g in (pairs or {}).items():
+            if g.cam2_from_cam1 is not None and g.num_inliers >= options.pair_checked_min_pair_inliers:
+                self.strong_pairs.setdefault(i, []).append((j, g))
+                self.strong_pairs.setdefault(j, []).append((i, g))
+        self.pair_checked_failed_at: dict[int, int] = {}
         self.frozen_cameras: set[int] = set()
         self.initial_params = {cid: cam.params.copy() for cid, cam in state.cameras.items()}
 
@@ -294,10 +326,22 @@ class _ModelBuilder:
         return stats.num_filtered_observations + stats.num_filtered_points
 
     # --- growth ---------------------------------------------------------------------------------------
+    def update_frontier(self) -> None:
+        """Add the images on the tracks of newly registered images to :attr:`frontier`."""
+        state = self.state
+        new = [i for i in state.registration_order if i not in self.expanded]
+        if not new:
+            return
+        self.expanded.update(new)
+        tracks = np.unique(np.concatenate([state.table.obs_track[state.table.image_obs[i]] for i in new]))
+        self.frontier.update(np.unique(state.table.obs_image[state.track_rows(tracks)]).tolist())
+
     def try_register_next(self) -> int | None:
         """Register the best candidate that succeeds; returns its id or None when none does."""
         state = self.state
-        candidates = sorted(self.allowed - set(state.registered_image_ids))
+        self.update_frontier()
+        # Same ranking as over all unregistered images: an image outside the frontier sees no 3D point.
+        candidates = sorted((self.frontier & self.allowed) - set(state.registration_order))
         ranked = rank_next_images(state, candidates, self.reg_options)
         for image_id, score, num_visible in ranked:
             if num_visible < self.failed_at.get(image_id, 0) * self.options.max_reg_retry_growth:
@@ -311,24 +355,95 @@ class _ModelBuilder:
                 )
                 logger.debug("image %d not registered: %s", image_id, result.reason)
                 continue
-            state.set_pose(image_id, result.cam_from_world)
-            state.obs_active[result.inlier_rows] = True
-            self.report["registrations"].append(
-                {
-                    "image_id": image_id,
-                    "pyramid_score": score,
-                    "num_correspondences": result.num_correspondences,
-                    "num_inliers": result.num_inliers,
-                }
-            )
-            logger.info(
-                "registered image %d (%d/%d inliers), %d images",
-                image_id,
-                result.num_inliers,
-                result.num_correspondences,
-                state.num_registered,
-            )
+            self.accept(result, score)
             return image_id
+        return self.try_register_pair_checked(candidates)
+
+    def accept(self, result, score: int, pair_checked_with: int | None = None) -> None:
+        """Register a successful PnP result in the state and the report."""
+        state = self.state
+        image_id = result.image_id
+        state.set_pose(image_id, result.cam_from_world)
+        state.obs_active[result.inlier_rows] = True
+        entry = {
+            "image_id": image_id,
+            "pyramid_score": score,
+            "num_correspondences": result.num_correspondences,
+            "num_inliers": result.num_inliers,
+        }
+        if pair_checked_with is not None:
+            entry["pair_checked_with"] = pair_checked_with
+        self.report["registrations"].append(entry)
+        logger.info(
+            "registered image %d (%d/%d inliers%s), %d images",
+            image_id,
+            result.num_inliers,
+            result.num_correspondences,
+            "" if pair_checked_with is None else f", checked against image {pair_checked_with}",
+            state.num_registered,
+        )
+
+    def try_register_pair_checked(self, candidates: list[int]) -> int | None:
+        """No candidate registered: retry those with a strong verified pair to a registered image.
+
+        PnP may then keep as few as ``pair_checked_min_inliers`` inliers, and the pose is accepted only
+        if its rotation relative to the paired registered image matches the pair's two-view rotation
+        within ``pair_checked_max_rotation_deg``: two independent estimates (2D-3D and 2D-2D) agree.
+        """
+        if self.options.pair_checked_min_inliers == 0:
+            return None
+        k = max(4, self.options.pair_checked_min_inliers)  # P3P + 1, as RegistrationOptions requires
+        if k >= self.reg_options.min_num_inliers:
+            return None
+        state = self.state
+        options = replace(
+            self.reg_options,
+            min_num_inliers=k,
+            min_num_visible=min(k, self.reg_options.min_num_visible),
+            ransac=replace(
+                self.reg_options.ransac, min_num_inliers=min(k, self.reg_options.ransac.min_num_inliers)
+            ),
+        )
+        strong = [
+            c for c in candidates if any(state.is_registered[o] for o, _ in self.strong_pairs.get(c, []))
+        ]
+        for image_id, score, num_visible in rank_next_images(state, strong, options):
+            if num_visible < self.pair_checked_failed_at.get(image_id, 0) * self.options.max_reg_retry_growth:
+                continue
+            with self.timer("registration"):
+                result = register_image(state, image_id, options, rng=self.rng)
+            partner = self.agreeing_pair(image_id, result) if result.success else None
+            if partner is None:
+                self.pair_checked_failed_at[image_id] = num_visible
+                reason = result.reason if not result.success else "PnP pose disagrees with its verified pairs"
+                self.report["registration_failures"].append(
+                    {"image_id": image_id, "num_visible": num_visible, "reason": f"pair-checked: {reason}"}
+                )
+                continue
+            self.report["num_pair_checked"] = self.report.get("num_pair_checked", 0) + 1
+            self.accept(result, score, pair_checked_with=partner)
+            return image_id
+        return None
+
+    def agreeing_pair(self, image_id: int, result) -> int | None:
+        """The registered partner (most inliers first) whose two-view rotation the PnP pose reproduces."""
+        state = self.state
+        partners = sorted(
+            ((o, g) for o, g in self.strong_pairs.get(image_id, []) if state.is_registered[o]),
+            key=lambda og: -og[1].num_inliers,
+        )
+        R_new = result.cam_from_world.rotation
+        for other, g in partners:
+            # cam2_from_cam1 maps image_i's camera to image_j's
+            if g.image_i == image_id:
+                R_rel = state.rotations[other] @ R_new.T
+            else:
+                R_rel = R_new @ state.rotations[other].T
+            if (
+                rotation_angle_deg(R_rel, g.cam2_from_cam1.rotation)
+                <= self.options.pair_checked_max_rotation_deg
+            ):
+                return other
         return None
 
     def grow(self) -> None:
@@ -479,7 +594,7 @@ def incremental_mapping(
         if len(allowed) < 2:
             break
         state = MapperState(cameras, images, table)
-        builder = _ModelBuilder(state, options, allowed, rng, timer, progress, len(images))
+        builder = _ModelBuilder(state, options, allowed, rng, timer, progress, len(images), usable)
         model_report: dict = {}
         if init_reconstruction is not None and not models and _attempt == 0:
             with timer("initialization"):

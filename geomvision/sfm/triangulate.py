@@ -221,8 +221,9 @@ def triangulate_tracks(
     candidates = candidates[~state.track_has_point[candidates]]
     rows = state.track_rows(candidates)
     rows = rows[state.is_registered[state.table.obs_image[rows]]]
-    counts = np.bincount(state.table.obs_track[rows], minlength=state.table.num_tracks)
-    rows = rows[counts[state.table.obs_track[rows]] >= 2]
+    local = np.searchsorted(candidates, state.table.obs_track[rows])  # candidates is sorted and unique
+    counts = np.bincount(local, minlength=len(candidates))
+    rows = rows[counts[local] >= 2]
     stats = TriangulationStats(num_candidates=int(np.count_nonzero(counts >= 2)))
     new_tracks, xyz, good_rows = _checked_points(state, rows, options.max_error_px, options.min_tri_angle_deg)
     state.track_xyz[new_tracks] = xyz
@@ -276,7 +277,9 @@ def filter_points(
     bad = errors > max_error_px
     state.obs_active[rows[bad]] = False
     stats.num_filtered_observations = int(bad.sum())
-    remaining = np.bincount(state.table.obs_track[rows[~bad]], minlength=state.table.num_tracks)[points]
+    # points is sorted: count per point through its position (not over all tracks: local steps stay O(local))
+    local = np.searchsorted(points, state.table.obs_track[rows[~bad]])
+    remaining = np.bincount(local, minlength=len(points))
     too_short = points[remaining < 2]
     state.delete_points(too_short)
     points = points[remaining >= 2]

@@ -76,10 +76,17 @@ def rescale(
     r_out = residuals * w[:, None]
     if jacobians is None:
         return r_out, None
-    # d r~ = w J + 2 w' r (r^T J) with w' = g' / (2 sqrt(g)) / c^2
-    coef = (dg / (w * c2))[:, None, None] * residuals[:, :, None]
+    # d r~ = w J + 2 w' r (r^T J) with w' = g' / (2 sqrt(g)) / c^2, computed component-major: (2, D, M)
+    # products run over the contiguous length-M axis (the solvers' layout; evaluate() hands the blocks
+    # over as (M, 2, D) transposed views of such arrays), and the results are returned as the same views
+    r_t = np.ascontiguousarray(residuals.T)  # (2, M)
+    coef_t = r_t * (dg / (w * c2))  # (2, M)
     out = []
     for J in jacobians:
-        rJ = np.einsum("mi,mid->md", residuals, J)[:, None, :]
-        out.append(J * w[:, None, None] + coef * rJ)
+        J_t = J.transpose(1, 2, 0)  # (2, D, M)
+        rJ = r_t[0] * J_t[0] + r_t[1] * J_t[1]  # (D, M) r^T J per observation
+        J_out = np.empty(J_t.shape)
+        np.multiply(J_t, w, out=J_out)
+        J_out += coef_t[:, None, :] * rJ[None]
+        out.append(J_out.transpose(2, 0, 1))
     return r_out, out
