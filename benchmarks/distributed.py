@@ -23,6 +23,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -141,6 +142,13 @@ def main() -> None:
         help="run only these, in this order (default: serial, dask1, processes, dask, dask-running)",
     )
     parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="run the selected backends this many times per dataset, reversing their order every other time; "
+        "the Dask/pool ratios use the median wall time of each backend",
+    )
+    parser.add_argument(
         "--combine",
         nargs="+",
         metavar="JSON",
@@ -166,7 +174,12 @@ def main() -> None:
             overheads[name] = noop_overhead(name, pipeline)
             print(f"{name}: {overheads[name]:.2f} ms per no-op task", flush=True)
         for dataset in args.datasets:
-            for name, pipeline in selected(args):
+            runs = [
+                run
+                for rep in range(args.repeats)
+                for run in (selected(args) if rep % 2 == 0 else selected(args)[::-1])
+            ]
+            for name, pipeline in runs:
                 row = run_one(root / DATASETS[dataset], pipeline, Path(tmp))
                 rows.append((dataset, name, row))
                 print(f"{dataset} {name}: {row['wall_s']:.1f} s (load {row['load']})", flush=True)
@@ -225,16 +238,18 @@ def write_table(args, rows, overheads, started: str) -> None:
     lines += ["", "Dask at N workers against the process pool at N workers (wall time ratio):", ""]
     names = [n for n, _ in backends(args.workers)]
     for dataset in args.datasets:
-        by = {n: r for d, n, r in rows if d == dataset}
-        if names[2] not in by:
+        walls: dict[str, list[float]] = {}
+        for d, n, r in rows:
+            if d == dataset:
+                walls.setdefault(n, []).append(r["wall_s"])
+        if names[2] not in walls:
             continue
-        pool = by[names[2]]
+        pool = statistics.median(walls[names[2]])
         for name in names[3:]:
-            if name in by:
-                lines.append(
-                    f"- {dataset}, {name}: {by[name]['wall_s'] / pool['wall_s']:.2f}x "
-                    f"({by[name]['wall_s']:.1f} s vs {pool['wall_s']:.1f} s)"
-                )
+            if name in walls:
+                wall = statistics.median(walls[name])
+                runs = "" if len(walls[name]) == 1 else f", medians of {len(walls[name])} runs each"
+                lines.append(f"- {dataset}, {name}: {wall / pool:.2f}x ({wall:.1f} s vs {pool:.1f} s{runs})")
     lines += [
         "",
         "Per-item cost: CPU time inside the tasks per item (`cpu_s / items`, thread CPU time of the single-threaded "
