@@ -38,9 +38,10 @@ from geomvision.runtime.worker import main_module_hidden
 logger = logging.getLogger(__name__)
 
 try:
+    import dask
     import distributed
 except ImportError:  # optional extra: the core runs without it
-    distributed = None
+    dask = distributed = None
 
 #: Payloads above this go to a worker by ``scatter`` (direct transfer), not inside the task.
 _SCATTER_BYTES = 1 << 20
@@ -256,6 +257,21 @@ class DaskBackend(Backend):
                 cluster.close()
 
 
+#: Dask settings for our own LocalCluster. On a small machine the workers and the client (which runs the
+#: scheduler and the mapper) share the cores, and Dask's own housekeeping took 10-15 % of templeRing's wall
+#: time: the statistical profiler samples each worker's stack every 10 ms, the scheduler's event loop ticks
+#: every 20 ms, psutil system monitors poll every 0.5 s, and work stealing moves tasks our runner already
+#: balances. Measured on templeRing, 2 workers on 2 quiet cores: 20.4 s with Dask's defaults, 18.3-18.7 s
+#: with these, against 17.9 s for the process pool (benchmarks/results/distributed_repeats.md).
+LOCAL_CLUSTER_CONFIG = {
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.tick.interval": "200ms",
+    "distributed.admin.system-monitor.interval": "5s",
+    "distributed.scheduler.work-stealing": False,
+    "distributed.worker.memory.monitor-interval": "1s",
+}
+
+
 def start_local_cluster(num_workers: int, security=None):
     """A ``LocalCluster`` of ``num_workers`` single-threaded worker processes, on 127.0.0.1 only.
 
@@ -264,7 +280,8 @@ def start_local_cluster(num_workers: int, security=None):
     the HTTP servers that remain (health, metrics) listen on 127.0.0.1 too.
     """
     _require_dask()
-    with main_module_hidden(), _sigint_ignored():
+    # The nannies hand this config to their worker processes; the scheduler reads it when it starts.
+    with main_module_hidden(), _sigint_ignored(), dask.config.set(LOCAL_CLUSTER_CONFIG):
         return distributed.LocalCluster(
             n_workers=num_workers,
             threads_per_worker=1,
