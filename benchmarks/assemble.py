@@ -24,7 +24,10 @@ ORDER = [
     ("bench_colmap_io.md", "COLMAP model I/O"),
     ("learned_pose.md", "Learned pose plugins (issue: learned pose)"),
     ("distributed.md", "Stage runner backends: serial, process pool, Dask (issue 15: scale-out)"),
-    ("distributed_repeats.md", "Dask (2 workers) against the process pool (2 workers), repeated runs (issue 15)"),
+    (
+        "distributed_repeats.md",
+        "Dask (2 workers) against the process pool (2 workers), repeated runs (issue 15)",
+    ),
     ("global_mapper.md", "Global mapper vs incremental vs COLMAP/GLOMAP (issue 16)"),
     ("scaling.md", "Cost growth on synthetic street scenes (issue 17)"),
     ("wide_baseline.md", "Wide-baseline rings (issue 19)"),
