@@ -95,3 +95,28 @@ def write_lines(path: Path, lines: list[str]) -> None:
 def argument_parser(doc: str | None) -> argparse.ArgumentParser:
     """The scripts' parser: the module docstring (usage included) as the description, kept as written."""
     return argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def model_pose_errors(result, gt) -> list[dict]:
+    """Per model of a pipeline result: registered images, median pose-pair errors (deg, among its registered
+    images) against ground truth ``gt`` (name -> camera), and the trust verdict with its reasons and signals
+    (issue 19: a model over 5 deg must be untrusted)."""
+    from geomvision.evaluation import evaluate_reconstruction
+
+    rows = []
+    for rec, model in zip(result.reconstructions, result.report.get("models", []), strict=False):
+        registered = {rec.views[i].name for i in rec.registered_image_ids}
+        sub_gt = {n: g for n, g in gt.items() if n in registered}
+        metrics = evaluate_reconstruction(rec, sub_gt, include_per_image=False) if len(sub_gt) >= 2 else {}
+        rows.append(
+            {
+                "num_registered": rec.num_registered,
+                "median_pose_error_deg": metrics.get("median_pose_error_deg"),
+                "median_rotation_error_deg": metrics.get("median_rotation_error_deg"),
+                "median_translation_error_deg": metrics.get("median_translation_error_deg"),
+                "trusted": model.get("trusted"),
+                "trust_reasons": model.get("trust_reasons"),
+                "trust_signals": model.get("trust_signals"),
+            }
+        )
+    return rows

@@ -35,6 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reconstruct as rb  # noqa: E402  (sibling benchmark script)
+from common import model_pose_errors  # noqa: E402  (sibling benchmark module)
 
 DATASETS = dict(rb.DATASETS)
 DATASETS["dtu"] = rb.Dataset("dtu", "dtu_scan37", "images", "dtu_scan37_par.txt")
@@ -89,28 +90,6 @@ def _share_feature_cache(work: Path, key: str, out: Path) -> None:
             return
 
 
-def _model_errors(result, gt) -> list[dict]:
-    """Per model: registered images, median pose-pair error against ground truth, trust verdict."""
-    from geomvision.evaluation import evaluate_reconstruction
-
-    rows = []
-    for rec, model in zip(result.reconstructions, result.report["models"], strict=True):
-        registered = {rec.views[i].name for i in rec.registered_image_ids}
-        sub_gt = {n: g for n, g in gt.items() if n in registered}
-        metrics = evaluate_reconstruction(rec, sub_gt, include_per_image=False) if len(sub_gt) >= 2 else {}
-        rows.append(
-            {
-                "num_registered": rec.num_registered,
-                "median_rotation_error_deg": metrics.get("median_rotation_error_deg"),
-                "median_translation_error_deg": metrics.get("median_translation_error_deg"),
-                "trusted": model.get("trusted"),
-                "trust_reasons": model.get("trust_reasons"),
-                "trust_signals": model.get("trust_signals"),
-            }
-        )
-    return rows
-
-
 def run(key: str, mode: str, work: Path) -> dict:
     from geomvision.config import ReconstructionConfig
     from geomvision.pipeline import run_pipeline
@@ -133,7 +112,7 @@ def run(key: str, mode: str, work: Path) -> dict:
     try:
         result = run_pipeline(image_dir, out, config)
         rec, report = result.reconstruction, result.report
-        models = _model_errors(result, gt)
+        models = model_pose_errors(result, gt)
     except Exception as exc:  # a failed run is a result too
         rec, report, models = None, {"error": f"{type(exc).__name__}: {exc}"}, []
     elapsed = time.perf_counter() - t

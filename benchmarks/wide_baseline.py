@@ -36,6 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reconstruct as rb  # noqa: E402  (sibling benchmark script)
 import self_calibration as sc  # noqa: E402  (sibling benchmark script: ring subsets of templeRing)
+from common import model_pose_errors  # noqa: E402  (sibling benchmark module)
 
 DINO = rb.SHARED / "oxford_dinosaur" / "images"
 
@@ -55,27 +56,6 @@ def _ring(key: str, work: Path):
         gt = load_ground_truth(DINO.parent)
         return subset, names, {n: gt[n] for n in names}
     raise SystemExit(f"unknown ring {key!r}; expected temple16 or dino12")
-
-
-def _model_rows(result, gt) -> list[dict]:
-    """Per model of our run: registered images, median pose-pair error (deg, among its registered
-    images) against ground truth, and the trust verdict (issue 19: over 5 deg must be untrusted)."""
-    from geomvision.evaluation import evaluate_reconstruction
-
-    rows = []
-    for rec, model in zip(result.reconstructions, result.report.get("models", []), strict=False):
-        registered = {rec.views[i].name for i in rec.registered_image_ids}
-        sub_gt = {n: g for n, g in gt.items() if n in registered}
-        metrics = evaluate_reconstruction(rec, sub_gt, include_per_image=False) if len(sub_gt) >= 2 else {}
-        rows.append(
-            {
-                "num_registered": rec.num_registered,
-                "median_pose_error_deg": metrics.get("median_pose_error_deg"),
-                "trusted": model.get("trusted"),
-                "trust_reasons": model.get("trust_reasons"),
-            }
-        )
-    return rows
 
 
 def _scores(rec, gt) -> dict:
@@ -123,7 +103,7 @@ def run_ours(key: str, mode: str, variant: str, work: Path) -> dict:
     try:
         result = run_pipeline(image_dir, out, config)
         rec, report = result.reconstruction, result.report
-        models = _model_rows(result, gt)
+        models = model_pose_errors(result, gt)
     except Exception as exc:  # a failed run is a result too
         rec, report = None, {"error": f"{type(exc).__name__}: {exc}"}
     elapsed = time.perf_counter() - t
