@@ -95,3 +95,8 @@ class Camera:
         from geomvision.geometry import camera_models
 
         return camera_models.unproject(self.model, self.params, pixels)
+
+    def ideal_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """(N, 2) pixels -> (N, 2) undistorted pixels: the same rays in the pinhole image with this K."""
+        K = self.K
+        return self.unproject(pixels) @ K[:2, :2].T + K[:2, 2]

@@ -149,14 +149,6 @@ def rank_initial_pairs(
     return candidates
 
 
-def _undistorted_pixels(state: MapperState, image_id: int, keypoints: np.ndarray) -> np.ndarray:
-    cam = state.camera_of(image_id)
-    from geomvision.geometry import camera_models
-
-    xn = camera_models.unproject(cam.model, cam.params, state.images[image_id].keypoints_px[keypoints])
-    return xn @ cam.K[:2, :2].T + cam.K[:2, 2]
-
-
 def relative_pose(
     state: MapperState, geometry: TwoViewGeometry, options: InitializationOptions, *, rng: np.random.Generator
 ) -> tuple[Rigid3d | None, str]:
@@ -165,8 +157,12 @@ def relative_pose(
         pose = geometry.cam2_from_cam1
     else:
         matches = np.asarray(geometry.inlier_matches, dtype=np.int64)
-        x1 = _undistorted_pixels(state, geometry.image_i, matches[:, 0])
-        x2 = _undistorted_pixels(state, geometry.image_j, matches[:, 1])
+        x1 = state.camera_of(geometry.image_i).ideal_pixels(
+            state.images[geometry.image_i].keypoints_px[matches[:, 0]]
+        )
+        x2 = state.camera_of(geometry.image_j).ideal_pixels(
+            state.images[geometry.image_j].keypoints_px[matches[:, 1]]
+        )
         result = estimate_essential(
             x1,
             x2,

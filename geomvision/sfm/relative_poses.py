@@ -78,14 +78,6 @@ class RelativePoseResult:
     report: dict[str, Any]
 
 
-def _ideal_px(camera: Camera, px: np.ndarray) -> np.ndarray:
-    """Pixels of the undistorted pinhole image with the camera's K (identity without distortion)."""
-    if not np.any(camera.distortion != 0):
-        return px
-    K = camera.K
-    return camera.unproject(px) @ K[:2, :2].T + K[:2, 2]
-
-
 def _normalized(x_px: np.ndarray, K: np.ndarray) -> np.ndarray:
     return (x_px - K[:2, 2]) / np.diag(K)[:2]
 
@@ -149,8 +141,8 @@ def estimate_relative_poses(
                 raise InputError(f"pair {pair}: image {image_id} or its camera is unknown")
         cam_i, cam_j = cameras[images[i].camera_id], cameras[images[j].camera_id]
         counts["num_pairs"] += 1
-        x1 = _ideal_px(cam_i, images[i].keypoints_px[g.inlier_matches[:, 0]])
-        x2 = _ideal_px(cam_j, images[j].keypoints_px[g.inlier_matches[:, 1]])
+        x1 = cam_i.ideal_pixels(images[i].keypoints_px[g.inlier_matches[:, 0]])
+        x2 = cam_j.ideal_pixels(images[j].keypoints_px[g.inlier_matches[:, 1]])
         K1, K2 = cam_i.K, cam_j.K
         if g.config == "panoramic":  # a pure rotation has no essential matrix: its stale pose goes
             counts["num_failed"] += 1

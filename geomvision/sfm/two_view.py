@@ -108,14 +108,6 @@ def _intrinsics(camera: CameraLike, name: str) -> tuple[np.ndarray | None, Camer
     return K, None
 
 
-def _ideal_pixels(px: np.ndarray, K: np.ndarray | None, camera: Camera | None) -> np.ndarray:
-    """Undistort pixels onto the ideal pinhole image of the same K (identity without distortion)."""
-    if camera is None or K is None:
-        return px
-    xn = camera.unproject(px)
-    return xn @ K[:2, :2].T + K[:2, 2]
-
-
 def _median_triangulation_angle_deg(pose: Rigid3d, xn1: np.ndarray, xn2: np.ndarray) -> float:
     """Median ray angle over points triangulated in front of both cameras (nan if none)."""
     if len(xn1) == 0 or np.linalg.norm(pose.translation) < 1e-12:
@@ -250,8 +242,11 @@ def verify_pair(
         return _rejected(i, j, n, f"{n} putative matches < {options.min_num_inliers}")
     K1, cam1 = _intrinsics(camera_1, "camera_1")
     K2, cam2 = _intrinsics(camera_2, "camera_2")
-    x1 = _ideal_pixels(np.asarray(keypoints_1_px, np.float64)[matches[:, 0]], K1, cam1)
-    x2 = _ideal_pixels(np.asarray(keypoints_2_px, np.float64)[matches[:, 1]], K2, cam2)
+    # Only distorted cameras are kept (``_intrinsics``): pinhole pixels are already ideal.
+    x1 = np.asarray(keypoints_1_px, np.float64)[matches[:, 0]]
+    x2 = np.asarray(keypoints_2_px, np.float64)[matches[:, 1]]
+    x1 = x1 if cam1 is None else cam1.ideal_pixels(x1)
+    x2 = x2 if cam2 is None else cam2.ideal_pixels(x2)
     # A model with fewer than min_num_inliers inliers (or below min_inlier_ratio) is rejected anyway,
     # so RANSAC may stop once a model with that many inliers would have been sampled with the
     # requested confidence (H&Z 4.7.1 with the inlier ratio floored at min_num_inliers / n). Without

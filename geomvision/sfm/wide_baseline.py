@@ -513,7 +513,7 @@ def _pose_into(
     view = source.views[image_id]
     camera = target.cameras.get(view.camera_id, source.cameras[view.camera_id])
     K = camera.K
-    pixels = camera.unproject(view.keypoints_px[keypoints]) @ K[:2, :2].T + K[:2, 2]
+    pixels = camera.ideal_pixels(view.keypoints_px[keypoints])
     xyz = np.array([target.points3D[int(p)].xyz for p in point_ids])
     try:
         pose = estimate_absolute_pose(xyz, pixels, K, options.pnp_ransac, rng=rng)
