@@ -123,6 +123,10 @@ def test_a_first_pass_whose_focal_moved_triangulates_no_new_tracks(ring_scene):
     assert "recalibration" not in kept.report and rounds[1]["refocusing"] is False
     assert rounds[0]["num_points_created"] == 0 and rounds[1]["num_points_created"] > 0
     assert pose_errors(kept.reconstructions[0], ring_scene)[0].max() < 0.1
+    # A known focal is not watched: the first round triangulates the other tracks at once.
+    fixed = global_mapping(cameras, images, geoms, replace(options, fixed_camera_ids=(1,)), rng=0)
+    rounds = fixed.report["models"][0]["ba_rounds"]
+    assert "refocusing" not in rounds[1] and rounds[0]["num_points_created"] > 200
 
 
 def test_same_seed_gives_the_same_model(ring_scene):

@@ -492,6 +492,8 @@ def global_mapping(
     When bundle adjustment moves the focal length of a camera not in ``fixed_camera_ids`` by more than
     ``recalibrate_focal_change`` (the relative rotations were then estimated with a wrong focal), the
     pairs of that camera are posed again with the refined intrinsics and the whole mapping runs once more.
+    That first pass, once a joint round has moved the focal, only refines the focal and the centres on
+    its positioned points (``lean_first_pass``); the second pass starts from its centres.
 
     Args:
         cameras: camera_id -> intrinsics (refined unless listed in ``options.fixed_camera_ids``; when they
@@ -514,7 +516,12 @@ def global_mapping(
     rng = np.random.default_rng(0 if rng is None else rng)
     timer = StepTimer()
     t_start = time.perf_counter()
-    check = options.recalibrate_focal_change > 0
+    # Only a camera whose focal BA may refine can move it.
+    check = (
+        options.recalibrate_focal_change > 0
+        and options.refine_focal
+        and any(cid not in options.fixed_camera_ids for cid in cameras)
+    )
     posing_report = None
     verified = two_view_geometries  # a refocused camera's pairs are posed again from these inliers
     if options.pose_unposed_pairs:
