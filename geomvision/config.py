@@ -301,6 +301,7 @@ DEPRECATED_KEYS: dict[str, tuple[str, ...]] = {
         "mapper.global_ba.loss_scale_px",
     ),
     "pipeline.pose_prior_min_confidence": ("pose_prior.min_confidence",),
+    "trust.drift_max_iterations": ("trust.drift_ba.max_iterations",),
 }
 #: Old values that reach a new place changed: ``mapper.min_num_inliers`` also set the registration's
 #: candidate floor to half of it.
