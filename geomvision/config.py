@@ -302,6 +302,9 @@ DEPRECATED_KEYS: dict[str, tuple[str, ...]] = {
     ),
     "pipeline.pose_prior_min_confidence": ("pose_prior.min_confidence",),
     "trust.drift_max_iterations": ("trust.drift_ba.max_iterations",),
+    "mapper.pair_checked_min_inliers": ("mapper.pair_checked.min_inliers",),
+    "mapper.pair_checked_min_pair_inliers": ("mapper.pair_checked.min_pair_inliers",),
+    "mapper.pair_checked_max_rotation_deg": ("mapper.pair_checked.max_rotation_deg",),
 }
 #: Old values that reach a new place changed: ``mapper.min_num_inliers`` also set the registration's
 #: candidate floor to half of it.
