@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -584,7 +583,6 @@ def incremental_mapping(
     check_mapper_inputs(cameras, images, two_view_geometries, caller="incremental_mapping")
     rng = as_rng(rng)
     timer = StepTimer()
-    t_start = time.perf_counter()
     usable = {
         pair: g
         for pair, g in two_view_geometries.items()
@@ -682,7 +680,5 @@ def incremental_mapping(
     )
     if not models:
         report["reason"] = reason or "no model could be built"
-    report["timings_s"] = {k: round(v, 4) for k, v in timer.totals.items()} | {
-        "total": round(time.perf_counter() - t_start, 4)
-    }
+    report["timings_s"] = timer.timings_s()
     return MappingResult(models, report)
