@@ -255,9 +255,9 @@ def _options_to_dict(options) -> dict[str, Any]:
     return out
 
 
-# --- deprecated flat keys ----------------------------------------------------------------------------
-#: Keys of the flat options before the tree (kept one release) -> their places in the tree. A key that
-#: used to be relayed to several stages maps to all of them.
+# --- deprecated keys ---------------------------------------------------------------------------------
+#: Keys of the flat options before the tree, and of fields since moved into nested options (kept one
+#: release) -> their places in the tree. A key that used to be relayed to several stages maps to all of them.
 DEPRECATED_KEYS: dict[str, tuple[str, ...]] = {
     "two_view.max_error_px": ("two_view.ransac.max_error_px",),
     "two_view.confidence": ("two_view.ransac.confidence",),
@@ -305,6 +305,9 @@ DEPRECATED_KEYS: dict[str, tuple[str, ...]] = {
     "mapper.pair_checked_min_inliers": ("mapper.pair_checked.min_inliers",),
     "mapper.pair_checked_min_pair_inliers": ("mapper.pair_checked.min_pair_inliers",),
     "mapper.pair_checked_max_rotation_deg": ("mapper.pair_checked.max_rotation_deg",),
+    "merge.alignment.refine_max_points": ("merge.alignment.refinement.max_points",),
+    "merge.alignment.huber_scale_px": ("merge.alignment.refinement.huber_scale_px",),
+    "merge.alignment.refine_max_iterations": ("merge.alignment.refinement.max_iterations",),
 }
 #: Old values that reach a new place changed: ``mapper.min_num_inliers`` also set the registration's
 #: candidate floor to half of it.
@@ -314,14 +317,19 @@ DEPRECATED_TRANSFORMS: dict[tuple[str, str], Callable[[Any], Any]] = {
 
 
 def _resolve_deprecated(data: dict[str, Any]) -> dict[str, Any]:
-    """Move deprecated flat keys of ``data`` (section -> table) to their places, warning once each."""
+    """Move deprecated keys of ``data`` (section -> table, nested tables) to their places, warning once each."""
     for old, targets in DEPRECATED_KEYS.items():
-        section, key = old.split(".")
-        table = data.get(section)
+        *tables, key = old.split(".")
+        section = ".".join(tables)
+        table: Any = data
+        for part in tables:
+            table = table.get(part) if isinstance(table, Mapping) else None
         if not isinstance(table, Mapping) or key not in table:
             continue
-        table = data[section] = dict(table)
-        value = table.pop(key)
+        node = data
+        for part in tables:  # copy the path down to the table, so the caller's dicts stay as they were
+            node[part] = node = dict(node[part])
+        value = node.pop(key)
         new_names = ", ".join(targets)
         message = f"config key [{section}] {key} is deprecated; set {new_names} instead"
         warnings.warn(message, DeprecationWarning, stacklevel=4)

@@ -7,6 +7,7 @@ import math
 import pytest
 
 from geomvision.config import (
+    DEPRECATED_KEYS,
     PRESETS,
     ReconstructionConfig,
     config_from_dict,
@@ -76,6 +77,51 @@ def test_deprecated_flat_keys_move_to_their_place_with_a_warning(caplog):
     assert mapper.registration.min_num_inliers == 40 and mapper.registration.min_num_visible == 20
     with pytest.warns(DeprecationWarning), pytest.raises(InputError, match="both the deprecated"):
         config_from_dict({"two_view": {"max_error_px": 3.0, "ransac": {"max_error_px": 1.0}}})
+
+
+MOVED_INTO_NESTED_OPTIONS = [
+    ("trust.drift_max_iterations", 7),
+    ("mapper.pair_checked_min_inliers", 10),
+    ("mapper.pair_checked_min_pair_inliers", 80),
+    ("mapper.pair_checked_max_rotation_deg", 3.5),
+    ("merge.alignment.refine_max_points", 150),
+    ("merge.alignment.huber_scale_px", 2.5),
+    ("merge.alignment.refine_max_iterations", 50),
+]
+
+
+@pytest.mark.parametrize(("old", "value"), MOVED_INTO_NESTED_OPTIONS)
+def test_fields_moved_into_nested_options_keep_their_old_keys_with_a_warning(old, value):
+    *tables, key = old.split(".")
+    with pytest.warns(DeprecationWarning, match=rf"\[{'.'.join(tables)}\] {key} is deprecated"):
+        config = config_from_dict(_nested(old, value))
+    (new,) = DEPRECATED_KEYS[old]
+    assert _leaf(config, new) == value != _leaf(ReconstructionConfig(), new)
+    both = _merged(_nested(old, value), _nested(new, value))
+    with pytest.warns(DeprecationWarning), pytest.raises(InputError, match="both the deprecated"):
+        config_from_dict(both)
+
+
+def _nested(path: str, value) -> dict:
+    *tables, key = path.split(".")
+    data = {key: value}
+    for part in reversed(tables):
+        data = {part: data}
+    return data
+
+
+def _merged(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for key, value in b.items():
+        both_tables = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = _merged(out[key], value) if both_tables else value
+    return out
+
+
+def _leaf(config: ReconstructionConfig, path: str):
+    for part in path.split("."):
+        config = getattr(config, part)
+    return config
 
 
 def test_unknown_keys_get_a_did_you_mean_hint():
