@@ -29,7 +29,7 @@ from geomvision.sfm.calibration import SelfCalibrationOptions
 from geomvision.sfm.factorization_init import FactorizationInitOptions
 from geomvision.sfm.global_mapper import GlobalMapperOptions
 from geomvision.sfm.incremental import IncrementalMapperOptions
-from geomvision.sfm.merge import MergeOptions
+from geomvision.sfm.merge import AlignmentOptions, MergeOptions
 from geomvision.sfm.partition import PartitionOptions
 from geomvision.sfm.pose_prior import PosePriorOptions
 from geomvision.sfm.trust import TrustOptions
@@ -255,9 +255,9 @@ def _options_to_dict(options) -> dict[str, Any]:
     return out
 
 
-# --- deprecated keys ---------------------------------------------------------------------------------
-#: Keys of the flat options before the tree, and of fields since moved into nested options (kept one
-#: release) -> their places in the tree. A key that used to be relayed to several stages maps to all of them.
+# --- deprecated flat keys ----------------------------------------------------------------------------
+#: Keys of the flat options before the tree (kept one release) -> their places in the tree. A key that
+#: used to be relayed to several stages maps to all of them.
 DEPRECATED_KEYS: dict[str, tuple[str, ...]] = {
     "two_view.max_error_px": ("two_view.ransac.max_error_px",),
     "two_view.confidence": ("two_view.ransac.confidence",),
@@ -301,13 +301,22 @@ DEPRECATED_KEYS: dict[str, tuple[str, ...]] = {
         "mapper.global_ba.loss_scale_px",
     ),
     "pipeline.pose_prior_min_confidence": ("pose_prior.min_confidence",),
-    "trust.drift_max_iterations": ("trust.drift_ba.max_iterations",),
-    "mapper.pair_checked_min_inliers": ("mapper.pair_checked.min_inliers",),
-    "mapper.pair_checked_min_pair_inliers": ("mapper.pair_checked.min_pair_inliers",),
-    "mapper.pair_checked_max_rotation_deg": ("mapper.pair_checked.max_rotation_deg",),
-    "merge.alignment.refine_max_points": ("merge.alignment.refinement.max_points",),
-    "merge.alignment.huber_scale_px": ("merge.alignment.refinement.huber_scale_px",),
-    "merge.alignment.refine_max_iterations": ("merge.alignment.refinement.max_iterations",),
+}
+#: Fields since moved into a nested options class of their own class (kept one release): class -> old
+#: field -> its place below that class. They apply wherever the class stands in the tree (a
+#: RansacOptions, say, under two_view, the mappers and the merge alike).
+MOVED_FIELDS: dict[type, dict[str, str]] = {
+    TrustOptions: {"drift_max_iterations": "drift_ba.max_iterations"},
+    IncrementalMapperOptions: {
+        "pair_checked_min_inliers": "pair_checked.min_inliers",
+        "pair_checked_min_pair_inliers": "pair_checked.min_pair_inliers",
+        "pair_checked_max_rotation_deg": "pair_checked.max_rotation_deg",
+    },
+    AlignmentOptions: {
+        "refine_max_points": "refinement.max_points",
+        "huber_scale_px": "refinement.huber_scale_px",
+        "refine_max_iterations": "refinement.max_iterations",
+    },
 }
 #: Old values that reach a new place changed: ``mapper.min_num_inliers`` also set the registration's
 #: candidate floor to half of it.
@@ -317,19 +326,14 @@ DEPRECATED_TRANSFORMS: dict[tuple[str, str], Callable[[Any], Any]] = {
 
 
 def _resolve_deprecated(data: dict[str, Any]) -> dict[str, Any]:
-    """Move deprecated keys of ``data`` (section -> table, nested tables) to their places, warning once each."""
+    """Move deprecated flat keys of ``data`` (section -> table) to their places, warning once each."""
     for old, targets in DEPRECATED_KEYS.items():
-        *tables, key = old.split(".")
-        section = ".".join(tables)
-        table: Any = data
-        for part in tables:
-            table = table.get(part) if isinstance(table, Mapping) else None
+        section, key = old.split(".")
+        table = data.get(section)
         if not isinstance(table, Mapping) or key not in table:
             continue
-        node = data
-        for part in tables:  # copy the path down to the table, so the caller's dicts stay as they were
-            node[part] = node = dict(node[part])
-        value = node.pop(key)
+        table = data[section] = dict(table)
+        value = table.pop(key)
         new_names = ", ".join(targets)
         message = f"config key [{section}] {key} is deprecated; set {new_names} instead"
         warnings.warn(message, DeprecationWarning, stacklevel=4)
@@ -349,6 +353,37 @@ def _resolve_deprecated(data: dict[str, Any]) -> dict[str, Any]:
                     raise InputError(f"both the deprecated [{section}] {key} and {path} are set; keep {path}")
                 node[leaf] = transform(value) if transform is not None else value
     return data
+
+
+def _resolve_moved_fields(options, changes: Mapping[str, Any], path: str) -> Mapping[str, Any]:
+    """``changes`` of the table ``path`` with the :data:`MOVED_FIELDS` of ``options`` at their new places."""
+    moved = MOVED_FIELDS.get(type(options), {})
+    if not any(key in moved for key in changes):
+        return changes
+    changes = dict(changes)
+    for old, new in moved.items():
+        if old not in changes:
+            continue
+        value = changes.pop(old)
+        message = f"config key [{path}] {old} is deprecated; set {path}.{new} instead"
+        warnings.warn(message, DeprecationWarning, stacklevel=2)
+        logger.warning(message)
+        *parents, leaf = new.split(".")
+        node = changes
+        for part in parents:
+            child = node.get(part, {})
+            if not isinstance(child, Mapping):
+                raise InputError(
+                    f"both the deprecated [{path}] {old} and {path}.{part} are set; keep {path}.{part}"
+                )
+            node[part] = child = dict(child)
+            node = child
+        if leaf in node:
+            raise InputError(
+                f"both the deprecated [{path}] {old} and {path}.{new} are set; keep {path}.{new}"
+            )
+        node[leaf] = value
+    return changes
 
 
 # --- walking the tree ----------------------------------------------------------------------------------
@@ -374,6 +409,7 @@ def _updated(options, changes: Mapping[str, Any], path: str):
     """``options`` with ``changes`` applied; nested tables update nested options, keys are checked."""
     if not isinstance(changes, Mapping):
         raise InputError(f"[{path}] must be a table, got {type(changes).__name__}")
+    changes = _resolve_moved_fields(options, changes, path)
     _check_keys(path, options, changes)
     hints = _type_hints(type(options))
     values = {}

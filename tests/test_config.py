@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 
 from geomvision.config import (
-    DEPRECATED_KEYS,
+    MOVED_FIELDS,
     PRESETS,
     ReconstructionConfig,
     config_from_dict,
@@ -79,27 +80,35 @@ def test_deprecated_flat_keys_move_to_their_place_with_a_warning(caplog):
         config_from_dict({"two_view": {"max_error_px": 3.0, "ransac": {"max_error_px": 1.0}}})
 
 
-MOVED_INTO_NESTED_OPTIONS = [
-    ("trust.drift_max_iterations", 7),
-    ("mapper.pair_checked_min_inliers", 10),
-    ("mapper.pair_checked_min_pair_inliers", 80),
-    ("mapper.pair_checked_max_rotation_deg", 3.5),
-    ("merge.alignment.refine_max_points", 150),
-    ("merge.alignment.huber_scale_px", 2.5),
-    ("merge.alignment.refine_max_iterations", 50),
-]
+def _places(cls: type, options=None, prefix: str = "") -> list[str]:
+    """Every place in the default tree where an options of class ``cls`` stands."""
+    options = ReconstructionConfig() if options is None else options
+    found = [prefix] if isinstance(options, cls) else []
+    for f in dataclasses.fields(options):
+        value = getattr(options, f.name)
+        if dataclasses.is_dataclass(value):
+            found += _places(cls, value, f"{prefix}.{f.name}" if prefix else f.name)
+    return found
 
 
-@pytest.mark.parametrize(("old", "value"), MOVED_INTO_NESTED_OPTIONS)
-def test_fields_moved_into_nested_options_keep_their_old_keys_with_a_warning(old, value):
-    *tables, key = old.split(".")
-    with pytest.warns(DeprecationWarning, match=rf"\[{'.'.join(tables)}\] {key} is deprecated"):
-        config = config_from_dict(_nested(old, value))
-    (new,) = DEPRECATED_KEYS[old]
-    assert _leaf(config, new) == value != _leaf(ReconstructionConfig(), new)
-    both = _merged(_nested(old, value), _nested(new, value))
-    with pytest.warns(DeprecationWarning), pytest.raises(InputError, match="both the deprecated"):
-        config_from_dict(both)
+@pytest.mark.parametrize(
+    ("cls", "old"),
+    [(cls, old) for cls, moved in MOVED_FIELDS.items() for old in moved],
+    ids=lambda v: v.__name__ if isinstance(v, type) else v,
+)
+def test_fields_moved_into_nested_options_keep_their_old_keys_with_a_warning(cls, old):
+    new = MOVED_FIELDS[cls][old]
+    places = _places(cls)
+    assert places  # the class stands in the tree
+    for place in places:
+        default = _leaf(ReconstructionConfig(), f"{place}.{new}")
+        value = (not default) if isinstance(default, bool) else default * 2 if default else 1
+        with pytest.warns(DeprecationWarning, match=rf"\[{place}\] {old} is deprecated"):
+            config = config_from_dict(_nested(f"{place}.{old}", value))
+        assert _leaf(config, f"{place}.{new}") == value != default
+        both = _merged(_nested(f"{place}.{old}", value), _nested(f"{place}.{new}", value))
+        with pytest.warns(DeprecationWarning), pytest.raises(InputError, match="both the deprecated"):
+            config_from_dict(both)
 
 
 def _nested(path: str, value) -> dict:
