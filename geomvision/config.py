@@ -306,6 +306,12 @@ DEPRECATED_KEYS: dict[str, tuple[str, ...]] = {
 #: field -> its place below that class. They apply wherever the class stands in the tree (a
 #: RansacOptions, say, under two_view, the mappers and the merge alike).
 MOVED_FIELDS: dict[type, dict[str, str]] = {
+    MatchingOptions: {
+        "ivf_num_cells": "ivf.num_cells",
+        "ivf_num_probes": "ivf.num_probes",
+        "ivf_min_num_features": "ivf.min_num_features",
+        "ivf_descriptors_per_cell": "ivf.descriptors_per_cell",
+    },
     TrustOptions: {"drift_max_iterations": "drift_ba.max_iterations"},
     IncrementalMapperOptions: {
         "pair_checked_min_inliers": "pair_checked.min_inliers",
