@@ -24,6 +24,7 @@ from typing import Any, Literal, get_args, get_origin
 from geomvision.errors import InputError, check_at_least
 from geomvision.features.extract import ExtractionOptions
 from geomvision.features.match import MatchingOptions
+from geomvision.robust.ransac import RansacOptions
 from geomvision.runtime.runner import BACKENDS
 from geomvision.sfm.calibration import SelfCalibrationOptions
 from geomvision.sfm.factorization_init import FactorizationInitOptions
@@ -313,6 +314,14 @@ MOVED_FIELDS: dict[type, dict[str, str]] = {
         "ivf_descriptors_per_cell": "ivf.descriptors_per_cell",
     },
     TrustOptions: {"drift_max_iterations": "drift_ba.max_iterations"},
+    RansacOptions: {
+        "local_optimization": "lo.enabled",
+        "lo_iterations": "lo.iterations",
+        "lo_threshold_multiplier": "lo.threshold_multiplier",
+        "lo_max_points": "lo.max_points",
+        "bailout_subset": "bailout.subset",
+        "bailout_sigma": "bailout.sigma",
+    },
     IncrementalMapperOptions: {
         "pair_checked_min_inliers": "pair_checked.min_inliers",
         "pair_checked_min_pair_inliers": "pair_checked.min_pair_inliers",

@@ -53,7 +53,7 @@ from geomvision.geometry.sim3 import (
 )
 from geomvision.progress import ProgressCallback
 from geomvision.progress import report as report_progress
-from geomvision.robust.ransac import RansacOptions, ransac
+from geomvision.robust.ransac import BailoutOptions, RansacOptions, ransac
 from geomvision.runtime.rng import as_rng
 from geomvision.scene import Reconstruction, View
 from geomvision.sfm.bundle_adjustment import BundleAdjustmentOptions, bundle_adjust
@@ -74,7 +74,11 @@ __all__ = [
 
 def _default_alignment_ransac() -> RansacOptions:
     return RansacOptions(
-        max_error_px=4.0, min_num_inliers=10, min_iterations=16, max_iterations=2000, bailout_subset=0
+        max_error_px=4.0,
+        min_num_inliers=10,
+        min_iterations=16,
+        max_iterations=2000,
+        bailout=BailoutOptions(subset=0),
     )
 
 
