@@ -80,8 +80,8 @@ class GlobalMapperOptions:
             rough and sometimes the wrong one of its two solutions: on the synthetic 300-image street
             (facades, 1080 of 1483 pairs planar) the planar pairs' median rotation error fell from 1.43 to
             0.27 deg and the pairs off by > 5 deg from 278 to 145; rotation averaging's median error from
-            2.1 to 0.38 deg, AUC@2 0.10 -> 0.50 (the rest of that gap is positioning's random start:
-            started from the true centres, 0.955). Off by default until the benchmark's rows are
+            2.1 to 0.38 deg, AUC@2 0.10 -> 0.50 (the rest of that gap is positioning's random start,
+            which folds the long path: started from the true centres, 0.955). Off by default until the benchmark's rows are
             measured with it: on the real sets (2-46 planar pairs) it moved AUC@2 by -0.016..+0.002,
             within the spread of the seed (templeRing unknown K, seeds 0-2: 0.858-0.883), since the
             RANSAC draws shift positioning's random start.
