@@ -241,16 +241,3 @@ def test_planar_pairs_are_posed_again_by_five_point_when_asked(ring_scene):
     assert posed.report["rotation_averaging"]["num_pairs_dropped"] == 0
     assert posed.report["rotation_averaging"]["residual_deg_median"] < 0.1
     assert pose_errors(posed.reconstructions[0], ring_scene)[0].max() < 0.1
-
-
-def test_positioning_can_start_from_the_spanning_tree_centres():
-    scene = random_scene(300, 10, layout="sequence", rng=8)
-    cameras, images, geoms, _ = mapper_inputs(scene, noise_px=0.5, rng=1)
-    options = GlobalMapperOptions(fixed_camera_ids=(1,), positioning_start="spanning_tree")
-    result = global_mapping(cameras, images, geoms, options, rng=0)
-    rec = result.reconstructions[0]
-    assert rec.num_registered == 10
-    rotation_deg, centre_error, _ = pose_errors(rec, scene)
-    assert rotation_deg.max() < 0.1 and centre_error.max() < 0.01  # scene radius 1
-    with pytest.raises(InputError, match="positioning_start"):
-        GlobalMapperOptions(positioning_start="origin")

@@ -7,10 +7,9 @@ import pytest
 
 from geomvision.errors import InputError
 from geomvision.geometry.global_positioning import BataProblem, bata_positions, bata_positions_reference
-from geomvision.geometry.rigid import Rigid3d, umeyama_alignment
+from geomvision.geometry.rigid import umeyama_alignment
 from geomvision.sfm.global_positioning import (
     GlobalPositioningOptions,
-    centers_from_spanning_tree,
     position_globally,
     select_positioning_tracks,
 )
@@ -135,24 +134,3 @@ def test_given_centres_start_the_points_where_their_rays_meet():
     # random start, which stops at a cost 3e4 times higher).
     assert warm.report["iterations"] <= 5
     assert warm.report["final_cost"] < 1e-3 < cold.report["final_cost"]
-
-
-def test_spanning_tree_centres_step_one_unit_along_each_true_direction():
-    scene = random_scene(50, 6, layout="sequence", rng=2)
-    # Rotations in another world frame (world_new = A world): cam_from_world_new = R A^T.
-    A = Rigid3d.from_rotvec([0.3, -0.2, 0.5], np.zeros(3)).rotation
-    rotations = {k + 1: pose.rotation @ A.T for k, pose in enumerate(scene.cams_from_world)}
-    chain = {
-        (k, k + 1): scene.cams_from_world[k] @ scene.cams_from_world[k - 1].inverse() for k in range(1, 6)
-    }
-    # A weaker shortcut (1, 3) and a pair without translation are not in the tree / skipped.
-    chain[(1, 3)] = scene.cams_from_world[2] @ scene.cams_from_world[0].inverse()
-    chain[(2, 4)] = Rigid3d(chain[(1, 3)].rotation, np.zeros(3))
-    weights = {p: 100.0 for p in chain} | {(1, 3): 1.0, (2, 4): 1000.0}
-    centers = centers_from_spanning_tree(rotations, chain, weights)
-    assert sorted(centers) == [1, 2, 3, 4, 5, 6]
-    true = [A @ pose.center for pose in scene.cams_from_world]
-    for k in range(1, 6):
-        step = true[k] - true[k - 1]
-        np.testing.assert_allclose(centers[k + 1] - centers[k], step / np.linalg.norm(step), atol=1e-9)
-    assert centers_from_spanning_tree({}, chain, weights) == {}

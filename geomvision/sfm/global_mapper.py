@@ -24,22 +24,17 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 
-from geomvision.errors import check_at_least, check_choice
+from geomvision.errors import check_at_least
 from geomvision.geometry import camera_models
 from geomvision.geometry.rigid import Rigid3d
 from geomvision.progress import ProgressCallback
 from geomvision.progress import report as report_progress
 from geomvision.scene import Camera, ImageInfo, Reconstruction, TwoViewGeometry
 from geomvision.sfm.bundle_adjustment import BundleAdjustmentOptions
-from geomvision.sfm.global_positioning import (
-    GlobalPositioningOptions,
-    centers_from_spanning_tree,
-    position_globally,
-)
+from geomvision.sfm.global_positioning import GlobalPositioningOptions, position_globally
 from geomvision.sfm.incremental import MappingResult
 from geomvision.sfm.mapper_ba import adjust_bundle, check_mapper_ba_options
 from geomvision.sfm.mapper_state import (
@@ -88,12 +83,6 @@ class GlobalMapperOptions:
         relative_poses: options of that estimation, also used for the pairs of a refocused camera.
         rotation_averaging: options of the rotation-averaging stage.
         positioning: options of the global-positioning stage.
-        positioning_start: where positioning starts the camera centres: ``"random"`` (in a box, as
-            GLOMAP) or ``"spanning_tree"`` (:func:`~geomvision.sfm.global_positioning.centers_from_spanning_tree`:
-            unit steps along the pairs' translation directions on a maximum spanning tree; points start
-            where their rays meet). Synthetic 300-image street with ``pose_planar_pairs``: AUC@2 0.50
-            (random) -> 0.92 (spanning tree; 0.955 from the true centres, incremental mapper 0.958).
-            Random by default until the benchmark rows are measured with it.
         triangulation: retriangulation and filtering thresholds between BA rounds.
         ba: how each bundle adjustment runs (the plain BA options: backend, loss, iteration cap, every
             solver setting; ``refine_*`` say which intrinsics of the refined cameras move).
@@ -127,7 +116,6 @@ class GlobalMapperOptions:
 
     pose_unposed_pairs: bool = True
     pose_planar_pairs: bool = False
-    positioning_start: Literal["random", "spanning_tree"] = "random"
     relative_poses: RelativePoseOptions = field(default_factory=RelativePoseOptions)
     rotation_averaging: RotationAveragingOptions = field(default_factory=RotationAveragingOptions)
     positioning: GlobalPositioningOptions = field(default_factory=GlobalPositioningOptions)
@@ -152,7 +140,6 @@ class GlobalMapperOptions:
 
     def __post_init__(self) -> None:
         check_at_least("num_ba_rounds", self.num_ba_rounds, 1)
-        check_choice("positioning_start", self.positioning_start, ("random", "spanning_tree"))
         check_at_least("first_filter_factor", self.first_filter_factor, 1)
         check_at_least("recalibrate_focal_change", self.recalibrate_focal_change, 0)
         check_at_least("min_point_observations", self.min_point_observations, 2)
@@ -447,14 +434,7 @@ def _map_once(
         mapper = _ComponentMapper(cameras, images, table, options, timer, rng, watch_focal=watch)
         model_report = mapper.report
         model_report["component_size"] = len(component.rotations)
-        start = initial_centers
-        if start is None and options.positioning_start == "spanning_tree":
-            start = centers_from_spanning_tree(
-                component.rotations,
-                {p: two_view_geometries[p].cam2_from_cam1 for p in component.pairs},
-                {p: len(two_view_geometries[p].inlier_matches) for p in component.pairs},
-            )
-        if mapper.position(component, start):
+        if mapper.position(component, initial_centers):
             report_progress(progress, 3, 4, f"bundle adjustment of component {index + 1}")
             # Before any BA the positioned points can be far off: only the angle filter applies.
             mapper.filter(np.inf)

@@ -25,22 +25,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-import networkx as nx
 import numpy as np
 
 from geomvision.errors import InputError, check_at_least, check_positive, check_range
 from geomvision.geometry.global_positioning import BataProblem, bata_positions
-from geomvision.geometry.rigid import Rigid3d
-from geomvision.sfm.view_graph import maximum_spanning_tree
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "centers_from_spanning_tree",
     "GlobalPositioningOptions",
     "GlobalPositioningResult",
     "position_globally",
@@ -180,46 +175,6 @@ def _closest_points_to_rays(
     np.logical_or.at(behind, point_index, ~in_front)
     points[behind] = fallback[behind]
     return points
-
-
-def centers_from_spanning_tree(
-    rotations: Mapping[int, np.ndarray],
-    relative_poses: Mapping[tuple[int, int], Rigid3d],
-    weights: Mapping[tuple[int, int], float],
-) -> dict[int, np.ndarray]:
-    """Starting centres: unit steps along the relative translation directions of a maximum spanning tree.
-
-    From the root (the image with the most weight over its pairs) each tree edge (i, j) places
-    ``c_j = c_i + d_ij`` with the direction ``d_ij = -R_j^T t_ij / |t_ij|`` (world frame, from the pair's
-    ``cam2_from_cam1`` translation and the averaged rotation of j). The step lengths are unknown and all
-    set to 1, so the result is only a start for positioning: on a long sequence it keeps the cameras in
-    their order along the path, where a random start can converge to a folded path.
-
-    Args:
-        rotations: image_id -> (3, 3) ``cam_from_world`` rotation.
-        relative_poses: (i, j) -> ``cam_j_from_cam_i`` of the pairs to use (pairs with a zero
-            translation or an image without a rotation are skipped).
-        weights: (i, j) -> weight of the pair (e.g. inlier count); the tree maximises it.
-
-    Returns:
-        image_id -> (3,) centre, for the images of the root's tree (the others have none).
-    """
-    graph = nx.Graph()
-    directions = {}
-    for (i, j), pose in relative_poses.items():
-        t = np.asarray(pose.translation, dtype=np.float64)
-        if i not in rotations or j not in rotations or not np.linalg.norm(t) > 0:
-            continue
-        directions[(i, j)] = -np.asarray(rotations[j]).T @ t / np.linalg.norm(t)
-        graph.add_edge(i, j, weight=float(weights[(i, j)]))
-    if graph.number_of_nodes() == 0:
-        return {}
-    root = max(graph.nodes, key=lambda n: (graph.degree(n, weight="weight"), -n))
-    centers = {root: np.zeros(3)}
-    for a, b in nx.bfs_edges(maximum_spanning_tree(graph), root):
-        step = directions[(a, b)] if (a, b) in directions else -directions[(b, a)]
-        centers[b] = centers[a] + step
-    return centers
 
 
 def position_globally(
