@@ -162,6 +162,7 @@ def child_geomvision(image_dir: str, out: str, pairing: str | None, result_path:
         "pairing": report.get("matching", {}).get("pairing"),
         "num_pairs": report.get("matching", {}).get("num_pairs"),
         "num_models": report.get("num_models"),
+        "trusted": report.get("trusted"),
         "peak_rss_by_stage": mem.peaks,
         "max_rss": _max_rss_bytes(),
         "error": error,
@@ -330,6 +331,7 @@ def run_size(n: int, tools: list[str], pairing: str | None, work: Path, timeout_
             "load_start": [round(v, 2) for v in load_start],
             "load_end": [round(v, 2) for v in os.getloadavg()],
             "load_before_generation": [round(v, 2) for v in load0],
+            "generator_sha256": (scene_dir / "generator.sha256").read_text().strip()[:12],
             **child,
         }
         if not timed_out:
@@ -347,6 +349,10 @@ def _f(v, fmt="{:.1f}") -> str:
     return "-" if v is None else fmt.format(v)
 
 
+def _yes_no(v) -> str:
+    return "-" if v is None else ("yes" if v else "no")
+
+
 def write_markdown(rows: list[dict], path: Path) -> None:
     rows = sorted(rows, key=lambda r: (r["images"], r["tool"], r["pairing_requested"]))
     lines = [
@@ -359,11 +365,15 @@ def write_markdown(rows: list[dict], path: Path) -> None:
         "from the repo's sample photos, exact ground truth). geomvision: `run_pipeline` with 2 workers and the "
         "pairing shown; pycolmap: SIFT + `match_sequential` (overlap 10) + `incremental_mapping`, 2 threads. "
         "AUC@2: pairwise relative pose error against the ground truth over all N images (unregistered = 180 deg). "
-        "Peak RSS: resident memory of the whole process tree (main + worker processes), sampled every 0.1 s.",
+        "Peak RSS: resident memory of the whole process tree (main + worker processes), sampled every 0.1 s. "
+        "Trusted: the pipeline's trust verdict on its model 0 (`sfm/trust.py`). Scene generator: the first hex "
+        "digits of the SHA-256 of the generator's source the scene was rendered with (`-`: rows from before it "
+        "was recorded).",
         "",
         "| N | tool | pairing | pairs | wall s | features s | matching s | verification s | mapping s "
-        "| peak RSS GiB (stage) | registered | models | AUC@2 | AUC@5 | reproj px | load (start) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| peak RSS GiB (stage) | registered | models | trusted | AUC@2 | AUC@5 | reproj px | load (start) "
+        "| scene generator |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         tim = r.get("timings_s") or {}
@@ -378,9 +388,10 @@ def write_markdown(rows: list[dict], path: Path) -> None:
             f"| {r['images']} | {r['tool']}{status} | {r.get('pairing') or r['pairing_requested']} "
             f"| {r.get('num_pairs') or '-'} | {_f(r.get('wall_s'))} | {_f(feat)} | {_f(match)} | {_f(verif)} "
             f"| {_f(tim.get('mapping'))} | {_gib(top[1])} ({top[0] or '-'}) | {r.get('num_registered', '-')}/{r['images']} "
-            f"| {r.get('num_models') if r.get('num_models') is not None else '-'} | {_f(r.get('auc@2'), '{:.3f}')} "
+            f"| {r.get('num_models') if r.get('num_models') is not None else '-'} "
+            f"| {_yes_no(r.get('trusted'))} | {_f(r.get('auc@2'), '{:.3f}')} "
             f"| {_f(r.get('auc@5'), '{:.3f}')} | {_f(r.get('mean_reprojection_error_px'), '{:.3f}')} "
-            f"| {r['load_start'][0]:.1f} |"
+            f"| {r['load_start'][0]:.1f} | {r.get('generator_sha256') or '-'} |"
         )
     notes = [f"- N={r['images']} {r['tool']}: {r['note']}" for r in rows if r.get("note")]
     if notes:
