@@ -106,8 +106,9 @@ class IncrementalMapperOptions:
         pair_checked_min_inliers: when no candidate registers with ``registration.min_num_inliers``,
             candidates with a strong verified pair to a registered image are retried with this lower
             PnP inlier floor, and kept only if their PnP pose reproduces that pair's relative rotation
-            (0, the default, turns this off; below 4 acts as 4; 10 was tried). This joins a walk's first images, which on the synthetic street at
-            100 images see only 14 triangulated points (and 611 two-view matches) where the street turns.
+            (0, the default, turns this off; below 4 acts as 4; 10 was tried). It joined image 6 of the
+            synthetic street at 100 images as first rendered (14 triangulated points and 611 two-view
+            matches where the walk turns), not images 1-5 behind it, whose scale the images did not fix.
             Off by default until it is measured at 1000 images (see docs/scaling.md).
         pair_checked_min_pair_inliers: the verified pair's inlier matches needed for that check.
         pair_checked_max_rotation_deg: largest disagreement (degrees) between the PnP pose's rotation
