@@ -49,6 +49,10 @@ from geomvision.sfm.bundle_adjustment import (
 )
 
 
+def _default_drift_ba() -> BundleAdjustmentOptions:
+    return BundleAdjustmentOptions(loss="soft_l1", refine_extra_params=False, max_iterations=20)
+
+
 @dataclass(frozen=True, kw_only=True)
 class TrustOptions:
     """Thresholds of :func:`assess_model_trust`.
@@ -74,7 +78,7 @@ class TrustOptions:
             adjustment with the focal freed may move it by at most this relative amount; more means the
             images disagree with the given focal.
         drift_max_points: points (a random subset) of that adjustment.
-        drift_max_iterations: iteration cap of that adjustment.
+        drift_ba: options of that adjustment (only the focal of the held cameras is freed in it).
         max_contradicted_match_ratio: largest acceptable share of the inlier matches of the checked
             verified pairs that lie in pairs the model contradicts (see :func:`contradicted_pairs`).
         pair_min_inliers: verified pairs with fewer inlier matches are not checked.
@@ -94,7 +98,7 @@ class TrustOptions:
     min_registered_images: int = 3
     max_focal_drift: float = 0.1
     drift_max_points: int = 2000
-    drift_max_iterations: int = 20
+    drift_ba: BundleAdjustmentOptions = field(default_factory=_default_drift_ba)
     max_contradicted_match_ratio: float = 0.1
     pair_min_inliers: int = 30
     pair_max_epipolar_error_px: float = 4.0
@@ -113,7 +117,7 @@ class TrustOptions:
             min_mean_track_length_unconfirmed_focal=2,
             min_median_triangulation_angle_deg=0,
         )
-        check_fields_at_least(self, drift_max_points=10, drift_max_iterations=1)
+        check_fields_at_least(self, drift_max_points=10)
         check_fields_at_least(self, min_median_points_per_image=0, min_registered_images=2)
         check_range("max_contradicted_match_ratio", self.max_contradicted_match_ratio, 0, 1)
         check_range("pair_min_agreeing_ratio", self.pair_min_agreeing_ratio, 0, 1)
@@ -226,11 +230,7 @@ def focal_drift(
 
     Runs on the array problem of a random subset of the points (the model is not changed).
     """
-    ba = BundleAdjustmentOptions(
-        loss="soft_l1",
-        refine_extra_params=False,
-        max_iterations=options.drift_max_iterations,
-    )
+    ba = options.drift_ba
     problem, ids = problem_from_reconstruction(rec, ba)
     num_points = len(problem.points)
     if num_points > options.drift_max_points:
