@@ -23,6 +23,7 @@ Usage::
 
     python benchmarks/scaling.py --sizes 100,300
     python benchmarks/scaling.py --sizes 1000 --timeout-min 30 --tools geomvision
+    python benchmarks/scaling.py --sizes 2000 --tools geomvision --stop-before mapping   # front end only
     python benchmarks/scaling.py --markdown-only
 """
 
@@ -129,7 +130,13 @@ def _max_rss_bytes() -> dict[str, int]:
 
 
 # --- children ---------------------------------------------------------------------------------------
-def child_geomvision(image_dir: str, out: str, pairing: str | None, result_path: str) -> None:
+class _StopBefore(Exception):
+    """Raised by the progress factory when the stage a front-end-only run stops before starts."""
+
+
+def child_geomvision(
+    image_dir: str, out: str, pairing: str | None, result_path: str, stop_before: str | None = None
+) -> None:
     from geomvision.config import ReconstructionConfig
     from geomvision.pipeline import run_pipeline
 
@@ -143,6 +150,8 @@ def child_geomvision(image_dir: str, out: str, pairing: str | None, result_path:
         @contextmanager
         def progress_factory(stage: str):
             mem.stage = stage  # the stage keeps its label until the next one starts
+            if stage == stop_before:
+                raise _StopBefore(stage)
             yield lambda done, total, message="": None
 
         error = None
@@ -150,9 +159,12 @@ def child_geomvision(image_dir: str, out: str, pairing: str | None, result_path:
             result = run_pipeline(image_dir, out, config, progress_factory=progress_factory)
             report = result.report
         except Exception as exc:  # a failed run is a result too
-            error = f"{type(exc).__name__}: {exc}"
+            if not isinstance(exc, _StopBefore):
+                error = f"{type(exc).__name__}: {exc}"
             report_path = Path(out) / "report.json"
             report = json.loads(report_path.read_text()) if report_path.is_file() else {}
+    if stop_before:
+        mem.peaks.pop(stop_before, None)  # sampled for an instant before the stop
     row = {
         "wall_s": time.perf_counter() - t0,
         "timings_s": report.get("timings_s", {}),
@@ -163,6 +175,8 @@ def child_geomvision(image_dir: str, out: str, pairing: str | None, result_path:
         "max_rss": _max_rss_bytes(),
         "error": error,
     }
+    if stop_before:
+        row["stopped_before"] = stop_before
     Path(result_path).write_text(json.dumps(row))
 
 
@@ -263,14 +277,22 @@ def score(model_dir: Path | None, gt_dir: Path) -> dict:
     }
 
 
-def run_size(n: int, tools: list[str], pairing: str | None, work: Path, timeout_s: float, size) -> list[dict]:
+def run_size(
+    n: int,
+    tools: list[str],
+    pairing: str | None,
+    work: Path,
+    timeout_s: float,
+    size,
+    stop_before: str | None = None,
+) -> list[dict]:
     load0 = os.getloadavg()
     t = time.perf_counter()
     scene_dir, meta = make_scene(work, n, *size)
     gen_s = time.perf_counter() - t
     rows = []
     for tool in tools:
-        tag = f"{tool}_{n}_{pairing or 'default'}"
+        tag = f"{tool}_{n}_{pairing or 'default'}" + (f"_until_{stop_before}" if stop_before else "")
         out = work / tag
         result_path = work / f"{tag}.json"
         if result_path.exists():
@@ -283,6 +305,7 @@ def run_size(n: int, tools: list[str], pairing: str | None, work: Path, timeout_
                 str(out),
                 pairing or "",
                 str(result_path),
+                stop_before or "",
             ]
             model = out / "sparse" / "0"
         else:
@@ -304,7 +327,7 @@ def run_size(n: int, tools: list[str], pairing: str | None, work: Path, timeout_
             "load_before_generation": [round(v, 2) for v in load0],
             **child,
         }
-        if not timed_out:
+        if not timed_out and not child.get("stopped_before"):
             row.update(score(model, scene_dir))
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -320,7 +343,9 @@ def _f(v, fmt="{:.1f}") -> str:
 
 
 def write_markdown(rows: list[dict], path: Path) -> None:
-    rows = sorted(rows, key=lambda r: (r["images"], r["tool"], r["pairing_requested"]))
+    rows = sorted(
+        rows, key=lambda r: (r["images"], r["tool"], r["pairing_requested"], r.get("stopped_before") or "")
+    )
     lines = [
         "# Cost growth on synthetic street scenes (100 to 2000 images)",
         "",
@@ -346,6 +371,8 @@ def write_markdown(rows: list[dict], path: Path) -> None:
         else:
             feat, match, verif = tim.get("features"), tim.get("matching"), tim.get("verification")
         status = " (timed out)" if r.get("timed_out") else (" (failed)" if r.get("error") else "")
+        if r.get("stopped_before"):
+            status += f" (front end: stopped before {r['stopped_before']})"
         lines.append(
             f"| {r['images']} | {r['tool']}{status} | {r.get('pairing') or r['pairing_requested']} "
             f"| {r.get('num_pairs') or '-'} | {_f(r.get('wall_s'))} | {_f(feat)} | {_f(match)} | {_f(verif)} "
@@ -366,6 +393,7 @@ def write_markdown(rows: list[dict], path: Path) -> None:
     ]
     for r in rows:
         peaks = r.get("peak_rss_by_stage") or {}
+        tool = r["tool"] + (" (front end)" if r.get("stopped_before") else "")
         if r["tool"] == "pycolmap":
             cells = [
                 "-",
@@ -377,7 +405,7 @@ def write_markdown(rows: list[dict], path: Path) -> None:
         else:
             cells = [_gib(peaks.get(s)) for s in ("setup", *STAGES_GV)] + ["-"]
         lines.append(
-            f"| {r['images']} | {r['tool']} | {r.get('pairing') or r['pairing_requested']} | "
+            f"| {r['images']} | {tool} | {r.get('pairing') or r['pairing_requested']} | "
             + " | ".join(cells)
             + " |"
         )
@@ -389,7 +417,7 @@ def _load_rows() -> list[dict]:
 
 
 def _merge(old: list[dict], new: list[dict]) -> list[dict]:
-    key = lambda r: (r["images"], r["tool"], r["pairing_requested"])  # noqa: E731
+    key = lambda r: (r["images"], r["tool"], r["pairing_requested"], r.get("stopped_before"))  # noqa: E731
     merged = {key(r): r for r in old}
     merged.update({key(r): r for r in new})
     return list(merged.values())
@@ -397,7 +425,7 @@ def _merge(old: list[dict], new: list[dict]) -> list[dict]:
 
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--child-geomvision":
-        child_geomvision(sys.argv[2], sys.argv[3], sys.argv[4] or None, sys.argv[5])
+        child_geomvision(sys.argv[2], sys.argv[3], sys.argv[4] or None, sys.argv[5], sys.argv[6] or None)
         return 0
     if len(sys.argv) > 1 and sys.argv[1] == "--child-pycolmap":
         child_pycolmap(sys.argv[2], sys.argv[3], sys.argv[4])
@@ -413,6 +441,13 @@ def main() -> int:
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--work", default="/tmp/geomvision_scaling", help="scenes and outputs")
     parser.add_argument("--markdown-only", action="store_true", help="rewrite scaling.md from scaling.json")
+    parser.add_argument(
+        "--stop-before",
+        choices=("mapping",),
+        default=None,
+        help="geomvision only: end the run when this stage starts (front-end memory and time at sizes "
+        "whose mapping would take hours); such rows are kept apart from full runs",
+    )
     args = parser.parse_args()
     if not args.markdown_only:
         work = Path(args.work)
@@ -420,7 +455,15 @@ def main() -> int:
         new = []
         for n in (int(s) for s in args.sizes.split(",") if s.strip()):
             tools = [t for t in args.tools.split(",") if t]
-            new += run_size(n, tools, args.pairing, work, args.timeout_min * 60, (args.width, args.height))
+            new += run_size(
+                n,
+                tools,
+                args.pairing,
+                work,
+                args.timeout_min * 60,
+                (args.width, args.height),
+                args.stop_before,
+            )
             ROWS_JSON.write_text(json.dumps(_merge(_load_rows(), new), indent=1))
     write_markdown(_load_rows(), RESULTS / "scaling.md")
     print(f"wrote {RESULTS / 'scaling.md'}")
