@@ -88,19 +88,26 @@ def tree_rss_bytes(pid: int) -> int:
 class StageMemory:
     """Samples the process tree's RSS every ``period_s`` and keeps the peak per stage label."""
 
-    def __init__(self, period_s: float = 0.1) -> None:
+    def __init__(self, period_s: float = 0.1, checkpoint=None, checkpoint_s: float = 30.0) -> None:
         self.stage = "setup"
         self.peaks: dict[str, int] = {}
         self.times: dict[str, float] = {}
         self._period = period_s
+        # checkpoint(): called every checkpoint_s (e.g. to write the peaks so far: a run killed by its
+        # timeout still reports the stages it went through)
+        self._checkpoint, self._checkpoint_s = checkpoint, checkpoint_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def _loop(self) -> None:
         pid = os.getpid()
+        last = time.perf_counter()
         while not self._stop.wait(self._period):
             rss = tree_rss_bytes(pid)
             self.peaks[self.stage] = max(self.peaks.get(self.stage, 0), rss)
+            if self._checkpoint is not None and time.perf_counter() - last >= self._checkpoint_s:
+                last = time.perf_counter()
+                self._checkpoint()
 
     def __enter__(self):
         self._thread.start()
@@ -145,7 +152,13 @@ def child_geomvision(
         pipeline["pairing"] = pairing
     config = ReconstructionConfig().with_changes(pipeline=pipeline)
     t0 = time.perf_counter()
-    with StageMemory() as mem:
+
+    def partial_row() -> None:  # the peaks so far, replaced by the full row at the end
+        row = {"partial": True, "stage_reached": mem.stage, "wall_s": time.perf_counter() - t0}
+        row["peak_rss_by_stage"] = dict(mem.peaks)
+        Path(result_path).write_text(json.dumps(row))
+
+    with StageMemory(checkpoint=partial_row) as mem:
 
         @contextmanager
         def progress_factory(stage: str):
