@@ -58,6 +58,9 @@ _DENSE_FILL = 0.25
 _CHUNK_OBS = 12_000
 _MAX_CHUNKS = 8
 _CHUNKS_PER_THREAD = 2
+# Problems of at least this many chunks drop the linearisation while a candidate step is evaluated and
+# rebuild it when the step is rejected (memory for time; one chunk: local BAs, where memory is no issue).
+_REBUILD_REJECTED_MIN_CHUNKS = 2
 # rotation steps in the camera-frame tangent (R <- exp(dw) R) where every image's rotation is free or held
 _ROTATION_TANGENT = True
 
@@ -801,19 +804,25 @@ def _lm_loop(problem, user_problem, st: _Structure, x: np.ndarray, options, prog
         # most LM steps are accepted, so the Jacobian is evaluated with the cost, unless the model predicts a
         # decrease below the function tolerance: that step is either the last one or rejected, and needs
         # the cost alone
-        small = predicted <= options.function_tolerance * lin.cost
+        cost = lin.cost
+        small = predicted <= options.function_tolerance * cost
+        if len(st.chunks) >= _REBUILD_REJECTED_MIN_CHUNKS:
+            # large problems: the candidate is evaluated without the current linearisation beside it (two
+            # sets of Jacobians at once were a quarter of the solve's peak memory); a rejected step rebuilds
+            # it at x, bitwise the same (the evaluation is deterministic), at the cost of one evaluation
+            lin = None
         ev_new = _evaluate(problem, st, options, jacobians=not small)
         new_cost = _total_cost(ev_new)
-        actual = lin.cost - new_cost
+        actual = cost - new_cost
         rho = actual / predicted if predicted > 0 else -1.0
-        report(progress, iterations, options.max_iterations, f"cost {min(new_cost, lin.cost):.6g}")
+        report(progress, iterations, options.max_iterations, f"cost {min(new_cost, cost):.6g}")
         accepted = rho > 1e-3 and np.isfinite(new_cost)
         # Ceres' order: the function tolerance is tested on every candidate, before the step's acceptance,
         # so a rejected step whose cost change is that small ends the solve too (at the better of the two)
-        if abs(actual) <= options.function_tolerance * lin.cost:
+        if abs(actual) <= options.function_tolerance * cost:
             if accepted:
                 x = x_new
-            reason = f"function tolerance reached (relative change {actual / max(lin.cost, 1e-300):.3g})"
+            reason = f"function tolerance reached (relative change {actual / max(cost, 1e-300):.3g})"
             break
         if accepted:
             x = x_new
@@ -830,5 +839,8 @@ def _lm_loop(problem, user_problem, st: _Structure, x: np.ndarray, options, prog
             if mu > 1e16:
                 reason = "damping diverged; no further decrease possible"
                 break
+            if lin is None:
+                ev_new = None
+                lin = _linearise(problem, st, _evaluate(problem, st, options, jacobians=True))
     user_problem.set_x(x)
     return {"success": True, "reason": reason, "iterations": iterations}
