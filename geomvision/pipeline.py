@@ -215,7 +215,9 @@ def _run_stages(run: _Run) -> PipelineResult:
                 cameras, camera_of_image, verified, features, paths, config, runner, progress_factory
             )
             timings["calibration"] = time.perf_counter() - t
-        # The mapper runs in this process only: a pool worker writes the view graph meanwhile.
+        # The mapper runs in this process only: a pool worker writes the view graph meanwhile. The front end's
+        # workers end first (their grown heaps would count beside the mapper); fresh ones start for it.
+        runner.release_workers()
         view_graph_written = _start_view_graph_output(out, verified, names, runner)
 
         t = time.perf_counter()
@@ -553,7 +555,7 @@ def _run_mapping(cameras, images, verified, config, progress_factory, runner=Non
                 images,
                 verified,
                 options,
-                map_fn=runner.map_function("mapping") if runner is not None else None,
+                map_fn=_cluster_map_function(runner) if runner is not None else None,
                 rng=config.pipeline.seed,
                 progress=progress,
             )
@@ -570,6 +572,19 @@ def _run_mapping(cameras, images, verified, config, progress_factory, runner=Non
             rng=config.pipeline.seed,
             progress=progress,
         )
+
+
+def _cluster_map_function(runner: StageRunner):
+    """Clusters mapped on the runner's workers, which end once all are mapped: the merge's final bundle
+    adjustment then runs in this process without the workers' grown heaps beside it."""
+    map_clusters = runner.map_function("mapping")
+
+    def map_then_release(fn, tasks):
+        results = map_clusters(fn, tasks)
+        runner.release_workers()
+        return results
+
+    return map_then_release
 
 
 def _run_global_fallback(reconstructions, cameras, images, verified, config, progress_factory):
