@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from geomvision.features.extract import ExtractionOptions, extract_features
-from geomvision.features.match import MatchingOptions, match_pairs, train_ivf_quantiser
+from geomvision.features.match import IvfOptions, MatchingOptions, match_pairs, train_ivf_quantiser
 from geomvision.features.pairs import exhaustive_pairs, retrieval_pairs, train_vocabulary
 from geomvision.features.store import DescriptorFile, StoredFeatures, descriptor_source, features_hash
 from geomvision.runtime import cache as cache_mod
@@ -17,7 +17,7 @@ from geomvision.synthetic import render_scene_images
 
 OPTIONS = ExtractionOptions(max_num_features=600)
 #: IVF on these small images too (they have fewer than the default 1024 descriptors).
-IVF = MatchingOptions(method="ivf", ivf_min_num_features=100, min_num_matches=5)
+IVF = MatchingOptions(method="ivf", ivf=IvfOptions(min_num_features=100), min_num_matches=5)
 
 
 @pytest.fixture(autouse=True)
