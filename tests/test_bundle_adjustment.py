@@ -356,3 +356,35 @@ def test_auto_schur_solver_follows_size_and_fill():
     np.testing.assert_allclose(costs[1], costs[0], rtol=1e-9)
     with pytest.raises(InputError, match="schur_solver"):
         BundleAdjustmentOptions(schur_solver="cholmod")
+
+
+def test_schur_rebuilt_linearisation_after_rejected_steps_gives_identical_iterates(monkeypatch):
+    """Large (chunked) problems drop the linearisation while a candidate step is evaluated and rebuild it
+    when the step is rejected: bitwise the same iterates as keeping it, only more evaluations."""
+    from geomvision.sfm.ba import schur
+
+    calls = {"n": 0}
+    linearise = schur._linearise
+
+    def counting(*args):
+        calls["n"] += 1
+        return linearise(*args)
+
+    monkeypatch.setattr(schur, "_linearise", counting)
+    monkeypatch.setattr(schur, "_CHUNK_OBS", 300)  # 1500 observations: 4 chunks
+
+    def solve(min_chunks):
+        monkeypatch.setattr(schur, "_REBUILD_REJECTED_MIN_CHUNKS", min_chunks)
+        calls["n"] = 0
+        problem, _ = synthetic_problem(12, 300, model="SIMPLE_RADIAL", views_per_point=5, rng=41)
+        perturb(problem, rotation_rad=0.2, translation=1.0, point=1.0, rng=42)  # far: rejected steps
+        result = adjust_problem(
+            problem, BundleAdjustmentOptions(backend="schur", loss="cauchy", num_threads=1)
+        )
+        return result.final_cost, problem.get_x(), calls["n"]
+
+    kept_cost, kept_x, kept_calls = solve(10**9)
+    rebuilt_cost, rebuilt_x, rebuilt_calls = solve(2)
+    assert rebuilt_calls > kept_calls  # some steps were rejected, and their linearisation was rebuilt
+    assert rebuilt_cost == kept_cost
+    np.testing.assert_array_equal(rebuilt_x, kept_x)
