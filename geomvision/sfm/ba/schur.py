@@ -754,7 +754,12 @@ def solve_schur(problem: BundleAdjustmentProblem, options, progress=None) -> dic
 
 def _lm_loop(problem, user_problem, st: _Structure, x: np.ndarray, options, progress, t0: float) -> dict:
     """The Levenberg-Marquardt iterations of ``solve_schur`` (Nielsen/Ceres damping schedule)."""
-    lin = _linearise(problem, st, _evaluate(problem, st, options, jacobians=True))
+    evaluations = _evaluate(problem, st, options, jacobians=True)
+    lin = _linearise(problem, st, evaluations)
+    # the cost and mean error at the start and at the returned parameters, so the caller needs no
+    # evaluations of its own
+    costs = {"initial_cost": lin.cost, "initial_mean_error_px": _mean_error(evaluations)}
+    cost, mean_error = costs["initial_cost"], costs["initial_mean_error_px"]
     mu, nu = 1e-4, 2.0  # Ceres: initial trust region radius 1e4
     reason, iterations = "maximum iterations reached", 0
     logger.debug(
@@ -798,10 +803,12 @@ def _lm_loop(problem, user_problem, st: _Structure, x: np.ndarray, options, prog
         if abs(actual) <= options.function_tolerance * lin.cost:
             if accepted:
                 x = x_new
+                cost, mean_error = new_cost, _mean_error(ev_new)
             reason = f"function tolerance reached (relative change {actual / max(lin.cost, 1e-300):.3g})"
             break
         if accepted:
             x = x_new
+            cost, mean_error = new_cost, _mean_error(ev_new)
             mu *= max(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3)
             nu = 2.0
             if small:
@@ -815,4 +822,17 @@ def _lm_loop(problem, user_problem, st: _Structure, x: np.ndarray, options, prog
                 reason = "damping diverged; no further decrease possible"
                 break
     user_problem.set_x(x)
-    return {"success": True, "reason": reason, "iterations": iterations}
+    return {
+        "success": True,
+        "reason": reason,
+        "iterations": iterations,
+        **costs,
+        "final_cost": cost,
+        "final_mean_error_px": mean_error,
+    }
+
+
+def _mean_error(evaluations: list) -> float:
+    """Mean plain reprojection error (px) over the chunks' evaluations."""
+    total = sum(float(ev.errors_px.sum()) for ev in evaluations)
+    return total / max(1, sum(len(ev.errors_px) for ev in evaluations))
