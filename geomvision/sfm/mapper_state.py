@@ -290,9 +290,14 @@ class MapperState:
         errors = np.full(len(image), np.inf)
         cam_ids = self.image_camera[image]
         observed = np.empty((len(image), 2))
-        for image_id in np.unique(image):  # one gather per image, vectorised inside
-            sel = image == image_id
-            observed[sel] = self.images[int(image_id)].keypoints_px[kp[sel]]
+        # one gather per image, its rows from one stable sort (a boolean mask over all K rows per image made
+        # this O(images x K): ~10 s of the 300-image street scene's mapping)
+        order = np.argsort(image, kind="stable")
+        image_ids, starts = np.unique(image[order], return_index=True)
+        bounds = np.append(starts, len(order)).tolist()
+        for k, image_id in enumerate(image_ids.tolist()):
+            sel = order[bounds[k] : bounds[k + 1]]
+            observed[sel] = self.images[image_id].keypoints_px[kp[sel]]
         for cam_id in np.unique(cam_ids):  # usually one camera: one vectorised projection
             sel = cam_ids == cam_id
             cam = self.cameras[int(cam_id)]

@@ -252,8 +252,13 @@ class Layout:
         point_col = np.full(len(problem.points), -1, np.int64)
         n_free_points = int(problem.point_free.sum())
         point_col[problem.point_free] = np.arange(n_free_points)
-        obs_models = np.asarray(problem.camera_models, dtype=object)[problem.image_group[problem.obs_image]]
-        model_obs = [(m, np.flatnonzero(obs_models == m)) for m in sorted(set(problem.camera_models))]
+        models = sorted(set(problem.camera_models))
+        if len(models) == 1:  # the usual case: every observation, no per-observation compare
+            model_obs = [(models[0], np.arange(problem.num_observations))]
+        else:  # integer model ids per observation (comparing an object array of names was ~3 ms per BA)
+            model_of_group = np.array([models.index(m) for m in problem.camera_models], dtype=np.int64)
+            obs_model = model_of_group[problem.image_group[problem.obs_image]]
+            model_obs = [(m, np.flatnonzero(obs_model == k)) for k, m in enumerate(models)]
         return cls(
             n_pose + n_intr,
             n_free_points,

@@ -105,6 +105,9 @@ class _Structure:
     pool: ThreadPoolExecutor | None = None
     pair_parts: list | None = None  # pair_batches split into one list per thread
     rot_cols: np.ndarray | None = None  # (K, 3) rotation columns stepped in the tangent space, or None
+    # per present image: some column free (the self blocks and gradients of the others land in the dummy
+    # slot and are skipped)
+    present_has_free: list[bool] = field(default_factory=list)
 
 
 def _block_rows(c: np.ndarray) -> np.ndarray:
@@ -193,13 +196,25 @@ def _build_structure(problem: BundleAdjustmentProblem, options) -> _Structure:
     pair_a, pair_b, key = pair_a[order], pair_b[order], key[order]
     uniq, pair_starts = np.unique(key, return_index=True)
     pair_img = np.stack([uniq // n_img, uniq % n_img], axis=1)
+    n_image_pairs = len(pair_img)  # all of them, for the solver choice (as before they were dropped)
+    # a block with an image whose columns are all held (local BA's constant images, the gauge image) lands
+    # entirely in the dummy slot: those groups are dropped (in local BA most groups, e.g. 58 of 73)
+    has_free = (cols_ext < n).any(axis=1)
+    group_keep = has_free[pair_img[:, 0]] & has_free[pair_img[:, 1]]
+    if not group_keep.all():
+        sizes = np.diff(np.append(pair_starts, len(pair_a)))
+        pair_keep = np.repeat(group_keep, sizes)
+        pair_a, pair_b = pair_a[pair_keep], pair_b[pair_keep]
+        kept_sizes = sizes[group_keep]
+        pair_starts = np.cumsum(kept_sizes) - kept_sizes
+        pair_img = pair_img[group_keep]
     pair_batches = _bucket_pair_groups(pair_a, pair_b, pair_starts, len(free))
     # target (row, col) of every block entry: self blocks per present image, pair blocks, transposes
     c_self = cols_ext[img_present]
     c_a, c_b = cols_ext[pair_img[:, 0]], cols_ext[pair_img[:, 1]]
     rows = np.concatenate([_block_rows(c_self), _block_rows(c_a), _block_rows(c_b)])
     cols = np.concatenate([_block_cols(c_self), _block_cols(c_b), _block_cols(c_a)])
-    solver = _choose_solver(options, n, len(img_present), len(pair_img))
+    solver = _choose_solver(options, n, len(img_present), n_image_pairs)
     structure = _Structure(
         n,
         cols_ext,
@@ -219,6 +234,7 @@ def _build_structure(problem: BundleAdjustmentProblem, options) -> _Structure:
         0,
         solver,
     )
+    structure.present_has_free = has_free[img_present].tolist()
     structure.chunks = _make_chunks(problem.num_observations, img_bounds, free, len(free) == len(pc_all))
     if solver == "dense":
         structure.scatter_index = rows * (n + 1) + cols
@@ -442,8 +458,8 @@ def _total_cost(evaluations: list) -> float:
 def _linearise(problem: BundleAdjustmentProblem, st: _Structure, evaluations: list) -> _Linearisation:
     n = st.n
     d = evaluations[0].J_cam.shape[2]
-    U_img = np.empty((len(st.img_present), d, d))
-    g_img = np.empty((len(st.img_present), d))
+    U_img = np.zeros((len(st.img_present), d, d))
+    g_img = np.zeros((len(st.img_present), d))
 
     def one(item):
         chunk, ev = item
@@ -455,6 +471,8 @@ def _linearise(problem: BundleAdjustmentProblem, st: _Structure, evaluations: li
         for k, lo, hi in zip(
             range(chunk.images.start, chunk.images.stop), bounds[:-1], bounds[1:], strict=True
         ):
+            if not st.present_has_free[k]:
+                continue
             X0, X1 = Jc[0, :, lo:hi], Jc[1, :, lo:hi]
             U_img[k] = X0 @ X0.T + X1 @ X1.T
             g_img[k] = X0 @ r[0, lo:hi] + X1 @ r[1, lo:hi]
@@ -592,7 +610,7 @@ def _reduced_system(problem: BundleAdjustmentProblem, st: _Structure, lin: _Line
         for k, lo, hi in zip(
             range(chunk.images.start, chunk.images.stop), bounds[:-1], bounds[1:], strict=True
         ):
-            if hi > lo:
+            if hi > lo and st.present_has_free[k]:
                 Zk = Z_rows[lo:hi].reshape(-1, d)
                 self_img[k] -= Zk.T @ Zk
                 v_img[k] = h_rows[lo - f0 : hi - f0].ravel() @ Zk
