@@ -28,7 +28,7 @@ import numpy as np
 
 from geomvision.evaluation import read_middlebury_par, read_strecha_cameras
 from geomvision.features.extract import ExtractionOptions, extract_features
-from geomvision.features.match import MatchingOptions, match_pairs
+from geomvision.features.match import IvfOptions, MatchingOptions, match_pairs
 from geomvision.features.pairs import exhaustive_pairs
 from geomvision.geometry.epipolar import fundamental_from_essential, sampson_distance_sq
 from geomvision.geometry.rigid import skew
@@ -100,25 +100,25 @@ def pool_cpu_seconds(pool) -> float:
 
 
 def _ivf_desc(args) -> str:
-    defaults = MatchingOptions()
-    cells = args.ivf_cells or defaults.ivf_num_cells
-    probes = args.ivf_probes or defaults.ivf_num_probes
+    defaults = IvfOptions()
+    cells = args.ivf_cells or defaults.num_cells
+    probes = args.ivf_probes or defaults.num_probes
     scaled = (
-        f", scaled down to one cell per {defaults.ivf_descriptors_per_cell} descriptors of the median image"
+        f", scaled down to one cell per {defaults.descriptors_per_cell} descriptors of the median image"
         f" (at least 3 probes)"
-        if defaults.ivf_descriptors_per_cell
+        if defaults.descriptors_per_cell
         else ""
     )
     return f"up to {cells} cells, {probes} probed per descriptor{scaled}"
 
 
-def _ivf_overrides(args) -> dict:
+def _ivf_options(args) -> IvfOptions:
     out = {}
     if args.ivf_cells is not None:
-        out["ivf_num_cells"] = args.ivf_cells
+        out["num_cells"] = args.ivf_cells
     if args.ivf_probes is not None:
-        out["ivf_num_probes"] = args.ivf_probes
-    return out
+        out["num_probes"] = args.ivf_probes
+    return IvfOptions(**out)
 
 
 def forkserver_cpu_seconds() -> float:
@@ -157,7 +157,7 @@ def run_ours(paths, gt, args, max_num_features: int):
     matching = MatchingOptions(
         method=args.matcher,
         min_num_matches=args.min_num_matches,
-        **_ivf_overrides(args),
+        ivf=_ivf_options(args),
     )
     matches = match_pairs(features, pairs, matching, runner=runner, rng=0)
     t2 = time.perf_counter()
@@ -358,7 +358,7 @@ def main(argv=None) -> int:
         f"{args.max_size} px, exhaustive pairs, ground-truth intrinsics given to both (PINHOLE), "
         f"{args.workers} worker processes (ours) / num_threads (pycolmap). Ours: the library default "
         f"matcher `{args.matcher}` (inverted-file search: shared k-means quantiser, "
-        f"{_ivf_desc(args)}; pairs with < {MatchingOptions().ivf_min_num_features} descriptors per image "
+        f"{_ivf_desc(args)}; pairs with < {IvfOptions().min_num_features} descriptors per image "
         "are matched exactly; pycolmap's "
         "default CPU matcher is FAISS-based), ratio 0.8 + mutual check on both sides, SIFT contrast "
         f"threshold {args.contrast_threshold:g}, pairs with < {args.min_num_matches} putative matches not "

@@ -24,12 +24,13 @@ from typing import Any, Literal, get_args, get_origin
 from geomvision.errors import InputError, check_at_least
 from geomvision.features.extract import ExtractionOptions
 from geomvision.features.match import MatchingOptions
+from geomvision.robust.ransac import RansacOptions
 from geomvision.runtime.runner import BACKENDS
 from geomvision.sfm.calibration import SelfCalibrationOptions
 from geomvision.sfm.factorization_init import FactorizationInitOptions
 from geomvision.sfm.global_mapper import GlobalMapperOptions
 from geomvision.sfm.incremental import IncrementalMapperOptions
-from geomvision.sfm.merge import MergeOptions
+from geomvision.sfm.merge import AlignmentOptions, MergeOptions
 from geomvision.sfm.partition import PartitionOptions
 from geomvision.sfm.pose_prior import PosePriorOptions
 from geomvision.sfm.trust import TrustOptions
@@ -302,6 +303,36 @@ DEPRECATED_KEYS: dict[str, tuple[str, ...]] = {
     ),
     "pipeline.pose_prior_min_confidence": ("pose_prior.min_confidence",),
 }
+#: Fields since moved into a nested options class of their own class (kept one release): class -> old
+#: field -> its place below that class. They apply wherever the class stands in the tree (a
+#: RansacOptions, say, under two_view, the mappers and the merge alike).
+MOVED_FIELDS: dict[type, dict[str, str]] = {
+    MatchingOptions: {
+        "ivf_num_cells": "ivf.num_cells",
+        "ivf_num_probes": "ivf.num_probes",
+        "ivf_min_num_features": "ivf.min_num_features",
+        "ivf_descriptors_per_cell": "ivf.descriptors_per_cell",
+    },
+    TrustOptions: {"drift_max_iterations": "drift_ba.max_iterations"},
+    RansacOptions: {
+        "local_optimization": "lo.enabled",
+        "lo_iterations": "lo.iterations",
+        "lo_threshold_multiplier": "lo.threshold_multiplier",
+        "lo_max_points": "lo.max_points",
+        "bailout_subset": "bailout.subset",
+        "bailout_sigma": "bailout.sigma",
+    },
+    IncrementalMapperOptions: {
+        "pair_checked_min_inliers": "pair_checked.min_inliers",
+        "pair_checked_min_pair_inliers": "pair_checked.min_pair_inliers",
+        "pair_checked_max_rotation_deg": "pair_checked.max_rotation_deg",
+    },
+    AlignmentOptions: {
+        "refine_max_points": "refinement.max_points",
+        "huber_scale_px": "refinement.huber_scale_px",
+        "refine_max_iterations": "refinement.max_iterations",
+    },
+}
 #: Old values that reach a new place changed: ``mapper.min_num_inliers`` also set the registration's
 #: candidate floor to half of it.
 DEPRECATED_TRANSFORMS: dict[tuple[str, str], Callable[[Any], Any]] = {
@@ -339,6 +370,37 @@ def _resolve_deprecated(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+def _resolve_moved_fields(options, changes: Mapping[str, Any], path: str) -> Mapping[str, Any]:
+    """``changes`` of the table ``path`` with the :data:`MOVED_FIELDS` of ``options`` at their new places."""
+    moved = MOVED_FIELDS.get(type(options), {})
+    if not any(key in moved for key in changes):
+        return changes
+    changes = dict(changes)
+    for old, new in moved.items():
+        if old not in changes:
+            continue
+        value = changes.pop(old)
+        message = f"config key [{path}] {old} is deprecated; set {path}.{new} instead"
+        warnings.warn(message, DeprecationWarning, stacklevel=2)
+        logger.warning(message)
+        *parents, leaf = new.split(".")
+        node = changes
+        for part in parents:
+            child = node.get(part, {})
+            if not isinstance(child, Mapping):
+                raise InputError(
+                    f"both the deprecated [{path}] {old} and {path}.{part} are set; keep {path}.{part}"
+                )
+            node[part] = child = dict(child)
+            node = child
+        if leaf in node:
+            raise InputError(
+                f"both the deprecated [{path}] {old} and {path}.{new} are set; keep {path}.{new}"
+            )
+        node[leaf] = value
+    return changes
+
+
 # --- walking the tree ----------------------------------------------------------------------------------
 def _check_keys(path: str, options, changes: Mapping[str, Any]) -> None:
     known = [f.name for f in fields(options)]
@@ -362,6 +424,7 @@ def _updated(options, changes: Mapping[str, Any], path: str):
     """``options`` with ``changes`` applied; nested tables update nested options, keys are checked."""
     if not isinstance(changes, Mapping):
         raise InputError(f"[{path}] must be a table, got {type(changes).__name__}")
+    changes = _resolve_moved_fields(options, changes, path)
     _check_keys(path, options, changes)
     hints = _type_hints(type(options))
     values = {}

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 
 from geomvision.config import (
+    MOVED_FIELDS,
     PRESETS,
     ReconstructionConfig,
     config_from_dict,
@@ -76,6 +78,59 @@ def test_deprecated_flat_keys_move_to_their_place_with_a_warning(caplog):
     assert mapper.registration.min_num_inliers == 40 and mapper.registration.min_num_visible == 20
     with pytest.warns(DeprecationWarning), pytest.raises(InputError, match="both the deprecated"):
         config_from_dict({"two_view": {"max_error_px": 3.0, "ransac": {"max_error_px": 1.0}}})
+
+
+def _places(cls: type, options=None, prefix: str = "") -> list[str]:
+    """Every place in the default tree where an options of class ``cls`` stands."""
+    options = ReconstructionConfig() if options is None else options
+    found = [prefix] if isinstance(options, cls) else []
+    for f in dataclasses.fields(options):
+        value = getattr(options, f.name)
+        if dataclasses.is_dataclass(value):
+            found += _places(cls, value, f"{prefix}.{f.name}" if prefix else f.name)
+    return found
+
+
+@pytest.mark.parametrize(
+    ("cls", "old"),
+    [(cls, old) for cls, moved in MOVED_FIELDS.items() for old in moved],
+    ids=lambda v: v.__name__ if isinstance(v, type) else v,
+)
+def test_fields_moved_into_nested_options_keep_their_old_keys_with_a_warning(cls, old):
+    new = MOVED_FIELDS[cls][old]
+    places = _places(cls)
+    assert places  # the class stands in the tree
+    for place in places:
+        default = _leaf(ReconstructionConfig(), f"{place}.{new}")
+        value = (not default) if isinstance(default, bool) else default * 2 if default else 1
+        with pytest.warns(DeprecationWarning, match=rf"\[{place}\] {old} is deprecated"):
+            config = config_from_dict(_nested(f"{place}.{old}", value))
+        assert _leaf(config, f"{place}.{new}") == value != default
+        both = _merged(_nested(f"{place}.{old}", value), _nested(f"{place}.{new}", value))
+        with pytest.warns(DeprecationWarning), pytest.raises(InputError, match="both the deprecated"):
+            config_from_dict(both)
+
+
+def _nested(path: str, value) -> dict:
+    *tables, key = path.split(".")
+    data = {key: value}
+    for part in reversed(tables):
+        data = {part: data}
+    return data
+
+
+def _merged(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for key, value in b.items():
+        both_tables = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = _merged(out[key], value) if both_tables else value
+    return out
+
+
+def _leaf(config: ReconstructionConfig, path: str):
+    for part in path.split("."):
+        config = getattr(config, part)
+    return config
 
 
 def test_unknown_keys_get_a_did_you_mean_hint():

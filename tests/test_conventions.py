@@ -8,7 +8,7 @@ import pytest
 from geomvision.errors import InputError
 from geomvision.geometry.rigid import Rigid3d, rotvec_to_matrix
 from geomvision.robust.estimators import estimate_fundamental
-from geomvision.robust.ransac import RansacOptions
+from geomvision.robust.ransac import LocalOptimizationOptions, RansacOptions
 from geomvision.runtime.rng import as_rng
 from geomvision.sfm import bundle_adjustment, mapper_ba
 from geomvision.sfm.ba.model import gauge_translation_axis
@@ -27,7 +27,7 @@ def test_as_rng_none_is_seed_zero_and_a_generator_passes_through():
 
 def test_rng_none_makes_ransac_reproducible():
     data = two_view_correspondences(200, noise_px=0.5, outlier_ratio=0.4, rng=2)
-    options = RansacOptions(max_error_px=1.0, min_iterations=8, local_optimization=False)
+    options = RansacOptions(max_error_px=1.0, min_iterations=8, lo=LocalOptimizationOptions(enabled=False))
     a = estimate_fundamental(data.x1_px, data.x2_px, options)
     b = estimate_fundamental(data.x1_px, data.x2_px, options)
     assert a.num_iterations == b.num_iterations and np.array_equal(a.inlier_mask, b.inlier_mask)

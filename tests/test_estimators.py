@@ -17,7 +17,7 @@ from geomvision.robust.estimators import (
     refine_fundamental_irls,
     refine_relative_pose,
 )
-from geomvision.robust.ransac import RansacOptions
+from geomvision.robust.ransac import LocalOptimizationOptions, RansacOptions
 from geomvision.synthetic import two_view_correspondences
 
 OPTS = RansacOptions(max_error_px=1.5)
@@ -267,7 +267,7 @@ def test_fundamental_easy_pair_takes_the_eight_point_path():
     truth = clean.inlier_mask
     dist = symmetric_epipolar_distance(res.model, clean.x1_px[truth], clean.x2_px[truth])
     assert np.median(dist) < 0.3
-    bare = RansacOptions(max_error_px=1.0, local_optimization=False, final_refit=False)
+    bare = RansacOptions(max_error_px=1.0, lo=LocalOptimizationOptions(enabled=False), final_refit=False)
     raw = estimate_fundamental(d.x1_px, d.x2_px, bare, refine=False, rng=0)
     assert raw.success and np.linalg.matrix_rank(raw.model, tol=1e-9) == 2
     assert np.linalg.norm(raw.model) == pytest.approx(1.0)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from geomvision.errors import InputError
-from geomvision.geometry.global_positioning import bata_positions, bata_positions_reference
+from geomvision.geometry.global_positioning import BataProblem, bata_positions, bata_positions_reference
 from geomvision.geometry.rigid import umeyama_alignment
 from geomvision.sfm.global_positioning import (
     GlobalPositioningOptions,
@@ -80,17 +80,9 @@ def test_fast_solver_agrees_with_the_scipy_reference():
     rng = np.random.default_rng(0)
     centers0, points0 = rng.uniform(-3, 3, (5, 3)), rng.uniform(-3, 3, (30, 3))
     centers0[0] = 0
-    fast = bata_positions(
-        rays,
-        obs_image - 1,
-        obs_track,
-        centers0,
-        points0,
-        loss="linear",
-        function_tolerance=1e-14,
-        max_iterations=300,
-    )
-    ref = bata_positions_reference(rays, obs_image - 1, obs_track, centers0, points0, max_iterations=2000)
+    problem = BataProblem(rays, obs_image - 1, obs_track, centers0, points0)
+    fast = bata_positions(problem, loss="linear", function_tolerance=1e-14, max_iterations=300)
+    ref = bata_positions_reference(problem, max_iterations=2000)
     # The cost is invariant to scaling every position by a and every scale by 1/a (the gauge camera
     # sits at the origin), so the two minima agree up to that one factor.
     a = np.sum(fast[0] * ref[0]) / np.sum(ref[0] ** 2)
@@ -120,6 +112,11 @@ def test_too_little_input_fails_as_a_value_and_bad_input_raises():
         position_globally(rotations, np.array([1, 2]), np.array([0, 0]), np.zeros((3, 3)))
     with pytest.raises(InputError, match="loss"):
         GlobalPositioningOptions(loss="tukey")
+    rays, obs = np.tile([[0, 0, 1.0]], (2, 1)), np.array([0, 1])
+    with pytest.raises(InputError, match=r"obs_camera out of range \[0, 1\)"):
+        BataProblem(rays, obs, np.zeros(2), np.zeros((1, 3)), np.zeros((1, 3)))
+    with pytest.raises(InputError, match="gauge_camera 2 out of range"):
+        BataProblem(rays, obs, np.zeros(2), np.zeros((2, 3)), np.zeros((1, 3)), gauge_camera=2)
 
 
 def test_given_centres_start_the_points_where_their_rays_meet():

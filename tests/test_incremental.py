@@ -8,7 +8,12 @@ from mapper_fixtures import assert_ring_model_matches, mapper_inputs, pose_error
 
 from geomvision.errors import InputError
 from geomvision.scene import Camera, ImageInfo, Reconstruction, View
-from geomvision.sfm.incremental import IncrementalMapperOptions, MappingResult, incremental_mapping
+from geomvision.sfm.incremental import (
+    IncrementalMapperOptions,
+    MappingResult,
+    PairCheckedRegistrationOptions,
+    incremental_mapping,
+)
 from geomvision.synthetic import random_scene
 
 
@@ -215,7 +220,9 @@ def _weakly_attached_last_image(num_shared_points: int):
 def test_pair_checked_registration_joins_a_weakly_attached_image():
     scene, cameras, images, geoms = _weakly_attached_last_image(num_shared_points=16)
     assert geoms[(5, 6)].num_inliers >= 100
-    known = IncrementalMapperOptions(fixed_camera_ids=(1,), pair_checked_min_inliers=10)
+    known = IncrementalMapperOptions(
+        fixed_camera_ids=(1,), pair_checked=PairCheckedRegistrationOptions(min_inliers=10)
+    )
     result = incremental_mapping(cameras, images, geoms, known, rng=0)
     rec = result.reconstructions[0]
     assert sorted(rec.registered_image_ids) == [1, 2, 3, 4, 5, 6]

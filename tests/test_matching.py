@@ -9,7 +9,7 @@ import pytest
 import geomvision.features.match as match_mod
 from geomvision.errors import InputError
 from geomvision.features.extract import ExtractionOptions, detect_and_describe
-from geomvision.features.match import MatchingOptions, match_descriptors, match_pairs
+from geomvision.features.match import IvfOptions, MatchingOptions, match_descriptors, match_pairs
 from geomvision.geometry.epipolar import fundamental_from_essential, sampson_distance_sq
 from geomvision.geometry.rigid import skew
 from geomvision.runtime.runner import open_runner
@@ -90,8 +90,8 @@ def _gt_fundamental(scene, i: int, j: int) -> np.ndarray:
 @pytest.mark.parametrize("method", ["bruteforce", "ivf", "flann"])
 def test_matches_on_rendered_images_obey_gt_epipolar_geometry(rendered, method):
     scene, feats = rendered
-    # ivf_min_num_features=0: the inverted file is used even on these small sets.
-    options = MatchingOptions(method=method, ivf_min_num_features=0, ivf_num_cells=16, ivf_num_probes=3)
+    # ivf.min_num_features=0: the inverted file is used even on these small sets.
+    options = MatchingOptions(method=method, ivf=IvfOptions(min_num_features=0, num_cells=16, num_probes=3))
     result = match_pairs(feats, [(1, 2), (2, 3)], options)
     for (i, j), m in result.items():
         assert len(m) > 200
@@ -168,7 +168,7 @@ def test_ivf_probing_every_cell_is_exact(rendered):
     _, feats = rendered
     d1, d2 = feats[1].descriptors, feats[2].descriptors
     exact, exact_dist = match_descriptors(d1, d2, MatchingOptions(method="bruteforce"))
-    opts = MatchingOptions(method="ivf", ivf_num_cells=8, ivf_num_probes=8, ivf_min_num_features=0)
+    opts = MatchingOptions(method="ivf", ivf=IvfOptions(num_cells=8, num_probes=8, min_num_features=0))
     full, full_dist = match_descriptors(d1, d2, opts, rng=3)
     assert len(exact) > 200
     np.testing.assert_array_equal(full, exact)
@@ -179,7 +179,7 @@ def test_ivf_recall_and_shared_quantiser(rendered, tmp_path):
     _, feats = rendered
     pairs = [(1, 2), (1, 3), (2, 3)]
     exact = match_pairs(feats, pairs, MatchingOptions(method="bruteforce"))
-    opts = MatchingOptions(ivf_num_cells=32, ivf_num_probes=4, ivf_min_num_features=0)
+    opts = MatchingOptions(ivf=IvfOptions(num_cells=32, num_probes=4, min_num_features=0))
     approx = match_pairs(feats, pairs, opts, rng=5, cache_dir=tmp_path)
     for p in pairs:
         found = set(map(tuple, approx[p].indices.tolist()))
@@ -211,10 +211,10 @@ def test_ivf_quantiser_and_options():
     with pytest.raises(InputError, match="no descriptors"):
         match_mod.train_ivf_quantiser([np.zeros((0, 16), np.float32)], 4)
     with pytest.raises(InputError, match="7 probes"):
-        MatchingOptions(ivf_num_cells=4, ivf_num_probes=7)
+        IvfOptions(num_cells=4, num_probes=7)
     # Binary descriptors never use the inverted file: exact Hamming matching.
     d1 = rng.integers(0, 256, (50, 32), dtype=np.uint8)
-    idx, dist = match_descriptors(d1, d1.copy(), MatchingOptions(ivf_min_num_features=0))
+    idx, dist = match_descriptors(d1, d1.copy(), MatchingOptions(ivf=IvfOptions(min_num_features=0)))
     np.testing.assert_array_equal(idx, np.stack([np.arange(50), np.arange(50)], axis=1))
     assert np.all(dist == 0)
 
@@ -233,12 +233,14 @@ def test_min_num_matches_empties_weak_pairs(rendered):
 def test_ivf_cells_and_probes_scale_down_for_small_images():
     from geomvision.features.match import _scaled_ivf
 
-    options = MatchingOptions(ivf_num_probes=6)  # 64 cells, one cell per 100 descriptors of the median image
+    options = MatchingOptions(
+        ivf=IvfOptions(num_probes=6)
+    )  # 64 cells, one cell per 100 descriptors of the median image
     large = _scaled_ivf(options, [12312, 12000, 12500])
-    assert (large.ivf_num_cells, large.ivf_num_probes) == (64, 6)
+    assert (large.ivf.num_cells, large.ivf.num_probes) == (64, 6)
     small = _scaled_ivf(options, [1639, 1500, 1700])
-    assert (small.ivf_num_cells, small.ivf_num_probes) == (16, 3)
+    assert (small.ivf.num_cells, small.ivf.num_probes) == (16, 3)
     tiny = _scaled_ivf(options, [150, 180])
-    assert (tiny.ivf_num_cells, tiny.ivf_num_probes) == (1, 1)
-    fixed = _scaled_ivf(MatchingOptions(ivf_descriptors_per_cell=0), [1639])
-    assert (fixed.ivf_num_cells, fixed.ivf_num_probes) == (64, 4)
+    assert (tiny.ivf.num_cells, tiny.ivf.num_probes) == (1, 1)
+    fixed = _scaled_ivf(MatchingOptions(ivf=IvfOptions(descriptors_per_cell=0)), [1639])
+    assert (fixed.ivf.num_cells, fixed.ivf.num_probes) == (64, 4)

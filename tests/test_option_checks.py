@@ -11,7 +11,7 @@ from geomvision.errors import InputError, check_choice, check_fields_at_least
 from geomvision.features.extract import ExtractionOptions
 from geomvision.features.match import MatchingOptions
 from geomvision.robust.estimators import TwoViewEstimate
-from geomvision.robust.ransac import RansacOptions, RansacResult, RobustFit
+from geomvision.robust.ransac import LocalOptimizationOptions, RansacOptions, RansacResult, RobustFit
 from geomvision.scene.camera import Camera
 from geomvision.sfm.partition import PartitionOptions
 from geomvision.sfm.trust import TrustOptions
@@ -36,7 +36,10 @@ def test_check_fields_at_least_reports_the_first_bad_field():
     ("make", "message"),
     [
         (lambda: RansacOptions(min_iterations=-1), "min_iterations must be >= 0, got -1"),
-        (lambda: RansacOptions(lo_threshold_multiplier=0.5), "lo_threshold_multiplier must be >= 1, got 0.5"),
+        (
+            lambda: LocalOptimizationOptions(threshold_multiplier=0.5),
+            "threshold_multiplier must be >= 1, got 0.5",
+        ),
         (lambda: RansacOptions(batch_size=0), "batch_size must be >= 1, got 0"),
         (lambda: TrustOptions(drift_max_points=9), "drift_max_points must be >= 10, got 9"),
         (lambda: TrustOptions(min_registered_images=1), "min_registered_images must be >= 2, got 1"),

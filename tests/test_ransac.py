@@ -9,6 +9,8 @@ import pytest
 
 from geomvision.errors import InputError
 from geomvision.robust.ransac import (
+    BailoutOptions,
+    LocalOptimizationOptions,
     RansacOptions,
     msac_scores,
     ransac,
@@ -133,7 +135,9 @@ def test_seed_reproducible(rng):
 def test_more_outliers_need_more_samples(rng):
     few, _ = line_data(np.random.default_rng(3), outlier_ratio=0.2)
     many, _ = line_data(np.random.default_rng(3), outlier_ratio=0.8)
-    opts = RansacOptions(max_error_px=0.05, batch_size=1, min_iterations=1, local_optimization=False)
+    opts = RansacOptions(
+        max_error_px=0.05, batch_size=1, min_iterations=1, lo=LocalOptimizationOptions(enabled=False)
+    )
     n_few = ransac(LineEstimator(few), len(few), opts, rng=0).num_iterations
     n_many = ransac(LineEstimator(many), len(many), opts, rng=0).num_iterations
     assert n_many > 3 * n_few
@@ -173,7 +177,10 @@ def test_bailout_keeps_result(rng):
     pts, truth = line_data(rng, n=2000, outlier_ratio=0.6)
     for subset in (0, 64):
         res = ransac(
-            BatchLineEstimator(pts), len(pts), RansacOptions(max_error_px=0.05, bailout_subset=subset), rng=2
+            BatchLineEstimator(pts),
+            len(pts),
+            RansacOptions(max_error_px=0.05, bailout=BailoutOptions(subset=subset)),
+            rng=2,
         )
         assert res.success
         assert max(_line_error(res.model)) < 5e-3

@@ -6,6 +6,8 @@ import argparse
 import json
 import math
 
+from geomvision.commands._args import option_values
+
 NAME = "bundle-adjust"
 HELP = "bundle-adjust a BAL problem file; prints JSON with costs (0.5*sum r^2), error, iterations, time"
 
@@ -53,11 +55,7 @@ def run(args: argparse.Namespace) -> int:
     bal = read_bal(args.problem)
     problem = bal_to_ba_problem(bal, refine_intrinsics=not args.fix_intrinsics)
     options = BundleAdjustmentOptions(
-        backend=args.backend,
-        loss=args.loss,
-        loss_scale_px=args.loss_scale_px,
-        max_iterations=args.max_iterations,
-        function_tolerance=args.function_tolerance,
+        **option_values(args, "backend", "loss", "loss_scale_px", "max_iterations", "function_tolerance")
     )
     result = adjust_problem(problem, options)
     if args.output:

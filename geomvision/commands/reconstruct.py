@@ -6,6 +6,8 @@ import argparse
 import logging
 import sys
 
+from geomvision.commands._args import option_values
+
 NAME = "reconstruct"
 HELP = "reconstruct cameras and a sparse point cloud from a folder of images"
 
@@ -139,21 +141,21 @@ def build_config(args: argparse.Namespace):
         pipeline["scale_intrinsics"] = True
     if args.pose_prior is not None:
         pipeline["pose_prior_checkpoint"] = args.pose_prior
-    for arg, key in (
-        ("init", "init"),
-        ("mapper", "mapper"),
-        ("pairing", "pairing"),
-        ("workers", "num_workers"),
-        ("seed", "seed"),
-        ("backend", "backend"),
-        ("scheduler", "scheduler"),
-        ("images_visible_to_workers", "images_visible_to_workers"),
-        ("tls_ca_file", "tls_ca_file"),
-        ("tls_cert_file", "tls_cert_file"),
-        ("tls_key_file", "tls_key_file"),
-    ):
-        if getattr(args, arg) is not None:
-            pipeline[key] = getattr(args, arg)
+    pipeline |= option_values(
+        args,
+        "init",
+        "mapper",
+        "pairing",
+        "seed",
+        "backend",
+        "scheduler",
+        "images_visible_to_workers",
+        "tls_ca_file",
+        "tls_cert_file",
+        "tls_key_file",
+        num_workers="workers",
+        skip_none=True,
+    )
     if args.strict:
         pipeline["strict"] = True
     changes = {"pipeline": pipeline} if pipeline else {}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from geomvision.commands._args import option_values
+
 NAME = "synth-scene"
 HELP = (
     "render a synthetic street/courtyard/ring dataset with exact ground truth "
@@ -48,13 +50,16 @@ def run(args: argparse.Namespace) -> int:
     from geomvision.synthetic_scenes import SceneDatasetOptions, write_scene_dataset
 
     options = SceneDatasetOptions(
-        kind=args.kind,
-        num_images=args.images,
-        width=args.width,
-        height=args.height,
-        focal_factor=args.focal_factor,
-        radial_k=args.radial_k,
-        noise_sigma=args.noise,
+        **option_values(
+            args,
+            "kind",
+            "width",
+            "height",
+            "focal_factor",
+            "radial_k",
+            num_images="images",
+            noise_sigma="noise",
+        ),
         photo_dirs=tuple(args.photos) if args.photos else None,
         write_depth=not args.no_depth,
     )

@@ -11,6 +11,8 @@ import argparse
 import json
 from pathlib import Path
 
+from geomvision.commands._args import option_values
+
 NAME = "train-pose"
 HELP = "train a learned camera-pose model (posenet, relpose, sequence) on a reconstruction's posed images"
 
@@ -66,17 +68,20 @@ def run(args: argparse.Namespace) -> int:
     posed = data.load_posed_images(source, args.images)
     checkpoint = Path(args.output) if args.output else default_checkpoint(source, args.model)
     options = train.TrainOptions(
-        model=args.model,
+        **option_values(
+            args,
+            "model",
+            "epochs",
+            "batch_size",
+            "lr",
+            "beta",
+            "image_size",
+            "device",
+            "seed",
+            num_threads="threads",
+        ),
         model_config={"backbone": args.backbone},
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        beta=args.beta,
-        image_size=args.image_size,
-        device=args.device,
-        seed=args.seed,
         resume=not args.no_resume,
-        num_threads=args.threads,
     )
     with tqdm_progress(f"train {args.model}", enabled=not args.no_progress) as progress:
         result = train.train_pose_model(posed, checkpoint, options, progress=progress)

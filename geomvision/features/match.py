@@ -10,7 +10,7 @@ benchmarks/results/matching.md). Binary descriptors use the same product on unpa
 The inverted file (the idea of FAISS ``IndexIVFFlat``; Jegou, Douze & Schmid 2011, sec. III) shares
 one coarse k-means quantiser between all images of a :func:`match_pairs` call. Each image's
 descriptors are bucketed once by their nearest centre; a query is then compared only with the other
-image's descriptors in its ``ivf_num_probes`` nearest cells (one small matrix product per cell), so a
+image's descriptors in its ``ivf.num_probes`` nearest cells (one small matrix product per cell), so a
 pair of 12k-descriptor images costs ~1/10 of the exhaustive product while ~99 % of the exact
 ratio-test matches are kept with 64 cells and 6 probes (fountain-P11); the default 4 probes keep ~98 %
 (-1.7 % matches against 6 probes) at 30 % less matching time.
@@ -23,7 +23,7 @@ import logging
 import math
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Literal, get_args
 
 import cv2
@@ -57,12 +57,42 @@ _MIN_PAIRS_PER_TASK = 16
 
 
 @dataclass(frozen=True, kw_only=True)
+class IvfOptions:
+    """Options of the inverted file (:func:`train_ivf_quantiser` and the per-cell search).
+
+    Attributes:
+        num_cells: k-means cells of the coarse quantiser shared by the images of a call.
+        num_probes: cells searched per query descriptor (its nearest centres); more probes, higher
+            recall of the exact nearest neighbour, slower.
+        min_num_features: pairs where either image has fewer descriptors are matched by exact brute
+            force (the per-cell overhead does not pay off on small sets).
+        descriptors_per_cell: fewer cells for smaller images: at most one cell per this many descriptors
+            of the median image (probes scaled alike, at least 3), so cells keep enough members for the
+            per-cell products to pay off; 0 keeps ``num_cells`` always. On templeRing (~1.6k RootSIFT per
+            image) 16 cells / 3 probes match 2x faster than exact search and keep 97 % of its matches;
+            on fountain-P11 (12k) the 64 cells / 4 probes stay.
+    """
+
+    num_cells: int = 64
+    num_probes: int = 4
+    min_num_features: int = 1024
+    descriptors_per_cell: int = 100
+
+    def __post_init__(self) -> None:
+        if self.num_cells < 1 or not 1 <= self.num_probes <= self.num_cells:
+            raise InputError(
+                f"need num_cells >= 1 and 1 <= num_probes <= num_cells, got "
+                f"{self.num_cells} cells, {self.num_probes} probes"
+            )
+
+
+@dataclass(frozen=True, kw_only=True)
 class MatchingOptions:
     """Options of :func:`match_pairs`.
 
     Attributes:
         method: "ivf" (approximate inverted-file search on float descriptors; pairs where either
-            image has fewer than ``ivf_min_num_features`` descriptors, and binary descriptors, are
+            image has fewer than ``ivf.min_num_features`` descriptors, and binary descriptors, are
             matched exactly), "bruteforce" (exact) or "flann" (approximate KD-tree / LSH).
         ratio_threshold: Lowe's ratio test, keep if d1 < ratio * d2 (1.0 disables it).
         mutual: keep only mutual nearest neighbours (cross check).
@@ -77,16 +107,7 @@ class MatchingOptions:
             cheaper matrix product; the search becomes approximate (48 dims kept ~98 % of the exact
             matches of 12k RootSIFT features on fountain-P11). Reported distances stay exact.
             Used by "bruteforce" only.
-        ivf_num_cells: "ivf": k-means cells of the coarse quantiser shared by the images of a call.
-        ivf_num_probes: "ivf": cells searched per query descriptor (its nearest centres); more
-            probes, higher recall of the exact nearest neighbour, slower.
-        ivf_min_num_features: "ivf": pairs where either image has fewer descriptors are matched by
-            exact brute force (the per-cell overhead does not pay off on small sets).
-        ivf_descriptors_per_cell: "ivf": fewer cells for smaller images: at most one cell per this many
-            descriptors of the median image (probes scaled alike, at least 3), so cells keep enough
-            members for the per-cell products to pay off; 0 keeps ``ivf_num_cells`` always. On
-            templeRing (~1.6k RootSIFT per image) 16 cells / 3 probes match 2x faster than exact search
-            and keep 97 % of its matches; on fountain-P11 (12k) the 64 cells / 4 probes stay.
+        ivf: the inverted file of the "ivf" method.
     """
 
     method: MatcherName = "ivf"
@@ -95,21 +116,13 @@ class MatchingOptions:
     max_distance: float | None = None
     min_num_matches: int = 0
     pca_dims: int | None = None
-    ivf_num_cells: int = 64
-    ivf_num_probes: int = 4
-    ivf_min_num_features: int = 1024
-    ivf_descriptors_per_cell: int = 100
+    ivf: IvfOptions = field(default_factory=IvfOptions)
 
     def __post_init__(self) -> None:
         check_choice("matcher", self.method, MATCHERS)
         check_range("ratio_threshold", self.ratio_threshold, 0, 1, low_open=True)
         if self.pca_dims is not None and self.pca_dims < 2:
             raise InputError(f"pca_dims must be >= 2 or None, got {self.pca_dims}")
-        if self.ivf_num_cells < 1 or not 1 <= self.ivf_num_probes <= self.ivf_num_cells:
-            raise InputError(
-                f"need ivf_num_cells >= 1 and 1 <= ivf_num_probes <= ivf_num_cells, got "
-                f"{self.ivf_num_cells} cells, {self.ivf_num_probes} probes"
-            )
 
 
 # --- descriptor preparation ---------------------------------------------------------------------------
@@ -375,7 +388,7 @@ def _uses_ivf(options: MatchingOptions, a: _Prepared, b: _Prepared) -> bool:
     return (
         options.method == "ivf"
         and not a.binary
-        and min(len(a.rows), len(b.rows)) >= options.ivf_min_num_features
+        and min(len(a.rows), len(b.rows)) >= options.ivf.min_num_features
     )
 
 
@@ -419,9 +432,9 @@ def match_descriptors(
     if _uses_ivf(options, a, b):
         if quantiser is None:
             options = _scaled_ivf(options, [len(a.rows), len(b.rows)])
-            quantiser = train_ivf_quantiser([a.rows, b.rows], options.ivf_num_cells, rng=rng)
-        index_a = _ivf_index(a, quantiser, options.ivf_num_probes)
-        index_b = _ivf_index(b, quantiser, options.ivf_num_probes)
+            quantiser = train_ivf_quantiser([a.rows, b.rows], options.ivf.num_cells, rng=rng)
+        index_a = _ivf_index(a, quantiser, options.ivf.num_probes)
+        index_b = _ivf_index(b, quantiser, options.ivf.num_probes)
     return _match_prepared(a, b, descriptors_1, descriptors_2, options, index_a, index_b)
 
 
@@ -497,15 +510,16 @@ def _seed(rng: np.random.Generator | int | None) -> int:
 
 
 def _scaled_ivf(options: MatchingOptions, descriptor_counts: list[int]) -> MatchingOptions:
-    """Options with ``ivf_num_cells`` / ``ivf_num_probes`` reduced for small images (see MatchingOptions)."""
-    if options.ivf_descriptors_per_cell <= 0 or not descriptor_counts:
+    """Options with ``ivf.num_cells`` / ``ivf.num_probes`` reduced for small images (see IvfOptions)."""
+    ivf = options.ivf
+    if ivf.descriptors_per_cell <= 0 or not descriptor_counts:
         return options
-    cells = int(np.median(descriptor_counts)) // options.ivf_descriptors_per_cell
-    cells = max(1, min(options.ivf_num_cells, cells))
-    if cells == options.ivf_num_cells:
+    cells = int(np.median(descriptor_counts)) // ivf.descriptors_per_cell
+    cells = max(1, min(ivf.num_cells, cells))
+    if cells == ivf.num_cells:
         return options
-    probes = min(cells, max(3, -(-options.ivf_num_probes * cells // options.ivf_num_cells)))
-    return replace(options, ivf_num_cells=cells, ivf_num_probes=probes)
+    probes = min(cells, max(3, -(-ivf.num_probes * cells // ivf.num_cells)))
+    return replace(options, ivf=replace(ivf, num_cells=cells, num_probes=probes))
 
 
 def _ivf_images(
@@ -517,7 +531,7 @@ def _ivf_images(
 
     def eligible(k: int) -> bool:
         d = features[k].descriptors
-        return d.dtype != np.uint8 and len(d) >= options.ivf_min_num_features
+        return d.dtype != np.uint8 and len(d) >= options.ivf.min_num_features
 
     return sorted({k for p in pairs if eligible(p[0]) and eligible(p[1]) for k in p})
 
@@ -554,7 +568,7 @@ def match_tile_task(
 
     def ivf(k: int) -> _IvfIndex:
         if k not in indices_ivf:
-            indices_ivf[k] = _ivf_index(prepared[k], quantiser, options.ivf_num_probes)
+            indices_ivf[k] = _ivf_index(prepared[k], quantiser, options.ivf.num_probes)
         return indices_ivf[k]
 
     out = []
@@ -672,7 +686,7 @@ def match_pairs(
         # Trained on all the images of the call (cached pairs included), so cached and fresh pairs
         # share one quantiser. Deterministic: one seeded k-means on the client, whatever the backend.
         quantiser = train_ivf_quantiser(
-            [features[k].descriptors for k in ivf_images], options.ivf_num_cells, rng=seed
+            [features[k].descriptors for k in ivf_images], options.ivf.num_cells, rng=seed
         )
     image_ids = sorted(features)
     descriptors = {k: Shared(key=("descriptors", k), value=features[k].descriptors) for k in hashes}

@@ -20,6 +20,7 @@ Pure numpy / scipy: no scene types.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -28,7 +29,7 @@ from scipy.optimize import least_squares
 
 from geomvision.errors import InputError
 
-__all__ = ["bata_positions", "bata_positions_reference", "initial_scales", "robust_cost"]
+__all__ = ["BataProblem", "bata_positions", "bata_positions_reference", "initial_scales", "robust_cost"]
 
 Loss = Literal["huber", "cauchy", "linear"]
 
@@ -51,23 +52,48 @@ def _weights(norms: np.ndarray, loss: Loss, scale: float) -> np.ndarray:
     return np.ones_like(norms)
 
 
-def _check(rays, obs_camera, obs_point, num_cameras, num_points, gauge_camera):
-    rays = np.asarray(rays, dtype=np.float64)
-    obs_camera = np.asarray(obs_camera, dtype=np.int64)
-    obs_point = np.asarray(obs_point, dtype=np.int64)
-    m = len(rays)
-    if rays.shape != (m, 3) or obs_camera.shape != (m,) or obs_point.shape != (m,):
-        raise InputError(
-            f"need rays (M, 3), obs_camera (M,), obs_point (M,); got {rays.shape}, {obs_camera.shape}, "
-            f"{obs_point.shape}"
-        )
-    if m and (obs_camera.min() < 0 or obs_camera.max() >= num_cameras):
-        raise InputError(f"obs_camera out of range [0, {num_cameras})")
-    if m and (obs_point.min() < 0 or obs_point.max() >= num_points):
-        raise InputError(f"obs_point out of range [0, {num_points})")
-    if not 0 <= gauge_camera < num_cameras:
-        raise InputError(f"gauge_camera {gauge_camera} out of range [0, {num_cameras})")
-    return rays, obs_camera, obs_point
+@dataclass(frozen=True)
+class BataProblem:
+    """One global positioning problem: the observations and where the solvers start (checked here).
+
+    Attributes:
+        rays: (M, 3) unit viewing rays in world coordinates.
+        obs_camera: (M,) camera index of each observation in [0, C).
+        obs_point: (M,) point index in [0, P); each point should have >= 2 observations.
+        centers: (C, 3) initial camera centres (the gauge camera's stays where it is).
+        points: (P, 3) initial points.
+        gauge_camera: camera whose centre is held (removes the translation freedom).
+
+    Raises:
+        InputError: arrays of the wrong shape, indices or ``gauge_camera`` out of range.
+    """
+
+    rays: np.ndarray
+    obs_camera: np.ndarray
+    obs_point: np.ndarray
+    centers: np.ndarray
+    points: np.ndarray
+    gauge_camera: int = 0
+
+    def __post_init__(self) -> None:
+        rays = np.asarray(self.rays, dtype=np.float64)
+        obs_camera = np.asarray(self.obs_camera, dtype=np.int64)
+        obs_point = np.asarray(self.obs_point, dtype=np.int64)
+        m, num_cameras, num_points = len(rays), len(self.centers), len(self.points)
+        if rays.shape != (m, 3) or obs_camera.shape != (m,) or obs_point.shape != (m,):
+            raise InputError(
+                f"need rays (M, 3), obs_camera (M,), obs_point (M,); got {rays.shape}, {obs_camera.shape}, "
+                f"{obs_point.shape}"
+            )
+        if m and (obs_camera.min() < 0 or obs_camera.max() >= num_cameras):
+            raise InputError(f"obs_camera out of range [0, {num_cameras})")
+        if m and (obs_point.min() < 0 or obs_point.max() >= num_points):
+            raise InputError(f"obs_point out of range [0, {num_points})")
+        if not 0 <= self.gauge_camera < num_cameras:
+            raise InputError(f"gauge_camera {self.gauge_camera} out of range [0, {num_cameras})")
+        object.__setattr__(self, "rays", rays)
+        object.__setattr__(self, "obs_camera", obs_camera)
+        object.__setattr__(self, "obs_point", obs_point)
 
 
 def _group_sum(index: np.ndarray, values: np.ndarray, num_groups: int) -> np.ndarray:
@@ -86,13 +112,8 @@ def initial_scales(rays: np.ndarray, offsets: np.ndarray, *, min_scale: float = 
 
 
 def bata_positions(
-    rays: np.ndarray,
-    obs_camera: np.ndarray,
-    obs_point: np.ndarray,
-    centers: np.ndarray,
-    points: np.ndarray,
+    problem: BataProblem,
     *,
-    gauge_camera: int = 0,
     loss: Loss = "huber",
     loss_scale: float = 0.1,
     max_iterations: int = 100,
@@ -102,12 +123,7 @@ def bata_positions(
     """Minimise ``sum rho(|v_k - s_k (X_p - c_i)|)`` by Schur-complement Levenberg-Marquardt.
 
     Args:
-        rays: (M, 3) unit viewing rays in world coordinates.
-        obs_camera: (M,) camera index of each observation in [0, C).
-        obs_point: (M,) point index in [0, P); each point should have >= 2 observations.
-        centers: (C, 3) initial camera centres (the gauge camera's stays where it is).
-        points: (P, 3) initial points.
-        gauge_camera: camera whose centre is held (removes the translation freedom).
+        problem: the observations, the starting centres and points, the gauge camera.
         loss: robust loss on the residual norm.
         loss_scale: where the loss turns robust.
         max_iterations: cap on LM iterations (accepted or rejected steps).
@@ -117,9 +133,10 @@ def bata_positions(
     Returns:
         (centers (C, 3), points (P, 3), scales (M,), iterations, final robust cost).
     """
-    rays, obs_camera, obs_point = _check(rays, obs_camera, obs_point, len(centers), len(points), gauge_camera)
-    c = np.array(centers, dtype=np.float64)
-    x = np.array(points, dtype=np.float64)
+    rays, obs_camera, obs_point = problem.rays, problem.obs_camera, problem.obs_point
+    gauge_camera = problem.gauge_camera
+    c = np.array(problem.centers, dtype=np.float64)
+    x = np.array(problem.points, dtype=np.float64)
     num_cams, num_pts, m = len(c), len(x), len(rays)
     s = initial_scales(rays, x[obs_point] - c[obs_camera], min_scale=min_scale)
     if m == 0:
@@ -214,13 +231,8 @@ def bata_positions(
 
 
 def bata_positions_reference(
-    rays: np.ndarray,
-    obs_camera: np.ndarray,
-    obs_point: np.ndarray,
-    centers: np.ndarray,
-    points: np.ndarray,
+    problem: BataProblem,
     *,
-    gauge_camera: int = 0,
     max_iterations: int = 100,
     min_scale: float = 1e-6,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -228,7 +240,9 @@ def bata_positions_reference(
 
     Args and returns as :func:`bata_positions` (without loss options, iterations and cost).
     """
-    rays, obs_camera, obs_point = _check(rays, obs_camera, obs_point, len(centers), len(points), gauge_camera)
+    rays, obs_camera, obs_point = problem.rays, problem.obs_camera, problem.obs_point
+    gauge_camera = problem.gauge_camera
+    centers, points = problem.centers, problem.points
     num_cams, num_pts, m = len(centers), len(points), len(rays)
     free = np.arange(num_cams) != gauge_camera
     cam = np.where(free, np.cumsum(free) - 1, -1)[obs_camera]  # -1: the held camera

@@ -15,7 +15,7 @@ Algorithm (Fischler & Bolles 1981; H&Z 4.7.1 for the adaptive sample count):
   hypotheses with the same inlier count by how well they fit.
 - When a hypothesis beats the best so far, LO-RANSAC (Chum et al. 2003; Lebeda et al. 2012) refits the
   model by least squares on its inliers a few times with a threshold shrinking from
-  ``lo_threshold_multiplier * t`` to ``t``; the refined model is kept only if it scores better.
+  ``lo.threshold_multiplier * t`` to ``t``; the refined model is kept only if it scores better.
 - The number of samples is adapted to the best inlier ratio ``w``: ``k = log(1 - p) / log(1 - w^s)``.
 - Before full scoring, each batch's hypotheses are scored on a random subset of the data and those
   statistically unable to beat the best are dropped (Capel 2005 bail-out test); at most
@@ -42,7 +42,9 @@ from geomvision.errors import InputError, check_fields_at_least, check_range
 from geomvision.runtime.rng import as_rng
 
 __all__ = [
+    "BailoutOptions",
     "Estimator",
+    "LocalOptimizationOptions",
     "RansacOptions",
     "RansacResult",
     "RobustFit",
@@ -102,6 +104,45 @@ class Estimator(Protocol):
 
 
 @dataclass(frozen=True, kw_only=True)
+class LocalOptimizationOptions:
+    """Options of LO-RANSAC's local optimisation (least-squares refits on the inliers of a new best model).
+
+    Attributes:
+        enabled: run the refits when a new best hypothesis is found (needs the estimator's ``refit``).
+        iterations: number of least-squares refits per local optimisation.
+        threshold_multiplier: the first refit uses inliers at ``multiplier * max_error_px``; the
+            threshold shrinks linearly to ``max_error_px`` at the last refit.
+        max_points: the least-squares refits inside the loop use at most this many randomly chosen
+            inliers (Lebeda et al. 2012 cap the LO sample the same way; 0 = all); the final refit always
+            uses all inliers.
+    """
+
+    enabled: bool = True
+    iterations: int = 4
+    threshold_multiplier: float = 3.0
+    max_points: int = 256
+
+    def __post_init__(self) -> None:
+        check_fields_at_least(self, iterations=0, threshold_multiplier=1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class BailoutOptions:
+    """Options of the bail-out test (Capel 2005) that drops hopeless hypotheses before full scoring.
+
+    Attributes:
+        subset: hypotheses are first scored on this many random data points; 0 disables the test. Only
+            used when N > 3 * subset.
+        sigma: a hypothesis is dropped when its subset inlier count is more than this many binomial
+            standard deviations below that expected at the best inlier ratio so far; of the survivors at
+            most ``_FULL_SCORE_MAX`` (most subset inliers first) are scored on all points.
+    """
+
+    subset: int = 128
+    sigma: float = 3.0
+
+
+@dataclass(frozen=True, kw_only=True)
 class RansacOptions:
     """Options of :func:`ransac` (and of the estimators built on it).
 
@@ -115,13 +156,7 @@ class RansacOptions:
             two-view benchmark's F translation-direction median at 30 % outliers grew from 0.25 to
             0.30 deg and templeRing F successes fell from 90 % to 80 %).
         max_iterations: maximum number of minimal samples drawn.
-        local_optimization: run LO-RANSAC refits when a new best hypothesis is found (needs ``refit``).
-        lo_iterations: number of least-squares refits per local optimisation.
-        lo_threshold_multiplier: the first refit uses inliers at ``multiplier * max_error_px``; the
-            threshold shrinks linearly to ``max_error_px`` at the last refit.
-        lo_max_points: the least-squares refits inside the loop use at most this many randomly chosen
-            inliers (Lebeda et al. 2012 cap the LO sample the same way; 0 = all); the final refit always
-            uses all inliers.
+        lo: local optimisation (LO-RANSAC) of each new best hypothesis.
         final_refit: refit on all inliers of the best model at the end (kept only if it scores better).
         min_num_inliers: fewer inliers than this is a failure (``success=False``).
         min_inlier_ratio: lower bound on the inlier ratio used for the adaptive sample count, so that a
@@ -129,34 +164,25 @@ class RansacOptions:
         batch_size: minimal samples solved and scored together at first; once a model is found the
             batch grows (up to 32x) with the number of samples still needed, to amortise Python overhead
             (a batch never exceeds a quarter of the samples still needed, so it does not overshoot).
-        bailout_subset: hypotheses are first scored on this many random data points (Capel 2005
-            bail-out test); 0 disables the test. Only used when N > 3 * bailout_subset.
-        bailout_sigma: a hypothesis is dropped when its subset inlier count is more than this many
-            binomial standard deviations below that expected at the best inlier ratio so far; of the
-            survivors at most ``_FULL_SCORE_MAX`` (most subset inliers first) are scored on all points.
+        bailout: the bail-out test on a random subset before full scoring.
     """
 
     max_error_px: float = 1.0
     confidence: float = 0.999
     min_iterations: int = 64
     max_iterations: int = 10_000
-    local_optimization: bool = True
-    lo_iterations: int = 4
-    lo_threshold_multiplier: float = 3.0
-    lo_max_points: int = 256
+    lo: LocalOptimizationOptions = field(default_factory=LocalOptimizationOptions)
     final_refit: bool = True
     min_num_inliers: int = 15
     min_inlier_ratio: float = 0.0
     batch_size: int = 16
-    bailout_subset: int = 128
-    bailout_sigma: float = 3.0
+    bailout: BailoutOptions = field(default_factory=BailoutOptions)
 
     def __post_init__(self) -> None:
         if not (np.isfinite(self.max_error_px) and self.max_error_px > 0):
             raise InputError(f"max_error_px must be positive, got {self.max_error_px}")
         check_range("confidence", self.confidence, 0, 1, low_open=True, high_open=True)
         check_fields_at_least(self, min_iterations=0, max_iterations=1)
-        check_fields_at_least(self, lo_iterations=0, lo_threshold_multiplier=1)
         check_fields_at_least(self, min_num_inliers=0, batch_size=1)
 
 
@@ -272,13 +298,13 @@ class _Scorer:
         models: np.ndarray,
         num_data: int,
         best_ratio: float,
-        options: RansacOptions,
+        options: BailoutOptions,
         rng: np.random.Generator,
     ) -> np.ndarray:
         """Capel's (2005) bail-out test: keep hypotheses whose inlier count on a random subset is
         statistically compatible with beating the best inlier ratio so far (or, before there is one,
         the best subset ratio of this batch). Returns the kept models."""
-        m = options.bailout_subset
+        m = options.subset
         if m <= 0 or num_data <= 3 * m or self._res_batch is None or len(models) <= 1:
             return models
         if len(models) * num_data <= _ONE_PASS_RESIDUALS * 2:
@@ -296,7 +322,7 @@ class _Scorer:
             # batch's best short count, with the same extra sigma of leniency.
             m1 = max(m // 4, 16)
             counts = np.add.reduce(hits[:, :m1] if one_pass else self._hits(models, subset[:m1]), axis=1)
-            sigma = options.bailout_sigma + _BAILOUT_FIRST_EXTRA_SIGMA
+            sigma = options.sigma + _BAILOUT_FIRST_EXTRA_SIGMA
             keep = _most_supported(
                 _passes(counts, m1, best_ratio, sigma, best_ratio <= 0.0), counts, _STAGE1_MAX
             )
@@ -305,7 +331,7 @@ class _Scorer:
                 return models
             hits = hits[keep] if one_pass else None
         counts = np.add.reduce(self._hits(models, subset) if hits is None else hits, axis=1)
-        keep = _passes(counts, m, best_ratio, options.bailout_sigma, True)
+        keep = _passes(counts, m, best_ratio, options.sigma, True)
         # Many statistically equivalent hypotheses (easy data): fully score only the few with the most
         # subset inliers (preemptive scoring, Nister 2003); LO absorbs the small differences.
         return models[_most_supported(keep, counts, _FULL_SCORE_MAX)]
@@ -340,22 +366,23 @@ def _local_optimization(
     model: np.ndarray,
     residuals_sq: np.ndarray,
     score: float,
-    options: RansacOptions,
+    max_error_px: float,
+    options: LocalOptimizationOptions,
     rng: np.random.Generator | None = None,
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """LO-RANSAC: iterated least squares on inliers with a shrinking threshold; keeps the best model."""
     best = (model, residuals_sq, score)
-    t = options.max_error_px
-    # Threshold multipliers from lo_threshold_multiplier down to 1 (Lebeda et al. 2012, "iterative
+    t = max_error_px
+    # Threshold multipliers from threshold_multiplier down to 1 (Lebeda et al. 2012, "iterative
     # least squares").
-    k, m0 = options.lo_iterations, options.lo_threshold_multiplier
+    k, m0 = options.iterations, options.threshold_multiplier
     multipliers = [m0 + (1.0 - m0) * j / (k - 1) for j in range(k)] if k > 1 else [m0]
     for mult in multipliers:
         inlier_idx = np.flatnonzero(best[1] <= (mult * t) ** 2)
         if len(inlier_idx) <= estimator.sample_size:
             break
-        if rng is not None and 0 < options.lo_max_points < len(inlier_idx):
-            inlier_idx = rng.choice(inlier_idx, options.lo_max_points, replace=False)
+        if rng is not None and 0 < options.max_points < len(inlier_idx):
+            inlier_idx = rng.choice(inlier_idx, options.max_points, replace=False)
         models = estimator.refit(inlier_idx)
         if len(models) == 0:
             break
@@ -409,7 +436,7 @@ def ransac(
     rng = as_rng(rng)
     threshold_sq = float(options.max_error_px) ** 2
     scorer = _Scorer(estimator, threshold_sq)
-    can_lo = options.local_optimization and options.lo_iterations > 0 and hasattr(estimator, "refit")
+    can_lo = options.lo.enabled and options.lo.iterations > 0 and hasattr(estimator, "refit")
 
     best_model: np.ndarray | None = None
     best_res = np.empty(0)
@@ -428,7 +455,7 @@ def ransac(
         drawn += count
         models = scorer.fit(samples)
         if len(models):
-            models = scorer.bail_out(np.asarray(models), num_data, best_ratio, options, rng)
+            models = scorer.bail_out(np.asarray(models), num_data, best_ratio, options.bailout, rng)
         if len(models) == 0:
             continue
         res = scorer.residuals(models)
@@ -442,7 +469,7 @@ def ransac(
         best_optimized = not can_lo
         if can_lo and (not polish_follows or needed > max(options.min_iterations, drawn)):
             model, model_res, score = _local_optimization(
-                estimator, scorer, model, model_res, score, options, rng
+                estimator, scorer, model, model_res, score, options.max_error_px, options.lo, rng
             )
             best_optimized = True
             ratio = np.count_nonzero(model_res <= threshold_sq) / num_data
@@ -462,11 +489,11 @@ def ransac(
         # One more LO pass at the final threshold only: polishes a model found late in the loop (the
         # whole schedule for a hypothesis whose local optimisation was deferred).
         if best_optimized:
-            final_opts, final_rng = replace(options, lo_threshold_multiplier=1.0, lo_iterations=2), None
+            final_lo, final_rng = replace(options.lo, threshold_multiplier=1.0, iterations=2), None
         else:
-            final_opts, final_rng, best_optimized = options, rng, True
+            final_lo, final_rng, best_optimized = options.lo, rng, True
         best_model, best_res, best_score = _local_optimization(
-            estimator, scorer, best_model, best_res, best_score, final_opts, final_rng
+            estimator, scorer, best_model, best_res, best_score, options.max_error_px, final_lo, final_rng
         )
     mask = best_res <= threshold_sq
     n_in = int(np.count_nonzero(mask))

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -453,7 +452,6 @@ def global_mapping(
     check_mapper_inputs(cameras, images, two_view_geometries, caller="global_mapping")
     rng = np.random.default_rng(0 if rng is None else rng)
     timer = StepTimer()
-    t_start = time.perf_counter()
     check = options.recalibrate_focal_change > 0
     posing_report = None
     verified = two_view_geometries  # a refocused camera's pairs are posed again from these inliers
@@ -500,8 +498,6 @@ def global_mapping(
     report["num_images"] = len(images)
     report["num_models"] = len(models)
     report["num_registered"] = sum(r.num_registered for r, _ in models)
-    report["timings_s"] = {k: round(v, 4) for k, v in timer.totals.items()} | {
-        "total": round(time.perf_counter() - t_start, 4)
-    }
+    report["timings_s"] = timer.timings_s()
     report_progress(progress, 4, 4, f"{report['num_registered']} registered")
     return MappingResult([r for r, _ in models], report)

@@ -31,7 +31,7 @@ from typing import Literal
 import numpy as np
 
 from geomvision.errors import InputError, check_at_least, check_positive, check_range
-from geomvision.geometry.global_positioning import bata_positions
+from geomvision.geometry.global_positioning import BataProblem, bata_positions
 
 logger = logging.getLogger(__name__)
 
@@ -275,12 +275,7 @@ def position_globally(
     points0 -= origin
     with _single_threaded_blas():
         centers_all, points_used, _, iterations, cost = bata_positions(
-            rays,
-            image_index,
-            point_index,
-            centers0,
-            points0,
-            gauge_camera=gauge,
+            BataProblem(rays, image_index, point_index, centers0, points0, gauge_camera=gauge),
             loss=options.loss,
             loss_scale=options.loss_scale,
             max_iterations=options.max_iterations,

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -61,7 +60,12 @@ from geomvision.sfm.triangulate import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["IncrementalMapperOptions", "MappingResult", "incremental_mapping"]
+__all__ = [
+    "IncrementalMapperOptions",
+    "MappingResult",
+    "PairCheckedRegistrationOptions",
+    "incremental_mapping",
+]
 
 
 def _mapper_triangulation() -> TriangulationOptions:
@@ -73,6 +77,35 @@ def _mapper_initialization() -> InitializationOptions:
     return InitializationOptions(
         triangulation=TriangulationOptions(max_error_px=2.0, filter_max_error_px=2.0)
     )
+
+
+@dataclass(frozen=True, kw_only=True)
+class PairCheckedRegistrationOptions:
+    """Options of the mapper's pair-checked registration.
+
+    When no candidate registers with ``registration.min_num_inliers``, candidates with a strong verified
+    pair to a registered image are retried with a lower PnP inlier floor, and kept only if their PnP pose
+    reproduces that pair's relative rotation. This joins a walk's first images, which on the synthetic
+    street at 100 images see only 14 triangulated points (and 611 two-view matches) where the street
+    turns. Off by default until it is measured at 1000 images (see docs/scaling.md).
+
+    Attributes:
+        min_inliers: the lower PnP inlier floor (0, the default, turns the retry off; below 4 acts as 4;
+            10 was tried).
+        min_pair_inliers: the verified pair's inlier matches needed for that check.
+        max_rotation_deg: largest disagreement (degrees) between the PnP pose's rotation relative to the
+            paired image and the pair's two-view rotation.
+    """
+
+    min_inliers: int = 0
+    min_pair_inliers: int = 100
+    max_rotation_deg: float = 2.0
+
+    def __post_init__(self) -> None:
+        check_at_least("min_inliers", self.min_inliers, 0)
+        check_at_least("min_pair_inliers", self.min_pair_inliers, 1)
+        if not 0 < self.max_rotation_deg < 180:
+            raise InputError(f"max_rotation_deg must be in (0, 180), got {self.max_rotation_deg}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -104,15 +137,8 @@ class IncrementalMapperOptions:
         min_model_size: models with fewer registered images are discarded.
         max_reg_retry_growth: an image that failed to register is retried only once the number of
             triangulated points it sees has grown by this factor.
-        pair_checked_min_inliers: when no candidate registers with ``registration.min_num_inliers``,
-            candidates with a strong verified pair to a registered image are retried with this lower
-            PnP inlier floor, and kept only if their PnP pose reproduces that pair's relative rotation
-            (0, the default, turns this off; below 4 acts as 4; 10 was tried). This joins a walk's first images, which on the synthetic street at
-            100 images see only 14 triangulated points (and 611 two-view matches) where the street turns.
-            Off by default until it is measured at 1000 images (see docs/scaling.md).
-        pair_checked_min_pair_inliers: the verified pair's inlier matches needed for that check.
-        pair_checked_max_rotation_deg: largest disagreement (degrees) between the PnP pose's rotation
-            relative to the paired image and the pair's two-view rotation.
+        pair_checked: the retry of images that no candidate registered for, checked against a verified
+            pair (off by default).
     """
 
     initialization: InitializationOptions = field(default_factory=_mapper_initialization)
@@ -131,20 +157,12 @@ class IncrementalMapperOptions:
     max_num_models: int = 10
     min_model_size: int = 3
     max_reg_retry_growth: float = 1.2
-    pair_checked_min_inliers: int = 0
-    pair_checked_min_pair_inliers: int = 100
-    pair_checked_max_rotation_deg: float = 2.0
+    pair_checked: PairCheckedRegistrationOptions = field(default_factory=PairCheckedRegistrationOptions)
 
     def __post_init__(self) -> None:
         if self.global_ba_every <= 1.0:
             raise InputError(f"global_ba_every is a growth ratio and must be > 1, got {self.global_ba_every}")
         check_at_least("local_ba_num_images", self.local_ba_num_images, 1)
-        check_at_least("pair_checked_min_inliers", self.pair_checked_min_inliers, 0)
-        check_at_least("pair_checked_min_pair_inliers", self.pair_checked_min_pair_inliers, 1)
-        if not 0 < self.pair_checked_max_rotation_deg < 180:
-            raise InputError(
-                f"pair_checked_max_rotation_deg must be in (0, 180), got {self.pair_checked_max_rotation_deg}"
-            )
         check_model_limits(self.max_num_models, self.min_model_size)
         object.__setattr__(self, "fixed_camera_ids", tuple(int(c) for c in self.fixed_camera_ids))
         check_mapper_ba_options(self.local_ba)
@@ -207,7 +225,7 @@ class _ModelBuilder:
         # image -> [(other image, geometry)] of the strong verified pairs (the pair-checked registration)
         self.strong_pairs: dict[int, list[tuple[int, TwoViewGeometry]]] = {}
         for (i, j), g in (pairs or {}).items():
-            if g.cam2_from_cam1 is not None and g.num_inliers >= options.pair_checked_min_pair_inliers:
+            if g.cam2_from_cam1 is not None and g.num_inliers >= options.pair_checked.min_pair_inliers:
                 self.strong_pairs.setdefault(i, []).append((j, g))
                 self.strong_pairs.setdefault(j, []).append((i, g))
         self.pair_checked_failed_at: dict[int, int] = {}
@@ -387,13 +405,13 @@ class _ModelBuilder:
     def try_register_pair_checked(self, candidates: list[int]) -> int | None:
         """No candidate registered: retry those with a strong verified pair to a registered image.
 
-        PnP may then keep as few as ``pair_checked_min_inliers`` inliers, and the pose is accepted only
+        PnP may then keep as few as ``pair_checked.min_inliers`` inliers, and the pose is accepted only
         if its rotation relative to the paired registered image matches the pair's two-view rotation
-        within ``pair_checked_max_rotation_deg``: two independent estimates (2D-3D and 2D-2D) agree.
+        within ``pair_checked.max_rotation_deg``: two independent estimates (2D-3D and 2D-2D) agree.
         """
-        if self.options.pair_checked_min_inliers == 0:
+        if self.options.pair_checked.min_inliers == 0:
             return None
-        k = max(4, self.options.pair_checked_min_inliers)  # P3P + 1, as RegistrationOptions requires
+        k = max(4, self.options.pair_checked.min_inliers)  # P3P + 1, as RegistrationOptions requires
         if k >= self.reg_options.min_num_inliers:
             return None
         state = self.state
@@ -442,7 +460,7 @@ class _ModelBuilder:
                 R_rel = R_new @ state.rotations[other].T
             if (
                 rotation_angle_deg(R_rel, g.cam2_from_cam1.rotation)
-                <= self.options.pair_checked_max_rotation_deg
+                <= self.options.pair_checked.max_rotation_deg
             ):
                 return other
         return None
@@ -567,7 +585,6 @@ def incremental_mapping(
     rng = as_rng(rng)
     retain_freed_memory()  # the mapper's many large numpy temporaries reuse heap pages (runtime.allocator)
     timer = StepTimer()
-    t_start = time.perf_counter()
     usable = {
         pair: g
         for pair, g in two_view_geometries.items()
@@ -665,7 +682,5 @@ def incremental_mapping(
     )
     if not models:
         report["reason"] = reason or "no model could be built"
-    report["timings_s"] = {k: round(v, 4) for k, v in timer.totals.items()} | {
-        "total": round(time.perf_counter() - t_start, 4)
-    }
+    report["timings_s"] = timer.timings_s()
     return MappingResult(models, report)

@@ -437,6 +437,13 @@ class StepTimer:
 
     def __init__(self) -> None:
         self.totals: dict[str, float] = defaultdict(float)
+        self.start = time.perf_counter()
+
+    def timings_s(self) -> dict[str, float]:
+        """The report's ``timings_s``: seconds per step and ``total`` since the timer was made (4 decimals)."""
+        return {k: round(v, 4) for k, v in self.totals.items()} | {
+            "total": round(time.perf_counter() - self.start, 4)
+        }
 
     @contextmanager
     def __call__(self, name: str) -> Iterator[None]:

@@ -53,7 +53,7 @@ from geomvision.geometry.sim3 import (
 )
 from geomvision.progress import ProgressCallback
 from geomvision.progress import report as report_progress
-from geomvision.robust.ransac import RansacOptions, ransac
+from geomvision.robust.ransac import BailoutOptions, RansacOptions, ransac
 from geomvision.runtime.rng import as_rng
 from geomvision.scene import Reconstruction, View
 from geomvision.sfm.bundle_adjustment import BundleAdjustmentOptions, bundle_adjust
@@ -62,6 +62,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "AlignmentOptions",
+    "AlignmentRefinementOptions",
     "AlignmentResult",
     "MergeOptions",
     "MergeResult",
@@ -73,8 +74,33 @@ __all__ = [
 
 def _default_alignment_ransac() -> RansacOptions:
     return RansacOptions(
-        max_error_px=4.0, min_num_inliers=10, min_iterations=16, max_iterations=2000, bailout_subset=0
+        max_error_px=4.0,
+        min_num_inliers=10,
+        min_iterations=16,
+        max_iterations=2000,
+        bailout=BailoutOptions(subset=0),
     )
+
+
+@dataclass(frozen=True, kw_only=True)
+class AlignmentRefinementOptions:
+    """Options of the refinement of a RANSAC similarity (Huber-robust least squares, 7 parameters).
+
+    Attributes:
+        max_points: inliers used at the most (a seeded random subset of them).
+        huber_scale_px: Huber loss scale (pixels).
+        max_iterations: function evaluations of the least squares.
+    """
+
+    max_points: int = 300
+    huber_scale_px: float = 1.0
+    max_iterations: int = 200
+
+    def __post_init__(self) -> None:
+        if self.max_points < 3:
+            raise InputError(f"max_points must be >= 3, got {self.max_points}")
+        check_positive("huber_scale_px", self.huber_scale_px)
+        check_at_least("max_iterations", self.max_iterations, 1)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -84,37 +110,29 @@ class AlignmentOptions:
     Attributes:
         ransac: RANSAC over shared-point triplets; ``max_error_px`` is the reprojection threshold a
             point must meet in both models, ``min_num_inliers`` the fewest inlier points accepted.
+        refinement: the refinement of the RANSAC similarity on its inliers (twice: refine, recount on
+            all shared points, refine again).
+        ransac_max_points: RANSAC samples and scores at most this many shared points (a seeded random
+            subset).
         min_inlier_ratio: fewest inliers as a share of the shared points (two models of the same scene
             agree on most of them; a low ratio means a wrong match between clusters).
-        huber_scale_px: Huber loss scale of the refinement (pixels).
-        refine_max_iterations: function evaluations of the refinement (least squares, 7 parameters).
         max_camera_error_px: a shared image whose two poses disagree by more than this (pixel-equivalent,
             see :func:`geomvision.geometry.sim3.pose_consistency_residuals`) is inconsistent.
         max_inconsistent_camera_ratio: more inconsistent shared images than this share fails the check.
     """
 
     ransac: RansacOptions = field(default_factory=_default_alignment_ransac)
+    refinement: AlignmentRefinementOptions = field(default_factory=AlignmentRefinementOptions)
     ransac_max_points: int = 300
-    refine_max_points: int = 300
     min_inlier_ratio: float = 0.3
-    huber_scale_px: float = 1.0
-    refine_max_iterations: int = 200
     max_camera_error_px: float = 20.0
     max_inconsistent_camera_ratio: float = 0.5
 
     def __post_init__(self) -> None:
         check_range("min_inlier_ratio", self.min_inlier_ratio, 0, 1)
-        if not self.huber_scale_px > 0 or not self.max_camera_error_px > 0:
-            raise InputError(
-                f"huber_scale_px and max_camera_error_px must be > 0, got "
-                f"{self.huber_scale_px}, {self.max_camera_error_px}"
-            )
-        check_at_least("refine_max_iterations", self.refine_max_iterations, 1)
-        if self.ransac_max_points < 3 or self.refine_max_points < 3:
-            raise InputError(
-                f"ransac_max_points and refine_max_points must be >= 3, got "
-                f"{self.ransac_max_points}, {self.refine_max_points}"
-            )
+        check_positive("max_camera_error_px", self.max_camera_error_px)
+        if self.ransac_max_points < 3:
+            raise InputError(f"ransac_max_points must be >= 3, got {self.ransac_max_points}")
         check_range("max_inconsistent_camera_ratio", self.max_inconsistent_camera_ratio, 0, 1)
 
 
@@ -341,7 +359,7 @@ def _refine(
     in_src: ProjectionSet,
     in_dst: ProjectionSet,
     cameras: _SharedCameras,
-    options: AlignmentOptions,
+    options: AlignmentRefinementOptions,
 ) -> Sim3d:
     """Huber-robust least squares over the 7 similarity parameters (reprojection in both models + cameras)."""
 
@@ -361,7 +379,7 @@ def _refine(
         x0,
         loss="huber",
         f_scale=options.huber_scale_px,
-        max_nfev=options.refine_max_iterations,
+        max_nfev=options.max_iterations,
         x_scale="jac",
         xtol=1e-14,
         ftol=1e-14,
@@ -424,8 +442,8 @@ def align_reconstructions(
         inliers = np.flatnonzero(full.residuals_sq(sim.matrix()) <= threshold_sq)
         if len(inliers) < 3:
             break
-        if len(inliers) > options.refine_max_points:
-            inliers = np.sort(gen.choice(inliers, options.refine_max_points, replace=False))
+        if len(inliers) > options.refinement.max_points:
+            inliers = np.sort(gen.choice(inliers, options.refinement.max_points, replace=False))
         sim = _refine(
             sim,
             xyz_src[inliers],
@@ -433,7 +451,7 @@ def align_reconstructions(
             _projection_set(src, pairs[inliers, 0]),
             _projection_set(dst, pairs[inliers, 1]),
             cameras,
-            options,
+            options.refinement,
         )
     result.dst_from_src = sim
     all_inliers = full.residuals_sq(sim.matrix()) <= threshold_sq

@@ -39,6 +39,10 @@ from geomvision.sfm.bundle_adjustment import (
 )
 
 
+def _default_drift_ba() -> BundleAdjustmentOptions:
+    return BundleAdjustmentOptions(loss="soft_l1", refine_extra_params=False, max_iterations=20)
+
+
 @dataclass(frozen=True, kw_only=True)
 class TrustOptions:
     """Thresholds of :func:`assess_model_trust`.
@@ -64,7 +68,7 @@ class TrustOptions:
             adjustment with the focal freed may move it by at most this relative amount; more means the
             images disagree with the given focal.
         drift_max_points: points (a random subset) of that adjustment.
-        drift_max_iterations: iteration cap of that adjustment.
+        drift_ba: options of that adjustment (only the focal of the held cameras is freed in it).
     """
 
     max_focal_deviation: float = 0.15
@@ -77,7 +81,7 @@ class TrustOptions:
     min_registered_images: int = 3
     max_focal_drift: float = 0.1
     drift_max_points: int = 2000
-    drift_max_iterations: int = 20
+    drift_ba: BundleAdjustmentOptions = field(default_factory=_default_drift_ba)
 
     def __post_init__(self) -> None:
         check_positive("max_focal_deviation", self.max_focal_deviation)
@@ -92,7 +96,7 @@ class TrustOptions:
             min_mean_track_length_unconfirmed_focal=2,
             min_median_triangulation_angle_deg=0,
         )
-        check_fields_at_least(self, drift_max_points=10, drift_max_iterations=1)
+        check_fields_at_least(self, drift_max_points=10)
         check_fields_at_least(self, min_median_points_per_image=0, min_registered_images=2)
 
 
@@ -144,11 +148,7 @@ def focal_drift(
 
     Runs on the array problem of a random subset of the points (the model is not changed).
     """
-    ba = BundleAdjustmentOptions(
-        loss="soft_l1",
-        refine_extra_params=False,
-        max_iterations=options.drift_max_iterations,
-    )
+    ba = options.drift_ba
     problem, ids = problem_from_reconstruction(rec, ba)
     num_points = len(problem.points)
     if num_points > options.drift_max_points:

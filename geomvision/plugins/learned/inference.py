@@ -94,8 +94,14 @@ def load_checkpoint(path: str | Path, *, device: str = "auto") -> LoadedPoseMode
     )
 
 
-def _as_loaded(model: LoadedPoseModel | str | Path) -> LoadedPoseModel:
-    return model if isinstance(model, LoadedPoseModel) else load_checkpoint(model)
+def _as_loaded(model: LoadedPoseModel | str | Path, *kinds: str) -> LoadedPoseModel:
+    """The model (loaded from its checkpoint when given a path); with ``kinds``, one of those kinds."""
+    loaded = model if isinstance(model, LoadedPoseModel) else load_checkpoint(model)
+    if kinds and loaded.kind not in kinds:
+        raise InputError(
+            f"model {loaded.model_name!r} is {loaded.kind}; this needs a {' or '.join(kinds)} model"
+        )
+    return loaded
 
 
 def _inputs(loaded: LoadedPoseModel, images: Sequence[ImageInput]) -> torch.Tensor:
@@ -106,13 +112,6 @@ def _inputs(loaded: LoadedPoseModel, images: Sequence[ImageInput]) -> torch.Tens
         load_image_stack(images, loaded.image_size, loaded.crop_fraction), device=loaded.device
     )
     return batch_to_tensor(stack, loaded.image_size)
-
-
-def _require_kind(loaded: LoadedPoseModel, *kinds: str) -> None:
-    if loaded.kind not in kinds:
-        raise InputError(
-            f"model {loaded.model_name!r} is {loaded.kind}; this needs a {' or '.join(kinds)} model"
-        )
 
 
 def _ref_from_cam(pred: np.ndarray, scale: float) -> list[Rigid3d]:
@@ -127,8 +126,7 @@ def predict_absolute_poses(
     model: LoadedPoseModel | str | Path, images: Sequence[ImageInput]
 ) -> list[Rigid3d]:
     """``cam_from_world`` of each image, in the world frame of the model's training reconstruction."""
-    loaded = _as_loaded(model)
-    _require_kind(loaded, "absolute")
+    loaded = _as_loaded(model, "absolute")
     pred = loaded.model(_inputs(loaded, images)).cpu().numpy()
     ref_from_world = loaded.reference_cam_from_world
     return [
@@ -142,8 +140,7 @@ def predict_relative_poses(
     model: LoadedPoseModel | str | Path, images1: Sequence[ImageInput], images2: Sequence[ImageInput]
 ) -> list[Rigid3d]:
     """``cam2_from_cam1`` for each pair (images1[k], images2[k]); translations are unit directions."""
-    loaded = _as_loaded(model)
-    _require_kind(loaded, "relative")
+    loaded = _as_loaded(model, "relative")
     if len(images1) != len(images2):
         raise InputError(f"need as many first as second images, got {len(images1)} and {len(images2)}")
     x = _inputs(loaded, list(images1) + list(images2))
@@ -158,8 +155,7 @@ def predict_sequence_poses(
     model: LoadedPoseModel | str | Path, images: Sequence[ImageInput]
 ) -> list[Rigid3d]:
     """``cam_k_from_cam_0`` for each image of a sequence (first ~ identity), in world units."""
-    loaded = _as_loaded(model)
-    _require_kind(loaded, "sequence")
+    loaded = _as_loaded(model, "sequence")
     x = _inputs(loaded, images)
     pred = loaded.model(x[None])[0].cpu().numpy()
     return [first_from_cam.inverse() for first_from_cam in _ref_from_cam(pred, loaded.translation_scale)]
