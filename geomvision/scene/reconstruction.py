@@ -240,7 +240,9 @@ def _rows_by_image(obs_image: np.ndarray):
     """``(image_id, rows)`` per distinct image id (ascending), rows in their original order (one stable sort
     instead of a boolean mask over all observations per image)."""
     order = np.argsort(obs_image, kind="stable")
-    ids, starts = np.unique(obs_image[order], return_index=True)
+    ordered = obs_image[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]]) if len(order) else np.zeros(0, int)
+    ids = ordered[starts]
     bounds = np.append(starts, len(order)).tolist()
     for k, image_id in enumerate(ids.tolist()):
         yield image_id, order[bounds[k] : bounds[k + 1]]
