@@ -396,34 +396,19 @@ def _inv3(A: np.ndarray) -> np.ndarray:
     return co / det
 
 
-_UPPER = ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2))  # the distinct entries of a symmetric 3x3 block
-
-
-def _point_products(Jp: np.ndarray, r: np.ndarray, out: np.ndarray) -> None:
-    """Per-observation terms of the point blocks and gradients into ``out`` (9, M): the 6 distinct entries of
-    ``J_p^T J_p`` (``_UPPER`` order), then ``J_p^T r`` (3), from component-major Jp (2, 3, M) and r (2, M)."""
-    tmp = np.empty(Jp.shape[2])
-    for row, (i, j) in enumerate(_UPPER):
-        np.multiply(Jp[0, i], Jp[0, j], out=out[row])
-        out[row] += np.multiply(Jp[1, i], Jp[1, j], out=tmp)
-    for i in range(3):
-        np.multiply(Jp[0, i], r[0], out=out[6 + i])
-        out[6 + i] += np.multiply(Jp[1, i], r[1], out=tmp)
-
-
-def _bin_point_products(
-    products: np.ndarray, point: np.ndarray, n_points: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """``C`` (3, 3, Np) and ``g_pt`` (3, Np) from the per-observation terms of :func:`_point_products`, binned
-    by point in one pass over all observations (per-chunk binning filled 9 arrays of Np bins per chunk:
-    most of the work on the 300-image street scene's global BA, 145k points and 8 chunks)."""
+def _point_blocks(Jp: np.ndarray, point: np.ndarray, n_points: int) -> np.ndarray:
+    """``C = sum J_p^T J_p`` per point (3, 3, Np) from component-major Jp (2, 3, M): the 6 distinct entries of
+    each symmetric block are summed per observation and binned, then mirrored."""
     C = np.empty((3, 3, n_points))
-    for row, (i, j) in enumerate(_UPPER):
-        C[i, j] = np.bincount(point, weights=products[row], minlength=n_points)
-        if j != i:
-            C[j, i] = C[i, j]
-    g_pt = np.stack([np.bincount(point, weights=products[6 + i], minlength=n_points) for i in range(3)])
-    return C, g_pt
+    prod = np.empty(Jp.shape[2])
+    for i in range(3):
+        for j in range(i, 3):
+            np.multiply(Jp[0, i], Jp[0, j], out=prod)
+            prod += Jp[1, i] * Jp[1, j]
+            C[i, j] = np.bincount(point, weights=prod, minlength=n_points)
+            if j != i:
+                C[j, i] = C[i, j]
+    return C
 
 
 def _bincount_rows(index: np.ndarray, values: np.ndarray, size: int) -> np.ndarray:
@@ -493,12 +478,16 @@ def _linearise(problem: BundleAdjustmentProblem, st: _Structure, evaluations: li
             g_img[k] = X0 @ r[0, lo:hi] + X1 @ r[1, lo:hi]
         if chunk.free_local is not None:
             Jc, Jp, r = Jc[:, :, chunk.free_local], Jp[:, :, chunk.free_local], r[:, chunk.free_local]
-        _point_products(Jp, r, products[:, chunk.free])
-        return Jc, Jp
+        point = st.free_pc[chunk.free]
+        C = _point_blocks(Jp, point, st.n_points)
+        g_pt = _bincount_rows(point, Jp[0] * r[0] + Jp[1] * r[1], st.n_points)
+        return Jc, Jp, C, g_pt
 
-    products = np.empty((9, len(st.free_pc)))
     parts = _parallel(st, one, list(zip(st.chunks, evaluations, strict=True)))
-    C, g_pt = _bin_point_products(products, st.free_pc, st.n_points)  # observation order: any thread count
+    C, g_pt = parts[0][2], parts[0][3]
+    for part in parts[1:]:  # chunk order: the same sums for any thread count
+        C += part[2]
+        g_pt += part[3]
     cols_img = st.cols_ext[st.img_present].ravel()
     g_cam = np.bincount(cols_img, weights=g_img.ravel(), minlength=n + 1)[:n]
     diag_cam = np.bincount(cols_img, weights=np.einsum("kii->ki", U_img).ravel(), minlength=n + 1)[:n]
