@@ -22,6 +22,7 @@ Usage::
     python benchmarks/mapping_speed.py dump INPUTS.pkl PROBLEMS.pkl
     python benchmarks/mapping_speed.py micro --problems PROBLEMS.pkl --tree before=/path/a --tree after=.
     python benchmarks/mapping_speed.py map --inputs INPUTS.pkl --gt GT_DIR --tree before=/path/a --tree after=.
+    python benchmarks/mapping_speed.py note "TEXT"   # a measured fact made elsewhere, listed under Notes
 """
 
 from __future__ import annotations
@@ -240,6 +241,9 @@ def render(records: list[dict]) -> str:
                 f" {r['auc@2']} | {r['reproj_px']} | {r['points']} | {r['maxrss_gib']} |"
                 f" `{r['hashes']['images.txt']}` | {r['load_start']} / {r['load_end']} |"
             )
+    notes = [r for r in records if r["kind"] == "note"]
+    if notes:
+        lines += ["", "## Notes", ""] + [f"- {r['date']}: {r['text']}" for r in notes]
     return "\n".join(lines) + "\n"
 
 
@@ -257,6 +261,8 @@ def main() -> None:
     dump = sub.add_parser("dump")
     dump.add_argument("inputs")
     dump.add_argument("out")
+    note = sub.add_parser("note", help="add a measured fact that the script does not produce itself")
+    note.add_argument("text")
     for name in ("micro", "map"):
         p = sub.add_parser(name)
         p.add_argument("--tree", action="append", required=True, help="NAME=PATH of a tree to measure")
@@ -269,6 +275,17 @@ def main() -> None:
     args = parser.parse_args()
     if args.kind == "dump":
         dump_problems(args.inputs, args.out)
+        return
+    if args.kind == "note":
+        _write(
+            [
+                {
+                    "kind": "note",
+                    "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d"),
+                    "text": args.text,
+                }
+            ]
+        )
         return
     trees = [t.split("=", 1) for t in args.tree]
     load = os.getloadavg()
