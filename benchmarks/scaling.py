@@ -1,7 +1,8 @@
 """Cost growth of the whole pipeline on synthetic street scenes, 100 to 2000 images, against pycolmap.
 
 For each size N, a street scene (``geomvision.synthetic_scenes``, seed 0, 640x480, the repo's sample photos as
-facade textures) is rendered once and cached in the work folder. Then, each in its own subprocess so that its
+facade textures) is rendered once and cached in the work folder (rendered again when the generator's source
+changed: see ``generator_fingerprint``). Then, each in its own subprocess so that its
 memory is its own:
 
 * geomvision: ``run_pipeline`` with the given pairing (``--pairing``; the pipeline's default unless told);
@@ -29,10 +30,12 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import threading
@@ -159,6 +162,7 @@ def child_geomvision(image_dir: str, out: str, pairing: str | None, result_path:
         "pairing": report.get("matching", {}).get("pairing"),
         "num_pairs": report.get("matching", {}).get("num_pairs"),
         "num_models": report.get("num_models"),
+        "trusted": report.get("trusted"),
         "peak_rss_by_stage": mem.peaks,
         "max_rss": _max_rss_bytes(),
         "error": error,
@@ -213,15 +217,40 @@ def child_pycolmap(image_dir: str, work: str, result_path: str) -> None:
 
 
 # --- parent -----------------------------------------------------------------------------------------
+def generator_fingerprint() -> str:
+    """SHA-256 of the scene generator's source (``synthetic_scenes.py`` and ``synthetic.py``).
+
+    A cached scene is reused only when it was rendered by the same generator: a 1000-image street left in
+    the work folder by an older generator (plain photo crops, before the per-face procedural layer) made
+    8767 of its 11 401 verified pairs link images with no common surface, and the mapper built a
+    self-consistent but wrong model from them (AUC@2 0.006).
+    """
+    digest = hashlib.sha256()
+    for name in ("synthetic_scenes.py", "synthetic.py"):
+        digest.update((REPO / "geomvision" / name).read_bytes())
+    return digest.hexdigest()
+
+
 def make_scene(work: Path, n: int, width: int, height: int) -> tuple[Path, dict]:
     from geomvision.synthetic_scenes import SceneDatasetOptions, write_scene_dataset
 
     folder = work / f"street_{n}_{width}x{height}"
     meta_path = folder / "scene.json"
-    if meta_path.is_file() and len(list((folder / "images").glob("*.jpg"))) == n:
+    stamp = folder / "generator.sha256"
+    fingerprint = generator_fingerprint()
+    if (
+        meta_path.is_file()
+        and stamp.is_file()
+        and stamp.read_text().strip() == fingerprint
+        and len(list((folder / "images").glob("*.jpg"))) == n
+    ):
         return folder, json.loads(meta_path.read_text())
+    if folder.exists():
+        print(f"re-rendering {folder}: rendered by another version of the generator", flush=True)
+        shutil.rmtree(folder)
     options = SceneDatasetOptions(kind="street", num_images=n, width=width, height=height, write_depth=False)
     write_scene_dataset(folder, options, rng=0)
+    stamp.write_text(fingerprint + "\n")
     return folder, json.loads(meta_path.read_text())
 
 
@@ -302,6 +331,7 @@ def run_size(n: int, tools: list[str], pairing: str | None, work: Path, timeout_
             "load_start": [round(v, 2) for v in load_start],
             "load_end": [round(v, 2) for v in os.getloadavg()],
             "load_before_generation": [round(v, 2) for v in load0],
+            "generator_sha256": (scene_dir / "generator.sha256").read_text().strip()[:12],
             **child,
         }
         if not timed_out:
@@ -319,6 +349,10 @@ def _f(v, fmt="{:.1f}") -> str:
     return "-" if v is None else fmt.format(v)
 
 
+def _yes_no(v) -> str:
+    return "-" if v is None else ("yes" if v else "no")
+
+
 def write_markdown(rows: list[dict], path: Path) -> None:
     rows = sorted(rows, key=lambda r: (r["images"], r["tool"], r["pairing_requested"]))
     lines = [
@@ -331,11 +365,15 @@ def write_markdown(rows: list[dict], path: Path) -> None:
         "from the repo's sample photos, exact ground truth). geomvision: `run_pipeline` with 2 workers and the "
         "pairing shown; pycolmap: SIFT + `match_sequential` (overlap 10) + `incremental_mapping`, 2 threads. "
         "AUC@2: pairwise relative pose error against the ground truth over all N images (unregistered = 180 deg). "
-        "Peak RSS: resident memory of the whole process tree (main + worker processes), sampled every 0.1 s.",
+        "Peak RSS: resident memory of the whole process tree (main + worker processes), sampled every 0.1 s. "
+        "Trusted: the pipeline's trust verdict on its model 0 (`sfm/trust.py`). Scene generator: the first hex "
+        "digits of the SHA-256 of the generator's source the scene was rendered with (`-`: rows from before it "
+        "was recorded).",
         "",
         "| N | tool | pairing | pairs | wall s | features s | matching s | verification s | mapping s "
-        "| peak RSS GiB (stage) | registered | models | AUC@2 | AUC@5 | reproj px | load (start) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| peak RSS GiB (stage) | registered | models | trusted | AUC@2 | AUC@5 | reproj px | load (start) "
+        "| scene generator |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         tim = r.get("timings_s") or {}
@@ -350,9 +388,10 @@ def write_markdown(rows: list[dict], path: Path) -> None:
             f"| {r['images']} | {r['tool']}{status} | {r.get('pairing') or r['pairing_requested']} "
             f"| {r.get('num_pairs') or '-'} | {_f(r.get('wall_s'))} | {_f(feat)} | {_f(match)} | {_f(verif)} "
             f"| {_f(tim.get('mapping'))} | {_gib(top[1])} ({top[0] or '-'}) | {r.get('num_registered', '-')}/{r['images']} "
-            f"| {r.get('num_models') if r.get('num_models') is not None else '-'} | {_f(r.get('auc@2'), '{:.3f}')} "
+            f"| {r.get('num_models') if r.get('num_models') is not None else '-'} "
+            f"| {_yes_no(r.get('trusted'))} | {_f(r.get('auc@2'), '{:.3f}')} "
             f"| {_f(r.get('auc@5'), '{:.3f}')} | {_f(r.get('mean_reprojection_error_px'), '{:.3f}')} "
-            f"| {r['load_start'][0]:.1f} |"
+            f"| {r['load_start'][0]:.1f} | {r.get('generator_sha256') or '-'} |"
         )
     notes = [f"- N={r['images']} {r['tool']}: {r['note']}" for r in rows if r.get("note")]
     if notes:

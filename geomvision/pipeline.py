@@ -279,6 +279,7 @@ def _run_stages(run: _Run) -> PipelineResult:
         config.trust,
         calibrated_focal_px=focal_estimates,
         fixed_camera_ids=fixed,
+        two_view_geometries=verified,
         rng=config.pipeline.seed,
     )
     timings["trust"] = time.perf_counter() - t
