@@ -388,3 +388,48 @@ def test_schur_rebuilt_linearisation_after_rejected_steps_gives_identical_iterat
     assert rebuilt_calls > kept_calls  # some steps were rejected, and their linearisation was rebuilt
     assert rebuilt_cost == kept_cost
     np.testing.assert_array_equal(rebuilt_x, kept_x)
+
+
+@pytest.mark.parametrize("solver", ["dense", "sparse"])
+def test_schur_reduced_system_with_held_images_matches_dense_elimination(solver):
+    """Held images (a local BA's constant images) drop out of the reduced camera system: its blocks equal
+    the dense ``U - W C^-1 W^T`` of the Jacobian with their columns removed, robust loss included."""
+    from geomvision.sfm.ba import schur
+
+    problem, _ = synthetic_problem(9, 150, model="SIMPLE_RADIAL", views_per_point=4, rng=51)
+    perturb(problem, rng=52)
+    problem.pose_free[[1, 4, 5, 7]] = False  # constant images among the free ones
+    problem.pose_free[0, 3] = False  # and one held coordinate
+    problem = problem.sorted_by_image()
+    opts = BundleAdjustmentOptions(loss="soft_l1", schur_solver=solver)
+    st = schur._build_structure(problem, opts)
+    lin = schur._linearise(problem, st, schur._evaluate(problem, st, opts, jacobians=True))
+    S_slots, rhs, _ = schur._reduced_system(problem, st, lin, mu=0.0)
+    n = st.n
+    if solver == "dense":
+        S = S_slots.reshape(n + 1, n + 1)[:n, :n]
+    else:
+        S = np.zeros((n, n))
+        rows = np.repeat(np.arange(n), np.diff(st.csr_indptr))
+        S[st.perm[rows], st.perm[st.csr_indices]] = S_slots[:-1]
+    J = _dense_jacobian(problem, "soft_l1", 1.0)
+    r = evaluate(problem, "soft_l1", 1.0).residuals.ravel()
+    U, W, C = J[:, :n].T @ J[:, :n], J[:, :n].T @ J[:, n:], J[:, n:].T @ J[:, n:]
+    S_dense = U - W @ np.linalg.solve(C, W.T)
+    rhs_dense = -(J[:, :n].T @ r - W @ np.linalg.solve(C, J[:, n:].T @ r))
+    np.testing.assert_allclose(S, S_dense, rtol=1e-8, atol=1e-8 * np.abs(S_dense).max())
+    np.testing.assert_allclose(rhs, rhs_dense, rtol=1e-8, atol=1e-8 * np.abs(rhs_dense).max())
+
+
+def test_schur_reports_the_costs_of_the_parameters_it_returns():
+    problem, _ = synthetic_problem(8, 120, model="SIMPLE_RADIAL", views_per_point=4, rng=61)
+    perturb(problem, rng=62)
+    problem.pose_free[0] = False
+    start = evaluate(problem, "soft_l1", 1.0, jacobians=False)
+    result = adjust_problem(problem, BundleAdjustmentOptions(loss="soft_l1"))
+    end = evaluate(problem, "soft_l1", 1.0, jacobians=False)
+    assert result.final_cost < 0.1 * result.initial_cost
+    np.testing.assert_allclose(result.initial_cost, start.cost, rtol=1e-12)
+    np.testing.assert_allclose(result.final_cost, end.cost, rtol=1e-12)
+    np.testing.assert_allclose(result.initial_mean_reprojection_error_px, start.errors_px.mean(), rtol=1e-12)
+    np.testing.assert_allclose(result.mean_reprojection_error_px, end.errors_px.mean(), rtol=1e-12)

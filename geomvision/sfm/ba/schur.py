@@ -109,6 +109,9 @@ class _Structure:
     # per chunk (several chunks only): (its free points, sorted; each of its free observations' position there)
     chunk_points: list[tuple[np.ndarray, np.ndarray]] | None = None
     rot_cols: np.ndarray | None = None  # (K, 3) rotation columns stepped in the tangent space, or None
+    # per present image: some column free (the self blocks and gradients of the others land in the dummy
+    # slot and are skipped)
+    present_has_free: list[bool] = field(default_factory=list)
 
 
 def _block_rows(c: np.ndarray) -> np.ndarray:
@@ -197,6 +200,18 @@ def _build_structure(problem: BundleAdjustmentProblem, options) -> _Structure:
     pair_a, pair_b, key = pair_a[order], pair_b[order], key[order]
     uniq, pair_starts = np.unique(key, return_index=True)
     pair_img = np.stack([uniq // n_img, uniq % n_img], axis=1)
+    n_image_pairs = len(pair_img)  # all of them, for the solver choice (as before they were dropped)
+    # a block with an image whose columns are all held (local BA's constant images, the gauge image) lands
+    # entirely in the dummy slot: those groups are dropped (in local BA most groups, e.g. 58 of 73)
+    has_free = (cols_ext < n).any(axis=1)
+    group_keep = has_free[pair_img[:, 0]] & has_free[pair_img[:, 1]]
+    if not group_keep.all():
+        sizes = np.diff(np.append(pair_starts, len(pair_a)))
+        pair_keep = np.repeat(group_keep, sizes)
+        pair_a, pair_b = pair_a[pair_keep], pair_b[pair_keep]
+        kept_sizes = sizes[group_keep]
+        pair_starts = np.cumsum(kept_sizes) - kept_sizes
+        pair_img = pair_img[group_keep]
     pair_batches = _bucket_pair_groups(pair_a, pair_b, pair_starts, len(free))
     num_obs_pairs = len(pair_a)
     del pair_a, pair_b, key, order, offsets  # the batches hold what the iterations need of them
@@ -205,7 +220,7 @@ def _build_structure(problem: BundleAdjustmentProblem, options) -> _Structure:
     c_a, c_b = cols_ext[pair_img[:, 0]], cols_ext[pair_img[:, 1]]
     rows = np.concatenate([_block_rows(c_self), _block_rows(c_a), _block_rows(c_b)])
     cols = np.concatenate([_block_cols(c_self), _block_cols(c_b), _block_cols(c_a)])
-    solver = _choose_solver(options, n, len(img_present), len(pair_img))
+    solver = _choose_solver(options, n, len(img_present), n_image_pairs)
     structure = _Structure(
         n,
         cols_ext,
@@ -224,6 +239,7 @@ def _build_structure(problem: BundleAdjustmentProblem, options) -> _Structure:
         0,
         solver,
     )
+    structure.present_has_free = has_free[img_present].tolist()
     structure.chunks = _make_chunks(problem.num_observations, img_bounds, free, len(free) == len(pc_all))
     if len(structure.chunks) > 1:  # each chunk's point sums over its own points only (see _linearise)
         structure.chunk_points = [
@@ -451,8 +467,8 @@ def _total_cost(evaluations: list) -> float:
 def _linearise(problem: BundleAdjustmentProblem, st: _Structure, evaluations: list) -> _Linearisation:
     n = st.n
     d = evaluations[0].J_cam.shape[2]
-    U_img = np.empty((len(st.img_present), d, d))
-    g_img = np.empty((len(st.img_present), d))
+    U_img = np.zeros((len(st.img_present), d, d))
+    g_img = np.zeros((len(st.img_present), d))
 
     def one(item):
         chunk, ev, points = item
@@ -464,6 +480,8 @@ def _linearise(problem: BundleAdjustmentProblem, st: _Structure, evaluations: li
         for k, lo, hi in zip(
             range(chunk.images.start, chunk.images.stop), bounds[:-1], bounds[1:], strict=True
         ):
+            if not st.present_has_free[k]:
+                continue
             X0, X1 = Jc[0, :, lo:hi], Jc[1, :, lo:hi]
             U_img[k] = X0 @ X0.T + X1 @ X1.T
             g_img[k] = X0 @ r[0, lo:hi] + X1 @ r[1, lo:hi]
@@ -610,7 +628,7 @@ def _reduced_system(problem: BundleAdjustmentProblem, st: _Structure, lin: _Line
         for k, lo, hi in zip(
             range(chunk.images.start, chunk.images.stop), bounds[:-1], bounds[1:], strict=True
         ):
-            if hi > lo:
+            if hi > lo and st.present_has_free[k]:
                 Zk = Z_rows[lo:hi].reshape(-1, d)
                 self_img[k] -= Zk.T @ Zk
                 v_img[k] = h_rows[lo - f0 : hi - f0].ravel() @ Zk
@@ -772,7 +790,12 @@ def solve_schur(problem: BundleAdjustmentProblem, options, progress=None) -> dic
 
 def _lm_loop(problem, user_problem, st: _Structure, x: np.ndarray, options, progress, t0: float) -> dict:
     """The Levenberg-Marquardt iterations of ``solve_schur`` (Nielsen/Ceres damping schedule)."""
-    lin = _linearise(problem, st, _evaluate(problem, st, options, jacobians=True))
+    evaluations = _evaluate(problem, st, options, jacobians=True)
+    lin = _linearise(problem, st, evaluations)
+    # the cost and mean error at the start and at the returned parameters, so the caller needs no
+    # evaluations of its own
+    costs = {"initial_cost": lin.cost, "initial_mean_error_px": _mean_error(evaluations)}
+    cost, mean_error = costs["initial_cost"], costs["initial_mean_error_px"]
     mu, nu = 1e-4, 2.0  # Ceres: initial trust region radius 1e4
     reason, iterations = "maximum iterations reached", 0
     logger.debug(
@@ -820,12 +843,15 @@ def _lm_loop(problem, user_problem, st: _Structure, x: np.ndarray, options, prog
         # Ceres' order: the function tolerance is tested on every candidate, before the step's acceptance,
         # so a rejected step whose cost change is that small ends the solve too (at the better of the two)
         if abs(actual) <= options.function_tolerance * cost:
+            # the reason's relative change is against the cost at x, before an accepted step replaces it
+            reason = f"function tolerance reached (relative change {actual / max(cost, 1e-300):.3g})"
             if accepted:
                 x = x_new
-            reason = f"function tolerance reached (relative change {actual / max(cost, 1e-300):.3g})"
+                cost, mean_error = new_cost, _mean_error(ev_new)
             break
         if accepted:
             x = x_new
+            cost, mean_error = new_cost, _mean_error(ev_new)
             mu *= max(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3)
             nu = 2.0
             if small:
@@ -843,4 +869,17 @@ def _lm_loop(problem, user_problem, st: _Structure, x: np.ndarray, options, prog
                 ev_new = None
                 lin = _linearise(problem, st, _evaluate(problem, st, options, jacobians=True))
     user_problem.set_x(x)
-    return {"success": True, "reason": reason, "iterations": iterations}
+    return {
+        "success": True,
+        "reason": reason,
+        "iterations": iterations,
+        **costs,
+        "final_cost": cost,
+        "final_mean_error_px": mean_error,
+    }
+
+
+def _mean_error(evaluations: list) -> float:
+    """Mean plain reprojection error (px) over the chunks' evaluations."""
+    total = sum(float(ev.errors_px.sum()) for ev in evaluations)
+    return total / max(1, sum(len(ev.errors_px) for ev in evaluations))
