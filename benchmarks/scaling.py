@@ -1,7 +1,8 @@
 """Cost growth of the whole pipeline on synthetic street scenes, 100 to 2000 images, against pycolmap.
 
 For each size N, a street scene (``geomvision.synthetic_scenes``, seed 0, 640x480, the repo's sample photos as
-facade textures) is rendered once and cached in the work folder. Then, each in its own subprocess so that its
+facade textures) is rendered once and cached in the work folder (rendered again when the generator's source
+changed: see ``generator_fingerprint``). Then, each in its own subprocess so that its
 memory is its own:
 
 * geomvision: ``run_pipeline`` with the given pairing (``--pairing``; the pipeline's default unless told);
@@ -23,16 +24,19 @@ Usage::
 
     python benchmarks/scaling.py --sizes 100,300
     python benchmarks/scaling.py --sizes 1000 --timeout-min 30 --tools geomvision
+    python benchmarks/scaling.py --sizes 2000 --tools geomvision --stop-before mapping   # front end only
     python benchmarks/scaling.py --markdown-only
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import threading
@@ -87,19 +91,26 @@ def tree_rss_bytes(pid: int) -> int:
 class StageMemory:
     """Samples the process tree's RSS every ``period_s`` and keeps the peak per stage label."""
 
-    def __init__(self, period_s: float = 0.1) -> None:
+    def __init__(self, period_s: float = 0.1, checkpoint=None, checkpoint_s: float = 30.0) -> None:
         self.stage = "setup"
         self.peaks: dict[str, int] = {}
         self.times: dict[str, float] = {}
         self._period = period_s
+        # checkpoint(): called every checkpoint_s (e.g. to write the peaks so far: a run killed by its
+        # timeout still reports the stages it went through)
+        self._checkpoint, self._checkpoint_s = checkpoint, checkpoint_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def _loop(self) -> None:
         pid = os.getpid()
+        last = time.perf_counter()
         while not self._stop.wait(self._period):
             rss = tree_rss_bytes(pid)
             self.peaks[self.stage] = max(self.peaks.get(self.stage, 0), rss)
+            if self._checkpoint is not None and time.perf_counter() - last >= self._checkpoint_s:
+                last = time.perf_counter()
+                self._checkpoint()
 
     def __enter__(self):
         self._thread.start()
@@ -129,7 +140,13 @@ def _max_rss_bytes() -> dict[str, int]:
 
 
 # --- children ---------------------------------------------------------------------------------------
-def child_geomvision(image_dir: str, out: str, pairing: str | None, result_path: str) -> None:
+class _StopBefore(Exception):
+    """Raised by the progress factory when the stage a front-end-only run stops before starts."""
+
+
+def child_geomvision(
+    image_dir: str, out: str, pairing: str | None, result_path: str, stop_before: str | None = None
+) -> None:
     from geomvision.config import ReconstructionConfig
     from geomvision.pipeline import run_pipeline
 
@@ -138,11 +155,19 @@ def child_geomvision(image_dir: str, out: str, pairing: str | None, result_path:
         pipeline["pairing"] = pairing
     config = ReconstructionConfig().with_changes(pipeline=pipeline)
     t0 = time.perf_counter()
-    with StageMemory() as mem:
+
+    def partial_row() -> None:  # the peaks so far, replaced by the full row at the end
+        row = {"partial": True, "stage_reached": mem.stage, "wall_s": time.perf_counter() - t0}
+        row["peak_rss_by_stage"] = dict(mem.peaks)
+        Path(result_path).write_text(json.dumps(row))
+
+    with StageMemory(checkpoint=partial_row) as mem:
 
         @contextmanager
         def progress_factory(stage: str):
             mem.stage = stage  # the stage keeps its label until the next one starts
+            if stage == stop_before:
+                raise _StopBefore(stage)
             yield lambda done, total, message="": None
 
         error = None
@@ -150,19 +175,25 @@ def child_geomvision(image_dir: str, out: str, pairing: str | None, result_path:
             result = run_pipeline(image_dir, out, config, progress_factory=progress_factory)
             report = result.report
         except Exception as exc:  # a failed run is a result too
-            error = f"{type(exc).__name__}: {exc}"
+            if not isinstance(exc, _StopBefore):
+                error = f"{type(exc).__name__}: {exc}"
             report_path = Path(out) / "report.json"
             report = json.loads(report_path.read_text()) if report_path.is_file() else {}
+    if stop_before:
+        mem.peaks.pop(stop_before, None)  # sampled for an instant before the stop
     row = {
         "wall_s": time.perf_counter() - t0,
         "timings_s": report.get("timings_s", {}),
         "pairing": report.get("matching", {}).get("pairing"),
         "num_pairs": report.get("matching", {}).get("num_pairs"),
         "num_models": report.get("num_models"),
+        "trusted": report.get("trusted"),
         "peak_rss_by_stage": mem.peaks,
         "max_rss": _max_rss_bytes(),
         "error": error,
     }
+    if stop_before:
+        row["stopped_before"] = stop_before
     Path(result_path).write_text(json.dumps(row))
 
 
@@ -213,15 +244,40 @@ def child_pycolmap(image_dir: str, work: str, result_path: str) -> None:
 
 
 # --- parent -----------------------------------------------------------------------------------------
+def generator_fingerprint() -> str:
+    """SHA-256 of the scene generator's source (``synthetic_scenes.py`` and ``synthetic.py``).
+
+    A cached scene is reused only when it was rendered by the same generator: a 1000-image street left in
+    the work folder by an older generator (plain photo crops, before the per-face procedural layer) made
+    8767 of its 11 401 verified pairs link images with no common surface, and the mapper built a
+    self-consistent but wrong model from them (AUC@2 0.006).
+    """
+    digest = hashlib.sha256()
+    for name in ("synthetic_scenes.py", "synthetic.py"):
+        digest.update((REPO / "geomvision" / name).read_bytes())
+    return digest.hexdigest()
+
+
 def make_scene(work: Path, n: int, width: int, height: int) -> tuple[Path, dict]:
     from geomvision.synthetic_scenes import SceneDatasetOptions, write_scene_dataset
 
     folder = work / f"street_{n}_{width}x{height}"
     meta_path = folder / "scene.json"
-    if meta_path.is_file() and len(list((folder / "images").glob("*.jpg"))) == n:
+    stamp = folder / "generator.sha256"
+    fingerprint = generator_fingerprint()
+    if (
+        meta_path.is_file()
+        and stamp.is_file()
+        and stamp.read_text().strip() == fingerprint
+        and len(list((folder / "images").glob("*.jpg"))) == n
+    ):
         return folder, json.loads(meta_path.read_text())
+    if folder.exists():
+        print(f"re-rendering {folder}: rendered by another version of the generator", flush=True)
+        shutil.rmtree(folder)
     options = SceneDatasetOptions(kind="street", num_images=n, width=width, height=height, write_depth=False)
     write_scene_dataset(folder, options, rng=0)
+    stamp.write_text(fingerprint + "\n")
     return folder, json.loads(meta_path.read_text())
 
 
@@ -263,14 +319,22 @@ def score(model_dir: Path | None, gt_dir: Path) -> dict:
     }
 
 
-def run_size(n: int, tools: list[str], pairing: str | None, work: Path, timeout_s: float, size) -> list[dict]:
+def run_size(
+    n: int,
+    tools: list[str],
+    pairing: str | None,
+    work: Path,
+    timeout_s: float,
+    size,
+    stop_before: str | None = None,
+) -> list[dict]:
     load0 = os.getloadavg()
     t = time.perf_counter()
     scene_dir, meta = make_scene(work, n, *size)
     gen_s = time.perf_counter() - t
     rows = []
     for tool in tools:
-        tag = f"{tool}_{n}_{pairing or 'default'}"
+        tag = f"{tool}_{n}_{pairing or 'default'}" + (f"_until_{stop_before}" if stop_before else "")
         out = work / tag
         result_path = work / f"{tag}.json"
         if result_path.exists():
@@ -283,6 +347,7 @@ def run_size(n: int, tools: list[str], pairing: str | None, work: Path, timeout_
                 str(out),
                 pairing or "",
                 str(result_path),
+                stop_before or "",
             ]
             model = out / "sparse" / "0"
         else:
@@ -302,9 +367,10 @@ def run_size(n: int, tools: list[str], pairing: str | None, work: Path, timeout_
             "load_start": [round(v, 2) for v in load_start],
             "load_end": [round(v, 2) for v in os.getloadavg()],
             "load_before_generation": [round(v, 2) for v in load0],
+            "generator_sha256": (scene_dir / "generator.sha256").read_text().strip()[:12],
             **child,
         }
-        if not timed_out:
+        if not timed_out and not child.get("stopped_before"):
             row.update(score(model, scene_dir))
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -319,8 +385,14 @@ def _f(v, fmt="{:.1f}") -> str:
     return "-" if v is None else fmt.format(v)
 
 
+def _yes_no(v) -> str:
+    return "-" if v is None else ("yes" if v else "no")
+
+
 def write_markdown(rows: list[dict], path: Path) -> None:
-    rows = sorted(rows, key=lambda r: (r["images"], r["tool"], r["pairing_requested"]))
+    rows = sorted(
+        rows, key=lambda r: (r["images"], r["tool"], r["pairing_requested"], r.get("stopped_before") or "")
+    )
     lines = [
         "# Cost growth on synthetic street scenes (100 to 2000 images)",
         "",
@@ -331,11 +403,15 @@ def write_markdown(rows: list[dict], path: Path) -> None:
         "from the repo's sample photos, exact ground truth). geomvision: `run_pipeline` with 2 workers and the "
         "pairing shown; pycolmap: SIFT + `match_sequential` (overlap 10) + `incremental_mapping`, 2 threads. "
         "AUC@2: pairwise relative pose error against the ground truth over all N images (unregistered = 180 deg). "
-        "Peak RSS: resident memory of the whole process tree (main + worker processes), sampled every 0.1 s.",
+        "Peak RSS: resident memory of the whole process tree (main + worker processes), sampled every 0.1 s. "
+        "Trusted: the pipeline's trust verdict on its model 0 (`sfm/trust.py`). Scene generator: the first hex "
+        "digits of the SHA-256 of the generator's source the scene was rendered with (`-`: rows from before it "
+        "was recorded).",
         "",
         "| N | tool | pairing | pairs | wall s | features s | matching s | verification s | mapping s "
-        "| peak RSS GiB (stage) | registered | models | AUC@2 | AUC@5 | reproj px | load (start) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| peak RSS GiB (stage) | registered | models | trusted | AUC@2 | AUC@5 | reproj px | load (start) "
+        "| scene generator |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         tim = r.get("timings_s") or {}
@@ -346,13 +422,16 @@ def write_markdown(rows: list[dict], path: Path) -> None:
         else:
             feat, match, verif = tim.get("features"), tim.get("matching"), tim.get("verification")
         status = " (timed out)" if r.get("timed_out") else (" (failed)" if r.get("error") else "")
+        if r.get("stopped_before"):
+            status += f" (front end: stopped before {r['stopped_before']})"
         lines.append(
             f"| {r['images']} | {r['tool']}{status} | {r.get('pairing') or r['pairing_requested']} "
             f"| {r.get('num_pairs') or '-'} | {_f(r.get('wall_s'))} | {_f(feat)} | {_f(match)} | {_f(verif)} "
             f"| {_f(tim.get('mapping'))} | {_gib(top[1])} ({top[0] or '-'}) | {r.get('num_registered', '-')}/{r['images']} "
-            f"| {r.get('num_models') if r.get('num_models') is not None else '-'} | {_f(r.get('auc@2'), '{:.3f}')} "
+            f"| {r.get('num_models') if r.get('num_models') is not None else '-'} "
+            f"| {_yes_no(r.get('trusted'))} | {_f(r.get('auc@2'), '{:.3f}')} "
             f"| {_f(r.get('auc@5'), '{:.3f}')} | {_f(r.get('mean_reprojection_error_px'), '{:.3f}')} "
-            f"| {r['load_start'][0]:.1f} |"
+            f"| {r['load_start'][0]:.1f} | {r.get('generator_sha256') or '-'} |"
         )
     notes = [f"- N={r['images']} {r['tool']}: {r['note']}" for r in rows if r.get("note")]
     if notes:
@@ -366,6 +445,7 @@ def write_markdown(rows: list[dict], path: Path) -> None:
     ]
     for r in rows:
         peaks = r.get("peak_rss_by_stage") or {}
+        tool = r["tool"] + (" (front end)" if r.get("stopped_before") else "")
         if r["tool"] == "pycolmap":
             cells = [
                 "-",
@@ -377,7 +457,7 @@ def write_markdown(rows: list[dict], path: Path) -> None:
         else:
             cells = [_gib(peaks.get(s)) for s in ("setup", *STAGES_GV)] + ["-"]
         lines.append(
-            f"| {r['images']} | {r['tool']} | {r.get('pairing') or r['pairing_requested']} | "
+            f"| {r['images']} | {tool} | {r.get('pairing') or r['pairing_requested']} | "
             + " | ".join(cells)
             + " |"
         )
@@ -389,7 +469,7 @@ def _load_rows() -> list[dict]:
 
 
 def _merge(old: list[dict], new: list[dict]) -> list[dict]:
-    key = lambda r: (r["images"], r["tool"], r["pairing_requested"])  # noqa: E731
+    key = lambda r: (r["images"], r["tool"], r["pairing_requested"], r.get("stopped_before"))  # noqa: E731
     merged = {key(r): r for r in old}
     merged.update({key(r): r for r in new})
     return list(merged.values())
@@ -397,7 +477,7 @@ def _merge(old: list[dict], new: list[dict]) -> list[dict]:
 
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--child-geomvision":
-        child_geomvision(sys.argv[2], sys.argv[3], sys.argv[4] or None, sys.argv[5])
+        child_geomvision(sys.argv[2], sys.argv[3], sys.argv[4] or None, sys.argv[5], sys.argv[6] or None)
         return 0
     if len(sys.argv) > 1 and sys.argv[1] == "--child-pycolmap":
         child_pycolmap(sys.argv[2], sys.argv[3], sys.argv[4])
@@ -413,6 +493,13 @@ def main() -> int:
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--work", default="/tmp/geomvision_scaling", help="scenes and outputs")
     parser.add_argument("--markdown-only", action="store_true", help="rewrite scaling.md from scaling.json")
+    parser.add_argument(
+        "--stop-before",
+        choices=("mapping",),
+        default=None,
+        help="geomvision only: end the run when this stage starts (front-end memory and time at sizes "
+        "whose mapping would take hours); such rows are kept apart from full runs",
+    )
     args = parser.parse_args()
     if not args.markdown_only:
         work = Path(args.work)
@@ -420,7 +507,15 @@ def main() -> int:
         new = []
         for n in (int(s) for s in args.sizes.split(",") if s.strip()):
             tools = [t for t in args.tools.split(",") if t]
-            new += run_size(n, tools, args.pairing, work, args.timeout_min * 60, (args.width, args.height))
+            new += run_size(
+                n,
+                tools,
+                args.pairing,
+                work,
+                args.timeout_min * 60,
+                (args.width, args.height),
+                args.stop_before,
+            )
             ROWS_JSON.write_text(json.dumps(_merge(_load_rows(), new), indent=1))
     write_markdown(_load_rows(), RESULTS / "scaling.md")
     print(f"wrote {RESULTS / 'scaling.md'}")

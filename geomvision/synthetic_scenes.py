@@ -16,10 +16,10 @@ are not drawn (the sky shows there, like haze); the depth map says so (no surfac
 
 Cameras follow trajectories where each image sees a small part of the scene:
 
-- ``street``: a walk along a rectangular loop of streets (rounded corners), looking at the left facades for a
-  few steps, turning through oblique and forward views (yaw steps of about half the field of view) to the
-  right facades, and back; the walk covers the
-  whole loop at large sizes, so the sequence closes on itself.
+- ``street``: a walk along a rectangular loop of streets (rounded corners), starting with oblique and forward
+  views, looking at the left facades for a few steps, turning through oblique and forward views (yaw steps of
+  about half the field of view) to the right facades, and back; the walk covers the whole loop at large
+  sizes, so the sequence closes on itself.
 - ``courtyard``: a walk inside a walled courtyard, alternating between the nearby wall and views across the
   courtyard at the central pavilion and the far walls.
 - ``ring``: rings of cameras around a cluster of boxes, looking at its centre (templeRing-like).
@@ -380,10 +380,19 @@ def _rounded_rectangle_path(half_x: float, half_y: float, radius: float, step_m:
 # Side views look 70 degrees off the heading; the turns between sides go in steps of about 23 degrees, well
 # below the 45-degree field of view of the default focal (1.2 max(w, h)), so consecutive images always overlap.
 def _look_pattern(side_shots: int) -> list[tuple[float, float]]:
+    """(yaw off the heading in degrees, metres walked) of one period of the walk's views.
+
+    The walk starts with a turn (right, forward, left) before its first block of side views: a block is
+    joined to the rest by the oblique and forward views before it, which see its facades from behind.
+    Started with a side block (the order left, turn, right, turn), the first block of the 100-image
+    street shared no track with images 7-100 and reached them only through image 6 (the pair (6, 7):
+    611 matches at a 0.9 deg triangulation angle): its scale about image 6 could not be recovered
+    from the images, and the mapper made it a model of its own.
+    """
     left = [(70.0, 0.8)] * side_shots
     right = [(-70.0, 0.8)] * side_shots
     turn = [(47.0, 0.4), (23.0, 0.4), (0.0, 0.4), (-23.0, 0.4), (-47.0, 0.4)]
-    return left + turn + right + [(-yaw, step) for yaw, step in turn]
+    return [(-yaw, step) for yaw, step in turn] + left + turn + right
 
 
 def _walk_cameras(

@@ -35,6 +35,7 @@ from geomvision.errors import InputError, check_at_least
 from geomvision.geometry.rigid import rotation_angle_deg
 from geomvision.progress import ProgressCallback
 from geomvision.progress import report as report_progress
+from geomvision.runtime.allocator import retain_freed_memory
 from geomvision.runtime.rng import as_rng
 from geomvision.scene import Camera, ImageInfo, Reconstruction, TwoViewGeometry
 from geomvision.sfm.bundle_adjustment import BundleAdjustmentOptions
@@ -84,9 +85,10 @@ class PairCheckedRegistrationOptions:
 
     When no candidate registers with ``registration.min_num_inliers``, candidates with a strong verified
     pair to a registered image are retried with a lower PnP inlier floor, and kept only if their PnP pose
-    reproduces that pair's relative rotation. This joins a walk's first images, which on the synthetic
-    street at 100 images see only 14 triangulated points (and 611 two-view matches) where the street
-    turns. Off by default until it is measured at 1000 images (see docs/scaling.md).
+    reproduces that pair's relative rotation. It joined image 6 of the synthetic street at 100 images as
+    first rendered (14 triangulated points and 611 two-view matches where the walk turns), not images 1-5
+    behind it, whose scale the images did not fix. Off by default until it is measured at 1000 images
+    (see docs/scaling.md).
 
     Attributes:
         min_inliers: the lower PnP inlier floor (0, the default, turns the retry off; below 4 acts as 4;
@@ -582,6 +584,7 @@ def incremental_mapping(
     options = options or IncrementalMapperOptions()
     check_mapper_inputs(cameras, images, two_view_geometries, caller="incremental_mapping")
     rng = as_rng(rng)
+    retain_freed_memory()  # the mapper's many large numpy temporaries reuse heap pages (runtime.allocator)
     timer = StepTimer()
     usable = {
         pair: g
