@@ -24,6 +24,7 @@ Usage::
 
     python benchmarks/scaling.py --sizes 100,300
     python benchmarks/scaling.py --sizes 1000 --timeout-min 30 --tools geomvision
+    python benchmarks/scaling.py --sizes 2000 --tools geomvision --stop-before mapping   # front end only
     python benchmarks/scaling.py --markdown-only
 """
 
@@ -90,19 +91,26 @@ def tree_rss_bytes(pid: int) -> int:
 class StageMemory:
     """Samples the process tree's RSS every ``period_s`` and keeps the peak per stage label."""
 
-    def __init__(self, period_s: float = 0.1) -> None:
+    def __init__(self, period_s: float = 0.1, checkpoint=None, checkpoint_s: float = 30.0) -> None:
         self.stage = "setup"
         self.peaks: dict[str, int] = {}
         self.times: dict[str, float] = {}
         self._period = period_s
+        # checkpoint(): called every checkpoint_s (e.g. to write the peaks so far: a run killed by its
+        # timeout still reports the stages it went through)
+        self._checkpoint, self._checkpoint_s = checkpoint, checkpoint_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def _loop(self) -> None:
         pid = os.getpid()
+        last = time.perf_counter()
         while not self._stop.wait(self._period):
             rss = tree_rss_bytes(pid)
             self.peaks[self.stage] = max(self.peaks.get(self.stage, 0), rss)
+            if self._checkpoint is not None and time.perf_counter() - last >= self._checkpoint_s:
+                last = time.perf_counter()
+                self._checkpoint()
 
     def __enter__(self):
         self._thread.start()
@@ -132,7 +140,13 @@ def _max_rss_bytes() -> dict[str, int]:
 
 
 # --- children ---------------------------------------------------------------------------------------
-def child_geomvision(image_dir: str, out: str, pairing: str | None, result_path: str) -> None:
+class _StopBefore(Exception):
+    """Raised by the progress factory when the stage a front-end-only run stops before starts."""
+
+
+def child_geomvision(
+    image_dir: str, out: str, pairing: str | None, result_path: str, stop_before: str | None = None
+) -> None:
     from geomvision.config import ReconstructionConfig
     from geomvision.pipeline import run_pipeline
 
@@ -141,11 +155,19 @@ def child_geomvision(image_dir: str, out: str, pairing: str | None, result_path:
         pipeline["pairing"] = pairing
     config = ReconstructionConfig().with_changes(pipeline=pipeline)
     t0 = time.perf_counter()
-    with StageMemory() as mem:
+
+    def partial_row() -> None:  # the peaks so far, replaced by the full row at the end
+        row = {"partial": True, "stage_reached": mem.stage, "wall_s": time.perf_counter() - t0}
+        row["peak_rss_by_stage"] = dict(mem.peaks)
+        Path(result_path).write_text(json.dumps(row))
+
+    with StageMemory(checkpoint=partial_row) as mem:
 
         @contextmanager
         def progress_factory(stage: str):
             mem.stage = stage  # the stage keeps its label until the next one starts
+            if stage == stop_before:
+                raise _StopBefore(stage)
             yield lambda done, total, message="": None
 
         error = None
@@ -153,9 +175,12 @@ def child_geomvision(image_dir: str, out: str, pairing: str | None, result_path:
             result = run_pipeline(image_dir, out, config, progress_factory=progress_factory)
             report = result.report
         except Exception as exc:  # a failed run is a result too
-            error = f"{type(exc).__name__}: {exc}"
+            if not isinstance(exc, _StopBefore):
+                error = f"{type(exc).__name__}: {exc}"
             report_path = Path(out) / "report.json"
             report = json.loads(report_path.read_text()) if report_path.is_file() else {}
+    if stop_before:
+        mem.peaks.pop(stop_before, None)  # sampled for an instant before the stop
     row = {
         "wall_s": time.perf_counter() - t0,
         "timings_s": report.get("timings_s", {}),
@@ -167,6 +192,8 @@ def child_geomvision(image_dir: str, out: str, pairing: str | None, result_path:
         "max_rss": _max_rss_bytes(),
         "error": error,
     }
+    if stop_before:
+        row["stopped_before"] = stop_before
     Path(result_path).write_text(json.dumps(row))
 
 
@@ -292,14 +319,22 @@ def score(model_dir: Path | None, gt_dir: Path) -> dict:
     }
 
 
-def run_size(n: int, tools: list[str], pairing: str | None, work: Path, timeout_s: float, size) -> list[dict]:
+def run_size(
+    n: int,
+    tools: list[str],
+    pairing: str | None,
+    work: Path,
+    timeout_s: float,
+    size,
+    stop_before: str | None = None,
+) -> list[dict]:
     load0 = os.getloadavg()
     t = time.perf_counter()
     scene_dir, meta = make_scene(work, n, *size)
     gen_s = time.perf_counter() - t
     rows = []
     for tool in tools:
-        tag = f"{tool}_{n}_{pairing or 'default'}"
+        tag = f"{tool}_{n}_{pairing or 'default'}" + (f"_until_{stop_before}" if stop_before else "")
         out = work / tag
         result_path = work / f"{tag}.json"
         if result_path.exists():
@@ -312,6 +347,7 @@ def run_size(n: int, tools: list[str], pairing: str | None, work: Path, timeout_
                 str(out),
                 pairing or "",
                 str(result_path),
+                stop_before or "",
             ]
             model = out / "sparse" / "0"
         else:
@@ -334,7 +370,7 @@ def run_size(n: int, tools: list[str], pairing: str | None, work: Path, timeout_
             "generator_sha256": (scene_dir / "generator.sha256").read_text().strip()[:12],
             **child,
         }
-        if not timed_out:
+        if not timed_out and not child.get("stopped_before"):
             row.update(score(model, scene_dir))
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -354,7 +390,9 @@ def _yes_no(v) -> str:
 
 
 def write_markdown(rows: list[dict], path: Path) -> None:
-    rows = sorted(rows, key=lambda r: (r["images"], r["tool"], r["pairing_requested"]))
+    rows = sorted(
+        rows, key=lambda r: (r["images"], r["tool"], r["pairing_requested"], r.get("stopped_before") or "")
+    )
     lines = [
         "# Cost growth on synthetic street scenes (100 to 2000 images)",
         "",
@@ -384,6 +422,8 @@ def write_markdown(rows: list[dict], path: Path) -> None:
         else:
             feat, match, verif = tim.get("features"), tim.get("matching"), tim.get("verification")
         status = " (timed out)" if r.get("timed_out") else (" (failed)" if r.get("error") else "")
+        if r.get("stopped_before"):
+            status += f" (front end: stopped before {r['stopped_before']})"
         lines.append(
             f"| {r['images']} | {r['tool']}{status} | {r.get('pairing') or r['pairing_requested']} "
             f"| {r.get('num_pairs') or '-'} | {_f(r.get('wall_s'))} | {_f(feat)} | {_f(match)} | {_f(verif)} "
@@ -405,6 +445,7 @@ def write_markdown(rows: list[dict], path: Path) -> None:
     ]
     for r in rows:
         peaks = r.get("peak_rss_by_stage") or {}
+        tool = r["tool"] + (" (front end)" if r.get("stopped_before") else "")
         if r["tool"] == "pycolmap":
             cells = [
                 "-",
@@ -416,7 +457,7 @@ def write_markdown(rows: list[dict], path: Path) -> None:
         else:
             cells = [_gib(peaks.get(s)) for s in ("setup", *STAGES_GV)] + ["-"]
         lines.append(
-            f"| {r['images']} | {r['tool']} | {r.get('pairing') or r['pairing_requested']} | "
+            f"| {r['images']} | {tool} | {r.get('pairing') or r['pairing_requested']} | "
             + " | ".join(cells)
             + " |"
         )
@@ -428,7 +469,7 @@ def _load_rows() -> list[dict]:
 
 
 def _merge(old: list[dict], new: list[dict]) -> list[dict]:
-    key = lambda r: (r["images"], r["tool"], r["pairing_requested"])  # noqa: E731
+    key = lambda r: (r["images"], r["tool"], r["pairing_requested"], r.get("stopped_before"))  # noqa: E731
     merged = {key(r): r for r in old}
     merged.update({key(r): r for r in new})
     return list(merged.values())
@@ -436,7 +477,7 @@ def _merge(old: list[dict], new: list[dict]) -> list[dict]:
 
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--child-geomvision":
-        child_geomvision(sys.argv[2], sys.argv[3], sys.argv[4] or None, sys.argv[5])
+        child_geomvision(sys.argv[2], sys.argv[3], sys.argv[4] or None, sys.argv[5], sys.argv[6] or None)
         return 0
     if len(sys.argv) > 1 and sys.argv[1] == "--child-pycolmap":
         child_pycolmap(sys.argv[2], sys.argv[3], sys.argv[4])
@@ -452,6 +493,13 @@ def main() -> int:
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--work", default="/tmp/geomvision_scaling", help="scenes and outputs")
     parser.add_argument("--markdown-only", action="store_true", help="rewrite scaling.md from scaling.json")
+    parser.add_argument(
+        "--stop-before",
+        choices=("mapping",),
+        default=None,
+        help="geomvision only: end the run when this stage starts (front-end memory and time at sizes "
+        "whose mapping would take hours); such rows are kept apart from full runs",
+    )
     args = parser.parse_args()
     if not args.markdown_only:
         work = Path(args.work)
@@ -459,7 +507,15 @@ def main() -> int:
         new = []
         for n in (int(s) for s in args.sizes.split(",") if s.strip()):
             tools = [t for t in args.tools.split(",") if t]
-            new += run_size(n, tools, args.pairing, work, args.timeout_min * 60, (args.width, args.height))
+            new += run_size(
+                n,
+                tools,
+                args.pairing,
+                work,
+                args.timeout_min * 60,
+                (args.width, args.height),
+                args.stop_before,
+            )
             ROWS_JSON.write_text(json.dumps(_merge(_load_rows(), new), indent=1))
     write_markdown(_load_rows(), RESULTS / "scaling.md")
     print(f"wrote {RESULTS / 'scaling.md'}")

@@ -183,13 +183,15 @@ def _run_stages(run: _Run) -> PipelineResult:
         run.stage = "verification"
         cameras_by_image = {i: cameras[camera_of_image[i]] for i in image_ids}
         two_view = _run_verification(features, matches, cameras_by_image, config, runner, progress_factory)
+        match_counts = {pair: len(m) for pair, m in matches.items()}
+        del matches  # raw matches (~24 bytes a match) are not needed once verified: their counts are
         timings["verification"] = time.perf_counter() - t
         verified = {pair: g for pair, g in two_view.items() if g.success}
         report["verification"] = _verification_counts(two_view, verified)
         if config.wide_baseline.enabled:  # weakly connected images: retry their pairs (affine features)
             run.stage = "wide_baseline"
             features, verified, report["wide_baseline"] = _run_wide_baseline(
-                paths, features, matches, verified, cameras_by_image, config, progress_factory
+                paths, features, match_counts, verified, cameras_by_image, config, progress_factory
             )
             timings["wide_baseline"] = report["wide_baseline"]["time_s"]
         if config.wide_baseline.guided.enabled:  # weak images: more inliers from guided matching
@@ -204,7 +206,7 @@ def _run_stages(run: _Run) -> PipelineResult:
             run.stage = "verification"  # the wide-baseline retry found nothing either: verification failed
             raise ReconstructionError(
                 f"no image pair could be verified among {len(image_ids)} images "
-                f"({len(matches)} pairs matched): the images do not overlap enough"
+                f"({len(match_counts)} pairs matched): the images do not overlap enough"
             )
         if config.pipeline.intrinsics is None:  # unknown focal: calibrate it from the view graph
             run.stage = "calibration"
@@ -213,7 +215,9 @@ def _run_stages(run: _Run) -> PipelineResult:
                 cameras, camera_of_image, verified, features, paths, config, runner, progress_factory
             )
             timings["calibration"] = time.perf_counter() - t
-        # The mapper runs in this process only: a pool worker writes the view graph meanwhile.
+        # The mapper runs in this process only: a pool worker writes the view graph meanwhile. The front end's
+        # workers end first (their grown heaps would count beside the mapper); fresh ones start for it.
+        runner.release_workers()
         view_graph_written = _start_view_graph_output(out, verified, names, runner)
 
         t = time.perf_counter()
@@ -287,7 +291,7 @@ def _run_stages(run: _Run) -> PipelineResult:
     if config.pipeline.pose_prior_checkpoint:  # learned fallback for images PnP could not register
         t = time.perf_counter()
         run.stage = "pose_prior"
-        report["pose_prior"] = _run_pose_prior(reconstructions, cameras, images, paths, matches, config)
+        report["pose_prior"] = _run_pose_prior(reconstructions, cameras, images, paths, match_counts, config)
         timings["pose_prior"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -461,7 +465,10 @@ def _run_features(paths, image_ids, config, runner, progress_factory) -> dict:
 
     with progress_factory("features") as progress:
         try:
-            features = extract_features(paths, config.extraction, runner=runner, progress=progress)
+            # descriptors stay in the cache (read back per matching task): memory does not grow with them
+            features = extract_features(
+                paths, config.extraction, runner=runner, progress=progress, descriptors_on_disk=True
+            )
         except OSError as exc:
             # An image that cannot be opened (permissions, vanished, a folder) is bad input; a failed
             # cache write (e.g. a full disk) is not, and keeps its OSError.
@@ -493,14 +500,14 @@ def _run_verification(features, matches, cameras_by_image, config, runner, progr
         )
 
 
-def _run_wide_baseline(paths, features, matches, verified, cameras_by_image, config, progress_factory):
+def _run_wide_baseline(paths, features, match_counts, verified, cameras_by_image, config, progress_factory):
     from geomvision.sfm.wide_baseline import densify_wide_baseline_pairs
 
     with progress_factory("wide_baseline") as progress:
         result = densify_wide_baseline_pairs(
             dict(zip(sorted(features), paths, strict=True)),
             features,
-            {pair: len(m) for pair, m in matches.items()},
+            match_counts,
             verified,
             cameras_by_image,
             config.wide_baseline,
@@ -549,7 +556,7 @@ def _run_mapping(cameras, images, verified, config, progress_factory, runner=Non
                 images,
                 verified,
                 options,
-                map_fn=runner.map_function("mapping") if runner is not None else None,
+                map_fn=_cluster_map_function(runner) if runner is not None else None,
                 rng=config.pipeline.seed,
                 progress=progress,
             )
@@ -566,6 +573,19 @@ def _run_mapping(cameras, images, verified, config, progress_factory, runner=Non
             rng=config.pipeline.seed,
             progress=progress,
         )
+
+
+def _cluster_map_function(runner: StageRunner):
+    """Clusters mapped on the runner's workers, which end once all are mapped: the merge's final bundle
+    adjustment then runs in this process without the workers' grown heaps beside it."""
+    map_clusters = runner.map_function("mapping")
+
+    def map_then_release(fn, tasks):
+        results = map_clusters(fn, tasks)
+        runner.release_workers()
+        return results
+
+    return map_then_release
 
 
 def _run_global_fallback(reconstructions, cameras, images, verified, config, progress_factory):
@@ -612,7 +632,7 @@ def _with_fixed_cameras(config: ReconstructionConfig, camera_ids: list[int]) -> 
     )
 
 
-def _run_pose_prior(reconstructions, cameras, images, paths, matches, config) -> dict[str, Any]:
+def _run_pose_prior(reconstructions, cameras, images, paths, match_counts, config) -> dict[str, Any]:
     from geomvision.plugins.learned_prior import apply_learned_pose_prior
 
     return apply_learned_pose_prior(
@@ -620,7 +640,7 @@ def _run_pose_prior(reconstructions, cameras, images, paths, matches, config) ->
         cameras,
         images,
         dict(zip(sorted(images), paths, strict=True)),
-        {pair: len(m) for pair, m in matches.items()},
+        match_counts,
         config.pipeline.pose_prior_checkpoint,
         config.pose_prior,
     )

@@ -356,3 +356,80 @@ def test_auto_schur_solver_follows_size_and_fill():
     np.testing.assert_allclose(costs[1], costs[0], rtol=1e-9)
     with pytest.raises(InputError, match="schur_solver"):
         BundleAdjustmentOptions(schur_solver="cholmod")
+
+
+def test_schur_rebuilt_linearisation_after_rejected_steps_gives_identical_iterates(monkeypatch):
+    """Large (chunked) problems drop the linearisation while a candidate step is evaluated and rebuild it
+    when the step is rejected: bitwise the same iterates as keeping it, only more evaluations."""
+    from geomvision.sfm.ba import schur
+
+    calls = {"n": 0}
+    linearise = schur._linearise
+
+    def counting(*args):
+        calls["n"] += 1
+        return linearise(*args)
+
+    monkeypatch.setattr(schur, "_linearise", counting)
+    monkeypatch.setattr(schur, "_CHUNK_OBS", 300)  # 1500 observations: 4 chunks
+
+    def solve(min_chunks):
+        monkeypatch.setattr(schur, "_REBUILD_REJECTED_MIN_CHUNKS", min_chunks)
+        calls["n"] = 0
+        problem, _ = synthetic_problem(12, 300, model="SIMPLE_RADIAL", views_per_point=5, rng=41)
+        perturb(problem, rotation_rad=0.2, translation=1.0, point=1.0, rng=42)  # far: rejected steps
+        result = adjust_problem(
+            problem, BundleAdjustmentOptions(backend="schur", loss="cauchy", num_threads=1)
+        )
+        return result.final_cost, problem.get_x(), calls["n"]
+
+    kept_cost, kept_x, kept_calls = solve(10**9)
+    rebuilt_cost, rebuilt_x, rebuilt_calls = solve(2)
+    assert rebuilt_calls > kept_calls  # some steps were rejected, and their linearisation was rebuilt
+    assert rebuilt_cost == kept_cost
+    np.testing.assert_array_equal(rebuilt_x, kept_x)
+
+
+@pytest.mark.parametrize("solver", ["dense", "sparse"])
+def test_schur_reduced_system_with_held_images_matches_dense_elimination(solver):
+    """Held images (a local BA's constant images) drop out of the reduced camera system: its blocks equal
+    the dense ``U - W C^-1 W^T`` of the Jacobian with their columns removed, robust loss included."""
+    from geomvision.sfm.ba import schur
+
+    problem, _ = synthetic_problem(9, 150, model="SIMPLE_RADIAL", views_per_point=4, rng=51)
+    perturb(problem, rng=52)
+    problem.pose_free[[1, 4, 5, 7]] = False  # constant images among the free ones
+    problem.pose_free[0, 3] = False  # and one held coordinate
+    problem = problem.sorted_by_image()
+    opts = BundleAdjustmentOptions(loss="soft_l1", schur_solver=solver)
+    st = schur._build_structure(problem, opts)
+    lin = schur._linearise(problem, st, schur._evaluate(problem, st, opts, jacobians=True))
+    S_slots, rhs, _ = schur._reduced_system(problem, st, lin, mu=0.0)
+    n = st.n
+    if solver == "dense":
+        S = S_slots.reshape(n + 1, n + 1)[:n, :n]
+    else:
+        S = np.zeros((n, n))
+        rows = np.repeat(np.arange(n), np.diff(st.csr_indptr))
+        S[st.perm[rows], st.perm[st.csr_indices]] = S_slots[:-1]
+    J = _dense_jacobian(problem, "soft_l1", 1.0)
+    r = evaluate(problem, "soft_l1", 1.0).residuals.ravel()
+    U, W, C = J[:, :n].T @ J[:, :n], J[:, :n].T @ J[:, n:], J[:, n:].T @ J[:, n:]
+    S_dense = U - W @ np.linalg.solve(C, W.T)
+    rhs_dense = -(J[:, :n].T @ r - W @ np.linalg.solve(C, J[:, n:].T @ r))
+    np.testing.assert_allclose(S, S_dense, rtol=1e-8, atol=1e-8 * np.abs(S_dense).max())
+    np.testing.assert_allclose(rhs, rhs_dense, rtol=1e-8, atol=1e-8 * np.abs(rhs_dense).max())
+
+
+def test_schur_reports_the_costs_of_the_parameters_it_returns():
+    problem, _ = synthetic_problem(8, 120, model="SIMPLE_RADIAL", views_per_point=4, rng=61)
+    perturb(problem, rng=62)
+    problem.pose_free[0] = False
+    start = evaluate(problem, "soft_l1", 1.0, jacobians=False)
+    result = adjust_problem(problem, BundleAdjustmentOptions(loss="soft_l1"))
+    end = evaluate(problem, "soft_l1", 1.0, jacobians=False)
+    assert result.final_cost < 0.1 * result.initial_cost
+    np.testing.assert_allclose(result.initial_cost, start.cost, rtol=1e-12)
+    np.testing.assert_allclose(result.final_cost, end.cost, rtol=1e-12)
+    np.testing.assert_allclose(result.initial_mean_reprojection_error_px, start.errors_px.mean(), rtol=1e-12)
+    np.testing.assert_allclose(result.mean_reprojection_error_px, end.errors_px.mean(), rtol=1e-12)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from mapper_fixtures import assert_ring_model_matches, mapper_inputs, pose_errors
@@ -11,6 +13,7 @@ from geomvision.errors import InputError
 from geomvision.geometry.rigid import Rigid3d
 from geomvision.scene import TwoViewGeometry
 from geomvision.sfm.global_mapper import GlobalMapperOptions, global_mapping
+from geomvision.sfm.global_positioning import GlobalPositioningOptions
 from geomvision.sfm.incremental import MappingResult
 from geomvision.synthetic import random_scene
 
@@ -86,6 +89,44 @@ def test_unknown_focal_is_refined_and_known_focal_is_kept(ring_scene):
         cameras, images, geoms, GlobalMapperOptions(fixed_camera_ids=(1,)), rng=0
     ).reconstructions[0]
     np.testing.assert_array_equal(rec.cameras[1].params, cameras[1].params)
+
+
+def test_a_first_pass_whose_focal_moved_triangulates_no_new_tracks(ring_scene):
+    cameras, images, geoms, _ = mapper_inputs(
+        ring_scene, noise_px=0.5, rng=1, focal_scale=1.2, model="SIMPLE_RADIAL"
+    )
+    # Positioning takes 40 tracks an image (~40 points): the other ~260 are left to triangulation.
+    options = GlobalMapperOptions(positioning=GlobalPositioningOptions(max_points_per_image=40))
+    result = global_mapping(cameras, images, geoms, options, rng=0)
+    first = result.report["recalibration"]["first_pass"]["models"][0]["ba_rounds"]
+    # The first joint round moved the focal (880 -> ~800 px): from then on, no track is triangulated.
+    assert first[1]["refocusing"] and abs(first[1]["focal_px"]["1"] / 960.0 - 1.0) > 0.05
+    assert all(r["num_points_created"] == 0 for r in first[:-1])
+    assert first[-1]["num_points"] == first[1]["num_points"] < 60  # the positioned points, none added
+    second = result.report["models"][0]["ba_rounds"]
+    assert (
+        sum(r["num_points_created"] for r in second[:-1]) > 0
+        and second[-1]["num_points"] > first[-1]["num_points"]
+    )
+    rec = result.reconstructions[0]
+    assert rec.num_registered == 8 and abs(rec.cameras[1].params[0] / 800.0 - 1.0) < 0.01
+    assert pose_errors(rec, ring_scene)[0].max() < 0.1
+    # Without the lean first pass, its rounds triangulate the other tracks, with the same end.
+    full = global_mapping(cameras, images, geoms, replace(options, lean_first_pass=False), rng=0)
+    first = full.report["recalibration"]["first_pass"]["models"][0]["ba_rounds"]
+    assert first[0]["num_points_created"] > 0 and "refocusing" not in first[1]
+    assert pose_errors(full.reconstructions[0], ring_scene)[0].max() < 0.1
+    # A focal that does not move: no re-mapping; the tracks held back by the first round are triangulated.
+    cameras, images, geoms, _ = mapper_inputs(ring_scene, noise_px=0.5, rng=1, model="SIMPLE_RADIAL")
+    kept = global_mapping(cameras, images, geoms, options, rng=0)
+    rounds = kept.report["models"][0]["ba_rounds"]
+    assert "recalibration" not in kept.report and rounds[1]["refocusing"] is False
+    assert rounds[0]["num_points_created"] == 0 and rounds[1]["num_points_created"] > 0
+    assert pose_errors(kept.reconstructions[0], ring_scene)[0].max() < 0.1
+    # A known focal is not watched: the first round triangulates the other tracks at once.
+    fixed = global_mapping(cameras, images, geoms, replace(options, fixed_camera_ids=(1,)), rng=0)
+    rounds = fixed.report["models"][0]["ba_rounds"]
+    assert "refocusing" not in rounds[1] and rounds[0]["num_points_created"] > 200
 
 
 def test_same_seed_gives_the_same_model(ring_scene):

@@ -61,3 +61,15 @@ def test_narrow_field_principal_point_is_not_observable_and_left_alone():
     wide = principal_point_std_px(_model_with_centred_principal_point(500.0))[1]
     narrow = principal_point_std_px(rec)[1]
     assert np.all(narrow > 10 * wide)
+
+
+def test_gauge_fixed_deviation_equals_the_pseudo_inverse(monkeypatch):
+    """The principal point does not move under the similarity gauge, so holding the gauge (Cholesky) gives
+    the pseudo-inverse's deviation."""
+    import geomvision.sfm.principal_point as pp
+
+    rec = _model_with_centred_principal_point(500.0)
+    fast = principal_point_std_px(rec)
+    monkeypatch.setattr(pp, "_gauge_fixed_variances", lambda *args: None)  # the pseudo-inverse path
+    reference = principal_point_std_px(rec)
+    np.testing.assert_allclose(fast[1], reference[1], rtol=1e-7)

@@ -9,7 +9,7 @@ from mapper_fixtures import mapper_inputs
 from geomvision.errors import InputError
 from geomvision.geometry import epipolar
 from geomvision.geometry.rigid import rotation_angle_deg
-from geomvision.scene import TwoViewGeometry
+from geomvision.scene import Camera, ImageInfo, TwoViewGeometry
 from geomvision.sfm.relative_poses import RelativePoseOptions, estimate_relative_poses
 from geomvision.synthetic import random_scene
 
@@ -85,3 +85,26 @@ def test_exact_fundamental_gives_the_light_pose_and_a_wrong_focal_fails_as_a_val
         estimate_relative_poses(pair, images, cameras, pairs=[(1, 99)])
     with pytest.raises(InputError, match="min_support_ratio"):
         RelativePoseOptions(min_support_ratio=1.5)
+
+
+def test_light_pose_also_serves_a_camera_with_distortion(scene_inputs):
+    """F on the ideal pixels + a radial camera: E from F holds the (undistorted) inliers, no RANSAC."""
+    scene, cameras, images, geoms = scene_inputs
+    K = cameras[1].K
+    radial = Camera(
+        1, "SIMPLE_RADIAL", scene.width, scene.height, np.array([K[0, 0], K[0, 2], K[1, 2], 0.05])
+    )
+    # Keypoints as the radial camera sees them (up to 7 px from the ideal ones): distort the scene's.
+    distorted = {}
+    for image_id, info in images.items():
+        rays = np.column_stack([(info.keypoints_px - K[:2, 2]) / K[0, 0], np.ones(len(info.keypoints_px))])
+        distorted[image_id] = ImageInfo(info.name, 1, radial.project(rays))
+    (i, j), g = next(iter(geoms.items()))
+    rel = _true_relative(scene, i, j)
+    F = epipolar.fundamental_from_essential(epipolar.essential_from_pose(rel), K, K)
+    pair = {(i, j): TwoViewGeometry(i, j, "uncalibrated", g.inlier_matches, F=F)}
+    result = estimate_relative_poses(pair, distorted, {1: radial}, rng=0)
+    assert result.report["num_light"] == 1 and result.report["num_ransac"] == 0
+    posed = result.two_view_geometries[(i, j)]
+    assert rotation_angle_deg(posed.cam2_from_cam1.rotation, rel.rotation) < 0.05
+    assert len(posed.inlier_matches) >= 0.95 * len(g.inlier_matches)

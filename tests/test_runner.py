@@ -304,3 +304,34 @@ def test_readme_snippet_runs_unguarded(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert "num_registered" in proc.stdout
+
+
+def pid_task(item: int, context) -> int:
+    time.sleep(0.05)  # long enough that both workers take tasks
+    return os.getpid()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}").is_dir() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
+
+
+def test_release_workers_ends_them_after_queued_work_and_the_next_map_starts_fresh_ones(tmp_path):
+    stage = Stage(name="pid", task=pid_task, version=1, batch_size=1)
+    with open_runner("processes", 2) as runner:
+        before = set(runner.map(stage, range(8)))
+        chore = runner.submit_background(time.sleep, 0.5)  # queued behind nothing, still running
+        runner.release_workers()
+        assert chore.done() and chore.exception() is None  # queued work finished, not cancelled
+        deadline = time.monotonic() + 10
+        while any(_alive(p) for p in before) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert before and not any(_alive(p) for p in before)
+        after = set(runner.map(stage, range(8)))
+        assert after and not after & before
+    with StageRunner() as serial:  # nothing to release in process
+        serial.release_workers()
+        assert serial.map(stage, [1]) == [os.getpid()]

@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from geomvision.errors import InputError, check_at_least, check_choice
+from geomvision.features.store import DescriptorFile, StoredFeatures
 from geomvision.io.images import decode_image, read_image
 from geomvision.progress import ProgressCallback
 from geomvision.runtime.atomic import atomic_path
@@ -220,6 +221,7 @@ def extract_features(
     cache_dir: str | os.PathLike | None = None,
     runner: StageRunner | None = None,
     progress: ProgressCallback | None = None,
+    descriptors_on_disk: bool = False,
 ) -> list[Features]:
     """Extract local features from every image, reusing cached results.
 
@@ -231,6 +233,10 @@ def extract_features(
         runner: where the per-image work runs (``geomvision.runtime.runner.open_runner("processes")``
             for a local pool, or a Dask one); default: in this process.
         progress: ``progress(done, total, message)`` callback.
+        descriptors_on_disk: return :class:`~geomvision.features.store.StoredFeatures`, whose descriptors
+            stay in their cache entry (read back where a task needs them), so memory does not grow with
+            all images' descriptors. Needs a cache and workers that can read it
+            (``runner.shares_cache``); otherwise the descriptors stay in memory.
 
     Returns:
         One :class:`Features` per image (keypoints in original-image pixels).
@@ -253,6 +259,11 @@ def extract_features(
             return ("bytes", str(paths[k]), paths[k].read_bytes())
         return ("path", str(paths[k]))
 
+    def keep(features: Features, entry: Path | None) -> Features:
+        if entry is None or not descriptors_on_disk or not runner.shares_cache:
+            return features
+        return StoredFeatures(features, DescriptorFile.of(entry, features.descriptors))
+
     return runner.map(
         FEATURES_STAGE,
         range(len(paths)),
@@ -262,4 +273,5 @@ def extract_features(
         item_key=lambda k: file_hash(paths[k]),
         label=lambda k: paths[k].name,
         progress=progress,
+        keep=keep,
     )

@@ -18,7 +18,6 @@ ratio-test matches are kept with 64 cells and 6 probes (fountain-P11); the defau
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
@@ -30,6 +29,7 @@ import cv2
 import numpy as np
 
 from geomvision.errors import InputError, check_choice, check_range
+from geomvision.features.store import descriptor_source, features_hash, load_descriptors
 from geomvision.progress import ProgressCallback
 from geomvision.runtime.rng import as_rng
 from geomvision.runtime.runner import Shared, Stage, StageRunner
@@ -183,7 +183,8 @@ def train_ivf_quantiser(
     """Coarse quantiser of the inverted file: k-means centres of a sample of unit descriptors.
 
     Args:
-        descriptor_sets: (N_k, D) float descriptors of each image (they are L2-normalised first).
+        descriptor_sets: (N_k, D) float descriptors of each image (they are L2-normalised first), or
+            :class:`~geomvision.features.store.DescriptorFile` references (read one at a time).
         num_cells: number of centres (fewer if there are fewer samples).
         max_samples: k-means runs on at most this many randomly drawn descriptors.
         rng: seed of the sample and of the k-means++ seeding.
@@ -194,16 +195,24 @@ def train_ivf_quantiser(
     from geomvision.features.pairs import train_vocabulary
 
     rng = as_rng(rng)
-    sets = [np.asarray(d, dtype=np.float32) for d in descriptor_sets if len(d)]
+    sets = [d for d in descriptor_sets if len(d)]
     if not sets:
         raise InputError("no descriptors to train the IVF quantiser on")
-    # Draw the sample before normalising: only the sampled rows are converted.
+    # Draw the sample before reading and normalising: only the sampled rows are converted, and stored
+    # descriptors are read one image at a time (images without a sampled row are not read at all).
     sizes = np.array([len(d) for d in sets])
     total = int(sizes.sum())
     picked = np.sort(rng.choice(total, min(max_samples, total), replace=False))
     which = np.searchsorted(np.cumsum(sizes), picked, side="right")
     offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    sample = np.concatenate([sets[s][picked[which == s] - offsets[s]] for s in range(len(sets))])
+    sample = np.concatenate(
+        [
+            np.asarray(load_descriptors(sets[s])[picked[which == s] - offsets[s]], dtype=np.float32)
+            if np.any(which == s)
+            else np.zeros((0, sets[s].shape[1]), np.float32)
+            for s in range(len(sets))
+        ]
+    )
     # Ten Lloyd iterations: cells only route the search, their exact placement matters little.
     return train_vocabulary(
         [_prepare(sample).rows], num_cells, max_samples=len(sample), num_iterations=10, rng=rng
@@ -491,15 +500,6 @@ def _match_prepared(
 # --- caching and scheduling ---------------------------------------------------------------------------
 
 
-def features_hash(features: Features) -> str:
-    """Content hash of a feature set (keypoints + descriptors)."""
-    digest = hashlib.blake2b(digest_size=16)
-    digest.update(np.ascontiguousarray(features.keypoints_px).tobytes())
-    digest.update(str(features.descriptors.dtype).encode())
-    digest.update(np.ascontiguousarray(features.descriptors).tobytes())
-    return digest.hexdigest()
-
-
 def _seed(rng: np.random.Generator | int | None) -> int:
     """An integer seed (recorded in cache keys): None -> 0, a Generator -> one draw from it."""
     if rng is None:
@@ -530,7 +530,7 @@ def _ivf_images(
         return []
 
     def eligible(k: int) -> bool:
-        d = features[k].descriptors
+        d = descriptor_source(features[k])  # for stored features: shape and dtype, nothing read
         return d.dtype != np.uint8 and len(d) >= options.ivf.min_num_features
 
     return sorted({k for p in pairs if eligible(p[0]) and eligible(p[1]) for k in p})
@@ -554,15 +554,18 @@ def match_tile_task(
     Args:
         pairs: ``(i, j, descriptors_i, descriptors_j)`` per pair (the client passes each image's
             descriptors as one :class:`~geomvision.runtime.runner.Shared` value: sent to the workers
-            once per call, not once per pair or tile).
+            once per call, not once per pair or tile); a descriptor value may be a
+            :class:`~geomvision.features.store.DescriptorFile`, read here once per task.
         context: (options, IVF quantiser or None).
 
     Each image is normalised (and bucketed, for IVF pairs) once per task, not once per pair.
     """
     options, quantiser = context
     descriptors = {}
-    for i, j, d_i, d_j in pairs:
-        descriptors[i], descriptors[j] = d_i, d_j
+    for i, j, d_i, d_j in pairs:  # stored descriptors are read once per task, here in the worker
+        for k, d in ((i, d_i), (j, d_j)):
+            if k not in descriptors:
+                descriptors[k] = load_descriptors(d)
     prepared = {k: _prepare(d) for k, d in descriptors.items()}
     indices_ivf: dict[int, _IvfIndex] = {}
 
@@ -674,7 +677,7 @@ def match_pairs(
     pair_list = _check_pairs(features, pairs)
     seed = _seed(rng)
     ivf_images = _ivf_images(features, pair_list, options)
-    options = _scaled_ivf(options, [len(features[k].descriptors) for k in ivf_images])
+    options = _scaled_ivf(options, [len(descriptor_source(features[k])) for k in ivf_images])
     runner = runner or StageRunner()
     if cache_dir is not None:
         runner = runner.with_cache(cache_dir)
@@ -686,14 +689,21 @@ def match_pairs(
         # Trained on all the images of the call (cached pairs included), so cached and fresh pairs
         # share one quantiser. Deterministic: one seeded k-means on the client, whatever the backend.
         quantiser = train_ivf_quantiser(
-            [features[k].descriptors for k in ivf_images], options.ivf.num_cells, rng=seed
+            [descriptor_source(features[k]) for k in ivf_images], options.ivf.num_cells, rng=seed
         )
     image_ids = sorted(features)
-    descriptors = {k: Shared(key=("descriptors", k), value=features[k].descriptors) for k in hashes}
+    # Stored features send their file where workers can read it (workers read it, a tile at a time);
+    # otherwise the descriptors themselves, read as each batch is built.
+    by_file = runner.shares_cache
+
+    def shared_descriptors(k: int) -> Shared:
+        value = descriptor_source(features[k]) if by_file else features[k].descriptors
+        return Shared(key=("descriptors", k), value=value)
+
     results = runner.map(
         MATCHES_STAGE,
         pair_list,
-        inputs=lambda p: (p[0], p[1], descriptors[p[0]], descriptors[p[1]]),
+        inputs=lambda p: (p[0], p[1], shared_descriptors(p[0]), shared_descriptors(p[1])),
         context=(options, quantiser),
         options_key={"options": asdict(options), "quantiser": quantiser_key},
         item_key=lambda p: f"{hashes[p[0]]}|{hashes[p[1]]}",

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 
 from geomvision.errors import InputError
+from geomvision.features.store import descriptor_source, load_descriptors
 from geomvision.runtime.rng import as_rng
 from geomvision.scene.types import Features
 
@@ -69,6 +70,11 @@ def _as_float_descriptors(descriptors: np.ndarray) -> np.ndarray:
     return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
 
 
+def _float_dim(descriptors) -> int:
+    """Columns of :func:`_as_float_descriptors` of an array or a descriptor file (8 per byte if binary)."""
+    return descriptors.shape[1] * (8 if descriptors.dtype == np.uint8 else 1)
+
+
 def _nearest_centre(rows: np.ndarray, centres: np.ndarray) -> np.ndarray:
     """Index of the nearest centre of each row (squared L2 via one matrix product)."""
     scores = rows @ centres.T - 0.5 * np.sum(centres**2, axis=1)[None, :]
@@ -85,6 +91,14 @@ def train_vocabulary(
 ) -> np.ndarray:
     """k-means (Lloyd, k-means++ seeding) over a random sample of local descriptors.
 
+    Args:
+        descriptor_sets: (N_k, D) descriptors of each image, or
+            :class:`~geomvision.features.store.DescriptorFile` references (read one at a time).
+        num_words: number of centres.
+        max_samples: k-means runs on at most this many randomly drawn descriptors.
+        num_iterations: Lloyd iterations at most.
+        rng: seed of the sample and of the k-means++ seeding.
+
     Returns:
         (num_words, D) float32 centres (fewer if there are fewer samples).
     """
@@ -98,14 +112,14 @@ def train_vocabulary(
         ends = np.cumsum(sizes)
         owner = np.searchsorted(ends, chosen, side="right")
         local = chosen - (ends - sizes)[owner]
-        rows = np.empty((max_samples, _as_float_descriptors(sets[0][:1]).shape[1]), np.float32)
+        rows = np.empty((max_samples, _float_dim(sets[0])), np.float32)
         order = np.argsort(owner, kind="stable")
         bounds = np.searchsorted(owner[order], np.arange(len(sets) + 1))
-        for k in np.flatnonzero(np.diff(bounds)):
+        for k in np.flatnonzero(np.diff(bounds)):  # stored descriptors: read one image at a time
             sel = order[bounds[k] : bounds[k + 1]]
-            rows[sel] = _as_float_descriptors(sets[k][local[sel]])
+            rows[sel] = _as_float_descriptors(load_descriptors(sets[k])[local[sel]])
     else:
-        rows = np.concatenate([_as_float_descriptors(d) for d in sets], axis=0)
+        rows = np.concatenate([_as_float_descriptors(load_descriptors(d)) for d in sets], axis=0)
     k = min(num_words, len(rows))
     # k-means++ seeding (Arthur & Vassilvitskii 2007): spread initial centres.
     # Squared distances as |r|^2 + |c|^2 - 2 r.c: one matrix-vector product per new centre.
@@ -183,7 +197,8 @@ def retrieval_pairs(
     ids = sorted(int(i) for i in features)
     if len(ids) < 2:
         return []
-    vocabulary = train_vocabulary([features[i].descriptors for i in ids], num_words, rng=rng)
+    # One image's descriptors at a time (stored features are read from their files, not all kept).
+    vocabulary = train_vocabulary([descriptor_source(features[i]) for i in ids], num_words, rng=rng)
     globals_ = np.stack([vlad_descriptor(features[i].descriptors, vocabulary) for i in ids])
     similarity = globals_ @ globals_.T
     np.fill_diagonal(similarity, -np.inf)

@@ -98,6 +98,9 @@ class DaskBackend(Backend):
         self.startup_s = startup_s
         self.cluster = cluster
         self.shares_files = shares_files
+        # A LocalCluster's workers run on this machine, so they read the client's cache folder even when
+        # image bytes are shipped; a remote cluster needs a shared filesystem (images_visible_to_workers).
+        self.shares_cache = shares_files or scheduler == "local"
         self.scheduler = scheduler
         # Workers of our own LocalCluster die with this process; remote workers are not ours to end.
         self._client_pid = os.getpid() if cluster is not None else None

@@ -204,6 +204,9 @@ class Backend:
     name: str = "serial"
     #: Whether workers can open the client's file paths (otherwise the client ships file bytes).
     shares_files: bool = True
+    #: Whether workers can read the client's cache folder (a stage may then send a cache entry's path
+    #: instead of its arrays, e.g. an image's descriptors): the same machine, or a shared filesystem.
+    shares_cache: bool = True
     #: Whether batches run in this process (no pickling, no futures).
     in_process: bool = True
 
@@ -235,6 +238,10 @@ class Backend:
 
     def release_shared(self) -> None:
         """End of a map call: workers may drop the :class:`Shared` values sent for it."""
+
+    def release_workers(self) -> None:
+        """End idle local workers after their queued work (a later call starts fresh ones); see
+        :meth:`StageRunner.release_workers`."""
 
     def close(self, *, cancel: bool = False) -> None:
         """Release workers; ``cancel``: drop queued work now (without waiting for running tasks)."""
@@ -280,6 +287,11 @@ class ProcessBackend(Backend):
 
     def submit_background(self, fn: Callable, *args: Any) -> cf.Future | None:
         return self.pool.submit(fn, *args)
+
+    def release_workers(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)  # queued work (a background chore) still runs
+            self._pool = None
 
     def close(self, *, cancel: bool = False) -> None:
         if self._pool is None:
@@ -341,6 +353,10 @@ class StageRunner:
     def shares_files(self) -> bool:
         return self.backend.shares_files
 
+    @property
+    def shares_cache(self) -> bool:
+        return self.backend.shares_cache
+
     def report(self) -> dict[str, Any]:
         """The ``engine`` section of report.json."""
         stages = {name: {k: _rounded(v) for k, v in asdict(s).items()} for name, s in self.stats.items()}
@@ -352,6 +368,16 @@ class StageRunner:
 
     def submit_background(self, fn: Callable, *args: Any) -> cf.Future | None:
         return self.backend.submit_background(fn, *args)
+
+    def release_workers(self) -> None:
+        """End the local pool's worker processes once their queued work is done; the next map starts fresh
+        ones (a fraction of a second with the fork server).
+
+        A worker keeps the heap its tasks grew (glibc returns little of it), ~0.2-0.3 GB each after
+        matching and more after mapping a cluster; released, that memory no longer counts beside the work
+        this process does next (the mapper, the merge's bundle adjustment). Serial and Dask: nothing to do.
+        """
+        self.backend.release_workers()
 
     def map(
         self,
@@ -365,6 +391,7 @@ class StageRunner:
         group: Callable[[list], list[list]] | None = None,
         label: Callable[[Any], str] | None = None,
         progress: ProgressCallback | None = None,
+        keep: Callable[[Any, Path | None], Any] | None = None,
     ) -> list[Any]:
         """Run ``stage.task`` on every item (cached items are loaded, not recomputed).
 
@@ -379,9 +406,13 @@ class StageRunner:
             group: ``group(todo_items) -> batches`` for stages that batch items themselves.
             label: progress text of an item (default: ``str(item)``).
             progress: ``progress(done, total, message)`` callback; the message ends with an ETA.
+            keep: ``keep(result, entry)`` is what the returned list holds of a result, called as soon as the
+                result is loaded or computed (and cached): ``entry`` is the path of its cache entry (None
+                when not cached). E.g. the features stage keeps keypoints and leaves descriptors in the
+                entry, so that results never all sit in memory at once. Default: the result itself.
 
         Returns:
-            One result per item, in order.
+            One result per item (or what ``keep`` kept of it), in order.
         """
         items = list(items)
         total = len(items)
@@ -396,6 +427,8 @@ class StageRunner:
             for pos, item in enumerate(items):
                 keys[pos] = cache_key(stage.name, stage.version, options_key, item_key(item))
                 have[pos], results[pos] = cache.load(stage.name, keys[pos], stage.codec)
+                if have[pos] and keep is not None:
+                    results[pos] = keep(results[pos], cache.path(stage.name, keys[pos]))
         position = {item: pos for pos, item in enumerate(items)}
         if len(position) != total:
             raise InputError(
@@ -414,9 +447,11 @@ class StageRunner:
                 for batch, outputs in self._execute(stage, batches, make_input, context, stats):
                     for item, result in zip(batch, outputs, strict=True):
                         pos = position[item]
-                        results[pos] = result
+                        entry = None
                         if cache is not None:
                             cache.store(stage.name, keys[pos], stage.codec, result)
+                            entry = cache.path(stage.name, keys[pos])
+                        results[pos] = keep(result, entry) if keep is not None else result
                     tracker.advance(len(batch), batch[-1])
             finally:
                 self.backend.release_shared()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import chain
 
 import numpy as np
 
@@ -142,20 +143,21 @@ class Reconstruction:
             ``obs_image_id`` (M,), ``obs_keypoint`` (M,), ``obs_px`` (M, 2).
         """
         point_ids = np.array(sorted(self.points3D), dtype=np.int64)
-        xyz = np.array([self.points3D[p].xyz for p in point_ids]).reshape(-1, 3)
-        obs_point, obs_image, obs_kp = [], [], []
-        for idx, pid in enumerate(point_ids):
-            for image_id, kp in self.points3D[pid].track:
-                obs_point.append(idx)
-                obs_image.append(image_id)
-                obs_kp.append(kp)
-        obs_point = np.asarray(obs_point, dtype=np.int64)
-        obs_image = np.asarray(obs_image, dtype=np.int64)
-        obs_kp = np.asarray(obs_kp, dtype=np.int64)
+        points = [self.points3D[p] for p in point_ids.tolist()]
+        xyz = np.array([p.xyz for p in points]).reshape(-1, 3)
+        # one flat pass over the tracks (a Python loop per observation took ~2.7 s at 600k observations)
+        lengths = np.fromiter((len(p.track) for p in points), dtype=np.int64, count=len(points))
+        flat = np.fromiter(
+            chain.from_iterable(chain.from_iterable(p.track for p in points)),
+            dtype=np.int64,
+            count=2 * int(lengths.sum()),
+        ).reshape(-1, 2)
+        obs_point = np.repeat(np.arange(len(points), dtype=np.int64), lengths)
+        obs_image = np.ascontiguousarray(flat[:, 0])
+        obs_kp = np.ascontiguousarray(flat[:, 1])
         obs_px = np.zeros((len(obs_point), 2))
-        for image_id in np.unique(obs_image):
-            sel = obs_image == image_id
-            obs_px[sel] = self.views[int(image_id)].keypoints_px[obs_kp[sel]]
+        for image_id, sel in _rows_by_image(obs_image):
+            obs_px[sel] = self.views[image_id].keypoints_px[obs_kp[sel]]
         return {
             "point_ids": point_ids,
             "xyz": xyz,
@@ -169,9 +171,8 @@ class Reconstruction:
         """Per-observation reprojection error in pixels, with the observation arrays it belongs to."""
         arrays = self.observation_arrays()
         errors = np.zeros(len(arrays["obs_point"]))
-        for image_id in np.unique(arrays["obs_image_id"]):
-            sel = arrays["obs_image_id"] == image_id
-            view = self.views[int(image_id)]
+        for image_id, sel in _rows_by_image(arrays["obs_image_id"]):
+            view = self.views[image_id]
             camera = self.cameras[view.camera_id]
             points_in_cam = view.cam_from_world.apply(arrays["xyz"][arrays["obs_point"][sel]])
             projected = camera.project(points_in_cam)
@@ -233,3 +234,15 @@ def points_array(rec: Reconstruction) -> tuple[np.ndarray, np.ndarray]:
     xyz = np.array([rec.points3D[i].xyz for i in ids], dtype=np.float64)
     rgb = np.array([rec.points3D[i].color for i in ids], dtype=np.uint8)
     return xyz, rgb
+
+
+def _rows_by_image(obs_image: np.ndarray):
+    """``(image_id, rows)`` per distinct image id (ascending), rows in their original order (one stable sort
+    instead of a boolean mask over all observations per image)."""
+    order = np.argsort(obs_image, kind="stable")
+    ordered = obs_image[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]]) if len(order) else np.zeros(0, int)
+    ids = ordered[starts]
+    bounds = np.append(starts, len(order)).tolist()
+    for k, image_id in enumerate(ids.tolist()):
+        yield image_id, order[bounds[k] : bounds[k + 1]]

@@ -31,6 +31,7 @@ from geomvision.errors import InputError, check_at_least, check_positive
 from geomvision.geometry import camera_models
 from geomvision.geometry.rigid import Rigid3d, matrix_to_rotvec, rotvec_to_matrix
 from geomvision.progress import ProgressCallback
+from geomvision.runtime.allocator import retain_freed_memory
 from geomvision.scene.camera import Camera
 from geomvision.scene.reconstruction import Reconstruction
 from geomvision.sfm.ba import losses
@@ -165,12 +166,20 @@ def adjust_problem(
     t0 = time.perf_counter()
     if problem.num_observations == 0:
         return BundleAdjustmentResult(False, "no observations", 0.0, 0.0, 0, 0.0, float("nan"), 0)
-    start = evaluate(problem, options.loss, options.loss_scale_px, jacobians=False)
+    retain_freed_memory()  # large per-observation temporaries: reuse heap pages (see runtime.allocator)
     x_start = problem.get_x()
     solver = solve_scipy if options.backend == "scipy" else solve_schur
+    start = None
+    if options.backend == "scipy":
+        start = _CostSummary.evaluate(problem, options)
     with _single_threaded_blas():
         out = solver(problem, options, progress)
-    end = evaluate(problem, options.loss, options.loss_scale_px, jacobians=False)
+    if "final_cost" in out:  # the schur solver reports the costs it evaluated anyway
+        start = _CostSummary(out["initial_cost"], out["initial_mean_error_px"])
+        end = _CostSummary(out["final_cost"], out["final_mean_error_px"])
+    else:
+        start = start or _CostSummary.evaluate(problem, options)  # nothing to solve: unchanged
+        end = _CostSummary.evaluate(problem, options)
     if not end.cost <= start.cost:  # never hand back a worse (or non-finite) model
         problem.set_x(x_start)
         end = start
@@ -192,10 +201,23 @@ def adjust_problem(
         final_cost=end.cost,
         iterations=int(out["iterations"]),
         time_s=elapsed,
-        mean_reprojection_error_px=float(end.errors_px.mean()),
+        mean_reprojection_error_px=end.mean_error_px,
         num_residuals=2 * problem.num_observations,
-        initial_mean_reprojection_error_px=float(start.errors_px.mean()),
+        initial_mean_reprojection_error_px=start.mean_error_px,
     )
+
+
+@dataclass(frozen=True)
+class _CostSummary:
+    """Cost (``0.5 * sum rho``, px^2) and mean reprojection error (px) of one parameter state."""
+
+    cost: float
+    mean_error_px: float
+
+    @classmethod
+    def evaluate(cls, problem: BundleAdjustmentProblem, options: BundleAdjustmentOptions) -> _CostSummary:
+        ev = evaluate(problem, options.loss, options.loss_scale_px, jacobians=False)
+        return cls(ev.cost, float(ev.errors_px.mean()))
 
 
 def _single_threaded_blas():

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from geomvision.errors import check_at_least
+from geomvision.geometry import camera_models
 from geomvision.geometry.rigid import Rigid3d
 from geomvision.progress import ProgressCallback
 from geomvision.progress import report as report_progress
@@ -47,7 +48,13 @@ from geomvision.sfm.registration import RegistrationOptions, register_image
 from geomvision.sfm.relative_poses import RelativePoseOptions, estimate_relative_poses
 from geomvision.sfm.rotation_averaging import RotationAveragingOptions, RotationComponent, average_rotations
 from geomvision.sfm.tracks import build_track_arrays
-from geomvision.sfm.triangulate import TriangulationOptions, filter_points, retriangulate
+from geomvision.sfm.triangulate import (
+    TriangulationOptions,
+    TriangulationStats,
+    continue_tracks,
+    filter_points,
+    retriangulate,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +91,13 @@ class GlobalMapperOptions:
             (once); 0 = never.
         warm_start_joint_rounds: the second pass (positioned from the first pass's centres) skips the
             BA round with fixed rotations (templeRing: 50 iterations, capped, of 210 in the second pass).
+        lean_first_pass: once a joint BA round of the first pass has moved a camera's focal by more than
+            ``recalibrate_focal_change`` (so the mapping will run again), that pass only estimates the
+            focal and the camera centres: its later rounds adjust the positioned points (the longest
+            tracks) and continue their tracks, but triangulate no new ones. If the focal ends within the
+            threshold after all, the model is completed (new tracks triangulated, one more round).
+            templeRing (prior focal half the true one): first-pass BA on ~2.7k instead of ~7.7k points,
+            mapping 40 -> 25 s, AUC@2 unchanged.
         fixed_camera_ids: cameras with known calibration, never refined.
         max_num_models: at most this many models (one per connected component of the view graph).
         min_model_size: components with fewer images give no model.
@@ -107,6 +121,7 @@ class GlobalMapperOptions:
     refine_focal: bool = True
     recalibrate_focal_change: float = 0.05
     warm_start_joint_rounds: bool = True
+    lean_first_pass: bool = True
     fixed_camera_ids: tuple[int, ...] = ()
     max_num_models: int = 10
     min_model_size: int = 3
@@ -152,6 +167,8 @@ class _ComponentMapper:
         options: GlobalMapperOptions,
         timer: StepTimer,
         rng: np.random.Generator,
+        *,
+        watch_focal: bool = False,
     ) -> None:
         self.state = MapperState(cameras, images, table)
         self.options = options
@@ -159,6 +176,10 @@ class _ComponentMapper:
         self.rng = rng
         self.initial_params = {cid: cam.params.copy() for cid, cam in self.state.cameras.items()}
         self.frozen_cameras: set[int] = set()
+        # First pass of an unknown focal (lean): new tracks wait for the first joint round; if it moved
+        # the focal, the pass will be re-mapped and triangulates none (refocusing).
+        self.focal_pending = watch_focal and options.lean_first_pass
+        self.refocusing = False
         self.report: dict = {"ba_rounds": [], "num_filtered_observations": 0, "num_filtered_points": 0}
 
     def position(self, component: RotationComponent, initial_centers: dict[int, np.ndarray] | None) -> bool:
@@ -248,6 +269,7 @@ class _ComponentMapper:
             "num_observations": stats.num_observations,
             "initial_cost": stats.initial_cost,
             "final_cost": stats.final_cost,
+            "focal_px": {str(c): float(np.mean(state.cameras[c].focal_xy)) for c in sorted(refine)},
         }
 
     def filter(self, max_error_px: float) -> None:
@@ -268,14 +290,37 @@ class _ComponentMapper:
         state.delete_points(short)
         return len(short)
 
+    def focal_moved(self) -> bool:
+        """Whether BA moved a refined camera's focal by more than ``recalibrate_focal_change``."""
+        for cid in self.refine_camera_ids():
+            before = np.mean(
+                self.initial_params[cid][list(camera_models.FOCAL_INDICES[self.state.cameras[cid].model])]
+            )
+            after = np.mean(self.state.cameras[cid].focal_xy)
+            if abs(after / before - 1.0) > self.options.recalibrate_focal_change:
+                return True
+        return False
+
     def run_rounds(self, start: int, stop: int) -> None:
-        """BA rounds ``start..stop-1`` with retriangulation and filtering after each."""
+        """BA rounds ``start..stop-1`` with retriangulation and filtering after each.
+
+        In a lean first pass, the retriangulation only continues the tracks of existing points until the
+        first joint round, and after it too when that round moved the focal (:attr:`refocusing`).
+        """
         options = self.options
         tri = options.triangulation
         for round_index in range(start, stop):
             ba = self.bundle_adjust(fix_rotations=round_index == 0)
+            if self.focal_pending and round_index > 0:
+                self.focal_pending = False
+                self.refocusing = ba["refocusing"] = self.focal_moved()
             with self.timer("triangulation"):
-                stats = retriangulate(self.state, tri)
+                if self.refocusing or self.focal_pending:
+                    stats = TriangulationStats(
+                        num_continued=continue_tracks(self.state, None, tri.max_error_px)
+                    )
+                else:
+                    stats = retriangulate(self.state, tri)
             ba["num_points_created"] = stats.num_created
             ba["num_observations_continued"] = stats.num_continued
             factor = options.first_filter_factor if round_index == 0 else 1.0
@@ -315,6 +360,18 @@ class _ComponentMapper:
         self.report["reregistered_image_ids"] = recovered
         self.report["dropped_image_ids"] = [i for i in weak if i not in recovered]
         final = self.bundle_adjust(fix_rotations=False)
+        self.filter(tri.filter_max_error_px)
+        self.report["ba_rounds"].append(final)
+
+    def complete(self) -> None:
+        """A lean first pass kept after all (its focal ended within the threshold): triangulate the tracks
+        it left out, then one more BA and filtering."""
+        tri = self.options.triangulation
+        self.refocusing = self.focal_pending = False
+        with self.timer("triangulation"):
+            stats = retriangulate(self.state, tri)
+        final = self.bundle_adjust(fix_rotations=False)
+        final["num_points_created"] = stats.num_created
         self.filter(tri.filter_max_error_px)
         self.report["ba_rounds"].append(final)
 
@@ -361,7 +418,8 @@ def _map_once(
         report_progress(
             progress, 2, 4, f"positioning component {index + 1} ({len(component.rotations)} images)"
         )
-        mapper = _ComponentMapper(cameras, images, table, options, timer, rng)
+        watch = check_focal and index == 0
+        mapper = _ComponentMapper(cameras, images, table, options, timer, rng, watch_focal=watch)
         model_report = mapper.report
         model_report["component_size"] = len(component.rotations)
         if mapper.position(component, initial_centers):
@@ -372,7 +430,7 @@ def _map_once(
             warm = initial_centers is not None and options.warm_start_joint_rounds
             mapper.run_rounds(1 if warm else 0, options.num_ba_rounds)
             mapper.finish()
-            if check_focal and index == 0:
+            if watch:
                 # Measured: re-mapping from the focal of the finished model (templeRing, prior 2x short:
                 # AUC@2 0.83) beats re-mapping from the focal after two rounds (0.79) at the same time.
                 changed = _refocused_cameras(cameras, mapper.state, options)
@@ -382,6 +440,8 @@ def _map_once(
                         i: mapper.state.centers[i].copy() for i in mapper.state.registered_image_ids
                     }
                     return [], report, changed
+                if mapper.refocusing or mapper.focal_pending:
+                    mapper.complete()
             state = mapper.state
             model_report.update(
                 {
@@ -431,6 +491,8 @@ def global_mapping(
     When bundle adjustment moves the focal length of a camera not in ``fixed_camera_ids`` by more than
     ``recalibrate_focal_change`` (the relative rotations were then estimated with a wrong focal), the
     pairs of that camera are posed again with the refined intrinsics and the whole mapping runs once more.
+    That first pass, once a joint round has moved the focal, only refines the focal and the centres on
+    its positioned points (``lean_first_pass``); the second pass starts from its centres.
 
     Args:
         cameras: camera_id -> intrinsics (refined unless listed in ``options.fixed_camera_ids``; when they
@@ -452,7 +514,12 @@ def global_mapping(
     check_mapper_inputs(cameras, images, two_view_geometries, caller="global_mapping")
     rng = np.random.default_rng(0 if rng is None else rng)
     timer = StepTimer()
-    check = options.recalibrate_focal_change > 0
+    # Only a camera whose focal BA may refine can move it.
+    check = (
+        options.recalibrate_focal_change > 0
+        and options.refine_focal
+        and any(cid not in options.fixed_camera_ids for cid in cameras)
+    )
     posing_report = None
     verified = two_view_geometries  # a refocused camera's pairs are posed again from these inliers
     if options.pose_unposed_pairs:

@@ -35,6 +35,7 @@ from geomvision.errors import InputError, check_at_least
 from geomvision.geometry.rigid import rotation_angle_deg
 from geomvision.progress import ProgressCallback
 from geomvision.progress import report as report_progress
+from geomvision.runtime.allocator import retain_freed_memory
 from geomvision.runtime.rng import as_rng
 from geomvision.scene import Camera, ImageInfo, Reconstruction, TwoViewGeometry
 from geomvision.sfm.bundle_adjustment import BundleAdjustmentOptions
@@ -583,6 +584,7 @@ def incremental_mapping(
     options = options or IncrementalMapperOptions()
     check_mapper_inputs(cameras, images, two_view_geometries, caller="incremental_mapping")
     rng = as_rng(rng)
+    retain_freed_memory()  # the mapper's many large numpy temporaries reuse heap pages (runtime.allocator)
     timer = StepTimer()
     usable = {
         pair: g

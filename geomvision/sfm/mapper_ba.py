@@ -132,8 +132,10 @@ def adjust_bundle(
         order = np.argsort(tracks)
         track_index = order[np.searchsorted(tracks[order], state.table.obs_track[rows])]
     obs_px = np.empty((len(rows), 2))
-    for i in images.tolist():
-        sel = obs_image_id == i
+    order = np.argsort(obs_image_id, kind="stable")  # rows per image from one sort, not a mask per image
+    bounds = np.searchsorted(obs_image_id[order], images).tolist() + [len(order)]
+    for k, i in enumerate(images.tolist()):
+        sel = order[bounds[k] : bounds[k + 1]]
         obs_px[sel] = state.images[i].keypoints_px[state.table.obs_kp[rows[sel]]]
 
     problem = BundleAdjustmentProblem(
@@ -143,7 +145,7 @@ def adjust_bundle(
         rotvecs=matrix_to_rotvec(state.rotations[images]),
         translations=state.translations[images],
         points=state.track_xyz[tracks],
-        obs_image=np.array([image_index[i] for i in obs_image_id.tolist()], dtype=np.int64),
+        obs_image=np.searchsorted(images, obs_image_id),  # images is sorted and holds every obs_image_id
         obs_point=track_index,
         obs_px=obs_px,
         pose_free=pose_free,

@@ -193,14 +193,23 @@ class MapperState:
     # --- cameras and poses ---------------------------------------------------------------------------
     def update_normalized(self, camera_ids: set[int] | None = None) -> None:
         """Recompute undistorted normalised coordinates of observations (after intrinsics changed)."""
+        # one unprojection per camera over all its images' observations (one per image cost ~0.3 s per
+        # global BA at 300 images); Newton stops per point, so the values are those of per-image calls
+        by_camera: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
         for image_id, rows in self.table.image_obs.items():
             if rows.size == 0:
                 continue
-            cam = self.cameras[self.images[image_id].camera_id]
-            if camera_ids is not None and cam.camera_id not in camera_ids:
+            camera_id = self.images[image_id].camera_id
+            if camera_ids is not None and camera_id not in camera_ids:
                 continue
             px = self.images[image_id].keypoints_px[self.table.obs_kp[rows]]
-            self.obs_xn[rows] = camera_models.unproject(cam.model, cam.params, px)
+            by_camera.setdefault(camera_id, []).append((rows, px))
+        for camera_id, parts in by_camera.items():
+            cam = self.cameras[camera_id]
+            rows = np.concatenate([r for r, _ in parts])
+            self.obs_xn[rows] = camera_models.unproject(
+                cam.model, cam.params, np.vstack([px for _, px in parts])
+            )
 
     def camera_of(self, image_id: int) -> Camera:
         return self.cameras[self.images[image_id].camera_id]
@@ -290,9 +299,16 @@ class MapperState:
         errors = np.full(len(image), np.inf)
         cam_ids = self.image_camera[image]
         observed = np.empty((len(image), 2))
-        for image_id in np.unique(image):  # one gather per image, vectorised inside
-            sel = image == image_id
-            observed[sel] = self.images[int(image_id)].keypoints_px[kp[sel]]
+        # one gather per image, its rows from one stable sort (a boolean mask over all K rows per image made
+        # this O(images x K): ~10 s of the 300-image street scene's mapping)
+        order = np.argsort(image, kind="stable")
+        ordered = image[order]
+        starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]]) if len(order) else np.zeros(0, int)
+        image_ids = ordered[starts]
+        bounds = np.append(starts, len(order)).tolist()
+        for k, image_id in enumerate(image_ids.tolist()):
+            sel = order[bounds[k] : bounds[k + 1]]
+            observed[sel] = self.images[image_id].keypoints_px[kp[sel]]
         for cam_id in np.unique(cam_ids):  # usually one camera: one vectorised projection
             sel = cam_ids == cam_id
             cam = self.cameras[int(cam_id)]

@@ -57,6 +57,30 @@ def robust_cost(loss: str, scale_px: float, sq_norms: np.ndarray) -> np.ndarray:
     return g * sq_norms
 
 
+def robust_weights(
+    loss: str, scale_px: float, sq_norms: np.ndarray
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Per-observation cost and the factors of the rescaled residual and Jacobian, in one pass.
+
+    With ``s = |r|^2`` (M,): ``rho_c(s)`` (px^2), ``w = sqrt(g(s))`` with ``r~ = w r``, and ``k = w'(s) * 2``
+    (per px^2) with ``J~ = (w I + k r r^T) J`` (a symmetric 2 x 2 matrix per observation, so the rescaling
+    can be applied to any factor of the Jacobian, e.g. ``d pixel / d camera-frame point``, before the chain
+    rule). ``w`` and ``k`` are None for the linear loss.
+    """
+    if loss == "linear":
+        return sq_norms, None, None
+    if scale_px <= 0:
+        raise InputError(f"loss_scale_px must be > 0, got {scale_px}")
+    c2 = scale_px**2
+    g, dg = _g_and_dg(loss, sq_norms / c2)
+    rho = g * sq_norms
+    w = np.sqrt(g, out=g)
+    # 2 w' = g' / (sqrt(g) c^2)
+    k = np.divide(dg, w, out=dg)
+    k /= c2
+    return rho, w, k
+
+
 def rescale(
     loss: str, scale_px: float, residuals: np.ndarray, jacobians: list[np.ndarray] | None = None
 ) -> tuple[np.ndarray, list[np.ndarray] | None]:
@@ -67,26 +91,44 @@ def rescale(
     """
     if loss == "linear":
         return residuals, jacobians
-    if scale_px <= 0:
-        raise InputError(f"loss_scale_px must be > 0, got {scale_px}")
-    s = np.einsum("ij,ij->i", residuals, residuals)
-    c2 = scale_px**2
-    g, dg = _g_and_dg(loss, s / c2)
-    w = np.sqrt(g)
+    r_t = np.ascontiguousarray(residuals.T)  # (2, M): products over the contiguous length-M axis
+    _, w, k = robust_weights(loss, scale_px, r_t[0] * r_t[0] + r_t[1] * r_t[1])
     r_out = residuals * w[:, None]
     if jacobians is None:
         return r_out, None
-    # d r~ = w J + 2 w' r (r^T J) with w' = g' / (2 sqrt(g)) / c^2, computed component-major: (2, D, M)
-    # products run over the contiguous length-M axis (the solvers' layout; evaluate() hands the blocks
-    # over as (M, 2, D) transposed views of such arrays), and the results are returned as the same views
-    r_t = np.ascontiguousarray(residuals.T)  # (2, M)
-    coef_t = r_t * (dg / (w * c2))  # (2, M)
+    a00, a01, a11 = mixing_matrix(r_t, w, k)
     out = []
     for J in jacobians:
         J_t = J.transpose(1, 2, 0)  # (2, D, M)
-        rJ = r_t[0] * J_t[0] + r_t[1] * J_t[1]  # (D, M) r^T J per observation
         J_out = np.empty(J_t.shape)
-        np.multiply(J_t, w, out=J_out)
-        J_out += coef_t[:, None, :] * rJ[None]
+        mix_rows(a00, a01, a11, J_t[0], J_t[1], J_out[0], J_out[1])
         out.append(J_out.transpose(2, 0, 1))
     return r_out, out
+
+
+def mixing_matrix(r_t: np.ndarray, w: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Entries ``(a00, a01, a11)`` (each (M,)) of ``A = w I + k r r^T`` for residuals ``r_t`` (2, M)."""
+    kr0 = k * r_t[0]
+    a01 = kr0 * r_t[1]
+    a00 = kr0 * r_t[0]
+    a00 += w
+    a11 = k * r_t[1]
+    a11 *= r_t[1]
+    a11 += w
+    return a00, a01, a11
+
+
+def mix_rows(
+    a00: np.ndarray,
+    a01: np.ndarray,
+    a11: np.ndarray,
+    x0: np.ndarray,
+    x1: np.ndarray,
+    out0: np.ndarray,
+    out1: np.ndarray,
+) -> None:
+    """``[out0; out1] = A [x0; x1]`` per observation (rows (..., M)); ``out`` may not alias ``x``."""
+    np.multiply(x0, a00, out=out0)
+    out0 += x1 * a01
+    np.multiply(x0, a01, out=out1)
+    out1 += x1 * a11

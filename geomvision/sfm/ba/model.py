@@ -252,8 +252,13 @@ class Layout:
         point_col = np.full(len(problem.points), -1, np.int64)
         n_free_points = int(problem.point_free.sum())
         point_col[problem.point_free] = np.arange(n_free_points)
-        obs_models = np.asarray(problem.camera_models, dtype=object)[problem.image_group[problem.obs_image]]
-        model_obs = [(m, np.flatnonzero(obs_models == m)) for m in sorted(set(problem.camera_models))]
+        models = sorted(set(problem.camera_models))
+        if len(models) == 1:  # the usual case: every observation, no per-observation compare
+            model_obs = [(models[0], np.arange(problem.num_observations))]
+        else:  # integer model ids per observation (comparing an object array of names was ~3 ms per BA)
+            model_of_group = np.array([models.index(m) for m in problem.camera_models], dtype=np.int64)
+            obs_model = model_of_group[problem.image_group[problem.obs_image]]
+            model_obs = [(m, np.flatnonzero(obs_model == k)) for k, m in enumerate(models)]
         return cls(
             n_pose + n_intr,
             n_free_points,
@@ -371,12 +376,22 @@ def evaluate(
             pixels[sel], d_px_d_pc[sel], d_px_d_intr[sel, :, :num] = camera_models.project_with_jacobians(
                 model, params, points_in_cam[sel]
             )
-    raw = pixels - obs_px
-    sq = np.einsum("ij,ij->i", raw, raw)
-    cost = 0.5 * float(losses.robust_cost(loss, loss_scale_px, sq).sum())
+    # residuals component-major (2, M); the robust loss enters through one symmetric 2 x 2 matrix per
+    # observation, A = w I + k r r^T (J~ = A J), applied to d pixel / d camera-frame point and to the
+    # intrinsics columns before the chain rule: 3 + (free intrinsics) rescaled rows instead of D + 3
+    raw_t = pixels.T - obs_px.T
+    sq = raw_t[0] * raw_t[0]
+    sq += raw_t[1] * raw_t[1]
+    rho, w, k = losses.robust_weights(loss, loss_scale_px, sq)
+    cost = 0.5 * float(rho.sum())
+    mix = None
+    if w is not None:
+        if jacobians:
+            mix = losses.mixing_matrix(raw_t, w, k)
+        raw_t *= w  # r~ = w r
+    errors_px = np.sqrt(sq, out=sq)
     if not jacobians:
-        res, _ = losses.rescale(loss, loss_scale_px, raw)
-        return Evaluation(res, cost, np.sqrt(sq))
+        return Evaluation(raw_t.T, cost, errors_px)
     # d x_cam / d rotvec = -[R X]_x R J_r  ->  row form: (d_px/d_pc)_row x (-[rotated]_x) = rotated x row
     # Jacobians are assembled component-major, (2, slots, M), active camera slots only: every write below is a
     # contiguous vector. They are returned as (M, 2, slots) transposed views, so the Schur solver gets its
@@ -387,12 +402,30 @@ def evaluate(
     J_point = np.empty((2, 3, m))
     dpc_t = d_px_d_pc.transpose(1, 2, 0)  # (2, 3, M), contiguous when projected in one call
     dintr_t = d_px_d_intr.transpose(1, 2, 0)
+    # the (rescaled) d pixel / d camera-frame point is the translation block: written there directly when
+    # all three translation slots are active (they are then adjacent rows of J_cam)
+    if active[3:6].all():
+        dpc = J_cam[:, col[3] : col[3] + 3]
+    else:
+        dpc = np.empty((2, 3, m))
+    if mix is None:
+        dpc[...] = dpc_t
+    else:
+        losses.mix_rows(*mix, dpc_t[0], dpc_t[1], dpc[0], dpc[1])
+    for k_slot in np.flatnonzero(active[6:]).tolist():  # slots past the model's parameters stay zero
+        c = col[6 + k_slot]
+        if k_slot >= dintr_t.shape[1]:
+            J_cam[:, c] = 0.0
+        elif mix is None:
+            J_cam[:, c] = dintr_t[:, k_slot]
+        else:
+            losses.mix_rows(*mix, dintr_t[0, k_slot], dintr_t[1, k_slot], J_cam[0, c], J_cam[1, c])
     RJr_t = None
     if active[:3].any() and not rotation_tangent:
         RJr_t = np.take((R_img @ _right_jacobian_so3(problem.rotvecs)).reshape(-1, 9).T, img, axis=1)
     r0, r1, r2 = rotated_t
     for row in range(2):
-        d0, d1, d2 = dpc_t[row]
+        d0, d1, d2 = dpc[row]
         for j in range(3):
             out = J_point[row, j]
             np.multiply(d0, Rt[j], out=out)
@@ -410,12 +443,9 @@ def evaluate(
                 np.multiply(a[0], RJr_t[j], out=out)
                 out += np.multiply(a[1], RJr_t[3 + j], out=tmp)
                 out += np.multiply(a[2], RJr_t[6 + j], out=tmp)
-        for j in np.flatnonzero(active[3:6]).tolist():
-            J_cam[row, col[3 + j]] = dpc_t[row, j]
-        for k in np.flatnonzero(active[6:]).tolist():  # slots past the model's parameters stay zero
-            J_cam[row, col[6 + k]] = dintr_t[row, k] if k < dintr_t.shape[1] else 0.0
+        if not active[3:6].all():
+            for j in np.flatnonzero(active[3:6]).tolist():
+                J_cam[row, col[3 + j]] = dpc[row, j]
     if lay.has_fixed_cols and zero_fixed_columns:
         J_cam *= (lay.image_cols[img] >= 0).T[None]  # fixed columns contribute nothing
-    J_cam, J_point = J_cam.transpose(2, 0, 1), J_point.transpose(2, 0, 1)
-    res, (J_cam, J_point) = losses.rescale(loss, loss_scale_px, raw, [J_cam, J_point])
-    return Evaluation(res, cost, np.sqrt(sq), J_cam, J_point)
+    return Evaluation(raw_t.T, cost, errors_px, J_cam.transpose(2, 0, 1), J_point.transpose(2, 0, 1))

@@ -58,6 +58,9 @@ _DENSE_FILL = 0.25
 _CHUNK_OBS = 12_000
 _MAX_CHUNKS = 8
 _CHUNKS_PER_THREAD = 2
+# Problems of at least this many chunks drop the linearisation while a candidate step is evaluated and
+# rebuild it when the step is rejected (memory for time; one chunk: local BAs, where memory is no issue).
+_REBUILD_REJECTED_MIN_CHUNKS = 2
 # rotation steps in the camera-frame tangent (R <- exp(dw) R) where every image's rotation is free or held
 _ROTATION_TANGENT = True
 
@@ -81,13 +84,12 @@ class _Structure:
     free_obs: np.ndarray  # (Mf,) observations of free points (image order)
     free_pc: np.ndarray  # (Mf,) free-point index of each of them
     all_free: bool  # every observation sees a free point (free_obs is arange(M))
-    cols_free_t: np.ndarray  # (D, Mf) cols_ext of the image of each free_obs (component-major)
+    free_img: np.ndarray  # (Mf,) image of each free_obs (its camera columns: cols_ext[free_img])
     n_points: int
     img_present: np.ndarray  # images that have observations, sorted
     img_bounds: np.ndarray  # (len(img_present) + 1,) observation slice of each present image
     free_img_bounds: np.ndarray  # (len(img_present) + 1,) slice of free_obs of each present image
-    pair_a: np.ndarray  # pairs (a < b) of positions in free_obs sharing a point, sorted by image pair
-    pair_b: np.ndarray
+    num_obs_pairs: int  # pairs (a < b) of observations of one free point (in pair_batches, by image pair)
     pair_img: np.ndarray  # (K, 2) image pair of each group
     pair_batches: list[tuple[np.ndarray, np.ndarray, np.ndarray]]  # see _bucket_pair_groups
     scatter_index: np.ndarray  # target slot of every entry of [self blocks; pair blocks; transposes]
@@ -104,7 +106,12 @@ class _Structure:
     workers: int = 1  # threads sharing the work (the calling thread and workers - 1 pool threads)
     pool: ThreadPoolExecutor | None = None
     pair_parts: list | None = None  # pair_batches split into one list per thread
+    # per chunk (several chunks only): (its free points, sorted; each of its free observations' position there)
+    chunk_points: list[tuple[np.ndarray, np.ndarray]] | None = None
     rot_cols: np.ndarray | None = None  # (K, 3) rotation columns stepped in the tangent space, or None
+    # per present image: some column free (the self blocks and gradients of the others land in the dummy
+    # slot and are skipped)
+    present_has_free: list[bool] = field(default_factory=list)
 
 
 def _block_rows(c: np.ndarray) -> np.ndarray:
@@ -193,33 +200,51 @@ def _build_structure(problem: BundleAdjustmentProblem, options) -> _Structure:
     pair_a, pair_b, key = pair_a[order], pair_b[order], key[order]
     uniq, pair_starts = np.unique(key, return_index=True)
     pair_img = np.stack([uniq // n_img, uniq % n_img], axis=1)
+    n_image_pairs = len(pair_img)  # all of them, for the solver choice (as before they were dropped)
+    # a block with an image whose columns are all held (local BA's constant images, the gauge image) lands
+    # entirely in the dummy slot: those groups are dropped (in local BA most groups, e.g. 58 of 73)
+    has_free = (cols_ext < n).any(axis=1)
+    group_keep = has_free[pair_img[:, 0]] & has_free[pair_img[:, 1]]
+    if not group_keep.all():
+        sizes = np.diff(np.append(pair_starts, len(pair_a)))
+        pair_keep = np.repeat(group_keep, sizes)
+        pair_a, pair_b = pair_a[pair_keep], pair_b[pair_keep]
+        kept_sizes = sizes[group_keep]
+        pair_starts = np.cumsum(kept_sizes) - kept_sizes
+        pair_img = pair_img[group_keep]
     pair_batches = _bucket_pair_groups(pair_a, pair_b, pair_starts, len(free))
+    num_obs_pairs = len(pair_a)
+    del pair_a, pair_b, key, order, offsets  # the batches hold what the iterations need of them
     # target (row, col) of every block entry: self blocks per present image, pair blocks, transposes
     c_self = cols_ext[img_present]
     c_a, c_b = cols_ext[pair_img[:, 0]], cols_ext[pair_img[:, 1]]
     rows = np.concatenate([_block_rows(c_self), _block_rows(c_a), _block_rows(c_b)])
     cols = np.concatenate([_block_cols(c_self), _block_cols(c_b), _block_cols(c_a)])
-    solver = _choose_solver(options, n, len(img_present), len(pair_img))
+    solver = _choose_solver(options, n, len(img_present), n_image_pairs)
     structure = _Structure(
         n,
         cols_ext,
         free,
         free_pc,
         len(free) == problem.num_observations,
-        np.take(cols_ext.T, img_free, axis=1),
+        img_free,
         lay.n_free_points,
         img_present,
         img_bounds,
         free_img_bounds,
-        pair_a,
-        pair_b,
+        num_obs_pairs,
         pair_img,
         pair_batches,
         None,
         0,
         solver,
     )
+    structure.present_has_free = has_free[img_present].tolist()
     structure.chunks = _make_chunks(problem.num_observations, img_bounds, free, len(free) == len(pc_all))
+    if len(structure.chunks) > 1:  # each chunk's point sums over its own points only (see _linearise)
+        structure.chunk_points = [
+            np.unique(free_pc[chunk.free], return_inverse=True) for chunk in structure.chunks
+        ]
     if solver == "dense":
         structure.scatter_index = rows * (n + 1) + cols
         structure.n_slots = (n + 1) ** 2
@@ -442,11 +467,11 @@ def _total_cost(evaluations: list) -> float:
 def _linearise(problem: BundleAdjustmentProblem, st: _Structure, evaluations: list) -> _Linearisation:
     n = st.n
     d = evaluations[0].J_cam.shape[2]
-    U_img = np.empty((len(st.img_present), d, d))
-    g_img = np.empty((len(st.img_present), d))
+    U_img = np.zeros((len(st.img_present), d, d))
+    g_img = np.zeros((len(st.img_present), d))
 
     def one(item):
-        chunk, ev = item
+        chunk, ev, points = item
         Jc = np.ascontiguousarray(ev.J_cam.transpose(1, 2, 0))  # (2, D, m)
         Jp = np.ascontiguousarray(ev.J_point.transpose(1, 2, 0))  # (2, 3, m)
         r = np.ascontiguousarray(ev.residuals.T)  # (2, m)
@@ -455,21 +480,31 @@ def _linearise(problem: BundleAdjustmentProblem, st: _Structure, evaluations: li
         for k, lo, hi in zip(
             range(chunk.images.start, chunk.images.stop), bounds[:-1], bounds[1:], strict=True
         ):
+            if not st.present_has_free[k]:
+                continue
             X0, X1 = Jc[0, :, lo:hi], Jc[1, :, lo:hi]
             U_img[k] = X0 @ X0.T + X1 @ X1.T
             g_img[k] = X0 @ r[0, lo:hi] + X1 @ r[1, lo:hi]
         if chunk.free_local is not None:
             Jc, Jp, r = Jc[:, :, chunk.free_local], Jp[:, :, chunk.free_local], r[:, chunk.free_local]
-        point = st.free_pc[chunk.free]
-        C = _point_blocks(Jp, point, st.n_points)
-        g_pt = _bincount_rows(point, Jp[0] * r[0] + Jp[1] * r[1], st.n_points)
-        return Jc, Jp, C, g_pt
+        # point blocks of this chunk's points only: a (3, 3, all points) array per chunk made the chunks'
+        # sums, held together, cost 8 x 96 bytes per point
+        present, point = points if points is not None else (None, st.free_pc[chunk.free])
+        size = st.n_points if present is None else len(present)
+        C = _point_blocks(Jp, point, size)
+        g_pt = _bincount_rows(point, Jp[0] * r[0] + Jp[1] * r[1], size)
+        return Jc, Jp, C, g_pt, present
 
-    parts = _parallel(st, one, list(zip(st.chunks, evaluations, strict=True)))
-    C, g_pt = parts[0][2], parts[0][3]
-    for part in parts[1:]:  # chunk order: the same sums for any thread count
-        C += part[2]
-        g_pt += part[3]
+    chunk_points = st.chunk_points or [None] * len(st.chunks)
+    parts = _parallel(st, one, list(zip(st.chunks, evaluations, chunk_points, strict=True)))
+    if len(parts) == 1:
+        C, g_pt = parts[0][2], parts[0][3]
+    else:  # chunk order: the same sums for any thread count (adding a point's absent 0.0 changes nothing)
+        C, g_pt = np.zeros((3, 3, st.n_points)), np.zeros((3, st.n_points))
+        for part in parts:
+            present = part[4]
+            C[:, :, present] += part[2]
+            g_pt[:, present] += part[3]
     cols_img = st.cols_ext[st.img_present].ravel()
     g_cam = np.bincount(cols_img, weights=g_img.ravel(), minlength=n + 1)[:n]
     diag_cam = np.bincount(cols_img, weights=np.einsum("kii->ki", U_img).ravel(), minlength=n + 1)[:n]
@@ -562,9 +597,10 @@ def _reduced_system(problem: BundleAdjustmentProblem, st: _Structure, lin: _Line
     mf = sum(Jc.shape[2] for Jc in lin.Jc)
     # Z row-major (Mf + 1, 3, D) with a final zero row (the padding target), so that the rows of one image
     # or one group are a contiguous (3k, D) matrix: one GEMM each
-    Z_rows = st.buffers.get("Z_rows")
-    if Z_rows is None or Z_rows.shape != (mf + 1, 3, d):
-        Z_rows = st.buffers["Z_rows"] = np.zeros((mf + 1, 3, d))
+    # (allocated per call, not kept between iterations: it is the solve's largest array, 3 D doubles an
+    # observation, and the next candidate's evaluation, which runs beside the kept linearisation, needs none)
+    Z_rows = np.empty((mf + 1, 3, d))
+    Z_rows[mf] = 0.0  # every other row is written below (the chunks' free observations cover them all)
     # rhs: -(g_c - sum W C~^-1 g_p) = -(g_c - sum Z^T L^-1 g_p), with h = L^-1 g_p of each observation's point
     h_pt = np.ascontiguousarray(_forward3(L, lin.g_pt, np.empty_like(lin.g_pt)).T)  # (Np, 3)
     self_img = lin.U_img.copy()
@@ -592,7 +628,7 @@ def _reduced_system(problem: BundleAdjustmentProblem, st: _Structure, lin: _Line
         for k, lo, hi in zip(
             range(chunk.images.start, chunk.images.stop), bounds[:-1], bounds[1:], strict=True
         ):
-            if hi > lo:
+            if hi > lo and st.present_has_free[k]:
                 Zk = Z_rows[lo:hi].reshape(-1, d)
                 self_img[k] -= Zk.T @ Zk
                 v_img[k] = h_rows[lo - f0 : hi - f0].ravel() @ Zk
@@ -713,7 +749,7 @@ def _step(problem, st, lin, mu, options) -> tuple[np.ndarray, float] | None:
 
     def one(item):
         chunk, Jc, Jp = item
-        dcs = np.take(dc_ext, st.cols_free_t[:, chunk.free])  # (D, m)
+        dcs = np.take(dc_ext, np.take(st.cols_ext.T, st.free_img[chunk.free], axis=1))  # (D, m)
         jdc = np.einsum("rdm,dm->rm", Jc, dcs)  # (2, m) J_c dc per observation
         return Jp[0] * jdc[0] + Jp[1] * jdc[1]  # (3, m) W^T dc = J_p^T J_c dc
 
@@ -754,7 +790,12 @@ def solve_schur(problem: BundleAdjustmentProblem, options, progress=None) -> dic
 
 def _lm_loop(problem, user_problem, st: _Structure, x: np.ndarray, options, progress, t0: float) -> dict:
     """The Levenberg-Marquardt iterations of ``solve_schur`` (Nielsen/Ceres damping schedule)."""
-    lin = _linearise(problem, st, _evaluate(problem, st, options, jacobians=True))
+    evaluations = _evaluate(problem, st, options, jacobians=True)
+    lin = _linearise(problem, st, evaluations)
+    # the cost and mean error at the start and at the returned parameters, so the caller needs no
+    # evaluations of its own
+    costs = {"initial_cost": lin.cost, "initial_mean_error_px": _mean_error(evaluations)}
+    cost, mean_error = costs["initial_cost"], costs["initial_mean_error_px"]
     mu, nu = 1e-4, 2.0  # Ceres: initial trust region radius 1e4
     reason, iterations = "maximum iterations reached", 0
     logger.debug(
@@ -762,7 +803,7 @@ def _lm_loop(problem, user_problem, st: _Structure, x: np.ndarray, options, prog
         st.n,
         st.solver,
         st.n_points,
-        len(st.pair_a),
+        st.num_obs_pairs,
         time.perf_counter() - t0,
     )
     while iterations < options.max_iterations:
@@ -786,27 +827,37 @@ def _lm_loop(problem, user_problem, st: _Structure, x: np.ndarray, options, prog
         # most LM steps are accepted, so the Jacobian is evaluated with the cost, unless the model predicts a
         # decrease below the function tolerance: that step is either the last one or rejected, and needs
         # the cost alone
-        small = predicted <= options.function_tolerance * lin.cost
+        cost = lin.cost
+        small = predicted <= options.function_tolerance * cost
+        if len(st.chunks) >= _REBUILD_REJECTED_MIN_CHUNKS:
+            # large problems: the candidate is evaluated without the current linearisation beside it (two
+            # sets of Jacobians at once were a quarter of the solve's peak memory); a rejected step rebuilds
+            # it at x, bitwise the same (the evaluation is deterministic), at the cost of one evaluation
+            lin = None
         ev_new = _evaluate(problem, st, options, jacobians=not small)
         new_cost = _total_cost(ev_new)
-        actual = lin.cost - new_cost
+        actual = cost - new_cost
         rho = actual / predicted if predicted > 0 else -1.0
-        report(progress, iterations, options.max_iterations, f"cost {min(new_cost, lin.cost):.6g}")
+        report(progress, iterations, options.max_iterations, f"cost {min(new_cost, cost):.6g}")
         accepted = rho > 1e-3 and np.isfinite(new_cost)
         # Ceres' order: the function tolerance is tested on every candidate, before the step's acceptance,
         # so a rejected step whose cost change is that small ends the solve too (at the better of the two)
-        if abs(actual) <= options.function_tolerance * lin.cost:
+        if abs(actual) <= options.function_tolerance * cost:
+            # the reason's relative change is against the cost at x, before an accepted step replaces it
+            reason = f"function tolerance reached (relative change {actual / max(cost, 1e-300):.3g})"
             if accepted:
                 x = x_new
-            reason = f"function tolerance reached (relative change {actual / max(lin.cost, 1e-300):.3g})"
+                cost, mean_error = new_cost, _mean_error(ev_new)
             break
         if accepted:
             x = x_new
+            cost, mean_error = new_cost, _mean_error(ev_new)
             mu *= max(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3)
             nu = 2.0
             if small:
                 ev_new = _evaluate(problem, st, options, jacobians=True)
             lin = _linearise(problem, st, ev_new)
+            ev_new = None  # its residuals are not needed while the next candidate is evaluated
         else:
             problem.set_x(x)
             mu *= nu
@@ -814,5 +865,21 @@ def _lm_loop(problem, user_problem, st: _Structure, x: np.ndarray, options, prog
             if mu > 1e16:
                 reason = "damping diverged; no further decrease possible"
                 break
+            if lin is None:
+                ev_new = None
+                lin = _linearise(problem, st, _evaluate(problem, st, options, jacobians=True))
     user_problem.set_x(x)
-    return {"success": True, "reason": reason, "iterations": iterations}
+    return {
+        "success": True,
+        "reason": reason,
+        "iterations": iterations,
+        **costs,
+        "final_cost": cost,
+        "final_mean_error_px": mean_error,
+    }
+
+
+def _mean_error(evaluations: list) -> float:
+    """Mean plain reprojection error (px) over the chunks' evaluations."""
+    total = sum(float(ev.errors_px.sum()) for ev in evaluations)
+    return total / max(1, sum(len(ev.errors_px) for ev in evaluations))
