@@ -31,7 +31,7 @@ ORDER = [
     ("global_mapper.md", "Global mapper vs incremental vs COLMAP/GLOMAP (issue 16)"),
     ("scaling.md", "Cost growth on synthetic street scenes (issue 17)"),
     ("wide_baseline.md", "Wide-baseline rings (issue 19)"),
-    ("scaling.md", "Cost growth on synthetic street scenes (issue 17)"),
+    ("mapping_speed.md", "Incremental mapping speed at 300 images (issue 17)"),
 ]
 
 
