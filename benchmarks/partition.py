@@ -339,6 +339,33 @@ def write_markdown(rows: list[dict], path: Path, args) -> None:
     shared.write_lines(path, lines)
 
 
+def _fill_ratios(rows: list[dict]) -> None:
+    """AUC@2 ratios of rows from separate invocations (e.g. whole and partitioned runs in two processes)."""
+    for r in rows:
+        if r.get("auc2_ratio") is not None and not (
+            isinstance(r["auc2_ratio"], float) and math.isnan(r["auc2_ratio"])
+        ):
+            continue
+        peer = (
+            "geomvision whole"
+            if r["tool"].startswith("geomvision partitioned")
+            else "pycolmap incremental"
+            if r["tool"].startswith("pycolmap hierarchical")
+            else None
+        )
+        base = next(
+            (
+                b
+                for b in rows
+                if b["tool"] == peer
+                and (b["dataset"], b["K"], b["images"]) == (r["dataset"], r["K"], r["images"])
+            ),
+            None,
+        )
+        if base is not None and base["auc@2"]:
+            r["auc2_ratio"] = r["auc@2"] / base["auc@2"]
+
+
 def main() -> int:
     parser = shared.argument_parser(__doc__)
     parser.add_argument("--datasets", default="temple,castle")
@@ -374,6 +401,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.only_assemble is not None:
         rows = [r for path in args.only_assemble for r in json.loads(Path(path).read_text())]
+        _fill_ratios(rows)
         write_markdown(rows, Path(args.output), args)
         Path(args.output).with_suffix(".json").write_text(json.dumps(rows, indent=1, default=str))
         print(f"wrote {args.output}")
