@@ -52,9 +52,18 @@ def load_average() -> str:
 
 
 def run_geomvision(
-    image_dir: Path, out: Path, intrinsics, max_cluster_images: int, workers: int, cache: Path, pairing: dict
+    image_dir: Path,
+    out: Path,
+    intrinsics,
+    max_cluster_images: int,
+    workers: int,
+    cache: Path,
+    pairing: dict,
+    sections: dict | None = None,
 ):
-    """One pipeline run; ``cache`` is shared by all runs on a dataset (features, matches, verification)."""
+    """One pipeline run; ``cache`` is shared by all runs on a dataset (features, matches, verification).
+
+    ``sections`` are further config sections (``--sections``), e.g. ``{"calibration": {...}}``."""
     out.mkdir(parents=True, exist_ok=True)
     if not (out / "cache").exists():
         (out / "cache").symlink_to(cache, target_is_directory=True)
@@ -62,7 +71,7 @@ def run_geomvision(
         intrinsics,
         num_workers=workers,
         pipeline=pairing,
-        partition={"max_cluster_images": max_cluster_images},
+        **{**(sections or {}), "partition": {"max_cluster_images": max_cluster_images}},
     )
     from geomvision.sfm.partitioned_mapping import _PeakRss  # the sampler the cluster tasks use
 
@@ -194,8 +203,9 @@ def run_dataset(key: str, mode: str, args, work: Path) -> list[dict]:
 
     popts = PartitionOptions()
     overlap = max(popts.min_overlap_images, math.ceil(popts.overlap_ratio * cluster))
-    cache = work / f"{key}_{mode}_cache"
+    cache = Path(args.cache) if args.cache else work / f"{key}_{mode}_cache"
     cache.mkdir(parents=True, exist_ok=True)
+    sections = json.loads(args.sections) if args.sections else None
     rows = []
 
     def row(tool, recs, elapsed, mapping_s, extra=None):
@@ -219,7 +229,7 @@ def run_dataset(key: str, mode: str, args, work: Path) -> list[dict]:
 
     def run_whole():
         whole_recs, t, rep = run_geomvision(
-            image_dir, work / f"{key}_{mode}_whole", intrinsics, 0, args.workers, cache, pairing
+            image_dir, work / f"{key}_{mode}_whole", intrinsics, 0, args.workers, cache, pairing, sections
         )
         whole = row(
             "geomvision whole",
@@ -230,11 +240,18 @@ def run_dataset(key: str, mode: str, args, work: Path) -> list[dict]:
         )
         return whole
 
-    if not args.partitioned_first:
+    if not args.partitioned_first and not args.no_whole:
         whole = run_whole()
     for workers in args.worker_counts:
         recs, t, rep = run_geomvision(
-            image_dir, work / f"{key}_{mode}_part{workers}", intrinsics, cluster, workers, cache, pairing
+            image_dir,
+            work / f"{key}_{mode}_part{workers}",
+            intrinsics,
+            cluster,
+            workers,
+            cache,
+            pairing,
+            sections,
         )
         mapping = rep.get("mapping", {})
         clusters = mapping.get("clusters", [])
@@ -257,7 +274,7 @@ def run_dataset(key: str, mode: str, args, work: Path) -> list[dict]:
             },
         )
         r["auc2_ratio"] = r["auc@2"] / whole["auc@2"] if whole["auc@2"] else float("nan")
-    if args.partitioned_first:
+    if args.partitioned_first and not args.no_whole:
         whole = run_whole()
         for r in rows:
             if "clusters_s" in r:
@@ -271,7 +288,7 @@ def run_dataset(key: str, mode: str, args, work: Path) -> list[dict]:
             intrinsics,
             cluster,
             overlap,
-            max(args.worker_counts),
+            max(args.worker_counts, default=args.workers),
         )
         colmap_whole = row("pycolmap incremental", inc, t_inc, t_inc)
         r = row(f"pycolmap hierarchical (leaf {cluster}, overlap {overlap})", hier, t_hier, t_hier)
@@ -322,6 +339,33 @@ def write_markdown(rows: list[dict], path: Path, args) -> None:
     shared.write_lines(path, lines)
 
 
+def _fill_ratios(rows: list[dict]) -> None:
+    """AUC@2 ratios of rows from separate invocations (e.g. whole and partitioned runs in two processes)."""
+    for r in rows:
+        if r.get("auc2_ratio") is not None and not (
+            isinstance(r["auc2_ratio"], float) and math.isnan(r["auc2_ratio"])
+        ):
+            continue
+        peer = (
+            "geomvision whole"
+            if r["tool"].startswith("geomvision partitioned")
+            else "pycolmap incremental"
+            if r["tool"].startswith("pycolmap hierarchical")
+            else None
+        )
+        base = next(
+            (
+                b
+                for b in rows
+                if b["tool"] == peer
+                and (b["dataset"], b["K"], b["images"]) == (r["dataset"], r["K"], r["images"])
+            ),
+            None,
+        )
+        if base is not None and base["auc@2"]:
+            r["auc2_ratio"] = r["auc@2"] / base["auc@2"]
+
+
 def main() -> int:
     parser = shared.argument_parser(__doc__)
     parser.add_argument("--datasets", default="temple,castle")
@@ -335,7 +379,17 @@ def main() -> int:
     parser.add_argument("--window", type=int, default=8, help="sequential window")
     parser.add_argument("--cluster-images", type=int, help="cluster size (default: --fraction of the images)")
     parser.add_argument("--partitioned-first", action="store_true", help="run the whole-scene mapping last")
+    parser.add_argument("--no-whole", action="store_true", help="skip the whole-scene geomvision run")
     parser.add_argument("--no-colmap", action="store_true")
+    parser.add_argument(
+        "--cache",
+        help="pipeline cache folder to share (e.g. an earlier run's OUT/cache, made with the same pairing, "
+        "--modes and --sections: its features, matches and verified pairs are reused)",
+    )
+    parser.add_argument(
+        "--sections",
+        help='further config sections as JSON, e.g. \'{"calibration": {"refine_principal_point": false}}\'',
+    )
     parser.add_argument("--keep", help="keep work folders (and caches) here")
     parser.add_argument("--output", default=str(RESULTS / "partition.md"))
     parser.add_argument(
@@ -347,11 +401,12 @@ def main() -> int:
     args = parser.parse_args()
     if args.only_assemble is not None:
         rows = [r for path in args.only_assemble for r in json.loads(Path(path).read_text())]
+        _fill_ratios(rows)
         write_markdown(rows, Path(args.output), args)
         Path(args.output).with_suffix(".json").write_text(json.dumps(rows, indent=1, default=str))
         print(f"wrote {args.output}")
         return 0
-    args.worker_counts = [int(w) for w in args.worker_counts.split(",")]
+    args.worker_counts = [int(w) for w in args.worker_counts.split(",") if w.strip()]
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="gv_partition_"))
     rows: list[dict] = []
     json_path = Path(args.output).with_suffix(".json")

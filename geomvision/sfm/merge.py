@@ -25,8 +25,15 @@ is aligned; a failed alignment is recorded and the next edge tried (Prim's algor
 Models that cannot be attached start their own group and come out as separate models with the reason.
 Each group's models are mapped into the root's frame; tracks are joined (union of observations of the
 same ``(image_id, keypoint_index)``, connected through any model), observations reprojecting beyond
-``filter_max_reproj_error_px`` are dropped, images left with too few points are dropped (reported),
-and a final global bundle adjustment (:func:`geomvision.sfm.bundle_adjustment.bundle_adjust`) runs.
+``filter_max_reproj_error_px`` are dropped, images left with too few points are taken out, and a final
+global bundle adjustment (:func:`geomvision.sfm.bundle_adjustment.bundle_adjust`) runs.
+
+An image is left with too few points when the pose its owning model gave it disagrees with the joined
+points (e.g. a locally misregistered stretch of one cluster, corrected by the other clusters' points).
+Such an image is registered again by PnP (:func:`geomvision.robust.absolute_pose.estimate_absolute_pose`)
+on the joined points its keypoints observed in any input model, the way an incremental mapper registers
+a new image; its inlier observations rejoin their tracks before the final bundle adjustment. Images that
+still fail are dropped (reported with both reasons).
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -53,10 +60,12 @@ from geomvision.geometry.sim3 import (
 )
 from geomvision.progress import ProgressCallback
 from geomvision.progress import report as report_progress
+from geomvision.robust.absolute_pose import estimate_absolute_pose
 from geomvision.robust.ransac import BailoutOptions, RansacOptions, ransac
 from geomvision.runtime.rng import as_rng
 from geomvision.scene import Reconstruction, View
 from geomvision.sfm.bundle_adjustment import BundleAdjustmentOptions, bundle_adjust
+from geomvision.sfm.registration import RegistrationOptions
 
 logger = logging.getLogger(__name__)
 
@@ -154,7 +163,11 @@ class MergeOptions:
             of the models around the loop: its images reproject the joined points several pixels off.
             Filtered at ``filter_max_reproj_error_px`` there, six images lost every point and were dropped
             (994/1000, AUC@2 0.923); kept for the final BA, which closes the loop: 1000/1000, AUC@2 0.945.
-        min_image_points: images left observing fewer merged points are dropped from the model.
+        min_image_points: images left observing fewer merged points are taken out of the model (then
+            registered again by PnP when ``reregister`` is set, else dropped).
+        reregister: register the images taken out again by PnP on the joined points.
+        registration: that PnP: its RANSAC, fewest inliers and inlier ratio (an inlier must also
+            reproject within ``filter_max_reproj_error_px``, and at least ``min_image_points`` must).
         final_ba: run the final global bundle adjustment on each merged group.
         bundle_adjustment: options of that bundle adjustment.
     """
@@ -163,6 +176,8 @@ class MergeOptions:
     filter_max_reproj_error_px: float = 4.0
     max_reproj_error_before_ba_px: float = 16.0
     min_image_points: int = 10
+    reregister: bool = True
+    registration: RegistrationOptions = field(default_factory=RegistrationOptions)
     final_ba: bool = True
     bundle_adjustment: BundleAdjustmentOptions = field(default_factory=_default_merge_ba)
 
@@ -653,6 +668,7 @@ def merge_reconstructions(
                 [root_from_model[k] for k in group],
                 [core_image_ids[k] if core_image_ids else set() for k in group],
                 options,
+                rng,
             )
             group_report["models"] = group
             group_report["merged"] = True
@@ -699,8 +715,9 @@ def _merge_group(
     transforms: list[Sim3d],
     cores: list[set[int]],
     options: MergeOptions,
+    rng: np.random.Generator,
 ) -> tuple[Reconstruction, dict[str, Any], list[dict[str, Any]]]:
-    """Map the models into the root frame, join their tracks, filter, bundle-adjust."""
+    """Map the models into the root frame, join their tracks, filter, re-register, bundle-adjust."""
     t0 = time.perf_counter()
     merged = Reconstruction()
     # Cameras: the first model (the root) that has one gives its intrinsics.
@@ -728,6 +745,9 @@ def _merge_group(
     )
     filtered_before = _filter_observations(merged, before_ba)
     dropped = _drop_weak_images(merged, options.min_image_points, "after joining tracks")
+    reregistered: list[dict[str, Any]] = []
+    if options.reregister and dropped:
+        dropped, reregistered = _reregister_images(merged, models, dropped, options, rng)
     ba_report: dict[str, Any] = {}
     filtered_after = 0
     if options.final_ba and merged.points3D:
@@ -748,6 +768,7 @@ def _merge_group(
         "num_points_in": num_points_in,
         "num_points_joined": num_points_joined,
         "num_observations_filtered": filtered_before + filtered_after,
+        "reregistered_images": reregistered,
         "final_ba": ba_report,
         "mean_reprojection_error_px": float(errors["error_px"].mean()) if len(errors["error_px"]) else None,
         "time_s": round(time.perf_counter() - t0, 4),
@@ -885,6 +906,106 @@ def _filter_observations(rec: Reconstruction, max_error_px: float) -> int:
         if pid in rec.points3D:
             rec.delete_observation(pid, int(errors["image_id"][k]), int(errors["keypoint"][k]))
     return len(bad)
+
+
+def _reregister_images(
+    merged: Reconstruction,
+    models: list[Reconstruction],
+    taken_out: list[dict[str, Any]],
+    options: MergeOptions,
+    rng: np.random.Generator,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Register the images taken out of ``merged`` again, by PnP on its joined points (in place).
+
+    Returns:
+        (images still dropped, with the PnP failure added to their reason; images registered again, each
+        ``{"image_id", "name", "num_correspondences", "num_inliers"}``).
+    """
+    dropped, registered = [], []
+    for entry in taken_out:
+        outcome = _register_by_pnp(merged, models, entry["image_id"], options, rng)
+        if isinstance(outcome, str):
+            dropped.append({**entry, "reason": f"{entry['reason']}; PnP on the merged points: {outcome}"})
+        else:
+            registered.append({"image_id": entry["image_id"], "name": entry["name"], **outcome})
+    if registered:
+        logger.info("registered %d images again by PnP on the merged points", len(registered))
+    return dropped, registered
+
+
+def _correspondences_2d3d(
+    merged: Reconstruction, models: list[Reconstruction], image_id: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(keypoint indices, merged point ids) of an image not in ``merged``, from the input models' tracks.
+
+    A keypoint of the image observed point P of an input model; P's other observations ``(j, kp)`` that
+    are in ``merged`` name the merged point P was joined into (the most named one wins). One keypoint per
+    merged point (the first).
+    """
+    votes: dict[int, dict[int, int]] = {}
+    for rec in models:
+        view = rec.views.get(image_id)
+        if view is None or not view.registered:
+            continue
+        for kp in np.flatnonzero(view.point3D_ids >= 0).tolist():
+            for j, kp_j in rec.points3D[int(view.point3D_ids[kp])].track:
+                other = merged.views.get(j)
+                if j == image_id or other is None:
+                    continue
+                pid = int(other.point3D_ids[kp_j])
+                if pid >= 0:
+                    counts = votes.setdefault(kp, {})
+                    counts[pid] = counts.get(pid, 0) + 1
+    keypoints, point_ids, used = [], [], set()
+    for kp in sorted(votes):
+        pid = max(votes[kp].items(), key=lambda e: (e[1], -e[0]))[0]
+        if pid not in used:
+            used.add(pid)
+            keypoints.append(kp)
+            point_ids.append(pid)
+    return np.array(keypoints, dtype=np.int64), np.array(point_ids, dtype=np.int64)
+
+
+def _register_by_pnp(
+    merged: Reconstruction,
+    models: list[Reconstruction],
+    image_id: int,
+    options: MergeOptions,
+    rng: np.random.Generator,
+) -> dict[str, int] | str:
+    """Pose ``image_id`` in ``merged`` by PnP and add its inlier observations; the reason on failure."""
+    source = next(rec.views[image_id] for rec in models if image_id in rec.views)
+    keypoints, point_ids = _correspondences_2d3d(merged, models, image_id)
+    registration = options.registration
+    needed = max(registration.min_num_inliers, options.min_image_points)
+    if len(keypoints) < needed:
+        return f"{len(keypoints)} 2D-3D correspondences < {needed}"
+    camera = merged.cameras[source.camera_id]
+    pixels_px = source.keypoints_px[keypoints]
+    points_in_world = np.array([merged.points3D[int(p)].xyz for p in point_ids])
+    ransac_options = replace(
+        registration.ransac, min_num_inliers=max(registration.ransac.min_num_inliers, needed)
+    )
+    # PnP on undistorted pixels (pinhole K); inliers are then counted with the camera's own projection.
+    estimate = estimate_absolute_pose(
+        points_in_world, camera.ideal_pixels(pixels_px), camera.K, ransac_options, rng=rng
+    )
+    if not estimate.success:
+        return f"PnP failed: {estimate.reason}"
+    pose = estimate.cam_from_world
+    points_in_cam = pose.apply(points_in_world)
+    in_front = points_in_cam[:, 2] > 0
+    errors = np.full(len(keypoints), np.inf)
+    errors[in_front] = np.linalg.norm(camera.project(points_in_cam[in_front]) - pixels_px[in_front], axis=1)
+    inliers = np.flatnonzero(errors <= options.filter_max_reproj_error_px)
+    if len(inliers) < needed:
+        return f"{len(inliers)} inliers within {options.filter_max_reproj_error_px} px < {needed}"
+    if len(inliers) < registration.min_inlier_ratio * len(keypoints):
+        return f"inlier ratio {len(inliers) / len(keypoints):.2f} < {registration.min_inlier_ratio}"
+    merged.add_view(View(image_id, source.name, source.camera_id, pose, source.keypoints_px))
+    for k in inliers.tolist():
+        merged.add_observation(int(point_ids[k]), image_id, int(keypoints[k]))
+    return {"num_correspondences": len(keypoints), "num_inliers": len(inliers)}
 
 
 def _drop_weak_images(rec: Reconstruction, min_points: int, when: str) -> list[dict[str, Any]]:
