@@ -156,7 +156,7 @@ class Reconstruction:
         obs_image = np.ascontiguousarray(flat[:, 0])
         obs_kp = np.ascontiguousarray(flat[:, 1])
         obs_px = np.zeros((len(obs_point), 2))
-        for image_id, sel in _rows_by_image(obs_image):
+        for image_id, sel in rows_by_image(obs_image):
             obs_px[sel] = self.views[image_id].keypoints_px[obs_kp[sel]]
         return {
             "point_ids": point_ids,
@@ -171,7 +171,7 @@ class Reconstruction:
         """Per-observation reprojection error in pixels, with the observation arrays it belongs to."""
         arrays = self.observation_arrays()
         errors = np.zeros(len(arrays["obs_point"]))
-        for image_id, sel in _rows_by_image(arrays["obs_image_id"]):
+        for image_id, sel in rows_by_image(arrays["obs_image_id"]):
             view = self.views[image_id]
             camera = self.cameras[view.camera_id]
             points_in_cam = view.cam_from_world.apply(arrays["xyz"][arrays["obs_point"][sel]])
@@ -236,7 +236,7 @@ def points_array(rec: Reconstruction) -> tuple[np.ndarray, np.ndarray]:
     return xyz, rgb
 
 
-def _rows_by_image(obs_image: np.ndarray):
+def rows_by_image(obs_image: np.ndarray):
     """``(image_id, rows)`` per distinct image id (ascending), rows in their original order (one stable sort
     instead of a boolean mask over all observations per image)."""
     order = np.argsort(obs_image, kind="stable")

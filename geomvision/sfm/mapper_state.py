@@ -30,6 +30,7 @@ from geomvision.errors import InputError
 from geomvision.geometry import camera_models
 from geomvision.geometry.rigid import Rigid3d, angle_between_vectors_deg
 from geomvision.scene import Camera, ImageInfo, Point3D, Reconstruction, Track, TwoViewGeometry, View
+from geomvision.scene.reconstruction import rows_by_image
 
 logger = logging.getLogger(__name__)
 
@@ -301,13 +302,7 @@ class MapperState:
         observed = np.empty((len(image), 2))
         # one gather per image, its rows from one stable sort (a boolean mask over all K rows per image made
         # this O(images x K): ~10 s of the 300-image street scene's mapping)
-        order = np.argsort(image, kind="stable")
-        ordered = image[order]
-        starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]]) if len(order) else np.zeros(0, int)
-        image_ids = ordered[starts]
-        bounds = np.append(starts, len(order)).tolist()
-        for k, image_id in enumerate(image_ids.tolist()):
-            sel = order[bounds[k] : bounds[k + 1]]
+        for image_id, sel in rows_by_image(image):
             observed[sel] = self.images[image_id].keypoints_px[kp[sel]]
         for cam_id in np.unique(cam_ids):  # usually one camera: one vectorised projection
             sel = cam_ids == cam_id
