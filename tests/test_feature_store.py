@@ -3,7 +3,6 @@ descriptors held in memory, on every backend, and are read back only where a tas
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import pytest
 
@@ -14,6 +13,7 @@ from geomvision.features.store import DescriptorFile, StoredFeatures, descriptor
 from geomvision.runtime import cache as cache_mod
 from geomvision.runtime.runner import Stage, StageRunner, open_runner
 from geomvision.synthetic import render_scene_images
+from tests.image_fixtures import write_rgb_pngs
 
 OPTIONS = ExtractionOptions(max_num_features=600)
 #: IVF on these small images too (they have fewer than the default 1024 descriptors).
@@ -28,13 +28,7 @@ def _private_key(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def image_files(tmp_path_factory):
     scene = render_scene_images(5, width=320, height=240, rng=7)
-    folder = tmp_path_factory.mktemp("imgs")
-    paths = []
-    for k, image in enumerate(scene.images):
-        path = folder / f"{k:02d}.png"
-        cv2.imwrite(str(path), image[:, :, ::-1])
-        paths.append(path)
-    return paths
+    return write_rgb_pngs(scene.images, tmp_path_factory.mktemp("imgs"))
 
 
 def _both(image_files, tmp_path):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import pytest
 
@@ -11,6 +10,7 @@ from geomvision.errors import InputError
 from geomvision.features.extract import ExtractionOptions, detect_and_describe, extract_features
 from geomvision.runtime.runner import open_runner
 from geomvision.synthetic import render_scene_images
+from tests.image_fixtures import write_rgb_pngs
 
 
 @pytest.fixture(scope="module")
@@ -20,13 +20,7 @@ def scene():
 
 @pytest.fixture(scope="module")
 def image_files(scene, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("imgs")
-    paths = []
-    for k, image in enumerate(scene.images):
-        path = folder / f"{k:02d}.png"
-        cv2.imwrite(str(path), image[:, :, ::-1])
-        paths.append(path)
-    return paths
+    return write_rgb_pngs(scene.images, tmp_path_factory.mktemp("imgs"))
 
 
 @pytest.mark.parametrize(
