@@ -272,14 +272,19 @@ def _misregister(model: Reconstruction, image_id: int) -> None:
         model.delete_observation(int(view.point3D_ids[kp]), image_id, kp)
 
 
-def test_image_posed_wrongly_by_its_owner_is_registered_again_by_pnp():
+def _scene_with_image_5_misregistered():
+    """Three overlapping cluster models of a 15-image scene; image 5 (core of model 1) is misregistered
+    there (turned by 10 deg, no points of its own in model 1), while model 0 poses it right. Returns the
+    scene, the models and the core image ids of each model."""
     scene = random_scene(400, 15, rng=7)
     clusters = [[0, 1, 2, 3, 4, 5], [3, 4, 5, 6, 7, 8, 9, 10], [8, 9, 10, 11, 12, 13, 14]]
     models, _, _ = split_scene(scene, clusters, outlier_ratio=0.0, rng=7)
-    cores = [{1, 2, 3, 4}, {5, 6, 7, 8, 9, 10}, {11, 12, 13, 14, 15}]
-    # Image 5 (core of model 1) is misregistered there (turned by 10 deg, no points of its own in model
-    # 1); model 0 poses it right.
     _misregister(models[1], 5)
+    return scene, models, [{1, 2, 3, 4}, {5, 6, 7, 8, 9, 10}, {11, 12, 13, 14, 15}]
+
+
+def test_image_posed_wrongly_by_its_owner_is_registered_again_by_pnp():
+    scene, models, cores = _scene_with_image_5_misregistered()
     # filtered at 4 px before the final BA, the image loses its points at the join (at the default 16 px,
     # kept for the loop-closing final BA, a few of its observations survive and the BA alone corrects it)
     strict = MergeOptions(max_reproj_error_before_ba_px=4.0)
@@ -302,11 +307,7 @@ def test_image_posed_wrongly_by_its_owner_is_registered_again_by_pnp():
 
 
 def test_image_pnp_cannot_register_stays_dropped_with_both_reasons():
-    scene = random_scene(400, 15, rng=7)
-    clusters = [[0, 1, 2, 3, 4, 5], [3, 4, 5, 6, 7, 8, 9, 10], [8, 9, 10, 11, 12, 13, 14]]
-    models, _, _ = split_scene(scene, clusters, outlier_ratio=0.0, rng=7)
-    cores = [{1, 2, 3, 4}, {5, 6, 7, 8, 9, 10}, {11, 12, 13, 14, 15}]
-    _misregister(models[1], 5)
+    _, models, cores = _scene_with_image_5_misregistered()
     options = MergeOptions(
         min_image_points=10,
         max_reproj_error_before_ba_px=4.0,  # the image loses its points at the join (see above)
