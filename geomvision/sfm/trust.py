@@ -40,6 +40,7 @@ import numpy as np
 
 from geomvision.errors import InputError, check_fields_at_least, check_positive, check_range
 from geomvision.geometry import camera_models
+from geomvision.geometry.epipolar import essential_from_pose, sampson_distance_sq
 from geomvision.scene import TwoViewGeometry
 from geomvision.scene.reconstruction import Reconstruction
 from geomvision.sfm.bundle_adjustment import (
@@ -195,23 +196,19 @@ def contradicted_pairs(
             continue
         vi, vj = rec.views[i], rec.views[j]
         cam_i, cam_j = rec.cameras[vi.camera_id], rec.cameras[vj.camera_id]
-        R = vj.cam_from_world.rotation @ vi.cam_from_world.rotation.T
-        t = vj.cam_from_world.translation - R @ vi.cam_from_world.translation
-        norm = float(np.linalg.norm(t))
+        cam_j_from_cam_i = vj.cam_from_world @ vi.cam_from_world.inverse()
+        norm = float(np.linalg.norm(cam_j_from_cam_i.translation))
         checked += 1
         checked_matches += len(g.inlier_matches)
         if norm < 1e-12:  # coincident centres: every match of a pure rotation agrees; nothing to test
             continue
-        tx, ty, tz = t / norm
-        E = np.array([[0.0, -tz, ty], [tz, 0.0, -tx], [-ty, tx, 0.0]]) @ R
+        # the Sampson distance does not depend on the scale of E, so t needs no normalising
+        E = essential_from_pose(cam_j_from_cam_i)
         m = g.inlier_matches
-        x1 = np.c_[cam_i.unproject(vi.keypoints_px[m[:, 0]]), np.ones(len(m))]
-        x2 = np.c_[cam_j.unproject(vj.keypoints_px[m[:, 1]]), np.ones(len(m))]
-        Ex1, Etx2 = x1 @ E.T, x2 @ E
-        numerator = np.sum(x2 * Ex1, axis=1) ** 2
-        denominator = Ex1[:, 0] ** 2 + Ex1[:, 1] ** 2 + Etx2[:, 0] ** 2 + Etx2[:, 1] ** 2
+        x1 = cam_i.unproject(vi.keypoints_px[m[:, 0]])
+        x2 = cam_j.unproject(vj.keypoints_px[m[:, 1]])
         focal = 0.5 * (float(np.mean(cam_i.focal_xy)) + float(np.mean(cam_j.focal_xy)))
-        error_px = focal * np.sqrt(numerator / np.maximum(denominator, 1e-300))
+        error_px = focal * np.sqrt(sampson_distance_sq(E, x1, x2))  # inf on both epipoles: disagrees
         if np.mean(error_px <= options.pair_max_epipolar_error_px) < options.pair_min_agreeing_ratio:
             contradicted += 1
             contradicted_matches += len(m)
