@@ -25,7 +25,7 @@ import sys
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["retain_freed_memory"]
+__all__ = ["retain_freed_memory", "set_malloc_thresholds"]
 
 # mallopt parameter numbers (glibc malloc.h)
 _M_TRIM_THRESHOLD = -1
@@ -39,6 +39,37 @@ TOP_PAD_BYTES = 64 << 20
 _applied: bool | None = None
 
 
+def set_malloc_thresholds(
+    *, mmap_threshold_bytes: int, trim_threshold_bytes: int, top_pad_bytes: int | None = None
+) -> bool:
+    """Set glibc's ``mallopt`` thresholds for this process (the one place that calls ``mallopt``).
+
+    Args:
+        mmap_threshold_bytes: blocks below this come from the heap instead of a fresh ``mmap``.
+        trim_threshold_bytes: free memory at the heap top kept rather than returned to the kernel.
+        top_pad_bytes: extra memory requested with each heap growth; None leaves glibc's default.
+
+    Returns:
+        True when every threshold was set; False outside glibc or when ``mallopt`` refuses one.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl and others: no mallopt, nothing to tune
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt.restype = ctypes.c_int
+    settings = [(_M_MMAP_THRESHOLD, mmap_threshold_bytes), (_M_TRIM_THRESHOLD, trim_threshold_bytes)]
+    if top_pad_bytes is not None:
+        settings.append((_M_TOP_PAD, top_pad_bytes))
+    ok = all(mallopt(param, value) == 1 for param, value in settings)
+    if not ok:
+        logger.debug("mallopt refused the malloc thresholds; keeping the defaults")
+    return ok
+
+
 def retain_freed_memory() -> bool:
     """Raise glibc's mmap and trim thresholds once per process (see the module docstring).
 
@@ -50,23 +81,12 @@ def retain_freed_memory() -> bool:
     if _applied is not None:
         return _applied
     _applied = False
-    if os.environ.get("GEOMVISION_MALLOC_TUNING", "1") == "0" or not sys.platform.startswith("linux"):
+    if os.environ.get("GEOMVISION_MALLOC_TUNING", "1") == "0":
         return _applied
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # musl and others: no mallopt, nothing to tune
-        return _applied
-    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    mallopt.restype = ctypes.c_int
-    ok = all(
-        mallopt(param, value) == 1
-        for param, value in (
-            (_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES),
-            (_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES),
-            (_M_TOP_PAD, TOP_PAD_BYTES),
-        )
+    _applied = set_malloc_thresholds(
+        mmap_threshold_bytes=MMAP_THRESHOLD_BYTES,
+        trim_threshold_bytes=TRIM_THRESHOLD_BYTES,
+        top_pad_bytes=TOP_PAD_BYTES,
     )
-    _applied = ok
-    logger.debug("malloc thresholds %s", "raised" if ok else "left as they were (mallopt refused)")
+    logger.debug("malloc thresholds %s", "raised" if _applied else "left as they were")
     return _applied

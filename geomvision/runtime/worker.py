@@ -37,6 +37,8 @@ import threading
 import time
 from collections.abc import Iterator
 
+from geomvision.runtime.allocator import set_malloc_thresholds
+
 logger = logging.getLogger(__name__)
 
 #: Modules the fork server imports once, so every worker forks with them loaded (numpy, OpenCV, scipy
@@ -50,9 +52,8 @@ WORKER_PRELOAD = (
 )
 
 _PR_SET_PDEATHSIG = 1
-#: ``mallopt`` parameters (glibc ``malloc.h``) and values: blocks below 32 MiB (glibc's own ceiling for
-#: its dynamic threshold) come from the heap; up to 64 MiB of free heap top is kept rather than trimmed.
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+#: ``mallopt`` values: blocks below 32 MiB (glibc's own ceiling for its dynamic threshold) come from the
+#: heap; up to 64 MiB of free heap top is kept rather than trimmed.
 _MMAP_THRESHOLD_BYTES, _TRIM_THRESHOLD_BYTES = 32 << 20, 64 << 20
 _prepared = False
 _prepare_lock = threading.Lock()
@@ -107,17 +108,9 @@ def reuse_freed_memory() -> None:
     explicitly because ``MALLOC_TRIM_THRESHOLD_`` in the environment (Dask's nanny sets it to 64 KiB)
     turns the dynamic threshold off. No-op outside glibc.
     """
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
-        return
-    if not mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES) or not mallopt(
-        _M_TRIM_THRESHOLD, _TRIM_THRESHOLD_BYTES
-    ):
-        logger.debug("mallopt refused the malloc thresholds; keeping the defaults")
+    set_malloc_thresholds(
+        mmap_threshold_bytes=_MMAP_THRESHOLD_BYTES, trim_threshold_bytes=_TRIM_THRESHOLD_BYTES
+    )
 
 
 def _exit_with_parent() -> None:
