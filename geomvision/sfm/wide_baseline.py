@@ -302,13 +302,15 @@ class _GrowingFeatures:
         def stack(a, b):
             return None if a is None or b is None else np.concatenate([a, b[new]])
 
+        # read once: stored features (features.store) read their descriptors from disk on every access
+        base_descriptors = base.descriptors
         descriptors = affine.descriptors[new]
-        if base.descriptors.dtype != descriptors.dtype or base.descriptors.shape[1] != descriptors.shape[1]:
+        if base_descriptors.dtype != descriptors.dtype or base_descriptors.shape[1] != descriptors.shape[1]:
             # other descriptor kinds (ORB, AKAZE, RootSIFT width alike): keep rows aligned, zero-filled
-            descriptors = np.zeros((len(new), base.descriptors.shape[1]), base.descriptors.dtype)
+            descriptors = np.zeros((len(new), base_descriptors.shape[1]), base_descriptors.dtype)
         return Features(
             keypoints_px=np.concatenate([base.keypoints_px, affine.keypoints_px[new]]),
-            descriptors=np.concatenate([base.descriptors, descriptors]),
+            descriptors=np.concatenate([base_descriptors, descriptors]),
             scales=stack(base.scales, affine.scales),
             orientations=stack(base.orientations, affine.orientations),
             colors=stack(base.colors, affine.colors),
