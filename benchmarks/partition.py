@@ -83,25 +83,35 @@ def run_geomvision(
     return result.reconstructions, seconds, result.report
 
 
-def colmap_database(image_dir: Path, work: Path, intrinsics, pairing: str, window: int) -> Path:
+def colmap_database(image_dir: Path, work: Path, intrinsics, pairing: str, overlap: int) -> tuple[Path, dict]:
+    """pycolmap's SIFT database of ``image_dir`` in ``work`` (reused when there: delete it to rebuild).
+
+    ``pairing``: "exhaustive", or "sequential" (``common.pycolmap_match_sequential`` with ``overlap``, the
+    street scenes' pairing in ``benchmarks/scaling.py``). Built under a temporary name and renamed when
+    complete, so an interrupted build is never reused. Returns the database and its build times
+    (``database.json`` beside it: extraction and matching seconds, load average)."""
     import pycolmap
 
     work.mkdir(parents=True, exist_ok=True)
-    db = work / "database.db"
+    db, info_path = work / "database.db", work / "database.json"
     if db.exists():
-        return db
+        return db, json.loads(info_path.read_text()) if info_path.exists() else {}
+    partial = work / "database.db.partial"
+    partial.unlink(missing_ok=True)
     reader, extraction, matching = shared.pycolmap_options(intrinsics)
-    shared.pycolmap_extract(db, image_dir, extraction, reader)
+    t = time.perf_counter()
+    shared.pycolmap_extract(partial, image_dir, extraction, reader)
+    info = {"extraction_s": round(time.perf_counter() - t, 1), "pairing": pairing}
+    t = time.perf_counter()
     if pairing == "sequential":
-        sequential = pycolmap.SequentialPairingOptions()
-        sequential.overlap = window
-        sequential.quadratic_overlap = False
-        pycolmap.match_sequential(
-            db, matching_options=matching, pairing_options=sequential, device=pycolmap.Device.cpu
-        )
+        shared.pycolmap_match_sequential(partial, matching, overlap=overlap)
+        info["pairing"] = f"sequential({overlap})"
     else:
-        pycolmap.match_exhaustive(db, matching_options=matching, device=pycolmap.Device.cpu)
-    return db
+        pycolmap.match_exhaustive(partial, matching_options=matching, device=pycolmap.Device.cpu)
+    info.update({"matching_s": round(time.perf_counter() - t, 1), "load": load_average()})
+    partial.rename(db)
+    info_path.write_text(json.dumps(info))
+    return db, info
 
 
 def _colmap_mapper_options(options, intrinsics, workers: int):
@@ -114,13 +124,20 @@ def _colmap_mapper_options(options, intrinsics, workers: int):
 
 
 def run_pycolmap(
-    db: Path, image_dir: Path, work: Path, intrinsics, leaf_images: int, overlap: int, workers: int
+    db: Path,
+    image_dir: Path,
+    work: Path,
+    intrinsics,
+    leaf_images: int,
+    overlap: int,
+    workers: int,
+    kinds: tuple[str, ...] = ("incremental", "hierarchical"),
 ):
-    """(whole models, time, hierarchical models, time) as lists of geomvision Reconstructions."""
+    """One (models as geomvision Reconstructions, mapper seconds) per mapper in ``kinds``."""
     import pycolmap
 
     out = []
-    for kind in ("incremental", "hierarchical"):
+    for kind in kinds:
         sparse = work / f"sparse_{kind}"
         shutil.rmtree(sparse, ignore_errors=True)
         sparse.mkdir(parents=True)
@@ -280,19 +297,35 @@ def run_dataset(key: str, mode: str, args, work: Path) -> list[dict]:
             if "clusters_s" in r:
                 r["auc2_ratio"] = r["auc@2"] / whole["auc@2"] if whole["auc@2"] else float("nan")
     if not args.no_colmap:
-        db = colmap_database(image_dir, work / f"{key}_{mode}_colmap", intrinsics, args.pairing, args.window)
-        (inc, t_inc), (hier, t_hier) = run_pycolmap(
-            db,
-            image_dir,
-            work / f"{key}_{mode}_colmap",
-            intrinsics,
-            cluster,
-            overlap,
-            max(args.worker_counts, default=args.workers),
+        colmap_pairing = args.colmap_pairing or (
+            "exhaustive" if args.pairing == "exhaustive" else "sequential"
         )
-        colmap_whole = row("pycolmap incremental", inc, t_inc, t_inc)
-        r = row(f"pycolmap hierarchical (leaf {cluster}, overlap {overlap})", hier, t_hier, t_hier)
-        r["auc2_ratio"] = r["auc@2"] / colmap_whole["auc@2"] if colmap_whole["auc@2"] else float("nan")
+        colmap_work = work / f"{key}_{mode}_colmap"
+        db, db_info = colmap_database(image_dir, colmap_work, intrinsics, colmap_pairing, args.colmap_overlap)
+        kinds = tuple(k for k in args.colmap_mappers.split(",") if k)
+        workers = max(args.worker_counts, default=args.workers)
+        runs = dict(
+            zip(
+                kinds,
+                run_pycolmap(db, image_dir, colmap_work, intrinsics, cluster, overlap, workers, kinds),
+                strict=True,
+            )
+        )
+        front = {"colmap_" + k: v for k, v in db_info.items()}
+        colmap_whole = {"auc@2": None}
+        if "incremental" in runs:
+            recs, t_inc = runs["incremental"]
+            colmap_whole = row("pycolmap incremental", recs, t_inc, t_inc, front)
+        if "hierarchical" in runs:
+            recs, t_hier = runs["hierarchical"]
+            r = row(
+                f"pycolmap hierarchical (leaf {cluster}, overlap {overlap}, {workers} workers)",
+                recs,
+                t_hier,
+                t_hier,
+                front,
+            )
+            r["auc2_ratio"] = r["auc@2"] / colmap_whole["auc@2"] if colmap_whole["auc@2"] else float("nan")
     return rows
 
 
@@ -381,6 +414,15 @@ def main() -> int:
     parser.add_argument("--partitioned-first", action="store_true", help="run the whole-scene mapping last")
     parser.add_argument("--no-whole", action="store_true", help="skip the whole-scene geomvision run")
     parser.add_argument("--no-colmap", action="store_true")
+    parser.add_argument(
+        "--colmap-mappers", default="incremental,hierarchical", help="pycolmap mappers to run (comma list)"
+    )
+    parser.add_argument(
+        "--colmap-pairing",
+        choices=("exhaustive", "sequential"),
+        help="pycolmap matching (default: exhaustive when --pairing is, else sequential)",
+    )
+    parser.add_argument("--colmap-overlap", type=int, default=10, help="pycolmap sequential overlap")
     parser.add_argument(
         "--cache",
         help="pipeline cache folder to share (e.g. an earlier run's OUT/cache, made with the same pairing, "
