@@ -75,12 +75,41 @@ def run_geomvision(
     )
     from geomvision.sfm.partitioned_mapping import _PeakRss  # the sampler the cluster tasks use
 
+    load_start, cpu_start = load_average(), time.process_time()
     with _PeakRss() as memory:
         result, seconds, error = shared.run_pipeline_timed(image_dir, out, config)
     if result is None:
         return None, seconds, {"error": error}
     result.report["main_peak_rss_mb"] = round(memory.peak_mb, 1)
+    result.report["main_cpu_s"] = round(time.process_time() - cpu_start, 1)
+    result.report["load_start"] = load_start
     return result.reconstructions, seconds, result.report
+
+
+def worker_costs(report: dict) -> dict:
+    """What the cluster mapping cost per worker process: clusters, wall and CPU seconds (the mapper's own
+    CPU time, all threads), the thread limits they ran under, and the pickled bytes the runner sent to
+    and received from the workers for the mapping stage (0 when clusters ran in this process)."""
+    mapping = report.get("mapping", {})
+    engine = report.get("engine", {})
+    stage = engine.get("stages", {}).get("mapping", {})
+    return {
+        "backend": f"{engine.get('backend')} x{engine.get('workers')}",
+        "per_worker": [
+            {k: w[k] for k in ("clusters", "time_s", "cpu_s")} for w in mapping.get("workers", [])
+        ],
+        "threads": sorted(
+            {
+                " / ".join(f"{k} {v}" for k, v in (c.get("threads") or {}).items())
+                for c in mapping.get("clusters", [])
+            }
+        ),
+        "in_main_process": sum(c.get("pid") == os.getpid() for c in mapping.get("clusters", [])),
+        "bytes_to_workers": stage.get("bytes_sent"),
+        "bytes_from_workers": stage.get("bytes_received"),
+        "main_cpu_s": report.get("main_cpu_s"),
+        "load_start": report.get("load_start"),
+    }
 
 
 def colmap_database(image_dir: Path, work: Path, intrinsics, pairing: str, overlap: int) -> tuple[Path, dict]:
@@ -287,6 +316,7 @@ def run_dataset(key: str, mode: str, args, work: Path) -> list[dict]:
                 "main_peak_rss_mb": rep.get("main_peak_rss_mb"),
                 "merge_reproj_px": [round(a["reprojection_error_dst_px"]["median"], 3) for a in alignments],
                 "dropped": len(mapping.get("dropped_images", [])),
+                **worker_costs(rep),
                 "error": rep.get("error"),
             },
         )
@@ -330,6 +360,13 @@ def run_dataset(key: str, mode: str, args, work: Path) -> list[dict]:
 
 
 def write_markdown(rows: list[dict], path: Path, args) -> None:
+    """The tables of ``rows``; hand-written notes in ``path`` (from its first ``## `` heading on) are kept
+    below them."""
+    notes = []
+    if path.exists():
+        old = path.read_text().splitlines()
+        start = next((i for i, line in enumerate(old) if line.startswith("## ")), len(old))
+        notes = ["", *old[start:]] if start < len(old) else []
     lines = [
         "# Partitioned mapping vs whole-scene mapping vs COLMAP's hierarchical mapper",
         "",
@@ -369,7 +406,42 @@ def write_markdown(rows: list[dict], path: Path, args) -> None:
                 f"{r['cluster_sizes']} | {r['peak_rss_mb']} | {r.get('main_peak_rss_mb')} | {r['merge_reproj_px']} "
                 f"| {r['dropped']} |"
             )
-    shared.write_lines(path, lines)
+    costs = [r for r in detail if "per_worker" in r]
+    if costs:
+        lines += [
+            "",
+            "Cluster mapping per worker process (clusters mapped, their summed wall and CPU seconds, the OpenCV/BLAS "
+            "thread limits they ran under, clusters mapped in the main process), pickled MB the runner sent to / "
+            "received from the workers for the mapping stage, CPU seconds of the main process over the whole run "
+            "(cache loading, partition, merge), load average at the start and end of the run:",
+            "",
+            "| dataset | tool | backend | per worker: clusters, wall s, CPU s | threads | in main process | MB to workers "
+            "| MB from workers | main CPU s | load start | load end |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in costs:
+            per_worker = "; ".join(
+                f"{w['clusters']}, {_f(w['time_s'], 1)}, {_f(w['cpu_s'], 1)}" for w in r["per_worker"]
+            )
+            mb = [None if r[k] is None else r[k] / 2**20 for k in ("bytes_to_workers", "bytes_from_workers")]
+            lines.append(
+                f"| {r['dataset']} | {r['tool']} | {r['backend']} | {per_worker} | {', '.join(r['threads'])} | "
+                f"{r['in_main_process']} | {_f(mb[0], 1)} | {_f(mb[1], 1)} | {_f(r['main_cpu_s'], 1)} | "
+                f"{r['load_start']} | {r['load']} |"
+            )
+    shared.write_lines(path, lines + notes)
+
+
+def merge_rows(earlier: list[dict], new: list[dict]) -> list[dict]:
+    """``earlier`` with each row of ``new`` replacing the one of the same dataset, K, size and tool (in its
+    place), the others appended."""
+
+    def key(r: dict) -> tuple:
+        return r["dataset"], r["K"], r["images"], r["tool"]
+
+    fresh = {key(r): r for r in new}
+    rows = [fresh.pop(key(r), r) for r in earlier]
+    return rows + [r for r in new if key(r) in fresh]
 
 
 def _fill_ratios(rows: list[dict]) -> None:
@@ -433,6 +505,12 @@ def main() -> int:
         help='further config sections as JSON, e.g. \'{"calibration": {"refine_principal_point": false}}\'',
     )
     parser.add_argument("--keep", help="keep work folders (and caches) here")
+    parser.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start the table empty (default: this run's rows replace the rows of the same dataset, K, size "
+        "and tool in --output's .json, the others stay)",
+    )
     parser.add_argument("--output", default=str(RESULTS / "partition.md"))
     parser.add_argument(
         "--only-assemble",
@@ -450,14 +528,15 @@ def main() -> int:
         return 0
     args.worker_counts = [int(w) for w in args.worker_counts.split(",") if w.strip()]
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="gv_partition_"))
-    rows: list[dict] = []
     json_path = Path(args.output).with_suffix(".json")
-    if json_path.exists() and args.keep:  # accumulate rows of earlier invocations on other datasets
-        rows = [r for r in json.loads(json_path.read_text()) if r["dataset"] not in args.datasets.split(",")]
+    earlier = json.loads(json_path.read_text()) if json_path.exists() and not args.fresh else []
+    new: list[dict] = []
     try:
         for key in args.datasets.split(","):
             for mode in args.modes.split(","):
-                rows.extend(run_dataset(key, mode, args, work))
+                new.extend(run_dataset(key, mode, args, work))
+                rows = merge_rows(earlier, new)
+                _fill_ratios(rows)
                 write_markdown(rows, Path(args.output), args)
                 json_path.write_text(json.dumps(rows, indent=1, default=str))
         print(f"wrote {args.output}")
