@@ -479,7 +479,9 @@ def main() -> int:
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="100,300", help="comma-separated image counts")
-    parser.add_argument("--tools", default="geomvision,pycolmap", help="geomvision, pycolmap or both")
+    parser.add_argument(
+        "--tools", default="geomvision,pycolmap", help="comma-separated: geomvision, pycolmap (default both)"
+    )
     parser.add_argument(
         "--pairing", default=None, help="geomvision pairing (default: the pipeline's default)"
     )
@@ -502,6 +504,9 @@ def main() -> int:
         new = []
         for n in (int(s) for s in args.sizes.split(",") if s.strip()):
             tools = [t for t in args.tools.split(",") if t]
+            unknown = sorted(set(tools) - {"geomvision", "pycolmap"})
+            if unknown:
+                parser.error(f"unknown --tools {','.join(unknown)}: expected geomvision and/or pycolmap")
             new += run_size(
                 n,
                 tools,
