@@ -206,9 +206,6 @@ def child_pycolmap(image_dir: str, work: str, result_path: str) -> None:
     if db.exists():
         db.unlink()
     _, extraction, matching = shared.pycolmap_options()
-    pairing = pycolmap.SequentialPairingOptions()
-    pairing.overlap = 10
-    pairing.loop_detection = False
     mapper = pycolmap.IncrementalPipelineOptions()
     mapper.num_threads = 2
     mapper.random_seed = 0
@@ -219,9 +216,7 @@ def child_pycolmap(image_dir: str, work: str, result_path: str) -> None:
             with mem.label("features"):
                 shared.pycolmap_extract(db, image_dir, extraction)
             with mem.label("matching+verification"):
-                pycolmap.match_sequential(
-                    db, matching_options=matching, pairing_options=pairing, device=pycolmap.Device.cpu
-                )
+                shared.pycolmap_match_sequential(db, matching, overlap=10)
             with mem.label("mapping"):
                 maps = pycolmap.incremental_mapping(db, image_dir, work_dir / "sparse", options=mapper)
             num_models = len(maps)
