@@ -22,9 +22,9 @@ and calls :meth:`StageRunner.map`. The runner owns, in one place:
 Backends (:func:`open_runner`): ``serial`` (in this process), ``processes`` (a local forkserver pool,
 the default; with one worker, per-item batches run in this process, and only *isolated* stages, long tasks
 such as a cluster's mapping, in one worker process: a worker then means the same thread budget and the same
-memory isolation whatever the worker count) and ``dask`` (a ``dask.distributed.Client``: a running scheduler by address, or a
-``LocalCluster`` on 127.0.0.1; :mod:`geomvision.runtime.dask_backend`, the only module importing
-dask). Tasks must be deterministic functions of their inputs; random streams derive from (seed, item)
+memory isolation whatever the worker count) and ``dask`` (a ``dask.distributed.Client``: a running
+scheduler by address, or a ``LocalCluster`` on 127.0.0.1; :mod:`geomvision.runtime.dask_backend`, the only
+module importing dask). Tasks must be deterministic functions of their inputs; random streams derive from (seed, item)
 via :func:`derive_seed`, so every backend gives byte-identical results.
 """
 
