@@ -516,11 +516,14 @@ def main() -> int:
         "--only-assemble",
         nargs="*",
         metavar="JSON",
-        help="write the table from these rows files (earlier runs' .json) without running anything",
+        help="write the table from these rows files (earlier runs' .json; a later file's row replaces an "
+        "earlier one of the same dataset, K, size and tool) without running anything",
     )
     args = parser.parse_args()
     if args.only_assemble is not None:
-        rows = [r for path in args.only_assemble for r in json.loads(Path(path).read_text())]
+        rows: list[dict] = []
+        for path in args.only_assemble:  # a later file's row replaces an earlier one of the same key
+            rows = merge_rows(rows, json.loads(Path(path).read_text()))
         _fill_ratios(rows)
         write_markdown(rows, Path(args.output), args)
         Path(args.output).with_suffix(".json").write_text(json.dumps(rows, indent=1, default=str))
