@@ -312,7 +312,14 @@ def partitioned_mapping(
             merge_options, bundle_adjustment=replace(merge_options.bundle_adjustment, intrinsics="fixed")
         )
     t_merge = time.perf_counter()
-    merged = merge_reconstructions(models, merge_options, core_image_ids=cores, rng=seed)
+    merged = merge_reconstructions(
+        models,
+        merge_options,
+        core_image_ids=cores,
+        two_view_geometries=two_view_geometries,
+        images=images,
+        rng=seed,
+    )
     time_merge = time.perf_counter() - t_merge
     merged.report["model_cluster"] = model_cluster
     report["merge"] = merged.report
