@@ -370,3 +370,30 @@ def test_images_only_their_owner_posed_wrongly_come_back_through_the_verified_pa
     # every scene point image 5 sees with another image is observed by it again (joined or new)
     seen_with_others = np.flatnonzero(scene.visible[4] & (scene.visible.sum(axis=0) >= 2))
     assert rec.views[5].num_points3D == len(seen_with_others)
+
+
+def test_released_input_models_give_the_same_merged_model():
+    """``release_models`` empties the input list once the groups are joined (their memory goes before the
+    final bundle adjustment); the merged model is the same, and a model that stays alone is returned."""
+    scene = random_scene(400, 15, rng=7)
+    clusters = [[0, 1, 2, 3, 4, 5], [4, 5, 6, 7, 8, 9, 10], [9, 10, 11, 12, 13, 14]]
+    models, _, _ = split_scene(scene, clusters, noise_px=0.5, rng=7)
+    (other,), _, _ = split_scene(random_scene(100, 4, rng=1), [[0, 1, 2, 3]], rng=1)
+    alone = [Reconstruction(cameras=other.cameras)]  # the same model with image ids 101-104: no overlap
+    for view in other.views.values():
+        alone[0].add_view(View(view.image_id + 100, view.name, 1, view.cam_from_world, view.keypoints_px))
+    for point in other.points3D.values():
+        alone[0].add_point3D(point.xyz, [(i + 100, kp) for i, kp in point.track])
+    cores = [{1, 2, 3, 4, 5, 6}, {7, 8, 9, 10}, {11, 12, 13, 14, 15}, set()]
+    kept = merge_reconstructions([*models, *alone], core_image_ids=cores, rng=0)
+    inputs = [*models, *alone]
+    released = merge_reconstructions(inputs, core_image_ids=cores, release_models=True, rng=0)
+    assert inputs == []
+    assert len(released.reconstructions) == len(kept.reconstructions) == 2
+    assert released.reconstructions[1] is alone[0]
+    a, b = kept.reconstructions[0], released.reconstructions[0]
+    assert a.registered_image_ids == b.registered_image_ids == list(range(1, 16))
+    for i in a.registered_image_ids:
+        np.testing.assert_array_equal(a.views[i].cam_from_world.matrix(), b.views[i].cam_from_world.matrix())
+    assert len(a.points3D) == len(b.points3D)
+    assert released.report["num_input_models"] == 4

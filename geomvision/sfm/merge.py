@@ -584,6 +584,7 @@ def merge_reconstructions(
     core_image_ids: list[set[int]] | None = None,
     two_view_geometries: Mapping[tuple[int, int], TwoViewGeometry] | None = None,
     images: Mapping[int, ImageInfo] | None = None,
+    release_models: bool = False,
     rng: np.random.Generator | int | None = None,
     progress: ProgressCallback | None = None,
 ) -> MergeResult:
@@ -600,6 +601,9 @@ def merge_reconstructions(
             (their points give 2D-3D correspondences; new points are triangulated with them), not only
             through the input models' tracks.
         images: image_id -> ImageInfo: the colours of those new points (black without).
+        release_models: empty the list ``models`` (in place) once every group is joined, so that the
+            input models are freed before the final bundle adjustments, which need only the joined models
+            (the caller must hold no other reference to them). Models that stay alone are returned.
         rng: seed or generator of the alignments' RANSAC.
         progress: ``progress(done, total, message)`` over the alignments tried.
 
@@ -668,6 +672,7 @@ def merge_reconstructions(
         groups.append(group)
 
     reconstructions, dropped, group_reports = [], [], []
+    num_input_models = len(models)
     for group in groups:
         if len(group) == 1:
             rec = models[group[0]]  # returned as it is (never modified)
@@ -677,7 +682,7 @@ def merge_reconstructions(
             elif len(models) > 1:
                 group_report["reason"] = "shares no 3D point with any other model"
         else:
-            rec, group_report, group_dropped = _merge_group(
+            rec, group_report, group_dropped = _join_group(
                 [models[k] for k in group],
                 [root_from_model[k] for k in group],
                 [core_image_ids[k] if core_image_ids else set() for k in group],
@@ -690,10 +695,15 @@ def merge_reconstructions(
             group_report["merged"] = True
             group_report["tree"] = [[k, parent[k]] for k in group[1:]]
             dropped.extend(group_dropped)
-        group_report["num_registered"] = rec.num_registered
-        group_report["num_points3D"] = len(rec.points3D)
         reconstructions.append(rec)
         group_reports.append(group_report)
+    if release_models:  # the joined models no longer need their inputs: free them before the adjustments
+        models.clear()
+    for rec, group, group_report in zip(reconstructions, groups, group_reports, strict=True):
+        if len(group) > 1:
+            dropped.extend(_finish_group(rec, group_report, options))
+        group_report["num_registered"] = rec.num_registered
+        group_report["num_points3D"] = len(rec.points3D)
     in_output = {i for rec in reconstructions for i in rec.registered_image_ids}
     dropped = [d for d in dropped if d["image_id"] not in in_output]
     ranking = sorted(range(len(groups)), key=lambda g: (-reconstructions[g].num_registered, g))
@@ -703,7 +713,7 @@ def merge_reconstructions(
         root_from_model,
         dropped,
         {
-            "num_input_models": len(models),
+            "num_input_models": num_input_models,
             "num_output_models": len(groups),
             "alignments": edges_report,
             "groups": [group_reports[g] for g in ranking],
@@ -736,6 +746,24 @@ def _merge_group(
     images: Mapping[int, ImageInfo] | None = None,
 ) -> tuple[Reconstruction, dict[str, Any], list[dict[str, Any]]]:
     """Map the models into the root frame, join their tracks, filter, re-register, bundle-adjust."""
+    merged, report, dropped = _join_group(
+        models, transforms, cores, options, rng, two_view_geometries, images
+    )
+    dropped += _finish_group(merged, report, options)
+    return merged, report, dropped
+
+
+def _join_group(
+    models: list[Reconstruction],
+    transforms: list[Sim3d],
+    cores: list[set[int]],
+    options: MergeOptions,
+    rng: np.random.Generator,
+    two_view_geometries: Mapping[tuple[int, int], TwoViewGeometry] | None = None,
+    images: Mapping[int, ImageInfo] | None = None,
+) -> tuple[Reconstruction, dict[str, Any], list[dict[str, Any]]]:
+    """The part of :func:`_merge_group` that needs the input models: map them into the root frame, join
+    their tracks, filter, re-register. Returns the joined model, its report so far and the dropped images."""
     t0 = time.perf_counter()
     merged = Reconstruction()
     # Cameras: the first model (the root) that has one gives its intrinsics.
@@ -768,8 +796,24 @@ def _merge_group(
         dropped, reregistered = _reregister_images(
             merged, models, dropped, options, rng, two_view_geometries, images
         )
+    report = {
+        "num_points_in": num_points_in,
+        "num_points_joined": num_points_joined,
+        "num_observations_filtered": filtered_before,
+        "reregistered_images": reregistered,
+        "time_s": round(time.perf_counter() - t0, 4),
+    }
+    return merged, report, dropped
+
+
+def _finish_group(
+    merged: Reconstruction, report: dict[str, Any], options: MergeOptions
+) -> list[dict[str, Any]]:
+    """The final bundle adjustment of a joined model, its filter and point errors (in place; no input model
+    needed). Updates ``report``; returns the images dropped after the adjustment."""
+    t0 = time.perf_counter()
     ba_report: dict[str, Any] = {}
-    filtered_after = 0
+    dropped: list[dict[str, Any]] = []
     if options.final_ba and merged.points3D:
         ba = bundle_adjust(merged, options.bundle_adjustment)
         ba_report = {
@@ -780,20 +824,18 @@ def _merge_group(
             "mean_reprojection_error_px": ba.mean_reprojection_error_px,
             "time_s": round(ba.time_s, 4),
         }
-        filtered_after = _filter_observations(merged, options.filter_max_reproj_error_px)
-        dropped += _drop_weak_images(merged, options.min_image_points, "after the final bundle adjustment")
+        report["num_observations_filtered"] += _filter_observations(
+            merged, options.filter_max_reproj_error_px
+        )
+        dropped = _drop_weak_images(merged, options.min_image_points, "after the final bundle adjustment")
     errors = _observation_errors(merged)
     _set_point_errors(merged, errors)
-    report = {
-        "num_points_in": num_points_in,
-        "num_points_joined": num_points_joined,
-        "num_observations_filtered": filtered_before + filtered_after,
-        "reregistered_images": reregistered,
-        "final_ba": ba_report,
-        "mean_reprojection_error_px": float(errors["error_px"].mean()) if len(errors["error_px"]) else None,
-        "time_s": round(time.perf_counter() - t0, 4),
-    }
-    return merged, report, dropped
+    report["final_ba"] = ba_report
+    report["mean_reprojection_error_px"] = (
+        float(errors["error_px"].mean()) if len(errors["error_px"]) else None
+    )
+    report["time_s"] = round(report["time_s"] + time.perf_counter() - t0, 4)
+    return dropped
 
 
 def _point_arrays(rec: Reconstruction) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -305,6 +305,8 @@ def partitioned_mapping(
         report.update({"num_models": 0, "num_registered": 0, "reason": "no cluster produced a model"})
         report["timings_s"] = {"clusters": round(time_map, 4), "total": round(time.perf_counter() - t0, 4)}
         return MappingResult([], report)
+    # The models list is now the only reference to the clusters' models: the merge frees them once joined.
+    del results, result, kept, rec
 
     merge_options = options.merge
     if set(cameras) <= set(options.mapper.fixed_camera_ids):  # known calibration stays fixed in the final BA
@@ -318,6 +320,7 @@ def partitioned_mapping(
         core_image_ids=cores,
         two_view_geometries=two_view_geometries,
         images=images,
+        release_models=True,
         rng=seed,
     )
     time_merge = time.perf_counter() - t_merge
