@@ -52,7 +52,7 @@ class View:
         return int(np.count_nonzero(self.point3D_ids >= 0))
 
 
-@dataclass
+@dataclass(slots=True)
 class Point3D:
     """A triangulated point.
 
