@@ -366,7 +366,7 @@ def test_images_only_their_owner_posed_wrongly_come_back_through_the_verified_pa
     assert rec.mean_reprojection_error_px() < 1e-6
     again = {r["image_id"]: r for r in result.report["groups"][0]["reregistered_images"]}
     assert sorted(again) == [5, 6]
-    assert again[5]["num_new_points"] == 40
+    assert again[5]["num_retriangulated_points"] >= 40  # the lost points at least, from its neighbours
     # every scene point image 5 sees with another image is observed by it again (joined or new)
     seen_with_others = np.flatnonzero(scene.visible[4] & (scene.visible.sum(axis=0) >= 2))
     assert rec.views[5].num_points3D == len(seen_with_others)

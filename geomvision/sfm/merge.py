@@ -64,6 +64,7 @@ from geomvision.progress import ProgressCallback
 from geomvision.progress import report as report_progress
 from geomvision.robust.absolute_pose import estimate_absolute_pose
 from geomvision.robust.ransac import BailoutOptions, RansacOptions, ransac
+from geomvision.runtime.allocator import release_free_memory
 from geomvision.runtime.rng import as_rng
 from geomvision.scene import ImageInfo, Reconstruction, TwoViewGeometry, View
 from geomvision.sfm.bundle_adjustment import BundleAdjustmentOptions, bundle_adjust
@@ -699,6 +700,7 @@ def merge_reconstructions(
         group_reports.append(group_report)
     if release_models:  # the joined models no longer need their inputs: free them before the adjustments
         models.clear()
+        release_free_memory()
     for rec, group, group_report in zip(reconstructions, groups, group_reports, strict=True):
         if len(group) > 1:
             dropped.extend(_finish_group(rec, group_report, options))
@@ -998,14 +1000,28 @@ def _reregister_images(
 
     Returns:
         (images still dropped, with the PnP failure added to their reason; images registered again, each
-        ``{"image_id", "name", "num_correspondences", "num_inliers", "num_new_points"}``).
+        ``{"image_id", "name", "num_correspondences", "num_inliers", "num_new_points",
+        "num_retriangulated_points"}``).
     """
     pairs = _pairs_by_image(two_view_geometries or {}, {entry["image_id"] for entry in taken_out})
+    # the registered images it matches: their own pairs, to triangulate what it needs (see below)
+    neighbours = {other for entries in pairs.values() for other, _, _ in entries if other in merged.views}
+    neighbour_pairs = {**_pairs_by_image(two_view_geometries or {}, neighbours), **pairs}
     pending, registered, failure = list(taken_out), [], {}
     while pending:
         still = []
         for entry in pending:
             image_id = entry["image_id"]
+            # Taking images out deletes the points only they and one registered image observed: the
+            # registered image's keypoints that this one matches are often left without a point (a stretch
+            # taken out: none). Triangulate those keypoints first from the registered image's own verified
+            # pairs with other registered images (COLMAP's retriangulation), then register by PnP.
+            retriangulated = 0
+            for other, _, other_keypoints in pairs.get(image_id, []):
+                if other in merged.views and merged.views[other].registered:
+                    retriangulated += _triangulate_image(
+                        merged, other, neighbour_pairs.get(other, []), options, images, other_keypoints
+                    )
             outcome = _register_by_pnp(merged, models, image_id, options, rng, pairs.get(image_id, []))
             if isinstance(outcome, str):
                 failure[image_id] = outcome
@@ -1014,6 +1030,7 @@ def _reregister_images(
             outcome["num_new_points"] = _triangulate_image(
                 merged, image_id, pairs.get(image_id, []), options, images
             )
+            outcome["num_retriangulated_points"] = retriangulated
             registered.append({"image_id": image_id, "name": entry["name"], **outcome})
         if len(still) == len(pending):
             break
@@ -1148,11 +1165,12 @@ def _triangulate_image(
     pairs: _PairMatches,
     options: MergeOptions,
     images: Mapping[int, ImageInfo] | None,
+    only_keypoints: np.ndarray | None = None,
 ) -> int:
     """New two-view points of the registered ``image_id`` from its verified matches with registered images
     where neither keypoint has a point yet (DLT on undistorted pixels; kept when in front of both cameras,
-    within ``filter_max_reproj_error_px`` in both and with rays meeting at ``min_tri_angle_deg`` or more).
-    Returns the number of points added."""
+    within ``filter_max_reproj_error_px`` in both and with rays meeting at ``min_tri_angle_deg`` or more),
+    for its keypoints in ``only_keypoints`` (None: all). Returns the number of points added."""
     view = merged.views[image_id]
     camera = merged.cameras[view.camera_id]
     info = images.get(image_id) if images is not None else None
@@ -1163,6 +1181,8 @@ def _triangulate_image(
         if other is None or not other.registered:
             continue
         free = (view.point3D_ids[keypoints] < 0) & (other.point3D_ids[other_keypoints] < 0)
+        if only_keypoints is not None:
+            free &= np.isin(keypoints, only_keypoints)
         a, b = keypoints[free], other_keypoints[free]
         if not len(a):
             continue
