@@ -82,16 +82,9 @@ def test_large_model_is_tested_on_an_image_subset_then_refined_whole():
     """Above ``max_images`` the test and the first refinement run on a connected subset; a significant shift
     is then refined on the whole model, which ends at the true principal point."""
     rec = _model_with_centred_principal_point(500.0, num_cameras=24)
-    subset = sub_reconstruction(rec, covisible_image_subset(rec, 12))
-    ratio = subset.num_observations / rec.num_observations
     result = refine_principal_point(rec, PrincipalPointOptions(max_images=12), rng=0)
     assert result.success, result.reason
     assert result.report["subset_images"] == 12
-    # the subset's deviation, scaled to the whole model's observations
-    assert result.report["subset_observation_ratio"] == pytest.approx(ratio, rel=1e-12) and ratio < 0.8
-    np.testing.assert_allclose(
-        result.std_px_by_camera[1], np.array(result.report["subset_std_px"]["1"]) * np.sqrt(ratio), rtol=1e-12
-    )
     np.testing.assert_allclose(
         rec.cameras[1].principal_point, np.array([(W - 1) / 2, (H - 1) / 2]) + OFFSET_PX, atol=1.0
     )

@@ -20,10 +20,9 @@ A model of more than ``max_images`` registered images is tested on a connected s
 the subset): a principal point shared by every image of a camera needs hundreds of images, not thousands,
 and the whole-model test formed a dense matrix of (6 x images)^2 entries and a bundle adjustment of the
 whole model (2000 street images: 417 s and 3.5 GB more than mapping, to find a 0.07 px shift not
-significant). The subset's deviation is scaled by sqrt(subset observations / all observations) to the whole
-model's (the information grows with the observations, as for the point subset above). A shift significant
-and plausible on the subset is refined in one bundle adjustment of the whole model (starting from the
-subset's intrinsics) and checked again there; otherwise the whole model is left alone. The principal point is refined (one bundle adjustment
+significant). The subset's deviation is larger than the whole model's (fewer observations), so the test is
+conservative. Only a shift significant on the subset is refined in one bundle adjustment of the whole model
+(starting from the subset's intrinsics) and checked again there. The principal point is refined (one bundle adjustment
 with it free) only when it is *observable*: its angular standard deviation ``std / f`` is below
 ``max_std_deg``; and the refined model is kept only when the shift is *significant* (at least
 ``min_significance`` standard deviations; otherwise the image centre is as good and has fewer
@@ -263,11 +262,6 @@ def refine_principal_point(
         result.report["subset_images"] = model.num_registered
         result.report["subset_points"] = len(model.points3D)
     std = principal_point_std_px(model, max_points=options.max_points, rng=rng)
-    if subset:  # the whole model's deviation: the information grows with the observations (as for points)
-        result.report["subset_std_px"] = {str(c): v.tolist() for c, v in std.items()}
-        ratio = model.num_observations / max(1, reconstruction.num_observations)
-        result.report["subset_observation_ratio"] = ratio
-        std = {c: v * np.sqrt(ratio) for c, v in std.items()}
     result.std_px_by_camera = {c: (float(s[0]), float(s[1])) for c, s in std.items()}
     worst = max(std, key=lambda c: np.max(std[c]) / model.cameras[c].focal_xy[0])
     worst_deg = float(np.degrees(np.max(std[worst]) / model.cameras[worst].focal_xy[0]))
