@@ -22,8 +22,9 @@ and the whole-model test formed a dense matrix of (6 x images)^2 entries and a b
 whole model (2000 street images: 417 s and 3.5 GB more than mapping, to find a 0.07 px shift not
 significant). The subset's deviation is larger than the whole model's (fewer observations), so the test is
 conservative. Only a shift significant on the subset is refined in one bundle adjustment of the whole model
-(starting from the subset's intrinsics) and checked again there. The principal point is refined (one bundle adjustment
-with it free) only when it is *observable*: its angular standard deviation ``std / f`` is below
+(starting from the subset's intrinsics) and checked again there.
+
+The principal point is refined (one bundle adjustment with it free) only when it is *observable*: its angular standard deviation ``std / f`` is below
 ``max_std_deg``; and the refined model is kept only when the shift is *significant* (at least
 ``min_significance`` standard deviations; otherwise the image centre is as good and has fewer
 unknowns) and plausible (below ``max_shift`` of the image size).
