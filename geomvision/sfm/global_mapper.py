@@ -86,6 +86,8 @@ class GlobalMapperOptions:
         triangulation: retriangulation and filtering thresholds between BA rounds.
         ba: how each bundle adjustment runs (the plain BA options: backend, loss, iteration cap, every
             solver setting; ``refine_*`` say which intrinsics of the refined cameras move).
+        round_ba: options of the BA rounds before the last one (retriangulation and filtering follow each,
+            so they need not converge); None: ``ba``.
         num_ba_rounds: BA rounds; the first holds the averaged rotations, the others refine everything.
         first_filter_factor: the reprojection threshold of the filtering after the first round is this
             times ``triangulation.filter_max_error_px`` (the positioned model is still rough).
@@ -125,6 +127,7 @@ class GlobalMapperOptions:
     ba: BundleAdjustmentOptions = field(
         default_factory=lambda: BundleAdjustmentOptions(loss="soft_l1", max_iterations=50)
     )
+    round_ba: BundleAdjustmentOptions | None = None
     num_ba_rounds: int = 3
     first_filter_factor: float = 4.0
     min_point_observations: int = 3
@@ -147,6 +150,8 @@ class GlobalMapperOptions:
         check_model_limits(self.max_num_models, self.min_model_size)
         object.__setattr__(self, "fixed_camera_ids", tuple(int(c) for c in self.fixed_camera_ids))
         check_mapper_ba_options(self.ba)
+        if self.round_ba is not None:
+            check_mapper_ba_options(self.round_ba)
 
 
 def _deregister(state: MapperState, image_ids: list[int]) -> None:
@@ -253,14 +258,15 @@ class _ComponentMapper:
             self.state.update_normalized(reset)
         return bool(reset)
 
-    def bundle_adjust(self, *, fix_rotations: bool) -> dict:
+    def bundle_adjust(self, *, fix_rotations: bool, last: bool = True) -> dict:
         state = self.state
         refine = set() if fix_rotations else self.refine_camera_ids()
+        options = self.options.ba if last or self.options.round_ba is None else self.options.round_ba
         with self.timer("bundle_adjustment"):
             stats = adjust_bundle(
                 state,
                 state.registered_image_ids,
-                self.options.ba,
+                options,
                 refine_camera_ids=refine,
                 point_tracks=state.point_ids(),
                 fix_rotations=fix_rotations,
@@ -270,7 +276,7 @@ class _ComponentMapper:
                 adjust_bundle(
                     state,
                     state.registered_image_ids,
-                    self.options.ba,
+                    options,
                     refine_camera_ids=self.refine_camera_ids(),
                     point_tracks=state.point_ids(),
                 )
@@ -322,7 +328,7 @@ class _ComponentMapper:
         options = self.options
         tri = options.triangulation
         for round_index in range(start, stop):
-            ba = self.bundle_adjust(fix_rotations=round_index == 0)
+            ba = self.bundle_adjust(fix_rotations=round_index == 0, last=False)
             if self.focal_pending and round_index > 0:
                 self.focal_pending = False
                 self.refocusing = ba["refocusing"] = self.focal_moved()
