@@ -241,3 +241,14 @@ def test_planar_pairs_are_posed_again_by_five_point_when_asked(ring_scene):
     assert posed.report["rotation_averaging"]["num_pairs_dropped"] == 0
     assert posed.report["rotation_averaging"]["residual_deg_median"] < 0.1
     assert pose_errors(posed.reconstructions[0], ring_scene)[0].max() < 0.1
+
+
+def test_round_ba_options_apply_to_the_rounds_before_the_last(ring_scene):
+    cameras, images, geoms, _ = mapper_inputs(ring_scene, noise_px=0.5, rng=1)
+    base = GlobalMapperOptions(fixed_camera_ids=(1,))
+    one_step = replace(base.ba, max_iterations=1)
+    result = global_mapping(cameras, images, geoms, replace(base, round_ba=one_step), rng=0)
+    rounds = result.report["models"][0]["ba_rounds"]
+    assert [r["iterations"] for r in rounds[:-1]] == [1] * base.num_ba_rounds
+    assert rounds[-1]["iterations"] > 1  # the last round runs with ``ba``
+    assert_ring_model_matches(result.reconstructions[0], ring_scene)
