@@ -55,7 +55,7 @@ def test_lud_then_filtering_recovers_exact_centres_despite_20_percent_wrong_dire
     once, _, _ = lud_centers(edges, directions, 40, max_iterations=500)
     assert _aligned_errors(once, truth).max() > 0.1
     # ... the stage's second solve without the directions the first leaves far off is exact.
-    options = TranslationAveragingOptions(max_iterations=500)
+    options = TranslationAveragingOptions(max_iterations=500, function_tolerance=1e-12)
     centers, num_edges, iterations = centers_from_directions(edges, directions, 40, options)
     assert _aligned_errors(centers, truth).max() < 1e-6
     assert num_edges <= int((~wrong).sum()) and len(iterations) == 2
@@ -122,7 +122,8 @@ def _scene_rays(scene, noise_px=0.0, seed=0):
 def test_stage_recovers_the_centres_of_a_synthetic_scene(noise_px, tolerance):
     scene = random_scene(300, 12, layout="sphere", rng=7)
     rotations, obs_image, obs_track, rays = _scene_rays(scene, noise_px)
-    result = average_translations(rotations, obs_image, obs_track, rays)
+    converge = TranslationAveragingOptions(function_tolerance=1e-12)
+    result = average_translations(rotations, obs_image, obs_track, rays, converge)
     assert result.success and sorted(result.centers) == list(range(1, 13))
     est = np.array([result.centers[i] for i in range(1, 13)])
     truth = np.array([pose.center for pose in scene.cams_from_world])

@@ -89,6 +89,8 @@ class GlobalMapperOptions:
         round_ba: options of the BA rounds before the last one (retriangulation and filtering follow each,
             so they need not converge); None: ``ba``.
         num_ba_rounds: BA rounds; the first holds the averaged rotations, the others refine everything.
+        fix_rotations_first_round: the first BA round holds the averaged rotations (only centres and points
+            move); else every round refines them.
         first_filter_factor: the reprojection threshold of the filtering after the first round is this
             times ``triangulation.filter_max_error_px`` (the positioned model is still rough).
         min_point_observations: points left with fewer observations by a filtering are deleted. Two-view
@@ -129,6 +131,7 @@ class GlobalMapperOptions:
     )
     round_ba: BundleAdjustmentOptions | None = None
     num_ba_rounds: int = 3
+    fix_rotations_first_round: bool = True
     first_filter_factor: float = 4.0
     min_point_observations: int = 3
     min_image_observations: int = 20
@@ -328,7 +331,8 @@ class _ComponentMapper:
         options = self.options
         tri = options.triangulation
         for round_index in range(start, stop):
-            ba = self.bundle_adjust(fix_rotations=round_index == 0, last=False)
+            fix = round_index == 0 and options.fix_rotations_first_round
+            ba = self.bundle_adjust(fix_rotations=fix, last=False)
             if self.focal_pending and round_index > 0:
                 self.focal_pending = False
                 self.refocusing = ba["refocusing"] = self.focal_moved()

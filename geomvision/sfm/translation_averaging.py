@@ -51,6 +51,8 @@ class TranslationAveragingOptions:
         direction_loss_scale: Cauchy scale of that re-weighting (sine of the epipolar angle; 0.002 is ~1.5 px
             at a focal of 800 px); inliers of the last fit lie within 3 times it.
         max_iterations: iteration cap of each LUD solve.
+        function_tolerance: a LUD solve stops when an iteration lowers its cost by less than this fraction
+            (a start for positioning needs no more than a few digits).
         max_angle_error_deg: after the first LUD solve, directions off their solved baseline by more are
             dropped and LUD solves again; 180 = no second solve.
     """
@@ -61,6 +63,7 @@ class TranslationAveragingOptions:
     direction_iterations: int = 5
     direction_loss_scale: float = 0.002
     max_iterations: int = 200
+    function_tolerance: float = 1e-6
     max_angle_error_deg: float = 10.0
 
     def __post_init__(self) -> None:
@@ -70,6 +73,7 @@ class TranslationAveragingOptions:
         check_at_least("direction_iterations", self.direction_iterations, 0)
         check_positive("direction_loss_scale", self.direction_loss_scale)
         check_at_least("max_iterations", self.max_iterations, 1)
+        check_positive("function_tolerance", self.function_tolerance)
         check_range("max_angle_error_deg", self.max_angle_error_deg, 0, 180, low_open=True)
 
 
@@ -234,7 +238,7 @@ def centers_from_directions(
         edges: (E, 2) camera indices ``(i, j)`` in [0, num_cameras).
         directions: (E, 3) unit direction of ``c_j - c_i`` (world frame).
         num_cameras: C.
-        options: ``max_iterations`` and ``max_angle_error_deg`` apply.
+        options: ``max_iterations``, ``function_tolerance`` and ``max_angle_error_deg`` apply.
 
     Returns:
         (centers (C, 3), NaN for cameras without one; edges used by the last solve; iterations per solve).
@@ -254,6 +258,7 @@ def centers_from_directions(
             len(cams),
             initial_centers=None if start is None else start[cams],
             max_iterations=options.max_iterations,
+            function_tolerance=options.function_tolerance,
         )
         iterations.append(its)
         centers = np.full((num_cameras, 3), np.nan)
