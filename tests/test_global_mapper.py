@@ -223,7 +223,7 @@ def test_two_view_points_of_consistent_wrong_matches_do_not_bend_the_model(ring_
     assert errors[2] > 0.15  # kept, they pull the pair's relative rotation towards the wrong one
 
 
-def test_planar_pairs_are_posed_again_by_five_point_when_asked(ring_scene):
+def test_planar_pairs_are_posed_again_by_five_point_by_default(ring_scene):
     cameras, images, geoms, _ = mapper_inputs(ring_scene, noise_px=0.5, rng=1)
     # A "planar" pair whose (homography) pose is the wrong one: 15 degrees off.
     g = geoms[(1, 3)]
@@ -233,9 +233,9 @@ def test_planar_pairs_are_posed_again_by_five_point_when_asked(ring_scene):
     junk = np.stack([np.arange(40), (np.arange(40) * 7) % 40], axis=1)
     geoms[(2, 4)] = TwoViewGeometry(2, 4, "planar", junk, cam2_from_cam1=geoms[(2, 4)].cam2_from_cam1)
     fixed = GlobalMapperOptions(fixed_camera_ids=(1,))
-    plain = global_mapping(cameras, images, geoms, fixed, rng=0)
+    plain = global_mapping(cameras, images, geoms, replace(fixed, pose_planar_pairs=False), rng=0)
     assert plain.report["rotation_averaging"]["num_pairs_dropped"] >= 1  # the wrong pose disagrees
-    posed = global_mapping(cameras, images, geoms, replace(fixed, pose_planar_pairs=True), rng=0)
+    posed = global_mapping(cameras, images, geoms, fixed, rng=0)
     assert posed.report["relative_poses"]["num_planar"] == 2
     assert posed.report["relative_poses"]["num_planar_kept"] == 1
     assert posed.report["rotation_averaging"]["num_pairs_dropped"] == 0
