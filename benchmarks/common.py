@@ -4,7 +4,9 @@
 * ``pipeline_config`` / ``run_pipeline_timed``: one geomvision run with the benchmarks' settings (2 workers,
   no HTML report), timed, a raised exception turned into an error string (a failed run is a result too);
 * ``pycolmap_options`` / ``pycolmap_extract``: pycolmap SIFT extraction and matching options with the same
-  thread budget, CPU only, and the single-camera feature extraction every pycolmap row starts with.
+  thread budget, CPU only, and the single-camera feature extraction every pycolmap row starts with;
+* ``pycolmap_match_sequential``: pycolmap's matching of a trajectory (each image with its next ``overlap``
+  images, COLMAP's quadratic overlap, no loop detection), as the street-scene rows run it.
 """
 
 from __future__ import annotations
@@ -83,6 +85,19 @@ def pycolmap_extract(db: Path, image_dir: Path, extraction, reader=None) -> None
         extraction_options=extraction,
         device=pycolmap.Device.cpu,
         **kwargs,
+    )
+
+
+def pycolmap_match_sequential(db: Path, matching, overlap: int = 10) -> None:
+    """pycolmap ``match_sequential`` into ``db`` on the CPU: each image with its next ``overlap`` images (and
+    COLMAP's quadratic overlap, its default), no loop detection: the pairing that suits a trajectory."""
+    import pycolmap
+
+    pairing = pycolmap.SequentialPairingOptions()
+    pairing.overlap = overlap
+    pairing.loop_detection = False
+    pycolmap.match_sequential(
+        db, matching_options=matching, pairing_options=pairing, device=pycolmap.Device.cpu
     )
 
 

@@ -75,33 +75,72 @@ def run_geomvision(
     )
     from geomvision.sfm.partitioned_mapping import _PeakRss  # the sampler the cluster tasks use
 
+    load_start, cpu_start = load_average(), time.process_time()
     with _PeakRss() as memory:
         result, seconds, error = shared.run_pipeline_timed(image_dir, out, config)
     if result is None:
         return None, seconds, {"error": error}
     result.report["main_peak_rss_mb"] = round(memory.peak_mb, 1)
+    result.report["main_cpu_s"] = round(time.process_time() - cpu_start, 1)
+    result.report["load_start"] = load_start
     return result.reconstructions, seconds, result.report
 
 
-def colmap_database(image_dir: Path, work: Path, intrinsics, pairing: str, window: int) -> Path:
+def worker_costs(report: dict) -> dict:
+    """What the cluster mapping cost per worker process: clusters, wall and CPU seconds (the mapper's own
+    CPU time, all threads), the thread limits they ran under, and the pickled bytes the runner sent to
+    and received from the workers for the mapping stage (0 when clusters ran in this process)."""
+    mapping = report.get("mapping", {})
+    engine = report.get("engine", {})
+    stage = engine.get("stages", {}).get("mapping", {})
+    return {
+        "backend": f"{engine.get('backend')} x{engine.get('workers')}",
+        "per_worker": [
+            {k: w[k] for k in ("clusters", "time_s", "cpu_s")} for w in mapping.get("workers", [])
+        ],
+        "threads": sorted(
+            {
+                " / ".join(f"{k} {v}" for k, v in (c.get("threads") or {}).items())
+                for c in mapping.get("clusters", [])
+            }
+        ),
+        "in_main_process": sum(c.get("pid") == os.getpid() for c in mapping.get("clusters", [])),
+        "bytes_to_workers": stage.get("bytes_sent"),
+        "bytes_from_workers": stage.get("bytes_received"),
+        "main_cpu_s": report.get("main_cpu_s"),
+        "load_start": report.get("load_start"),
+    }
+
+
+def colmap_database(image_dir: Path, work: Path, intrinsics, pairing: str, overlap: int) -> tuple[Path, dict]:
+    """pycolmap's SIFT database of ``image_dir`` in ``work`` (reused when there: delete it to rebuild).
+
+    ``pairing``: "exhaustive", or "sequential" (``common.pycolmap_match_sequential`` with ``overlap``, the
+    street scenes' pairing in ``benchmarks/scaling.py``). Built under a temporary name and renamed when
+    complete, so an interrupted build is never reused. Returns the database and its build times
+    (``database.json`` beside it: extraction and matching seconds, load average)."""
     import pycolmap
 
     work.mkdir(parents=True, exist_ok=True)
-    db = work / "database.db"
+    db, info_path = work / "database.db", work / "database.json"
     if db.exists():
-        return db
+        return db, json.loads(info_path.read_text()) if info_path.exists() else {}
+    partial = work / "database.db.partial"
+    partial.unlink(missing_ok=True)
     reader, extraction, matching = shared.pycolmap_options(intrinsics)
-    shared.pycolmap_extract(db, image_dir, extraction, reader)
+    t = time.perf_counter()
+    shared.pycolmap_extract(partial, image_dir, extraction, reader)
+    info = {"extraction_s": round(time.perf_counter() - t, 1), "pairing": pairing}
+    t = time.perf_counter()
     if pairing == "sequential":
-        sequential = pycolmap.SequentialPairingOptions()
-        sequential.overlap = window
-        sequential.quadratic_overlap = False
-        pycolmap.match_sequential(
-            db, matching_options=matching, pairing_options=sequential, device=pycolmap.Device.cpu
-        )
+        shared.pycolmap_match_sequential(partial, matching, overlap=overlap)
+        info["pairing"] = f"sequential({overlap})"
     else:
-        pycolmap.match_exhaustive(db, matching_options=matching, device=pycolmap.Device.cpu)
-    return db
+        pycolmap.match_exhaustive(partial, matching_options=matching, device=pycolmap.Device.cpu)
+    info.update({"matching_s": round(time.perf_counter() - t, 1), "load": load_average()})
+    partial.rename(db)
+    info_path.write_text(json.dumps(info))
+    return db, info
 
 
 def _colmap_mapper_options(options, intrinsics, workers: int):
@@ -114,13 +153,20 @@ def _colmap_mapper_options(options, intrinsics, workers: int):
 
 
 def run_pycolmap(
-    db: Path, image_dir: Path, work: Path, intrinsics, leaf_images: int, overlap: int, workers: int
+    db: Path,
+    image_dir: Path,
+    work: Path,
+    intrinsics,
+    leaf_images: int,
+    overlap: int,
+    workers: int,
+    kinds: tuple[str, ...] = ("incremental", "hierarchical"),
 ):
-    """(whole models, time, hierarchical models, time) as lists of geomvision Reconstructions."""
+    """One (models as geomvision Reconstructions, mapper seconds) per mapper in ``kinds``."""
     import pycolmap
 
     out = []
-    for kind in ("incremental", "hierarchical"):
+    for kind in kinds:
         sparse = work / f"sparse_{kind}"
         shutil.rmtree(sparse, ignore_errors=True)
         sparse.mkdir(parents=True)
@@ -270,6 +316,7 @@ def run_dataset(key: str, mode: str, args, work: Path) -> list[dict]:
                 "main_peak_rss_mb": rep.get("main_peak_rss_mb"),
                 "merge_reproj_px": [round(a["reprojection_error_dst_px"]["median"], 3) for a in alignments],
                 "dropped": len(mapping.get("dropped_images", [])),
+                **worker_costs(rep),
                 "error": rep.get("error"),
             },
         )
@@ -280,23 +327,46 @@ def run_dataset(key: str, mode: str, args, work: Path) -> list[dict]:
             if "clusters_s" in r:
                 r["auc2_ratio"] = r["auc@2"] / whole["auc@2"] if whole["auc@2"] else float("nan")
     if not args.no_colmap:
-        db = colmap_database(image_dir, work / f"{key}_{mode}_colmap", intrinsics, args.pairing, args.window)
-        (inc, t_inc), (hier, t_hier) = run_pycolmap(
-            db,
-            image_dir,
-            work / f"{key}_{mode}_colmap",
-            intrinsics,
-            cluster,
-            overlap,
-            max(args.worker_counts, default=args.workers),
+        colmap_pairing = args.colmap_pairing or (
+            "exhaustive" if args.pairing == "exhaustive" else "sequential"
         )
-        colmap_whole = row("pycolmap incremental", inc, t_inc, t_inc)
-        r = row(f"pycolmap hierarchical (leaf {cluster}, overlap {overlap})", hier, t_hier, t_hier)
-        r["auc2_ratio"] = r["auc@2"] / colmap_whole["auc@2"] if colmap_whole["auc@2"] else float("nan")
+        colmap_work = work / f"{key}_{mode}_colmap"
+        db, db_info = colmap_database(image_dir, colmap_work, intrinsics, colmap_pairing, args.colmap_overlap)
+        kinds = tuple(k for k in args.colmap_mappers.split(",") if k)
+        workers = max(args.worker_counts, default=args.workers)
+        runs = dict(
+            zip(
+                kinds,
+                run_pycolmap(db, image_dir, colmap_work, intrinsics, cluster, overlap, workers, kinds),
+                strict=True,
+            )
+        )
+        front = {"colmap_" + k: v for k, v in db_info.items()}
+        colmap_whole = {"auc@2": None}
+        if "incremental" in runs:
+            recs, t_inc = runs["incremental"]
+            colmap_whole = row("pycolmap incremental", recs, t_inc, t_inc, front)
+        if "hierarchical" in runs:
+            recs, t_hier = runs["hierarchical"]
+            r = row(
+                f"pycolmap hierarchical (leaf {cluster}, overlap {overlap}, {workers} workers)",
+                recs,
+                t_hier,
+                t_hier,
+                front,
+            )
+            r["auc2_ratio"] = r["auc@2"] / colmap_whole["auc@2"] if colmap_whole["auc@2"] else float("nan")
     return rows
 
 
 def write_markdown(rows: list[dict], path: Path, args) -> None:
+    """The tables of ``rows``; hand-written notes in ``path`` (from its first ``## `` heading on) are kept
+    below them."""
+    notes = []
+    if path.exists():
+        old = path.read_text().splitlines()
+        start = next((i for i, line in enumerate(old) if line.startswith("## ")), len(old))
+        notes = ["", *old[start:]] if start < len(old) else []
     lines = [
         "# Partitioned mapping vs whole-scene mapping vs COLMAP's hierarchical mapper",
         "",
@@ -336,7 +406,42 @@ def write_markdown(rows: list[dict], path: Path, args) -> None:
                 f"{r['cluster_sizes']} | {r['peak_rss_mb']} | {r.get('main_peak_rss_mb')} | {r['merge_reproj_px']} "
                 f"| {r['dropped']} |"
             )
-    shared.write_lines(path, lines)
+    costs = [r for r in detail if "per_worker" in r]
+    if costs:
+        lines += [
+            "",
+            "Cluster mapping per worker process (clusters mapped, their summed wall and CPU seconds, the OpenCV/BLAS "
+            "thread limits they ran under, clusters mapped in the main process), pickled MB the runner sent to / "
+            "received from the workers for the mapping stage, CPU seconds of the main process over the whole run "
+            "(cache loading, partition, merge), load average at the start and end of the run:",
+            "",
+            "| dataset | tool | backend | per worker: clusters, wall s, CPU s | threads | in main process | MB to workers "
+            "| MB from workers | main CPU s | load start | load end |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in costs:
+            per_worker = "; ".join(
+                f"{w['clusters']}, {_f(w['time_s'], 1)}, {_f(w['cpu_s'], 1)}" for w in r["per_worker"]
+            )
+            mb = [None if r[k] is None else r[k] / 2**20 for k in ("bytes_to_workers", "bytes_from_workers")]
+            lines.append(
+                f"| {r['dataset']} | {r['tool']} | {r['backend']} | {per_worker} | {', '.join(r['threads'])} | "
+                f"{r['in_main_process']} | {_f(mb[0], 1)} | {_f(mb[1], 1)} | {_f(r['main_cpu_s'], 1)} | "
+                f"{r['load_start']} | {r['load']} |"
+            )
+    shared.write_lines(path, lines + notes)
+
+
+def merge_rows(earlier: list[dict], new: list[dict]) -> list[dict]:
+    """``earlier`` with each row of ``new`` replacing the one of the same dataset, K, size and tool (in its
+    place), the others appended."""
+
+    def key(r: dict) -> tuple:
+        return r["dataset"], r["K"], r["images"], r["tool"]
+
+    fresh = {key(r): r for r in new}
+    rows = [fresh.pop(key(r), r) for r in earlier]
+    return rows + [r for r in new if key(r) in fresh]
 
 
 def _fill_ratios(rows: list[dict]) -> None:
@@ -382,6 +487,15 @@ def main() -> int:
     parser.add_argument("--no-whole", action="store_true", help="skip the whole-scene geomvision run")
     parser.add_argument("--no-colmap", action="store_true")
     parser.add_argument(
+        "--colmap-mappers", default="incremental,hierarchical", help="pycolmap mappers to run (comma list)"
+    )
+    parser.add_argument(
+        "--colmap-pairing",
+        choices=("exhaustive", "sequential"),
+        help="pycolmap matching (default: exhaustive when --pairing is, else sequential)",
+    )
+    parser.add_argument("--colmap-overlap", type=int, default=10, help="pycolmap sequential overlap")
+    parser.add_argument(
         "--cache",
         help="pipeline cache folder to share (e.g. an earlier run's OUT/cache, made with the same pairing, "
         "--modes and --sections: its features, matches and verified pairs are reused)",
@@ -391,6 +505,12 @@ def main() -> int:
         help='further config sections as JSON, e.g. \'{"calibration": {"refine_principal_point": false}}\'',
     )
     parser.add_argument("--keep", help="keep work folders (and caches) here")
+    parser.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start the table empty (default: this run's rows replace the rows of the same dataset, K, size "
+        "and tool in --output's .json, the others stay)",
+    )
     parser.add_argument("--output", default=str(RESULTS / "partition.md"))
     parser.add_argument(
         "--only-assemble",
@@ -408,14 +528,15 @@ def main() -> int:
         return 0
     args.worker_counts = [int(w) for w in args.worker_counts.split(",") if w.strip()]
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="gv_partition_"))
-    rows: list[dict] = []
     json_path = Path(args.output).with_suffix(".json")
-    if json_path.exists() and args.keep:  # accumulate rows of earlier invocations on other datasets
-        rows = [r for r in json.loads(json_path.read_text()) if r["dataset"] not in args.datasets.split(",")]
+    earlier = json.loads(json_path.read_text()) if json_path.exists() and not args.fresh else []
+    new: list[dict] = []
     try:
         for key in args.datasets.split(","):
             for mode in args.modes.split(","):
-                rows.extend(run_dataset(key, mode, args, work))
+                new.extend(run_dataset(key, mode, args, work))
+                rows = merge_rows(earlier, new)
+                _fill_ratios(rows)
                 write_markdown(rows, Path(args.output), args)
                 json_path.write_text(json.dumps(rows, indent=1, default=str))
         print(f"wrote {args.output}")

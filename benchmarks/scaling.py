@@ -206,9 +206,6 @@ def child_pycolmap(image_dir: str, work: str, result_path: str) -> None:
     if db.exists():
         db.unlink()
     _, extraction, matching = shared.pycolmap_options()
-    pairing = pycolmap.SequentialPairingOptions()
-    pairing.overlap = 10
-    pairing.loop_detection = False
     mapper = pycolmap.IncrementalPipelineOptions()
     mapper.num_threads = 2
     mapper.random_seed = 0
@@ -219,9 +216,7 @@ def child_pycolmap(image_dir: str, work: str, result_path: str) -> None:
             with mem.label("features"):
                 shared.pycolmap_extract(db, image_dir, extraction)
             with mem.label("matching+verification"):
-                pycolmap.match_sequential(
-                    db, matching_options=matching, pairing_options=pairing, device=pycolmap.Device.cpu
-                )
+                shared.pycolmap_match_sequential(db, matching, overlap=10)
             with mem.label("mapping"):
                 maps = pycolmap.incremental_mapping(db, image_dir, work_dir / "sparse", options=mapper)
             num_models = len(maps)
@@ -484,7 +479,9 @@ def main() -> int:
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="100,300", help="comma-separated image counts")
-    parser.add_argument("--tools", default="geomvision,pycolmap", help="geomvision, pycolmap or both")
+    parser.add_argument(
+        "--tools", default="geomvision,pycolmap", help="comma-separated: geomvision, pycolmap (default both)"
+    )
     parser.add_argument(
         "--pairing", default=None, help="geomvision pairing (default: the pipeline's default)"
     )
@@ -507,6 +504,9 @@ def main() -> int:
         new = []
         for n in (int(s) for s in args.sizes.split(",") if s.strip()):
             tools = [t for t in args.tools.split(",") if t]
+            unknown = sorted(set(tools) - {"geomvision", "pycolmap"})
+            if unknown:
+                parser.error(f"unknown --tools {','.join(unknown)}: expected geomvision and/or pycolmap")
             new += run_size(
                 n,
                 tools,

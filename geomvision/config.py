@@ -74,7 +74,8 @@ class PipelineOptions:
         single_camera: one shared camera (True), one per image (False), or None = shared when all
             images have the same size.
         num_workers: worker processes for per-image, per-pair and per-cluster work (None: the usable
-            core count; 1 with the processes backend: in-process). The only worker count: stages
+            core count; 1 with the processes backend: in-process, except per-cluster mapping, which runs
+            in one worker process as it does on each of several workers). The only worker count: stages
             take a runner, never a count (``geomvision.runtime.runner``).
         backend: where that work runs: "serial" (in process), "processes" (a local pool) or "dask".
         scheduler: dask only, and setting it selects dask: "local" starts a LocalCluster of

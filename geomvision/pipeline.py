@@ -576,9 +576,10 @@ def _run_mapping(cameras, images, verified, config, progress_factory, runner=Non
 
 
 def _cluster_map_function(runner: StageRunner):
-    """Clusters mapped on the runner's workers, which end once all are mapped: the merge's final bundle
-    adjustment then runs in this process without the workers' grown heaps beside it."""
-    map_clusters = runner.map_function("mapping")
+    """Clusters mapped on the runner's workers (worker processes even with one worker: an isolated stage),
+    which end once all are mapped: the merge's final bundle adjustment then runs in this process without the
+    workers' grown heaps beside it."""
+    map_clusters = runner.map_function("mapping", isolated=True)
 
     def map_then_release(fn, tasks):
         results = map_clusters(fn, tasks)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 
@@ -22,3 +23,13 @@ def descendant_pids(pid: int) -> set[int]:
                 found.add(child)
                 todo.append(child)
     return found
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` of a child that must stop on Ctrl-C: SIGINT back to its default action.
+
+    A suite started in the background (``cmd &`` in a non-interactive shell, ``nohup``) inherits SIGINT
+    ignored; ``exec`` keeps it ignored and Python then installs no KeyboardInterrupt handler, so the child
+    would run on through a Ctrl-C and an interrupt test would fail for a reason outside the code.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from process_helpers import descendant_pids
+from process_helpers import default_sigint, descendant_pids
 from reliability_images import fast_config, render, write_image
 
 from geomvision.errors import InputError
@@ -334,6 +334,7 @@ def _reconstruct(images: Path, out: Path, *extra: str) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        preexec_fn=default_sigint,
     )  # fmt: skip
 
 

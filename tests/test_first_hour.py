@@ -19,6 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from process_helpers import default_sigint
 from recon_fixtures import ring_reconstruction
 from reliability_images import fast_config, write_set
 
@@ -299,6 +300,7 @@ def test_interrupt_one_line_and_exit_code(tmp_path, signum, code, group):
         env={**os.environ, "PYTHONPATH": str(REPO)},
         cwd=REPO,
         start_new_session=True,
+        preexec_fn=default_sigint,
     )
     deadline = time.monotonic() + 120
     while not list((out / "cache" / "features").glob("*.npz")) and time.monotonic() < deadline:

@@ -114,6 +114,40 @@ def test_partitioned_mapping_registers_every_image_in_one_model():
     assert all(c["time_s"] > 0 and c["num_registered"] for c in report["clusters"])
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_pipeline_maps_clusters_in_worker_processes_with_one_thread(workers):
+    """The pipeline's cluster map function: with one worker as with two, every cluster is mapped in a worker
+    process (not this one) limited to one OpenCV/BLAS thread, so "a worker" is the same unit in both; the
+    report has each process's clusters and CPU time, and the engine counts the bytes moved both ways."""
+    import os
+
+    from geomvision.pipeline import _cluster_map_function
+    from geomvision.runtime.runner import open_runner
+
+    scene, cameras, images, geometries = _synthetic_mapping_inputs(num_cameras=16, seed=5)
+    options = PartitionedMappingOptions(
+        partition=PartitionOptions(max_cluster_images=6),
+        mapper=IncrementalMapperOptions(fixed_camera_ids=(1,)),
+    )
+    with open_runner("processes", workers) as runner:
+        result = partitioned_mapping(
+            cameras, images, geometries, options, map_fn=_cluster_map_function(runner), rng=0
+        )
+        engine = runner.report()
+    report = result.report
+    clusters = report["clusters"]
+    assert len(clusters) >= 3 and result.reconstructions[0].num_registered == scene.num_cameras
+    assert all(c["pid"] != os.getpid() and c["threads"] == {"opencv": 1, "blas": 1} for c in clusters)
+    assert len({c["pid"] for c in clusters}) <= workers
+    per_process = report["workers"]
+    assert sorted(i for w in per_process for i in w["clusters"]) == list(range(len(clusters)))
+    assert all(w["cpu_s"] > 0 for w in per_process)
+    assert sum(w["cpu_s"] for w in per_process) == pytest.approx(sum(c["cpu_s"] for c in clusters), abs=0.1)
+    stage = engine["stages"]["mapping"]
+    assert engine["workers"] == workers and stage["items"] == len(clusters)
+    assert stage["bytes_sent"] > 0 and stage["bytes_received"] > 0
+
+
 def test_cluster_tasks_are_independent_of_how_they_are_run():
     """A task is a pure function of its inputs: running it twice, or in another order, gives the same model."""
     _, cameras, images, geometries = _synthetic_mapping_inputs(num_cameras=16, seed=5)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from process_helpers import default_sigint
 from reliability_images import encode, render, write_image, write_set
 
 from geomvision import cli
@@ -157,6 +158,7 @@ def test_cli_sigint_exits_130_and_reports(tmp_path):
         env=env,
         cwd=REPO,
         start_new_session=True,
+        preexec_fn=default_sigint,
     )
     deadline = time.monotonic() + 60
     while not list((out / "cache" / "features").glob("*.npz")) and time.monotonic() < deadline:

@@ -19,7 +19,7 @@ from reliability_images import render, write_image
 from geomvision.errors import InputError
 from geomvision.runtime import cache as cache_mod
 from geomvision.runtime.runner import Stage, StageRunner, derive_seed, open_runner
-from geomvision.runtime.worker import main_module_hidden
+from geomvision.runtime.worker import main_module_hidden, thread_limits
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,6 +34,11 @@ def failing_task(item: int, context) -> int:
     if item == 3:
         raise ValueError(f"item {item} is bad")
     return item
+
+
+def where_task(item: int, context) -> tuple[int, dict]:
+    """The process that ran the task and its OpenCV/BLAS thread limits."""
+    return os.getpid(), thread_limits()
 
 
 def slow_task(item: int, context) -> int:
@@ -184,6 +189,31 @@ def test_map_function_keeps_order():
     with open_runner("processes", 2) as runner:
         assert runner.map_function("double")(abs, [-3, 2, -1, 0]) == [3, 2, 1, 0]
         assert runner.report()["stages"]["double"]["items"] == 4
+
+
+def test_one_worker_runs_isolated_stages_in_a_worker_process_with_one_thread():
+    """With one worker, per-item stages stay in this process (nothing to gain from shipping them), isolated
+    stages (cluster mapping) run in one worker process under the worker's thread budget, as with two workers."""
+    with open_runner("processes", 1) as runner:
+        here = runner.map(Stage(name="here", task=where_task, version=1), range(3))
+        away = runner.map(Stage(name="away", task=where_task, version=1, isolated=True), range(3))
+        # the same worker process runs the next isolated stage
+        assert runner.map_function("cluster", isolated=True)(_pid, [0, 1]) == [away[0][0]] * 2
+        report = runner.report()
+    assert {pid for pid, _ in here} == {os.getpid()}
+    assert len({pid for pid, _ in away}) == 1 and away[0][0] != os.getpid()
+    assert all(limits == {"opencv": 1, "blas": 1} for _, limits in away)
+    assert report["backend"] == "processes" and report["workers"] == 1
+    assert report["stages"]["here"]["bytes_sent"] == 0 and report["stages"]["away"]["bytes_sent"] > 0
+    assert report["stages"]["away"]["bytes_received"] > 0
+    with open_runner("serial", 1) as runner:  # serial means this process, isolated or not
+        assert {
+            pid for pid, _ in runner.map(Stage(name="s", task=where_task, version=1, isolated=True), [0])
+        } == {os.getpid()}
+
+
+def _pid(item) -> int:
+    return os.getpid()
 
 
 def test_bad_backend_and_repeated_items():

@@ -20,7 +20,9 @@ and calls :meth:`StageRunner.map`. The runner owns, in one place:
 * the engine report: tasks, pickled bytes sent and received, time spent waiting per stage.
 
 Backends (:func:`open_runner`): ``serial`` (in this process), ``processes`` (a local forkserver pool,
-the default) and ``dask`` (a ``dask.distributed.Client``: a running scheduler by address, or a
+the default; with one worker, per-item batches run in this process, and only *isolated* stages, long tasks
+such as a cluster's mapping, in one worker process: a worker then means the same thread budget and the same
+memory isolation whatever the worker count) and ``dask`` (a ``dask.distributed.Client``: a running scheduler by address, or a
 ``LocalCluster`` on 127.0.0.1; :mod:`geomvision.runtime.dask_backend`, the only module importing
 dask). Tasks must be deterministic functions of their inputs; random streams derive from (seed, item)
 via :func:`derive_seed`, so every backend gives byte-identical results.
@@ -89,6 +91,11 @@ class Stage:
             output or the codec changes.
         codec: encodes a result for the cache (None: never cached).
         batch_size: items per task; None picks about four batches per worker (at most 64 items).
+        isolated: long tasks (a cluster's mapping: minutes each) that run in a worker process even when a
+            ``processes`` runner has a single worker, with a worker's thread budget (one OpenCV/BLAS thread)
+            and a heap that ends with the worker. Per-item stages leave it False: with one worker they run
+            in this process, where shipping their inputs would only add pickling. Serial runners run
+            everything here; Dask always runs on its workers.
     """
 
     name: str
@@ -97,6 +104,7 @@ class Stage:
     codec: Codec | None = None
     batched: bool = False
     batch_size: int | None = None
+    isolated: bool = False
 
 
 @dataclass
@@ -217,6 +225,11 @@ class Backend:
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "workers": self.num_workers}
 
+    def for_stage(self, stage: Stage) -> Backend:
+        """The backend that runs ``stage``'s batches (this one, except :class:`OneWorkerBackend`'s isolated
+        stages)."""
+        return self
+
     def submit(self, task: Callable, batched: bool, inputs: list, context: Any) -> tuple[Any, int]:
         """Start one batch; returns (a future for :meth:`result`, bytes sent for it)."""
         raise NotImplementedError
@@ -301,6 +314,29 @@ class ProcessBackend(Backend):
         else:
             self._pool.shutdown(wait=True, cancel_futures=True)
         self._pool = None
+
+
+class OneWorkerBackend(SerialBackend):
+    """``processes`` with one worker: batches run in this process, except those of isolated stages
+    (:attr:`Stage.isolated`), which run in one forkserver worker process (started on first use)."""
+
+    name = "processes"
+
+    def __init__(self) -> None:
+        self._worker = ProcessBackend(1)
+
+    def for_stage(self, stage: Stage) -> Backend:
+        return self._worker if stage.isolated else self
+
+    def submit_background(self, fn: Callable, *args: Any) -> cf.Future | None:
+        fn(*args)  # a worker process would be started for a chore: run it here, as serial does
+        return None
+
+    def release_workers(self) -> None:
+        self._worker.release_workers()
+
+    def close(self, *, cancel: bool = False) -> None:
+        self._worker.close(cancel=cancel)
 
 
 # --- the runner -----------------------------------------------------------------------------------------------
@@ -422,6 +458,7 @@ class StageRunner:
         results: list[Any] = [None] * total
         keys: list[str | None] = [None] * total
         have = [False] * total
+        backend = self.backend.for_stage(stage)
         cache = self._cache if stage.codec is not None and item_key is not None else None
         if cache is not None:
             for pos, item in enumerate(items):
@@ -438,13 +475,13 @@ class StageRunner:
         cached = total - len(todo)
         stats.cached += cached
         report(progress, cached, total, f"{stage.name} ({cached} cached)" if cached else stage.name)
-        logger.info("%s: %d items (%d cached) on %s", stage.name, len(todo), cached, self.backend.name)
+        logger.info("%s: %d items (%d cached) on %s", stage.name, len(todo), cached, backend.name)
         if todo:
-            batches = group(todo) if group is not None else self._chunks(stage, todo)
+            batches = group(todo) if group is not None else self._chunks(stage, todo, backend)
             tracker = _Progress(progress, total, cached, label or str)
             make_input = inputs or (lambda item: item)
             try:
-                for batch, outputs in self._execute(stage, batches, make_input, context, stats):
+                for batch, outputs in self._execute(backend, stage, batches, make_input, context, stats):
                     for item, result in zip(batch, outputs, strict=True):
                         pos = position[item]
                         entry = None
@@ -454,38 +491,42 @@ class StageRunner:
                         results[pos] = keep(result, entry) if keep is not None else result
                     tracker.advance(len(batch), batch[-1])
             finally:
-                self.backend.release_shared()
+                backend.release_shared()
         stats.wall_s += time.perf_counter() - t_start
         return results
 
-    def map_function(self, name: str, *, batch_size: int | None = 1) -> Callable[[Callable, Sequence], list]:
+    def map_function(
+        self, name: str, *, batch_size: int | None = 1, isolated: bool = False
+    ) -> Callable[[Callable, Sequence], list]:
         """A builtin-``map``-like callable running ``fn(task)`` for each task on this runner's backend.
 
         For stages that only need distribution (no cache), e.g. per-cluster mapping:
-        ``partitioned_mapping(..., map_fn=runner.map_function("mapping"))``. ``fn`` must be a
-        module-level function; results come back in task order; stats are reported under ``name``.
+        ``partitioned_mapping(..., map_fn=runner.map_function("mapping", isolated=True))``. ``fn`` must be a
+        module-level function; results come back in task order; stats are reported under ``name``;
+        ``isolated``: see :attr:`Stage.isolated`.
         """
 
         def run(fn: Callable, tasks: Sequence) -> list:
             tasks = list(tasks)
-            stage = Stage(name=name, task=_apply, version=0, batch_size=batch_size)
+            stage = Stage(name=name, task=_apply, version=0, batch_size=batch_size, isolated=isolated)
             return self.map(stage, range(len(tasks)), inputs=tasks.__getitem__, context=fn)
 
         return run
 
-    def _chunks(self, stage: Stage, todo: list) -> list[list]:
+    def _chunks(self, stage: Stage, todo: list, backend: Backend) -> list[list]:
         size = stage.batch_size
         if size is None:
-            if self.backend.in_process:
+            if backend.in_process:
                 size = 1
             else:
-                workers = max(1, self.backend.num_workers)
+                workers = max(1, backend.num_workers)
                 size = min(_MAX_AUTO_BATCH, max(1, math.ceil(len(todo) / (_BATCHES_PER_WORKER * workers))))
         return [todo[s : s + size] for s in range(0, len(todo), size)]
 
-    def _execute(self, stage: Stage, batches: list[list], make_input, context, stats: StageStats) -> Iterator:
-        """Yield (batch, results) as batches finish (in order for in-process backends)."""
-        backend = self.backend
+    def _execute(
+        self, backend: Backend, stage: Stage, batches: list[list], make_input, context, stats: StageStats
+    ) -> Iterator:
+        """Yield (batch, results) as batches finish on ``backend`` (in order for in-process backends)."""
         if backend.in_process:
             for batch in batches:
                 start, cpu_start = time.perf_counter(), time.thread_time()
@@ -594,7 +635,8 @@ def open_runner(
     """A :class:`StageRunner` on the named backend.
 
     Args:
-        backend: "serial", "processes" (one worker falls back to serial) or "dask".
+        backend: "serial", "processes" (with one worker, only isolated stages leave this process: see
+            :attr:`Stage.isolated`) or "dask".
         num_workers: worker processes (processes, and ``--scheduler local``); None: the usable cores.
         cache_dir: root of the result cache (None: no caching).
         dask: Dask connection settings (backend "dask" only).
@@ -611,6 +653,8 @@ def open_runner(
         engine: Backend = dask_backend.connect(dask or DaskSettings(), workers)
     elif backend == "processes" and workers > 1:
         engine = ProcessBackend(workers)
+    elif backend == "processes":
+        engine = OneWorkerBackend()
     else:
         engine = SerialBackend()
     return StageRunner(engine, cache_dir=cache_dir)

@@ -81,6 +81,16 @@ def limit_threads(num_threads: int = 1) -> None:
     threadpool_limits(num_threads)
 
 
+def thread_limits() -> dict[str, int | None]:
+    """The threads OpenCV and BLAS may use in this process now (``blas``: the largest of the loaded BLAS
+    libraries' limits, None when none is loaded): a task records them to show its thread budget."""
+    import cv2  # heavy: imported only where asked (a mapping process has it loaded already)
+    from threadpoolctl import threadpool_info
+
+    blas = [lib["num_threads"] for lib in threadpool_info() if lib.get("user_api") == "blas"]
+    return {"opencv": int(cv2.getNumThreads()), "blas": max(blas) if blas else None}
+
+
 def prepare_worker(client_pid: int | None = None) -> None:
     """Set up a worker process once (see the module docstring); later calls do nothing.
 

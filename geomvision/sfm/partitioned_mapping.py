@@ -31,6 +31,7 @@ import numpy as np
 from geomvision.errors import InputError, check_at_least
 from geomvision.progress import ProgressCallback
 from geomvision.progress import report as report_progress
+from geomvision.runtime.worker import thread_limits
 from geomvision.scene import Camera, ImageInfo, Reconstruction, TwoViewGeometry
 from geomvision.sfm.incremental import IncrementalMapperOptions, MappingResult, incremental_mapping
 from geomvision.sfm.merge import MergeOptions, merge_reconstructions
@@ -109,6 +110,8 @@ class ClusterResult:
         peak_rss_mb: peak resident memory (MiB) of the process that ran it, during the task (sampled every
             50 ms; it includes what the process held before the task, e.g. a pool worker's libraries).
         pid: process that ran it.
+        cpu_s: CPU time of that process (all its threads) during the mapping, seconds.
+        threads: the OpenCV and BLAS thread limits it ran under (``runtime.worker.thread_limits``).
     """
 
     index: int
@@ -117,6 +120,8 @@ class ClusterResult:
     time_s: float
     peak_rss_mb: float
     pid: int
+    cpu_s: float = float("nan")
+    threads: dict[str, int | None] = field(default_factory=dict)
 
 
 class _PeakRss:
@@ -174,7 +179,7 @@ class _PeakRss:
 
 def map_cluster(task: ClusterTask) -> ClusterResult:
     """Run the incremental mapper on one cluster (a pure function of the task)."""
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     with _PeakRss() as memory:
         result = incremental_mapping(
             task.cameras, task.images, task.two_view_geometries, task.options, rng=task.seed
@@ -186,6 +191,8 @@ def map_cluster(task: ClusterTask) -> ClusterResult:
         time.perf_counter() - t0,
         memory.peak_mb,
         os.getpid(),
+        cpu_s=time.process_time() - cpu0,
+        threads=thread_limits(),
     )
 
 
@@ -219,6 +226,19 @@ def cluster_tasks(
             options=options,
             seed=cluster_seed(seed, index),
         )
+
+
+def _per_process(results: list[ClusterResult]) -> list[dict[str, Any]]:
+    """Per process that mapped clusters: its pid, clusters, and their summed wall and CPU seconds."""
+    rows: dict[int, dict[str, Any]] = {}
+    for r in sorted(results, key=lambda r: r.index):
+        row = rows.setdefault(r.pid, {"pid": r.pid, "clusters": [], "time_s": 0.0, "cpu_s": 0.0})
+        row["clusters"].append(r.index)
+        row["time_s"] += r.time_s
+        row["cpu_s"] += r.cpu_s
+    return [
+        {**row, "time_s": round(row["time_s"], 2), "cpu_s": round(row["cpu_s"], 2)} for row in rows.values()
+    ]
 
 
 def partitioned_mapping(
@@ -292,6 +312,8 @@ def partitioned_mapping(
                 "time_s": round(result.time_s, 4),
                 "peak_rss_mb": round(result.peak_rss_mb, 1),
                 "pid": result.pid,
+                "cpu_s": round(result.cpu_s, 2),
+                "threads": result.threads,
                 "reason": result.report.get("reason", ""),
             }
         )
@@ -300,6 +322,7 @@ def partitioned_mapping(
         "partition": partition.report,
         "clusters": cluster_reports,
         "num_images": len(images),
+        "workers": _per_process(results),
     }
     if not models:
         report.update({"num_models": 0, "num_registered": 0, "reason": "no cluster produced a model"})
