@@ -62,8 +62,9 @@ class GlobalPositioningOptions:
         max_points_per_image: about this many tracks per image take part (longest first); 0 = all.
         start: where the centres start: "translation_averaging" (LUD on the tracks' pairwise baseline
             directions; cameras it cannot place start at random) or "random" (uniform in the box, as
-            GLOMAP). Synthetic 300-image street (a closed loop): AUC@2 XXX with translation averaging
-            against 0.50 from the random start, which folds the path.
+            GLOMAP). Synthetic 300-image street (a closed loop; planar pairs re-posed): AUC@2 0.909 /
+            0.954 / 0.953 (seeds 0-2) from translation averaging, 0.10 from the random start, which folds
+            the path.
         translation_averaging: options of that start.
         init_box_size: points and centres start uniformly in a cube of this half-width (random start).
         max_angle_error_deg: observations whose ray misses the solved point by more are outliers.
