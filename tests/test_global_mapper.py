@@ -10,9 +10,9 @@ from mapper_fixtures import assert_ring_model_matches, mapper_inputs, pose_error
 
 from geomvision.config import ReconstructionConfig, config_from_dict, dump_config_toml
 from geomvision.errors import InputError
-from geomvision.geometry.rigid import Rigid3d
+from geomvision.geometry.rigid import Rigid3d, rotvec_to_matrix
 from geomvision.scene import TwoViewGeometry
-from geomvision.sfm.global_mapper import GlobalMapperOptions, global_mapping
+from geomvision.sfm.global_mapper import GlobalMapperOptions, _centers_in_frame, global_mapping
 from geomvision.sfm.global_positioning import GlobalPositioningOptions
 from geomvision.sfm.incremental import MappingResult
 from geomvision.synthetic import random_scene
@@ -252,3 +252,18 @@ def test_round_ba_options_apply_to_the_rounds_before_the_last(ring_scene):
     assert [r["iterations"] for r in rounds[:-1]] == [1] * base.num_ba_rounds
     assert rounds[-1]["iterations"] > 1  # the last round runs with ``ba``
     assert_ring_model_matches(result.reconstructions[0], ring_scene)
+
+
+def test_an_earlier_models_centres_are_turned_into_the_new_rotations_frame():
+    rng = np.random.default_rng(4)
+    rotations_before = {i: rotvec_to_matrix(rng.normal(size=3)) for i in range(1, 6)}
+    centers_before = {i: rng.normal(size=3) for i in range(1, 6)}
+    # The new rotation averaging fixed another world frame: world_now = Q world_before.
+    q = rotvec_to_matrix(np.array([0.3, -1.2, 0.7]))
+    rotations_now = {i: r @ q.T for i, r in rotations_before.items()}
+    moved = _centers_in_frame(centers_before, rotations_before, rotations_now)
+    for i in range(1, 6):
+        assert np.allclose(moved[i], q @ centers_before[i], atol=1e-12)
+        # Same camera, both frames: the pose maps the centre to the camera's origin.
+        assert np.allclose(rotations_now[i] @ moved[i], rotations_before[i] @ centers_before[i], atol=1e-12)
+    assert _centers_in_frame(centers_before, {}, rotations_now) is centers_before  # nothing shared

@@ -30,6 +30,7 @@ import numpy as np
 from geomvision.errors import check_at_least
 from geomvision.geometry import camera_models
 from geomvision.geometry.rigid import Rigid3d
+from geomvision.geometry.rotation_averaging import align_rotations
 from geomvision.progress import ProgressCallback
 from geomvision.progress import report as report_progress
 from geomvision.scene import Camera, ImageInfo, Reconstruction, TwoViewGeometry
@@ -153,6 +154,25 @@ class GlobalMapperOptions:
             check_mapper_ba_options(self.round_ba)
 
 
+def _centers_in_frame(
+    centers: dict[int, np.ndarray],
+    rotations_before: dict[int, np.ndarray],
+    rotations_now: dict[int, np.ndarray],
+) -> dict[int, np.ndarray]:
+    """Centres of an earlier model in the world frame of new ``cam_from_world`` rotations.
+
+    The frame rotation ``Q`` (``R_before ~ R_now Q``) is the chordal mean over the images both know; the
+    centres become ``Q c``. Unchanged when no image is shared.
+    """
+    common = sorted(set(centers) & set(rotations_before) & set(rotations_now))
+    if not common:
+        return centers
+    _, q = align_rotations(
+        np.stack([rotations_before[i] for i in common]), np.stack([rotations_now[i] for i in common])
+    )
+    return {i: q @ np.asarray(c, dtype=np.float64) for i, c in centers.items()}
+
+
 def _deregister(state: MapperState, image_ids: list[int]) -> None:
     """Remove images from the model: their observations leave their points, short points go."""
     for image_id in image_ids:
@@ -198,9 +218,20 @@ class _ComponentMapper:
         self.refocusing = False
         self.report: dict = {"ba_rounds": [], "num_filtered_observations": 0, "num_filtered_points": 0}
 
-    def position(self, component: RotationComponent, initial_centers: dict[int, np.ndarray] | None) -> bool:
-        """Global positioning; sets poses and the positioned points. Returns False when it failed."""
+    def position(
+        self,
+        component: RotationComponent,
+        initial_centers: dict[int, np.ndarray] | None,
+        initial_rotations: dict[int, np.ndarray] | None = None,
+    ) -> bool:
+        """Global positioning; sets poses and the positioned points. Returns False when it failed.
+
+        ``initial_centers`` of an earlier model (with its ``initial_rotations``) are first turned into the
+        world frame of this component's rotations: each rotation averaging fixes its own frame.
+        """
         state, table = self.state, self.state.table
+        if initial_centers is not None and initial_rotations is not None:
+            initial_centers = _centers_in_frame(initial_centers, initial_rotations, component.rotations)
         rows = np.flatnonzero(np.isin(table.obs_image, component.image_ids))
         rays = np.column_stack([state.obs_xn[rows], np.ones(len(rows))])
         with self.timer("positioning"):
@@ -405,6 +436,7 @@ def _map_once(
     *,
     check_focal: bool = False,
     initial_centers: dict[int, np.ndarray] | None = None,
+    initial_rotations: dict[int, np.ndarray] | None = None,
 ) -> tuple[list[tuple[Reconstruction, MapperState]], dict, dict[int, Camera]]:
     """Rotation averaging -> tracks -> positioning -> BA rounds.
 
@@ -440,7 +472,7 @@ def _map_once(
         mapper = _ComponentMapper(cameras, images, table, options, timer, rng, watch_focal=watch)
         model_report = mapper.report
         model_report["component_size"] = len(component.rotations)
-        if mapper.position(component, initial_centers):
+        if mapper.position(component, initial_centers, initial_rotations):
             report_progress(progress, 3, 4, f"bundle adjustment of component {index + 1}")
             # Before any BA the positioned points can be far off: only the angle filter applies.
             mapper.filter(np.inf)
@@ -456,6 +488,9 @@ def _map_once(
                     report["models"].append(model_report)
                     report["centers"] = {
                         i: mapper.state.centers[i].copy() for i in mapper.state.registered_image_ids
+                    }
+                    report["rotations"] = {
+                        i: mapper.state.rotations[i].copy() for i in mapper.state.registered_image_ids
                     }
                     return [], report, changed
                 if mapper.refocusing or mapper.focal_pending:
@@ -583,9 +618,17 @@ def global_mapping(
             pairs = reposed.two_view_geometries
         first_pass = report
         # The first pass's camera centres start the second positioning (its points start at random).
-        centers = first_pass.pop("centers")
+        centers, rotations_before = first_pass.pop("centers"), first_pass.pop("rotations")
         models, report, _ = _map_once(
-            refocused, images, pairs, options, timer, rng, progress, initial_centers=centers
+            refocused,
+            images,
+            pairs,
+            options,
+            timer,
+            rng,
+            progress,
+            initial_centers=centers,
+            initial_rotations=rotations_before,
         )
         report["recalibration"] = {
             "focal_px_before_after": {
