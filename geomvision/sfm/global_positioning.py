@@ -13,10 +13,11 @@ vectors, so it is bounded whatever the baseline and a far point cannot dominate,
 translation is needed (pairs with a small baseline or a pure rotation do not corrupt anything). The
 problem is solved with a robust loss from a start given by translation averaging
 (:mod:`geomvision.sfm.translation_averaging`: pairwise baseline directions of the tracks, then a convex
-least-unsquared-deviations solve; ``start="translation_averaging"``) or, as GLOMAP does, from a random start
-in a box (``start="random"``: enough for compact scenes, but a long path can fold), by Levenberg-Marquardt on the reduced camera system
-(:func:`geomvision.geometry.global_positioning.bata_positions`). One camera's centre is held at the
-origin (translation gauge); the overall scale is fixed by the unit rays.
+least-unsquared-deviations solve; ``start="translation_averaging"``) or, as GLOMAP does, from a random
+start in a box (``start="random"``: enough for compact scenes, but a long path can fold), by
+Levenberg-Marquardt on the reduced camera system
+(:func:`geomvision.geometry.global_positioning.bata_positions`). One camera's centre is held at the origin
+(translation gauge); the overall scale is fixed by the unit rays.
 
 Only tracks seen by ``min_track_length`` or more of the given images take part, at most about
 ``max_points_per_image`` per image (longest tracks first); the mapper triangulates the rest afterwards.
