@@ -27,3 +27,10 @@ def test_environment_switch_turns_it_off():
     env = {**os.environ, "GEOMVISION_MALLOC_TUNING": "0"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
+def test_release_free_memory_returns_freed_heap_pages():
+    blocks = [np.ones(1000) for _ in range(50_000)]  # 400 MB of 8 KB blocks from the heap
+    del blocks
+    assert allocator.release_free_memory() is True

@@ -10,9 +10,9 @@ from mapper_fixtures import assert_ring_model_matches, mapper_inputs, pose_error
 
 from geomvision.config import ReconstructionConfig, config_from_dict, dump_config_toml
 from geomvision.errors import InputError
-from geomvision.geometry.rigid import Rigid3d
+from geomvision.geometry.rigid import Rigid3d, rotvec_to_matrix
 from geomvision.scene import TwoViewGeometry
-from geomvision.sfm.global_mapper import GlobalMapperOptions, global_mapping
+from geomvision.sfm.global_mapper import GlobalMapperOptions, _centers_in_frame, global_mapping
 from geomvision.sfm.global_positioning import GlobalPositioningOptions
 from geomvision.sfm.incremental import MappingResult
 from geomvision.synthetic import random_scene
@@ -223,7 +223,7 @@ def test_two_view_points_of_consistent_wrong_matches_do_not_bend_the_model(ring_
     assert errors[2] > 0.15  # kept, they pull the pair's relative rotation towards the wrong one
 
 
-def test_planar_pairs_are_posed_again_by_five_point_when_asked(ring_scene):
+def test_planar_pairs_are_posed_again_by_five_point_by_default(ring_scene):
     cameras, images, geoms, _ = mapper_inputs(ring_scene, noise_px=0.5, rng=1)
     # A "planar" pair whose (homography) pose is the wrong one: 15 degrees off.
     g = geoms[(1, 3)]
@@ -233,11 +233,37 @@ def test_planar_pairs_are_posed_again_by_five_point_when_asked(ring_scene):
     junk = np.stack([np.arange(40), (np.arange(40) * 7) % 40], axis=1)
     geoms[(2, 4)] = TwoViewGeometry(2, 4, "planar", junk, cam2_from_cam1=geoms[(2, 4)].cam2_from_cam1)
     fixed = GlobalMapperOptions(fixed_camera_ids=(1,))
-    plain = global_mapping(cameras, images, geoms, fixed, rng=0)
+    plain = global_mapping(cameras, images, geoms, replace(fixed, pose_planar_pairs=False), rng=0)
     assert plain.report["rotation_averaging"]["num_pairs_dropped"] >= 1  # the wrong pose disagrees
-    posed = global_mapping(cameras, images, geoms, replace(fixed, pose_planar_pairs=True), rng=0)
+    posed = global_mapping(cameras, images, geoms, fixed, rng=0)
     assert posed.report["relative_poses"]["num_planar"] == 2
     assert posed.report["relative_poses"]["num_planar_kept"] == 1
     assert posed.report["rotation_averaging"]["num_pairs_dropped"] == 0
     assert posed.report["rotation_averaging"]["residual_deg_median"] < 0.1
     assert pose_errors(posed.reconstructions[0], ring_scene)[0].max() < 0.1
+
+
+def test_round_ba_options_apply_to_the_rounds_before_the_last(ring_scene):
+    cameras, images, geoms, _ = mapper_inputs(ring_scene, noise_px=0.5, rng=1)
+    base = GlobalMapperOptions(fixed_camera_ids=(1,))
+    one_step = replace(base.ba, max_iterations=1)
+    result = global_mapping(cameras, images, geoms, replace(base, round_ba=one_step), rng=0)
+    rounds = result.report["models"][0]["ba_rounds"]
+    assert [r["iterations"] for r in rounds[:-1]] == [1] * base.num_ba_rounds
+    assert rounds[-1]["iterations"] > 1  # the last round runs with ``ba``
+    assert_ring_model_matches(result.reconstructions[0], ring_scene)
+
+
+def test_an_earlier_models_centres_are_turned_into_the_new_rotations_frame():
+    rng = np.random.default_rng(4)
+    rotations_before = {i: rotvec_to_matrix(rng.normal(size=3)) for i in range(1, 6)}
+    centers_before = {i: rng.normal(size=3) for i in range(1, 6)}
+    # The new rotation averaging fixed another world frame: world_now = Q world_before.
+    q = rotvec_to_matrix(np.array([0.3, -1.2, 0.7]))
+    rotations_now = {i: r @ q.T for i, r in rotations_before.items()}
+    moved = _centers_in_frame(centers_before, rotations_before, rotations_now)
+    for i in range(1, 6):
+        assert np.allclose(moved[i], q @ centers_before[i], atol=1e-12)
+        # Same camera, both frames: the pose maps the centre to the camera's origin.
+        assert np.allclose(rotations_now[i] @ moved[i], rotations_before[i] @ centers_before[i], atol=1e-12)
+    assert _centers_in_frame(centers_before, {}, rotations_now) is centers_before  # nothing shared

@@ -125,12 +125,19 @@ def test_given_centres_start_the_points_where_their_rays_meet():
     # Centres off by 2 % of the scene radius (an earlier model); every image has one.
     jitter = np.random.default_rng(5).normal(scale=0.02, size=(10, 3))
     given = {i + 1: pose.center + jitter[i] for i, pose in enumerate(scene.cams_from_world)}
-    options = GlobalPositioningOptions(max_iterations=50)
+    options = GlobalPositioningOptions(max_iterations=50, start="random")
     warm = position_globally(rotations, obs_image, obs_track, rays, options, initial_centers=given, rng=4)
     cold = position_globally(rotations, obs_image, obs_track, rays, options, rng=4)
-    assert warm.success and cold.success
+    averaged = position_globally(
+        rotations, obs_image, obs_track, rays, GlobalPositioningOptions(max_iterations=50), rng=4
+    )
+    assert warm.success and cold.success and averaged.success
     assert _centre_errors(warm.centers, scene).max() < 0.01
     # Points start where their rays meet: 3 iterations (14 with random points, 50 = the cap from a
     # random start, which stops at a cost 3e4 times higher).
     assert warm.report["iterations"] <= 5
     assert warm.report["final_cost"] < 1e-3 < cold.report["final_cost"]
+    # The default start (translation averaging of the tracks' directions) is as good as given centres.
+    assert averaged.report["translation_averaging"]["num_images"] == 10
+    assert averaged.report["iterations"] <= 5 and averaged.report["final_cost"] < 1e-3
+    assert _centre_errors(averaged.centers, scene).max() < 0.01

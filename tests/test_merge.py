@@ -16,7 +16,7 @@ import pytest
 from geomvision.errors import InputError
 from geomvision.geometry.rigid import Rigid3d, Sim3d, rotvec_to_matrix
 from geomvision.geometry.sim3 import sim3_from_matrix, sim3_from_vector, sim3_to_vector
-from geomvision.scene import Camera, Reconstruction, View
+from geomvision.scene import Camera, Reconstruction, TwoViewGeometry, View
 from geomvision.sfm.bundle_adjustment import bundle_adjust
 from geomvision.sfm.merge import (
     AlignmentOptions,
@@ -317,3 +317,83 @@ def test_image_pnp_cannot_register_stays_dropped_with_both_reasons():
     assert [d["image_id"] for d in result.dropped_images] == [5]
     reason = result.dropped_images[0]["reason"]
     assert "after joining tracks" in reason and "correspondences < 10000" in reason
+
+
+def _verified_pairs(scene, kp_of_point, min_common: int = 15) -> dict[tuple[int, int], TwoViewGeometry]:
+    """Exact verified pairs of the scene's images: the keypoints of the points both images see."""
+    pairs = {}
+    num_images = scene.visible.shape[0]
+    for i in range(num_images):
+        for j in range(i + 1, num_images):
+            common = np.flatnonzero(scene.visible[i] & scene.visible[j])
+            if len(common) >= min_common:
+                matches = np.stack([kp_of_point[i + 1][common], kp_of_point[j + 1][common]], axis=1)
+                pairs[(i + 1, j + 1)] = TwoViewGeometry(i + 1, j + 1, "calibrated", inlier_matches=matches)
+    return pairs
+
+
+def test_images_only_their_owner_posed_wrongly_come_back_through_the_verified_pairs():
+    """Images 5 and 6 are in one cluster model only, which misregistered both (turned 10 deg, no points):
+    the input models' tracks give them no 2D-3D correspondence at all, so the merge dropped them. Their
+    verified pairs with the merged images do (the way an incremental mapper registers an image), and new
+    points are triangulated from their matches: both come back at their exact poses, on exact points."""
+    scene = random_scene(400, 15, rng=7)
+    clusters = [[0, 1, 2, 3, 6], [3, 4, 5, 6, 7, 8, 9, 10], [8, 9, 10, 11, 12, 13, 14]]
+    models, _, kp_of_point = split_scene(scene, clusters, outlier_ratio=0.0, rng=7)
+    _misregister(models[1], 5)
+    _misregister(models[1], 6)
+    # 40 scene points image 5 sees are in no model (as if only its track had held them)
+    lost = np.flatnonzero(scene.visible[4])[:40]
+    for model in models:
+        for view in model.views.values():
+            pids = view.point3D_ids[kp_of_point[view.image_id][lost]]
+            for pid in set(pids[pids >= 0].tolist()) & set(model.points3D):
+                model.delete_point3D(pid)
+    cores = [{1, 2, 3, 4, 7}, {5, 6, 8, 9, 10, 11}, {12, 13, 14, 15}]
+    options = MergeOptions(max_reproj_error_before_ba_px=4.0)
+
+    without = merge_reconstructions(models, options, core_image_ids=cores, rng=0)
+    assert sorted(d["image_id"] for d in without.dropped_images) == [5, 6]
+    assert all("0 2D-3D correspondences" in d["reason"] for d in without.dropped_images)
+
+    pairs = _verified_pairs(scene, kp_of_point)
+    result = merge_reconstructions(models, options, core_image_ids=cores, two_view_geometries=pairs, rng=0)
+    assert len(result.reconstructions) == 1 and not result.dropped_images
+    rec = result.reconstructions[0]
+    assert rec.registered_image_ids == list(range(1, 16))
+    rot_err, centre_err = _merged_pose_errors(rec, scene)
+    assert rot_err.max() < 1e-6 and centre_err.max() < 1e-6
+    assert rec.mean_reprojection_error_px() < 1e-6
+    again = {r["image_id"]: r for r in result.report["groups"][0]["reregistered_images"]}
+    assert sorted(again) == [5, 6]
+    assert again[5]["num_retriangulated_points"] >= 40  # the lost points at least, from its neighbours
+    # every scene point image 5 sees with another image is observed by it again (joined or new)
+    seen_with_others = np.flatnonzero(scene.visible[4] & (scene.visible.sum(axis=0) >= 2))
+    assert rec.views[5].num_points3D == len(seen_with_others)
+
+
+def test_released_input_models_give_the_same_merged_model():
+    """``release_models`` empties the input list once the groups are joined (their memory goes before the
+    final bundle adjustment); the merged model is the same, and a model that stays alone is returned."""
+    scene = random_scene(400, 15, rng=7)
+    clusters = [[0, 1, 2, 3, 4, 5], [4, 5, 6, 7, 8, 9, 10], [9, 10, 11, 12, 13, 14]]
+    models, _, _ = split_scene(scene, clusters, noise_px=0.5, rng=7)
+    (other,), _, _ = split_scene(random_scene(100, 4, rng=1), [[0, 1, 2, 3]], rng=1)
+    alone = [Reconstruction(cameras=other.cameras)]  # the same model with image ids 101-104: no overlap
+    for view in other.views.values():
+        alone[0].add_view(View(view.image_id + 100, view.name, 1, view.cam_from_world, view.keypoints_px))
+    for point in other.points3D.values():
+        alone[0].add_point3D(point.xyz, [(i + 100, kp) for i, kp in point.track])
+    cores = [{1, 2, 3, 4, 5, 6}, {7, 8, 9, 10}, {11, 12, 13, 14, 15}, set()]
+    kept = merge_reconstructions([*models, *alone], core_image_ids=cores, rng=0)
+    inputs = [*models, *alone]
+    released = merge_reconstructions(inputs, core_image_ids=cores, release_models=True, rng=0)
+    assert inputs == []
+    assert len(released.reconstructions) == len(kept.reconstructions) == 2
+    assert released.reconstructions[1] is alone[0]
+    a, b = kept.reconstructions[0], released.reconstructions[0]
+    assert a.registered_image_ids == b.registered_image_ids == list(range(1, 16))
+    for i in a.registered_image_ids:
+        np.testing.assert_array_equal(a.views[i].cam_from_world.matrix(), b.views[i].cam_from_world.matrix())
+    assert len(a.points3D) == len(b.points3D)
+    assert released.report["num_input_models"] == 4

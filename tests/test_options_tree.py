@@ -228,7 +228,7 @@ def _toml_value(value) -> str:
 #: Leaves that no TOML value may change, with why: the refusal is the point.
 REFUSED = {
     f"{ba}.fixed_point_ids": "the mappers' points have no ids while they run"
-    for ba in ("mapper.local_ba", "mapper.global_ba", "global_mapper.ba")
+    for ba in ("mapper.local_ba", "mapper.global_ba", "global_mapper.ba", "global_mapper.round_ba")
 }
 
 

@@ -5,13 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from geomvision.geometry.rigid import Rigid3d
 from geomvision.scene import Camera, Reconstruction
 from geomvision.scene.reconstruction import View
 from geomvision.sfm.bundle_adjustment import BundleAdjustmentOptions, bundle_adjust
 from geomvision.sfm.principal_point import (
     PrincipalPointOptions,
+    covisible_image_subset,
     principal_point_std_px,
     refine_principal_point,
+    sub_reconstruction,
 )
 from geomvision.synthetic import random_scene
 
@@ -73,3 +76,59 @@ def test_gauge_fixed_deviation_equals_the_pseudo_inverse(monkeypatch):
     monkeypatch.setattr(pp, "_gauge_fixed_variances", lambda *args: None)  # the pseudo-inverse path
     reference = principal_point_std_px(rec)
     np.testing.assert_allclose(fast[1], reference[1], rtol=1e-7)
+
+
+def test_large_model_is_tested_on_an_image_subset_then_refined_whole():
+    """Above ``max_images`` the test and the first refinement run on a connected subset; a significant shift
+    is then refined on the whole model, which ends at the true principal point."""
+    rec = _model_with_centred_principal_point(500.0, num_cameras=24)
+    result = refine_principal_point(rec, PrincipalPointOptions(max_images=12), rng=0)
+    assert result.success, result.reason
+    assert result.report["subset_images"] == 12
+    np.testing.assert_allclose(
+        rec.cameras[1].principal_point, np.array([(W - 1) / 2, (H - 1) / 2]) + OFFSET_PX, atol=1.0
+    )
+    np.testing.assert_allclose(result.report["subset_shift_px"]["1"], OFFSET_PX, atol=2.0)
+
+
+def test_shift_not_significant_on_the_subset_leaves_the_whole_model_alone():
+    rec = _model_with_centred_principal_point(500.0, num_cameras=24)
+    poses = {i: v.cam_from_world for i, v in rec.views.items()}
+    before = rec.cameras[1].params.copy()
+    options = PrincipalPointOptions(max_images=12, min_significance=1e6)
+    result = refine_principal_point(rec, options, rng=0)
+    assert not result.success
+    assert result.reason.startswith("on 12 of 24 images: shift not significant")
+    np.testing.assert_array_equal(rec.cameras[1].params, before)
+    assert all(rec.views[i].cam_from_world is pose for i, pose in poses.items())
+
+
+def test_covisible_subset_grows_along_shared_points_and_stays_connected():
+    """Images 1-2-3-4 form a chain (1-2 share 5 points, 2-3 share 3, 3-4 share 4), image 5 shares nothing:
+    from the image with most points (2), the strongest links first, never the unconnected image."""
+    rec = Reconstruction()
+    rec.add_camera(Camera(1, "SIMPLE_RADIAL", W, H, np.array([500.0, W / 2, H / 2, 0.0])))
+    for i in range(1, 6):
+        rec.add_view(View(i, f"{i}.png", 1, Rigid3d(), np.zeros((20, 2))))
+    kp = dict.fromkeys(range(1, 6), 0)
+
+    def point(*images):
+        track = []
+        for i in images:
+            track.append((i, kp[i]))
+            kp[i] += 1
+        rec.add_point3D(np.zeros(3), track)
+
+    for _ in range(5):
+        point(1, 2)
+    for _ in range(3):
+        point(2, 3)
+    for _ in range(4):
+        point(3, 4)
+    point(5, 5)  # a point seen twice by image 5 alone
+    assert covisible_image_subset(rec, 10) == [2, 1, 3, 4]
+    assert covisible_image_subset(rec, 2) == [2, 1]
+    sub = sub_reconstruction(rec, [2, 3])
+    assert sorted(sub.views) == [2, 3] and len(sub.points3D) == 3
+    assert all(sorted(i for i, _ in p.track) == [2, 3] for p in sub.points3D.values())
+    assert sub.cameras[1] is not rec.cameras[1]

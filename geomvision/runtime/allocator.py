@@ -25,7 +25,7 @@ import sys
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["retain_freed_memory", "set_malloc_thresholds"]
+__all__ = ["release_free_memory", "retain_freed_memory", "set_malloc_thresholds"]
 
 # mallopt parameter numbers (glibc malloc.h)
 _M_TRIM_THRESHOLD = -1
@@ -90,3 +90,26 @@ def retain_freed_memory() -> bool:
     )
     logger.debug("malloc thresholds %s", "raised" if _applied else "left as they were")
     return _applied
+
+
+def release_free_memory() -> bool:
+    """Hand the free pages of glibc's heap back to the kernel now (``malloc_trim(0)``).
+
+    With :func:`retain_freed_memory`'s thresholds the heap keeps up to 512 MiB free at its top, and freed
+    blocks between live ones stay resident; after a large structure is dropped (the merge's input models)
+    this returns them, so that what is allocated next is counted once. Later allocations reuse the heap as
+    before.
+
+    Returns:
+        True when ``malloc_trim`` ran (and returned memory); False elsewhere or when nothing was returned.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim.argtypes = (ctypes.c_size_t,)
+    trim.restype = ctypes.c_int
+    return bool(trim(0))

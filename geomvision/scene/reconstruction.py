@@ -52,7 +52,7 @@ class View:
         return int(np.count_nonzero(self.point3D_ids >= 0))
 
 
-@dataclass
+@dataclass(slots=True)
 class Point3D:
     """A triangulated point.
 
@@ -77,6 +77,16 @@ class Reconstruction:
     views: dict[int, View] = field(default_factory=dict)
     points3D: dict[int, Point3D] = field(default_factory=dict)
     next_point3D_id: int = 1
+
+    def __reduce__(self):
+        """Pickled with the points as arrays (positions, colours, errors, flat tracks) rather than one object
+        each: cluster models come back from the workers this way. Unpickled, the points are objects again,
+        their positions and colours rows of one array each and their tracks' ints shared (one int object per
+        distinct image id and keypoint index instead of two per observation)."""
+        return (
+            _unpack_reconstruction,
+            (self.cameras, self.views, _pack_points(self.points3D), self.next_point3D_id),
+        )
 
     # --- construction -------------------------------------------------------------------------------
     def add_camera(self, camera: Camera) -> None:
@@ -224,6 +234,52 @@ class Reconstruction:
             if self.points3D
             else float("nan"),
         }
+
+
+def _pack_points(points3D: dict[int, Point3D]) -> dict[str, np.ndarray]:
+    """Point dict -> arrays: ``ids`` (P,), ``xyz`` (P, 3), ``colors`` (P, 3) uint8, ``errors`` (P,),
+    ``lengths`` (P,) track lengths, ``tracks`` (sum of lengths, 2) (image_id, keypoint) rows."""
+    points = list(points3D.values())
+    lengths = np.fromiter((len(p.track) for p in points), dtype=np.int64, count=len(points))
+    return {
+        "ids": np.fromiter(points3D, dtype=np.int64, count=len(points)),
+        "xyz": np.array([p.xyz for p in points], dtype=np.float64).reshape(-1, 3),
+        "colors": np.array([p.color for p in points], dtype=np.uint8).reshape(-1, 3),
+        "errors": np.fromiter((p.error for p in points), dtype=np.float64, count=len(points)),
+        "lengths": lengths,
+        "tracks": np.fromiter(
+            chain.from_iterable(chain.from_iterable(p.track for p in points)),
+            dtype=np.int64,
+            count=2 * int(lengths.sum()),
+        ).reshape(-1, 2),
+    }
+
+
+def _unpack_points(packed: dict[str, np.ndarray]) -> dict[int, Point3D]:
+    """Inverse of :func:`_pack_points` (same order, so the same dict iteration order)."""
+    tracks = packed["tracks"]
+    # one int object per distinct value, shared by every track that holds it
+    images = list(range(int(tracks[:, 0].max(initial=0)) + 1))
+    keypoints = list(range(int(tracks[:, 1].max(initial=0)) + 1))
+    pairs = list(
+        zip(
+            map(images.__getitem__, tracks[:, 0].tolist()),
+            map(keypoints.__getitem__, tracks[:, 1].tolist()),
+            strict=True,
+        )
+    )
+    bounds = np.concatenate([[0], np.cumsum(packed["lengths"])]).tolist()
+    xyz, colors = packed["xyz"], packed["colors"]
+    return {
+        pid: Point3D(xyz[k], colors[k], error, pairs[bounds[k] : bounds[k + 1]])
+        for k, (pid, error) in enumerate(zip(packed["ids"].tolist(), packed["errors"].tolist(), strict=True))
+    }
+
+
+def _unpack_reconstruction(
+    cameras: dict[int, Camera], views: dict[int, View], packed: dict[str, np.ndarray], next_point3D_id: int
+) -> Reconstruction:
+    return Reconstruction(cameras, views, _unpack_points(packed), next_point3D_id)
 
 
 def points_array(rec: Reconstruction) -> tuple[np.ndarray, np.ndarray]:

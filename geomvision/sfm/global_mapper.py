@@ -30,6 +30,7 @@ import numpy as np
 from geomvision.errors import check_at_least
 from geomvision.geometry import camera_models
 from geomvision.geometry.rigid import Rigid3d
+from geomvision.geometry.rotation_averaging import align_rotations
 from geomvision.progress import ProgressCallback
 from geomvision.progress import report as report_progress
 from geomvision.scene import Camera, ImageInfo, Reconstruction, TwoViewGeometry
@@ -73,20 +74,20 @@ class GlobalMapperOptions:
             homography's decomposition) again by five-point RANSAC on their inliers, as GLOMAP poses
             every pair; a pair it cannot pose keeps the homography pose. The decomposition's pose is
             rough and sometimes the wrong one of its two solutions: on the synthetic 300-image street
-            (facades, 1080 of 1483 pairs planar) the planar pairs' median rotation error fell from 1.43 to
-            0.27 deg and the pairs off by > 5 deg from 278 to 145; rotation averaging's median error from
-            2.1 to 0.38 deg, AUC@2 0.10 -> 0.50 (the rest of that gap is positioning's random start,
-            which folds the long path: started from the true centres, 0.955). Off by default until the benchmark's rows are
-            measured with it: on the real sets (2-46 planar pairs) it moved AUC@2 by -0.016..+0.002,
-            within the spread of the seed (templeRing unknown K, seeds 0-2: 0.858-0.883), since the
-            RANSAC draws shift positioning's random start.
+            (facades, 1045 of 1438 pairs planar; translation-averaging start) AUC@2 0.756 -> 0.909, 300
+            of 300 images registered either way. On fountain, entry and castle-P19 (both K; 2-46
+            planar pairs) AUC@2 stayed within 0.001.
         relative_poses: options of that estimation, also used for the pairs of a refocused camera.
         rotation_averaging: options of the rotation-averaging stage.
         positioning: options of the global-positioning stage.
         triangulation: retriangulation and filtering thresholds between BA rounds.
         ba: how each bundle adjustment runs (the plain BA options: backend, loss, iteration cap, every
             solver setting; ``refine_*`` say which intrinsics of the refined cameras move).
+        round_ba: options of the BA rounds before the last one (retriangulation and filtering follow each,
+            so they need not converge); None: ``ba``.
         num_ba_rounds: BA rounds; the first holds the averaged rotations, the others refine everything.
+        fix_rotations_first_round: the first BA round holds the averaged rotations (only centres and points
+            move); else every round refines them.
         first_filter_factor: the reprojection threshold of the filtering after the first round is this
             times ``triangulation.filter_max_error_px`` (the positioned model is still rough).
         min_point_observations: points left with fewer observations by a filtering are deleted. Two-view
@@ -115,7 +116,7 @@ class GlobalMapperOptions:
     """
 
     pose_unposed_pairs: bool = True
-    pose_planar_pairs: bool = False
+    pose_planar_pairs: bool = True
     relative_poses: RelativePoseOptions = field(default_factory=RelativePoseOptions)
     rotation_averaging: RotationAveragingOptions = field(default_factory=RotationAveragingOptions)
     positioning: GlobalPositioningOptions = field(default_factory=GlobalPositioningOptions)
@@ -125,7 +126,9 @@ class GlobalMapperOptions:
     ba: BundleAdjustmentOptions = field(
         default_factory=lambda: BundleAdjustmentOptions(loss="soft_l1", max_iterations=50)
     )
+    round_ba: BundleAdjustmentOptions | None = None
     num_ba_rounds: int = 3
+    fix_rotations_first_round: bool = True
     first_filter_factor: float = 4.0
     min_point_observations: int = 3
     min_image_observations: int = 20
@@ -147,6 +150,27 @@ class GlobalMapperOptions:
         check_model_limits(self.max_num_models, self.min_model_size)
         object.__setattr__(self, "fixed_camera_ids", tuple(int(c) for c in self.fixed_camera_ids))
         check_mapper_ba_options(self.ba)
+        if self.round_ba is not None:
+            check_mapper_ba_options(self.round_ba)
+
+
+def _centers_in_frame(
+    centers: dict[int, np.ndarray],
+    rotations_before: dict[int, np.ndarray],
+    rotations_now: dict[int, np.ndarray],
+) -> dict[int, np.ndarray]:
+    """Centres of an earlier model in the world frame of new ``cam_from_world`` rotations.
+
+    The frame rotation ``Q`` (``R_before ~ R_now Q``) is the chordal mean over the images both know; the
+    centres become ``Q c``. Unchanged when no image is shared.
+    """
+    common = sorted(set(centers) & set(rotations_before) & set(rotations_now))
+    if not common:
+        return centers
+    _, q = align_rotations(
+        np.stack([rotations_before[i] for i in common]), np.stack([rotations_now[i] for i in common])
+    )
+    return {i: q @ np.asarray(c, dtype=np.float64) for i, c in centers.items()}
 
 
 def _deregister(state: MapperState, image_ids: list[int]) -> None:
@@ -194,9 +218,20 @@ class _ComponentMapper:
         self.refocusing = False
         self.report: dict = {"ba_rounds": [], "num_filtered_observations": 0, "num_filtered_points": 0}
 
-    def position(self, component: RotationComponent, initial_centers: dict[int, np.ndarray] | None) -> bool:
-        """Global positioning; sets poses and the positioned points. Returns False when it failed."""
+    def position(
+        self,
+        component: RotationComponent,
+        initial_centers: dict[int, np.ndarray] | None,
+        initial_rotations: dict[int, np.ndarray] | None = None,
+    ) -> bool:
+        """Global positioning; sets poses and the positioned points. Returns False when it failed.
+
+        ``initial_centers`` of an earlier model (with its ``initial_rotations``) are first turned into the
+        world frame of this component's rotations: each rotation averaging fixes its own frame.
+        """
         state, table = self.state, self.state.table
+        if initial_centers is not None and initial_rotations is not None:
+            initial_centers = _centers_in_frame(initial_centers, initial_rotations, component.rotations)
         rows = np.flatnonzero(np.isin(table.obs_image, component.image_ids))
         rays = np.column_stack([state.obs_xn[rows], np.ones(len(rows))])
         with self.timer("positioning"):
@@ -253,14 +288,15 @@ class _ComponentMapper:
             self.state.update_normalized(reset)
         return bool(reset)
 
-    def bundle_adjust(self, *, fix_rotations: bool) -> dict:
+    def bundle_adjust(self, *, fix_rotations: bool, last: bool = True) -> dict:
         state = self.state
         refine = set() if fix_rotations else self.refine_camera_ids()
+        options = self.options.ba if last or self.options.round_ba is None else self.options.round_ba
         with self.timer("bundle_adjustment"):
             stats = adjust_bundle(
                 state,
                 state.registered_image_ids,
-                self.options.ba,
+                options,
                 refine_camera_ids=refine,
                 point_tracks=state.point_ids(),
                 fix_rotations=fix_rotations,
@@ -270,7 +306,7 @@ class _ComponentMapper:
                 adjust_bundle(
                     state,
                     state.registered_image_ids,
-                    self.options.ba,
+                    options,
                     refine_camera_ids=self.refine_camera_ids(),
                     point_tracks=state.point_ids(),
                 )
@@ -322,7 +358,8 @@ class _ComponentMapper:
         options = self.options
         tri = options.triangulation
         for round_index in range(start, stop):
-            ba = self.bundle_adjust(fix_rotations=round_index == 0)
+            fix = round_index == 0 and options.fix_rotations_first_round
+            ba = self.bundle_adjust(fix_rotations=fix, last=False)
             if self.focal_pending and round_index > 0:
                 self.focal_pending = False
                 self.refocusing = ba["refocusing"] = self.focal_moved()
@@ -399,6 +436,7 @@ def _map_once(
     *,
     check_focal: bool = False,
     initial_centers: dict[int, np.ndarray] | None = None,
+    initial_rotations: dict[int, np.ndarray] | None = None,
 ) -> tuple[list[tuple[Reconstruction, MapperState]], dict, dict[int, Camera]]:
     """Rotation averaging -> tracks -> positioning -> BA rounds.
 
@@ -434,7 +472,7 @@ def _map_once(
         mapper = _ComponentMapper(cameras, images, table, options, timer, rng, watch_focal=watch)
         model_report = mapper.report
         model_report["component_size"] = len(component.rotations)
-        if mapper.position(component, initial_centers):
+        if mapper.position(component, initial_centers, initial_rotations):
             report_progress(progress, 3, 4, f"bundle adjustment of component {index + 1}")
             # Before any BA the positioned points can be far off: only the angle filter applies.
             mapper.filter(np.inf)
@@ -450,6 +488,9 @@ def _map_once(
                     report["models"].append(model_report)
                     report["centers"] = {
                         i: mapper.state.centers[i].copy() for i in mapper.state.registered_image_ids
+                    }
+                    report["rotations"] = {
+                        i: mapper.state.rotations[i].copy() for i in mapper.state.registered_image_ids
                     }
                     return [], report, changed
                 if mapper.refocusing or mapper.focal_pending:
@@ -577,9 +618,17 @@ def global_mapping(
             pairs = reposed.two_view_geometries
         first_pass = report
         # The first pass's camera centres start the second positioning (its points start at random).
-        centers = first_pass.pop("centers")
+        centers, rotations_before = first_pass.pop("centers"), first_pass.pop("rotations")
         models, report, _ = _map_once(
-            refocused, images, pairs, options, timer, rng, progress, initial_centers=centers
+            refocused,
+            images,
+            pairs,
+            options,
+            timer,
+            rng,
+            progress,
+            initial_centers=centers,
+            initial_rotations=rotations_before,
         )
         report["recalibration"] = {
             "focal_px_before_after": {

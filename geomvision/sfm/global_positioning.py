@@ -11,10 +11,13 @@ Desensitizing in Translation Averaging", CVPR 2018) to point-to-camera constrain
 with one scale ``d_ip`` per observation (``1 / depth``): the residual is a difference of unit-scale
 vectors, so it is bounded whatever the baseline and a far point cannot dominate, and no relative
 translation is needed (pairs with a small baseline or a pure rotation do not corrupt anything). The
-problem is solved from a random start in a box (it is well-behaved enough not to need a good one) with
-a robust loss, by Levenberg-Marquardt on the reduced camera system
-(:func:`geomvision.geometry.global_positioning.bata_positions`). One camera's centre is held at the
-origin (translation gauge); the overall scale is fixed by the unit rays.
+problem is solved with a robust loss from a start given by translation averaging
+(:mod:`geomvision.sfm.translation_averaging`: pairwise baseline directions of the tracks, then a convex
+least-unsquared-deviations solve; ``start="translation_averaging"``) or, as GLOMAP does, from a random
+start in a box (``start="random"``: enough for compact scenes, but a long path can fold), by
+Levenberg-Marquardt on the reduced camera system
+(:func:`geomvision.geometry.global_positioning.bata_positions`). One camera's centre is held at the origin
+(translation gauge); the overall scale is fixed by the unit rays.
 
 Only tracks seen by ``min_track_length`` or more of the given images take part, at most about
 ``max_points_per_image`` per image (longest tracks first); the mapper triangulates the rest afterwards.
@@ -30,8 +33,9 @@ from typing import Literal
 
 import numpy as np
 
-from geomvision.errors import InputError, check_at_least, check_positive, check_range
+from geomvision.errors import InputError, check_at_least, check_choice, check_positive, check_range
 from geomvision.geometry.global_positioning import BataProblem, bata_positions
+from geomvision.sfm.translation_averaging import TranslationAveragingOptions, average_translations
 
 logger = logging.getLogger(__name__)
 
@@ -51,24 +55,35 @@ class GlobalPositioningOptions:
         loss: robust loss on the residual norm ("huber", "cauchy" or "linear").
         loss_scale: where the loss turns robust, in the residual's unit (a unit ray minus a scaled
             vector; 0.1 is about 6 degrees of ray error).
-        max_iterations: iteration cap of the Levenberg-Marquardt solver.
+        max_iterations: iteration cap of the Levenberg-Marquardt solver. From the translation-averaging
+            start 20 are enough (synthetic 300-image street: positioning 23 -> 9 s, AUC@2 unchanged); the
+            bundle adjustment rounds finish the job.
         function_tolerance: relative cost decrease below which the solver stops.
         min_track_length: tracks seen by fewer of the images are left out.
         max_points_per_image: about this many tracks per image take part (longest first); 0 = all.
-        init_box_size: points and centres start uniformly in a cube of this half-width.
+        start: where the centres start: "translation_averaging" (LUD on the tracks' pairwise baseline
+            directions; cameras it cannot place start at random) or "random" (uniform in the box, as
+            GLOMAP). Synthetic 300-image street (a closed loop; planar pairs re-posed): AUC@2 0.909 /
+            0.954 / 0.953 (seeds 0-2) from translation averaging, 0.10 from the random start, which folds
+            the path.
+        translation_averaging: options of that start.
+        init_box_size: points and centres start uniformly in a cube of this half-width (random start).
         max_angle_error_deg: observations whose ray misses the solved point by more are outliers.
     """
 
     loss: Literal["huber", "cauchy", "linear"] = "huber"
     loss_scale: float = 0.1
-    max_iterations: int = 50
+    max_iterations: int = 20
     function_tolerance: float = 1e-4
     min_track_length: int = 3
     max_points_per_image: int = 500
+    start: Literal["translation_averaging", "random"] = "translation_averaging"
+    translation_averaging: TranslationAveragingOptions = field(default_factory=TranslationAveragingOptions)
     init_box_size: float = 100.0
     max_angle_error_deg: float = 5.0
 
     def __post_init__(self) -> None:
+        check_choice("start", self.start, ("translation_averaging", "random"))
         if self.loss not in ("huber", "cauchy", "linear"):
             raise InputError(f"loss must be huber, cauchy or linear, got {self.loss!r}")
         check_positive("loss_scale", self.loss_scale)
@@ -197,7 +212,8 @@ def position_globally(
         rays_in_cam: (M, 3) viewing ray of each observation in its camera frame (e.g. undistorted
             normalised ``(x, y, 1)``; normalised here).
         options: stage options.
-        initial_centers: image_id -> (3,) starting centre (e.g. from an earlier model); images without
+        initial_centers: image_id -> (3,) starting centre (e.g. from an earlier model; else, with
+            ``options.start == "translation_averaging"``, from translation averaging); images without
             one start at random in the box (scaled to the given centres' extent); the points too, unless
             every image has a centre: then each starts where its rays meet (least squares).
         rng: seed or generator of the random initialisation.
@@ -257,6 +273,20 @@ def position_globally(
     # The best-observed image is the gauge (its centre stays at the origin).
     counts = np.bincount(image_index, minlength=len(images))
     gauge = int(np.argmax(counts))
+    if initial_centers is None and options.start == "translation_averaging":
+        averaged = average_translations(
+            rotations,
+            obs_image[rows],
+            obs_track[rows],
+            rays_in_cam[rows],
+            options.translation_averaging,
+            rng=rng,
+        )
+        report["translation_averaging"] = averaged.report
+        if averaged.success:
+            initial_centers = averaged.centers
+        else:
+            logger.info("translation averaging failed (%s): random start", averaged.reason)
     box = options.init_box_size
     centers0 = rng.uniform(-box, box, (len(images), 3))
     points0 = rng.uniform(-box, box, (len(used_tracks), 3))

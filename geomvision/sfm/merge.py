@@ -41,6 +41,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -58,12 +59,14 @@ from geomvision.geometry.sim3 import (
     sim3_from_vector,
     sim3_to_vector,
 )
+from geomvision.geometry.triangulation import triangulate_dlt, triangulation_angle_deg
 from geomvision.progress import ProgressCallback
 from geomvision.progress import report as report_progress
 from geomvision.robust.absolute_pose import estimate_absolute_pose
 from geomvision.robust.ransac import BailoutOptions, RansacOptions, ransac
+from geomvision.runtime.allocator import release_free_memory
 from geomvision.runtime.rng import as_rng
-from geomvision.scene import Reconstruction, View
+from geomvision.scene import ImageInfo, Reconstruction, TwoViewGeometry, View
 from geomvision.sfm.bundle_adjustment import BundleAdjustmentOptions, bundle_adjust
 from geomvision.sfm.registration import RegistrationOptions
 
@@ -168,6 +171,9 @@ class MergeOptions:
         reregister: register the images taken out again by PnP on the joined points.
         registration: that PnP: its RANSAC, fewest inliers and inlier ratio (an inlier must also
             reproject within ``filter_max_reproj_error_px``, and at least ``min_image_points`` must).
+        min_tri_angle_deg: with the verified pairs given, an image registered again gets new points
+            triangulated from its inlier matches with registered images where the rays meet at least at
+            this angle (and reproject within ``filter_max_reproj_error_px`` in both images).
         final_ba: run the final global bundle adjustment on each merged group.
         bundle_adjustment: options of that bundle adjustment.
     """
@@ -178,6 +184,7 @@ class MergeOptions:
     min_image_points: int = 10
     reregister: bool = True
     registration: RegistrationOptions = field(default_factory=RegistrationOptions)
+    min_tri_angle_deg: float = 1.5
     final_ba: bool = True
     bundle_adjustment: BundleAdjustmentOptions = field(default_factory=_default_merge_ba)
 
@@ -189,6 +196,7 @@ class MergeOptions:
                 f"({self.filter_max_reproj_error_px}), got {self.max_reproj_error_before_ba_px}"
             )
         check_at_least("min_image_points", self.min_image_points, 0)
+        check_positive("min_tri_angle_deg", self.min_tri_angle_deg)
 
 
 # --- alignment ----------------------------------------------------------------------------------------
@@ -575,6 +583,9 @@ def merge_reconstructions(
     options: MergeOptions | None = None,
     *,
     core_image_ids: list[set[int]] | None = None,
+    two_view_geometries: Mapping[tuple[int, int], TwoViewGeometry] | None = None,
+    images: Mapping[int, ImageInfo] | None = None,
+    release_models: bool = False,
     rng: np.random.Generator | int | None = None,
     progress: ProgressCallback | None = None,
 ) -> MergeResult:
@@ -586,6 +597,14 @@ def merge_reconstructions(
         options: merge options.
         core_image_ids: per model, the images it "owns" (a partition cluster's core): an image posed in
             several models takes its pose from the model owning it (else from the first model merged).
+        two_view_geometries: verified pairs (i, j), i < j, of the models' images. With them, an image taken
+            out at merge is registered again through its inlier matches with the merged images as well
+            (their points give 2D-3D correspondences; new points are triangulated with them), not only
+            through the input models' tracks.
+        images: image_id -> ImageInfo: the colours of those new points (black without).
+        release_models: empty the list ``models`` (in place) once every group is joined, so that the
+            input models are freed before the final bundle adjustments, which need only the joined models
+            (the caller must hold no other reference to them). Models that stay alone are returned.
         rng: seed or generator of the alignments' RANSAC.
         progress: ``progress(done, total, message)`` over the alignments tried.
 
@@ -654,6 +673,7 @@ def merge_reconstructions(
         groups.append(group)
 
     reconstructions, dropped, group_reports = [], [], []
+    num_input_models = len(models)
     for group in groups:
         if len(group) == 1:
             rec = models[group[0]]  # returned as it is (never modified)
@@ -663,21 +683,29 @@ def merge_reconstructions(
             elif len(models) > 1:
                 group_report["reason"] = "shares no 3D point with any other model"
         else:
-            rec, group_report, group_dropped = _merge_group(
+            rec, group_report, group_dropped = _join_group(
                 [models[k] for k in group],
                 [root_from_model[k] for k in group],
                 [core_image_ids[k] if core_image_ids else set() for k in group],
                 options,
                 rng,
+                two_view_geometries,
+                images,
             )
             group_report["models"] = group
             group_report["merged"] = True
             group_report["tree"] = [[k, parent[k]] for k in group[1:]]
             dropped.extend(group_dropped)
-        group_report["num_registered"] = rec.num_registered
-        group_report["num_points3D"] = len(rec.points3D)
         reconstructions.append(rec)
         group_reports.append(group_report)
+    if release_models:  # the joined models no longer need their inputs: free them before the adjustments
+        models.clear()
+        release_free_memory()
+    for rec, group, group_report in zip(reconstructions, groups, group_reports, strict=True):
+        if len(group) > 1:
+            dropped.extend(_finish_group(rec, group_report, options))
+        group_report["num_registered"] = rec.num_registered
+        group_report["num_points3D"] = len(rec.points3D)
     in_output = {i for rec in reconstructions for i in rec.registered_image_ids}
     dropped = [d for d in dropped if d["image_id"] not in in_output]
     ranking = sorted(range(len(groups)), key=lambda g: (-reconstructions[g].num_registered, g))
@@ -687,7 +715,7 @@ def merge_reconstructions(
         root_from_model,
         dropped,
         {
-            "num_input_models": len(models),
+            "num_input_models": num_input_models,
             "num_output_models": len(groups),
             "alignments": edges_report,
             "groups": [group_reports[g] for g in ranking],
@@ -716,8 +744,28 @@ def _merge_group(
     cores: list[set[int]],
     options: MergeOptions,
     rng: np.random.Generator,
+    two_view_geometries: Mapping[tuple[int, int], TwoViewGeometry] | None = None,
+    images: Mapping[int, ImageInfo] | None = None,
 ) -> tuple[Reconstruction, dict[str, Any], list[dict[str, Any]]]:
     """Map the models into the root frame, join their tracks, filter, re-register, bundle-adjust."""
+    merged, report, dropped = _join_group(
+        models, transforms, cores, options, rng, two_view_geometries, images
+    )
+    dropped += _finish_group(merged, report, options)
+    return merged, report, dropped
+
+
+def _join_group(
+    models: list[Reconstruction],
+    transforms: list[Sim3d],
+    cores: list[set[int]],
+    options: MergeOptions,
+    rng: np.random.Generator,
+    two_view_geometries: Mapping[tuple[int, int], TwoViewGeometry] | None = None,
+    images: Mapping[int, ImageInfo] | None = None,
+) -> tuple[Reconstruction, dict[str, Any], list[dict[str, Any]]]:
+    """The part of :func:`_merge_group` that needs the input models: map them into the root frame, join
+    their tracks, filter, re-register. Returns the joined model, its report so far and the dropped images."""
     t0 = time.perf_counter()
     merged = Reconstruction()
     # Cameras: the first model (the root) that has one gives its intrinsics.
@@ -747,9 +795,27 @@ def _merge_group(
     dropped = _drop_weak_images(merged, options.min_image_points, "after joining tracks")
     reregistered: list[dict[str, Any]] = []
     if options.reregister and dropped:
-        dropped, reregistered = _reregister_images(merged, models, dropped, options, rng)
+        dropped, reregistered = _reregister_images(
+            merged, models, dropped, options, rng, two_view_geometries, images
+        )
+    report = {
+        "num_points_in": num_points_in,
+        "num_points_joined": num_points_joined,
+        "num_observations_filtered": filtered_before,
+        "reregistered_images": reregistered,
+        "time_s": round(time.perf_counter() - t0, 4),
+    }
+    return merged, report, dropped
+
+
+def _finish_group(
+    merged: Reconstruction, report: dict[str, Any], options: MergeOptions
+) -> list[dict[str, Any]]:
+    """The final bundle adjustment of a joined model, its filter and point errors (in place; no input model
+    needed). Updates ``report``; returns the images dropped after the adjustment."""
+    t0 = time.perf_counter()
     ba_report: dict[str, Any] = {}
-    filtered_after = 0
+    dropped: list[dict[str, Any]] = []
     if options.final_ba and merged.points3D:
         ba = bundle_adjust(merged, options.bundle_adjustment)
         ba_report = {
@@ -760,20 +826,18 @@ def _merge_group(
             "mean_reprojection_error_px": ba.mean_reprojection_error_px,
             "time_s": round(ba.time_s, 4),
         }
-        filtered_after = _filter_observations(merged, options.filter_max_reproj_error_px)
-        dropped += _drop_weak_images(merged, options.min_image_points, "after the final bundle adjustment")
+        report["num_observations_filtered"] += _filter_observations(
+            merged, options.filter_max_reproj_error_px
+        )
+        dropped = _drop_weak_images(merged, options.min_image_points, "after the final bundle adjustment")
     errors = _observation_errors(merged)
     _set_point_errors(merged, errors)
-    report = {
-        "num_points_in": num_points_in,
-        "num_points_joined": num_points_joined,
-        "num_observations_filtered": filtered_before + filtered_after,
-        "reregistered_images": reregistered,
-        "final_ba": ba_report,
-        "mean_reprojection_error_px": float(errors["error_px"].mean()) if len(errors["error_px"]) else None,
-        "time_s": round(time.perf_counter() - t0, 4),
-    }
-    return merged, report, dropped
+    report["final_ba"] = ba_report
+    report["mean_reprojection_error_px"] = (
+        float(errors["error_px"].mean()) if len(errors["error_px"]) else None
+    )
+    report["time_s"] = round(report["time_s"] + time.perf_counter() - t0, 4)
+    return dropped
 
 
 def _point_arrays(rec: Reconstruction) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -853,12 +917,22 @@ def _join_tracks(merged: Reconstruction, models: list[Reconstruction], transform
     unique = unique[np.lexsort((unique[:, 2], unique[:, 1], unique[:, 0]))]
     starts = np.flatnonzero(np.r_[True, unique[1:, 0] != unique[:-1, 0]])
     ends = np.r_[starts[1:], len(unique)]
-    flat = unique.tolist()
-    for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
+    # one int object per distinct image id and keypoint index, shared by the tracks (two per observation
+    # otherwise: ~56 bytes an observation)
+    image_ints = list(range(int(unique[:, 1].max(initial=0)) + 1))
+    keypoint_ints = list(range(int(unique[:, 2].max(initial=0)) + 1))
+    pairs = list(
+        zip(
+            map(image_ints.__getitem__, unique[:, 1].tolist()),
+            map(keypoint_ints.__getitem__, unique[:, 2].tolist()),
+            strict=True,
+        )
+    )
+    groups = unique[starts, 0].tolist()
+    for s, e, g in zip(starts.tolist(), ends.tolist(), groups, strict=True):
         if e - s < 2:
             continue
-        g = flat[s][0]
-        merged.add_point3D(centre[g], [(i, kp) for _, i, kp in flat[s:e]], colors[first_node[g]])
+        merged.add_point3D(centre[g], pairs[s:e], colors[first_node[g]])
 
 
 def _observation_errors(rec: Reconstruction) -> dict[str, np.ndarray]:
@@ -914,35 +988,101 @@ def _reregister_images(
     taken_out: list[dict[str, Any]],
     options: MergeOptions,
     rng: np.random.Generator,
+    two_view_geometries: Mapping[tuple[int, int], TwoViewGeometry] | None = None,
+    images: Mapping[int, ImageInfo] | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Register the images taken out of ``merged`` again, by PnP on its joined points (in place).
 
+    The correspondences come from the input models' tracks and, given the verified pairs, from the image's
+    inlier matches with registered images; a registered image then gets new points triangulated with them.
+    Images are tried in passes, as long as a pass registers one (a stretch of taken-out images comes back
+    from its ends inwards, each on the points of the ones before).
+
     Returns:
         (images still dropped, with the PnP failure added to their reason; images registered again, each
-        ``{"image_id", "name", "num_correspondences", "num_inliers"}``).
+        ``{"image_id", "name", "num_correspondences", "num_inliers", "num_new_points",
+        "num_retriangulated_points"}``).
     """
-    dropped, registered = [], []
-    for entry in taken_out:
-        outcome = _register_by_pnp(merged, models, entry["image_id"], options, rng)
-        if isinstance(outcome, str):
-            dropped.append({**entry, "reason": f"{entry['reason']}; PnP on the merged points: {outcome}"})
-        else:
-            registered.append({"image_id": entry["image_id"], "name": entry["name"], **outcome})
+    pairs = _pairs_by_image(two_view_geometries or {}, {entry["image_id"] for entry in taken_out})
+    # the registered images it matches: their own pairs, to triangulate what it needs (see below)
+    neighbours = {other for entries in pairs.values() for other, _, _ in entries if other in merged.views}
+    neighbour_pairs = {**_pairs_by_image(two_view_geometries or {}, neighbours), **pairs}
+    pending, registered, failure = list(taken_out), [], {}
+    while pending:
+        still = []
+        for entry in pending:
+            image_id = entry["image_id"]
+            # Taking images out deletes the points only they and one registered image observed: the
+            # registered image's keypoints that this one matches are often left without a point (a stretch
+            # taken out: none). Triangulate those keypoints first from the registered image's own verified
+            # pairs with other registered images (COLMAP's retriangulation), then register by PnP.
+            retriangulated = 0
+            for other, _, other_keypoints in pairs.get(image_id, []):
+                if other in merged.views and merged.views[other].registered:
+                    retriangulated += _triangulate_image(
+                        merged, other, neighbour_pairs.get(other, []), options, images, other_keypoints
+                    )
+            outcome = _register_by_pnp(merged, models, image_id, options, rng, pairs.get(image_id, []))
+            if isinstance(outcome, str):
+                failure[image_id] = outcome
+                still.append(entry)
+                continue
+            outcome["num_new_points"] = _triangulate_image(
+                merged, image_id, pairs.get(image_id, []), options, images
+            )
+            outcome["num_retriangulated_points"] = retriangulated
+            registered.append({"image_id": image_id, "name": entry["name"], **outcome})
+        if len(still) == len(pending):
+            break
+        pending = still
+    dropped = [
+        {**entry, "reason": f"{entry['reason']}; PnP on the merged points: {failure[entry['image_id']]}"}
+        for entry in pending
+    ]
     if registered:
         logger.info("registered %d images again by PnP on the merged points", len(registered))
     return dropped, registered
 
 
+_PairMatches = list[tuple[int, np.ndarray, np.ndarray]]
+
+
+def _pairs_by_image(
+    two_view_geometries: Mapping[tuple[int, int], TwoViewGeometry], image_ids: set[int]
+) -> dict[int, _PairMatches]:
+    """image_id -> [(other image, its keypoints, the other's keypoints)] of its verified pairs, most inliers
+    first (for ``image_ids`` only)."""
+    out: dict[int, _PairMatches] = {}
+    for (i, j), geometry in two_view_geometries.items():
+        matches = np.asarray(geometry.inlier_matches, dtype=np.int64).reshape(-1, 2)
+        if not geometry.success or not len(matches):
+            continue
+        if i in image_ids:
+            out.setdefault(i, []).append((j, matches[:, 0], matches[:, 1]))
+        if j in image_ids:
+            out.setdefault(j, []).append((i, matches[:, 1], matches[:, 0]))
+    for entries in out.values():
+        entries.sort(key=lambda e: (-len(e[1]), e[0]))
+    return out
+
+
 def _correspondences_2d3d(
-    merged: Reconstruction, models: list[Reconstruction], image_id: int
+    merged: Reconstruction, models: list[Reconstruction], image_id: int, pairs: _PairMatches = ()
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(keypoint indices, merged point ids) of an image not in ``merged``, from the input models' tracks.
+    """(keypoint indices, merged point ids) of an image not in ``merged``, from the input models' tracks
+    and the image's verified pairs.
 
     A keypoint of the image observed point P of an input model; P's other observations ``(j, kp)`` that
-    are in ``merged`` name the merged point P was joined into (the most named one wins). One keypoint per
-    merged point (the first).
+    are in ``merged`` name the merged point P was joined into. A keypoint matched (verified pair) to a
+    keypoint of a registered image names that keypoint's merged point. The most named point wins; one
+    keypoint per merged point (the first).
     """
     votes: dict[int, dict[int, int]] = {}
+
+    def vote(kp: int, pid: int) -> None:
+        counts = votes.setdefault(kp, {})
+        counts[pid] = counts.get(pid, 0) + 1
+
     for rec in models:
         view = rec.views.get(image_id)
         if view is None or not view.registered:
@@ -954,8 +1094,14 @@ def _correspondences_2d3d(
                     continue
                 pid = int(other.point3D_ids[kp_j])
                 if pid >= 0:
-                    counts = votes.setdefault(kp, {})
-                    counts[pid] = counts.get(pid, 0) + 1
+                    vote(kp, pid)
+    for other_id, keypoints, other_keypoints in pairs:
+        other = merged.views.get(other_id)
+        if other is None or not other.registered:
+            continue
+        pids = other.point3D_ids[other_keypoints]
+        for kp, pid in zip(keypoints[pids >= 0].tolist(), pids[pids >= 0].tolist(), strict=True):
+            vote(kp, pid)
     keypoints, point_ids, used = [], [], set()
     for kp in sorted(votes):
         pid = max(votes[kp].items(), key=lambda e: (e[1], -e[0]))[0]
@@ -966,16 +1112,21 @@ def _correspondences_2d3d(
     return np.array(keypoints, dtype=np.int64), np.array(point_ids, dtype=np.int64)
 
 
+def _source_view(models: list[Reconstruction], image_id: int) -> View:
+    return next(rec.views[image_id] for rec in models if image_id in rec.views)
+
+
 def _register_by_pnp(
     merged: Reconstruction,
     models: list[Reconstruction],
     image_id: int,
     options: MergeOptions,
     rng: np.random.Generator,
+    pairs: _PairMatches = (),
 ) -> dict[str, int] | str:
     """Pose ``image_id`` in ``merged`` by PnP and add its inlier observations; the reason on failure."""
-    source = next(rec.views[image_id] for rec in models if image_id in rec.views)
-    keypoints, point_ids = _correspondences_2d3d(merged, models, image_id)
+    source = _source_view(models, image_id)
+    keypoints, point_ids = _correspondences_2d3d(merged, models, image_id, pairs)
     registration = options.registration
     needed = max(registration.min_num_inliers, options.min_image_points)
     if len(keypoints) < needed:
@@ -1006,6 +1157,64 @@ def _register_by_pnp(
     for k in inliers.tolist():
         merged.add_observation(int(point_ids[k]), image_id, int(keypoints[k]))
     return {"num_correspondences": len(keypoints), "num_inliers": len(inliers)}
+
+
+def _triangulate_image(
+    merged: Reconstruction,
+    image_id: int,
+    pairs: _PairMatches,
+    options: MergeOptions,
+    images: Mapping[int, ImageInfo] | None,
+    only_keypoints: np.ndarray | None = None,
+) -> int:
+    """New two-view points of the registered ``image_id`` from its verified matches with registered images
+    where neither keypoint has a point yet (DLT on undistorted pixels; kept when in front of both cameras,
+    within ``filter_max_reproj_error_px`` in both and with rays meeting at ``min_tri_angle_deg`` or more),
+    for its keypoints in ``only_keypoints`` (None: all). Returns the number of points added."""
+    view = merged.views[image_id]
+    camera = merged.cameras[view.camera_id]
+    info = images.get(image_id) if images is not None else None
+    colors = info.colors if info is not None else None
+    added = 0
+    for other_id, keypoints, other_keypoints in pairs:
+        other = merged.views.get(other_id)
+        if other is None or not other.registered:
+            continue
+        free = (view.point3D_ids[keypoints] < 0) & (other.point3D_ids[other_keypoints] < 0)
+        if only_keypoints is not None:
+            free &= np.isin(keypoints, only_keypoints)
+        a, b = keypoints[free], other_keypoints[free]
+        if not len(a):
+            continue
+        other_camera = merged.cameras[other.camera_id]
+        points = triangulate_dlt(
+            camera.K @ view.cam_from_world.matrix(),
+            other_camera.K @ other.cam_from_world.matrix(),
+            camera.ideal_pixels(view.keypoints_px[a]),
+            other_camera.ideal_pixels(other.keypoints_px[b]),
+        )
+        ok = np.all(np.isfinite(points), axis=1)
+        a, b, points = a[ok], b[ok], points[ok]
+        in_cam = view.cam_from_world.apply(points)
+        in_other = other.cam_from_world.apply(points)
+        ok = (in_cam[:, 2] > 0) & (in_other[:, 2] > 0)
+        a, b, points, in_cam, in_other = a[ok], b[ok], points[ok], in_cam[ok], in_other[ok]
+        if not len(a):
+            continue
+        error = np.maximum(
+            np.linalg.norm(camera.project(in_cam) - view.keypoints_px[a], axis=1),
+            np.linalg.norm(other_camera.project(in_other) - other.keypoints_px[b], axis=1),
+        )
+        angle = triangulation_angle_deg(view.cam_from_world.center, other.cam_from_world.center, points)
+        ok = (error <= options.filter_max_reproj_error_px) & (angle >= options.min_tri_angle_deg)
+        for k in np.flatnonzero(ok).tolist():
+            kp, kp_other = int(a[k]), int(b[k])
+            if view.point3D_ids[kp] >= 0 or other.point3D_ids[kp_other] >= 0:  # matched twice in this pair
+                continue
+            color = colors[kp] if colors is not None else None
+            merged.add_point3D(points[k], [(image_id, kp), (other_id, kp_other)], color)
+            added += 1
+    return added
 
 
 def _drop_weak_images(rec: Reconstruction, min_points: int, when: str) -> list[dict[str, Any]]:

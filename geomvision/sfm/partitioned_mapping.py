@@ -328,6 +328,8 @@ def partitioned_mapping(
         report.update({"num_models": 0, "num_registered": 0, "reason": "no cluster produced a model"})
         report["timings_s"] = {"clusters": round(time_map, 4), "total": round(time.perf_counter() - t0, 4)}
         return MappingResult([], report)
+    # The models list is now the only reference to the clusters' models: the merge frees them once joined.
+    del results, result, kept, rec
 
     merge_options = options.merge
     if set(cameras) <= set(options.mapper.fixed_camera_ids):  # known calibration stays fixed in the final BA
@@ -335,7 +337,15 @@ def partitioned_mapping(
             merge_options, bundle_adjustment=replace(merge_options.bundle_adjustment, intrinsics="fixed")
         )
     t_merge = time.perf_counter()
-    merged = merge_reconstructions(models, merge_options, core_image_ids=cores, rng=seed)
+    merged = merge_reconstructions(
+        models,
+        merge_options,
+        core_image_ids=cores,
+        two_view_geometries=two_view_geometries,
+        images=images,
+        release_models=True,
+        rng=seed,
+    )
     time_merge = time.perf_counter() - t_merge
     merged.report["model_cluster"] = model_cluster
     report["merge"] = merged.report

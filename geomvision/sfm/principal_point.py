@@ -13,8 +13,18 @@ the current model, from the Gauss-Newton normal equations of bundle adjustment (
 distortion and principal point free; the points eliminated by the Schur complement; the similarity
 gauge handled by the pseudo-inverse, to which the principal point is invariant), scaled by the
 residuals' standard deviation. On large models a random subset of the points is used and the
-deviation is scaled by sqrt(subset / all). The principal point is refined (one bundle adjustment
-with it free) only when it is *observable*: its angular standard deviation ``std / f`` is below
+deviation is scaled by sqrt(subset / all).
+
+A model of more than ``max_images`` registered images is tested on a connected subset of that many images
+(grown from the image observing the most points, each time adding the image sharing the most points with
+the subset): a principal point shared by every image of a camera needs hundreds of images, not thousands,
+and the whole-model test formed a dense matrix of (6 x images)^2 entries and a bundle adjustment of the
+whole model (2000 street images: 417 s and 3.5 GB more than mapping, to find a 0.07 px shift not
+significant). The subset's deviation is larger than the whole model's (fewer observations), so the test is
+conservative. Only a shift significant on the subset is refined in one bundle adjustment of the whole model
+(starting from the subset's intrinsics) and checked again there.
+
+The principal point is refined (one bundle adjustment with it free) only when it is *observable*: its angular standard deviation ``std / f`` is below
 ``max_std_deg``; and the refined model is kept only when the shift is *significant* (at least
 ``min_significance`` standard deviations; otherwise the image centre is as good and has fewer
 unknowns) and plausible (below ``max_shift`` of the image size).
@@ -35,7 +45,7 @@ from scipy.spatial.transform import Rotation
 from geomvision.errors import check_at_least, check_positive
 from geomvision.geometry.camera_models import PRINCIPAL_POINT_INDICES
 from geomvision.runtime.rng import as_rng
-from geomvision.scene.reconstruction import Reconstruction
+from geomvision.scene.reconstruction import Reconstruction, View
 from geomvision.sfm.ba.model import evaluate, gauge_translation_axis
 from geomvision.sfm.bundle_adjustment import (
     BundleAdjustmentOptions,
@@ -58,6 +68,8 @@ class PrincipalPointOptions:
         max_shift: a refined principal point further than this fraction of ``max(width, height)`` from
             where it started is implausible; the model is kept as it was.
         max_points: points used for the standard deviation (a random subset above this).
+        max_images: models with more registered images are tested on a connected subset of this many
+            images; only a significant shift there is refined on the whole model.
         ba: options of the adjustment (``refine_principal_point`` is forced on).
     """
 
@@ -66,6 +78,7 @@ class PrincipalPointOptions:
     min_significance: float = 3.0
     max_shift: float = 0.05
     max_points: int = 4000
+    max_images: int = 300
     ba: BundleAdjustmentOptions = field(default_factory=lambda: BundleAdjustmentOptions(loss="soft_l1"))
 
     def __post_init__(self) -> None:
@@ -74,6 +87,7 @@ class PrincipalPointOptions:
         check_at_least("min_significance", self.min_significance, 0)
         check_positive("max_shift", self.max_shift)
         check_at_least("max_points", self.max_points, 10)
+        check_at_least("max_images", self.max_images, self.min_registered_images)
 
 
 @dataclass
@@ -229,6 +243,7 @@ def refine_principal_point(
 
     def done() -> PrincipalPointResult:
         result.report = {
+            **result.report,
             "success": result.success,
             "reason": result.reason,
             "std_px": {str(c): list(v) for c, v in result.std_px_by_camera.items()},
@@ -241,37 +256,136 @@ def refine_principal_point(
     if reconstruction.num_registered < options.min_registered_images:
         result.reason = f"{reconstruction.num_registered} registered images < {options.min_registered_images}"
         return done()
-    std = principal_point_std_px(reconstruction, max_points=options.max_points, rng=rng)
+    subset = reconstruction.num_registered > options.max_images
+    model = reconstruction
+    if subset:
+        model = sub_reconstruction(reconstruction, covisible_image_subset(reconstruction, options.max_images))
+        result.report["subset_images"] = model.num_registered
+        result.report["subset_points"] = len(model.points3D)
+    std = principal_point_std_px(model, max_points=options.max_points, rng=rng)
     result.std_px_by_camera = {c: (float(s[0]), float(s[1])) for c, s in std.items()}
-    worst = max(std, key=lambda c: np.max(std[c]) / reconstruction.cameras[c].focal_xy[0])
-    worst_deg = float(np.degrees(np.max(std[worst]) / reconstruction.cameras[worst].focal_xy[0]))
+    worst = max(std, key=lambda c: np.max(std[c]) / model.cameras[c].focal_xy[0])
+    worst_deg = float(np.degrees(np.max(std[worst]) / model.cameras[worst].focal_xy[0]))
     if not worst_deg < options.max_std_deg:
         result.reason = f"not observable: camera {worst} principal point std {worst_deg:.3f} deg >= {options.max_std_deg} deg"
         return done()
     start = _principal_points(reconstruction)
     ba = replace(options.ba, refine_principal_point=True, intrinsics="shared")
+    out = bundle_adjust(model, ba) if subset else None  # the subset's own refinement (model is a copy)
+    if out is not None:
+        result.report["subset_shift_px"] = {
+            str(c): (model.cameras[c].principal_point - start[c]).tolist() for c in std
+        }
+        reason = _rejection(model, start, std, out, options)
+        if reason:  # not significant (or not plausible) on the subset: the whole model is left alone
+            result.reason = f"on {model.num_registered} of {reconstruction.num_registered} images: {reason}"
+            result.shift_px_by_camera = _shifts(model, start, std)
+            return done()
     saved = _snapshot(reconstruction)  # cheaper than a deep copy: BA changes only these
+    if subset:  # the whole model starts from the subset's intrinsics
+        for c in std:
+            reconstruction.cameras[c].params = model.cameras[c].params.copy()
+        del model
     out = bundle_adjust(reconstruction, ba)
-    refined = _principal_points(reconstruction)
-    shifts = {c: refined[c] - start[c] for c in std}
-    result.shift_px_by_camera = {c: (float(s[0]), float(s[1])) for c, s in shifts.items()}
-    significance = max(float(np.max(np.abs(shifts[c]) / std[c])) for c in std)
-    worst_shift = max(
-        float(np.linalg.norm(shifts[c]))
-        / max(reconstruction.cameras[c].width, reconstruction.cameras[c].height)
-        for c in std
-    )
-    if not out.success:
-        result.reason = f"bundle adjustment failed: {out.reason}"
-    elif significance < options.min_significance:
-        result.reason = f"shift not significant: {significance:.1f} std < {options.min_significance}"
-    elif worst_shift > options.max_shift:
-        result.reason = f"implausible shift of {worst_shift:.3f} x the image size (> {options.max_shift})"
-    else:
-        result.success = True
+    result.shift_px_by_camera = _shifts(reconstruction, start, std)
+    result.reason = _rejection(reconstruction, start, std, out, options)
+    result.success = not result.reason
     if not result.success:
         _restore(reconstruction, saved)
     return done()
+
+
+def _shifts(rec: Reconstruction, start: dict[int, np.ndarray], std: dict) -> dict[int, tuple[float, float]]:
+    return {c: tuple(float(v) for v in rec.cameras[c].principal_point - start[c]) for c in std}
+
+
+def _rejection(rec: Reconstruction, start: dict[int, np.ndarray], std: dict, out, options) -> str:
+    """Why the refined principal points of ``rec`` are not kept ("" when they are)."""
+    shifts = {c: np.asarray(rec.cameras[c].principal_point) - start[c] for c in std}
+    significance = max(float(np.max(np.abs(shifts[c]) / std[c])) for c in std)
+    worst_shift = max(
+        float(np.linalg.norm(shifts[c])) / max(rec.cameras[c].width, rec.cameras[c].height) for c in std
+    )
+    if not out.success:
+        return f"bundle adjustment failed: {out.reason}"
+    if significance < options.min_significance:
+        return f"shift not significant: {significance:.1f} std < {options.min_significance}"
+    if worst_shift > options.max_shift:
+        return f"implausible shift of {worst_shift:.3f} x the image size (> {options.max_shift})"
+    return ""
+
+
+def covisible_image_subset(rec: Reconstruction, max_images: int) -> list[int]:
+    """Up to ``max_images`` registered images, connected by shared points, grown greedily.
+
+    The subset starts with the image observing the most points; each step adds the image sharing the most
+    points with the images chosen so far (ties: the lower image id), until ``max_images`` or until no
+    registered image shares a point with the subset.
+
+    Returns:
+        the chosen image ids, in the order they were added.
+    """
+    image_ids = np.array(rec.registered_image_ids, dtype=np.int64)
+    rows, cols = [], []
+    for row, image_id in enumerate(image_ids.tolist()):
+        ids = rec.views[image_id].point3D_ids
+        ids = np.unique(ids[ids >= 0])
+        rows.append(np.full(len(ids), row, dtype=np.int64))
+        cols.append(ids)
+    rows, cols = np.concatenate(rows), np.concatenate(cols)
+    _, cols = np.unique(cols, return_inverse=True)
+    incidence = sp.csr_matrix(
+        (np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(len(image_ids), int(cols.max()) + 1)
+    )
+    covisible = (incidence @ incidence.T).toarray()  # (n, n) shared points; diagonal: points per image
+    first = int(np.argmax(np.diag(covisible)))
+    np.fill_diagonal(covisible, 0)
+    chosen = [first]
+    taken = np.zeros(len(image_ids), dtype=bool)
+    taken[first] = True
+    score = covisible[first].astype(np.float64)
+    while len(chosen) < min(max_images, len(image_ids)):
+        candidates = np.where(taken, -1.0, score)
+        best = int(np.argmax(candidates))
+        if candidates[best] <= 0:
+            break
+        chosen.append(best)
+        taken[best] = True
+        score += covisible[best]
+    return image_ids[chosen].tolist()
+
+
+def sub_reconstruction(rec: Reconstruction, image_ids: list[int]) -> Reconstruction:
+    """A copy of ``rec`` restricted to ``image_ids``: their cameras (copied), poses and keypoints (shared,
+    read-only), and the points observed by at least two of them, with those observations only."""
+    sub = Reconstruction()
+    for image_id in image_ids:
+        view = rec.views[image_id]
+        if view.camera_id not in sub.cameras:
+            camera = rec.cameras[view.camera_id]
+            sub.add_camera(replace(camera, params=camera.params.copy()))
+        sub.add_view(View(image_id, view.name, view.camera_id, view.cam_from_world, view.keypoints_px))
+    pids, images, keypoints = [], [], []
+    for image_id in image_ids:
+        ids = rec.views[image_id].point3D_ids
+        kps = np.flatnonzero(ids >= 0)
+        pids.append(ids[kps])
+        images.append(np.full(len(kps), image_id, dtype=np.int64))
+        keypoints.append(kps)
+    pids, images, keypoints = np.concatenate(pids), np.concatenate(images), np.concatenate(keypoints)
+    order = np.lexsort((images, pids))
+    pids, images, keypoints = pids[order], images[order], keypoints[order]
+    starts = np.flatnonzero(np.r_[True, pids[1:] != pids[:-1]]) if len(pids) else np.zeros(0, np.int64)
+    ends = np.r_[starts[1:], len(pids)].astype(np.int64)
+    image_list, kp_list = images.tolist(), keypoints.tolist()
+    for s, e, pid in zip(starts.tolist(), ends.tolist(), pids[starts].tolist(), strict=True):
+        if e - s < 2:
+            continue
+        point = rec.points3D[pid]
+        sub.add_point3D(
+            point.xyz.copy(), list(zip(image_list[s:e], kp_list[s:e], strict=True)), point.color, point.error
+        )
+    return sub
 
 
 def _snapshot(rec: Reconstruction) -> tuple:
