@@ -32,6 +32,7 @@ ORDER = [
     ("scaling.md", "Cost growth on synthetic street scenes (issue 17)"),
     ("wide_baseline.md", "Wide-baseline rings (issue 19)"),
     ("mapping_speed.md", "Incremental mapping speed at 300 images (issue 17)"),
+    ("memory_2000.md", "Memory and registration at 1000 and 2000 images (issue 17)"),
 ]
 
 
