@@ -117,3 +117,15 @@ def assert_ring_model_matches(rec: Reconstruction, scene: SyntheticScene) -> Non
     for pid, point in list(rec.points3D.items())[:20]:
         for image_id, kp in point.track:
             assert rec.views[image_id].point3D_ids[kp] == pid
+
+
+def scene_rays(scene: SyntheticScene, noise_px: float = 0.0, seed: int = 0):
+    """Positioning inputs of every visible point of ``scene``: (rotations {image id: (3, 3) cam_from_world},
+    obs_image (M,) ids from 1, obs_track (M,) point index, rays_in_cam (M, 3)), pixels optionally noisy."""
+    cams, pts = np.nonzero(scene.visible)
+    px = scene.observations_px[cams, pts]
+    if noise_px:
+        px = px + np.random.default_rng(seed).normal(scale=noise_px, size=px.shape)
+    rays = np.column_stack([px, np.ones(len(px))]) @ np.linalg.inv(scene.K).T
+    rotations = {i + 1: pose.rotation for i, pose in enumerate(scene.cams_from_world)}
+    return rotations, cams + 1, pts, rays

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from mapper_fixtures import scene_rays
 
 from geomvision.errors import InputError
 from geomvision.geometry.global_positioning import BataProblem, bata_positions, bata_positions_reference
@@ -16,17 +17,6 @@ from geomvision.sfm.global_positioning import (
 from geomvision.synthetic import random_scene
 
 
-def _scene_rays(scene, noise_px=0.0, seed=0):
-    """Observations (image ids from 1) and camera-frame rays of every visible point."""
-    cams, pts = np.nonzero(scene.visible)
-    px = scene.observations_px[cams, pts]
-    if noise_px:
-        px = px + np.random.default_rng(seed).normal(scale=noise_px, size=px.shape)
-    rays = np.column_stack([px, np.ones(len(px))]) @ np.linalg.inv(scene.K).T
-    rotations = {i + 1: pose.rotation for i, pose in enumerate(scene.cams_from_world)}
-    return rotations, cams + 1, pts, rays
-
-
 def _centre_errors(centers: dict[int, np.ndarray], scene) -> np.ndarray:
     ids = sorted(centers)
     est = np.array([centers[i] for i in ids])
@@ -36,7 +26,7 @@ def _centre_errors(centers: dict[int, np.ndarray], scene) -> np.ndarray:
 
 def test_exact_rays_give_exact_centres_and_points_from_a_random_start():
     scene = random_scene(200, 10, layout="sphere", rng=2)
-    rotations, obs_image, obs_track, rays = _scene_rays(scene)
+    rotations, obs_image, obs_track, rays = scene_rays(scene)
     converge = GlobalPositioningOptions(max_iterations=300, function_tolerance=1e-12)  # to the exact answer
     result = position_globally(rotations, obs_image, obs_track, rays, converge, rng=4)
     assert result.success and result.obs_inlier.all()
@@ -55,7 +45,7 @@ def test_exact_rays_give_exact_centres_and_points_from_a_random_start():
 
 def test_noise_and_outlier_observations():
     scene = random_scene(400, 12, rng=5)
-    rotations, obs_image, obs_track, rays = _scene_rays(scene, noise_px=0.5, seed=1)
+    rotations, obs_image, obs_track, rays = scene_rays(scene, noise_px=0.5, seed=1)
     # 5 % of the observations point somewhere else entirely (wrong matches).
     rng = np.random.default_rng(2)
     bad = rng.random(len(rays)) < 0.05
@@ -73,7 +63,7 @@ def test_noise_and_outlier_observations():
 
 def test_fast_solver_agrees_with_the_scipy_reference():
     scene = random_scene(30, 5, layout="sphere", rng=7)
-    _, obs_image, obs_track, rays_cam = _scene_rays(scene, noise_px=1.0, seed=3)
+    _, obs_image, obs_track, rays_cam = scene_rays(scene, noise_px=1.0, seed=3)
     rot = np.stack([p.rotation for p in scene.cams_from_world])
     rays = np.einsum("kji,kj->ki", rot[obs_image - 1], rays_cam)
     rays /= np.linalg.norm(rays, axis=1, keepdims=True)
@@ -121,7 +111,7 @@ def test_too_little_input_fails_as_a_value_and_bad_input_raises():
 
 def test_given_centres_start_the_points_where_their_rays_meet():
     scene = random_scene(200, 10, layout="sphere", rng=2)
-    rotations, obs_image, obs_track, rays = _scene_rays(scene, noise_px=0.5, seed=3)
+    rotations, obs_image, obs_track, rays = scene_rays(scene, noise_px=0.5, seed=3)
     # Centres off by 2 % of the scene radius (an earlier model); every image has one.
     jitter = np.random.default_rng(5).normal(scale=0.02, size=(10, 3))
     given = {i + 1: pose.center + jitter[i] for i, pose in enumerate(scene.cams_from_world)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from mapper_fixtures import scene_rays
 
 from geomvision.errors import InputError
 from geomvision.geometry.rigid import umeyama_alignment
@@ -108,20 +109,10 @@ def test_track_pairs_lists_every_pair_of_a_track_once_in_image_order():
     assert got == [(2, 5, 0), (2, 5, 1), (2, 9, 0), (5, 9, 0)]
 
 
-def _scene_rays(scene, noise_px=0.0, seed=0):
-    cams, pts = np.nonzero(scene.visible)
-    px = scene.observations_px[cams, pts]
-    if noise_px:
-        px = px + np.random.default_rng(seed).normal(scale=noise_px, size=px.shape)
-    rays = np.column_stack([px, np.ones(len(px))]) @ np.linalg.inv(scene.K).T
-    rotations = {i + 1: pose.rotation for i, pose in enumerate(scene.cams_from_world)}
-    return rotations, cams + 1, pts, rays
-
-
 @pytest.mark.parametrize(("noise_px", "tolerance"), [(0.0, 1e-6), (0.5, 0.02)])
 def test_stage_recovers_the_centres_of_a_synthetic_scene(noise_px, tolerance):
     scene = random_scene(300, 12, layout="sphere", rng=7)
-    rotations, obs_image, obs_track, rays = _scene_rays(scene, noise_px)
+    rotations, obs_image, obs_track, rays = scene_rays(scene, noise_px)
     converge = TranslationAveragingOptions(function_tolerance=1e-12)
     result = average_translations(rotations, obs_image, obs_track, rays, converge)
     assert result.success and sorted(result.centers) == list(range(1, 13))

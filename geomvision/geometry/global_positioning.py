@@ -29,7 +29,14 @@ from scipy.optimize import least_squares
 
 from geomvision.errors import InputError
 
-__all__ = ["BataProblem", "bata_positions", "bata_positions_reference", "initial_scales", "robust_cost"]
+__all__ = [
+    "BataProblem",
+    "bata_positions",
+    "bata_positions_reference",
+    "group_sum",
+    "initial_scales",
+    "robust_cost",
+]
 
 Loss = Literal["huber", "cauchy", "linear"]
 
@@ -96,7 +103,7 @@ class BataProblem:
         object.__setattr__(self, "obs_point", obs_point)
 
 
-def _group_sum(index: np.ndarray, values: np.ndarray, num_groups: int) -> np.ndarray:
+def group_sum(index: np.ndarray, values: np.ndarray, num_groups: int) -> np.ndarray:
     """Sum rows of ``values`` (M, ...) per group ``index`` (M,): a bincount (faster than ``np.add.at``)."""
     tail = values.shape[1:]
     width = int(np.prod(tail)) if tail else 1
@@ -180,10 +187,10 @@ def bata_positions(
         a = h_xx[:, None, None] * eye - coef[:, None, None] * (d[:, :, None] * d[:, None, :])
         gx_red = g_x - ((w * s) * g_s / h_ss_d)[:, None] * d  # gradient on X; on c it is the negative
         # Eliminate the points.
-        v = _group_sum(obs_point, a, num_pts)
+        v = group_sum(obs_point, a, num_pts)
         v += diag_x[:, None, None] * eye + 1e-12 * eye
         v_inv = np.linalg.inv(v)
-        gx_point = _group_sum(obs_point, gx_red, num_pts)
+        gx_point = group_sum(obs_point, gx_red, num_pts)
         t = a @ v_inv[obs_point]  # A_k V_p^-1
         # S = C - W^T V^-1 W with W's blocks -A_k: sparse products (the pairs of observations of one
         # point give the off-diagonal camera blocks).
@@ -193,13 +200,13 @@ def bata_positions(
             (-np.swapaxes(t[free_obs], 1, 2).ravel(), (w_rows, w_cols)), shape=(3 * num_pts, n_red)
         )
         s_mat = -(w_t @ v_inv_w).toarray()
-        diag_blocks = _group_sum(ci, a[free_obs], num_cams - 1)
+        diag_blocks = group_sum(ci, a[free_obs], num_cams - 1)
         diag_blocks += diag_c[free_cam][:, None, None] * eye
         for u in range(3):
             for k in range(3):
                 s_mat[3 * block + u, 3 * block + k] += diag_blocks[:, u, k]
         # Reduced gradient on c: sum(-gx_red) + sum A_k V_p^-1 (sum of gx_red over the point).
-        g_c = _group_sum(
+        g_c = group_sum(
             ci, (-gx_red + np.einsum("kij,kj->ki", t, gx_point[obs_point]))[free_obs], num_cams - 1
         )
         try:
@@ -210,7 +217,7 @@ def bata_positions(
         delta_c = np.zeros((num_cams, 3))
         delta_c[free_cam] = delta_c_free
         # Back-substitution: points, then scales.
-        rhs = _group_sum(obs_point, np.einsum("kij,kj->ki", a, delta_c[obs_camera]), num_pts)
+        rhs = group_sum(obs_point, np.einsum("kij,kj->ki", a, delta_c[obs_camera]), num_pts)
         delta_x = np.einsum("pij,pj->pi", v_inv, -gx_point + rhs)
         delta_d = delta_x[obs_point] - delta_c[obs_camera]
         delta_s = (-g_s - w * s * np.einsum("ki,ki->k", d, delta_d)) / h_ss_d

@@ -32,17 +32,9 @@ import scipy.sparse as sp
 from scipy.sparse.linalg import spsolve
 
 from geomvision.errors import InputError
+from geomvision.geometry.global_positioning import group_sum
 
 __all__ = ["baseline_directions", "lud_centers", "lud_cost"]
-
-
-def _group_sum(index: np.ndarray, values: np.ndarray, num_groups: int) -> np.ndarray:
-    """Sum rows of ``values`` (M, ...) per group ``index`` (M,) with one bincount."""
-    tail = values.shape[1:]
-    width = int(np.prod(tail)) if tail else 1
-    flat_index = (index[:, None] * width + np.arange(width)).ravel()
-    summed = np.bincount(flat_index, weights=values.reshape(-1), minlength=num_groups * width)
-    return summed.reshape((num_groups, *tail))
 
 
 def _epipolar_angles(normals: np.ndarray, rays_first: np.ndarray, baselines: np.ndarray) -> np.ndarray:
@@ -112,7 +104,7 @@ def baseline_directions(
     has = counts > 0
 
     def fit(weights: np.ndarray) -> None:
-        scatter = _group_sum(pair_index, weights[:, None, None] * outer, num_pairs)
+        scatter = group_sum(pair_index, weights[:, None, None] * outer, num_pairs)
         directions[has] = np.linalg.eigh(scatter[has])[1][:, :, 0]  # eigenvalues ascending
 
     if num_hypotheses > 0 and k:
@@ -255,8 +247,8 @@ def lud_centers(
             (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n_red, n_red)
         )
         rhs = np.zeros((num_cameras, 3))
-        rhs += _group_sum(j, rhs_edge, num_cameras)
-        rhs -= _group_sum(i, rhs_edge, num_cameras)
+        rhs += group_sum(j, rhs_edge, num_cameras)
+        rhs -= group_sum(i, rhs_edge, num_cameras)
         # A tiny ridge keeps the system solvable where the graph leaves a direction free.
         hessian = hessian + 1e-12 * float(np.abs(m).max(initial=1.0)) * sp.identity(n_red, format="csc")
         solution = np.zeros((num_cameras, 3))

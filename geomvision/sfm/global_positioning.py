@@ -35,7 +35,11 @@ import numpy as np
 
 from geomvision.errors import InputError, check_at_least, check_choice, check_positive, check_range
 from geomvision.geometry.global_positioning import BataProblem, bata_positions
-from geomvision.sfm.translation_averaging import TranslationAveragingOptions, average_translations
+from geomvision.sfm.translation_averaging import (
+    TranslationAveragingOptions,
+    average_translations,
+    ray_observations,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -230,15 +234,8 @@ def position_globally(
     options = options or GlobalPositioningOptions()
     rng = np.random.default_rng(0 if rng is None else rng)
     t0 = time.perf_counter()
-    obs_image = np.asarray(obs_image, dtype=np.int64)
-    obs_track = np.asarray(obs_track, dtype=np.int64)
-    rays_in_cam = np.asarray(rays_in_cam, dtype=np.float64)
+    obs_image, obs_track, rays_in_cam = ray_observations(obs_image, obs_track, rays_in_cam)
     m = len(obs_image)
-    if obs_track.shape != (m,) or rays_in_cam.shape != (m, 3):
-        raise InputError(
-            f"need obs_image (M,), obs_track (M,), rays_in_cam (M, 3); got {obs_image.shape}, "
-            f"{obs_track.shape}, {rays_in_cam.shape}"
-        )
     num_tracks = int(obs_track.max()) + 1 if m else 0
     known = np.isin(obs_image, np.fromiter(rotations, dtype=np.int64, count=len(rotations)))
     rows_known = np.flatnonzero(known)

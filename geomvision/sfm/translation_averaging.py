@@ -34,6 +34,7 @@ __all__ = [
     "TranslationAveragingOptions",
     "TranslationAveragingResult",
     "average_translations",
+    "ray_observations",
     "centers_from_directions",
     "track_pairs",
 ]
@@ -95,6 +96,27 @@ class TranslationAveragingResult:
     report: dict = field(default_factory=dict)
 
 
+def ray_observations(
+    obs_image: np.ndarray, obs_track: np.ndarray, rays_in_cam: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The observations of the positioning stages as arrays: ``obs_image`` (M,) int64, ``obs_track`` (M,)
+    int64 and ``rays_in_cam`` (M, 3) float64 (bearing of each observation in its camera's frame).
+
+    Raises:
+        InputError: arrays of mismatched shapes.
+    """
+    obs_image = np.asarray(obs_image, dtype=np.int64)
+    obs_track = np.asarray(obs_track, dtype=np.int64)
+    rays_in_cam = np.asarray(rays_in_cam, dtype=np.float64)
+    m = len(obs_image)
+    if obs_track.shape != (m,) or rays_in_cam.shape != (m, 3):
+        raise InputError(
+            f"need obs_image (M,), obs_track (M,), rays_in_cam (M, 3); got {obs_image.shape}, "
+            f"{obs_track.shape}, {rays_in_cam.shape}"
+        )
+    return obs_image, obs_track, rays_in_cam
+
+
 def track_pairs(obs_image: np.ndarray, obs_track: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Every pair of observations of one track, ordered so the first has the smaller image id.
 
@@ -150,15 +172,7 @@ def average_translations(
     del progress  # one solve: nothing to report in between
     options = options or TranslationAveragingOptions()
     t0 = time.perf_counter()
-    obs_image = np.asarray(obs_image, dtype=np.int64)
-    obs_track = np.asarray(obs_track, dtype=np.int64)
-    rays_in_cam = np.asarray(rays_in_cam, dtype=np.float64)
-    m = len(obs_image)
-    if obs_track.shape != (m,) or rays_in_cam.shape != (m, 3):
-        raise InputError(
-            f"need obs_image (M,), obs_track (M,), rays_in_cam (M, 3); got {obs_image.shape}, "
-            f"{obs_track.shape}, {rays_in_cam.shape}"
-        )
+    obs_image, obs_track, rays_in_cam = ray_observations(obs_image, obs_track, rays_in_cam)
     image_ids = np.array(sorted(rotations), dtype=np.int64)
     rows = np.flatnonzero(np.isin(obs_image, image_ids))
     image_index = np.searchsorted(image_ids, obs_image[rows])
