@@ -21,7 +21,8 @@ from geomvision.sfm.bundle_adjustment import bundle_adjust
 from geomvision.sfm.merge import (
     AlignmentOptions,
     MergeOptions,
-    _merge_group,
+    _finish_group,
+    _join_group,
     align_reconstructions,
     merge_reconstructions,
     shared_point_pairs,
@@ -99,6 +100,12 @@ def split_scene(
         models.append(rec)
         frames.append(model_from_world)
     return models, frames, kp_of_point
+
+
+def _merge_group(models, transforms, cores, options):
+    """One group's whole merge: join (needs the input models), then filter and adjust."""
+    merged, report, dropped = _join_group(models, transforms, cores, options, np.random.default_rng(0))
+    return merged, report, dropped + _finish_group(merged, report, options)
 
 
 def test_sim3_parametrisations_round_trip():
@@ -251,11 +258,9 @@ def test_an_image_posed_a_few_pixels_off_by_its_owner_is_kept_for_the_final_bund
     root_from_model = [frames[0] @ f.inverse() for f in frames]
     cores = [{1, 2, 3, 4, 5, 6}, {7, 8, 9, 10}, {11, 12, 13, 14, 15}]
     strict = MergeOptions(max_reproj_error_before_ba_px=4.0, reregister=False)  # the old behaviour
-    _, _, dropped = _merge_group(models, root_from_model, cores, strict, np.random.default_rng(0))
+    _, _, dropped = _merge_group(models, root_from_model, cores, strict)
     assert [d["image_id"] for d in dropped] == [6] and "0 points" in dropped[0]["reason"]
-    rec, report, dropped = _merge_group(
-        models, root_from_model, cores, MergeOptions(), np.random.default_rng(0)
-    )
+    rec, report, dropped = _merge_group(models, root_from_model, cores, MergeOptions())
     assert dropped == [] and rec.registered_image_ids == list(range(1, 16))
     rot_err, _ = _merged_pose_errors(rec, scene)
     assert rot_err.max() < 1e-3 and rec.mean_reprojection_error_px() < 1e-3

@@ -738,23 +738,6 @@ def _model_graph(models: list[Reconstruction]) -> dict[tuple[int, int], int]:
     return weights
 
 
-def _merge_group(
-    models: list[Reconstruction],
-    transforms: list[Sim3d],
-    cores: list[set[int]],
-    options: MergeOptions,
-    rng: np.random.Generator,
-    two_view_geometries: Mapping[tuple[int, int], TwoViewGeometry] | None = None,
-    images: Mapping[int, ImageInfo] | None = None,
-) -> tuple[Reconstruction, dict[str, Any], list[dict[str, Any]]]:
-    """Map the models into the root frame, join their tracks, filter, re-register, bundle-adjust."""
-    merged, report, dropped = _join_group(
-        models, transforms, cores, options, rng, two_view_geometries, images
-    )
-    dropped += _finish_group(merged, report, options)
-    return merged, report, dropped
-
-
 def _join_group(
     models: list[Reconstruction],
     transforms: list[Sim3d],
@@ -764,8 +747,9 @@ def _join_group(
     two_view_geometries: Mapping[tuple[int, int], TwoViewGeometry] | None = None,
     images: Mapping[int, ImageInfo] | None = None,
 ) -> tuple[Reconstruction, dict[str, Any], list[dict[str, Any]]]:
-    """The part of :func:`_merge_group` that needs the input models: map them into the root frame, join
-    their tracks, filter, re-register. Returns the joined model, its report so far and the dropped images."""
+    """The part of a group's merge that needs the input models (:func:`_finish_group` does the rest): map
+    them into the root frame, join their tracks, filter, re-register. Returns the joined model, its report so
+    far and the dropped images."""
     t0 = time.perf_counter()
     merged = Reconstruction()
     # Cameras: the first model (the root) that has one gives its intrinsics.
