@@ -255,19 +255,24 @@ def _pack_points(points3D: dict[int, Point3D]) -> dict[str, np.ndarray]:
     }
 
 
-def _unpack_points(packed: dict[str, np.ndarray]) -> dict[int, Point3D]:
-    """Inverse of :func:`_pack_points` (same order, so the same dict iteration order)."""
-    tracks = packed["tracks"]
-    # one int object per distinct value, shared by every track that holds it
-    images = list(range(int(tracks[:, 0].max(initial=0)) + 1))
-    keypoints = list(range(int(tracks[:, 1].max(initial=0)) + 1))
-    pairs = list(
+def track_elements(rows: np.ndarray) -> list[tuple[int, int]]:
+    """(M, 2) integer (image_id, keypoint_index) rows -> M track tuples whose ints are shared: one int object
+    per distinct image id and keypoint index instead of two per observation (~56 bytes an observation in
+    large models)."""
+    image_ints = list(range(int(rows[:, 0].max(initial=0)) + 1))
+    keypoint_ints = list(range(int(rows[:, 1].max(initial=0)) + 1))
+    return list(
         zip(
-            map(images.__getitem__, tracks[:, 0].tolist()),
-            map(keypoints.__getitem__, tracks[:, 1].tolist()),
+            map(image_ints.__getitem__, rows[:, 0].tolist()),
+            map(keypoint_ints.__getitem__, rows[:, 1].tolist()),
             strict=True,
         )
     )
+
+
+def _unpack_points(packed: dict[str, np.ndarray]) -> dict[int, Point3D]:
+    """Inverse of :func:`_pack_points` (same order, so the same dict iteration order)."""
+    pairs = track_elements(packed["tracks"])
     bounds = np.concatenate([[0], np.cumsum(packed["lengths"])]).tolist()
     xyz, colors = packed["xyz"], packed["colors"]
     return {

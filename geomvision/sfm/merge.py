@@ -67,6 +67,7 @@ from geomvision.robust.ransac import BailoutOptions, RansacOptions, ransac
 from geomvision.runtime.allocator import release_free_memory
 from geomvision.runtime.rng import as_rng
 from geomvision.scene import ImageInfo, Reconstruction, TwoViewGeometry, View
+from geomvision.scene.reconstruction import track_elements
 from geomvision.sfm.bundle_adjustment import BundleAdjustmentOptions, bundle_adjust
 from geomvision.sfm.registration import RegistrationOptions
 
@@ -901,17 +902,7 @@ def _join_tracks(merged: Reconstruction, models: list[Reconstruction], transform
     unique = unique[np.lexsort((unique[:, 2], unique[:, 1], unique[:, 0]))]
     starts = np.flatnonzero(np.r_[True, unique[1:, 0] != unique[:-1, 0]])
     ends = np.r_[starts[1:], len(unique)]
-    # one int object per distinct image id and keypoint index, shared by the tracks (two per observation
-    # otherwise: ~56 bytes an observation)
-    image_ints = list(range(int(unique[:, 1].max(initial=0)) + 1))
-    keypoint_ints = list(range(int(unique[:, 2].max(initial=0)) + 1))
-    pairs = list(
-        zip(
-            map(image_ints.__getitem__, unique[:, 1].tolist()),
-            map(keypoint_ints.__getitem__, unique[:, 2].tolist()),
-            strict=True,
-        )
-    )
+    pairs = track_elements(unique[:, 1:3])
     groups = unique[starts, 0].tolist()
     for s, e, g in zip(starts.tolist(), ends.tolist(), groups, strict=True):
         if e - s < 2:
