@@ -24,8 +24,8 @@ significant). The subset's deviation is larger than the whole model's (fewer obs
 conservative. Only a shift significant on the subset is refined in one bundle adjustment of the whole model
 (starting from the subset's intrinsics) and checked again there.
 
-The principal point is refined (one bundle adjustment with it free) only when it is *observable*: its angular standard deviation ``std / f`` is below
-``max_std_deg``; and the refined model is kept only when the shift is *significant* (at least
+The principal point is refined (one bundle adjustment with it free) only when it is *observable*: its
+angular standard deviation ``std / f`` is below ``max_std_deg``; and the refined model is kept only when the shift is *significant* (at least
 ``min_significance`` standard deviations; otherwise the image centre is as good and has fewer
 unknowns) and plausible (below ``max_shift`` of the image size).
 """
