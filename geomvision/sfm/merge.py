@@ -795,6 +795,7 @@ def _join_group(
     filtered_before = _filter_observations(merged, before_ba)
     dropped = _drop_weak_images(merged, options.min_image_points, "after joining tracks")
     reregistered: list[dict[str, Any]] = []
+    t_reregister = time.perf_counter()
     if options.reregister and dropped:
         dropped, reregistered = _reregister_images(
             merged, models, dropped, options, rng, two_view_geometries, images
@@ -804,6 +805,8 @@ def _join_group(
         "num_points_joined": num_points_joined,
         "num_observations_filtered": filtered_before,
         "reregistered_images": reregistered,
+        "join_s": round(t_reregister - t0, 4),
+        "reregister_s": round(time.perf_counter() - t_reregister, 4),
         "time_s": round(time.perf_counter() - t0, 4),
     }
     return merged, report, dropped
