@@ -23,6 +23,7 @@ import numpy as np
 from geomvision.config import PipelineOptions, ReconstructionConfig
 from geomvision.errors import InputError, ReconstructionError
 from geomvision.progress import ProgressCallback
+from geomvision.runtime.allocator import release_free_memory
 from geomvision.runtime.atomic import atomic_write_text, replace_folder
 from geomvision.runtime.runner import DaskSettings, StageRunner, open_runner
 from geomvision.scene import Camera, ImageInfo, Reconstruction, TwoViewGeometry
@@ -216,8 +217,11 @@ def _run_stages(run: _Run) -> PipelineResult:
             )
             timings["calibration"] = time.perf_counter() - t
         # The mapper runs in this process only: a pool worker writes the view graph meanwhile. The front end's
-        # workers end first (their grown heaps would count beside the mapper); fresh ones start for it.
+        # workers end first (their grown heaps would count beside the mapper); fresh ones start for it. This
+        # process hands back the heap the front end freed (matches, verification results): at 2000 images it
+        # holds the clusters' returning models beside two cluster workers, the tree's peak.
         runner.release_workers()
+        release_free_memory()
         view_graph_written = _start_view_graph_output(out, verified, names, runner)
 
         t = time.perf_counter()
