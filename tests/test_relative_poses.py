@@ -9,7 +9,7 @@ from scipy.spatial.transform import Rotation
 
 from geomvision.errors import InputError
 from geomvision.geometry import epipolar
-from geomvision.geometry.rigid import rotation_angle_deg
+from geomvision.geometry.rigid import Rigid3d, rotation_angle_deg
 from geomvision.scene import Camera, ImageInfo, TwoViewGeometry
 from geomvision.sfm.relative_poses import (
     RelativePoseOptions,
@@ -136,3 +136,31 @@ def test_homography_candidates_hold_the_true_rotation_and_its_twin():
     assert errors[0] < 1e-6 and errors[1] > 5.0  # the twin decomposition is another rotation
     with pytest.raises(InputError, match="not among"):
         homography_rotation_candidates(pairs, images, {1: camera}, [(2, 3)])
+
+
+def test_planar_pair_is_posed_from_its_verified_essential_matrix(scene_inputs):
+    scene, cameras, images, geoms = scene_inputs
+    (i, j), g = next(iter(geoms.items()))
+    rel = _true_relative(scene, i, j)
+    E = epipolar.essential_from_pose(rel)
+    pair = {(i, j): TwoViewGeometry(i, j, "planar", g.inlier_matches, E=E, cam2_from_cam1=None)}
+    result = estimate_relative_poses(pair, images, cameras, pairs=[(i, j)], rng=0)
+    assert result.report["num_light_planar"] == 1 and result.report["num_ransac"] == 0
+    posed = result.two_view_geometries[(i, j)]
+    assert posed.config == "calibrated"
+    assert rotation_angle_deg(posed.cam2_from_cam1.rotation, rel.rotation) < 1e-6
+    # A stale E (the rotation 10 deg off) holds too few inliers: RANSAC poses the pair instead.
+    turn = Rotation.from_rotvec([0.0, np.deg2rad(10.0), 0.0]).as_matrix()
+    wrong = epipolar.essential_from_pose(Rigid3d(turn @ rel.rotation, rel.translation))
+    pair = {(i, j): TwoViewGeometry(i, j, "planar", g.inlier_matches, E=wrong)}
+    result = estimate_relative_poses(pair, images, cameras, pairs=[(i, j)], rng=0)
+    assert result.report["num_light_planar"] == 0 and result.report["num_ransac"] == 1
+    off = estimate_relative_poses(
+        {(i, j): TwoViewGeometry(i, j, "planar", g.inlier_matches, E=E)},
+        images,
+        cameras,
+        RelativePoseOptions(planar_from_essential=False),
+        pairs=[(i, j)],
+        rng=0,
+    )
+    assert off.report["num_ransac"] == 1 and off.report["num_light"] == 0
