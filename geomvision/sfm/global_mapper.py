@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -99,6 +99,11 @@ class GlobalMapperOptions:
         num_ba_rounds: BA rounds; the first holds the averaged rotations, the others refine everything.
         fix_rotations_first_round: the first BA round holds the averaged rotations (only centres and points
             move); else every round refines them.
+        fixed_rotation_max_iterations: that round (rotations held, no intrinsics refined) stops after at
+            most this many iterations (retriangulation, a loose filtering and the joint rounds follow);
+            0: the cap of its BA options. Synthetic 300-image street: 28 iterations before, AUC@2 0.9554
+            either way. Capping the joint rounds too (``round_ba``) is no default: on templeRing with an
+            unknown focal (768 -> 1543 px) the first pass then ends with the focal unsettled, AUC@2 0.13.
         first_filter_factor: the reprojection threshold of the filtering after the first round is this
             times ``triangulation.filter_max_error_px`` (the positioned model is still rough).
         min_point_observations: points left with fewer observations by a filtering are deleted. Two-view
@@ -141,6 +146,7 @@ class GlobalMapperOptions:
     round_ba: BundleAdjustmentOptions | None = None
     num_ba_rounds: int = 3
     fix_rotations_first_round: bool = True
+    fixed_rotation_max_iterations: int = 10
     first_filter_factor: float = 4.0
     min_point_observations: int = 3
     min_image_observations: int = 20
@@ -155,6 +161,7 @@ class GlobalMapperOptions:
 
     def __post_init__(self) -> None:
         check_at_least("num_ba_rounds", self.num_ba_rounds, 1)
+        check_at_least("fixed_rotation_max_iterations", self.fixed_rotation_max_iterations, 0)
         check_at_least("first_filter_factor", self.first_filter_factor, 1)
         check_at_least("recalibrate_focal_change", self.recalibrate_focal_change, 0)
         check_at_least("min_point_observations", self.min_point_observations, 2)
@@ -304,6 +311,9 @@ class _ComponentMapper:
         state = self.state
         refine = set() if fix_rotations else self.refine_camera_ids()
         options = self.options.ba if last or self.options.round_ba is None else self.options.round_ba
+        cap = self.options.fixed_rotation_max_iterations
+        if fix_rotations and not refine and 0 < cap < options.max_iterations:
+            options = replace(options, max_iterations=cap)
         with self.timer("bundle_adjustment"):
             stats = adjust_bundle(
                 state,
