@@ -87,7 +87,7 @@ class GlobalMapperOptions:
             of the two poses that fit the plane: on the synthetic 300-image street, seed 0, the draws
             put 7 images of a facade-only stretch 1.5 deg and one 42 deg off after rotation averaging,
             and the final model 4 deg off there (AUC@2 0.909); with the candidates every image is within
-            2.1 deg after rotation averaging.
+            3 deg after rotation averaging, AUC@2 0.955 for seeds 0, 1 and 2.
         relative_poses: options of that estimation, also used for the pairs of a refocused camera.
         rotation_averaging: options of the rotation-averaging stage.
         positioning: options of the global-positioning stage.

@@ -67,7 +67,7 @@ class RelativePoseOptions:
             inliers under the given intrinsics, instead of by a new RANSAC. On a planar pair every
             five-point pose is one of the two that fit the plane either way; the global mapper's rotation
             averaging chooses between them with the homography's decompositions. Synthetic 300-image
-            street (1011 of 1045 planar pairs posed this way): re-posing 5.9 -> ~1.5 s, image rotations
+            street (1011 of 1045 planar pairs posed this way): re-posing 5.6 -> 0.9 s, image rotations
             after rotation averaging p90 0.88 -> 0.77 deg.
         ransac: the five-point RANSAC (``max_error_px``: Sampson distance in ideal pixels).
     """
