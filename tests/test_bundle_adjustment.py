@@ -7,10 +7,17 @@ import numpy as np
 import pytest
 
 from geomvision.errors import InputError
+from geomvision.geometry.rigid import Rigid3d
 from geomvision.sfm.ba import losses
 from geomvision.sfm.ba.model import BundleAdjustmentProblem, evaluate
 from geomvision.sfm.ba.synthetic import perturb, problem_to_reconstruction, synthetic_problem
-from geomvision.sfm.bundle_adjustment import BundleAdjustmentOptions, adjust_problem, bundle_adjust
+from geomvision.sfm.bundle_adjustment import (
+    BundleAdjustmentOptions,
+    adjust_problem,
+    bundle_adjust,
+    points_covering_images,
+    refine_points,
+)
 
 MODELS = ["SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV"]
 
@@ -433,3 +440,64 @@ def test_schur_reports_the_costs_of_the_parameters_it_returns():
     np.testing.assert_allclose(result.final_cost, end.cost, rtol=1e-12)
     np.testing.assert_allclose(result.initial_mean_reprojection_error_px, start.errors_px.mean(), rtol=1e-12)
     np.testing.assert_allclose(result.mean_reprojection_error_px, end.errors_px.mean(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("loss", ["linear", "soft_l1"])
+def test_refine_points_reaches_the_held_camera_bundle_adjustment_optimum(loss):
+    problem, _ = synthetic_problem(10, 200, model="RADIAL", views_per_point=3, noise_px=0.5, rng=41)
+    problem.points += np.random.default_rng(42).normal(0.0, 0.05, problem.points.shape)  # cameras exact
+    reference, refined = problem_to_reconstruction(problem), problem_to_reconstruction(problem)
+    options = BundleAdjustmentOptions(loss=loss, function_tolerance=1e-14, gradient_tolerance=1e-14)
+    held = BundleAdjustmentOptions(
+        loss=loss,
+        intrinsics="fixed",
+        fixed_image_ids=tuple(reference.registered_image_ids),
+        function_tolerance=1e-14,
+        gradient_tolerance=1e-14,
+        max_iterations=200,
+    )
+    assert bundle_adjust(reference, held).success
+    poses = {i: v.cam_from_world.translation.copy() for i, v in refined.views.items()}
+    point_ids = np.array(sorted(refined.points3D))
+    # 30 observations a problem: 200 points of 3 observations in 20 problems, each solved on its own
+    assert refine_points(refined, point_ids, options, max_iterations=30, max_observations=30) == 20
+    for p in point_ids.tolist():
+        np.testing.assert_allclose(refined.points3D[p].xyz, reference.points3D[p].xyz, atol=1e-7)
+    for i, view in refined.views.items():  # cameras held bitwise
+        np.testing.assert_array_equal(view.cam_from_world.translation, poses[i])
+    with pytest.raises(InputError, match="max_observations"):
+        refine_points(refined, point_ids, options, max_observations=0)
+
+
+def test_points_covering_images_fits_the_budget_and_spreads_over_each_frame():
+    problem, _ = synthetic_problem(12, 3000, views_per_point=4, noise_px=0.0, rng=43)
+    rec = problem_to_reconstruction(problem)
+    total = sum(len(p.track) for p in rec.points3D.values())
+    assert len(points_covering_images(rec, total)) == len(rec.points3D)  # everything fits
+    chosen = points_covering_images(rec, total // 5, grid_cells=4)
+    observations = [(i, k) for p in chosen.tolist() for i, k in rec.points3D[p].track]
+    assert total // 5 - 4 < len(observations) <= total // 5  # filled up to the last whole point
+    for image_id, view in rec.views.items():
+        px = np.array([view.keypoints_px[k] for i, k in observations if i == image_id])
+        # every image keeps a fair share, in every cell of its 4 x 4 grid that it has points in
+        assert len(px) >= 0.15 * total / 12
+        cells = {(int(x * 4 / 640), int(y * 4 / 480)) for x, y in view.keypoints_px}
+        assert {(int(x * 4 / 640), int(y * 4 / 480)) for x, y in px} == cells
+
+
+def test_refine_points_carries_points_along_with_moved_cameras():
+    problem, _ = synthetic_problem(8, 120, views_per_point=3, noise_px=0.5, rng=44)
+    rec = problem_to_reconstruction(problem)
+    options = BundleAdjustmentOptions(function_tolerance=1e-14, gradient_tolerance=1e-14)
+    point_ids = np.array(sorted(rec.points3D))
+    refine_points(rec, point_ids, options, max_iterations=30)  # at the optimum for these cameras
+    optimum = {p: rec.points3D[p].xyz.copy() for p in point_ids.tolist()}
+    # the whole rig moves by a rigid motion (what a BA on other points may do far from its gauge)
+    new_from_old = Rigid3d.from_rotvec(np.array([0.05, -0.1, 0.2]), np.array([0.8, -0.5, 1.5]))
+    poses_before = {i: v.cam_from_world for i, v in rec.views.items()}
+    for view in rec.views.values():
+        view.cam_from_world = view.cam_from_world @ new_from_old.inverse()
+    refine_points(rec, point_ids, options, poses_before=poses_before, max_iterations=0)  # carried only
+    for p in point_ids.tolist():
+        np.testing.assert_allclose(rec.points3D[p].xyz, new_from_old.apply(optimum[p]), atol=1e-9)
+    assert rec.mean_reprojection_error_px() < 0.7

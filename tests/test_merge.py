@@ -402,3 +402,29 @@ def test_released_input_models_give_the_same_merged_model():
         np.testing.assert_array_equal(a.views[i].cam_from_world.matrix(), b.views[i].cam_from_world.matrix())
     assert len(a.points3D) == len(b.points3D)
     assert released.report["num_input_models"] == 4
+
+
+def test_final_bundle_adjustment_on_a_point_subset_stays_at_the_noise_level():
+    scene = random_scene(400, 15, rng=8)
+    clusters = [[0, 1, 2, 3, 4, 5], [4, 5, 6, 7, 8, 9, 10], [9, 10, 11, 12, 13, 14]]
+    noise_px = 0.5
+    models, _, _ = split_scene(scene, clusters, noise_px=noise_px, pose_noise=0.002, outlier_ratio=0.0, rng=8)
+    whole = merge_reconstructions(models, rng=0).reconstructions[0]
+    num_observations = sum(len(p.track) for p in whole.points3D.values())
+    options = MergeOptions(final_ba_max_observations=num_observations // 3)
+    result = merge_reconstructions(models, options, rng=0)
+    rec = result.reconstructions[0]
+    final_ba = result.report["groups"][0]["final_ba"]
+    assert final_ba["num_points_adjusted"] < len(rec.points3D) // 2
+    assert final_ba["num_points_adjusted"] + final_ba["num_points_refined"] == len(rec.points3D)
+    rot_err, centre_err = _merged_pose_errors(rec, scene)
+    ref_rot, ref_centre = _merged_pose_errors(whole, scene)
+    # a third of the observations: the poses' errors grow by about sqrt(3) at most
+    assert np.median(rot_err) < 1.8 * np.median(ref_rot)
+    assert np.median(centre_err) < 1.8 * np.median(ref_centre)
+    # every point, adjusted or refined with the cameras held, fits its observations to the noise level
+    assert rec.mean_reprojection_error_px() < 1.5 * noise_px
+    errors = rec.reprojection_errors_px()["errors_px"]
+    assert np.percentile(errors, 99) < 4 * noise_px
+    with pytest.raises(InputError, match="final_ba_max_observations"):
+        MergeOptions(final_ba_max_observations=-1)

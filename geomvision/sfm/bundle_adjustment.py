@@ -21,8 +21,8 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
 from typing import Literal, get_args
 
 import numpy as np
@@ -47,6 +47,8 @@ __all__ = [
     "BundleAdjustmentResult",
     "adjust_problem",
     "bundle_adjust",
+    "points_covering_images",
+    "refine_points",
 ]
 
 
@@ -296,9 +298,14 @@ def _gauge_mask(problem: BundleAdjustmentProblem, image_ids: np.ndarray, options
 
 
 def problem_from_reconstruction(
-    rec: Reconstruction, options: BundleAdjustmentOptions
+    rec: Reconstruction, options: BundleAdjustmentOptions, point_ids: np.ndarray | None = None
 ) -> tuple[BundleAdjustmentProblem, dict]:
     """Flatten the registered part of ``rec`` into a ``BundleAdjustmentProblem``.
+
+    Args:
+        rec: the reconstruction.
+        options: which poses, points and intrinsics are free.
+        point_ids: (P,) sorted ids of the points to include (None: every point).
 
     Returns:
         the problem and a dict of the ids behind each array row (``image_ids``, ``camera_ids``,
@@ -307,7 +314,7 @@ def problem_from_reconstruction(
     image_ids = np.array(rec.registered_image_ids, dtype=np.int64)
     if options.intrinsics == "per_image":
         _split_cameras_per_image(rec, image_ids)
-    arrays = rec.observation_arrays()
+    arrays = rec.observation_arrays(point_ids)
     keep = np.isin(arrays["obs_image_id"], image_ids)
     if not keep.all():
         logger.warning("BA: ignoring %d observations in unregistered images", int((~keep).sum()))
@@ -345,7 +352,7 @@ def problem_from_reconstruction(
         "image_ids": image_ids,
         "camera_ids": camera_ids,
         "point_ids": arrays["point_ids"],
-        "all_observations_used": bool(keep.all()),
+        "all_observations_used": bool(keep.all()) and point_ids is None,
     }
     return problem, ids
 
@@ -369,13 +376,16 @@ def bundle_adjust(
     rec: Reconstruction,
     options: BundleAdjustmentOptions | None = None,
     *,
+    point_ids: np.ndarray | None = None,
     progress: ProgressCallback | None = None,
 ) -> BundleAdjustmentResult:
-    """Bundle-adjust the registered images and all 3D points of ``rec`` in place.
+    """Bundle-adjust the registered images and all 3D points (or ``point_ids``) of ``rec`` in place.
 
     Args:
         rec: reconstruction; views without a pose are ignored (with their observations).
         options: see ``BundleAdjustmentOptions``.
+        point_ids: (P,) sorted ids of the only points (and observations) in the problem; the others are
+            neither used nor moved, and keep their ``error`` (None: every point).
         progress: ``progress(iteration, max_iterations, message)`` callback.
 
     Returns:
@@ -395,7 +405,7 @@ def bundle_adjust(
             float("nan"),
             0,
         )
-    problem, ids = problem_from_reconstruction(rec, options)
+    problem, ids = problem_from_reconstruction(rec, options, point_ids)
     result = adjust_problem(problem, options, progress=progress)
     if result.success:
         _write_back(rec, problem, ids)
@@ -403,3 +413,165 @@ def bundle_adjust(
             rec.update_point_errors()
     result.time_s = time.perf_counter() - t0
     return result
+
+
+def points_covering_images(rec: Reconstruction, max_observations: int, grid_cells: int = 4) -> np.ndarray:
+    """A subset of the points, of at most ``max_observations`` observations, that still constrains every image.
+
+    Every registered image ranks the points it observes: a ``grid_cells`` x ``grid_cells`` grid over its
+    frame, the cells taking turns (so the first points are spread over the frame), and within a cell longer
+    tracks first (they tie more images together), then smaller reprojection errors. A point's priority is
+    its best rank in any image, and the points are taken by priority while their observations fit: the
+    first k points of every image, for the largest k that fits (with part of the next rank).
+
+    Args:
+        rec: reconstruction (unregistered images' observations are ignored).
+        max_observations: observations of the chosen points, at most.
+        grid_cells: cells per side of the spreading grid.
+
+    Returns:
+        (P,) sorted ids of the points chosen (every point when they all fit).
+    """
+    check_at_least("max_observations", max_observations, 1)
+    check_at_least("grid_cells", grid_cells, 1)
+    arrays = rec.observation_arrays()
+    registered = np.array(rec.registered_image_ids, dtype=np.int64)
+    keep = np.isin(arrays["obs_image_id"], registered)
+    obs_image, obs_point = arrays["obs_image_id"][keep], arrays["obs_point"][keep]
+    track_length = np.bincount(obs_point, minlength=len(arrays["point_ids"]))
+    if len(obs_point) <= max_observations:
+        return arrays["point_ids"][track_length > 0]
+    point_error = np.array([rec.points3D[int(p)].error for p in arrays["point_ids"].tolist()])
+    cameras = [rec.cameras[rec.views[int(i)].camera_id] for i in registered]
+    image_size = np.array([[c.width, c.height] for c in cameras], dtype=float).reshape(-1, 2)
+    sizes = image_size[np.searchsorted(registered, obs_image)]  # registered ids are sorted
+    cell_xy = np.clip((arrays["obs_px"][keep] / sizes * grid_cells).astype(np.int64), 0, grid_cells - 1)
+    cell = cell_xy[:, 1] * grid_cells + cell_xy[:, 0]
+    # rank of each observation within its (image, cell): longest track first, then smallest error
+    order = np.lexsort((point_error[obs_point], -track_length[obs_point], cell, obs_image))
+    rank_in_cell = _rank_in_runs(obs_image[order] * grid_cells**2 + cell[order])
+    # rank within its image: the cells in turn (every cell's first point, then every cell's second, ...)
+    by_image = order[np.lexsort((rank_in_cell, obs_image[order]))]
+    rank = _rank_in_runs(obs_image[by_image])
+    priority = np.full(len(track_length), np.iinfo(np.int64).max)
+    np.minimum.at(priority, obs_point[by_image], rank)
+    candidates = np.flatnonzero(track_length > 0)
+    candidates = candidates[np.lexsort((-track_length[candidates], priority[candidates]))]
+    fits = np.cumsum(track_length[candidates]) <= max_observations
+    return np.sort(arrays["point_ids"][candidates[fits]])
+
+
+def _rank_in_runs(keys: np.ndarray) -> np.ndarray:
+    """Position of each element within its run of equal consecutive ``keys`` (M,) -> (M,)."""
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    return np.arange(len(keys)) - np.repeat(starts, np.diff(np.r_[starts, len(keys)]))
+
+
+def refine_points(
+    rec: Reconstruction,
+    point_ids: np.ndarray,
+    options: BundleAdjustmentOptions | None = None,
+    *,
+    poses_before: Mapping[int, Rigid3d] | None = None,
+    max_iterations: int = 10,
+    max_observations: int = 400_000,
+) -> int:
+    """Move the points ``point_ids`` to their best positions with every pose and intrinsic held (in place).
+
+    With the cameras held the points are independent 3-parameter least-squares problems: each gets its own
+    Levenberg-Marquardt step (3x3 normal equations, its own damping, its step kept only if its own cost
+    drops), all points at once in numpy. The work is cut into problems of at most ``max_observations``
+    observations, which bounds memory whatever the number of points.
+
+    Args:
+        rec: reconstruction.
+        point_ids: (P,) sorted ids of the points to refine.
+        options: its loss and loss scale are used (and ``function_tolerance`` as the stopping rule on the
+            total cost).
+        poses_before: image_id -> ``cam_from_world`` the points were last consistent with, when the
+            cameras have moved since (a BA on other points): each point is first carried along with the
+            cameras observing it (its position in each one's frame kept, averaged over them), so that the
+            refinement starts near its optimum rather than pixels off.
+        max_iterations: steps per point at most.
+        max_observations: observations per problem.
+
+    Returns:
+        The number of problems solved.
+    """
+    check_at_least("max_observations", max_observations, 1)
+    check_at_least("max_iterations", max_iterations, 0)
+    options = options or BundleAdjustmentOptions()
+    held = replace(options, intrinsics="fixed", fixed_point_ids=(), gauge="none")
+    point_ids = np.asarray(point_ids, dtype=np.int64)
+    lengths = np.fromiter((len(rec.points3D[int(p)].track) for p in point_ids), np.int64, len(point_ids))
+    bounds = np.searchsorted(np.cumsum(lengths), np.arange(max_observations, lengths.sum(), max_observations))
+    problems = 0
+    for chunk in np.split(point_ids, np.unique(bounds)):
+        if not len(chunk):
+            continue
+        problem, ids = problem_from_reconstruction(rec, held, chunk)
+        if problem.num_observations and poses_before is not None:
+            _carry_points(problem, [poses_before[int(i)] for i in ids["image_ids"]])
+        if problem.num_observations:
+            _refine_held_points(problem, options, max_iterations)
+            for row, point_id in enumerate(ids["point_ids"].tolist()):
+                rec.points3D[point_id].xyz = problem.points[row].copy()
+        problems += 1
+    return problems
+
+
+def _carry_points(problem: BundleAdjustmentProblem, poses_before: list[Rigid3d]) -> None:
+    """Move ``problem.points`` (N, 3) from the frame of ``poses_before`` (one per problem image) to the
+    problem's poses: the mean over each point's observations of ``new^-1(old(X))`` (in place)."""
+    rotations_before = np.array([p.rotation for p in poses_before])
+    translations_before = np.array([p.translation for p in poses_before])
+    img, point = problem.obs_image, problem.obs_point
+    in_camera = (
+        np.einsum("mij,mj->mi", rotations_before[img], problem.points[point]) + translations_before[img]
+    )
+    rotations = rotvec_to_matrix(problem.rotvecs)
+    moved = np.einsum("mji,mj->mi", rotations[img], in_camera - problem.translations[img])
+    counts = np.maximum(np.bincount(point, minlength=len(problem.points)), 1)
+    problem.points = np.stack(
+        [np.bincount(point, moved[:, k], minlength=len(problem.points)) / counts for k in range(3)], axis=1
+    )
+
+
+def _refine_held_points(problem: BundleAdjustmentProblem, options: BundleAdjustmentOptions, iterations: int):
+    """Per-point Levenberg-Marquardt on ``problem.points`` (N, 3), cameras held (in place)."""
+    n, point = len(problem.points), problem.obs_point
+
+    def linearised(ev):  # per point: cost (N,), J^T J (N, 3, 3), J^T r (N, 3)
+        cost = np.bincount(point, (ev.residuals**2).sum(axis=1), minlength=n)
+        jtj = np.einsum("mri,mrj->mij", ev.J_point, ev.J_point).reshape(-1, 9)
+        jtr = np.einsum("mri,mr->mi", ev.J_point, ev.residuals)
+        H = np.stack([np.bincount(point, jtj[:, k], minlength=n) for k in range(9)], axis=1)
+        g = np.stack([np.bincount(point, jtr[:, k], minlength=n) for k in range(3)], axis=1)
+        return cost, H.reshape(n, 3, 3), g
+
+    ev = evaluate(problem, options.loss, options.loss_scale_px, zero_fixed_columns=False)
+    cost, H, g = linearised(ev)
+    # relative to the diagonal, per point: a point whose step raised its cost retries with 10x the damping
+    # (a gentler schedule left such points, a few percent, far from their optimum after 10 steps)
+    damping = np.full(n, 1e-4)
+    start = problem.points.copy()
+    for _ in range(iterations):
+        A = H.copy()
+        diag = np.einsum("nii->ni", A)  # a view: damping the diagonal in place
+        diag += damping[:, None] * np.maximum(diag, 1e-12)
+        step = np.linalg.solve(A, -g[:, :, None])[:, :, 0]
+        step[~np.isfinite(step).all(axis=1)] = 0.0
+        problem.points = start + step
+        trial = evaluate(problem, options.loss, options.loss_scale_px, zero_fixed_columns=False)
+        t_cost, t_H, t_g = linearised(trial)
+        better = t_cost < cost
+        per_obs = better[point]
+        ev.residuals[per_obs] = trial.residuals[per_obs]
+        ev.J_point[per_obs] = trial.J_point[per_obs]
+        start[better] = problem.points[better]
+        total_before = float(cost.sum())
+        cost[better], H[better], g[better] = t_cost[better], t_H[better], t_g[better]
+        damping = np.clip(np.where(better, damping / 10.0, damping * 10.0), 1e-8, 1e8)
+        if total_before - float(cost.sum()) <= options.function_tolerance * total_before and better.all():
+            break
+    problem.points = start
