@@ -102,7 +102,8 @@ class GlobalMapperOptions:
         fixed_rotation_max_iterations: that round (rotations held, no intrinsics refined) stops after at
             most this many iterations (retriangulation, a loose filtering and the joint rounds follow);
             0: the cap of its BA options. Synthetic 300-image street: 28 iterations before, AUC@2 0.9554
-            either way. Capping the joint rounds too (``round_ba``) is no default: on templeRing with an
+            with 10 and with 5 (BA iterations over all rounds 55 -> 39 -> 31); the ten real rows of
+            ``benchmarks/results/global_mapper.md`` within 0.0005 or higher with either. Capping the joint rounds too (``round_ba``) is no default: on templeRing with an
             unknown focal (768 -> 1543 px) the first pass then ends with the focal unsettled, AUC@2 0.13.
         first_filter_factor: the reprojection threshold of the filtering after the first round is this
             times ``triangulation.filter_max_error_px`` (the positioned model is still rough).
@@ -146,7 +147,7 @@ class GlobalMapperOptions:
     round_ba: BundleAdjustmentOptions | None = None
     num_ba_rounds: int = 3
     fix_rotations_first_round: bool = True
-    fixed_rotation_max_iterations: int = 10
+    fixed_rotation_max_iterations: int = 5
     first_filter_factor: float = 4.0
     min_point_observations: int = 3
     min_image_observations: int = 20
