@@ -3,11 +3,14 @@
 The pipeline of GLOMAP (Pan et al., "Global Structure-from-Motion Revisited", ECCV 2024), on our stages:
 
 1. rotation averaging on the view graph (:mod:`geomvision.sfm.rotation_averaging`): one rotation per
-   image, pairs that disagree dropped, one solution per connected component (largest first);
+   image, pairs that disagree dropped, one solution per connected component (largest first); a planar
+   pair's pose is one of the two its homography allows, and the averaging chooses between them by
+   consensus voting (``planar_rotation_candidates``);
 2. tracks from the inlier matches of the pairs kept (:func:`geomvision.sfm.tracks.build_track_arrays`);
 3. global positioning (:mod:`geomvision.sfm.global_positioning`): camera centres and points of the
-   longest tracks jointly from the viewing rays, random start, robust loss; observations whose ray
-   misses its point by more than ``positioning.max_angle_error_deg`` are left out (filtering by angle);
+   longest tracks jointly from the viewing rays, translation-averaging start, robust loss; observations
+   whose ray misses its point by more than ``positioning.max_angle_error_deg`` are left out (filtering by
+   angle);
 4. bundle adjustment rounds (:func:`geomvision.sfm.mapper_ba.adjust_bundle`, our schur backend): the first
    with rotations fixed, then joint (intrinsics of unknown cameras refined too), each followed by
    retriangulation of every track (:mod:`geomvision.sfm.triangulate`) and filtering by reprojection
@@ -103,8 +106,9 @@ class GlobalMapperOptions:
             most this many iterations (retriangulation, a loose filtering and the joint rounds follow);
             0: the cap of its BA options. Synthetic 300-image street: 28 iterations before, AUC@2 0.9554
             with 10 and with 5 (BA iterations over all rounds 55 -> 39 -> 31); the ten real rows of
-            ``benchmarks/results/global_mapper.md`` within 0.0005 or higher with either. Capping the joint rounds too (``round_ba``) is no default: on templeRing with an
-            unknown focal (768 -> 1543 px) the first pass then ends with the focal unsettled, AUC@2 0.13.
+            ``benchmarks/results/global_mapper.md`` within 0.0005 or higher with either. Capping the joint
+            rounds too (``round_ba``) is no default: on templeRing with an unknown focal (768 -> 1543 px)
+            the first pass then ends with the focal unsettled, AUC@2 0.13.
         first_filter_factor: the reprojection threshold of the filtering after the first round is this
             times ``triangulation.filter_max_error_px`` (the positioned model is still rough).
         min_point_observations: points left with fewer observations by a filtering are deleted. Two-view
