@@ -254,6 +254,17 @@ def test_round_ba_options_apply_to_the_rounds_before_the_last(ring_scene):
     assert_ring_model_matches(result.reconstructions[0], ring_scene)
 
 
+def test_the_round_with_fixed_rotations_is_capped_by_its_own_option(ring_scene):
+    cameras, images, geoms, _ = mapper_inputs(ring_scene, noise_px=0.5, rng=1)
+    base = GlobalMapperOptions(fixed_camera_ids=(1,), fixed_rotation_max_iterations=0)
+    free = global_mapping(cameras, images, geoms, base, rng=0).report["models"][0]["ba_rounds"]
+    assert free[0]["fix_rotations"] and free[0]["iterations"] > 2
+    capped = global_mapping(cameras, images, geoms, replace(base, fixed_rotation_max_iterations=2), rng=0)
+    rounds = capped.report["models"][0]["ba_rounds"]
+    assert rounds[0]["iterations"] == 2 and not any(r["fix_rotations"] for r in rounds[1:])
+    assert_ring_model_matches(capped.reconstructions[0], ring_scene)
+
+
 def test_an_earlier_models_centres_are_turned_into_the_new_rotations_frame():
     rng = np.random.default_rng(4)
     rotations_before = {i: rotvec_to_matrix(rng.normal(size=3)) for i in range(1, 6)}

@@ -5,12 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from mapper_fixtures import mapper_inputs
+from scipy.spatial.transform import Rotation
 
 from geomvision.errors import InputError
 from geomvision.geometry import epipolar
-from geomvision.geometry.rigid import rotation_angle_deg
+from geomvision.geometry.rigid import Rigid3d, rotation_angle_deg
 from geomvision.scene import Camera, ImageInfo, TwoViewGeometry
-from geomvision.sfm.relative_poses import RelativePoseOptions, estimate_relative_poses
+from geomvision.sfm.relative_poses import (
+    RelativePoseOptions,
+    estimate_relative_poses,
+    homography_rotation_candidates,
+)
 from geomvision.synthetic import random_scene
 
 
@@ -108,3 +113,54 @@ def test_light_pose_also_serves_a_camera_with_distortion(scene_inputs):
     posed = result.two_view_geometries[(i, j)]
     assert rotation_angle_deg(posed.cam2_from_cam1.rotation, rel.rotation) < 0.05
     assert len(posed.inlier_matches) >= 0.95 * len(g.inlier_matches)
+
+
+def test_homography_candidates_hold_the_true_rotation_and_its_twin():
+    camera = Camera(1, "PINHOLE", 640, 480, np.array([700.0, 720.0, 320.0, 240.0]))
+    K = camera.K
+    images = {i: ImageInfo(f"{i}.png", 1, np.zeros((0, 2))) for i in (1, 2, 3)}
+    R = Rotation.from_rotvec([0.05, -0.3, 0.02]).as_matrix()
+    t = np.array([1.0, 0.1, -0.2])
+    normal, distance = np.array([0.1, -0.2, -1.0]) / np.linalg.norm([0.1, -0.2, -1.0]), 5.0
+    # The plane n^T X = d in camera 1 induces x2 ~ K (R + t n^T / d) K^-1 x1 (H&Z 13.1).
+    H = K @ (R + np.outer(t, normal) / distance) @ np.linalg.inv(K)
+    pairs = {
+        (1, 2): TwoViewGeometry(1, 2, "planar", np.zeros((0, 2), np.int64), H=3.0 * H),
+        (1, 3): TwoViewGeometry(1, 3, "calibrated", np.zeros((0, 2), np.int64)),
+    }
+    out = homography_rotation_candidates(pairs, images, {1: camera}, [(1, 2), (1, 3)])
+    assert set(out) == {(1, 2)}  # no homography, no candidates
+    rotations = out[(1, 2)]
+    assert len(rotations) == 2
+    errors = sorted(float(rotation_angle_deg(r, R)) for r in rotations)
+    assert errors[0] < 1e-6 and errors[1] > 5.0  # the twin decomposition is another rotation
+    with pytest.raises(InputError, match="not among"):
+        homography_rotation_candidates(pairs, images, {1: camera}, [(2, 3)])
+
+
+def test_planar_pair_is_posed_from_its_verified_essential_matrix(scene_inputs):
+    scene, cameras, images, geoms = scene_inputs
+    (i, j), g = next(iter(geoms.items()))
+    rel = _true_relative(scene, i, j)
+    E = epipolar.essential_from_pose(rel)
+    pair = {(i, j): TwoViewGeometry(i, j, "planar", g.inlier_matches, E=E, cam2_from_cam1=None)}
+    result = estimate_relative_poses(pair, images, cameras, pairs=[(i, j)], rng=0)
+    assert result.report["num_light_planar"] == 1 and result.report["num_ransac"] == 0
+    posed = result.two_view_geometries[(i, j)]
+    assert posed.config == "calibrated"
+    assert rotation_angle_deg(posed.cam2_from_cam1.rotation, rel.rotation) < 1e-6
+    # A stale E (the rotation 10 deg off) holds too few inliers: RANSAC poses the pair instead.
+    turn = Rotation.from_rotvec([0.0, np.deg2rad(10.0), 0.0]).as_matrix()
+    wrong = epipolar.essential_from_pose(Rigid3d(turn @ rel.rotation, rel.translation))
+    pair = {(i, j): TwoViewGeometry(i, j, "planar", g.inlier_matches, E=wrong)}
+    result = estimate_relative_poses(pair, images, cameras, pairs=[(i, j)], rng=0)
+    assert result.report["num_light_planar"] == 0 and result.report["num_ransac"] == 1
+    off = estimate_relative_poses(
+        {(i, j): TwoViewGeometry(i, j, "planar", g.inlier_matches, E=E)},
+        images,
+        cameras,
+        RelativePoseOptions(planar_from_essential=False),
+        pairs=[(i, j)],
+        rng=0,
+    )
+    assert off.report["num_ransac"] == 1 and off.report["num_light"] == 0

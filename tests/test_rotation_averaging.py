@@ -10,9 +10,11 @@ from geomvision.errors import InputError
 from geomvision.geometry.rigid import Rigid3d, rotation_angle_deg
 from geomvision.geometry.rotation_averaging import (
     align_rotations,
+    choose_relative_candidates,
     irls_rotation_averaging,
     relative_rotation_residuals_rad,
     rotations_from_spanning_tree,
+    vote_rotations,
 )
 from geomvision.scene import TwoViewGeometry
 from geomvision.sfm.rotation_averaging import RotationAveragingOptions, average_rotations
@@ -138,3 +140,81 @@ def test_stage_without_posed_pairs_fails_as_a_value():
     pairs = {(1, 2): TwoViewGeometry(1, 2, "uncalibrated", np.zeros((50, 2), np.int64))}
     result = average_rotations(pairs)
     assert not result.success and "2+ images" in result.reason
+
+
+def _relative(truth, edges):
+    return truth[edges[:, 1]] @ np.swapaxes(truth[edges[:, 0]], 1, 2)
+
+
+def test_vote_moves_a_node_to_the_rotation_most_edges_support_and_choose_picks_the_fitting_candidate():
+    truth = Rotation.random(6, random_state=2).as_matrix()
+    # Node 0 joined to 1..5, and a chain 1-2-3-4-5.
+    edges = np.array([[0, k] for k in range(1, 6)] + [[k, k + 1] for k in range(1, 5)])
+    exact = _relative(truth, edges)
+    # Edges (0, 1) and (0, 2) measure the same wrong alternative: node 0 turned by 40 deg.
+    turn = Rotation.from_rotvec([0.0, np.deg2rad(40.0), 0.0]).as_matrix()
+    relative = exact.copy()
+    relative[:2] = truth[[1, 2]] @ (turn @ truth[0]).T
+    rotations = truth.copy()
+    rotations[0] = turn @ truth[0]
+    # Their exact rotations are among their candidates, next to a useless third one.
+    candidates = np.stack([exact[0], exact[1], np.eye(3)])
+    candidate_edge = np.array([0, 1, 1])
+    voted, moved = vote_rotations(
+        rotations, edges, relative, candidates, candidate_edge, threshold_rad=np.deg2rad(3.0)
+    )
+    # The wrong rotation has 2 supporting edges, the true one all 5: node 0 moves, exactly.
+    assert moved == 1
+    np.testing.assert_allclose(voted, truth, atol=1e-12)
+    # The gauge node stays; without candidates 3 exact edges against 2 still move it.
+    held, moved = vote_rotations(
+        rotations, edges, relative, candidates, candidate_edge, threshold_rad=np.deg2rad(3.0), fixed=0
+    )
+    assert moved == 0 and np.array_equal(held, rotations)
+    alone, moved = vote_rotations(
+        rotations, edges, relative, np.zeros((0, 3, 3)), np.zeros(0, int), threshold_rad=np.deg2rad(3.0)
+    )
+    assert moved == 1
+    np.testing.assert_allclose(alone[0], truth[0], atol=1e-12)
+    chosen, changed = choose_relative_candidates(voted, edges, relative, candidates, candidate_edge)
+    assert changed == 2
+    np.testing.assert_allclose(chosen, exact, atol=1e-12)
+    with pytest.raises(InputError, match="candidate edge index"):
+        choose_relative_candidates(voted, edges, relative, candidates, np.array([0, 1, 99]))
+
+
+def test_stage_resolves_consistent_wrong_alternatives_with_candidates():
+    truth, edges, relative, _ = _noisy_graph(20, 0.5, 0.0, 0.0, seed=7)
+    exact = relative.copy()
+    # Node 19's edges: all but one measure the alternative that turns node 19 by 30 deg (as the
+    # wrong decomposition of several planar pairs of a facade would): least squares follows them.
+    turn = Rotation.from_rotvec([np.deg2rad(30.0), 0.0, 0.0]).as_matrix()
+    mine = np.flatnonzero((edges == 19).any(axis=1))
+    assert len(mine) >= 4
+    wrong = mine[1:]
+    for e in wrong:
+        i, j = edges[e]
+        rotation_i = turn @ truth[i] if i == 19 else truth[i]
+        rotation_j = turn @ truth[j] if j == 19 else truth[j]
+        relative[e] = rotation_j @ rotation_i.T
+    pairs = _pairs_from(truth, edges, relative)
+
+    def error_of_19(result):
+        component = result.components[0]
+        ids = component.image_ids
+        est = np.stack([component.rotations[i] for i in ids])
+        ref = truth[np.array(ids) - 1]
+        return rotation_angle_deg(align_rotations(est, ref)[0], ref)[ids.index(20)]
+
+    plain = average_rotations(pairs)
+    assert error_of_19(plain) > 25
+    candidates = {(int(edges[e, 0]) + 1, int(edges[e, 1]) + 1): [exact[e]] for e in wrong}
+    resolved = average_rotations(pairs, candidates=candidates)
+    assert error_of_19(resolved) < 1e-6
+    assert resolved.report["num_candidates_chosen"] == len(wrong)
+    assert resolved.report["num_pairs_dropped"] == 0
+    # candidate_rounds = 0 ignores them
+    ignored = average_rotations(pairs, RotationAveragingOptions(candidate_rounds=0), candidates=candidates)
+    assert error_of_19(ignored) > 25
+    with pytest.raises(InputError, match="vote_threshold_deg"):
+        RotationAveragingOptions(vote_threshold_deg=0)

@@ -33,9 +33,11 @@ from geomvision.geometry.rigid import matrix_to_rotvec, project_to_so3, rotation
 
 __all__ = [
     "align_rotations",
+    "choose_relative_candidates",
     "irls_rotation_averaging",
     "relative_rotation_residuals_rad",
     "rotations_from_spanning_tree",
+    "vote_rotations",
 ]
 
 
@@ -188,6 +190,130 @@ def irls_rotation_averaging(
         if np.max(np.linalg.norm(update, axis=1)) < tolerance_rad:
             break
     return rotations, iterations
+
+
+def _check_candidates(
+    num_edges: int, candidates: np.ndarray, candidate_edge: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    candidates = np.asarray(candidates, dtype=np.float64).reshape(-1, 3, 3)
+    candidate_edge = np.asarray(candidate_edge, dtype=np.int64).reshape(-1)
+    if len(candidate_edge) != len(candidates):
+        raise InputError(f"{len(candidates)} candidates but {len(candidate_edge)} candidate edge indices")
+    if len(candidate_edge) and (candidate_edge.min() < 0 or candidate_edge.max() >= num_edges):
+        raise InputError(f"candidate edge index out of range [0, {num_edges})")
+    return candidates, candidate_edge
+
+
+def choose_relative_candidates(
+    rotations: np.ndarray,
+    edges: np.ndarray,
+    relative: np.ndarray,
+    candidates: np.ndarray,
+    candidate_edge: np.ndarray,
+) -> tuple[np.ndarray, int]:
+    """Per edge, the measurement among its own and its candidates closest to the absolute rotations.
+
+    Args:
+        rotations: (N, 3, 3) absolute rotations ``cam_from_world``.
+        edges: (E, 2) node indices (i, j).
+        relative: (E, 3, 3) current ``cam_j_from_cam_i`` measurements.
+        candidates: (K, 3, 3) alternative ``cam_j_from_cam_i`` rotations.
+        candidate_edge: (K,) the edge of each candidate.
+
+    Returns:
+        ((E, 3, 3) chosen measurements, number of edges whose measurement changed).
+    """
+    edges, relative = _check_edges(len(rotations), edges, relative)
+    candidates, candidate_edge = _check_candidates(len(edges), candidates, candidate_edge)
+    chosen = relative.copy()
+    if not len(candidates):
+        return chosen, 0
+    predicted = rotations[edges[:, 1]] @ np.swapaxes(rotations[edges[:, 0]], 1, 2)
+    best = relative_rotation_residuals_rad(rotations, edges, relative)
+    error = rotation_angle(np.swapaxes(candidates, 1, 2) @ predicted[candidate_edge])
+    changed = np.zeros(len(edges), dtype=bool)
+    for k in np.argsort(error, kind="stable"):  # closest first: the first one below an edge's best wins
+        e = candidate_edge[k]
+        if error[k] < best[e]:
+            best[e], chosen[e], changed[e] = error[k], candidates[k], True
+    return chosen, int(np.count_nonzero(changed))
+
+
+def vote_rotations(
+    rotations: np.ndarray,
+    edges: np.ndarray,
+    relative: np.ndarray,
+    candidates: np.ndarray,
+    candidate_edge: np.ndarray,
+    *,
+    threshold_rad: float,
+    fixed: int | None = None,
+) -> tuple[np.ndarray, int]:
+    """One sweep of consensus voting: move each node to the rotation most of its edges agree on.
+
+    A relative measurement can be one of a few discrete alternatives that fit the matches equally well
+    (a plane-induced homography has two decompositions; five-point RANSAC on a planar pair picks either),
+    and where several neighbouring pairs pick the same wrong one, least squares settles the node between
+    the alternatives. Each edge ``(i, j)`` with measurements ``C`` (its own and its candidates) and the
+    neighbour's rotation implies ``R_j = C R_i``; a hypothesis for node ``i`` is supported by an edge when
+    one of the edge's implied rotations lies within ``threshold_rad`` of it. Node by node (in index order,
+    each seeing the nodes already moved), the hypothesis with the most supporting edges replaces the node's
+    rotation (as the chordal mean of the implied rotations supporting it) when it has strictly more support
+    than the current rotation.
+
+    Args:
+        rotations: (N, 3, 3) absolute rotations ``cam_from_world``.
+        edges: (E, 2) node indices (i, j).
+        relative: (E, 3, 3) current ``cam_j_from_cam_i`` measurements.
+        candidates: (K, 3, 3) alternative ``cam_j_from_cam_i`` rotations.
+        candidate_edge: (K,) the edge of each candidate.
+        threshold_rad: agreement threshold, radians.
+        fixed: a node never moved (the gauge), or None.
+
+    Returns:
+        (rotations (N, 3, 3) after the sweep, number of nodes moved).
+    """
+    rotations = np.array(rotations, dtype=np.float64)
+    edges, relative = _check_edges(len(rotations), edges, relative)
+    candidates, candidate_edge = _check_candidates(len(edges), candidates, candidate_edge)
+    measure = np.concatenate([relative, candidates])
+    measure_edge = np.concatenate([np.arange(len(edges)), candidate_edge])
+    order = np.argsort(measure_edge, kind="stable")
+    num_nodes = len(rotations)
+    incident: list[list[int]] = [[] for _ in range(num_nodes)]
+    for e, (i, j) in enumerate(edges.tolist()):
+        incident[i].append(e)
+        incident[j].append(e)
+    # measurement indices of each edge: its own first, then its candidates
+    by_edge = np.split(order, np.cumsum(np.bincount(measure_edge, minlength=len(edges)))[:-1])
+    cos_threshold = np.cos(threshold_rad)
+    moved = 0
+    for node in range(num_nodes):
+        if node == fixed or len(incident[node]) < 2:
+            continue
+        implied, owner = [], []
+        for slot, e in enumerate(incident[node]):
+            m = measure[by_edge[e]]
+            i, j = edges[e]
+            if i == node:  # R_j = C R_i -> R_i = C^T R_j
+                implied.append(np.swapaxes(m, 1, 2) @ rotations[j])
+            else:  # R_i = C R_j (this node is j)
+                implied.append(m @ rotations[i])
+            owner.extend([slot] * len(m))
+        implied_all = np.concatenate(implied)
+        owner_arr = np.asarray(owner)
+        hypotheses = np.concatenate([rotations[node][None], implied_all])
+        # cos of the angle between hypotheses and implied rotations: (trace - 1) / 2
+        close = (np.einsum("hab,mab->hm", hypotheses, implied_all) - 1.0) / 2.0 >= cos_threshold
+        support = np.zeros((len(hypotheses), len(incident[node])), dtype=bool)
+        np.logical_or.at(support, (slice(None), owner_arr), close)
+        count = support.sum(axis=1)
+        best = int(np.argmax(count))
+        if best == 0 or count[best] <= count[0]:
+            continue
+        rotations[node] = project_to_so3(implied_all[close[best]].sum(axis=0))
+        moved += 1
+    return rotations, moved
 
 
 def align_rotations(estimated: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -40,10 +40,17 @@ __all__ = ["baseline_directions", "lud_centers", "lud_cost"]
 def _epipolar_angles(normals: np.ndarray, rays_first: np.ndarray, baselines: np.ndarray) -> np.ndarray:
     """Sine of the angle of the second ray to the epipolar plane of the first ray and the baseline.
 
-    ``|b . (u x w)| / |u x b|``: the epipolar error as an angle, whatever the pair's parallax.
+    ``|b . (u x w)| / |u x b|``: the epipolar error as an angle, whatever the pair's parallax. ``u`` and
+    ``b`` are unit vectors, so ``|u x b|^2 = 1 - (u . b)^2`` (a dot product instead of a cross product:
+    this runs once per hypothesis on every correspondence).
     """
-    across = np.linalg.norm(np.cross(rays_first, baselines), axis=1)
-    return np.abs(np.einsum("ki,ki->k", normals, baselines)) / np.maximum(across, 1e-12)
+    return np.abs(np.einsum("ki,ki->k", normals, baselines)) / np.sqrt(_across_sq(rays_first, baselines))
+
+
+def _across_sq(rays_first: np.ndarray, baselines: np.ndarray) -> np.ndarray:
+    """``|u x b|^2`` of unit rays and unit baselines as ``1 - (u . b)^2``, floored at 1e-24."""
+    cos = np.einsum("ki,ki->k", rays_first, baselines)
+    return np.maximum(1.0 - cos * cos, 1e-24)
 
 
 def baseline_directions(
@@ -139,14 +146,14 @@ def baseline_directions(
     for _ in range(iterations):
         b = directions[pair_index]
         angles = _epipolar_angles(normals, rays_first, b)
-        across_sq = np.maximum(np.einsum("ki,ki->k", *(2 * [np.cross(rays_first, b)])), 1e-24)
+        across_sq = _across_sq(rays_first, b)
         weights = 1.0 / (1.0 + (angles / loss_scale) ** 2)
         fit(weights / across_sq)
     if k:
         # Last fit on the inliers alone (exact for exact inliers).
         b = directions[pair_index]
         angles = _epipolar_angles(normals, rays_first, b)
-        across_sq = np.maximum(np.einsum("ki,ki->k", *(2 * [np.cross(rays_first, b)])), 1e-24)
+        across_sq = _across_sq(rays_first, b)
         inlier = angles < 3.0 * loss_scale
         enough = np.bincount(pair_index, weights=inlier, minlength=num_pairs) >= 2
         saved = directions.copy()

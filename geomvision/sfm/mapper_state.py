@@ -380,7 +380,12 @@ class MapperState:
         pairs = list(zip(obs_img.tolist(), obs_kp.tolist(), strict=True))
         starts = np.r_[0, boundaries].tolist()
         ends = np.r_[boundaries, len(rows)].tolist()
-        for s, e in zip(starts, ends, strict=True):
+        mean_errors = [0.0] * len(starts)
+        if with_colors and len(rows):
+            # per-point mean in one pass (91k points on the street-300 model: a .mean() each cost 0.5 s)
+            sums = np.add.reduceat(errors, np.asarray(starts, dtype=np.int64))
+            mean_errors = (sums / np.diff(np.r_[starts, len(rows)])).tolist()
+        for k, (s, e) in enumerate(zip(starts, ends, strict=True)):
             if e <= s:
                 continue
             t = int(obs_trk[s])
@@ -390,7 +395,7 @@ class MapperState:
                 colors = self.images[pairs[s][0]].colors
                 if colors is not None:
                     color = np.asarray(colors[pairs[s][1]], dtype=np.uint8)
-                err = float(errors[s:e].mean())
+                err = mean_errors[k]
             rec.points3D[t + 1] = Point3D(self.track_xyz[t].copy(), color, err, pairs[s:e])
         rec.next_point3D_id = self.table.num_tracks + 1
         return rec

@@ -72,8 +72,15 @@ def build_track_arrays(pair_matches: Mapping[tuple[int, int], object], *, min_le
         empty = np.zeros(0, np.int64)
         return TrackArrays(empty, empty, empty)
     obs_a, obs_b = np.concatenate(edges_i), np.concatenate(edges_j)
-    # Dense node numbering: unique (image_id, keypoint) rows.
-    nodes, inverse = np.unique(np.concatenate([obs_a, obs_b]), axis=0, return_inverse=True)
+    # Dense node numbering: unique (image_id, keypoint) rows, sorted by image then keypoint. One int64
+    # key per row sorts like the rows (and ~30x faster than np.unique(axis=0) on 1.4M rows).
+    rows = np.concatenate([obs_a, obs_b])
+    stride = int(rows[:, 1].max()) + 1
+    if rows.min() >= 0 and int(rows[:, 0].max()) < np.iinfo(np.int64).max // stride:
+        keys, inverse = np.unique(rows[:, 0] * stride + rows[:, 1], return_inverse=True)
+        nodes = np.stack([keys // stride, keys % stride], axis=1)
+    else:
+        nodes, inverse = np.unique(rows, axis=0, return_inverse=True)
     inverse = inverse.reshape(-1)
     a, b = inverse[: len(obs_a)], inverse[len(obs_a) :]
     n = len(nodes)
