@@ -262,11 +262,7 @@ def vote_rotations(
     than the current rotation.
 
     Args:
-        rotations: (N, 3, 3) absolute rotations ``cam_from_world``.
-        edges: (E, 2) node indices (i, j).
-        relative: (E, 3, 3) current ``cam_j_from_cam_i`` measurements.
-        candidates: (K, 3, 3) alternative ``cam_j_from_cam_i`` rotations.
-        candidate_edge: (K,) the edge of each candidate.
+        rotations, edges, relative, candidates, candidate_edge: as in :func:`choose_relative_candidates`.
         threshold_rad: agreement threshold, radians.
         fixed: a node never moved (the gauge), or None.
 
