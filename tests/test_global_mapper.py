@@ -278,3 +278,16 @@ def test_an_earlier_models_centres_are_turned_into_the_new_rotations_frame():
         # Same camera, both frames: the pose maps the centre to the camera's origin.
         assert np.allclose(rotations_now[i] @ moved[i], rotations_before[i] @ centers_before[i], atol=1e-12)
     assert _centers_in_frame(centers_before, {}, rotations_now) is centers_before  # nothing shared
+
+
+def test_rounds_before_the_last_adjust_a_covering_subset_of_the_points(ring_scene):
+    cameras, images, geoms, _ = mapper_inputs(ring_scene, noise_px=0.5, rng=1)
+    options = GlobalMapperOptions(fixed_camera_ids=(1,), round_observations_per_image=60)
+    result = global_mapping(cameras, images, geoms, options, rng=0)
+    rounds = result.report["models"][0]["ba_rounds"]
+    assert all(r["num_points_held"] > 0 for r in rounds[:-1])
+    assert all(r["num_observations"] <= 60 * 8 for r in rounds[:-1])
+    assert rounds[-1]["num_points_held"] == 0  # the last BA adjusts every point
+    rec = result.reconstructions[0]
+    assert len(rec.points3D) > 250  # the held points were triangulated again
+    assert_ring_model_matches(rec, ring_scene)

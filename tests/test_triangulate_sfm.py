@@ -7,6 +7,7 @@ import pytest
 from mapper_fixtures import mapper_inputs
 
 from geomvision.errors import InputError
+from geomvision.geometry.rigid import Rigid3d
 from geomvision.geometry.triangulation import triangulation_angle_deg
 from geomvision.scene import Track
 from geomvision.sfm.mapper_state import MapperState, TrackTable, max_triangulation_angle_deg
@@ -15,6 +16,7 @@ from geomvision.sfm.triangulate import (
     TriangulationOptions,
     continue_tracks,
     filter_points,
+    move_points,
     retriangulate,
     triangulate_tracks,
 )
@@ -139,6 +141,29 @@ def test_retriangulate_brings_back_deleted_points():
     state.delete_points(state.point_ids()[:10])
     stats = retriangulate(state, TriangulationOptions())
     assert stats.num_created == 10 and state.num_points == n
+
+
+def test_move_points_follows_moved_cameras_exactly():
+    scene = random_scene(80, 4, rng=5)
+    state, kp_index = _state(scene)
+    for c in range(4):
+        state.set_pose(c + 1, scene.cams_from_world[c])
+    triangulate_tracks(state, None, TriangulationOptions())
+    points, active = state.point_ids(), state.obs_active.copy()
+    # Every camera and point moved by one similarity (a changed gauge): the points must follow it.
+    scale, shift = 2.0, np.array([0.3, -0.2, 1.0])
+    for c in range(4):
+        pose = scene.cams_from_world[c]
+        state.set_pose(
+            c + 1, Rigid3d(pose.rotation, scale * pose.translation - pose.rotation @ shift * scale)
+        )
+    move_points(state, points)
+    gt = _point_of_track(state, kp_index)[points]
+    np.testing.assert_allclose(
+        state.track_xyz[points], scale * scene.points_in_world[gt] + scale * shift, atol=1e-8
+    )
+    assert np.array_equal(state.obs_active, active)  # observations are kept as they were
+    assert state.mean_reprojection_error_px() < 1e-6
 
 
 def test_track_table_rejects_unknown_keypoint():

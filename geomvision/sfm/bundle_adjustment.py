@@ -47,6 +47,8 @@ __all__ = [
     "BundleAdjustmentResult",
     "adjust_problem",
     "bundle_adjust",
+    "covering_points",
+    "grid_cell_of",
     "points_covering_images",
     "refine_points",
 ]
@@ -418,11 +420,8 @@ def bundle_adjust(
 def points_covering_images(rec: Reconstruction, max_observations: int, grid_cells: int = 4) -> np.ndarray:
     """A subset of the points, of at most ``max_observations`` observations, that still constrains every image.
 
-    Every registered image ranks the points it observes: a ``grid_cells`` x ``grid_cells`` grid over its
-    frame, the cells taking turns (so the first points are spread over the frame), and within a cell longer
-    tracks first (they tie more images together), then smaller reprojection errors. A point's priority is
-    its best rank in any image, and the points are taken by priority while their observations fit: the
-    first k points of every image, for the largest k that fits (with part of the next rank).
+    The choice is :func:`covering_points`' over the registered images' observations (a point's error is
+    its ``Point3D.error``).
 
     Args:
         rec: reconstruction (unregistered images' observations are ignored).
@@ -433,32 +432,80 @@ def points_covering_images(rec: Reconstruction, max_observations: int, grid_cell
         (P,) sorted ids of the points chosen (every point when they all fit).
     """
     check_at_least("max_observations", max_observations, 1)
-    check_at_least("grid_cells", grid_cells, 1)
     arrays = rec.observation_arrays()
     registered = np.array(rec.registered_image_ids, dtype=np.int64)
     keep = np.isin(arrays["obs_image_id"], registered)
     obs_image, obs_point = arrays["obs_image_id"][keep], arrays["obs_point"][keep]
-    track_length = np.bincount(obs_point, minlength=len(arrays["point_ids"]))
     if len(obs_point) <= max_observations:
-        return arrays["point_ids"][track_length > 0]
+        return arrays["point_ids"][np.bincount(obs_point, minlength=len(arrays["point_ids"])) > 0]
     point_error = np.array([rec.points3D[int(p)].error for p in arrays["point_ids"].tolist()])
     cameras = [rec.cameras[rec.views[int(i)].camera_id] for i in registered]
     image_size = np.array([[c.width, c.height] for c in cameras], dtype=float).reshape(-1, 2)
     sizes = image_size[np.searchsorted(registered, obs_image)]  # registered ids are sorted
-    cell_xy = np.clip((arrays["obs_px"][keep] / sizes * grid_cells).astype(np.int64), 0, grid_cells - 1)
-    cell = cell_xy[:, 1] * grid_cells + cell_xy[:, 0]
+    cell = grid_cell_of(arrays["obs_px"][keep], sizes, grid_cells)
+    chosen = covering_points(obs_image, obs_point, cell, point_error, max_observations)
+    return np.sort(arrays["point_ids"][chosen])
+
+
+def grid_cell_of(obs_px: np.ndarray, image_size_px: np.ndarray, grid_cells: int) -> np.ndarray:
+    """Cell index (row-major) of each observation in a ``grid_cells`` x ``grid_cells`` grid over its frame.
+
+    Args:
+        obs_px: (M, 2) observed pixels (x, y).
+        image_size_px: (M, 2) width and height of each observation's image, or (2,) for all.
+        grid_cells: cells per side.
+
+    Returns:
+        (M,) int64 cell indices in [0, grid_cells**2).
+    """
+    check_at_least("grid_cells", grid_cells, 1)
+    cell_xy = np.clip((obs_px / image_size_px * grid_cells).astype(np.int64), 0, grid_cells - 1)
+    return cell_xy[:, 1] * grid_cells + cell_xy[:, 0]
+
+
+def covering_points(
+    obs_image: np.ndarray,
+    obs_point: np.ndarray,
+    obs_cell: np.ndarray,
+    point_error: np.ndarray,
+    max_observations: int,
+) -> np.ndarray:
+    """Points whose observations fit ``max_observations`` and still constrain every image.
+
+    Every image ranks the points it observes: its grid cells take turns (so the first points are spread
+    over the frame), and within a cell longer tracks come first (they tie more images together), then
+    smaller errors. A point's priority is its best rank in any image, and the points are taken by
+    priority while their observations fit: the first k points of every image, for the largest k that
+    fits (with part of the next rank).
+
+    Args:
+        obs_image: (M,) image of each observation.
+        obs_point: (M,) point of each observation, an index into ``point_error``.
+        obs_cell: (M,) grid cell of each observation in its image (:func:`grid_cell_of`).
+        point_error: (P,) each point's reprojection error, px (ranks the ties of track length).
+        max_observations: observations of the chosen points, at most.
+
+    Returns:
+        (K,) indices into ``point_error`` of the chosen points, best priority first (every observed point
+        when all fit).
+    """
+    check_at_least("max_observations", max_observations, 1)
+    track_length = np.bincount(obs_point, minlength=len(point_error))
+    candidates = np.flatnonzero(track_length > 0)
+    if len(obs_point) <= max_observations:
+        return candidates
+    num_cells = int(obs_cell.max()) + 1
     # rank of each observation within its (image, cell): longest track first, then smallest error
-    order = np.lexsort((point_error[obs_point], -track_length[obs_point], cell, obs_image))
-    rank_in_cell = _rank_in_runs(obs_image[order] * grid_cells**2 + cell[order])
+    order = np.lexsort((point_error[obs_point], -track_length[obs_point], obs_cell, obs_image))
+    rank_in_cell = _rank_in_runs(obs_image[order] * num_cells + obs_cell[order])
     # rank within its image: the cells in turn (every cell's first point, then every cell's second, ...)
     by_image = order[np.lexsort((rank_in_cell, obs_image[order]))]
     rank = _rank_in_runs(obs_image[by_image])
     priority = np.full(len(track_length), np.iinfo(np.int64).max)
     np.minimum.at(priority, obs_point[by_image], rank)
-    candidates = np.flatnonzero(track_length > 0)
     candidates = candidates[np.lexsort((-track_length[candidates], priority[candidates]))]
     fits = np.cumsum(track_length[candidates]) <= max_observations
-    return np.sort(arrays["point_ids"][candidates[fits]])
+    return candidates[fits]
 
 
 def _rank_in_runs(keys: np.ndarray) -> np.ndarray:

@@ -37,7 +37,7 @@ from geomvision.geometry.rotation_averaging import align_rotations
 from geomvision.progress import ProgressCallback
 from geomvision.progress import report as report_progress
 from geomvision.scene import Camera, ImageInfo, Reconstruction, TwoViewGeometry
-from geomvision.sfm.bundle_adjustment import BundleAdjustmentOptions
+from geomvision.sfm.bundle_adjustment import BundleAdjustmentOptions, covering_points, grid_cell_of
 from geomvision.sfm.global_positioning import GlobalPositioningOptions, position_globally
 from geomvision.sfm.incremental import MappingResult
 from geomvision.sfm.mapper_ba import adjust_bundle, check_mapper_ba_options
@@ -61,6 +61,7 @@ from geomvision.sfm.triangulate import (
     TriangulationStats,
     continue_tracks,
     filter_points,
+    move_points,
     retriangulate,
 )
 
@@ -100,6 +101,12 @@ class GlobalMapperOptions:
         round_ba: options of the BA rounds before the last one (retriangulation and filtering follow each,
             so they need not converge); None: ``ba``.
         num_ba_rounds: BA rounds; the first holds the averaged rotations, the others refine everything.
+        round_observations_per_image: the BA rounds before the last adjust only a subset of the points
+            whose observations fit this many per registered image on average, chosen so that every image
+            keeps its best-spread, longest tracks (``bundle_adjustment.covering_points``); the points left
+            out are triangulated again from the adjusted poses after the round. The rounds only need to
+            settle the poses (and focal), and the last BA refines every point. 0: every point in every
+            round.
         fix_rotations_first_round: the first BA round holds the averaged rotations (only centres and points
             move); else every round refines them.
         fixed_rotation_max_iterations: that round (rotations held, no intrinsics refined) stops after at
@@ -150,6 +157,7 @@ class GlobalMapperOptions:
     )
     round_ba: BundleAdjustmentOptions | None = None
     num_ba_rounds: int = 3
+    round_observations_per_image: int = 0
     fix_rotations_first_round: bool = True
     fixed_rotation_max_iterations: int = 5
     first_filter_factor: float = 4.0
@@ -167,6 +175,7 @@ class GlobalMapperOptions:
     def __post_init__(self) -> None:
         check_at_least("num_ba_rounds", self.num_ba_rounds, 1)
         check_at_least("fixed_rotation_max_iterations", self.fixed_rotation_max_iterations, 0)
+        check_at_least("round_observations_per_image", self.round_observations_per_image, 0)
         check_at_least("first_filter_factor", self.first_filter_factor, 1)
         check_at_least("recalibrate_focal_change", self.recalibrate_focal_change, 0)
         check_at_least("min_point_observations", self.min_point_observations, 2)
@@ -319,13 +328,18 @@ class _ComponentMapper:
         cap = self.options.fixed_rotation_max_iterations
         if fix_rotations and not refine and 0 < cap < options.max_iterations:
             options = replace(options, max_iterations=cap)
+        points, held = state.point_ids(), np.zeros(0, np.int64)
+        per_image = self.options.round_observations_per_image
+        if not last and per_image:
+            with self.timer("bundle_adjustment"):
+                points, held = self._covering_subset(points, per_image * state.num_registered)
         with self.timer("bundle_adjustment"):
             stats = adjust_bundle(
                 state,
                 state.registered_image_ids,
                 options,
                 refine_camera_ids=refine,
-                point_tracks=state.point_ids(),
+                point_tracks=points,
                 fix_rotations=fix_rotations,
             )
         if refine and self.reset_bogus_cameras(refine):
@@ -335,9 +349,13 @@ class _ComponentMapper:
                     state.registered_image_ids,
                     options,
                     refine_camera_ids=self.refine_camera_ids(),
-                    point_tracks=state.point_ids(),
+                    point_tracks=points,
                 )
+        if held.size:  # the held points no longer fit the moved poses
+            with self.timer("triangulation"):
+                move_points(state, held)
         return {
+            "num_points_held": len(held),
             "fix_rotations": fix_rotations,
             "iterations": stats.iterations,
             "num_points": stats.num_points,
@@ -346,6 +364,27 @@ class _ComponentMapper:
             "final_cost": stats.final_cost,
             "focal_px": {str(c): float(np.mean(state.cameras[c].focal_xy)) for c in sorted(refine)},
         }
+
+    def _covering_subset(self, points: np.ndarray, max_observations: int) -> tuple[np.ndarray, np.ndarray]:
+        """Split ``points`` (sorted track ids) into those a round adjusts, of at most ``max_observations``
+        active observations (``bundle_adjustment.covering_points``), and those it holds."""
+        state = self.state
+        rows = state.track_rows(points)
+        rows = rows[state.obs_active[rows]]
+        if len(rows) <= max_observations:
+            return points, points[:0]
+        image, kp = state.table.obs_image[rows], state.table.obs_kp[rows]
+        local = np.searchsorted(points, state.table.obs_track[rows])
+        errors, _ = state.observation_errors(rows)
+        counts = np.maximum(np.bincount(local, minlength=len(points)), 1)
+        point_error = np.bincount(local, np.minimum(errors, 1e6), minlength=len(points)) / counts
+        sizes = np.array([[c.width, c.height] for c in state.cameras.values()], dtype=float)
+        camera_row = {cid: k for k, cid in enumerate(state.cameras)}
+        image_size = sizes[np.array([camera_row[c] for c in state.image_camera[image].tolist()])]
+        cell = grid_cell_of(state.keypoints_px(image, kp), image_size, grid_cells=4)
+        chosen = np.zeros(len(points), dtype=bool)
+        chosen[covering_points(image, local, cell, point_error, max_observations)] = True
+        return points[chosen], points[~chosen]
 
     def filter(self, max_error_px: float) -> None:
         with self.timer("filtering"):

@@ -299,11 +299,7 @@ class MapperState:
         depth = points_in_cam[:, 2]
         errors = np.full(len(image), np.inf)
         cam_ids = self.image_camera[image]
-        observed = np.empty((len(image), 2))
-        # one gather per image, its rows from one stable sort (a boolean mask over all K rows per image made
-        # this O(images x K): ~10 s of the 300-image street scene's mapping)
-        for image_id, sel in rows_by_image(image):
-            observed[sel] = self.images[image_id].keypoints_px[kp[sel]]
+        observed = self.keypoints_px(image, kp)
         for cam_id in np.unique(cam_ids):  # usually one camera: one vectorised projection
             sel = cam_ids == cam_id
             cam = self.cameras[int(cam_id)]
@@ -311,6 +307,15 @@ class MapperState:
             errors[sel] = np.linalg.norm(projected - observed[sel], axis=1)
         errors[~np.isfinite(errors) | (depth <= 0)] = np.inf
         return errors, depth
+
+    def keypoints_px(self, image: np.ndarray, kp: np.ndarray) -> np.ndarray:
+        """(K, 2) pixels of keypoints ``kp`` (K,) of images ``image`` (K,)."""
+        observed = np.empty((len(image), 2))
+        # one gather per image, its rows from one stable sort (a boolean mask over all K rows per image made
+        # this O(images x K): ~10 s of the 300-image street scene's mapping)
+        for image_id, sel in rows_by_image(image):
+            observed[sel] = self.images[image_id].keypoints_px[kp[sel]]
+        return observed
 
     def triangulation_angles_deg(self, tracks: np.ndarray) -> np.ndarray:
         """Max triangulation angle of each given track's point over its active observations."""

@@ -290,6 +290,24 @@ def filter_points(
     return stats
 
 
+def move_points(state: MapperState, tracks: np.ndarray) -> None:
+    """Re-triangulate existing points from their active observations (one batched N-view DLT) after
+    their cameras moved; a point whose DLT is at infinity is deleted. Outliers are the filter's job.
+
+    Args:
+        state: mapper state (modified in place).
+        tracks: (P,) sorted track ids of points.
+    """
+    rows = state.track_rows(tracks)
+    rows = rows[state.obs_active[rows]]
+    if rows.size == 0:
+        return
+    moved, xyz, _ = _triangulate_rows(state, rows)
+    finite = np.all(np.isfinite(xyz), axis=1)
+    state.track_xyz[moved[finite]] = xyz[finite]
+    state.delete_points(moved[~finite])
+
+
 def retriangulate(state: MapperState, options: TriangulationOptions) -> TriangulationStats:
     """After bundle adjustment: continue every point's track and triangulate tracks that failed before."""
     continued = continue_tracks(state, None, options.max_error_px)
