@@ -82,6 +82,26 @@ def test_fast_solver_agrees_with_the_scipy_reference():
     np.testing.assert_allclose(fast[2], ref[2] / a, rtol=1e-5)
 
 
+def test_sparse_reduced_system_gives_the_dense_solution(monkeypatch):
+    import geomvision.geometry.global_positioning as gp
+
+    scene = random_scene(200, 12, layout="sequence", rng=2)
+    _, obs_image, obs_track, rays_cam = scene_rays(scene, noise_px=0.5, seed=1)
+    rot = np.stack([p.rotation for p in scene.cams_from_world])
+    rays = np.einsum("kji,kj->ki", rot[obs_image - 1], rays_cam)
+    rays /= np.linalg.norm(rays, axis=1, keepdims=True)
+    rng = np.random.default_rng(4)
+    centers0, points0 = rng.uniform(-3, 3, (12, 3)), rng.uniform(-3, 3, (200, 3))
+    problem = BataProblem(rays, obs_image - 1, obs_track, centers0, points0)
+    dense = bata_positions(problem, max_iterations=30)
+    monkeypatch.setattr(gp, "_DENSE_MAX_UNKNOWNS", 0)
+    monkeypatch.setattr(gp, "_DENSE_FILL", 2.0)  # never dense
+    sparse = bata_positions(problem, max_iterations=30)
+    assert sparse[3] == dense[3]  # the same iterations
+    for a, b in zip(sparse[:3], dense[:3], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-7, atol=1e-9)
+
+
 def test_track_selection_prefers_long_tracks_per_image():
     # Image 1 sees tracks 0..3 (lengths 4, 3, 3, 2); image 2 sees 0 and 3; image 3 sees 0, 1, 2; image 4 sees 0.
     obs_image = np.array([1, 2, 3, 4, 1, 3, 5, 1, 3, 6, 1, 2])

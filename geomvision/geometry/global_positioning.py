@@ -25,6 +25,7 @@ from typing import Literal
 
 import numpy as np
 import scipy.sparse as sp
+import scipy.sparse.linalg as spla
 from scipy.optimize import least_squares
 
 from geomvision.errors import InputError
@@ -118,6 +119,27 @@ def initial_scales(rays: np.ndarray, offsets: np.ndarray, *, min_scale: float = 
     return np.maximum(dot / np.maximum(np.einsum("ki,ki->k", offsets, offsets), 1e-300), min_scale)
 
 
+# Reduced camera systems up to this size are solved dense (LAPACK); larger ones, sparse when cameras
+# share points with few others (streets: 1000 cameras, 2997 unknowns, 0.3 s dense vs ~0.02 s SuperLU).
+_DENSE_MAX_UNKNOWNS = 600
+_DENSE_FILL = 0.25
+
+
+def _solve_reduced(s_sparse: sp.csr_matrix, rhs: np.ndarray) -> np.ndarray | None:
+    """Solve the reduced camera system (n, n) @ x = rhs (n,); None when it is singular."""
+    n = s_sparse.shape[0]
+    if n <= _DENSE_MAX_UNKNOWNS or s_sparse.nnz >= _DENSE_FILL * n * n:
+        try:
+            return np.linalg.solve(s_sparse.toarray(), rhs)
+        except np.linalg.LinAlgError:
+            return None
+    try:
+        x = spla.splu(s_sparse.tocsc(), permc_spec="COLAMD").solve(rhs)
+    except RuntimeError:  # "Factor is exactly singular"
+        return None
+    return x if np.all(np.isfinite(x)) else None
+
+
 def bata_positions(
     problem: BataProblem,
     *,
@@ -160,6 +182,8 @@ def bata_positions(
     w_rows = (3 * obs_point[free_obs][:, None, None] + uv_r).ravel()
     w_cols = (3 * ci[:, None, None] + uv_c).ravel()
     block = np.arange(num_cams - 1)
+    diag_rows = (3 * block[:, None, None] + uv_r).ravel()
+    diag_cols = (3 * block[:, None, None] + uv_c).ravel()
     eye = np.eye(3)
 
     def evaluate(c_, x_, s_):
@@ -199,21 +223,20 @@ def bata_positions(
         v_inv_w = sp.csr_matrix(
             (-np.swapaxes(t[free_obs], 1, 2).ravel(), (w_rows, w_cols)), shape=(3 * num_pts, n_red)
         )
-        s_mat = -(w_t @ v_inv_w).toarray()
         diag_blocks = group_sum(ci, a[free_obs], num_cams - 1)
         diag_blocks += diag_c[free_cam][:, None, None] * eye
-        for u in range(3):
-            for k in range(3):
-                s_mat[3 * block + u, 3 * block + k] += diag_blocks[:, u, k]
+        s_sparse = sp.csr_matrix((diag_blocks.ravel(), (diag_rows, diag_cols)), shape=(n_red, n_red)) - (
+            w_t @ v_inv_w
+        )
         # Reduced gradient on c: sum(-gx_red) + sum A_k V_p^-1 (sum of gx_red over the point).
         g_c = group_sum(
             ci, (-gx_red + np.einsum("kij,kj->ki", t, gx_point[obs_point]))[free_obs], num_cams - 1
         )
-        try:
-            delta_c_free = np.linalg.solve(s_mat, -g_c.ravel()).reshape(-1, 3)
-        except np.linalg.LinAlgError:
+        delta_c_free = _solve_reduced(s_sparse, -g_c.ravel())
+        if delta_c_free is None:
             lam *= 10
             continue
+        delta_c_free = delta_c_free.reshape(-1, 3)
         delta_c = np.zeros((num_cams, 3))
         delta_c[free_cam] = delta_c_free
         # Back-substitution: points, then scales.
