@@ -282,7 +282,9 @@ def test_an_earlier_models_centres_are_turned_into_the_new_rotations_frame():
 
 def test_rounds_before_the_last_adjust_a_covering_subset_of_the_points(ring_scene):
     cameras, images, geoms, _ = mapper_inputs(ring_scene, noise_px=0.5, rng=1)
-    options = GlobalMapperOptions(fixed_camera_ids=(1,), round_observations_per_image=60)
+    options = GlobalMapperOptions(
+        fixed_camera_ids=(1,), round_observations_per_image=60, round_min_observations=0
+    )
     result = global_mapping(cameras, images, geoms, options, rng=0)
     rounds = result.report["models"][0]["ba_rounds"]
     assert all(r["num_points_held"] > 0 for r in rounds[:-1])
@@ -291,3 +293,6 @@ def test_rounds_before_the_last_adjust_a_covering_subset_of_the_points(ring_scen
     rec = result.reconstructions[0]
     assert len(rec.points3D) > 250  # the held points were triangulated again
     assert_ring_model_matches(rec, ring_scene)
+    # The budget is at least round_min_observations: this small model keeps every point by default.
+    default = global_mapping(cameras, images, geoms, GlobalMapperOptions(fixed_camera_ids=(1,)), rng=0)
+    assert all(r["num_points_held"] == 0 for r in default.report["models"][0]["ba_rounds"])

@@ -53,8 +53,9 @@ class TranslationAveragingOptions:
         direction_iterations: re-weightings of each pair's direction estimate.
         max_correspondences_per_pair: a pair's direction is estimated from at most this many of its
             correspondences, a random subset (0: all). A direction needs far fewer than the hundreds
-            a street pair shares (synthetic 1000-image street: 1.97M correspondences, 3.7 s -> see
-            ``benchmarks/results/global_mapper.md``).
+            a street pair shares (synthetic 1000-image street: 1.97M correspondences, positioning
+            13.9 -> 12.0 s, AUC@2 0.9451 -> 0.9444; the ten real rows of
+            ``benchmarks/results/global_mapper.md`` within 0.0002, templeRing unknown 0.8654 -> 0.8642).
         direction_loss_scale: Cauchy scale of that re-weighting (sine of the epipolar angle; 0.002 is ~1.5 px
             at a focal of 800 px); inliers of the last fit lie within 3 times it.
         max_iterations: iteration cap of each LUD solve.
