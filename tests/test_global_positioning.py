@@ -61,16 +61,22 @@ def test_noise_and_outlier_observations():
     assert flagged[~bad & took_part].mean() < 0.02  # and few right ones are lost
 
 
-def test_fast_solver_agrees_with_the_scipy_reference():
-    scene = random_scene(30, 5, layout="sphere", rng=7)
-    _, obs_image, obs_track, rays_cam = scene_rays(scene, noise_px=1.0, seed=3)
+def _random_start_problem(scene, noise_px: float, *, seed: int, start_seed: int) -> BataProblem:
+    """The scene's world-frame rays (true rotations) with centres and points drawn in [-3, 3]^3; the
+    first camera (the gauge) at the origin."""
+    _, obs_image, obs_track, rays_cam = scene_rays(scene, noise_px=noise_px, seed=seed)
     rot = np.stack([p.rotation for p in scene.cams_from_world])
     rays = np.einsum("kji,kj->ki", rot[obs_image - 1], rays_cam)
     rays /= np.linalg.norm(rays, axis=1, keepdims=True)
-    rng = np.random.default_rng(0)
-    centers0, points0 = rng.uniform(-3, 3, (5, 3)), rng.uniform(-3, 3, (30, 3))
+    rng = np.random.default_rng(start_seed)
+    num_cams, num_points = len(scene.cams_from_world), len(scene.points_in_world)
+    centers0, points0 = rng.uniform(-3, 3, (num_cams, 3)), rng.uniform(-3, 3, (num_points, 3))
     centers0[0] = 0
-    problem = BataProblem(rays, obs_image - 1, obs_track, centers0, points0)
+    return BataProblem(rays, obs_image - 1, obs_track, centers0, points0)
+
+
+def test_fast_solver_agrees_with_the_scipy_reference():
+    problem = _random_start_problem(random_scene(30, 5, layout="sphere", rng=7), 1.0, seed=3, start_seed=0)
     fast = bata_positions(problem, loss="linear", function_tolerance=1e-14, max_iterations=300)
     ref = bata_positions_reference(problem, max_iterations=2000)
     # The cost is invariant to scaling every position by a and every scale by 1/a (the gauge camera
@@ -86,13 +92,7 @@ def test_sparse_reduced_system_gives_the_dense_solution(monkeypatch):
     import geomvision.geometry.global_positioning as gp
 
     scene = random_scene(200, 12, layout="sequence", rng=2)
-    _, obs_image, obs_track, rays_cam = scene_rays(scene, noise_px=0.5, seed=1)
-    rot = np.stack([p.rotation for p in scene.cams_from_world])
-    rays = np.einsum("kji,kj->ki", rot[obs_image - 1], rays_cam)
-    rays /= np.linalg.norm(rays, axis=1, keepdims=True)
-    rng = np.random.default_rng(4)
-    centers0, points0 = rng.uniform(-3, 3, (12, 3)), rng.uniform(-3, 3, (200, 3))
-    problem = BataProblem(rays, obs_image - 1, obs_track, centers0, points0)
+    problem = _random_start_problem(scene, 0.5, seed=1, start_seed=4)
     dense = bata_positions(problem, max_iterations=30)
     monkeypatch.setattr(gp, "_DENSE_MAX_UNKNOWNS", 0)
     monkeypatch.setattr(gp, "_DENSE_FILL", 2.0)  # never dense

@@ -29,6 +29,15 @@ def _state(scene, noise_px=0.0, rng=0):
     return MapperState(cameras, images, TrackTable.from_tracks(tracks, images)), kp_index
 
 
+def _triangulated_state(scene):
+    """A state with every image registered at its true pose and every track triangulated."""
+    state, kp_index = _state(scene)
+    for c in range(len(scene.cams_from_world)):
+        state.set_pose(c + 1, scene.cams_from_world[c])
+    triangulate_tracks(state, None, TriangulationOptions())
+    return state, kp_index
+
+
 def _point_of_track(state, kp_index):
     """Ground-truth point index of each track (via its first observation)."""
     first = state.table.track_offsets[:-1]
@@ -113,11 +122,7 @@ def test_small_angle_tracks_are_not_triangulated():
 
 
 def test_filter_points_removes_bad_observations_and_short_tracks():
-    scene = random_scene(60, 3, rng=2)
-    state, _ = _state(scene)
-    for c in range(3):
-        state.set_pose(c + 1, scene.cams_from_world[c])
-    triangulate_tracks(state, None, TriangulationOptions())
+    state, _ = _triangulated_state(random_scene(60, 3, rng=2))
     n_points = state.num_points
     # Move one point far off: all its observations exceed the threshold -> the point is deleted.
     victim = state.point_ids()[0]
@@ -132,11 +137,7 @@ def test_filter_points_removes_bad_observations_and_short_tracks():
 
 
 def test_retriangulate_brings_back_deleted_points():
-    scene = random_scene(60, 3, rng=4)
-    state, _ = _state(scene)
-    for c in range(3):
-        state.set_pose(c + 1, scene.cams_from_world[c])
-    triangulate_tracks(state, None, TriangulationOptions())
+    state, _ = _triangulated_state(random_scene(60, 3, rng=4))
     n = state.num_points
     state.delete_points(state.point_ids()[:10])
     stats = retriangulate(state, TriangulationOptions())
@@ -145,10 +146,7 @@ def test_retriangulate_brings_back_deleted_points():
 
 def test_move_points_follows_moved_cameras_exactly():
     scene = random_scene(80, 4, rng=5)
-    state, kp_index = _state(scene)
-    for c in range(4):
-        state.set_pose(c + 1, scene.cams_from_world[c])
-    triangulate_tracks(state, None, TriangulationOptions())
+    state, kp_index = _triangulated_state(scene)
     points, active = state.point_ids(), state.obs_active.copy()
     # Every camera and point moved by one similarity (a changed gauge): the points must follow it.
     scale, shift = 2.0, np.array([0.3, -0.2, 1.0])
