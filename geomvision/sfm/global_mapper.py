@@ -384,9 +384,10 @@ class _ComponentMapper:
         errors, _ = state.observation_errors(rows)
         counts = np.maximum(np.bincount(local, minlength=len(points)), 1)
         point_error = np.bincount(local, np.minimum(errors, 1e6), minlength=len(points)) / counts
-        sizes = np.array([[c.width, c.height] for c in state.cameras.values()], dtype=float)
-        camera_row = {cid: k for k, cid in enumerate(state.cameras)}
-        image_size = sizes[np.array([camera_row[c] for c in state.image_camera[image].tolist()])]
+        size_of_camera = np.zeros((max(state.cameras) + 1, 2))  # by camera id
+        for cid, cam in state.cameras.items():
+            size_of_camera[cid] = (cam.width, cam.height)
+        image_size = size_of_camera[state.image_camera[image]]
         cell = grid_cell_of(state.keypoints_px(image, kp), image_size, grid_cells=4)
         chosen = np.zeros(len(points), dtype=bool)
         chosen[covering_points(image, local, cell, point_error, max_observations)] = True
