@@ -137,7 +137,9 @@ def test_pipeline_maps_clusters_in_worker_processes_with_one_thread(workers):
     report = result.report
     clusters = report["clusters"]
     assert len(clusters) >= 3 and result.reconstructions[0].num_registered == scene.num_cameras
-    assert all(c["pid"] != os.getpid() and c["threads"] == {"opencv": 1, "blas": 1} for c in clusters)
+    assert all(
+        c["pid"] != os.getpid() and c["threads"] == {"opencv": 1, "blas": 1, "pools": 1} for c in clusters
+    )
     assert len({c["pid"] for c in clusters}) <= workers
     per_process = report["workers"]
     assert sorted(i for w in per_process for i in w["clusters"]) == list(range(len(clusters)))

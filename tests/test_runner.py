@@ -202,7 +202,7 @@ def test_one_worker_runs_isolated_stages_in_a_worker_process_with_one_thread():
         report = runner.report()
     assert {pid for pid, _ in here} == {os.getpid()}
     assert len({pid for pid, _ in away}) == 1 and away[0][0] != os.getpid()
-    assert all(limits == {"opencv": 1, "blas": 1} for _, limits in away)
+    assert all(limits == {"opencv": 1, "blas": 1, "pools": 1} for _, limits in away)
     assert report["backend"] == "processes" and report["workers"] == 1
     assert report["stages"]["here"]["bytes_sent"] == 0 and report["stages"]["away"]["bytes_sent"] > 0
     assert report["stages"]["away"]["bytes_received"] > 0

@@ -2,8 +2,11 @@
 
 Every backend's worker runs :func:`prepare_worker` once before its first task:
 
-* OpenCV and BLAS run single-threaded: the workers already occupy the cores, nested threads would
-  only oversubscribe them (and thread scheduling must never change a result);
+* OpenCV, BLAS and geomvision's own thread pools (the Schur BA's, through :func:`thread_budget`) run
+  single-threaded: the workers already occupy the cores, nested threads would only oversubscribe them
+  (and thread scheduling must never change a result). Before the pools followed the limit, a lone worker
+  mapping clusters used ~1.1 cores (its BA pool took the idle one) and two workers ran four BA threads
+  on two cores;
 * glibc's malloc keeps freed blocks of up to 32 MiB for reuse (:func:`reuse_freed_memory`): Dask's
   nanny starts workers with ``MALLOC_TRIM_THRESHOLD_`` set, which freezes glibc's mmap threshold at
   128 KiB, so every large numpy temporary became a fresh ``mmap`` and was paged in again (measured:
@@ -57,6 +60,8 @@ _PR_SET_PDEATHSIG = 1
 _MMAP_THRESHOLD_BYTES, _TRIM_THRESHOLD_BYTES = 32 << 20, 64 << 20
 _prepared = False
 _prepare_lock = threading.Lock()
+#: The thread limit :func:`limit_threads` set in this process (None: none set).
+_thread_limit: int | None = None
 
 
 def usable_cpu_count() -> int:
@@ -73,22 +78,33 @@ def default_num_workers(requested: int | None) -> int:
 
 
 def limit_threads(num_threads: int = 1) -> None:
-    """``num_threads`` OpenCV and BLAS threads in this process (BLAS through ``threadpoolctl``)."""
+    """``num_threads`` OpenCV and BLAS threads in this process (BLAS through ``threadpoolctl``), and as many
+    for geomvision's own thread pools (:func:`thread_budget`)."""
     import cv2  # heavy: imported only by the process that limits it
     from threadpoolctl import threadpool_limits
 
+    global _thread_limit
     cv2.setNumThreads(num_threads)
     threadpool_limits(num_threads)
+    _thread_limit = num_threads
+
+
+def thread_budget() -> int:
+    """Threads geomvision's own parallel loops (the Schur BA's pool) may use in this process: the
+    :func:`limit_threads` limit where one is set (a worker: 1, as the cores are taken by the other workers),
+    else the usable cores."""
+    return _thread_limit if _thread_limit is not None else usable_cpu_count()
 
 
 def thread_limits() -> dict[str, int | None]:
-    """The threads OpenCV and BLAS may use in this process now (``blas``: the largest of the loaded BLAS
-    libraries' limits, None when none is loaded): a task records them to show its thread budget."""
+    """The threads OpenCV, BLAS and geomvision's own pools (:func:`thread_budget`) may use in this process
+    now (``blas``: the largest of the loaded BLAS libraries' limits, None when none is loaded): a task
+    records them to show its thread budget."""
     import cv2  # heavy: imported only where asked (a mapping process has it loaded already)
     from threadpoolctl import threadpool_info
 
     blas = [lib["num_threads"] for lib in threadpool_info() if lib.get("user_api") == "blas"]
-    return {"opencv": int(cv2.getNumThreads()), "blas": max(blas) if blas else None}
+    return {"opencv": int(cv2.getNumThreads()), "blas": max(blas) if blas else None, "pools": thread_budget()}
 
 
 def prepare_worker(client_pid: int | None = None) -> None:

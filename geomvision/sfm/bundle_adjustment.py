@@ -91,7 +91,8 @@ class BundleAdjustmentOptions:
         lsmr_tolerance: LSMR ``atol``/``btol`` per step of the scipy backend (None: ``function_tolerance``
             clipped to [1e-6, 1e-2]); a looser tolerance gives inexact Gauss-Newton steps that cost fewer
             LSMR iterations.
-        num_threads: threads of the schur backend (None: the CPU cores this process may run on). They share
+        num_threads: threads of the schur backend (None: ``runtime.worker.thread_budget()``, the CPU cores
+            this process may run on, 1 in a worker process). They share
             the per-observation work (Jacobian evaluation, linearisation, the Schur complement's rows, self
             and pair blocks; numpy releases the GIL there) of problems of at least 24000 observations, cut
             into chunks of whole images independently of the thread count (every num_threads gives bitwise

@@ -19,7 +19,6 @@ Damping follows Ceres/Nielsen: ``D = diag(J^T J)`` clamped,
 from __future__ import annotations
 
 import logging
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
 from geomvision.progress import report
+from geomvision.runtime.worker import thread_budget
 from geomvision.sfm.ba.model import (
     BundleAdjustmentProblem,
     compose_rotation_steps,
@@ -296,13 +296,6 @@ def _make_chunks(m: int, img_bounds: np.ndarray, free_obs: np.ndarray, all_free:
         local = None if all_free else free_obs[f_lo:f_hi] - lo
         chunks.append(_Chunk(slice(lo, hi), slice(f_lo, f_hi), local, slice(k_lo, k_hi)))
     return chunks
-
-
-def _available_cores() -> int:
-    """CPU cores this process may run on (its affinity mask where the OS has one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def _parallel(st: _Structure, fn, items: list) -> list:
@@ -779,7 +772,7 @@ def solve_schur(problem: BundleAdjustmentProblem, options, progress=None) -> dic
     x = problem.get_x()
     if x.size == 0:
         return {"success": True, "reason": "no free parameters", "iterations": 0}
-    threads = options.num_threads or _available_cores()
+    threads = options.num_threads or thread_budget()
     st.workers = max(1, min(threads, len(st.chunks) // _CHUNKS_PER_THREAD))
     if st.workers > 1:  # small problems stay on the calling thread
         st.pair_parts = _split_batches(st.pair_batches, st.workers)
