@@ -428,3 +428,26 @@ def test_final_bundle_adjustment_on_a_point_subset_stays_at_the_noise_level():
     assert np.percentile(errors, 99) < 4 * noise_px
     with pytest.raises(InputError, match="final_ba_max_observations"):
         MergeOptions(final_ba_max_observations=-1)
+
+
+def test_subset_pass_before_the_final_bundle_adjustment_reaches_the_same_optimum():
+    scene = random_scene(400, 15, rng=8)
+    clusters = [[0, 1, 2, 3, 4, 5], [4, 5, 6, 7, 8, 9, 10], [9, 10, 11, 12, 13, 14]]
+    models, _, _ = split_scene(scene, clusters, noise_px=0.5, pose_noise=0.002, outlier_ratio=0.0, rng=8)
+    # the default budget (100k observations at least) leaves a model this small without the pass
+    plain = merge_reconstructions(models, rng=0)
+    assert "pre_ba" not in plain.report["groups"][0]["final_ba"]
+    options = MergeOptions(pre_ba_observations_per_image=40, pre_ba_min_observations=1)
+    result = merge_reconstructions(models, options, rng=0)
+    rec = result.reconstructions[0]
+    pre = result.report["groups"][0]["final_ba"]["pre_ba"]
+    assert pre["success"] and pre["iterations"] > 0
+    assert 0 < pre["num_points_adjusted"] < len(rec.points3D) // 2
+    assert pre["num_points_adjusted"] + pre["num_points_refined"] == len(rec.points3D)
+    # the final BA over every point ends where the merge without the pass ends
+    rot_err, centre_err = _merged_pose_errors(rec, scene)
+    ref_rot, ref_centre = _merged_pose_errors(plain.reconstructions[0], scene)
+    assert np.abs(rot_err - ref_rot).max() < 1e-3
+    assert np.abs(centre_err - ref_centre).max() < 1e-4
+    with pytest.raises(InputError, match="pre_ba_observations_per_image"):
+        MergeOptions(pre_ba_observations_per_image=-1)

@@ -61,3 +61,20 @@ def test_empty_model_round_trips():
     rec = Reconstruction()
     back = pickle.loads(pickle.dumps(rec))
     assert back.points3D == {} and back.views == {} and back.next_point3D_id == 1
+
+
+def test_bulk_point_addition_matches_one_by_one():
+    one_by_one, bulk = _model(), _model()
+    rng = np.random.default_rng(4)
+    xyz = rng.normal(size=(3, 3))
+    colors = rng.integers(0, 255, (3, 3)).astype(np.uint8)
+    tracks = [[(2, 40), (5, 40)], [(5, 41), (9, 41), (2, 41)], [(9, 42), (2, 43)]]
+    expected = [one_by_one.add_point3D(x, t, c) for x, t, c in zip(xyz, tracks, colors, strict=True)]
+    ids = bulk.add_points3D(xyz, np.array([e for t in tracks for e in t]), np.array([2, 3, 2]), colors)
+    assert ids.tolist() == expected == [41, 42, 43] and bulk.next_point3D_id == 44
+    for pid in expected:
+        np.testing.assert_array_equal(bulk.points3D[pid].xyz, one_by_one.points3D[pid].xyz)
+        np.testing.assert_array_equal(bulk.points3D[pid].color, one_by_one.points3D[pid].color)
+        assert bulk.points3D[pid].track == one_by_one.points3D[pid].track
+    for i in (2, 5, 9):
+        np.testing.assert_array_equal(bulk.views[i].point3D_ids, one_by_one.views[i].point3D_ids)

@@ -96,6 +96,20 @@ class ProjectionSet:
         self.params = [np.asarray(p, dtype=np.float64) for p in camera_params]
         counts = np.bincount(image_index, minlength=len(self.rotations))
         self.bounds = np.concatenate([[0], np.cumsum(counts)])
+        self.image_index = image_index[order]
+        # Images with the same camera (model and parameters) project in one call: models with shared
+        # intrinsics have one group, whatever their number of images.
+        groups: dict[tuple, list[int]] = {}
+        for g, (model, params) in enumerate(zip(self.models, self.params, strict=True)):
+            groups.setdefault((model, *params.tolist()), []).append(g)
+        self._camera_groups = [
+            (
+                self.models[images[0]],
+                self.params[images[0]],
+                np.flatnonzero(np.isin(self.image_index, images)),
+            )
+            for images in groups.values()
+        ]
 
     def __len__(self) -> int:
         return len(self.point_index)
@@ -106,14 +120,13 @@ class ProjectionSet:
         Points behind a camera get a residual of ``BEHIND_CAMERA_ERROR_PX``.
         """
         X = np.asarray(points_in_world, dtype=np.float64).reshape(-1, 3)[self.point_index]
+        in_cam = (
+            np.einsum("mij,mj->mi", self.rotations[self.image_index], X) + self.translations[self.image_index]
+        )
         residuals = np.empty((len(X), 2))
-        for g in range(len(self.rotations)):
-            a, b = self.bounds[g], self.bounds[g + 1]
-            if a == b:
-                continue
-            in_cam = X[a:b] @ self.rotations[g].T + self.translations[g]
-            residuals[a:b] = camera_models.project(self.models[g], self.params[g], in_cam) - self.pixels[a:b]
-            residuals[a:b][in_cam[:, 2] <= 0] = BEHIND_CAMERA_ERROR_PX
+        for model, params, rows in self._camera_groups:
+            residuals[rows] = camera_models.project(model, params, in_cam[rows]) - self.pixels[rows]
+        residuals[in_cam[:, 2] <= 0] = BEHIND_CAMERA_ERROR_PX
         return residuals
 
     def max_error_sq_per_point(self, points_in_world: np.ndarray) -> np.ndarray:
@@ -163,7 +176,7 @@ def pose_consistency_residuals(
     # cam_from_b predicted from model a: R_a @ R^T (Sim3d.transform_pose).
     R_pred = R_a @ b_from_a.rotation.T
     delta = R_b @ np.transpose(R_pred, (0, 2, 1))
-    rot = np.array([matrix_to_rotvec(d) for d in delta]).reshape(-1, 3)
+    rot = matrix_to_rotvec(delta).reshape(-1, 3)
     offset_world = np.asarray(centers_b, dtype=np.float64).reshape(-1, 3) - b_from_a.apply(centers_a)
     offset_cam = np.einsum("kij,kj->ki", R_b, offset_world) / np.asarray(depths_b, dtype=np.float64).reshape(
         -1, 1

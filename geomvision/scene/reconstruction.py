@@ -113,6 +113,34 @@ class Reconstruction:
             self.views[image_id].point3D_ids[kp] = pid
         return pid
 
+    def add_points3D(
+        self, xyz: np.ndarray, track_rows: np.ndarray, track_lengths: np.ndarray, colors: np.ndarray
+    ) -> np.ndarray:
+        """Add N points at once and link their observations (the bulk form of :meth:`add_point3D`).
+
+        Args:
+            xyz: (N, 3) world positions.
+            track_rows: (M, 2) (image_id, keypoint_index) of every observation, point by point.
+            track_lengths: (N,) observations of each point (summing to M).
+            colors: (N, 3) uint8 colours.
+
+        Returns:
+            (N,) the new point ids, in order.
+        """
+        n = len(xyz)
+        ids = np.arange(self.next_point3D_id, self.next_point3D_id + n, dtype=np.int64)
+        self.next_point3D_id += n
+        pairs = track_elements(track_rows)
+        bounds = np.concatenate([[0], np.cumsum(track_lengths)]).tolist()
+        xyz = np.asarray(xyz, np.float64)
+        colors = np.asarray(colors, np.uint8)
+        for k, pid in enumerate(ids.tolist()):
+            self.points3D[pid] = Point3D(xyz[k], colors[k], 0.0, pairs[bounds[k] : bounds[k + 1]])
+        obs_point = np.repeat(ids, track_lengths)
+        for image_id, rows in rows_by_image(track_rows[:, 0]):
+            self.views[image_id].point3D_ids[track_rows[rows, 1]] = obs_point[rows]
+        return ids
+
     def add_observation(self, point3D_id: int, image_id: int, keypoint_index: int) -> None:
         self.points3D[point3D_id].track.append((image_id, keypoint_index))
         self.views[image_id].point3D_ids[keypoint_index] = point3D_id

@@ -67,7 +67,6 @@ from geomvision.robust.ransac import BailoutOptions, RansacOptions, ransac
 from geomvision.runtime.allocator import release_free_memory
 from geomvision.runtime.rng import as_rng
 from geomvision.scene import ImageInfo, Reconstruction, TwoViewGeometry, View
-from geomvision.scene.reconstruction import track_elements
 from geomvision.sfm.bundle_adjustment import (
     BundleAdjustmentOptions,
     bundle_adjust,
@@ -191,6 +190,14 @@ class MergeOptions:
             it near 1.5 GiB and leaves the 1000-image street's 1.5M observations whole. The clusters' models
             are adjusted already, so the final BA mainly spreads the alignment and loop-closure residuals
             over the cameras. 0: every point, whatever the size.
+        pre_ba_observations_per_image: before the final BA, a BA on the points that cover every image best
+            within ``max(this x images, pre_ba_min_observations)`` observations (the other points then
+            follow the cameras by :func:`~geomvision.sfm.bundle_adjustment.refine_points`), run only when
+            the model has at least twice that many observations. The alignment and loop-closure residuals
+            the final BA spreads are smooth over the scene: a few points per image pin them as well as all,
+            at a fraction of the cost per iteration, and the slow modes (bending a long street) take most of
+            the iterations. 0: no such pass.
+        pre_ba_min_observations: the smallest budget of that pass.
     """
 
     alignment: AlignmentOptions = field(default_factory=AlignmentOptions)
@@ -203,10 +210,14 @@ class MergeOptions:
     final_ba: bool = True
     bundle_adjustment: BundleAdjustmentOptions = field(default_factory=_default_merge_ba)
     final_ba_max_observations: int = 2_000_000
+    pre_ba_observations_per_image: int = 100
+    pre_ba_min_observations: int = 100_000
 
     def __post_init__(self) -> None:
         check_positive("filter_max_reproj_error_px", self.filter_max_reproj_error_px)
         check_at_least("final_ba_max_observations", self.final_ba_max_observations, 0)
+        check_at_least("pre_ba_observations_per_image", self.pre_ba_observations_per_image, 0)
+        check_at_least("pre_ba_min_observations", self.pre_ba_min_observations, 1)
         if not self.max_reproj_error_before_ba_px >= self.filter_max_reproj_error_px:
             raise InputError(
                 f"max_reproj_error_before_ba_px must be >= filter_max_reproj_error_px "
@@ -821,9 +832,16 @@ def _finish_group(
     ba_report: dict[str, Any] = {}
     dropped: list[dict[str, Any]] = []
     if options.final_ba and merged.points3D:
-        subset = None
+        subset, pre_report = None, None
         budget = options.final_ba_max_observations
-        if budget and sum(len(p.track) for p in merged.points3D.values()) > budget:
+        num_observations = sum(len(p.track) for p in merged.points3D.values())
+        if options.pre_ba_observations_per_image:
+            pre_budget = max(
+                options.pre_ba_observations_per_image * merged.num_registered, options.pre_ba_min_observations
+            )
+            if num_observations >= 2 * pre_budget:
+                pre_report = _subset_adjustment(merged, pre_budget, options.bundle_adjustment)
+        if budget and num_observations > budget:
             subset = points_covering_images(merged, budget)
         poses_before = {i: merged.views[i].cam_from_world for i in merged.registered_image_ids}
         ba = bundle_adjust(merged, options.bundle_adjustment, point_ids=subset)
@@ -836,6 +854,8 @@ def _finish_group(
             "num_points_adjusted": len(merged.points3D) if subset is None else len(subset),
             "time_s": round(ba.time_s, 4),
         }
+        if pre_report is not None:
+            ba_report["pre_ba"] = pre_report
         if subset is not None:
             t_refine = time.perf_counter()
             rest = np.setdiff1d(np.fromiter(merged.points3D, np.int64, len(merged.points3D)), subset)
@@ -854,6 +874,30 @@ def _finish_group(
     )
     report["time_s"] = round(report["time_s"] + time.perf_counter() - t0, 4)
     return dropped
+
+
+def _subset_adjustment(
+    rec: Reconstruction, max_observations: int, options: BundleAdjustmentOptions
+) -> dict[str, Any]:
+    """BA of the points covering every image within ``max_observations`` observations, then the other
+    points carried along with the moved cameras and refined with them held (in place); its report."""
+    t0 = time.perf_counter()
+    subset = points_covering_images(rec, max_observations)
+    poses_before = {i: rec.views[i].cam_from_world for i in rec.registered_image_ids}
+    ba = bundle_adjust(rec, options, point_ids=subset)
+    rest = np.setdiff1d(np.fromiter(rec.points3D, np.int64, len(rec.points3D)), subset)
+    if ba.success and len(rest):
+        refine_points(rec, rest, options, poses_before=poses_before)
+    return {
+        "success": ba.success,
+        "reason": ba.reason,
+        "iterations": ba.iterations,
+        "num_points_adjusted": len(subset),
+        "num_points_refined": len(rest) if ba.success else 0,
+        "initial_mean_reprojection_error_px": ba.initial_mean_reprojection_error_px,
+        "mean_reprojection_error_px": ba.mean_reprojection_error_px,
+        "time_s": round(time.perf_counter() - t0, 4),
+    }
 
 
 def _point_arrays(rec: Reconstruction) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -919,12 +963,17 @@ def _join_tracks(merged: Reconstruction, models: list[Reconstruction], transform
     first_node = np.full(num_groups, -1, dtype=np.int64)
     first_node[label[::-1]] = np.arange(num_nodes)[::-1]
     # Observations per group: unique (group, image, keypoint) with counts; one keypoint per (group, image).
-    rows = np.stack([label[obs_node], obs_image, obs_kp], axis=1)
-    unique, counts = np.unique(rows, axis=0, return_counts=True)
-    order = np.lexsort((unique[:, 2], -counts, unique[:, 1], unique[:, 0]))
-    unique = unique[order]
-    keep = np.r_[True, (unique[1:, 0] != unique[:-1, 0]) | (unique[1:, 1] != unique[:-1, 1])]
-    unique = unique[keep]
+    # (One int64 key per row, group-major then image then keypoint: sorting keys is several times faster
+    # than np.unique(axis=0) on the rows.)
+    num_images, num_kps = int(obs_image.max()) + 1, int(obs_kp.max()) + 1
+    key, counts = np.unique(
+        (label[obs_node] * num_images + obs_image) * num_kps + obs_kp, return_counts=True
+    )  # sorted by (group, image, keypoint)
+    group_image = key // num_kps
+    order = np.lexsort((-counts, group_image))  # stable: equal counts keep the smaller keypoint first
+    key, group_image = key[order], group_image[order]
+    key = key[np.r_[True, group_image[1:] != group_image[:-1]]]
+    unique = np.stack([key // num_kps // num_images, key // num_kps % num_images, key % num_kps], axis=1)
     # A keypoint claimed by two groups (conflicting joins) stays with the first group only.
     order = np.lexsort((unique[:, 0], unique[:, 2], unique[:, 1]))
     unique = unique[order]
@@ -932,13 +981,11 @@ def _join_tracks(merged: Reconstruction, models: list[Reconstruction], transform
     unique = unique[first]
     unique = unique[np.lexsort((unique[:, 2], unique[:, 1], unique[:, 0]))]
     starts = np.flatnonzero(np.r_[True, unique[1:, 0] != unique[:-1, 0]])
-    ends = np.r_[starts[1:], len(unique)]
-    pairs = track_elements(unique[:, 1:3])
-    groups = unique[starts, 0].tolist()
-    for s, e, g in zip(starts.tolist(), ends.tolist(), groups, strict=True):
-        if e - s < 2:
-            continue
-        merged.add_point3D(centre[g], pairs[s:e], colors[first_node[g]])
+    lengths = np.diff(np.r_[starts, len(unique)])
+    kept = lengths >= 2
+    groups = unique[starts[kept], 0]
+    rows = unique[np.repeat(kept, lengths), 1:3]
+    merged.add_points3D(centre[groups], rows, lengths[kept], colors[first_node[groups]])
 
 
 def _observation_errors(rec: Reconstruction) -> dict[str, np.ndarray]:
