@@ -94,8 +94,6 @@ class ProjectionSet:
         self.translations = np.asarray(translations, dtype=np.float64).reshape(-1, 3)
         self.models = list(camera_models_)
         self.params = [np.asarray(p, dtype=np.float64) for p in camera_params]
-        counts = np.bincount(image_index, minlength=len(self.rotations))
-        self.bounds = np.concatenate([[0], np.cumsum(counts)])
         self.image_index = image_index[order]
         # Images with the same camera (model and parameters) project in one call: models with shared
         # intrinsics have one group, whatever their number of images.

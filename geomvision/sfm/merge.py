@@ -832,7 +832,7 @@ def _finish_group(
     ba_report: dict[str, Any] = {}
     dropped: list[dict[str, Any]] = []
     if options.final_ba and merged.points3D:
-        subset, pre_report = None, None
+        pre_report = None
         budget = options.final_ba_max_observations
         num_observations = sum(len(p.track) for p in merged.points3D.values())
         if options.pre_ba_observations_per_image:
@@ -840,28 +840,11 @@ def _finish_group(
                 options.pre_ba_observations_per_image * merged.num_registered, options.pre_ba_min_observations
             )
             if num_observations >= 2 * pre_budget:
-                pre_report = _subset_adjustment(merged, pre_budget, options.bundle_adjustment)
-        if budget and num_observations > budget:
-            subset = points_covering_images(merged, budget)
-        poses_before = {i: merged.views[i].cam_from_world for i in merged.registered_image_ids}
-        ba = bundle_adjust(merged, options.bundle_adjustment, point_ids=subset)
-        ba_report = {
-            "success": ba.success,
-            "reason": ba.reason,
-            "iterations": ba.iterations,
-            "initial_mean_reprojection_error_px": ba.initial_mean_reprojection_error_px,
-            "mean_reprojection_error_px": ba.mean_reprojection_error_px,
-            "num_points_adjusted": len(merged.points3D) if subset is None else len(subset),
-            "time_s": round(ba.time_s, 4),
-        }
+                pre_report = _adjust(merged, options.bundle_adjustment, pre_budget)
+        over_budget = budget and num_observations > budget
+        ba_report = _adjust(merged, options.bundle_adjustment, budget if over_budget else None)
         if pre_report is not None:
             ba_report["pre_ba"] = pre_report
-        if subset is not None:
-            t_refine = time.perf_counter()
-            rest = np.setdiff1d(np.fromiter(merged.points3D, np.int64, len(merged.points3D)), subset)
-            refine_points(merged, rest, options.bundle_adjustment, poses_before=poses_before)
-            ba_report["num_points_refined"] = len(rest)
-            ba_report["refine_time_s"] = round(time.perf_counter() - t_refine, 4)
         report["num_observations_filtered"] += _filter_observations(
             merged, options.filter_max_reproj_error_px
         )
@@ -876,28 +859,31 @@ def _finish_group(
     return dropped
 
 
-def _subset_adjustment(
-    rec: Reconstruction, max_observations: int, options: BundleAdjustmentOptions
+def _adjust(
+    rec: Reconstruction, options: BundleAdjustmentOptions, max_observations: int | None = None
 ) -> dict[str, Any]:
-    """BA of the points covering every image within ``max_observations`` observations, then the other
-    points carried along with the moved cameras and refined with them held (in place); its report."""
-    t0 = time.perf_counter()
-    subset = points_covering_images(rec, max_observations)
+    """BA of every point of ``rec``, or with ``max_observations`` of the points covering every image within
+    that many observations (:func:`points_covering_images`), the other points then carried along with the
+    moved cameras and refined with them held (:func:`refine_points`). In place; returns its report."""
+    subset = None if max_observations is None else points_covering_images(rec, max_observations)
     poses_before = {i: rec.views[i].cam_from_world for i in rec.registered_image_ids}
     ba = bundle_adjust(rec, options, point_ids=subset)
-    rest = np.setdiff1d(np.fromiter(rec.points3D, np.int64, len(rec.points3D)), subset)
-    if ba.success and len(rest):
-        refine_points(rec, rest, options, poses_before=poses_before)
-    return {
+    report: dict[str, Any] = {
         "success": ba.success,
         "reason": ba.reason,
         "iterations": ba.iterations,
-        "num_points_adjusted": len(subset),
-        "num_points_refined": len(rest) if ba.success else 0,
         "initial_mean_reprojection_error_px": ba.initial_mean_reprojection_error_px,
         "mean_reprojection_error_px": ba.mean_reprojection_error_px,
-        "time_s": round(time.perf_counter() - t0, 4),
+        "num_points_adjusted": len(rec.points3D) if subset is None else len(subset),
+        "time_s": round(ba.time_s, 4),
     }
+    if subset is not None:
+        t_refine = time.perf_counter()
+        rest = np.setdiff1d(np.fromiter(rec.points3D, np.int64, len(rec.points3D)), subset)
+        refine_points(rec, rest, options, poses_before=poses_before)
+        report["num_points_refined"] = len(rest)
+        report["refine_time_s"] = round(time.perf_counter() - t_refine, 4)
+    return report
 
 
 def _point_arrays(rec: Reconstruction) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
