@@ -341,14 +341,6 @@ def pid_task(item: int, context) -> int:
     return os.getpid()
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return Path(f"/proc/{pid}").is_dir() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
-
-
 def test_release_workers_ends_them_after_queued_work_and_the_next_map_starts_fresh_ones(tmp_path):
     stage = Stage(name="pid", task=pid_task, version=1, batch_size=1)
     with open_runner("processes", 2) as runner:
