@@ -116,11 +116,16 @@ class GlobalMapperOptions:
             move); else every round refines them.
         fixed_rotation_max_iterations: that round (rotations held, no intrinsics refined) stops after at
             most this many iterations (retriangulation, a loose filtering and the joint rounds follow);
-            0: the cap of its BA options. Synthetic 300-image street: 28 iterations before, AUC@2 0.9554
-            with 10 and with 5 (BA iterations over all rounds 55 -> 39 -> 31); the ten real rows of
-            ``benchmarks/results/global_mapper.md`` within 0.0005 or higher with either. Capping the joint
-            rounds too (``round_ba``) is no default: on templeRing with an unknown focal (768 -> 1543 px)
-            the first pass then ends with the focal unsettled, AUC@2 0.13.
+            0: the cap of its BA options (the default). Its iterations are cheap (three parameters a
+            camera), and a converged start shortens the joint rounds, whose camera systems cost ~0.1 s an
+            iteration at 1000 images: synthetic 1000-image street, mapper alone, seeds 0 / 1 / 2, with a cap
+            of 5 -> none: the later rounds 50 + 33 + 13 -> 50 + 26 + 12 iterations (seed 0), mapping
+            38.9 -> 36.4 s (seed 0) and 34.8 -> 33.2 s (seed 2), AUC@2 0.9440 / 0.9470 / 0.9448 ->
+            0.9480 / 0.9456 / 0.9459; synthetic 300-image street seeds 0-2 within 0.0001; the nine real rows
+            of ``benchmarks/results/global_mapper.md`` (mapper alone) within 0.0003, castle-P19 unknown
+            focal 0.6876 -> 0.6852. Capping the joint rounds (``round_ba``) is no default: on the
+            1000-image street the last BA then needs ~40 iterations instead of ~13, and on templeRing with
+            an unknown focal (768 -> 1543 px) the first pass ends with the focal unsettled, AUC@2 0.13.
         first_filter_factor: the reprojection threshold of the filtering after the first round is this
             times ``triangulation.filter_max_error_px`` (the positioned model is still rough).
         min_point_observations: points left with fewer observations by a filtering are deleted. Two-view
@@ -165,7 +170,7 @@ class GlobalMapperOptions:
     round_observations_per_image: int = 50
     round_min_observations: int = 50_000
     fix_rotations_first_round: bool = True
-    fixed_rotation_max_iterations: int = 5
+    fixed_rotation_max_iterations: int = 0
     first_filter_factor: float = 4.0
     min_point_observations: int = 3
     min_image_observations: int = 20
@@ -381,7 +386,7 @@ class _ComponentMapper:
         rows = rows[state.obs_active[rows]]
         if len(rows) <= max_observations:
             return points, points[:0]
-        image, kp = state.table.obs_image[rows], state.table.obs_kp[rows]
+        image = state.table.obs_image[rows]
         local = np.searchsorted(points, state.table.obs_track[rows])
         errors, _ = state.observation_errors(rows)
         counts = np.maximum(np.bincount(local, minlength=len(points)), 1)
@@ -390,7 +395,7 @@ class _ComponentMapper:
         for cid, cam in state.cameras.items():
             size_of_camera[cid] = (cam.width, cam.height)
         image_size = size_of_camera[state.image_camera[image]]
-        cell = grid_cell_of(state.keypoints_px(image, kp), image_size, grid_cells=4)
+        cell = grid_cell_of(state.obs_px[rows], image_size, grid_cells=4)
         chosen = np.zeros(len(points), dtype=bool)
         chosen[covering_points(image, local, cell, point_error, max_observations)] = True
         return points[chosen], points[~chosen]

@@ -131,13 +131,6 @@ def adjust_bundle(
     if track_index is None:  # tracks not sorted: map through a sort
         order = np.argsort(tracks)
         track_index = order[np.searchsorted(tracks[order], state.table.obs_track[rows])]
-    obs_px = np.empty((len(rows), 2))
-    order = np.argsort(obs_image_id, kind="stable")  # rows per image from one sort, not a mask per image
-    bounds = np.searchsorted(obs_image_id[order], images).tolist() + [len(order)]
-    for k, i in enumerate(images.tolist()):
-        sel = order[bounds[k] : bounds[k + 1]]
-        obs_px[sel] = state.images[i].keypoints_px[state.table.obs_kp[rows[sel]]]
-
     problem = BundleAdjustmentProblem(
         camera_models=[state.cameras[c].model for c in cam_ids],
         intrinsics=intrinsics,
@@ -147,7 +140,7 @@ def adjust_bundle(
         points=state.track_xyz[tracks],
         obs_image=np.searchsorted(images, obs_image_id),  # images is sorted and holds every obs_image_id
         obs_point=track_index,
-        obs_px=obs_px,
+        obs_px=state.obs_px[rows],
         pose_free=pose_free,
         intrinsics_free=intrinsics_free,
     )

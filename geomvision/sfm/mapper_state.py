@@ -190,29 +190,35 @@ class MapperState:
         self.obs_active = np.zeros(num_obs, dtype=bool)
         self.track_xyz = np.full((num_tracks, 3), np.nan)
         self.track_has_point = np.zeros(num_tracks, dtype=bool)
+        self.obs_px = np.zeros((num_obs, 2))
         self.obs_xn = np.zeros((num_obs, 2))
         self.update_normalized()
 
     # --- cameras and poses ---------------------------------------------------------------------------
     def update_normalized(self, camera_ids: set[int] | None = None) -> None:
-        """Recompute undistorted normalised coordinates of observations (after intrinsics changed)."""
+        """Recompute undistorted normalised coordinates of observations after the intrinsics of
+        ``camera_ids`` changed; ``None``: of every camera, and gather the observations' pixels
+        (``obs_px``) again from the images' keypoints too."""
+        if camera_ids is None:
+            # pixels of every observation row, gathered once: the error checks of triangulation, filtering
+            # and BA read them by row (a gather per image per call was ~1 s of the 1000-image global mapping)
+            for image_id, rows in self.table.image_obs.items():
+                if rows.size:
+                    self.obs_px[rows] = self.images[image_id].keypoints_px[self.table.obs_kp[rows]]
         # one unprojection per camera over all its images' observations (one per image cost ~0.3 s per
         # global BA at 300 images); Newton stops per point, so the values are those of per-image calls
-        by_camera: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
+        by_camera: dict[int, list[np.ndarray]] = {}
         for image_id, rows in self.table.image_obs.items():
             if rows.size == 0:
                 continue
             camera_id = self.images[image_id].camera_id
             if camera_ids is not None and camera_id not in camera_ids:
                 continue
-            px = self.images[image_id].keypoints_px[self.table.obs_kp[rows]]
-            by_camera.setdefault(camera_id, []).append((rows, px))
+            by_camera.setdefault(camera_id, []).append(rows)
         for camera_id, parts in by_camera.items():
             cam = self.cameras[camera_id]
-            rows = np.concatenate([r for r, _ in parts])
-            self.obs_xn[rows] = camera_models.unproject(
-                cam.model, cam.params, np.vstack([px for _, px in parts])
-            )
+            rows = np.concatenate(parts)
+            self.obs_xn[rows] = camera_models.unproject(cam.model, cam.params, self.obs_px[rows])
 
     def camera_of(self, image_id: int) -> Camera:
         return self.cameras[self.images[image_id].camera_id]
@@ -289,19 +295,17 @@ class MapperState:
             ((K,) errors in pixels, (K,) depths along the camera's +z).
         """
         rows = np.asarray(rows, dtype=np.int64)
-        image = self.table.obs_image[rows]
-        xyz = self.track_xyz[self.table.obs_track[rows]]
-        return self.errors_for_points(image, self.table.obs_kp[rows], xyz)
+        return self.errors_for_points(rows, self.track_xyz[self.table.obs_track[rows]])
 
-    def errors_for_points(
-        self, image: np.ndarray, kp: np.ndarray, xyz: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Reprojection errors (px) and depths of world points ``xyz`` (K, 3) seen at keypoints ``kp``."""
+    def errors_for_points(self, rows: np.ndarray, xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Reprojection errors (px) and depths of world points ``xyz`` (K, 3) as seen by the observation
+        rows ``rows`` (K,) (their images and keypoints)."""
+        image = self.table.obs_image[rows]
         points_in_cam = np.einsum("kij,kj->ki", self.rotations[image], xyz) + self.translations[image]
         depth = points_in_cam[:, 2]
         errors = np.full(len(image), np.inf)
         cam_ids = self.image_camera[image]
-        observed = self.keypoints_px(image, kp)
+        observed = self.obs_px[rows]
         for cam_id in np.unique(cam_ids):  # usually one camera: one vectorised projection
             sel = cam_ids == cam_id
             cam = self.cameras[int(cam_id)]
@@ -309,15 +313,6 @@ class MapperState:
             errors[sel] = np.linalg.norm(projected - observed[sel], axis=1)
         errors[~np.isfinite(errors) | (depth <= 0)] = np.inf
         return errors, depth
-
-    def keypoints_px(self, image: np.ndarray, kp: np.ndarray) -> np.ndarray:
-        """(K, 2) pixels of keypoints ``kp`` (K,) of images ``image`` (K,)."""
-        observed = np.empty((len(image), 2))
-        # one gather per image, its rows from one stable sort (a boolean mask over all K rows per image made
-        # this O(images x K): ~10 s of the 300-image street scene's mapping)
-        for image_id, sel in rows_by_image(image):
-            observed[sel] = self.images[image_id].keypoints_px[kp[sel]]
-        return observed
 
     def triangulation_angles_deg(self, tracks: np.ndarray) -> np.ndarray:
         """Max triangulation angle of each given track's point over its active observations."""

@@ -140,11 +140,7 @@ def _robust_rows(state: MapperState, rows: np.ndarray, max_error_px: float, max_
     eval_pos = _ranges(starts[hyp_group], sizes[hyp_group])
     eval_hyp = np.repeat(np.arange(num_hyp), sizes[hyp_group])
     eval_rows = rows[eval_pos]
-    errors, _ = state.errors_for_points(
-        state.table.obs_image[eval_rows],
-        state.table.obs_kp[eval_rows],
-        np.where(finite[eval_hyp, None], xyz[eval_hyp], 0.0),
-    )
+    errors, _ = state.errors_for_points(eval_rows, np.where(finite[eval_hyp, None], xyz[eval_hyp], 0.0))
     errors = np.where(finite[eval_hyp], errors, np.inf)
     inlier = errors <= max_error_px
     num_inliers = np.bincount(eval_hyp, weights=inlier, minlength=num_hyp)
@@ -176,9 +172,7 @@ def _checked_points(
     rows = rows[np.argsort(state.table.obs_track[rows], kind="stable")]
     tracks, xyz, local = _triangulate_rows(state, rows)
     finite = np.all(np.isfinite(xyz), axis=1)
-    errors, _ = state.errors_for_points(
-        state.table.obs_image[rows], state.table.obs_kp[rows], np.where(finite[local, None], xyz[local], 0.0)
-    )
+    errors, _ = state.errors_for_points(rows, np.where(finite[local, None], xyz[local], 0.0))
     bad_obs = ~finite[local] | (errors > max_error_px)
     bad_track = np.zeros(len(tracks), dtype=bool)
     bad_track[local[bad_obs]] = True
@@ -196,7 +190,7 @@ def _checked_points(
     angles = max_triangulation_angle_deg(
         state.centers[state.table.obs_image[rows]], xyz_obs, local, len(tracks)
     )
-    errors, _ = state.errors_for_points(state.table.obs_image[rows], state.table.obs_kp[rows], xyz_obs)
+    errors, _ = state.errors_for_points(rows, xyz_obs)
     obs_ok = finite[local] & (errors <= max_error_px)
     ok = finite & (angles >= min_angle_deg) & _groups_with_min_count(local[obs_ok], len(tracks), 2)
     return tracks[ok], xyz[ok], rows[obs_ok & ok[local]]
