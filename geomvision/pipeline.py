@@ -563,6 +563,7 @@ def _run_mapping(cameras, images, verified, config, progress_factory, runner=Non
                 map_fn=_cluster_map_function(runner) if runner is not None else None,
                 rng=config.pipeline.seed,
                 progress=progress,
+                num_threads=runner.backend.num_workers if runner is not None else None,
             )
     init_reconstruction = None
     if config.pipeline.init == "factorization":

@@ -3,6 +3,8 @@ noise, both backends, held parameters staying bitwise fixed, robust losses, Reco
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -442,12 +444,14 @@ def test_schur_reports_the_costs_of_the_parameters_it_returns():
     np.testing.assert_allclose(result.mean_reprojection_error_px, end.errors_px.mean(), rtol=1e-12)
 
 
-@pytest.mark.parametrize("loss", ["linear", "soft_l1"])
-def test_refine_points_reaches_the_held_camera_bundle_adjustment_optimum(loss):
+@pytest.mark.parametrize(("loss", "num_threads"), [("linear", 1), ("soft_l1", 1), ("soft_l1", 3)])
+def test_refine_points_reaches_the_held_camera_bundle_adjustment_optimum(loss, num_threads):
     problem, _ = synthetic_problem(10, 200, model="RADIAL", views_per_point=3, noise_px=0.5, rng=41)
     problem.points += np.random.default_rng(42).normal(0.0, 0.05, problem.points.shape)  # cameras exact
     reference, refined = problem_to_reconstruction(problem), problem_to_reconstruction(problem)
-    options = BundleAdjustmentOptions(loss=loss, function_tolerance=1e-14, gradient_tolerance=1e-14)
+    options = BundleAdjustmentOptions(
+        loss=loss, function_tolerance=1e-14, gradient_tolerance=1e-14, num_threads=num_threads
+    )
     held = BundleAdjustmentOptions(
         loss=loss,
         intrinsics="fixed",
@@ -465,6 +469,11 @@ def test_refine_points_reaches_the_held_camera_bundle_adjustment_optimum(loss):
         np.testing.assert_allclose(refined.points3D[p].xyz, reference.points3D[p].xyz, atol=1e-7)
     for i, view in refined.views.items():  # cameras held bitwise
         np.testing.assert_array_equal(view.cam_from_world.translation, poses[i])
+    # the problems run on threads: each is independent, so any thread count gives bitwise the same points
+    serial = problem_to_reconstruction(problem)
+    refine_points(serial, point_ids, replace(options, num_threads=1), max_iterations=30, max_observations=30)
+    for p in point_ids.tolist():
+        np.testing.assert_array_equal(serial.points3D[p].xyz, refined.points3D[p].xyz)
     with pytest.raises(InputError, match="max_observations"):
         refine_points(refined, point_ids, options, max_observations=0)
 

@@ -118,11 +118,13 @@ def test_partitioned_mapping_registers_every_image_in_one_model():
 def test_pipeline_maps_clusters_in_worker_processes_with_one_thread(workers):
     """The pipeline's cluster map function: with one worker as with two, every cluster is mapped in a worker
     process (not this one) limited to one OpenCV/BLAS thread, so "a worker" is the same unit in both; the
-    report has each process's clusters and CPU time, and the engine counts the bytes moved both ways."""
+    report has each process's clusters and CPU time, and the engine counts the bytes moved both ways. The
+    merge then runs on one thread per worker."""
     import os
 
     from geomvision.pipeline import _cluster_map_function
     from geomvision.runtime.runner import open_runner
+    from geomvision.runtime.worker import thread_budget
 
     scene, cameras, images, geometries = _synthetic_mapping_inputs(num_cameras=16, seed=5)
     options = PartitionedMappingOptions(
@@ -131,7 +133,13 @@ def test_pipeline_maps_clusters_in_worker_processes_with_one_thread(workers):
     )
     with open_runner("processes", workers) as runner:
         result = partitioned_mapping(
-            cameras, images, geometries, options, map_fn=_cluster_map_function(runner), rng=0
+            cameras,
+            images,
+            geometries,
+            options,
+            map_fn=_cluster_map_function(runner),
+            rng=0,
+            num_threads=runner.backend.num_workers,
         )
         engine = runner.report()
     report = result.report
@@ -141,6 +149,8 @@ def test_pipeline_maps_clusters_in_worker_processes_with_one_thread(workers):
         c["pid"] != os.getpid() and c["threads"] == {"opencv": 1, "blas": 1, "pools": 1} for c in clusters
     )
     assert len({c["pid"] for c in clusters}) <= workers
+    # the merge in this process runs on as many threads as there are workers (one worker: one core)
+    assert report["merge"]["num_threads"] == min(workers, thread_budget())
     per_process = report["workers"]
     assert sorted(i for w in per_process for i in w["clusters"]) == list(range(len(clusters)))
     assert all(w["cpu_s"] > 0 for w in per_process)

@@ -31,7 +31,7 @@ import numpy as np
 from geomvision.errors import InputError, check_at_least
 from geomvision.progress import ProgressCallback
 from geomvision.progress import report as report_progress
-from geomvision.runtime.worker import thread_limits
+from geomvision.runtime.worker import thread_budget, thread_limits
 from geomvision.scene import Camera, ImageInfo, Reconstruction, TwoViewGeometry
 from geomvision.sfm.incremental import IncrementalMapperOptions, MappingResult, incremental_mapping
 from geomvision.sfm.merge import MergeOptions, merge_reconstructions
@@ -250,6 +250,7 @@ def partitioned_mapping(
     map_fn: MapFunction | None = None,
     rng: np.random.Generator | int | None = None,
     progress: ProgressCallback | None = None,
+    num_threads: int | None = None,
 ) -> MappingResult:
     """Map a scene cluster by cluster and merge the clusters' models.
 
@@ -263,6 +264,10 @@ def partitioned_mapping(
             in task order.
         rng: seed (or generator, from which one seed is drawn) of every random choice.
         progress: ``progress(done, total, message)`` over clusters mapped.
+        num_threads: threads of the merge in this process (its bundle adjustments and point refinement)
+            unless ``options.merge`` sets them; None: this process's thread budget. The pipeline passes its
+            worker count, so that ``--workers N`` maps and merges on N cores (one worker: one core
+            throughout, as with the clusters).
 
     Returns:
         :class:`~geomvision.sfm.incremental.MappingResult`: the merged models (largest first) and a report
@@ -332,6 +337,11 @@ def partitioned_mapping(
     del results, result, kept, rec
 
     merge_options = options.merge
+    if num_threads is not None and merge_options.bundle_adjustment.num_threads is None:
+        threads = max(1, min(int(num_threads), thread_budget()))
+        merge_options = replace(
+            merge_options, bundle_adjustment=replace(merge_options.bundle_adjustment, num_threads=threads)
+        )
     if set(cameras) <= set(options.mapper.fixed_camera_ids):  # known calibration stays fixed in the final BA
         merge_options = replace(
             merge_options, bundle_adjustment=replace(merge_options.bundle_adjustment, intrinsics="fixed")
@@ -349,6 +359,7 @@ def partitioned_mapping(
     time_merge = time.perf_counter() - t_merge
     merged.report["model_cluster"] = model_cluster
     report["merge"] = merged.report
+    report["merge"]["num_threads"] = merge_options.bundle_adjustment.num_threads or thread_budget()
     report["dropped_images"] = merged.dropped_images
     report["num_models"] = len(merged.reconstructions)
     report["num_registered"] = sum(r.num_registered for r in merged.reconstructions)
