@@ -6,6 +6,8 @@ observations instead of Python loops over :class:`~geomvision.scene.Point3D` obj
 
 - ``obs_track``, ``obs_image``, ``obs_kp``: (M,) one row per (image_id, keypoint) of every track;
 - ``feature_obs[image_id]``: (N_kp,) keypoint -> observation row (or -1 when the keypoint is in no track);
+- per row, its pixel ``obs_px`` (M, 2) and undistorted normalised coordinates ``obs_xn`` (M, 2), the latter
+  recomputed when BA refines the intrinsics (:meth:`MapperState.update_normalized`);
 - one 3D point per track (``track_xyz``, ``track_has_point``); a point's observations are the rows of
   its track with ``obs_active``. The point id in exported reconstructions is ``track index + 1``.
 

@@ -112,6 +112,8 @@ class ClusterResult:
         pid: process that ran it.
         cpu_s: CPU time of that process (all its threads) during the mapping, seconds.
         threads: the OpenCV and BLAS thread limits it ran under (``runtime.worker.thread_limits``).
+        started_at: wall-clock time (``time.time()``, seconds) when the mapping started, to place the
+            cluster on the stage's timeline (the processes share the clock).
     """
 
     index: int
@@ -122,6 +124,7 @@ class ClusterResult:
     pid: int
     cpu_s: float = float("nan")
     threads: dict[str, int | None] = field(default_factory=dict)
+    started_at: float = float("nan")
 
 
 class _PeakRss:
@@ -179,7 +182,7 @@ class _PeakRss:
 
 def map_cluster(task: ClusterTask) -> ClusterResult:
     """Run the incremental mapper on one cluster (a pure function of the task)."""
-    t0, cpu0 = time.perf_counter(), time.process_time()
+    t0, cpu0, started_at = time.perf_counter(), time.process_time(), time.time()
     with _PeakRss() as memory:
         result = incremental_mapping(
             task.cameras, task.images, task.two_view_geometries, task.options, rng=task.seed
@@ -193,6 +196,7 @@ def map_cluster(task: ClusterTask) -> ClusterResult:
         os.getpid(),
         cpu_s=time.process_time() - cpu0,
         threads=thread_limits(),
+        started_at=started_at,
     )
 
 
@@ -287,10 +291,12 @@ def partitioned_mapping(
     partition = partition_view_graph(graph, options.partition)
     clusters = partition.clusters
     tasks = cluster_tasks(cameras, images, two_view_geometries, clusters, options.mapper, seed)
-    t_map = time.perf_counter()
+    t_map, map_started_at = time.perf_counter(), time.time()
     results: list[ClusterResult] = []
+    received_s: dict[int, float] = {}
     for result in map_fn(map_cluster, tasks):
         results.append(result)
+        received_s[result.index] = time.perf_counter() - t_map
         report_progress(progress, len(results), len(clusters), f"mapped cluster {result.index}")
     time_map = time.perf_counter() - t_map
 
@@ -315,6 +321,9 @@ def partitioned_mapping(
                 "num_registered": [r.num_registered for r in kept],
                 "num_points3D": [len(r.points3D) for r in kept],
                 "time_s": round(result.time_s, 4),
+                # when it started, seconds after the cluster stage did (tasks wait for a free worker)
+                "start_s": round(result.started_at - map_started_at, 3),
+                "received_s": round(received_s[result.index], 3),  # its model back in this process
                 "peak_rss_mb": round(result.peak_rss_mb, 1),
                 "pid": result.pid,
                 "cpu_s": round(result.cpu_s, 2),
