@@ -224,6 +224,9 @@ def test_pipeline_partitioned_on_fountain_small(tmp_path):
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     mapping = report["mapping"]
     assert mapping["partition"]["num_clusters"] == 2
+    # two clusters on two workers start together: the view graph was drawn before, not on a worker
+    assert (tmp_path / "out" / "view_graph.png").is_file()
+    assert all(0 <= c["start_s"] < 3.0 and c["received_s"] > c["start_s"] for c in mapping["clusters"])
     assert len(result.reconstructions) == 1 and result.reconstruction.num_registered == 11
     assert all(a["success"] for a in mapping["merge"]["alignments"])
     gt = load_ground_truth(dataset / "gt_cameras")
