@@ -224,10 +224,9 @@ def _run_stages(run: _Run) -> PipelineResult:
         release_free_memory()
         # A partitioned mapping keeps every worker busy with clusters: the view graph is drawn here first
         # (on a worker it held up the second cluster by ~4 s at 1000 images, ~10 s at 2000).
-        partitioned = config.pipeline.mapper != "global" and bool(
-            config.partition.cluster_size_for(len(image_ids))
+        view_graph_written = _start_view_graph_output(
+            out, verified, names, runner, in_process=_maps_in_clusters(config, len(image_ids))
         )
-        view_graph_written = _start_view_graph_output(out, verified, names, runner, in_process=partitioned)
 
         t = time.perf_counter()
         run.stage = "mapping"
@@ -547,13 +546,18 @@ def _run_calibration(cameras, camera_of_image, verified, features, paths, config
     return result.cameras, result.two_view_geometries, result.report
 
 
+def _maps_in_clusters(config: ReconstructionConfig, num_images: int) -> bool:
+    """Whether the mapping stage maps the scene cluster by cluster (large scenes, incremental mapper)."""
+    return config.pipeline.mapper != "global" and bool(config.partition.cluster_size_for(num_images))
+
+
 def _run_mapping(cameras, images, verified, config, progress_factory, runner=None):
     from geomvision.sfm.incremental import incremental_mapping
 
     if config.pipeline.mapper == "global":
         return _run_global_mapping(cameras, images, verified, config, progress_factory)
     mapper_options = config.mapper
-    if config.partition.cluster_size_for(len(images)):  # large scenes: cluster by cluster, then merge
+    if _maps_in_clusters(config, len(images)):  # large scenes: cluster by cluster, then merge
         from geomvision.sfm.partitioned_mapping import PartitionedMappingOptions, partitioned_mapping
 
         options = PartitionedMappingOptions(

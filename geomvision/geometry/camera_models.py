@@ -252,7 +252,10 @@ def unproject(
     if model in ("SIMPLE_PINHOLE", "PINHOLE"):
         return np.stack([ud, vd], axis=1)
     if model in ("SIMPLE_RADIAL", "RADIAL"):
-        scale = _undistort_radius_scale(model, params, dist, ud * ud + vd * vd, max_iterations, tolerance)
+        # shared parameters: one row of coefficients, broadcast (a gather per iteration costs as much as the
+        # Newton step itself)
+        coeffs = dist[:1] if np.asarray(params).ndim == 1 else dist
+        scale = _undistort_radius_scale(model, coeffs, ud * ud + vd * vd, max_iterations, tolerance)
         return np.stack([ud * scale, vd * scale], axis=1)
     u, v = ud.copy(), vd.copy()
     active = np.arange(len(u))
@@ -273,40 +276,32 @@ def unproject(
 
 
 def _undistort_radius_scale(
-    model: str,
-    params: np.ndarray,
-    dist: np.ndarray,
-    rd2: np.ndarray,
-    max_iterations: int,
-    tolerance: float,
+    model: str, coeffs: np.ndarray, rd2: np.ndarray, max_iterations: int, tolerance: float
 ) -> np.ndarray:
     """(N,) ratio undistorted / distorted radius of normalised points at squared distorted radius ``rd2``
-    under a radial model (``r (1 + k1 r^2 + k2 r^4) = r_d``).
+    under a radial model (``r (1 + k1 r^2 + k2 r^4) = r_d``); ``coeffs``: (1, D) shared or (N, D)
+    distortion coefficients.
 
     Radial distortion keeps a point on its ray from the principal point, so Newton's method in the image
     plane stays on that ray: solving for the radius alone gives the same root at a fraction of the work
     (no 2 x 2 Jacobians; unprojecting every observation after a BA round moved the focal was ~1.5 s of the
     1000-image global mapping).
     """
-    shared = np.asarray(params).ndim == 1
-    k1 = dist[0, 0] if shared else dist[:, 0]
-    k2 = (dist[0, 1] if shared else dist[:, 1]) if model == "RADIAL" else 0.0
+    k1 = coeffs[:, 0]
+    k2 = coeffs[:, 1] if model == "RADIAL" else np.zeros_like(k1)
+    shared = len(coeffs) == 1
     rd = np.sqrt(rd2)
     r = rd.copy()
     active = np.arange(len(r))
     for _ in range(max_iterations):
         if active.size == 0:
             break
-        ra, a1, a2 = (
-            r[active],
-            (k1 if shared else k1[active]),
-            (k2 if shared or np.isscalar(k2) else k2[active]),
-        )
+        ra = r[active]
+        a1, a2 = (k1, k2) if shared else (k1[active], k2[active])
         r2 = ra * ra
         f = ra * (1.0 + r2 * (a1 + a2 * r2)) - rd[active]
         df = 1.0 + r2 * (3.0 * a1 + 5.0 * a2 * r2)
-        df = np.where(np.abs(df) < 1e-15, 1e-15, df)
-        step = f / df
+        step = f / np.where(np.abs(df) < 1e-15, 1e-15, df)
         r[active] = ra - step
         active = active[np.abs(step) > tolerance]
     return np.divide(r, rd, out=np.ones_like(r), where=rd > 0)

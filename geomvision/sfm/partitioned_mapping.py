@@ -293,10 +293,8 @@ def partitioned_mapping(
     tasks = cluster_tasks(cameras, images, two_view_geometries, clusters, options.mapper, seed)
     t_map, map_started_at = time.perf_counter(), time.time()
     results: list[ClusterResult] = []
-    received_s: dict[int, float] = {}
     for result in map_fn(map_cluster, tasks):
         results.append(result)
-        received_s[result.index] = time.perf_counter() - t_map
         report_progress(progress, len(results), len(clusters), f"mapped cluster {result.index}")
     time_map = time.perf_counter() - t_map
 
@@ -323,7 +321,6 @@ def partitioned_mapping(
                 "time_s": round(result.time_s, 4),
                 # when it started, seconds after the cluster stage did (tasks wait for a free worker)
                 "start_s": round(result.started_at - map_started_at, 3),
-                "received_s": round(received_s[result.index], 3),  # its model back in this process
                 "peak_rss_mb": round(result.peak_rss_mb, 1),
                 "pid": result.pid,
                 "cpu_s": round(result.cpu_s, 2),
