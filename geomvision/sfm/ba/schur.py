@@ -448,6 +448,7 @@ def _evaluate(problem: BundleAdjustmentProblem, st: _Structure, options, *, jaco
             zero_fixed_columns=False,
             observations=None if len(st.chunks) == 1 else chunk.obs,
             rotation_tangent=tangent,
+            irls=True,
         )
 
     return _parallel(st, one, st.chunks)
@@ -483,24 +484,11 @@ def _linearise(problem: BundleAdjustmentProblem, st: _Structure, evaluations: li
             g_img[k] = X0 @ r[0, lo:hi] + X1 @ r[1, lo:hi]
         if chunk.free_local is not None:
             Jc, Jp, r = Jc[:, :, chunk.free_local], Jp[:, :, chunk.free_local], r[:, chunk.free_local]
-        # point blocks of this chunk's points only: a (3, 3, all points) array per chunk made the chunks'
-        # sums, held together, cost 8 x 96 bytes per point
-        present, point = points if points is not None else (None, st.free_pc[chunk.free])
-        size = st.n_points if present is None else len(present)
-        C = _point_blocks(Jp, point, size)
-        g_pt = _bincount_rows(point, Jp[0] * r[0] + Jp[1] * r[1], size)
-        return Jc, Jp, C, g_pt, present
+        return (Jc, Jp, *_chunk_point_sums(st, chunk, Jp, r, points))
 
     chunk_points = st.chunk_points or [None] * len(st.chunks)
     parts = _parallel(st, one, list(zip(st.chunks, evaluations, chunk_points, strict=True)))
-    if len(parts) == 1:
-        C, g_pt = parts[0][2], parts[0][3]
-    else:  # chunk order: the same sums for any thread count (adding a point's absent 0.0 changes nothing)
-        C, g_pt = np.zeros((3, 3, st.n_points)), np.zeros((3, st.n_points))
-        for part in parts:
-            present = part[4]
-            C[:, :, present] += part[2]
-            g_pt[:, present] += part[3]
+    C, g_pt = _sum_point_parts(st, [part[2:] for part in parts])
     cols_img = st.cols_ext[st.img_present].ravel()
     g_cam = np.bincount(cols_img, weights=g_img.ravel(), minlength=n + 1)[:n]
     diag_cam = np.bincount(cols_img, weights=np.einsum("kii->ki", U_img).ravel(), minlength=n + 1)[:n]
@@ -516,6 +504,68 @@ def _linearise(problem: BundleAdjustmentProblem, st: _Structure, evaluations: li
         diag_cam,
         grad_max,
     )
+
+
+def _chunk_point_sums(st: _Structure, chunk: _Chunk, Jp: np.ndarray, r: np.ndarray, points) -> tuple:
+    """One chunk's point blocks ``J_p^T J_p`` (3, 3, P) and gradients ``J_p^T r`` (3, P) from its free
+    observations' component-major ``Jp`` (2, 3, m) and residuals ``r`` (2, m), over the chunk's own points
+    (``points``: (sorted point indices, each observation's position there), or None for all points).
+
+    Per chunk's own points: a (3, 3, all points) array per chunk made the chunks' sums, held together, cost
+    8 x 96 bytes per point.
+
+    Returns:
+        (C, g, the chunk's point indices or None).
+    """
+    present, point = points if points is not None else (None, st.free_pc[chunk.free])
+    size = st.n_points if present is None else len(present)
+    return _point_blocks(Jp, point, size), _bincount_rows(point, Jp[0] * r[0] + Jp[1] * r[1], size), present
+
+
+def _sum_point_parts(st: _Structure, parts: list) -> tuple[np.ndarray, np.ndarray]:
+    """The chunks' ``_chunk_point_sums`` added up: (C (3, 3, Np), g (3, Np)), in chunk order (the same sums
+    for any thread count; adding a point's absent 0.0 changes nothing)."""
+    if len(parts) == 1:
+        return parts[0][0], parts[0][1]
+    C, g = np.zeros((3, 3, st.n_points)), np.zeros((3, st.n_points))
+    for C_part, g_part, present in parts:
+        C[:, :, present] += C_part
+        g[:, present] += g_part
+    return C, g
+
+
+def _point_steps(st: _Structure, evaluations: list, mu: float) -> np.ndarray:
+    """(3, Np) damped Gauss-Newton steps of the free points with the cameras held, from the point
+    Jacobians and residuals of ``evaluations``: ``-(C + mu D_p)^-1 J_p^T r`` per point.
+
+    These are the embedded point iterations of Jeong et al. ("Pushing the envelope of modern methods for
+    bundle adjustment", PAMI 2012): after each camera step the points, which are independent once the
+    cameras are held, take one more Newton step of their own. A linearised LM step moves a point along a
+    straight line although its projection is non-linear in depth; on the 200-camera synthetic ring the
+    joint iterations then converged linearly (a constant model-to-actual ratio of ~0.69 at almost no
+    damping: 50 iterations did not reach the optimum that 26 reach with these steps).
+    Steps that are not finite (a degenerate point) are zero.
+    """
+
+    def one(item):
+        chunk, ev, points = item
+        Jp = np.ascontiguousarray(ev.J_point.transpose(1, 2, 0))  # (2, 3, m)
+        r = np.ascontiguousarray(ev.residuals.T)  # (2, m)
+        if chunk.free_local is not None:
+            Jp, r = Jp[:, :, chunk.free_local], r[:, chunk.free_local]
+        return _chunk_point_sums(st, chunk, Jp, r, points)
+
+    chunk_points = st.chunk_points or [None] * len(st.chunks)
+    C, g = _sum_point_parts(
+        st, _parallel(st, one, list(zip(st.chunks, evaluations, chunk_points, strict=True)))
+    )
+    diag = np.clip(np.stack([C[0, 0], C[1, 1], C[2, 2]]), _MIN_DIAG, _MAX_DIAG)
+    for k in range(3):
+        C[k, k] += mu * diag[k]
+    C_inv = _inv3(C)
+    dp = -(C_inv[:, 0] * g[0] + C_inv[:, 1] * g[1] + C_inv[:, 2] * g[2])
+    dp[:, ~np.isfinite(dp).all(axis=0)] = 0.0
+    return dp
 
 
 def _point_diag(lin: _Linearisation) -> np.ndarray:
@@ -794,6 +844,7 @@ def _lm_loop(problem, user_problem, st: _Structure, x: np.ndarray, options, prog
     cost, mean_error = costs["initial_cost"], costs["initial_mean_error_px"]
     mu, nu = 1e-4, 2.0  # Ceres: initial trust region radius 1e4
     reason, iterations = "maximum iterations reached", 0
+    point_steps_kept = 0
     logger.debug(
         "schur BA: %d camera columns (%s), %d points, %d pairs, setup %.3f s",
         st.n,
@@ -832,9 +883,23 @@ def _lm_loop(problem, user_problem, st: _Structure, x: np.ndarray, options, prog
             lin = None
         ev_new = _evaluate(problem, st, options, jacobians=not small)
         new_cost = _total_cost(ev_new)
+        if options.point_steps and not small and st.n_points and np.isfinite(new_cost):
+            x_new, ev_new, new_cost, kept = _try_point_steps(
+                problem, st, options, x_new, ev_new, new_cost, mu
+            )
+            point_steps_kept += kept
         actual = cost - new_cost
         rho = actual / predicted if predicted > 0 else -1.0
         report(progress, iterations, options.max_iterations, f"cost {min(new_cost, cost):.6g}")
+        logger.debug(
+            "LM iteration %d: cost %.6g -> %.6g, predicted decrease %.4g, rho %.3f, mu %.3g",
+            iterations,
+            cost,
+            new_cost,
+            predicted,
+            rho,
+            mu,
+        )
         accepted = rho > 1e-3 and np.isfinite(new_cost)
         # Ceres' order: the function tolerance is tested on every candidate, before the step's acceptance,
         # so a rejected step whose cost change is that small ends the solve too (at the better of the two)
@@ -872,7 +937,36 @@ def _lm_loop(problem, user_problem, st: _Structure, x: np.ndarray, options, prog
         **costs,
         "final_cost": cost,
         "final_mean_error_px": mean_error,
+        "point_steps_kept": point_steps_kept,
     }
+
+
+def _try_point_steps(
+    problem, st: _Structure, options, x_new: np.ndarray, ev_new: list, new_cost: float, mu: float
+):
+    """Follow the candidate ``x_new`` (evaluated with Jacobians as ``ev_new``) by ``_point_steps``; keep
+    them when they lower the cost. The problem is left at the returned parameters.
+
+    Returns:
+        (parameters, their evaluations with Jacobians, their cost, 1 if the point steps were kept else 0).
+    """
+    dp = _point_steps(st, ev_new, mu)
+    large = len(st.chunks) >= _REBUILD_REJECTED_MIN_CHUNKS
+    if large:  # one set of Jacobians at a time (see _lm_loop); rebuilt below in the rare case it is needed
+        for ev in ev_new:
+            ev.J_cam = ev.J_point = None
+    x_pt = x_new.copy()
+    x_pt[st.n :] += dp.T.ravel()
+    problem.set_x(x_pt)
+    ev_pt = _evaluate(problem, st, options, jacobians=True)
+    cost_pt = _total_cost(ev_pt)
+    if cost_pt <= new_cost:
+        return x_pt, ev_pt, cost_pt, 1
+    del ev_pt
+    problem.set_x(x_new)
+    if large:  # bitwise the evaluation that was dropped (it is deterministic)
+        ev_new = _evaluate(problem, st, options, jacobians=True)
+    return x_new, ev_new, new_cost, 0
 
 
 def _mean_error(evaluations: list) -> float:
