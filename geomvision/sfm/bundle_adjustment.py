@@ -600,21 +600,18 @@ def _carry_points(problem: BundleAdjustmentProblem, poses_before: list[Rigid3d])
 
 
 def _refine_held_points(problem: BundleAdjustmentProblem, options: BundleAdjustmentOptions, iterations: int):
-    """Per-point Levenberg-Marquardt on ``problem.points`` (N, 3), cameras held (in place).
-
-    The robust loss is linearised with the IRLS model, as in the schur backend (``ba.losses``)."""
+    """Per-point Levenberg-Marquardt on ``problem.points`` (N, 3), cameras held (in place)."""
     n, point = len(problem.points), problem.obs_point
-    loss, scale = options.loss, options.loss_scale_px
 
     def linearised(ev):  # per point: cost (N,), J^T J (N, 3, 3), J^T r (N, 3)
-        cost = np.bincount(point, losses.robust_cost(loss, scale, ev.errors_px**2), minlength=n)
+        cost = np.bincount(point, (ev.residuals**2).sum(axis=1), minlength=n)
         jtj = np.einsum("mri,mrj->mij", ev.J_point, ev.J_point).reshape(-1, 9)
         jtr = np.einsum("mri,mr->mi", ev.J_point, ev.residuals)
         H = np.stack([np.bincount(point, jtj[:, k], minlength=n) for k in range(9)], axis=1)
         g = np.stack([np.bincount(point, jtr[:, k], minlength=n) for k in range(3)], axis=1)
         return cost, H.reshape(n, 3, 3), g
 
-    ev = evaluate(problem, loss, scale, zero_fixed_columns=False, irls=True)
+    ev = evaluate(problem, options.loss, options.loss_scale_px, zero_fixed_columns=False)
     cost, H, g = linearised(ev)
     # relative to the diagonal, per point: a point whose step raised its cost retries with 10x the damping
     # (a gentler schedule left such points, a few percent, far from their optimum after 10 steps)
@@ -627,7 +624,7 @@ def _refine_held_points(problem: BundleAdjustmentProblem, options: BundleAdjustm
         step = np.linalg.solve(A, -g[:, :, None])[:, :, 0]
         step[~np.isfinite(step).all(axis=1)] = 0.0
         problem.points = start + step
-        trial = evaluate(problem, loss, scale, zero_fixed_columns=False, irls=True)
+        trial = evaluate(problem, options.loss, options.loss_scale_px, zero_fixed_columns=False)
         t_cost, t_H, t_g = linearised(trial)
         better = t_cost < cost
         per_obs = better[point]

@@ -7,13 +7,6 @@ For an observation with residual ``r`` (2,) in pixels and ``s = |r|^2``, the rob
 ``d r~ = w dr + 2 w'(s) r (r^T dr)``, ``w = sqrt(g)`` (Triggs et al., "Bundle adjustment - a modern
 synthesis", 2000, sec. 6.8 discuss such reweightings). Using one rescaled model keeps the scipy and Schur
 backends minimising exactly the same function.
-
-The Schur backend linearises that same cost with the IRLS model (``irls=True``): ``r~ = sqrt(rho') r``,
-``J~ = sqrt(rho') J``. Its gradient ``J~^T r~ = rho' J^T r`` is the exact one; only the Gauss-Newton
-Hessian differs. For these concave losses (``rho'' < 0``) the rescaled model's Hessian across the residual
-is ``rho / s >= rho'`` times ``J^T J``, up to 2x stiffer than the cost for soft_l1 and Huber outliers,
-which shortens the steps. Ceres makes the same choice: its corrector drops the second-order term when
-``rho'' <= 0``.
 """
 
 from __future__ import annotations
@@ -56,17 +49,6 @@ def _g_and_dg(loss: str, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     raise InputError(f"unknown loss {loss!r}; expected one of {LOSSES}")
 
 
-def _rho_prime(loss: str, z: np.ndarray) -> np.ndarray:
-    """``rho'(z)`` of the unit-scale loss (equal to ``rho_c'(s)`` of the scaled one)."""
-    if loss == "huber":
-        return 1.0 / np.sqrt(np.maximum(z, 1.0))
-    if loss == "soft_l1":
-        return 1.0 / np.sqrt(1.0 + z)
-    if loss == "cauchy":
-        return 1.0 / (1.0 + z)
-    raise InputError(f"unknown loss {loss!r}; expected one of {LOSSES}")
-
-
 def robust_cost(loss: str, scale_px: float, sq_norms: np.ndarray) -> np.ndarray:
     """Per-observation cost ``rho_c(s)`` (px^2) for squared residual norms ``s`` (M,)."""
     if loss == "linear":
@@ -76,15 +58,14 @@ def robust_cost(loss: str, scale_px: float, sq_norms: np.ndarray) -> np.ndarray:
 
 
 def robust_weights(
-    loss: str, scale_px: float, sq_norms: np.ndarray, *, irls: bool = False
+    loss: str, scale_px: float, sq_norms: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """Per-observation cost and the factors of the rescaled residual and Jacobian, in one pass.
 
     With ``s = |r|^2`` (M,): ``rho_c(s)`` (px^2), ``w = sqrt(g(s))`` with ``r~ = w r``, and ``k = w'(s) * 2``
     (per px^2) with ``J~ = (w I + k r r^T) J`` (a symmetric 2 x 2 matrix per observation, so the rescaling
     can be applied to any factor of the Jacobian, e.g. ``d pixel / d camera-frame point``, before the chain
-    rule). ``w`` and ``k`` are None for the linear loss. ``irls``: the IRLS model (module docstring),
-    ``w = sqrt(rho_c'(s))`` and ``k = 0``.
+    rule). ``w`` and ``k`` are None for the linear loss.
     """
     if loss == "linear":
         return sq_norms, None, None
@@ -93,8 +74,6 @@ def robust_weights(
     c2 = scale_px**2
     g, dg = _g_and_dg(loss, sq_norms / c2)
     rho = g * sq_norms
-    if irls:
-        return rho, np.sqrt(_rho_prime(loss, sq_norms / c2)), np.zeros_like(g)
     w = np.sqrt(g, out=g)
     # 2 w' = g' / (sqrt(g) c^2)
     k = np.divide(dg, w, out=dg)

@@ -292,8 +292,7 @@ class Evaluation:
     """Residuals and Jacobian blocks at one parameter state (robust rescaling already applied).
 
     Attributes:
-        residuals: (M, 2) rescaled residuals ``r~`` (plain pixel residuals for the linear loss; IRLS-scaled
-            with ``irls``).
+        residuals: (M, 2) rescaled residuals ``r~`` (plain pixel residuals for the linear loss).
         cost: ``0.5 * sum rho(|r|^2)``.
         errors_px: (M,) plain reprojection error norms.
         J_cam: (M, 2, D) derivative w.r.t. the image's camera columns (zero in fixed columns).
@@ -316,7 +315,6 @@ def evaluate(
     zero_fixed_columns: bool = True,
     observations: slice | None = None,
     rotation_tangent: bool = False,
-    irls: bool = False,
 ) -> Evaluation:
     """Reprojection residuals ``project(cam_from_world(X)) - observed`` and their analytic Jacobian.
 
@@ -328,8 +326,6 @@ def evaluate(
     ``R <- exp([dw]_x) R`` (the camera-frame tangent ``dw``) instead of the rotation vector: ``d x_cam / d dw =
     -[R X]_x``, no right Jacobian of SO(3); a solver using it must update rotations by composition (see
     :func:`compose_rotation_steps`). It needs the three rotation entries of every image free or held together.
-    ``irls=True`` linearises a robust loss with the IRLS model (``losses`` module docstring): residuals and
-    Jacobians scaled by ``sqrt(rho')``, so ``|r~|^2`` is no longer the cost; ``cost`` still is.
     """
     lay = problem.layout
     R_img = Rotation.from_rotvec(problem.rotvecs).as_matrix()
@@ -386,7 +382,7 @@ def evaluate(
     raw_t = pixels.T - obs_px.T
     sq = raw_t[0] * raw_t[0]
     sq += raw_t[1] * raw_t[1]
-    rho, w, k = losses.robust_weights(loss, loss_scale_px, sq, irls=irls)
+    rho, w, k = losses.robust_weights(loss, loss_scale_px, sq)
     cost = 0.5 * float(rho.sum())
     mix = None
     if w is not None:

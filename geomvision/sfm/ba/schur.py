@@ -448,7 +448,6 @@ def _evaluate(problem: BundleAdjustmentProblem, st: _Structure, options, *, jaco
             zero_fixed_columns=False,
             observations=None if len(st.chunks) == 1 else chunk.obs,
             rotation_tangent=tangent,
-            irls=True,
         )
 
     return _parallel(st, one, st.chunks)
