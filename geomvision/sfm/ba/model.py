@@ -287,6 +287,16 @@ def _right_jacobian_so3(rotvecs: np.ndarray) -> np.ndarray:
     return np.eye(3) - a[:, None, None] * K + b[:, None, None] * (K @ K)
 
 
+def _point_rows(dpc_row: np.ndarray, Rt: np.ndarray, out: np.ndarray, tmp: np.ndarray) -> None:
+    """One residual row of the point Jacobian, ``(d px / d x_cam)_row R`` (3, M), into ``out``; ``dpc_row``
+    (3, M), ``Rt`` (9, M) the row-major rotations of each observation's image, ``tmp`` (M,) scratch."""
+    d0, d1, d2 = dpc_row
+    for j in range(3):
+        np.multiply(d0, Rt[j], out=out[j])
+        out[j] += np.multiply(d1, Rt[3 + j], out=tmp)
+        out[j] += np.multiply(d2, Rt[6 + j], out=tmp)
+
+
 @dataclass
 class Evaluation:
     """Residuals and Jacobian blocks at one parameter state (robust rescaling already applied).
@@ -315,6 +325,7 @@ def evaluate(
     zero_fixed_columns: bool = True,
     observations: slice | None = None,
     rotation_tangent: bool = False,
+    camera_jacobians: bool = True,
 ) -> Evaluation:
     """Reprojection residuals ``project(cam_from_world(X)) - observed`` and their analytic Jacobian.
 
@@ -326,6 +337,8 @@ def evaluate(
     ``R <- exp([dw]_x) R`` (the camera-frame tangent ``dw``) instead of the rotation vector: ``d x_cam / d dw =
     -[R X]_x``, no right Jacobian of SO(3); a solver using it must update rotations by composition (see
     :func:`compose_rotation_steps`). It needs the three rotation entries of every image free or held together.
+    ``camera_jacobians=False`` (with ``jacobians``) returns the point Jacobian only (``J_cam`` None): what a
+    step of the points with the cameras held needs, at about half the work.
     """
     lay = problem.layout
     R_img = Rotation.from_rotvec(problem.rotvecs).as_matrix()
@@ -398,13 +411,13 @@ def evaluate(
     # (2, D, M) layout back without a copy.
     active = lay.active_slots
     col = np.cumsum(active) - 1  # row of each pose/intrinsics slot in J_cam (where active)
-    J_cam = np.empty((2, int(active.sum()), m))
+    J_cam = np.empty((2, int(active.sum()), m)) if camera_jacobians else None
     J_point = np.empty((2, 3, m))
     dpc_t = d_px_d_pc.transpose(1, 2, 0)  # (2, 3, M), contiguous when projected in one call
     dintr_t = d_px_d_intr.transpose(1, 2, 0)
     # the (rescaled) d pixel / d camera-frame point is the translation block: written there directly when
     # all three translation slots are active (they are then adjacent rows of J_cam)
-    if active[3:6].all():
+    if camera_jacobians and active[3:6].all():
         dpc = J_cam[:, col[3] : col[3] + 3]
     else:
         dpc = np.empty((2, 3, m))
@@ -412,6 +425,10 @@ def evaluate(
         dpc[...] = dpc_t
     else:
         losses.mix_rows(*mix, dpc_t[0], dpc_t[1], dpc[0], dpc[1])
+    if not camera_jacobians:
+        for row in range(2):
+            _point_rows(dpc[row], Rt, J_point[row], tmp)
+        return Evaluation(raw_t.T, cost, errors_px, None, J_point.transpose(2, 0, 1))
     for k_slot in np.flatnonzero(active[6:]).tolist():  # slots past the model's parameters stay zero
         c = col[6 + k_slot]
         if k_slot >= dintr_t.shape[1]:
@@ -426,11 +443,7 @@ def evaluate(
     r0, r1, r2 = rotated_t
     for row in range(2):
         d0, d1, d2 = dpc[row]
-        for j in range(3):
-            out = J_point[row, j]
-            np.multiply(d0, Rt[j], out=out)
-            out += np.multiply(d1, Rt[3 + j], out=tmp)
-            out += np.multiply(d2, Rt[6 + j], out=tmp)
+        _point_rows(dpc[row], Rt, J_point[row], tmp)
         if rotation_tangent and active[:3].all():  # rotated x row, written in place
             for j, (p, q, dq, dp) in enumerate(((r1, r2, d2, d1), (r2, r0, d0, d2), (r0, r1, d1, d0))):
                 out = J_cam[row, col[j]]

@@ -435,7 +435,14 @@ class _Linearisation:
     grad_max: float
 
 
-def _evaluate(problem: BundleAdjustmentProblem, st: _Structure, options, *, jacobians: bool) -> list:
+def _evaluate(
+    problem: BundleAdjustmentProblem,
+    st: _Structure,
+    options,
+    *,
+    jacobians: bool,
+    camera_jacobians: bool = True,
+) -> list:
     """``evaluate`` of every chunk of observations (in parallel threads); the cost is the sum of theirs."""
     tangent = st.rot_cols is not None
 
@@ -448,6 +455,7 @@ def _evaluate(problem: BundleAdjustmentProblem, st: _Structure, options, *, jaco
             zero_fixed_columns=False,
             observations=None if len(st.chunks) == 1 else chunk.obs,
             rotation_tangent=tangent,
+            camera_jacobians=camera_jacobians,
         )
 
     return _parallel(st, one, st.chunks)
@@ -880,9 +888,11 @@ def _lm_loop(problem, user_problem, st: _Structure, x: np.ndarray, options, prog
             # sets of Jacobians at once were a quarter of the solve's peak memory); a rejected step rebuilds
             # it at x, bitwise the same (the evaluation is deterministic), at the cost of one evaluation
             lin = None
-        ev_new = _evaluate(problem, st, options, jacobians=not small)
+        # with point steps the candidate needs only its point Jacobian (for those steps)
+        point_steps = options.point_steps and not small and st.n_points > 0
+        ev_new = _evaluate(problem, st, options, jacobians=not small, camera_jacobians=not point_steps)
         new_cost = _total_cost(ev_new)
-        if options.point_steps and not small and st.n_points and np.isfinite(new_cost):
+        if point_steps and np.isfinite(new_cost):
             x_new, ev_new, new_cost, kept = _try_point_steps(
                 problem, st, options, x_new, ev_new, new_cost, mu
             )
@@ -914,7 +924,7 @@ def _lm_loop(problem, user_problem, st: _Structure, x: np.ndarray, options, prog
             cost, mean_error = new_cost, _mean_error(ev_new)
             mu *= max(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3)
             nu = 2.0
-            if small:
+            if ev_new[0].J_cam is None:  # evaluated for the cost (small) or the point steps only
                 ev_new = _evaluate(problem, st, options, jacobians=True)
             lin = _linearise(problem, st, ev_new)
             ev_new = None  # its residuals are not needed while the next candidate is evaluated
@@ -943,17 +953,16 @@ def _lm_loop(problem, user_problem, st: _Structure, x: np.ndarray, options, prog
 def _try_point_steps(
     problem, st: _Structure, options, x_new: np.ndarray, ev_new: list, new_cost: float, mu: float
 ):
-    """Follow the candidate ``x_new`` (evaluated with Jacobians as ``ev_new``) by ``_point_steps``; keep
-    them when they lower the cost. The problem is left at the returned parameters.
+    """Follow the candidate ``x_new`` (evaluated with its point Jacobian only, as ``ev_new``) by
+    ``_point_steps``; keep them when they lower the cost. The problem is left at the returned parameters.
 
     Returns:
-        (parameters, their evaluations with Jacobians, their cost, 1 if the point steps were kept else 0).
+        (parameters, their evaluations (with every Jacobian when the steps were kept, else ``ev_new``
+        without its Jacobians), their cost, 1 if the point steps were kept else 0).
     """
     dp = _point_steps(st, ev_new, mu)
-    large = len(st.chunks) >= _REBUILD_REJECTED_MIN_CHUNKS
-    if large:  # one set of Jacobians at a time (see _lm_loop); rebuilt below in the rare case it is needed
-        for ev in ev_new:
-            ev.J_cam = ev.J_point = None
+    for ev in ev_new:  # one set of Jacobians at a time (see _lm_loop)
+        ev.J_point = None
     x_pt = x_new.copy()
     x_pt[st.n :] += dp.T.ravel()
     problem.set_x(x_pt)
@@ -963,8 +972,6 @@ def _try_point_steps(
         return x_pt, ev_pt, cost_pt, 1
     del ev_pt
     problem.set_x(x_new)
-    if large:  # bitwise the evaluation that was dropped (it is deterministic)
-        ev_new = _evaluate(problem, st, options, jacobians=True)
     return x_new, ev_new, new_cost, 0
 
 
