@@ -549,8 +549,9 @@ def _point_steps(st: _Structure, evaluations: list, mu: float) -> np.ndarray:
     bundle adjustment", PAMI 2012): after each camera step the points, which are independent once the
     cameras are held, take one more Newton step of their own. A linearised LM step moves a point along a
     straight line although its projection is non-linear in depth; on the 200-camera synthetic ring the
-    joint iterations then converged linearly (a constant model-to-actual ratio of ~0.69 at almost no
-    damping: 50 iterations did not reach the optimum that 26 reach with these steps).
+    joint iterations then converged linearly (a constant actual-to-predicted ratio of ~0.69 at almost no
+    damping): from a 0.01 rad / 0.05 start 29 LM iterations without these steps, 11 with them, to the same
+    cost (linear loss); from 0.05 rad, 100 without did not reach the cost 22 reach with them.
     Steps that are not finite (a degenerate point) are zero.
     """
 
