@@ -852,7 +852,6 @@ def _lm_loop(problem, user_problem, st: _Structure, x: np.ndarray, options, prog
     cost, mean_error = costs["initial_cost"], costs["initial_mean_error_px"]
     mu, nu = 1e-4, 2.0  # Ceres: initial trust region radius 1e4
     reason, iterations = "maximum iterations reached", 0
-    point_steps_kept = 0
     logger.debug(
         "schur BA: %d camera columns (%s), %d points, %d pairs, setup %.3f s",
         st.n,
@@ -894,10 +893,7 @@ def _lm_loop(problem, user_problem, st: _Structure, x: np.ndarray, options, prog
         ev_new = _evaluate(problem, st, options, jacobians=not small, camera_jacobians=not point_steps)
         new_cost = _total_cost(ev_new)
         if point_steps and np.isfinite(new_cost):
-            x_new, ev_new, new_cost, kept = _try_point_steps(
-                problem, st, options, x_new, ev_new, new_cost, mu
-            )
-            point_steps_kept += kept
+            x_new, ev_new, new_cost = _try_point_steps(problem, st, options, x_new, ev_new, new_cost, mu)
         actual = cost - new_cost
         rho = actual / predicted if predicted > 0 else -1.0
         report(progress, iterations, options.max_iterations, f"cost {min(new_cost, cost):.6g}")
@@ -947,7 +943,6 @@ def _lm_loop(problem, user_problem, st: _Structure, x: np.ndarray, options, prog
         **costs,
         "final_cost": cost,
         "final_mean_error_px": mean_error,
-        "point_steps_kept": point_steps_kept,
     }
 
 
@@ -959,7 +954,7 @@ def _try_point_steps(
 
     Returns:
         (parameters, their evaluations (with every Jacobian when the steps were kept, else ``ev_new``
-        without its Jacobians), their cost, 1 if the point steps were kept else 0).
+        without its Jacobians), their cost).
     """
     dp = _point_steps(st, ev_new, mu)
     for ev in ev_new:  # one set of Jacobians at a time (see _lm_loop)
@@ -970,10 +965,10 @@ def _try_point_steps(
     ev_pt = _evaluate(problem, st, options, jacobians=True)
     cost_pt = _total_cost(ev_pt)
     if cost_pt <= new_cost:
-        return x_pt, ev_pt, cost_pt, 1
+        return x_pt, ev_pt, cost_pt
     del ev_pt
     problem.set_x(x_new)
-    return x_new, ev_new, new_cost, 0
+    return x_new, ev_new, new_cost
 
 
 def _mean_error(evaluations: list) -> float:
