@@ -74,6 +74,28 @@ def test_triangulate_tracks_recovers_exact_points_with_true_poses():
     assert state.mean_reprojection_error_px() < 1e-6
 
 
+def test_triangulate_tracks_leaves_tracks_below_min_observations():
+    """With ``min_observations=3`` exactly the tracks seen by >= 3 registered images get points (the
+    global mapper's two-view tracks, which its filtering would delete, are never triangulated)."""
+    scene = random_scene(150, 4, rng=5)
+    state, kp_index = _state(scene)
+    for c in range(2):
+        state.set_pose(c + 1, scene.cams_from_world[c])
+    stats = triangulate_tracks(state, None, TriangulationOptions(), min_observations=3)
+    assert stats.num_candidates == stats.num_created == 0
+    state.set_pose(3, scene.cams_from_world[2])
+    stats = triangulate_tracks(state, None, TriangulationOptions(), min_observations=3)
+    gt = _point_of_track(state, kp_index)
+    seen = scene.visible[:3].sum(axis=0)[gt]
+    assert stats.num_created == int((seen == 3).sum()) > 100
+    assert (seen[state.track_has_point] == 3).all()
+    np.testing.assert_allclose(
+        state.track_xyz[state.track_has_point], scene.points_in_world[gt[state.track_has_point]], atol=1e-8
+    )
+    # the default minimum (2) brings in the tracks seen by two of the three
+    assert retriangulate(state, TriangulationOptions()).num_created == int((seen == 2).sum())
+
+
 def test_outlier_observation_is_left_out_and_continued_tracks_join_within_threshold():
     scene = random_scene(80, 4, rng=5)
     state, _ = _state(scene)

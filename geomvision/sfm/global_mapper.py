@@ -449,7 +449,7 @@ class _ComponentMapper:
                         num_continued=continue_tracks(self.state, None, tri.max_error_px)
                     )
                 else:
-                    stats = retriangulate(self.state, tri)
+                    stats = retriangulate(self.state, tri, self.options.min_point_observations)
             ba["num_points_created"] = stats.num_created
             ba["num_observations_continued"] = stats.num_continued
             factor = options.first_filter_factor if round_index == 0 else 1.0
@@ -479,7 +479,7 @@ class _ComponentMapper:
                     recovered.append(image_id)
             if recovered:
                 with self.timer("triangulation"):
-                    retriangulate(self.state, tri)
+                    retriangulate(self.state, tri, self.options.min_point_observations)
             logger.info(
                 "%d image(s) with < %d observations: %d re-registered by PnP, the others dropped",
                 len(weak),
@@ -498,7 +498,7 @@ class _ComponentMapper:
         tri = self.options.triangulation
         self.refocusing = self.focal_pending = False
         with self.timer("triangulation"):
-            stats = retriangulate(self.state, tri)
+            stats = retriangulate(self.state, tri, self.options.min_point_observations)
         final = self.bundle_adjust(fix_rotations=False)
         final["num_points_created"] = stats.num_created
         self.filter(tri.filter_max_error_px)

@@ -197,17 +197,23 @@ def _checked_points(
 
 
 def triangulate_tracks(
-    state: MapperState, tracks: np.ndarray | None, options: TriangulationOptions
+    state: MapperState,
+    tracks: np.ndarray | None,
+    options: TriangulationOptions,
+    min_observations: int = 2,
 ) -> TriangulationStats:
-    """Create points for tracks without one that are seen by >= 2 registered images.
+    """Create points for tracks without one that are seen by >= ``min_observations`` registered images.
 
     Args:
         state: mapper state (modified in place).
         tracks: candidate track indices, or None for every track.
         options: thresholds.
+        min_observations: tracks with fewer registered observations are left alone (a caller that deletes
+            shorter points anyway need not triangulate them; the global mapper, whose images are all
+            registered up front, would otherwise triangulate and delete its two-view tracks every round).
 
     Returns:
-        Counts (candidates with >= 2 registered observations, points created).
+        Counts (candidates with >= ``min_observations`` registered observations, points created).
     """
     candidates = (
         np.arange(state.table.num_tracks) if tracks is None else np.unique(np.asarray(tracks, np.int64))
@@ -217,8 +223,8 @@ def triangulate_tracks(
     rows = rows[state.is_registered[state.table.obs_image[rows]]]
     local = np.searchsorted(candidates, state.table.obs_track[rows])  # candidates is sorted and unique
     counts = np.bincount(local, minlength=len(candidates))
-    rows = rows[counts[local] >= 2]
-    stats = TriangulationStats(num_candidates=int(np.count_nonzero(counts >= 2)))
+    rows = rows[counts[local] >= min_observations]
+    stats = TriangulationStats(num_candidates=int(np.count_nonzero(counts >= min_observations)))
     new_tracks, xyz, good_rows = _checked_points(state, rows, options.max_error_px, options.min_tri_angle_deg)
     state.track_xyz[new_tracks] = xyz
     state.track_has_point[new_tracks] = True
@@ -302,10 +308,13 @@ def move_points(state: MapperState, tracks: np.ndarray) -> None:
     state.delete_points(moved[~finite])
 
 
-def retriangulate(state: MapperState, options: TriangulationOptions) -> TriangulationStats:
-    """After bundle adjustment: continue every point's track and triangulate tracks that failed before."""
+def retriangulate(
+    state: MapperState, options: TriangulationOptions, min_observations: int = 2
+) -> TriangulationStats:
+    """After bundle adjustment: continue every point's track and triangulate tracks that failed before
+    (those with at least ``min_observations`` registered observations: ``triangulate_tracks``)."""
     continued = continue_tracks(state, None, options.max_error_px)
-    stats = triangulate_tracks(state, None, options)
+    stats = triangulate_tracks(state, None, options, min_observations)
     stats.num_continued = continued
     return stats
 
