@@ -159,11 +159,11 @@ def test_config_selects_the_mapper_and_round_trips_the_global_options():
     config = config_from_dict(
         {
             "pipeline": {"mapper": "global"},
-            "global_mapper": {"num_ba_rounds": 2, "rotation_averaging": {"max_residual_deg": 3.0}},
+            "global_mapper": {"num_ba_rounds": 3, "rotation_averaging": {"max_residual_deg": 3.0}},
         }
     )
     assert config.pipeline.mapper == "global"
-    assert config.global_mapper.num_ba_rounds == 2
+    assert config.global_mapper.num_ba_rounds == 3
     assert config.global_mapper.rotation_averaging.max_residual_deg == 3.0
     assert config.global_mapper.positioning.loss == "huber"  # untouched nested defaults stay
     import tomllib
