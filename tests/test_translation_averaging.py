@@ -135,3 +135,18 @@ def test_bad_input_raises_and_too_little_fails_as_a_value():
     rotations = {1: np.eye(3), 2: np.eye(3)}
     result = average_translations(rotations, np.array([1, 2]), np.array([0, 0]), np.ones((2, 3)))
     assert not result.success and "fewer than two" in result.reason
+
+
+def test_pair_grouping_matches_unique_and_lexsort():
+    """The counting group-by and the one-sort order equal numpy's unique and lexsort exactly."""
+    from geomvision.sfm.translation_averaging import _argsort_within_groups, _group_keys
+
+    rng = np.random.default_rng(7)
+    key = rng.integers(0, 400, 5000) * 37 % 900
+    for bound in (900, 10**9):  # counted, and sorted (a bound too large to count)
+        got = _group_keys(key, bound)
+        want = np.unique(key, return_inverse=True, return_counts=True)
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_array_equal(g, w)
+    group, value = got[1], rng.random(len(key))
+    np.testing.assert_array_equal(_argsort_within_groups(group, value), np.lexsort((value, group)))
