@@ -121,8 +121,9 @@ def test_stage_recovers_the_centres_of_a_synthetic_scene(noise_px, tolerance):
     # Cameras ~4.6 from the unit cloud: 0.02 is about a quarter of a degree seen from the cloud.
     assert _aligned_errors(est, truth).max() < tolerance
     assert result.report["num_pairs"] == 66
-    # each direction from at most max_correspondences_per_pair (100) of the pair's ~250
-    assert result.report["num_correspondences_used"] == 66 * 100 < result.report["num_correspondences"]
+    # each direction from at most max_correspondences_per_pair of the pair's ~250
+    cap = converge.max_correspondences_per_pair
+    assert result.report["num_correspondences_used"] == 66 * cap < result.report["num_correspondences"]
 
 
 def test_bad_input_raises_and_too_little_fails_as_a_value():
