@@ -781,26 +781,7 @@ def _start_view_graph_output(
     if in_process:
         _write_view_graph(out.resolve(), verified, names)
         return None
-    return runner.submit_background(_write_view_graph_at_low_priority, out.resolve(), verified, names)
-
-
-def _write_view_graph_at_low_priority(out: Path, verified: dict, names: dict[int, str]) -> None:
-    """``_write_view_graph`` as a background chore: at the lowest CPU priority, so that it only takes the
-    time the mapper leaves a core idle (the global mapper's BA threads use every core; at normal priority
-    the ~5 s drawing at 1000 images slowed them), then back to the worker's priority where allowed."""
-    import os
-
-    before = os.getpriority(os.PRIO_PROCESS, 0) if hasattr(os, "getpriority") else None
-    if before is not None:
-        os.setpriority(os.PRIO_PROCESS, 0, 19)
-    try:
-        _write_view_graph(out, verified, names)
-    finally:
-        if before is not None:
-            try:
-                os.setpriority(os.PRIO_PROCESS, 0, before)
-            except OSError:  # raising a priority again needs privileges: the worker stays niced
-                pass
+    return runner.submit_background(_write_view_graph, out.resolve(), verified, names)
 
 
 def _write_view_graph(out: Path, verified: dict, names: dict[int, str]) -> None:

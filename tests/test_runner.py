@@ -357,3 +357,17 @@ def test_release_workers_ends_them_after_queued_work_and_the_next_map_starts_fre
     with StageRunner() as serial:  # nothing to release in process
         serial.release_workers()
         assert serial.map(stage, [1]) == [os.getpid()]
+
+
+def _own_priority() -> int:
+    return os.getpriority(os.PRIO_PROCESS, 0)
+
+
+def test_background_chore_runs_at_the_lowest_priority_and_in_a_worker():
+    """A chore submitted to the process pool runs niced to 19 (it must only take idle cores), in a worker,
+    and leaves this process's priority alone."""
+    before = _own_priority()
+    with open_runner("processes", 2) as runner:
+        future = runner.submit_background(_own_priority)
+        assert future is not None and future.result(timeout=60) == 19
+    assert _own_priority() == before

@@ -33,7 +33,7 @@ from typing import Any
 
 from geomvision.errors import InputError
 from geomvision.runtime.runner import Backend, DaskSettings, Shared, SharedRef, replace_shared, run_payload
-from geomvision.runtime.worker import main_module_hidden
+from geomvision.runtime.worker import main_module_hidden, run_at_low_priority
 
 logger = logging.getLogger(__name__)
 
@@ -237,7 +237,7 @@ class DaskBackend(Backend):
         """
         if self.cluster is None:
             return super().submit_background(fn, *args)
-        return self.client.submit(fn, *args, pure=False)
+        return self.client.submit(run_at_low_priority, fn, *args, pure=False)  # beside the stage's work
 
     def release_shared(self) -> None:
         for future, _ in self._shared.values():

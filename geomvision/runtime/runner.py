@@ -50,6 +50,7 @@ from geomvision.runtime.worker import (
     default_num_workers,
     make_process_pool,
     prepare_worker,
+    run_at_low_priority,
     terminate_pool,
     usable_cpu_count,
 )
@@ -242,7 +243,8 @@ class Backend:
         raise NotImplementedError
 
     def submit_background(self, fn: Callable, *args: Any) -> cf.Future | None:
-        """Run ``fn(*args)`` (a client-side chore, e.g. drawing) beside later work if possible.
+        """Run ``fn(*args)`` (a client-side chore, e.g. drawing) beside later work if possible: in a worker, at
+        the lowest CPU priority (``run_at_low_priority``), so it takes only the cores that work leaves idle.
 
         Returns a future to wait on, or None when it ran already (serial, or no shared filesystem).
         """
@@ -299,7 +301,7 @@ class ProcessBackend(Backend):
         return future.result(), 0
 
     def submit_background(self, fn: Callable, *args: Any) -> cf.Future | None:
-        return self.pool.submit(fn, *args)
+        return self.pool.submit(run_at_low_priority, fn, *args)  # only the cores the stage leaves idle
 
     def release_workers(self) -> None:
         if self._pool is not None:

@@ -107,6 +107,25 @@ def thread_limits() -> dict[str, int | None]:
     return {"opencv": int(cv2.getNumThreads()), "blas": max(blas) if blas else None, "pools": thread_budget()}
 
 
+def run_at_low_priority(fn, *args):
+    """``fn(*args)`` at the lowest CPU priority of this (worker) process, then back to its priority where
+    allowed: how a background chore runs beside the stage that needs the cores (e.g. the ~5 s view-graph
+    drawing at 1000 images took a core from the global mapper's BA threads at normal priority).
+
+    Raising a priority again needs privileges: without them the worker stays niced, which only matters
+    while something else competes for its core.
+    """
+    before = os.getpriority(os.PRIO_PROCESS, 0) if hasattr(os, "getpriority") else None
+    if before is not None:
+        os.setpriority(os.PRIO_PROCESS, 0, 19)
+    try:
+        return fn(*args)
+    finally:
+        if before is not None:
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, 0, before)
+
+
 def prepare_worker(client_pid: int | None = None) -> None:
     """Set up a worker process once (see the module docstring); later calls do nothing.
 
