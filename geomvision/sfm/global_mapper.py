@@ -406,6 +406,12 @@ class _ComponentMapper:
         chosen[covering_points(image, local, cell, point_error, max_observations)] = True
         return points[chosen], points[~chosen]
 
+    def retriangulate(self) -> TriangulationStats:
+        """Continue every point's track and triangulate the tracks seen by ``min_point_observations`` or
+        more images: shorter ones would only give points the filtering deletes (all images are registered
+        up front, so a track never gains a view later)."""
+        return retriangulate(self.state, self.options.triangulation, self.options.min_point_observations)
+
     def filter(self, max_error_px: float) -> None:
         with self.timer("filtering"):
             stats = filter_points(
@@ -455,7 +461,7 @@ class _ComponentMapper:
                         num_continued=continue_tracks(self.state, None, tri.max_error_px)
                     )
                 else:
-                    stats = retriangulate(self.state, tri, self.options.min_point_observations)
+                    stats = self.retriangulate()
             ba["num_points_created"] = stats.num_created
             ba["num_observations_continued"] = stats.num_continued
             factor = options.first_filter_factor if round_index == 0 else 1.0
@@ -485,7 +491,7 @@ class _ComponentMapper:
                     recovered.append(image_id)
             if recovered:
                 with self.timer("triangulation"):
-                    retriangulate(self.state, tri, self.options.min_point_observations)
+                    self.retriangulate()
             logger.info(
                 "%d image(s) with < %d observations: %d re-registered by PnP, the others dropped",
                 len(weak),
@@ -504,7 +510,7 @@ class _ComponentMapper:
         tri = self.options.triangulation
         self.refocusing = self.focal_pending = False
         with self.timer("triangulation"):
-            stats = retriangulate(self.state, tri, self.options.min_point_observations)
+            stats = self.retriangulate()
         final = self.bundle_adjust(fix_rotations=False)
         final["num_points_created"] = stats.num_created
         self.filter(tri.filter_max_error_px)

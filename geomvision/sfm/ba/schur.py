@@ -567,18 +567,28 @@ def _point_steps(st: _Structure, evaluations: list, mu: float) -> np.ndarray:
     C, g = _sum_point_parts(
         st, _parallel(st, one, list(zip(st.chunks, evaluations, chunk_points, strict=True)))
     )
-    diag = np.clip(np.stack([C[0, 0], C[1, 1], C[2, 2]]), _MIN_DIAG, _MAX_DIAG)
-    for k in range(3):
-        C[k, k] += mu * diag[k]
-    C_inv = _inv3(C)
-    dp = -(C_inv[:, 0] * g[0] + C_inv[:, 1] * g[1] + C_inv[:, 2] * g[2])
+    dp = -_blocks_times(_inv3(_damped_point_blocks(C, mu)), g)
     dp[:, ~np.isfinite(dp).all(axis=0)] = 0.0
     return dp
 
 
-def _point_diag(lin: _Linearisation) -> np.ndarray:
-    """(3, Np) clamped diagonal of the point blocks (the LM scaling D_p)."""
-    return np.clip(np.stack([lin.C[0, 0], lin.C[1, 1], lin.C[2, 2]]), _MIN_DIAG, _MAX_DIAG)
+def _point_diag(C: np.ndarray) -> np.ndarray:
+    """(3, Np) clamped diagonal of the point blocks C (3, 3, Np) (the LM scaling D_p)."""
+    return np.clip(np.stack([C[0, 0], C[1, 1], C[2, 2]]), _MIN_DIAG, _MAX_DIAG)
+
+
+def _damped_point_blocks(C: np.ndarray, mu: float) -> np.ndarray:
+    """``C + mu D_p`` (3, 3, Np), a new array: the point blocks with the LM damping on their diagonals."""
+    damped = C.copy()
+    diag = _point_diag(C)
+    for k in range(3):
+        damped[k, k] += mu * diag[k]
+    return damped
+
+
+def _blocks_times(A: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Per-point products ``A_i v_i`` (3, Np) of component-major (3, 3, Np) blocks and (3, Np) vectors."""
+    return A[:, 0] * v[0] + A[:, 1] * v[1] + A[:, 2] * v[2]
 
 
 def _chol3(A: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -641,10 +651,7 @@ def _reduced_system(problem: BundleAdjustmentProblem, st: _Structure, lin: _Line
     every block of S is a product of rows of the single array Z (one gather source instead of two, and a
     triangular solve instead of a 3x3 product per observation).
     """
-    C_damped = lin.C.copy()
-    diag_pt = _point_diag(lin)
-    for k in range(3):
-        C_damped[k, k] += mu * diag_pt[k]
+    C_damped = _damped_point_blocks(lin.C, mu)
     C_inv = _inv3(C_damped)
     L = _chol3(C_damped)
     d = lin.Jc[0].shape[1]
@@ -810,11 +817,11 @@ def _step(problem, st, lin, mu, options) -> tuple[np.ndarray, float] | None:
     wt_dc = _parallel(st, one, list(zip(st.chunks, lin.Jc, lin.Jp, strict=True)))
     wt_dc = wt_dc[0] if len(wt_dc) == 1 else np.concatenate(wt_dc, axis=1)
     rhs_p = lin.g_pt + _bincount_rows(st.free_pc, wt_dc, st.n_points)  # (3, Np)
-    dp = -(C_inv[:, 0] * rhs_p[0] + C_inv[:, 1] * rhs_p[1] + C_inv[:, 2] * rhs_p[2])  # (3, Np)
+    dp = -_blocks_times(C_inv, rhs_p)  # (3, Np)
     delta = np.concatenate([dc, dp.T.ravel()])
     # predicted decrease of the Gauss-Newton model: 0.5 dx^T (mu D dx - g)
     g = np.concatenate([lin.g_cam, lin.g_pt.T.ravel()])
-    D = np.concatenate([damp, mu * _point_diag(lin).T.ravel()])
+    D = np.concatenate([damp, mu * _point_diag(lin.C).T.ravel()])
     predicted = 0.5 * float(delta @ (D * delta - g))
     return delta, predicted
 
