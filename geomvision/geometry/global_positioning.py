@@ -148,6 +148,7 @@ def bata_positions(
     max_iterations: int = 100,
     function_tolerance: float = 1e-7,
     min_scale: float = 1e-6,
+    initial_damping: float = 1e-4,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, float]:
     """Minimise ``sum rho(|v_k - s_k (X_p - c_i)|)`` by Schur-complement Levenberg-Marquardt.
 
@@ -158,6 +159,7 @@ def bata_positions(
         max_iterations: cap on LM iterations (accepted or rejected steps).
         function_tolerance: stop when an accepted step lowers the cost by less than this fraction.
         min_scale: lower bound of the scales (keeps points in front of their cameras).
+        initial_damping: Marquardt factor of the first step (times the diagonal of the normal equations).
 
     Returns:
         (centers (C, 3), points (P, 3), scales (M,), iterations, final robust cost).
@@ -179,12 +181,26 @@ def bata_positions(
     free_obs = free_cam[obs_camera]
     ci = cam_index[obs_camera[free_obs]]
     uv_r, uv_c = np.meshgrid(np.arange(3), np.arange(3), indexing="ij")
-    w_rows = (3 * obs_point[free_obs][:, None, None] + uv_r).ravel()
-    w_cols = (3 * ci[:, None, None] + uv_c).ravel()
     block = np.arange(num_cams - 1)
     diag_rows = (3 * block[:, None, None] + uv_r).ravel()
     diag_cols = (3 * block[:, None, None] + uv_c).ravel()
     eye = np.eye(3)
+    # W^T (camera rows, point columns) and V^-1 W (point rows, camera columns) as 3x3-block sparse
+    # matrices, one block per observation of a free camera, in an order fixed once: each iteration
+    # gathers its blocks into place, and scipy multiplies 3x3 blocks instead of sorting and multiplying
+    # nine times as many scalars (street, 715k observations: 1.0 -> 0.6 s an iteration).
+    free_rows = np.flatnonzero(free_obs)
+    free_point = obs_point[free_obs]
+    by_camera = free_rows[np.lexsort((free_point, ci))]  # block order of W^T (CSR: rows = cameras)
+    by_point = free_rows[np.lexsort((ci, free_point))]  # block order of V^-1 W (rows = points)
+    w_t_layout = (
+        obs_point[by_camera],
+        np.concatenate([[0], np.cumsum(np.bincount(ci, minlength=num_cams - 1))]),
+    )
+    v_inv_w_layout = (
+        cam_index[obs_camera[by_point]],
+        np.concatenate([[0], np.cumsum(np.bincount(free_point, minlength=num_pts))]),
+    )
 
     def evaluate(c_, x_, s_):
         r = rays - s_[:, None] * (x_[obs_point] - c_[obs_camera])
@@ -192,7 +208,7 @@ def bata_positions(
         return r, norms, robust_cost(norms, loss, loss_scale)
 
     r, norms, cost = evaluate(c, x, s)
-    lam = 1e-4
+    lam = initial_damping
     iterations = 0
     for iterations in range(1, max_iterations + 1):  # noqa: B007 (returned)
         w = _weights(norms, loss, loss_scale)
@@ -208,7 +224,10 @@ def bata_positions(
         diag_c = np.bincount(obs_camera, weights=h_xx, minlength=num_cams) * lam
         # Eliminate the scales: observation k adds A_k to the XX and cc blocks, -A_k to Xc.
         coef = (w * s) ** 2 / h_ss_d
-        a = h_xx[:, None, None] * eye - coef[:, None, None] * (d[:, :, None] * d[:, None, :])
+        # A_k = h_xx I - coef d d^T, built in place (no (M, 3, 3) temporaries)
+        a = d[:, :, None] * (-coef[:, None] * d)[:, None, :]
+        for i in range(3):
+            a[:, i, i] += h_xx
         gx_red = g_x - ((w * s) * g_s / h_ss_d)[:, None] * d  # gradient on X; on c it is the negative
         # Eliminate the points.
         v = group_sum(obs_point, a, num_pts)
@@ -219,14 +238,15 @@ def bata_positions(
         # S = C - W^T V^-1 W with W's blocks -A_k: sparse products (the pairs of observations of one
         # point give the off-diagonal camera blocks).
         # W^T has blocks -A_k at (camera, point), V^-1 W blocks -V_p^-1 A_k = -t_k^T at (point, camera).
-        w_t = sp.csr_matrix((-a[free_obs].ravel(), (w_cols, w_rows)), shape=(n_red, 3 * num_pts))
-        v_inv_w = sp.csr_matrix(
-            (-np.swapaxes(t[free_obs], 1, 2).ravel(), (w_rows, w_cols)), shape=(3 * num_pts, n_red)
+        w_t = sp.bsr_matrix((-a[by_camera], *w_t_layout), shape=(n_red, 3 * num_pts))
+        v_inv_w = sp.bsr_matrix(
+            (-np.swapaxes(t[by_point], 1, 2), *v_inv_w_layout), shape=(3 * num_pts, n_red)
         )
-        diag_blocks = group_sum(ci, a[free_obs], num_cams - 1)
+        diag_blocks = group_sum(obs_camera, a, num_cams)[free_cam]
         diag_blocks += diag_c[free_cam][:, None, None] * eye
-        s_sparse = sp.csr_matrix((diag_blocks.ravel(), (diag_rows, diag_cols)), shape=(n_red, n_red)) - (
-            w_t @ v_inv_w
+        s_sparse = (
+            sp.csr_matrix((diag_blocks.ravel(), (diag_rows, diag_cols)), shape=(n_red, n_red))
+            - (w_t @ v_inv_w).tocsr()
         )
         # Reduced gradient on c: sum(-gx_red) + sum A_k V_p^-1 (sum of gx_red over the point).
         g_c = group_sum(
