@@ -60,6 +60,35 @@ def test_essential_8point_exact_pose(exact):
     assert np.linalg.norm(pose.translation) == pytest.approx(1.0)
 
 
+def test_recover_poses_many_pairs_at_once_match_one_by_one():
+    """The batched pose recovery gives each pair its true pose, and the masks of recover_pose."""
+    pairs = [two_view_correspondences(40 + 7 * k, rng=10 + k) for k in range(4)]
+    xn = [_normalized(d) for d in pairs]
+    E = np.stack([ep.essential_from_pose(d.cam2_from_cam1) for d in pairs])
+    xn1 = np.concatenate([x[0] for x in xn])
+    xn2 = np.concatenate([x[1] for x in xn])
+    xn2[::5] = -xn2[::5]  # some correspondences behind a camera, so the masks are not all True
+    pair = np.repeat(np.arange(len(pairs)), [len(x[0]) for x in xn])
+    rotations, translations, mask = ep.recover_poses(E, xn1, xn2, pair)
+    for k, d in enumerate(pairs):
+        pose, front = ep.recover_pose(E[k], xn1[pair == k], xn2[pair == k])
+        np.testing.assert_array_equal(mask[pair == k], front)
+        assert 0 < front.sum() < len(front)
+        assert rotation_angle_deg(rotations[k], d.cam2_from_cam1.rotation) < 1e-8
+        assert angle_between_vectors_deg(translations[k], d.cam2_from_cam1.translation) < 1e-8
+        np.testing.assert_allclose(rotations[k], pose.rotation, atol=1e-12)
+        np.testing.assert_allclose(translations[k], pose.translation, atol=1e-12)
+    # each correspondence scored by its own pair's matrix, as sampson_distance_sq one pair at a time
+    F = np.stack([_true_F(d) for d in pairs])
+    x1 = np.concatenate([d.x1_px for d in pairs])
+    x2 = np.concatenate([d.x2_px for d in pairs]) + 0.5
+    paired = ep.sampson_distance_sq(F, x1, x2, pair=pair)
+    for k in range(len(pairs)):
+        np.testing.assert_allclose(
+            paired[pair == k], ep.sampson_distance_sq(F[k], x1[pair == k], x2[pair == k])
+        )
+
+
 def test_fundamental_7point_contains_truth(exact):
     Fs = ep.fundamental_7point(exact.x1_px[:7], exact.x2_px[:7])
     assert len(Fs) in (1, 3)

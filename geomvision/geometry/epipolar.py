@@ -46,6 +46,7 @@ __all__ = [
     "essential_from_pose",
     "decompose_essential",
     "recover_pose",
+    "recover_poses",
     "cheirality_mask",
     "sampson_distance_sq",
     "symmetric_epipolar_distance",
@@ -1057,6 +1058,16 @@ def essential_5point(xn1: np.ndarray, xn2: np.ndarray) -> list[np.ndarray]:
 _W = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
 
 
+def _essential_factors(E: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``R1 = U W V^T``, ``R2 = U W^T V^T`` and the unit ``t = u3`` of each essential matrix (..., 3, 3)."""
+    U, _, Vt = np.linalg.svd(E)
+    # E is defined up to sign, so flipping U or V keeps it valid and makes both proper rotations.
+    U = np.where(np.linalg.det(U)[..., None, None] < 0, -U, U)
+    Vt = np.where(np.linalg.det(Vt)[..., None, None] < 0, -Vt, Vt)
+    t = U[..., :, 2]
+    return U @ _W @ Vt, U @ _W.T @ Vt, t / np.linalg.norm(t, axis=-1, keepdims=True)
+
+
 def decompose_essential(E: np.ndarray) -> list[Rigid3d]:
     """The four ``cam2_from_cam1`` candidates ``(U W V^T, ±u3)``, ``(U W^T V^T, ±u3)`` (H&Z Result 9.19).
 
@@ -1065,15 +1076,7 @@ def decompose_essential(E: np.ndarray) -> list[Rigid3d]:
     E = _check_matrix(E, "E")
     if E.shape != (3, 3):
         raise InputError(f"E must be (3, 3), got {E.shape}")
-    U, _, Vt = np.linalg.svd(E)
-    # E is defined up to sign, so flipping U or V keeps it valid and makes both proper rotations.
-    if np.linalg.det(U) < 0:
-        U = -U
-    if np.linalg.det(Vt) < 0:
-        Vt = -Vt
-    R1 = U @ _W @ Vt
-    R2 = U @ _W.T @ Vt
-    t = U[:, 2] / np.linalg.norm(U[:, 2])
+    R1, R2, t = _essential_factors(E)
     return [Rigid3d(R1, t), Rigid3d(R1, -t), Rigid3d(R2, t), Rigid3d(R2, -t)]
 
 
@@ -1090,39 +1093,42 @@ def cheirality_mask(
         max_depth: points farther than this count as at infinity (not in front), as in COLMAP, so
             that near-parallel rays do not vote.
     """
-    return _front_masks(cam2_from_cam1, xn1, xn2, max_depth)[0]
+    pos, _ = _front_masks(cam2_from_cam1.rotation, cam2_from_cam1.translation, xn1, xn2, max_depth)
+    return pos
 
 
-def _ray_depths(pose: Rigid3d, xn1: np.ndarray, xn2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _ray_depths(
+    R: np.ndarray, t: np.ndarray, xn1: np.ndarray, xn2: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Depths ``(z1, z2)`` (N,) of the midpoint triangulation of the rays ``f1 = (xn1, 1)``, ``f2 = (xn2, 1)``.
 
     ``z1, z2`` minimise ``|z1 R f1 + t - z2 f2|^2`` (closest points of the two rays, expressed in camera 2),
     a 2x2 linear system solved in closed form for all points at once; z1 and z2 are the depths in camera
     1 and 2 because both rays have unit z. Parallel rays give infinite (or NaN) depths. Same cheirality
-    decision as a DLT triangulation for any point not at infinity, at a fraction of the cost.
+    decision as a DLT triangulation for any point not at infinity, at a fraction of the cost. ``R`` (3, 3)
+    and ``t`` (3,) are one pose, or (N, 3, 3) and (N, 3) one per correspondence.
     """
-    R, t = pose.rotation, pose.translation
-    u = xn1 @ R[:, :2].T + R[:, 2]  # R f1, (N, 3)
+    u = np.einsum("...ij,...j->...i", R[..., :, :2], xn1) + R[..., :, 2]  # R f1, (N, 3)
     a = np.einsum("ij,ij->i", u, u)
     b = u[:, 0] * xn2[:, 0] + u[:, 1] * xn2[:, 1] + u[:, 2]
     c = xn2[:, 0] ** 2 + xn2[:, 1] ** 2 + 1.0
-    d = u @ t
-    e = xn2[:, 0] * t[0] + xn2[:, 1] * t[1] + t[2]
+    d = np.einsum("...j,...j->...", u, t)
+    e = xn2[:, 0] * t[..., 0] + xn2[:, 1] * t[..., 1] + t[..., 2]
     det = a * c - b * b
     with np.errstate(divide="ignore", invalid="ignore"):
         return (b * e - c * d) / det, (b * d - a * e) / -det
 
 
 def _front_masks(
-    pose: Rigid3d, xn1: np.ndarray, xn2: np.ndarray, max_depth: float
+    R: np.ndarray, t: np.ndarray, xn1: np.ndarray, xn2: np.ndarray, max_depth: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Cheirality masks of ``(R, t)`` and ``(R, -t)`` from a single triangulation.
+    """Cheirality masks of ``(R, t)`` and ``(R, -t)`` from a single triangulation (shapes: _ray_depths).
 
     Negating t negates both midpoint depths, so the depths of the ``-t`` candidate are the negated
     depths of the ``t`` candidate.
     """
-    z1, z2 = _ray_depths(pose, np.asarray(xn1, dtype=np.float64), np.asarray(xn2, dtype=np.float64))
-    lim = max_depth * np.linalg.norm(pose.translation)
+    z1, z2 = _ray_depths(R, t, np.asarray(xn1, dtype=np.float64), np.asarray(xn2, dtype=np.float64))
+    lim = max_depth * np.linalg.norm(t, axis=-1)
     # NaN / inf depths (parallel rays) fail both comparisons below.
     near = (np.abs(z1) < lim) & (np.abs(z2) < lim)
     pos = near & (z1 > 0) & (z2 > 0)
@@ -1147,43 +1153,80 @@ def recover_pose(
         (cam2_from_cam1 with unit translation, (N,) bool mask of points in front of both cameras).
     """
     xn1, xn2 = _check_pair(xn1, xn2, 1)
-    candidates = decompose_essential(E)
-    best: tuple[int, Rigid3d, np.ndarray] | None = None
-    for i in (0, 2):  # (R1, +-t) and (R2, +-t)
-        pos, neg = _front_masks(candidates[i], xn1, xn2, max_depth)
-        for pose, mask in ((candidates[i], pos), (candidates[i + 1], neg)):
-            count = int(np.count_nonzero(mask))
-            if best is None or count > best[0]:
-                best = (count, pose, mask)
-    return best[1], best[2]
+    E = _check_matrix(E, "E")
+    R, t, mask = recover_poses(E[None], xn1, xn2, np.zeros(len(xn1), dtype=np.int64), max_depth=max_depth)
+    return Rigid3d(R[0], t[0]), mask
+
+
+def recover_poses(
+    E: np.ndarray, xn1: np.ndarray, xn2: np.ndarray, pair: np.ndarray, *, max_depth: float = 1000.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`recover_pose` of many pairs at once: the correspondences of all pairs in one array.
+
+    Args:
+        E: (P, 3, 3) essential matrix of each pair.
+        xn1, xn2: (N, 2) normalised coordinates of the correspondences of every pair.
+        pair: (N,) pair index in [0, P) of each correspondence.
+        max_depth: see :func:`cheirality_mask` (in baselines).
+
+    Returns:
+        (rotations (P, 3, 3), unit translations (P, 3), (N,) bool mask of correspondences in front of
+        both cameras of their pair's chosen pose). Ties go to the first of ``(R1, t), (R1, -t), (R2, t),
+        (R2, -t)``, as in :func:`recover_pose`.
+    """
+    num_pairs = len(E)
+    R1, R2, t = _essential_factors(np.asarray(E, dtype=np.float64))
+    masks = []
+    for R in (R1, R2):
+        masks.extend(_front_masks(R[pair], t[pair], xn1, xn2, max_depth))
+    counts = np.stack([np.bincount(pair[m], minlength=num_pairs) for m in masks])  # (4, P)
+    best = np.argmax(counts, axis=0)  # the first of equal counts
+    rotations = np.where((best < 2)[:, None, None], R1, R2)
+    translations = np.where((best % 2 == 0)[:, None], t, -t)
+    return rotations, translations, np.stack(masks)[best[pair], np.arange(len(pair))]
 
 
 # ----------------------------------------------------------------------------------------------------
 # errors
 # ----------------------------------------------------------------------------------------------------
-def _lines(F: np.ndarray, x1: np.ndarray, x2: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Epipolar lines ``F x1`` (..., 3, N), ``F^T x2`` (..., 3, N) and ``x2^T F x1`` (..., N)."""
+def _lines(
+    F: np.ndarray, x1: np.ndarray, x2: np.ndarray, pair: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Epipolar lines ``F x1`` (..., 3, N), ``F^T x2`` (..., 3, N) and ``x2^T F x1`` (..., N).
+
+    With ``pair`` (N,), correspondence k uses ``F[pair[k]]`` of the stack: (3, N), (3, N), (N,).
+    """
     x1h = _homogeneous(x1).T  # (3, N)
     x2h = _homogeneous(x2).T
-    Fx1 = F @ x1h
-    Ftx2 = np.swapaxes(F, -1, -2) @ x2h
+    if pair is None:
+        Fx1 = F @ x1h
+        Ftx2 = np.swapaxes(F, -1, -2) @ x2h
+    else:
+        F_k = F[pair]
+        Fx1 = np.einsum("kij,jk->ik", F_k, x1h)
+        Ftx2 = np.einsum("kji,jk->ik", F_k, x2h)
     algebraic = np.sum(x2h * Fx1, axis=-2)
     return Fx1, Ftx2, algebraic
 
 
-def sampson_distance_sq(F: np.ndarray, x1: np.ndarray, x2: np.ndarray) -> np.ndarray:
+def sampson_distance_sq(
+    F: np.ndarray, x1: np.ndarray, x2: np.ndarray, *, pair: np.ndarray | None = None
+) -> np.ndarray:
     """Squared Sampson distance (H&Z eq. 11.9), first-order geometric error in the units of x.
 
     Args:
         F: (3, 3) or a stack (M, 3, 3) of fundamental (or essential, with normalised points) matrices.
         x1, x2: (N, 2) corresponding points.
+        pair: (N,) index into the stack ``F`` of each correspondence (the correspondences of many pairs
+            at once); None: every matrix scores every correspondence.
 
     Returns:
-        (N,) or (M, N) squared distances; inf where the gradient vanishes (point on both epipoles).
+        (N,) or (M, N) squared distances ((N,) with ``pair``); inf where the gradient vanishes (point on
+        both epipoles).
     """
     F = _check_matrix(F, "F")
     x1, x2 = _check_pair(x1, x2, 0)
-    Fx1, Ftx2, algebraic = _lines(F, x1, x2)
+    Fx1, Ftx2, algebraic = _lines(F, x1, x2, pair)
     den = Fx1[..., 0, :] ** 2 + Fx1[..., 1, :] ** 2 + Ftx2[..., 0, :] ** 2 + Ftx2[..., 1, :] ** 2
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(den > 0, algebraic**2 / den, np.inf)

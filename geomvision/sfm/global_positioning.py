@@ -66,6 +66,8 @@ class GlobalPositioningOptions:
             0.9444 -> 0.9440 with the rounds' smaller budget, positioning 11.9 -> 6.4 s; street 300 seeds
             0-2 0.9554 / 0.9554 / 0.9554 -> 0.9554 / 0.9553 / 0.9554; the ten real rows within 0.0003);
             the bundle adjustment rounds finish the job.
+        initial_damping: Marquardt factor of the first step (times the diagonal of the normal
+            equations).
         function_tolerance: relative cost decrease below which the solver stops.
         min_track_length: tracks seen by fewer of the images are left out.
         max_points_per_image: about this many tracks per image take part (longest first); 0 = all.
@@ -82,6 +84,7 @@ class GlobalPositioningOptions:
     loss: Literal["huber", "cauchy", "linear"] = "huber"
     loss_scale: float = 0.1
     max_iterations: int = 3
+    initial_damping: float = 1e-4
     function_tolerance: float = 1e-4
     min_track_length: int = 3
     max_points_per_image: int = 500
@@ -96,6 +99,7 @@ class GlobalPositioningOptions:
             raise InputError(f"loss must be huber, cauchy or linear, got {self.loss!r}")
         check_positive("loss_scale", self.loss_scale)
         check_at_least("max_iterations", self.max_iterations, 1)
+        check_positive("initial_damping", self.initial_damping)
         check_positive("function_tolerance", self.function_tolerance)
         check_at_least("min_track_length", self.min_track_length, 2)
         check_at_least("max_points_per_image", self.max_points_per_image, 0)
@@ -310,6 +314,7 @@ def position_globally(
             loss=options.loss,
             loss_scale=options.loss_scale,
             max_iterations=options.max_iterations,
+            initial_damping=options.initial_damping,
             function_tolerance=options.function_tolerance,
         )
     # Inliers: the ray points at the solved point (angle), in front of the camera.

@@ -34,8 +34,8 @@ import cv2
 import numpy as np
 
 from geomvision.errors import InputError, check_at_least, check_range
-from geomvision.geometry.epipolar import project_to_essential, recover_pose, sampson_distance_sq
-from geomvision.geometry.rigid import project_to_so3, rotation_angle
+from geomvision.geometry.epipolar import project_to_essential, recover_poses, sampson_distance_sq
+from geomvision.geometry.rigid import Rigid3d, project_to_so3, rotation_angle
 from geomvision.robust.estimators import estimate_essential
 from geomvision.robust.ransac import RansacOptions
 from geomvision.runtime.rng import as_rng
@@ -98,23 +98,40 @@ class RelativePoseResult:
     report: dict[str, Any]
 
 
-def _normalized(x_px: np.ndarray, K: np.ndarray) -> np.ndarray:
-    return (x_px - K[:2, 2]) / np.diag(K)[:2]
+def _light_poses(candidates: list[tuple], options: RelativePoseOptions) -> list[tuple | None]:
+    """(E, pose, inlier mask) of each candidate from its essential matrix, or None when it holds too few
+    inliers; all pairs' correspondences in one array, so the work is a few numpy passes, not a few per pair.
 
-
-def _light_pose(E: np.ndarray, x1, x2, K1, K2, options: RelativePoseOptions):
-    """(E, pose, inlier mask) from an essential matrix, or None when it holds too few inliers."""
-    F_E = np.linalg.inv(K2).T @ E @ np.linalg.inv(K1)
-    inliers = sampson_distance_sq(F_E, x1, x2) <= options.ransac.max_error_px**2
-    needed = max(options.light_min_ratio * len(x1), options.min_num_inliers)
-    if np.count_nonzero(inliers) < needed:
-        return None
-    pose, front = recover_pose(E, _normalized(x1[inliers], K1), _normalized(x2[inliers], K2))
-    mask = inliers.copy()
-    mask[inliers] = front
-    if np.count_nonzero(mask) < needed:
-        return None
-    return E, pose, mask
+    Args:
+        candidates: (E (3, 3), x1 (N_i, 2), x2 (N_i, 2), K1, K2) per pair, ideal pixels.
+        options: ``ransac.max_error_px`` (Sampson distance), ``light_min_ratio``, ``min_num_inliers``.
+    """
+    if not candidates:
+        return []
+    E = np.stack([c[0] for c in candidates])
+    K1 = np.stack([c[3] for c in candidates])
+    K2 = np.stack([c[4] for c in candidates])
+    sizes = np.array([len(c[1]) for c in candidates])
+    pair = np.repeat(np.arange(len(candidates)), sizes)
+    x1 = np.concatenate([c[1] for c in candidates])
+    x2 = np.concatenate([c[2] for c in candidates])
+    F_E = np.swapaxes(np.linalg.inv(K2), 1, 2) @ E @ np.linalg.inv(K1)
+    inliers = sampson_distance_sq(F_E, x1, x2, pair=pair) <= options.ransac.max_error_px**2
+    needed = np.maximum(options.light_min_ratio * sizes, options.min_num_inliers)
+    enough = np.bincount(pair[inliers], minlength=len(candidates)) >= needed
+    rows = np.flatnonzero(inliers & enough[pair])
+    # normalised coordinates (K^-1 x) of those inliers, each with its pair's K
+    xn1 = (x1[rows] - K1[:, :2, 2][pair[rows]]) / K1[:, [0, 1], [0, 1]][pair[rows]]
+    xn2 = (x2[rows] - K2[:, :2, 2][pair[rows]]) / K2[:, [0, 1], [0, 1]][pair[rows]]
+    rotations, translations, front = recover_poses(E, xn1, xn2, pair[rows])
+    mask = np.zeros(len(pair), dtype=bool)
+    mask[rows[front]] = True
+    enough &= np.bincount(pair[mask], minlength=len(candidates)) >= needed
+    bounds = np.r_[0, np.cumsum(sizes)]
+    return [
+        (E[k], Rigid3d(rotations[k], translations[k]), mask[bounds[k] : bounds[k + 1]]) if enough[k] else None
+        for k in range(len(candidates))
+    ]
 
 
 def estimate_relative_poses(
@@ -148,6 +165,12 @@ def estimate_relative_poses(
         pairs = [p for p, g in two_view_geometries.items() if g.success and g.cam2_from_cam1 is None]
     out = dict(two_view_geometries)
     counts = {"num_pairs": 0, "num_light": 0, "num_light_planar": 0, "num_ransac": 0, "num_failed": 0}
+    # First every pair's correspondences and its essential matrix for the light path, then the light
+    # path for all of them at once, then RANSAC where it failed (in pair order, so the samples drawn
+    # do not depend on the batching).
+    work = []  # (pair, x1, x2, K1, K2, index among the light candidates or -1)
+    candidates = []
+    ideal: dict[int, np.ndarray] = {}  # image id -> (K, 2) ideal pixels of its keypoints
     for pair in sorted(pairs):
         if pair not in two_view_geometries:
             raise InputError(f"pair {pair} is not among the verified pairs")
@@ -160,22 +183,32 @@ def estimate_relative_poses(
                 raise InputError(f"pair {pair}: image {image_id} or its camera is unknown")
         cam_i, cam_j = cameras[images[i].camera_id], cameras[images[j].camera_id]
         counts["num_pairs"] += 1
-        x1 = cam_i.ideal_pixels(images[i].keypoints_px[g.inlier_matches[:, 0]])
-        x2 = cam_j.ideal_pixels(images[j].keypoints_px[g.inlier_matches[:, 1]])
-        K1, K2 = cam_i.K, cam_j.K
         if g.config == "panoramic":  # a pure rotation has no essential matrix: its stale pose goes
             counts["num_failed"] += 1
             out[pair] = replace(g, cam2_from_cam1=None)
             continue
-        light = None
+        for image_id, cam in ((i, cam_i), (j, cam_j)):
+            if image_id not in ideal:  # each image's keypoints undistorted once, not once per pair
+                ideal[image_id] = cam.ideal_pixels(images[image_id].keypoints_px)
+        x1 = ideal[i][g.inlier_matches[:, 0]]
+        x2 = ideal[j][g.inlier_matches[:, 1]]
+        K1, K2 = cam_i.K, cam_j.K
+        E = None
         if g.config != "planar" and g.F is not None:
-            light = _light_pose(project_to_essential(K2.T @ g.F @ K1), x1, x2, K1, K2, options)
+            E = project_to_essential(K2.T @ g.F @ K1)
         elif g.config == "planar" and g.E is not None and options.planar_from_essential:
-            light = _light_pose(g.E, x1, x2, K1, K2, options)
-            counts["num_light_planar"] += light is not None
+            E = g.E
+        work.append((pair, x1, x2, K1, K2, len(candidates) if E is not None else -1))
+        if E is not None:
+            candidates.append((E, x1, x2, K1, K2))
+    light_results = _light_poses(candidates, options)
+    for pair, x1, x2, K1, K2, light_index in work:
+        g = two_view_geometries[pair]
+        light = light_results[light_index] if light_index >= 0 else None
         if light is not None:
             E, pose, mask = light
             counts["num_light"] += 1
+            counts["num_light_planar"] += g.config == "planar"
         else:
             est = estimate_essential(x1, x2, K1, K2, options.ransac, rng=rng)
             mask = est.inlier_mask & est.cheirality_mask if est.success else None
