@@ -293,3 +293,18 @@ def test_property_pose_round_trips(rv, t):
     ident = T.inverse() @ T
     np.testing.assert_allclose(ident.matrix4(), np.eye(4), atol=1e-12)
     np.testing.assert_allclose(T.apply(T.center), np.zeros(3), atol=1e-12)
+
+
+def test_project_to_so3_of_a_stack_matches_each_matrix():
+    """A stack is projected matrix by matrix; a noisy rotation comes back to a proper rotation near it,
+    and a reflection (det -1) to a rotation, not to itself."""
+    rng = np.random.default_rng(4)
+    truth = Rotation.random(5, random_state=4).as_matrix()
+    noisy = truth + 1e-3 * rng.standard_normal((5, 3, 3))
+    noisy[4] = -truth[4]  # det -1
+    stacked = rigid.project_to_so3(noisy)
+    for k in range(5):
+        np.testing.assert_array_equal(stacked[k], rigid.project_to_so3(noisy[k]))
+        np.testing.assert_allclose(stacked[k] @ stacked[k].T, np.eye(3), atol=1e-12)
+        assert np.linalg.det(stacked[k]) == pytest.approx(1.0)
+    assert np.max(rigid.rotation_angle(np.swapaxes(stacked[:4], 1, 2) @ truth[:4])) < 3e-3

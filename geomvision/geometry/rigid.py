@@ -66,11 +66,10 @@ def skew(v: np.ndarray) -> np.ndarray:
 
 
 def project_to_so3(M: np.ndarray) -> np.ndarray:
-    """Nearest rotation (Frobenius norm) to a 3x3 matrix, via SVD with det fixed to +1."""
+    """Nearest rotation (Frobenius norm) to each 3x3 matrix of (..., 3, 3), via SVD with det fixed to +1."""
     U, _, Vt = np.linalg.svd(np.asarray(M, dtype=np.float64))
-    D = np.eye(3)
-    D[2, 2] = np.sign(np.linalg.det(U @ Vt))
-    return U @ D @ Vt
+    U[..., :, 2] *= np.sign(np.linalg.det(U @ Vt))[..., None]  # U diag(1, 1, det) V^T
+    return U @ Vt
 
 
 def rotvec_to_matrix(rotvec: np.ndarray) -> np.ndarray:

@@ -259,7 +259,8 @@ def homography_rotation_candidates(
     Raises:
         InputError: a pair not in ``two_view_geometries``, or an image / camera missing.
     """
-    out: dict[Pair, list[np.ndarray]] = {}
+    decomposed: list[tuple[Pair, int]] = []  # (pair, number of its decompositions)
+    all_rotations: list[np.ndarray] = []
     for pair in pairs:
         if pair not in two_view_geometries:
             raise InputError(f"pair {pair} is not among the verified pairs")
@@ -272,10 +273,19 @@ def homography_rotation_candidates(
         K1 = cameras[images[pair[0]].camera_id].K
         K2 = cameras[images[pair[1]].camera_id].K
         _, rotations, _, _ = cv2.decomposeHomographyMat(np.linalg.inv(K2) @ g.H @ K1, np.eye(3))
-        distinct: list[np.ndarray] = []
-        for rotation in rotations:
-            rotation = project_to_so3(rotation)
-            if all(rotation_angle(r.T @ rotation) > 1e-6 for r in distinct):
-                distinct.append(rotation)
-        out[pair] = distinct
+        decomposed.append((pair, len(rotations)))
+        all_rotations.extend(rotations)
+    projected = project_to_so3(np.array(all_rotations)) if all_rotations else np.zeros((0, 3, 3))
+    out: dict[Pair, list[np.ndarray]] = {}
+    start = 0
+    for pair, count in decomposed:
+        group = projected[start : start + count]
+        start += count
+        # angle between every two decompositions of the pair (at most 4), in one call
+        angles = rotation_angle(np.swapaxes(group, 1, 2)[:, None] @ group[None])
+        kept: list[int] = []
+        for k in range(count):
+            if all(angles[r, k] > 1e-6 for r in kept):
+                kept.append(k)
+        out[pair] = [group[k] for k in kept]
     return out
