@@ -98,16 +98,33 @@ class RelativePoseResult:
     report: dict[str, Any]
 
 
+# Correspondences per batch of the light path: large enough that the per-call overhead vanishes, small
+# enough that its arrays (~0.5 kB a correspondence) are reused from the heap instead of being faulted in
+# afresh (street 1000, 1.44M correspondences in one batch: 2.3 s in a fresh process, 1.4 s warm).
+_LIGHT_BATCH = 100_000
+
+
 def _light_poses(candidates: list[tuple], options: RelativePoseOptions) -> list[tuple | None]:
     """(E, pose, inlier mask) of each candidate from its essential matrix, or None when it holds too few
-    inliers; all pairs' correspondences in one array, so the work is a few numpy passes, not a few per pair.
+    inliers; many pairs' correspondences in one array, so the work is a few numpy passes per batch of
+    pairs, not a few per pair.
 
     Args:
         candidates: (E (3, 3), x1 (N_i, 2), x2 (N_i, 2), K1, K2) per pair, ideal pixels.
         options: ``ransac.max_error_px`` (Sampson distance), ``light_min_ratio``, ``min_num_inliers``.
     """
-    if not candidates:
-        return []
+    results: list[tuple | None] = []
+    start, size = 0, 0
+    for k, candidate in enumerate(candidates):
+        size += len(candidate[1])
+        if size >= _LIGHT_BATCH or k == len(candidates) - 1:
+            results.extend(_light_pose_batch(candidates[start : k + 1], options))
+            start, size = k + 1, 0
+    return results
+
+
+def _light_pose_batch(candidates: list[tuple], options: RelativePoseOptions) -> list[tuple | None]:
+    """:func:`_light_poses` of one batch of pairs."""
     E = np.stack([c[0] for c in candidates])
     K1 = np.stack([c[3] for c in candidates])
     K2 = np.stack([c[4] for c in candidates])
