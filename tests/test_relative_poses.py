@@ -92,6 +92,30 @@ def test_exact_fundamental_gives_the_light_pose_and_a_wrong_focal_fails_as_a_val
         RelativePoseOptions(min_support_ratio=1.5)
 
 
+def test_light_poses_in_small_batches_match_one_batch(scene_inputs, monkeypatch):
+    """The light path gives every pair the same pose and inliers however its pairs are batched; each
+    exact pair gets its true rotation."""
+    import geomvision.sfm.relative_poses as rp
+
+    scene, cameras, images, geoms = scene_inputs
+    K = cameras[1].K
+    pairs = {}
+    for (i, j), g in geoms.items():
+        F = epipolar.fundamental_from_essential(
+            epipolar.essential_from_pose(_true_relative(scene, i, j)), K, K
+        )
+        pairs[(i, j)] = TwoViewGeometry(i, j, "uncalibrated", g.inlier_matches, F=F)
+    one = estimate_relative_poses(pairs, images, cameras, rng=0)
+    monkeypatch.setattr(rp, "_LIGHT_BATCH", 50)  # about one pair per batch
+    many = estimate_relative_poses(pairs, images, cameras, rng=0)
+    assert one.report == many.report and one.report["num_light"] == len(pairs) >= 10
+    for p, g in one.two_view_geometries.items():
+        h = many.two_view_geometries[p]
+        np.testing.assert_array_equal(g.inlier_matches, h.inlier_matches)
+        np.testing.assert_allclose(g.cam2_from_cam1.rotation, h.cam2_from_cam1.rotation, atol=1e-12)
+        assert rotation_angle_deg(g.cam2_from_cam1.rotation, _true_relative(scene, *p).rotation) < 0.05
+
+
 def test_light_pose_also_serves_a_camera_with_distortion(scene_inputs):
     """F on the ideal pixels + a radial camera: E from F holds the (undistorted) inliers, no RANSAC."""
     scene, cameras, images, geoms = scene_inputs
