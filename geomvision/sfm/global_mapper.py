@@ -36,6 +36,7 @@ from geomvision.geometry.rigid import Rigid3d
 from geomvision.geometry.rotation_averaging import align_rotations
 from geomvision.progress import ProgressCallback
 from geomvision.progress import report as report_progress
+from geomvision.runtime.allocator import retain_freed_memory
 from geomvision.scene import Camera, ImageInfo, Reconstruction, TwoViewGeometry
 from geomvision.sfm.bundle_adjustment import BundleAdjustmentOptions, covering_points, grid_cell_of
 from geomvision.sfm.global_positioning import GlobalPositioningOptions, position_globally
@@ -660,6 +661,7 @@ def global_mapping(
     options = options or GlobalMapperOptions()
     check_mapper_inputs(cameras, images, two_view_geometries, caller="global_mapping")
     rng = np.random.default_rng(0 if rng is None else rng)
+    retain_freed_memory()  # the mapper's many large numpy temporaries reuse heap pages (runtime.allocator)
     timer = StepTimer()
     # Only a camera whose focal BA may refine can move it.
     check = (
