@@ -1108,7 +1108,10 @@ def _ray_depths(
     decision as a DLT triangulation for any point not at infinity, at a fraction of the cost. ``R`` (3, 3)
     and ``t`` (3,) are one pose, or (N, 3, 3) and (N, 3) one per correspondence.
     """
-    u = np.einsum("...ij,...j->...i", R[..., :, :2], xn1) + R[..., :, 2]  # R f1, (N, 3)
+    if R.ndim == 2:  # one pose: a GEMM
+        u = xn1 @ R[:, :2].T + R[:, 2]  # R f1, (N, 3)
+    else:
+        u = np.einsum("nij,nj->ni", R[:, :, :2], xn1) + R[:, :, 2]
     a = np.einsum("ij,ij->i", u, u)
     b = u[:, 0] * xn2[:, 0] + u[:, 1] * xn2[:, 1] + u[:, 2]
     c = xn2[:, 0] ** 2 + xn2[:, 1] ** 2 + 1.0
@@ -1153,9 +1156,15 @@ def recover_pose(
         (cam2_from_cam1 with unit translation, (N,) bool mask of points in front of both cameras).
     """
     xn1, xn2 = _check_pair(xn1, xn2, 1)
-    E = _check_matrix(E, "E")
-    R, t, mask = recover_poses(E[None], xn1, xn2, np.zeros(len(xn1), dtype=np.int64), max_depth=max_depth)
-    return Rigid3d(R[0], t[0]), mask
+    R1, R2, t = _essential_factors(_check_matrix(E, "E"))
+    best: tuple[int, np.ndarray, np.ndarray, np.ndarray] | None = None
+    for R in (R1, R2):
+        pos, neg = _front_masks(R, t, xn1, xn2, max_depth)
+        for t_sign, mask in ((t, pos), (-t, neg)):
+            count = int(np.count_nonzero(mask))
+            if best is None or count > best[0]:  # ties: the first candidate, as recover_poses
+                best = (count, R, t_sign, mask)
+    return Rigid3d(best[1], best[2]), best[3]
 
 
 def recover_poses(
