@@ -1115,7 +1115,7 @@ def _ray_depths(
     a = np.einsum("ij,ij->i", u, u)
     b = u[:, 0] * xn2[:, 0] + u[:, 1] * xn2[:, 1] + u[:, 2]
     c = xn2[:, 0] ** 2 + xn2[:, 1] ** 2 + 1.0
-    d = np.einsum("...j,...j->...", u, t)
+    d = u @ t if t.ndim == 1 else np.einsum("nj,nj->n", u, t)
     e = xn2[:, 0] * t[..., 0] + xn2[:, 1] * t[..., 1] + t[..., 2]
     det = a * c - b * b
     with np.errstate(divide="ignore", invalid="ignore"):
