@@ -98,6 +98,16 @@ class RelativePoseResult:
     report: dict[str, Any]
 
 
+def _pair_cameras(
+    pair: Pair, images: Mapping[int, ImageInfo], cameras: Mapping[int, Camera]
+) -> tuple[Camera, Camera]:
+    """The cameras of the pair's two images; InputError when an image or its camera is unknown."""
+    for image_id in pair:
+        if image_id not in images or images[image_id].camera_id not in cameras:
+            raise InputError(f"pair {pair}: image {image_id} or its camera is unknown")
+    return cameras[images[pair[0]].camera_id], cameras[images[pair[1]].camera_id]
+
+
 # Correspondences per batch of the light path: large enough that the per-call overhead vanishes, small
 # enough that its arrays (~0.5 kB a correspondence) are reused from the heap instead of being faulted in
 # afresh (street 1000, 1.44M correspondences in one batch: 2.3 s in a fresh process, 1.4 s warm).
@@ -195,10 +205,7 @@ def estimate_relative_poses(
         if not g.success or len(g.inlier_matches) < options.min_num_inliers:
             continue
         i, j = pair
-        for image_id in pair:
-            if image_id not in images or images[image_id].camera_id not in cameras:
-                raise InputError(f"pair {pair}: image {image_id} or its camera is unknown")
-        cam_i, cam_j = cameras[images[i].camera_id], cameras[images[j].camera_id]
+        cam_i, cam_j = _pair_cameras(pair, images, cameras)
         counts["num_pairs"] += 1
         if g.config == "panoramic":  # a pure rotation has no essential matrix: its stale pose goes
             counts["num_failed"] += 1
@@ -284,11 +291,7 @@ def homography_rotation_candidates(
         g = two_view_geometries[pair]
         if g.H is None:
             continue
-        for image_id in pair:
-            if image_id not in images or images[image_id].camera_id not in cameras:
-                raise InputError(f"pair {pair}: image {image_id} or its camera is unknown")
-        K1 = cameras[images[pair[0]].camera_id].K
-        K2 = cameras[images[pair[1]].camera_id].K
+        K1, K2 = (cam.K for cam in _pair_cameras(pair, images, cameras))
         _, rotations, _, _ = cv2.decomposeHomographyMat(np.linalg.inv(K2) @ g.H @ K1, np.eye(3))
         decomposed.append((pair, len(rotations)))
         all_rotations.extend(rotations)
