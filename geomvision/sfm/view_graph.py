@@ -308,7 +308,7 @@ def draw_view_graph(graph: nx.Graph, path_png: str | os.PathLike, *, title: str 
         node_color=[colour_of[n] % 10 for n in graph.nodes],
     )
     # file names, not ids 1..N: the names are what a user recognises (kept short: no extension)
-    # (none beyond a few hundred images: they would cover each other, and each costs a text layout)
+    # (none beyond 150 images: they would cover each other, and each costs a text layout)
     if not many:
         labels = {n: Path(str(graph.nodes[n].get("name", n))).stem[:16] for n in graph.nodes}
         nx.draw_networkx_labels(graph, pos, labels=labels, ax=ax, font_size=7)
