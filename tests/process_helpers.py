@@ -1,4 +1,4 @@
-"""Process-tree helpers for the tests that check workers die with their parent (Linux /proc)."""
+"""Process helpers for the tests that interrupt runs or check workers die with their parent (Linux /proc)."""
 
 from __future__ import annotations
 
@@ -33,3 +33,9 @@ def default_sigint() -> None:
     would run on through a Ctrl-C and an interrupt test would fail for a reason outside the code.
     """
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def finished_features(out: Path) -> list[Path]:
+    """The feature files written to the end. pathlib's ``*`` also matches the hidden temporary file
+    (``.name.XXXX.npz``) that an atomic write renames into place, which an interrupt then removes."""
+    return [p for p in (out / "cache" / "features").glob("*.npz") if not p.name.startswith(".")]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from process_helpers import default_sigint, descendant_pids
+from process_helpers import default_sigint, descendant_pids, finished_features
 from reliability_images import fast_config, render, write_image
 
 from geomvision.errors import InputError
@@ -133,7 +133,7 @@ def test_ctrl_c_on_a_local_cluster_is_one_line(images, tmp_path):
     proc = _reconstruct(images, out, "--scheduler", "local", "--workers", "2")
     try:
         deadline = time.monotonic() + 120
-        while not list((out / "cache" / "features").glob("*.npz")) and time.monotonic() < deadline:
+        while not finished_features(out) and time.monotonic() < deadline:
             time.sleep(0.02)
         os.killpg(proc.pid, signal.SIGINT)
         _, err = proc.communicate(timeout=120)
@@ -377,7 +377,7 @@ def test_worker_killed_mid_run_is_recomputed(images, serial_cli_model, tmp_path)
         victim = cluster.workers[0]
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
-            if list((out / "cache" / "features").glob("*.npz")):
+            if finished_features(out):
                 break  # work is flowing: some tasks done, others queued or running
             time.sleep(0.02)
         targets = {victim.pid} | descendant_pids(victim.pid)

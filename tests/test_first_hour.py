@@ -19,7 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from process_helpers import default_sigint
+from process_helpers import default_sigint, finished_features
 from recon_fixtures import ring_reconstruction
 from reliability_images import fast_config, write_set
 
@@ -303,7 +303,7 @@ def test_interrupt_one_line_and_exit_code(tmp_path, signum, code, group):
         preexec_fn=default_sigint,
     )
     deadline = time.monotonic() + 120
-    while not list((out / "cache" / "features").glob("*.npz")) and time.monotonic() < deadline:
+    while not finished_features(out) and time.monotonic() < deadline:
         time.sleep(0.02)
     (os.killpg if group else os.kill)(proc.pid, signum)
     _, stderr = proc.communicate(timeout=120)
