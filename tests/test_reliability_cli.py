@@ -9,19 +9,22 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import numpy as np
 import pytest
-from process_helpers import default_sigint
+from process_helpers import default_sigint, finished_features
 from reliability_images import encode, render, write_image, write_set
 
 from geomvision import cli
+from geomvision.errors import Terminated
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -161,7 +164,7 @@ def test_cli_sigint_exits_130_and_reports(tmp_path):
         preexec_fn=default_sigint,
     )
     deadline = time.monotonic() + 60
-    while not list((out / "cache" / "features").glob("*.npz")) and time.monotonic() < deadline:
+    while not finished_features(out) and time.monotonic() < deadline:
         time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGINT)  # like Ctrl-C in a terminal: the workers get it too
     _, stderr = proc.communicate(timeout=60)
@@ -169,7 +172,41 @@ def test_cli_sigint_exits_130_and_reports(tmp_path):
     assert_one_error_line(stderr, "interrupted", "rerun to resume")
     report = json.loads((out / "report.json").read_text())
     assert report["status"] == "interrupted"
-    assert list((out / "cache" / "features").glob("*.npz"))
+    assert finished_features(out)
+
+
+def test_a_signal_silences_the_background_loggers():
+    """Dask's event-loop thread logs the errors an interrupt causes; the signal handler silences it,
+    and leaves our own logger alone."""
+    names = ("distributed", "distributed.client", "tornado", "tornado.application", "asyncio")
+    before = {name: logging.getLogger(name).level for name in names}
+    try:
+        cli._quiet_background_loggers()
+        assert not logging.getLogger("distributed.client").isEnabledFor(logging.CRITICAL)
+        assert not logging.getLogger("tornado.application").isEnabledFor(logging.CRITICAL)
+        assert logging.getLogger("geomvision").isEnabledFor(logging.WARNING)
+    finally:
+        for name, level in before.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def test_a_signal_dropped_in_a_destructor_is_raised_again(capsys):
+    """A handler that raises inside ``__del__`` has its exception printed and dropped by Python; the
+    CLI's unraisable hook sends the signal again, and after the interrupt stays silent about objects
+    it left half built. Handlers and hook are put back afterwards."""
+    hook_before, term_before = sys.unraisablehook, signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Terminated), cli._signals_end_the_command():
+        sys.unraisablehook(types.SimpleNamespace(exc_value=Terminated(signal.SIGTERM)))
+        for _ in range(1000):  # the handler runs at the next instruction; bounded in case it never does
+            pass
+    assert sys.unraisablehook is hook_before and signal.getsignal(signal.SIGTERM) is term_before
+
+    with pytest.raises(Terminated), cli._signals_end_the_command():
+        try:
+            signal.raise_signal(signal.SIGTERM)
+        finally:  # what a half-built ZipFile's __del__ reports after the interrupt
+            sys.unraisablehook(types.SimpleNamespace(exc_value=AttributeError("_writing")))
+    assert capsys.readouterr().err == ""
 
 
 # --- in-process: option and file validation ---------------------------------------------------------------
