@@ -34,3 +34,34 @@ def test_release_free_memory_returns_freed_heap_pages():
     blocks = [np.ones(1000) for _ in range(50_000)]  # 400 MB of 8 KB blocks from the heap
     del blocks
     assert allocator.release_free_memory() is True
+
+
+def test_cyclic_gc_paused_restores_the_collector_and_nests():
+    import gc
+
+    from geomvision.runtime.collector import cyclic_gc_paused
+
+    assert gc.isenabled()
+    with cyclic_gc_paused():
+        assert not gc.isenabled()
+        with cyclic_gc_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # the inner block leaves it off for the outer one
+    assert gc.isenabled()
+
+    @cyclic_gc_paused()
+    def fails():
+        assert not gc.isenabled()
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError):
+        fails()
+    assert gc.isenabled()  # back on after an exception too
+
+    gc.disable()
+    try:
+        with cyclic_gc_paused():
+            pass
+        assert not gc.isenabled()  # a caller's own setting is kept
+    finally:
+        gc.enable()

@@ -239,3 +239,18 @@ def test_pair_checked_registration_joins_a_weakly_attached_image():
         rng=0,
     )
     assert 6 not in off.reconstructions[0].registered_image_ids
+
+
+def test_mappers_pause_the_cyclic_collector_and_restore_it():
+    """Both mappers run with CPython's cyclic collector off (runtime.collector) and leave it as found."""
+    import gc
+
+    from geomvision.sfm.global_mapper import global_mapping
+
+    scene = random_scene(120, 5, layout="sequence", rng=4)
+    cameras, images, geoms, _ = mapper_inputs(scene, noise_px=0.5, rng=2)
+    for mapper in (incremental_mapping, global_mapping):
+        seen = []
+        mapper(cameras, images, geoms, rng=7, progress=lambda d, t, m, seen=seen: seen.append(gc.isenabled()))
+        assert seen and not any(seen), mapper.__name__
+        assert gc.isenabled()

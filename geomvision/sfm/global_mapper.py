@@ -37,6 +37,7 @@ from geomvision.geometry.rotation_averaging import align_rotations
 from geomvision.progress import ProgressCallback
 from geomvision.progress import report as report_progress
 from geomvision.runtime.allocator import retain_freed_memory
+from geomvision.runtime.collector import cyclic_gc_paused
 from geomvision.scene import Camera, ImageInfo, Reconstruction, TwoViewGeometry
 from geomvision.sfm.bundle_adjustment import BundleAdjustmentOptions, covering_points, grid_cell_of
 from geomvision.sfm.global_positioning import GlobalPositioningOptions, position_globally
@@ -625,6 +626,7 @@ def _refocused_cameras(
     return changed
 
 
+@cyclic_gc_paused()  # hundreds of thousands of long-lived containers (runtime.collector)
 def global_mapping(
     cameras: dict[int, Camera],
     images: dict[int, ImageInfo],

@@ -36,6 +36,7 @@ from geomvision.geometry.rigid import rotation_angle_deg
 from geomvision.progress import ProgressCallback
 from geomvision.progress import report as report_progress
 from geomvision.runtime.allocator import retain_freed_memory
+from geomvision.runtime.collector import cyclic_gc_paused
 from geomvision.runtime.rng import as_rng
 from geomvision.scene import Camera, ImageInfo, Reconstruction, TwoViewGeometry
 from geomvision.sfm.bundle_adjustment import BundleAdjustmentOptions
@@ -556,6 +557,7 @@ def _seed_from_reconstruction(state: MapperState, rec: Reconstruction, allowed: 
     return state.num_points
 
 
+@cyclic_gc_paused()  # hundreds of thousands of long-lived containers (runtime.collector)
 def incremental_mapping(
     cameras: dict[int, Camera],
     images: dict[int, ImageInfo],

@@ -65,6 +65,7 @@ from geomvision.progress import report as report_progress
 from geomvision.robust.absolute_pose import estimate_absolute_pose
 from geomvision.robust.ransac import BailoutOptions, RansacOptions, ransac
 from geomvision.runtime.allocator import release_free_memory
+from geomvision.runtime.collector import cyclic_gc_paused
 from geomvision.runtime.rng import as_rng
 from geomvision.scene import ImageInfo, Reconstruction, TwoViewGeometry, View
 from geomvision.sfm.bundle_adjustment import (
@@ -606,6 +607,7 @@ class MergeResult:
     report: dict[str, Any] = field(default_factory=dict)
 
 
+@cyclic_gc_paused()  # hundreds of thousands of long-lived containers (runtime.collector)
 def merge_reconstructions(
     models: list[Reconstruction],
     options: MergeOptions | None = None,
