@@ -29,6 +29,7 @@ ORDER = [
         "Dask (2 workers) against the process pool (2 workers), repeated runs (issue 15)",
     ),
     ("global_mapper.md", "Global mapper vs incremental vs COLMAP/GLOMAP (issue 16)"),
+    ("glomap_same_pairs.md", "Global mappers on the same inputs: ours vs GLOMAP (issue 16)"),
     ("scaling.md", "Cost growth on synthetic street scenes (issue 17)"),
     ("wide_baseline.md", "Wide-baseline rings (issue 19)"),
     ("mapping_speed.md", "Incremental mapping speed at 300 images (issue 17)"),
