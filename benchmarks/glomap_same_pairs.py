@@ -24,7 +24,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import shutil
@@ -221,7 +220,7 @@ def write_table(rows: list[dict], output: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = shared.argument_parser(__doc__)
     parser.add_argument("--datasets", default="entry,fountain,castle,temple,dtu37")
     parser.add_argument("--keep", type=Path, help="keep work folders here")
     parser.add_argument("--output", type=Path, default=RESULTS)
