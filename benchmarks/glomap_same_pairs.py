@@ -173,14 +173,7 @@ def compare(datasets: list[str], work: Path) -> list[dict]:
             ("geomvision global", ours_rec, ours_s),
             ("pycolmap global", glomap_rec, glomap_s),
         ):
-            scores = common.score(rec, gt)
-            row[name] = {
-                "registered": rec.num_registered if rec is not None else 0,
-                "auc@1": scores["auc@1"],
-                "auc@2": scores["auc@2"],
-                "auc@5": scores["auc@5"],
-                "mapping_s": seconds,
-            }
+            row[name] = {**common._brief(common.score(rec, gt)), "mapping_s": seconds}
         print(row, flush=True)
         rows.append(row)
     return rows
@@ -190,7 +183,8 @@ def write_table(rows: list[dict], output: Path) -> None:
     lines = [
         "# Global mappers on the same inputs: geomvision vs pycolmap.global_mapping (GLOMAP)",
         "",
-        f"Run {date.today().isoformat()} on {platform.machine()} (2 cores, shared: load average per row). "
+        f"Run {date.today().isoformat()} on {platform.machine()} ({os.cpu_count()} cores, shared: load average "
+        "per row). "
         "Known K (PINHOLE, not refined). Both mappers get our pipeline's cameras, keypoints and verified "
         "pairs with their inlier matches (a COLMAP database written from them; keypoints +0.5 px). AUC of "
         "the pairwise relative pose error, 5 decimals because the rows differ in the third.",
@@ -202,7 +196,7 @@ def write_table(rows: list[dict], output: Path) -> None:
         for name in ("geomvision global", "pycolmap global"):
             r = row[name]
             lines.append(
-                f"| {row['dataset']} | {row['images']} | {row['pairs']} | {name} | {r['registered']} | "
+                f"| {row['dataset']} | {row['images']} | {row['pairs']} | {name} | {r['num_registered']} | "
                 f"{r['auc@1']:.5f} | {r['auc@2']:.5f} | {r['auc@5']:.5f} | {r['mapping_s']:.2f} | "
                 f"{row['load']:.1f} |"
             )
@@ -213,9 +207,9 @@ def write_table(rows: list[dict], output: Path) -> None:
         + "`",
         "",
     ]
-    notes = ""  # hand-written notes below the table survive a rerun
-    if output.is_file() and "\n## Notes" in output.read_text():
-        notes = output.read_text()[output.read_text().index("\n## Notes") :]
+    # hand-written notes below the table survive a rerun
+    previous = output.read_text() if output.is_file() else ""
+    notes = previous[previous.index("\n## Notes") :] if "\n## Notes" in previous else ""
     output.write_text("\n".join(lines) + notes)
 
 
