@@ -296,3 +296,20 @@ def test_rounds_before_the_last_adjust_a_covering_subset_of_the_points(ring_scen
     # The budget is at least round_min_observations: this small model keeps every point by default.
     default = global_mapping(cameras, images, geoms, GlobalMapperOptions(fixed_camera_ids=(1,)), rng=0)
     assert all(r["num_points_held"] == 0 for r in default.report["models"][0]["ba_rounds"])
+
+
+def test_the_final_ba_adjusts_a_covering_subset_above_its_budget(ring_scene):
+    cameras, images, geoms, _ = mapper_inputs(ring_scene, noise_px=0.5, rng=1)
+    options = GlobalMapperOptions(fixed_camera_ids=(1,), final_max_observations=800)
+    result = global_mapping(cameras, images, geoms, options, rng=0)
+    final = result.report["models"][0]["ba_rounds"][-1]
+    assert final["num_points_held"] > 0 and final["num_observations"] <= 800
+    rec = result.reconstructions[0]
+    assert len(rec.points3D) > 250  # the held points followed the adjusted cameras
+    assert_ring_model_matches(rec, ring_scene)
+    assert final["num_points"] < len(rec.points3D)
+    # Under the default budget (600k) this small model's final BA adjusts every point.
+    default = global_mapping(cameras, images, geoms, GlobalMapperOptions(fixed_camera_ids=(1,)), rng=0)
+    assert default.report["models"][0]["ba_rounds"][-1]["num_points_held"] == 0
+    with pytest.raises(ValueError):
+        GlobalMapperOptions(final_max_observations=-1)
