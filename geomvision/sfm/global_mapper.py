@@ -358,15 +358,10 @@ class _ComponentMapper:
         if fix_rotations and not refine and 0 < cap < options.max_iterations:
             options = replace(options, max_iterations=cap)
         points, held = state.point_ids(), np.zeros(0, np.int64)
-        per_image = self.options.round_observations_per_image
-        if not last and per_image:
-            with self.timer("bundle_adjustment"):
-                budget = max(per_image * state.num_registered, self.options.round_min_observations)
-                points, held = self._covering_subset(points, budget)
-        elif last and self.options.final_max_observations:
-            with self.timer("bundle_adjustment"):
-                points, held = self._covering_subset(points, self.options.final_max_observations)
+        budget = self._observation_budget(last)
         with self.timer("bundle_adjustment"):
+            if budget:
+                points, held = self._covering_subset(points, budget)
             stats = adjust_bundle(
                 state,
                 state.registered_image_ids,
@@ -397,6 +392,16 @@ class _ComponentMapper:
             "final_cost": stats.final_cost,
             "focal_px": {str(c): float(np.mean(state.cameras[c].focal_xy)) for c in sorted(refine)},
         }
+
+    def _observation_budget(self, last: bool) -> int:
+        """Most observations a BA adjusts (0: every point): ``final_max_observations`` for the last BA,
+        ``max(round_observations_per_image x images, round_min_observations)`` for the rounds."""
+        if last:
+            return self.options.final_max_observations
+        per_image = self.options.round_observations_per_image
+        if not per_image:
+            return 0
+        return max(per_image * self.state.num_registered, self.options.round_min_observations)
 
     def _covering_subset(self, points: np.ndarray, max_observations: int) -> tuple[np.ndarray, np.ndarray]:
         """Split ``points`` (sorted track ids) into those a round adjusts, of at most ``max_observations``
