@@ -4,8 +4,10 @@ For each dataset and intrinsics mode (unknown: every tool estimates the focal le
 gets the ground-truth pinhole K), four rows:
 
 * geomvision global: ``run_pipeline`` with ``pipeline.mapper = "global"``;
-* geomvision incremental: the same pipeline with the incremental mapper — features, matches and verified
-  pairs come from the pipeline's cache (OUT/cache), so both mappers see exactly the same verified pairs;
+* geomvision incremental: the same pipeline with the incremental mapper — features and matches come from
+  the pipeline's cache (OUT/cache), so both mappers see exactly the same matches; the global run verifies
+  them at ``pipeline.global_verification_max_error_px`` (3 px), the incremental at
+  ``two_view.ransac.max_error_px`` (2 px);
 * pycolmap global (``pycolmap.global_mapping``, GLOMAP) and pycolmap incremental
   (``pycolmap.incremental_mapping``) on one pycolmap database: pycolmap runs its own SIFT and exhaustive
   matching (so the two pycolmap rows share features and pairs, which differ from ours).
@@ -257,7 +259,8 @@ def write_markdown(rows: list[dict], path: Path) -> None:
         "",
         f"Run {date.today().isoformat()} on {platform.machine()} ({os.cpu_count()} cores, shared with other "
         "jobs: the load average at the start of each run is in the last column); 2 threads/workers per tool. "
-        "Our two mappers share features, matches and verified pairs (pipeline cache); the two pycolmap "
+        "Our two mappers share features and matches (pipeline cache) and verify them at their own "
+        "thresholds (global 3 px, incremental 2 px); the two pycolmap "
         "mappers share pycolmap's own SIFT database. AUC of the pairwise relative pose error via "
         "`geomvision.evaluation` (unregistered = 180 deg). *mapping s* = mapping stage only.",
         "",

@@ -14,7 +14,7 @@ import re
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from geomvision.runtime.allocator import release_free_memory
 from geomvision.runtime.atomic import atomic_write_text, replace_folder
 from geomvision.runtime.runner import DaskSettings, StageRunner, open_runner
 from geomvision.scene import Camera, ImageInfo, Reconstruction, TwoViewGeometry
+from geomvision.sfm.two_view import TwoViewOptions
 
 logger = logging.getLogger(__name__)
 
@@ -188,7 +189,10 @@ def _run_stages(run: _Run) -> PipelineResult:
         del matches  # raw matches (~24 bytes a match) are not needed once verified: their counts are
         timings["verification"] = time.perf_counter() - t
         verified = {pair: g for pair, g in two_view.items() if g.success}
-        report["verification"] = _verification_counts(two_view, verified)
+        report["verification"] = {
+            **_verification_counts(two_view, verified),
+            "max_error_px": verification_options(config).ransac.max_error_px,
+        }
         if config.wide_baseline.enabled:  # weakly connected images: retry their pairs (affine features)
             run.stage = "wide_baseline"
             features, verified, report["wide_baseline"] = _run_wide_baseline(
@@ -493,6 +497,15 @@ def _run_matching(features, pairs, config, runner, progress_factory) -> dict:
         return match_pairs(features, pairs, config.matching, runner=runner, progress=progress)
 
 
+def verification_options(config: ReconstructionConfig) -> TwoViewOptions:
+    """The two-view options the run verifies with: ``[two_view]``, at
+    ``pipeline.global_verification_max_error_px`` when the global mapper maps."""
+    max_error_px = config.pipeline.global_verification_max_error_px
+    if config.pipeline.mapper != "global" or max_error_px is None:
+        return config.two_view
+    return replace(config.two_view, ransac=replace(config.two_view.ransac, max_error_px=max_error_px))
+
+
 def _run_verification(features, matches, cameras_by_image, config, runner, progress_factory) -> dict:
     from geomvision.sfm.two_view import verify_pairs
 
@@ -501,7 +514,7 @@ def _run_verification(features, matches, cameras_by_image, config, runner, progr
             features,
             matches,
             cameras_by_image,
-            config.two_view,
+            verification_options(config),
             rng=config.pipeline.seed,
             runner=runner,
             progress=progress,
@@ -519,7 +532,7 @@ def _run_wide_baseline(paths, features, match_counts, verified, cameras_by_image
             verified,
             cameras_by_image,
             config.wide_baseline,
-            two_view_options=config.two_view,
+            two_view_options=verification_options(config),
             rng=config.pipeline.seed,
             progress=progress,
         )
@@ -538,7 +551,7 @@ def _run_calibration(cameras, camera_of_image, verified, features, paths, config
             features,
             config.calibration,
             exif_camera_ids=exif,
-            two_view_options=config.two_view,
+            two_view_options=verification_options(config),
             rng=config.pipeline.seed,
             runner=runner,
             progress=progress,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -172,6 +173,40 @@ def test_config_selects_the_mapper_and_round_trips_the_global_options():
     assert again.global_mapper == config.global_mapper and again.pipeline.mapper == "global"
     with pytest.raises(InputError, match="mapper"):
         ReconstructionConfig().with_changes(pipeline={"mapper": "hybrid"})
+
+
+def test_a_global_run_verifies_at_its_own_threshold(tmp_path):
+    from reliability_images import fast_config, render, write_image
+
+    from geomvision.pipeline import run_pipeline, verification_options
+
+    incremental = ReconstructionConfig().with_changes(two_view={"ransac": {"max_error_px": 1.5}})
+    assert verification_options(incremental).ransac.max_error_px == 1.5
+    global_run = incremental.with_changes(pipeline={"mapper": "global"})
+    assert verification_options(global_run).ransac == replace(incremental.two_view.ransac, max_error_px=3.0)
+    own = global_run.with_changes(pipeline={"global_verification_max_error_px": None})
+    assert verification_options(own) == incremental.two_view
+
+    # Through the pipeline: the global run's verification is its own (a second cache entry per pair), and
+    # the looser threshold keeps every pair's 2 px inliers and more.
+    for k, view in enumerate(render(5).images):
+        write_image(tmp_path / "img" / f"v{k}.png", view)
+    out = tmp_path / "out"
+    looser = run_pipeline(tmp_path / "img", out, fast_config(mapper="global"))
+    pairs = len(list((out / "cache" / "two_view").glob("*")))
+    strict = run_pipeline(tmp_path / "img", out, fast_config(mapper="incremental"))
+    assert len(list((out / "cache" / "two_view").glob("*"))) == 2 * pairs > 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["verification"]["max_error_px"] == 2.0
+    assert looser.report["verification"]["max_error_px"] == 3.0
+    verified = [p for p, g in strict.two_view_geometries.items() if g.success]
+    assert verified and all(looser.two_view_geometries[p].success for p in verified)
+    more = [
+        len(looser.two_view_geometries[p].inlier_matches) - len(strict.two_view_geometries[p].inlier_matches)
+        for p in verified
+    ]
+    assert sum(more) > 0 and min(more) >= -2, more
+    assert looser.reconstruction.num_registered == 5
 
 
 def _with_consistent_wrong_matches(scene, cameras, images, geoms, pair=(1, 2), num=1500, angle_deg=1.0):
