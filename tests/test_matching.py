@@ -172,7 +172,9 @@ def test_ivf_probing_every_cell_is_exact(rendered):
     full, full_dist = match_descriptors(d1, d2, opts, rng=3)
     assert len(exact) > 200
     np.testing.assert_array_equal(full, exact)
-    np.testing.assert_allclose(full_dist, exact_dist, atol=1e-6)
+    # Same matches; the distances come from float32 dot products summed in another order (per-cell
+    # blocks), so they agree to a few float32 ulps of the score: ~1e-6 in distance, not bit for bit.
+    np.testing.assert_allclose(full_dist, exact_dist, atol=1e-5)
 
 
 def test_ivf_recall_and_shared_quantiser(rendered, tmp_path):
