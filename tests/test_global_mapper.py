@@ -348,3 +348,38 @@ def test_the_final_ba_adjusts_a_covering_subset_above_its_budget(ring_scene):
     assert default.report["models"][0]["ba_rounds"][-1]["num_points_held"] == 0
     with pytest.raises(ValueError):
         GlobalMapperOptions(final_max_observations=-1)
+
+
+def _with_a_sparse_image(scene, *, num_two_view: int = 150, num_shared: int = 10):
+    """The scene with its last image seeing ``num_two_view`` points only the image before it sees too,
+    and ``num_shared`` points of longer tracks: most of its tracks have two views, as on a sparse ring."""
+    visible = scene.visible.copy()
+    last, before = scene.num_cameras - 1, scene.num_cameras - 2
+    both = np.flatnonzero(visible[last] & visible[before])
+    two_view, shared = both[:num_two_view], both[num_two_view : num_two_view + num_shared]
+    assert len(two_view) == num_two_view and len(shared) == num_shared
+    visible[last] = False
+    visible[last, two_view] = visible[last, shared] = True
+    others = np.ones(scene.num_cameras, dtype=bool)
+    others[[last, before]] = False
+    visible[np.ix_(others, two_view)] = False
+    return replace(scene, visible=visible)
+
+
+def test_an_image_seen_mostly_by_two_view_tracks_keeps_its_two_view_points(ring_scene):
+    scene = _with_a_sparse_image(ring_scene)
+    cameras, images, geoms, _ = mapper_inputs(scene, noise_px=0.5, rng=1)
+    last = scene.num_cameras  # image ids start at 1
+    kept = global_mapping(cameras, images, geoms, GlobalMapperOptions(fixed_camera_ids=(1,)), rng=0)
+    rec = kept.reconstructions[0]
+    assert rec.num_registered == 8
+    assert kept.report["models"][0]["sparse_image_ids"] == [last]
+    assert rec.views[last].num_points3D > 100
+    rotation_errors_deg = pose_errors(rec, scene)[0]
+    assert rotation_errors_deg.max() < 0.25  # the sparse image hangs on one pair: a little looser
+    assert np.median(rotation_errors_deg) < 0.1
+    # Without the rule the image keeps only its 10 longer tracks: too few, so it is left out.
+    options = GlobalMapperOptions(fixed_camera_ids=(1,), sparse_image_observations=0)
+    dropped = global_mapping(cameras, images, geoms, options, rng=0)
+    assert dropped.reconstructions[0].num_registered == 7
+    assert last in dropped.report["models"][0]["dropped_image_ids"]
