@@ -383,3 +383,21 @@ def test_an_image_seen_mostly_by_two_view_tracks_keeps_its_two_view_points(ring_
     dropped = global_mapping(cameras, images, geoms, options, rng=0)
     assert dropped.reconstructions[0].num_registered == 7
     assert last in dropped.report["models"][0]["dropped_image_ids"]
+
+
+@pytest.mark.parametrize("from_first_centers", [False, True])
+def test_the_second_pass_after_a_refocus_starts_afresh_or_from_the_first_centres(
+    ring_scene, from_first_centers
+):
+    cameras, images, geoms, _ = mapper_inputs(
+        ring_scene, noise_px=0.5, rng=1, focal_scale=1.2, model="SIMPLE_RADIAL"
+    )
+    options = GlobalMapperOptions(second_pass_from_first_centers=from_first_centers)
+    result = global_mapping(cameras, images, geoms, options, rng=0)
+    assert "recalibration" in result.report  # the focal moved 960 -> ~800 px: a second pass ran
+    second = result.report["models"][0]["ba_rounds"]
+    # From the first centres (warm) the round with fixed rotations is skipped; a fresh start has it.
+    assert second[0]["fix_rotations"] is (not from_first_centers)
+    rec = result.reconstructions[0]
+    assert rec.num_registered == 8 and abs(rec.cameras[1].params[0] / 800.0 - 1.0) < 0.01
+    assert pose_errors(rec, ring_scene)[0].max() < 0.1
