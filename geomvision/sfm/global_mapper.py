@@ -65,6 +65,7 @@ from geomvision.sfm.triangulate import (
     filter_points,
     move_points,
     retriangulate,
+    tracks_in_image,
     triangulate_tracks,
 )
 
@@ -449,23 +450,32 @@ class _ComponentMapper:
         """Continue every point's track and triangulate the tracks seen by ``min_point_observations`` or
         more images: shorter ones would only give points the filtering deletes (all images are registered
         up front, so a track never gains a view later)."""
-        state, table = self.state, self.state.table
+        state = self.state
         stats = retriangulate(state, self.options.triangulation, self.options.min_point_observations)
         sparse = self._sparse_images()
         if len(sparse):  # their two-view tracks too (see ``sparse_image_observations``)
-            tracks = np.unique(np.concatenate([table.obs_track[table.image_obs[i]] for i in sparse]))
+            tracks = np.unique(np.concatenate([tracks_in_image(state, i) for i in sparse]))
             more = triangulate_tracks(state, tracks, self.options.triangulation, 2)
             stats.num_candidates += more.num_candidates
             stats.num_created += more.num_created
         return stats
 
-    def _sparse_images(self) -> np.ndarray:
+    def _track_counts(self) -> np.ndarray:
+        """(num_tracks,) active observations of each track."""
+        table = self.state.table
+        return np.bincount(table.obs_track[self.state.obs_active], minlength=table.num_tracks)
+
+    def _sparse_images(self, counts: np.ndarray | None = None) -> np.ndarray:
         """(K,) registered image ids with fewer than ``sparse_image_observations`` observations of points
-        seen by ``min_point_observations`` or more images (they keep their two-view points)."""
+        seen by ``min_point_observations`` or more images (they keep their two-view points).
+
+        Args:
+            counts: (num_tracks,) :meth:`_track_counts`, when the caller has them already.
+        """
         state, table = self.state, self.state.table
         if self.options.sparse_image_observations == 0:
             return np.zeros(0, np.int64)
-        counts = np.bincount(table.obs_track[state.obs_active], minlength=table.num_tracks)
+        counts = self._track_counts() if counts is None else counts
         long_rows = state.obs_active & (counts[table.obs_track] >= self.options.min_point_observations)
         per_image = np.bincount(table.obs_image[long_rows], minlength=len(state.is_registered))
         registered = np.flatnonzero(state.is_registered)
@@ -488,9 +498,9 @@ class _ComponentMapper:
         seen by a sparse image (``sparse_image_observations``)."""
         state, table = self.state, self.state.table
         points = state.point_ids()
-        counts = np.bincount(table.obs_track[state.obs_active], minlength=table.num_tracks)
+        counts = self._track_counts()
         is_short = counts[points] < self.options.min_point_observations
-        sparse = self._sparse_images()
+        sparse = self._sparse_images(counts)
         if len(sparse):
             rows = np.concatenate([table.image_obs[i] for i in sparse])
             in_sparse = np.zeros(table.num_tracks, dtype=bool)
