@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from scipy.spatial.transform import Rotation
 
 from geomvision.errors import InputError
 from geomvision.geometry.rigid import Rigid3d
@@ -81,14 +82,22 @@ def test_jacobian_matches_finite_differences(model, loss):
     np.testing.assert_allclose(J, fd, rtol=1e-5, atol=1e-4 * np.abs(J).max())
 
 
-def test_tangent_rotation_jacobian_matches_composed_finite_differences():
-    from geomvision.sfm.ba.model import compose_rotation_steps, rotation_tangent_columns
+def test_tangent_pose_jacobian_matches_composed_finite_differences():
+    from geomvision.sfm.ba.model import (
+        carried_translation_columns,
+        compose_rotation_steps,
+        rotation_tangent_columns,
+    )
 
     problem, _ = synthetic_problem(4, 6, model="RADIAL", views_per_point=3, noise_px=2.0, rng=3)
     _all_free(problem)
+    problem.pose_free[3, 4] = False  # image 3 holds a translation entry: its rotation turns alone
+    problem._layout = None
     perturb(problem, rng=4)
     rot_cols = rotation_tangent_columns(problem)
+    trans_cols = carried_translation_columns(problem)
     assert rot_cols.shape == (4, 3)
+    assert (trans_cols[:3] >= 0).all() and (trans_cols[3] == -1).all()
     ev = evaluate(problem, "cauchy", 1.5, rotation_tangent=True)
     x0 = problem.get_x()
     for i in range(4):
@@ -97,7 +106,8 @@ def test_tangent_rotation_jacobian_matches_composed_finite_differences():
             for sign in (1, -1):
                 delta = np.zeros_like(x0)
                 delta[rot_cols[i, j]] = sign * 1e-6
-                problem.set_x(compose_rotation_steps(x0, delta, rot_cols))  # R <- exp(+-h e_j) R
+                # R <- exp(+-h e_j) R, and t <- exp(+-h e_j) t where the whole pose is free
+                problem.set_x(compose_rotation_steps(x0, delta, rot_cols, trans_cols))
                 fd = fd + sign * evaluate(problem, "cauchy", 1.5, jacobians=False).residuals / 2e-6
             problem.set_x(x0)
             mine = problem.obs_image == i
@@ -107,10 +117,24 @@ def test_tangent_rotation_jacobian_matches_composed_finite_differences():
     plain = evaluate(problem, "cauchy", 1.5)
     np.testing.assert_array_equal(ev.J_cam[:, :, 3:], plain.J_cam[:, :, 3:])
     np.testing.assert_array_equal(ev.J_point, plain.J_point)
-    # composing is exact: a step and its inverse return the rotation
+
+    # a rotation step turns a free pose about its camera centre: the centre -R^T t stays
+    def centers():
+        rot = Rotation.from_rotvec(problem.rotvecs)
+        return -rot.inv().apply(problem.translations)
+
+    before = centers()
     delta = np.zeros_like(x0)
     delta[rot_cols] = 0.3
-    back = compose_rotation_steps(compose_rotation_steps(x0, delta, rot_cols), -delta, rot_cols)
+    problem.set_x(compose_rotation_steps(x0, delta, rot_cols, trans_cols))
+    after = centers()
+    problem.set_x(x0)
+    np.testing.assert_allclose(after[:3], before[:3], atol=1e-12)
+    assert np.abs(after[3] - before[3]).max() > 1e-3  # image 3's translation is not carried
+    # composing is exact: a step and its inverse return the pose
+    back = compose_rotation_steps(
+        compose_rotation_steps(x0, delta, rot_cols, trans_cols), -delta, rot_cols, trans_cols
+    )
     np.testing.assert_allclose(back, x0, atol=1e-12)
     problem.pose_free[2, 1] = False  # part of a rotation held: tangent steps are not used
     problem._layout = None

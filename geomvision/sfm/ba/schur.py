@@ -32,8 +32,10 @@ from geomvision.progress import report
 from geomvision.runtime.worker import thread_budget
 from geomvision.sfm.ba.model import (
     BundleAdjustmentProblem,
+    carried_translation_columns,
     compose_rotation_steps,
     evaluate,
+    observed_centroids_in_cam,
     rotation_tangent_columns,
 )
 
@@ -61,7 +63,8 @@ _CHUNKS_PER_THREAD = 2
 # Problems of at least this many chunks drop the linearisation while a candidate step is evaluated and
 # rebuild it when the step is rejected (memory for time; one chunk: local BAs, where memory is no issue).
 _REBUILD_REJECTED_MIN_CHUNKS = 2
-# rotation steps in the camera-frame tangent (R <- exp(dw) R) where every image's rotation is free or held
+# rotation steps in the camera-frame tangent (R <- exp(dw) R, a free pose turning about the centroid of its
+# points: model.evaluate) where every image's rotation is free or held
 _ROTATION_TANGENT = True
 
 
@@ -109,6 +112,9 @@ class _Structure:
     # per chunk (several chunks only): (its free points, sorted; each of its free observations' position there)
     chunk_points: list[tuple[np.ndarray, np.ndarray]] | None = None
     rot_cols: np.ndarray | None = None  # (K, 3) rotation columns stepped in the tangent space, or None
+    trans_cols: np.ndarray | None = None  # (K, 3) translations those steps carry along (-1: none)
+    pivots: np.ndarray | None = None  # (I, 3) camera-frame point each image's rotation steps turn about
+    pivot_rows: np.ndarray | None = None  # (K, 3) the pivots of the rows of rot_cols
     # per present image: some column free (the self blocks and gradients of the others land in the dummy
     # slot and are skipped)
     present_has_free: list[bool] = field(default_factory=list)
@@ -455,6 +461,7 @@ def _evaluate(
             zero_fixed_columns=False,
             observations=None if len(st.chunks) == 1 else chunk.obs,
             rotation_tangent=tangent,
+            rotation_pivots=st.pivots,
             camera_jacobians=camera_jacobians,
         )
 
@@ -834,6 +841,10 @@ def solve_schur(problem: BundleAdjustmentProblem, options, progress=None) -> dic
     st = _build_structure(problem, options)
     if _ROTATION_TANGENT:
         st.rot_cols = rotation_tangent_columns(problem)
+        if st.rot_cols is not None:
+            st.trans_cols = carried_translation_columns(problem)
+            st.pivots = observed_centroids_in_cam(problem)
+            st.pivot_rows = st.pivots[problem.pose_free[:, :3].all(axis=1)]
     x = problem.get_x()
     if x.size == 0:
         return {"success": True, "reason": "no free parameters", "iterations": 0}
@@ -883,7 +894,11 @@ def _lm_loop(problem, user_problem, st: _Structure, x: np.ndarray, options, prog
         ):
             reason = "parameter tolerance reached"
             break
-        x_new = x + delta if st.rot_cols is None else compose_rotation_steps(x, delta, st.rot_cols)
+        x_new = (
+            x + delta
+            if st.rot_cols is None
+            else compose_rotation_steps(x, delta, st.rot_cols, st.trans_cols, st.pivot_rows)
+        )
         problem.set_x(x_new)
         # most LM steps are accepted, so the Jacobian is evaluated with the cost, unless the model predicts a
         # decrease below the function tolerance: that step is either the last one or rejected, and needs
