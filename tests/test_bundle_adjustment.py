@@ -522,6 +522,22 @@ def test_points_covering_images_fits_the_budget_and_spreads_over_each_frame():
         assert {(int(x * 4 / 640), int(y * 4 / 480)) for x, y in px} == cells
 
 
+def test_int_lexsort_is_numpy_lexsort_with_ties_and_past_int64():
+    from geomvision.sfm.bundle_adjustment import _int_lexsort
+
+    rng = np.random.default_rng(5)
+    keys = (
+        rng.integers(0, 3, 5000),
+        rng.integers(0, 4, 5000),
+        rng.integers(0, 16, 5000),
+        rng.integers(0, 40, 5000),
+    )
+    np.testing.assert_array_equal(_int_lexsort(keys), np.lexsort(keys))  # many ties: stable, as lexsort
+    # radices whose product passes int64 take numpy's lexsort
+    wide = (rng.integers(0, 2**40, 5000), rng.integers(0, 2**30, 5000))
+    np.testing.assert_array_equal(_int_lexsort(wide), np.lexsort(wide))
+
+
 def test_refine_points_carries_points_along_with_moved_cameras():
     problem, _ = synthetic_problem(8, 120, views_per_point=3, noise_px=0.5, rng=44)
     rec = problem_to_reconstruction(problem)

@@ -502,17 +502,33 @@ def covering_points(
     if len(obs_point) <= max_observations:
         return candidates
     num_cells = int(obs_cell.max()) + 1
-    # rank of each observation within its (image, cell): longest track first, then smallest error
-    order = np.lexsort((point_error[obs_point], -track_length[obs_point], obs_cell, obs_image))
+    # rank of each observation within its (image, cell): longest track first, then smallest error (ranked:
+    # equal errors tie, as in a lexsort)
+    _, error_rank = np.unique(point_error, return_inverse=True)
+    longest_first = track_length.max() - track_length
+    order = _int_lexsort((error_rank[obs_point], longest_first[obs_point], obs_cell, obs_image))
     rank_in_cell = _rank_in_runs(obs_image[order] * num_cells + obs_cell[order])
     # rank within its image: the cells in turn (every cell's first point, then every cell's second, ...)
-    by_image = order[np.lexsort((rank_in_cell, obs_image[order]))]
+    by_image = order[_int_lexsort((rank_in_cell, obs_image[order]))]
     rank = _rank_in_runs(obs_image[by_image])
     priority = np.full(len(track_length), np.iinfo(np.int64).max)
     np.minimum.at(priority, obs_point[by_image], rank)
     candidates = candidates[np.lexsort((-track_length[candidates], priority[candidates]))]
     fits = np.cumsum(track_length[candidates]) <= max_observations
     return candidates[fits]
+
+
+def _int_lexsort(keys: tuple[np.ndarray, ...]) -> np.ndarray:
+    """``np.lexsort(keys)`` (the last key primary) of non-negative integer keys (M,) each: one stable sort of
+    their mixed-radix combination when it fits in int64 (1.2M observations, four keys: 0.28 -> 0.07 s)."""
+    radices = [int(k.max()) + 1 if len(k) else 1 for k in keys]
+    if np.prod([float(r) for r in radices]) >= 2.0**62:
+        return np.lexsort(keys)
+    combined = np.zeros(len(keys[0]), dtype=np.int64)
+    for key, radix in zip(reversed(keys), reversed(radices), strict=True):
+        combined *= radix
+        combined += key
+    return np.argsort(combined, kind="stable")
 
 
 def _rank_in_runs(keys: np.ndarray) -> np.ndarray:
