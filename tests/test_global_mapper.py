@@ -289,9 +289,23 @@ def test_round_ba_options_apply_to_the_rounds_before_the_last(ring_scene):
     assert_ring_model_matches(result.reconstructions[0], ring_scene)
 
 
+def test_the_rounds_before_the_last_stop_at_their_own_function_tolerance(ring_scene):
+    cameras, images, geoms, _ = mapper_inputs(ring_scene, noise_px=0.5, rng=1)
+    base = GlobalMapperOptions(fixed_camera_ids=(1,), round_function_tolerance=0.0)
+    strict = global_mapping(cameras, images, geoms, base, rng=0).report["models"][0]["ba_rounds"]
+    loose = global_mapping(cameras, images, geoms, replace(base, round_function_tolerance=1e-2), rng=0)
+    rounds = loose.report["models"][0]["ba_rounds"]
+    assert sum(r["iterations"] for r in rounds[:-1]) < sum(r["iterations"] for r in strict[:-1])
+    assert_ring_model_matches(loose.reconstructions[0], ring_scene)  # the last BA still converges
+    with pytest.raises(InputError, match="round_function_tolerance"):
+        GlobalMapperOptions(round_function_tolerance=-1.0)
+
+
 def test_the_round_with_fixed_rotations_is_capped_by_its_own_option(ring_scene):
     cameras, images, geoms, _ = mapper_inputs(ring_scene, noise_px=0.5, rng=1)
-    base = GlobalMapperOptions(fixed_camera_ids=(1,), fixed_rotation_max_iterations=0)
+    base = GlobalMapperOptions(
+        fixed_camera_ids=(1,), fixed_rotation_max_iterations=0, round_function_tolerance=0.0
+    )
     free = global_mapping(cameras, images, geoms, base, rng=0).report["models"][0]["ba_rounds"]
     assert free[0]["fix_rotations"] and free[0]["iterations"] > 2
     capped = global_mapping(cameras, images, geoms, replace(base, fixed_rotation_max_iterations=2), rng=0)
